@@ -1,16 +1,19 @@
-# Sourced by scripts/serve and scripts/test: make .venv and install the project into it.
-# Re-installs only when pyproject.toml changed since the last install.
+# Sourced by scripts/serve and scripts/test. `ensure_venv [EXTRAS]` makes .venv and
+# installs the project into it, again only when pyproject.toml changed since.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
-extras="${1:-}"
-python="${PYTHON:-python3}"
-if [ ! -x .venv/bin/python ]; then
-    "$python" -m venv .venv
-fi
-stamp=".venv/.installed${extras:+-$extras}"
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-    .venv/bin/python -m pip install --quiet --upgrade pip >&2
-    .venv/bin/python -m pip install --quiet -e ".${extras:+[$extras]}" >&2
-    touch "$stamp"
-fi
+
+ensure_venv() {
+    local extras="${1:-}"
+    local python="${PYTHON:-python3}"
+    if [ ! -x .venv/bin/python ]; then
+        "$python" -m venv .venv
+    fi
+    local stamp=".venv/.installed${extras:+-$extras}"
+    if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+        echo "installing MessageAI into .venv ..." >&2
+        .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".${extras:+[$extras]}" >&2
+        touch "$stamp"
+    fi
+}

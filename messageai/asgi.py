@@ -1,0 +1,160 @@
+"""The ASGI application hypercorn serves: routing, request bodies, JSON responses.
+
+Handlers live in `messageai.rest`; this module turns their results and their
+`MessageAIError`s into HTTP responses, bounds request bodies, and makes sure no
+exception escapes as anything but a 500 with a JSON body.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import parse_qs
+
+import orjson
+
+from messageai.errors import BadRequest, MessageAIError, NotFound, TooLarge
+from messageai.protocol import dumps
+
+log = logging.getLogger(__name__)
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+class Request:
+    def __init__(self, scope: Scope, body: bytes, params: dict[str, str]) -> None:
+        self.method: str = scope["method"]
+        self.path: str = scope["path"]
+        self.params = params
+        self.headers: dict[str, str] = {
+            k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]
+        }
+        query = parse_qs(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
+        self.query = {k: v[-1] for k, v in query.items()}
+        self.body = body
+        self.user: Any = None
+
+    def bearer_token(self) -> str | None:
+        scheme, _, token = self.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            return None
+        return token.strip()
+
+    def json(self) -> dict[str, Any]:
+        """The body as a JSON object, or BadRequest."""
+        try:
+            value = orjson.loads(self.body) if self.body else None
+        except orjson.JSONDecodeError as exc:
+            raise BadRequest(f"body is not valid JSON: {exc}") from None
+        if not isinstance(value, dict):
+            raise BadRequest("body must be a JSON object")
+        return value
+
+
+class Response:
+    def __init__(self, status: int, body: Any = None, headers: list[tuple[bytes, bytes]] | None = None) -> None:
+        self.status = status
+        self.body = body
+        self.headers = headers or []
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+class Router:
+    def __init__(self) -> None:
+        self._routes: list[tuple[re.Pattern[str], dict[str, Handler]]] = []
+
+    def add(self, method: str, pattern: str, handler: Handler) -> None:
+        regex = re.compile("^" + re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", pattern) + "$")
+        for existing, methods in self._routes:
+            if existing.pattern == regex.pattern:
+                methods[method] = handler
+                return
+        self._routes.append((regex, {method: handler}))
+
+    def match(self, method: str, path: str) -> tuple[Handler, dict[str, str]]:
+        for regex, methods in self._routes:
+            found = regex.match(path)
+            if found:
+                handler = methods.get(method)
+                if handler is None:
+                    raise MethodNotAllowed(sorted(methods))
+                return handler, found.groupdict()
+        raise NotFound(f"no route for {path}")
+
+
+class MethodNotAllowed(MessageAIError):
+    code, status = "bad_request", 405
+
+    def __init__(self, allowed: list[str]) -> None:
+        super().__init__(f"method not allowed; use {', '.join(allowed)}")
+        self.allowed = allowed
+
+
+class App:
+    """ASGI callable. `max_body_bytes` bounds what a request body may hold in memory."""
+
+    def __init__(self, router: Router, max_body_bytes: int) -> None:
+        self._router = router
+        self._max_body = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            return
+        if scope["type"] == "websocket":
+            # Upgrades on a reused HTTP connection are not served; clients open a new one.
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        try:
+            handler, params = self._router.match(scope["method"], scope["path"])
+            body = await self._read_body(scope, receive)
+            response = await handler(Request(scope, body, params))
+        except MessageAIError as exc:
+            headers = []
+            if isinstance(exc, MethodNotAllowed):
+                headers.append((b"allow", ", ".join(exc.allowed).encode()))
+            response = Response(exc.status, _error_body(exc), headers)
+        except Exception:
+            log.exception("%s %s failed", scope.get("method"), scope.get("path"))
+            response = Response(500, {"error": {"code": "internal", "message": "internal error"}})
+        await _send(send, response)
+
+    async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self._max_body:
+            raise TooLarge(f"request body larger than {self._max_body} bytes")
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            event = await receive()
+            if event["type"] == "http.disconnect":
+                break
+            chunk = event.get("body", b"")
+            size += len(chunk)
+            if size > self._max_body:
+                raise TooLarge(f"request body larger than {self._max_body} bytes")
+            chunks.append(chunk)
+            if not event.get("more_body", False):
+                break
+        return b"".join(chunks)
+
+
+def _error_body(exc: MessageAIError) -> dict[str, Any]:
+    return {"error": {"code": exc.code, "message": exc.message}}
+
+
+async def _send(send: Send, response: Response) -> None:
+    headers = list(response.headers)
+    body = b""
+    if response.body is not None:
+        body = dumps(response.body)
+        headers.append((b"content-type", b"application/json"))
+    headers.append((b"content-length", str(len(body)).encode()))
+    headers.append((b"cache-control", b"no-store"))
+    await send({"type": "http.response.start", "status": response.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

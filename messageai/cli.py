@@ -1,0 +1,154 @@
+"""The `messageai` command: `serve`, `user add|list`, `config check`.
+
+Exit status 0 on success, 2 for a configuration or usage error, 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import logging
+import signal
+import sys
+from pathlib import Path
+
+import trio
+
+from messageai import auth
+from messageai.config import Config, ConfigError, load_config, with_overrides
+from messageai.directory import open_directory_db
+from messageai.errors import MessageAIError
+from messageai.protocol import User
+from messageai.store import directory as sql
+from messageai.store.db import transaction
+
+
+def _port(value: str) -> int:
+    if not value.isdigit() or int(value) > 65535:
+        raise argparse.ArgumentTypeError(f"not a TCP port: {value!r}")
+    return int(value)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="messageai", description="MessageAI chat server")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def with_config(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--config", type=Path, help="TOML config file (default: the embedded one)")
+        p.add_argument("--data-dir", help="override storage.data_dir")
+
+    serve = sub.add_parser("serve", help="run the server")
+    with_config(serve)
+    serve.add_argument("--host", help="override server.host")
+    serve.add_argument("--port", type=_port, help="override server.port")
+
+    user = sub.add_parser("user", help="manage local accounts")
+    user_sub = user.add_subparsers(dest="user_command", required=True)
+    add = user_sub.add_parser("add", help="create an account")
+    with_config(add)
+    add.add_argument("name", help="username: 3-32 of a-z 0-9 _ . -")
+    add.add_argument("--display-name", help="shown name (default: the username)")
+    add.add_argument("--password-file", type=Path, help="read the password from this file's first line")
+    lst = user_sub.add_parser("list", help="list accounts")
+    with_config(lst)
+
+    config = sub.add_parser("config", help="configuration tools")
+    config_sub = config.add_subparsers(dest="config_command", required=True)
+    check = config_sub.add_parser("check", help="validate a config file and print the result")
+    with_config(check)
+    return parser
+
+
+def _load(args: argparse.Namespace) -> Config:
+    config = load_config(args.config)
+    return with_overrides(
+        config,
+        host=getattr(args, "host", None),
+        port=getattr(args, "port", None),
+        data_dir=args.data_dir,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        config = _load(args)
+    except ConfigError as exc:
+        print(f"messageai: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=config.logging.level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        if args.command == "serve":
+            return trio.run(_serve, config)
+        if args.command == "user" and args.user_command == "add":
+            return _user_add(config, args)
+        if args.command == "user" and args.user_command == "list":
+            return _user_list(config)
+        if args.command == "config":
+            print(f"configuration OK: data in {config.data_dir}, listening on {config.server.host}:{config.server.port}")
+            return 0
+    except MessageAIError as exc:
+        print(f"messageai: {exc.message}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"messageai: {exc}", file=sys.stderr)
+        return 1
+    return 2
+
+
+async def _serve(config: Config) -> int:
+    from messageai.server import Server
+
+    server = Server(config)
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(server.run)
+            print(f"MessageAI serving {server.url} (WebSocket {server.url.replace('http', 'ws', 1)}/v1/ws), "
+                  f"data in {config.data_dir}", flush=True)
+            async for signum in signals:
+                logging.getLogger("messageai").info("received %s", signal.Signals(signum).name)
+                server.shutdown()
+                break
+    return 0
+
+
+def _read_password(args: argparse.Namespace) -> str:
+    if args.password_file is not None:
+        lines = args.password_file.read_text("utf-8").splitlines()
+        return lines[0] if lines else ""
+    first = getpass.getpass("password: ")
+    if getpass.getpass("again: ") != first:
+        raise MessageAIError("passwords do not match")
+    return first
+
+
+def _user_add(config: Config, args: argparse.Namespace) -> int:
+    name = auth.check_username(args.name)
+    display_name = auth.check_display_name(args.display_name, name)
+    password = auth.check_password(_read_password(args))
+    conn = open_directory_db(config.data_dir, config.storage.synchronous)
+    try:
+        user = User(id=auth.new_id("u_"), username=name, display_name=display_name, created_at=auth.now_ms())
+        password_hash = auth.hash_password(password, config.auth.scrypt_n)
+        with transaction(conn):
+            created = sql.insert_user(conn, user, password_hash)
+    finally:
+        conn.close()
+    if not created:
+        print(f"messageai: username {name!r} is taken", file=sys.stderr)
+        return 1
+    print(f"created {user.username} ({user.id})")
+    return 0
+
+
+def _user_list(config: Config) -> int:
+    conn = open_directory_db(config.data_dir, config.storage.synchronous)
+    try:
+        users = sql.all_users(conn)
+    finally:
+        conn.close()
+    for user in users:
+        print(f"{user.id}\t{user.username}\t{user.display_name}")
+    return 0

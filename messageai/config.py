@@ -1,0 +1,187 @@
+"""The configuration tree: `messageai.toml` loaded into frozen attrs classes.
+
+`load_config` is called by the CLI at start-up; an unknown key or a bad value
+raises `ConfigError` naming the key, which the CLI turns into exit status 2.
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import attrs
+import cattrs
+from attrs import validators as v
+
+SYNCHRONOUS = ("FULL", "NORMAL")
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message names the offending key."""
+
+
+def _positive(_inst: object, attr: attrs.Attribute[Any], value: float) -> None:
+    if not value > 0 or (isinstance(value, float) and not math.isfinite(value)):
+        raise ValueError(f"{attr.name} must be a positive finite number, not {value!r}")
+
+
+@attrs.frozen
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = attrs.field(default=8080, validator=[v.ge(0), v.le(65535)])
+    handshake_timeout_seconds: float = attrs.field(default=10.0, validator=_positive)
+    shutdown_timeout_seconds: float = attrs.field(default=5.0, validator=_positive)
+    max_request_body_bytes: int = attrs.field(default=65536, validator=_positive)
+
+
+@attrs.frozen
+class StorageConfig:
+    data_dir: str = "./data"
+    synchronous: Literal["FULL", "NORMAL"] = attrs.field(default="FULL", validator=v.in_(SYNCHRONOUS))
+    max_open_databases: int = attrs.field(default=1000, validator=[v.ge(2), v.le(100_000)])
+    commit_threads: int = attrs.field(default=8, validator=[v.ge(1), v.le(256)])
+
+
+@attrs.frozen
+class ConversationsConfig:
+    idle_seconds: float = attrs.field(default=300.0, validator=_positive)
+    queue_size: int = attrs.field(default=1024, validator=[v.ge(1), v.le(1_000_000)])
+    max_batch: int = attrs.field(default=512, validator=[v.ge(1), v.le(100_000)])
+
+
+@attrs.frozen
+class LimitsConfig:
+    max_frame_bytes: int = attrs.field(default=65536, validator=[v.ge(1024), v.le(16 << 20)])
+    max_body_chars: int = attrs.field(default=16000, validator=[v.ge(1), v.le(1 << 20)])
+    max_attachments: int = attrs.field(default=10, validator=[v.ge(0), v.le(1000)])
+    max_upload_bytes: int = attrs.field(default=25 << 20, validator=_positive)
+    max_group_members: int = attrs.field(default=1000, validator=[v.ge(2), v.le(1_000_000)])
+    outbound_queue_frames: int = attrs.field(default=2048, validator=[v.ge(1), v.le(1_000_000)])
+    outbound_queue_bytes: int = attrs.field(default=8 << 20, validator=_positive)
+
+
+@attrs.frozen
+class AuthConfig:
+    mode: Literal["local"] = attrs.field(default="local", validator=v.in_(("local",)))
+    allow_registration: bool = True
+    token_ttl_seconds: int = attrs.field(default=30 * 86400, validator=_positive)
+    scrypt_n: int = attrs.field(default=16384)
+
+    @scrypt_n.validator
+    def _check_n(self, attr: attrs.Attribute[int], value: int) -> None:
+        if value < 2 or value & (value - 1) or value > 1 << 20:
+            raise ValueError(f"scrypt_n must be a power of two from 2 to 1048576, not {value}")
+
+
+@attrs.frozen
+class LoggingConfig:
+    level: Literal["debug", "info", "warning", "error"] = attrs.field(
+        default="info", validator=v.in_(("debug", "info", "warning", "error"))
+    )
+
+
+@attrs.frozen
+class Config:
+    server: ServerConfig = ServerConfig()
+    storage: StorageConfig = StorageConfig()
+    conversations: ConversationsConfig = ConversationsConfig()
+    limits: LimitsConfig = LimitsConfig()
+    auth: AuthConfig = AuthConfig()
+    logging: LoggingConfig = LoggingConfig()
+
+    @property
+    def data_dir(self) -> Path:
+        return Path(self.storage.data_dir)
+
+
+def _strict(expected: type) -> Any:
+    def hook(value: Any, _type: Any) -> Any:
+        # TOML has real types: a string where a number belongs is a mistake, not a conversion.
+        if expected is float and isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
+        if not isinstance(value, expected) or (expected is not bool and isinstance(value, bool)):
+            raise TypeError(f"expected {expected.__name__}, got {type(value).__name__} {value!r}")
+        return value
+
+    return hook
+
+
+_converter = cattrs.Converter(forbid_extra_keys=True)
+for _t in (str, int, float, bool):
+    _converter.register_structure_hook(_t, _strict(_t))
+
+
+def _literal_hook(value: Any, type_: Any) -> Any:
+    allowed = type_.__args__
+    if value not in allowed:
+        raise ValueError(f"must be one of {', '.join(map(repr, allowed))}, not {value!r}")
+    return value
+
+
+_converter.register_structure_hook_func(
+    lambda t: getattr(t, "__origin__", None) is Literal, _literal_hook
+)
+
+
+def _describe(exc: BaseException, type_: Any) -> str:
+    if isinstance(exc, (ValueError, TypeError)) and str(exc):
+        return str(exc)
+    return cattrs.v.format_exception(exc, type_)
+
+
+def _where(problem: str) -> str:
+    message, _, path = problem.rpartition(" @ ")
+    path = path.lstrip("$.")
+    return f"{path}: {message}" if path else message
+
+
+def parse_config(data: dict[str, Any], source: str = "config") -> Config:
+    """Structure a parsed TOML document; raise ConfigError naming the bad key."""
+    try:
+        return _converter.structure(data, Config)
+    except (cattrs.BaseValidationError, ValueError, TypeError) as exc:
+        if isinstance(exc, cattrs.BaseValidationError):
+            problems = cattrs.transform_error(exc, path="", format_exception=_describe)
+        else:
+            problems = [str(exc)]
+        lines = "\n  ".join(_where(p) for p in problems)
+        raise ConfigError(f"{source}: invalid configuration:\n  {lines}") from exc
+
+
+def load_config(path: Path | None = None) -> Config:
+    """Load `path`, or the embedded default when None."""
+    if path is None:
+        text = resources.files("messageai").joinpath("default.toml").read_text("utf-8")
+        source = "embedded default config"
+    else:
+        try:
+            text = path.read_text("utf-8")
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read config: {exc.strerror}") from exc
+        source = str(path)
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: not valid TOML: {exc}") from exc
+    return parse_config(data, source)
+
+
+def with_overrides(
+    config: Config, *, host: str | None, port: int | None, data_dir: str | None
+) -> Config:
+    """Apply CLI flags on top of the file's values."""
+    server = config.server
+    if host is not None:
+        server = attrs.evolve(server, host=host)
+    if port is not None:
+        try:
+            server = attrs.evolve(server, port=port)
+        except ValueError as exc:
+            raise ConfigError(f"--port: {exc}") from exc
+    storage = config.storage
+    if data_dir is not None:
+        storage = attrs.evolve(storage, data_dir=data_dir)
+    return attrs.evolve(config, server=server, storage=storage)

@@ -1,0 +1,193 @@
+"""The directory service: the one owner of the central database (`directory.sqlite3`).
+
+Reads run inline on the event loop on a read connection (WAL lets them proceed
+while a write commits); writes run one at a time in a worker thread on a write
+connection, so an fsync never stalls the loop. Called by REST handlers, the
+WebSocket handshake, the registry (conversation records and members) and the CLI.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import ParamSpec, TypeVar
+
+import apsw
+import trio
+
+from messageai import auth
+from messageai.config import Config
+from messageai.errors import BadRequest, Conflict, Forbidden, NotFound, Unauthorized
+from messageai.protocol import User
+from messageai.store import directory as sql
+from messageai.store.db import migrate, open_db, transaction
+from messageai.store.directory import ConversationRecord
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+DIRECTORY_FILE = "directory.sqlite3"
+USER_SEARCH_LIMIT = 20
+
+
+def open_directory_db(data_dir: Path, synchronous: str) -> apsw.Connection:
+    """Open the directory database, creating and migrating it if needed (blocking)."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    conn = open_db(data_dir / DIRECTORY_FILE, synchronous)
+    migrate(conn, sql.MIGRATIONS)
+    return conn
+
+
+class Directory:
+    """Users, tokens, conversations and memberships, behind async methods."""
+
+    def __init__(self, config: Config) -> None:
+        self._config = config
+        self._writer = open_directory_db(config.data_dir, config.storage.synchronous)
+        self._reader = open_db(config.data_dir / DIRECTORY_FILE, config.storage.synchronous)
+        self._write_lock = trio.Lock()
+        # Password hashing takes ~16 MiB and ~50 ms each: two at a time bounds both.
+        self._hashing = trio.CapacityLimiter(2)
+
+    def close(self) -> None:
+        self._reader.close()
+        self._writer.close()
+
+    async def _write(self, fn: Callable[..., T], *args: object) -> T:
+        """Run `fn(conn, *args)` in one transaction on the write connection, in a thread."""
+
+        def run() -> T:
+            with transaction(self._writer):
+                return fn(self._writer, *args)
+
+        async with self._write_lock:
+            return await trio.to_thread.run_sync(run)
+
+    # ------------------------------------------------------------ accounts
+
+    async def register(self, username: object, password: object, display_name: object) -> tuple[User, str]:
+        if not self._config.auth.allow_registration:
+            raise Forbidden("registration is closed on this server")
+        name = auth.check_username(username)
+        secret = auth.check_password(password)
+        shown = auth.check_display_name(display_name, name)
+        if sql.user_and_hash_by_name(self._reader, name) is not None:
+            raise Conflict(f"username {name!r} is taken")
+        async with self._hashing:
+            password_hash = await trio.to_thread.run_sync(
+                auth.hash_password, secret, self._config.auth.scrypt_n
+            )
+        user = User(id=auth.new_id("u_"), username=name, display_name=shown, created_at=auth.now_ms())
+        token = auth.new_token()
+
+        def insert(conn: apsw.Connection) -> bool:
+            if not sql.insert_user(conn, user, password_hash):
+                return False
+            self._insert_token(conn, token, user.id)
+            return True
+
+        if not await self._write(insert):
+            raise Conflict(f"username {name!r} is taken")
+        return user, token
+
+    def _insert_token(self, conn: apsw.Connection, token: str, user_id: str) -> None:
+        now = auth.now_ms()
+        ttl_ms = self._config.auth.token_ttl_seconds * 1000
+        sql.insert_token(conn, auth.token_hash(token), user_id, now, now + ttl_ms)
+
+    async def login(self, username: object, password: object) -> tuple[User, str]:
+        failure = Unauthorized("wrong username or password")
+        if not isinstance(username, str) or not isinstance(password, str):
+            raise BadRequest("username and password must be strings")
+        if len(password) > auth.MAX_PASSWORD_CHARS:
+            raise failure
+        found = sql.user_and_hash_by_name(self._reader, username)
+        if found is None or found[1] is None:
+            raise failure
+        user, stored = found
+        assert stored is not None
+        async with self._hashing:
+            ok = await trio.to_thread.run_sync(auth.verify_password, password, stored)
+        if not ok:
+            raise failure
+        token = auth.new_token()
+        await self._write(self._insert_token, token, user.id)
+        return user, token
+
+    async def logout(self, token: str) -> None:
+        await self._write(sql.delete_token, auth.token_hash(token))
+
+    def user_for_token(self, token: str) -> User | None:
+        """The token's user, or None when it is unknown, revoked or expired. Inline read."""
+        return sql.user_by_token(self._reader, auth.token_hash(token), auth.now_ms())
+
+    def user(self, user_id: str) -> User | None:
+        return sql.user_by_id(self._reader, user_id)
+
+    def search_users(self, prefix: str) -> list[User]:
+        return sql.search_users(self._reader, prefix, USER_SEARCH_LIMIT)
+
+    # ------------------------------------------------------------ conversations
+
+    def conversation(self, conversation_id: str) -> ConversationRecord | None:
+        return sql.conversation(self._reader, conversation_id)
+
+    def member_ids(self, conversation_id: str) -> list[str]:
+        return sql.member_ids(self._reader, conversation_id)
+
+    def conversation_ids_of(self, user_id: str) -> list[str]:
+        return sql.conversation_ids_of(self._reader, user_id)
+
+    def _check_users_exist(self, user_ids: list[str]) -> None:
+        missing = set(user_ids) - sql.existing_user_ids(self._reader, user_ids)
+        if missing:
+            raise BadRequest(f"unknown user: {sorted(missing)[0]}")
+
+    async def open_direct(self, caller: str, other: str) -> tuple[ConversationRecord, bool]:
+        """The direct conversation of two users, created if needed; True when created."""
+        if other == caller:
+            raise BadRequest("member_ids: a direct conversation needs one other user")
+        self._check_users_exist([other])
+        record = ConversationRecord(
+            id=auth.new_id("c_"), kind="direct", title=None, creator_id=caller, created_at=auth.now_ms()
+        )
+
+        def create(conn: apsw.Connection) -> tuple[ConversationRecord, bool]:
+            # Check and insert in one transaction: two racing requests get one conversation.
+            existing = sql.direct_conversation_id(conn, caller, other)
+            if existing is not None:
+                found = sql.conversation(conn, existing)
+                assert found is not None
+                return found, False
+            sql.insert_conversation(conn, record, [caller, other], record.created_at)
+            sql.insert_direct_pair(conn, caller, other, record.id)
+            return record, True
+
+        return await self._write(create)
+
+    async def create_group(self, caller: str, title: str, member_ids: list[str]) -> ConversationRecord:
+        members = list(dict.fromkeys([caller, *member_ids]))
+        if len(members) > self._config.limits.max_group_members:
+            raise BadRequest(f"member_ids: at most {self._config.limits.max_group_members} members")
+        self._check_users_exist(members)
+        record = ConversationRecord(
+            id=auth.new_id("c_"), kind="group", title=title, creator_id=caller, created_at=auth.now_ms()
+        )
+        await self._write(sql.insert_conversation, record, members, record.created_at)
+        return record
+
+    async def add_members(self, conversation_id: str, user_ids: list[str]) -> None:
+        self._check_users_exist(user_ids)
+        limit = self._config.limits.max_group_members
+
+        def add(conn: apsw.Connection) -> None:
+            current = set(sql.member_ids(conn, conversation_id))
+            if len(current | set(user_ids)) > limit:
+                raise BadRequest(f"user_ids: a group has at most {limit} members")
+            sql.add_members(conn, conversation_id, user_ids, auth.now_ms())
+
+        await self._write(add)
+
+    async def remove_member(self, conversation_id: str, user_id: str) -> None:
+        if not await self._write(sql.remove_member, conversation_id, user_id):
+            raise NotFound("that user is not a member")

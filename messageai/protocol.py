@@ -1,0 +1,384 @@
+"""The wire protocol of PROTOCOL.md: frames as attrs classes and the one converter.
+
+`parse_client_frame` is called by the WebSocket session for every text frame; it
+validates shape and types before anything touches storage. `encode` turns server
+frames into the text that is written to sockets (once per frame, shared by all
+recipients).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, TypeAlias
+
+import attrs
+import cattrs
+import orjson
+from cattrs.gen import make_dict_unstructure_fn, override
+
+from messageai.errors import BadRequest, TooLarge, UnknownType
+
+MAX_ID_CHARS = 128
+MAX_SEQ = 2**63 - 1
+HISTORY_DEFAULT_LIMIT = 50
+HISTORY_MAX_LIMIT = 200
+
+Req: TypeAlias = str | int | None
+
+
+# ---------------------------------------------------------------- objects
+
+
+@attrs.frozen
+class Message:
+    id: str
+    conversation_id: str
+    seq: int
+    sender_id: str
+    client_id: str
+    body: str
+    attachments: list[str]
+    created_at: int
+
+
+@attrs.frozen
+class User:
+    id: str
+    username: str
+    display_name: str
+    created_at: int
+
+
+@attrs.frozen
+class Conversation:
+    id: str
+    kind: str
+    title: str | None
+    member_ids: list[str]
+    created_at: int
+    last_seq: int
+    last_message: Message | None
+    unread_count: int
+
+
+# ---------------------------------------------------------------- client frames
+
+
+@attrs.frozen
+class Subscribe:
+    conversation_id: str
+
+
+@attrs.frozen
+class Unsubscribe:
+    conversation_id: str
+
+
+@attrs.frozen
+class SendMessage:
+    conversation_id: str
+    client_id: str
+    body: str
+    attachments: list[str] = attrs.Factory(list)
+
+
+@attrs.frozen
+class GetHistory:
+    conversation_id: str
+    after_seq: int | None = None
+    before_seq: int | None = None
+    limit: int = HISTORY_DEFAULT_LIMIT
+
+
+@attrs.frozen
+class MarkRead:
+    conversation_id: str
+    seq: int
+
+
+@attrs.frozen
+class Typing:
+    conversation_id: str
+    typing: bool
+
+
+@attrs.frozen
+class Ping:
+    pass
+
+
+ClientFrame: TypeAlias = Subscribe | Unsubscribe | SendMessage | GetHistory | MarkRead | Typing | Ping
+
+CLIENT_FRAMES: dict[str, type[ClientFrame]] = {
+    "subscribe": Subscribe,
+    "unsubscribe": Unsubscribe,
+    "send_message": SendMessage,
+    "get_history": GetHistory,
+    "mark_read": MarkRead,
+    "typing": Typing,
+    "ping": Ping,
+}
+
+
+# ---------------------------------------------------------------- the converter
+
+
+def _strict(expected: type) -> Any:
+    def hook(value: Any, _type: Any) -> Any:
+        # JSON has real types; "5" is not 5 and true is not 1.
+        if type(value) is not expected:
+            raise TypeError(f"expected {_JSON_NAMES[expected]}, got {_json_name(value)}")
+        return value
+
+    return hook
+
+
+_JSON_NAMES = {str: "string", int: "integer", bool: "boolean", float: "number", list: "array"}
+
+
+def _json_name(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, dict):
+        return "object"
+    return _JSON_NAMES.get(type(value), type(value).__name__)
+
+
+def _str_list(value: Any, _type: Any) -> list[str]:
+    if type(value) is not list:
+        raise TypeError(f"expected array, got {_json_name(value)}")
+    for item in value:
+        if type(item) is not str:
+            raise TypeError(f"expected array of strings, found {_json_name(item)}")
+    return value
+
+
+converter = cattrs.Converter()
+for _t in (str, int, bool):
+    converter.register_structure_hook(_t, _strict(_t))
+converter.register_structure_hook_func(lambda t: t == list[str], _str_list)
+
+# Server frames leave out `req` when the client sent none.
+_OMIT_REQ = {"req": override(omit_if_default=True)}
+
+
+def _format(exc: BaseException, type_: Any) -> str:
+    if isinstance(exc, KeyError):
+        return "required field missing"
+    if isinstance(exc, (TypeError, ValueError)) and str(exc):
+        return str(exc)
+    return cattrs.v.format_exception(exc, type_)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, cattrs.BaseValidationError):
+        problems = cattrs.transform_error(exc, path="", format_exception=_format)
+        out = []
+        for problem in problems:
+            message, _, path = problem.rpartition(" @ ")
+            out.append(f"{path.lstrip('$.')}: {message}" if path.strip("$.") else message)
+        return "; ".join(out)
+    return str(exc)
+
+
+def _check_id(name: str, value: str) -> None:
+    if not 1 <= len(value) <= MAX_ID_CHARS:
+        raise BadRequest(f"{name}: must be 1 to {MAX_ID_CHARS} characters")
+
+
+def _check_seq(name: str, value: int | None) -> None:
+    if value is not None and not 0 <= value <= MAX_SEQ:
+        raise BadRequest(f"{name}: must be an integer from 0 to {MAX_SEQ}")
+
+
+def read_req(obj: dict[str, Any]) -> Req:
+    """The frame's `req` if it is usable (string or integer), else None."""
+    req = obj.get("req")
+    if type(req) is str and len(req) <= MAX_ID_CHARS:
+        return req
+    if type(req) is int and -MAX_SEQ <= req <= MAX_SEQ:
+        return req
+    return None
+
+
+def parse_client_frame(text: str | bytes) -> tuple[Req, ClientFrame]:
+    """Decode and validate one client frame.
+
+    Raises a MessageAIError whose `req` attribute carries the frame's `req` when
+    it could be read, so the error frame can name it.
+    """
+    try:
+        obj = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"frame is not valid JSON: {exc}") from None
+    if type(obj) is not dict:
+        raise BadRequest(f"frame must be a JSON object, got {_json_name(obj)}")
+    return frame_from_object(obj)
+
+
+def frame_from_object(obj: dict[str, Any]) -> tuple[Req, ClientFrame]:
+    """Validate a decoded frame object (also used by REST for its message bodies)."""
+    req = read_req(obj)
+    try:
+        if "req" in obj and req is None:
+            raise BadRequest("req: must be a string of at most 128 characters or an integer")
+        kind = obj.get("type")
+        if type(kind) is not str:
+            raise BadRequest("type: required string field missing")
+        cls = CLIENT_FRAMES.get(kind)
+        if cls is None:
+            raise UnknownType(f"unknown frame type {kind[:64]!r}")
+        try:
+            frame = converter.structure(obj, cls)
+        except (cattrs.BaseValidationError, TypeError, ValueError) as exc:
+            raise BadRequest(f"{kind}: {_describe(exc)}") from None
+        _check_ranges(frame)
+    except (BadRequest, UnknownType) as exc:
+        exc.req = req  # type: ignore[attr-defined]
+        raise
+    return req, frame
+
+
+def _check_ranges(frame: ClientFrame) -> None:
+    if isinstance(frame, Ping):
+        return
+    _check_id("conversation_id", frame.conversation_id)
+    if isinstance(frame, SendMessage):
+        _check_id("client_id", frame.client_id)
+        for media_id in frame.attachments:
+            _check_id("attachments[]", media_id)
+    elif isinstance(frame, GetHistory):
+        _check_seq("after_seq", frame.after_seq)
+        _check_seq("before_seq", frame.before_seq)
+        if frame.limit < 1:
+            raise BadRequest("limit: must be at least 1")
+    elif isinstance(frame, MarkRead):
+        _check_seq("seq", frame.seq)
+
+
+def check_message_content(body: str, attachments: list[str], max_chars: int, max_attachments: int) -> None:
+    """The body and attachment rules shared by the WebSocket and REST send paths."""
+    length = len(body.strip())
+    if length == 0:
+        raise BadRequest("body: must not be empty")
+    if length > max_chars:
+        raise TooLarge(f"body: at most {max_chars} characters")
+    if len(attachments) > max_attachments:
+        raise TooLarge(f"attachments: at most {max_attachments}")
+
+
+def history_limit(limit: int) -> int:
+    return min(limit, HISTORY_MAX_LIMIT)
+
+
+# ---------------------------------------------------------------- server frames
+
+
+def _frame(tag: str) -> Any:
+    """Class decorator: a server frame whose JSON carries `"type": tag` first."""
+
+    def wrap(cls: type) -> type:
+        frozen = attrs.frozen(cls)
+        fn = make_dict_unstructure_fn(frozen, converter, **_OMIT_REQ)
+
+        def unstructure(frame: Any) -> dict[str, Any]:
+            return {"type": tag, **fn(frame)}
+
+        converter.register_unstructure_hook(frozen, unstructure)
+        return frozen
+
+    return wrap
+
+
+@_frame("subscribed")
+class Subscribed:
+    conversation_id: str
+    last_seq: int
+    read_cursors: dict[str, int]
+    online: list[str]
+    req: Req = None
+
+
+@_frame("ok")
+class Ok:
+    req: Req = None
+
+
+@_frame("pong")
+class Pong:
+    req: Req = None
+
+
+@_frame("ack")
+class Ack:
+    client_id: str
+    message: Message
+    duplicate: bool
+    req: Req = None
+
+
+@_frame("history")
+class History:
+    conversation_id: str
+    messages: list[Message]
+    has_more: bool
+    req: Req = None
+
+
+@_frame("new_message")
+class NewMessage:
+    message: Message
+
+
+@_frame("message_read")
+class MessageRead:
+    conversation_id: str
+    user_id: str
+    seq: int
+
+
+@_frame("presence_update")
+class PresenceUpdate:
+    user_id: str
+    status: str
+    last_seen_at: int
+
+
+@_frame("typing")
+class TypingUpdate:
+    conversation_id: str
+    user_id: str
+    typing: bool
+
+
+@_frame("unsubscribed")
+class Unsubscribed:
+    conversation_id: str
+    reason: str
+
+
+@_frame("error")
+class Error:
+    code: str
+    message: str
+    req: Req = None
+
+
+ServerFrame: TypeAlias = (
+    Subscribed | Ok | Pong | Ack | History | NewMessage | MessageRead | PresenceUpdate
+    | TypingUpdate | Unsubscribed | Error
+)
+
+
+def encode(frame: ServerFrame) -> str:
+    """The frame as WebSocket text. Call once per frame and share the result."""
+    return orjson.dumps(converter.unstructure(frame)).decode()
+
+
+def dumps(value: Any) -> bytes:
+    """JSON bytes for REST bodies (attrs objects unstructured by the same converter)."""
+    return orjson.dumps(converter.unstructure(value))
+
+
+def is_finite_number(value: Any) -> bool:
+    return isinstance(value, int) or (isinstance(value, float) and math.isfinite(value))

@@ -1,0 +1,150 @@
+"""The server: wires config, directory, registry, presence, REST and WebSocket on one port.
+
+`Server.run` is a Trio service (`await nursery.start(server.run)` gives the bound
+port, so tests use 127.0.0.1:0). Nurseries, from the outside in: the actor
+nursery (owned by the registry; outlives every connection), then the connection
+nursery (one task per TCP connection). `shutdown()` stops accepting, closes
+WebSockets with 1001, gives connections `shutdown_timeout_seconds`, then cancels
+the actors, which let a commit already in its worker thread finish and close
+their databases.
+"""
+
+from __future__ import annotations
+
+import logging
+from urllib.parse import parse_qs, urlsplit
+
+import orjson
+import trio
+import trio_websocket
+
+from messageai.asgi import App, Router
+from messageai.config import Config
+from messageai.directory import Directory
+from messageai.frontdoor import FrontDoor, ReplayStream
+from messageai.presence import Presence
+from messageai.protocol import User
+from messageai.registry import Registry
+from messageai.rest import Rest
+from messageai.session import Session
+
+log = logging.getLogger(__name__)
+
+# Client frames buffered by trio-websocket before its reader stops reading the socket.
+WS_INBOUND_QUEUE = 4
+
+
+class Server:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.port: int | None = None
+        self._stop = trio.Event()
+        self._sessions: set[Session] = set()
+        self.directory: Directory | None = None
+        self.registry: Registry | None = None
+
+    def shutdown(self) -> None:
+        """Begin a graceful shutdown; `run` returns once it is done."""
+        self._stop.set()
+
+    @property
+    def url(self) -> str:
+        host = self.config.server.host
+        shown = f"[{host}]" if ":" in host else host
+        return f"http://{shown}:{self.port}"
+
+    async def run(self, *, task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED) -> None:
+        config = self.config
+        directory = Directory(config)
+        self.directory = directory
+        presence = Presence(directory)
+        try:
+            async with trio.open_nursery() as actor_nursery:
+                registry = Registry(config, directory, actor_nursery, presence.is_online)
+                presence.registry = registry
+                self.registry = registry
+                router = Router()
+                Rest(config, directory, registry).routes(router)
+                front = FrontDoor(
+                    App(router, config.server.max_request_body_bytes),
+                    lambda stream: self._websocket(stream, directory, registry, presence),
+                    handshake_timeout=config.server.handshake_timeout_seconds,
+                    max_request_body_bytes=config.server.max_request_body_bytes,
+                )
+                async with trio.open_nursery() as connections:
+                    listeners = await trio.open_tcp_listeners(config.server.port, host=config.server.host)
+                    self.port = listeners[0].socket.getsockname()[1]
+                    accept_scope = trio.CancelScope()
+
+                    async def accept() -> None:
+                        with accept_scope:
+                            await trio.serve_listeners(front.handle, listeners, handler_nursery=connections)
+
+                    connections.start_soon(accept)
+                    task_status.started(self)
+                    await self._stop.wait()
+                    log.info("shutting down")
+                    accept_scope.cancel()
+                    for listener in listeners:
+                        await listener.aclose()
+                    for session in list(self._sessions):
+                        session.shutdown()
+                    await front.context.terminated.set()
+                    connections.cancel_scope.deadline = (
+                        trio.current_time() + config.server.shutdown_timeout_seconds
+                    )
+                registry.closing = True
+                actor_nursery.cancel_scope.cancel()
+        finally:
+            directory.close()
+
+    async def _websocket(
+        self, stream: ReplayStream, directory: Directory, registry: Registry, presence: Presence
+    ) -> None:
+        config = self.config
+        async with trio.open_nursery() as nursery:
+            try:
+                request = await trio_websocket.wrap_server_stream(
+                    nursery,
+                    stream,
+                    message_queue_size=WS_INBOUND_QUEUE,
+                    max_message_size=config.limits.max_frame_bytes,
+                )
+                user = _authenticate(request, directory)
+                if user is None:
+                    body = orjson.dumps(
+                        {"error": {"code": "unauthorized", "message": "a valid token is required"}}
+                    )
+                    await request.reject(401, extra_headers=[(b"content-type", b"application/json")], body=body)
+                    return
+                ws = await request.accept()
+            except (trio_websocket.ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError):
+                return
+            finally:
+                if "ws" not in locals():
+                    nursery.cancel_scope.cancel()
+                    await trio.aclose_forcefully(stream)
+            session = Session(ws, stream, user.id, config, registry, presence)
+            self._sessions.add(session)
+            try:
+                await session.run()
+            finally:
+                self._sessions.discard(session)
+                nursery.cancel_scope.cancel()
+                await trio.aclose_forcefully(stream)
+
+
+def _authenticate(request: trio_websocket.WebSocketRequest, directory: Directory) -> User | None:
+    token = None
+    for name, value in request.headers:
+        if name.lower() == b"authorization":
+            scheme, _, rest = value.decode("latin-1").partition(" ")
+            if scheme.lower() == "bearer":
+                token = rest.strip()
+    if token is None:
+        query = parse_qs(urlsplit(request.path).query)
+        values = query.get("access_token")
+        token = values[-1] if values else None
+    if not token:
+        return None
+    return directory.user_for_token(token)

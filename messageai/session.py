@@ -1,0 +1,173 @@
+"""The WebSocket session: one per connection, between the socket and the actors.
+
+`run` starts a writer task and reads frames until the connection ends. Each
+client frame is validated (`protocol.parse_client_frame`) before it is routed to
+its conversation's actor; bad input gets an `error` frame and nothing else
+happens. Everything the server sends goes through `push`, which never waits: it
+appends to a bounded outbound queue (frames and bytes), and a connection whose
+queue would overflow is closed with 1013 so it costs only itself. The writer
+drains the queue to the socket; if the peer does not take even the close frame
+within a grace period, the TCP stream is cut.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+import trio
+import trio_websocket
+
+from messageai.commands import Command
+from messageai.config import Config
+from messageai.errors import (
+    CLOSE_GOING_AWAY,
+    CLOSE_TOO_BIG,
+    CLOSE_TRY_AGAIN_LATER,
+    CLOSE_UNSUPPORTED_DATA,
+    MessageAIError,
+)
+from messageai.presence import Presence
+from messageai.protocol import Error, Ping, Pong, ServerFrame, Subscribe, encode, parse_client_frame
+from messageai.registry import Registry
+
+log = logging.getLogger(__name__)
+
+# How long a closing peer gets to take the close frame before its TCP stream is cut.
+CLOSE_GRACE_SECONDS = 2.0
+
+
+class Session:
+    def __init__(
+        self,
+        ws: trio_websocket.WebSocketConnection,
+        stream: trio.abc.Stream,
+        user_id: str,
+        config: Config,
+        registry: Registry,
+        presence: Presence,
+    ) -> None:
+        self.user_id = user_id
+        self._ws = ws
+        self._stream = stream
+        self._config = config
+        self._registry = registry
+        self._presence = presence
+        self._queue: deque[str] = deque()
+        self._queued_bytes = 0
+        self._wake = trio.Event()
+        self._closing = trio.Event()
+        self._close_code: int | None = None
+        self._close_reason = ""
+        self.subscriptions: set[str] = set()
+
+    # ------------------------------------------------------------ outbound
+
+    def push(self, text: str) -> None:
+        """Queue a frame for this connection without waiting. Overflow closes with 1013."""
+        if self._close_code is not None:
+            return
+        limits = self._config.limits
+        if (
+            len(self._queue) >= limits.outbound_queue_frames
+            or self._queued_bytes + len(text) > limits.outbound_queue_bytes
+        ):
+            self.close(CLOSE_TRY_AGAIN_LATER, "too slow: resync with get_history")
+            return
+        self._queue.append(text)
+        self._queued_bytes += len(text)
+        self._wake.set()
+
+    def push_frame(self, frame: ServerFrame) -> None:
+        self.push(encode(frame))
+
+    def subscription_ended(self, conversation_id: str) -> None:
+        self.subscriptions.discard(conversation_id)
+
+    def close(self, code: int, reason: str) -> None:
+        """Ask for the connection to close with `code`; queued frames are dropped."""
+        if self._close_code is None:
+            self._close_code = code
+            self._close_reason = reason
+            self._queue.clear()
+            self._queued_bytes = 0
+            self._wake.set()
+            self._closing.set()
+
+    async def _writer(self, done: trio.Event) -> None:
+        try:
+            while self._close_code is None:
+                await self._wake.wait()
+                self._wake = trio.Event()
+                while self._queue and self._close_code is None:
+                    text = self._queue.popleft()
+                    self._queued_bytes -= len(text)
+                    await self._ws.send_message(text)
+        except trio_websocket.ConnectionClosed:
+            pass
+        finally:
+            done.set()
+
+    # ------------------------------------------------------------ inbound
+
+    async def run(self) -> None:
+        """Serve the connection until it closes; cleans up subscriptions and presence."""
+        self._presence.connected(self)
+        try:
+            async with trio.open_nursery() as nursery:
+                writer_done = trio.Event()
+                nursery.start_soon(self._writer, writer_done)
+                nursery.start_soon(self._closer, writer_done, nursery.cancel_scope)
+                await self._reader()
+                self.close(1000, "")
+        finally:
+            self._registry.unsubscribe_everywhere(self, self.subscriptions)
+            self._presence.disconnected(self)
+
+    async def _closer(self, writer_done: trio.Event, scope: trio.CancelScope) -> None:
+        # Waits for a close request, lets the writer finish the frame it is writing,
+        # sends the close frame, and cuts the stream if the peer will not take it.
+        await self._closing.wait()
+        with trio.move_on_after(CLOSE_GRACE_SECONDS) as grace:
+            await writer_done.wait()
+            await self._ws.aclose(self._close_code or 1000, self._close_reason or None)
+        if grace.cancelled_caught:
+            await trio.aclose_forcefully(self._stream)
+        scope.cancel()
+
+    async def _reader(self) -> None:
+        max_bytes = self._config.limits.max_frame_bytes
+        while self._close_code is None:
+            try:
+                data = await self._ws.get_message()
+            except trio_websocket.ConnectionClosed:
+                return
+            if isinstance(data, bytes):
+                self.close(CLOSE_UNSUPPORTED_DATA, "binary frames are not supported")
+                return
+            # trio-websocket counts characters; the limit is in bytes.
+            if len(data) * 4 > max_bytes and len(data.encode()) > max_bytes:
+                self.close(CLOSE_TOO_BIG, f"frame larger than {max_bytes} bytes")
+                return
+            await self._handle(data)
+
+    async def _handle(self, text: str) -> None:
+        try:
+            req, frame = parse_client_frame(text)
+        except MessageAIError as exc:
+            self.push_frame(Error(code=exc.code, message=exc.message, req=getattr(exc, "req", None)))
+            return
+        if isinstance(frame, Ping):
+            self.push_frame(Pong(req=req))
+            return
+        conversation_id = frame.conversation_id
+        command = Command(op=frame, user_id=self.user_id, req=req, peer=self)
+        try:
+            await self._registry.submit(conversation_id, command)
+        except MessageAIError as exc:
+            self.push_frame(Error(code=exc.code, message=exc.message, req=req))
+            return
+        if isinstance(frame, Subscribe):
+            self.subscriptions.add(conversation_id)
+
+    def shutdown(self) -> None:
+        self.close(CLOSE_GOING_AWAY, "server shutting down")

@@ -1,0 +1,147 @@
+"""SQL for one conversation's own database: its messages and its read cursors.
+
+Only the conversation's actor calls these, on the connection it owns.
+"""
+
+from __future__ import annotations
+
+import apsw
+import orjson
+
+from messageai.protocol import Message
+from messageai.store.db import Migration
+
+
+def _v1(conn: apsw.Connection) -> None:
+    conn.execute(
+        """
+        CREATE TABLE messages(
+            seq INTEGER PRIMARY KEY,
+            id TEXT NOT NULL UNIQUE,
+            sender_id TEXT NOT NULL,
+            client_id TEXT NOT NULL,
+            body TEXT NOT NULL,
+            attachments TEXT NOT NULL,
+            created_at INTEGER NOT NULL,
+            UNIQUE(sender_id, client_id)
+        );
+        CREATE TABLE read_cursors(
+            user_id TEXT PRIMARY KEY,
+            seq INTEGER NOT NULL
+        ) WITHOUT ROWID;
+        """
+    )
+
+
+MIGRATIONS: list[Migration] = [_v1]
+
+_COLUMNS = "seq, id, sender_id, client_id, body, attachments, created_at"
+
+
+def _message(conversation_id: str, row: tuple[object, ...]) -> Message:
+    seq, id_, sender_id, client_id, body, attachments, created_at = row
+    return Message(
+        id=id_,  # type: ignore[arg-type]
+        conversation_id=conversation_id,
+        seq=seq,  # type: ignore[arg-type]
+        sender_id=sender_id,  # type: ignore[arg-type]
+        client_id=client_id,  # type: ignore[arg-type]
+        body=body,  # type: ignore[arg-type]
+        attachments=orjson.loads(attachments) if attachments != "[]" else [],  # type: ignore[arg-type]
+        created_at=created_at,  # type: ignore[arg-type]
+    )
+
+
+def last_seq(conn: apsw.Connection) -> int:
+    value = conn.execute("SELECT max(seq) FROM messages").get
+    return int(value) if value is not None else 0  # type: ignore[arg-type]
+
+
+def read_cursors(conn: apsw.Connection) -> dict[str, int]:
+    return dict(conn.execute("SELECT user_id, seq FROM read_cursors"))  # type: ignore[arg-type]
+
+
+def insert_message(conn: apsw.Connection, message: Message) -> Message | None:
+    """Insert `message`; return the stored original instead if (sender, client_id) exists.
+
+    The uniqueness check is the UNIQUE constraint itself, inside the caller's
+    transaction, so a resend can never slip in beside its original.
+    """
+    try:
+        conn.execute(
+            "INSERT INTO messages(seq, id, sender_id, client_id, body, attachments, created_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                message.seq,
+                message.id,
+                message.sender_id,
+                message.client_id,
+                message.body,
+                orjson.dumps(message.attachments).decode() if message.attachments else "[]",
+                message.created_at,
+            ),
+        )
+    except apsw.ConstraintError:
+        original = find_by_client_id(conn, message.conversation_id, message.sender_id, message.client_id)
+        if original is None:
+            raise
+        return original
+    return None
+
+
+def find_by_client_id(
+    conn: apsw.Connection, conversation_id: str, sender_id: str, client_id: str
+) -> Message | None:
+    row = conn.execute(
+        f"SELECT {_COLUMNS} FROM messages WHERE sender_id = ? AND client_id = ?",
+        (sender_id, client_id),
+    ).fetchone()
+    return _message(conversation_id, row) if row is not None else None
+
+
+def latest_message(conn: apsw.Connection, conversation_id: str) -> Message | None:
+    row = conn.execute(f"SELECT {_COLUMNS} FROM messages ORDER BY seq DESC LIMIT 1").fetchone()
+    return _message(conversation_id, row) if row is not None else None
+
+
+def history(
+    conn: apsw.Connection,
+    conversation_id: str,
+    *,
+    after_seq: int | None,
+    before_seq: int | None,
+    limit: int,
+) -> tuple[list[Message], bool]:
+    """A page of messages, ascending by seq, and whether more remain (see PROTOCOL.md)."""
+    upper = before_seq if before_seq is not None else 2**63 - 1
+    if after_seq is not None:
+        rows = conn.execute(
+            f"SELECT {_COLUMNS} FROM messages WHERE seq > ? AND seq < ? ORDER BY seq LIMIT ?",
+            (after_seq, upper, limit + 1),
+        ).fetchall()
+        more = len(rows) > limit
+        rows = rows[:limit]
+    else:
+        rows = conn.execute(
+            f"SELECT {_COLUMNS} FROM messages WHERE seq < ? ORDER BY seq DESC LIMIT ?",
+            (upper, limit + 1),
+        ).fetchall()
+        more = len(rows) > limit
+        rows = rows[:limit]
+        rows.reverse()
+    return [_message(conversation_id, row) for row in rows], more
+
+
+def set_read_cursor(conn: apsw.Connection, user_id: str, seq: int) -> None:
+    conn.execute(
+        "INSERT INTO read_cursors(user_id, seq) VALUES (?, ?)"
+        " ON CONFLICT(user_id) DO UPDATE SET seq = excluded.seq",
+        (user_id, seq),
+    )
+
+
+def unread_count(conn: apsw.Connection, user_id: str, cursor: int) -> int:
+    value = conn.execute(
+        "SELECT count(*) FROM messages WHERE seq > ? AND sender_id <> ?", (cursor, user_id)
+    ).get
+    return int(value)  # type: ignore[arg-type]

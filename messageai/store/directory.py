@@ -1,0 +1,236 @@
+"""SQL for the central directory database: users, tokens, conversations, memberships.
+
+Called only by `messageai.directory.Directory`, which owns the connections.
+No per-message data lives here: messages and read cursors stay in each
+conversation's own file.
+"""
+
+from __future__ import annotations
+
+import apsw
+import attrs
+
+from messageai.protocol import User
+from messageai.store.db import Migration
+
+
+def _v1(conn: apsw.Connection) -> None:
+    conn.execute(
+        """
+        CREATE TABLE users(
+            id TEXT PRIMARY KEY,
+            username TEXT NOT NULL UNIQUE,
+            display_name TEXT NOT NULL,
+            password_hash TEXT,
+            created_at INTEGER NOT NULL
+        ) WITHOUT ROWID;
+        CREATE INDEX users_display_name ON users(display_name COLLATE NOCASE);
+        CREATE TABLE tokens(
+            hash BLOB PRIMARY KEY,
+            user_id TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+            created_at INTEGER NOT NULL,
+            expires_at INTEGER NOT NULL
+        ) WITHOUT ROWID;
+        CREATE INDEX tokens_user ON tokens(user_id);
+        CREATE TABLE conversations(
+            id TEXT PRIMARY KEY,
+            kind TEXT NOT NULL CHECK (kind IN ('direct', 'group')),
+            title TEXT,
+            creator_id TEXT NOT NULL REFERENCES users(id),
+            created_at INTEGER NOT NULL
+        ) WITHOUT ROWID;
+        CREATE TABLE memberships(
+            conversation_id TEXT NOT NULL REFERENCES conversations(id) ON DELETE CASCADE,
+            user_id TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+            joined_at INTEGER NOT NULL,
+            PRIMARY KEY (conversation_id, user_id)
+        ) WITHOUT ROWID;
+        CREATE INDEX memberships_user ON memberships(user_id, conversation_id);
+        CREATE TABLE direct_pairs(
+            user_a TEXT NOT NULL,
+            user_b TEXT NOT NULL,
+            conversation_id TEXT NOT NULL UNIQUE REFERENCES conversations(id) ON DELETE CASCADE,
+            PRIMARY KEY (user_a, user_b),
+            CHECK (user_a < user_b)
+        ) WITHOUT ROWID;
+        """
+    )
+
+
+MIGRATIONS: list[Migration] = [_v1]
+
+
+@attrs.frozen
+class ConversationRecord:
+    id: str
+    kind: str
+    title: str | None
+    creator_id: str
+    created_at: int
+
+
+_USER = "id, username, display_name, created_at"
+
+
+def _user(row: tuple[object, ...] | None) -> User | None:
+    if row is None:
+        return None
+    return User(*row)  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------- users and tokens
+
+
+def insert_user(
+    conn: apsw.Connection, user: User, password_hash: str | None
+) -> bool:
+    """Insert a user; False if the username is taken."""
+    try:
+        conn.execute(
+            "INSERT INTO users(id, username, display_name, password_hash, created_at)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (user.id, user.username, user.display_name, password_hash, user.created_at),
+        )
+    except apsw.ConstraintError:
+        return False
+    return True
+
+
+def user_by_id(conn: apsw.Connection, user_id: str) -> User | None:
+    return _user(conn.execute(f"SELECT {_USER} FROM users WHERE id = ?", (user_id,)).fetchone())
+
+
+def user_and_hash_by_name(conn: apsw.Connection, username: str) -> tuple[User, str | None] | None:
+    row = conn.execute(
+        f"SELECT {_USER}, password_hash FROM users WHERE username = ?", (username,)
+    ).fetchone()
+    if row is None:
+        return None
+    return User(*row[:4]), row[4]  # type: ignore[arg-type]
+
+
+def existing_user_ids(conn: apsw.Connection, user_ids: list[str]) -> set[str]:
+    found: set[str] = set()
+    for user_id in user_ids:
+        if conn.execute("SELECT 1 FROM users WHERE id = ?", (user_id,)).fetchone():
+            found.add(user_id)
+    return found
+
+
+def search_users(conn: apsw.Connection, prefix: str, limit: int) -> list[User]:
+    pattern = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+    rows = conn.execute(
+        f"SELECT {_USER} FROM users WHERE username LIKE ?1 ESCAPE '\\'"
+        " OR display_name LIKE ?1 ESCAPE '\\' ORDER BY username LIMIT ?2",
+        (pattern, limit),
+    ).fetchall()
+    return [User(*row) for row in rows]  # type: ignore[arg-type]
+
+
+def all_users(conn: apsw.Connection) -> list[User]:
+    return [User(*row) for row in conn.execute(f"SELECT {_USER} FROM users ORDER BY username")]  # type: ignore[arg-type]
+
+
+def insert_token(
+    conn: apsw.Connection, token_hash: bytes, user_id: str, now: int, expires_at: int
+) -> None:
+    conn.execute(
+        "INSERT INTO tokens(hash, user_id, created_at, expires_at) VALUES (?, ?, ?, ?)",
+        (token_hash, user_id, now, expires_at),
+    )
+
+
+def user_by_token(conn: apsw.Connection, token_hash: bytes, now: int) -> User | None:
+    return _user(
+        conn.execute(
+            f"SELECT {', '.join('u.' + c for c in _USER.split(', '))} FROM tokens t"
+            " JOIN users u ON u.id = t.user_id WHERE t.hash = ? AND t.expires_at > ?",
+            (token_hash, now),
+        ).fetchone()
+    )
+
+
+def delete_token(conn: apsw.Connection, token_hash: bytes) -> None:
+    conn.execute("DELETE FROM tokens WHERE hash = ?", (token_hash,))
+
+
+def delete_expired_tokens(conn: apsw.Connection, now: int) -> None:
+    conn.execute("DELETE FROM tokens WHERE expires_at <= ?", (now,))
+
+
+# ---------------------------------------------------------------- conversations
+
+
+def insert_conversation(
+    conn: apsw.Connection, record: ConversationRecord, member_ids: list[str], now: int
+) -> None:
+    conn.execute(
+        "INSERT INTO conversations(id, kind, title, creator_id, created_at) VALUES (?, ?, ?, ?, ?)",
+        (record.id, record.kind, record.title, record.creator_id, record.created_at),
+    )
+    add_members(conn, record.id, member_ids, now)
+
+
+def direct_conversation_id(conn: apsw.Connection, user_a: str, user_b: str) -> str | None:
+    a, b = sorted((user_a, user_b))
+    value = conn.execute(
+        "SELECT conversation_id FROM direct_pairs WHERE user_a = ? AND user_b = ?", (a, b)
+    ).get
+    return value if isinstance(value, str) else None
+
+
+def insert_direct_pair(conn: apsw.Connection, user_a: str, user_b: str, conversation_id: str) -> None:
+    a, b = sorted((user_a, user_b))
+    conn.execute(
+        "INSERT INTO direct_pairs(user_a, user_b, conversation_id) VALUES (?, ?, ?)",
+        (a, b, conversation_id),
+    )
+
+
+def conversation(conn: apsw.Connection, conversation_id: str) -> ConversationRecord | None:
+    row = conn.execute(
+        "SELECT id, kind, title, creator_id, created_at FROM conversations WHERE id = ?",
+        (conversation_id,),
+    ).fetchone()
+    return ConversationRecord(*row) if row is not None else None  # type: ignore[arg-type]
+
+
+def member_ids(conn: apsw.Connection, conversation_id: str) -> list[str]:
+    return [
+        row[0]  # type: ignore[misc]
+        for row in conn.execute(
+            "SELECT user_id FROM memberships WHERE conversation_id = ? ORDER BY joined_at, user_id",
+            (conversation_id,),
+        )
+    ]
+
+
+def conversation_ids_of(conn: apsw.Connection, user_id: str) -> list[str]:
+    return [
+        row[0]  # type: ignore[misc]
+        for row in conn.execute(
+            "SELECT conversation_id FROM memberships WHERE user_id = ?", (user_id,)
+        )
+    ]
+
+
+def add_members(conn: apsw.Connection, conversation_id: str, user_ids: list[str], now: int) -> None:
+    conn.executemany(
+        "INSERT OR IGNORE INTO memberships(conversation_id, user_id, joined_at) VALUES (?, ?, ?)",
+        [(conversation_id, user_id, now) for user_id in user_ids],
+    )
+
+
+def remove_member(conn: apsw.Connection, conversation_id: str, user_id: str) -> bool:
+    conn.execute(
+        "DELETE FROM memberships WHERE conversation_id = ? AND user_id = ?",
+        (conversation_id, user_id),
+    )
+    return conn.changes() > 0
+
+
+def member_count(conn: apsw.Connection, conversation_id: str) -> int:
+    value = conn.execute(
+        "SELECT count(*) FROM memberships WHERE conversation_id = ?", (conversation_id,)
+    ).get
+    return int(value)  # type: ignore[arg-type]
