@@ -1,0 +1,158 @@
+"""Test helpers: a real server on 127.0.0.1:0 and small real clients for it.
+
+Rules for every end-to-end test: localhost only, port 0, real SQLite files under
+pytest's `tmp_path`, an absolute `trio.fail_after` per test (the `server`
+fixture applies one), and the client closes first unless the test says otherwise.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import attrs
+import httpx
+import orjson
+import trio
+import trio_websocket
+
+from messageai.config import Config, parse_config
+from messageai.server import Server
+
+
+def make_config(data_dir: Path, **sections: dict[str, Any]) -> Config:
+    raw: dict[str, Any] = {
+        "server": {"host": "127.0.0.1", "port": 0, "shutdown_timeout_seconds": 2.0},
+        "storage": {"data_dir": str(data_dir)},
+        # Cheap hashes keep registration fast in tests; production uses the default.
+        "auth": {"scrypt_n": 16},
+    }
+    for name, values in sections.items():
+        raw.setdefault(name, {}).update(values)
+    return parse_config(raw)
+
+
+@contextlib.asynccontextmanager
+async def running_server(config: Config) -> AsyncIterator[Server]:
+    async with trio.open_nursery() as nursery:
+        server: Server = await nursery.start(Server(config).run)
+        try:
+            yield server
+        finally:
+            server.shutdown()
+
+
+@attrs.define
+class Account:
+    id: str
+    username: str
+    token: str
+
+
+class WS:
+    """A WebSocket client that matches responses to requests by `req`."""
+
+    def __init__(self, conn: trio_websocket.WebSocketConnection) -> None:
+        self.conn = conn
+        self._req = itertools.count(1)
+        # Frames that arrived while waiting for something else, oldest first.
+        self.events: list[dict[str, Any]] = []
+
+    async def send(self, frame: dict[str, Any] | str) -> None:
+        await self.conn.send_message(frame if isinstance(frame, str) else orjson.dumps(frame).decode())
+
+    async def recv(self, timeout: float = 5) -> dict[str, Any]:
+        with trio.fail_after(timeout):
+            return orjson.loads(await self.conn.get_message())  # type: ignore[no-any-return]
+
+    async def request(self, type_: str, **fields: Any) -> dict[str, Any]:
+        """Send a frame with a fresh `req` and return the response that names it.
+        Other frames arriving first are kept in `self.events`."""
+        req = next(self._req)
+        await self.send({"type": type_, "req": req, **fields})
+        while True:
+            frame = await self.recv()
+            if frame.get("req") == req:
+                return frame
+            self.events.append(frame)
+
+    async def next_event(self, type_: str, timeout: float = 5) -> dict[str, Any]:
+        for i, frame in enumerate(self.events):
+            if frame["type"] == type_:
+                return self.events.pop(i)
+        while True:
+            frame = await self.recv(timeout)
+            if frame["type"] == type_:
+                return frame
+            self.events.append(frame)
+
+    async def assert_quiet(self, seconds: float = 0.2) -> None:
+        """Nothing arrives for `seconds`."""
+        with trio.move_on_after(seconds):
+            frame = await self.conn.get_message()
+            raise AssertionError(f"unexpected frame: {frame}")
+
+    async def send_message(self, conversation_id: str, body: str, client_id: str | None = None) -> dict[str, Any]:
+        return await self.request(
+            "send_message", conversation_id=conversation_id, client_id=client_id or uuid.uuid4().hex, body=body
+        )
+
+
+class Harness:
+    """A running server plus helpers to make accounts, conversations and connections."""
+
+    def __init__(self, server: Server, http: httpx.AsyncClient) -> None:
+        self.server = server
+        self.http = http
+        self._names = itertools.count(1)
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    @property
+    def ws_url(self) -> str:
+        return self.server.url.replace("http", "ws", 1) + "/v1/ws"
+
+    async def account(self, username: str | None = None) -> Account:
+        username = username or f"user{next(self._names)}"
+        r = await self.http.post("/v1/auth/register", json={"username": username, "password": "password1"})
+        assert r.status_code == 201, r.text
+        body = r.json()
+        return Account(id=body["user"]["id"], username=username, token=body["token"])
+
+    def auth(self, account: Account) -> dict[str, str]:
+        return {"Authorization": f"Bearer {account.token}"}
+
+    async def direct(self, a: Account, b: Account) -> str:
+        r = await self.http.post(
+            "/v1/conversations", json={"kind": "direct", "member_ids": [b.id]}, headers=self.auth(a)
+        )
+        assert r.status_code in (200, 201), r.text
+        return r.json()["id"]  # type: ignore[no-any-return]
+
+    async def group(self, creator: Account, *others: Account, title: str = "Team") -> str:
+        r = await self.http.post(
+            "/v1/conversations",
+            json={"kind": "group", "title": title, "member_ids": [o.id for o in others]},
+            headers=self.auth(creator),
+        )
+        assert r.status_code == 201, r.text
+        return r.json()["id"]  # type: ignore[no-any-return]
+
+    @contextlib.asynccontextmanager
+    async def ws(self, account: Account) -> AsyncIterator[WS]:
+        async with trio_websocket.open_websocket_url(
+            self.ws_url, extra_headers=[("Authorization", f"Bearer {account.token}")]
+        ) as conn:
+            yield WS(conn)
+
+
+@contextlib.asynccontextmanager
+async def harness(config: Config) -> AsyncIterator[Harness]:
+    async with running_server(config) as server, httpx.AsyncClient(base_url=server.url) as http:
+        yield Harness(server, http)
