@@ -208,13 +208,14 @@ class Rest:
     async def send_message(self, request: Request) -> Response:
         user = self._user(request)
         conversation_id = request.params["conversation_id"]
+        # Who may post is decided before what is posted: 404/403 come before 400.
+        self._member_record(conversation_id, user)
         body = request.json()
         body.pop("type", None)
         body.pop("req", None)
         frame = {**body, "type": "send_message", "conversation_id": conversation_id}
         _, op = frame_from_object(frame)
         assert isinstance(op, SendMessage)
-        self._member_record(conversation_id, user)
         message, duplicate = await self._registry.call(conversation_id, user.id, op)
         assert isinstance(message, Message)
         return Response(200 if duplicate else 201, message)
@@ -238,7 +239,8 @@ def _int_param(query: dict[str, str], name: str, default: int, *, minimum: int =
     raw = query.get(name)
     if raw is None or raw == "":
         return default
-    if not raw.isdigit() or len(raw) > 19 or int(raw) > MAX_SEQ:
+    # isdigit() alone accepts "²", which int() refuses: ASCII digits only.
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 19 or int(raw) > MAX_SEQ:
         raise BadRequest(f"{name}: must be a non-negative integer")
     value = int(raw)
     if value < minimum:

@@ -156,3 +156,14 @@ class Harness:
 async def harness(config: Config) -> AsyncIterator[Harness]:
     async with running_server(config) as server, httpx.AsyncClient(base_url=server.url) as http:
         yield Harness(server, http)
+
+
+def assert_error(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
+    """The response is a PROTOCOL.md REST error: `status` and `{"error": {"code", "message"}}`."""
+    assert response.status_code == status, (response.status_code, response.text)
+    body = response.json()
+    assert set(body) == {"error"}, body
+    assert set(body["error"]) == {"code", "message"}, body
+    assert body["error"]["code"] == code, body
+    assert isinstance(body["error"]["message"], str) and body["error"]["message"], body
+    return body  # type: ignore[no-any-return]
