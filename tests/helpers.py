@@ -167,3 +167,42 @@ def assert_error(response: httpx.Response, status: int, code: str) -> dict[str, 
     assert body["error"]["code"] == code, body
     assert isinstance(body["error"]["message"], str) and body["error"]["message"], body
     return body  # type: ignore[no-any-return]
+
+
+async def raw_websocket_handshake(
+    url: str, path: str, headers: dict[str, str] | None = None
+) -> tuple[int, bytes]:
+    """Send a WebSocket upgrade request over a plain TCP stream; return the HTTP status
+    and the response body. (trio-websocket's client leaks its socket on a rejection.)"""
+    host, _, port = url.removeprefix("http://").rpartition(":")
+    lines = [
+        f"GET {path} HTTP/1.1",
+        f"Host: {host}:{port}",
+        "Upgrade: websocket",
+        "Connection: Upgrade",
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+        "Sec-WebSocket-Version: 13",
+        *(f"{name}: {value}" for name, value in (headers or {}).items()),
+    ]
+    stream = await trio.open_tcp_stream(host.strip("[]"), int(port))
+    async with stream:
+        await stream.send_all(("\r\n".join(lines) + "\r\n\r\n").encode())
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = await stream.receive_some(65536)
+            if not chunk:
+                break
+            data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        status = int(head.split(b" ", 2)[1])
+        length = 0
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        while status != 101 and len(body) < length:
+            chunk = await stream.receive_some(65536)
+            if not chunk:
+                break
+            body += chunk
+    return status, body
