@@ -1,0 +1,303 @@
+"""`Client`: one account on one server, local-first. The SDK's public object.
+
+Reads (`conversations`, `messages`, `read_by`) come from the local store only
+and work with the server down. `send` writes the message as `sending` before
+any I/O and returns it; `run()` (stay connected) or `sync()` (one pass)
+deliver it. Runs under Trio or asyncio (httpx, httpx-ws and anyio underneath).
+
+    async with Client.open() as client:        # the store's current account
+        async with anyio.create_task_group() as tg:
+            await tg.start(client.run)
+            await client.send(conversation_id, "hello")
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import anyio
+import apsw
+
+from messageai.client import accounts, store
+from messageai.client.api import Api
+from messageai.client.errors import ClientError, NotSignedIn, Unreachable
+from messageai.client.events import (
+    DEFAULT_BUFFER,
+    ConversationsChanged,
+    Events,
+    EventStream,
+    MessageAdded,
+    ReadReceipt,
+)
+from messageai.client.store import Account, LocalConversation, LocalMessage
+from messageai.client.sync import Settings, SyncReport, Syncer
+from messageai.store.db import transaction
+
+# The server's default `limits.max_body_chars`; longer bodies are refused before they are queued.
+MAX_BODY_CHARS = 16000
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class Client:
+    def __init__(self, conn: apsw.Connection, *, settings: Settings | None = None) -> None:
+        account = store.get_account(conn)
+        if account is None or account.token is None:
+            raise NotSignedIn("this store has no signed-in account: run `messageai login`")
+        self._conn = conn
+        self.account: Account = account
+        self.api = Api(account.server_url, account.token)
+        self._events = Events()
+        self.syncer = Syncer(conn, account, self.api, self._events, settings or Settings())
+
+    # ------------------------------------------------------------ opening
+
+    @classmethod
+    def open(
+        cls, store_dir: str | Path | None = None, *, settings: Settings | None = None
+    ) -> Client:
+        """The current account of a store directory (see `accounts.store_dir`)."""
+        path = accounts.current_path(accounts.store_dir(store_dir))
+        conn = store.open_store(path)
+        try:
+            return cls(conn, settings=settings)
+        except BaseException:
+            conn.close()
+            raise
+
+    @classmethod
+    async def login(
+        cls,
+        server_url: str,
+        username: str,
+        password: str,
+        *,
+        store_dir: str | Path | None = None,
+        register: bool = False,
+        display_name: str | None = None,
+        settings: Settings | None = None,
+    ) -> Client:
+        """Sign in (or register) over REST, keep the session in the store, make it current."""
+        url = accounts.normalize_server_url(server_url)
+        api = Api(url)
+        try:
+            if register:
+                body = await api.register(username, password, display_name)
+            else:
+                body = await api.login(username, password)
+        finally:
+            await api.aclose()
+        user = body["user"]
+        directory = accounts.store_dir(store_dir)
+        filename = accounts.account_file(url, user["username"])
+        conn = store.open_store(directory / filename)
+        try:
+            store.save_account(
+                conn,
+                Account(url, user["id"], user["username"], user["display_name"], body["token"]),
+            )
+            with transaction(conn):
+                store.save_users(conn, [user])
+            accounts.set_current(directory, filename)
+            return cls(conn, settings=settings)
+        except BaseException:
+            conn.close()
+            raise
+
+    async def logout(self) -> None:
+        """Revoke the token on the server (if reachable) and forget it locally."""
+        try:
+            await self.api.logout()
+        except Unreachable:
+            pass  # the token is forgotten here anyway; it expires on the server
+        store.forget_token(self._conn)
+
+    async def aclose(self) -> None:
+        self._events.close()
+        await self.api.aclose()
+        self._conn.close()
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        with anyio.CancelScope(shield=True):
+            await self.aclose()
+
+    # ------------------------------------------------------------ identity and state
+
+    @property
+    def me(self) -> str:
+        return self.account.user_id
+
+    @property
+    def state(self) -> str:
+        """`connecting`, `online`, `offline` or `signed_out`."""
+        return self.syncer.state
+
+    def is_online(self, user_id: str) -> bool | None:
+        """Presence as last told by the server; None while we are not connected."""
+        return self.syncer.online_users.get(user_id)
+
+    def user_name(self, user_id: str) -> str:
+        return store.user_names(self._conn).get(user_id, user_id)
+
+    def user_names(self) -> dict[str, str]:
+        return store.user_names(self._conn)
+
+    # ------------------------------------------------------------ local reads
+
+    def conversations(self) -> list[LocalConversation]:
+        return store.list_conversations(self._conn, self.me)
+
+    def messages(self, conversation_id: str, limit: int | None = None) -> list[LocalMessage]:
+        """Oldest first; the newest `limit` if given. Unacknowledged messages come last."""
+        return store.messages(self._conn, conversation_id, limit)
+
+    def messages_after(self, conversation_id: str, local_id: int) -> list[LocalMessage]:
+        """Messages stored after `local_id`, in the order they were stored."""
+        return store.messages_after_local_id(self._conn, conversation_id, local_id)
+
+    def message(self, conversation_id: str, client_id: str) -> LocalMessage | None:
+        """One of my messages by its client_id."""
+        return store.message_by_client_id(self._conn, conversation_id, self.me, client_id)
+
+    def read_by(self, message: LocalMessage) -> list[str]:
+        """Members other than the sender who have read `message` ("read by 3 of 5")."""
+        if message.seq is None:
+            return []
+        return store.read_by(self._conn, message.conversation_id, message.seq, message.sender_id)
+
+    def member_ids(self, conversation_id: str) -> list[str]:
+        return store.member_ids(self._conn, conversation_id)
+
+    def outbox_size(self) -> int:
+        return store.outbox_size(self._conn)
+
+    # ------------------------------------------------------------ writes
+
+    async def send(self, conversation_id: str, body: str) -> LocalMessage:
+        """Store a message as `sending` and hand it to the connection, if any.
+
+        Returns at once with the stored message; its status changes arrive as
+        `MessageUpdated` events. While offline it stays queued, across restarts.
+        """
+        if not conversation_id or len(conversation_id) > 128:
+            raise ClientError("a conversation id is 1 to 128 characters")
+        if not body.strip():
+            raise ClientError("a message needs some text")
+        if len(body.strip()) > MAX_BODY_CHARS:
+            raise ClientError(f"a message is at most {MAX_BODY_CHARS} characters")
+        message = store.add_outgoing(
+            self._conn, conversation_id, self.me, uuid.uuid4().hex, body, _now_ms()
+        )
+        self._events.emit(MessageAdded(message))
+        self.syncer.outbox_changed()
+        return message
+
+    async def retry(self, message: LocalMessage) -> LocalMessage | None:
+        """Queue a `failed` message again, with its original client_id."""
+        again = store.retry_failed(self._conn, message.local_id)
+        if again is not None:
+            self.syncer.outbox_changed()
+        return again
+
+    async def mark_read(self, conversation_id: str, seq: int | None = None) -> None:
+        """Move my read cursor (default: to the newest stored message). Sent now if
+        connected, else at the next connection."""
+        seq = store.last_seq(self._conn, conversation_id) if seq is None else seq
+        with transaction(self._conn):
+            moved = store.set_read_seq(self._conn, conversation_id, self.me, seq)
+        if not moved:
+            return
+        self._events.emit(ReadReceipt(conversation_id, self.me, seq))
+        link = self.syncer.link
+        if link is not None:
+            try:
+                await link.request("mark_read", "ok", conversation_id=conversation_id, seq=seq)
+            except Unreachable:
+                return  # sent at the next connection
+            store.set_read_sent(self._conn, conversation_id, seq)
+
+    async def set_typing(self, conversation_id: str, typing: bool) -> None:
+        """Ephemeral: dropped silently while offline."""
+        link = self.syncer.link
+        if link is not None:
+            try:
+                await link.send("typing", conversation_id=conversation_id, typing=typing)
+            except Unreachable:
+                pass  # typing is never worth queueing
+
+    # ------------------------------------------------------------ REST
+
+    async def find_users(self, prefix: str) -> list[dict[str, Any]]:
+        users = await self.api.find_users(prefix)
+        with transaction(self._conn):
+            store.save_users(self._conn, users)
+        return users
+
+    async def user_id_for(self, name_or_id: str) -> str:
+        """A username (exact match) or a user id, resolved to the id."""
+        name = name_or_id.lstrip("@")
+        for user in await self.find_users(name):
+            if user["username"] == name or user["id"] == name:
+                return str(user["id"])
+        if name in store.user_names(self._conn):
+            return name
+        raise ClientError(f"no user named {name!r}")
+
+    async def create_direct(self, user: str) -> str:
+        """Open (or find) the direct conversation with a user (name or id); returns its id."""
+        conv = await self.api.create_direct(await self.user_id_for(user))
+        return await self._adopt(conv)
+
+    async def create_group(self, title: str, users: list[str]) -> str:
+        ids = [await self.user_id_for(u) for u in users]
+        conv = await self.api.create_group(title, ids)
+        return await self._adopt(conv)
+
+    async def _adopt(self, conv: dict[str, Any]) -> str:
+        with transaction(self._conn):
+            store.save_conversation(self._conn, conv)
+        self._events.emit(ConversationsChanged((conv["id"],)))
+        link = self.syncer.link
+        if link is not None:
+            try:
+                await self.syncer.subscribe_new(link, [conv["id"]])
+            except Unreachable:
+                pass  # subscribed at the next connection
+        return str(conv["id"])
+
+    # ------------------------------------------------------------ connection
+
+    def events(self, size: int = DEFAULT_BUFFER) -> EventStream:
+        """A bounded stream of change events: `async with client.events() as ev: async for e in ev`."""
+        return self._events.subscribe(size)
+
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Stay connected (reconnecting with backoff) until cancelled.
+
+        Raises AuthError if the server revoked the session."""
+        await self.syncer.run_forever(task_status=task_status)
+
+    async def sync(self) -> SyncReport:
+        """One pass: connect, catch up every conversation, deliver the outbox, disconnect.
+
+        Raises Unreachable if the server cannot be reached."""
+        return await self.syncer.sync_once()
+
+    def reconnect_now(self) -> None:
+        self.syncer.reconnect_now()

@@ -1,0 +1,482 @@
+"""The sync engine: connect, subscribe, catch up, flush the outbox, stay live, reconnect.
+
+`Syncer` is owned by `sdk.Client`. `run_forever` keeps a connection up
+(exponential backoff with jitter between attempts, capped); `sync_once` does a
+single pass for the one-shot commands. Each connection attempt, in order:
+refresh the conversation list over REST, open the WebSocket, subscribe to
+every conversation, catch up each with `get_history` after its `synced_seq`
+(every page), send read marks made offline, then send the outbox oldest first
+with the original `client_id`s. Live frames are merged into the store as they
+arrive; every store change is followed by an event.
+
+All SQL runs inline on the event loop: the writes are a few rows on a local
+file, and one ordered writer keeps the store consistent without locks.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+import apsw
+import attrs
+import httpx
+
+from messageai.client import store
+from messageai.client.accounts import ws_url
+from messageai.client.api import Api
+from messageai.client.errors import (
+    AuthError,
+    ClientError,
+    ProtocolViolation,
+    ServerError,
+    Unreachable,
+)
+from messageai.client.events import (
+    ConnectionChanged,
+    ConversationsChanged,
+    Events,
+    MessageAdded,
+    MessageUpdated,
+    PresenceChanged,
+    ReadReceipt,
+    TypingChanged,
+)
+from messageai.client.link import HISTORY_PAGE, Link, open_link
+from messageai.store.db import transaction
+
+log = logging.getLogger(__name__)
+
+# Queued messages sent per round trip: pipelined on one connection, so the
+# server keeps their order and can commit them as one group.
+OUTBOX_BATCH = 32
+# Unknown member names fetched per connection (for display only).
+MAX_USER_LOOKUPS = 50
+
+
+@attrs.frozen
+class Settings:
+    """Tuning for the sync engine; the defaults suit a person on a laptop."""
+
+    backoff_initial_seconds: float = 0.5
+    backoff_max_seconds: float = 30.0
+    # WebSocket pings: a pulled cable is noticed within about twice this.
+    keepalive_seconds: float | None = 15.0
+    # New conversations have no live frame in protocol v1: the list is re-read this often.
+    refresh_seconds: float = 30.0
+
+
+class Backoff:
+    """Exponential backoff with jitter: delay n is uniform in [cap_n / 2, cap_n],
+    cap_n = min(max, initial * 2**n). `reset()` after a connection that worked."""
+
+    def __init__(self, initial: float, maximum: float, rng: random.Random | None = None) -> None:
+        if not 0 < initial <= maximum:
+            raise ValueError("backoff needs 0 < initial <= maximum")
+        self.initial = initial
+        self.maximum = maximum
+        self.attempt = 0
+        self._rng = rng or random.Random()
+
+    def next_delay(self) -> float:
+        cap = min(self.maximum, self.initial * 2 ** min(self.attempt, 62))
+        self.attempt += 1
+        return self._rng.uniform(cap / 2, cap)
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+
+@attrs.define
+class SyncReport:
+    """What one `sync_once` did."""
+
+    fetched: int = 0
+    delivered: list[store.LocalMessage] = attrs.Factory(list)
+    failed: list[store.LocalMessage] = attrs.Factory(list)
+    queued: int = 0
+
+
+def _leaf(exc: BaseException) -> BaseException:
+    """The ClientError inside task-group wrapping, else the exception itself."""
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _leaf(inner)
+            if isinstance(found, ClientError):
+                return found
+    return exc
+
+
+class Syncer:
+    def __init__(
+        self,
+        conn: apsw.Connection,
+        account: store.Account,
+        api: Api,
+        events: Events,
+        settings: Settings,
+    ) -> None:
+        self._conn = conn
+        self._account = account
+        self._me = account.user_id
+        self._api = api
+        self._events = events
+        self.settings = settings
+        self.state = "offline"
+        self.online_users: dict[str, bool] = {}
+        self._link: Link | None = None
+        # Created inside the event loop (anyio needs one): see sync_once/run_forever.
+        self._outbox_wake: anyio.Event | None = None
+        self._kick: anyio.Event | None = None
+        self._report: SyncReport | None = None
+
+    # ------------------------------------------------------------ public
+
+    def outbox_changed(self) -> None:
+        """Wake the live outbox sender (called after a local send)."""
+        if self._outbox_wake is not None:
+            self._outbox_wake.set()
+
+    def reconnect_now(self) -> None:
+        """Skip the rest of the current backoff wait."""
+        if self._kick is not None:
+            self._kick.set()
+
+    @property
+    def link(self) -> Link | None:
+        return self._link
+
+    async def sync_once(self) -> SyncReport:
+        """Connect once, catch up, flush the whole outbox, disconnect.
+
+        Raises Unreachable if the server cannot be reached; AuthError if the
+        session was revoked. Messages the server refused are in `failed`.
+        """
+        self._report = SyncReport()
+        try:
+            await self._connection(live=False)
+        except BaseException as exc:
+            raise _leaf(exc) from None
+        finally:
+            self._set_state("offline")
+        report, self._report = self._report, None
+        report.queued = store.outbox_size(self._conn)
+        return report
+
+    async def run_forever(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Stay connected until cancelled. Returns (raising AuthError) only if the session was revoked."""
+        backoff = Backoff(self.settings.backoff_initial_seconds, self.settings.backoff_max_seconds)
+        task_status.started()
+        while True:
+            try:
+                await self._connection(live=True, on_live=backoff.reset)
+            except BaseException as exc:
+                leaf = _leaf(exc)
+                if isinstance(leaf, AuthError):
+                    self._set_state("signed_out", leaf.message)
+                    raise leaf from None
+                if not isinstance(leaf, ClientError):
+                    raise
+                delay = backoff.next_delay()
+                log.info("disconnected (%s); retrying in %.1fs", leaf.message, delay)
+                self._set_state("offline", leaf.message, delay)
+                kick = self._kick = anyio.Event()
+                with anyio.move_on_after(delay):
+                    await kick.wait()
+
+    # ------------------------------------------------------------ one connection
+
+    def _set_state(
+        self, state: str, error: str | None = None, retry_in: float | None = None
+    ) -> None:
+        if state != self.state or error is not None:
+            self.state = state
+            if state != "online":
+                self.online_users.clear()
+            self._events.emit(ConnectionChanged(state, error, retry_in))  # type: ignore[arg-type]
+
+    async def _connection(self, *, live: bool, on_live: Callable[[], None] | None = None) -> None:
+        self._set_state("connecting")
+        await self._refresh_conversations()
+        http: httpx.AsyncClient = self._api.http
+        token = self._account.token or ""
+        async with (
+            open_link(
+                http,
+                ws_url(self._account.server_url),
+                token,
+                keepalive_seconds=self.settings.keepalive_seconds,
+            ) as link,
+            anyio.create_task_group() as tg,
+        ):
+            self._link = link
+            try:
+                tg.start_soon(link.read_forever, self._on_frame)
+                await self._catch_up(link, store.conversation_ids(self._conn))
+                await self._send_read_marks(link)
+                if not live:
+                    await self._flush(link, forever=False)
+                    tg.cancel_scope.cancel()
+                    return
+                self._set_state("online")
+                if on_live is not None:
+                    on_live()
+                tg.start_soon(self._refresh_forever, link)
+                await self._flush(link, forever=True)
+            finally:
+                self._link = None
+
+    async def _refresh_conversations(self) -> list[str]:
+        """Re-read the conversation list; return ids that are new locally."""
+        convs = await self._api.conversations()
+        with transaction(self._conn):
+            new = [c["id"] for c in convs if store.save_conversation(self._conn, c)]
+            left = store.deactivate_missing(self._conn, [c["id"] for c in convs])
+            unknown = store.unknown_user_ids(self._conn)[:MAX_USER_LOOKUPS]
+        for user_id in unknown:
+            try:
+                user = await self._api.user(user_id)
+            except ServerError:
+                continue  # a deleted account: shown by id
+            with transaction(self._conn):
+                store.save_users(self._conn, [user])
+        if new:
+            self._events.emit(ConversationsChanged(tuple(new)))
+        if left:
+            self._events.emit(ConversationsChanged(tuple(left), left=True))
+        return new
+
+    async def _refresh_forever(self, link: Link) -> None:
+        while True:
+            await anyio.sleep(self.settings.refresh_seconds)
+            new = await self._refresh_conversations()
+            if new:
+                await self._catch_up(link, new)
+
+    async def subscribe_new(self, link: Link, conversation_ids: list[str]) -> None:
+        """Subscribe to and catch up conversations created during this connection."""
+        await self._catch_up(link, conversation_ids)
+
+    async def _catch_up(self, link: Link, conversation_ids: list[str]) -> None:
+        # Subscribe to all first (pipelined), so nothing committed during the
+        # catch-up is missed: it either arrives live or is in a later page.
+        slots = [
+            (cid, await link.send("subscribe", conversation_id=cid)) for cid in conversation_ids
+        ]
+        for cid, slot in slots:
+            try:
+                answer = await link.answer(slot, "subscribed")
+            except ServerError as exc:
+                if not exc.permanent:
+                    raise
+                store.set_active(self._conn, cid, False)
+                self._events.emit(ConversationsChanged((cid,), left=True))
+                continue
+            self._apply_subscribed(answer)
+        for cid in conversation_ids:
+            if store.has_conversation(self._conn, cid):
+                await self._catch_up_one(link, cid)
+
+    async def _catch_up_one(self, link: Link, conversation_id: str) -> None:
+        while True:
+            after = store.synced_seq(self._conn, conversation_id)
+            page = await link.request(
+                "get_history",
+                "history",
+                conversation_id=conversation_id,
+                after_seq=after,
+                limit=HISTORY_PAGE,
+            )
+            messages = page.get("messages")
+            if not isinstance(messages, list) or not isinstance(page.get("has_more"), bool):
+                raise ProtocolViolation("history: messages and has_more are required")
+            seqs = [m.get("seq") if isinstance(m, dict) else None for m in messages]
+            if any(not isinstance(s, int) or s <= after for s in seqs) or seqs != sorted(seqs):
+                raise ProtocolViolation(
+                    f"history after seq {after}: seqs out of order or not after it"
+                )
+            self._merge(messages)
+            if self._report is not None:
+                self._report.fetched += sum(1 for m in messages if m["sender_id"] != self._me)
+            if not page["has_more"]:
+                return
+            if not messages:
+                raise ProtocolViolation("history: has_more with an empty page")
+
+    async def _send_read_marks(self, link: Link) -> None:
+        for cid, seq in store.unsent_read_marks(self._conn, self._me):
+            try:
+                await link.request("mark_read", "ok", conversation_id=cid, seq=seq)
+            except ServerError as exc:
+                if not exc.permanent:
+                    raise
+            store.set_read_sent(self._conn, cid, seq)
+
+    async def _flush(self, link: Link, *, forever: bool) -> None:
+        while True:
+            wake = self._outbox_wake = anyio.Event()
+            batch = store.outbox(self._conn, OUTBOX_BATCH)
+            if not batch:
+                if not forever:
+                    return
+                await wake.wait()
+                continue
+            slots = []
+            for message in batch:
+                slots.append(
+                    await link.send(
+                        "send_message",
+                        conversation_id=message.conversation_id,
+                        client_id=message.client_id,
+                        body=message.body,
+                        attachments=message.attachments,
+                    )
+                )
+            for message, slot in zip(batch, slots, strict=True):
+                try:
+                    ack = await link.answer(slot, "ack")
+                except ServerError as exc:
+                    if not exc.permanent:
+                        raise
+                    failed = store.mark_failed(self._conn, message.local_id, exc.message)
+                    if failed is not None:
+                        if self._report is not None:
+                            self._report.failed.append(failed)
+                        self._events.emit(MessageUpdated(failed))
+                    continue
+                self._merge([ack.get("message")])
+                if self._report is not None:
+                    done = store.message_by_client_id(
+                        self._conn, message.conversation_id, self._me, message.client_id
+                    )
+                    if done is not None:
+                        self._report.delivered.append(done)
+
+    # ------------------------------------------------------------ merging
+
+    def _merge(self, messages: list[Any]) -> list[store.LocalMessage]:
+        for m in messages:
+            _check_message(m)
+        changed: list[tuple[store.LocalMessage, bool]] = []
+        touched: set[str] = set()
+        with transaction(self._conn):
+            for m in messages:
+                existing_local = m["sender_id"] == self._me and store.message_by_client_id(
+                    self._conn, m["conversation_id"], self._me, m["client_id"]
+                )
+                stored = store.merge_message(self._conn, m, self._me)
+                if stored is not None:
+                    changed.append((stored, bool(existing_local)))
+                    touched.add(m["conversation_id"])
+            updated = []
+            for cid in touched:
+                store.advance_synced_seq(self._conn, cid)
+                updated += store.refresh_read_statuses(self._conn, cid, self._me)
+        read_now = {u.local_id: u for u in updated}
+        for message, was_local in changed:
+            message = read_now.pop(message.local_id, message)
+            self._events.emit(MessageUpdated(message) if was_local else MessageAdded(message))
+        for message in read_now.values():
+            self._events.emit(MessageUpdated(message))
+        return [m for m, _ in changed]
+
+    def _apply_read(self, conversation_id: str, user_id: str, seq: int) -> None:
+        with transaction(self._conn):
+            moved = store.set_read_seq(self._conn, conversation_id, user_id, seq)
+            if user_id == self._me:
+                store.set_read_sent(self._conn, conversation_id, seq)
+            updated = store.refresh_read_statuses(self._conn, conversation_id, self._me)
+        if moved:
+            self._events.emit(ReadReceipt(conversation_id, user_id, seq))
+        for message in updated:
+            self._events.emit(MessageUpdated(message))
+
+    def _apply_subscribed(self, frame: dict[str, Any]) -> None:
+        cid = frame.get("conversation_id")
+        cursors = frame.get("read_cursors")
+        online = frame.get("online")
+        if (
+            not isinstance(cid, str)
+            or not isinstance(cursors, dict)
+            or not isinstance(online, list)
+        ):
+            raise ProtocolViolation(
+                "subscribed: conversation_id, read_cursors and online are required"
+            )
+        for user_id, seq in cursors.items():
+            if isinstance(seq, int):
+                self._apply_read(cid, user_id, seq)
+        for user_id in store.member_ids(self._conn, cid):
+            is_online = user_id in online
+            if self.online_users.get(user_id) != is_online:
+                self.online_users[user_id] = is_online
+                self._events.emit(PresenceChanged(user_id, is_online, None))
+
+    def _on_frame(self, frame: dict[str, Any]) -> None:
+        """A live frame (no pending `req`): merge it into the store, then tell the UIs."""
+        kind = frame["type"]
+        if kind == "new_message":
+            self._merge([frame.get("message")])
+        elif kind == "message_read":
+            cid, user_id, seq = frame.get("conversation_id"), frame.get("user_id"), frame.get("seq")
+            if not (isinstance(cid, str) and isinstance(user_id, str) and isinstance(seq, int)):
+                raise ProtocolViolation(
+                    "message_read: conversation_id, user_id and seq are required"
+                )
+            if store.has_conversation(self._conn, cid):
+                self._apply_read(cid, user_id, seq)
+        elif kind == "presence_update":
+            user_id, status = frame.get("user_id"), frame.get("status")
+            if not isinstance(user_id, str) or status not in ("online", "offline"):
+                raise ProtocolViolation("presence_update: user_id and status are required")
+            self.online_users[user_id] = status == "online"
+            last_seen = frame.get("last_seen_at")
+            self._events.emit(
+                PresenceChanged(
+                    user_id, status == "online", last_seen if isinstance(last_seen, int) else None
+                )
+            )
+        elif kind == "typing":
+            cid, user_id = frame.get("conversation_id"), frame.get("user_id")
+            if isinstance(cid, str) and isinstance(user_id, str):
+                self._events.emit(TypingChanged(cid, user_id, bool(frame.get("typing"))))
+        elif kind == "unsubscribed":
+            cid = frame.get("conversation_id")
+            if isinstance(cid, str):
+                store.set_active(self._conn, cid, False)
+                self._events.emit(ConversationsChanged((cid,), left=True))
+        elif kind == "error":
+            # We always send a req, so this answers a frame we cannot match: worth a log line only.
+            log.warning("server error frame without a request: %s", frame)
+        # Unknown types are protocol extensions this client does not know yet: ignored.
+
+
+_MESSAGE_FIELDS = (
+    ("id", str),
+    ("conversation_id", str),
+    ("seq", int),
+    ("sender_id", str),
+    ("client_id", str),
+    ("body", str),
+    ("created_at", int),
+)
+
+
+def _check_message(m: Any) -> None:
+    if not isinstance(m, dict):
+        raise ProtocolViolation("a message must be an object")
+    for key, kind in _MESSAGE_FIELDS:
+        if not isinstance(m.get(key), kind) or isinstance(m.get(key), bool):
+            raise ProtocolViolation(f"message: {key!r} missing or not a {kind.__name__}")
+    if m["seq"] < 1:
+        raise ProtocolViolation("message: seq must be at least 1")
+    if not isinstance(m.get("attachments", []), list):
+        raise ProtocolViolation("message: attachments must be a list")
+
+
+__all__ = ["Backoff", "Settings", "SyncReport", "Syncer", "Unreachable"]

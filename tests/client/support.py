@@ -1,0 +1,53 @@
+"""Helpers for client tests: signed-in SDK clients on real stores, and waiting on events.
+
+Waiting is event-driven (re-check a condition after each SDK event), never a
+sleep; each test's absolute deadline comes from the `h` fixture or its own
+`trio.fail_after`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import trio
+
+from messageai.client import Client, Settings
+
+# Fast reconnects and no background polling, so tests move on events alone.
+FAST = Settings(
+    backoff_initial_seconds=0.02, backoff_max_seconds=0.2, keepalive_seconds=None, refresh_seconds=3600
+)
+PASSWORD = "password1"
+
+
+async def sign_in(url: str, username: str, store_dir: Path, settings: Settings = FAST) -> Client:
+    return await Client.login(url, username, PASSWORD, store_dir=store_dir, settings=settings)
+
+
+async def until(client: Client, condition: Callable[[], object], timeout: float = 20) -> None:
+    """Wait until `condition()` is true, re-checking after every event of `client`."""
+    with trio.fail_after(timeout):
+        async with client.events() as events:
+            if condition():
+                return
+            async for _ in events:
+                if condition():
+                    return
+
+
+@contextlib.asynccontextmanager
+async def live(*clients: Client) -> AsyncIterator[None]:
+    """Keep `clients` connected for the block; waits until each is online first."""
+    async with trio.open_nursery() as nursery:
+        for client in clients:
+            await nursery.start(client.run)
+        for client in clients:
+            await until(client, lambda c=client: c.state == "online")
+        yield
+        nursery.cancel_scope.cancel()
+
+
+def bodies(client: Client, conversation_id: str) -> list[str]:
+    return [m.body for m in client.messages(conversation_id)]
