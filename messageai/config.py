@@ -23,12 +23,35 @@ class ConfigError(Exception):
     """The configuration cannot be used; the message names the offending key."""
 
 
+class _FieldError(ValueError):
+    """A validator's complaint about one key, carrying the key's name."""
+
+    def __init__(self, key: str, problem: str) -> None:
+        super().__init__(problem)
+        self.key = key
+
+
+def _name_errors(_cls: type, fields: list[attrs.Attribute[Any]]) -> list[attrs.Attribute[Any]]:
+    # attrs runs validators in __init__, where cattrs only knows the section;
+    # wrapping them lets the error name `section.key`.
+    def named(validator: Any) -> Any:
+        def check(inst: object, attr: attrs.Attribute[Any], value: Any) -> None:
+            try:
+                validator(inst, attr, value)
+            except (ValueError, TypeError) as exc:
+                raise _FieldError(attr.name, str(exc.args[0] if exc.args else exc)) from None
+
+        return check
+
+    return [f.evolve(validator=named(f.validator)) if f.validator else f for f in fields]
+
+
 def _positive(_inst: object, attr: attrs.Attribute[Any], value: float) -> None:
     if not value > 0 or (isinstance(value, float) and not math.isfinite(value)):
         raise ValueError(f"{attr.name} must be a positive finite number, not {value!r}")
 
 
-@attrs.frozen
+@attrs.frozen(field_transformer=_name_errors)
 class ServerConfig:
     host: str = "127.0.0.1"
     port: int = attrs.field(default=8080, validator=[v.ge(0), v.le(65535)])
@@ -37,7 +60,7 @@ class ServerConfig:
     max_request_body_bytes: int = attrs.field(default=65536, validator=_positive)
 
 
-@attrs.frozen
+@attrs.frozen(field_transformer=_name_errors)
 class StorageConfig:
     data_dir: str = "./data"
     synchronous: Literal["FULL", "NORMAL"] = attrs.field(default="FULL", validator=v.in_(SYNCHRONOUS))
@@ -45,14 +68,14 @@ class StorageConfig:
     commit_threads: int = attrs.field(default=8, validator=[v.ge(1), v.le(256)])
 
 
-@attrs.frozen
+@attrs.frozen(field_transformer=_name_errors)
 class ConversationsConfig:
     idle_seconds: float = attrs.field(default=300.0, validator=_positive)
     queue_size: int = attrs.field(default=1024, validator=[v.ge(1), v.le(1_000_000)])
     max_batch: int = attrs.field(default=512, validator=[v.ge(1), v.le(100_000)])
 
 
-@attrs.frozen
+@attrs.frozen(field_transformer=_name_errors)
 class LimitsConfig:
     max_frame_bytes: int = attrs.field(default=65536, validator=[v.ge(1024), v.le(16 << 20)])
     max_body_chars: int = attrs.field(default=16000, validator=[v.ge(1), v.le(1 << 20)])
@@ -63,7 +86,7 @@ class LimitsConfig:
     outbound_queue_bytes: int = attrs.field(default=8 << 20, validator=_positive)
 
 
-@attrs.frozen
+@attrs.frozen(field_transformer=_name_errors)
 class AuthConfig:
     mode: Literal["local"] = attrs.field(default="local", validator=v.in_(("local",)))
     allow_registration: bool = True
@@ -76,7 +99,7 @@ class AuthConfig:
             raise ValueError(f"scrypt_n must be a power of two from 2 to 1048576, not {value}")
 
 
-@attrs.frozen
+@attrs.frozen(field_transformer=_name_errors)
 class LoggingConfig:
     level: Literal["debug", "info", "warning", "error"] = attrs.field(
         default="info", validator=v.in_(("debug", "info", "warning", "error"))
@@ -126,16 +149,18 @@ _converter.register_structure_hook_func(
 )
 
 
-def _describe(exc: BaseException, type_: Any) -> str:
-    if isinstance(exc, (ValueError, TypeError)) and str(exc):
-        return str(exc)
-    return cattrs.v.format_exception(exc, type_)
-
-
-def _where(problem: str) -> str:
-    message, _, path = problem.rpartition(" @ ")
-    path = path.lstrip("$.")
-    return f"{path}: {message}" if path else message
+def _problems(exc: BaseException, path: str) -> list[str]:
+    """One `dotted.key: problem` line per error in a cattrs error tree."""
+    prefix = f"{path}." if path else ""
+    if isinstance(exc, cattrs.ForbiddenExtraKeysError):
+        return [f"{prefix}{key}: unknown key" for key in sorted(exc.extra_fields)]
+    if isinstance(exc, cattrs.ClassValidationError):
+        noted, unnoted = exc.group_exceptions()
+        lines = [line for inner, note in noted for line in _problems(inner, prefix + note.name)]
+        return lines + [line for inner in unnoted for line in _problems(inner, path)]
+    if isinstance(exc, _FieldError):
+        return [f"{prefix}{exc.key}: {exc}"]
+    return [f"{path}: {exc}" if path else str(exc)]
 
 
 def parse_config(data: dict[str, Any], source: str = "config") -> Config:
@@ -143,11 +168,7 @@ def parse_config(data: dict[str, Any], source: str = "config") -> Config:
     try:
         return _converter.structure(data, Config)
     except (cattrs.BaseValidationError, ValueError, TypeError) as exc:
-        if isinstance(exc, cattrs.BaseValidationError):
-            problems = cattrs.transform_error(exc, path="", format_exception=_describe)
-        else:
-            problems = [str(exc)]
-        lines = "\n  ".join(_where(p) for p in problems)
+        lines = "\n  ".join(_problems(exc, ""))
         raise ConfigError(f"{source}: invalid configuration:\n  {lines}") from exc
 
 

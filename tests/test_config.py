@@ -1,0 +1,228 @@
+"""Configuration: the shipped messageai.toml, strict validation naming the key, CLI overrides.
+
+The CLI tests run the real console script (`messageai` next to the test
+interpreter, in .venv/bin) as a subprocess.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+
+from messageai.config import Config, ConfigError, load_config, parse_config, with_overrides
+
+ROOT = Path(__file__).resolve().parent.parent
+SHIPPED = ROOT / "messageai.toml"
+MESSAGEAI = Path(sys.executable).parent / "messageai"
+
+
+def run_cli(*args: str | Path, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(MESSAGEAI), *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=30, check=False
+    )
+
+
+# ---------------------------------------------------------------- the shipped file
+
+
+def test_shipped_config_is_the_embedded_default() -> None:
+    assert SHIPPED.is_symlink()
+    assert SHIPPED.resolve() == (ROOT / "messageai" / "default.toml").resolve()
+
+
+def test_shipped_config_loads_and_equals_the_embedded_default_and_the_code_defaults() -> None:
+    shipped = load_config(SHIPPED)
+    assert shipped == load_config(None)
+    assert shipped == Config()
+    assert shipped.server.host == "127.0.0.1" and shipped.server.port == 8080
+    assert shipped.storage.data_dir == "./data" and shipped.storage.synchronous == "FULL"
+
+
+def test_shipped_config_names_every_key_of_the_config_tree() -> None:
+    data = tomllib.loads(SHIPPED.read_text("utf-8"))
+    sections = {f.name: f.type for f in attrs.fields(Config)}
+    assert set(data) == set(sections)
+    for name in sections:
+        section_cls = type(getattr(Config(), name))
+        assert set(data[name]) == {f.name for f in attrs.fields(section_cls)}, name
+
+
+def test_every_key_in_the_shipped_config_has_a_comment_above_it() -> None:
+    lines = SHIPPED.read_text("utf-8").splitlines()
+    keys = 0
+    for number, line in enumerate(lines):
+        if re.match(r"^\s*[A-Za-z_][\w-]*\s*=", line):
+            keys += 1
+            above = lines[number - 1].strip() if number else ""
+            assert above.startswith("#"), f"line {number + 1}: {line!r} has no comment above it"
+    assert keys == sum(len(attrs.fields(type(getattr(Config(), f.name)))) for f in attrs.fields(Config))
+
+
+# ---------------------------------------------------------------- validation
+
+
+def load_text(tmp_path: Path, text: str) -> Config:
+    path = tmp_path / "test.toml"
+    path.write_text(text, "utf-8")
+    return load_config(path)
+
+
+def test_keys_left_out_take_their_defaults(tmp_path: Path) -> None:
+    config = load_text(tmp_path, "[server]\nport = 9000\n")
+    assert config.server.port == 9000
+    assert attrs.evolve(config, server=attrs.evolve(config.server, port=8080)) == Config()
+    assert load_text(tmp_path, "") == Config()
+
+
+def test_integer_is_accepted_where_a_float_belongs(tmp_path: Path) -> None:
+    config = load_text(tmp_path, "[conversations]\nidle_seconds = 5\n")
+    assert config.conversations.idle_seconds == 5.0 and isinstance(config.conversations.idle_seconds, float)
+
+
+@pytest.mark.parametrize(
+    ("toml", "key"),
+    [
+        ("[server]\nhots = '0.0.0.0'\n", "server.hots"),
+        ("[servr]\nport = 1\n", "servr"),
+        ("[storage]\nsynchronus = 'FULL'\n", "storage.synchronus"),
+        ("top_level = 1\n", "top_level"),
+    ],
+)
+def test_unknown_key_raises_config_error_naming_it(tmp_path: Path, toml: str, key: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_text(tmp_path, toml)
+    assert key in str(info.value)
+    assert "unknown" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("toml", "key"),
+    [
+        ("[server]\nport = '8080'\n", "server.port"),
+        ("[server]\nport = 80.5\n", "server.port"),
+        ("[server]\nport = true\n", "server.port"),
+        ("[server]\nhost = 127\n", "server.host"),
+        ("[storage]\ndata_dir = 5\n", "storage.data_dir"),
+        ("[auth]\nallow_registration = 'yes'\n", "auth.allow_registration"),
+        ("[auth]\nallow_registration = 1\n", "auth.allow_registration"),
+        ("[auth]\ntoken_ttl_seconds = 1.5\n", "auth.token_ttl_seconds"),
+        ("[conversations]\nidle_seconds = '300'\n", "conversations.idle_seconds"),
+        ("[limits]\nmax_body_chars = [1]\n", "limits.max_body_chars"),
+    ],
+)
+def test_wrong_type_raises_config_error_naming_the_key(tmp_path: Path, toml: str, key: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_text(tmp_path, toml)
+    assert key in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("toml", "key"),
+    [
+        ("[server]\nport = 70000\n", "server.port"),
+        ("[server]\nport = -1\n", "server.port"),
+        ("[server]\nshutdown_timeout_seconds = 0\n", "server.shutdown_timeout_seconds"),
+        ("[server]\nmax_request_body_bytes = -5\n", "server.max_request_body_bytes"),
+        ("[storage]\nsynchronous = 'OFF'\n", "storage.synchronous"),
+        ("[storage]\nmax_open_databases = 1\n", "storage.max_open_databases"),
+        ("[storage]\ncommit_threads = 0\n", "storage.commit_threads"),
+        ("[conversations]\nidle_seconds = nan\n", "conversations.idle_seconds"),
+        ("[conversations]\nidle_seconds = inf\n", "conversations.idle_seconds"),
+        ("[conversations]\nqueue_size = 0\n", "conversations.queue_size"),
+        ("[limits]\nmax_frame_bytes = 10\n", "limits.max_frame_bytes"),
+        ("[limits]\nmax_body_chars = 0\n", "limits.max_body_chars"),
+        ("[auth]\nmode = 'clerk'\n", "auth.mode"),
+        ("[auth]\nscrypt_n = 1000\n", "auth.scrypt_n"),
+        ("[logging]\nlevel = 'verbose'\n", "logging.level"),
+    ],
+)
+def test_bad_value_raises_config_error_naming_the_key(tmp_path: Path, toml: str, key: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_text(tmp_path, toml)
+    assert key in str(info.value)
+
+
+def test_every_bad_key_is_reported_at_once(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_text(tmp_path, "[server]\nport = 'x'\n[limits]\nmax_body_chars = 0\n")
+    assert "server.port" in str(info.value) and "limits.max_body_chars" in str(info.value)
+
+
+def test_config_error_names_the_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_text(tmp_path, "[server]\nport = 'x'\n")
+    assert str(tmp_path / "test.toml") in str(info.value)
+
+
+def test_invalid_toml_and_missing_file_raise_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="TOML"):
+        load_text(tmp_path, "[server\nport = 1\n")
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "missing.toml")
+
+
+def test_section_that_is_not_a_table_raises_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="server"):
+        load_text(tmp_path, "server = 5\n")
+
+
+def test_parse_config_is_strict_about_python_values_too() -> None:
+    raw: dict[str, Any] = {"server": {"port": 8080.0}}
+    with pytest.raises(ConfigError, match="server.port"):
+        parse_config(raw)
+
+
+# ---------------------------------------------------------------- overrides
+
+
+def test_overrides_replace_host_port_and_data_dir_and_keep_the_rest() -> None:
+    base = load_config(SHIPPED)
+    config = with_overrides(base, host="0.0.0.0", port=9000, data_dir="/srv/chat")
+    assert (config.server.host, config.server.port, config.storage.data_dir) == ("0.0.0.0", 9000, "/srv/chat")
+    assert config.data_dir == Path("/srv/chat")
+    assert config.limits == base.limits and config.storage.synchronous == base.storage.synchronous
+    assert with_overrides(base, host=None, port=None, data_dir=None) == base
+
+
+def test_override_with_a_bad_port_raises_config_error() -> None:
+    with pytest.raises(ConfigError, match="port"):
+        with_overrides(Config(), host=None, port=70000, data_dir=None)
+
+
+def test_cli_serve_with_bad_config_exits_2_naming_the_key(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[limits]\nmax_body_chars = 'lots'\n", "utf-8")
+    result = run_cli("serve", "--config", bad, "--data-dir", tmp_path / "data")
+    assert result.returncode == 2, result
+    assert "limits.max_body_chars" in result.stderr
+    assert result.stdout == ""
+    assert not (tmp_path / "data").exists()
+
+
+def test_cli_serve_with_unknown_key_exits_2_naming_it(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[server]\nprot = 9000\n", "utf-8")
+    result = run_cli("serve", "--config", bad)
+    assert result.returncode == 2 and "server.prot" in result.stderr, result
+
+
+def test_cli_bad_port_flag_exits_2(tmp_path: Path) -> None:
+    result = run_cli("serve", "--config", SHIPPED, "--port", "70000", "--data-dir", tmp_path / "data")
+    assert result.returncode == 2 and "port" in result.stderr, result
+
+
+def test_cli_flags_override_the_file(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text("[storage]\ndata_dir = 'from-file'\n", "utf-8")
+    result = run_cli("config", "check", "--config", config, "--data-dir", tmp_path / "from-flag")
+    assert result.returncode == 0, result
+    assert str(tmp_path / "from-flag") in result.stdout and "from-file" not in result.stdout
+    result = run_cli("config", "check", "--config", config)
+    assert result.returncode == 0 and "from-file" in result.stdout, result
