@@ -145,11 +145,26 @@ class Harness:
         return r.json()["id"]  # type: ignore[no-any-return]
 
     @contextlib.asynccontextmanager
-    async def ws(self, account: Account) -> AsyncIterator[WS]:
-        async with trio_websocket.open_websocket_url(
-            self.ws_url, extra_headers=[("Authorization", f"Bearer {account.token}")]
-        ) as conn:
-            yield WS(conn)
+    async def ws(self, account: Account | None = None, *, query: str = "") -> AsyncIterator[WS]:
+        """A WebSocket connection as `account` (bearer header).
+
+        The TCP stream is ours so that it is closed however the WebSocket ends
+        (trio-websocket's client leaves it open when the server closes first).
+        """
+        headers = [("Authorization", f"Bearer {account.token}")] if account else []
+        stream = await trio.open_tcp_stream("127.0.0.1", self.server.port)
+        try:
+            async with trio.open_nursery() as nursery:
+                conn = await trio_websocket.wrap_client_stream(
+                    nursery, stream, "127.0.0.1", "/v1/ws" + query, extra_headers=headers
+                )
+                try:
+                    yield WS(conn)
+                finally:
+                    await conn.aclose()
+                    nursery.cancel_scope.cancel()
+        finally:
+            await stream.aclose()
 
 
 @contextlib.asynccontextmanager
