@@ -54,13 +54,21 @@ class Proxy:
                     self._scopes.add(scope)
                     try:
                         async with trio.open_nursery() as nursery:
-                            nursery.start_soon(self._pump, client, upstream, False, nursery.cancel_scope)
-                            nursery.start_soon(self._pump, upstream, client, True, nursery.cancel_scope)
+                            nursery.start_soon(
+                                self._pump, client, upstream, False, nursery.cancel_scope
+                            )
+                            nursery.start_soon(
+                                self._pump, upstream, client, True, nursery.cancel_scope
+                            )
                     finally:
                         self._scopes.discard(scope)
 
     async def _pump(
-        self, source: trio.SocketStream, sink: trio.SocketStream, downstream: bool, scope: trio.CancelScope
+        self,
+        source: trio.SocketStream,
+        sink: trio.SocketStream,
+        downstream: bool,
+        scope: trio.CancelScope,
     ) -> None:
         try:
             while data := await source.receive_some(65536):

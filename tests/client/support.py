@@ -17,7 +17,10 @@ from messageai.client import Client, Settings
 
 # Fast reconnects and no background polling, so tests move on events alone.
 FAST = Settings(
-    backoff_initial_seconds=0.02, backoff_max_seconds=0.2, keepalive_seconds=None, refresh_seconds=3600
+    backoff_initial_seconds=0.02,
+    backoff_max_seconds=0.2,
+    keepalive_seconds=None,
+    refresh_seconds=3600,
 )
 PASSWORD = "password1"
 

@@ -44,7 +44,11 @@ async def test_send_goes_sending_then_sent_then_read_in_a_direct_conversation(
                     seen.append((type(event).__name__, event.message.status))
                     if event.message.status == "read":
                         break
-        assert seen == [("MessageAdded", "sending"), ("MessageUpdated", "sent"), ("MessageUpdated", "read")]
+        assert seen == [
+            ("MessageAdded", "sending"),
+            ("MessageUpdated", "sent"),
+            ("MessageUpdated", "read"),
+        ]
         final = client.message(cid, sent.client_id)
         assert final is not None
         assert (final.status, final.seq, final.id) == ("read", 1, new["message"]["id"])
@@ -59,7 +63,9 @@ async def test_group_keeps_read_state_per_member(h: Harness, tmp_path: Path) -> 
         message = await client.send(cid, "team, hi")
         await until(client, lambda: client.message(cid, message.client_id).status == "sent")  # type: ignore[union-attr]
         await b.request("mark_read", conversation_id=cid, seq=1)
-        await until(client, lambda: client.read_by(client.message(cid, message.client_id)) == [bob.id])  # type: ignore[arg-type]
+        await until(
+            client, lambda: client.read_by(client.message(cid, message.client_id)) == [bob.id]
+        )  # type: ignore[arg-type]
         # Read by 1 of 2: not yet `read`.
         assert client.message(cid, message.client_id).status == "sent"  # type: ignore[union-attr]
         await c.request("mark_read", conversation_id=cid, seq=1)
@@ -76,7 +82,11 @@ async def test_two_devices_of_one_user_stay_in_step(h: Harness, tmp_path: Path) 
         mine = await phone.send(cid, "from my phone")
         await until(laptop, lambda: bodies(laptop, cid) == ["from my phone"])
         on_laptop = laptop.messages(cid)[0]
-        assert (on_laptop.client_id, on_laptop.sender_id, on_laptop.status) == (mine.client_id, ada.id, "sent")
+        assert (on_laptop.client_id, on_laptop.sender_id, on_laptop.status) == (
+            mine.client_id,
+            ada.id,
+            "sent",
+        )
         await b.send_message(cid, "from bob")
         await until(phone, lambda: bodies(phone, cid) == ["from my phone", "from bob"])
         await until(laptop, lambda: bodies(laptop, cid) == ["from my phone", "from bob"])
