@@ -1,4 +1,5 @@
-"""The `messageai` command: `serve`, `user add|list`, `config check`.
+"""The `messageai` command: `serve`, `user add|list`, `config check`, and the client's
+`login|send|sync|tail|conversations|new|chat` (messageai.client.commands).
 
 Exit status 0 on success, 2 for a configuration or usage error, 1 otherwise.
 """
@@ -15,6 +16,8 @@ from pathlib import Path
 import trio
 
 from messageai import auth
+from messageai.client.commands import CLIENT_COMMANDS, add_client_commands
+from messageai.client.commands import run as run_client_command
 from messageai.config import Config, ConfigError, load_config, with_overrides
 from messageai.directory import open_directory_db
 from messageai.errors import MessageAIError
@@ -56,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     config_sub = config.add_subparsers(dest="config_command", required=True)
     check = config_sub.add_parser("check", help="validate a config file and print the result")
     with_config(check)
+    add_client_commands(sub)
     return parser
 
 
@@ -71,6 +75,8 @@ def _load(args: argparse.Namespace) -> Config:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command in CLIENT_COMMANDS:
+        return run_client_command(args)
     try:
         config = _load(args)
     except ConfigError as exc:

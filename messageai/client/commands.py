@@ -1,0 +1,369 @@
+"""The client subcommands of `messageai`: login, send, sync, tail, conversations, new, chat.
+
+`add_client_commands` is called by `messageai.cli.build_parser`; `run` by its
+`main`. These forms are a public interface for scripts: exit status 0 on
+success, 1 for a failure the message explains, 2 for bad usage. Every command
+works on the local store first (`--store DIR`, `$MESSAGEAI_STORE`, or the
+per-user data directory) and reaches the server only through the SDK.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import signal
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+import trio
+
+from messageai.client.errors import ClientError, Unreachable
+from messageai.client.events import MessageAdded, MessageUpdated
+from messageai.client.sdk import Client
+from messageai.client.store import LocalMessage
+from messageai.client.sync import SyncReport
+
+CLIENT_COMMANDS = ("login", "logout", "send", "sync", "tail", "conversations", "new", "chat")
+DEFAULT_TIMEOUT_SECONDS = 10.0
+
+
+def _positive_seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {value!r}") from None
+    if not 0 < seconds <= 3600:
+        raise argparse.ArgumentTypeError("seconds must be above 0 and at most 3600")
+    return seconds
+
+
+def _count(value: str) -> int:
+    if not value.isdigit() or not 1 <= int(value) <= 1_000_000:
+        raise argparse.ArgumentTypeError(f"not a count from 1 to 1000000: {value!r}")
+    return int(value)
+
+
+def add_client_commands(sub: Any) -> None:
+    """Register the client subcommands on `messageai`'s subparsers."""
+
+    def command(name: str, help_: str) -> argparse.ArgumentParser:
+        p: argparse.ArgumentParser = sub.add_parser(name, help=help_, description=help_)
+        p.add_argument(
+            "--store",
+            metavar="DIR",
+            help="the local store (default: $MESSAGEAI_STORE or the per-user data directory)",
+        )
+        return p
+
+    def with_timeout(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--timeout",
+            type=_positive_seconds,
+            default=DEFAULT_TIMEOUT_SECONDS,
+            metavar="SECONDS",
+            help=f"give up on the server after this long (default {DEFAULT_TIMEOUT_SECONDS:g})",
+        )
+
+    p = command("login", "sign in (or register) and keep the session in the local store")
+    p.add_argument("--server", required=True, metavar="URL", help="e.g. http://127.0.0.1:8080")
+    p.add_argument("--user", required=True, metavar="NAME", help="username")
+    p.add_argument(
+        "--password-file",
+        metavar="F",
+        help="read the password from this file's first line ('-': stdin)",
+    )
+    p.add_argument("--register", action="store_true", help="create the account first")
+    p.add_argument("--display-name", help="shown name when registering")
+
+    command("logout", "revoke the session and forget it locally")
+
+    p = command("send", "store a message locally, then deliver it (or leave it queued)")
+    p.add_argument("conversation_id", metavar="CONVERSATION_ID")
+    p.add_argument("text", metavar="TEXT", help="the message ('-': read it from stdin)")
+    p.add_argument("--json", action="store_true", help="print the message object")
+    with_timeout(p)
+
+    p = command("sync", "catch up every conversation and deliver the queued messages")
+    p.add_argument("--json", action="store_true", help="print a JSON summary")
+    with_timeout(p)
+
+    p = command("tail", "print a conversation from the local store (after a sync), oldest first")
+    p.add_argument("conversation_id", metavar="CONVERSATION_ID")
+    p.add_argument("--json", action="store_true", help="one message object per line")
+    p.add_argument("--follow", "-f", action="store_true", help="keep printing new messages")
+    p.add_argument("-n", "--lines", type=_count, metavar="N", help="only the newest N messages")
+    with_timeout(p)
+
+    p = command("conversations", "list conversations with unread counts (after a sync)")
+    p.add_argument("--json", action="store_true", help="one conversation object per line")
+    with_timeout(p)
+
+    p = command("new", "start a direct conversation (one user) or a group (--title)")
+    p.add_argument("users", nargs="+", metavar="USER", help="usernames (or user ids)")
+    p.add_argument("--title", help="make a group with this title")
+    p.add_argument("--json", action="store_true", help="print the conversation id as JSON")
+
+    command("chat", "the terminal client")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run a client subcommand; the exit status."""
+    try:
+        if args.command == "chat":
+            # prompt_toolkit runs on asyncio; the SDK runs there too.
+            from messageai.client.chat import run_chat
+
+            return run_chat(args.store)
+        if args.command == "login":
+            password = _read_password(args)  # before the event loop: it may prompt
+            return trio.run(_login, args, password)
+        return trio.run(_until_signal, _HANDLERS[args.command], args)
+    except ClientError as exc:
+        print(f"messageai: {exc.message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except OSError as exc:
+        print(f"messageai: {exc}", file=sys.stderr)
+        return 1
+
+
+async def _until_signal(handler: Callable[[argparse.Namespace], Awaitable[int]], args: Any) -> int:
+    # SIGINT/SIGTERM end a command (`tail --follow` above all) cleanly, with status 0.
+    result = 0
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+
+            async def main() -> None:
+                nonlocal result
+                result = await handler(args)
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(main)
+            async for _ in signals:
+                nursery.cancel_scope.cancel()
+                break
+    return result
+
+
+def _read_password(args: argparse.Namespace) -> str:
+    if args.password_file == "-":
+        line = sys.stdin.readline()
+    elif args.password_file is not None:
+        try:
+            lines = Path(args.password_file).read_text("utf-8").splitlines()
+        except OSError as exc:
+            raise ClientError(f"cannot read the password file: {exc}") from None
+        line = lines[0] if lines else ""
+    elif sys.stdin.isatty():
+        line = getpass.getpass("password: ")
+        if args.register and getpass.getpass("again: ") != line:
+            raise ClientError("passwords do not match")
+    else:
+        raise ClientError("no password: use --password-file F (or '-' for stdin)")
+    password = line.rstrip("\r\n")
+    if not password:
+        raise ClientError("the password is empty")
+    return password
+
+
+async def _login(args: argparse.Namespace, password: str) -> int:
+    async with await Client.login(
+        args.server,
+        args.user,
+        password,
+        store_dir=args.store,
+        register=args.register,
+        display_name=args.display_name,
+    ) as client:
+        what = "registered and signed in" if args.register else "signed in"
+        print(f"{what} as {client.account.username} ({client.me}) on {client.account.server_url}")
+    return 0
+
+
+async def _logout(args: argparse.Namespace) -> int:
+    async with Client.open(args.store) as client:
+        await client.logout()
+        print(f"signed out {client.account.username}")
+    return 0
+
+
+async def _try_sync(client: Client, timeout: float) -> SyncReport | str:
+    """A sync pass, or the reason the server could not be reached."""
+    try:
+        with trio.fail_after(timeout):
+            return await client.sync()
+    except Unreachable as exc:
+        return exc.message
+    except trio.TooSlowError:
+        return f"no answer within {timeout:g}s"
+
+
+def _emit(value: Any) -> None:
+    sys.stdout.write(orjson.dumps(value).decode() + "\n")
+    sys.stdout.flush()
+
+
+async def _send(args: argparse.Namespace) -> int:
+    text = sys.stdin.read() if args.text == "-" else args.text
+    async with Client.open(args.store) as client:
+        message = await client.send(args.conversation_id, text.rstrip("\n"))
+        outcome = await _try_sync(client, args.timeout)
+        final = client.message(args.conversation_id, message.client_id) or message
+        if args.json:
+            _emit(final.to_json())
+        elif final.status == "failed":
+            pass
+        elif final.seq is not None:
+            print(f"sent: seq {final.seq} in {final.conversation_id} (client_id {final.client_id})")
+        else:
+            print(
+                f"queued: client_id {final.client_id}; it is delivered by a later send, sync or chat"
+            )
+        if isinstance(outcome, str):
+            print(
+                f"messageai: server unreachable ({outcome}); the message is queued", file=sys.stderr
+            )
+        if final.status == "failed":
+            print(f"messageai: the server refused the message: {final.error}", file=sys.stderr)
+            return 1
+    return 0
+
+
+async def _sync(args: argparse.Namespace) -> int:
+    async with Client.open(args.store) as client:
+        outcome = await _try_sync(client, args.timeout)
+        if isinstance(outcome, str):
+            queued = client.outbox_size()
+            if args.json:
+                _emit({"ok": False, "error": outcome, "queued": queued})
+            print(
+                f"messageai: cannot sync: {outcome}; {queued} message(s) stay queued",
+                file=sys.stderr,
+            )
+            return 1
+        report = outcome
+        ok = not report.failed and report.queued == 0
+        if args.json:
+            _emit(
+                {
+                    "ok": ok,
+                    "fetched": report.fetched,
+                    "delivered": [m.to_json() for m in report.delivered],
+                    "failed": [m.to_json() for m in report.failed],
+                    "queued": report.queued,
+                }
+            )
+        else:
+            print(
+                f"fetched {report.fetched} new message(s), delivered {len(report.delivered)},"
+                f" {len(report.failed)} failed, {report.queued} still queued"
+            )
+        for message in report.failed:
+            print(
+                f"messageai: not delivered to {message.conversation_id}: {message.error}"
+                f" (client_id {message.client_id})",
+                file=sys.stderr,
+            )
+        return 0 if ok else 1
+
+
+def _line(client: Client, message: LocalMessage, names: dict[str, str]) -> str:
+    when = time.strftime("%Y-%m-%d %H:%M", time.localtime(message.created_at / 1000))
+    who = names.get(message.sender_id, message.sender_id)
+    seq = f"#{message.seq}" if message.seq is not None else "#-"
+    mark = {"sending": " [queued]", "failed": f" [failed: {message.error}]", "read": " [read]"}
+    return f"{seq} {when} {who}: {message.body}{mark.get(message.status, '')}"
+
+
+async def _tail(args: argparse.Namespace) -> int:
+    async with Client.open(args.store) as client:
+        outcome = await _try_sync(client, args.timeout)
+        if isinstance(outcome, str):
+            print(f"messageai: offline ({outcome}); showing the local store", file=sys.stderr)
+        cid = args.conversation_id
+        if cid not in {c.id for c in client.conversations()} and not client.messages(cid, 1):
+            print(f"messageai: no conversation {cid!r} in the local store", file=sys.stderr)
+            return 1
+        names = client.user_names()
+
+        def show(message: LocalMessage) -> None:
+            if args.json:
+                _emit(message.to_json())
+            else:
+                print(_line(client, message, names), flush=True)
+
+        shown = client.messages(cid, args.lines)
+        for message in shown:
+            show(message)
+        if not args.follow:
+            return 0
+        last = max((m.local_id for m in client.messages(cid)), default=0)
+        async with trio.open_nursery() as nursery, client.events() as events:
+            nursery.start_soon(client.run)
+            async for event in events:
+                if (
+                    isinstance(event, (MessageAdded, MessageUpdated))
+                    and event.message.conversation_id != cid
+                ):
+                    continue
+                for message in client.messages_after(cid, last):
+                    show(message)
+                    last = message.local_id
+    return 0
+
+
+async def _conversations(args: argparse.Namespace) -> int:
+    async with Client.open(args.store) as client:
+        outcome = await _try_sync(client, args.timeout)
+        if isinstance(outcome, str):
+            print(f"messageai: offline ({outcome}); showing the local store", file=sys.stderr)
+        names = client.user_names()
+        for conv in client.conversations():
+            others = [names.get(u, u) for u in conv.member_ids if u != client.me]
+            if args.json:
+                _emit(
+                    {
+                        "id": conv.id,
+                        "kind": conv.kind,
+                        "title": conv.title,
+                        "member_ids": conv.member_ids,
+                        "last_seq": conv.last_seq,
+                        "unread_count": conv.unread_count,
+                        "active": conv.active,
+                    }
+                )
+            else:
+                name = conv.title or ", ".join(others) or "(just you)"
+                left = "" if conv.active else " (left)"
+                print(f"{conv.id}\t{conv.kind}\t{name}\t{conv.unread_count} unread{left}")
+    return 0
+
+
+async def _new(args: argparse.Namespace) -> int:
+    async with Client.open(args.store) as client:
+        if args.title is None and len(args.users) != 1:
+            raise ClientError("a direct conversation has one other user; give --title for a group")
+        if args.title is None:
+            cid = await client.create_direct(args.users[0])
+        else:
+            cid = await client.create_group(args.title, args.users)
+        if args.json:
+            _emit({"id": cid})
+        else:
+            print(cid)
+    return 0
+
+
+_HANDLERS: dict[str, Callable[[argparse.Namespace], Awaitable[int]]] = {
+    "logout": _logout,
+    "send": _send,
+    "sync": _sync,
+    "tail": _tail,
+    "conversations": _conversations,
+    "new": _new,
+}
