@@ -1,0 +1,380 @@
+"""`messageai chat`: the terminal client, a full-screen prompt_toolkit app over the SDK.
+
+`ChatCore` holds everything a screen shows and every command a person types,
+with no terminal in it: tests drive it directly (under Trio or asyncio).
+`ChatApp` lays it out with prompt_toolkit (which runs on asyncio, like the
+SDK underneath) and redraws on every SDK event. `run_chat` is called by
+`messageai chat`; it signs in first if the store has no account.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from messageai.client.errors import ClientError, NotSignedIn
+from messageai.client.events import (
+    ConnectionChanged,
+    Event,
+    MessageAdded,
+    Overflowed,
+    TypingChanged,
+)
+from messageai.client.sdk import Client
+from messageai.client.store import LocalMessage
+
+HELP = (
+    "type to send · /open N · /new USER · /group TITLE USER… · /retry · /reconnect · /quit"
+    " · Ctrl-N/Ctrl-P switch · PageUp/PageDown scroll"
+)
+# Seconds between typing notices while a person keeps typing.
+TYPING_EVERY_SECONDS = 3.0
+# Messages kept on screen per conversation (older ones: `messageai tail`).
+SCREEN_MESSAGES = 500
+
+Line = list[tuple[str, str]]
+
+
+class ChatCore:
+    """The terminal client's state and commands, without a terminal."""
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+        self.current: str | None = None
+        self.notice = HELP
+        self.scroll = 0  # lines scrolled back from the newest
+        self.typing: dict[tuple[str, str], bool] = {}
+        self._typing_sent_at = 0.0
+        convs = client.conversations()
+        if convs:
+            self.current = convs[0].id
+
+    # ------------------------------------------------------------ commands
+
+    async def submit(self, text: str) -> bool:
+        """Handle one input line; False means quit."""
+        text = text.strip()
+        if not text:
+            return True
+        try:
+            if text.startswith("/"):
+                return await self._command(text)
+            if self.current is None:
+                self.notice = "no conversation open: /new USER starts one"
+                return True
+            await self.client.send(self.current, text)
+            self._typing_sent_at = 0.0
+            await self.client.set_typing(self.current, False)
+            self.scroll = 0
+        except ClientError as exc:
+            self.notice = f"error: {exc.message}"
+        return True
+
+    async def _command(self, text: str) -> bool:
+        name, _, rest = text.partition(" ")
+        args = rest.split()
+        if name in ("/quit", "/exit", "/q"):
+            return False
+        if name == "/help":
+            self.notice = HELP
+        elif name == "/open" and len(args) == 1:
+            self.open(args[0])
+        elif name == "/new" and len(args) == 1:
+            self.current = await self.client.create_direct(args[0])
+            self.notice = f"direct conversation with {args[0]}"
+        elif name == "/group" and len(args) >= 2:
+            self.current = await self.client.create_group(args[0], args[1:])
+            self.notice = f"group {args[0]!r} created"
+        elif name == "/retry" and self.current is not None:
+            failed = [m for m in self.client.messages(self.current) if m.status == "failed"]
+            for message in failed:
+                await self.client.retry(message)
+            self.notice = f"{len(failed)} failed message(s) queued again"
+        elif name == "/reconnect":
+            self.client.reconnect_now()
+            self.notice = "reconnecting…"
+        else:
+            self.notice = f"unknown command or wrong arguments: {text!r}. {HELP}"
+        return True
+
+    def open(self, which: str) -> None:
+        convs = self.client.conversations()
+        if which.isdigit() and 1 <= int(which) <= len(convs):
+            self.current = convs[int(which) - 1].id
+        elif which in {c.id for c in convs}:
+            self.current = which
+        else:
+            self.notice = f"no conversation {which!r}: pick a number from the list"
+            return
+        self.scroll = 0
+        self.notice = HELP
+
+    def switch(self, step: int) -> None:
+        ids = [c.id for c in self.client.conversations()]
+        if not ids:
+            return
+        index = ids.index(self.current) if self.current in ids else -1
+        self.current = ids[(index + step) % len(ids)]
+        self.scroll = 0
+
+    async def typed(self) -> None:
+        """The input changed: tell the others, at most every few seconds."""
+        now = time.monotonic()
+        if self.current is not None and now - self._typing_sent_at > TYPING_EVERY_SECONDS:
+            self._typing_sent_at = now
+            await self.client.set_typing(self.current, True)
+
+    async def on_event(self, event: Event) -> None:
+        """Keep the open conversation read, and track who is typing."""
+        if isinstance(event, TypingChanged):
+            self.typing[(event.conversation_id, event.user_id)] = event.typing
+        elif isinstance(event, MessageAdded):
+            self.typing[(event.message.conversation_id, event.message.sender_id)] = False
+        if (
+            isinstance(event, (MessageAdded, Overflowed, ConnectionChanged))
+            and self.current is not None
+            and self.client.state == "online"
+        ):
+            await self.client.mark_read(self.current)
+
+    # ------------------------------------------------------------ what the screen shows
+
+    def title(self, conversation_id: str) -> str:
+        for conv in self.client.conversations():
+            if conv.id == conversation_id:
+                if conv.title:
+                    return conv.title
+                names = self.client.user_names()
+                others = [names.get(u, u) for u in conv.member_ids if u != self.client.me]
+                return ", ".join(others) or "(just you)"
+        return conversation_id
+
+    def sidebar(self) -> Line:
+        out: Line = []
+        for i, conv in enumerate(self.client.conversations(), 1):
+            style = "reverse" if conv.id == self.current else ""
+            unread = f" ({conv.unread_count})" if conv.unread_count else ""
+            left = " (left)" if not conv.active else ""
+            out.append((style, f"{i:>2} {self.title(conv.id)}{unread}{left}\n"))
+        if not out:
+            out.append(("italic", "no conversations\n/new USER\n"))
+        return out
+
+    def mark(self, message: LocalMessage) -> str:
+        if message.sender_id != self.client.me:
+            return ""
+        if message.status == "sending":
+            return " … sending" if self.client.state == "online" else " ⏸ queued"
+        if message.status == "failed":
+            return f" ✗ failed: {message.error} (/retry)"
+        if message.status == "read":
+            return " ✓✓ read"
+        others = len(self.client.member_ids(message.conversation_id)) - 1
+        read_by = len(self.client.read_by(message))
+        if others > 1 and read_by:
+            return f" ✓ sent, read by {read_by} of {others}"
+        return " ✓ sent"
+
+    def message_lines(self) -> Line:
+        if self.current is None:
+            return [("italic", "no conversation open\n")]
+        names = self.client.user_names()
+        out: Line = []
+        for message in self.client.messages(self.current, SCREEN_MESSAGES):
+            when = time.strftime("%H:%M", time.localtime(message.created_at / 1000))
+            who = names.get(message.sender_id, message.sender_id)
+            mine = message.sender_id == self.client.me
+            out.append(("class:time", f"{when} "))
+            out.append(("class:me" if mine else "class:them", f"{who}: "))
+            out.append(("", message.body))
+            out.append(("class:mark", self.mark(message) + "\n"))
+        return out
+
+    def status(self) -> str:
+        client = self.client
+        parts = [client.state]
+        queued = client.outbox_size()
+        if queued:
+            parts.append(f"{queued} queued")
+        if self.current is not None:
+            names = client.user_names()
+            others = [u for u in client.member_ids(self.current) if u != client.me]
+            online = [names.get(u, u) for u in others if client.is_online(u)]
+            if online:
+                parts.append("online: " + ", ".join(online))
+            typing = [names.get(u, u) for u in others if self.typing.get((self.current, u))]
+            if typing:
+                parts.append(", ".join(typing) + " typing…")
+        return " · ".join(parts)
+
+
+class ChatApp:
+    """The full-screen layout over a ChatCore."""
+
+    def __init__(self, core: ChatCore, **app_options: Any) -> None:
+        from prompt_toolkit.application import Application
+        from prompt_toolkit.key_binding import KeyBindings
+        from prompt_toolkit.layout import HSplit, Layout, VSplit, Window
+        from prompt_toolkit.layout.controls import FormattedTextControl
+        from prompt_toolkit.styles import Style
+        from prompt_toolkit.widgets import TextArea
+
+        self.core = core
+        self.input = TextArea(height=1, prompt="> ", multiline=False, accept_handler=self._accept)
+        self.input.buffer.on_text_changed += lambda _buf: self._spawn(core.typed())
+        self.messages = Window(
+            FormattedTextControl(self._messages_text),
+            wrap_lines=True,
+            get_vertical_scroll=self._scroll,
+        )
+        keys = KeyBindings()
+
+        @keys.add("c-c")
+        @keys.add("c-d")
+        def _quit(event: Any) -> None:
+            event.app.exit()
+
+        @keys.add("c-n")
+        def _next(event: Any) -> None:
+            core.switch(1)
+
+        @keys.add("c-p")
+        def _prev(event: Any) -> None:
+            core.switch(-1)
+
+        @keys.add("pageup")
+        def _up(event: Any) -> None:
+            core.scroll += 10
+
+        @keys.add("pagedown")
+        def _down(event: Any) -> None:
+            core.scroll = max(0, core.scroll - 10)
+
+        body = HSplit(
+            [
+                Window(FormattedTextControl(self._header), height=1, style="class:header"),
+                self.messages,
+                Window(FormattedTextControl(lambda: core.status()), height=1, style="class:status"),
+                Window(FormattedTextControl(lambda: core.notice), height=1, style="class:notice"),
+                self.input,
+            ]
+        )
+        root = VSplit(
+            [
+                Window(FormattedTextControl(core.sidebar), width=26),
+                Window(width=1, char="│", style="class:line"),
+                body,
+            ]
+        )
+        style = Style.from_dict(
+            {
+                "header": "bold reverse",
+                "status": "reverse",
+                "notice": "italic",
+                "time": "#888888",
+                "me": "bold #5fafff",
+                "them": "bold #87d787",
+                "mark": "#888888",
+                "line": "#444444",
+            }
+        )
+        self.app: Application[None] = Application(
+            layout=Layout(root, focused_element=self.input),
+            key_bindings=keys,
+            style=style,
+            full_screen=True,
+            **app_options,
+        )
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _header(self) -> str:
+        core = self.core
+        return f" {core.title(core.current)} " if core.current else " MessageAI "
+
+    def _messages_text(self) -> Line:
+        return self.core.message_lines()
+
+    def _scroll(self, window: Any) -> int:
+        info = window.render_info
+        if info is None:
+            return 0
+        # Show the newest lines unless the person scrolled back.
+        bottom = max(0, info.content_height - info.window_height)
+        self.core.scroll = min(self.core.scroll, bottom)
+        return bottom - self.core.scroll
+
+    def _accept(self, buffer: Any) -> bool:
+        text = buffer.text
+
+        async def go() -> None:
+            if not await self.core.submit(text):
+                self.app.exit()
+            self.app.invalidate()
+
+        self._spawn(go())
+        return False  # clear the input line
+
+    async def run(self) -> None:
+        """Run the screen and the connection until the person quits."""
+        client = self.core.client
+        async with anyio.create_task_group() as tg, client.events() as events:
+            tg.start_soon(self._connection)
+
+            async def redraw() -> None:
+                async for event in events:
+                    await self.core.on_event(event)
+                    self.app.invalidate()
+
+            tg.start_soon(redraw)
+            await self.app.run_async()
+            tg.cancel_scope.cancel()
+
+    async def _connection(self) -> None:
+        try:
+            await self.core.client.run()
+        except ClientError as exc:
+            self.core.notice = f"signed out: {exc.message}; quit and run `messageai login`"
+            self.app.invalidate()
+
+
+async def _sign_in(store_dir: str | None) -> Client:
+    from prompt_toolkit import PromptSession
+
+    session: PromptSession[str] = PromptSession()
+    print("No account in this store yet. Sign in or register.")
+    server = await session.prompt_async("server URL: ", default="http://127.0.0.1:8080")
+    username = await session.prompt_async("username: ")
+    register = (await session.prompt_async("new account? [y/N]: ")).strip().lower() == "y"
+    password = await session.prompt_async("password: ", is_password=True)
+    if register and await session.prompt_async("again: ", is_password=True) != password:
+        raise ClientError("passwords do not match")
+    return await Client.login(
+        server, username.strip(), password, store_dir=store_dir, register=register
+    )
+
+
+async def _main(store_dir: str | None, make_app: Callable[[ChatCore], ChatApp]) -> None:
+    try:
+        client = Client.open(store_dir)
+    except NotSignedIn:
+        client = await _sign_in(store_dir)
+    async with client:
+        await make_app(ChatCore(client)).run()
+
+
+def run_chat(store_dir: str | Path | None) -> int:
+    """`messageai chat`: the exit status."""
+    with contextlib.suppress(KeyboardInterrupt, EOFError):
+        asyncio.run(_main(str(store_dir) if store_dir else None, ChatApp))
+    return 0

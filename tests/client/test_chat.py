@@ -1,0 +1,136 @@
+"""The terminal client: its core driven end to end against the real server, and the
+real prompt_toolkit screen driven by keystrokes through a pipe.
+
+Rules: a real server on 127.0.0.1:0, real stores under tmp_path, waits on SDK
+events only; the screen test runs the app on asyncio (as `messageai chat`
+does) with the server in a thread, under an absolute deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+
+import anyio
+import trio
+
+from messageai.client import Client
+from messageai.client.chat import ChatApp, ChatCore
+from tests.client.support import FAST, PASSWORD, live, sign_in, until
+from tests.helpers import Harness, make_config, running_server
+
+
+def screen(core: ChatCore) -> str:
+    return "".join(text for _style, text in core.message_lines())
+
+
+async def test_chat_core_sends_and_shows_sending_sent_read_marks_and_typing(
+    h: Harness, tmp_path: Path
+) -> None:
+    ada, bob = await h.account("ada"), await h.account("bob")
+    cid = await h.direct(ada, bob)
+    client = await sign_in(h.url, "ada", tmp_path / "ada")
+    async with client, live(client), h.ws(bob) as b:
+        await b.request("subscribe", conversation_id=cid)
+        core = ChatCore(client)
+        assert core.current == cid
+        assert "bob" in "".join(text for _s, text in core.sidebar())
+        assert await core.submit("hello from the terminal") is True
+        assert "ada: hello from the terminal … sending" in screen(core)
+        await until(client, lambda: "✓ sent" in screen(core))
+        new = await b.next_event("new_message")
+        await b.request("mark_read", conversation_id=cid, seq=new["message"]["seq"])
+        await until(client, lambda: "ada: hello from the terminal ✓✓ read" in screen(core))
+        await b.request("typing", conversation_id=cid, typing=True)
+        async with client.events() as events:
+            while "bob typing…" not in core.status():
+                await core.on_event(await events.receive())
+        await b.send_message(cid, "hi ada")
+        async with client.events() as events:
+            while "bob: hi ada" not in screen(core):
+                await core.on_event(await events.receive())
+        # The open conversation is marked read as messages arrive.
+        await until(client, lambda: client.conversations()[0].unread_count == 0)
+        assert "online: bob" in core.status()
+        assert await core.submit("/nonsense") is True and "unknown command" in core.notice
+        assert await core.submit("/quit") is False
+
+
+async def test_chat_core_starts_a_conversation_and_marks_queued_messages_offline(
+    h: Harness, tmp_path: Path
+) -> None:
+    await h.account("ada"), await h.account("bob")
+    client = await sign_in(h.url, "ada", tmp_path / "ada")
+    async with client:
+        core = ChatCore(client)
+        assert core.current is None
+        await core.submit("/new bob")
+        assert core.current is not None and core.title(core.current) == "bob"
+        await core.submit("nobody is connected")  # not running: offline
+        assert "nobody is connected ⏸ queued" in screen(core)
+        async with live(client):
+            await until(client, lambda: "✓ sent" in screen(core))
+
+
+def test_chat_screen_sends_what_is_typed(tmp_path: Path) -> None:
+    from prompt_toolkit.input import create_pipe_input
+    from prompt_toolkit.output import DummyOutput
+
+    config = make_config(tmp_path / "data")
+    started = threading.Event()
+    stop = threading.Event()
+    urls: list[str] = []
+
+    async def serve() -> None:
+        async with running_server(config) as server:
+            urls.append(server.url)
+            started.set()
+            while not stop.is_set():
+                await trio.sleep(0.05)  # a thread-safe stop flag; not part of any assertion
+
+    thread = threading.Thread(target=trio.run, args=(serve,))
+    thread.start()
+    try:
+        assert started.wait(30)
+        asyncio.run(
+            asyncio.wait_for(_drive_screen(urls[0], tmp_path, create_pipe_input, DummyOutput), 60)
+        )
+    finally:
+        stop.set()
+        thread.join(30)
+
+
+async def _drive_screen(
+    url: str, tmp_path: Path, create_pipe_input: object, dummy_output: object
+) -> None:
+    bob = await Client.login(
+        url, "bob", PASSWORD, store_dir=tmp_path / "bob", register=True, settings=FAST
+    )
+    ada = await Client.login(
+        url, "ada", PASSWORD, store_dir=tmp_path / "ada", register=True, settings=FAST
+    )
+    async with bob, ada:
+        cid = await ada.create_direct("bob")
+        with create_pipe_input() as pipe:  # type: ignore[operator]
+            app = ChatApp(ChatCore(ada), input=pipe, output=dummy_output())  # type: ignore[operator]
+            runner = asyncio.ensure_future(app.run())
+            # Bob stays live on asyncio too: the SDK's claim that it runs there.
+            async with anyio.create_task_group() as tg:
+                await tg.start(bob.run)
+                pipe.send_text("hello through the screen\r")
+                await _until_async(
+                    bob, lambda: [m.body for m in bob.messages(cid)] == ["hello through the screen"]
+                )
+                assert bob.messages(cid)[0].sender_id == ada.me
+                tg.cancel_scope.cancel()
+            await _until_async(ada, lambda: ada.messages(cid)[-1].status == "sent")
+            pipe.send_text("/quit\r")
+            await runner
+        assert [m.body for m in ada.messages(cid)] == ["hello through the screen"]
+
+
+async def _until_async(client: Client, condition: object) -> None:
+    async with client.events() as events:
+        while not condition():  # type: ignore[operator]
+            await events.receive()
