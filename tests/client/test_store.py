@@ -1,0 +1,113 @@
+"""The client's store, events and backoff on their own: real SQLite files in tmp_path,
+no server, no network."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from messageai.client import store
+from messageai.client.events import Events, MessageAdded, Overflowed, ReadReceipt
+from messageai.client.sync import Backoff
+
+ME, BOB, CAT = "u_me", "u_bob", "u_cat"
+
+
+def conv(cid: str = "c_1", members: tuple[str, ...] = (ME, BOB)) -> dict[str, Any]:
+    return {"id": cid, "kind": "group", "title": "t", "member_ids": list(members), "created_at": 1}
+
+
+def server_message(seq: int, sender: str = BOB, client_id: str | None = None) -> dict[str, Any]:
+    return {
+        "id": f"m_{seq}", "conversation_id": "c_1", "seq": seq, "sender_id": sender,
+        "client_id": client_id or f"x{seq}", "body": f"b{seq}", "attachments": [], "created_at": seq,
+    }  # fmt: skip
+
+
+@pytest.fixture
+def conn(tmp_path: Path) -> Any:
+    c = store.open_store(tmp_path / "a.sqlite3")
+    with c:
+        store.save_conversation(c, conv(members=(ME, BOB, CAT)))
+    yield c
+    c.close()
+
+
+def test_store_file_is_private_and_in_wal_mode(tmp_path: Path) -> None:
+    c = store.open_store(tmp_path / "sub" / "a.sqlite3")
+    assert c.execute("PRAGMA journal_mode").get == "wal"
+    assert (tmp_path / "sub" / "a.sqlite3").stat().st_mode & 0o077 == 0
+    c.close()
+
+
+def test_ack_replaces_the_temporary_identity_and_a_repeat_is_ignored(conn: Any) -> None:
+    mine = store.add_outgoing(conn, "c_1", ME, "cid-1", "hi", 5)
+    assert (mine.status, mine.seq, mine.id) == ("sending", None, None)
+    assert store.outbox(conn, 10) == [mine]
+    with conn:
+        acked = store.merge_message(conn, server_message(1, ME, "cid-1"), ME)
+        again = store.merge_message(conn, server_message(1, ME, "cid-1"), ME)
+    assert acked is not None and (acked.local_id, acked.seq, acked.status) == (
+        mine.local_id,
+        1,
+        "sent",
+    )
+    assert again is None
+    assert store.outbox(conn, 10) == []
+    assert [m.seq for m in store.messages(conn, "c_1")] == [1]
+
+
+def test_synced_seq_stops_at_the_first_gap(conn: Any) -> None:
+    with conn:
+        for seq in (1, 2, 4, 5):
+            store.merge_message(conn, server_message(seq), ME)
+        assert store.advance_synced_seq(conn, "c_1") == 2
+        store.merge_message(conn, server_message(3), ME)
+        assert store.advance_synced_seq(conn, "c_1") == 5
+
+
+def test_read_needs_every_other_member_and_read_by_counts_them(conn: Any) -> None:
+    with conn:
+        store.merge_message(conn, server_message(1, ME), ME)
+        store.set_read_seq(conn, "c_1", BOB, 1)
+        assert store.refresh_read_statuses(conn, "c_1", ME) == []
+        assert store.read_by(conn, "c_1", 1, ME) == [BOB]
+        store.set_read_seq(conn, "c_1", CAT, 3)
+        [read] = store.refresh_read_statuses(conn, "c_1", ME)
+    assert read.status == "read"
+    assert store.set_read_seq(conn, "c_1", CAT, 2) is False  # cursors only move forward
+
+
+def test_unacknowledged_messages_sort_after_acknowledged_ones(conn: Any) -> None:
+    store.add_outgoing(conn, "c_1", ME, "late", "queued", 1)
+    with conn:
+        store.merge_message(conn, server_message(1), ME)
+    assert [m.body for m in store.messages(conn, "c_1")] == ["b1", "queued"]
+    assert [m.body for m in store.messages(conn, "c_1", limit=1)] == ["queued"]
+
+
+async def test_a_slow_event_reader_gets_one_overflow_marker_not_unbounded_memory() -> None:
+    events = Events()
+    async with events.subscribe(size=3) as stream:
+        for seq in range(10):
+            events.emit(ReadReceipt("c_1", BOB, seq))
+        first = await stream.receive()
+        assert isinstance(first, Overflowed) and first.dropped >= 7
+        events.emit(ReadReceipt("c_1", BOB, 99))
+        assert await stream.receive() == ReadReceipt("c_1", BOB, 99)
+    events.emit(MessageAdded(None))  # type: ignore[arg-type]  # a closed stream is left alone
+
+
+def test_backoff_grows_with_jitter_up_to_its_cap_and_resets() -> None:
+    backoff = Backoff(0.5, 8.0, random.Random(7))
+    delays = [backoff.next_delay() for _ in range(10)]
+    caps = [min(8.0, 0.5 * 2**n) for n in range(10)]
+    assert all(cap / 2 <= d <= cap for d, cap in zip(delays, caps, strict=True))
+    assert len(set(delays)) == len(delays)  # jittered
+    backoff.reset()
+    assert backoff.next_delay() <= 0.5
+    with pytest.raises(ValueError):
+        Backoff(0, 1)
