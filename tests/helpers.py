@@ -8,7 +8,11 @@ fixture applies one), and the client closes first unless the test says otherwise
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
+import re
+import signal
+import subprocess
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -146,25 +150,36 @@ class Harness:
 
     @contextlib.asynccontextmanager
     async def ws(self, account: Account | None = None, *, query: str = "") -> AsyncIterator[WS]:
-        """A WebSocket connection as `account` (bearer header).
+        """A WebSocket connection as `account` (bearer header)."""
+        assert self.server.port is not None
+        token = account.token if account else None
+        async with connect_ws(self.server.port, token=token, query=query) as conn:
+            yield WS(conn)
 
-        The TCP stream is ours so that it is closed however the WebSocket ends
-        (trio-websocket's client leaves it open when the server closes first).
-        """
-        headers = [("Authorization", f"Bearer {account.token}")] if account else []
-        stream = await trio.open_tcp_stream("127.0.0.1", self.server.port)
-        try:
-            async with trio.open_nursery() as nursery:
-                conn = await trio_websocket.wrap_client_stream(
-                    nursery, stream, "127.0.0.1", "/v1/ws" + query, extra_headers=headers
-                )
-                try:
-                    yield WS(conn)
-                finally:
-                    await conn.aclose()
-                    nursery.cancel_scope.cancel()
-        finally:
-            await stream.aclose()
+
+@contextlib.asynccontextmanager
+async def connect_ws(
+    port: int, *, token: str | None = None, query: str = ""
+) -> AsyncIterator[trio_websocket.WebSocketConnection]:
+    """A client WebSocket to /v1/ws on 127.0.0.1:`port`, bearer header if `token`.
+
+    The TCP stream is ours so that it is closed however the WebSocket ends
+    (trio-websocket's client leaves it open when the server closes first).
+    """
+    headers = [("Authorization", f"Bearer {token}")] if token else []
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    try:
+        async with trio.open_nursery() as nursery:
+            conn = await trio_websocket.wrap_client_stream(
+                nursery, stream, "127.0.0.1", "/v1/ws" + query, extra_headers=headers
+            )
+            try:
+                yield conn
+            finally:
+                await conn.aclose()
+                nursery.cancel_scope.cancel()
+    finally:
+        await stream.aclose()
 
 
 @contextlib.asynccontextmanager
@@ -221,3 +236,52 @@ async def raw_websocket_handshake(
                 break
             body += chunk
     return status, body
+
+
+class ServerProcess:
+    """`python -m messageai serve` as a real child process (for kill -9 and signals)."""
+
+    def __init__(self, data_dir: Path, config_file: Path) -> None:
+        self.data_dir = data_dir
+        self.config_file = config_file
+        self.process: trio.Process | None = None
+        self.port: int | None = None
+        self.output = b""
+
+    @staticmethod
+    def write_config(path: Path, extra: str = "") -> Path:
+        path.write_text('[server]\nhost = "127.0.0.1"\nport = 0\n[auth]\nscrypt_n = 16\n' + extra)
+        return path
+
+    async def start(self, nursery: trio.Nursery) -> int:
+        import sys
+
+        self.process = await nursery.start(
+            functools.partial(
+                trio.run_process,
+                [sys.executable, "-m", "messageai", "serve", "--config", str(self.config_file),
+                 "--data-dir", str(self.data_dir)],
+                stdout=subprocess.PIPE,
+                check=False,
+            )
+        )
+        assert self.process is not None and self.process.stdout is not None
+        line = b""
+        with trio.fail_after(20):
+            while b"\n" not in line:
+                chunk = await self.process.stdout.receive_some(4096)
+                assert chunk, "server exited before printing its URL"
+                line += chunk
+        self.output = line
+        match = re.search(rb"http://127\.0\.0\.1:(\d+)", line)
+        assert match, line
+        self.port = int(match.group(1))
+        return self.port
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+
+    async def wait(self) -> int:
+        assert self.process is not None
+        return await self.process.wait()

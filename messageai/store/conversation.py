@@ -67,26 +67,24 @@ def insert_message(conn: apsw.Connection, message: Message) -> Message | None:
     The uniqueness check is the UNIQUE constraint itself, inside the caller's
     transaction, so a resend can never slip in beside its original.
     """
-    try:
-        conn.execute(
-            "INSERT INTO messages(seq, id, sender_id, client_id, body, attachments, created_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (
-                message.seq,
-                message.id,
-                message.sender_id,
-                message.client_id,
-                message.body,
-                orjson.dumps(message.attachments).decode() if message.attachments else "[]",
-                message.created_at,
-            ),
-        )
-    except apsw.ConstraintError:
-        original = find_by_client_id(conn, message.conversation_id, message.sender_id, message.client_id)
-        if original is None:
-            raise
-        return original
-    return None
+    conn.execute(
+        "INSERT INTO messages(seq, id, sender_id, client_id, body, attachments, created_at)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(sender_id, client_id) DO NOTHING",
+        (
+            message.seq,
+            message.id,
+            message.sender_id,
+            message.client_id,
+            message.body,
+            orjson.dumps(message.attachments).decode() if message.attachments else "[]",
+            message.created_at,
+        ),
+    )
+    if conn.changes():
+        return None
+    original = find_by_client_id(conn, message.conversation_id, message.sender_id, message.client_id)
+    assert original is not None, "a conflict without an original"
+    return original
 
 
 def find_by_client_id(

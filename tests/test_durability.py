@@ -1,0 +1,276 @@
+"""Durability and lifecycle: restarts keep everything, kill -9 loses no acked message,
+resends store nothing twice, idle actors retire and come back, failures stay local,
+shutdown is graceful."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import httpx
+import orjson
+import pytest
+import trio
+import trio_websocket
+
+from messageai.actor import conversation_path
+from messageai.commands import Command, Waiter
+from messageai.config import Config
+from messageai.directory import Directory
+from messageai.protocol import GetHistory, SendMessage, Subscribe
+from messageai.registry import Registry
+from tests.helpers import Harness, ServerProcess, connect_ws, harness, make_config
+
+
+async def test_restart_keeps_messages_cursors_and_idempotency(tmp_path: Path) -> None:
+    config = make_config(tmp_path / "data")
+    async with harness(config) as h:
+        ada, bob = await h.account("ada"), await h.account("bob")
+        cid = await h.direct(ada, bob)
+        async with h.ws(ada) as a:
+            first = await a.send_message(cid, "before restart", client_id="keep")
+            await a.request("mark_read", conversation_id=cid, seq=1)
+    async with harness(config) as h2:
+        async with h2.ws(ada) as a:
+            sub = await a.request("subscribe", conversation_id=cid)
+            assert sub["last_seq"] == 1 and sub["read_cursors"] == {ada.id: 1}
+            again = await a.send_message(cid, "before restart", client_id="keep")
+            assert again["duplicate"] is True and again["message"] == first["message"]
+            nxt = await a.send_message(cid, "after restart")
+            assert nxt["message"]["seq"] == 2
+        r = await h2.http.post(
+            f"/v1/conversations/{cid}/messages", json={"client_id": "keep", "body": "x"}, headers=h2.auth(ada)
+        )
+        assert r.status_code == 200 and r.json() == first["message"]
+
+
+async def test_graceful_shutdown_closes_websockets_with_1001(tmp_path: Path) -> None:
+    config = make_config(tmp_path / "data")
+    async with harness(config) as h:
+        ada = await h.account()
+        async with h.ws(ada) as a:
+            assert (await a.request("ping"))["type"] == "pong"
+            h.server.shutdown()
+            with trio.fail_after(5), pytest.raises(trio_websocket.ConnectionClosed) as closed:
+                while True:
+                    await a.conn.get_message()
+            assert closed.value.reason.code == 1001
+
+
+# ------------------------------------------------------------------ kill -9
+
+
+async def _send_burst(port: int, token: str, cid: str, client_ids: list[str], acked: dict[str, dict]) -> None:
+    """Pipeline every client id; record acks until the server dies."""
+    try:
+        async with connect_ws(port, query=f"?access_token={token}") as ws:
+            async def pump() -> None:
+                for client_id in client_ids:
+                    await ws.send_message(
+                        f'{{"type":"send_message","conversation_id":"{cid}","client_id":"{client_id}","body":"b {client_id}"}}'
+                    )
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(pump)
+                while len(acked) < len(client_ids):
+                    frame = orjson.loads(await ws.get_message())
+                    if frame["type"] == "ack":
+                        acked[frame["client_id"]] = frame["message"]
+                nursery.cancel_scope.cancel()
+    except* (trio_websocket.ConnectionClosed, trio_websocket.HandshakeError, OSError, trio.BrokenResourceError):
+        pass  # the server died under us: that is the point
+
+
+@pytest.mark.slow
+async def test_kill_9_mid_burst_loses_no_acked_message_and_resend_stores_nothing_twice(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    config_file = ServerProcess.write_config(tmp_path / "messageai.toml")
+    client_ids = [uuid.uuid4().hex for _ in range(3000)]
+    acked: dict[str, dict] = {}
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            proc = ServerProcess(data, config_file)
+            port = await proc.start(nursery)
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+                r = await http.post("/v1/auth/register", json={"username": "ada", "password": "password1"})
+                token = r.json()["token"]
+                r = await http.post("/v1/auth/register", json={"username": "bob", "password": "password1"})
+                bob = r.json()["user"]["id"]
+                r = await http.post("/v1/conversations", json={"kind": "direct", "member_ids": [bob]},
+                                    headers={"Authorization": f"Bearer {token}"})
+                cid = r.json()["id"]
+
+            async def killer() -> None:
+                while len(acked) < 300:
+                    await trio.sleep(0.001)
+                proc.kill()
+
+            nursery.start_soon(killer)
+            await _send_burst(port, token, cid, client_ids, acked)
+            assert await proc.wait() == -9
+        assert 300 <= len(acked) < len(client_ids), "the kill must land mid-burst"
+
+        async with trio.open_nursery() as nursery:
+            proc = ServerProcess(data, config_file)
+            port = await proc.start(nursery)
+            stored = await _history(port, token, cid)
+            by_client = {m["client_id"]: m for m in stored}
+            # Nothing acked is lost, and it kept its seq and id.
+            for client_id, message in acked.items():
+                assert by_client.get(client_id) == message
+            # A gapless order survived the crash.
+            assert [m["seq"] for m in stored] == list(range(1, len(stored) + 1))
+            # Resend the whole queue: acked ones come back as duplicates, nothing twice.
+            resent: dict[str, dict] = {}
+            await _send_burst(port, token, cid, client_ids, resent)
+            assert len(resent) == len(client_ids)
+            for client_id, message in acked.items():
+                assert resent[client_id] == message
+            final = await _history(port, token, cid)
+            assert len(final) == len(client_ids)
+            assert len({m["client_id"] for m in final}) == len(client_ids)
+            proc.process.terminate()  # type: ignore[union-attr]
+            assert await proc.wait() == 0
+
+
+async def _history(port: int, token: str, cid: str) -> list[dict]:
+    messages: list[dict] = []
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+        after = 0
+        while True:
+            r = await http.get(f"/v1/conversations/{cid}/messages", params={"after_seq": after, "limit": 200},
+                               headers={"Authorization": f"Bearer {token}"})
+            page = r.json()
+            messages.extend(page["messages"])
+            if not page["has_more"]:
+                return messages
+            after = page["messages"][-1]["seq"]
+
+
+# ------------------------------------------------------------------ actors, with the registry alone
+
+
+class Inbox:
+    """A peer that keeps what it is sent (stands where a WebSocket session would)."""
+
+    def __init__(self, user_id: str) -> None:
+        self.user_id = user_id
+        self.frames: list[object] = []
+
+    def push(self, text: str) -> None:
+        self.frames.append(text)
+
+    def push_frame(self, frame: object) -> None:
+        self.frames.append(frame)
+
+    def subscription_ended(self, conversation_id: str) -> None:
+        pass
+
+
+async def _setup(config: Config, nursery: trio.Nursery) -> tuple[Directory, Registry, str, str]:
+    directory = Directory(config)
+    registry = Registry(config, directory, nursery, lambda _user: False)
+    ada, _ = await directory.register("ada", "password1", None)
+    bob, _ = await directory.register("bob", "password1", None)
+    record, _ = await directory.open_direct(ada.id, bob.id)
+    return directory, registry, ada.id, record.id
+
+
+async def test_idle_actor_retires_and_comes_back_with_nothing_lost(tmp_path: Path, autojump_clock: object) -> None:
+    config = make_config(tmp_path / "data", conversations={"idle_seconds": 60.0})
+    async with trio.open_nursery() as nursery:
+        directory, registry, ada, cid = await _setup(config, nursery)
+        first, dup = await registry.call(cid, ada, SendMessage(cid, "k1", "one"))
+        assert registry.active(cid) is not None
+        await trio.sleep(61)
+        assert registry.active(cid) is None, "an idle actor with no subscribers retires"
+        second, _ = await registry.call(cid, ada, SendMessage(cid, "k2", "two"))
+        assert second.seq == 2
+        again, dup = await registry.call(cid, ada, SendMessage(cid, "k1", "one"))
+        assert dup is True and again == first
+        messages, _ = await registry.call(cid, ada, GetHistory(cid))
+        assert [m.body for m in messages] == ["one", "two"]
+        nursery.cancel_scope.cancel()
+    directory.close()
+
+
+async def test_actor_with_a_subscriber_does_not_retire(tmp_path: Path, autojump_clock: object) -> None:
+    config = make_config(tmp_path / "data", conversations={"idle_seconds": 60.0})
+    async with trio.open_nursery() as nursery:
+        directory, registry, ada, cid = await _setup(config, nursery)
+        inbox = Inbox(ada)
+        await registry.submit(cid, Command(op=Subscribe(cid), user_id=ada, peer=inbox))
+        await registry.call(cid, ada, GetHistory(cid))  # the subscribe has been handled
+        await trio.sleep(600)
+        assert registry.active(cid) is not None and len(inbox.frames) == 1
+        nursery.cancel_scope.cancel()
+    directory.close()
+
+
+async def test_open_databases_are_capped_least_recently_used_first(tmp_path: Path) -> None:
+    config = make_config(tmp_path / "data", storage={"max_open_databases": 2})
+    async with trio.open_nursery() as nursery:
+        directory = Directory(config)
+        registry = Registry(config, directory, nursery, lambda _user: False)
+        ada, _ = await directory.register("ada", "password1", None)
+        cids = []
+        for i in range(5):
+            other, _ = await directory.register(f"friend{i}", "password1", None)
+            record, _ = await directory.open_direct(ada.id, other.id)
+            cids.append(record.id)
+            await registry.call(record.id, ada.id, SendMessage(record.id, f"k{i}", f"to {i}"))
+        assert len(registry._open) == 2 and list(registry._open) == cids[-2:]
+        for i, cid in enumerate(cids):
+            messages, _ = await registry.call(cid, ada.id, GetHistory(cid))
+            assert [m.body for m in messages] == [f"to {i}"]
+        nursery.cancel_scope.cancel()
+    directory.close()
+
+
+async def test_storage_failure_in_one_conversation_fails_its_batch_only(tmp_path: Path) -> None:
+    config = make_config(tmp_path / "data")
+    async with trio.open_nursery() as nursery:
+        directory, registry, ada, cid = await _setup(config, nursery)
+        bob_other, _ = await directory.register("carol", "password1", None)
+        other, _ = await directory.open_direct(ada, bob_other.id)
+        await registry.call(cid, ada, SendMessage(cid, "k1", "one"))
+        # A real SQLite failure: the database may not grow, so the next insert fails (SQLITE_FULL).
+        actor = registry.active(cid)
+        assert actor is not None and actor._conn is not None
+        pages = actor._conn.execute("PRAGMA page_count").get
+        actor._conn.execute(f"PRAGMA max_page_count = {pages}")
+        waiter = Waiter()
+        await registry.submit(cid, Command(op=SendMessage(cid, "k2", "x" * 15000), user_id=ada, waiter=waiter))
+        with pytest.raises(Exception) as failed:
+            await waiter.wait()
+        assert getattr(failed.value, "code", None) == "unavailable"
+        # Other conversations never noticed.
+        msg, _ = await registry.call(other.id, ada, SendMessage(other.id, "o1", "fine"))
+        assert msg.seq == 1
+        # The actor reloaded its state from disk: the resend now succeeds, no gap.
+        msg, dup = await registry.call(cid, ada, SendMessage(cid, "k2", "x" * 15000))
+        assert (msg.seq, dup) == (2, False)
+        nursery.cancel_scope.cancel()
+    directory.close()
+
+
+async def test_unreadable_conversation_file_answers_unavailable_and_server_keeps_serving(tmp_path: Path) -> None:
+    config = make_config(tmp_path / "data", conversations={"idle_seconds": 0.1})
+    async with harness(config) as h:
+        ada, bob, carol = await h.account("ada"), await h.account("bob"), await h.account("carol")
+        broken = await h.direct(ada, bob)
+        fine = await h.direct(ada, carol)
+        registry = h.server.registry
+        assert registry is not None
+        while registry.active(broken) is not None:  # wait for the actor to retire
+            await trio.sleep(0.05)
+        path = conversation_path(config.data_dir, broken)
+        for suffix in ("-wal", "-shm"):
+            path.with_name(path.name + suffix).unlink(missing_ok=True)
+        path.write_bytes(b"this is not a database" * 100)
+        async with h.ws(ada) as a:
+            reply = await a.request("send_message", conversation_id=broken, client_id="x", body="hi")
+            assert reply["type"] == "error" and reply["code"] == "unavailable"
+            assert (await a.send_message(fine, "still here"))["type"] == "ack"
+            path.unlink()
+            assert (await a.send_message(broken, "after repair", client_id="x"))["type"] == "ack"
