@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+from prompt_toolkit.formatted_text import StyleAndTextTuples
 
 from messageai.client.errors import ClientError, NotSignedIn
 from messageai.client.events import (
@@ -38,7 +39,8 @@ TYPING_EVERY_SECONDS = 3.0
 # Messages kept on screen per conversation (older ones: `messageai tail`).
 SCREEN_MESSAGES = 500
 
-Line = list[tuple[str, str]]
+# prompt_toolkit's formatted text: (style, text) pairs.
+Line = StyleAndTextTuples
 
 
 class ChatCore:
@@ -312,7 +314,7 @@ class ChatApp:
         # Show the newest lines unless the person scrolled back.
         bottom = max(0, info.content_height - info.window_height)
         self.core.scroll = min(self.core.scroll, bottom)
-        return bottom - self.core.scroll
+        return int(bottom - self.core.scroll)
 
     def _accept(self, buffer: Any) -> bool:
         text = buffer.text

@@ -192,15 +192,15 @@ async def _logout(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _try_sync(client: Client, timeout: float) -> SyncReport | str:
+async def _try_sync(client: Client, limit_seconds: float) -> SyncReport | str:
     """A sync pass, or the reason the server could not be reached."""
     try:
-        with trio.fail_after(timeout):
+        with trio.fail_after(limit_seconds):
             return await client.sync()
     except Unreachable as exc:
         return exc.message
     except trio.TooSlowError:
-        return f"no answer within {timeout:g}s"
+        return f"no answer within {limit_seconds:g}s"
 
 
 def _emit(value: Any) -> None:
@@ -222,7 +222,8 @@ async def _send(args: argparse.Namespace) -> int:
             print(f"sent: seq {final.seq} in {final.conversation_id} (client_id {final.client_id})")
         else:
             print(
-                f"queued: client_id {final.client_id}; it is delivered by a later send, sync or chat"
+                f"queued: client_id {final.client_id};"
+                " it is delivered by a later send, sync or chat"
             )
         if isinstance(outcome, str):
             print(

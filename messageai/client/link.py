@@ -118,6 +118,7 @@ async def open_link(
 ) -> AsyncIterator[Link]:
     """Connect; a refused handshake raises AuthError (401) or Unreachable."""
     try:
+        ws: httpx_ws.AsyncWebSocketSession
         async with httpx_ws.aconnect_ws(
             url,
             http,

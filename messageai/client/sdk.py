@@ -13,6 +13,7 @@ deliver it. Runs under Trio or asyncio (httpx, httpx-ws and anyio underneath).
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
 from pathlib import Path
@@ -34,7 +35,7 @@ from messageai.client.events import (
     ReadReceipt,
 )
 from messageai.client.store import Account, LocalConversation, LocalMessage
-from messageai.client.sync import Settings, SyncReport, Syncer
+from messageai.client.sync import Settings, Syncer, SyncReport
 from messageai.store.db import transaction
 
 # The server's default `limits.max_body_chars`; longer bodies are refused before they are queued.
@@ -112,10 +113,9 @@ class Client:
 
     async def logout(self) -> None:
         """Revoke the token on the server (if reachable) and forget it locally."""
-        try:
+        # Unreachable: the token is forgotten here anyway, and expires on the server.
+        with contextlib.suppress(Unreachable):
             await self.api.logout()
-        except Unreachable:
-            pass  # the token is forgotten here anyway; it expires on the server
         store.forget_token(self._conn)
 
     async def aclose(self) -> None:
@@ -234,10 +234,9 @@ class Client:
         """Ephemeral: dropped silently while offline."""
         link = self.syncer.link
         if link is not None:
-            try:
+            # Typing is never worth queueing.
+            with contextlib.suppress(Unreachable):
                 await link.send("typing", conversation_id=conversation_id, typing=typing)
-            except Unreachable:
-                pass  # typing is never worth queueing
 
     # ------------------------------------------------------------ REST
 
@@ -273,16 +272,19 @@ class Client:
         self._events.emit(ConversationsChanged((conv["id"],)))
         link = self.syncer.link
         if link is not None:
-            try:
+            # If the connection just dropped, the next one subscribes to it.
+            with contextlib.suppress(Unreachable):
                 await self.syncer.subscribe_new(link, [conv["id"]])
-            except Unreachable:
-                pass  # subscribed at the next connection
         return str(conv["id"])
 
     # ------------------------------------------------------------ connection
 
     def events(self, size: int = DEFAULT_BUFFER) -> EventStream:
-        """A bounded stream of change events: `async with client.events() as ev: async for e in ev`."""
+        """A bounded stream of change events (see `events`):
+
+        async with client.events() as events:
+            async for event in events: ...
+        """
         return self._events.subscribe(size)
 
     async def run(

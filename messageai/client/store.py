@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import apsw
 import attrs
@@ -68,7 +68,8 @@ def _v1(conn: apsw.Connection) -> None:
             body TEXT NOT NULL,
             attachments TEXT NOT NULL DEFAULT '[]',
             created_at INTEGER NOT NULL,
-            status TEXT NOT NULL CHECK (status IN ('sending', 'sent', 'read', 'received', 'failed')),
+            status TEXT NOT NULL
+                CHECK (status IN ('sending', 'sent', 'read', 'received', 'failed')),
             error TEXT,
             UNIQUE (conversation_id, seq),
             UNIQUE (conversation_id, sender_id, client_id)
@@ -194,7 +195,7 @@ def get_account(conn: apsw.Connection) -> Account | None:
     row = conn.execute(
         "SELECT server_url, user_id, username, display_name, token FROM account"
     ).fetchone()
-    return Account(*row) if row is not None else None  # type: ignore[arg-type]
+    return Account(*row) if row is not None else None
 
 
 def save_account(conn: apsw.Connection, account: Account) -> None:
@@ -232,7 +233,7 @@ def save_users(conn: apsw.Connection, users: Iterable[Mapping[str, Any]]) -> Non
 
 def user_names(conn: apsw.Connection) -> dict[str, str]:
     """user id -> username, for display."""
-    return dict(conn.execute("SELECT id, username FROM users"))  # type: ignore[arg-type]
+    return dict(conn.execute("SELECT id, username FROM users"))
 
 
 def unknown_user_ids(conn: apsw.Connection) -> list[str]:
@@ -241,7 +242,7 @@ def unknown_user_ids(conn: apsw.Connection) -> list[str]:
         for row in conn.execute(
             "SELECT DISTINCT user_id FROM members WHERE user_id NOT IN (SELECT id FROM users)"
         )
-    ]  # type: ignore[misc]
+    ]
 
 
 # ---------------------------------------------------------------- conversations
@@ -293,14 +294,14 @@ def deactivate_missing(conn: apsw.Connection, present_ids: Iterable[str]) -> lis
             " AND id NOT IN (SELECT value FROM json_each(?)) RETURNING id",
             (orjson.dumps(list(present_ids)).decode(),),
         )
-    ]  # type: ignore[misc]
+    ]
 
 
 def conversation_ids(conn: apsw.Connection, *, active_only: bool = True) -> list[str]:
     sql = "SELECT id FROM conversations WHERE kind IS NOT NULL"
     if active_only:
         sql += " AND active = 1"
-    return [row[0] for row in conn.execute(sql + " ORDER BY id")]  # type: ignore[misc]
+    return [row[0] for row in conn.execute(sql + " ORDER BY id")]
 
 
 def has_conversation(conn: apsw.Connection, conversation_id: str) -> bool:
@@ -317,14 +318,14 @@ def member_ids(conn: apsw.Connection, conversation_id: str) -> list[str]:
             "SELECT user_id FROM members WHERE conversation_id = ? ORDER BY user_id",
             (conversation_id,),
         )
-    ]  # type: ignore[misc]
+    ]
 
 
 def synced_seq(conn: apsw.Connection, conversation_id: str) -> int:
     value = conn.execute(
         "SELECT synced_seq FROM conversations WHERE id = ?", (conversation_id,)
     ).get
-    return int(value) if value is not None else 0  # type: ignore[arg-type]
+    return int(value) if value is not None else 0
 
 
 def advance_synced_seq(conn: apsw.Connection, conversation_id: str) -> int:
@@ -341,7 +342,7 @@ def advance_synced_seq(conn: apsw.Connection, conversation_id: str) -> int:
             " AND n.seq = m.seq + 1)",
             (conversation_id, current),
         ).get
-        current = int(end)  # type: ignore[arg-type]
+        current = int(end)
     conn.execute("UPDATE conversations SET synced_seq = ? WHERE id = ?", (current, conversation_id))
     return current
 
@@ -352,14 +353,17 @@ def list_conversations(conn: apsw.Connection, me: str) -> list[LocalConversation
     rows = conn.execute(
         "SELECT c.id, c.kind, c.title, c.active,"
         " coalesce((SELECT max(seq) FROM messages WHERE conversation_id = c.id), 0),"
-        " coalesce((SELECT read_seq FROM members WHERE conversation_id = c.id AND user_id = ?1), 0),"
+        " coalesce((SELECT read_seq FROM members"
+        "  WHERE conversation_id = c.id AND user_id = ?1), 0),"
         " (SELECT max(local_id) FROM messages WHERE conversation_id = c.id)"
         " FROM conversations c WHERE c.kind IS NOT NULL",
         (me,),
     ).fetchall()
-    for id_, kind, title, active, last_seq, my_read, last_local in rows:
+    for row in rows:
+        id_, kind, title, active, last_seq, my_read, last_local = cast(tuple[Any, ...], row)
         unread = conn.execute(
-            "SELECT count(*) FROM messages WHERE conversation_id = ? AND sender_id != ? AND seq > ?",
+            "SELECT count(*) FROM messages"
+            " WHERE conversation_id = ? AND sender_id != ? AND seq > ?",
             (id_, me, my_read),
         ).get
         last = None
@@ -374,10 +378,10 @@ def list_conversations(conn: apsw.Connection, me: str) -> list[LocalConversation
                 id=id_,
                 kind=kind,
                 title=title,
-                member_ids=member_ids(conn, id_),  # type: ignore[arg-type]
+                member_ids=member_ids(conn, id_),
                 last_seq=last_seq,
                 unread_count=unread,
-                active=bool(active),  # type: ignore[arg-type]
+                active=bool(active),
                 last_message=last,
             )
         )
@@ -409,7 +413,8 @@ def message_by_client_id(
     conn: apsw.Connection, conversation_id: str, sender_id: str, client_id: str
 ) -> LocalMessage | None:
     row = conn.execute(
-        f"SELECT {_MSG_COLUMNS} FROM messages WHERE conversation_id = ? AND sender_id = ? AND client_id = ?",
+        f"SELECT {_MSG_COLUMNS} FROM messages"
+        " WHERE conversation_id = ? AND sender_id = ? AND client_id = ?",
         (conversation_id, sender_id, client_id),
     ).fetchone()
     return _message(row) if row is not None else None
@@ -421,7 +426,8 @@ def messages_after_local_id(
     return [
         _message(row)
         for row in conn.execute(
-            f"SELECT {_MSG_COLUMNS} FROM messages WHERE conversation_id = ? AND local_id > ? ORDER BY local_id",
+            f"SELECT {_MSG_COLUMNS} FROM messages"
+            " WHERE conversation_id = ? AND local_id > ? ORDER BY local_id",
             (conversation_id, local_id),
         )
     ]
@@ -451,14 +457,15 @@ def outbox(conn: apsw.Connection, limit: int) -> list[LocalMessage]:
     return [
         _message(row)
         for row in conn.execute(
-            f"SELECT {_MSG_COLUMNS} FROM messages WHERE status = 'sending' ORDER BY local_id LIMIT ?",
+            f"SELECT {_MSG_COLUMNS} FROM messages"
+            " WHERE status = 'sending' ORDER BY local_id LIMIT ?",
             (limit,),
         )
     ]
 
 
 def outbox_size(conn: apsw.Connection) -> int:
-    return int(conn.execute("SELECT count(*) FROM messages WHERE status = 'sending'").get)  # type: ignore[arg-type]
+    return int(conn.execute("SELECT count(*) FROM messages WHERE status = 'sending'").get)
 
 
 def merge_message(conn: apsw.Connection, msg: Mapping[str, Any], me: str) -> LocalMessage | None:
@@ -506,7 +513,8 @@ def merge_message(conn: apsw.Connection, msg: Mapping[str, Any], me: str) -> Loc
 
 def mark_failed(conn: apsw.Connection, local_id: int, error: str) -> LocalMessage | None:
     row = conn.execute(
-        f"UPDATE messages SET status = 'failed', error = ? WHERE local_id = ? AND status = 'sending'"
+        "UPDATE messages SET status = 'failed', error = ?"
+        " WHERE local_id = ? AND status = 'sending'"
         f" RETURNING {_MSG_COLUMNS}",
         (error, local_id),
     ).fetchone()
@@ -516,7 +524,8 @@ def mark_failed(conn: apsw.Connection, local_id: int, error: str) -> LocalMessag
 def retry_failed(conn: apsw.Connection, local_id: int) -> LocalMessage | None:
     """Put a failed message back in the outbox, with its original client_id."""
     row = conn.execute(
-        f"UPDATE messages SET status = 'sending', error = NULL WHERE local_id = ? AND status = 'failed'"
+        "UPDATE messages SET status = 'sending', error = NULL"
+        " WHERE local_id = ? AND status = 'failed'"
         f" RETURNING {_MSG_COLUMNS}",
         (local_id,),
     ).fetchone()
@@ -529,11 +538,13 @@ def retry_failed(conn: apsw.Connection, local_id: int) -> LocalMessage | None:
 def set_read_seq(conn: apsw.Connection, conversation_id: str, user_id: str, seq: int) -> bool:
     """Move a member's read cursor forward; True if it moved."""
     conn.execute(
-        "INSERT INTO members(conversation_id, user_id, read_seq) VALUES (?, ?, 0) ON CONFLICT DO NOTHING",
+        "INSERT INTO members(conversation_id, user_id, read_seq) VALUES (?, ?, 0)"
+        " ON CONFLICT DO NOTHING",
         (conversation_id, user_id),
     )
     moved = conn.execute(
-        "UPDATE members SET read_seq = ?3 WHERE conversation_id = ?1 AND user_id = ?2 AND read_seq < ?3"
+        "UPDATE members SET read_seq = ?3"
+        " WHERE conversation_id = ?1 AND user_id = ?2 AND read_seq < ?3"
         " RETURNING 1",
         (conversation_id, user_id, seq),
     ).fetchone()
@@ -545,7 +556,7 @@ def read_seqs(conn: apsw.Connection, conversation_id: str) -> dict[str, int]:
         conn.execute(
             "SELECT user_id, read_seq FROM members WHERE conversation_id = ?", (conversation_id,)
         )
-    )  # type: ignore[arg-type]
+    )
 
 
 def refresh_read_statuses(
@@ -568,18 +579,19 @@ def read_by(conn: apsw.Connection, conversation_id: str, seq: int, sender_id: st
     return [
         row[0]
         for row in conn.execute(
-            "SELECT user_id FROM members WHERE conversation_id = ? AND user_id != ? AND read_seq >= ?"
+            "SELECT user_id FROM members"
+            " WHERE conversation_id = ? AND user_id != ? AND read_seq >= ?"
             " ORDER BY user_id",
             (conversation_id, sender_id, seq),
         )
-    ]  # type: ignore[misc]
+    ]
 
 
 def last_seq(conn: apsw.Connection, conversation_id: str) -> int:
     value = conn.execute(
         "SELECT max(seq) FROM messages WHERE conversation_id = ?", (conversation_id,)
     ).get
-    return int(value) if value is not None else 0  # type: ignore[arg-type]
+    return int(value) if value is not None else 0
 
 
 def unsent_read_marks(conn: apsw.Connection, me: str) -> list[tuple[str, int]]:
@@ -587,10 +599,11 @@ def unsent_read_marks(conn: apsw.Connection, me: str) -> list[tuple[str, int]]:
     return list(
         conn.execute(
             "SELECT c.id, m.read_seq FROM conversations c JOIN members m"
-            " ON m.conversation_id = c.id AND m.user_id = ? WHERE c.active = 1 AND m.read_seq > c.read_sent_seq",
+            " ON m.conversation_id = c.id AND m.user_id = ?"
+            " WHERE c.active = 1 AND m.read_seq > c.read_sent_seq",
             (me,),
         )
-    )  # type: ignore[arg-type]
+    )
 
 
 def set_read_sent(conn: apsw.Connection, conversation_id: str, seq: int) -> None:

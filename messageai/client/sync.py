@@ -15,6 +15,7 @@ file, and one ordered writer keeps the store consistent without locks.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import random
 from collections.abc import Callable
@@ -169,7 +170,7 @@ class Syncer:
     async def run_forever(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
-        """Stay connected until cancelled. Returns (raising AuthError) only if the session was revoked."""
+        """Stay connected until cancelled; raises AuthError if the session was revoked."""
         backoff = Backoff(self.settings.backoff_initial_seconds, self.settings.backoff_max_seconds)
         task_status.started()
         while True:
@@ -296,7 +297,10 @@ class Syncer:
             if not isinstance(messages, list) or not isinstance(page.get("has_more"), bool):
                 raise ProtocolViolation("history: messages and has_more are required")
             seqs = [m.get("seq") if isinstance(m, dict) else None for m in messages]
-            if any(not isinstance(s, int) or s <= after for s in seqs) or seqs != sorted(seqs):
+            if any(not isinstance(s, int) or s <= after for s in seqs) or any(
+                a >= b
+                for a, b in itertools.pairwise(seqs)  # type: ignore[operator]
+            ):
                 raise ProtocolViolation(
                     f"history after seq {after}: seqs out of order or not after it"
                 )

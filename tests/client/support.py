@@ -29,9 +29,9 @@ async def sign_in(url: str, username: str, store_dir: Path, settings: Settings =
     return await Client.login(url, username, PASSWORD, store_dir=store_dir, settings=settings)
 
 
-async def until(client: Client, condition: Callable[[], object], timeout: float = 20) -> None:
+async def until(client: Client, condition: Callable[[], object], deadline: float = 20) -> None:
     """Wait until `condition()` is true, re-checking after every event of `client`."""
-    with trio.fail_after(timeout):
+    with trio.fail_after(deadline):
         async with client.events() as events:
             if condition():
                 return

@@ -86,8 +86,7 @@ def test_chat_screen_sends_what_is_typed(tmp_path: Path) -> None:
         async with running_server(config) as server:
             urls.append(server.url)
             started.set()
-            while not stop.is_set():
-                await trio.sleep(0.05)  # a thread-safe stop flag; not part of any assertion
+            await trio.to_thread.run_sync(stop.wait)
 
     thread = threading.Thread(target=trio.run, args=(serve,))
     thread.start()

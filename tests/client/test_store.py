@@ -23,7 +23,8 @@ def conv(cid: str = "c_1", members: tuple[str, ...] = (ME, BOB)) -> dict[str, An
 def server_message(seq: int, sender: str = BOB, client_id: str | None = None) -> dict[str, Any]:
     return {
         "id": f"m_{seq}", "conversation_id": "c_1", "seq": seq, "sender_id": sender,
-        "client_id": client_id or f"x{seq}", "body": f"b{seq}", "attachments": [], "created_at": seq,
+        "client_id": client_id or f"x{seq}", "body": f"b{seq}", "attachments": [],
+        "created_at": seq,
     }  # fmt: skip
 
 
