@@ -36,7 +36,9 @@ async def every_ws_call(ws: WS, cid: str) -> list[dict[str, Any]]:
     """One of each conversation request; returns the responses in order."""
     return [
         await ws.request("subscribe", conversation_id=cid),
-        await ws.request("send_message", conversation_id=cid, client_id=uuid.uuid4().hex, body="sneaky"),
+        await ws.request(
+            "send_message", conversation_id=cid, client_id=uuid.uuid4().hex, body="sneaky"
+        ),
         await ws.request("get_history", conversation_id=cid),
         await ws.request("get_history", conversation_id=cid, after_seq=0),
         await ws.request("mark_read", conversation_id=cid, seq=1),
@@ -51,13 +53,17 @@ async def every_rest_call(h: Harness, who: Account, cid: str, member: Account) -
         await h.http.get(base, headers=h.auth(who)),
         await h.http.get(f"{base}/messages", headers=h.auth(who)),
         await h.http.get(f"{base}/messages", params={"after_seq": 0}, headers=h.auth(who)),
-        await h.http.post(f"{base}/messages", json={"client_id": "x", "body": "sneaky"}, headers=h.auth(who)),
+        await h.http.post(
+            f"{base}/messages", json={"client_id": "x", "body": "sneaky"}, headers=h.auth(who)
+        ),
         await h.http.post(f"{base}/members", json={"user_ids": [who.id]}, headers=h.auth(who)),
         await h.http.delete(f"{base}/members/{member.id}", headers=h.auth(who)),
     ]
 
 
-async def group_state(h: Harness, member: Account, cid: str) -> tuple[list[str], int, list[dict[str, Any]]]:
+async def group_state(
+    h: Harness, member: Account, cid: str
+) -> tuple[list[str], int, list[dict[str, Any]]]:
     r = await h.http.get(f"/v1/conversations/{cid}", headers=h.auth(member))
     assert r.status_code == 200
     return sorted(r.json()["member_ids"]), r.json()["last_seq"], await rest_history(h, member, cid)
@@ -70,7 +76,9 @@ async def test_non_member_is_refused_every_websocket_call_and_nothing_changes(h:
     ada, bob, eve = await h.account("ada"), await h.account("bob"), await h.account("eve")
     cid = await h.group(ada, bob)
     await h.http.post(
-        f"/v1/conversations/{cid}/messages", json={"client_id": "a1", "body": "private"}, headers=h.auth(ada)
+        f"/v1/conversations/{cid}/messages",
+        json={"client_id": "a1", "body": "private"},
+        headers=h.auth(ada),
     )
     before = await group_state(h, ada, cid)
     async with h.ws(ada) as a, h.ws(eve) as e:
@@ -114,7 +122,9 @@ async def test_non_member_is_refused_every_rest_call_and_nothing_changes(h: Harn
     ada, bob, eve = await h.account("ada"), await h.account("bob"), await h.account("eve")
     cid = await h.group(ada, bob)
     await h.http.post(
-        f"/v1/conversations/{cid}/messages", json={"client_id": "a1", "body": "private"}, headers=h.auth(ada)
+        f"/v1/conversations/{cid}/messages",
+        json={"client_id": "a1", "body": "private"},
+        headers=h.auth(ada),
     )
     before = await group_state(h, ada, cid)
     for r in await every_rest_call(h, eve, cid, bob):
@@ -144,7 +154,9 @@ async def test_unknown_conversation_is_404_for_every_rest_call(h: Harness) -> No
 # ---------------------------------------------------------------- removal
 
 
-async def test_removed_member_gets_unsubscribed_at_once_and_every_later_call_is_refused(h: Harness) -> None:
+async def test_removed_member_gets_unsubscribed_at_once_and_every_later_call_is_refused(
+    h: Harness,
+) -> None:
     ada, bob, cat = await h.account("ada"), await h.account("bob"), await h.account("cat")
     cid = await h.group(ada, bob, cat)
     async with h.ws(ada) as a, h.ws(bob) as b:
@@ -229,7 +241,9 @@ async def test_removed_then_added_member_can_subscribe_again(h: Harness) -> None
         await h.http.delete(f"/v1/conversations/{cid}/members/{bob.id}", headers=h.auth(ada))
         assert (await b.next_event("unsubscribed"))["conversation_id"] == cid
         assert_ws_error(await b.request("subscribe", conversation_id=cid), "forbidden")
-        r = await h.http.post(f"/v1/conversations/{cid}/members", json={"user_ids": [bob.id]}, headers=h.auth(ada))
+        r = await h.http.post(
+            f"/v1/conversations/{cid}/members", json={"user_ids": [bob.id]}, headers=h.auth(ada)
+        )
         assert r.status_code == 200
         assert (await b.request("subscribe", conversation_id=cid))["type"] == "subscribed"
         ack = await a.send_message(cid, "welcome back")
@@ -245,7 +259,9 @@ async def test_added_member_can_subscribe_send_and_read(h: Harness, live: bool) 
             await a.request("subscribe", conversation_id=cid)
             await a.send_message(cid, "before cat")
         assert_ws_error(await c.request("subscribe", conversation_id=cid), "forbidden")
-        r = await h.http.post(f"/v1/conversations/{cid}/members", json={"user_ids": [cat.id]}, headers=h.auth(bob))
+        r = await h.http.post(
+            f"/v1/conversations/{cid}/members", json={"user_ids": [cat.id]}, headers=h.auth(bob)
+        )
         assert r.status_code == 200
         sub = await c.request("subscribe", conversation_id=cid)
         assert sub["type"] == "subscribed" and cat.id in sub["online"]
@@ -256,13 +272,17 @@ async def test_added_member_can_subscribe_send_and_read(h: Harness, live: bool) 
         history = await c.request("get_history", conversation_id=cid)
         assert history["type"] == "history"
         assert history["messages"][-1] == ack["message"]
-        assert (await c.request("mark_read", conversation_id=cid, seq=ack["message"]["seq"]))["type"] == "ok"
+        assert (await c.request("mark_read", conversation_id=cid, seq=ack["message"]["seq"]))[
+            "type"
+        ] == "ok"
 
 
 # ---------------------------------------------------------------- the WebSocket handshake
 
 
-async def handshake(h: Harness, query: str = "", authorization: str | None = None) -> tuple[int, bytes]:
+async def handshake(
+    h: Harness, query: str = "", authorization: str | None = None
+) -> tuple[int, bytes]:
     headers = {"Authorization": authorization} if authorization is not None else {}
     return await raw_websocket_handshake(h.url, "/v1/ws" + query, headers)
 
@@ -311,4 +331,3 @@ async def test_access_token_query_parameter_authenticates_the_websocket(h: Harne
         assert sub["type"] == "subscribed" and sub["online"] == [ada.id]
         ack = await ws.send_message(cid, "via query token")
         assert ack["message"]["sender_id"] == ada.id
-

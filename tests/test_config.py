@@ -25,7 +25,12 @@ MESSAGEAI = Path(sys.executable).parent / "messageai"
 
 def run_cli(*args: str | Path, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [str(MESSAGEAI), *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=30, check=False
+        [str(MESSAGEAI), *map(str, args)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
     )
 
 
@@ -62,7 +67,9 @@ def test_every_key_in_the_shipped_config_has_a_comment_above_it() -> None:
             keys += 1
             above = lines[number - 1].strip() if number else ""
             assert above.startswith("#"), f"line {number + 1}: {line!r} has no comment above it"
-    assert keys == sum(len(attrs.fields(type(getattr(Config(), f.name)))) for f in attrs.fields(Config))
+    assert keys == sum(
+        len(attrs.fields(type(getattr(Config(), f.name)))) for f in attrs.fields(Config)
+    )
 
 
 # ---------------------------------------------------------------- validation
@@ -83,7 +90,9 @@ def test_keys_left_out_take_their_defaults(tmp_path: Path) -> None:
 
 def test_integer_is_accepted_where_a_float_belongs(tmp_path: Path) -> None:
     config = load_text(tmp_path, "[conversations]\nidle_seconds = 5\n")
-    assert config.conversations.idle_seconds == 5.0 and isinstance(config.conversations.idle_seconds, float)
+    assert config.conversations.idle_seconds == 5.0 and isinstance(
+        config.conversations.idle_seconds, float
+    )
 
 
 @pytest.mark.parametrize(
@@ -175,7 +184,7 @@ def test_section_that_is_not_a_table_raises_config_error(tmp_path: Path) -> None
 
 def test_parse_config_is_strict_about_python_values_too() -> None:
     raw: dict[str, Any] = {"server": {"port": 8080.0}}
-    with pytest.raises(ConfigError, match="server.port"):
+    with pytest.raises(ConfigError, match=r"server\.port"):
         parse_config(raw)
 
 
@@ -185,7 +194,11 @@ def test_parse_config_is_strict_about_python_values_too() -> None:
 def test_overrides_replace_host_port_and_data_dir_and_keep_the_rest() -> None:
     base = load_config(SHIPPED)
     config = with_overrides(base, host="0.0.0.0", port=9000, data_dir="/srv/chat")
-    assert (config.server.host, config.server.port, config.storage.data_dir) == ("0.0.0.0", 9000, "/srv/chat")
+    assert (config.server.host, config.server.port, config.storage.data_dir) == (
+        "0.0.0.0",
+        9000,
+        "/srv/chat",
+    )
     assert config.data_dir == Path("/srv/chat")
     assert config.limits == base.limits and config.storage.synchronous == base.storage.synchronous
     assert with_overrides(base, host=None, port=None, data_dir=None) == base
@@ -214,7 +227,9 @@ def test_cli_serve_with_unknown_key_exits_2_naming_it(tmp_path: Path) -> None:
 
 
 def test_cli_bad_port_flag_exits_2(tmp_path: Path) -> None:
-    result = run_cli("serve", "--config", SHIPPED, "--port", "70000", "--data-dir", tmp_path / "data")
+    result = run_cli(
+        "serve", "--config", SHIPPED, "--port", "70000", "--data-dir", tmp_path / "data"
+    )
     assert result.returncode == 2 and "port" in result.stderr, result
 
 

@@ -61,9 +61,25 @@ async def next_ms() -> None:
 
 
 USER_KEYS = {"id", "username", "display_name", "created_at"}
-MESSAGE_KEYS = {"id", "conversation_id", "seq", "sender_id", "client_id", "body", "attachments", "created_at"}
+MESSAGE_KEYS = {
+    "id",
+    "conversation_id",
+    "seq",
+    "sender_id",
+    "client_id",
+    "body",
+    "attachments",
+    "created_at",
+}
 CONVERSATION_KEYS = {
-    "id", "kind", "title", "member_ids", "created_at", "last_seq", "last_message", "unread_count"
+    "id",
+    "kind",
+    "title",
+    "member_ids",
+    "created_at",
+    "last_seq",
+    "last_message",
+    "unread_count",
 }
 
 
@@ -77,7 +93,8 @@ async def test_healthz_answers_ok_without_auth(h: Harness) -> None:
 
 async def test_register_returns_201_with_user_and_token_that_works(h: Harness) -> None:
     r = await h.http.post(
-        "/v1/auth/register", json={"username": "ada", "password": "password1", "display_name": "Ada L."}
+        "/v1/auth/register",
+        json={"username": "ada", "password": "password1", "display_name": "Ada L."},
     )
     assert r.status_code == 201, r.text
     body = r.json()
@@ -110,14 +127,18 @@ async def test_register_rejects_bad_username_with_400_and_creates_nothing(
 
 
 @pytest.mark.parametrize("username", ["abc", "a" * 32, "a_b.c-9", "..."])
-async def test_register_accepts_every_username_of_the_allowed_alphabet(h: Harness, username: str) -> None:
+async def test_register_accepts_every_username_of_the_allowed_alphabet(
+    h: Harness, username: str
+) -> None:
     r = await h.http.post("/v1/auth/register", json={"username": username, "password": "password1"})
     assert r.status_code == 201, r.text
     assert r.json()["user"]["username"] == username
 
 
 @pytest.mark.parametrize("password", ["1234567", "", 12345678, None])
-async def test_register_rejects_short_or_non_string_password_with_400(h: Harness, password: object) -> None:
+async def test_register_rejects_short_or_non_string_password_with_400(
+    h: Harness, password: object
+) -> None:
     witness = await h.account("witness")
     r = await h.http.post("/v1/auth/register", json={"username": "carol", "password": password})
     assert_error(r, 400, "bad_request")
@@ -135,7 +156,8 @@ async def test_register_accepts_password_of_exactly_eight_characters(h: Harness)
 async def test_register_rejects_bad_display_name_with_400(h: Harness, display_name: object) -> None:
     witness = await h.account("witness")
     r = await h.http.post(
-        "/v1/auth/register", json={"username": "ada", "password": "password1", "display_name": display_name}
+        "/v1/auth/register",
+        json={"username": "ada", "password": "password1", "display_name": display_name},
     )
     assert_error(r, 400, "bad_request")
     assert await user_count(h, witness) == 1
@@ -158,7 +180,9 @@ async def test_concurrent_registrations_of_one_name_create_one_account(h: Harnes
     statuses: list[int] = []
 
     async def register() -> None:
-        r = await h.http.post("/v1/auth/register", json={"username": "racer", "password": "password1"})
+        r = await h.http.post(
+            "/v1/auth/register", json={"username": "racer", "password": "password1"}
+        )
         statuses.append(r.status_code)
 
     async with trio.open_nursery() as nursery:
@@ -171,9 +195,13 @@ async def test_register_is_403_when_registration_is_closed(tmp_path: Path) -> No
     config = make_config(tmp_path / "data", auth={"allow_registration": False})
     with trio.fail_after(30):
         async with harness(config) as h:
-            r = await h.http.post("/v1/auth/register", json={"username": "ada", "password": "password1"})
+            r = await h.http.post(
+                "/v1/auth/register", json={"username": "ada", "password": "password1"}
+            )
             assert_error(r, 403, "forbidden")
-            login = await h.http.post("/v1/auth/login", json={"username": "ada", "password": "password1"})
+            login = await h.http.post(
+                "/v1/auth/login", json={"username": "ada", "password": "password1"}
+            )
             assert_error(login, 401, "unauthorized")
 
 
@@ -237,7 +265,12 @@ async def test_get_user_by_id_and_404_for_unknown(h: Harness) -> None:
 
 
 async def test_user_search_matches_username_or_display_name_prefix(h: Harness) -> None:
-    for username, display_name in [("ada", "Countess"), ("adam", "Adam"), ("bob", "Adalbert"), ("carl", "Carl")]:
+    for username, display_name in [
+        ("ada", "Countess"),
+        ("adam", "Adam"),
+        ("bob", "Adalbert"),
+        ("carl", "Carl"),
+    ]:
         r = await h.http.post(
             "/v1/auth/register",
             json={"username": username, "password": "password1", "display_name": display_name},
@@ -274,7 +307,9 @@ async def test_user_search_returns_at_most_20(h: Harness) -> None:
 # ---------------------------------------------------------------- creating conversations
 
 
-async def test_direct_conversation_is_201_then_200_with_the_same_one_from_either_side(h: Harness) -> None:
+async def test_direct_conversation_is_201_then_200_with_the_same_one_from_either_side(
+    h: Harness,
+) -> None:
     ada, bob = await h.account("ada"), await h.account("bob")
     first = await h.http.post(
         "/v1/conversations", json={"kind": "direct", "member_ids": [bob.id]}, headers=h.auth(ada)
@@ -389,7 +424,9 @@ async def test_direct_conversation_with_yourself_is_400(h: Harness) -> None:
 async def test_direct_with_two_others_is_400(h: Harness) -> None:
     ada, bob, cat = await h.account("ada"), await h.account("bob"), await h.account("cat")
     r = await h.http.post(
-        "/v1/conversations", json={"kind": "direct", "member_ids": [bob.id, cat.id]}, headers=h.auth(ada)
+        "/v1/conversations",
+        json={"kind": "direct", "member_ids": [bob.id, cat.id]},
+        headers=h.auth(ada),
     )
     assert_error(r, 400, "bad_request")
     assert await listing(h, ada) == []
@@ -476,9 +513,15 @@ async def test_get_conversation_404_for_unknown_and_403_for_non_member(h: Harnes
     cid = await h.direct(ada, bob)
     conv = await conversation(h, ada, cid)
     assert conv["id"] == cid and set(conv) == CONVERSATION_KEYS
-    assert_error(await h.http.get("/v1/conversations/c_nothing", headers=h.auth(ada)), 404, "not_found")
-    assert_error(await h.http.get(f"/v1/conversations/{'c' * 300}", headers=h.auth(ada)), 404, "not_found")
-    assert_error(await h.http.get(f"/v1/conversations/{cid}", headers=h.auth(eve)), 403, "forbidden")
+    assert_error(
+        await h.http.get("/v1/conversations/c_nothing", headers=h.auth(ada)), 404, "not_found"
+    )
+    assert_error(
+        await h.http.get(f"/v1/conversations/{'c' * 300}", headers=h.auth(ada)), 404, "not_found"
+    )
+    assert_error(
+        await h.http.get(f"/v1/conversations/{cid}", headers=h.auth(eve)), 403, "forbidden"
+    )
 
 
 # ---------------------------------------------------------------- members
@@ -487,7 +530,9 @@ async def test_get_conversation_404_for_unknown_and_403_for_non_member(h: Harnes
 async def test_any_member_may_add_members_to_a_group(h: Harness) -> None:
     ada, bob, cat, dan = [await h.account(n) for n in ("ada", "bob", "cat", "dan")]
     gid = await h.group(ada, bob)
-    r = await h.http.post(f"/v1/conversations/{gid}/members", json={"user_ids": [cat.id]}, headers=h.auth(bob))
+    r = await h.http.post(
+        f"/v1/conversations/{gid}/members", json={"user_ids": [cat.id]}, headers=h.auth(bob)
+    )
     assert r.status_code == 200, r.text
     assert set(r.json()) == CONVERSATION_KEYS
     assert sorted(r.json()["member_ids"]) == sorted([ada.id, bob.id, cat.id])
@@ -506,22 +551,36 @@ async def test_adding_members_refused_for_non_members_direct_and_bad_input(h: Ha
     gid = await h.group(ada, bob)
     did = await h.direct(ada, bob)
     url = f"/v1/conversations/{gid}/members"
-    assert_error(await h.http.post(url, json={"user_ids": [eve.id]}, headers=h.auth(eve)), 403, "forbidden")
     assert_error(
-        await h.http.post("/v1/conversations/c_nothing/members", json={"user_ids": [eve.id]}, headers=h.auth(ada)),
+        await h.http.post(url, json={"user_ids": [eve.id]}, headers=h.auth(eve)), 403, "forbidden"
+    )
+    assert_error(
+        await h.http.post(
+            "/v1/conversations/c_nothing/members", json={"user_ids": [eve.id]}, headers=h.auth(ada)
+        ),
         404,
         "not_found",
     )
     assert_error(
-        await h.http.post(f"/v1/conversations/{did}/members", json={"user_ids": [eve.id]}, headers=h.auth(ada)),
+        await h.http.post(
+            f"/v1/conversations/{did}/members", json={"user_ids": [eve.id]}, headers=h.auth(ada)
+        ),
         400,
         "bad_request",
     )
-    for bad in ({"user_ids": ["u_nobody"]}, {"user_ids": []}, {"user_ids": eve.id}, {}, {"user_ids": [1]}):
+    for bad in (
+        {"user_ids": ["u_nobody"]},
+        {"user_ids": []},
+        {"user_ids": eve.id},
+        {},
+        {"user_ids": [1]},
+    ):
         assert_error(await h.http.post(url, json=bad, headers=h.auth(ada)), 400, "bad_request")
     # An unknown id among known ones adds none of them.
     assert_error(
-        await h.http.post(url, json={"user_ids": [eve.id, "u_nobody"]}, headers=h.auth(ada)), 400, "bad_request"
+        await h.http.post(url, json={"user_ids": [eve.id, "u_nobody"]}, headers=h.auth(ada)),
+        400,
+        "bad_request",
     )
     assert sorted((await conversation(h, ada, gid))["member_ids"]) == sorted([ada.id, bob.id])
     assert sorted((await conversation(h, ada, did))["member_ids"]) == sorted([ada.id, bob.id])
@@ -541,12 +600,18 @@ async def test_creator_may_remove_anyone_but_others_may_not(h: Harness) -> None:
     ada, bob, cat = [await h.account(n) for n in ("ada", "bob", "cat")]
     gid = await h.group(ada, bob, cat)
     assert_error(
-        await h.http.delete(f"/v1/conversations/{gid}/members/{cat.id}", headers=h.auth(bob)), 403, "forbidden"
+        await h.http.delete(f"/v1/conversations/{gid}/members/{cat.id}", headers=h.auth(bob)),
+        403,
+        "forbidden",
     )
     assert_error(
-        await h.http.delete(f"/v1/conversations/{gid}/members/{ada.id}", headers=h.auth(bob)), 403, "forbidden"
+        await h.http.delete(f"/v1/conversations/{gid}/members/{ada.id}", headers=h.auth(bob)),
+        403,
+        "forbidden",
     )
-    assert sorted((await conversation(h, ada, gid))["member_ids"]) == sorted([ada.id, bob.id, cat.id])
+    assert sorted((await conversation(h, ada, gid))["member_ids"]) == sorted(
+        [ada.id, bob.id, cat.id]
+    )
     r = await h.http.delete(f"/v1/conversations/{gid}/members/{cat.id}", headers=h.auth(ada))
     assert r.status_code == 204
     assert sorted((await conversation(h, ada, gid))["member_ids"]) == sorted([ada.id, bob.id])
@@ -557,13 +622,19 @@ async def test_removing_from_direct_non_member_or_unknown_is_refused(h: Harness)
     did = await h.direct(ada, bob)
     gid = await h.group(ada, bob)
     assert_error(
-        await h.http.delete(f"/v1/conversations/{did}/members/{bob.id}", headers=h.auth(ada)), 400, "bad_request"
+        await h.http.delete(f"/v1/conversations/{did}/members/{bob.id}", headers=h.auth(ada)),
+        400,
+        "bad_request",
     )
     assert_error(
-        await h.http.delete(f"/v1/conversations/{gid}/members/{bob.id}", headers=h.auth(eve)), 403, "forbidden"
+        await h.http.delete(f"/v1/conversations/{gid}/members/{bob.id}", headers=h.auth(eve)),
+        403,
+        "forbidden",
     )
     assert_error(
-        await h.http.delete(f"/v1/conversations/{gid}/members/{eve.id}", headers=h.auth(ada)), 404, "not_found"
+        await h.http.delete(f"/v1/conversations/{gid}/members/{eve.id}", headers=h.auth(ada)),
+        404,
+        "not_found",
     )
     assert_error(
         await h.http.delete(f"/v1/conversations/c_nothing/members/{bob.id}", headers=h.auth(ada)),
@@ -581,13 +652,21 @@ async def test_post_message_returns_201_with_the_stored_message(h: Harness) -> N
     ada, bob = await h.account("ada"), await h.account("bob")
     cid = await h.direct(ada, bob)
     r = await h.http.post(
-        f"/v1/conversations/{cid}/messages", json={"client_id": "c-1", "body": "hello"}, headers=h.auth(ada)
+        f"/v1/conversations/{cid}/messages",
+        json={"client_id": "c-1", "body": "hello"},
+        headers=h.auth(ada),
     )
     assert r.status_code == 201, r.text
     message = r.json()
     assert set(message) == MESSAGE_KEYS
-    assert message["conversation_id"] == cid and message["seq"] == 1 and message["sender_id"] == ada.id
-    assert message["client_id"] == "c-1" and message["body"] == "hello" and message["attachments"] == []
+    assert (
+        message["conversation_id"] == cid and message["seq"] == 1 and message["sender_id"] == ada.id
+    )
+    assert (
+        message["client_id"] == "c-1"
+        and message["body"] == "hello"
+        and message["attachments"] == []
+    )
     assert (await history(h, bob, cid))["messages"] == [message]
 
 
@@ -596,7 +675,9 @@ async def test_repeated_client_id_over_rest_returns_original_with_200(h: Harness
     cid = await h.direct(ada, bob)
     original = await post_message(h, ada, cid, "first", client_id="same")
     again = await h.http.post(
-        f"/v1/conversations/{cid}/messages", json={"client_id": "same", "body": "changed"}, headers=h.auth(ada)
+        f"/v1/conversations/{cid}/messages",
+        json={"client_id": "same", "body": "changed"},
+        headers=h.auth(ada),
     )
     assert again.status_code == 200 and again.json() == original
     assert (await history(h, ada, cid))["messages"] == [original]
@@ -611,11 +692,15 @@ async def test_repeated_client_id_over_rest_returns_original_with_200(h: Harness
 
 
 @pytest.mark.parametrize("body", ["", "   ", "\n\t "])
-async def test_post_message_with_empty_body_is_400_and_stores_nothing(h: Harness, body: str) -> None:
+async def test_post_message_with_empty_body_is_400_and_stores_nothing(
+    h: Harness, body: str
+) -> None:
     ada, bob = await h.account("ada"), await h.account("bob")
     cid = await h.direct(ada, bob)
     r = await h.http.post(
-        f"/v1/conversations/{cid}/messages", json={"client_id": "x", "body": body}, headers=h.auth(ada)
+        f"/v1/conversations/{cid}/messages",
+        json={"client_id": "x", "body": body},
+        headers=h.auth(ada),
     )
     assert_error(r, 400, "bad_request")
     assert (await history(h, ada, cid))["messages"] == []
@@ -630,7 +715,9 @@ async def test_post_message_body_limit_counts_characters_after_trimming(tmp_path
             ada, bob = await h.account("ada"), await h.account("bob")
             cid = await h.direct(ada, bob)
             url = f"/v1/conversations/{cid}/messages"
-            r = await h.http.post(url, json={"client_id": "a", "body": "x" * 11}, headers=h.auth(ada))
+            r = await h.http.post(
+                url, json={"client_id": "a", "body": "x" * 11}, headers=h.auth(ada)
+            )
             assert_error(r, 413, "too_large")
             assert (await history(h, ada, cid))["messages"] == []
             # Exactly the limit, in characters (not bytes), with whitespace around it.
@@ -675,14 +762,20 @@ async def test_post_message_to_unknown_or_foreign_conversation_is_404_or_403(h: 
     cid = await h.direct(ada, bob)
     good = {"client_id": "a", "body": "hi"}
     assert_error(
-        await h.http.post("/v1/conversations/c_nothing/messages", json=good, headers=h.auth(ada)), 404, "not_found"
+        await h.http.post("/v1/conversations/c_nothing/messages", json=good, headers=h.auth(ada)),
+        404,
+        "not_found",
     )
     assert_error(
-        await h.http.post(f"/v1/conversations/{cid}/messages", json=good, headers=h.auth(eve)), 403, "forbidden"
+        await h.http.post(f"/v1/conversations/{cid}/messages", json=good, headers=h.auth(eve)),
+        403,
+        "forbidden",
     )
     # Authorization is decided before the body is looked at.
     assert_error(
-        await h.http.post(f"/v1/conversations/{cid}/messages", json={"body": ""}, headers=h.auth(eve)),
+        await h.http.post(
+            f"/v1/conversations/{cid}/messages", json={"body": ""}, headers=h.auth(eve)
+        ),
         403,
         "forbidden",
     )
@@ -795,9 +888,13 @@ async def test_history_bad_paging_parameters_are_400(h: Harness, params: dict[st
 async def test_history_of_unknown_or_foreign_conversation_is_404_or_403(h: Harness) -> None:
     bob, cid = await seed(h, 1)
     eve = await h.account("eve")
-    assert_error(await h.http.get(f"/v1/conversations/{cid}/messages", headers=h.auth(eve)), 403, "forbidden")
     assert_error(
-        await h.http.get("/v1/conversations/c_nothing/messages", headers=h.auth(bob)), 404, "not_found"
+        await h.http.get(f"/v1/conversations/{cid}/messages", headers=h.auth(eve)), 403, "forbidden"
+    )
+    assert_error(
+        await h.http.get("/v1/conversations/c_nothing/messages", headers=h.auth(bob)),
+        404,
+        "not_found",
     )
 
 
@@ -819,31 +916,34 @@ AUTHENTICATED_ROUTES = [
 ]
 
 
-@pytest.mark.parametrize(("method", "path"), AUTHENTICATED_ROUTES)
-async def test_every_authenticated_route_is_401_without_or_with_a_bad_token(
-    h: Harness, method: str, path: str
-) -> None:
+async def test_every_authenticated_route_is_401_without_or_with_a_bad_token(h: Harness) -> None:
     ada, bob = await h.account("ada"), await h.account("bob")
     gid = await h.group(ada, bob)
     revoked = await h.http.post("/v1/auth/login", json={"username": "bob", "password": "password1"})
     revoked_token = revoked.json()["token"]
-    assert (await h.http.post("/v1/auth/logout", headers={"Authorization": f"Bearer {revoked_token}"})).status_code == 204
-    url = path.format(user=bob.id, cid=gid)
+    assert (
+        await h.http.post("/v1/auth/logout", headers={"Authorization": f"Bearer {revoked_token}"})
+    ).status_code == 204
     bodies = {
         "/v1/conversations": {"kind": "direct", "member_ids": [bob.id]},
         f"/v1/conversations/{gid}/members": {"user_ids": [bob.id]},
         f"/v1/conversations/{gid}/messages": {"client_id": "a", "body": "hi"},
     }
-    for headers in (
-        {},
-        {"Authorization": "Bearer not-a-token"},
-        {"Authorization": f"Bearer {revoked_token}"},
-        {"Authorization": f"Basic {ada.token}"},
-        {"Authorization": "Bearer"},
-        {"Authorization": ada.token},
-    ):
-        r = await h.http.request(method, url, json=bodies.get(url), headers=headers)
-        assert_error(r, 401, "unauthorized")
+    for method, path in AUTHENTICATED_ROUTES:
+        url = path.format(user=bob.id, cid=gid)
+        for headers in (
+            {},
+            {"Authorization": "Bearer not-a-token"},
+            {"Authorization": f"Bearer {revoked_token}"},
+            {"Authorization": f"Basic {ada.token}"},
+            {"Authorization": "Bearer"},
+            {"Authorization": ada.token},
+        ):
+            r = await h.http.request(method, url, json=bodies.get(url), headers=headers)
+            try:
+                assert_error(r, 401, "unauthorized")
+            except AssertionError as exc:
+                raise AssertionError(f"{method} {url} with {headers}: {exc}") from None
     # Nothing happened: no message, no member change, ada still logged in.
     assert (await conversation(h, ada, gid))["last_seq"] == 0
     assert sorted((await conversation(h, ada, gid))["member_ids"]) == sorted([ada.id, bob.id])
@@ -853,7 +953,17 @@ async def test_every_authenticated_route_is_401_without_or_with_a_bad_token(
 
 @pytest.mark.parametrize(
     "content",
-    [b"{not json", b"", b"null", b"[]", b'"text"', b"42", b'{"a": NaN}', b"[" * 5000 + b"]" * 5000, b"\xff\xfe"],
+    [
+        b"{not json",
+        b"",
+        b"null",
+        b"[]",
+        b'"text"',
+        b"42",
+        b'{"a": NaN}',
+        b"[" * 5000 + b"]" * 5000,
+        b"\xff\xfe",
+    ],
 )
 async def test_bad_json_bodies_are_400_and_change_nothing(h: Harness, content: bytes) -> None:
     ada, bob = await h.account("ada"), await h.account("bob")
@@ -880,7 +990,9 @@ async def test_oversized_request_body_is_413_and_changes_nothing(tmp_path: Path)
             ada, bob = await h.account("ada"), await h.account("bob")
             cid = await h.direct(ada, bob)
             big = {"client_id": "a", "body": "x" * 2000}
-            r = await h.http.post(f"/v1/conversations/{cid}/messages", json=big, headers=h.auth(ada))
+            r = await h.http.post(
+                f"/v1/conversations/{cid}/messages", json=big, headers=h.auth(ada)
+            )
             assert_error(r, 413, "too_large")
 
             # Streamed without a Content-Length, the limit holds too.
