@@ -296,10 +296,10 @@ class Syncer:
             messages = page.get("messages")
             if not isinstance(messages, list) or not isinstance(page.get("has_more"), bool):
                 raise ProtocolViolation("history: messages and has_more are required")
-            seqs = [m.get("seq") if isinstance(m, dict) else None for m in messages]
-            if any(not isinstance(s, int) or s <= after for s in seqs) or any(
-                a >= b
-                for a, b in itertools.pairwise(seqs)  # type: ignore[operator]
+            seqs = [m.get("seq") for m in messages if isinstance(m, dict)]
+            ints = [s for s in seqs if type(s) is int]
+            if len(ints) != len(messages) or any(
+                b <= a for a, b in itertools.pairwise([after, *ints])
             ):
                 raise ProtocolViolation(
                     f"history after seq {after}: seqs out of order or not after it"
