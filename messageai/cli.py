@@ -101,7 +101,21 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         print(f"messageai: {exc}", file=sys.stderr)
         return 1
+    except BaseExceptionGroup as group:
+        # Trio's nurseries wrap start-up failures (a port in use) in groups.
+        error = _sole_os_error(group)
+        if error is None:
+            raise
+        print(f"messageai: {error}", file=sys.stderr)
+        return 1
     return 2
+
+
+def _sole_os_error(exc: BaseException) -> OSError | None:
+    """The OSError an exception group holds, when that is all it holds."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc if isinstance(exc, OSError) else None
 
 
 async def _serve(config: Config) -> int:

@@ -257,3 +257,14 @@ async def test_serve_prints_one_startup_line_and_exits_0_on_signal(
                 process.kill()
                 await process.wait()
             await process.stdout.aclose()
+
+
+async def test_serve_on_a_port_in_use_fails_with_a_clear_message(tmp_path: Path) -> None:
+    with trio.socket.socket() as taken:
+        await taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = await cli("serve", "--port", str(port), "--data-dir", tmp_path / "data")
+    assert result.returncode == 1, err(result)
+    assert "in use" in err(result) and "Traceback" not in err(result), err(result)
+    assert out(result) == ""
