@@ -12,6 +12,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import attrs
 import httpx
 import pytest
 import trio
@@ -173,3 +174,26 @@ async def test_wrong_password_is_a_clear_error(h: Harness, tmp_path: Path) -> No
     with pytest.raises(AuthError) as info:
         await Client.login(h.url, "ada", PASSWORD + "x", store_dir=tmp_path)
     assert info.value.code == "unauthorized"
+
+
+async def test_a_silently_dead_network_is_noticed_by_keepalive_and_queued_sends_follow(
+    h: Harness, tmp_path: Path
+) -> None:
+    ada, bob = await h.account("ada"), await h.account("bob")
+    cid = await h.direct(ada, bob)
+    async with proxied(h) as proxy:
+        # No FIN, no RST: only the missing pongs tell the client the network is gone.
+        settings = attrs.evolve(FAST, keepalive_seconds=0.2)
+        client = await sign_in(proxy.url, "ada", tmp_path / "ada", settings)
+        async with client, live(client):
+            proxy.blackhole()
+            await until(client, lambda: client.state == "offline")
+            message = await client.send(cid, "typed into the void")
+            assert client.message(cid, message.client_id).status == "sending"  # type: ignore[union-attr]
+            proxy.restore()
+            client.reconnect_now()
+            await until(client, lambda: client.outbox_size() == 0)
+        stored = await server_messages(h.url, bob.token, cid)
+        assert [(m["body"], m["client_id"]) for m in stored] == [
+            ("typed into the void", message.client_id)
+        ]
