@@ -52,6 +52,7 @@ class ChatCore:
         self.notice = HELP
         self.scroll = 0  # lines scrolled back from the newest
         self.typing: dict[tuple[str, str], bool] = {}
+        self.connection_note = ""
         self._typing_sent_at = 0.0
         convs = client.conversations()
         if convs:
@@ -134,6 +135,11 @@ class ChatCore:
 
     async def on_event(self, event: Event) -> None:
         """Keep the open conversation read, and track who is typing."""
+        if isinstance(event, ConnectionChanged):
+            retry = event.retry_in_seconds
+            self.connection_note = (
+                f"{event.error}; retrying in {retry:.0f}s (/reconnect)" if retry is not None else ""
+            )
         if isinstance(event, TypingChanged):
             self.typing[(event.conversation_id, event.user_id)] = event.typing
         elif isinstance(event, MessageAdded):
@@ -201,6 +207,8 @@ class ChatCore:
     def status(self) -> str:
         client = self.client
         parts = [client.state]
+        if client.state == "offline" and self.connection_note:
+            parts.append(self.connection_note)
         queued = client.outbox_size()
         if queued:
             parts.append(f"{queued} queued")
