@@ -115,6 +115,15 @@ class Config:
     auth: AuthConfig = AuthConfig()
     logging: LoggingConfig = LoggingConfig()
 
+    def __attrs_post_init__(self) -> None:
+        # One group commit fans out up to max_batch frames at once to a subscriber;
+        # a queue smaller than that would drop healthy readers.
+        if self.limits.outbound_queue_frames < self.conversations.max_batch:
+            raise ValueError(
+                "limits.outbound_queue_frames must be at least conversations.max_batch "
+                f"({self.limits.outbound_queue_frames} < {self.conversations.max_batch})"
+            )
+
     @property
     def data_dir(self) -> Path:
         return Path(self.storage.data_dir)

@@ -1,0 +1,75 @@
+"""Flow control: a connection that stops reading is closed with 1013 and loses nothing
+it cannot get back; everyone else keeps their pace."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import trio
+import trio_websocket
+
+from tests.helpers import harness, make_config
+
+MESSAGES = 600
+BODY = "z" * 15000  # large frames fill the socket buffers quickly
+
+
+async def test_reader_that_stops_reading_is_closed_with_1013_and_resyncs(tmp_path: Path) -> None:
+    # A small queue, and batches small enough that a healthy reader never overflows it.
+    config = make_config(
+        tmp_path / "data", limits={"outbound_queue_frames": 64}, conversations={"max_batch": 16}
+    )
+    with trio.fail_after(60):
+        async with harness(config) as h:
+            ada, bob, carol = await h.account("ada"), await h.account("bob"), await h.account("carol")
+            cid = await h.group(ada, bob, carol)
+            async with h.ws(ada) as sender, h.ws(bob) as slow, h.ws(carol) as fast:
+                await slow.request("subscribe", conversation_id=cid)
+                await fast.request("subscribe", conversation_id=cid)
+                fast_seqs: list[int] = []
+
+                async def read_fast() -> None:
+                    while len(fast_seqs) < MESSAGES:
+                        frame = await fast.recv(20)
+                        if frame["type"] == "new_message":
+                            fast_seqs.append(frame["message"]["seq"])
+
+                # The sender keeps a window of messages in flight, as real clients do.
+                window = trio.Semaphore(16)
+
+                async def send_all() -> None:
+                    for i in range(MESSAGES):
+                        await window.acquire()
+                        await sender.send({"type": "send_message", "conversation_id": cid,
+                                           "client_id": f"m{i}", "body": BODY})
+
+                async def read_acks() -> None:
+                    acks = 0
+                    while acks < MESSAGES:
+                        if (await sender.recv(20))["type"] == "ack":
+                            acks += 1
+                            window.release()
+
+                # `slow` reads nothing while the burst goes by.
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(read_fast)
+                    nursery.start_soon(send_all)
+                    nursery.start_soon(read_acks)
+                # The fast reader got everything, in order.
+                assert fast_seqs == list(range(1, MESSAGES + 1))
+                # The slow one now reads what reached it: a gapless prefix, then 1013.
+                slow_seqs: list[int] = []
+                with pytest.raises(trio_websocket.ConnectionClosed) as closed:
+                    while True:
+                        frame = await slow.recv(10)
+                        if frame["type"] == "new_message":
+                            slow_seqs.append(frame["message"]["seq"])
+                assert closed.value.reason.code == 1013
+                assert slow_seqs == list(range(1, len(slow_seqs) + 1))
+                assert len(slow_seqs) < MESSAGES
+            # It comes back and resyncs from its last seq with nothing lost.
+            async with h.ws(bob) as again:
+                page = await again.request("get_history", conversation_id=cid,
+                                           after_seq=slow_seqs[-1] if slow_seqs else 0, limit=50)
+                assert page["messages"][0]["seq"] == (slow_seqs[-1] if slow_seqs else 0) + 1
