@@ -94,7 +94,9 @@ class ConversationActor:
         self._limiter = limiter
         self._on_db_open = on_db_open
         self._on_retire = on_retire
-        self._send, self._receive = trio.open_memory_channel[Command](config.conversations.queue_size)
+        self._send, self._receive = trio.open_memory_channel[Command](
+            config.conversations.queue_size
+        )
         self._conn: apsw.Connection | None = None
         self.busy = False
         self.last_seq = 0
@@ -176,7 +178,9 @@ class ConversationActor:
             self.busy = True
             await self._process(batch)
         except Exception:
-            log.exception("conversation %s: batch of %d failed; restarting actor state", self.id, len(batch))
+            log.exception(
+                "conversation %s: batch of %d failed; restarting actor state", self.id, len(batch)
+            )
             for command in batch:
                 _reply_error(command, Unavailable("the message was not stored; please retry"))
             self.busy = False
@@ -205,12 +209,16 @@ class ConversationActor:
             if isinstance(op, SendMessage):
                 try:
                     check_message_content(
-                        op.body, op.attachments, self._config.limits.max_body_chars,
+                        op.body,
+                        op.attachments,
+                        self._config.limits.max_body_chars,
                         self._config.limits.max_attachments,
                     )
                     if op.attachments:
                         # Media arrives with the platform work; until then no id is usable.
-                        raise Forbidden(f"attachments: media {op.attachments[0]!r} is not yours to use")
+                        raise Forbidden(
+                            f"attachments: media {op.attachments[0]!r} is not yours to use"
+                        )
                 except MessageAIError as exc:
                     _reply_error(command, exc)
                     continue
@@ -219,7 +227,9 @@ class ConversationActor:
             return
         # Phase 1: storage. Writes commit in one transaction in a worker thread;
         # a batch of reads only runs inline (no fsync, short).
-        needs_db = any(isinstance(c.op, (SendMessage, MarkRead, GetHistory, Summary)) for c in accepted)
+        needs_db = any(
+            isinstance(c.op, (SendMessage, MarkRead, GetHistory, Summary)) for c in accepted
+        )
         results: list[Any] = [None] * len(accepted)
         if needs_db:
             conn = await self._ensure_db()
@@ -247,9 +257,14 @@ class ConversationActor:
                 op = command.op
                 if isinstance(op, SendMessage):
                     message = Message(
-                        id=auth.new_id("m_"), conversation_id=self.id, seq=next_seq,
-                        sender_id=command.user_id, client_id=op.client_id, body=op.body,
-                        attachments=op.attachments, created_at=now,
+                        id=auth.new_id("m_"),
+                        conversation_id=self.id,
+                        seq=next_seq,
+                        sender_id=command.user_id,
+                        client_id=op.client_id,
+                        body=op.body,
+                        attachments=op.attachments,
+                        created_at=now,
                     )
                     original = sql.insert_message(conn, message)
                     if original is None:
@@ -265,12 +280,19 @@ class ConversationActor:
                         cursors[command.user_id] = new
                     results.append((new, new != old))
                 elif isinstance(op, GetHistory):
-                    if op.after_seq is not None and op.before_seq is not None and op.before_seq <= op.after_seq:
+                    if (
+                        op.after_seq is not None
+                        and op.before_seq is not None
+                        and op.before_seq <= op.after_seq
+                    ):
                         results.append(BadRequest("before_seq must be greater than after_seq"))
                         continue
                     results.append(
                         sql.history(
-                            conn, self.id, after_seq=op.after_seq, before_seq=op.before_seq,
+                            conn,
+                            self.id,
+                            after_seq=op.after_seq,
+                            before_seq=op.before_seq,
                             limit=history_limit(op.limit),
                         )
                     )
@@ -300,29 +322,46 @@ class ConversationActor:
                 for peer in self.subscribers:
                     if peer is not command.peer:
                         peer.push(text)
-            _reply(command, Ack(client_id=op.client_id, message=message, duplicate=duplicate, req=command.req), result)
+            _reply(
+                command,
+                Ack(client_id=op.client_id, message=message, duplicate=duplicate, req=command.req),
+                result,
+            )
         elif isinstance(op, MarkRead):
             cursor, moved = result
             if moved:
                 self.cursors[command.user_id] = cursor
-                self._broadcast(MessageRead(conversation_id=self.id, user_id=command.user_id, seq=cursor))
+                self._broadcast(
+                    MessageRead(conversation_id=self.id, user_id=command.user_id, seq=cursor)
+                )
             _reply(command, Ok(req=command.req), cursor)
         elif isinstance(op, GetHistory):
             messages, has_more = result
-            _reply(command, History(conversation_id=self.id, messages=messages, has_more=has_more, req=command.req), result)
+            _reply(
+                command,
+                History(
+                    conversation_id=self.id, messages=messages, has_more=has_more, req=command.req
+                ),
+                result,
+            )
         elif isinstance(op, Subscribe):
             if command.peer is not None:
                 self.subscribers.add(command.peer)
             frame = Subscribed(
-                conversation_id=self.id, last_seq=self.last_seq, read_cursors=dict(self.cursors),
-                online=sorted(m for m in self.members if self._online(m)), req=command.req,
+                conversation_id=self.id,
+                last_seq=self.last_seq,
+                read_cursors=dict(self.cursors),
+                online=sorted(m for m in self.members if self._online(m)),
+                req=command.req,
             )
             _reply(command, frame, frame)
         elif isinstance(op, Unsubscribe):
-            self.subscribers.discard(command.peer)  # type: ignore[arg-type]
+            self.subscribers.discard(command.peer)
             _reply(command, Ok(req=command.req), None)
         elif isinstance(op, Typing):
-            text = encode(TypingUpdate(conversation_id=self.id, user_id=command.user_id, typing=op.typing))
+            text = encode(
+                TypingUpdate(conversation_id=self.id, user_id=command.user_id, typing=op.typing)
+            )
             for peer in self.subscribers:
                 if peer is not command.peer:
                     peer.push(text)

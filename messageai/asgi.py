@@ -56,7 +56,9 @@ class Request:
 
 
 class Response:
-    def __init__(self, status: int, body: Any = None, headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    def __init__(
+        self, status: int, body: Any = None, headers: list[tuple[bytes, bytes]] | None = None
+    ) -> None:
         self.status = status
         self.body = body
         self.headers = headers or []

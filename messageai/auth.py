@@ -38,7 +38,10 @@ def check_username(username: object) -> str:
 
 
 def check_password(password: object) -> str:
-    if not isinstance(password, str) or not MIN_PASSWORD_CHARS <= len(password) <= MAX_PASSWORD_CHARS:
+    if (
+        not isinstance(password, str)
+        or not MIN_PASSWORD_CHARS <= len(password) <= MAX_PASSWORD_CHARS
+    ):
         raise BadRequest(f"password: {MIN_PASSWORD_CHARS} to {MAX_PASSWORD_CHARS} characters")
     return password
 
@@ -46,7 +49,10 @@ def check_password(password: object) -> str:
 def check_display_name(display_name: object, default: str) -> str:
     if display_name is None:
         return default
-    if not isinstance(display_name, str) or not 1 <= len(display_name.strip()) <= MAX_DISPLAY_NAME_CHARS:
+    if (
+        not isinstance(display_name, str)
+        or not 1 <= len(display_name.strip()) <= MAX_DISPLAY_NAME_CHARS
+    ):
         raise BadRequest(f"display_name: 1 to {MAX_DISPLAY_NAME_CHARS} characters")
     return display_name.strip()
 
@@ -55,7 +61,13 @@ def hash_password(password: str, n: int) -> str:
     """`scrypt$n$r$p$salt$hash`, hex encoded. Blocking: run it in a thread from async code."""
     salt = secrets.token_bytes(16)
     digest = hashlib.scrypt(
-        password.encode(), salt=salt, n=n, r=_SCRYPT_R, p=_SCRYPT_P, maxmem=256 * n * _SCRYPT_R, dklen=32
+        password.encode(),
+        salt=salt,
+        n=n,
+        r=_SCRYPT_R,
+        p=_SCRYPT_P,
+        maxmem=256 * n * _SCRYPT_R,
+        dklen=32,
     )
     return f"scrypt${n}${_SCRYPT_R}${_SCRYPT_P}${salt.hex()}${digest.hex()}"
 

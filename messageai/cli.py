@@ -51,7 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     with_config(add)
     add.add_argument("name", help="username: 3-32 of a-z 0-9 _ . -")
     add.add_argument("--display-name", help="shown name (default: the username)")
-    add.add_argument("--password-file", type=Path, help="read the password from this file's first line")
+    add.add_argument(
+        "--password-file", type=Path, help="read the password from this file's first line"
+    )
     lst = user_sub.add_parser("list", help="list accounts")
     with_config(lst)
 
@@ -93,7 +95,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "user" and args.user_command == "list":
             return _user_list(config)
         if args.command == "config":
-            print(f"configuration OK: data in {config.data_dir}, listening on {config.server.host}:{config.server.port}")
+            print(
+                f"configuration OK: data in {config.data_dir}, listening on {config.server.host}:{config.server.port}"
+            )
             return 0
     except MessageAIError as exc:
         print(f"messageai: {exc.message}", file=sys.stderr)
@@ -125,8 +129,11 @@ async def _serve(config: Config) -> int:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
             await nursery.start(server.run)
-            print(f"MessageAI serving {server.url} (WebSocket {server.url.replace('http', 'ws', 1)}/v1/ws), "
-                  f"data in {config.data_dir}", flush=True)
+            print(
+                f"MessageAI serving {server.url} (WebSocket {server.url.replace('http', 'ws', 1)}/v1/ws), "
+                f"data in {config.data_dir}",
+                flush=True,
+            )
             async for signum in signals:
                 logging.getLogger("messageai").info("received %s", signal.Signals(signum).name)
                 server.shutdown()
@@ -150,7 +157,9 @@ def _user_add(config: Config, args: argparse.Namespace) -> int:
     password = auth.check_password(_read_password(args))
     conn = open_directory_db(config.data_dir, config.storage.synchronous)
     try:
-        user = User(id=auth.new_id("u_"), username=name, display_name=display_name, created_at=auth.now_ms())
+        user = User(
+            id=auth.new_id("u_"), username=name, display_name=display_name, created_at=auth.now_ms()
+        )
         password_hash = auth.hash_password(password, config.auth.scrypt_n)
         with transaction(conn):
             created = sql.insert_user(conn, user, password_hash)

@@ -63,7 +63,9 @@ class ServerConfig:
 @attrs.frozen(field_transformer=_name_errors)
 class StorageConfig:
     data_dir: str = "./data"
-    synchronous: Literal["FULL", "NORMAL"] = attrs.field(default="FULL", validator=v.in_(SYNCHRONOUS))
+    synchronous: Literal["FULL", "NORMAL"] = attrs.field(
+        default="FULL", validator=v.in_(SYNCHRONOUS)
+    )
     max_open_databases: int = attrs.field(default=1000, validator=[v.ge(2), v.le(100_000)])
     commit_threads: int = attrs.field(default=8, validator=[v.ge(1), v.le(256)])
 

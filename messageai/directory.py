@@ -65,7 +65,9 @@ class Directory:
 
     # ------------------------------------------------------------ accounts
 
-    async def register(self, username: object, password: object, display_name: object) -> tuple[User, str]:
+    async def register(
+        self, username: object, password: object, display_name: object
+    ) -> tuple[User, str]:
         if not self._config.auth.allow_registration:
             raise Forbidden("registration is closed on this server")
         name = auth.check_username(username)
@@ -77,7 +79,9 @@ class Directory:
             password_hash = await trio.to_thread.run_sync(
                 auth.hash_password, secret, self._config.auth.scrypt_n
             )
-        user = User(id=auth.new_id("u_"), username=name, display_name=shown, created_at=auth.now_ms())
+        user = User(
+            id=auth.new_id("u_"), username=name, display_name=shown, created_at=auth.now_ms()
+        )
         token = auth.new_token()
 
         def insert(conn: apsw.Connection) -> bool:
@@ -149,7 +153,11 @@ class Directory:
             raise BadRequest("member_ids: a direct conversation needs one other user")
         self._check_users_exist([other])
         record = ConversationRecord(
-            id=auth.new_id("c_"), kind="direct", title=None, creator_id=caller, created_at=auth.now_ms()
+            id=auth.new_id("c_"),
+            kind="direct",
+            title=None,
+            creator_id=caller,
+            created_at=auth.now_ms(),
         )
 
         def create(conn: apsw.Connection) -> tuple[ConversationRecord, bool]:
@@ -165,13 +173,19 @@ class Directory:
 
         return await self._write(create)
 
-    async def create_group(self, caller: str, title: str, member_ids: list[str]) -> ConversationRecord:
+    async def create_group(
+        self, caller: str, title: str, member_ids: list[str]
+    ) -> ConversationRecord:
         members = list(dict.fromkeys([caller, *member_ids]))
         if len(members) > self._config.limits.max_group_members:
             raise BadRequest(f"member_ids: at most {self._config.limits.max_group_members} members")
         self._check_users_exist(members)
         record = ConversationRecord(
-            id=auth.new_id("c_"), kind="group", title=title, creator_id=caller, created_at=auth.now_ms()
+            id=auth.new_id("c_"),
+            kind="group",
+            title=title,
+            creator_id=caller,
+            created_at=auth.now_ms(),
         )
         await self._write(sql.insert_conversation, record, members, record.created_at)
         return record

@@ -26,6 +26,8 @@ class MessageAIError(Exception):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+        # The `req` of the frame that caused it, when one could be read.
+        self.req: str | int | None = None
 
 
 class BadRequest(MessageAIError):

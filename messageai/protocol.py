@@ -9,6 +9,7 @@ recipients).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any, TypeAlias
 
 import attrs
@@ -107,7 +108,9 @@ class Ping:
     pass
 
 
-ClientFrame: TypeAlias = Subscribe | Unsubscribe | SendMessage | GetHistory | MarkRead | Typing | Ping
+ClientFrame: TypeAlias = (
+    Subscribe | Unsubscribe | SendMessage | GetHistory | MarkRead | Typing | Ping
+)
 
 CLIENT_FRAMES: dict[str, type[ClientFrame]] = {
     "subscribe": Subscribe,
@@ -157,9 +160,6 @@ converter = cattrs.Converter()
 for _t in (str, int, bool):
     converter.register_structure_hook(_t, _strict(_t))
 converter.register_structure_hook_func(lambda t: t == list[str], _str_list)
-
-# Server frames leave out `req` when the client sent none.
-_OMIT_REQ = {"req": override(omit_if_default=True)}
 
 
 def _format(exc: BaseException, type_: Any) -> str:
@@ -234,7 +234,7 @@ def frame_from_object(obj: dict[str, Any]) -> tuple[Req, ClientFrame]:
             raise BadRequest(f"{kind}: {_describe(exc)}") from None
         _check_ranges(frame)
     except (BadRequest, UnknownType) as exc:
-        exc.req = req  # type: ignore[attr-defined]
+        exc.req = req
         raise
     return req, frame
 
@@ -256,7 +256,9 @@ def _check_ranges(frame: ClientFrame) -> None:
         _check_seq("seq", frame.seq)
 
 
-def check_message_content(body: str, attachments: list[str], max_chars: int, max_attachments: int) -> None:
+def check_message_content(
+    body: str, attachments: list[str], max_chars: int, max_attachments: int
+) -> None:
     """The body and attachment rules shared by the WebSocket and REST send paths."""
     length = len(body.strip())
     if length == 0:
@@ -274,23 +276,7 @@ def history_limit(limit: int) -> int:
 # ---------------------------------------------------------------- server frames
 
 
-def _frame(tag: str) -> Any:
-    """Class decorator: a server frame whose JSON carries `"type": tag` first."""
-
-    def wrap(cls: type) -> type:
-        frozen = attrs.frozen(cls)
-        fn = make_dict_unstructure_fn(frozen, converter, **_OMIT_REQ)
-
-        def unstructure(frame: Any) -> dict[str, Any]:
-            return {"type": tag, **fn(frame)}
-
-        converter.register_unstructure_hook(frozen, unstructure)
-        return frozen
-
-    return wrap
-
-
-@_frame("subscribed")
+@attrs.frozen
 class Subscribed:
     conversation_id: str
     last_seq: int
@@ -299,17 +285,17 @@ class Subscribed:
     req: Req = None
 
 
-@_frame("ok")
+@attrs.frozen
 class Ok:
     req: Req = None
 
 
-@_frame("pong")
+@attrs.frozen
 class Pong:
     req: Req = None
 
 
-@_frame("ack")
+@attrs.frozen
 class Ack:
     client_id: str
     message: Message
@@ -317,7 +303,7 @@ class Ack:
     req: Req = None
 
 
-@_frame("history")
+@attrs.frozen
 class History:
     conversation_id: str
     messages: list[Message]
@@ -325,39 +311,39 @@ class History:
     req: Req = None
 
 
-@_frame("new_message")
+@attrs.frozen
 class NewMessage:
     message: Message
 
 
-@_frame("message_read")
+@attrs.frozen
 class MessageRead:
     conversation_id: str
     user_id: str
     seq: int
 
 
-@_frame("presence_update")
+@attrs.frozen
 class PresenceUpdate:
     user_id: str
     status: str
     last_seen_at: int
 
 
-@_frame("typing")
+@attrs.frozen
 class TypingUpdate:
     conversation_id: str
     user_id: str
     typing: bool
 
 
-@_frame("unsubscribed")
+@attrs.frozen
 class Unsubscribed:
     conversation_id: str
     reason: str
 
 
-@_frame("error")
+@attrs.frozen
 class Error:
     code: str
     message: str
@@ -365,9 +351,49 @@ class Error:
 
 
 ServerFrame: TypeAlias = (
-    Subscribed | Ok | Pong | Ack | History | NewMessage | MessageRead | PresenceUpdate
-    | TypingUpdate | Unsubscribed | Error
+    Subscribed
+    | Ok
+    | Pong
+    | Ack
+    | History
+    | NewMessage
+    | MessageRead
+    | PresenceUpdate
+    | TypingUpdate
+    | Unsubscribed
+    | Error
 )
+
+
+SERVER_FRAMES: dict[type, str] = {
+    Subscribed: "subscribed",
+    Ok: "ok",
+    Pong: "pong",
+    Ack: "ack",
+    History: "history",
+    NewMessage: "new_message",
+    MessageRead: "message_read",
+    PresenceUpdate: "presence_update",
+    TypingUpdate: "typing",
+    Unsubscribed: "unsubscribed",
+    Error: "error",
+}
+
+
+def _register_server_frame(cls: type, tag: str) -> None:
+    """Unstructure `cls` with `"type": tag` first, leaving out `req` when it is None."""
+    fn: Callable[[Any], dict[str, Any]] = make_dict_unstructure_fn(
+        cls, converter, req=override(omit_if_default=True)
+    )
+
+    def unstructure(frame: Any) -> dict[str, Any]:
+        return {"type": tag, **fn(frame)}
+
+    converter.register_unstructure_hook(cls, unstructure)
+
+
+for _cls, _tag in SERVER_FRAMES.items():
+    _register_server_frame(_cls, _tag)
 
 
 def encode(frame: ServerFrame) -> str:

@@ -58,7 +58,10 @@ class Registry:
             return actor
         if self.closing:
             raise Unavailable("the server is shutting down")
-        if len(conversation_id) > MAX_CONVERSATION_ID or self._directory.conversation(conversation_id) is None:
+        if (
+            len(conversation_id) > MAX_CONVERSATION_ID
+            or self._directory.conversation(conversation_id) is None
+        ):
             raise NotFound("no such conversation")
         actor = ConversationActor(
             conversation_id,

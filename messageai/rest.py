@@ -148,7 +148,9 @@ class Rest:
         if kind == "group":
             title = body.get("title")
             if not isinstance(title, str) or not 1 <= len(title.strip()) <= MAX_TITLE_CHARS:
-                raise BadRequest(f"title: a group needs a title of 1 to {MAX_TITLE_CHARS} characters")
+                raise BadRequest(
+                    f"title: a group needs a title of 1 to {MAX_TITLE_CHARS} characters"
+                )
             record = await self._directory.create_group(user.id, title.strip(), member_ids)
             return Response(201, await self._conversation(record, user))
         raise BadRequest('kind: must be "direct" or "group"')

@@ -72,13 +72,17 @@ class Server:
                     max_request_body_bytes=config.server.max_request_body_bytes,
                 )
                 async with trio.open_nursery() as connections:
-                    listeners = await trio.open_tcp_listeners(config.server.port, host=config.server.host)
+                    listeners = await trio.open_tcp_listeners(
+                        config.server.port, host=config.server.host
+                    )
                     self.port = listeners[0].socket.getsockname()[1]
                     accept_scope = trio.CancelScope()
 
                     async def accept() -> None:
                         with accept_scope:
-                            await trio.serve_listeners(front.handle, listeners, handler_nursery=connections)
+                            await trio.serve_listeners(
+                                front.handle, listeners, handler_nursery=connections
+                            )
 
                     connections.start_soon(accept)
                     task_status.started(self)
@@ -115,10 +119,16 @@ class Server:
                     body = orjson.dumps(
                         {"error": {"code": "unauthorized", "message": "a valid token is required"}}
                     )
-                    await request.reject(401, extra_headers=[(b"content-type", b"application/json")], body=body)
+                    await request.reject(
+                        401, extra_headers=[(b"content-type", b"application/json")], body=body
+                    )
                     return
                 ws = await request.accept()
-            except (trio_websocket.ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError):
+            except (
+                trio_websocket.ConnectionClosed,
+                trio.BrokenResourceError,
+                trio.ClosedResourceError,
+            ):
                 return
             finally:
                 if "ws" not in locals():

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
+
 import trio
 import trio_websocket
 
@@ -154,7 +155,7 @@ class Session:
         try:
             req, frame = parse_client_frame(text)
         except MessageAIError as exc:
-            self.push_frame(Error(code=exc.code, message=exc.message, req=getattr(exc, "req", None)))
+            self.push_frame(Error(code=exc.code, message=exc.message, req=exc.req))
             return
         if isinstance(frame, Ping):
             self.push_frame(Pong(req=req))

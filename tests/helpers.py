@@ -67,7 +67,9 @@ class WS:
         self.events: list[dict[str, Any]] = []
 
     async def send(self, frame: dict[str, Any] | str) -> None:
-        await self.conn.send_message(frame if isinstance(frame, str) else orjson.dumps(frame).decode())
+        await self.conn.send_message(
+            frame if isinstance(frame, str) else orjson.dumps(frame).decode()
+        )
 
     async def recv(self, timeout: float = 5) -> dict[str, Any]:
         with trio.fail_after(timeout):
@@ -100,9 +102,14 @@ class WS:
             frame = await self.conn.get_message()
             raise AssertionError(f"unexpected frame: {frame}")
 
-    async def send_message(self, conversation_id: str, body: str, client_id: str | None = None) -> dict[str, Any]:
+    async def send_message(
+        self, conversation_id: str, body: str, client_id: str | None = None
+    ) -> dict[str, Any]:
         return await self.request(
-            "send_message", conversation_id=conversation_id, client_id=client_id or uuid.uuid4().hex, body=body
+            "send_message",
+            conversation_id=conversation_id,
+            client_id=client_id or uuid.uuid4().hex,
+            body=body,
         )
 
 
@@ -124,7 +131,9 @@ class Harness:
 
     async def account(self, username: str | None = None) -> Account:
         username = username or f"user{next(self._names)}"
-        r = await self.http.post("/v1/auth/register", json={"username": username, "password": "password1"})
+        r = await self.http.post(
+            "/v1/auth/register", json={"username": username, "password": "password1"}
+        )
         assert r.status_code == 201, r.text
         body = r.json()
         return Account(id=body["user"]["id"], username=username, token=body["token"])
@@ -259,8 +268,16 @@ class ServerProcess:
         self.process = await nursery.start(
             functools.partial(
                 trio.run_process,
-                [sys.executable, "-m", "messageai", "serve", "--config", str(self.config_file),
-                 "--data-dir", str(self.data_dir)],
+                [
+                    sys.executable,
+                    "-m",
+                    "messageai",
+                    "serve",
+                    "--config",
+                    str(self.config_file),
+                    "--data-dir",
+                    str(self.data_dir),
+                ],
                 stdout=subprocess.PIPE,
                 check=False,
             )

@@ -19,7 +19,7 @@ from messageai.config import Config
 from messageai.directory import Directory
 from messageai.protocol import GetHistory, SendMessage, Subscribe
 from messageai.registry import Registry
-from tests.helpers import Harness, ServerProcess, connect_ws, harness, make_config
+from tests.helpers import ServerProcess, connect_ws, harness, make_config
 
 
 async def test_restart_keeps_messages_cursors_and_idempotency(tmp_path: Path) -> None:
@@ -39,7 +39,9 @@ async def test_restart_keeps_messages_cursors_and_idempotency(tmp_path: Path) ->
             nxt = await a.send_message(cid, "after restart")
             assert nxt["message"]["seq"] == 2
         r = await h2.http.post(
-            f"/v1/conversations/{cid}/messages", json={"client_id": "keep", "body": "x"}, headers=h2.auth(ada)
+            f"/v1/conversations/{cid}/messages",
+            json={"client_id": "keep", "body": "x"},
+            headers=h2.auth(ada),
         )
         assert r.status_code == 200 and r.json() == first["message"]
 
@@ -60,10 +62,13 @@ async def test_graceful_shutdown_closes_websockets_with_1001(tmp_path: Path) -> 
 # ------------------------------------------------------------------ kill -9
 
 
-async def _send_burst(port: int, token: str, cid: str, client_ids: list[str], acked: dict[str, dict]) -> None:
+async def _send_burst(
+    port: int, token: str, cid: str, client_ids: list[str], acked: dict[str, dict]
+) -> None:
     """Pipeline every client id; record acks until the server dies."""
     try:
         async with connect_ws(port, query=f"?access_token={token}") as ws:
+
             async def pump() -> None:
                 for client_id in client_ids:
                     await ws.send_message(
@@ -77,12 +82,19 @@ async def _send_burst(port: int, token: str, cid: str, client_ids: list[str], ac
                     if frame["type"] == "ack":
                         acked[frame["client_id"]] = frame["message"]
                 nursery.cancel_scope.cancel()
-    except* (trio_websocket.ConnectionClosed, trio_websocket.HandshakeError, OSError, trio.BrokenResourceError):
+    except* (
+        trio_websocket.ConnectionClosed,
+        trio_websocket.HandshakeError,
+        OSError,
+        trio.BrokenResourceError,
+    ):
         pass  # the server died under us: that is the point
 
 
 @pytest.mark.slow
-async def test_kill_9_mid_burst_loses_no_acked_message_and_resend_stores_nothing_twice(tmp_path: Path) -> None:
+async def test_kill_9_mid_burst_loses_no_acked_message_and_resend_stores_nothing_twice(
+    tmp_path: Path,
+) -> None:
     data = tmp_path / "data"
     config_file = ServerProcess.write_config(tmp_path / "messageai.toml")
     client_ids = [uuid.uuid4().hex for _ in range(3000)]
@@ -92,12 +104,19 @@ async def test_kill_9_mid_burst_loses_no_acked_message_and_resend_stores_nothing
             proc = ServerProcess(data, config_file)
             port = await proc.start(nursery)
             async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
-                r = await http.post("/v1/auth/register", json={"username": "ada", "password": "password1"})
+                r = await http.post(
+                    "/v1/auth/register", json={"username": "ada", "password": "password1"}
+                )
                 token = r.json()["token"]
-                r = await http.post("/v1/auth/register", json={"username": "bob", "password": "password1"})
+                r = await http.post(
+                    "/v1/auth/register", json={"username": "bob", "password": "password1"}
+                )
                 bob = r.json()["user"]["id"]
-                r = await http.post("/v1/conversations", json={"kind": "direct", "member_ids": [bob]},
-                                    headers={"Authorization": f"Bearer {token}"})
+                r = await http.post(
+                    "/v1/conversations",
+                    json={"kind": "direct", "member_ids": [bob]},
+                    headers={"Authorization": f"Bearer {token}"},
+                )
                 cid = r.json()["id"]
 
             async def killer() -> None:
@@ -138,8 +157,11 @@ async def _history(port: int, token: str, cid: str) -> list[dict]:
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
         after = 0
         while True:
-            r = await http.get(f"/v1/conversations/{cid}/messages", params={"after_seq": after, "limit": 200},
-                               headers={"Authorization": f"Bearer {token}"})
+            r = await http.get(
+                f"/v1/conversations/{cid}/messages",
+                params={"after_seq": after, "limit": 200},
+                headers={"Authorization": f"Bearer {token}"},
+            )
             page = r.json()
             messages.extend(page["messages"])
             if not page["has_more"]:
@@ -176,7 +198,9 @@ async def _setup(config: Config, nursery: trio.Nursery) -> tuple[Directory, Regi
     return directory, registry, ada.id, record.id
 
 
-async def test_idle_actor_retires_and_comes_back_with_nothing_lost(tmp_path: Path, autojump_clock: object) -> None:
+async def test_idle_actor_retires_and_comes_back_with_nothing_lost(
+    tmp_path: Path, autojump_clock: object
+) -> None:
     config = make_config(tmp_path / "data", conversations={"idle_seconds": 60.0})
     async with trio.open_nursery() as nursery:
         directory, registry, ada, cid = await _setup(config, nursery)
@@ -194,7 +218,9 @@ async def test_idle_actor_retires_and_comes_back_with_nothing_lost(tmp_path: Pat
     directory.close()
 
 
-async def test_actor_with_a_subscriber_does_not_retire(tmp_path: Path, autojump_clock: object) -> None:
+async def test_actor_with_a_subscriber_does_not_retire(
+    tmp_path: Path, autojump_clock: object
+) -> None:
     config = make_config(tmp_path / "data", conversations={"idle_seconds": 60.0})
     async with trio.open_nursery() as nursery:
         directory, registry, ada, cid = await _setup(config, nursery)
@@ -240,7 +266,9 @@ async def test_storage_failure_in_one_conversation_fails_its_batch_only(tmp_path
         pages = actor._conn.execute("PRAGMA page_count").get
         actor._conn.execute(f"PRAGMA max_page_count = {pages}")
         waiter = Waiter()
-        await registry.submit(cid, Command(op=SendMessage(cid, "k2", "x" * 15000), user_id=ada, waiter=waiter))
+        await registry.submit(
+            cid, Command(op=SendMessage(cid, "k2", "x" * 15000), user_id=ada, waiter=waiter)
+        )
         with pytest.raises(Exception) as failed:
             await waiter.wait()
         assert getattr(failed.value, "code", None) == "unavailable"
@@ -254,7 +282,9 @@ async def test_storage_failure_in_one_conversation_fails_its_batch_only(tmp_path
     directory.close()
 
 
-async def test_unreadable_conversation_file_answers_unavailable_and_server_keeps_serving(tmp_path: Path) -> None:
+async def test_unreadable_conversation_file_answers_unavailable_and_server_keeps_serving(
+    tmp_path: Path,
+) -> None:
     config = make_config(tmp_path / "data", conversations={"idle_seconds": 0.1})
     async with harness(config) as h:
         ada, bob, carol = await h.account("ada"), await h.account("bob"), await h.account("carol")
@@ -269,7 +299,9 @@ async def test_unreadable_conversation_file_answers_unavailable_and_server_keeps
             path.with_name(path.name + suffix).unlink(missing_ok=True)
         path.write_bytes(b"this is not a database" * 100)
         async with h.ws(ada) as a:
-            reply = await a.request("send_message", conversation_id=broken, client_id="x", body="hi")
+            reply = await a.request(
+                "send_message", conversation_id=broken, client_id="x", body="hi"
+            )
             assert reply["type"] == "error" and reply["code"] == "unavailable"
             assert (await a.send_message(fine, "still here"))["type"] == "ack"
             path.unlink()

@@ -22,7 +22,11 @@ async def test_reader_that_stops_reading_is_closed_with_1013_and_resyncs(tmp_pat
     )
     with trio.fail_after(60):
         async with harness(config) as h:
-            ada, bob, carol = await h.account("ada"), await h.account("bob"), await h.account("carol")
+            ada, bob, carol = (
+                await h.account("ada"),
+                await h.account("bob"),
+                await h.account("carol"),
+            )
             cid = await h.group(ada, bob, carol)
             async with h.ws(ada) as sender, h.ws(bob) as slow, h.ws(carol) as fast:
                 await slow.request("subscribe", conversation_id=cid)
@@ -41,8 +45,14 @@ async def test_reader_that_stops_reading_is_closed_with_1013_and_resyncs(tmp_pat
                 async def send_all() -> None:
                     for i in range(MESSAGES):
                         await window.acquire()
-                        await sender.send({"type": "send_message", "conversation_id": cid,
-                                           "client_id": f"m{i}", "body": BODY})
+                        await sender.send(
+                            {
+                                "type": "send_message",
+                                "conversation_id": cid,
+                                "client_id": f"m{i}",
+                                "body": BODY,
+                            }
+                        )
 
                 async def read_acks() -> None:
                     acks = 0
@@ -70,6 +80,10 @@ async def test_reader_that_stops_reading_is_closed_with_1013_and_resyncs(tmp_pat
                 assert len(slow_seqs) < MESSAGES
             # It comes back and resyncs from its last seq with nothing lost.
             async with h.ws(bob) as again:
-                page = await again.request("get_history", conversation_id=cid,
-                                           after_seq=slow_seqs[-1] if slow_seqs else 0, limit=50)
+                page = await again.request(
+                    "get_history",
+                    conversation_id=cid,
+                    after_seq=slow_seqs[-1] if slow_seqs else 0,
+                    limit=50,
+                )
                 assert page["messages"][0]["seq"] == (slow_seqs[-1] if slow_seqs else 0) + 1

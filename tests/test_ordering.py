@@ -13,15 +13,20 @@ PER_SENDER = 150
 
 async def _burst(ws: WS, cid: str, tag: str) -> None:
     for i in range(PER_SENDER):
-        await ws.send({"type": "send_message", "conversation_id": cid, "client_id": f"{tag}-{i}", "body": f"{tag} {i}"})
+        await ws.send(
+            {
+                "type": "send_message",
+                "conversation_id": cid,
+                "client_id": f"{tag}-{i}",
+                "body": f"{tag} {i}",
+            }
+        )
 
 
 async def _collect(ws: WS, expected: int, seen: list[tuple[int, str]]) -> None:
     while len(seen) < expected:
         frame = await ws.recv(10)
-        if frame["type"] == "ack":
-            seen.append((frame["message"]["seq"], frame["message"]["id"]))
-        elif frame["type"] == "new_message":
+        if frame["type"] == "ack" or frame["type"] == "new_message":
             seen.append((frame["message"]["seq"], frame["message"]["id"]))
 
 

@@ -29,7 +29,7 @@ async def test_ping_answers_pong_with_req(h: Harness) -> None:
 
 
 async def test_subscribe_reports_last_seq_cursors_and_online(h: Harness) -> None:
-    ada, bob, cid = await _pair(h)
+    ada, _bob, cid = await _pair(h)
     async with h.ws(ada) as a:
         for i in range(3):
             await a.send_message(cid, f"m{i}")
@@ -81,7 +81,7 @@ async def test_same_client_id_from_different_senders_are_different_messages(h: H
 
 
 async def test_get_history_pages_both_ways(h: Harness) -> None:
-    ada, bob, cid = await _pair(h)
+    ada, _bob, cid = await _pair(h)
     async with h.ws(ada) as a:
         for i in range(1, 8):
             await a.send_message(cid, f"m{i}")
@@ -100,11 +100,13 @@ async def test_get_history_pages_both_ways(h: Harness) -> None:
 
 
 async def test_get_history_limit_above_200_is_clamped(h: Harness) -> None:
-    ada, bob, cid = await _pair(h)
+    ada, _bob, cid = await _pair(h)
     async with h.ws(ada) as a:
         # Pipelined sends: one group commit per batch keeps this quick.
         for i in range(205):
-            await a.send({"type": "send_message", "conversation_id": cid, "client_id": f"k{i}", "body": "x"})
+            await a.send(
+                {"type": "send_message", "conversation_id": cid, "client_id": f"k{i}", "body": "x"}
+            )
         for _ in range(205):
             assert (await a.recv())["type"] == "ack"
         page = await a.request("get_history", conversation_id=cid, after_seq=0, limit=1000)
@@ -119,7 +121,12 @@ async def test_mark_read_moves_cursor_forward_only_and_clamps_to_last_seq(h: Har
         await a.send_message(cid, "2")
         assert (await b.request("mark_read", conversation_id=cid, seq=99))["type"] == "ok"
         event = await a.next_event("message_read")
-        assert event == {"type": "message_read", "conversation_id": cid, "user_id": bob.id, "seq": 2}
+        assert event == {
+            "type": "message_read",
+            "conversation_id": cid,
+            "user_id": bob.id,
+            "seq": 2,
+        }
         assert (await b.request("mark_read", conversation_id=cid, seq=1))["type"] == "ok"
         assert (await b.request("mark_read", conversation_id=cid, seq=2))["type"] == "ok"
         await a.assert_quiet()  # the cursor did not move, so no message_read
@@ -134,7 +141,10 @@ async def test_typing_goes_to_other_subscribers_only_and_is_not_stored(h: Harnes
         await b.request("subscribe", conversation_id=cid)
         assert (await a.request("typing", conversation_id=cid, typing=True))["type"] == "ok"
         assert await b.next_event("typing") == {
-            "type": "typing", "conversation_id": cid, "user_id": ada.id, "typing": True,
+            "type": "typing",
+            "conversation_id": cid,
+            "user_id": ada.id,
+            "typing": True,
         }
         await a.assert_quiet()
         history = await a.request("get_history", conversation_id=cid)
@@ -180,28 +190,70 @@ BAD_FRAMES = [
     ('{"type": "launch", "req": "r"}', "unknown_type", "r"),
     ('{"type": 5, "req": 1}', "bad_request", 1),
     ('{"type": "send_message", "req": 2}', "bad_request", 2),
-    ('{"type": "send_message", "req": 3, "conversation_id": 5, "client_id": "a", "body": "x"}', "bad_request", 3),
-    ('{"type": "send_message", "req": 4, "conversation_id": "CID", "client_id": "", "body": "x"}', "bad_request", 4),
-    ('{"type": "send_message", "req": 5, "conversation_id": "CID", "client_id": "a", "body": "   "}', "bad_request", 5),
-    ('{"type": "send_message", "req": 6, "conversation_id": "CID", "client_id": "a", "body": ["x"]}', "bad_request", 6),
-    ('{"type": "send_message", "req": 7, "conversation_id": "CID", "client_id": "a", "body": "x", "attachments": "m"}', "bad_request", 7),
+    (
+        '{"type": "send_message", "req": 3, "conversation_id": 5, "client_id": "a", "body": "x"}',
+        "bad_request",
+        3,
+    ),
+    (
+        '{"type": "send_message", "req": 4, "conversation_id": "CID", "client_id": "", "body": "x"}',
+        "bad_request",
+        4,
+    ),
+    (
+        '{"type": "send_message", "req": 5, "conversation_id": "CID", "client_id": "a", "body": "   "}',
+        "bad_request",
+        5,
+    ),
+    (
+        '{"type": "send_message", "req": 6, "conversation_id": "CID", "client_id": "a", "body": ["x"]}',
+        "bad_request",
+        6,
+    ),
+    (
+        '{"type": "send_message", "req": 7, "conversation_id": "CID", "client_id": "a", "body": "x", "attachments": "m"}',
+        "bad_request",
+        7,
+    ),
     ('{"type": "mark_read", "req": 8, "conversation_id": "CID", "seq": -1}', "bad_request", 8),
     ('{"type": "mark_read", "req": 9, "conversation_id": "CID", "seq": 1.5}', "bad_request", 9),
     ('{"type": "mark_read", "req": 10, "conversation_id": "CID", "seq": "1"}', "bad_request", 10),
     ('{"type": "mark_read", "req": 11, "conversation_id": "CID", "seq": true}', "bad_request", 11),
-    ('{"type": "mark_read", "req": 12, "conversation_id": "CID", "seq": 1e400}', "bad_request", None),
+    (
+        '{"type": "mark_read", "req": 12, "conversation_id": "CID", "seq": 1e400}',
+        "bad_request",
+        None,
+    ),
     ('{"type": "mark_read", "req": 13, "conversation_id": "CID", "seq": NaN}', "bad_request", None),
     ('{"type": "get_history", "req": 14, "conversation_id": "CID", "limit": 0}', "bad_request", 14),
-    ('{"type": "get_history", "req": 15, "conversation_id": "CID", "after_seq": "x"}', "bad_request", 15),
+    (
+        '{"type": "get_history", "req": 15, "conversation_id": "CID", "after_seq": "x"}',
+        "bad_request",
+        15,
+    ),
     ('{"type": "typing", "req": 16, "conversation_id": "CID", "typing": "yes"}', "bad_request", 16),
     ('{"type": "subscribe", "req": 17}', "bad_request", 17),
     ('{"type": "subscribe", "req": 18, "conversation_id": "c_does_not_exist"}', "not_found", 18),
     ('{"type": "ping", "req": {"nested": 1}}', "bad_request", None),
     ('{"type": "ping", "req": 1.5}', "bad_request", None),
-    ('{"type": "send_message", "req": 19, "conversation_id": "CID", "client_id": "a", "body": {"a": {"b": {"c": {}}}}}', "bad_request", 19),
+    (
+        '{"type": "send_message", "req": 19, "conversation_id": "CID", "client_id": "a", "body": {"a": {"b": {"c": {}}}}}',
+        "bad_request",
+        19,
+    ),
     ("[" * 5000 + "]" * 5000, "bad_request", None),
-    ('{"type": "send_message", "req": 20, "conversation_id": "CID", "client_id": "' + "x" * 129 + '", "body": "x"}', "bad_request", 20),
-    ('{"type": "send_message", "req": 21, "conversation_id": "CID", "client_id": "a", "body": "x", "attachments": ["md_nope"]}', "forbidden", 21),
+    (
+        '{"type": "send_message", "req": 20, "conversation_id": "CID", "client_id": "'
+        + "x" * 129
+        + '", "body": "x"}',
+        "bad_request",
+        20,
+    ),
+    (
+        '{"type": "send_message", "req": 21, "conversation_id": "CID", "client_id": "a", "body": "x", "attachments": ["md_nope"]}',
+        "forbidden",
+        21,
+    ),
     ('\xff\xfe"', "bad_request", None),
 ]
 
@@ -210,7 +262,7 @@ BAD_FRAMES = [
 async def test_bad_frame_gets_error_changes_nothing_and_connection_keeps_working(
     h: Harness, text: str, code: str, req: object
 ) -> None:
-    ada, bob, cid = await _pair(h)
+    ada, _bob, cid = await _pair(h)
     async with h.ws(ada) as a:
         await a.send(text.replace("CID", cid))
         error = await a.recv()
@@ -224,19 +276,25 @@ async def test_bad_frame_gets_error_changes_nothing_and_connection_keeps_working
 
 
 async def test_body_longer_than_limit_is_too_large(h: Harness) -> None:
-    ada, bob, cid = await _pair(h)
+    ada, _bob, cid = await _pair(h)
     async with h.ws(ada) as a:
-        reply = await a.request("send_message", conversation_id=cid, client_id="big", body="y" * 16001)
+        reply = await a.request(
+            "send_message", conversation_id=cid, client_id="big", body="y" * 16001
+        )
         assert reply["type"] == "error" and reply["code"] == "too_large"
         # Exactly at the limit, with surrounding white space, is fine.
-        ok = await a.request("send_message", conversation_id=cid, client_id="max", body="  " + "y" * 16000 + "\n")
+        ok = await a.request(
+            "send_message", conversation_id=cid, client_id="max", body="  " + "y" * 16000 + "\n"
+        )
         assert ok["type"] == "ack"
 
 
 async def test_unknown_extra_fields_are_ignored_for_forward_compatibility(h: Harness) -> None:
-    ada, bob, cid = await _pair(h)
+    ada, _bob, cid = await _pair(h)
     async with h.ws(ada) as a:
-        reply = await a.request("send_message", conversation_id=cid, client_id="e", body="x", future_field=1)
+        reply = await a.request(
+            "send_message", conversation_id=cid, client_id="e", body="x", future_field=1
+        )
         assert reply["type"] == "ack"
 
 
@@ -249,7 +307,7 @@ async def _expect_close(ws: WS, code: int) -> None:
 
 
 async def test_oversized_text_frame_closes_with_1009(h: Harness) -> None:
-    ada, bob, cid = await _pair(h)
+    ada, _bob, _cid = await _pair(h)
     async with h.ws(ada) as a:
         await a.send('{"type": "ping", "pad": "' + "x" * 70000 + '"}')
         await _expect_close(a, 1009)

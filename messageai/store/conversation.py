@@ -54,11 +54,11 @@ def _message(conversation_id: str, row: tuple[object, ...]) -> Message:
 
 def last_seq(conn: apsw.Connection) -> int:
     value = conn.execute("SELECT max(seq) FROM messages").get
-    return int(value) if value is not None else 0  # type: ignore[arg-type]
+    return int(value) if value is not None else 0
 
 
 def read_cursors(conn: apsw.Connection) -> dict[str, int]:
-    return dict(conn.execute("SELECT user_id, seq FROM read_cursors"))  # type: ignore[arg-type]
+    return dict(conn.execute("SELECT user_id, seq FROM read_cursors"))
 
 
 def insert_message(conn: apsw.Connection, message: Message) -> Message | None:
@@ -82,7 +82,9 @@ def insert_message(conn: apsw.Connection, message: Message) -> Message | None:
     )
     if conn.changes():
         return None
-    original = find_by_client_id(conn, message.conversation_id, message.sender_id, message.client_id)
+    original = find_by_client_id(
+        conn, message.conversation_id, message.sender_id, message.client_id
+    )
     assert original is not None, "a conflict without an original"
     return original
 
@@ -142,4 +144,4 @@ def unread_count(conn: apsw.Connection, user_id: str, cursor: int) -> int:
     value = conn.execute(
         "SELECT count(*) FROM messages WHERE seq > ? AND sender_id <> ?", (cursor, user_id)
     ).get
-    return int(value)  # type: ignore[arg-type]
+    return int(value)

@@ -31,7 +31,8 @@ def migrate(conn: apsw.Connection, migrations: Sequence[Migration]) -> None:
     assert isinstance(version, int)
     if version > len(migrations):
         raise RuntimeError(
-            f"database schema version {version} is newer than this MessageAI knows ({len(migrations)})"
+            f"database schema version {version} is newer than this MessageAI knows "
+            f"({len(migrations)})"
         )
     for number in range(version, len(migrations)):
         with conn:

@@ -81,9 +81,7 @@ def _user(row: tuple[object, ...] | None) -> User | None:
 # ---------------------------------------------------------------- users and tokens
 
 
-def insert_user(
-    conn: apsw.Connection, user: User, password_hash: str | None
-) -> bool:
+def insert_user(conn: apsw.Connection, user: User, password_hash: str | None) -> bool:
     """Insert a user; False if the username is taken."""
     try:
         conn.execute(
@@ -106,7 +104,7 @@ def user_and_hash_by_name(conn: apsw.Connection, username: str) -> tuple[User, s
     ).fetchone()
     if row is None:
         return None
-    return User(*row[:4]), row[4]  # type: ignore[arg-type]
+    return User(*row[:4]), row[4]
 
 
 def existing_user_ids(conn: apsw.Connection, user_ids: list[str]) -> set[str]:
@@ -128,7 +126,7 @@ def search_users(conn: apsw.Connection, prefix: str, limit: int) -> list[User]:
 
 
 def all_users(conn: apsw.Connection) -> list[User]:
-    return [User(*row) for row in conn.execute(f"SELECT {_USER} FROM users ORDER BY username")]  # type: ignore[arg-type]
+    return [User(*row) for row in conn.execute(f"SELECT {_USER} FROM users ORDER BY username")]
 
 
 def insert_token(
@@ -179,7 +177,9 @@ def direct_conversation_id(conn: apsw.Connection, user_a: str, user_b: str) -> s
     return value if isinstance(value, str) else None
 
 
-def insert_direct_pair(conn: apsw.Connection, user_a: str, user_b: str, conversation_id: str) -> None:
+def insert_direct_pair(
+    conn: apsw.Connection, user_a: str, user_b: str, conversation_id: str
+) -> None:
     a, b = sorted((user_a, user_b))
     conn.execute(
         "INSERT INTO direct_pairs(user_a, user_b, conversation_id) VALUES (?, ?, ?)",
@@ -192,12 +192,12 @@ def conversation(conn: apsw.Connection, conversation_id: str) -> ConversationRec
         "SELECT id, kind, title, creator_id, created_at FROM conversations WHERE id = ?",
         (conversation_id,),
     ).fetchone()
-    return ConversationRecord(*row) if row is not None else None  # type: ignore[arg-type]
+    return ConversationRecord(*row) if row is not None else None
 
 
 def member_ids(conn: apsw.Connection, conversation_id: str) -> list[str]:
     return [
-        row[0]  # type: ignore[misc]
+        row[0]
         for row in conn.execute(
             "SELECT user_id FROM memberships WHERE conversation_id = ? ORDER BY joined_at, user_id",
             (conversation_id,),
@@ -207,7 +207,7 @@ def member_ids(conn: apsw.Connection, conversation_id: str) -> list[str]:
 
 def conversation_ids_of(conn: apsw.Connection, user_id: str) -> list[str]:
     return [
-        row[0]  # type: ignore[misc]
+        row[0]
         for row in conn.execute(
             "SELECT conversation_id FROM memberships WHERE user_id = ?", (user_id,)
         )
@@ -233,4 +233,4 @@ def member_count(conn: apsw.Connection, conversation_id: str) -> int:
     value = conn.execute(
         "SELECT count(*) FROM memberships WHERE conversation_id = ?", (conversation_id,)
     ).get
-    return int(value)  # type: ignore[arg-type]
+    return int(value)
