@@ -1,5 +1,5 @@
 """The `messageai` command: `serve`, `user add|list`, `config check`, and the client's
-`login|send|sync|tail|conversations|new|chat` (messageai.client.commands).
+`login|send|sync|tail|conversations|new|chat` (messageai.cli_client, messageai.client.commands).
 
 Exit status 0 on success, 2 for a configuration or usage error, 1 otherwise.
 """
@@ -16,8 +16,7 @@ from pathlib import Path
 import trio
 
 from messageai import auth
-from messageai.client.commands import CLIENT_COMMANDS, add_client_commands
-from messageai.client.commands import run as run_client_command
+from messageai.cli_client import CLIENT_COMMANDS, add_client_commands
 from messageai.config import Config, ConfigError, load_config, with_overrides
 from messageai.directory import open_directory_db
 from messageai.errors import MessageAIError
@@ -78,6 +77,8 @@ def _load(args: argparse.Namespace) -> Config:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command in CLIENT_COMMANDS:
+        from messageai.client.commands import run as run_client_command
+
         return run_client_command(args)
     try:
         config = _load(args)
@@ -96,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
             return _user_list(config)
         if args.command == "config":
             print(
-                f"configuration OK: data in {config.data_dir}, listening on {config.server.host}:{config.server.port}"
+                f"configuration OK: data in {config.data_dir}, "
+                f"listening on {config.server.host}:{config.server.port}"
             )
             return 0
     except MessageAIError as exc:
@@ -130,7 +132,8 @@ async def _serve(config: Config) -> int:
         async with trio.open_nursery() as nursery:
             await nursery.start(server.run)
             print(
-                f"MessageAI serving {server.url} (WebSocket {server.url.replace('http', 'ws', 1)}/v1/ws), "
+                f"MessageAI serving {server.url} "
+                f"(WebSocket {server.url.replace('http', 'ws', 1)}/v1/ws), "
                 f"data in {config.data_dir}",
                 flush=True,
             )

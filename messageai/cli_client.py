@@ -1,0 +1,94 @@
+"""Arguments of the client subcommands of `messageai` (login, send, sync, tail, ...).
+
+Called by `messageai.cli.build_parser`. Kept free of SDK imports so that the
+server's own commands start fast; the work is done in `messageai.client.commands`.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+CLIENT_COMMANDS = ("login", "logout", "send", "sync", "tail", "conversations", "new", "chat")
+DEFAULT_TIMEOUT_SECONDS = 10.0
+
+
+def _positive_seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {value!r}") from None
+    if not 0 < seconds <= 3600:
+        raise argparse.ArgumentTypeError("seconds must be above 0 and at most 3600")
+    return seconds
+
+
+def _count(value: str) -> int:
+    if not value.isdigit() or not 1 <= int(value) <= 1_000_000:
+        raise argparse.ArgumentTypeError(f"not a count from 1 to 1000000: {value!r}")
+    return int(value)
+
+
+def add_client_commands(sub: Any) -> None:
+    """Register the client subcommands on `messageai`'s subparsers."""
+
+    def command(name: str, help_: str) -> argparse.ArgumentParser:
+        p: argparse.ArgumentParser = sub.add_parser(name, help=help_, description=help_)
+        p.add_argument(
+            "--store",
+            metavar="DIR",
+            help="the local store (default: $MESSAGEAI_STORE or the per-user data directory)",
+        )
+        return p
+
+    def with_timeout(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--timeout",
+            type=_positive_seconds,
+            default=DEFAULT_TIMEOUT_SECONDS,
+            metavar="SECONDS",
+            help=f"give up on the server after this long (default {DEFAULT_TIMEOUT_SECONDS:g})",
+        )
+
+    p = command("login", "sign in (or register) and keep the session in the local store")
+    p.add_argument("--server", required=True, metavar="URL", help="e.g. http://127.0.0.1:8080")
+    p.add_argument("--user", required=True, metavar="NAME", help="username")
+    p.add_argument(
+        "--password-file",
+        metavar="F",
+        help="read the password from this file's first line ('-': stdin)",
+    )
+    p.add_argument("--register", action="store_true", help="create the account first")
+    p.add_argument("--display-name", help="shown name when registering")
+
+    command("logout", "revoke the session and forget it locally")
+
+    p = command("send", "store a message locally, then deliver it (or leave it queued)")
+    p.add_argument("conversation_id", metavar="CONVERSATION_ID")
+    p.add_argument("text", metavar="TEXT", help="the message ('-': read it from stdin)")
+    p.add_argument("--json", action="store_true", help="print the message object")
+    with_timeout(p)
+
+    p = command("sync", "catch up every conversation and deliver the queued messages")
+    p.add_argument("--json", action="store_true", help="print a JSON summary")
+    with_timeout(p)
+
+    p = command("tail", "print a conversation from the local store (after a sync), oldest first")
+    p.add_argument("conversation_id", metavar="CONVERSATION_ID")
+    p.add_argument("--json", action="store_true", help="one message object per line")
+    p.add_argument("--follow", "-f", action="store_true", help="keep printing new messages")
+    p.add_argument("-n", "--lines", type=_count, metavar="N", help="only the newest N messages")
+    with_timeout(p)
+
+    p = command("conversations", "list conversations with unread counts (after a sync)")
+    p.add_argument("--json", action="store_true", help="one conversation object per line")
+    with_timeout(p)
+
+    p = command("new", "start a direct conversation (one user) or a group (--title)")
+    p.add_argument("users", nargs="+", metavar="USER", help="usernames (or user ids)")
+    p.add_argument("--title", help="make a group with this title")
+    p.add_argument("--json", action="store_true", help="print the conversation id as JSON")
+
+    command("chat", "the terminal client")
+
+
