@@ -1,9 +1,10 @@
-"""Who is online: open WebSocket connections counted per user.
+"""Who is online: the open WebSocket connections of each user.
 
 Sessions call `connected`/`disconnected`; a user's first connection and last
 disconnection each send one `presence_update` to every connection subscribed
 to a conversation the user belongs to (each such connection gets it once).
-Actors ask `is_online` to fill `subscribed.online`.
+Actors ask `is_online` to fill `subscribed.online`; REST handlers and the push
+service use `peers_of` to reach (or skip) a user's devices.
 """
 
 from __future__ import annotations
@@ -18,28 +19,33 @@ from messageai.registry import Registry
 class Presence:
     def __init__(self, directory: Directory) -> None:
         self._directory = directory
-        self._connections: dict[str, int] = {}
+        self._peers: dict[str, set[Peer]] = {}
         self.registry: Registry | None = None
 
     def is_online(self, user_id: str) -> bool:
-        return user_id in self._connections
+        return user_id in self._peers
 
     def connected(self, peer: Peer) -> None:
-        count = self._connections.get(peer.user_id, 0)
-        self._connections[peer.user_id] = count + 1
-        if count == 0:
+        peers = self._peers.setdefault(peer.user_id, set())
+        peers.add(peer)
+        if len(peers) == 1:
             self._announce(peer.user_id, "online")
 
     def disconnected(self, peer: Peer) -> None:
-        count = self._connections.get(peer.user_id, 0) - 1
-        if count > 0:
-            self._connections[peer.user_id] = count
+        peers = self._peers.get(peer.user_id)
+        if peers is None:
             return
-        self._connections.pop(peer.user_id, None)
-        self._announce(peer.user_id, "offline")
+        peers.discard(peer)
+        if not peers:
+            del self._peers[peer.user_id]
+            self._announce(peer.user_id, "offline")
 
     def connection_count(self, user_id: str) -> int:
-        return self._connections.get(user_id, 0)
+        return len(self._peers.get(user_id, ()))
+
+    def peers_of(self, user_id: str) -> list[Peer]:
+        """The user's open connections (a copy: callers may close them while iterating)."""
+        return list(self._peers.get(user_id, ()))
 
     def _announce(self, user_id: str, status: str) -> None:
         if self.registry is None:

@@ -344,6 +344,13 @@ class Unsubscribed:
 
 
 @attrs.frozen
+class ConversationAdded:
+    """Extension: the receiving user was made a member of `conversation`."""
+
+    conversation: Conversation
+
+
+@attrs.frozen
 class Error:
     code: str
     message: str
@@ -362,6 +369,7 @@ ServerFrame: TypeAlias = (
     | TypingUpdate
     | Unsubscribed
     | Error
+    | ConversationAdded
 )
 
 
@@ -377,6 +385,7 @@ SERVER_FRAMES: dict[type, str] = {
     TypingUpdate: "typing",
     Unsubscribed: "unsubscribed",
     Error: "error",
+    ConversationAdded: "conversation_added",
 }
 
 

@@ -19,13 +19,16 @@ from messageai.errors import BadRequest, Forbidden, NotFound, Unauthorized, Unav
 from messageai.protocol import (
     MAX_SEQ,
     Conversation,
+    ConversationAdded,
     GetHistory,
     Message,
     SendMessage,
     User,
     converter,
+    encode,
     frame_from_object,
 )
+from messageai.presence import Presence
 from messageai.registry import Registry
 from messageai.store.directory import ConversationRecord
 
@@ -33,10 +36,13 @@ MAX_TITLE_CHARS = 200
 
 
 class Rest:
-    def __init__(self, config: Config, directory: Directory, registry: Registry) -> None:
+    def __init__(
+        self, config: Config, directory: Directory, registry: Registry, presence: Presence
+    ) -> None:
         self._config = config
         self._directory = directory
         self._registry = registry
+        self._presence = presence
 
     def routes(self, router: Router) -> None:
         add = router.add
@@ -89,6 +95,19 @@ class Rest:
             last_message=last_message,
             unread_count=unread,
         )
+
+    async def _announce(self, record: ConversationRecord, user_ids: list[str]) -> None:
+        """Tell the live connections of `user_ids` that they are now in `record`
+        (`conversation_added`, an extension of PROTOCOL.md, so clients need not poll)."""
+        for user_id in user_ids:
+            peers = self._presence.peers_of(user_id)
+            if peers:
+                user = self._directory.user(user_id)
+                if user is not None:
+                    frame = ConversationAdded(conversation=await self._conversation(record, user))
+                    text = encode(frame)
+                    for peer in peers:
+                        peer.push(text)
 
     # ------------------------------------------------------------ handlers
 
@@ -144,6 +163,8 @@ class Rest:
             if len(member_ids) != 1:
                 raise BadRequest("member_ids: a direct conversation takes exactly one other user")
             record, created = await self._directory.open_direct(user.id, member_ids[0])
+            if created:
+                await self._announce(record, [user.id, member_ids[0]])
             return Response(201 if created else 200, await self._conversation(record, user))
         if kind == "group":
             title = body.get("title")
@@ -152,6 +173,7 @@ class Rest:
                     f"title: a group needs a title of 1 to {MAX_TITLE_CHARS} characters"
                 )
             record = await self._directory.create_group(user.id, title.strip(), member_ids)
+            await self._announce(record, self._directory.member_ids(record.id))
             return Response(201, await self._conversation(record, user))
         raise BadRequest('kind: must be "direct" or "group"')
 
@@ -180,6 +202,7 @@ class Rest:
             raise BadRequest("members can be added to groups only")
         await self._directory.add_members(record.id, user_ids)
         await self._registry.members_changed(record.id, added=tuple(user_ids))
+        await self._announce(record, user_ids)
         return Response(200, await self._conversation(record, user))
 
     async def remove_member(self, request: Request) -> Response:

@@ -64,7 +64,7 @@ class Server:
                 presence.registry = registry
                 self.registry = registry
                 router = Router()
-                Rest(config, directory, registry).routes(router)
+                Rest(config, directory, registry, presence).routes(router)
                 front = FrontDoor(
                     App(router, config.server.max_request_body_bytes),
                     lambda stream: self._websocket(stream, directory, registry, presence),

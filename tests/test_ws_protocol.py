@@ -345,3 +345,24 @@ async def test_bad_input_on_one_connection_does_not_disturb_another(h: Harness) 
         assert (await a.recv())["code"] == "bad_request"
         ack = await a.send_message(cid, "still fine")
         assert (await b.next_event("new_message"))["message"]["id"] == ack["message"]["id"]
+
+
+async def test_new_conversation_is_announced_to_members_live_connections(h: Harness) -> None:
+    ada, bob, carol = await h.account("ada"), await h.account("bob"), await h.account("carol")
+    async with h.ws(ada) as a, h.ws(bob) as b:
+        cid = await h.direct(ada, bob)
+        for ws in (a, b):
+            added = await ws.next_event("conversation_added")
+            assert added["conversation"]["id"] == cid
+            assert set(added["conversation"]["member_ids"]) == {ada.id, bob.id}
+            assert added["conversation"]["unread_count"] == 0
+        await h.direct(bob, ada)  # already exists: nothing new to announce
+        await a.assert_quiet()
+        group = await h.group(ada, carol, title="Later")
+        assert (await a.next_event("conversation_added"))["conversation"]["id"] == group
+        await b.assert_quiet()  # bob is not in it
+        await a.send_message(group, "before bob joined")
+        r = await h.http.post(f"/v1/conversations/{group}/members", json={"user_ids": [bob.id]}, headers=h.auth(ada))
+        assert r.status_code == 200
+        added = await b.next_event("conversation_added")
+        assert added["conversation"]["id"] == group and added["conversation"]["unread_count"] == 1
