@@ -16,6 +16,7 @@ from messageai.commands import Summary
 from messageai.config import Config
 from messageai.directory import Directory
 from messageai.errors import BadRequest, Forbidden, NotFound, Unauthorized, Unavailable
+from messageai.presence import Presence
 from messageai.protocol import (
     MAX_SEQ,
     Conversation,
@@ -28,7 +29,6 @@ from messageai.protocol import (
     encode,
     frame_from_object,
 )
-from messageai.presence import Presence
 from messageai.registry import Registry
 from messageai.store.directory import ConversationRecord
 
