@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
             return _user_list(config)
         if args.command == "config":
             print(
-                f"configuration OK: data in {config.data_dir}, "
+                f"configuration OK: data in {config.storage.data_dir}, "
                 f"listening on {config.server.host}:{config.server.port}"
             )
             return 0
@@ -134,7 +134,7 @@ async def _serve(config: Config) -> int:
             print(
                 f"MessageAI serving {server.url} "
                 f"(WebSocket {server.url.replace('http', 'ws', 1)}/v1/ws), "
-                f"data in {config.data_dir}",
+                f"data in {config.storage.data_dir}",
                 flush=True,
             )
             async for signum in signals:
