@@ -6,7 +6,9 @@ raises `ConfigError` naming the key, which the CLI turns into exit status 2.
 
 from __future__ import annotations
 
+import base64
 import math
+import re
 import tomllib
 from importlib import resources
 from pathlib import Path
@@ -51,6 +53,14 @@ def _positive(_inst: object, attr: attrs.Attribute[Any], value: float) -> None:
         raise ValueError(f"{attr.name} must be a positive finite number, not {value!r}")
 
 
+def _origins(_inst: object, attr: attrs.Attribute[Any], value: tuple[str, ...]) -> None:
+    for origin in value:
+        if origin != "*" and not re.fullmatch(r"https?://[^/?#\s]+", origin):
+            raise ValueError(
+                f'{origin!r} is not an origin like "https://chat.example.com" or "*"'
+            )
+
+
 @attrs.frozen(field_transformer=_name_errors)
 class ServerConfig:
     host: str = "127.0.0.1"
@@ -58,6 +68,10 @@ class ServerConfig:
     handshake_timeout_seconds: float = attrs.field(default=10.0, validator=_positive)
     shutdown_timeout_seconds: float = attrs.field(default=5.0, validator=_positive)
     max_request_body_bytes: int = attrs.field(default=65536, validator=_positive)
+    allowed_origins: tuple[str, ...] = attrs.field(default=(), validator=_origins)
+    idle_timeout_seconds: float = attrs.field(default=300.0, validator=_positive)
+    ping_interval_seconds: float = attrs.field(default=30.0, validator=_positive)
+    ping_timeout_seconds: float = attrs.field(default=20.0, validator=_positive)
 
 
 @attrs.frozen(field_transformer=_name_errors)
@@ -86,11 +100,16 @@ class LimitsConfig:
     max_group_members: int = attrs.field(default=1000, validator=[v.ge(2), v.le(1_000_000)])
     outbound_queue_frames: int = attrs.field(default=2048, validator=[v.ge(1), v.le(1_000_000)])
     outbound_queue_bytes: int = attrs.field(default=8 << 20, validator=_positive)
+    messages_per_second: float = attrs.field(default=20.0, validator=_positive)
+    message_burst: int = attrs.field(default=200, validator=[v.ge(1), v.le(1_000_000)])
+    max_connections_per_user: int = attrs.field(default=20, validator=[v.ge(1), v.le(100_000)])
 
 
 @attrs.frozen(field_transformer=_name_errors)
 class AuthConfig:
-    mode: Literal["local"] = attrs.field(default="local", validator=v.in_(("local",)))
+    mode: Literal["local", "clerk"] = attrs.field(
+        default="local", validator=v.in_(("local", "clerk"))
+    )
     allow_registration: bool = True
     token_ttl_seconds: int = attrs.field(default=30 * 86400, validator=_positive)
     scrypt_n: int = attrs.field(default=16384)
@@ -99,6 +118,64 @@ class AuthConfig:
     def _check_n(self, attr: attrs.Attribute[int], value: int) -> None:
         if value < 2 or value & (value - 1) or value > 1 << 20:
             raise ValueError(f"scrypt_n must be a power of two from 2 to 1048576, not {value}")
+
+
+def _pem_public_key(_inst: object, attr: attrs.Attribute[Any], value: str) -> None:
+    if not value:
+        return
+    # Imported here: only Clerk mode needs `cryptography` at start-up.
+    from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+    try:
+        key = load_pem_public_key(value.strip().encode())
+    except ValueError:
+        raise ValueError("not a PEM public key (-----BEGIN PUBLIC KEY----- ...)") from None
+    if not isinstance(key, RSAPublicKey) or key.key_size < 2048:
+        raise ValueError("must be an RSA public key of at least 2048 bits (Clerk signs with RS256)")
+
+
+def _jwks_url(_inst: object, attr: attrs.Attribute[Any], value: str) -> None:
+    if not value:
+        return
+    # Plain http is only for a JWKS served on this machine (tests, a local proxy).
+    if not re.fullmatch(r"https://[^/?#\s]+(/\S*)?", value) and not re.fullmatch(
+        r"http://(localhost|127\.0\.0\.1|\[::1\])(:\d+)?(/\S*)?", value
+    ):
+        raise ValueError(f"{value!r} is not an https:// URL (http:// only for localhost)")
+
+
+def _webhook_secret(_inst: object, attr: attrs.Attribute[Any], value: str) -> None:
+    if not value:
+        return
+    try:
+        key = base64.b64decode(value.removeprefix("whsec_"), validate=True)
+    except ValueError:
+        key = b""
+    if not value.startswith("whsec_") or len(key) < 16:
+        raise ValueError("must be the whsec_... signing secret that Clerk shows for the endpoint")
+
+
+@attrs.frozen(field_transformer=_name_errors)
+class ClerkConfig:
+    issuer: str = ""
+    jwt_public_key: str = attrs.field(default="", validator=_pem_public_key)
+    jwks_url: str = attrs.field(default="", validator=_jwks_url)
+    authorized_parties: tuple[str, ...] = ()
+    leeway_seconds: float = attrs.field(default=5.0, validator=[v.ge(0), v.le(300)])
+    jwks_timeout_seconds: float = attrs.field(default=5.0, validator=_positive)
+    jwks_refresh_seconds: float = attrs.field(default=60.0, validator=_positive)
+    jwks_max_age_seconds: float = attrs.field(default=3600.0, validator=_positive)
+    webhook_secret: str = attrs.field(default="", validator=_webhook_secret)
+
+    def check_usable(self) -> None:
+        """Raise ValueError naming the key when Clerk mode cannot verify tokens."""
+        if not self.issuer:
+            raise ValueError('clerk.issuer must be set when auth.mode = "clerk"')
+        if bool(self.jwt_public_key) == bool(self.jwks_url):
+            raise ValueError(
+                'auth.mode = "clerk" needs exactly one of clerk.jwt_public_key and clerk.jwks_url'
+            )
 
 
 @attrs.frozen(field_transformer=_name_errors)
@@ -115,9 +192,12 @@ class Config:
     conversations: ConversationsConfig = ConversationsConfig()
     limits: LimitsConfig = LimitsConfig()
     auth: AuthConfig = AuthConfig()
+    clerk: ClerkConfig = ClerkConfig()
     logging: LoggingConfig = LoggingConfig()
 
     def __attrs_post_init__(self) -> None:
+        if self.auth.mode == "clerk":
+            self.clerk.check_usable()
         # One group commit fans out up to max_batch frames at once to a subscriber;
         # a queue smaller than that would drop healthy readers.
         if self.limits.outbound_queue_frames < self.conversations.max_batch:
@@ -146,6 +226,15 @@ def _strict(expected: type) -> Any:
 _converter = cattrs.Converter(forbid_extra_keys=True)
 for _t in (str, int, float, bool):
     _converter.register_structure_hook(_t, _strict(_t))
+
+
+def _strings_hook(value: Any, _type: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise TypeError(f"expected a list of strings, got {value!r}")
+    return tuple(value)
+
+
+_converter.register_structure_hook_func(lambda t: t == tuple[str, ...], _strings_hook)
 
 
 def _literal_hook(value: Any, type_: Any) -> Any:

@@ -57,7 +57,22 @@ def _v1(conn: apsw.Connection) -> None:
     )
 
 
-MIGRATIONS: list[Migration] = [_v1]
+def _clerk_identities(conn: apsw.Connection) -> None:
+    # Clerk mode: a deleted user stays as a tombstone so that their still-valid
+    # session tokens cannot re-create them; each Svix message id is applied once.
+    conn.execute(
+        """
+        ALTER TABLE users ADD COLUMN deleted_at INTEGER;
+        CREATE TABLE webhook_messages(
+            id TEXT PRIMARY KEY,
+            received_at INTEGER NOT NULL
+        ) WITHOUT ROWID;
+        CREATE INDEX webhook_messages_received ON webhook_messages(received_at);
+        """
+    )
+
+
+MIGRATIONS: list[Migration] = [_v1, _clerk_identities]
 
 
 @attrs.frozen
