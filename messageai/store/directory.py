@@ -72,7 +72,47 @@ def _clerk_identities(conn: apsw.Connection) -> None:
     )
 
 
-MIGRATIONS: list[Migration] = [_v1, _clerk_identities]
+def _media_and_push(conn: apsw.Connection) -> None:
+    # Media records (bytes live in files named by sha256), which conversations
+    # reference each upload (access is on the reference, never the hash), Expo
+    # device tokens, and push tickets awaiting their receipts.
+    conn.execute(
+        """
+        CREATE TABLE media(
+            id TEXT PRIMARY KEY,
+            owner_id TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+            sha256 TEXT NOT NULL,
+            content_type TEXT NOT NULL,
+            size INTEGER NOT NULL,
+            created_at INTEGER NOT NULL
+        ) WITHOUT ROWID;
+        CREATE INDEX media_owner ON media(owner_id);
+        CREATE INDEX media_sha256 ON media(sha256);
+        CREATE INDEX media_created ON media(created_at);
+        CREATE TABLE media_refs(
+            media_id TEXT NOT NULL REFERENCES media(id) ON DELETE CASCADE,
+            conversation_id TEXT NOT NULL REFERENCES conversations(id) ON DELETE CASCADE,
+            PRIMARY KEY (media_id, conversation_id)
+        ) WITHOUT ROWID;
+        CREATE INDEX media_refs_conversation ON media_refs(conversation_id);
+        CREATE TABLE push_tokens(
+            token TEXT PRIMARY KEY,
+            user_id TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+            platform TEXT,
+            created_at INTEGER NOT NULL
+        ) WITHOUT ROWID;
+        CREATE INDEX push_tokens_user ON push_tokens(user_id);
+        CREATE TABLE push_tickets(
+            id TEXT PRIMARY KEY,
+            token TEXT NOT NULL,
+            created_at INTEGER NOT NULL
+        ) WITHOUT ROWID;
+        CREATE INDEX push_tickets_created ON push_tickets(created_at);
+        """
+    )
+
+
+MIGRATIONS: list[Migration] = [_v1, _clerk_identities, _media_and_push]
 
 
 @attrs.frozen

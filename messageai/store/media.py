@@ -1,0 +1,95 @@
+"""SQL for media records and their references, in the directory database.
+
+Called only by `messageai.media.Media` through the directory's connections. The
+tables are created by the directory's migrations (`store/directory.py`).
+"""
+
+from __future__ import annotations
+
+import apsw
+import attrs
+
+
+@attrs.frozen
+class MediaRecord:
+    id: str
+    owner_id: str
+    sha256: str
+    content_type: str
+    size: int
+    created_at: int
+
+
+_COLUMNS = "id, owner_id, sha256, content_type, size, created_at"
+
+
+def insert(conn: apsw.Connection, record: MediaRecord) -> None:
+    conn.execute(
+        f"INSERT INTO media({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
+        (
+            record.id,
+            record.owner_id,
+            record.sha256,
+            record.content_type,
+            record.size,
+            record.created_at,
+        ),
+    )
+
+
+def get(conn: apsw.Connection, media_id: str) -> MediaRecord | None:
+    row = conn.execute(f"SELECT {_COLUMNS} FROM media WHERE id = ?", (media_id,)).fetchone()
+    return MediaRecord(*row) if row is not None else None  # type: ignore[arg-type]
+
+
+def used_bytes(conn: apsw.Connection, owner_id: str) -> int:
+    """Bytes counted against the owner's quota: every upload, even of bytes stored before."""
+    value = conn.execute("SELECT total(size) FROM media WHERE owner_id = ?", (owner_id,)).get
+    return int(value)  # type: ignore[arg-type]
+
+
+def readable(conn: apsw.Connection, media_id: str, user_id: str) -> MediaRecord | None:
+    """The record if `user_id` uploaded it or is a member of a conversation referencing it."""
+    record = get(conn, media_id)
+    if record is None or record.owner_id == user_id:
+        return record
+    shared = conn.execute(
+        "SELECT 1 FROM media_refs r JOIN memberships m"
+        " ON m.conversation_id = r.conversation_id AND m.user_id = ?"
+        " WHERE r.media_id = ? LIMIT 1",
+        (user_id, media_id),
+    ).fetchone()
+    return record if shared is not None else None
+
+
+def add_refs(conn: apsw.Connection, conversation_id: str, media_ids: list[str]) -> None:
+    """Record that a message of the conversation references each id; idempotent.
+    An id whose record is gone (deleted as unreferenced) is skipped."""
+    conn.executemany(
+        "INSERT OR IGNORE INTO media_refs(media_id, conversation_id)"
+        " SELECT id, ? FROM media WHERE id = ?",
+        [(conversation_id, media_id) for media_id in media_ids],
+    )
+
+
+def unreferenced_before(
+    conn: apsw.Connection, created_before: int, limit: int
+) -> list[MediaRecord]:
+    rows = conn.execute(
+        f"SELECT {_COLUMNS} FROM media WHERE created_at < ? AND NOT EXISTS"
+        " (SELECT 1 FROM media_refs r WHERE r.media_id = media.id)"
+        " ORDER BY created_at LIMIT ?",
+        (created_before, limit),
+    ).fetchall()
+    return [MediaRecord(*row) for row in rows]  # type: ignore[arg-type]
+
+
+def delete(conn: apsw.Connection, media_id: str) -> None:
+    conn.execute("DELETE FROM media WHERE id = ?", (media_id,))
+
+
+def sha256_in_use(conn: apsw.Connection, sha256: str) -> bool:
+    return (
+        conn.execute("SELECT 1 FROM media WHERE sha256 = ? LIMIT 1", (sha256,)).fetchone()
+        is not None
+    )
