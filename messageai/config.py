@@ -178,6 +178,63 @@ class ClerkConfig:
             )
 
 
+DEFAULT_MEDIA_TYPES = (
+    "image/png",
+    "image/jpeg",
+    "image/gif",
+    "image/webp",
+    "image/heic",
+    "application/pdf",
+    "audio/mpeg",
+    "audio/mp4",
+    "audio/ogg",
+    "audio/wav",
+    "audio/webm",
+    "video/mp4",
+    "video/quicktime",
+    "video/webm",
+    "text/plain",
+)
+
+
+def _media_types(_inst: object, attr: attrs.Attribute[Any], value: tuple[str, ...]) -> None:
+    for item in value:
+        if not re.fullmatch(r"[a-z0-9][a-z0-9.+-]*/[a-z0-9][a-z0-9.+-]*", item):
+            raise ValueError(f'{item!r} is not a lower-case media type like "image/png"')
+
+
+@attrs.frozen(field_transformer=_name_errors)
+class MediaConfig:
+    allowed_types: tuple[str, ...] = attrs.field(
+        default=DEFAULT_MEDIA_TYPES, validator=_media_types
+    )
+    quota_bytes: int = attrs.field(default=1 << 30, validator=_positive)
+    unreferenced_ttl_seconds: float = attrs.field(default=86400.0, validator=_positive)
+    cleanup_interval_seconds: float = attrs.field(default=3600.0, validator=_positive)
+
+
+def _push_endpoint(_inst: object, attr: attrs.Attribute[Any], value: str) -> None:
+    if value and not re.fullmatch(r"https?://[^/?#\s]+/\S*[^/\s]", value):
+        raise ValueError(
+            f"{value!r} is not the URL of a send endpoint like "
+            '"https://exp.host/--/api/v2/push/send" (or "" for no push)'
+        )
+
+
+@attrs.frozen(field_transformer=_name_errors)
+class PushConfig:
+    endpoint: str = attrs.field(default="", validator=_push_endpoint)
+    access_token: str = ""
+    include_content: bool = True
+    queue_size: int = attrs.field(default=10_000, validator=[v.ge(1), v.le(10_000_000)])
+    max_concurrent_requests: int = attrs.field(default=4, validator=[v.ge(1), v.le(64)])
+    request_timeout_seconds: float = attrs.field(default=30.0, validator=_positive)
+    max_retries: int = attrs.field(default=5, validator=[v.ge(0), v.le(100)])
+    retry_base_seconds: float = attrs.field(default=1.0, validator=_positive)
+    retry_max_seconds: float = attrs.field(default=60.0, validator=_positive)
+    receipt_delay_seconds: float = attrs.field(default=900.0, validator=_positive)
+
+
 @attrs.frozen(field_transformer=_name_errors)
 class LoggingConfig:
     level: Literal["debug", "info", "warning", "error"] = attrs.field(
@@ -193,6 +250,8 @@ class Config:
     limits: LimitsConfig = LimitsConfig()
     auth: AuthConfig = AuthConfig()
     clerk: ClerkConfig = ClerkConfig()
+    media: MediaConfig = MediaConfig()
+    push: PushConfig = PushConfig()
     logging: LoggingConfig = LoggingConfig()
 
     def __attrs_post_init__(self) -> None:
