@@ -56,9 +56,7 @@ def _positive(_inst: object, attr: attrs.Attribute[Any], value: float) -> None:
 def _origins(_inst: object, attr: attrs.Attribute[Any], value: tuple[str, ...]) -> None:
     for origin in value:
         if origin != "*" and not re.fullmatch(r"https?://[^/?#\s]+", origin):
-            raise ValueError(
-                f'{origin!r} is not an origin like "https://chat.example.com" or "*"'
-            )
+            raise ValueError(f'{origin!r} is not an origin like "https://chat.example.com" or "*"')
 
 
 @attrs.frozen(field_transformer=_name_errors)
@@ -100,8 +98,8 @@ class LimitsConfig:
     max_group_members: int = attrs.field(default=1000, validator=[v.ge(2), v.le(1_000_000)])
     outbound_queue_frames: int = attrs.field(default=2048, validator=[v.ge(1), v.le(1_000_000)])
     outbound_queue_bytes: int = attrs.field(default=8 << 20, validator=_positive)
-    messages_per_second: float = attrs.field(default=20.0, validator=_positive)
-    message_burst: int = attrs.field(default=200, validator=[v.ge(1), v.le(1_000_000)])
+    messages_per_second: float = attrs.field(default=100.0, validator=_positive)
+    message_burst: int = attrs.field(default=5000, validator=[v.ge(1), v.le(1_000_000)])
     max_connections_per_user: int = attrs.field(default=20, validator=[v.ge(1), v.le(100_000)])
 
 

@@ -63,6 +63,16 @@ class Directory:
         async with self._write_lock:
             return await trio.to_thread.run_sync(run)
 
+    def read(self, fn: Callable[..., T], *args: object) -> T:
+        """Run `fn(conn, *args)` inline on the read connection: short indexed reads only.
+        For the media and push services, whose SQL lives in their own store modules."""
+        return fn(self._reader, *args)
+
+    async def write(self, fn: Callable[..., T], *args: object) -> T:
+        """Run `fn(conn, *args)` in one write transaction in a worker thread, one write
+        at a time (the same path as every directory write)."""
+        return await self._write(fn, *args)
+
     # ------------------------------------------------------------ accounts
 
     async def register(

@@ -71,6 +71,7 @@ class Internal(MessageAIError):
 
 
 # WebSocket close codes (RFC 6455 and PROTOCOL.md "Flow control").
+CLOSE_NORMAL = 1000
 CLOSE_GOING_AWAY = 1001
 CLOSE_UNSUPPORTED_DATA = 1003
 CLOSE_POLICY = 1008

@@ -22,6 +22,7 @@ from messageai.asgi import App, Router
 from messageai.config import Config
 from messageai.directory import Directory
 from messageai.frontdoor import FrontDoor, ReplayStream
+from messageai.guard import Guard
 from messageai.presence import Presence
 from messageai.protocol import User
 from messageai.registry import Registry
@@ -42,6 +43,7 @@ class Server:
         self._sessions: set[Session] = set()
         self.directory: Directory | None = None
         self.registry: Registry | None = None
+        self.guard = Guard(config)
 
     def shutdown(self) -> None:
         """Begin a graceful shutdown; `run` returns once it is done."""
@@ -106,6 +108,7 @@ class Server:
         self, stream: ReplayStream, directory: Directory, registry: Registry, presence: Presence
     ) -> None:
         config = self.config
+        counted: str | None = None  # the user the guard counts this connection for
         async with trio.open_nursery() as nursery:
             try:
                 request = await trio_websocket.wrap_server_stream(
@@ -114,15 +117,21 @@ class Server:
                     message_queue_size=WS_INBOUND_QUEUE,
                     max_message_size=config.limits.max_frame_bytes,
                 )
+                # Origin first: a page on a foreign site learns nothing, not even 401.
+                if not self.guard.origin_allowed(request.headers):
+                    await _reject(request, 403, "forbidden", "this Origin is not allowed")
+                    return
                 user = _authenticate(request, directory)
                 if user is None:
-                    body = orjson.dumps(
-                        {"error": {"code": "unauthorized", "message": "a valid token is required"}}
-                    )
-                    await request.reject(
-                        401, extra_headers=[(b"content-type", b"application/json")], body=body
+                    await _reject(request, 401, "unauthorized", "a valid token is required")
+                    return
+                if not self.guard.connect(user.id):
+                    limit = config.limits.max_connections_per_user
+                    await _reject(
+                        request, 429, "rate_limited", f"at most {limit} connections per user"
                     )
                     return
+                counted = user.id
                 ws = await request.accept()
             except (
                 trio_websocket.ConnectionClosed,
@@ -132,16 +141,26 @@ class Server:
                 return
             finally:
                 if "ws" not in locals():
+                    if counted is not None:
+                        self.guard.disconnect(counted)
                     nursery.cancel_scope.cancel()
                     await trio.aclose_forcefully(stream)
-            session = Session(ws, stream, user.id, config, registry, presence)
+            session = Session(ws, stream, user.id, config, registry, presence, self.guard)
             self._sessions.add(session)
             try:
                 await session.run()
             finally:
+                self.guard.disconnect(user.id)
                 self._sessions.discard(session)
                 nursery.cancel_scope.cancel()
                 await trio.aclose_forcefully(stream)
+
+
+async def _reject(
+    request: trio_websocket.WebSocketRequest, status: int, code: str, message: str
+) -> None:
+    body = orjson.dumps({"error": {"code": code, "message": message}})
+    await request.reject(status, extra_headers=[(b"content-type", b"application/json")], body=body)
 
 
 def _authenticate(request: trio_websocket.WebSocketRequest, directory: Directory) -> User | None:

@@ -22,13 +22,24 @@ from messageai.commands import Command
 from messageai.config import Config
 from messageai.errors import (
     CLOSE_GOING_AWAY,
+    CLOSE_NORMAL,
     CLOSE_TOO_BIG,
     CLOSE_TRY_AGAIN_LATER,
     CLOSE_UNSUPPORTED_DATA,
     MessageAIError,
 )
+from messageai.guard import Guard, rate_limited_frame
 from messageai.presence import Presence
-from messageai.protocol import Error, Ping, Pong, ServerFrame, Subscribe, encode, parse_client_frame
+from messageai.protocol import (
+    Error,
+    Ping,
+    Pong,
+    SendMessage,
+    ServerFrame,
+    Subscribe,
+    encode,
+    parse_client_frame,
+)
 from messageai.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -46,8 +57,12 @@ class Session:
         config: Config,
         registry: Registry,
         presence: Presence,
+        guard: Guard,
     ) -> None:
         self.user_id = user_id
+        self._guard = guard
+        # Client frames read so far; the keepalive task compares it to spot idleness.
+        self._frames_in = 0
         self._ws = ws
         self._stream = stream
         self._config = config
@@ -118,6 +133,7 @@ class Session:
                 writer_done = trio.Event()
                 nursery.start_soon(self._writer, writer_done)
                 nursery.start_soon(self._closer, writer_done, nursery.cancel_scope)
+                nursery.start_soon(self._keepalive)
                 await self._reader()
                 self.close(1000, "")
         finally:
@@ -135,6 +151,35 @@ class Session:
             await trio.aclose_forcefully(self._stream)
         scope.cancel()
 
+    async def _keepalive(self) -> None:
+        # Pings the peer every ping interval; no pong within the ping timeout means the
+        # peer is gone (or not reading at all), and the connection is closed. A
+        # connection with no subscription that sends no frame for the idle timeout is
+        # closed too. Runs in the session's nursery; the closer's cancel ends it.
+        server = self._config.server
+        idle, interval = server.idle_timeout_seconds, server.ping_interval_seconds
+        frames = self._frames_in
+        quiet_since = trio.current_time()
+        next_ping = quiet_since + interval
+        while self._close_code is None:
+            await trio.sleep_until(min(next_ping, quiet_since + idle))
+            now = trio.current_time()
+            if self._frames_in != frames or self.subscriptions:
+                frames, quiet_since = self._frames_in, now
+            elif now >= quiet_since + idle:
+                self.close(CLOSE_NORMAL, "idle timeout")
+                return
+            if now >= next_ping:
+                with trio.move_on_after(server.ping_timeout_seconds) as waited:
+                    try:
+                        await self._ws.ping()
+                    except trio_websocket.ConnectionClosed:
+                        return
+                if waited.cancelled_caught:
+                    self.close(CLOSE_GOING_AWAY, "ping timeout")
+                    return
+                next_ping = trio.current_time() + interval
+
     async def _reader(self) -> None:
         max_bytes = self._config.limits.max_frame_bytes
         while self._close_code is None:
@@ -149,6 +194,7 @@ class Session:
             if len(data) * 4 > max_bytes and len(data.encode()) > max_bytes:
                 self.close(CLOSE_TOO_BIG, f"frame larger than {max_bytes} bytes")
                 return
+            self._frames_in += 1
             await self._handle(data)
 
     async def _handle(self, text: str) -> None:
@@ -160,6 +206,11 @@ class Session:
         if isinstance(frame, Ping):
             self.push_frame(Pong(req=req))
             return
+        if isinstance(frame, SendMessage):
+            wait = self._guard.take(self.user_id)
+            if wait:
+                self.push(rate_limited_frame(req, wait))
+                return
         conversation_id = frame.conversation_id
         command = Command(op=frame, user_id=self.user_id, req=req, peer=self)
         try:
