@@ -181,8 +181,11 @@ class ConversationActor:
             log.exception(
                 "conversation %s: batch of %d failed; restarting actor state", self.id, len(batch)
             )
+            # Only what was not answered yet: a batch that failed after its commit
+            # has acked some commands already, and each command gets one answer.
             for command in batch:
-                _reply_error(command, Unavailable("the message was not stored; please retry"))
+                if not command.answered:
+                    _reply_error(command, Unavailable("not done; please retry"))
             self.busy = False
             if self._conn is not None:
                 self._conn.close()
@@ -387,6 +390,7 @@ class ConversationActor:
 
 
 def _reply(command: Command, frame: Any, value: Any) -> None:
+    command.answered = True
     if command.waiter is not None:
         command.waiter.set(value)
     elif command.peer is not None and frame is not None:
@@ -394,6 +398,7 @@ def _reply(command: Command, frame: Any, value: Any) -> None:
 
 
 def _reply_error(command: Command, error: MessageAIError) -> None:
+    command.answered = True
     if command.waiter is not None:
         command.waiter.fail(error)
     elif command.peer is not None:

@@ -37,6 +37,9 @@ class Request:
         self.query = {k: v[-1] for k, v in query.items()}
         self.body = body
         self.user: Any = None
+        # For a streaming route (`Router.add(..., stream=True)`): the ASGI `receive`,
+        # from which the handler reads the body itself; `body` is then empty.
+        self.receive: Receive | None = None
 
     def bearer_token(self) -> str | None:
         scheme, _, token = self.headers.get("authorization", "").partition(" ")
@@ -64,14 +67,30 @@ class Response:
         self.headers = headers or []
 
 
+class StreamingResponse(Response):
+    """Raw bytes from `chunks`, with the handler's own headers (content type and length
+    included); sent chunk by chunk, so a large file never sits in memory."""
+
+    def __init__(
+        self, status: int, chunks: AsyncIterator[bytes], headers: list[tuple[bytes, bytes]]
+    ) -> None:
+        super().__init__(status, None, headers)
+        self.chunks = chunks
+
+
 Handler = Callable[[Request], Awaitable[Response]]
 
 
 class Router:
     def __init__(self) -> None:
         self._routes: list[tuple[re.Pattern[str], dict[str, Handler]]] = []
+        self._streaming: list[Handler] = []
 
-    def add(self, method: str, pattern: str, handler: Handler) -> None:
+    def add(self, method: str, pattern: str, handler: Handler, *, stream: bool = False) -> None:
+        """Route `method pattern` to `handler`. With `stream`, the body is not read into
+        memory first: the handler reads it from `request.receive` (uploads)."""
+        if stream:
+            self._streaming.append(handler)
         regex = re.compile("^" + re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", pattern) + "$")
         for existing, methods in self._routes:
             if existing.pattern == regex.pattern:
@@ -88,6 +107,9 @@ class Router:
                     raise MethodNotAllowed(sorted(methods))
                 return handler, found.groupdict()
         raise NotFound(f"no route for {path}")
+
+    def streams(self, handler: Handler) -> bool:
+        return handler in self._streaming
 
 
 class MethodNotAllowed(MessageAIError):
@@ -114,8 +136,12 @@ class App:
             return
         try:
             handler, params = self._router.match(scope["method"], scope["path"])
-            body = await self._read_body(scope, receive)
-            response = await handler(Request(scope, body, params))
+            if self._router.streams(handler):
+                request = Request(scope, b"", params)
+                request.receive = receive
+            else:
+                request = Request(scope, await self._read_body(scope, receive), params)
+            response = await handler(request)
         except MessageAIError as exc:
             headers = []
             if isinstance(exc, MethodNotAllowed):
@@ -151,6 +177,9 @@ def _error_body(exc: MessageAIError) -> dict[str, Any]:
 
 
 async def _send(send: Send, response: Response) -> None:
+    if isinstance(response, StreamingResponse):
+        await _send_stream(send, response)
+        return
     headers = list(response.headers)
     body = b""
     if response.body is not None:

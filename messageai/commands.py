@@ -80,3 +80,5 @@ class Command:
     req: Req = None
     peer: Peer | None = None
     waiter: Waiter | None = None
+    # Set once the command got its one answer (a frame, a waiter value, an error).
+    answered: bool = False

@@ -107,7 +107,15 @@ class FrontDoor:
         self._state: dict[str, Any] = {}
 
     async def handle(self, stream: trio.SocketStream) -> None:
-        """Serve one accepted connection to its end."""
+        """Serve one accepted connection to its end. A bug met while serving it is
+        logged and ends that connection only, never the server."""
+        try:
+            await self._serve(stream)
+        except Exception:
+            log.exception("connection failed")
+            await trio.aclose_forcefully(stream)
+
+    async def _serve(self, stream: trio.SocketStream) -> None:
         head = None
         with trio.move_on_after(self._handshake_timeout):
             head = await read_head(stream)
