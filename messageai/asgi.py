@@ -121,11 +121,22 @@ class MethodNotAllowed(MessageAIError):
 
 
 class App:
-    """ASGI callable. `max_body_bytes` bounds what a request body may hold in memory."""
+    """ASGI callable. `max_body_bytes` bounds what a request body may hold in memory.
 
-    def __init__(self, router: Router, max_body_bytes: int) -> None:
+    `authenticate` (an `identity.Authenticator`'s method) resolves a bearer token
+    once per request into `request.user` (None when the token is not good)
+    before the handler runs; handlers that need a user refuse None.
+    """
+
+    def __init__(
+        self,
+        router: Router,
+        max_body_bytes: int,
+        authenticate: Callable[[str], Awaitable[Any]] | None = None,
+    ) -> None:
         self._router = router
         self._max_body = max_body_bytes
+        self._authenticate = authenticate
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -141,6 +152,9 @@ class App:
                 request.receive = receive
             else:
                 request = Request(scope, await self._read_body(scope, receive), params)
+            token = request.bearer_token()
+            if token is not None and self._authenticate is not None:
+                request.user = await self._authenticate(token)
             response = await handler(request)
         except MessageAIError as exc:
             headers = []

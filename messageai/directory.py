@@ -19,7 +19,9 @@ from messageai import auth
 from messageai.config import Config
 from messageai.errors import BadRequest, Conflict, Forbidden, NotFound, Unauthorized
 from messageai.protocol import User
+from messageai.store import clerk as clerk_sql
 from messageai.store import directory as sql
+from messageai.store.clerk import ClerkProfile
 from messageai.store.db import migrate, open_db, transaction
 from messageai.store.directory import ConversationRecord
 
@@ -28,6 +30,10 @@ T = TypeVar("T")
 
 DIRECTORY_FILE = "directory.sqlite3"
 USER_SEARCH_LIMIT = 20
+# Svix retries one message for about a day and a half; its id is remembered for
+# longer than that, and the table is capped so a flood cannot grow it without end.
+WEBHOOK_IDS_KEEP_MS = 3 * 86400 * 1000
+WEBHOOK_IDS_MAX = 100_000
 
 
 def open_directory_db(data_dir: Path, synchronous: str) -> apsw.Connection:
@@ -78,6 +84,7 @@ class Directory:
     async def register(
         self, username: object, password: object, display_name: object
     ) -> tuple[User, str]:
+        self._check_local_accounts()
         if not self._config.auth.allow_registration:
             raise Forbidden("registration is closed on this server")
         name = auth.check_username(username)
@@ -110,6 +117,7 @@ class Directory:
         sql.insert_token(conn, auth.token_hash(token), user_id, now, now + ttl_ms)
 
     async def login(self, username: object, password: object) -> tuple[User, str]:
+        self._check_local_accounts()
         failure = Unauthorized("wrong username or password")
         if not isinstance(username, str) or not isinstance(password, str):
             raise BadRequest("username and password must be strings")
@@ -131,6 +139,10 @@ class Directory:
     async def logout(self, token: str) -> None:
         await self._write(sql.delete_token, auth.token_hash(token))
 
+    def _check_local_accounts(self) -> None:
+        if self._config.auth.mode != "local":
+            raise Forbidden("local accounts are off on this server: sign in with Clerk")
+
     def user_for_token(self, token: str) -> User | None:
         """The token's user, or None when it is unknown, revoked or expired. Inline read."""
         return sql.user_by_token(self._reader, auth.token_hash(token), auth.now_ms())
@@ -140,6 +152,37 @@ class Directory:
 
     def search_users(self, prefix: str) -> list[User]:
         return sql.search_users(self._reader, prefix, USER_SEARCH_LIMIT)
+
+    # ------------------------------------------------------------ Clerk identities
+
+    def clerk_user(self, user_id: str) -> tuple[User, bool] | None:
+        """(user, deleted) for a Clerk user id, or None when unknown. Inline read."""
+        return clerk_sql.user_state(self._reader, user_id)
+
+    async def adopt_clerk_user(self, profile: ClerkProfile) -> tuple[User, bool]:
+        """Create the user on their first valid token; (user, deleted) as stored."""
+        return await self._write(clerk_sql.insert_if_absent, profile)
+
+    async def apply_clerk_event(
+        self, message_id: str, profile: ClerkProfile | None, deleted_id: str | None
+    ) -> bool:
+        """Apply one verified webhook message (an upsert of `profile`, or the deletion
+        of `deleted_id`) and record its id in the same transaction; False when the id
+        was seen before, and then nothing changes."""
+        now = auth.now_ms()
+
+        def apply(conn: apsw.Connection) -> bool:
+            if not clerk_sql.claim_webhook_message(
+                conn, message_id, now, WEBHOOK_IDS_KEEP_MS, WEBHOOK_IDS_MAX
+            ):
+                return False
+            if profile is not None:
+                clerk_sql.upsert(conn, profile)
+            if deleted_id is not None:
+                clerk_sql.mark_deleted(conn, deleted_id, now)
+            return True
+
+        return await self._write(apply)
 
     # ------------------------------------------------------------ conversations
 

@@ -69,9 +69,9 @@ class Rest:
     # ------------------------------------------------------------ helpers
 
     def _user(self, request: Request) -> User:
-        token = request.bearer_token()
-        user = self._directory.user_for_token(token) if token else None
-        if user is None:
+        # The ASGI app resolved the bearer token with the identity.Authenticator.
+        user = request.user
+        if not isinstance(user, User):
             raise Unauthorized("a valid bearer token is required")
         return user
 

@@ -21,13 +21,16 @@ import trio_websocket
 from messageai.asgi import App, Router
 from messageai.config import Config
 from messageai.directory import Directory
+from messageai.errors import CLOSE_POLICY, MessageAIError
 from messageai.frontdoor import FrontDoor, ReplayStream
 from messageai.guard import Guard
+from messageai.identity import Authenticator, make_authenticator
 from messageai.presence import Presence
 from messageai.protocol import User
 from messageai.registry import Registry
 from messageai.rest import Rest
 from messageai.session import Session
+from messageai.webhooks import ClerkWebhooks
 
 log = logging.getLogger(__name__)
 
@@ -43,11 +46,20 @@ class Server:
         self._sessions: set[Session] = set()
         self.directory: Directory | None = None
         self.registry: Registry | None = None
+        self.authenticator: Authenticator | None = None
         self.guard = Guard(config)
 
     def shutdown(self) -> None:
         """Begin a graceful shutdown; `run` returns once it is done."""
         self._stop.set()
+
+    def close_user_sessions(self, user_id: str, reason: str = "account deleted") -> int:
+        """Close every open WebSocket of `user_id` with 1008 (policy violation), without
+        waiting; returns how many. Called when Clerk reports the user deleted."""
+        closing = [session for session in self._sessions if session.user_id == user_id]
+        for session in closing:
+            session.close(CLOSE_POLICY, reason)
+        return len(closing)
 
     @property
     def url(self) -> str:
@@ -60,6 +72,8 @@ class Server:
         directory = Directory(config)
         self.directory = directory
         presence = Presence(directory)
+        authenticator = make_authenticator(config, directory)
+        self.authenticator = authenticator
         try:
             async with trio.open_nursery() as actor_nursery:
                 registry = Registry(config, directory, actor_nursery, presence.is_online)
@@ -67,8 +81,10 @@ class Server:
                 self.registry = registry
                 router = Router()
                 Rest(config, directory, registry, presence).routes(router)
+                if config.auth.mode == "clerk" and config.clerk.webhook_secret:
+                    ClerkWebhooks(config.clerk, directory, self.close_user_sessions).routes(router)
                 front = FrontDoor(
-                    App(router, config.server.max_request_body_bytes),
+                    App(router, config.server.max_request_body_bytes, authenticator.authenticate),
                     lambda stream: self._websocket(stream, directory, registry, presence),
                     handshake_timeout=config.server.handshake_timeout_seconds,
                     max_request_body_bytes=config.server.max_request_body_bytes,
@@ -108,6 +124,8 @@ class Server:
         self, stream: ReplayStream, directory: Directory, registry: Registry, presence: Presence
     ) -> None:
         config = self.config
+        authenticator = self.authenticator
+        assert authenticator is not None
         counted: str | None = None  # the user the guard counts this connection for
         async with trio.open_nursery() as nursery:
             try:
@@ -121,7 +139,11 @@ class Server:
                 if not self.guard.origin_allowed(request.headers):
                     await _reject(request, 403, "forbidden", "this Origin is not allowed")
                     return
-                user = _authenticate(request, directory)
+                try:
+                    user = await _authenticate(request, authenticator)
+                except MessageAIError as exc:
+                    await _reject(request, exc.status, exc.code, exc.message)
+                    return
                 if user is None:
                     await _reject(request, 401, "unauthorized", "a valid token is required")
                     return
@@ -149,6 +171,9 @@ class Server:
             self._sessions.add(session)
             try:
                 await session.run()
+            if not authenticator.is_active(user.id):
+                # Deleted while the handshake was finishing: close_user_sessions missed it.
+                session.close(CLOSE_POLICY, "account deleted")
             finally:
                 self.guard.disconnect(user.id)
                 self._sessions.discard(session)
@@ -163,7 +188,9 @@ async def _reject(
     await request.reject(status, extra_headers=[(b"content-type", b"application/json")], body=body)
 
 
-def _authenticate(request: trio_websocket.WebSocketRequest, directory: Directory) -> User | None:
+async def _authenticate(
+    request: trio_websocket.WebSocketRequest, authenticator: Authenticator
+) -> User | None:
     token = None
     for name, value in request.headers:
         if name.lower() == b"authorization":
@@ -176,4 +203,4 @@ def _authenticate(request: trio_websocket.WebSocketRequest, directory: Directory
         token = values[-1] if values else None
     if not token:
         return None
-    return directory.user_for_token(token)
+    return await authenticator.authenticate(token)

@@ -1,0 +1,51 @@
+"""Who a bearer token belongs to: the one seam that REST and the WebSocket handshake call.
+
+`make_authenticator` picks the implementation from `auth.mode` once, at start-up:
+local session tokens looked up in the directory, or Clerk session JWTs verified
+by `messageai.clerk`. Called by the ASGI app (every REST request) and by the
+server (every WebSocket handshake, and again right after a session is registered).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from messageai.config import Config
+from messageai.directory import Directory
+from messageai.protocol import User
+
+
+class Authenticator(Protocol):
+    async def authenticate(self, token: str) -> User | None:
+        """The token's user, or None when the token is not good.
+
+        May raise `Unavailable` when the token cannot be checked right now (Clerk's
+        JWKS unreachable); it is cancellable and waits at most the configured timeout.
+        """
+        ...
+
+    def is_active(self, user_id: str) -> bool:
+        """False once the user has been deleted. Inline read, no waiting."""
+        ...
+
+
+class LocalAuthenticator:
+    """Opaque session tokens issued by this server (`auth.mode = "local"`)."""
+
+    def __init__(self, directory: Directory) -> None:
+        self._directory = directory
+
+    async def authenticate(self, token: str) -> User | None:
+        return self._directory.user_for_token(token)
+
+    def is_active(self, user_id: str) -> bool:
+        return True
+
+
+def make_authenticator(config: Config, directory: Directory) -> Authenticator:
+    if config.auth.mode == "clerk":
+        # Imported only in Clerk mode: a local server never loads the JWT stack.
+        from messageai.clerk import ClerkAuthenticator
+
+        return ClerkAuthenticator(config.clerk, directory)
+    return LocalAuthenticator(directory)

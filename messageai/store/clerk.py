@@ -1,0 +1,123 @@
+"""SQL for Clerk mode in the directory database: Clerk users, tombstones, webhook message ids.
+
+Called only by `messageai.directory.Directory`, inside its write transactions
+or on its read connection. The tables come from the `_clerk_identities` migration.
+"""
+
+from __future__ import annotations
+
+import apsw
+import attrs
+
+from messageai.protocol import User
+
+DELETED_DISPLAY_NAME = "Deleted user"
+
+
+@attrs.frozen
+class ClerkProfile:
+    """What MessageAI keeps of a Clerk user: the id is Clerk's own (`user_…`)."""
+
+    id: str
+    username: str | None
+    display_name: str
+    created_at: int
+
+
+_USER = "id, username, display_name, created_at"
+
+
+def user_state(conn: apsw.Connection, user_id: str) -> tuple[User, bool] | None:
+    """(user, deleted) for `user_id`, or None when there is no such row."""
+    row = conn.execute(f"SELECT {_USER}, deleted_at FROM users WHERE id = ?", (user_id,)).fetchone()
+    if row is None:
+        return None
+    return User(*row[:4]), row[4] is not None
+
+
+def _set_username(conn: apsw.Connection, user_id: str, wanted: str | None) -> None:
+    # Clerk's username when it is free here, else the (unique) Clerk id.
+    for name in (wanted, user_id):
+        if name is None:
+            continue
+        try:
+            conn.execute("UPDATE users SET username = ? WHERE id = ?", (name, user_id))
+        except apsw.ConstraintError:
+            continue
+        return
+
+
+def insert_if_absent(conn: apsw.Connection, profile: ClerkProfile) -> tuple[User, bool]:
+    """Create the user on first sight; return (user, deleted) as stored afterwards."""
+    found = user_state(conn, profile.id)
+    if found is not None:
+        return found
+    conn.execute(
+        "INSERT INTO users(id, username, display_name, password_hash, created_at)"
+        " VALUES (?, ?, ?, NULL, ?)",
+        (profile.id, profile.id, profile.display_name, profile.created_at),
+    )
+    _set_username(conn, profile.id, profile.username)
+    found = user_state(conn, profile.id)
+    assert found is not None
+    return found
+
+
+def upsert(conn: apsw.Connection, profile: ClerkProfile) -> bool:
+    """Create or update a user from `user.created` / `user.updated`.
+
+    A deleted user stays deleted (Clerk never reuses an id; an update that
+    arrives after the deletion is stale). False when nothing was applied.
+    """
+    found = user_state(conn, profile.id)
+    if found is not None and found[1]:
+        return False
+    if found is None:
+        insert_if_absent(conn, profile)
+        return True
+    conn.execute(
+        "UPDATE users SET display_name = ? WHERE id = ?", (profile.display_name, profile.id)
+    )
+    if found[0].username != profile.username:
+        _set_username(conn, profile.id, profile.username)
+    return True
+
+
+def mark_deleted(conn: apsw.Connection, user_id: str, now: int) -> None:
+    """Keep a tombstone (so the id can never sign in again) with the profile erased."""
+    if user_state(conn, user_id) is None:
+        conn.execute(
+            "INSERT INTO users(id, username, display_name, password_hash, created_at, deleted_at)"
+            " VALUES (?, ?, ?, NULL, ?, ?)",
+            (user_id, user_id, DELETED_DISPLAY_NAME, now, now),
+        )
+        return
+    conn.execute(
+        "UPDATE users SET display_name = ?, password_hash = NULL,"
+        " deleted_at = coalesce(deleted_at, ?) WHERE id = ?",
+        (DELETED_DISPLAY_NAME, now, user_id),
+    )
+    _set_username(conn, user_id, None)
+    conn.execute("DELETE FROM tokens WHERE user_id = ?", (user_id,))
+
+
+def claim_webhook_message(
+    conn: apsw.Connection, message_id: str, now: int, keep_ms: int, max_rows: int
+) -> bool:
+    """Record a webhook message id; False when it was already recorded.
+
+    Ids older than `keep_ms` are forgotten first, and the table never holds
+    more than `max_rows` (the oldest go), so it stays bounded under any load.
+    """
+    conn.execute("DELETE FROM webhook_messages WHERE received_at < ?", (now - keep_ms,))
+    conn.execute(
+        "INSERT OR IGNORE INTO webhook_messages(id, received_at) VALUES (?, ?)", (message_id, now)
+    )
+    if conn.changes() == 0:
+        return False
+    conn.execute(
+        "DELETE FROM webhook_messages WHERE id IN (SELECT id FROM webhook_messages"
+        " ORDER BY received_at DESC, id LIMIT -1 OFFSET ?)",
+        (max_rows,),
+    )
+    return True
