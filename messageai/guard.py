@@ -94,17 +94,16 @@ class Guard:
 
     # ------------------------------------------------------------ origin
 
-    def origin_allowed(self, headers: Iterable[tuple[bytes, bytes]]) -> bool:
-        """No Origin (not a browser), a listed one, or this server's own (the Host header)."""
-        origin = host = None
+    def origin_allowed(self, headers: Iterable[tuple[bytes, bytes]], host: str | None) -> bool:
+        """No Origin (not a browser), a listed one, or this server's own (`host`, the
+        request's Host header)."""
+        origin = None
         for name, value in headers:
-            lowered = name.lower()
-            if lowered == b"origin":
+            if name.lower() == b"origin":
                 origin = value.decode("latin-1").strip().lower()
-            elif lowered == b"host":
-                host = value.decode("latin-1").strip().lower()
         if origin is None or self._any_origin or origin in self._origins:
             return True
+        host = host.strip().lower() if host else None
         return host is not None and origin in (f"http://{host}", f"https://{host}")
 
 

@@ -136,7 +136,9 @@ class Server:
                     max_message_size=config.limits.max_frame_bytes,
                 )
                 # Origin first: a page on a foreign site learns nothing, not even 401.
-                if not self.guard.origin_allowed(request.headers):
+                # (wsproto keeps Host out of the headers trio-websocket shows.)
+                host = request._event.host
+                if not self.guard.origin_allowed(request.headers, host):
                     await _reject(request, 403, "forbidden", "this Origin is not allowed")
                     return
                 try:
@@ -169,11 +171,11 @@ class Server:
                     await trio.aclose_forcefully(stream)
             session = Session(ws, stream, user.id, config, registry, presence, self.guard)
             self._sessions.add(session)
-            try:
-                await session.run()
             if not authenticator.is_active(user.id):
                 # Deleted while the handshake was finishing: close_user_sessions missed it.
                 session.close(CLOSE_POLICY, "account deleted")
+            try:
+                await session.run()
             finally:
                 self.guard.disconnect(user.id)
                 self._sessions.discard(session)
