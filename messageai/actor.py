@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import apsw
 import trio
@@ -54,6 +54,9 @@ from messageai.protocol import (
 from messageai.store import conversation as sql
 from messageai.store.db import migrate, open_db, transaction
 
+if TYPE_CHECKING:
+    from messageai.media import Media
+
 log = logging.getLogger(__name__)
 
 WRITES = (SendMessage, MarkRead)
@@ -84,8 +87,14 @@ class ConversationActor:
         limiter: trio.CapacityLimiter,
         on_db_open: Callable[[ConversationActor], None],
         on_retire: Callable[[ConversationActor], None],
+        media: Media | None = None,
+        notify: Callable[[Message], None] | None = None,
     ) -> None:
         self.id = conversation_id
+        # Attachment checks and references (None: no attachment is usable), and the
+        # push service's non-blocking queue (None: push is off).
+        self._media = media
+        self._notify = notify
         self.members: set[str] = set(member_ids)
         self.subscribers: set[Peer] = set()
         self._config = config
@@ -199,6 +208,7 @@ class ConversationActor:
         # batch applies to what follows) and content checks, before any I/O.
         members = set(self.members)
         accepted: list[Command] = []
+        attaching = False
         for command in batch:
             op = command.op
             if isinstance(op, MembersChanged):
@@ -218,10 +228,15 @@ class ConversationActor:
                         self._config.limits.max_attachments,
                     )
                     if op.attachments:
-                        # Media arrives with the platform work; until then no id is usable.
-                        raise Forbidden(
-                            f"attachments: media {op.attachments[0]!r} is not yours to use"
+                        # Only messages with attachments pay for this: a few indexed reads.
+                        refused = (
+                            op.attachments[0]
+                            if self._media is None
+                            else self._media.unusable(command.user_id, op.attachments)
                         )
+                        if refused is not None:
+                            raise Forbidden(f"attachments: media {refused!r} is not yours to use")
+                        attaching = True
                 except MessageAIError as exc:
                     _reply_error(command, exc)
                     continue
@@ -242,6 +257,18 @@ class ConversationActor:
                 )
             else:
                 results = self._store_batch(conn, accepted, False)
+        if attaching and self._media is not None:
+            # Phase 1b, after the commit and before any ack: the directory learns which
+            # media this conversation references (members may then fetch them). For a
+            # resent duplicate too, so a reference lost to a crash here is made then.
+            referenced = [
+                media_id
+                for command, result in zip(accepted, results, strict=True)
+                if isinstance(command.op, SendMessage) and isinstance(result, tuple)
+                for media_id in result[0].attachments
+            ]
+            if referenced:
+                await self._media.add_references(self.id, referenced)
         # Phase 2, on the loop, after the commit: state, acks and fan-out in order.
         for command, result in zip(accepted, results, strict=True):
             self._apply(command, result)
@@ -330,6 +357,8 @@ class ConversationActor:
                 Ack(client_id=op.client_id, message=message, duplicate=duplicate, req=command.req),
                 result,
             )
+            if not duplicate and self._notify is not None:
+                self._notify(message)
         elif isinstance(op, MarkRead):
             cursor, moved = result
             if moved:

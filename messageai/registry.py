@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -24,6 +24,10 @@ from messageai.config import Config
 from messageai.directory import Directory
 from messageai.errors import NotFound, Unavailable
 from messageai.protocol import Req
+
+if TYPE_CHECKING:
+    from messageai.media import Media
+    from messageai.protocol import Message
 
 log = logging.getLogger(__name__)
 
@@ -38,11 +42,16 @@ class Registry:
         directory: Directory,
         nursery: trio.Nursery,
         online: Callable[[str], bool],
+        *,
+        media: Media | None = None,
+        notify: Callable[[Message], None] | None = None,
     ) -> None:
         self._config = config
         self._directory = directory
         self._nursery = nursery
         self._online = online
+        self._media = media
+        self._notify = notify
         self._actors: dict[str, ConversationActor] = {}
         self._open: OrderedDict[str, ConversationActor] = OrderedDict()
         self._limiter = trio.CapacityLimiter(config.storage.commit_threads)
@@ -71,6 +80,8 @@ class Registry:
             limiter=self._limiter,
             on_db_open=self._db_opened,
             on_retire=self._retired,
+            media=self._media,
+            notify=self._notify,
         )
         self._actors[conversation_id] = actor
         self._nursery.start_soon(self._supervise, actor, name=f"actor {conversation_id}")

@@ -1,4 +1,5 @@
-"""REST handlers of PROTOCOL.md: accounts, users, conversations, members, messages.
+"""REST handlers of PROTOCOL.md: accounts, users, conversations, members, messages,
+media and push tokens (thin: the work is in `messageai.media` and `messageai.push`).
 
 Each handler validates its input completely before calling the directory or an
 actor. Conversation reads and sends go through the conversation's actor, the
@@ -16,6 +17,7 @@ from messageai.commands import Summary
 from messageai.config import Config
 from messageai.directory import Directory
 from messageai.errors import BadRequest, Forbidden, NotFound, Unauthorized, Unavailable
+from messageai.media import Media
 from messageai.presence import Presence
 from messageai.protocol import (
     MAX_SEQ,
@@ -29,6 +31,7 @@ from messageai.protocol import (
     encode,
     frame_from_object,
 )
+from messageai.push import Push
 from messageai.registry import Registry
 from messageai.store.directory import ConversationRecord
 
@@ -37,12 +40,21 @@ MAX_TITLE_CHARS = 200
 
 class Rest:
     def __init__(
-        self, config: Config, directory: Directory, registry: Registry, presence: Presence
+        self,
+        config: Config,
+        directory: Directory,
+        registry: Registry,
+        presence: Presence,
+        *,
+        media: Media | None = None,
+        push: Push | None = None,
     ) -> None:
         self._config = config
         self._directory = directory
         self._registry = registry
         self._presence = presence
+        self._media = media
+        self._push = push
 
     def routes(self, router: Router) -> None:
         add = router.add
@@ -60,11 +72,11 @@ class Rest:
         add("DELETE", "/v1/conversations/{conversation_id}/members/{user_id}", self.remove_member)
         add("GET", "/v1/conversations/{conversation_id}/messages", self.get_messages)
         add("POST", "/v1/conversations/{conversation_id}/messages", self.send_message)
-        # Seams for the platform work (media, push): answered clearly until it lands.
-        add("POST", "/v1/media", self.not_enabled)
-        add("GET", "/v1/media/{media_id}", self.not_enabled)
-        add("POST", "/v1/push-tokens", self.not_enabled)
-        add("DELETE", "/v1/push-tokens/{token}", self.not_enabled)
+        # The upload reads its body itself, streaming it to disk (never all in memory).
+        add("POST", "/v1/media", self.upload_media, stream=True)
+        add("GET", "/v1/media/{media_id}", self.get_media)
+        add("POST", "/v1/push-tokens", self.add_push_token)
+        add("DELETE", "/v1/push-tokens/{token}", self.remove_push_token)
 
     # ------------------------------------------------------------ helpers
 
@@ -117,6 +129,44 @@ class Rest:
     async def not_enabled(self, request: Request) -> Response:
         self._user(request)
         raise Unavailable("this feature is not enabled on this server yet")
+
+    async def upload_media(self, request: Request) -> Response:
+        user = self._user(request)
+        if self._media is None or request.receive is None:
+            raise Unavailable("media is not enabled on this server")
+        record = await self._media.upload(user.id, request.headers, request.receive)
+        return Response(
+            201,
+            {
+                "id": record.id,
+                "content_type": record.content_type,
+                "size": record.size,
+                "sha256": record.sha256,
+            },
+        )
+
+    async def get_media(self, request: Request) -> Response:
+        user = self._user(request)
+        if self._media is None:
+            raise Unavailable("media is not enabled on this server")
+        return await self._media.download(
+            user.id, request.params["media_id"], request.headers.get("range")
+        )
+
+    async def add_push_token(self, request: Request) -> Response:
+        user = self._user(request)
+        if self._push is None:
+            raise Unavailable("push notifications are not enabled on this server")
+        body = request.json()
+        token = await self._push.register(user.id, body.get("token"), body.get("platform"))
+        return Response(201, {"token": token, "platform": body.get("platform")})
+
+    async def remove_push_token(self, request: Request) -> Response:
+        user = self._user(request)
+        if self._push is None:
+            raise Unavailable("push notifications are not enabled on this server")
+        await self._push.unregister(user.id, request.params["token"])
+        return Response(204)
 
     async def register(self, request: Request) -> Response:
         body = request.json()

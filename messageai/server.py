@@ -25,8 +25,10 @@ from messageai.errors import CLOSE_POLICY, MessageAIError
 from messageai.frontdoor import FrontDoor, ReplayStream
 from messageai.guard import Guard
 from messageai.identity import Authenticator, make_authenticator
+from messageai.media import Media
 from messageai.presence import Presence
 from messageai.protocol import User
+from messageai.push import Push
 from messageai.registry import Registry
 from messageai.rest import Rest
 from messageai.session import Session
@@ -47,6 +49,8 @@ class Server:
         self.directory: Directory | None = None
         self.registry: Registry | None = None
         self.authenticator: Authenticator | None = None
+        self.media: Media | None = None
+        self.push: Push | None = None
         self.guard = Guard(config)
 
     def shutdown(self) -> None:
@@ -76,11 +80,25 @@ class Server:
         self.authenticator = authenticator
         try:
             async with trio.open_nursery() as actor_nursery:
-                registry = Registry(config, directory, actor_nursery, presence.is_online)
+                media = Media(config, directory)
+                push = Push(config, directory, presence)
+                self.media, self.push = media, push
+                registry = Registry(
+                    config,
+                    directory,
+                    actor_nursery,
+                    presence.is_online,
+                    media=media,
+                    notify=push.notify if push.enabled else None,
+                )
+                # Background services run beside the actors and end with them at shutdown.
+                await actor_nursery.start(media.run)
+                if push.enabled:
+                    await actor_nursery.start(push.run)
                 presence.registry = registry
                 self.registry = registry
                 router = Router()
-                Rest(config, directory, registry, presence).routes(router)
+                Rest(config, directory, registry, presence, media=media, push=push).routes(router)
                 if config.auth.mode == "clerk" and config.clerk.webhook_secret:
                     ClerkWebhooks(config.clerk, directory, self.close_user_sessions).routes(router)
                 front = FrontDoor(

@@ -1,0 +1,503 @@
+"""Chaos: kill -9 under load, with a Jepsen-style checker. Shared by `scripts/chaos`
+(`python -m tests.chaos --seconds N`) and tests/test_chaos.py (a short run).
+
+The server is a real child process on a fixed loopback port, SIGKILLed every
+`kill_every` seconds and restarted on the same data directory. Clients (one user
+each, `per_conversation` to a group) keep a few messages in flight, each with its
+own client id; on any disconnect they reconnect, subscribe, catch up with
+`get_history` after the highest seq they hold, and resend every unacked message
+with its original client id. After the chaos the server runs undisturbed until
+every client has all its messages acked; then the checker reads every history:
+
+- acked: distinct client ids acknowledged;
+- lost: acked, but missing from the history or stored differently than acked;
+- duplicated: a (sender, client id) stored more than once;
+- phantom: delivered as `new_message` but not in the history as delivered;
+- order violations: a gap in seq, a reader whose view of a seq differs from the
+  history, or live frames out of seq order on one connection;
+- unresolved: messages still unacked when the run ended (a liveness failure).
+
+Finally the server is killed once more and `PRAGMA integrity_check` runs on every
+database file. Every loop is bounded by the run's deadline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import itertools
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import apsw
+import attrs
+import httpx
+import orjson
+import trio
+import trio_websocket
+
+from tests.helpers import connect_ws
+
+# What a dead or restarting server looks like to a client.
+DISCONNECTED = (
+    trio_websocket.ConnectionClosed,
+    trio_websocket.HandshakeError,
+    OSError,
+    trio.BrokenResourceError,
+    trio.ClosedResourceError,
+)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class ServerChild:
+    """`python -m messageai serve` on a fixed port; killed and restarted at will."""
+
+    def __init__(self, workdir: Path, port: int, extra_config: str = "") -> None:
+        self.port = port
+        self.data_dir = workdir / "data"
+        self.config = workdir / "messageai.toml"
+        self.config.write_text(
+            f'[server]\nhost = "127.0.0.1"\nport = {port}\n[auth]\nscrypt_n = 16\n{extra_config}'
+        )
+        self.log = workdir / "server.log"
+        self.process: trio.Process | None = None
+        self.starts = 0
+
+    async def start(self, nursery: trio.Nursery) -> None:
+        """Start the server and return once it prints that it is serving."""
+        with self.log.open("ab") as log:
+            process: trio.Process = await nursery.start(
+                functools.partial(
+                    trio.run_process,
+                    [
+                        *(sys.executable, "-m", "messageai", "serve"),
+                        *("--config", str(self.config), "--port", str(self.port)),
+                        *("--data-dir", str(self.data_dir)),
+                    ],
+                    stdout=subprocess.PIPE,
+                    stderr=log,
+                    check=False,
+                )
+            )
+        self.process = process
+        assert process.stdout is not None
+        line = b""
+        with trio.fail_after(30):
+            while b"\n" not in line:
+                chunk = await process.stdout.receive_some(4096)
+                if not chunk:
+                    raise RuntimeError(f"server exited on start; see {self.log}")
+                line += chunk
+        match = re.search(rb"MessageAI serving http://127\.0\.0\.1:(\d+)", line)
+        if not match or int(match.group(1)) != self.port:
+            raise RuntimeError(f"unexpected start-up line: {line!r}")
+        self.starts += 1
+        nursery.start_soon(_drain, process.stdout)
+
+    async def kill(self) -> None:
+        """SIGKILL and wait for the process to be gone."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        await self.process.wait()
+
+    def rss_bytes(self) -> int:
+        """Resident memory of the server process (Linux /proc)."""
+        assert self.process is not None
+        fields = Path(f"/proc/{self.process.pid}/statm").read_text().split()
+        return int(fields[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+async def _drain(stream: trio.abc.ReceiveStream) -> None:
+    # Keep the server's stdout pipe from filling up; ends when the process does.
+    with trio.move_on_after(3600):
+        while await stream.receive_some(4096):
+            pass
+
+
+@attrs.define
+class Client:
+    """One user sending into one conversation and reading it."""
+
+    index: int
+    token: str
+    user_id: str
+    conversation_id: str
+    pending: dict[str, str] = attrs.Factory(dict)  # client id -> body, not yet acked
+    acked: dict[str, dict[str, Any]] = attrs.Factory(dict)  # client id -> acked message
+    held: dict[int, str] = attrs.Factory(dict)  # seq -> message id, as this reader saw it
+    delivered: dict[str, dict[str, Any]] = attrs.Factory(dict)  # new_message frames, by id
+    disagreements: int = 0  # a seq seen with two different message ids
+    out_of_order: int = 0  # live frames not in ascending seq on one connection
+    connections: int = 0
+    _counter: itertools.count[int] = attrs.Factory(itertools.count)
+
+    @property
+    def last_seq(self) -> int:
+        """The highest seq held with every seq below it held too (the sync cursor)."""
+        seq = 0
+        while seq + 1 in self.held:
+            seq += 1
+        return seq
+
+    def hold(self, message: dict[str, Any]) -> None:
+        known = self.held.setdefault(message["seq"], message["id"])
+        if known != message["id"]:
+            self.disagreements += 1
+
+    def new_client_id(self) -> str:
+        return f"c{self.index}-{next(self._counter)}"
+
+
+@attrs.define
+class Report:
+    seconds: float
+    kills: int
+    acked: int = 0
+    stored: int = 0
+    lost: int = 0
+    duplicated: int = 0
+    phantom: int = 0
+    order_violations: int = 0
+    unresolved: int = 0
+    reconnects: int = 0
+    databases: int = 0
+    integrity_failures: list[str] = attrs.Factory(list)
+
+    @property
+    def passed(self) -> bool:
+        return not (
+            self.lost
+            or self.duplicated
+            or self.phantom
+            or self.order_violations
+            or self.unresolved
+            or self.integrity_failures
+        ) and bool(self.acked and self.databases)
+
+    def summary(self) -> str:
+        verdict = "PASS" if self.passed else "FAIL"
+        return (
+            f"{verdict}: {self.seconds:.0f} s, {self.kills} kill -9, {self.reconnects} reconnects; "
+            f"acked {self.acked}, stored {self.stored}, lost {self.lost}, "
+            f"duplicated {self.duplicated}, phantom {self.phantom}, "
+            f"order violations {self.order_violations}, unresolved {self.unresolved}; "
+            f"integrity_check ok on {self.databases - len(self.integrity_failures)}"
+            f"/{self.databases} databases"
+            + (
+                f" (failed: {', '.join(self.integrity_failures)})"
+                if self.integrity_failures
+                else ""
+            )
+        )
+
+
+async def _setup(port: int, clients: int, per_conversation: int) -> list[Client]:
+    """Register one user per client and one group per `per_conversation` of them."""
+    out: list[Client] = []
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
+        users = []
+        for i in range(clients):
+            r = await http.post(
+                "/v1/auth/register", json={"username": f"chaos{i}", "password": "password1"}
+            )
+            r.raise_for_status()
+            users.append(r.json())
+        for start in range(0, clients, per_conversation):
+            members = users[start : start + per_conversation]
+            r = await http.post(
+                "/v1/conversations",
+                json={
+                    "kind": "group",
+                    "title": f"chaos {start // per_conversation}",
+                    "member_ids": [u["user"]["id"] for u in members[1:]],
+                },
+                headers={"Authorization": f"Bearer {members[0]['token']}"},
+            )
+            r.raise_for_status()
+            for offset, user in enumerate(members):
+                out.append(
+                    Client(start + offset, user["token"], user["user"]["id"], r.json()["id"])
+                )
+    return out
+
+
+async def _session(
+    client: Client, port: int, *, window: int, pace: float, produce_until: float
+) -> None:
+    """One connection's life: subscribe, catch up, resend, then send and read until it
+    drops (raises one of DISCONNECTED) or, after `produce_until`, until nothing is pending."""
+    async with connect_ws(port, token=client.token) as ws:
+        client.connections += 1
+        cid = client.conversation_id
+        reqs = itertools.count(1)
+        await ws.send_message(
+            orjson.dumps({"type": "subscribe", "req": 0, "conversation_id": cid}).decode()
+        )
+        in_flight = trio.Semaphore(window)
+        last_live = 0  # seq of the last new_message on this connection
+        caught_up = trio.Event()
+        history_req: int | None = None
+
+        async def ask_history() -> None:
+            nonlocal history_req
+            history_req = next(reqs)
+            frame = {
+                "type": "get_history",
+                "req": history_req,
+                "conversation_id": cid,
+                "after_seq": client.last_seq,
+                "limit": 200,
+            }
+            await ws.send_message(orjson.dumps(frame).decode())
+
+        async def send(client_id: str) -> None:
+            await in_flight.acquire()
+            frame = {
+                "type": "send_message",
+                "conversation_id": cid,
+                "client_id": client_id,
+                "body": client.pending[client_id],
+            }
+            await ws.send_message(orjson.dumps(frame).decode())
+
+        async def writer() -> None:
+            await caught_up.wait()
+            for client_id in list(client.pending):  # resend everything unacked, in order
+                await send(client_id)
+            while trio.current_time() < produce_until:
+                client_id = client.new_client_id()
+                client.pending[client_id] = f"message {client_id}"
+                await send(client_id)
+                await trio.sleep(pace)
+            if not client.pending:  # all acked already: no frame will come to notice it
+                nursery.cancel_scope.cancel()
+
+        async with trio.open_nursery() as nursery:
+            subscribed = False
+            while True:
+                frame = orjson.loads(await ws.get_message())
+                kind = frame["type"]
+                if kind == "subscribed" and not subscribed:
+                    subscribed = True
+                    await ask_history()
+                elif kind == "history" and frame.get("req") == history_req:
+                    for message in frame["messages"]:
+                        client.hold(message)
+                    if frame["has_more"]:
+                        await ask_history()
+                    elif not caught_up.is_set():
+                        caught_up.set()
+                        nursery.start_soon(writer)
+                elif kind == "ack":
+                    message = frame["message"]
+                    client.pending.pop(frame["client_id"], None)
+                    client.acked[frame["client_id"]] = message
+                    client.hold(message)
+                    in_flight.release()
+                elif kind == "new_message":
+                    message = frame["message"]
+                    if message["seq"] <= last_live:
+                        client.out_of_order += 1
+                    last_live = message["seq"]
+                    client.delivered[message["id"]] = message
+                    client.hold(message)
+                elif kind == "error":
+                    raise RuntimeError(f"client {client.index}: unexpected error frame {frame}")
+                if (
+                    caught_up.is_set()
+                    and trio.current_time() >= produce_until
+                    and not client.pending
+                ):
+                    nursery.cancel_scope.cancel()
+                    return
+
+
+async def _client_loop(
+    client: Client, port: int, *, window: int, pace: float, produce_until: float, end: float
+) -> None:
+    """Reconnect until everything this client sent is acked, or `end`."""
+    with trio.move_on_after(max(0.0, end - trio.current_time())):
+        while True:
+            dropped = False
+            try:
+                await _session(client, port, window=window, pace=pace, produce_until=produce_until)
+            except* DISCONNECTED:
+                dropped = True
+            if dropped:
+                await trio.sleep(0.05)  # the server is restarting
+            elif trio.current_time() >= produce_until and not client.pending:
+                return
+
+
+async def _read_history(port: int, client: Client) -> list[dict[str, Any]]:
+    messages: list[dict[str, Any]] = []
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
+        after = 0
+        while True:
+            r = await http.get(
+                f"/v1/conversations/{client.conversation_id}/messages",
+                params={"after_seq": after, "limit": 200},
+                headers={"Authorization": f"Bearer {client.token}"},
+            )
+            r.raise_for_status()
+            page = r.json()
+            messages.extend(page["messages"])
+            if not page["has_more"] or not page["messages"]:
+                return messages
+            after = page["messages"][-1]["seq"]
+
+
+def check(
+    clients: list[Client], histories: dict[str, list[dict[str, Any]]], report: Report
+) -> None:
+    """Fill the Jepsen-style counts of `report` from what clients saw and what is stored."""
+    for history in histories.values():
+        report.stored += len(history)
+        if [m["seq"] for m in history] != list(range(1, len(history) + 1)):
+            report.order_violations += 1
+        keys = [(m["sender_id"], m["client_id"]) for m in history]
+        report.duplicated += len(keys) - len(set(keys))
+    for client in clients:
+        history = histories[client.conversation_id]
+        by_id = {m["id"]: m for m in history}
+        report.acked += len(client.acked)
+        for client_id, message in client.acked.items():
+            if by_id.get(message["id"]) != message or message["client_id"] != client_id:
+                report.lost += 1
+        for message_id, message in client.delivered.items():
+            if by_id.get(message_id) != message:
+                report.phantom += 1
+        by_seq = {m["seq"]: m["id"] for m in history}
+        report.order_violations += client.disagreements + client.out_of_order
+        report.order_violations += sum(1 for s, i in client.held.items() if by_seq.get(s) != i)
+        report.unresolved += len(client.pending)
+        report.reconnects += max(0, client.connections - 1)
+
+
+def integrity(data_dir: Path, report: Report) -> None:
+    for path in sorted(data_dir.rglob("*.sqlite3")):
+        report.databases += 1
+        conn = apsw.Connection(str(path))
+        try:
+            result = [row[0] for row in conn.execute("PRAGMA integrity_check")]
+        finally:
+            conn.close()
+        if result != ["ok"]:
+            report.integrity_failures.append(f"{path.name}: {result[:3]}")
+
+
+async def run_chaos(
+    workdir: Path,
+    *,
+    seconds: float = 60.0,
+    kill_every: float = 2.0,
+    clients: int = 20,
+    per_conversation: int = 4,
+    window: int = 4,
+    pace: float = 0.02,
+    settle_seconds: float = 60.0,
+    progress: Callable[[str], None] | None = None,
+) -> Report:
+    """Run the kill -9 chaos for `seconds`, then settle and check. Returns the report."""
+    server = ServerChild(workdir, free_port())
+    report = Report(seconds=seconds, kills=0)
+    async with trio.open_nursery() as nursery:
+        await server.start(nursery)
+        everyone = await _setup(server.port, clients, per_conversation)
+        start = trio.current_time()
+        produce_until = start + seconds
+        end = produce_until + settle_seconds
+
+        async def killer() -> None:
+            while trio.current_time() + kill_every < produce_until:
+                await trio.sleep(kill_every)
+                await server.kill()
+                report.kills += 1
+                await server.start(nursery)
+                if progress:
+                    acked = sum(len(c.acked) for c in everyone)
+                    pending = sum(len(c.pending) for c in everyone)
+                    progress(
+                        f"{trio.current_time() - start:5.1f} s: kill -9 #{report.kills}, "
+                        f"acked {acked}, unacked {pending}"
+                    )
+
+        async with trio.open_nursery() as load:
+            load.start_soon(killer)
+            for client in everyone:
+                load.start_soon(
+                    functools.partial(
+                        _client_loop,
+                        client,
+                        server.port,
+                        window=window,
+                        pace=pace,
+                        produce_until=produce_until,
+                        end=end,
+                    )
+                )
+        histories = {}
+        for client in everyone:
+            if client.conversation_id not in histories:
+                histories[client.conversation_id] = await _read_history(server.port, client)
+        check(everyone, histories, report)
+        await server.kill()
+        report.kills += 1
+    integrity(server.data_dir, report)
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="scripts/chaos", description="kill -9 the MessageAI server under load; check"
+    )
+    parser.add_argument("--seconds", type=float, default=60.0, help="how long to make chaos")
+    parser.add_argument("--kill-every", type=float, default=2.0, help="seconds between kills")
+    parser.add_argument("--clients", type=int, default=20)
+    parser.add_argument("--per-conversation", type=int, default=4)
+    parser.add_argument("--keep", action="store_true", help="keep the data directory and log")
+    args = parser.parse_args(argv)
+    workdir = Path(tempfile.mkdtemp(prefix="messageai-chaos-"))
+
+    def progress(line: str) -> None:
+        print(line, flush=True)
+
+    print(
+        f"chaos: {args.clients} clients in {args.clients // args.per_conversation} "
+        f"conversations, kill -9 every {args.kill_every} s for {args.seconds} s; in {workdir}",
+        flush=True,
+    )
+    report = trio.run(
+        functools.partial(
+            run_chaos,
+            workdir,
+            seconds=args.seconds,
+            kill_every=args.kill_every,
+            clients=args.clients,
+            per_conversation=args.per_conversation,
+            progress=progress,
+        )
+    )
+    print(report.summary())
+    if not args.keep and report.passed:
+        import shutil
+
+        shutil.rmtree(workdir, ignore_errors=True)
+    return 0 if report.passed else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
