@@ -39,13 +39,13 @@ def insert(conn: apsw.Connection, record: MediaRecord) -> None:
 
 def get(conn: apsw.Connection, media_id: str) -> MediaRecord | None:
     row = conn.execute(f"SELECT {_COLUMNS} FROM media WHERE id = ?", (media_id,)).fetchone()
-    return MediaRecord(*row) if row is not None else None  # type: ignore[arg-type]
+    return MediaRecord(*row) if row is not None else None
 
 
 def used_bytes(conn: apsw.Connection, owner_id: str) -> int:
     """Bytes counted against the owner's quota: every upload, even of bytes stored before."""
     value = conn.execute("SELECT total(size) FROM media WHERE owner_id = ?", (owner_id,)).get
-    return int(value)  # type: ignore[arg-type]
+    return int(value)
 
 
 def readable(conn: apsw.Connection, media_id: str, user_id: str) -> MediaRecord | None:

@@ -66,7 +66,7 @@ def delete_tickets_before(conn: apsw.Connection, created_before: int) -> None:
 
 
 def ticket_count(conn: apsw.Connection) -> int:
-    return int(conn.execute("SELECT count(*) FROM push_tickets").get)  # type: ignore[arg-type]
+    return int(conn.execute("SELECT count(*) FROM push_tickets").get)
 
 
 def unread_in_conversation(conn: apsw.Connection, user_id: str, cap: int) -> int:
@@ -78,4 +78,4 @@ def unread_in_conversation(conn: apsw.Connection, user_id: str, cap: int) -> int
         " AND sender_id <> ?1 LIMIT ?2)",
         (user_id, cap),
     ).get
-    return int(value)  # type: ignore[arg-type]
+    return int(value)

@@ -1,0 +1,417 @@
+"""Media: uploads streamed to content-addressed files, their types checked from the bytes,
+access granted on references (never on the hash), and unreferenced uploads deleted.
+Called by REST handlers (upload, download), conversation actors (attach, reference) and
+the server, which runs `Media.run` (the cleanup task) in its nursery.
+"""
+
+from __future__ import annotations
+
+import codecs
+import hashlib
+import logging
+import os
+import re
+from collections.abc import AsyncIterator, Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import apsw
+import attrs
+import trio
+
+from messageai import auth
+from messageai.asgi import Response, StreamingResponse
+from messageai.config import Config
+from messageai.directory import Directory
+from messageai.errors import BadRequest, MessageAIError, NotFound, TooLarge
+from messageai.store import media as sql
+from messageai.store.media import MediaRecord
+
+log = logging.getLogger(__name__)
+
+# Leading bytes looked at to tell the type (magic numbers sit in the first dozen;
+# text is judged on more, and then on every byte of the body).
+SNIFF_BYTES = 512
+# Upload bytes gathered before one write (one worker-thread hop), and download chunk size.
+CHUNK_BYTES = 256 * 1024
+# Unreferenced uploads deleted per directory transaction by the cleanup task.
+CLEANUP_BATCH = 100
+# Media ids are server-made; anything longer is not one of ours.
+MAX_MEDIA_ID_CHARS = 64
+
+# Shown inline by browsers without running anything; everything else is a download.
+INLINE_TYPES = frozenset(
+    {"image/png", "image/jpeg", "image/gif", "image/webp", "image/heic", "text/plain"}
+)
+_HTML_STARTS = re.compile(
+    rb"<(!doctype html|html|head|body|script|iframe|style|title|meta|link|svg|object|embed"
+    rb"|img|a|b|p|br|div|font|table|h1|!--)[\s>/]"
+)
+
+
+class UnsupportedMediaType(MessageAIError):
+    code, status = "bad_request", 415
+
+
+def sniff(head: bytes) -> frozenset[str]:
+    """The media types that bytes starting with `head` can be (empty: none we know)."""
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return frozenset({"image/png"})
+    if head.startswith(b"\xff\xd8\xff"):
+        return frozenset({"image/jpeg"})
+    if head[:6] in (b"GIF87a", b"GIF89a"):
+        return frozenset({"image/gif"})
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return frozenset({"image/webp"})
+    if head[:4] == b"RIFF" and head[8:12] == b"WAVE":
+        return frozenset({"audio/wav", "audio/wave", "audio/x-wav"})
+    if head.startswith(b"%PDF-"):
+        return frozenset({"application/pdf"})
+    if head.startswith(b"OggS"):
+        return frozenset({"audio/ogg", "video/ogg", "application/ogg"})
+    if head.startswith(b"\x1a\x45\xdf\xa3"):
+        return frozenset({"video/webm", "audio/webm", "video/x-matroska"})
+    if head[4:8] == b"ftyp":
+        brand = head[8:12]
+        if brand in (b"heic", b"heix", b"heim", b"heis", b"hevc", b"mif1", b"msf1"):
+            return frozenset({"image/heic", "image/heif"})
+        if brand == b"qt  ":
+            return frozenset({"video/quicktime"})
+        if brand in (b"M4A ", b"M4B ", b"M4P "):
+            return frozenset({"audio/mp4", "audio/x-m4a"})
+        return frozenset({"video/mp4", "audio/mp4"})
+    # MPEG audio: an ID3 tag, or a frame sync whose layer bits are set (AAC's are not).
+    if head.startswith(b"ID3") or (
+        len(head) >= 2 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0 and head[1] & 0x06
+    ):
+        return frozenset({"audio/mpeg"})
+    text = head.lstrip(b"\xef\xbb\xbf \t\r\n\x0c").lower()
+    if _HTML_STARTS.match(text + b" "):
+        return frozenset({"text/html"})
+    if text.startswith(b"<?xml"):
+        return frozenset({"text/xml", "application/xml", "image/svg+xml"})
+    if b"\x00" not in head:
+        try:
+            codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
+        except UnicodeDecodeError:
+            return frozenset()
+        return frozenset({"text/plain"})
+    return frozenset()
+
+
+def declared_type(headers: dict[str, str]) -> str:
+    """The request's Content-Type without parameters, lower case ("" when absent)."""
+    return headers.get("content-type", "").split(";", 1)[0].strip().lower()
+
+
+def blob_path(root: Path, sha256: str) -> Path:
+    """`media/<sha256[:2]>/<sha256>`: the bytes' one file, shared by every upload of them."""
+    return root / sha256[:2] / sha256
+
+
+@attrs.frozen
+class ByteRange:
+    start: int
+    end: int  # inclusive
+
+
+def parse_range(header: str | None, size: int) -> ByteRange | bool | None:
+    """A single `bytes=` range of a file of `size` bytes: the range, None when the header
+    is absent or not one we serve (then the whole file is sent, as RFC 9110 allows), or
+    False when it is unsatisfiable (416)."""
+    if not header:
+        return None
+    match = re.fullmatch(r"\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*", header)
+    if match is None or (not match.group(1) and not match.group(2)):
+        return None
+    first, last = match.group(1), match.group(2)
+    if len(first) > 19 or len(last) > 19:
+        return False
+    if not first:
+        suffix = int(last)
+        if suffix == 0 or size == 0:
+            return False
+        return ByteRange(max(0, size - suffix), size - 1)
+    start = int(first)
+    end = size - 1 if not last else min(int(last), size - 1)
+    if last and int(last) < start:
+        return None
+    if start >= size:
+        return False
+    return ByteRange(start, end)
+
+
+class Media:
+    """Uploads, downloads and attachment checks over the directory's media tables."""
+
+    def __init__(self, config: Config, directory: Directory) -> None:
+        self._config = config
+        self._directory = directory
+        self.root = config.data_dir / "media"
+        self._tmp = self.root / "tmp"
+        self._allowed = frozenset(config.media.allowed_types)
+        self._ready = False
+
+    # ------------------------------------------------------------ attaching
+
+    def unusable(self, user_id: str, media_ids: Iterable[str]) -> str | None:
+        """The first id `user_id` may not attach (unknown, or neither theirs nor shared in
+        a conversation of theirs), or None. A few indexed reads, inline: the actor calls
+        this only for messages that carry attachments."""
+        for media_id in dict.fromkeys(media_ids):
+            if (
+                len(media_id) > MAX_MEDIA_ID_CHARS
+                or self._directory.read(sql.readable, media_id, user_id) is None
+            ):
+                return media_id
+        return None
+
+    async def add_references(self, conversation_id: str, media_ids: list[str]) -> None:
+        """Record that a committed message of the conversation references these ids.
+        Idempotent; the actor calls it after the commit and before the ack, also for a
+        resent duplicate, so a reference lost to a crash is written on the resend."""
+        await self._directory.write(sql.add_refs, conversation_id, list(dict.fromkeys(media_ids)))
+
+    # ------------------------------------------------------------ upload
+
+    async def upload(
+        self,
+        user_id: str,
+        headers: dict[str, str],
+        receive: Callable[[], Any],
+    ) -> MediaRecord:
+        """Stream the request body to a temporary file while hashing and checking it, then
+        move it to its content-addressed path and record a new upload owned by `user_id`.
+        Never holds more than about CHUNK_BYTES of the body in memory; refuses (413) as soon
+        as the body passes `limits.max_upload_bytes` or the user's quota."""
+        await self._prepare()
+        declared = headers.get("content-length", "")
+        length = int(declared) if declared.isascii() and declared.isdigit() else None
+        if length == 0:
+            raise BadRequest("the body is empty: send the file's bytes")
+        content_type = declared_type(headers)
+        if content_type not in self._allowed:
+            raise UnsupportedMediaType(
+                f"Content-Type {content_type or '(none)'!r} is not accepted here"
+            )
+        limit = self._config.limits.max_upload_bytes
+        if length is not None and length > limit:
+            raise TooLarge(f"uploads are at most {limit} bytes")
+        quota = self._config.media.quota_bytes
+        room = quota - self._directory.read(sql.used_bytes, user_id)
+        if room <= 0 or (length is not None and length > room):
+            raise TooLarge(f"this upload would pass your media quota of {quota} bytes")
+
+        tmp = self._tmp / f"{auth.new_id('up_')}.part"
+        try:
+            sha256, size = await self._receive_to(tmp, receive, content_type, min(limit, room))
+            record = MediaRecord(
+                id=auth.new_id("md_"),
+                owner_id=user_id,
+                sha256=sha256,
+                content_type=content_type,
+                size=size,
+                created_at=auth.now_ms(),
+            )
+            await self._directory.write(
+                _commit_upload,
+                tmp,
+                blob_path(self.root, sha256),
+                record,
+                quota,
+                self._config.storage.synchronous == "FULL",
+            )
+            return record
+        finally:
+            await trio.to_thread.run_sync(_unlink, tmp)
+
+    async def _receive_to(
+        self, tmp: Path, receive: Callable[[], Any], content_type: str, limit: int
+    ) -> tuple[str, int]:
+        hasher = hashlib.sha256()
+        head = b""
+        sniffed = False
+        text = codecs.getincrementaldecoder("utf-8")() if content_type == "text/plain" else None
+        pending: list[bytes] = []
+        pending_size = size = 0
+        async with await trio.open_file(tmp, "wb") as out:
+            while True:
+                event = await receive()
+                if event["type"] == "http.disconnect":
+                    raise BadRequest("the upload was interrupted")
+                chunk: bytes = event.get("body", b"")
+                more = bool(event.get("more_body", False))
+                size += len(chunk)
+                if size > limit:
+                    raise TooLarge(
+                        f"uploads are at most {self._config.limits.max_upload_bytes} bytes"
+                        " (or past your media quota)"
+                    )
+                if not sniffed:
+                    head += chunk[: SNIFF_BYTES - len(head)]
+                    if len(head) >= SNIFF_BYTES or not more:
+                        sniffed = True
+                        if size and content_type not in sniff(head):
+                            raise UnsupportedMediaType(
+                                f"the bytes are not {content_type}; declare the file's real type"
+                            )
+                if text is not None:
+                    try:
+                        text.decode(chunk, final=not more)
+                    except UnicodeDecodeError:
+                        raise UnsupportedMediaType("text/plain must be UTF-8") from None
+                    if b"\x00" in chunk:
+                        raise UnsupportedMediaType("text/plain must not contain NUL bytes")
+                hasher.update(chunk)
+                pending.append(chunk)
+                pending_size += len(chunk)
+                if pending_size >= CHUNK_BYTES or not more:
+                    await out.write(b"".join(pending))
+                    pending.clear()
+                    pending_size = 0
+                if not more:
+                    break
+            if size == 0:
+                raise BadRequest("the body is empty: send the file's bytes")
+            if self._config.storage.synchronous == "FULL":
+                await out.flush()
+                await trio.to_thread.run_sync(os.fsync, out.wrapped.fileno())
+        return hasher.hexdigest(), size
+
+    # ------------------------------------------------------------ download
+
+    def readable(self, user_id: str, media_id: str) -> MediaRecord | None:
+        """The upload if `user_id` may read it, else None (the caller answers 404 for
+        both "no such id" and "not yours": nothing tells them apart)."""
+        if len(media_id) > MAX_MEDIA_ID_CHARS:
+            return None
+        return self._directory.read(sql.readable, media_id, user_id)
+
+    async def chunks(self, record: MediaRecord, start: int, length: int) -> AsyncIterator[bytes]:
+        """The stored bytes from `start`, `length` of them, CHUNK_BYTES at a time."""
+        async with await trio.open_file(blob_path(self.root, record.sha256), "rb") as f:
+            await f.seek(start)
+            left = length
+            while left > 0:
+                data = await f.read(min(CHUNK_BYTES, left))
+                if not data:
+                    # The file is shorter than recorded: end the response short rather
+                    # than pad it; the client sees a truncated body and retries.
+                    log.error("media %s: file shorter than its record", record.id)
+                    return
+                left -= len(data)
+                yield data
+
+    def exists(self, record: MediaRecord) -> bool:
+        return blob_path(self.root, record.sha256).is_file()
+
+    async def download(self, user_id: str, media_id: str, range_header: str | None) -> Response:
+        """The response to `GET /v1/media/{id}`: 404 unless readable; the stored type with
+        `nosniff`; `attachment` for anything a browser could run; ranges for audio/video."""
+        record = self.readable(user_id, media_id)
+        if record is None or not await trio.to_thread.run_sync(self.exists, record):
+            raise NotFound("no such media")
+        content_type = record.content_type
+        shown = f"{content_type}; charset=utf-8" if content_type == "text/plain" else content_type
+        headers = [
+            (b"content-type", shown.encode()),
+            (b"x-content-type-options", b"nosniff"),
+            (b"content-security-policy", b"default-src 'none'; sandbox"),
+            (b"cache-control", b"private, no-cache"),
+        ]
+        if content_type not in INLINE_TYPES and not content_type.startswith(("audio/", "video/")):
+            headers.append((b"content-disposition", f'attachment; filename="{record.id}"'.encode()))
+        status, start, length = 200, 0, record.size
+        if content_type.startswith(("audio/", "video/")):
+            headers.append((b"accept-ranges", b"bytes"))
+            wanted = parse_range(range_header, record.size)
+            if wanted is False:
+                error = {"code": "bad_request", "message": "the range is outside the file"}
+                return Response(
+                    416, {"error": error}, [(b"content-range", f"bytes */{record.size}".encode())]
+                )
+            if isinstance(wanted, ByteRange):
+                status, start, length = 206, wanted.start, wanted.end - wanted.start + 1
+                headers.append(
+                    (
+                        b"content-range",
+                        f"bytes {wanted.start}-{wanted.end}/{record.size}".encode(),
+                    )
+                )
+        headers.append((b"content-length", str(length).encode()))
+        return StreamingResponse(status, self.chunks(record, start, length), headers)
+
+    # ------------------------------------------------------------ cleanup
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """The cleanup task: every `media.cleanup_interval_seconds`, delete uploads that no
+        message references and that are older than `media.unreferenced_ttl_seconds`. A
+        failed sweep is logged and retried at the next interval; cancellation (shutdown)
+        ends it between directory transactions."""
+        await self._prepare()
+        task_status.started()
+        while True:
+            try:
+                await self.sweep()
+            except Exception:
+                # Supervision: the next sweep retries whatever this one did not finish.
+                log.exception("media cleanup failed; retrying in the next interval")
+            await trio.sleep(self._config.media.cleanup_interval_seconds)
+
+    async def sweep(self) -> int:
+        """Delete unreferenced uploads past their time; return how many."""
+        cutoff = auth.now_ms() - int(self._config.media.unreferenced_ttl_seconds * 1000)
+        total = 0
+        while True:
+            deleted = await self._directory.write(
+                _delete_unreferenced, self.root, cutoff, CLEANUP_BATCH
+            )
+            total += deleted
+            if deleted < CLEANUP_BATCH:
+                return total
+
+    async def _prepare(self) -> None:
+        if not self._ready:
+            await trio.to_thread.run_sync(_prepare_dirs, self._tmp)
+            self._ready = True
+
+
+def _prepare_dirs(tmp: Path) -> None:
+    """Create the media directories and remove temporary files a previous run left."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    for leftover in tmp.glob("*.part"):
+        _unlink(leftover)
+
+
+def _unlink(path: Path) -> None:
+    path.unlink(missing_ok=True)
+
+
+def _commit_upload(
+    conn: apsw.Connection, tmp: Path, final: Path, record: MediaRecord, quota: int, sync: bool
+) -> None:
+    """In the directory's write transaction (so uploads and cleanup never interleave):
+    check the quota again (concurrent uploads), place the bytes, record the upload."""
+    if sql.used_bytes(conn, record.owner_id) + record.size > quota:
+        raise TooLarge(f"this upload would pass your media quota of {quota} bytes")
+    if not final.exists():
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, final)
+        if sync:
+            fd = os.open(final.parent, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    sql.insert(conn, record)
+
+
+def _delete_unreferenced(conn: apsw.Connection, root: Path, cutoff: int, limit: int) -> int:
+    records = sql.unreferenced_before(conn, cutoff, limit)
+    for record in records:
+        sql.delete(conn, record.id)
+        if not sql.sha256_in_use(conn, record.sha256):
+            # Inside the write transaction: an upload of the same bytes waits for it, so
+            # it never finds a file that is about to go.
+            _unlink(blob_path(root, record.sha256))
+    return len(records)

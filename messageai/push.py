@@ -1,0 +1,414 @@
+"""Push notifications through the Expo Push API: device tokens, and the push task that
+turns committed messages into notifications, sends them, records tickets, fetches
+receipts and forgets dead tokens. REST handlers call `register`/`unregister`; actors
+call `notify` after a commit (never waiting); the server runs `Push.run` in its nursery.
+
+Channels: `notify` puts a message on a bounded channel with `send_nowait` (a full
+channel drops the message and counts it: an ack is never delayed); the builder turns
+waiting messages into notifications and hands batches of up to 100 to
+`max_concurrent_requests` sender tasks over an unbuffered channel, so a slow endpoint
+slows the builder, which fills the bounded channel, which drops.
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import re
+from typing import Any
+
+import apsw
+import attrs
+import httpx
+import orjson
+import trio
+
+from messageai import auth
+from messageai.actor import conversation_path
+from messageai.config import Config
+from messageai.directory import Directory
+from messageai.errors import BadRequest
+from messageai.presence import Presence
+from messageai.protocol import Message
+from messageai.store import push as sql
+from messageai.store.db import open_db
+
+log = logging.getLogger(__name__)
+
+TOKEN_RE = re.compile(r"(ExponentPushToken|ExpoPushToken)\[[A-Za-z0-9_-]{1,200}\]")
+MAX_PLATFORM_CHARS = 32
+# Expo's limits: 100 notifications per send request, 1000 ids per receipts request,
+# 4096 bytes per notification.
+SEND_BATCH = 100
+RECEIPT_BATCH = 1000
+MAX_PAYLOAD_BYTES = 4096
+# Messages the builder takes from the queue at once.
+BUILD_BATCH = 100
+# The badge reads at most this many of a user's conversations, and counts up to BADGE_CAP:
+# its cost stays bounded however many conversations a user has.
+BADGE_MAX_CONVERSATIONS = 200
+BADGE_CAP = 9999
+# Threads reading conversation files for badges, at most.
+BADGE_THREADS = 2
+# Tickets whose receipt never came are forgotten after a day (Expo keeps them that long).
+TICKET_KEEP_MS = 86400 * 1000
+
+
+@attrs.frozen
+class Notification:
+    token: str
+    payload: dict[str, Any]
+
+
+@attrs.define
+class Counters:
+    """What the push task did since start-up (for logs, tests and operators)."""
+
+    dropped: int = 0  # messages not turned into notifications: the queue was full
+    sent: int = 0  # notifications accepted by the endpoint (status "ok" tickets)
+    failed: int = 0  # notifications given up on (errors, retries exhausted)
+    retries: int = 0  # requests repeated after 429, 5xx or a network error
+    removed_tokens: int = 0  # tokens removed after DeviceNotRegistered
+    receipts: int = 0  # receipts read
+
+
+def receipts_url(endpoint: str) -> str:
+    """Expo's getReceipts URL, the sibling of its send URL."""
+    return endpoint.rsplit("/", 1)[0] + "/getReceipts"
+
+
+def check_token(token: object) -> str:
+    if not isinstance(token, str) or not TOKEN_RE.fullmatch(token):
+        raise BadRequest('token: must be "ExponentPushToken[…]" or "ExpoPushToken[…]"')
+    return token
+
+
+def fit_payload(payload: dict[str, Any], body: str | None) -> dict[str, Any]:
+    """`payload` with `body`, cut (with "…") so the JSON fits MAX_PAYLOAD_BYTES."""
+    if body is None:
+        return payload
+    full = {**payload, "body": body}
+    if len(orjson.dumps(full)) <= MAX_PAYLOAD_BYTES:
+        return full
+    low, high = 0, len(body)
+    while low < high:
+        mid = (low + high + 1) // 2
+        if len(orjson.dumps({**payload, "body": body[:mid] + "…"})) <= MAX_PAYLOAD_BYTES:
+            low = mid
+        else:
+            high = mid - 1
+    return {**payload, "body": body[:low] + "…"}
+
+
+class Push:
+    def __init__(self, config: Config, directory: Directory, presence: Presence) -> None:
+        self._config = config
+        self._directory = directory
+        self._presence = presence
+        self.enabled = bool(config.push.endpoint)
+        self.counters = Counters()
+        self._send, self._receive = trio.open_memory_channel[Message](config.push.queue_size)
+        self._badge_limiter = trio.CapacityLimiter(BADGE_THREADS)
+        # Wakes waiters (tests, operators) whenever the push task finished some work.
+        self._progress = trio.Event()
+
+    # ------------------------------------------------------------ tokens (REST)
+
+    async def register(self, user_id: str, token: object, platform: object) -> str:
+        token = check_token(token)
+        if platform is not None and (
+            not isinstance(platform, str) or not 1 <= len(platform) <= MAX_PLATFORM_CHARS
+        ):
+            raise BadRequest(f"platform: a string of 1 to {MAX_PLATFORM_CHARS} characters")
+        await self._directory.write(sql.upsert_token, token, user_id, platform, auth.now_ms())
+        return token
+
+    async def unregister(self, user_id: str, token: str) -> None:
+        """Remove the caller's own token (idempotent; another user's token is untouched)."""
+        check_token(token)
+        await self._directory.write(sql.delete_token, token, user_id)
+
+    def tokens_of(self, user_id: str) -> list[str]:
+        return self._directory.read(sql.tokens_of, user_id)
+
+    # ------------------------------------------------------------ the actor's side
+
+    def notify(self, message: Message) -> None:
+        """Queue a committed message for notification. Never waits: when the queue is
+        full the message is dropped and counted."""
+        try:
+            self._send.send_nowait(message)
+        except trio.WouldBlock:
+            self.counters.dropped += 1
+
+    # ------------------------------------------------------------ the push task
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """The push task (only started when `push.endpoint` is set). It restarts itself
+        after an unexpected error, keeping what was queued; cancellation (shutdown) drops
+        what is in flight (notifications are best effort)."""
+        task_status.started()
+        while True:
+            try:
+                await self._serve()
+            except Exception:
+                log.exception("push task failed; restarting")
+                await trio.sleep(self._config.push.retry_base_seconds)
+
+    async def _serve(self) -> None:
+        config = self._config.push
+        limits = httpx.Limits(max_connections=config.max_concurrent_requests + 1)
+        timeout = httpx.Timeout(config.request_timeout_seconds)
+        async with (
+            httpx.AsyncClient(limits=limits, timeout=timeout) as client,
+            trio.open_nursery() as nursery,
+        ):
+            batches_send, batches_receive = trio.open_memory_channel[list[Notification]](0)
+            async with batches_receive:
+                for _ in range(config.max_concurrent_requests):
+                    nursery.start_soon(self._sender, client, batches_receive.clone())
+            nursery.start_soon(self._receipts, client)
+            async with batches_send:
+                while True:
+                    messages = [await self._receive.receive()]
+                    while len(messages) < BUILD_BATCH:
+                        try:
+                            messages.append(self._receive.receive_nowait())
+                        except trio.WouldBlock:
+                            break
+                    notifications = await self._build(messages)
+                    for start in range(0, len(notifications), SEND_BATCH):
+                        await batches_send.send(notifications[start : start + SEND_BATCH])
+                    self._tick()
+
+    async def wait_progress(self) -> None:
+        """Wait until the push task next finishes a piece of work (tests poll with it)."""
+        await self._progress.wait()
+
+    def _tick(self) -> None:
+        self._progress.set()
+        self._progress = trio.Event()
+
+    # ------------------------------------------------------------ building
+
+    async def _build(self, messages: list[Message]) -> list[Notification]:
+        """One notification per device of every member with no open connection."""
+        notifications: list[Notification] = []
+        badges: dict[str, int] = {}
+        include = self._config.push.include_content
+        for message in messages:
+            record = self._directory.conversation(message.conversation_id)
+            if record is None:
+                continue
+            sender = self._directory.user(message.sender_id)
+            sender_name = sender.display_name if sender is not None else "Someone"
+            if not include:
+                title = "New message"
+            elif record.kind == "group" and record.title:
+                title = f"{sender_name} in {record.title}"
+            else:
+                title = sender_name
+            for member in self._directory.member_ids(record.id):
+                if member == message.sender_id or self._presence.connection_count(member):
+                    continue
+                tokens = self.tokens_of(member)
+                if not tokens:
+                    continue
+                if member not in badges:
+                    badges[member] = await self._badge(member)
+                base: dict[str, Any] = {
+                    "title": title,
+                    "data": {
+                        "conversation_id": record.id,
+                        "message_id": message.id,
+                        "seq": message.seq,
+                    },
+                    "badge": badges[member],
+                    "sound": "default",
+                }
+                for token in tokens:
+                    payload = fit_payload({"to": token, **base}, message.body if include else None)
+                    notifications.append(Notification(token, payload))
+        return notifications
+
+    async def _badge(self, user_id: str) -> int:
+        """The user's unread count over (at most BADGE_MAX_CONVERSATIONS of) their
+        conversations, read from the conversation files in a worker thread."""
+        conversation_ids = self._directory.conversation_ids_of(user_id)[:BADGE_MAX_CONVERSATIONS]
+        return await trio.to_thread.run_sync(
+            self._count_unread, user_id, conversation_ids, limiter=self._badge_limiter
+        )
+
+    def _count_unread(self, user_id: str, conversation_ids: list[str]) -> int:
+        total = 0
+        for conversation_id in conversation_ids:
+            path = conversation_path(self._config.data_dir, conversation_id)
+            if not path.exists():
+                continue
+            try:
+                conn = open_db(path, self._config.storage.synchronous, create=False)
+            except apsw.Error:
+                continue
+            try:
+                total += sql.unread_in_conversation(conn, user_id, BADGE_CAP - total)
+            except apsw.SQLError:
+                pass  # a file its actor is creating right now: no messages yet
+            finally:
+                conn.close()
+            if total >= BADGE_CAP:
+                break
+        return total
+
+    # ------------------------------------------------------------ sending
+
+    def _headers(self, *, gzipped: bool) -> dict[str, str]:
+        headers = {
+            "accept": "application/json",
+            "accept-encoding": "gzip, deflate",
+            "content-type": "application/json",
+        }
+        if gzipped:
+            headers["content-encoding"] = "gzip"
+        if self._config.push.access_token:
+            headers["authorization"] = f"Bearer {self._config.push.access_token}"
+        return headers
+
+    async def _sender(
+        self, client: httpx.AsyncClient, batches: trio.MemoryReceiveChannel[list[Notification]]
+    ) -> None:
+        async with batches:
+            async for batch in batches:
+                await self._deliver(client, batch)
+                self._tick()
+
+    async def _post(
+        self, client: httpx.AsyncClient, url: str, body: bytes
+    ) -> httpx.Response | None:
+        """POST with retries on 429, 5xx and network errors (exponential backoff, at least
+        Retry-After); the final response, or None when every attempt failed."""
+        config = self._config.push
+        delay = config.retry_base_seconds
+        for attempt in range(config.max_retries + 1):
+            wait = delay
+            try:
+                response = await client.post(url, content=body, headers=self._headers(gzipped=True))
+            except httpx.HTTPError as exc:
+                log.warning("push: %s failed: %s", url, exc)
+            else:
+                if response.status_code != 429 and response.status_code < 500:
+                    return response
+                log.warning("push: %s answered %d", url, response.status_code)
+                after = response.headers.get("retry-after", "")
+                if after.isascii() and after.isdigit():
+                    wait = max(wait, float(after))
+            if attempt == config.max_retries:
+                break
+            self.counters.retries += 1
+            await trio.sleep(min(wait, config.retry_max_seconds))
+            delay *= 2
+        return None
+
+    async def _deliver(self, client: httpx.AsyncClient, batch: list[Notification]) -> None:
+        body = gzip.compress(orjson.dumps([n.payload for n in batch]))
+        response = await self._post(client, self._config.push.endpoint, body)
+        data = _json(response).get("data") if response is not None else None
+        if response is None or response.status_code != 200 or not isinstance(data, list):
+            if response is not None:
+                log.error("push: send refused (%d): %s", response.status_code, response.text[:500])
+            self.counters.failed += len(batch)
+            return
+        tickets: list[tuple[str, str]] = []
+        dead: list[str] = []
+        for notification, ticket in zip(batch, data, strict=False):
+            if not isinstance(ticket, dict):
+                self.counters.failed += 1
+            elif ticket.get("status") == "ok" and isinstance(ticket.get("id"), str):
+                tickets.append((ticket["id"], notification.token))
+                self.counters.sent += 1
+            else:
+                self.counters.failed += 1
+                if _error_of(ticket) == "DeviceNotRegistered":
+                    dead.append(notification.token)
+                else:
+                    log.warning("push: ticket error %s", ticket.get("message"))
+        await self._directory.write(_record_tickets, tickets, dead, auth.now_ms())
+        self.counters.removed_tokens += len(dead)
+
+    # ------------------------------------------------------------ receipts
+
+    async def _receipts(self, client: httpx.AsyncClient) -> None:
+        delay = self._config.push.receipt_delay_seconds
+        while True:
+            await trio.sleep(delay)
+            try:
+                await self.check_receipts(client)
+            except Exception:
+                # Supervision: tickets stay recorded, so the next round asks again.
+                log.exception("push: reading receipts failed; retrying next round")
+            self._tick()
+
+    async def check_receipts(self, client: httpx.AsyncClient) -> None:
+        """Ask for the receipts of tickets older than `receipt_delay_seconds`, forget the
+        tickets that have one, and remove tokens whose receipt says DeviceNotRegistered."""
+        now = auth.now_ms()
+        cutoff = now - int(self._config.push.receipt_delay_seconds * 1000)
+        url = receipts_url(self._config.push.endpoint)
+        while True:
+            due = self._directory.read(sql.due_tickets, cutoff, RECEIPT_BATCH)
+            if not due:
+                return
+            body = gzip.compress(orjson.dumps({"ids": [ticket for ticket, _ in due]}))
+            response = await self._post(client, url, body)
+            data = _json(response).get("data") if response is not None else None
+            if response is None or response.status_code != 200 or not isinstance(data, dict):
+                return
+            done: list[str] = []
+            dead: list[str] = []
+            for ticket, token in due:
+                receipt = data.get(ticket)
+                if not isinstance(receipt, dict):
+                    continue  # not ready yet; asked again next round
+                done.append(ticket)
+                if receipt.get("status") != "ok":
+                    if _error_of(receipt) == "DeviceNotRegistered":
+                        dead.append(token)
+                    else:
+                        log.warning("push: receipt error %s", receipt.get("message"))
+            await self._directory.write(_settle_tickets, done, dead, now - TICKET_KEEP_MS)
+            self.counters.receipts += len(done)
+            self.counters.removed_tokens += len(dead)
+            if len(due) < RECEIPT_BATCH or not done:
+                return
+
+
+def _json(response: httpx.Response | None) -> dict[str, Any]:
+    if response is None:
+        return {}
+    try:
+        value = response.json()
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _error_of(ticket: dict[str, Any]) -> str | None:
+    details = ticket.get("details")
+    error = details.get("error") if isinstance(details, dict) else None
+    return error if isinstance(error, str) else None
+
+
+def _record_tickets(
+    conn: apsw.Connection, tickets: list[tuple[str, str]], dead: list[str], now: int
+) -> None:
+    sql.insert_tickets(conn, tickets, now)
+    for token in dead:
+        sql.delete_token(conn, token)
+
+
+def _settle_tickets(
+    conn: apsw.Connection, done: list[str], dead: list[str], forget_before: int
+) -> None:
+    sql.delete_tickets(conn, done)
+    sql.delete_tickets_before(conn, forget_before)
+    for token in dead:
+        sql.delete_token(conn, token)

@@ -1,0 +1,426 @@
+"""Media (PROTOCOL.md `POST /v1/media`, `GET /v1/media/{id}`, attachments), end to end.
+
+Real server on 127.0.0.1:0, real files under tmp_path, real HTTP (httpx, or a raw TCP
+client where the test must control exactly what is sent). Every refusal also checks
+that nothing was stored: no media record, no file, no temporary file left behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tracemalloc
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from tests.helpers import Account, Harness, assert_error, harness, make_config
+
+PNG = b"\x89PNG\r\n\x1a\n" + os.urandom(3000)
+MP4 = b"\x00\x00\x00\x18ftypisom\x00\x00\x02\x00isomiso2" + os.urandom(300_000)
+PDF = b"%PDF-1.7\n" + os.urandom(2000)
+HTML = b"<!DOCTYPE html><html><body><script>alert(document.cookie)</script></body></html>"
+
+
+async def upload(
+    h: Harness, who: Account, data: bytes, content_type: str = "image/png"
+) -> dict[str, Any]:
+    r = await h.http.post(
+        "/v1/media", content=data, headers={**h.auth(who), "Content-Type": content_type}
+    )
+    assert r.status_code == 201, r.text
+    return r.json()  # type: ignore[no-any-return]
+
+
+async def send(
+    h: Harness, who: Account, cid: str, attachments: list[str], status: int = 201
+) -> dict[str, Any]:
+    r = await h.http.post(
+        f"/v1/conversations/{cid}/messages",
+        json={"client_id": uuid.uuid4().hex, "body": "look", "attachments": attachments},
+        headers=h.auth(who),
+    )
+    assert r.status_code == status, r.text
+    return r.json()  # type: ignore[no-any-return]
+
+
+def stored(h: Harness) -> tuple[int, list[str]]:
+    """(media records, files under media/ other than the tmp dir, tmp files)."""
+    assert h.server.directory is not None
+    count = h.server.directory.read(lambda conn: conn.execute("SELECT count(*) FROM media").get)
+    root = h.server.config.data_dir / "media"
+    files = sorted(
+        str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and p.parent.name != "tmp"
+    )
+    leftovers = [p.name for p in (root / "tmp").glob("*")]
+    assert leftovers == [], leftovers
+    return int(count), files
+
+
+async def raw_request(port: int, head: str, body_parts: list[bytes]) -> tuple[int, bytes]:
+    """Send a request head and some body bytes over TCP, then read the response head.
+    The body need not be complete: the server must answer without waiting for it."""
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        await stream.send_all(head.encode())
+        for part in body_parts:
+            await stream.send_all(part)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = await stream.receive_some(65536)
+            assert chunk, data
+            data += chunk
+    response_head, _, rest = data.partition(b"\r\n\r\n")
+    return int(response_head.split(b" ", 2)[1]), rest
+
+
+# ---------------------------------------------------------------- round trip
+
+
+async def test_upload_download_round_trip_with_stored_type_and_nosniff(h: Harness) -> None:
+    ada = await h.account("ada")
+    first = await upload(h, ada, PNG)
+    assert set(first) == {"id", "content_type", "size", "sha256"}
+    assert first["content_type"] == "image/png" and first["size"] == len(PNG)
+    assert first["sha256"] == hashlib.sha256(PNG).hexdigest()
+    r = await h.http.get(f"/v1/media/{first['id']}", headers=h.auth(ada))
+    assert r.status_code == 200 and r.content == PNG
+    assert r.headers["content-type"] == "image/png"
+    assert r.headers["x-content-type-options"] == "nosniff"
+    assert "content-disposition" not in r.headers
+    # The same bytes again: a new id of its own, one file on disk.
+    second = await upload(h, ada, PNG)
+    assert second["id"] != first["id"] and second["sha256"] == first["sha256"]
+    assert (await h.http.get(f"/v1/media/{second['id']}", headers=h.auth(ada))).content == PNG
+    sha = first["sha256"]
+    assert stored(h) == (2, [f"{sha[:2]}/{sha}"])
+    # Text comes back as UTF-8 text; a PDF is a download.
+    text = await upload(h, ada, "héllo\n".encode(), "text/plain; charset=utf-8")
+    r = await h.http.get(f"/v1/media/{text['id']}", headers=h.auth(ada))
+    assert r.text == "héllo\n" and r.headers["content-type"] == "text/plain; charset=utf-8"
+    pdf = await upload(h, ada, PDF, "application/pdf")
+    r = await h.http.get(f"/v1/media/{pdf['id']}", headers=h.auth(ada))
+    assert r.content == PDF and r.headers["content-disposition"].startswith("attachment")
+
+
+async def test_executable_type_when_allowed_is_served_as_a_download(tmp_path: Path) -> None:
+    config = make_config(tmp_path / "data", media={"allowed_types": ["image/svg+xml", "image/png"]})
+    svg = b'<?xml version="1.0"?><svg xmlns="http://www.w3.org/2000/svg"><script>x()</script></svg>'
+    with trio.fail_after(30):
+        async with harness(config) as h:
+            ada = await h.account("ada")
+            media = await upload(h, ada, svg, "image/svg+xml")
+            r = await h.http.get(f"/v1/media/{media['id']}", headers=h.auth(ada))
+            assert r.content == svg and r.headers["content-type"] == "image/svg+xml"
+            assert r.headers["content-disposition"].startswith("attachment")
+            assert r.headers["x-content-type-options"] == "nosniff"
+            assert "sandbox" in r.headers["content-security-policy"]
+            # Not in this server's list: refused even though the bytes are a real PDF.
+            r = await h.http.post(
+                "/v1/media", content=PDF, headers={**h.auth(ada), "Content-Type": "application/pdf"}
+            )
+            assert_error(r, 415, "bad_request")
+
+
+# ---------------------------------------------------------------- refusals
+
+
+@pytest.mark.parametrize(
+    ("data", "content_type", "status"),
+    [
+        (b"", "image/png", 400),
+        (HTML, "image/png", 415),
+        (HTML, "text/plain", 415),
+        (b"  \n<script>alert(1)</script>", "text/plain", 415),
+        (PNG, "image/jpeg", 415),
+        (PNG, "", 415),
+        (PNG, "application/x-msdownload", 415),
+        (PNG, "text/html", 415),
+        (b"MZ\x90\x00\x03" + bytes(100), "image/png", 415),
+        (b"plain text \xff\xfe not utf-8", "text/plain", 415),
+        (b"a" * 1000 + b"\x00" + b"b" * 1000, "text/plain", 415),
+        (b"%PDF-1.4 fake", "image/png", 415),
+    ],
+)
+async def test_bad_upload_is_refused_and_stores_nothing(
+    h: Harness, data: bytes, content_type: str, status: int
+) -> None:
+    ada = await h.account("ada")
+    headers = {**h.auth(ada)}
+    if content_type:
+        headers["Content-Type"] = content_type
+    r = await h.http.post("/v1/media", content=data, headers=headers)
+    assert_error(r, status, "bad_request")
+    assert stored(h) == (0, [])
+
+
+async def test_media_routes_need_a_valid_token(h: Harness) -> None:
+    ada = await h.account("ada")
+    media = await upload(h, ada, PNG)
+    for headers in ({}, {"Authorization": "Bearer nope"}):
+        r = await h.http.post(
+            "/v1/media", content=PNG, headers={**headers, "Content-Type": "image/png"}
+        )
+        assert_error(r, 401, "unauthorized")
+        assert_error(
+            await h.http.get(f"/v1/media/{media['id']}", headers=headers), 401, "unauthorized"
+        )
+    assert stored(h)[0] == 1
+
+
+async def test_upload_past_the_limit_is_cut_off_at_once_and_stores_nothing(
+    tmp_path: Path,
+) -> None:
+    limit = 256 * 1024
+    config = make_config(tmp_path / "data", limits={"max_upload_bytes": limit})
+    with trio.fail_after(30):
+        async with harness(config) as h:
+            ada = await h.account("ada")
+            assert h.server.port is not None
+            base = (
+                "POST /v1/media HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+                f"Authorization: Bearer {ada.token}\r\n"
+            )
+            # A declared length past the limit: 413 before a single body byte is sent.
+            status, _ = await raw_request(
+                h.server.port, base + "Content-Length: 1000000000\r\n\r\n", []
+            )
+            assert status == 413
+            # Chunked, no length: 413 once the bytes pass the limit, while the client
+            # has not finished (the last chunk is never sent).
+            chunk = PNG[:8] + bytes(64 * 1024 - 8)
+            parts = [
+                f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n"
+                if i == 0
+                else f"{64 * 1024:x}\r\n".encode() + bytes(64 * 1024) + b"\r\n"
+                for i in range(limit // (64 * 1024) + 1)
+            ]
+            status, _ = await raw_request(
+                h.server.port, base + "Transfer-Encoding: chunked\r\n\r\n", parts
+            )
+            assert status == 413
+            assert stored(h) == (0, [])
+            # Exactly at the limit is fine.
+            at_limit = PNG[:8] + bytes(limit - 8)
+            assert (await upload(h, ada, at_limit))["size"] == limit
+
+
+async def test_large_upload_and_download_stream_with_bounded_memory(tmp_path: Path) -> None:
+    size = 24 << 20
+    config = make_config(tmp_path / "data", limits={"max_upload_bytes": 32 << 20})
+    piece = os.urandom(64 * 1024)
+
+    async def body() -> AsyncIterator[bytes]:
+        yield MP4[:32] + piece[32:]
+        for _ in range(size // len(piece) - 1):
+            yield piece
+
+    with trio.fail_after(50):
+        async with harness(config) as h:
+            ada = await h.account("ada")
+            tracemalloc.start()
+            try:
+                r = await h.http.post(
+                    "/v1/media",
+                    content=body(),
+                    headers={**h.auth(ada), "Content-Type": "video/mp4"},
+                )
+                assert r.status_code == 201, r.text
+                media = r.json()
+                digest = hashlib.sha256()
+                received = 0
+                async with h.http.stream(
+                    "GET", f"/v1/media/{media['id']}", headers=h.auth(ada)
+                ) as download:
+                    assert download.status_code == 200
+                    async for data in download.aiter_raw():
+                        digest.update(data)
+                        received += len(data)
+                _, peak = tracemalloc.get_traced_memory()
+            finally:
+                tracemalloc.stop()
+            assert media["size"] == size == received
+            assert digest.hexdigest() == media["sha256"]
+            # Client and server together never held more than a few chunks of 24 MiB.
+            assert peak < 8 << 20, peak
+
+
+async def test_quota_counts_every_upload_and_refuses_past_it(tmp_path: Path) -> None:
+    config = make_config(tmp_path / "data", media={"quota_bytes": 10_000})
+    with trio.fail_after(30):
+        async with harness(config) as h:
+            ada, bob = await h.account("ada"), await h.account("bob")
+            await upload(h, ada, PNG)
+            await upload(h, ada, PNG)
+            r = await h.http.post(
+                "/v1/media", content=PNG + PNG, headers={**h.auth(ada), "Content-Type": "image/png"}
+            )
+            assert_error(r, 413, "too_large")
+            await upload(h, ada, PNG)
+            r = await h.http.post(
+                "/v1/media", content=PNG, headers={**h.auth(ada), "Content-Type": "image/png"}
+            )
+            assert_error(r, 413, "too_large")
+            assert stored(h)[0] == 3
+            # Another user's quota is their own.
+            await upload(h, bob, PNG)
+
+
+# ---------------------------------------------------------------- access on the reference
+
+
+async def test_non_member_gets_404_for_media_attached_in_someone_elses_conversation(
+    h: Harness,
+) -> None:
+    ada, bob, carol = await h.account("ada"), await h.account("bob"), await h.account("carol")
+    cid = await h.direct(ada, bob)
+    media = await upload(h, ada, PNG)
+    url = f"/v1/media/{media['id']}"
+    # Not attached yet: only the uploader.
+    assert_error(await h.http.get(url, headers=h.auth(bob)), 404, "not_found")
+    message = await send(h, ada, cid, [media["id"]])
+    assert message["attachments"] == [media["id"]]
+    assert (await h.http.get(url, headers=h.auth(bob))).content == PNG
+    missing = await h.http.get(url, headers=h.auth(carol))
+    unknown = await h.http.get("/v1/media/md_nothing_here", headers=h.auth(carol))
+    assert_error(missing, 404, "not_found")
+    assert missing.json() == unknown.json()
+    # Carol uploading the very same bytes learns nothing and gains nothing.
+    own = await upload(h, carol, PNG)
+    assert own["id"] != media["id"]
+    assert_error(await h.http.get(url, headers=h.auth(carol)), 404, "not_found")
+
+
+async def test_removed_group_member_loses_access_to_its_media_at_once(h: Harness) -> None:
+    ada, bob = await h.account("ada"), await h.account("bob")
+    gid = await h.group(ada, bob)
+    media = await upload(h, ada, PNG)
+    async with h.ws(ada) as ws:
+        ack = await ws.request(
+            "send_message",
+            conversation_id=gid,
+            client_id="c1",
+            body="pic",
+            attachments=[media["id"]],
+        )
+        assert ack["type"] == "ack" and ack["message"]["attachments"] == [media["id"]]
+    url = f"/v1/media/{media['id']}"
+    assert (await h.http.get(url, headers=h.auth(bob))).status_code == 200
+    r = await h.http.delete(f"/v1/conversations/{gid}/members/{bob.id}", headers=h.auth(ada))
+    assert r.status_code == 204
+    assert_error(await h.http.get(url, headers=h.auth(bob)), 404, "not_found")
+
+
+async def test_attaching_media_you_may_not_use_is_forbidden_and_stores_nothing(
+    h: Harness,
+) -> None:
+    ada, bob, carol = await h.account("ada"), await h.account("bob"), await h.account("carol")
+    cid = await h.direct(ada, bob)
+    theirs = await upload(h, carol, PNG)
+    mine = await upload(h, ada, PNG)
+    # REST: 403, over the WebSocket: `forbidden`, also when mixed with a usable id.
+    r = await h.http.post(
+        f"/v1/conversations/{cid}/messages",
+        json={"client_id": "x1", "body": "hi", "attachments": [theirs["id"]]},
+        headers=h.auth(ada),
+    )
+    assert_error(r, 403, "forbidden")
+    async with h.ws(ada) as ws:
+        for attachments in ([theirs["id"]], [mine["id"], theirs["id"]], ["md_unknown"]):
+            error = await ws.request(
+                "send_message",
+                conversation_id=cid,
+                client_id="x2",
+                body="hi",
+                attachments=attachments,
+            )
+            assert error["type"] == "error" and error["code"] == "forbidden", error
+        history = await ws.request("get_history", conversation_id=cid)
+        assert history["messages"] == []
+    assert_error(
+        await h.http.get(f"/v1/media/{theirs['id']}", headers=h.auth(bob)), 404, "not_found"
+    )
+    # The same client_id is still free: nothing was stored under it.
+    message = await send(h, ada, cid, [mine["id"]])
+    assert message["seq"] == 1
+
+
+async def test_a_member_may_forward_media_shared_with_them(h: Harness) -> None:
+    ada, bob, carol = await h.account("ada"), await h.account("bob"), await h.account("carol")
+    media = await upload(h, ada, PNG)
+    await send(h, ada, await h.direct(ada, bob), [media["id"]])
+    url = f"/v1/media/{media['id']}"
+    assert_error(await h.http.get(url, headers=h.auth(carol)), 404, "not_found")
+    await send(h, bob, await h.direct(bob, carol), [media["id"]])
+    assert (await h.http.get(url, headers=h.auth(carol))).content == PNG
+    # A resent message (same client_id) is a duplicate and its reference stays.
+    r = await h.http.post(
+        f"/v1/conversations/{await h.direct(bob, carol)}/messages",
+        json={"client_id": "again", "body": "x", "attachments": [media["id"]]},
+        headers=h.auth(bob),
+    )
+    assert r.status_code == 201
+
+
+# ---------------------------------------------------------------- ranges
+
+
+async def test_range_requests_for_audio_and_video(h: Harness) -> None:
+    ada = await h.account("ada")
+    video = await upload(h, ada, MP4, "video/mp4")
+    url, size = f"/v1/media/{video['id']}", len(MP4)
+    full = await h.http.get(url, headers=h.auth(ada))
+    assert full.status_code == 200 and full.content == MP4
+    assert full.headers["accept-ranges"] == "bytes"
+    cases = [
+        ("bytes=0-99", 0, 99),
+        ("bytes=1000-", 1000, size - 1),
+        ("bytes=-10", size - 10, size - 1),
+        (f"bytes=5-{size * 2}", 5, size - 1),
+    ]
+    for header, first, last in cases:
+        r = await h.http.get(url, headers={**h.auth(ada), "Range": header})
+        assert r.status_code == 206, header
+        assert r.headers["content-range"] == f"bytes {first}-{last}/{size}"
+        assert r.content == MP4[first : last + 1]
+        assert int(r.headers["content-length"]) == last - first + 1
+    for header in (f"bytes={size}-", "bytes=-0"):
+        r = await h.http.get(url, headers={**h.auth(ada), "Range": header})
+        assert_error(r, 416, "bad_request")
+        assert r.headers["content-range"] == f"bytes */{size}"
+    # A range we do not serve (several, or malformed): the whole file.
+    for header in ("bytes=0-1,5-6", "items=0-5", "bytes=9-3"):
+        r = await h.http.get(url, headers={**h.auth(ada), "Range": header})
+        assert r.status_code == 200 and r.content == MP4
+    # Images are served whole.
+    png = await upload(h, ada, PNG)
+    r = await h.http.get(f"/v1/media/{png['id']}", headers={**h.auth(ada), "Range": "bytes=0-9"})
+    assert r.status_code == 200 and r.content == PNG
+
+
+# ---------------------------------------------------------------- cleanup
+
+
+async def test_unreferenced_upload_is_deleted_after_its_time(tmp_path: Path) -> None:
+    config = make_config(
+        tmp_path / "data",
+        media={"unreferenced_ttl_seconds": 0.3, "cleanup_interval_seconds": 0.05},
+    )
+    with trio.fail_after(30):
+        async with harness(config) as h:
+            ada, bob = await h.account("ada"), await h.account("bob")
+            kept = await upload(h, ada, PNG)
+            await send(h, ada, await h.direct(ada, bob), [kept["id"]])
+            other = PNG + b"different bytes"
+            dropped = await upload(h, ada, other)
+            url = f"/v1/media/{dropped['id']}"
+            while (await h.http.get(url, headers=h.auth(ada))).status_code == 200:
+                await trio.sleep(0.05)
+            assert_error(await h.http.get(url, headers=h.auth(ada)), 404, "not_found")
+            sha = kept["sha256"]
+            assert stored(h) == (1, [f"{sha[:2]}/{sha}"])
+            assert (await h.http.get(f"/v1/media/{kept['id']}", headers=h.auth(bob))).content == PNG
