@@ -1,0 +1,1 @@
+"""The MessageAI benchmark (`./scripts/bench`): orchestrator, load processes, seeding."""

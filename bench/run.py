@@ -1,0 +1,807 @@
+"""`./scripts/bench`: MessageAI against the machine's own limits, measured in one run.
+
+Each scenario starts the server as its own process on a fresh data directory,
+seeds it over REST, and drives it from separate load processes of real
+WebSocket clients (`bench.load`). Its reference (a minimal trio-websocket echo
+or fan-out server from `scripts/`) runs the same load right after it, so the
+ratios compare figures taken minutes apart on the same machine. Server CPU is
+the server process's own CPU time (/proc/PID/stat, all threads) over the
+measured window. Prints markdown tables and writes JSON under bench-results/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib.resources
+import os
+import platform
+import random
+import shutil
+import sys
+import time
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from bench import procs, seed
+from bench.procs import ROOT, Child, LoadGroup
+
+SCENARIOS = ["direct", "group", "rr", "idle", "cold", "history", "durability"]
+
+# Full run and --quick sizes. Every loop below is bounded by these.
+FULL = {
+    "direct_conversations": 200,
+    "group_members": 50,
+    "group_senders": 5,
+    "rr_clients": 100,
+    "idle_connections": 10_000,
+    "cold_conversations": 1000,
+    "history_messages": 1_000_000,
+    "history_clients": 4,
+    "warmup": 2.0,
+    "duration": 10.0,
+    "hold": 5.0,
+}
+QUICK = {
+    **FULL,
+    "direct_conversations": 100,
+    "idle_connections": 1000,
+    "cold_conversations": 200,
+    "history_messages": 200_000,
+    "warmup": 1.0,
+    "duration": 3.0,
+    "hold": 1.0,
+}
+
+# Server settings for the bench; keys this server version does not know are left out.
+SERVER_CONFIG: dict[str, dict[str, Any]] = {
+    "server": {"host": "127.0.0.1", "port": 0},
+    "auth": {"scrypt_n": 16},  # registering thousands of users is not what we measure
+    "logging": {"level": "warning"},
+    "conversations": {"idle_seconds": 3600.0},  # no actor retires during a long seeding
+    # Abuse limits sized for a load generator that is one machine acting as thousands.
+    "limits": {
+        "max_connections_per_user": 100_000,
+        "messages_per_second": 1_000_000,
+        "message_burst": 1_000_000,
+        "idle_timeout_seconds": 3600.0,
+    },
+}
+
+
+def percentile(values: list[int], p: float) -> float | None:
+    """Nearest-rank percentile of µs samples, in ms."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(p / 100 * len(ordered) + 0.5) - 1))
+    return ordered[index] / 1000
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.size = QUICK if args.quick else FULL
+        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+        self.out = ROOT / "bench-results" / stamp
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.results: dict[str, Any] = {}
+        self.rows: list[dict[str, Any]] = []
+        self.scenario = ""
+        self.step = ""
+        self._progress_shown = False
+        self._apsw: dict[str, list[dict[str, Any]]] = {}
+
+    # ------------------------------------------------------------ plumbing
+
+    def progress(self, text: str) -> None:
+        line = f"[{self.scenario}] {self.step}: {text}"
+        if sys.stderr.isatty():
+            sys.stderr.write("\r\033[K" + line[:150])
+            self._progress_shown = True
+        else:
+            sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+
+    def progress_done(self) -> None:
+        if self._progress_shown:
+            sys.stderr.write("\r\033[K")
+            sys.stderr.flush()
+            self._progress_shown = False
+
+    def config(self, synchronous: str) -> Path:
+        known = tomllib.loads(
+            importlib.resources.files("messageai").joinpath("default.toml").read_text()
+        )
+        lines = []
+        for section, values in SERVER_CONFIG.items():
+            keep = {k: v for k, v in values.items() if k in known.get(section, {})}
+            if section == "storage":
+                continue
+            lines.append(f"[{section}]")
+            lines += [f"{k} = {toml_value(v)}" for k, v in keep.items()]
+        lines += ["[storage]", f'synchronous = "{synchronous}"']
+        path = self.out / f"messageai-{synchronous.lower()}.toml"
+        path.write_text("\n".join(lines) + "\n")
+        return path
+
+    def data_dir(self, name: str) -> Path:
+        path = self.out / f"data-{name}"
+        shutil.rmtree(path, ignore_errors=True)
+        path.mkdir(parents=True)
+        return path
+
+    def start_server(self, synchronous: str, data_dir: Path) -> Child:
+        self.step = "messageai"
+        self.progress("starting the server")
+        return procs.start_messageai(self.config(synchronous), data_dir, self.out / "server.log")
+
+    def run_load(
+        self,
+        target: Child,
+        plan: dict[str, Any],
+        *,
+        system: str,
+        offered: str,
+        baseline_rss_kib: int | None = None,
+    ) -> dict[str, Any]:
+        """Drive `target` with `plan`, measured over the window between mark and drain."""
+        self.step = system
+        size = self.size
+        plan = {"max_seconds": 900, "body_chars": 64, **plan}
+        plan_path = self.out / f"plan-{self.scenario}-{system}.json"
+        plan_path.write_bytes(orjson.dumps(plan))
+        shards = max(1, min(self.args.load_procs, len(plan["conns"])))
+        if plan["kind"] in ("cold",):
+            shards = 1
+        group = LoadGroup(plan_path, shards, self.out / "load.log")
+
+        def show(phase: str, start: float | None = None, total: float | None = None) -> Any:
+            def update() -> None:
+                acks = sum(p.get("acks", 0) for p in group.progress.values())
+                deliv = sum(p.get("deliveries", 0) for p in group.progress.values())
+                errors = sum(p.get("errors", 0) for p in group.progress.values())
+                clock = f" {time.monotonic() - start:4.1f}/{total:.0f}s" if start else ""
+                self.progress(
+                    f"{phase}{clock}  acks {acks}  deliveries {deliv}  errors {errors}  "
+                    f"server CPU {target.cpu():.1f}s RSS {target.rss_kib() // 1024} MB"
+                )
+
+            return update
+
+        try:
+            self.progress("connecting the load")
+            ready = group.wait_all("ready", 600, show("connecting the load"))
+            connections = sum(r["connections"] for r in ready)
+            connect_errors = sum(r["connect_errors"] for r in ready)
+            metrics: dict[str, Any] = {
+                "system": system,
+                "offered": offered,
+                "connections": connections,
+                "connect_errors": connect_errors,
+                "connect_seconds": max(r["connect_seconds"] for r in ready),
+                "load_procs": shards,
+            }
+            kind = plan["kind"]
+            if kind == "idle":
+                rss = target.rss_kib()
+                base = baseline_rss_kib or 0
+                metrics["rss_mb"] = rss / 1024
+                metrics["rss_per_conn_kib"] = (rss - base) / max(1, connections)
+                metrics["load_rss_per_conn_kib"] = sum(r["rss_kib"] for r in ready) / max(
+                    1, connections
+                )
+                group.tell("go")
+                cpu0, t0 = target.cpu(), time.monotonic()
+                group.wait_all(None, size["hold"], show("holding", t0, size["hold"]))
+                metrics["idle_cpu_pct"] = 100 * (target.cpu() - cpu0) / (time.monotonic() - t0)
+                group.tell("stop")
+                group.wait_all("result", 60, show("closing"))
+                return metrics
+            if kind == "cold":
+                cpu0 = target.cpu()
+                group.tell("go")
+                results = group.wait_all("result", 600, show("sending first messages"))
+                cpu1 = target.cpu()
+            else:
+                group.tell("go")
+                t0 = time.monotonic()
+                group.wait_all(None, size["warmup"], show("warming up", t0, size["warmup"]))
+                group.tell("mark")
+                group.wait_all("marked", 30)
+                cpu0 = target.cpu()
+                t0 = time.monotonic()
+                group.wait_all(None, size["duration"], show("measuring", t0, size["duration"]))
+                group.tell("stop")
+                results = group.wait_all("result", 60, show("draining"))
+                cpu1 = target.cpu()
+            metrics.update(merge(results))
+            cpu = cpu1 - cpu0
+            metrics["server_cpu_seconds"] = cpu
+            metrics["server_cpu_pct"] = 100 * cpu / max(1e-9, metrics["drained_seconds"])
+            metrics["cpu_us_per_msg"] = cpu * 1e6 / metrics["acks"] if metrics["acks"] else None
+            metrics["cpu_us_per_delivery"] = (
+                cpu * 1e6 / metrics["deliveries"] if metrics["deliveries"] else None
+            )
+            metrics["rss_mb"] = target.rss_kib() / 1024
+            return metrics
+        finally:
+            self.progress_done()
+            group.close()
+
+    def add(self, scenario: str, metrics: dict[str, Any]) -> dict[str, Any]:
+        metrics = {"scenario": scenario, **metrics}
+        self.rows.append(metrics)
+        return metrics
+
+    # ------------------------------------------------------------ scenarios
+
+    def direct_pairs(self, server: Child, n: int, prefix: str) -> tuple[list[Any], list[str]]:
+        rest = seed.Rest(server.port)
+        try:
+            self.progress(f"registering {2 * n} users")
+            users = rest.register([f"{prefix}{i:05d}" for i in range(2 * n)])
+            self.progress(f"creating {n} direct conversations")
+            convs = rest.direct([(users[2 * i], users[2 * i + 1]) for i in range(n)])
+        finally:
+            rest.close()
+        return users, convs
+
+    def stream_direct(self, synchronous: str, label: str, with_ref: bool) -> dict[str, Any]:
+        n = self.size["direct_conversations"]
+        window = 2
+        offered = f"{n} conv x 2 senders x {window} in flight"
+        server = self.start_server(synchronous, self.data_dir(label))
+        try:
+            users, convs = self.direct_pairs(server, n, "d")
+            conns = [
+                {
+                    "path": f"/v1/ws?access_token={u['token']}",
+                    "subscribe": [convs[i // 2]],
+                    "send_to": convs[i // 2],
+                    "tag": f"c{i}",
+                }
+                for i, u in enumerate(users)
+            ]
+            plan = {"kind": "stream", "url": ws_url(server), "conns": conns, "window": window}
+            ours = self.add(label, self.run_load(server, plan, system="messageai", offered=offered))
+            ours["synchronous"] = synchronous
+        finally:
+            server.stop()
+        if with_ref:
+            ref = procs.start_reference("ref_fanout.py", self.out / "ref.log")
+            try:
+                conns = [
+                    {"path": f"/room/{i // 2}", "send_to": f"r{i // 2}", "tag": f"c{i}"}
+                    for i in range(2 * n)
+                ]
+                plan = {"kind": "stream", "url": ws_url(ref), "conns": conns, "window": window}
+                ours["ref"] = self.add(
+                    label,
+                    self.run_load(ref, plan, system="ref_fanout (rooms of 2)", offered=offered),
+                )
+            finally:
+                ref.stop()
+        return ours
+
+    def s_direct(self) -> None:
+        ours = self.stream_direct("FULL", "direct", with_ref=True)
+        self.results["direct"] = ours
+        self.results.setdefault("apsw", self.apsw("FULL"))
+
+    def s_durability(self) -> None:
+        full = self.stream_direct("FULL", "durability FULL", with_ref=False)
+        normal = self.stream_direct("NORMAL", "durability NORMAL", with_ref=False)
+        self.results["durability"] = {"FULL": full, "NORMAL": normal}
+        self.results["apsw"] = self.apsw("FULL") + self.apsw("NORMAL")
+
+    def s_group(self) -> None:
+        members = self.size["group_members"]
+        senders = self.size["group_senders"]
+        window = 4
+        offered = f"1 group x {members} members, {senders} senders x {window} in flight"
+        server = self.start_server("FULL", self.data_dir("group"))
+        try:
+            rest = seed.Rest(server.port)
+            try:
+                users = rest.register([f"g{i:05d}" for i in range(members)])
+                (cid,) = rest.groups([(users[0], users[1:])])
+            finally:
+                rest.close()
+            conns = [
+                {
+                    "path": f"/v1/ws?access_token={u['token']}",
+                    "subscribe": [cid],
+                    "send_to": cid if i < senders else None,
+                    "tag": f"c{i}",
+                }
+                for i, u in enumerate(users)
+            ]
+            plan = {"kind": "stream", "url": ws_url(server), "conns": conns, "window": window}
+            ours = self.add(
+                "group", self.run_load(server, plan, system="messageai", offered=offered)
+            )
+        finally:
+            server.stop()
+        ref = procs.start_reference("ref_fanout.py", self.out / "ref.log")
+        try:
+            conns = [
+                {"path": "/room/g", "send_to": "g" if i < senders else None, "tag": f"c{i}"}
+                for i in range(members)
+            ]
+            plan = {"kind": "stream", "url": ws_url(ref), "conns": conns, "window": window}
+            ours["ref"] = self.add(
+                "group", self.run_load(ref, plan, system="ref_fanout", offered=offered)
+            )
+        finally:
+            ref.stop()
+        self.results["group"] = ours
+
+    def s_rr(self) -> None:
+        n = self.size["rr_clients"]
+        offered = f"{n} clients x 1 in flight"
+        server = self.start_server("FULL", self.data_dir("rr"))
+        try:
+            users, convs = self.direct_pairs(server, n, "r")
+            # Only one side of each direct conversation connects: ack only, no delivery,
+            # the same work per message as the echo reference's.
+            conns = [
+                {
+                    "path": f"/v1/ws?access_token={users[2 * i]['token']}",
+                    "send_to": convs[i],
+                    "tag": f"c{i}",
+                }
+                for i in range(n)
+            ]
+            plan = {"kind": "stream", "url": ws_url(server), "conns": conns, "window": 1}
+            ours = self.add("rr", self.run_load(server, plan, system="messageai", offered=offered))
+        finally:
+            server.stop()
+        ref = procs.start_reference("ref_echo.py", self.out / "ref.log")
+        try:
+            conns = [{"path": f"/echo/{i}", "send_to": f"e{i}", "tag": f"c{i}"} for i in range(n)]
+            plan = {"kind": "stream", "url": ws_url(ref), "conns": conns, "window": 1}
+            ours["ref"] = self.add(
+                "rr", self.run_load(ref, plan, system="ref_echo", offered=offered)
+            )
+        finally:
+            ref.stop()
+        self.results["rr"] = ours
+
+    def s_idle(self) -> None:
+        n = self.size["idle_connections"]
+        per_group = 10
+        offered = f"{n} connections x 5 subscriptions (groups of {per_group})"
+        server = self.start_server("FULL", self.data_dir("idle"))
+        try:
+            rest = seed.Rest(server.port)
+            try:
+                self.progress(f"registering {n} users")
+                users = rest.register([f"i{i:05d}" for i in range(n)])
+                # Five layers; in each, a different shuffle cut into groups of `per_group`:
+                # every user is in exactly five groups.
+                groups: list[list[int]] = []
+                rng = random.Random(5)
+                for _layer in range(5):
+                    order = list(range(n))
+                    rng.shuffle(order)
+                    groups += [order[k : k + per_group] for k in range(0, n, per_group)]
+                self.progress(f"creating {len(groups)} groups")
+                ids = rest.groups([(users[g[0]], [users[m] for m in g[1:]]) for g in groups])
+            finally:
+                rest.close()
+            subs: list[list[str]] = [[] for _ in range(n)]
+            for gid, members in zip(ids, groups, strict=True):
+                for m in members:
+                    subs[m].append(gid)
+            conns = [
+                {"path": f"/v1/ws?access_token={u['token']}", "subscribe": subs[i], "tag": f"c{i}"}
+                for i, u in enumerate(users)
+            ]
+            plan = {"kind": "idle", "url": ws_url(server), "conns": conns}
+            base = server.rss_kib()
+            ours = self.add(
+                "idle",
+                self.run_load(
+                    server, plan, system="messageai", offered=offered, baseline_rss_kib=base
+                ),
+            )
+            ours["baseline_rss_mb"] = base / 1024
+        finally:
+            server.stop()
+        ref = procs.start_reference("ref_fanout.py", self.out / "ref.log")
+        try:
+            conns = [{"path": f"/room/{i // per_group}", "tag": f"c{i}"} for i in range(n)]
+            plan = {"kind": "idle", "url": ws_url(ref), "conns": conns}
+            base = ref.rss_kib()
+            ours["ref"] = self.add(
+                "idle",
+                self.run_load(
+                    ref, plan, system="ref_fanout", offered=offered, baseline_rss_kib=base
+                ),
+            )
+        finally:
+            ref.stop()
+        self.results["idle"] = ours
+
+    def s_cold(self) -> None:
+        n = self.size["cold_conversations"]
+        concurrency = 4
+        offered = f"first message to {n} inactive conversations, {concurrency} at a time"
+        data = self.data_dir("cold")
+        server = self.start_server("FULL", data)
+        try:
+            rest = seed.Rest(server.port)
+            try:
+                users = rest.register(["cold_a", "cold_b"])
+                self.progress(f"creating {n} conversations")
+                ids = rest.groups([(users[0], [users[1]])] * n)
+            finally:
+                rest.close()
+        finally:
+            server.stop()
+        # A restart: no actor is running and no database is open.
+        server = self.start_server("FULL", data)
+        try:
+            conns = [{"path": f"/v1/ws?access_token={users[0]['token']}", "tag": "cold"}]
+            plan = {
+                "kind": "cold",
+                "url": ws_url(server),
+                "conns": conns,
+                "cold_targets": ids,
+                "concurrency": concurrency,
+            }
+            self.results["cold"] = self.add(
+                "cold", self.run_load(server, plan, system="messageai", offered=offered)
+            )
+        finally:
+            server.stop()
+
+    def s_history(self) -> None:
+        total = self.size["history_messages"]
+        clients = self.size["history_clients"]
+        offered = f"{clients} clients paging 200 at random in {total:,} messages"
+        data = self.data_dir("history")
+        server = self.start_server("FULL", data)
+        try:
+            users, convs = self.direct_pairs(server, 1, "h")
+        finally:
+            server.stop()
+        self.step = "filling"
+        self.progress(f"writing {total:,} messages into the conversation's database")
+        fill = seed.fill_history(data, convs[0], [u["id"] for u in users], total, "FULL")
+        server = self.start_server("FULL", data)
+        try:
+            conns = [
+                {"path": f"/v1/ws?access_token={users[i % 2]['token']}", "tag": f"h{i}"}
+                for i in range(clients)
+            ]
+            plan = {
+                "kind": "history",
+                "url": ws_url(server),
+                "conns": conns,
+                "history_conversation": convs[0],
+                "history_total": total,
+                "history_limit": 200,
+            }
+            ours = self.add(
+                "history", self.run_load(server, plan, system="messageai", offered=offered)
+            )
+            ours["fill_seconds"] = fill
+            self.results["history"] = ours
+        finally:
+            server.stop()
+            shutil.rmtree(data, ignore_errors=True)
+
+    def apsw(self, synchronous: str) -> list[dict[str, Any]]:
+        """Raw APSW inserts into the messages schema: one row per commit, and 64 per commit."""
+        if synchronous in self._apsw:
+            return self._apsw[synchronous]
+        from messageai.store import conversation as sql
+        from messageai.store.db import migrate, open_db
+
+        self.step = "raw APSW"
+        out = []
+        seconds = self.size["duration"] / 2
+        for batch in (1, 64):
+            self.progress(f"inserts, synchronous={synchronous}, {batch} per commit")
+            directory = self.out / f"apsw-{synchronous}-{batch}"
+            shutil.rmtree(directory, ignore_errors=True)
+            directory.mkdir()
+            conn = open_db(directory / "c.sqlite3", synchronous)
+            migrate(conn, sql.MIGRATIONS)
+            rows, seq = 0, 0
+            body = "z" * 64
+            cpu0, t0 = time.process_time(), time.monotonic()
+            while time.monotonic() - t0 < seconds and rows < 10_000_000:
+                with conn:
+                    for _ in range(batch):
+                        seq += 1
+                        conn.execute(
+                            "INSERT INTO messages(seq, id, sender_id, client_id, body, attachments,"
+                            " created_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
+                            " ON CONFLICT(sender_id, client_id) DO NOTHING",
+                            (seq, f"m_{seq}", "u_1", f"c{seq}", body, "[]", 0),
+                        )
+                rows += batch
+            cpu, wall = time.process_time() - cpu0, time.monotonic() - t0
+            conn.close()
+            shutil.rmtree(directory, ignore_errors=True)
+            out.append(
+                {
+                    "synchronous": synchronous,
+                    "rows_per_commit": batch,
+                    "rows_per_s": rows / wall,
+                    "cpu_us_per_row": cpu * 1e6 / rows,
+                    "commits_per_s": rows / batch / wall,
+                }
+            )
+        self.progress_done()
+        self._apsw[synchronous] = out
+        return out
+
+    # ------------------------------------------------------------ report
+
+    def targets(self) -> list[dict[str, Any]]:
+        r = self.results
+        out: list[dict[str, Any]] = []
+
+        def check(
+            name: str, measured: float | None, limit: float | None, goal: str, le: bool
+        ) -> None:
+            met = None
+            if measured is not None and limit is not None:
+                met = measured <= limit if le else measured >= limit
+            out.append(
+                {"target": name, "measured": measured, "limit": limit, "goal": goal, "met": met}
+            )
+
+        def ratio(a: float | None, b: float | None) -> float | None:
+            return a / b if a is not None and b else None
+
+        if "direct" in r and "ref" in r["direct"]:
+            d = r["direct"]
+            check(
+                "direct: CPU/msg ÷ ref (echo + delivery)",
+                ratio(d["cpu_us_per_msg"], d["ref"]["cpu_us_per_msg"]),
+                1.5,
+                "≤ 1.5",
+                True,
+            )
+            check("direct: acked/s", d["acked_per_s"], 4000, "≥ 4,000", False)
+            check("direct: delivered/s", d["delivered_per_s"], 4000, "≥ 4,000", False)
+        if "group" in r:
+            g = r["group"]
+            check(
+                "group: CPU/delivery ÷ ref fan-out",
+                ratio(g["cpu_us_per_delivery"], g["ref"]["cpu_us_per_delivery"]),
+                1.3,
+                "≤ 1.3",
+                True,
+            )
+            check("group: deliveries/s", g["delivered_per_s"], 20000, "≥ 20,000", False)
+        if "rr" in r:
+            check(
+                "rr: ack p99 ÷ ref echo p99",
+                ratio(r["rr"]["ack_p99_ms"], r["rr"]["ref"]["ack_p99_ms"]),
+                2.0,
+                "≤ 2",
+                True,
+            )
+        if "idle" in r:
+            i = r["idle"]
+            check(
+                "idle: RSS/connection ÷ ref",
+                ratio(i["rss_per_conn_kib"], i["ref"]["rss_per_conn_kib"]),
+                1.5,
+                "≤ 1.5",
+                True,
+            )
+            check(
+                "idle: connections held",
+                i["connections"] - i["connect_errors"],
+                self.size["idle_connections"],
+                f"≥ {self.size['idle_connections']:,}",
+                False,
+            )
+        if "cold" in r:
+            check("cold: first-message ack p99 (ms)", r["cold"]["ack_p99_ms"], 20, "≤ 20", True)
+        if "history" in r:
+            check("history: page p99 (ms)", r["history"]["ack_p99_ms"], 20, "≤ 20", True)
+        if "durability" in r:
+            du = r["durability"]
+            check(
+                "durability: CPU/msg FULL ÷ NORMAL",
+                ratio(du["FULL"]["cpu_us_per_msg"], du["NORMAL"]["cpu_us_per_msg"]),
+                1.25,
+                "≤ 1.25",
+                True,
+            )
+        return out
+
+    def report(self) -> str:
+        lines = [
+            "| scenario | system | offered load | acked/s | delivered/s "
+            "| ack p50 / p95 / p99 ms | delivery p50 / p95 / p99 ms "
+            "| server CPU µs/msg | µs/delivery | server CPU % | load CPU % | server RSS MB |",
+            "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        for row in self.rows:
+            if row["scenario"] == "idle":
+                lines.append(
+                    f"| idle | {row['system']} | {row['offered']} | - | - | - | - | - | - "
+                    f"| {fmt(row.get('idle_cpu_pct'), 1)} (idle) | - "
+                    f"| {fmt(row['rss_mb'], 0)} ({fmt(row['rss_per_conn_kib'], 1)} KiB/conn) |"
+                )
+                continue
+            lines.append(
+                f"| {row['scenario']} | {row['system']} | {row['offered']} "
+                f"| {fmt(row['acked_per_s'], 0)} | {fmt(row['delivered_per_s'], 0)} "
+                f"| {fmt(row['ack_p50_ms'], 1)} / {fmt(row['ack_p95_ms'], 1)} / "
+                f"{fmt(row['ack_p99_ms'], 1)} "
+                f"| {fmt(row['deliv_p50_ms'], 1)} / {fmt(row['deliv_p95_ms'], 1)} / "
+                f"{fmt(row['deliv_p99_ms'], 1)} "
+                f"| {fmt(row['cpu_us_per_msg'], 0)} | {fmt(row['cpu_us_per_delivery'], 1)} "
+                f"| {fmt(row['server_cpu_pct'], 0)} | {fmt(row['load_cpu_pct'], 0)} "
+                f"| {fmt(row['rss_mb'], 0)} |"
+            )
+        apsw = self.results.get("apsw")
+        if apsw:
+            lines += [
+                "",
+                "| raw APSW insert | rows/s | commits/s | CPU µs/row |",
+                "| --- | ---: | ---: | ---: |",
+            ]
+            for a in apsw:
+                lines.append(
+                    f"| synchronous={a['synchronous']}, {a['rows_per_commit']} row(s)/commit "
+                    f"| {fmt(a['rows_per_s'], 0)} | {fmt(a['commits_per_s'], 0)} "
+                    f"| {fmt(a['cpu_us_per_row'], 1)} |"
+                )
+        targets = self.targets()
+        if targets:
+            lines += ["", "| target | measured | goal | met |", "| --- | ---: | ---: | --- |"]
+            for t in targets:
+                met = {True: "yes", False: "**no**", None: "?"}[t["met"]]
+                lines.append(f"| {t['target']} | {fmt(t['measured'], 2)} | {t['goal']} | {met} |")
+        return "\n".join(lines)
+
+
+def merge(results: list[dict[str, Any]]) -> dict[str, Any]:
+    acks_lat = [v for r in results for v in r["ack_lat_us"]]
+    deliv_lat = [v for r in results for v in r["deliv_lat_us"]]
+    measured = max(r["measured_seconds"] for r in results) or 1e-9
+    drained = max(r["drained_seconds"] for r in results) or 1e-9
+    out: dict[str, Any] = {
+        "measured_seconds": measured,
+        "drained_seconds": drained,
+        "acks": sum(r["acks"] for r in results),
+        "deliveries": sum(r["deliveries"] for r in results),
+        "errors": sum(r["errors"] for r in results),
+        "error_samples": [s for r in results for s in r["error_samples"]][:5],
+        "inflight_left": sum(r["inflight_left"] for r in results),
+        "acked_per_s": sum(r["acks_at_stop"] for r in results) / measured,
+        "delivered_per_s": sum(r["deliveries_at_stop"] for r in results) / measured,
+        "load_cpu_pct": 100 * sum(r["load_cpu_seconds"] for r in results) / drained,
+        "load_rss_mb": sum(r["rss_kib"] for r in results) / 1024,
+    }
+    for name, values in (("ack", acks_lat), ("deliv", deliv_lat)):
+        for p in (50, 95, 99):
+            out[f"{name}_p{p}_ms"] = percentile(values, p)
+        out[f"{name}_samples"] = len(values)
+    return out
+
+
+def fmt(value: Any, digits: int) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}"
+    return f"{value:,}"
+
+
+def toml_value(value: Any) -> str:
+    if isinstance(value, str):
+        return f'"{value}"'
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return repr(value)
+
+
+def ws_url(child: Child) -> str:
+    return f"ws://127.0.0.1:{child.port}"
+
+
+def machine() -> dict[str, Any]:
+    model = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.partition(":")[2].strip()
+                    break
+    except OSError:
+        pass
+    mem_kib = 0
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemTotal:"):
+                mem_kib = int(line.split()[1])
+    return {
+        "cpu": model,
+        "cores": os.cpu_count(),
+        "memory_gib": round(mem_kib / 1024 / 1024, 1),
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+        "loadavg_at_start": os.getloadavg(),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="scripts/bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smaller sizes: about a minute")
+    parser.add_argument(
+        "--scenario", action="append", choices=SCENARIOS, help="run only this one (repeatable)"
+    )
+    parser.add_argument("--load-procs", type=int, default=1, help="load processes (default 1)")
+    parser.add_argument("--idle-connections", type=int, help="override the idle scenario's N")
+    parser.add_argument("--duration", type=float, help="seconds measured per run")
+    args = parser.parse_args(argv)
+    bench = Bench(args)
+    if args.idle_connections:
+        bench.size = {**bench.size, "idle_connections": args.idle_connections}
+    if args.duration:
+        bench.size = {**bench.size, "duration": args.duration}
+    nofile = procs.raise_nofile()
+    if bench.size["idle_connections"] + 2000 > nofile:
+        print(f"bench: RLIMIT_NOFILE is {nofile}; the idle scenario may fail", file=sys.stderr)
+    started = time.monotonic()
+    info = machine()
+    print(
+        f"MessageAI bench{' --quick' if args.quick else ''}: {info['cpu']}, {info['cores']} cores, "
+        f"{info['memory_gib']} GiB, Python {info['python']}; results in "
+        f"{bench.out.relative_to(ROOT)}",
+        file=sys.stderr,
+    )
+    failed = []
+    for name in args.scenario or SCENARIOS:
+        bench.scenario = name
+        t0 = time.monotonic()
+        try:
+            getattr(bench, f"s_{name}")()
+            print(f"bench: {name} took {time.monotonic() - t0:.1f} s", file=sys.stderr)
+        except Exception as exc:  # one scenario failing must not hide the others' numbers
+            bench.progress_done()
+            print(f"bench: scenario {name} failed: {exc!r}", file=sys.stderr)
+            failed.append(name)
+    info["seconds"] = round(time.monotonic() - started, 1)
+    table = bench.report()
+    print(table)
+    (bench.out / "results.json").write_bytes(
+        orjson.dumps(
+            {
+                "machine": info,
+                "quick": args.quick,
+                "sizes": bench.size,
+                "rows": bench.rows,
+                "apsw": bench.results.get("apsw", []),
+                "targets": bench.targets(),
+                "failed": failed,
+            },
+            option=orjson.OPT_INDENT_2,
+        )
+    )
+    (bench.out / "table.md").write_text(table + "\n")
+    for data in bench.out.glob("data-*"):
+        shutil.rmtree(data, ignore_errors=True)
+    print(
+        f"\n{info['seconds']} s; JSON: {bench.out.relative_to(ROOT)}/results.json", file=sys.stderr
+    )
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,118 @@
+"""Seeding a fresh server over its public REST API: users and conversations.
+
+Plain blocking httpx calls from a small thread pool (REST is not what the bench
+measures; it only has to be quick enough). Also the one bulk loader that writes
+a conversation's database file directly (`fill_history`), used only while the
+server is stopped.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+
+T = TypeVar("T")
+R = TypeVar("R")
+PASSWORD = "bench-password"
+THREADS = 16
+
+
+def parallel(fn: Callable[[T], R], items: Iterable[T], threads: int = THREADS) -> list[R]:
+    with ThreadPoolExecutor(threads) as pool:
+        return list(pool.map(fn, items))
+
+
+class Rest:
+    def __init__(self, port: int) -> None:
+        self.base = f"http://127.0.0.1:{port}"
+        limits = httpx.Limits(max_connections=THREADS, max_keepalive_connections=THREADS)
+        self.http = httpx.Client(base_url=self.base, timeout=60.0, limits=limits)
+
+    def close(self) -> None:
+        self.http.close()
+
+    def _post(self, path: str, body: dict[str, Any], token: str | None = None) -> Any:
+        headers = {"authorization": f"Bearer {token}"} if token else {}
+        for attempt in range(5):
+            response = self.http.post(path, json=body, headers=headers)
+            if response.status_code in (200, 201):
+                return response.json()
+            if response.status_code in (429, 503) and attempt < 4:
+                time.sleep(0.2 * (attempt + 1))
+                continue
+            raise RuntimeError(f"POST {path}: {response.status_code} {response.text[:300]}")
+        raise AssertionError("unreachable")
+
+    def register(self, names: list[str]) -> list[dict[str, Any]]:
+        """Register users; returns [{"id", "token", "name"}] in order."""
+
+        def one(name: str) -> dict[str, Any]:
+            answer = self._post("/v1/auth/register", {"username": name, "password": PASSWORD})
+            return {"id": answer["user"]["id"], "token": answer["token"], "name": name}
+
+        return parallel(one, names)
+
+    def direct(self, pairs: list[tuple[dict[str, Any], dict[str, Any]]]) -> list[str]:
+        def one(pair: tuple[dict[str, Any], dict[str, Any]]) -> str:
+            a, b = pair
+            body = {"kind": "direct", "member_ids": [b["id"]]}
+            return str(self._post("/v1/conversations", body, a["token"])["id"])
+
+        return parallel(one, pairs)
+
+    def groups(self, groups: list[tuple[dict[str, Any], list[dict[str, Any]]]]) -> list[str]:
+        """Create groups of (creator, other members); returns their ids in order."""
+
+        def one(item: tuple[int, tuple[dict[str, Any], list[dict[str, Any]]]]) -> str:
+            i, (creator, members) = item
+            body = {
+                "kind": "group",
+                "title": f"bench {i}",
+                "member_ids": [m["id"] for m in members],
+            }
+            return str(self._post("/v1/conversations", body, creator["token"])["id"])
+
+        return parallel(one, list(enumerate(groups)))
+
+
+def fill_history(
+    data_dir: Path, conversation_id: str, senders: list[str], total: int, synchronous: str
+) -> float:
+    """Append `total` messages to a conversation's database file (server stopped).
+
+    Uses the server's own path, schema and insert statement's columns, in batches
+    of 50,000 rows per transaction. Returns the seconds it took.
+    """
+    from messageai.actor import conversation_path
+    from messageai.store import conversation as sql
+    from messageai.store.db import migrate, open_db
+
+    start = time.monotonic()
+    path = conversation_path(data_dir, conversation_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = open_db(path, synchronous)
+    migrate(conn, sql.MIGRATIONS)
+    first = sql.last_seq(conn) + 1
+    now = int(time.time() * 1000)
+    pad = "y" * 60
+    batch = 50_000
+    for lo in range(first, first + total, batch):
+        hi = min(lo + batch, first + total)
+        rows = [
+            (seq, f"m_h{seq}", senders[seq % len(senders)], f"h{seq}", f"{seq} {pad}", "[]", now)
+            for seq in range(lo, hi)
+        ]
+        with conn:
+            conn.executemany(
+                "INSERT INTO messages(seq, id, sender_id, client_id, body, attachments,"
+                " created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+    return time.monotonic() - start
