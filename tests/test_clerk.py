@@ -34,6 +34,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
 from standardwebhooks import Webhook
 
+from messageai import cli
 from messageai.config import ConfigError, parse_config
 from tests.helpers import (
     Harness,
@@ -347,11 +348,14 @@ async def test_jwks_without_usable_keys_refuses_tokens(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- local accounts are off
 
 
-async def test_register_and_login_are_403_in_clerk_mode(tmp_path: Path) -> None:
+async def test_local_accounts_are_off_register_and_login_403_logout_a_no_op(tmp_path: Path) -> None:
     async with clerk_server(tmp_path) as h:
         body = {"username": "mallory", "password": "password1"}
         assert_error(await h.http.post("/v1/auth/register", json=body), 403, "forbidden")
         assert_error(await h.http.post("/v1/auth/login", json=body), 403, "forbidden")
+        # Logout revokes nothing (the session ends at Clerk) and the token keeps working.
+        assert (await h.http.post("/v1/auth/logout", headers=bearer(token()))).status_code == 204
+        assert (await me(h, token())).status_code == 200
 
 
 # ---------------------------------------------------------------- webhooks
@@ -599,3 +603,21 @@ def test_a_small_rsa_key_is_refused_by_the_config() -> None:
     )
     with pytest.raises(ConfigError, match=r"clerk\.jwt_public_key: must be an RSA public key"):
         parse_config({"clerk": {"jwt_public_key": pem.decode()}})
+
+
+def test_cli_user_add_is_refused_in_clerk_mode(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "clerk.toml"
+    config.write_text(
+        f'[auth]\nmode = "clerk"\n[clerk]\nissuer = "{ISSUER}"\n'
+        f'jwt_public_key = """\n{public_pem("main")}"""\n'
+    )
+    password = tmp_path / "password"
+    password.write_text("password1\n")
+    argv = ["user", "add", "ada", "--password-file", str(password)]
+    data = ["--config", str(config), "--data-dir", str(tmp_path / "data")]
+    assert cli.main([*argv, *data]) == 1
+    assert 'local accounts are off with auth.mode = "clerk"' in capsys.readouterr().err
+    assert cli.main(["user", "list", *data]) == 0
+    assert "ada" not in capsys.readouterr().out
