@@ -223,7 +223,9 @@ class Media:
             )
             return record
         finally:
-            await trio.to_thread.run_sync(_unlink, tmp)
+            # Shielded: even a cancelled upload (shutdown) removes its temporary file.
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(_unlink, tmp)
 
     async def _receive_to(
         self, tmp: Path, receive: Callable[[], Any], content_type: str, limit: int
