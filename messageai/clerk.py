@@ -62,7 +62,6 @@ class KeySet:
         self._attempted_at: float | None = None
         self._last_fetch_failed = False
         self._lock = trio.Lock()
-        self.fetches = 0
 
     async def key_for(self, kid: str | None) -> RSAPublicKey | None:
         """The key for `kid`, fetching the JWKS when it is unknown or stale (rate-limited).
@@ -101,7 +100,6 @@ class KeySet:
 
     async def _fetch(self) -> None:
         # On failure the keys we had stay in use: a Clerk outage must not sign out everyone.
-        self.fetches += 1
         url = self._config.jwks_url
         try:
             with trio.fail_after(self._config.jwks_timeout_seconds):

@@ -157,7 +157,8 @@ def _read_password(args: argparse.Namespace) -> str:
 def _user_add(config: Config, args: argparse.Namespace) -> int:
     if config.auth.mode != "local":
         raise MessageAIError(
-            f'local accounts are off with auth.mode = "{config.auth.mode}": users sign up there'
+            f'local accounts are off with auth.mode = "{config.auth.mode}": '
+            "users sign up through Clerk"
         )
     name = auth.check_username(args.name)
     display_name = auth.check_display_name(args.display_name, name)
