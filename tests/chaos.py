@@ -19,6 +19,10 @@ every client has all its messages acked; then the checker reads every history:
 
 Finally the server is killed once more and `PRAGMA integrity_check` runs on every
 database file. Every loop is bounded by the run's deadline.
+
+`run_slow_consumer` (`scripts/chaos --slow-consumer`): 5,000 large messages into a
+group while one subscriber reads nothing: the server's RSS stays bounded, the
+reader is dropped and then catches up from its last seq with nothing lost.
 """
 
 from __future__ import annotations
@@ -460,6 +464,141 @@ async def run_chaos(
     return report
 
 
+@attrs.define
+class SlowReport:
+    messages: int
+    fast_in_order: bool = False
+    slow_close_code: int | None = None
+    slow_live: int = 0  # messages the slow reader got live before it was dropped
+    slow_caught_up: bool = False
+    rss_before: int = 0
+    rss_peak: int = 0
+
+    @property
+    def growth(self) -> int:
+        return self.rss_peak - self.rss_before
+
+    @property
+    def passed(self) -> bool:
+        # A reader that has stopped cannot take even the close frame: after the grace
+        # period its TCP stream is cut, and it sees 1006 instead of 1013.
+        return (
+            self.fast_in_order
+            and self.slow_close_code in (1013, 1006)
+            and self.slow_live < self.messages
+            and self.slow_caught_up
+            and self.growth < SLOW_RSS_BOUND
+        )
+
+    def summary(self) -> str:
+        return (
+            f"slow consumer: {self.messages} messages; fast reader in order: "
+            f"{self.fast_in_order}; slow reader closed with {self.slow_close_code} after "
+            f"{self.slow_live} live, caught up with nothing lost: {self.slow_caught_up}; "
+            f"server RSS {self.rss_before >> 20} MiB before, {self.rss_peak >> 20} MiB peak "
+            f"(+{self.growth >> 20} MiB for {self.messages * SLOW_BODY_CHARS >> 20} MiB of bodies)"
+        )
+
+
+SLOW_BODY_CHARS = 15000
+# Server memory may grow by this much at most while the bodies sent add up to far more.
+SLOW_RSS_BOUND = 48 << 20
+
+
+async def run_slow_consumer(workdir: Path, *, messages: int = 5000) -> SlowReport:
+    """Two senders push `messages` large messages into a group while one member reads
+    everything and another reads nothing; the server's RSS is sampled throughout."""
+    server = ServerChild(workdir, free_port())
+    report = SlowReport(messages)
+    async with trio.open_nursery() as nursery:
+        await server.start(nursery)
+        alice, bob, fast, slow = await _setup(server.port, 4, 4)
+        cid = alice.conversation_id
+        body = "z" * SLOW_BODY_CHARS
+        report.rss_before = report.rss_peak = server.rss_bytes()
+        done = trio.Event()
+
+        async def sample() -> None:
+            while not done.is_set():
+                report.rss_peak = max(report.rss_peak, server.rss_bytes())
+                await trio.sleep(0.02)
+
+        async def send(client: Client, count: int) -> None:
+            async with connect_ws(server.port, token=client.token) as ws:
+                window = trio.Semaphore(16)
+
+                async def pump() -> None:
+                    for i in range(count):
+                        await window.acquire()
+                        frame = {
+                            "type": "send_message",
+                            "conversation_id": cid,
+                            "client_id": f"{client.index}-{i}",
+                            "body": body,
+                        }
+                        await ws.send_message(orjson.dumps(frame).decode())
+
+                async with trio.open_nursery() as inner:
+                    inner.start_soon(pump)
+                    acks = 0
+                    while acks < count:
+                        frame = orjson.loads(await ws.get_message())
+                        if frame["type"] != "ack":
+                            raise RuntimeError(f"sender got {frame}")
+                        acks += 1
+                        window.release()
+
+        async def read_fast(ws: trio_websocket.WebSocketConnection, seqs: list[int]) -> None:
+            while len(seqs) < messages:
+                frame = orjson.loads(await ws.get_message())
+                if frame["type"] == "new_message":
+                    seqs.append(frame["message"]["seq"])
+
+        async def subscribe(ws: trio_websocket.WebSocketConnection) -> None:
+            await ws.send_message(
+                orjson.dumps({"type": "subscribe", "req": 1, "conversation_id": cid}).decode()
+            )
+            while orjson.loads(await ws.get_message()).get("req") != 1:
+                pass
+
+        with trio.fail_after(300):
+            nursery.start_soon(sample)
+            async with (
+                connect_ws(server.port, token=fast.token) as fast_ws,
+                connect_ws(server.port, token=slow.token) as slow_ws,
+            ):
+                await subscribe(fast_ws)
+                await subscribe(slow_ws)
+                # From here `slow_ws` is not read: trio-websocket's client stops reading
+                # the socket once one message waits in its queue.
+                fast_seqs: list[int] = []
+                async with trio.open_nursery() as load:
+                    load.start_soon(read_fast, fast_ws, fast_seqs)
+                    load.start_soon(send, alice, messages // 2)
+                    load.start_soon(send, bob, messages - messages // 2)
+                done.set()
+                report.fast_in_order = fast_seqs == list(range(1, messages + 1))
+                slow_seqs: list[int] = []
+                try:
+                    while True:
+                        frame = orjson.loads(await slow_ws.get_message())
+                        if frame["type"] == "new_message":
+                            slow_seqs.append(frame["message"]["seq"])
+                except trio_websocket.ConnectionClosed as closed:
+                    report.slow_close_code = closed.reason.code
+                report.slow_live = len(slow_seqs)
+            # The slow reader returns and catches up from its last seq.
+            prefix_ok = slow_seqs == list(range(1, len(slow_seqs) + 1))
+            slow.held = dict.fromkeys(slow_seqs, "")
+            history = await _read_history(server.port, slow)
+            caught_up = [m["seq"] for m in history if m["seq"] > len(slow_seqs)]
+            report.slow_caught_up = prefix_ok and caught_up == list(
+                range(len(slow_seqs) + 1, messages + 1)
+            )
+        await server.kill()
+    return report
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="scripts/chaos", description="kill -9 the MessageAI server under load; check"
@@ -469,8 +608,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=20)
     parser.add_argument("--per-conversation", type=int, default=4)
     parser.add_argument("--keep", action="store_true", help="keep the data directory and log")
+    parser.add_argument(
+        "--slow-consumer",
+        action="store_true",
+        help="instead: 5,000 large messages while one subscriber stops reading",
+    )
     args = parser.parse_args(argv)
     workdir = Path(tempfile.mkdtemp(prefix="messageai-chaos-"))
+    if args.slow_consumer:
+        slow = trio.run(run_slow_consumer, workdir)
+        print(slow.summary())
+        return 0 if slow.passed else 1
 
     def progress(line: str) -> None:
         print(line, flush=True)

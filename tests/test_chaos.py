@@ -13,7 +13,15 @@ from typing import Any
 import pytest
 import trio
 
-from tests.chaos import Client, Report, check, run_chaos
+from tests.chaos import (
+    SLOW_BODY_CHARS,
+    SLOW_RSS_BOUND,
+    Client,
+    Report,
+    check,
+    run_chaos,
+    run_slow_consumer,
+)
 
 
 def _message(
@@ -66,3 +74,16 @@ async def test_kill_9_every_2_s_under_load_loses_duplicates_and_reorders_nothing
     assert report.acked > 1000 and report.reconnects >= report.kills, report.summary()
     assert report.stored == report.acked, report.summary()
     assert report.passed, report.summary()
+
+
+@pytest.mark.slow
+async def test_reader_that_stops_reading_costs_bounded_server_memory_and_catches_up(
+    tmp_path: Path,
+) -> None:
+    with trio.fail_after(120):
+        report = await run_slow_consumer(tmp_path, messages=5000)
+    assert report.messages * SLOW_BODY_CHARS > 2 * SLOW_RSS_BOUND, "the bound must mean something"
+    assert report.fast_in_order, report.summary()
+    assert report.slow_live < report.messages and report.slow_close_code in (1013, 1006)
+    assert report.slow_caught_up, report.summary()
+    assert report.growth < SLOW_RSS_BOUND, report.summary()
