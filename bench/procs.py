@@ -41,6 +41,13 @@ def proc_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def proc_sys_seconds(pid: int) -> float:
+    """System (kernel) CPU time of process `pid`: syscalls, fsync, socket writes."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    return int(fields[12]) / CLK_TCK
+
+
 def proc_rss_kib(pid: int) -> int:
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -84,6 +91,9 @@ class Child:
 
     def cpu(self) -> float:
         return proc_cpu_seconds(self.pid)
+
+    def sys_cpu(self) -> float:
+        return proc_sys_seconds(self.pid)
 
     def rss_kib(self) -> int:
         return proc_rss_kib(self.pid)

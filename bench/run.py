@@ -18,6 +18,7 @@ import os
 import platform
 import random
 import shutil
+import subprocess
 import sys
 import time
 import tomllib
@@ -202,6 +203,7 @@ class Bench:
                 group.wait_all("result", 60, show("closing"))
                 return metrics
             if kind == "cold":
+                sys0 = target.sys_cpu()
                 cpu0 = target.cpu()
                 group.tell("go")
                 results = group.wait_all("result", 600, show("sending first messages"))
@@ -212,15 +214,20 @@ class Bench:
                 group.wait_all(None, size["warmup"], show("warming up", t0, size["warmup"]))
                 group.tell("mark")
                 group.wait_all("marked", 30)
+                sys0 = target.sys_cpu()
                 cpu0 = target.cpu()
                 t0 = time.monotonic()
+                spy = self.profile(target, system)
                 group.wait_all(None, size["duration"], show("measuring", t0, size["duration"]))
+                if spy is not None:
+                    spy.wait()
                 group.tell("stop")
                 results = group.wait_all("result", 60, show("draining"))
                 cpu1 = target.cpu()
             metrics.update(merge(results))
             cpu = cpu1 - cpu0
             metrics["server_cpu_seconds"] = cpu
+            metrics["server_sys_share"] = (target.sys_cpu() - sys0) / cpu if cpu else None
             metrics["server_cpu_pct"] = 100 * cpu / max(1e-9, metrics["drained_seconds"])
             metrics["cpu_us_per_msg"] = cpu * 1e6 / metrics["acks"] if metrics["acks"] else None
             metrics["cpu_us_per_delivery"] = (
@@ -231,6 +238,18 @@ class Bench:
         finally:
             self.progress_done()
             group.close()
+
+    def profile(self, target: Child, system: str) -> subprocess.Popen[bytes] | None:
+        """With --profile, py-spy samples the server for the measured window."""
+        if not self.args.profile or system != "messageai":
+            return None
+        spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+        name = self.scenario.replace(" ", "-")
+        argv = [spy, "record", "--pid", str(target.pid), "--rate", "250", "--nonblocking"]
+        argv += self.args.profile_args.split()
+        argv += ["--duration", str(max(1, int(self.size["duration"]) - 1))]
+        argv += ["--format", "raw", "--output", str(self.out / f"profile-{name}.txt")]
+        return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def add(self, scenario: str, metrics: dict[str, Any]) -> dict[str, Any]:
         metrics = {"scenario": scenario, **metrics}
@@ -748,6 +767,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--load-procs", type=int, default=1, help="load processes (default 1)")
     parser.add_argument("--idle-connections", type=int, help="override the idle scenario's N")
+    parser.add_argument(
+        "--profile", action="store_true", help="py-spy the server (pip install py-spy)"
+    )
+    parser.add_argument("--profile-args", default="", help="extra py-spy flags, e.g. --gil")
     parser.add_argument("--duration", type=float, help="seconds measured per run")
     args = parser.parse_args(argv)
     bench = Bench(args)
