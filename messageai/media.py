@@ -289,29 +289,11 @@ class Media:
             return None
         return self._directory.read(sql.readable, media_id, user_id)
 
-    async def chunks(self, record: MediaRecord, start: int, length: int) -> AsyncIterator[bytes]:
-        """The stored bytes from `start`, `length` of them, CHUNK_BYTES at a time."""
-        async with await trio.open_file(blob_path(self.root, record.sha256), "rb") as f:
-            await f.seek(start)
-            left = length
-            while left > 0:
-                data = await f.read(min(CHUNK_BYTES, left))
-                if not data:
-                    # The file is shorter than recorded: end the response short rather
-                    # than pad it; the client sees a truncated body and retries.
-                    log.error("media %s: file shorter than its record", record.id)
-                    return
-                left -= len(data)
-                yield data
-
-    def exists(self, record: MediaRecord) -> bool:
-        return blob_path(self.root, record.sha256).is_file()
-
     async def download(self, user_id: str, media_id: str, range_header: str | None) -> Response:
         """The response to `GET /v1/media/{id}`: 404 unless readable; the stored type with
         `nosniff`; `attachment` for anything a browser could run; ranges for audio/video."""
         record = self.readable(user_id, media_id)
-        if record is None or not await trio.to_thread.run_sync(self.exists, record):
+        if record is None:
             raise NotFound("no such media")
         content_type = record.content_type
         shown = f"{content_type}; charset=utf-8" if content_type == "text/plain" else content_type
@@ -321,10 +303,11 @@ class Media:
             (b"content-security-policy", b"default-src 'none'; sandbox"),
             (b"cache-control", b"private, no-cache"),
         ]
-        if content_type not in INLINE_TYPES and not content_type.startswith(("audio/", "video/")):
+        playable = content_type.startswith(("audio/", "video/"))
+        if content_type not in INLINE_TYPES and not playable:
             headers.append((b"content-disposition", f'attachment; filename="{record.id}"'.encode()))
         status, start, length = 200, 0, record.size
-        if content_type.startswith(("audio/", "video/")):
+        if playable:
             headers.append((b"accept-ranges", b"bytes"))
             wanted = parse_range(range_header, record.size)
             if wanted is False:
@@ -334,14 +317,16 @@ class Media:
                 )
             if isinstance(wanted, ByteRange):
                 status, start, length = 206, wanted.start, wanted.end - wanted.start + 1
-                headers.append(
-                    (
-                        b"content-range",
-                        f"bytes {wanted.start}-{wanted.end}/{record.size}".encode(),
-                    )
-                )
+                content_range = f"bytes {wanted.start}-{wanted.end}/{record.size}"
+                headers.append((b"content-range", content_range.encode()))
         headers.append((b"content-length", str(length).encode()))
-        return StreamingResponse(status, self.chunks(record, start, length), headers)
+        try:
+            # Opened before answering: the cleanup task may unlink the file while it is
+            # being sent, and an open file keeps its bytes.
+            stream = await trio.open_file(blob_path(self.root, record.sha256), "rb")
+        except FileNotFoundError:
+            raise NotFound("no such media") from None
+        return StreamingResponse(status, _read(record, stream, start, length), headers)
 
     # ------------------------------------------------------------ cleanup
 
@@ -365,11 +350,11 @@ class Media:
         cutoff = auth.now_ms() - int(self._config.media.unreferenced_ttl_seconds * 1000)
         total = 0
         while True:
-            deleted = await self._directory.write(
-                _delete_unreferenced, self.root, cutoff, CLEANUP_BATCH
-            )
-            total += deleted
-            if deleted < CLEANUP_BATCH:
+            deleted = await self._directory.write(_delete_unreferenced, cutoff, CLEANUP_BATCH)
+            if deleted:
+                await self._directory.write(_unlink_unused, self.root, deleted)
+            total += len(deleted)
+            if len(deleted) < CLEANUP_BATCH:
                 return total
 
     async def _prepare(self) -> None:
@@ -408,12 +393,37 @@ def _commit_upload(
     sql.insert(conn, record)
 
 
-def _delete_unreferenced(conn: apsw.Connection, root: Path, cutoff: int, limit: int) -> int:
+def _delete_unreferenced(conn: apsw.Connection, cutoff: int, limit: int) -> list[str]:
+    """Delete up to `limit` unreferenced records made before `cutoff`; their sha256s."""
     records = sql.unreferenced_before(conn, cutoff, limit)
     for record in records:
         sql.delete(conn, record.id)
-        if not sql.sha256_in_use(conn, record.sha256):
-            # Inside the write transaction: an upload of the same bytes waits for it, so
-            # it never finds a file that is about to go.
-            _unlink(blob_path(root, record.sha256))
-    return len(records)
+    return [record.sha256 for record in records]
+
+
+def _unlink_unused(conn: apsw.Connection, root: Path, sha256s: list[str]) -> None:
+    """Remove the files no record names any more. Runs in a directory write transaction
+    (for its lock) after the deletions committed: an upload of the same bytes either
+    recorded itself before (the file stays) or comes after (and puts the file back)."""
+    for sha256 in set(sha256s):
+        if not sql.sha256_in_use(conn, sha256):
+            _unlink(blob_path(root, sha256))
+
+
+async def _read(
+    record: MediaRecord, stream: trio.abc.AsyncResource, start: int, length: int
+) -> AsyncIterator[bytes]:
+    """`length` bytes of the open file from `start`, CHUNK_BYTES at a time; closes it."""
+    async with stream:
+        file: Any = stream
+        await file.seek(start)
+        left = length
+        while left > 0:
+            data: bytes = await file.read(min(CHUNK_BYTES, left))
+            if not data:
+                # Shorter than recorded: end the response short rather than pad it;
+                # the client sees a truncated body and retries.
+                log.error("media %s: file shorter than its record", record.id)
+                return
+            left -= len(data)
+            yield data

@@ -424,3 +424,8 @@ async def test_unreferenced_upload_is_deleted_after_its_time(tmp_path: Path) -> 
             sha = kept["sha256"]
             assert stored(h) == (1, [f"{sha[:2]}/{sha}"])
             assert (await h.http.get(f"/v1/media/{kept['id']}", headers=h.auth(bob))).content == PNG
+            # The same bytes uploaded again are stored again.
+            again = await upload(h, ada, other)
+            await send(h, ada, await h.direct(ada, bob), [again["id"]])
+            r = await h.http.get(f"/v1/media/{again['id']}", headers=h.auth(bob))
+            assert r.content == other
