@@ -2,8 +2,9 @@
 
 `Server.run` is a Trio service (`await nursery.start(server.run)` gives the bound
 port, so tests use 127.0.0.1:0). Nurseries, from the outside in: the actor
-nursery (owned by the registry; outlives every connection), then the connection
-nursery (one task per TCP connection). `shutdown()` stops accepting, closes
+nursery (owned by the registry; outlives every connection; the media cleanup task
+and the push task run there too), then the connection nursery (one task per TCP
+connection). `shutdown()` stops accepting, closes
 WebSockets with 1001, gives connections `shutdown_timeout_seconds`, then cancels
 the actors, which let a commit already in its worker thread finish and close
 their databases.
