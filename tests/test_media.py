@@ -429,3 +429,23 @@ async def test_unreferenced_upload_is_deleted_after_its_time(tmp_path: Path) -> 
             await send(h, ada, await h.direct(ada, bob), [again["id"]])
             r = await h.http.get(f"/v1/media/{again['id']}", headers=h.auth(bob))
             assert r.content == other
+
+
+async def test_a_reference_lost_before_the_ack_is_recorded_again_by_the_resend(
+    h: Harness,
+) -> None:
+    ada, bob = await h.account("ada"), await h.account("bob")
+    cid = await h.direct(ada, bob)
+    media = await upload(h, ada, PNG)
+    body = {"client_id": "resend-me", "body": "pic", "attachments": [media["id"]]}
+    r = await h.http.post(f"/v1/conversations/{cid}/messages", json=body, headers=h.auth(ada))
+    assert r.status_code == 201
+    # As if the process died between the conversation's commit and the reference write.
+    assert h.server.directory is not None
+    await h.server.directory.write(lambda conn: conn.execute("DELETE FROM media_refs"))
+    url = f"/v1/media/{media['id']}"
+    assert_error(await h.http.get(url, headers=h.auth(bob)), 404, "not_found")
+    # The client never saw the ack, so it resends: a duplicate, and the reference is back.
+    r = await h.http.post(f"/v1/conversations/{cid}/messages", json=body, headers=h.auth(ada))
+    assert r.status_code == 200 and r.json()["seq"] == 1
+    assert (await h.http.get(url, headers=h.auth(bob))).content == PNG
