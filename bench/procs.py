@@ -6,6 +6,7 @@ answer in time is killed and the bench fails loudly rather than hanging.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import selectors
@@ -106,6 +107,8 @@ class Child:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
         self._log.close()
 
 
@@ -190,10 +193,17 @@ class LoadGroup:
 
     def close(self) -> None:
         for proc in self.procs:
+            if proc.stdin is not None:
+                # EOF on stdin tells a load process to stop, if nothing else did.
+                with contextlib.suppress(BrokenPipeError):
+                    proc.stdin.close()
+        for proc in self.procs:
             if proc.poll() is None:
                 try:
                     proc.wait(5)
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait()
+            if proc.stdout is not None:
+                proc.stdout.close()
         self._log.close()

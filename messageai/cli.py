@@ -124,9 +124,20 @@ def _sole_os_error(exc: BaseException) -> OSError | None:
     return exc if isinstance(exc, OSError) else None
 
 
+def _raise_open_files_limit() -> None:
+    """Every connection and open conversation database holds descriptors; a server
+    may use all that the hard limit allows (the soft default, often 1024, is not enough)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 async def _serve(config: Config) -> int:
     from messageai.server import Server
 
+    _raise_open_files_limit()
     server = Server(config)
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
