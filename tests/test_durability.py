@@ -61,16 +61,22 @@ async def test_graceful_shutdown_closes_websockets_with_1001(tmp_path: Path) -> 
 
 # ------------------------------------------------------------------ kill -9
 
+WINDOW = 256
+
 
 async def _send_burst(
     port: int, token: str, cid: str, client_ids: list[str], acked: dict[str, dict]
 ) -> None:
-    """Pipeline every client id; record acks until the server dies."""
+    """Pipeline every client id (a window of WINDOW in flight, as real clients keep, so
+    the server never has to drop this connection for reading too slowly); record acks
+    until the server dies."""
+    window = trio.Semaphore(WINDOW)
     try:
         async with connect_ws(port, query=f"?access_token={token}") as ws:
 
             async def pump() -> None:
                 for client_id in client_ids:
+                    await window.acquire()
                     await ws.send_message(
                         f'{{"type":"send_message","conversation_id":"{cid}","client_id":"{client_id}","body":"b {client_id}"}}'
                     )
@@ -81,6 +87,7 @@ async def _send_burst(
                     frame = orjson.loads(await ws.get_message())
                     if frame["type"] == "ack":
                         acked[frame["client_id"]] = frame["message"]
+                        window.release()
                 nursery.cancel_scope.cancel()
     except* (
         trio_websocket.ConnectionClosed,
