@@ -523,9 +523,13 @@ async def run_slow_consumer(workdir: Path, *, messages: int = 5000) -> SlowRepor
                 report.rss_peak = max(report.rss_peak, server.rss_bytes())
                 await trio.sleep(0.02)
 
+        # Senders may run at most this many messages ahead of the fast reader: it is
+        # the fast reader's pace that the test holds up, so it must not be outrun by
+        # the load generator itself (all of which shares one process and its CPU).
+        window = trio.Semaphore(32)
+
         async def send(client: Client, count: int) -> None:
             async with connect_ws(server.port, token=client.token) as ws:
-                window = trio.Semaphore(16)
 
                 async def pump() -> None:
                     for i in range(count):
@@ -546,13 +550,13 @@ async def run_slow_consumer(workdir: Path, *, messages: int = 5000) -> SlowRepor
                         if frame["type"] != "ack":
                             raise RuntimeError(f"sender got {frame}")
                         acks += 1
-                        window.release()
 
         async def read_fast(ws: trio_websocket.WebSocketConnection, seqs: list[int]) -> None:
             while len(seqs) < messages:
                 frame = orjson.loads(await ws.get_message())
                 if frame["type"] == "new_message":
                     seqs.append(frame["message"]["seq"])
+                    window.release()
 
         async def subscribe(ws: trio_websocket.WebSocketConnection) -> None:
             await ws.send_message(
