@@ -54,18 +54,26 @@ def run(args: argparse.Namespace) -> int:
 async def _until_signal(handler: Callable[[argparse.Namespace], Awaitable[int]], args: Any) -> int:
     # SIGINT/SIGTERM end a command (`tail --follow` above all) cleanly, with status 0.
     result = 0
+    failure: ClientError | OSError | None = None
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
 
             async def main() -> None:
-                nonlocal result
-                result = await handler(args)
+                nonlocal result, failure
+                try:
+                    result = await handler(args)
+                except (ClientError, OSError) as exc:
+                    # Raised out of the nursery it would arrive wrapped in an
+                    # ExceptionGroup; `run` reports it as one clear line.
+                    failure = exc
                 nursery.cancel_scope.cancel()
 
             nursery.start_soon(main)
             async for _ in signals:
                 nursery.cancel_scope.cancel()
                 break
+    if failure is not None:
+        raise failure
     return result
 
 

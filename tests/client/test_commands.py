@@ -217,3 +217,16 @@ def test_bad_input_gets_a_clear_error_and_nonzero_exit(tmp_path: Path, password:
         assert result.returncode == 1 and "needs some text" in result.stderr
         result = cli(store, "tail", "c_unknown", ok=False)
         assert result.returncode == 1 and "no conversation" in result.stderr
+
+
+def test_command_before_login_says_so_in_one_line(tmp_path: Path) -> None:
+    store = tmp_path / "empty-store"
+    for argv in (["new", "someone"], ["sync"], ["tail", "c_x"], ["send", "c_x", "hi"]):
+        done = subprocess.run(
+            [sys.executable, "-m", "messageai", *argv, "--store", str(store)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 1, (argv, done.stderr)
+        assert "Traceback" not in done.stderr and "messageai login" in done.stderr, done.stderr
