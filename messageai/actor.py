@@ -1,7 +1,8 @@
 """The conversation actor: the single owner of one conversation's SQLite file.
 
 Lifecycle: the registry creates an actor on first use and starts `run` in its
-own nursery. The actor opens (or creates) its database in a worker thread, then
+own nursery. The actor opens (or creates) its database in a worker thread (the
+registry's `WorkerPool`), then
 loops: it waits for a command, takes every command already waiting (up to
 `max_batch`), checks authorization against its in-memory member set, commits all
 writes of the batch in ONE transaction in a worker thread (group commit), and
@@ -53,6 +54,7 @@ from messageai.protocol import (
 )
 from messageai.store import conversation as sql
 from messageai.store.db import migrate, open_db, transaction
+from messageai.workers import WorkerPool
 
 if TYPE_CHECKING:
     from messageai.media import Media
@@ -84,7 +86,7 @@ class ConversationActor:
         config: Config,
         *,
         online: Callable[[str], bool],
-        limiter: trio.CapacityLimiter,
+        workers: WorkerPool,
         on_db_open: Callable[[ConversationActor], None],
         on_retire: Callable[[ConversationActor], None],
         media: Media | None = None,
@@ -100,7 +102,7 @@ class ConversationActor:
         self._config = config
         self._path = conversation_path(config.data_dir, conversation_id)
         self._online = online
-        self._limiter = limiter
+        self._workers = workers
         self._on_db_open = on_db_open
         self._on_retire = on_retire
         self._send, self._receive = trio.open_memory_channel[Command](
@@ -169,8 +171,8 @@ class ConversationActor:
 
     async def _ensure_db(self) -> apsw.Connection:
         if self._conn is None:
-            self._conn = await trio.to_thread.run_sync(
-                _open, self._path, self._config.storage.synchronous, limiter=self._limiter
+            self._conn = await self._workers.run(
+                _open, self._path, self._config.storage.synchronous
             )
             self._on_db_open(self)
             if not self._loaded:
@@ -252,9 +254,7 @@ class ConversationActor:
         if needs_db:
             conn = await self._ensure_db()
             if any(isinstance(c.op, WRITES) for c in accepted):
-                results = await trio.to_thread.run_sync(
-                    self._store_batch, conn, accepted, True, limiter=self._limiter
-                )
+                results = await self._workers.run(self._store_batch, conn, accepted, True)
             else:
                 results = self._store_batch(conn, accepted, False)
         if attaching and self._media is not None:

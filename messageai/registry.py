@@ -4,9 +4,10 @@ Actors run in the registry's own nursery, never in a connection's, so a dropped
 socket never stops a conversation. `actor()` is check-then-act with no await in
 between: two callers racing for a new conversation get the same actor. The
 registry also caps open conversation databases, closing the least recently used
-idle one first. When an actor's loop dies (a bug outside its batch guard) the
-supervisor logs it, answers what was queued, and forgets the actor; the next
-command starts a fresh one.
+idle one first, and owns the worker threads that open and commit them (`close()`
+stops those once the actors' nursery has exited). When an actor's loop dies (a
+bug outside its batch guard) the supervisor logs it, answers what was queued,
+and forgets the actor; the next command starts a fresh one.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from messageai.config import Config
 from messageai.directory import Directory
 from messageai.errors import NotFound, Unavailable
 from messageai.protocol import Req
+from messageai.workers import WorkerPool
 
 if TYPE_CHECKING:
     from messageai.media import Media
@@ -54,7 +56,7 @@ class Registry:
         self._notify = notify
         self._actors: dict[str, ConversationActor] = {}
         self._open: OrderedDict[str, ConversationActor] = OrderedDict()
-        self._limiter = trio.CapacityLimiter(config.storage.commit_threads)
+        self._workers = WorkerPool(config.storage.commit_threads, name="messageai commit")
         self.closing = False
 
     def active(self, conversation_id: str) -> ConversationActor | None:
@@ -77,7 +79,7 @@ class Registry:
             self._directory.member_ids(conversation_id),
             self._config,
             online=self._online,
-            limiter=self._limiter,
+            workers=self._workers,
             on_db_open=self._db_opened,
             on_retire=self._retired,
             media=self._media,
@@ -127,6 +129,11 @@ class Registry:
         return peers
 
     # ------------------------------------------------------------ lifecycle
+
+    def close(self) -> None:
+        """Stop the worker threads. Call after the actors' nursery has exited: no
+        commit is running or waiting then."""
+        self._workers.close()
 
     async def _supervise(self, actor: ConversationActor) -> None:
         try:

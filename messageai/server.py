@@ -137,6 +137,9 @@ class Server:
                 registry.closing = True
                 actor_nursery.cancel_scope.cancel()
         finally:
+            if self.registry is not None:
+                # After the actors' nursery: no commit is running or waiting now.
+                self.registry.close()
             directory.close()
 
     async def _websocket(

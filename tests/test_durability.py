@@ -222,6 +222,7 @@ async def test_idle_actor_retires_and_comes_back_with_nothing_lost(
         messages, _ = await registry.call(cid, ada, GetHistory(cid))
         assert [m.body for m in messages] == ["one", "two"]
         nursery.cancel_scope.cancel()
+    registry.close()
     directory.close()
 
 
@@ -237,6 +238,7 @@ async def test_actor_with_a_subscriber_does_not_retire(
         await trio.sleep(600)
         assert registry.active(cid) is not None and len(inbox.frames) == 1
         nursery.cancel_scope.cancel()
+    registry.close()
     directory.close()
 
 
@@ -257,6 +259,7 @@ async def test_open_databases_are_capped_least_recently_used_first(tmp_path: Pat
             messages, _ = await registry.call(cid, ada.id, GetHistory(cid))
             assert [m.body for m in messages] == [f"to {i}"]
         nursery.cancel_scope.cancel()
+    registry.close()
     directory.close()
 
 
@@ -286,6 +289,7 @@ async def test_storage_failure_in_one_conversation_fails_its_batch_only(tmp_path
         msg, dup = await registry.call(cid, ada, SendMessage(cid, "k2", "x" * 15000))
         assert (msg.seq, dup) == (2, False)
         nursery.cancel_scope.cancel()
+    registry.close()
     directory.close()
 
 
