@@ -49,11 +49,11 @@ FULL = {
 QUICK = {
     **FULL,
     "direct_conversations": 100,
-    "idle_connections": 1000,
+    "idle_connections": 500,
     "cold_conversations": 200,
     "history_messages": 200_000,
-    "warmup": 1.0,
-    "duration": 3.0,
+    "warmup": 0.5,
+    "duration": 2.0,
     "hold": 1.0,
 }
 
