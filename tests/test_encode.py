@@ -1,19 +1,11 @@
-"""The hand-written encoders of the hot path (ack, new_message, history) match the converter."""
+"""The hand-written encoders of the hot path (ack, new_message) match the converter."""
 
 from __future__ import annotations
 
 import attrs
 import orjson
 
-from messageai.protocol import (
-    Ack,
-    History,
-    Message,
-    NewMessage,
-    ServerFrame,
-    converter,
-    encode,
-)
+from messageai.protocol import Ack, Message, NewMessage, converter, encode
 
 
 def _message(**changes: object) -> Message:
@@ -31,20 +23,12 @@ def _message(**changes: object) -> Message:
 
 
 def test_fast_encoders_match_the_converter_byte_for_byte() -> None:
-    frames: list[ServerFrame] = [
+    frames = [
         NewMessage(_message()),
         NewMessage(_message(attachments=["md_1", "md_2"])),
         Ack(client_id="6f1c", message=_message(), duplicate=False),
         Ack(client_id="6f1c", message=_message(), duplicate=True, req="r1"),
         Ack(client_id="6f1c", message=_message(), duplicate=False, req=0),
-        History(conversation_id="c_1", messages=[], has_more=False),
-        History(
-            conversation_id="c_1",
-            messages=[_message(seq=s, attachments=["md_1"] if s % 2 else []) for s in range(1, 5)],
-            has_more=True,
-            req="r2",
-        ),
-        History(conversation_id="c_1", messages=[_message()], has_more=False, req=0),
     ]
     for frame in frames:
         assert encode(frame) == orjson.dumps(converter.unstructure(frame)).decode()
