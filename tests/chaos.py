@@ -37,6 +37,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -473,6 +474,14 @@ class SlowReport:
     slow_caught_up: bool = False
     rss_before: int = 0
     rss_peak: int = 0
+    with_slow: bool = True
+    # Send-to-delivery latency seen by the fast reader, milliseconds, one per message.
+    fast_latencies_ms: list[float] = attrs.Factory(list)
+
+    @property
+    def fast_p99_ms(self) -> float:
+        ordered = sorted(self.fast_latencies_ms)
+        return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] if ordered else 0.0
 
     @property
     def growth(self) -> int:
@@ -482,6 +491,8 @@ class SlowReport:
     def passed(self) -> bool:
         # A reader that has stopped cannot take even the close frame: after the grace
         # period its TCP stream is cut, and it sees 1006 instead of 1013.
+        if not self.with_slow:
+            return self.fast_in_order
         return (
             self.fast_in_order
             and self.slow_close_code in (1013, 1006)
@@ -491,9 +502,15 @@ class SlowReport:
         )
 
     def summary(self) -> str:
+        if not self.with_slow:
+            return (
+                f"baseline (no slow reader): {self.messages} messages; fast reader in order: "
+                f"{self.fast_in_order}; its delivery p99 {self.fast_p99_ms:.1f} ms"
+            )
         return (
             f"slow consumer: {self.messages} messages; fast reader in order: "
-            f"{self.fast_in_order}; slow reader closed with {self.slow_close_code} after "
+            f"{self.fast_in_order}, delivery p99 {self.fast_p99_ms:.1f} ms; "
+            f"slow reader closed with {self.slow_close_code} after "
             f"{self.slow_live} live, caught up with nothing lost: {self.slow_caught_up}; "
             f"server RSS {self.rss_before >> 20} MiB before, {self.rss_peak >> 20} MiB peak "
             f"(+{self.growth >> 20} MiB for {self.messages * SLOW_BODY_CHARS >> 20} MiB of bodies)"
@@ -505,11 +522,16 @@ SLOW_BODY_CHARS = 15000
 SLOW_RSS_BOUND = 48 << 20
 
 
-async def run_slow_consumer(workdir: Path, *, messages: int = 5000) -> SlowReport:
+async def run_slow_consumer(
+    workdir: Path, *, messages: int = 5000, with_slow: bool = True
+) -> SlowReport:
     """Two senders push `messages` large messages into a group while one member reads
-    everything and another reads nothing; the server's RSS is sampled throughout."""
+    everything and another reads nothing; the server's RSS is sampled throughout.
+    Each body starts with its send time, so the fast reader measures delivery
+    latency; `with_slow=False` is the baseline run, where the silent member never
+    subscribes."""
     server = ServerChild(workdir, free_port())
-    report = SlowReport(messages)
+    report = SlowReport(messages, with_slow=with_slow)
     async with trio.open_nursery() as nursery:
         await server.start(nursery)
         alice, bob, fast, slow = await _setup(server.port, 4, 4)
@@ -538,7 +560,7 @@ async def run_slow_consumer(workdir: Path, *, messages: int = 5000) -> SlowRepor
                             "type": "send_message",
                             "conversation_id": cid,
                             "client_id": f"{client.index}-{i}",
-                            "body": body,
+                            "body": f"{time.monotonic():.6f} {body}",
                         }
                         await ws.send_message(orjson.dumps(frame).decode())
 
@@ -556,6 +578,8 @@ async def run_slow_consumer(workdir: Path, *, messages: int = 5000) -> SlowRepor
                 frame = orjson.loads(await ws.get_message())
                 if frame["type"] == "new_message":
                     seqs.append(frame["message"]["seq"])
+                    sent = float(frame["message"]["body"].partition(" ")[0])
+                    report.fast_latencies_ms.append((time.monotonic() - sent) * 1000)
                     window.release()
 
         async def subscribe(ws: trio_websocket.WebSocketConnection) -> None:
@@ -572,7 +596,8 @@ async def run_slow_consumer(workdir: Path, *, messages: int = 5000) -> SlowRepor
                 connect_ws(server.port, token=slow.token) as slow_ws,
             ):
                 await subscribe(fast_ws)
-                await subscribe(slow_ws)
+                if with_slow:
+                    await subscribe(slow_ws)
                 # From here `slow_ws` is not read: trio-websocket's client stops reading
                 # the socket once one message waits in its queue.
                 fast_seqs: list[int] = []
@@ -582,6 +607,9 @@ async def run_slow_consumer(workdir: Path, *, messages: int = 5000) -> SlowRepor
                     load.start_soon(send, bob, messages - messages // 2)
                 done.set()
                 report.fast_in_order = fast_seqs == list(range(1, messages + 1))
+                if not with_slow:
+                    await server.kill()
+                    return report
                 slow_seqs: list[int] = []
                 try:
                     while True:
@@ -620,9 +648,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     workdir = Path(tempfile.mkdtemp(prefix="messageai-chaos-"))
     if args.slow_consumer:
-        slow = trio.run(run_slow_consumer, workdir)
+        (workdir / "base").mkdir()
+        (workdir / "slow").mkdir()
+        base = trio.run(functools.partial(run_slow_consumer, workdir / "base", with_slow=False))
+        print(base.summary(), flush=True)
+        slow = trio.run(run_slow_consumer, workdir / "slow")
         print(slow.summary())
-        return 0 if slow.passed else 1
+        print(
+            f"fast reader's delivery p99: {base.fast_p99_ms:.1f} ms alone, "
+            f"{slow.fast_p99_ms:.1f} ms beside a stopped reader "
+            f"({slow.fast_p99_ms / max(base.fast_p99_ms, 0.001):.2f}x)"
+        )
+        return 0 if slow.passed and base.passed else 1
 
     def progress(line: str) -> None:
         print(line, flush=True)
