@@ -90,5 +90,3 @@ def add_client_commands(sub: Any) -> None:
     p.add_argument("--json", action="store_true", help="print the conversation id as JSON")
 
     command("chat", "the terminal client")
-
-

@@ -362,7 +362,9 @@ async def test_new_conversation_is_announced_to_members_live_connections(h: Harn
         assert (await a.next_event("conversation_added"))["conversation"]["id"] == group
         await b.assert_quiet()  # bob is not in it
         await a.send_message(group, "before bob joined")
-        r = await h.http.post(f"/v1/conversations/{group}/members", json={"user_ids": [bob.id]}, headers=h.auth(ada))
+        r = await h.http.post(
+            f"/v1/conversations/{group}/members", json={"user_ids": [bob.id]}, headers=h.auth(ada)
+        )
         assert r.status_code == 200
         added = await b.next_event("conversation_added")
         assert added["conversation"]["id"] == group and added["conversation"]["unread_count"] == 1
