@@ -328,7 +328,7 @@ class ConversationActor:
                     )
                 elif isinstance(op, Summary):
                     cursor = cursors.get(command.user_id, 0)
-                    results.append(sql.unread_count(conn, command.user_id, cursor))
+                    results.append(sql.unread_count(conn, command.user_id, cursor, next_seq - 1))
                 else:
                     results.append(None)
 

@@ -33,7 +33,13 @@ def _v1(conn: apsw.Connection) -> None:
     )
 
 
-MIGRATIONS: list[Migration] = [_v1]
+def _v2_sender_seq_index(conn: apsw.Connection) -> None:
+    # Lets `unread_count` count only the caller's own recent messages instead of
+    # scanning everything after the cursor (82 ms for 1M messages, on the loop).
+    conn.execute("CREATE INDEX messages_sender_seq ON messages(sender_id, seq)")
+
+
+MIGRATIONS: list[Migration] = [_v1, _v2_sender_seq_index]
 
 _COLUMNS = "seq, id, sender_id, client_id, body, attachments, created_at"
 
@@ -140,8 +146,11 @@ def set_read_cursor(conn: apsw.Connection, user_id: str, seq: int) -> None:
     )
 
 
-def unread_count(conn: apsw.Connection, user_id: str, cursor: int) -> int:
-    value = conn.execute(
-        "SELECT count(*) FROM messages WHERE seq > ? AND sender_id <> ?", (cursor, user_id)
+def unread_count(conn: apsw.Connection, user_id: str, cursor: int, last_seq: int) -> int:
+    """Messages from others above `cursor`. Seqs are gapless, so that is every message
+    above the cursor less the caller's own there, which the (sender_id, seq) index
+    counts without touching anyone else's."""
+    own = conn.execute(
+        "SELECT count(*) FROM messages WHERE sender_id = ? AND seq > ?", (user_id, cursor)
     ).get
-    return int(value)
+    return max(0, last_seq - cursor - int(own))

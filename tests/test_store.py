@@ -1,0 +1,72 @@
+"""The conversation store's SQL on real SQLite files: plain synchronous tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from messageai.protocol import Message
+from messageai.store import conversation as sql
+from messageai.store.db import migrate, open_db
+
+
+def _db(tmp_path: Path, migrations: list[sql.Migration] | None = None):  # type: ignore[no-untyped-def]
+    conn = open_db(tmp_path / "c.sqlite3", "NORMAL")
+    migrate(conn, migrations if migrations is not None else sql.MIGRATIONS)
+    return conn
+
+
+def _insert(conn, seq: int, sender: str, client_id: str | None = None) -> Message | None:  # type: ignore[no-untyped-def]
+    message = Message(
+        id=f"m_{seq}",
+        conversation_id="c_1",
+        seq=seq,
+        sender_id=sender,
+        client_id=client_id or f"k{seq}",
+        body=f"b{seq}",
+        attachments=[],
+        created_at=seq,
+    )
+    with conn:
+        return sql.insert_message(conn, message)
+
+
+def test_insert_then_resend_returns_the_original_and_stores_nothing(tmp_path: Path) -> None:
+    conn = _db(tmp_path)
+    assert _insert(conn, 1, "u_a", "same") is None
+    original = _insert(conn, 2, "u_a", "same")
+    assert original is not None and original.seq == 1 and original.body == "b1"
+    assert _insert(conn, 2, "u_b", "same") is None  # another sender's client id is its own
+    assert sql.last_seq(conn) == 2
+
+
+@pytest.mark.parametrize("cursor", [0, 1, 3, 5, 6, 9])
+def test_unread_count_counts_others_messages_above_the_cursor(tmp_path: Path, cursor: int) -> None:
+    conn = _db(tmp_path)
+    senders = ["u_a", "u_me", "u_b", "u_me", "u_me", "u_a", "u_b", "u_me", "u_a"]
+    for seq, sender in enumerate(senders, start=1):
+        _insert(conn, seq, sender)
+    expected = sum(1 for seq, s in enumerate(senders, start=1) if seq > cursor and s != "u_me")
+    assert sql.unread_count(conn, "u_me", cursor, len(senders)) == expected
+
+
+def test_version_1_database_gains_the_sender_index_and_keeps_its_messages(tmp_path: Path) -> None:
+    conn = _db(tmp_path, sql.MIGRATIONS[:1])
+    _insert(conn, 1, "u_a")
+    assert conn.execute("PRAGMA user_version").get == 1
+    migrate(conn, sql.MIGRATIONS)
+    assert conn.execute("PRAGMA user_version").get == len(sql.MIGRATIONS)
+    names = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    assert "messages_sender_seq" in names
+    assert sql.unread_count(conn, "u_b", 0, 1) == 1
+    # Running the migrations again changes nothing.
+    migrate(conn, sql.MIGRATIONS)
+    assert sql.last_seq(conn) == 1
+
+
+def test_a_database_newer_than_this_server_is_refused(tmp_path: Path) -> None:
+    conn = _db(tmp_path)
+    conn.execute(f"PRAGMA user_version = {len(sql.MIGRATIONS) + 1}")
+    with pytest.raises(RuntimeError, match="newer"):
+        migrate(conn, sql.MIGRATIONS)
