@@ -8,6 +8,7 @@ exception escapes as anything but a 500 with a JSON body.
 from __future__ import annotations
 
 import logging
+import math
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -15,7 +16,7 @@ from urllib.parse import parse_qs
 
 import orjson
 
-from messageai.errors import BadRequest, MessageAIError, NotFound, TooLarge
+from messageai.errors import BadRequest, MessageAIError, NotFound, RateLimited, TooLarge
 from messageai.protocol import dumps
 
 log = logging.getLogger(__name__)
@@ -160,6 +161,9 @@ class App:
             headers = []
             if isinstance(exc, MethodNotAllowed):
                 headers.append((b"allow", ", ".join(exc.allowed).encode()))
+            if isinstance(exc, RateLimited):
+                seconds = max(1, math.ceil(exc.retry_after_seconds))
+                headers.append((b"retry-after", str(seconds).encode()))
             response = Response(exc.status, _error_body(exc), headers)
         except Exception:
             log.exception("%s %s failed", scope.get("method"), scope.get("path"))
@@ -187,7 +191,11 @@ class App:
 
 
 def _error_body(exc: MessageAIError) -> dict[str, Any]:
-    return {"error": {"code": exc.code, "message": exc.message}}
+    error: dict[str, Any] = {"code": exc.code, "message": exc.message}
+    if isinstance(exc, RateLimited):
+        # The same extension field as the WebSocket's `rate_limited` error frame.
+        error["retry_after_ms"] = max(1, int(exc.retry_after_seconds * 1000) + 1)
+    return {"error": error}
 
 
 async def _send(send: Send, response: Response) -> None:

@@ -61,6 +61,10 @@ class TooLarge(MessageAIError):
 class RateLimited(MessageAIError):
     code, status = "rate_limited", 429
 
+    def __init__(self, message: str, retry_after_seconds: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after_seconds = retry_after_seconds
+
 
 class Unavailable(MessageAIError):
     code, status = "unavailable", 503

@@ -16,7 +16,8 @@ from messageai.asgi import Request, Response, Router
 from messageai.commands import Summary
 from messageai.config import Config
 from messageai.directory import Directory
-from messageai.errors import BadRequest, Forbidden, NotFound, Unauthorized, Unavailable
+from messageai.errors import BadRequest, Forbidden, NotFound, RateLimited, Unauthorized, Unavailable
+from messageai.guard import Guard
 from messageai.media import Media
 from messageai.presence import Presence
 from messageai.protocol import (
@@ -48,10 +49,13 @@ class Rest:
         *,
         media: Media | None = None,
         push: Push | None = None,
+        guard: Guard | None = None,
     ) -> None:
         self._config = config
         self._directory = directory
         self._registry = registry
+        # The same per-user message bucket as the WebSocket: one budget, any door.
+        self._guard = guard
         self._presence = presence
         self._media = media
         self._push = push
@@ -291,6 +295,10 @@ class Rest:
         frame = {**body, "type": "send_message", "conversation_id": conversation_id}
         _, op = frame_from_object(frame)
         assert isinstance(op, SendMessage)
+        if self._guard is not None:
+            wait = self._guard.take(user.id)
+            if wait > 0:
+                raise RateLimited("too many messages: retry later", retry_after_seconds=wait)
         message, duplicate = await self._registry.call(conversation_id, user.id, op)
         assert isinstance(message, Message)
         return Response(200 if duplicate else 201, message)

@@ -99,7 +99,9 @@ class Server:
                 presence.registry = registry
                 self.registry = registry
                 router = Router()
-                Rest(config, directory, registry, presence, media=media, push=push).routes(router)
+                Rest(
+                    config, directory, registry, presence, media=media, push=push, guard=self.guard
+                ).routes(router)
                 if config.auth.mode == "clerk" and config.clerk.webhook_secret:
                     ClerkWebhooks(config.clerk, directory, self.close_user_sessions).routes(router)
                 front = FrontDoor(

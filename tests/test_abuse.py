@@ -278,3 +278,36 @@ async def test_default_config_refuses_foreign_origins_and_allows_any_with_star(
         ada = await h.account("ada2")
         foreign = {"Authorization": f"Bearer {ada.token}", "Origin": "https://elsewhere.example"}
         assert (await raw_websocket_handshake(h.url, "/v1/ws", foreign))[0] == 101
+
+
+async def test_rest_sends_share_the_users_message_bucket_and_get_429_with_retry_after(
+    tmp_path: Path,
+) -> None:
+    limits = {"messages_per_second": 0.5, "message_burst": 3}
+    async with started(tmp_path, limits=limits) as h:
+        ada, bob = await h.account(), await h.account()
+        cid = await h.direct(ada, bob)
+        async with h.ws(ada) as a:
+            assert (await a.send_message(cid, "over the websocket"))["type"] == "ack"
+        statuses = []
+        for i in range(3):
+            r = await h.http.post(
+                f"/v1/conversations/{cid}/messages",
+                json={"client_id": f"rest{i}", "body": "over rest"},
+                headers=h.auth(ada),
+            )
+            statuses.append(r.status_code)
+        # A burst of three: one went over the WebSocket, so the third REST send is over.
+        assert statuses == [201, 201, 429]
+        assert int(r.headers["retry-after"]) >= 1
+        error = r.json()["error"]
+        assert error["code"] == "rate_limited" and error["retry_after_ms"] > 0
+        page = await h.http.get(f"/v1/conversations/{cid}/messages", headers=h.auth(ada))
+        assert [m["client_id"] for m in page.json()["messages"]][-1] == "rest1"  # nothing stored
+        # Another user's budget is their own.
+        r = await h.http.post(
+            f"/v1/conversations/{cid}/messages",
+            json={"client_id": "bob1", "body": "hi"},
+            headers=h.auth(bob),
+        )
+        assert r.status_code == 201
