@@ -208,14 +208,14 @@ class ConversationActor:
     async def _process(self, batch: list[Command]) -> None:
         # Phase 0, on the loop: authorization in order (a removal earlier in the
         # batch applies to what follows) and content checks, before any I/O.
-        members = set(self.members)
+        # The live member set, copied only if the batch itself changes membership.
+        members = self.members
         accepted: list[Command] = []
-        attaching = False
+        attaching = needs_db = writes = False
         for command in batch:
             op = command.op
             if isinstance(op, MembersChanged):
-                members |= set(op.added)
-                members -= set(op.removed)
+                members = (members | set(op.added)) - set(op.removed)
                 accepted.append(command)
                 continue
             if command.user_id not in members:
@@ -242,18 +242,19 @@ class ConversationActor:
                 except MessageAIError as exc:
                     _reply_error(command, exc)
                     continue
+            if isinstance(op, WRITES):
+                writes = needs_db = True
+            elif isinstance(op, (GetHistory, Summary)):
+                needs_db = True
             accepted.append(command)
         if not accepted:
             return
         # Phase 1: storage. Writes commit in one transaction in a worker thread;
         # a batch of reads only runs inline (no fsync, short).
-        needs_db = any(
-            isinstance(c.op, (SendMessage, MarkRead, GetHistory, Summary)) for c in accepted
-        )
         results: list[Any] = [None] * len(accepted)
         if needs_db:
             conn = await self._ensure_db()
-            if any(isinstance(c.op, WRITES) for c in accepted):
+            if writes:
                 results = await self._workers.run(self._store_batch, conn, accepted, True)
             else:
                 results = self._store_batch(conn, accepted, False)
