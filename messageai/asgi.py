@@ -194,7 +194,7 @@ def _error_body(exc: MessageAIError) -> dict[str, Any]:
     error: dict[str, Any] = {"code": exc.code, "message": exc.message}
     if isinstance(exc, RateLimited):
         # The same extension field as the WebSocket's `rate_limited` error frame.
-        error["retry_after_ms"] = max(1, int(exc.retry_after_seconds * 1000) + 1)
+        error["retry_after_ms"] = exc.retry_after_ms
     return {"error": error}
 
 

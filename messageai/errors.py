@@ -65,6 +65,16 @@ class RateLimited(MessageAIError):
         super().__init__(message)
         self.retry_after_seconds = retry_after_seconds
 
+    @property
+    def retry_after_ms(self) -> int:
+        return retry_after_ms(self.retry_after_seconds)
+
+
+def retry_after_ms(seconds: float) -> int:
+    """The `retry_after_ms` extension field: whole milliseconds, rounded up, so that
+    retrying after this long succeeds. Used by REST and WebSocket alike."""
+    return max(1, int(seconds * 1000) + 1)
+
 
 class Unavailable(MessageAIError):
     code, status = "unavailable", 503

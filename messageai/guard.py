@@ -15,6 +15,7 @@ import orjson
 import trio
 
 from messageai.config import Config
+from messageai.errors import retry_after_ms
 
 
 class _User:
@@ -113,7 +114,7 @@ def rate_limited_frame(req: str | int | None, retry_after: float) -> str:
         "type": "error",
         "code": "rate_limited",
         "message": "too many messages: retry later",
-        "retry_after_ms": max(1, int(retry_after * 1000) + 1),
+        "retry_after_ms": retry_after_ms(retry_after),
     }
     if req is not None:
         frame["req"] = req
