@@ -192,6 +192,10 @@ class Directory:
     def member_ids(self, conversation_id: str) -> list[str]:
         return sql.member_ids(self._reader, conversation_id)
 
+    def is_member(self, conversation_id: str, user_id: str) -> bool:
+        """One primary-key lookup, whatever the group's size."""
+        return sql.is_member(self._reader, conversation_id, user_id)
+
     def conversation_ids_of(self, user_id: str) -> list[str]:
         return sql.conversation_ids_of(self._reader, user_id)
 

@@ -95,7 +95,7 @@ class Rest:
         record = self._directory.conversation(conversation_id)
         if record is None:
             raise NotFound("no such conversation")
-        if user.id not in self._directory.member_ids(conversation_id):
+        if not self._directory.is_member(conversation_id, user.id):
             raise Forbidden("you are not a member of this conversation")
         return record
 

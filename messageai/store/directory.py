@@ -260,6 +260,16 @@ def member_ids(conn: apsw.Connection, conversation_id: str) -> list[str]:
     ]
 
 
+def is_member(conn: apsw.Connection, conversation_id: str, user_id: str) -> bool:
+    return (
+        conn.execute(
+            "SELECT 1 FROM memberships WHERE conversation_id = ? AND user_id = ?",
+            (conversation_id, user_id),
+        ).fetchone()
+        is not None
+    )
+
+
 def conversation_ids_of(conn: apsw.Connection, user_id: str) -> list[str]:
     return [
         row[0]
