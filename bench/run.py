@@ -519,8 +519,8 @@ class Bench:
         """Raw APSW inserts into the messages schema: one row per commit, and 64 per commit."""
         if synchronous in self._apsw:
             return self._apsw[synchronous]
+        from messageai.sqlite import migrate, open_db
         from messageai.store import conversation as sql
-        from messageai.store.db import migrate, open_db
 
         self.step = "raw APSW"
         out = []

@@ -88,9 +88,9 @@ def fill_history(
     Uses the server's own path, schema and insert statement's columns, in batches
     of 50,000 rows per transaction. Returns the seconds it took.
     """
-    from messageai.actor import conversation_path
+    from messageai.sqlite import migrate, open_db
     from messageai.store import conversation as sql
-    from messageai.store.db import migrate, open_db
+    from messageai.store.paths import conversation_path
 
     start = time.monotonic()
     path = conversation_path(data_dir, conversation_id)

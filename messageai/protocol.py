@@ -18,6 +18,7 @@ import orjson
 from cattrs.gen import make_dict_unstructure_fn, override
 
 from messageai.errors import BadRequest, TooLarge, UnknownType
+from messageai.model import Conversation, Message
 
 MAX_ID_CHARS = 128
 MAX_SEQ = 2**63 - 1
@@ -25,41 +26,6 @@ HISTORY_DEFAULT_LIMIT = 50
 HISTORY_MAX_LIMIT = 200
 
 Req: TypeAlias = str | int | None
-
-
-# ---------------------------------------------------------------- objects
-
-
-@attrs.frozen
-class Message:
-    id: str
-    conversation_id: str
-    seq: int
-    sender_id: str
-    client_id: str
-    body: str
-    attachments: list[str]
-    created_at: int
-
-
-@attrs.frozen
-class User:
-    id: str
-    username: str
-    display_name: str
-    created_at: int
-
-
-@attrs.frozen
-class Conversation:
-    id: str
-    kind: str
-    title: str | None
-    member_ids: list[str]
-    created_at: int
-    last_seq: int
-    last_message: Message | None
-    unread_count: int
 
 
 # ---------------------------------------------------------------- client frames

@@ -19,21 +19,21 @@ import orjson
 import trio
 import trio_websocket
 
-from messageai.asgi import App, Router
 from messageai.config import Config
-from messageai.directory import Directory
+from messageai.conversations.registry import Registry
+from messageai.edge.asgi import App, Router
+from messageai.edge.frontdoor import FrontDoor, ReplayStream
 from messageai.errors import CLOSE_POLICY, MessageAIError
-from messageai.frontdoor import FrontDoor, ReplayStream
-from messageai.guard import Guard
-from messageai.identity import Authenticator, make_authenticator
-from messageai.media import Media
-from messageai.presence import Presence
-from messageai.protocol import User
-from messageai.push import Push
-from messageai.registry import Registry
+from messageai.identity.authenticator import Authenticator, make_authenticator
+from messageai.live.guard import Guard
+from messageai.live.presence import Presence
+from messageai.live.session import Session
+from messageai.model import User
 from messageai.rest import Rest
-from messageai.session import Session
-from messageai.webhooks import ClerkWebhooks
+from messageai.rest.clerk_webhooks import ClerkWebhooks
+from messageai.services.directory import Directory
+from messageai.services.media import Media
+from messageai.services.push import Push
 
 log = logging.getLogger(__name__)
 

@@ -13,12 +13,12 @@ import pytest
 import trio
 import trio_websocket
 
-from messageai.actor import conversation_path
-from messageai.commands import Command, Waiter
 from messageai.config import Config
-from messageai.directory import Directory
+from messageai.conversations.commands import Command, Waiter
+from messageai.conversations.registry import Registry
 from messageai.protocol import GetHistory, SendMessage, Subscribe
-from messageai.registry import Registry
+from messageai.services.directory import Directory
+from messageai.store.paths import conversation_path
 from tests.helpers import ServerProcess, connect_ws, harness, make_config
 
 

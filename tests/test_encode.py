@@ -5,7 +5,8 @@ from __future__ import annotations
 import attrs
 import orjson
 
-from messageai.protocol import Ack, Message, NewMessage, converter, encode
+from messageai.model import Message
+from messageai.protocol import Ack, NewMessage, converter, encode
 
 
 def _message(**changes: object) -> Message:

@@ -17,7 +17,7 @@ import orjson
 import pytest
 import trio
 
-from messageai.push import MAX_PAYLOAD_BYTES, Push, fit_payload
+from messageai.services.push import MAX_PAYLOAD_BYTES, Push, fit_payload
 from tests.expo import FakeExpo, fake_expo
 from tests.helpers import Account, Harness, assert_error, harness, make_config
 

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from messageai.protocol import Message
+from messageai.model import Message
+from messageai.sqlite import migrate, open_db
 from messageai.store import conversation as sql
-from messageai.store.db import migrate, open_db
 
 
 def _db(tmp_path: Path, migrations: list[sql.Migration] | None = None):  # type: ignore[no-untyped-def]

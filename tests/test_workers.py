@@ -10,7 +10,7 @@ import threading
 import pytest
 import trio
 
-from messageai.workers import WorkerPool
+from messageai.threads import WorkerPool
 
 
 def _pool_threads() -> list[threading.Thread]:

@@ -1,6 +1,6 @@
 """The client subcommands of `messageai`: login, send, sync, tail, conversations, new, chat.
 
-Their arguments are defined in `messageai.cli_client` (kept light, so that
+Their arguments are defined in `messageai.cli.client_args` (kept light, so that
 `messageai serve` does not import the SDK); `run` is called by `messageai.cli.main`.
 These forms are a public interface for scripts: exit status 0 on
 success, 1 for a failure the message explains, 2 for bad usage. Every command

@@ -36,7 +36,7 @@ from messageai.client.events import (
 )
 from messageai.client.store import Account, LocalConversation, LocalMessage
 from messageai.client.sync import Settings, Syncer, SyncReport
-from messageai.store.db import transaction
+from messageai.sqlite import transaction
 
 # The server's default `limits.max_body_chars`; longer bodies are refused before they are queued.
 MAX_BODY_CHARS = 16000

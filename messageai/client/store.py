@@ -20,7 +20,7 @@ import apsw
 import attrs
 import orjson
 
-from messageai.store.db import Migration, migrate, open_db, transaction
+from messageai.sqlite import Migration, migrate, open_db, transaction
 
 STATUSES = ("sending", "sent", "read", "received", "failed")
 

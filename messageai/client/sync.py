@@ -47,7 +47,7 @@ from messageai.client.events import (
     TypingChanged,
 )
 from messageai.client.link import HISTORY_PAGE, Link, open_link
-from messageai.store.db import transaction
+from messageai.sqlite import transaction
 
 log = logging.getLogger(__name__)
 

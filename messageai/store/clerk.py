@@ -1,27 +1,16 @@
 """SQL for Clerk mode in the directory database: Clerk users, tombstones, webhook message ids.
 
-Called only by `messageai.directory.Directory`, inside its write transactions
+Called only by `messageai.services.directory.Directory`, inside its write transactions
 or on its read connection. The tables come from the `_clerk_identities` migration.
 """
 
 from __future__ import annotations
 
 import apsw
-import attrs
 
-from messageai.protocol import User
+from messageai.model import ClerkProfile, User
 
 DELETED_DISPLAY_NAME = "Deleted user"
-
-
-@attrs.frozen
-class ClerkProfile:
-    """What MessageAI keeps of a Clerk user: the id is Clerk's own (`user_…`)."""
-
-    id: str
-    username: str | None
-    display_name: str
-    created_at: int
 
 
 _USER = "id, username, display_name, created_at"

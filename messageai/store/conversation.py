@@ -8,8 +8,8 @@ from __future__ import annotations
 import apsw
 import orjson
 
-from messageai.protocol import Message
-from messageai.store.db import Migration
+from messageai.model import Message
+from messageai.sqlite import Migration
 
 
 def _v1(conn: apsw.Connection) -> None:

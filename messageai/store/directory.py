@@ -1,6 +1,6 @@
 """SQL for the central directory database: users, tokens, conversations, memberships.
 
-Called only by `messageai.directory.Directory`, which owns the connections.
+Called only by `messageai.services.directory.Directory`, which owns the connections.
 No per-message data lives here: messages and read cursors stay in each
 conversation's own file.
 """
@@ -8,10 +8,9 @@ conversation's own file.
 from __future__ import annotations
 
 import apsw
-import attrs
 
-from messageai.protocol import User
-from messageai.store.db import Migration
+from messageai.model import ConversationRecord, User
+from messageai.sqlite import Migration
 
 
 def _v1(conn: apsw.Connection) -> None:
@@ -113,15 +112,6 @@ def _media_and_push(conn: apsw.Connection) -> None:
 
 
 MIGRATIONS: list[Migration] = [_v1, _clerk_identities, _media_and_push]
-
-
-@attrs.frozen
-class ConversationRecord:
-    id: str
-    kind: str
-    title: str | None
-    creator_id: str
-    created_at: int
 
 
 _USER = "id, username, display_name, created_at"

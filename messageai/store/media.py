@@ -1,24 +1,14 @@
 """SQL for media records and their references, in the directory database.
 
-Called only by `messageai.media.Media` through the directory's connections. The
+Called only by `messageai.services.media.Media` through the directory's connections. The
 tables are created by the directory's migrations (`store/directory.py`).
 """
 
 from __future__ import annotations
 
 import apsw
-import attrs
 
-
-@attrs.frozen
-class MediaRecord:
-    id: str
-    owner_id: str
-    sha256: str
-    content_type: str
-    size: int
-    created_at: int
-
+from messageai.model import MediaRecord
 
 _COLUMNS = "id, owner_id, sha256, content_type, size, created_at"
 

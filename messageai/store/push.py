@@ -1,7 +1,7 @@
 """SQL for Expo push: device tokens and the tickets awaiting a receipt, in the directory
 database; plus the one read of a conversation file the badge needs.
 
-Called only by `messageai.push.Push` (and its REST handlers through it).
+Called only by `messageai.services.push.Push` (and its REST handlers through it).
 """
 
 from __future__ import annotations

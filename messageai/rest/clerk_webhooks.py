@@ -24,12 +24,12 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from messageai.asgi import Request, Response, Router
-from messageai.clerk import profile_from
 from messageai.config import ClerkConfig
-from messageai.directory import Directory
+from messageai.edge.asgi import Request, Response, Router
 from messageai.errors import BadRequest, Unauthorized
+from messageai.identity.clerk import profile_from
 from messageai.protocol import MAX_ID_CHARS
+from messageai.services.directory import Directory
 
 TOLERANCE_SECONDS = 5 * 60
 MAX_MESSAGE_ID_CHARS = 256

@@ -9,11 +9,11 @@ service use `peers_of` to reach (or skip) a user's devices.
 
 from __future__ import annotations
 
-from messageai.auth import now_ms
-from messageai.commands import Peer
-from messageai.directory import Directory
+from messageai.conversations.commands import Peer
+from messageai.conversations.registry import Registry
+from messageai.model import now_ms
 from messageai.protocol import PresenceUpdate, encode
-from messageai.registry import Registry
+from messageai.services.directory import Directory
 
 
 class Presence:

@@ -2,7 +2,7 @@
 
 `make_authenticator` picks the implementation from `auth.mode` once, at start-up:
 local session tokens looked up in the directory, or Clerk session JWTs verified
-by `messageai.clerk`. Called by the ASGI app (every REST request) and by the
+by `messageai.identity.clerk`. Called by the ASGI app (every REST request) and by the
 server (every WebSocket handshake, and again right after a session is registered).
 """
 
@@ -11,8 +11,8 @@ from __future__ import annotations
 from typing import Protocol
 
 from messageai.config import Config
-from messageai.directory import Directory
-from messageai.protocol import User
+from messageai.model import User
+from messageai.services.directory import Directory
 
 
 class Authenticator(Protocol):
@@ -45,7 +45,7 @@ class LocalAuthenticator:
 def make_authenticator(config: Config, directory: Directory) -> Authenticator:
     if config.auth.mode == "clerk":
         # Imported only in Clerk mode: a local server never loads the JWT stack.
-        from messageai.clerk import ClerkAuthenticator
+        from messageai.identity.clerk import ClerkAuthenticator
 
         return ClerkAuthenticator(config.clerk, directory)
     return LocalAuthenticator(directory)

@@ -10,7 +10,6 @@ import hashlib
 import hmac
 import re
 import secrets
-import time
 
 from messageai.errors import BadRequest
 
@@ -20,15 +19,6 @@ MIN_PASSWORD_CHARS = 8
 MAX_PASSWORD_CHARS = 1024
 MAX_DISPLAY_NAME_CHARS = 64
 _SCRYPT_R, _SCRYPT_P = 8, 1
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
-def new_id(prefix: str) -> str:
-    """An opaque, unguessable id such as `c_Jq3x0dY9mTzKpA1b`."""
-    return prefix + secrets.token_urlsafe(12)
 
 
 def check_username(username: object) -> str:

@@ -15,15 +15,13 @@ from typing import ParamSpec, TypeVar
 import apsw
 import trio
 
-from messageai import auth
 from messageai.config import Config
 from messageai.errors import BadRequest, Conflict, Forbidden, NotFound, Unauthorized
-from messageai.protocol import User
+from messageai.identity import passwords
+from messageai.model import ClerkProfile, ConversationRecord, User, new_id, now_ms
+from messageai.sqlite import migrate, open_db, transaction
 from messageai.store import clerk as clerk_sql
 from messageai.store import directory as sql
-from messageai.store.clerk import ClerkProfile
-from messageai.store.db import migrate, open_db, transaction
-from messageai.store.directory import ConversationRecord
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -87,19 +85,17 @@ class Directory:
         self._check_local_accounts()
         if not self._config.auth.allow_registration:
             raise Forbidden("registration is closed on this server")
-        name = auth.check_username(username)
-        secret = auth.check_password(password)
-        shown = auth.check_display_name(display_name, name)
+        name = passwords.check_username(username)
+        secret = passwords.check_password(password)
+        shown = passwords.check_display_name(display_name, name)
         if sql.user_and_hash_by_name(self._reader, name) is not None:
             raise Conflict(f"username {name!r} is taken")
         async with self._hashing:
             password_hash = await trio.to_thread.run_sync(
-                auth.hash_password, secret, self._config.auth.scrypt_n
+                passwords.hash_password, secret, self._config.auth.scrypt_n
             )
-        user = User(
-            id=auth.new_id("u_"), username=name, display_name=shown, created_at=auth.now_ms()
-        )
-        token = auth.new_token()
+        user = User(id=new_id("u_"), username=name, display_name=shown, created_at=now_ms())
+        token = passwords.new_token()
 
         def insert(conn: apsw.Connection) -> bool:
             if not sql.insert_user(conn, user, password_hash):
@@ -112,16 +108,16 @@ class Directory:
         return user, token
 
     def _insert_token(self, conn: apsw.Connection, token: str, user_id: str) -> None:
-        now = auth.now_ms()
+        now = now_ms()
         ttl_ms = self._config.auth.token_ttl_seconds * 1000
-        sql.insert_token(conn, auth.token_hash(token), user_id, now, now + ttl_ms)
+        sql.insert_token(conn, passwords.token_hash(token), user_id, now, now + ttl_ms)
 
     async def login(self, username: object, password: object) -> tuple[User, str]:
         self._check_local_accounts()
         failure = Unauthorized("wrong username or password")
         if not isinstance(username, str) or not isinstance(password, str):
             raise BadRequest("username and password must be strings")
-        if len(password) > auth.MAX_PASSWORD_CHARS:
+        if len(password) > passwords.MAX_PASSWORD_CHARS:
             raise failure
         found = sql.user_and_hash_by_name(self._reader, username)
         if found is None or found[1] is None:
@@ -129,15 +125,15 @@ class Directory:
         user, stored = found
         assert stored is not None
         async with self._hashing:
-            ok = await trio.to_thread.run_sync(auth.verify_password, password, stored)
+            ok = await trio.to_thread.run_sync(passwords.verify_password, password, stored)
         if not ok:
             raise failure
-        token = auth.new_token()
+        token = passwords.new_token()
         await self._write(self._insert_token, token, user.id)
         return user, token
 
     async def logout(self, token: str) -> None:
-        await self._write(sql.delete_token, auth.token_hash(token))
+        await self._write(sql.delete_token, passwords.token_hash(token))
 
     def _check_local_accounts(self) -> None:
         if self._config.auth.mode != "local":
@@ -145,7 +141,7 @@ class Directory:
 
     def user_for_token(self, token: str) -> User | None:
         """The token's user, or None when it is unknown, revoked or expired. Inline read."""
-        return sql.user_by_token(self._reader, auth.token_hash(token), auth.now_ms())
+        return sql.user_by_token(self._reader, passwords.token_hash(token), now_ms())
 
     def user(self, user_id: str) -> User | None:
         return sql.user_by_id(self._reader, user_id)
@@ -169,7 +165,7 @@ class Directory:
         """Apply one verified webhook message (an upsert of `profile`, or the deletion
         of `deleted_id`) and record its id in the same transaction; False when the id
         was seen before, and then nothing changes."""
-        now = auth.now_ms()
+        now = now_ms()
 
         def apply(conn: apsw.Connection) -> bool:
             if not clerk_sql.claim_webhook_message(
@@ -210,11 +206,11 @@ class Directory:
             raise BadRequest("member_ids: a direct conversation needs one other user")
         self._check_users_exist([other])
         record = ConversationRecord(
-            id=auth.new_id("c_"),
+            id=new_id("c_"),
             kind="direct",
             title=None,
             creator_id=caller,
-            created_at=auth.now_ms(),
+            created_at=now_ms(),
         )
 
         def create(conn: apsw.Connection) -> tuple[ConversationRecord, bool]:
@@ -238,11 +234,11 @@ class Directory:
             raise BadRequest(f"member_ids: at most {self._config.limits.max_group_members} members")
         self._check_users_exist(members)
         record = ConversationRecord(
-            id=auth.new_id("c_"),
+            id=new_id("c_"),
             kind="group",
             title=title,
             creator_id=caller,
-            created_at=auth.now_ms(),
+            created_at=now_ms(),
         )
         await self._write(sql.insert_conversation, record, members, record.created_at)
         return record
@@ -255,7 +251,7 @@ class Directory:
             current = set(sql.member_ids(conn, conversation_id))
             if len(current | set(user_ids)) > limit:
                 raise BadRequest(f"user_ids: a group has at most {limit} members")
-            sql.add_members(conn, conversation_id, user_ids, auth.now_ms())
+            sql.add_members(conn, conversation_id, user_ids, now_ms())
 
         await self._write(add)
 

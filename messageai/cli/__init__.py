@@ -1,5 +1,6 @@
 """The `messageai` command: `serve`, `user add|list`, `config check`, and the client's
-`login|send|sync|tail|conversations|new|chat` (messageai.cli_client, messageai.client.commands).
+`login|send|sync|tail|conversations|new|chat` (arguments in `cli.client_args`, the work in
+`messageai.client.commands`).
 
 Exit status 0 on success, 2 for a configuration or usage error, 1 otherwise.
 """
@@ -15,14 +16,14 @@ from pathlib import Path
 
 import trio
 
-from messageai import auth
-from messageai.cli_client import CLIENT_COMMANDS, add_client_commands
+from messageai.cli.client_args import CLIENT_COMMANDS, add_client_commands
 from messageai.config import Config, ConfigError, load_config, with_overrides
-from messageai.directory import open_directory_db
 from messageai.errors import MessageAIError
-from messageai.protocol import User
+from messageai.identity import passwords
+from messageai.model import User, new_id, now_ms
+from messageai.services.directory import open_directory_db
+from messageai.sqlite import transaction
 from messageai.store import directory as sql
-from messageai.store.db import transaction
 
 
 def _port(value: str) -> int:
@@ -171,15 +172,13 @@ def _user_add(config: Config, args: argparse.Namespace) -> int:
             f'local accounts are off with auth.mode = "{config.auth.mode}": '
             "users sign up through Clerk"
         )
-    name = auth.check_username(args.name)
-    display_name = auth.check_display_name(args.display_name, name)
-    password = auth.check_password(_read_password(args))
+    name = passwords.check_username(args.name)
+    display_name = passwords.check_display_name(args.display_name, name)
+    password = passwords.check_password(_read_password(args))
     conn = open_directory_db(config.data_dir, config.storage.synchronous)
     try:
-        user = User(
-            id=auth.new_id("u_"), username=name, display_name=display_name, created_at=auth.now_ms()
-        )
-        password_hash = auth.hash_password(password, config.auth.scrypt_n)
+        user = User(id=new_id("u_"), username=name, display_name=display_name, created_at=now_ms())
+        password_hash = passwords.hash_password(password, config.auth.scrypt_n)
         with transaction(conn):
             created = sql.insert_user(conn, user, password_hash)
     finally:

@@ -25,17 +25,16 @@ from typing import TYPE_CHECKING, Any
 import apsw
 import trio
 
-from messageai import auth
-from messageai.commands import Command, MembersChanged, Peer, Summary
 from messageai.config import Config
+from messageai.conversations.commands import Command, MembersChanged, Peer, Summary
 from messageai.errors import BadRequest, Forbidden, MessageAIError, Unavailable
+from messageai.model import Message, new_id, now_ms
 from messageai.protocol import (
     Ack,
     Error,
     GetHistory,
     History,
     MarkRead,
-    Message,
     MessageRead,
     NewMessage,
     Ok,
@@ -52,21 +51,17 @@ from messageai.protocol import (
     encode,
     history_limit,
 )
+from messageai.sqlite import migrate, open_db, transaction
 from messageai.store import conversation as sql
-from messageai.store.db import migrate, open_db, transaction
-from messageai.workers import WorkerPool
+from messageai.store.paths import conversation_path
+from messageai.threads import WorkerPool
 
 if TYPE_CHECKING:
-    from messageai.media import Media
+    from messageai.services.media import Media
 
 log = logging.getLogger(__name__)
 
 WRITES = (SendMessage, MarkRead)
-
-
-def conversation_path(data_dir: Path, conversation_id: str) -> Path:
-    """`conversations/<2-char shard>/<id>.sqlite3`: keeps directories small at any scale."""
-    return data_dir / "conversations" / conversation_id[-2:] / f"{conversation_id}.sqlite3"
 
 
 def _open(path: Path, synchronous: str) -> apsw.Connection:
@@ -280,7 +275,7 @@ class ConversationActor:
         results: list[Any] = []
         next_seq = self.last_seq + 1
         cursors = dict(self.cursors)
-        now = auth.now_ms()
+        now = now_ms()
 
         def work() -> None:
             nonlocal next_seq
@@ -288,7 +283,7 @@ class ConversationActor:
                 op = command.op
                 if isinstance(op, SendMessage):
                     message = Message(
-                        id=auth.new_id("m_"),
+                        id=new_id("m_"),
                         conversation_id=self.id,
                         seq=next_seq,
                         sender_id=command.user_id,

@@ -23,15 +23,14 @@ import httpx
 import orjson
 import trio
 
-from messageai import auth
-from messageai.actor import conversation_path
 from messageai.config import Config
-from messageai.directory import Directory
 from messageai.errors import BadRequest
-from messageai.presence import Presence
-from messageai.protocol import Message
+from messageai.live.presence import Presence
+from messageai.model import Message, now_ms
+from messageai.services.directory import Directory
+from messageai.sqlite import open_db
 from messageai.store import push as sql
-from messageai.store.db import open_db
+from messageai.store.paths import conversation_path
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +119,7 @@ class Push:
             not isinstance(platform, str) or not 1 <= len(platform) <= MAX_PLATFORM_CHARS
         ):
             raise BadRequest(f"platform: a string of 1 to {MAX_PLATFORM_CHARS} characters")
-        await self._directory.write(sql.upsert_token, token, user_id, platform, auth.now_ms())
+        await self._directory.write(sql.upsert_token, token, user_id, platform, now_ms())
         return token
 
     async def unregister(self, user_id: str, token: str) -> None:
@@ -331,7 +330,7 @@ class Push:
                     dead.append(notification.token)
                 else:
                     log.warning("push: ticket error %s", ticket.get("message"))
-        await self._directory.write(_record_tickets, tickets, dead, auth.now_ms())
+        await self._directory.write(_record_tickets, tickets, dead, now_ms())
         self.counters.removed_tokens += len(dead)
 
     # ------------------------------------------------------------ receipts
@@ -350,7 +349,7 @@ class Push:
     async def check_receipts(self, client: httpx.AsyncClient) -> None:
         """Ask for the receipts of tickets older than `receipt_delay_seconds`, forget the
         tickets that have one, and remove tokens whose receipt says DeviceNotRegistered."""
-        now = auth.now_ms()
+        now = now_ms()
         cutoff = now - int(self._config.push.receipt_delay_seconds * 1000)
         url = receipts_url(self._config.push.endpoint)
         while True:

@@ -19,8 +19,9 @@ import trio
 import trio_websocket
 from wsproto.connection import ConnectionState
 
-from messageai.commands import Command
 from messageai.config import Config
+from messageai.conversations.commands import Command
+from messageai.conversations.registry import Registry
 from messageai.errors import (
     CLOSE_GOING_AWAY,
     CLOSE_NORMAL,
@@ -29,8 +30,8 @@ from messageai.errors import (
     CLOSE_UNSUPPORTED_DATA,
     MessageAIError,
 )
-from messageai.guard import Guard, rate_limited_frame
-from messageai.presence import Presence
+from messageai.live.guard import Guard, rate_limited_frame
+from messageai.live.presence import Presence
 from messageai.protocol import (
     Error,
     Ping,
@@ -41,7 +42,6 @@ from messageai.protocol import (
     encode,
     parse_client_frame,
 )
-from messageai.registry import Registry
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Clerk mode: session JWTs verified locally, and the keys that verify them.
 
-`ClerkAuthenticator` is the `identity.Authenticator` for `auth.mode = "clerk"`.
+`ClerkAuthenticator` is the `identity.authenticator.Authenticator` for `auth.mode = "clerk"`.
 A token passes only if it is RS256 (never `none`, never an HMAC algorithm, so
 a token "signed" with the public key as an HS256 secret is refused), signed by
 the configured PEM key or a JWKS key with the token's `kid`, within `exp`/`nbf`
@@ -29,12 +29,11 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from jwt.algorithms import RSAAlgorithm
 
-from messageai import auth
 from messageai.config import ClerkConfig
-from messageai.directory import Directory
 from messageai.errors import Unavailable
-from messageai.protocol import MAX_ID_CHARS, User
-from messageai.store.clerk import ClerkProfile
+from messageai.model import ClerkProfile, User, now_ms
+from messageai.protocol import MAX_ID_CHARS
+from messageai.services.directory import Directory
 
 log = logging.getLogger(__name__)
 
@@ -250,6 +249,6 @@ def profile_from(
     when = (
         created_at
         if isinstance(created_at, int) and not isinstance(created_at, bool) and created_at > 0
-        else auth.now_ms()
+        else now_ms()
     )
     return ClerkProfile(id=user_id, username=username, display_name=shown, created_at=when)

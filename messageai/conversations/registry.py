@@ -19,17 +19,17 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from messageai.actor import ConversationActor
-from messageai.commands import Command, MembersChanged, Operation, Peer, Waiter
 from messageai.config import Config
-from messageai.directory import Directory
+from messageai.conversations.actor import ConversationActor
+from messageai.conversations.commands import Command, MembersChanged, Operation, Peer, Waiter
 from messageai.errors import NotFound, Unavailable
 from messageai.protocol import Req
-from messageai.workers import WorkerPool
+from messageai.services.directory import Directory
+from messageai.threads import WorkerPool
 
 if TYPE_CHECKING:
-    from messageai.media import Media
-    from messageai.protocol import Message
+    from messageai.model import Message
+    from messageai.services.media import Media
 
 log = logging.getLogger(__name__)
 

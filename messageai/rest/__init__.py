@@ -1,5 +1,5 @@
 """REST handlers of PROTOCOL.md: accounts, users, conversations, members, messages,
-media and push tokens (thin: the work is in `messageai.media` and `messageai.push`).
+media and push tokens (thin: the work is in `services.media` and `services.push`).
 
 Each handler validates its input completely before calling the directory or an
 actor. Conversation reads and sends go through the conversation's actor, the
@@ -12,29 +12,26 @@ from typing import Any
 
 import cattrs
 
-from messageai.asgi import Request, Response, Router
-from messageai.commands import Summary
 from messageai.config import Config
-from messageai.directory import Directory
+from messageai.conversations.commands import Summary
+from messageai.conversations.registry import Registry
+from messageai.edge.asgi import Request, Response, Router
 from messageai.errors import BadRequest, Forbidden, NotFound, RateLimited, Unauthorized, Unavailable
-from messageai.guard import Guard
-from messageai.media import Media
-from messageai.presence import Presence
+from messageai.live.guard import Guard
+from messageai.live.presence import Presence
+from messageai.model import Conversation, ConversationRecord, Message, User
 from messageai.protocol import (
     MAX_SEQ,
-    Conversation,
     ConversationAdded,
     GetHistory,
-    Message,
     SendMessage,
-    User,
     converter,
     encode,
     frame_from_object,
 )
-from messageai.push import Push
-from messageai.registry import Registry
-from messageai.store.directory import ConversationRecord
+from messageai.services.directory import Directory
+from messageai.services.media import Media
+from messageai.services.push import Push
 
 MAX_TITLE_CHARS = 200
 

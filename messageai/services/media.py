@@ -19,13 +19,12 @@ import apsw
 import attrs
 import trio
 
-from messageai import auth
-from messageai.asgi import Response, StreamingResponse
 from messageai.config import Config
-from messageai.directory import Directory
+from messageai.edge.asgi import Response, StreamingResponse
 from messageai.errors import BadRequest, MessageAIError, NotFound, TooLarge
+from messageai.model import MediaRecord, new_id, now_ms
+from messageai.services.directory import Directory
 from messageai.store import media as sql
-from messageai.store.media import MediaRecord
 
 log = logging.getLogger(__name__)
 
@@ -202,16 +201,16 @@ class Media:
         if room <= 0 or (length is not None and length > room):
             raise TooLarge(f"this upload would pass your media quota of {quota} bytes")
 
-        tmp = self._tmp / f"{auth.new_id('up_')}.part"
+        tmp = self._tmp / f"{new_id('up_')}.part"
         try:
             sha256, size = await self._receive_to(tmp, receive, content_type, min(limit, room))
             record = MediaRecord(
-                id=auth.new_id("md_"),
+                id=new_id("md_"),
                 owner_id=user_id,
                 sha256=sha256,
                 content_type=content_type,
                 size=size,
-                created_at=auth.now_ms(),
+                created_at=now_ms(),
             )
             await self._directory.write(
                 _commit_upload,
@@ -347,7 +346,7 @@ class Media:
 
     async def sweep(self) -> int:
         """Delete unreferenced uploads past their time; return how many."""
-        cutoff = auth.now_ms() - int(self._config.media.unreferenced_ttl_seconds * 1000)
+        cutoff = now_ms() - int(self._config.media.unreferenced_ttl_seconds * 1000)
         total = 0
         while True:
             deleted = await self._directory.write(_delete_unreferenced, cutoff, CLEANUP_BATCH)

@@ -1,0 +1,88 @@
+"""The records MessageAI keeps and speaks about, and the two things every layer needs to
+make one: ids and the clock.
+
+Imported by the storage layer (`store/`), the wire protocol (`protocol`), the services
+and the actors; it imports nothing of MessageAI, so every edge into it points one way.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+
+import attrs
+
+
+def now_ms() -> int:
+    """Wall-clock milliseconds since the epoch: the `created_at` of every record."""
+    return time.time_ns() // 1_000_000
+
+
+def new_id(prefix: str) -> str:
+    """An opaque, unguessable id such as `c_Jq3x0dY9mTzKpA1b`."""
+    return prefix + secrets.token_urlsafe(12)
+
+
+@attrs.frozen
+class Message:
+    id: str
+    conversation_id: str
+    seq: int
+    sender_id: str
+    client_id: str
+    body: str
+    attachments: list[str]
+    created_at: int
+
+
+@attrs.frozen
+class User:
+    id: str
+    username: str
+    display_name: str
+    created_at: int
+
+
+@attrs.frozen
+class Conversation:
+    """A conversation as one member sees it (the REST list and `conversation_added`)."""
+
+    id: str
+    kind: str
+    title: str | None
+    member_ids: list[str]
+    created_at: int
+    last_seq: int
+    last_message: Message | None
+    unread_count: int
+
+
+@attrs.frozen
+class ConversationRecord:
+    """A conversation's row in the directory."""
+
+    id: str
+    kind: str
+    title: str | None
+    creator_id: str
+    created_at: int
+
+
+@attrs.frozen
+class MediaRecord:
+    id: str
+    owner_id: str
+    sha256: str
+    content_type: str
+    size: int
+    created_at: int
+
+
+@attrs.frozen
+class ClerkProfile:
+    """What MessageAI keeps of a Clerk user: the id is Clerk's own (`user_…`)."""
+
+    id: str
+    username: str | None
+    display_name: str
+    created_at: int
