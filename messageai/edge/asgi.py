@@ -17,6 +17,7 @@ from urllib.parse import parse_qs
 import orjson
 
 from messageai.errors import BadRequest, MessageAIError, NotFound, RateLimited, TooLarge
+from messageai.identity.authenticator import bearer_token
 from messageai.protocol import dumps
 
 log = logging.getLogger(__name__)
@@ -43,10 +44,7 @@ class Request:
         self.receive: Receive | None = None
 
     def bearer_token(self) -> str | None:
-        scheme, _, token = self.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            return None
-        return token.strip()
+        return bearer_token(self.headers.get("authorization"))
 
     def json(self) -> dict[str, Any]:
         """The body as a JSON object, or BadRequest."""
