@@ -7,6 +7,7 @@ WebSocket client library sends malformed frames; the server closes first there.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import os
 import struct
@@ -145,9 +146,9 @@ def _masked(first: int, payload: bytes, length_field: bytes | None = None) -> by
     )
 
 
-async def _send_raw(h: Harness, token: str, data: bytes) -> bytes:
-    """Open a WebSocket by hand, send `data` as is, and return all the server sends
-    after the 101 until it ends the connection."""
+async def _send_raw(h: Harness, token: str, data: bytes, *, pause: float = 0.0) -> bytes:
+    """Open a WebSocket by hand, send `data` as is, wait `pause` seconds, and return all
+    the server sends after the 101 until it ends the connection."""
     assert h.server.port is not None
     head = (
         "GET /v1/ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
@@ -163,7 +164,9 @@ async def _send_raw(h: Harness, token: str, data: bytes) -> bytes:
                 received += await stream.receive_some(4096)
             assert received.startswith(b"HTTP/1.1 101"), received
             received = received.partition(b"\r\n\r\n")[2]
-            await stream.send_all(data)
+            with contextlib.suppress(trio.BrokenResourceError):
+                await stream.send_all(data)
+            await trio.sleep(pause)
             while True:
                 try:
                     chunk = await stream.receive_some(4096)
@@ -241,3 +244,33 @@ async def test_fragments_declaring_more_than_the_limit_in_all_are_refused_with_1
     more = _masked(0x80, b"", bytes([0x80 | 126]) + (10000).to_bytes(2, "big"))
     received = await _send_raw(h, ada.token, first + body + more)
     assert _close_code(received) == 1009
+
+
+async def test_a_peer_still_sending_after_a_refused_frame_is_not_reset(h: Harness) -> None:
+    # Closing a socket with unread input, or receiving more on a closed one, makes the
+    # kernel answer with a RST; a client whose write fails then may never read the close
+    # frame (Autobahn's 5.11, sent octet by octet, showed it). The server half-closes and
+    # reads until the peer closes (at most wsframes.LINGER_SECONDS) instead.
+    ada = await h.account()
+    assert h.server.port is not None
+    head = (
+        "GET /v1/ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+        f"Authorization: Bearer {ada.token}\r\n\r\n"
+    )
+    with trio.fail_after(10):
+        async with await trio.open_tcp_stream("127.0.0.1", h.server.port) as stream:
+            await stream.send_all(head.encode())
+            received = b""
+            while b"\r\n\r\n" not in received:
+                received += await stream.receive_some(4096)
+            received = received.partition(b"\r\n\r\n")[2]
+            await stream.send_all(_masked(0x81, b"\xff"))
+            # Well within LINGER_SECONDS: the server is still reading, not resetting.
+            for octet in _masked(0x81, PING)[:10]:  # about 0.1 s
+                await trio.sleep(0.01)
+                await stream.send_all(bytes([octet]))
+            await stream.send_eof()
+            while chunk := await stream.receive_some(4096):
+                received += chunk
+    assert _close_code(received) == 1007

@@ -20,15 +20,15 @@ Why not the public API:
   (that is only for the HTTP handshake): it makes up a `CloseConnection` event with
   the code (1007, 1002), and trio-websocket, as a server, treats that as the peer's
   close and cuts TCP without sending a close frame, so the peer sees 1006.
-  `_ServerConnection` sends the close frame first. And a frame header declaring more
-  than the limit (say 1 TiB) is refused with 1009 as soon as the header is read,
-  through wsproto's public extension hook (`_MessageLimit`), instead of holding the
-  socket while the payload never comes.
+  `_ServerConnection` sends the close frame first, then half-closes and lets the
+  peer finish (at most LINGER_SECONDS) so that no RST destroys it. And a frame header
+  declaring more than the limit (say 1 TiB) is refused with 1009 as soon as the
+  header is read, through wsproto's public extension hook (`_MessageLimit`), instead
+  of holding the socket while the payload never comes.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 from collections.abc import Generator
 
@@ -39,6 +39,10 @@ from wsproto.connection import ConnectionState
 from wsproto.events import AcceptConnection, CloseConnection, Event
 from wsproto.extensions import Extension
 from wsproto.frame_protocol import CloseReason, FrameDecoder, FrameProtocol, Opcode, RsvBits
+
+# How long a connection failed for a refused frame waits for the peer to close after
+# our close frame (see `_ServerConnection._linger`).
+LINGER_SECONDS = 1.0
 
 
 def text_frame(text: str) -> bytes:
@@ -129,10 +133,29 @@ class _ServerConnection(trio_websocket.WebSocketConnection):
             # RFC 6455 7.1.7 lets the endpoint send a close frame before failing the
             # connection; without one the peer cannot tell 1007/1002/1009 from a crash.
             self._close_reason = trio_websocket.CloseReason(event.code, event.reason or None)
-            # The peer may be gone already; then there is nobody to tell.
-            with contextlib.suppress(trio_websocket.ConnectionClosed):
+            try:
                 await self._send(CloseConnection(code=event.code, reason=event.reason))
+                await self._linger()
+            except trio_websocket.ConnectionClosed:
+                pass  # the peer is gone already: there is nobody to tell
         await super()._handle_close_connection_event(event)
+
+    async def _linger(self) -> None:
+        # The peer may still be sending the rest of what was refused. Closing with its
+        # bytes unread makes the kernel send a RST, which can destroy our close frame
+        # before the peer reads it (Autobahn 5.11 showed it). So: half-close, then
+        # read and drop until the peer closes too, for at most LINGER_SECONDS. Runs in
+        # the reader task, the only one that reads; the write side is under the lock.
+        with trio.move_on_after(LINGER_SECONDS):
+            try:
+                send_eof = getattr(self._stream, "send_eof", None)
+                if send_eof is not None:
+                    async with self._stream_lock:
+                        await send_eof()
+                while await self._stream.receive_some(65536):
+                    pass
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass  # gone: nothing left to wait for
 
 
 class _ServerProtocol(WSConnection):
