@@ -29,8 +29,9 @@ from messageai.errors import (
     CLOSE_TRY_AGAIN_LATER,
     CLOSE_UNSUPPORTED_DATA,
     MessageAIError,
+    RateLimited,
 )
-from messageai.live.guard import Guard, rate_limited_frame
+from messageai.live.guard import Guard
 from messageai.live.presence import Presence
 from messageai.protocol import (
     Error,
@@ -224,7 +225,15 @@ class Session:
         if isinstance(frame, SendMessage):
             wait = self._guard.take(self.user_id)
             if wait:
-                self.push(rate_limited_frame(req, wait))
+                limited = RateLimited("too many messages: retry later", wait)
+                self.push_frame(
+                    Error(
+                        code=limited.code,
+                        message=limited.message,
+                        retry_after_ms=limited.retry_after_ms,
+                        req=req,
+                    )
+                )
                 return
         conversation_id = frame.conversation_id
         command = Command(op=frame, user_id=self.user_id, req=req, peer=self)
