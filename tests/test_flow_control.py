@@ -87,3 +87,27 @@ async def test_reader_that_stops_reading_is_closed_with_1013_and_resyncs(tmp_pat
                     limit=50,
                 )
                 assert page["messages"][0]["seq"] == (slow_seqs[-1] if slow_seqs else 0) + 1
+
+
+async def test_outbound_queue_budget_counts_utf8_bytes_not_characters(tmp_path: Path) -> None:
+    # One `history` frame of 20 bodies of 5,000 characters: about 104,000 characters
+    # either way, but 104 kB of ASCII or 304 kB of "€" (3 bytes each). The budget is
+    # 200,000 bytes: the ASCII page fits, the "€" page alone overflows it (1013).
+    config = make_config(tmp_path / "data", limits={"outbound_queue_bytes": 200_000})
+    with trio.fail_after(60):
+        async with harness(config) as h:
+            ada, bob = await h.account("ada"), await h.account("bob")
+            ascii_cid, euro_cid = await h.direct(ada, bob), await h.group(ada, bob)
+            async with h.ws(ada) as a:
+                for i in range(20):
+                    assert (await a.send_message(ascii_cid, "z" * 5000))["type"] == "ack"
+                    assert (await a.send_message(euro_cid, "€" * 5000))["type"] == "ack"
+            async with h.ws(bob) as b:
+                page = await b.request("get_history", conversation_id=ascii_cid, limit=20)
+                assert len(page["messages"]) == 20
+                await b.send({"type": "get_history", "conversation_id": euro_cid, "limit": 20})
+                with pytest.raises(trio_websocket.ConnectionClosed) as closed:
+                    while True:
+                        frame = await b.recv(10)
+                        assert frame["type"] != "history", "304 kB went into a 200 kB budget"
+                assert closed.value.reason.code == 1013
