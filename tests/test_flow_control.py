@@ -99,7 +99,7 @@ async def test_outbound_queue_budget_counts_utf8_bytes_not_characters(tmp_path: 
             ada, bob = await h.account("ada"), await h.account("bob")
             ascii_cid, euro_cid = await h.direct(ada, bob), await h.group(ada, bob)
             async with h.ws(ada) as a:
-                for i in range(20):
+                for _ in range(20):
                     assert (await a.send_message(ascii_cid, "z" * 5000))["type"] == "ack"
                     assert (await a.send_message(euro_cid, "€" * 5000))["type"] == "ack"
             async with h.ws(bob) as b:
