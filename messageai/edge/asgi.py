@@ -14,9 +14,20 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qs
 
+import attrs
 import orjson
 
-from messageai.errors import BadRequest, MessageAIError, NotFound, RateLimited, TooLarge
+from messageai.errors import (
+    BadRequest,
+    Internal,
+    MessageAIError,
+    MethodNotAllowed,
+    NotFound,
+    RangeNotSatisfiable,
+    RateLimited,
+    TooLarge,
+    error_body,
+)
 from messageai.model import User
 from messageai.protocol import dumps
 
@@ -83,43 +94,42 @@ class StreamingResponse(Response):
 Handler = Callable[[Request], Awaitable[Response]]
 
 
+@attrs.frozen
+class Route:
+    """One method on one path: its handler and whether it reads its own body."""
+
+    handler: Handler
+    # True: the body is not read into memory first; the handler reads it from
+    # `request.receive` (uploads).
+    stream: bool = False
+
+
 class Router:
     def __init__(self) -> None:
-        self._routes: list[tuple[re.Pattern[str], dict[str, Handler]]] = []
-        self._streaming: list[Handler] = []
+        self._routes: list[tuple[re.Pattern[str], dict[str, Route]]] = []
 
     def add(self, method: str, pattern: str, handler: Handler, *, stream: bool = False) -> None:
-        """Route `method pattern` to `handler`. With `stream`, the body is not read into
-        memory first: the handler reads it from `request.receive` (uploads)."""
-        if stream:
-            self._streaming.append(handler)
+        """Route `method pattern` to `handler`; `{name}` in the pattern matches one path
+        segment, given to the handler in `request.params`. With `stream`, see `Route`."""
         regex = re.compile("^" + re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", pattern) + "$")
+        route = Route(handler, stream)
         for existing, methods in self._routes:
             if existing.pattern == regex.pattern:
-                methods[method] = handler
+                methods[method] = route
                 return
-        self._routes.append((regex, {method: handler}))
+        self._routes.append((regex, {method: route}))
 
-    def match(self, method: str, path: str) -> tuple[Handler, dict[str, str]]:
+    def match(self, method: str, path: str) -> tuple[Route, dict[str, str]]:
+        """The route and path parameters for a request; NotFound when no pattern matches,
+        MethodNotAllowed (naming the allowed methods) when the path matches but not the method."""
         for regex, methods in self._routes:
             found = regex.match(path)
             if found:
-                handler = methods.get(method)
-                if handler is None:
+                route = methods.get(method)
+                if route is None:
                     raise MethodNotAllowed(sorted(methods))
-                return handler, found.groupdict()
+                return route, found.groupdict()
         raise NotFound(f"no route for {path}")
-
-    def streams(self, handler: Handler) -> bool:
-        return handler in self._streaming
-
-
-class MethodNotAllowed(MessageAIError):
-    code, status = "bad_request", 405
-
-    def __init__(self, allowed: list[str]) -> None:
-        super().__init__(f"method not allowed; use {', '.join(allowed)}")
-        self.allowed = allowed
 
 
 class App:
@@ -148,8 +158,8 @@ class App:
             await send({"type": "websocket.close", "code": 1008})
             return
         try:
-            handler, params = self._router.match(scope["method"], scope["path"])
-            if self._router.streams(handler):
+            route, params = self._router.match(scope["method"], scope["path"])
+            if route.stream:
                 request = Request(scope, b"", params)
                 request.receive = receive
             else:
@@ -157,18 +167,12 @@ class App:
             token = request.bearer_token()
             if token is not None and self._authenticate is not None:
                 request.user = await self._authenticate(token)
-            response = await handler(request)
+            response = await route.handler(request)
         except MessageAIError as exc:
-            headers = []
-            if isinstance(exc, MethodNotAllowed):
-                headers.append((b"allow", ", ".join(exc.allowed).encode()))
-            if isinstance(exc, RateLimited):
-                seconds = max(1, math.ceil(exc.retry_after_seconds))
-                headers.append((b"retry-after", str(seconds).encode()))
-            response = Response(exc.status, _error_body(exc), headers)
+            response = error_response(exc)
         except Exception:
             log.exception("%s %s failed", scope.get("method"), scope.get("path"))
-            response = Response(500, {"error": {"code": "internal", "message": "internal error"}})
+            response = error_response(Internal("internal error"))
         await _send(send, response)
 
     async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
@@ -191,12 +195,23 @@ class App:
         return b"".join(chunks)
 
 
-def _error_body(exc: MessageAIError) -> dict[str, Any]:
-    error: dict[str, Any] = {"code": exc.code, "message": exc.message}
+def error_headers(exc: MessageAIError) -> list[tuple[bytes, bytes]]:
+    """The HTTP headers that go with an error: Allow (405), Retry-After (429, whole
+    seconds rounded up) and Content-Range (416). The one place that maps an error
+    to headers; the status and body come from the error itself (`errors.error_body`)."""
+    if isinstance(exc, MethodNotAllowed):
+        return [(b"allow", ", ".join(exc.allowed).encode())]
     if isinstance(exc, RateLimited):
-        # The same extension field as the WebSocket's `rate_limited` error frame.
-        error["retry_after_ms"] = exc.retry_after_ms
-    return {"error": error}
+        seconds = max(1, math.ceil(exc.retry_after_seconds))
+        return [(b"retry-after", str(seconds).encode())]
+    if isinstance(exc, RangeNotSatisfiable):
+        return [(b"content-range", f"bytes */{exc.size}".encode())]
+    return []
+
+
+def error_response(exc: MessageAIError) -> Response:
+    """The JSON response for an error: its status, `errors.error_body`, `error_headers`."""
+    return Response(exc.status, error_body(exc), error_headers(exc))
 
 
 async def _send(send: Send, response: Response) -> None:
