@@ -110,7 +110,13 @@ class Server:
                     self.close_user_sessions,
                 )
                 front = FrontDoor(
-                    App(router, config.server.max_request_body_bytes, authenticator.authenticate),
+                    App(
+                        router,
+                        config.server.max_request_body_bytes,
+                        authenticator.authenticate,
+                        body_timeout_seconds=config.server.body_timeout_seconds,
+                        min_body_bytes_per_second=config.server.min_body_bytes_per_second,
+                    ),
                     lambda stream: self._websocket(stream, directory, registry, presence),
                     handshake_timeout=config.server.handshake_timeout_seconds,
                     max_request_body_bytes=config.server.max_request_body_bytes,

@@ -1,8 +1,11 @@
 """The ASGI application hypercorn serves: routing, request bodies, JSON responses.
 
 Handlers live in `messageai.rest`; this module turns their results and their
-`MessageAIError`s into HTTP responses, bounds request bodies, and makes sure no
-exception escapes as anything but a 500 with a JSON body.
+`MessageAIError`s into HTTP responses (`error_response`, the one mapping of an
+error to status, headers and body), bounds request bodies in size and in time
+(`BodyDeadline`, wrapped around `receive` before any handler sees it), and makes
+sure no exception escapes as anything but a 500 (`errors.Internal`) with a JSON
+body. Built by `server.Server`; hypercorn calls it once per request.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from urllib.parse import parse_qs
 
 import attrs
 import orjson
+import trio
 
 from messageai.errors import (
     BadRequest,
@@ -25,6 +29,7 @@ from messageai.errors import (
     NotFound,
     RangeNotSatisfiable,
     RateLimited,
+    RequestTimeout,
     TooLarge,
     error_body,
 )
@@ -132,6 +137,45 @@ class Router:
         raise NotFound(f"no route for {path}")
 
 
+class BodyDeadline:
+    """The ASGI `receive` of one request, with a deadline on its body.
+
+    The body may take `grace` seconds in all, plus one second per `min_rate` bytes
+    already received: a small body must arrive within about `grace`, a large one
+    at `min_rate` on average. Only the time spent waiting in `receive` counts, so a
+    handler that is slow between reads (the upload's disk writes) costs the client
+    nothing. A body that falls behind raises RequestTimeout (408; the ASGI app then
+    closes the connection). Once the last chunk is in, `receive` is passed through
+    without a deadline (it then only reports the disconnect).
+    """
+
+    def __init__(self, receive: Receive, grace: float, min_rate: float) -> None:
+        self._receive = receive
+        self._grace = grace
+        self._min_rate = min_rate
+        self._received = 0
+        self._waited = 0.0
+        self._done = False
+
+    async def __call__(self) -> dict[str, Any]:
+        if self._done:
+            return await self._receive()
+        budget = self._grace + self._received / self._min_rate - self._waited
+        started = trio.current_time()
+        with trio.move_on_after(max(0.0, budget)):
+            event = await self._receive()
+            self._waited += trio.current_time() - started
+            if event["type"] == "http.request":
+                self._received += len(event.get("body", b""))
+                self._done = not event.get("more_body", False)
+            return event
+        raise RequestTimeout(
+            f"the request body came too slowly: {self._received} bytes in"
+            f" {trio.current_time() - started + self._waited:.1f} s; send it within"
+            f" {self._grace:g} s, or at {self._min_rate:g} bytes per second"
+        )
+
+
 class App:
     """ASGI callable. `max_body_bytes` bounds what a request body may hold in memory.
 
@@ -145,10 +189,15 @@ class App:
         router: Router,
         max_body_bytes: int,
         authenticate: Callable[[str], Awaitable[User | None]] | None = None,
+        *,
+        body_timeout_seconds: float = 10.0,
+        min_body_bytes_per_second: float = 8192,
     ) -> None:
         self._router = router
         self._max_body = max_body_bytes
         self._authenticate = authenticate
+        self._body_timeout = body_timeout_seconds
+        self._min_body_rate = min_body_bytes_per_second
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -157,6 +206,8 @@ class App:
             # Upgrades on a reused HTTP connection are not served; clients open a new one.
             await send({"type": "websocket.close", "code": 1008})
             return
+        # Wrapped before anything reads it: REST bodies and streamed uploads alike.
+        receive = BodyDeadline(receive, self._body_timeout, self._min_body_rate)
         try:
             route, params = self._router.match(scope["method"], scope["path"])
             if route.stream:
@@ -206,6 +257,9 @@ def error_headers(exc: MessageAIError) -> list[tuple[bytes, bytes]]:
         return [(b"retry-after", str(seconds).encode())]
     if isinstance(exc, RangeNotSatisfiable):
         return [(b"content-range", f"bytes */{exc.size}".encode())]
+    if isinstance(exc, RequestTimeout):
+        # The rest of the body may still be on its way: this connection is done.
+        return [(b"connection", b"close")]
     return []
 
 
