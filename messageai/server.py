@@ -119,7 +119,7 @@ class Server:
                     ),
                     lambda stream: self._websocket(stream, directory, registry, presence),
                     handshake_timeout=config.server.handshake_timeout_seconds,
-                    max_request_body_bytes=config.server.max_request_body_bytes,
+                    keep_alive_timeout=config.server.keep_alive_timeout_seconds,
                 )
                 async with trio.open_nursery() as connections:
                     listeners = await trio.open_tcp_listeners(
@@ -143,7 +143,7 @@ class Server:
                         await listener.aclose()
                     for session in list(self._sessions):
                         session.shutdown()
-                    await front.context.terminated.set()
+                    await front.shutdown()
                     connections.cancel_scope.deadline = (
                         trio.current_time() + config.server.shutdown_timeout_seconds
                     )
