@@ -114,6 +114,11 @@ class AuthConfig:
     allow_registration: bool = True
     token_ttl_seconds: int = attrs.field(default=30 * 86400, validator=_positive)
     scrypt_n: int = attrs.field(default=16384)
+    login_failures_per_account: int = attrs.field(default=5, validator=[v.ge(0), v.le(1000)])
+    login_failures_per_address: int = attrs.field(default=20, validator=[v.ge(0), v.le(100_000)])
+    login_lockout_seconds: float = attrs.field(default=1.0, validator=_positive)
+    login_lockout_max_seconds: float = attrs.field(default=900.0, validator=_positive)
+    login_throttle_entries: int = attrs.field(default=10_000, validator=[v.ge(1), v.le(10_000_000)])
 
     @scrypt_n.validator
     def _check_n(self, attr: attrs.Attribute[int], value: int) -> None:

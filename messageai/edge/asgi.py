@@ -54,6 +54,9 @@ class Request:
         query = parse_qs(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
         self.query = {k: v[-1] for k, v in query.items()}
         self.body = body
+        # The peer's IP address (hypercorn reads it from the socket), when known.
+        client = scope.get("client")
+        self.client: str | None = client[0] if client else None
         self.user: User | None = None
         # For a streaming route (`Router.add(..., stream=True)`): the ASGI `receive`,
         # from which the handler reads the body itself; `body` is then empty.

@@ -35,7 +35,9 @@ class Accounts:
 
     async def login(self, request: Request) -> Response:
         body = request.json()
-        user, token = await self._directory.login(body.get("username"), body.get("password"))
+        user, token = await self._directory.login(
+            body.get("username"), body.get("password"), request.client
+        )
         return Response(200, {"user": user, "token": token})
 
     async def logout(self, request: Request) -> Response:

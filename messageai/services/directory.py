@@ -18,6 +18,7 @@ import trio
 from messageai.config import Config
 from messageai.errors import BadRequest, Conflict, Forbidden, NotFound, Unauthorized
 from messageai.identity import passwords
+from messageai.identity.throttle import LoginThrottle
 from messageai.model import ClerkProfile, ConversationRecord, User, new_id, now_ms
 from messageai.sqlite import migrate, open_db, transaction
 from messageai.store import clerk as clerk_sql
@@ -28,6 +29,9 @@ T = TypeVar("T")
 
 DIRECTORY_FILE = "directory.sqlite3"
 USER_SEARCH_LIMIT = 20
+# A login name longer than any username (32) is refused before the throttle counts it,
+# so junk names cannot fill the throttle's memory with long keys.
+MAX_LOGIN_NAME_CHARS = 64
 # Svix retries one message for about a day and a half; its id is remembered for
 # longer than that, and the table is capped so a flood cannot grow it without end.
 WEBHOOK_IDS_KEEP_MS = 3 * 86400 * 1000
@@ -52,6 +56,14 @@ class Directory:
         self._write_lock = trio.Lock()
         # Password hashing takes ~16 MiB and ~50 ms each: two at a time bounds both.
         self._hashing = trio.CapacityLimiter(2)
+        auth = config.auth
+        self._throttle = LoginThrottle(
+            per_account=auth.login_failures_per_account,
+            per_address=auth.login_failures_per_address,
+            lockout_seconds=auth.login_lockout_seconds,
+            lockout_max_seconds=auth.login_lockout_max_seconds,
+            max_entries=auth.login_throttle_entries,
+        )
 
     def close(self) -> None:
         self._reader.close()
@@ -112,25 +124,44 @@ class Directory:
         ttl_ms = self._config.auth.token_ttl_seconds * 1000
         sql.insert_token(conn, passwords.token_hash(token), user_id, now, now + ttl_ms)
 
-    async def login(self, username: object, password: object) -> tuple[User, str]:
+    async def login(
+        self, username: object, password: object, address: str | None = None
+    ) -> tuple[User, str]:
+        """A new session token for a right username and password, else Unauthorized.
+
+        Every evaluated attempt costs one scrypt, for unknown names too (against
+        `passwords.dummy_hash`), so the time taken does not say whether a name exists.
+        Failures are throttled per username and per client `address` (see
+        `identity.throttle`): a locked attempt is RateLimited before any hashing.
+        """
         self._check_local_accounts()
         failure = Unauthorized("wrong username or password")
         if not isinstance(username, str) or not isinstance(password, str):
             raise BadRequest("username and password must be strings")
-        if len(password) > passwords.MAX_PASSWORD_CHARS:
+        if len(username) > MAX_LOGIN_NAME_CHARS or len(password) > passwords.MAX_PASSWORD_CHARS:
             raise failure
+        self._throttle.check(username, address)
         found = sql.user_and_hash_by_name(self._reader, username)
-        if found is None or found[1] is None:
-            raise failure
-        user, stored = found
-        assert stored is not None
+        user, stored = found if found is not None else (None, None)
         async with self._hashing:
-            ok = await trio.to_thread.run_sync(passwords.verify_password, password, stored)
-        if not ok:
+            # Checked again: attempts that queued for the hashing threads while the
+            # failures before them were counted must not slip past a new lock.
+            self._throttle.check(username, address)
+            ok = await trio.to_thread.run_sync(self._verify, password, stored)
+        if not ok or user is None:
+            self._throttle.failed(username, address)
             raise failure
+        self._throttle.succeeded(username)
         token = passwords.new_token()
         await self._write(self._insert_token, token, user.id)
         return user, token
+
+    def _verify(self, password: str, stored: str | None) -> bool:
+        """Blocking: one scrypt either way (the dummy's when there is no stored hash)."""
+        if stored is None:
+            passwords.verify_password(password, passwords.dummy_hash(self._config.auth.scrypt_n))
+            return False
+        return passwords.verify_password(password, stored)
 
     async def logout(self, token: str) -> None:
         await self._write(sql.delete_token, passwords.token_hash(token))
