@@ -97,25 +97,27 @@ class Directory:
         self._check_local_accounts()
         if not self._config.auth.allow_registration:
             raise Forbidden("registration is closed on this server")
+        # Everything is checked before the costly hash (create_local_user checks the
+        # names again, cheaply, as the one definition of a local user).
         name = passwords.check_username(username)
         secret = passwords.check_password(password)
-        shown = passwords.check_display_name(display_name, name)
+        passwords.check_display_name(display_name, name)
         if sql.user_and_hash_by_name(self._reader, name) is not None:
             raise Conflict(f"username {name!r} is taken")
         async with self._hashing:
             password_hash = await trio.to_thread.run_sync(
                 passwords.hash_password, secret, self._config.auth.scrypt_n
             )
-        user = User(id=new_id("u_"), username=name, display_name=shown, created_at=now_ms())
         token = passwords.new_token()
 
-        def insert(conn: apsw.Connection) -> bool:
-            if not sql.insert_user(conn, user, password_hash):
-                return False
-            self._insert_token(conn, token, user.id)
-            return True
+        def insert(conn: apsw.Connection) -> User | None:
+            user = sql.create_local_user(conn, name, display_name, password_hash)
+            if user is not None:
+                self._insert_token(conn, token, user.id)
+            return user
 
-        if not await self._write(insert):
+        user = await self._write(insert)
+        if user is None:
             raise Conflict(f"username {name!r} is taken")
         return user, token
 

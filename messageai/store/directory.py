@@ -1,6 +1,7 @@
 """SQL for the central directory database: users, tokens, conversations, memberships.
 
-Called only by `messageai.services.directory.Directory`, which owns the connections.
+Called by `messageai.services.directory.Directory`, which owns the connections
+(and, for `create_local_user` and the user list, by the offline admin CLI).
 No per-message data lives here: messages and read cursors stay in each
 conversation's own file.
 """
@@ -9,7 +10,8 @@ from __future__ import annotations
 
 import apsw
 
-from messageai.model import ConversationRecord, User
+from messageai.identity import passwords
+from messageai.model import ConversationRecord, User, new_id, now_ms
 from messageai.sqlite import Migration
 
 
@@ -137,6 +139,20 @@ def insert_user(conn: apsw.Connection, user: User, password_hash: str | None) ->
     except apsw.ConstraintError:
         return False
     return True
+
+
+def create_local_user(
+    conn: apsw.Connection, username: object, display_name: object, password_hash: str
+) -> User | None:
+    """Create a local (password) account: check the username and display name (the
+    display name defaults to the username), give the user a fresh id and the current
+    time, insert it with the already computed `password_hash`. None if the username
+    is taken. The one way local users are made: `Directory.register` and
+    `messageai user add` both call it inside their write transaction."""
+    name = passwords.check_username(username)
+    shown = passwords.check_display_name(display_name, name)
+    user = User(id=new_id("u_"), username=name, display_name=shown, created_at=now_ms())
+    return user if insert_user(conn, user, password_hash) else None
 
 
 def user_by_id(conn: apsw.Connection, user_id: str) -> User | None:
