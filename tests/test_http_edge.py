@@ -413,3 +413,42 @@ def test_hypercorn_private_internals_have_the_shape_the_front_door_relies_on() -
         f"{where}: TCPServer.run no longer detects a plain stream the way ReplayStream needs"
     )
     assert not hasattr(ReplayStream, "do_handshake")
+
+
+# ------------------------------------------------------------------ listing
+
+
+async def test_listing_many_conversations_summarises_each_one_in_activity_order(
+    tmp_path: Path,
+) -> None:
+    """More conversations than the listing asks of the actors at once: every summary
+    is there, right, and in order of activity."""
+    from messageai.rest.conversations import SUMMARY_CONCURRENCY
+
+    async with started(tmp_path) as h:
+        me = await h.account()
+        ids = []
+        for i in range(3 * SUMMARY_CONCURRENCY + 1):
+            other = await h.account()
+            cid = await h.direct(other, me)
+            for n in range(i % 3):
+                r = await h.http.post(
+                    f"/v1/conversations/{cid}/messages",
+                    json={"client_id": f"c{i}-{n}", "body": f"m{i}-{n}"},
+                    headers=h.auth(other),
+                )
+                assert r.status_code == 201, r.text
+            ids.append((cid, i % 3))
+            await trio.sleep(0.003)  # distinct activity times
+        r = await h.http.get("/v1/conversations", headers=h.auth(me))
+        assert r.status_code == 200, r.text
+        listed = r.json()["conversations"]
+        assert len(listed) == len(ids)
+        by_id = {c["id"]: c for c in listed}
+        for cid, count in ids:
+            assert by_id[cid]["last_seq"] == count and by_id[cid]["unread_count"] == count
+        activity = [
+            c["last_message"]["created_at"] if c["last_message"] else c["created_at"]
+            for c in listed
+        ]
+        assert activity == sorted(activity, reverse=True)

@@ -8,10 +8,12 @@ idempotency rule. Mounted by `rest.mount`.
 
 from __future__ import annotations
 
+import trio
+
 from messageai.conversations.commands import Summary
 from messageai.conversations.registry import Registry
 from messageai.edge.asgi import Request, Response, Router
-from messageai.errors import BadRequest, Forbidden, NotFound, RateLimited
+from messageai.errors import BadRequest, Forbidden, MessageAIError, NotFound, RateLimited
 from messageai.live.guard import Guard
 from messageai.live.presence import Presence
 from messageai.model import Conversation, ConversationRecord, Message, User
@@ -27,6 +29,10 @@ from messageai.rest.params import int_param, require_user, seq_param, string_lis
 from messageai.services.directory import Directory
 
 MAX_TITLE_CHARS = 200
+# Conversation summaries one listing asks of the actors at once: enough to overlap
+# database opens, few enough that one listing neither floods the actors' queues
+# nor opens a burst of files against storage.max_open_databases.
+SUMMARY_CONCURRENCY = 8
 
 
 class Conversations:
@@ -111,12 +117,34 @@ class Conversations:
         raise BadRequest('kind: must be "direct" or "group"')
 
     async def list_conversations(self, request: Request) -> Response:
+        """Every conversation of the caller, most recently active first. The summaries
+        (one actor round trip each, which may start the actor and open its database)
+        are asked SUMMARY_CONCURRENCY at a time rather than one after another. If one
+        fails, the others still finish and the first error is the answer."""
         user = require_user(request)
-        conversations = []
-        for conversation_id in self._directory.conversation_ids_of(user.id):
-            record = self._directory.conversation(conversation_id)
-            if record is not None:
-                conversations.append(await self._conversation(record, user))
+        records = [
+            record
+            for conversation_id in self._directory.conversation_ids_of(user.id)
+            if (record := self._directory.conversation(conversation_id)) is not None
+        ]
+        # By position, so that ties in activity keep the directory's order, as before.
+        found: dict[int, Conversation] = {}
+        errors: list[MessageAIError] = []
+        limiter = trio.CapacityLimiter(SUMMARY_CONCURRENCY)
+
+        async def summarise(index: int, record: ConversationRecord) -> None:
+            async with limiter:
+                try:
+                    found[index] = await self._conversation(record, user)
+                except MessageAIError as exc:
+                    errors.append(exc)
+
+        async with trio.open_nursery() as nursery:
+            for index, record in enumerate(records):
+                nursery.start_soon(summarise, index, record)
+        if errors:
+            raise errors[0]
+        conversations = [found[index] for index in range(len(records))]
         conversations.sort(key=_activity, reverse=True)
         return Response(200, {"conversations": conversations})
 
