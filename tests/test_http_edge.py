@@ -20,7 +20,7 @@ import pytest
 import trio
 import trio.lowlevel
 
-from messageai.edge.asgi import Request, Response, Route, Router, error_headers
+from messageai.edge.asgi import App, Request, Response, Route, Router, bearer_token, error_headers
 from messageai.edge.frontdoor import (
     MAX_HEAD_BYTES,
     MAX_HEADERS,
@@ -29,7 +29,14 @@ from messageai.edge.frontdoor import (
     is_websocket_upgrade,
     read_head,
 )
-from messageai.errors import HeadersTooLarge, MethodNotAllowed, NotFound, UriTooLong
+from messageai.errors import (
+    HeadersTooLarge,
+    MethodNotAllowed,
+    NotFound,
+    RangeNotSatisfiable,
+    RateLimited,
+    UriTooLong,
+)
 from tests.helpers import Harness, harness, make_config
 
 PNG = b"\x89PNG\r\n\x1a\n" + os.urandom(400_000)
@@ -452,3 +459,64 @@ async def test_listing_many_conversations_summarises_each_one_in_activity_order(
             for c in listed
         ]
         assert activity == sorted(activity, reverse=True)
+
+
+# ------------------------------------------------------------------ the ASGI app's error mapping
+
+
+async def call_app(app: App, method: str, path: str) -> tuple[int, dict[str, str], bytes]:
+    """One request through the ASGI callable itself (a real call, with an empty body)."""
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(event: dict[str, Any]) -> None:
+        sent.append(event)
+
+    scope = {"type": "http", "method": method, "path": path, "headers": [], "query_string": b""}
+    await app(scope, receive, send)
+    start, body = sent
+    headers = {k.decode(): v.decode() for k, v in start["headers"]}
+    return start["status"], headers, body["body"]
+
+
+async def test_every_error_is_mapped_once_to_status_headers_and_the_protocol_body() -> None:
+    async def crash(request: Request) -> Response:
+        raise RuntimeError("a bug")
+
+    async def busy(request: Request) -> Response:
+        raise RateLimited("slow down", retry_after_seconds=1.2)
+
+    async def outside(request: Request) -> Response:
+        raise RangeNotSatisfiable("the range is outside the file", size=10)
+
+    router = Router()
+    router.add("GET", "/crash", crash)
+    router.add("GET", "/busy", busy)
+    router.add("GET", "/range", outside)
+    app = App(router, 1024)
+    status, headers, body = await call_app(app, "GET", "/crash")
+    assert status == 500
+    assert orjson.loads(body) == {"error": {"code": "internal", "message": "internal error"}}
+    status, headers, body = await call_app(app, "GET", "/busy")
+    assert status == 429 and headers["retry-after"] == "2"
+    assert orjson.loads(body)["error"] == {
+        "code": "rate_limited",
+        "message": "slow down",
+        "retry_after_ms": 1201,
+    }
+    status, headers, body = await call_app(app, "GET", "/range")
+    assert status == 416 and headers["content-range"] == "bytes */10"
+    assert orjson.loads(body)["error"]["code"] == "bad_request"
+    status, headers, body = await call_app(app, "POST", "/busy")
+    assert status == 405 and headers["allow"] == "GET"
+    status, headers, body = await call_app(app, "GET", "/nothing")
+    assert status == 404 and orjson.loads(body)["error"]["code"] == "not_found"
+
+
+def test_bearer_token_parsing() -> None:
+    assert bearer_token("Bearer abc") == "abc"
+    assert bearer_token("bearer   abc  ") == "abc"
+    for value in ("", "Bearer", "Bearer ", "Basic abc", "Bearerabc"):
+        assert bearer_token(value) is None, value

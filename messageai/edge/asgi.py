@@ -63,10 +63,7 @@ class Request:
         self.receive: Receive | None = None
 
     def bearer_token(self) -> str | None:
-        scheme, _, token = self.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            return None
-        return token.strip()
+        return bearer_token(self.headers.get("authorization", ""))
 
     def json(self) -> dict[str, Any]:
         """The body as a JSON object, or BadRequest."""
@@ -77,6 +74,15 @@ class Request:
         if not isinstance(value, dict):
             raise BadRequest("body must be a JSON object")
         return value
+
+
+def bearer_token(authorization: str) -> str | None:
+    """The token of an `Authorization: Bearer <token>` header value (scheme in any
+    case), or None. The one parser of it, for REST and the WebSocket handshake."""
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
 
 
 class Response:
