@@ -19,7 +19,7 @@ import httpx
 import trio
 
 from messageai.identity import passwords
-from messageai.identity.throttle import Counter
+from messageai.identity.throttle import Counter, address_key
 from tests.helpers import Harness, assert_error, harness, make_config
 
 THROTTLE = {
@@ -196,3 +196,12 @@ def test_failures_are_forgotten_after_the_longest_lockout_without_one() -> None:
     counter.failed("a", now=1.0)
     counter.failed("a", now=12.0)  # more than 10 s after the last: counts as the first
     assert counter.wait("a", now=12.0) == 0
+
+
+def test_addresses_count_ipv4_as_is_and_ipv6_by_its_64() -> None:
+    assert address_key("192.0.2.7") == "192.0.2.7"
+    assert address_key("2001:db8:1:2:aaaa::1") == address_key("2001:db8:1:2:ffff::9")
+    assert address_key("2001:db8:1:2::1") == "2001:db8:1:2::/64"
+    assert address_key("2001:db8:1:3::1") != address_key("2001:db8:1:2::1")
+    assert address_key("::ffff:192.0.2.7") == "192.0.2.7"
+    assert address_key("not an address") == "not an address"

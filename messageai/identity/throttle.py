@@ -8,7 +8,7 @@ without hashing and without extending the lock. Failures are forgotten after
 `lockout_max` seconds without one. A success clears the account's count, not
 the address's (or one good account would reset an address guessing at others).
 Names are counted whether or not such a user exists, so the throttle tells an
-attacker nothing about which names are real.
+attacker nothing about which names are real. IPv6 addresses count by their /64.
 
 At most `max_entries` keys are kept; the least recently failed is forgotten
 first (an entry is about 200 bytes). Runs on the event loop only: no lock.
@@ -16,6 +16,7 @@ first (an entry is about 200 bytes). Runs on the event loop only: no lock.
 
 from __future__ import annotations
 
+import ipaddress
 from collections import OrderedDict
 
 import attrs
@@ -71,6 +72,20 @@ class Counter:
         self._entries.pop(key, None)
 
 
+def address_key(address: str) -> str:
+    """The key an address is counted under: an IPv4 address itself, an IPv6 address's
+    /64 (one host usually holds a whole /64, so a /128 key would be free to change)."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
+
+
 class LoginThrottle:
     def __init__(
         self,
@@ -89,7 +104,7 @@ class LoginThrottle:
         now = trio.current_time()
         wait = self.accounts.wait(username, now)
         if address is not None:
-            wait = max(wait, self.addresses.wait(address, now))
+            wait = max(wait, self.addresses.wait(address_key(address), now))
         if wait > 0:
             raise RateLimited("too many failed logins: retry later", retry_after_seconds=wait)
 
@@ -97,7 +112,7 @@ class LoginThrottle:
         now = trio.current_time()
         self.accounts.failed(username, now)
         if address is not None:
-            self.addresses.failed(address, now)
+            self.addresses.failed(address_key(address), now)
 
     def succeeded(self, username: str) -> None:
         self.accounts.clear(username)
