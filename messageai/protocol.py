@@ -320,6 +320,8 @@ class ConversationAdded:
 class Error:
     code: str
     message: str
+    # Extension, `rate_limited` only: when a retry will succeed. Left out when None.
+    retry_after_ms: int | None = None
     req: Req = None
 
 
@@ -356,9 +358,13 @@ SERVER_FRAMES: dict[type, str] = {
 
 
 def _register_server_frame(cls: type, tag: str) -> None:
-    """Unstructure `cls` with `"type": tag` first, leaving out `req` when it is None."""
+    """Unstructure `cls` with `"type": tag` first, leaving out `req` (and `error`'s
+    `retry_after_ms`) when it is None."""
     fn: Callable[[Any], dict[str, Any]] = make_dict_unstructure_fn(
-        cls, converter, req=override(omit_if_default=True)
+        cls,
+        converter,
+        req=override(omit_if_default=True),
+        retry_after_ms=override(omit_if_default=True),
     )
 
     def unstructure(frame: Any) -> dict[str, Any]:

@@ -33,6 +33,7 @@ from messageai.errors import (
     TooLarge,
     error_body,
 )
+from messageai.identity.authenticator import bearer_token
 from messageai.model import User
 from messageai.protocol import dumps
 
@@ -63,7 +64,7 @@ class Request:
         self.receive: Receive | None = None
 
     def bearer_token(self) -> str | None:
-        return bearer_token(self.headers.get("authorization", ""))
+        return bearer_token(self.headers.get("authorization"))
 
     def json(self) -> dict[str, Any]:
         """The body as a JSON object, or BadRequest."""
@@ -74,15 +75,6 @@ class Request:
         if not isinstance(value, dict):
             raise BadRequest("body must be a JSON object")
         return value
-
-
-def bearer_token(authorization: str) -> str | None:
-    """The token of an `Authorization: Bearer <token>` header value (scheme in any
-    case), or None. The one parser of it, for REST and the WebSocket handshake."""
-    scheme, _, token = authorization.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        return None
-    return token.strip()
 
 
 class Response:
