@@ -110,6 +110,7 @@ class AuthConfig:
     )
     allow_registration: bool = True
     token_ttl_seconds: int = attrs.field(default=30 * 86400, validator=_positive)
+    token_purge_interval_seconds: float = attrs.field(default=3600.0, validator=_positive)
     scrypt_n: int = attrs.field(default=16384)
 
     @scrypt_n.validator

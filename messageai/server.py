@@ -2,9 +2,9 @@
 
 `Server.run` is a Trio service (`await nursery.start(server.run)` gives the bound
 port, so tests use 127.0.0.1:0). Nurseries, from the outside in: the actor
-nursery (owned by the registry; outlives every connection; the media cleanup task
-and the push task run there too), then the connection nursery (one task per TCP
-connection). `shutdown()` stops accepting, closes
+nursery (owned by the registry; outlives every connection; the directory's
+housekeeping, the media cleanup task and the push task run there too), then the
+connection nursery (one task per TCP connection). `shutdown()` stops accepting, closes
 WebSockets with 1001, gives connections `shutdown_timeout_seconds`, then cancels
 the actors, which let a commit already in its worker thread finish and close
 their databases.
@@ -93,6 +93,7 @@ class Server:
                     notify=push.notify if push.enabled else None,
                 )
                 # Background services run beside the actors and end with them at shutdown.
+                await actor_nursery.start(directory.run)
                 await actor_nursery.start(media.run)
                 if push.enabled:
                     await actor_nursery.start(push.run)
