@@ -20,6 +20,7 @@ import trio
 import trio_websocket
 
 from messageai.config import Config
+from messageai.conversations.commands import Summary
 from messageai.conversations.registry import Registry
 from messageai.edge.asgi import App, Router
 from messageai.edge.frontdoor import FrontDoor, ReplayStream
@@ -82,7 +83,14 @@ class Server:
         try:
             async with trio.open_nursery() as actor_nursery:
                 media = Media(config, directory)
-                push = Push(config, directory, presence)
+
+                async def unread(conversation_id: str, user_id: str) -> int:
+                    # Push's badges: the actor's own count, as the conversation list
+                    # shows it. (`registry` is made just below; it needs `push.notify`.)
+                    _, _, count = await registry.call(conversation_id, user_id, Summary())
+                    return int(count)
+
+                push = Push(config, directory, presence, unread)
                 self.media, self.push = media, push
                 registry = Registry(
                     config,

@@ -13,12 +13,13 @@ The policy (measured on the 2-core VM; see README, "Performance"):
   conversation open and commit); the directory owns a pool of one thread, which
   also serialises its writes.
 - **Other blocking work runs through `blocking()`**: file I/O and fsync (media),
-  password hashing (the directory), anything else that would hold the loop for
-  more than a millisecond. It uses `trio.to_thread.run_sync` (rare, long calls: the
-  per-call cost does not matter) under one limiter of `BLOCKING_THREADS`; password
-  hashes take their own, smaller limiter (`HASHING_THREADS`), since each holds
-  ~16 MiB for ~50 ms. gzip of a push request is not here: at `compresslevel=1` it
-  costs about 0.2 ms for 100 notifications of 4 KiB, less than a thread hop.
+  gzip of push requests, anything else that would hold the loop for more than a
+  millisecond. It uses `trio.to_thread.run_sync` (rarer, longer calls: its ~180 µs
+  hop does not matter) under one limiter of `BLOCKING_THREADS`. Password hashes go
+  through `hashing()`, a smaller limiter (`HASHING_THREADS`): each holds ~16 MiB
+  for ~50 ms. (gzip of 100 notifications of 4 KiB, 400 KB of JSON: ~28 ms at
+  level 9, ~6 ms at level 1, 15 ms at level 1 for random text; zlib releases the
+  GIL, so in a thread the loop only pays the hop.)
 
 WorkerPool lifecycle: the threads start at the first job and then wait on one
 `queue.SimpleQueue` until `close()`, which the owner calls once no job can be
