@@ -19,6 +19,7 @@ import orjson
 import trio
 import trio_websocket
 
+from messageai import rest
 from messageai.config import Config
 from messageai.conversations.commands import Summary
 from messageai.conversations.registry import Registry
@@ -30,8 +31,6 @@ from messageai.live.guard import Guard
 from messageai.live.presence import Presence
 from messageai.live.session import Session
 from messageai.model import User
-from messageai.rest import Rest
-from messageai.rest.clerk_webhooks import ClerkWebhooks
 from messageai.services.directory import Directory
 from messageai.services.media import Media
 from messageai.services.push import Push
@@ -108,11 +107,17 @@ class Server:
                 presence.registry = registry
                 self.registry = registry
                 router = Router()
-                Rest(
-                    config, directory, registry, presence, media=media, push=push, guard=self.guard
-                ).routes(router)
-                if config.auth.mode == "clerk" and config.clerk.webhook_secret:
-                    ClerkWebhooks(config.clerk, directory, self.close_user_sessions).routes(router)
+                rest.mount(
+                    router,
+                    config,
+                    directory,
+                    registry,
+                    presence,
+                    media,
+                    push,
+                    self.guard,
+                    self.close_user_sessions,
+                )
                 front = FrontDoor(
                     App(router, config.server.max_request_body_bytes, authenticator.authenticate),
                     lambda stream: self._websocket(stream, directory, registry, presence),

@@ -17,6 +17,7 @@ from urllib.parse import parse_qs
 import orjson
 
 from messageai.errors import BadRequest, MessageAIError, NotFound, RateLimited, TooLarge
+from messageai.model import User
 from messageai.protocol import dumps
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,7 @@ class Request:
         query = parse_qs(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
         self.query = {k: v[-1] for k, v in query.items()}
         self.body = body
-        self.user: Any = None
+        self.user: User | None = None
         # For a streaming route (`Router.add(..., stream=True)`): the ASGI `receive`,
         # from which the handler reads the body itself; `body` is then empty.
         self.receive: Receive | None = None
@@ -133,7 +134,7 @@ class App:
         self,
         router: Router,
         max_body_bytes: int,
-        authenticate: Callable[[str], Awaitable[Any]] | None = None,
+        authenticate: Callable[[str], Awaitable[User | None]] | None = None,
     ) -> None:
         self._router = router
         self._max_body = max_body_bytes
