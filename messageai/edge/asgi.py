@@ -16,7 +16,14 @@ from urllib.parse import parse_qs
 
 import orjson
 
-from messageai.errors import BadRequest, MessageAIError, NotFound, RateLimited, TooLarge
+from messageai.errors import (
+    BadRequest,
+    MessageAIError,
+    NotFound,
+    RangeNotSatisfiable,
+    RateLimited,
+    TooLarge,
+)
 from messageai.model import User
 from messageai.protocol import dumps
 
@@ -165,6 +172,8 @@ class App:
             if isinstance(exc, RateLimited):
                 seconds = max(1, math.ceil(exc.retry_after_seconds))
                 headers.append((b"retry-after", str(seconds).encode()))
+            if isinstance(exc, RangeNotSatisfiable):
+                headers.append((b"content-range", f"bytes */{exc.size}".encode()))
             response = Response(exc.status, _error_body(exc), headers)
         except Exception:
             log.exception("%s %s failed", scope.get("method"), scope.get("path"))
