@@ -189,7 +189,7 @@ def search_users(conn: apsw.Connection, prefix: str, limit: int) -> list[User]:
     # Folded once for both: a username has no capitals, so NOCASE's bounds serve it too.
     folded = "".join(c.lower() if "A" <= c <= "Z" else c for c in prefix)
     # A UNION, not an OR: with ORDER BY ... LIMIT the planner would scan the whole
-    # username index for the OR (EXPLAIN QUERY PLAN; tests/test_store.py checks).
+    # username index for the OR (EXPLAIN QUERY PLAN; tests/test_directory.py checks).
     rows = conn.execute(
         f"SELECT {_USER} FROM users WHERE username >= ?1 AND username < ?2"
         f" UNION SELECT {_USER} FROM users"
