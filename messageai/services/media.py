@@ -259,11 +259,16 @@ class Media:
         crash in between leaves at most a file without a record, as before."""
         final = blob_path(self.root, record.sha256)
         sync = self._config.storage.synchronous == "FULL"
+        refused = TooLarge(f"this upload would pass your media quota of {quota} bytes")
         async with self.lock:
+            # Uploads take turns here, so this read is current; it spares placing a
+            # file only to take it back. The transaction below checks once more.
+            if self._directory.read(sql.used_bytes, record.owner_id) + record.size > quota:
+                raise refused
             placed = await blocking(_place, tmp, final, sync)
             try:
                 if not await self._directory.write(sql.insert_within_quota, record, quota):
-                    raise TooLarge(f"this upload would pass your media quota of {quota} bytes")
+                    raise refused
             except BaseException:
                 if placed:
                     with trio.CancelScope(shield=True):
