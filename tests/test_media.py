@@ -274,6 +274,30 @@ async def test_quota_counts_every_upload_and_refuses_past_it(tmp_path: Path) -> 
             await upload(h, bob, PNG)
 
 
+async def test_concurrent_uploads_cannot_pass_the_quota_together(tmp_path: Path) -> None:
+    config = make_config(tmp_path / "data", media={"quota_bytes": 10_000})
+    with trio.fail_after(30):
+        async with harness(config) as h:
+            ada = await h.account("ada")
+            statuses: list[int] = []
+
+            async def one(i: int) -> None:
+                r = await h.http.post(
+                    "/v1/media",
+                    content=PNG + bytes([i]),
+                    headers={**h.auth(ada), "Content-Type": "image/png"},
+                )
+                statuses.append(r.status_code)
+
+            async with trio.open_nursery() as nursery:
+                for i in range(6):
+                    nursery.start_soon(one, i)
+            # Three of 3,009 bytes fit in 10,000; the refused ones left no file behind.
+            assert sorted(statuses) == [201] * 3 + [413] * 3
+            count, files = stored(h)
+            assert count == 3 and len(files) == 3
+
+
 # ---------------------------------------------------------------- access on the reference
 
 
