@@ -113,6 +113,7 @@ class AuthConfig:
     )
     allow_registration: bool = True
     token_ttl_seconds: int = attrs.field(default=30 * 86400, validator=_positive)
+    token_purge_interval_seconds: float = attrs.field(default=3600.0, validator=_positive)
     scrypt_n: int = attrs.field(default=16384)
     login_failures_per_account: int = attrs.field(default=5, validator=[v.ge(0), v.le(1000)])
     login_failures_per_address: int = attrs.field(default=20, validator=[v.ge(0), v.le(100_000)])

@@ -2,9 +2,9 @@
 
 `Server.run` is a Trio service (`await nursery.start(server.run)` gives the bound
 port, so tests use 127.0.0.1:0). Nurseries, from the outside in: the actor
-nursery (owned by the registry; outlives every connection; the media cleanup task
-and the push task run there too), then the connection nursery (one task per TCP
-connection). `shutdown()` stops accepting, closes
+nursery (owned by the registry; outlives every connection; the directory's
+housekeeping, the media cleanup task and the push task run there too), then the
+connection nursery (one task per TCP connection). `shutdown()` stops accepting, closes
 WebSockets with 1001, gives connections `shutdown_timeout_seconds`, then cancels
 the actors, which let a commit already in its worker thread finish and close
 their databases.
@@ -21,6 +21,7 @@ import trio_websocket
 
 from messageai import rest
 from messageai.config import Config
+from messageai.conversations.commands import Summary
 from messageai.conversations.registry import Registry
 from messageai.edge.asgi import App, Router
 from messageai.edge.frontdoor import FrontDoor, ReplayStream
@@ -97,7 +98,14 @@ class Server:
         try:
             async with trio.open_nursery() as actor_nursery:
                 media = Media(config, directory)
-                push = Push(config, directory, presence)
+
+                async def unread(conversation_id: str, user_id: str) -> int:
+                    # Push's badges: the actor's own count, as the conversation list
+                    # shows it. (`registry` is made just below; it needs `push.notify`.)
+                    _, _, count = await registry.call(conversation_id, user_id, Summary())
+                    return int(count)
+
+                push = Push(config, directory, presence, unread)
                 self.media, self.push = media, push
                 registry = Registry(
                     config,
@@ -108,6 +116,7 @@ class Server:
                     notify=push.notify if push.enabled else None,
                 )
                 # Background services run beside the actors and end with them at shutdown.
+                await actor_nursery.start(directory.run)
                 await actor_nursery.start(media.run)
                 if push.enabled:
                     await actor_nursery.start(push.run)
