@@ -66,6 +66,9 @@ class ServerConfig:
     handshake_timeout_seconds: float = attrs.field(default=10.0, validator=_positive)
     shutdown_timeout_seconds: float = attrs.field(default=5.0, validator=_positive)
     max_request_body_bytes: int = attrs.field(default=65536, validator=_positive)
+    body_timeout_seconds: float = attrs.field(default=10.0, validator=_positive)
+    min_body_bytes_per_second: int = attrs.field(default=8192, validator=_positive)
+    keep_alive_timeout_seconds: float = attrs.field(default=30.0, validator=_positive)
     allowed_origins: tuple[str, ...] = attrs.field(default=(), validator=_origins)
     idle_timeout_seconds: float = attrs.field(default=300.0, validator=_positive)
     ping_interval_seconds: float = attrs.field(default=30.0, validator=_positive)
@@ -110,7 +113,13 @@ class AuthConfig:
     )
     allow_registration: bool = True
     token_ttl_seconds: int = attrs.field(default=30 * 86400, validator=_positive)
+    token_purge_interval_seconds: float = attrs.field(default=3600.0, validator=_positive)
     scrypt_n: int = attrs.field(default=16384)
+    login_failures_per_account: int = attrs.field(default=5, validator=[v.ge(0), v.le(1000)])
+    login_failures_per_address: int = attrs.field(default=20, validator=[v.ge(0), v.le(100_000)])
+    login_lockout_seconds: float = attrs.field(default=1.0, validator=_positive)
+    login_lockout_max_seconds: float = attrs.field(default=900.0, validator=_positive)
+    login_throttle_entries: int = attrs.field(default=10_000, validator=[v.ge(1), v.le(10_000_000)])
 
     @scrypt_n.validator
     def _check_n(self, attr: attrs.Attribute[int], value: int) -> None:

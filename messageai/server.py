@@ -2,9 +2,9 @@
 
 `Server.run` is a Trio service (`await nursery.start(server.run)` gives the bound
 port, so tests use 127.0.0.1:0). Nurseries, from the outside in: the actor
-nursery (owned by the registry; outlives every connection; the media cleanup task
-and the push task run there too), then the connection nursery (one task per TCP
-connection). `shutdown()` stops accepting, closes
+nursery (owned by the registry; outlives every connection; the directory's
+housekeeping, the media cleanup task and the push task run there too), then the
+connection nursery (one task per TCP connection). `shutdown()` stops accepting, closes
 WebSockets with 1001, gives connections `shutdown_timeout_seconds`, then cancels
 the actors, which let a commit already in its worker thread finish and close
 their databases.
@@ -19,7 +19,9 @@ import orjson
 import trio
 import trio_websocket
 
+from messageai import rest
 from messageai.config import Config
+from messageai.conversations.commands import Summary
 from messageai.conversations.registry import Registry
 from messageai.edge.asgi import App, Router
 from messageai.edge.frontdoor import FrontDoor, ReplayStream
@@ -38,8 +40,6 @@ from messageai.live.guard import Guard
 from messageai.live.presence import Presence
 from messageai.live.session import Session
 from messageai.model import User
-from messageai.rest import Rest
-from messageai.rest.clerk_webhooks import ClerkWebhooks
 from messageai.services.directory import Directory
 from messageai.services.media import Media
 from messageai.services.push import Push
@@ -98,7 +98,14 @@ class Server:
         try:
             async with trio.open_nursery() as actor_nursery:
                 media = Media(config, directory)
-                push = Push(config, directory, presence)
+
+                async def unread(conversation_id: str, user_id: str) -> int:
+                    # Push's badges: the actor's own count, as the conversation list
+                    # shows it. (`registry` is made just below; it needs `push.notify`.)
+                    _, _, count = await registry.call(conversation_id, user_id, Summary())
+                    return int(count)
+
+                push = Push(config, directory, presence, unread)
                 self.media, self.push = media, push
                 registry = Registry(
                     config,
@@ -109,21 +116,34 @@ class Server:
                     notify=push.notify if push.enabled else None,
                 )
                 # Background services run beside the actors and end with them at shutdown.
+                await actor_nursery.start(directory.run)
                 await actor_nursery.start(media.run)
                 if push.enabled:
                     await actor_nursery.start(push.run)
                 self.registry = registry
                 router = Router()
-                Rest(
-                    config, directory, registry, presence, media=media, push=push, guard=self.guard
-                ).routes(router)
-                if config.auth.mode == "clerk" and config.clerk.webhook_secret:
-                    ClerkWebhooks(config.clerk, directory, self.close_user_sessions).routes(router)
+                rest.mount(
+                    router,
+                    config,
+                    directory,
+                    registry,
+                    presence,
+                    media,
+                    push,
+                    self.guard,
+                    self.close_user_sessions,
+                )
                 front = FrontDoor(
-                    App(router, config.server.max_request_body_bytes, authenticator.authenticate),
+                    App(
+                        router,
+                        config.server.max_request_body_bytes,
+                        authenticator.authenticate,
+                        body_timeout_seconds=config.server.body_timeout_seconds,
+                        min_body_bytes_per_second=config.server.min_body_bytes_per_second,
+                    ),
                     lambda stream: self._websocket(stream, directory, registry, presence),
                     handshake_timeout=config.server.handshake_timeout_seconds,
-                    max_request_body_bytes=config.server.max_request_body_bytes,
+                    keep_alive_timeout=config.server.keep_alive_timeout_seconds,
                 )
                 async with trio.open_nursery() as connections:
                     listeners = await trio.open_tcp_listeners(
@@ -147,7 +167,7 @@ class Server:
                         await listener.aclose()
                     for session in presence.everyone():
                         session.close(CLOSE_GOING_AWAY, "server shutting down")
-                    await front.context.terminated.set()
+                    await front.shutdown()
                     connections.cancel_scope.deadline = (
                         trio.current_time() + config.server.shutdown_timeout_seconds
                     )

@@ -1,7 +1,7 @@
 """The sync engine: connect, subscribe, catch up, flush the outbox, stay live, reconnect.
 
 `Syncer` is owned by `sdk.Client`. `run_forever` keeps a connection up
-(exponential backoff with jitter between attempts, capped); `sync_once` does a
+(`messageai.backoff.Backoff`: exponential, full jitter, capped); `sync_once` does a
 single pass for the one-shot commands. Each connection attempt, in order:
 refresh the conversation list over REST, open the WebSocket, subscribe to
 every conversation, catch up each with `get_history` after its `synced_seq`
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import random
 from collections.abc import Callable
 from typing import Any
 
@@ -26,6 +25,7 @@ import apsw
 import attrs
 import httpx
 
+from messageai.backoff import Backoff
 from messageai.client import store
 from messageai.client.accounts import ws_url
 from messageai.client.api import Api
@@ -68,27 +68,6 @@ class Settings:
     keepalive_seconds: float | None = 15.0
     # New conversations have no live frame in protocol v1: the list is re-read this often.
     refresh_seconds: float = 30.0
-
-
-class Backoff:
-    """Exponential backoff with jitter: delay n is uniform in [cap_n / 2, cap_n],
-    cap_n = min(max, initial * 2**n). `reset()` after a connection that worked."""
-
-    def __init__(self, initial: float, maximum: float, rng: random.Random | None = None) -> None:
-        if not 0 < initial <= maximum:
-            raise ValueError("backoff needs 0 < initial <= maximum")
-        self.initial = initial
-        self.maximum = maximum
-        self.attempt = 0
-        self._rng = rng or random.Random()
-
-    def next_delay(self) -> float:
-        cap = min(self.maximum, self.initial * 2 ** min(self.attempt, 62))
-        self.attempt += 1
-        return self._rng.uniform(cap / 2, cap)
-
-    def reset(self) -> None:
-        self.attempt = 0
 
 
 @attrs.define
