@@ -206,7 +206,7 @@ class ChatCore:
 
     def status(self) -> str:
         client = self.client
-        parts = [client.state]
+        parts: list[str] = [client.state]
         if client.state == "offline" and self.connection_note:
             parts.append(self.connection_note)
         queued = client.outbox_size()

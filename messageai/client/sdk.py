@@ -28,6 +28,7 @@ from messageai.client.api import Api
 from messageai.client.errors import ClientError, NotSignedIn, Unreachable
 from messageai.client.events import (
     DEFAULT_BUFFER,
+    ConnectionState,
     ConversationsChanged,
     Events,
     EventStream,
@@ -142,7 +143,7 @@ class Client:
         return self.account.user_id
 
     @property
-    def state(self) -> str:
+    def state(self) -> ConnectionState:
         """`connecting`, `online`, `offline` or `signed_out`."""
         return self.syncer.state
 

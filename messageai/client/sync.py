@@ -38,6 +38,7 @@ from messageai.client.errors import (
 )
 from messageai.client.events import (
     ConnectionChanged,
+    ConnectionState,
     ConversationsChanged,
     Events,
     MessageAdded,
@@ -102,8 +103,16 @@ class SyncReport:
 
 
 def _leaf(exc: BaseException) -> BaseException:
-    """The ClientError inside task-group wrapping, else the exception itself."""
+    """The ClientError inside task-group wrapping, else the exception itself.
+
+    A group that holds a cancellation is returned whole, whatever failed beside it:
+    a connection lost while the caller cancels is the caller's cancellation, to be
+    re-raised, not a disconnection to back off from (trio's rule: never swallow it).
+    """
     if isinstance(exc, BaseExceptionGroup):
+        cancelled, _ = exc.split(anyio.get_cancelled_exc_class())
+        if cancelled is not None:
+            return exc
         for inner in exc.exceptions:
             found = _leaf(inner)
             if isinstance(found, ClientError):
@@ -126,7 +135,7 @@ class Syncer:
         self._api = api
         self._events = events
         self.settings = settings
-        self.state = "offline"
+        self.state: ConnectionState = "offline"
         self.online_users: dict[str, bool] = {}
         self._link: Link | None = None
         # Created inside the event loop (anyio needs one): see sync_once/run_forever.
@@ -160,7 +169,10 @@ class Syncer:
         try:
             await self._connection(live=False)
         except BaseException as exc:
-            raise _leaf(exc) from None
+            leaf = _leaf(exc)
+            if leaf is exc:
+                raise
+            raise leaf from None
         finally:
             self._set_state("offline")
         report, self._report = self._report, None
@@ -193,13 +205,13 @@ class Syncer:
     # ------------------------------------------------------------ one connection
 
     def _set_state(
-        self, state: str, error: str | None = None, retry_in: float | None = None
+        self, state: ConnectionState, error: str | None = None, retry_in: float | None = None
     ) -> None:
         if state != self.state or error is not None:
             self.state = state
             if state != "online":
                 self.online_users.clear()
-            self._events.emit(ConnectionChanged(state, error, retry_in))  # type: ignore[arg-type]
+            self._events.emit(ConnectionChanged(state, error, retry_in))
 
     async def _connection(self, *, live: bool, on_live: Callable[[], None] | None = None) -> None:
         self._set_state("connecting")
