@@ -18,6 +18,8 @@ import attrs
 import cattrs
 from attrs import validators as v
 
+from messageai.protocol import DEFAULT_MAX_BODY_CHARS
+
 SYNCHRONOUS = ("FULL", "NORMAL")
 
 
@@ -92,7 +94,9 @@ class ConversationsConfig:
 @attrs.frozen(field_transformer=_name_errors)
 class LimitsConfig:
     max_frame_bytes: int = attrs.field(default=65536, validator=[v.ge(1024), v.le(16 << 20)])
-    max_body_chars: int = attrs.field(default=16000, validator=[v.ge(1), v.le(1 << 20)])
+    max_body_chars: int = attrs.field(
+        default=DEFAULT_MAX_BODY_CHARS, validator=[v.ge(1), v.le(1 << 20)]
+    )
     max_attachments: int = attrs.field(default=10, validator=[v.ge(0), v.le(1000)])
     max_upload_bytes: int = attrs.field(default=25 << 20, validator=_positive)
     max_group_members: int = attrs.field(default=1000, validator=[v.ge(2), v.le(1_000_000)])

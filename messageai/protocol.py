@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, TypeVar
 
 import attrs
 import cattrs
@@ -24,8 +24,12 @@ MAX_ID_CHARS = 128
 MAX_SEQ = 2**63 - 1
 HISTORY_DEFAULT_LIMIT = 50
 HISTORY_MAX_LIMIT = 200
+# The default of `limits.max_body_chars` (config.py), and the longest body the client
+# SDK queues: one number, so a client never queues what a default server refuses.
+DEFAULT_MAX_BODY_CHARS = 16000
 
 Req: TypeAlias = str | int | None
+T = TypeVar("T")
 
 
 # ---------------------------------------------------------------- client frames
@@ -220,6 +224,18 @@ def _check_ranges(frame: ClientFrame) -> None:
             raise BadRequest("limit: must be at least 1")
     elif isinstance(frame, MarkRead):
         _check_seq("seq", frame.seq)
+
+
+def structure_record(obj: object, cls: type[T]) -> T:
+    """Validate a decoded JSON object as the record `cls` (a `model` class) with the
+    wire's strict types, or raise ValueError naming the field. Extra keys are allowed
+    (a newer server may add some). Called by the client SDK on what the server sends."""
+    if type(obj) is not dict:
+        raise ValueError(f"expected object, got {_json_name(obj)}")
+    try:
+        return converter.structure(obj, cls)
+    except (cattrs.BaseValidationError, TypeError, ValueError) as exc:
+        raise ValueError(_describe(exc)) from None
 
 
 def check_message_content(

@@ -37,10 +37,11 @@ from messageai.client.events import (
 )
 from messageai.client.store import Account, LocalConversation, LocalMessage
 from messageai.client.sync import Settings, Syncer, SyncReport
+from messageai.protocol import DEFAULT_MAX_BODY_CHARS
 from messageai.sqlite import transaction
 
-# The server's default `limits.max_body_chars`; longer bodies are refused before they are queued.
-MAX_BODY_CHARS = 16000
+# Longer bodies are refused before they are queued: a default server would refuse them.
+MAX_BODY_CHARS = DEFAULT_MAX_BODY_CHARS
 
 
 def _now_ms() -> int:

@@ -48,6 +48,8 @@ from messageai.client.events import (
     TypingChanged,
 )
 from messageai.client.link import HISTORY_PAGE, Link, open_link
+from messageai.model import Message
+from messageai.protocol import structure_record
 from messageai.sqlite import transaction
 
 log = logging.getLogger(__name__)
@@ -472,27 +474,14 @@ class Syncer:
         # Unknown types are protocol extensions this client does not know yet: ignored.
 
 
-_MESSAGE_FIELDS = (
-    ("id", str),
-    ("conversation_id", str),
-    ("seq", int),
-    ("sender_id", str),
-    ("client_id", str),
-    ("body", str),
-    ("created_at", int),
-)
-
-
 def _check_message(m: Any) -> None:
-    if not isinstance(m, dict):
-        raise ProtocolViolation("a message must be an object")
-    for key, kind in _MESSAGE_FIELDS:
-        if not isinstance(m.get(key), kind) or isinstance(m.get(key), bool):
-            raise ProtocolViolation(f"message: {key!r} missing or not a {kind.__name__}")
-    if m["seq"] < 1:
+    """A server message has the shape of `model.Message` (the server's own record)."""
+    try:
+        message = structure_record(m, Message)
+    except ValueError as exc:
+        raise ProtocolViolation(f"message: {exc}") from None
+    if message.seq < 1:
         raise ProtocolViolation("message: seq must be at least 1")
-    if not isinstance(m.get("attachments", []), list):
-        raise ProtocolViolation("message: attachments must be a list")
 
 
 __all__ = ["Backoff", "Settings", "SyncReport", "Syncer", "Unreachable"]

@@ -12,11 +12,13 @@ from pathlib import Path
 
 import anyio
 import attrs
+import pytest
 import trio
 
 from messageai.client import Unreachable
+from messageai.client.errors import ProtocolViolation
 from messageai.client.events import ConnectionChanged
-from messageai.client.sync import _leaf
+from messageai.client.sync import _check_message, _leaf
 from tests.client.netproxy import Proxy
 from tests.client.support import FAST, sign_in
 from tests.helpers import Harness
@@ -85,3 +87,37 @@ async def test_run_cancelled_while_the_server_is_unreachable_ends_without_a_retr
             assert client.state == "offline"
             assert client.syncer.link is None
         nursery.cancel_scope.cancel()
+
+
+GOOD_MESSAGE = {
+    "id": "m_1",
+    "conversation_id": "c_1",
+    "seq": 1,
+    "sender_id": "u_1",
+    "client_id": "k1",
+    "body": "hi",
+    "attachments": [],
+    "created_at": 1764150000123,
+}
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"seq": "1"}, "seq"),
+        ({"seq": True}, "seq"),
+        ({"body": None}, "body"),
+        ({"attachments": [1]}, "attachments"),
+        ({"created_at": 1.5}, "created_at"),
+        ({"seq": 0}, "seq"),
+    ],
+)
+def test_a_server_message_not_shaped_like_the_servers_record_is_a_protocol_violation(
+    change: dict[str, object], field: str
+) -> None:
+    _check_message({**GOOD_MESSAGE, "extension": "ignored"})
+    with pytest.raises(ProtocolViolation, match=field):
+        _check_message({**GOOD_MESSAGE, **change})
+    missing = {k: v for k, v in GOOD_MESSAGE.items() if k != field}
+    with pytest.raises(ProtocolViolation, match=field):
+        _check_message(missing)
