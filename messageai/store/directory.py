@@ -7,6 +7,8 @@ conversation's own file.
 
 from __future__ import annotations
 
+from typing import TypeAlias, cast
+
 import apsw
 
 from messageai.model import ConversationRecord, User
@@ -117,10 +119,18 @@ MIGRATIONS: list[Migration] = [_v1, _clerk_identities, _media_and_push]
 _USER = "id, username, display_name, created_at"
 
 
+# The first columns of a `SELECT {_USER}, ...` row; NOT NULL in `users`, so of these types.
+UserRow: TypeAlias = tuple[str, str, str, int]
+
+
+def user_from_row(row: tuple[object, ...]) -> User:
+    """A `User` from a row that starts with the `_USER` columns (APSW rows are untyped)."""
+    id_, username, display_name, created_at = cast(UserRow, row[:4])
+    return User(id_, username, display_name, created_at)
+
+
 def _user(row: tuple[object, ...] | None) -> User | None:
-    if row is None:
-        return None
-    return User(*row)  # type: ignore[arg-type]
+    return user_from_row(row) if row is not None else None
 
 
 # ---------------------------------------------------------------- users and tokens
@@ -149,7 +159,7 @@ def user_and_hash_by_name(conn: apsw.Connection, username: str) -> tuple[User, s
     ).fetchone()
     if row is None:
         return None
-    return User(*row[:4]), row[4]
+    return user_from_row(row), row[4]
 
 
 def existing_user_ids(conn: apsw.Connection, user_ids: list[str]) -> set[str]:
@@ -167,11 +177,12 @@ def search_users(conn: apsw.Connection, prefix: str, limit: int) -> list[User]:
         " OR display_name LIKE ?1 ESCAPE '\\' ORDER BY username LIMIT ?2",
         (pattern, limit),
     ).fetchall()
-    return [User(*row) for row in rows]  # type: ignore[arg-type]
+    return [user_from_row(row) for row in rows]
 
 
 def all_users(conn: apsw.Connection) -> list[User]:
-    return [User(*row) for row in conn.execute(f"SELECT {_USER} FROM users ORDER BY username")]
+    rows = conn.execute(f"SELECT {_USER} FROM users ORDER BY username")
+    return [user_from_row(row) for row in rows]
 
 
 def insert_token(
