@@ -43,6 +43,7 @@ from messageai.model import User
 from messageai.services.directory import Directory
 from messageai.services.media import Media
 from messageai.services.push import Push
+from messageai.sqlite import apply_best_practice
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,7 @@ class Server:
         return f"http://{shown}:{self.port}"
 
     async def run(self, *, task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED) -> None:
+        apply_best_practice()  # before the first database is opened
         config = self.config
         directory = Directory(config)
         self.directory = directory
