@@ -30,7 +30,6 @@ import trio
 from messageai.backoff import Backoff, parse_retry_after
 from messageai.config import Config
 from messageai.errors import BadRequest, MessageAIError
-from messageai.live.presence import Presence
 from messageai.model import Message, now_ms
 from messageai.services.directory import Directory
 from messageai.store import push as sql
@@ -110,11 +109,17 @@ def fit_payload(payload: dict[str, Any], body: str | None) -> dict[str, Any]:
 
 class Push:
     def __init__(
-        self, config: Config, directory: Directory, presence: Presence, unread: UnreadCount
+        self,
+        config: Config,
+        directory: Directory,
+        online: Callable[[str], bool],
+        unread: UnreadCount,
     ) -> None:
+        """`online(user_id)`: whether the user has a live connection now (presence's
+        answer, inline); such a member is told by the WebSocket, not by a push."""
         self._config = config
         self._directory = directory
-        self._presence = presence
+        self._online = online
         self._unread = unread
         self.enabled = bool(config.push.endpoint)
         self.counters = Counters()
@@ -226,7 +231,7 @@ class Push:
                 if member != message.sender_id:
                     devices.setdefault(member, []).append(token)
             for member, tokens in devices.items():
-                if self._presence.connection_count(member):
+                if self._online(member):
                     continue
                 if member not in badges:
                     badges[member] = await self._badge(member)
