@@ -153,7 +153,8 @@ class Push:
         full the message is dropped and counted."""
         try:
             self._send.send_nowait(message)
-        except trio.WouldBlock:
+        except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
+            # Full, or the push task has stopped (shutdown): best effort, counted.
             self.counters.dropped += 1
 
     # ------------------------------------------------------------ the push task
@@ -163,12 +164,15 @@ class Push:
         after an unexpected error, keeping what was queued; cancellation (shutdown) drops
         what is in flight (notifications are best effort)."""
         task_status.started()
-        while True:
-            try:
-                await self._serve()
-            except Exception:
-                log.exception("push task failed; restarting")
-                await trio.sleep(self._config.push.retry_base_seconds)
+        # The queue outlives restarts of `_serve`; the task owns both ends and closes
+        # them when it stops, so a late `notify` is counted as dropped, not queued.
+        with self._send, self._receive:
+            while True:
+                try:
+                    await self._serve()
+                except Exception:
+                    log.exception("push task failed; restarting")
+                    await trio.sleep(self._config.push.retry_base_seconds)
 
     async def _serve(self) -> None:
         config = self._config.push
