@@ -23,7 +23,7 @@ from messageai import rest
 from messageai.config import Config
 from messageai.conversations.commands import Summary
 from messageai.conversations.registry import Registry
-from messageai.edge.asgi import App, Router, error_headers
+from messageai.edge.asgi import App, Router, bearer_token, error_headers
 from messageai.edge.frontdoor import FrontDoor, ReplayStream
 from messageai.edge.wsframes import request_host, wrap_server_stream
 from messageai.errors import (
@@ -35,7 +35,7 @@ from messageai.errors import (
     Unauthorized,
     error_body,
 )
-from messageai.identity.authenticator import Authenticator, bearer_token, make_authenticator
+from messageai.identity.authenticator import Authenticator, make_authenticator
 from messageai.live.echo import EchoSession
 from messageai.live.guard import Guard
 from messageai.live.presence import Presence
@@ -44,6 +44,7 @@ from messageai.model import User
 from messageai.services.directory import Directory
 from messageai.services.media import Media
 from messageai.services.push import Push
+from messageai.sqlite import apply_best_practice
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +88,7 @@ class Server:
         return f"http://{shown}:{self.port}"
 
     async def run(self, *, task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED) -> None:
+        apply_best_practice()  # before the first database is opened
         config = self.config
         directory = Directory(config)
         self.directory = directory
@@ -106,7 +108,7 @@ class Server:
                     _, _, count = await registry.call(conversation_id, user_id, Summary())
                     return int(count)
 
-                push = Push(config, directory, presence, unread)
+                push = Push(config, directory, presence.is_online, unread)
                 self.media, self.push = media, push
                 registry = Registry(
                     config,
@@ -268,8 +270,7 @@ class Server:
 
 
 async def _reject(request: trio_websocket.WebSocketRequest, exc: MessageAIError) -> None:
-    """Refuse the handshake as REST refuses a request: `exc`'s status, body and headers
-    (a 429 has Retry-After and `retry_after_ms`)."""
+    """Refuse the handshake with `exc`'s status, headers and body, as REST would."""
     headers = [(b"content-type", b"application/json"), *error_headers(exc)]
     await request.reject(exc.status, extra_headers=headers, body=orjson.dumps(error_body(exc)))
 

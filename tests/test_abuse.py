@@ -216,10 +216,10 @@ async def test_connections_past_the_per_user_cap_are_refused_with_429(tmp_path: 
         async with h.ws(ada) as first, h.ws(ada):
             status, body = await raw_websocket_handshake(h.url, "/v1/ws", auth)
             assert status == 429
-            # The REST body of a 429, retry_after_ms included.
             error = orjson.loads(body)["error"]
-            assert error["code"] == "rate_limited" and error["message"]
-            assert isinstance(error["retry_after_ms"], int) and error["retry_after_ms"] > 0
+            # The same body as a REST 429: the code and when to try again.
+            assert error["code"] == "rate_limited"
+            assert error["retry_after_ms"] >= 1000
             # Another user is not affected.
             async with h.ws(bob) as b:
                 assert (await b.request("ping"))["type"] == "pong"

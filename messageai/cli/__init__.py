@@ -16,12 +16,12 @@ from pathlib import Path
 
 import trio
 
+from messageai import passwords
 from messageai.cli.client_args import CLIENT_COMMANDS, add_client_commands
 from messageai.config import Config, ConfigError, load_config, with_overrides
 from messageai.errors import MessageAIError
-from messageai.identity import passwords
 from messageai.services.directory import open_directory_db
-from messageai.sqlite import transaction
+from messageai.sqlite import apply_best_practice, transaction
 from messageai.store import directory as sql
 
 
@@ -76,6 +76,7 @@ def _load(args: argparse.Namespace) -> Config:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    apply_best_practice()  # every database this process opens: WAL, foreign keys, ...
     if args.command in CLIENT_COMMANDS:
         from messageai.client.commands import run as run_client_command
 

@@ -38,6 +38,7 @@ from messageai.client.errors import (
 )
 from messageai.client.events import (
     ConnectionChanged,
+    ConnectionState,
     ConversationsChanged,
     Events,
     MessageAdded,
@@ -47,6 +48,8 @@ from messageai.client.events import (
     TypingChanged,
 )
 from messageai.client.link import HISTORY_PAGE, Link, open_link
+from messageai.model import Message
+from messageai.protocol import structure_record
 from messageai.sqlite import transaction
 
 log = logging.getLogger(__name__)
@@ -81,8 +84,16 @@ class SyncReport:
 
 
 def _leaf(exc: BaseException) -> BaseException:
-    """The ClientError inside task-group wrapping, else the exception itself."""
+    """The ClientError inside task-group wrapping, else the exception itself.
+
+    A group that holds a cancellation is returned whole, whatever failed beside it:
+    a connection lost while the caller cancels is the caller's cancellation, to be
+    re-raised, not a disconnection to back off from (trio's rule: never swallow it).
+    """
     if isinstance(exc, BaseExceptionGroup):
+        cancelled, _ = exc.split(anyio.get_cancelled_exc_class())
+        if cancelled is not None:
+            return exc
         for inner in exc.exceptions:
             found = _leaf(inner)
             if isinstance(found, ClientError):
@@ -105,7 +116,7 @@ class Syncer:
         self._api = api
         self._events = events
         self.settings = settings
-        self.state = "offline"
+        self.state: ConnectionState = "offline"
         self.online_users: dict[str, bool] = {}
         self._link: Link | None = None
         # Created inside the event loop (anyio needs one): see sync_once/run_forever.
@@ -139,7 +150,10 @@ class Syncer:
         try:
             await self._connection(live=False)
         except BaseException as exc:
-            raise _leaf(exc) from None
+            leaf = _leaf(exc)
+            if leaf is exc:
+                raise
+            raise leaf from None
         finally:
             self._set_state("offline")
         report, self._report = self._report, None
@@ -172,13 +186,13 @@ class Syncer:
     # ------------------------------------------------------------ one connection
 
     def _set_state(
-        self, state: str, error: str | None = None, retry_in: float | None = None
+        self, state: ConnectionState, error: str | None = None, retry_in: float | None = None
     ) -> None:
         if state != self.state or error is not None:
             self.state = state
             if state != "online":
                 self.online_users.clear()
-            self._events.emit(ConnectionChanged(state, error, retry_in))  # type: ignore[arg-type]
+            self._events.emit(ConnectionChanged(state, error, retry_in))
 
     async def _connection(self, *, live: bool, on_live: Callable[[], None] | None = None) -> None:
         self._set_state("connecting")
@@ -439,27 +453,14 @@ class Syncer:
         # Unknown types are protocol extensions this client does not know yet: ignored.
 
 
-_MESSAGE_FIELDS = (
-    ("id", str),
-    ("conversation_id", str),
-    ("seq", int),
-    ("sender_id", str),
-    ("client_id", str),
-    ("body", str),
-    ("created_at", int),
-)
-
-
 def _check_message(m: Any) -> None:
-    if not isinstance(m, dict):
-        raise ProtocolViolation("a message must be an object")
-    for key, kind in _MESSAGE_FIELDS:
-        if not isinstance(m.get(key), kind) or isinstance(m.get(key), bool):
-            raise ProtocolViolation(f"message: {key!r} missing or not a {kind.__name__}")
-    if m["seq"] < 1:
+    """A server message has the shape of `model.Message` (the server's own record)."""
+    try:
+        message = structure_record(m, Message)
+    except ValueError as exc:
+        raise ProtocolViolation(f"message: {exc}") from None
+    if message.seq < 1:
         raise ProtocolViolation("message: seq must be at least 1")
-    if not isinstance(m.get("attachments", []), list):
-        raise ProtocolViolation("message: attachments must be a list")
 
 
 __all__ = ["Backoff", "Settings", "SyncReport", "Syncer", "Unreachable"]

@@ -8,9 +8,11 @@ conversation's own file.
 
 from __future__ import annotations
 
+from typing import TypeAlias, cast
+
 import apsw
 
-from messageai.identity import passwords
+from messageai import passwords
 from messageai.model import ConversationRecord, User, new_id, now_ms
 from messageai.sqlite import Migration
 
@@ -124,10 +126,18 @@ MIGRATIONS: list[Migration] = [_v1, _clerk_identities, _media_and_push, _tokens_
 _USER = "id, username, display_name, created_at"
 
 
+# The first columns of a `SELECT {_USER}, ...` row; NOT NULL in `users`, so of these types.
+UserRow: TypeAlias = tuple[str, str, str, int]
+
+
+def user_from_row(row: tuple[object, ...]) -> User:
+    """A `User` from a row that starts with the `_USER` columns (APSW rows are untyped)."""
+    id_, username, display_name, created_at = cast(UserRow, row[:4])
+    return User(id_, username, display_name, created_at)
+
+
 def _user(row: tuple[object, ...] | None) -> User | None:
-    if row is None:
-        return None
-    return User(*row)  # type: ignore[arg-type]
+    return user_from_row(row) if row is not None else None
 
 
 # ---------------------------------------------------------------- users and tokens
@@ -170,7 +180,7 @@ def user_and_hash_by_name(conn: apsw.Connection, username: str) -> tuple[User, s
     ).fetchone()
     if row is None:
         return None
-    return User(*row[:4]), row[4]
+    return user_from_row(row), row[4]
 
 
 def existing_user_ids(conn: apsw.Connection, user_ids: list[str]) -> set[str]:
@@ -201,7 +211,7 @@ def search_users(conn: apsw.Connection, prefix: str, limit: int) -> list[User]:
     Two index range scans (the username's, and `users_display_name`), no table scan."""
     if not prefix:
         rows = conn.execute(f"SELECT {_USER} FROM users ORDER BY username LIMIT ?", (limit,))
-        return [User(*row) for row in rows]
+        return [user_from_row(row) for row in rows]
     # Folded once for both: a username has no capitals, so NOCASE's bounds serve it too.
     folded = "".join(c.lower() if "A" <= c <= "Z" else c for c in prefix)
     # A UNION, not an OR: with ORDER BY ... LIMIT the planner would scan the whole
@@ -213,11 +223,12 @@ def search_users(conn: apsw.Connection, prefix: str, limit: int) -> list[User]:
         " ORDER BY username LIMIT ?3",
         (folded, _after_prefix(folded), limit),
     )
-    return [User(*row) for row in rows]
+    return [user_from_row(row) for row in rows]
 
 
 def all_users(conn: apsw.Connection) -> list[User]:
-    return [User(*row) for row in conn.execute(f"SELECT {_USER} FROM users ORDER BY username")]
+    rows = conn.execute(f"SELECT {_USER} FROM users ORDER BY username")
+    return [user_from_row(row) for row in rows]
 
 
 def insert_token(
