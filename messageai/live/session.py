@@ -38,7 +38,6 @@ from messageai.protocol import (
     Pong,
     SendMessage,
     ServerFrame,
-    Subscribe,
     encode,
     parse_client_frame,
 )
@@ -114,6 +113,8 @@ class Session:
         self._closing = trio.Event()
         self._close_code: int | None = None
         self._close_reason = ""
+        # The conversations this connection is subscribed to, as their actors see it:
+        # changed only by the actors (`subscription_started`/`_ended`).
         self.subscriptions: set[str] = set()
 
     # ------------------------------------------------------------ outbound
@@ -136,7 +137,12 @@ class Session:
     def push_frame(self, frame: ServerFrame) -> None:
         self.push(encode(frame))
 
+    def subscription_started(self, conversation_id: str) -> None:
+        """Called by the actor once it has accepted a `subscribe` from this connection."""
+        self.subscriptions.add(conversation_id)
+
     def subscription_ended(self, conversation_id: str) -> None:
+        """Called by the actor on `unsubscribe` and when this user leaves the group."""
         self.subscriptions.discard(conversation_id)
 
     def close(self, code: int, reason: str) -> None:
@@ -266,9 +272,6 @@ class Session:
             await self._registry.submit(conversation_id, command)
         except MessageAIError as exc:
             self.push_frame(Error(code=exc.code, message=exc.message, req=req))
-            return
-        if isinstance(frame, Subscribe):
-            self.subscriptions.add(conversation_id)
 
     def shutdown(self) -> None:
         self.close(CLOSE_GOING_AWAY, "server shutting down")

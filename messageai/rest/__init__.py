@@ -19,7 +19,7 @@ from messageai.edge.asgi import Request, Response, Router
 from messageai.errors import BadRequest, Forbidden, NotFound, RateLimited, Unauthorized, Unavailable
 from messageai.live.guard import Guard
 from messageai.live.presence import Presence
-from messageai.model import Conversation, ConversationRecord, Message, User
+from messageai.model import Conversation, ConversationRecord, User
 from messageai.protocol import (
     MAX_SEQ,
     ConversationAdded,
@@ -97,16 +97,16 @@ class Rest:
         return record
 
     async def _conversation(self, record: ConversationRecord, user: User) -> Conversation:
-        last_seq, last_message, unread = await self._registry.call(record.id, user.id, Summary())
+        summary = await self._registry.call(record.id, user.id, Summary())
         return Conversation(
             id=record.id,
             kind=record.kind,
             title=record.title,
             member_ids=self._directory.member_ids(record.id),
             created_at=record.created_at,
-            last_seq=last_seq,
-            last_message=last_message,
-            unread_count=unread,
+            last_seq=summary.last_seq,
+            last_message=summary.last_message,
+            unread_count=summary.unread_count,
         )
 
     async def _announce(self, record: ConversationRecord, user_ids: list[str]) -> None:
@@ -278,8 +278,8 @@ class Rest:
             before_seq=_seq_param(query, "before_seq"),
             limit=_int_param(query, "limit", 50, minimum=1),
         )
-        messages, has_more = await self._registry.call(record.id, user.id, op)
-        return Response(200, {"messages": messages, "has_more": has_more})
+        page = await self._registry.call(record.id, user.id, op)
+        return Response(200, {"messages": page.messages, "has_more": page.has_more})
 
     async def send_message(self, request: Request) -> Response:
         user = self._user(request)
@@ -296,9 +296,8 @@ class Rest:
             wait = self._guard.take(user.id)
             if wait > 0:
                 raise RateLimited("too many messages: retry later", retry_after_seconds=wait)
-        message, duplicate = await self._registry.call(conversation_id, user.id, op)
-        assert isinstance(message, Message)
-        return Response(200 if duplicate else 201, message)
+        sent = await self._registry.call(conversation_id, user.id, op)
+        return Response(200 if sent.duplicate else 201, sent.message)
 
 
 def _activity(conversation: Conversation) -> int:
