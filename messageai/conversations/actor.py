@@ -79,7 +79,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-WRITES = (SendMessage, MarkRead)
 _NO_BATCH: Sequence[Command] = ()
 
 
@@ -247,6 +246,7 @@ class ConversationActor:
         # batch applies to what follows) and content checks, before any I/O.
         # The live member set, copied only if the batch itself changes membership.
         members = self.members
+        limits = self._config.limits
         accepted: list[Command] = []
         attaching = needs_db = writes = False
         for command in batch:
@@ -261,10 +261,7 @@ class ConversationActor:
             if isinstance(op, SendMessage):
                 try:
                     check_message_content(
-                        op.body,
-                        op.attachments,
-                        self._config.limits.max_body_chars,
-                        self._config.limits.max_attachments,
+                        op.body, op.attachments, limits.max_body_chars, limits.max_attachments
                     )
                     if op.attachments:
                         # Only messages with attachments pay for this: a few indexed reads.
@@ -279,7 +276,8 @@ class ConversationActor:
                 except MessageAIError as exc:
                     _reply_error(command, exc)
                     continue
-            if isinstance(op, WRITES):
+                writes = needs_db = True
+            elif isinstance(op, MarkRead):
                 writes = needs_db = True
             elif isinstance(op, (GetHistory, Summary)):
                 needs_db = True
@@ -384,9 +382,7 @@ class ConversationActor:
     # ------------------------------------------------------------ phase 2: answers
 
     def _apply(self, command: Command, result: StorageResult) -> None:
-        if isinstance(result, Refused):
-            _reply_error(command, result.error)
-            return
+        # The send first: it is the hot path.
         match command.op:
             case SendMessage() as op:
                 self._on_send(command, op, result)
@@ -413,19 +409,17 @@ class ConversationActor:
             self.last_seq = message.seq
             self.last_message = message
             self._fan_out(encode(NewMessage(message)), skip=command.peer)
+            ack = Ack(client_id=op.client_id, message=message, duplicate=False, req=command.req)
+            _reply(command, ack, result)
+            if self._notify is not None:
+                self._notify(message)
         elif isinstance(result, Duplicate):
-            message = result.message
+            ack = Ack(
+                client_id=op.client_id, message=result.message, duplicate=True, req=command.req
+            )
+            _reply(command, ack, result)
         else:
             raise _mismatch(command, result)
-        _reply(
-            command,
-            Ack(
-                client_id=op.client_id, message=message, duplicate=result.duplicate, req=command.req
-            ),
-            result,
-        )
-        if not result.duplicate and self._notify is not None:
-            self._notify(message)
 
     def _on_mark_read(self, command: Command, result: StorageResult) -> None:
         if isinstance(result, CursorMoved):
@@ -440,6 +434,9 @@ class ConversationActor:
         _reply(command, Ok(req=command.req), result.seq)
 
     def _on_history(self, command: Command, result: StorageResult) -> None:
+        if isinstance(result, Refused):
+            _reply_error(command, result.error)
+            return
         if not isinstance(result, Page):
             raise _mismatch(command, result)
         frame = History(

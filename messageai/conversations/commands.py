@@ -78,9 +78,11 @@ Operation: TypeAlias = (
 )
 
 # ------------------------------------------------------------ results
+# One small record per command on the send path: plain slotted classes, not frozen
+# (a frozen attrs __init__ costs about twice as much, measured), never mutated.
 
 
-@attrs.frozen
+@attrs.define(weakref_slot=False)
 class Stored:
     """A send committed now: `message` is new."""
 
@@ -88,7 +90,7 @@ class Stored:
     duplicate: ClassVar[bool] = False
 
 
-@attrs.frozen
+@attrs.define(weakref_slot=False)
 class Duplicate:
     """A resend (same sender and client_id): `message` is the original, nothing new stored."""
 
@@ -96,21 +98,21 @@ class Duplicate:
     duplicate: ClassVar[bool] = True
 
 
-@attrs.frozen
+@attrs.define(weakref_slot=False)
 class CursorMoved:
     """The caller's read cursor moved forward to `seq`."""
 
     seq: int
 
 
-@attrs.frozen
+@attrs.define(weakref_slot=False)
 class CursorUnchanged:
     """The read cursor stayed at `seq` (already there or past it)."""
 
     seq: int
 
 
-@attrs.frozen
+@attrs.define(weakref_slot=False)
 class Page:
     """One page of history, ascending by seq."""
 
@@ -118,14 +120,14 @@ class Page:
     has_more: bool
 
 
-@attrs.frozen
+@attrs.define(weakref_slot=False)
 class Unread:
     """How many messages the caller has not read."""
 
     count: int
 
 
-@attrs.frozen
+@attrs.define(weakref_slot=False)
 class Refused:
     """The storage phase turned the command down; nothing changed."""
 
@@ -139,7 +141,7 @@ StorageResult: TypeAlias = (
 Sent: TypeAlias = Stored | Duplicate
 
 
-@attrs.frozen
+@attrs.define(weakref_slot=False)
 class ConversationSummary:
     """The answer to `Summary`: what a conversation list shows for one user."""
 
