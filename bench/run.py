@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import importlib.resources
 import os
 import platform
 import random
@@ -29,6 +28,7 @@ import orjson
 
 from bench import procs, seed
 from bench.procs import ROOT, Child, LoadGroup
+from messageai.config import ConfigError, parse_config
 
 SCENARIOS = ["direct", "group", "rr", "idle", "cold", "history", "durability"]
 
@@ -57,9 +57,12 @@ QUICK = {
     "hold": 1.0,
 }
 
-# Server settings for the bench; keys this server version does not know are left out.
+# Server settings for the bench (each run adds `[storage] synchronous`). The
+# server's own parser checks them before anything starts: a misplaced or unknown
+# key stops the bench with the parser's message, as it would stop the server.
 SERVER_CONFIG: dict[str, dict[str, Any]] = {
-    "server": {"host": "127.0.0.1", "port": 0},
+    # No connection is closed for idling while it waits for its scenario to start.
+    "server": {"host": "127.0.0.1", "port": 0, "idle_timeout_seconds": 3600.0},
     "auth": {"scrypt_n": 16},  # registering thousands of users is not what we measure
     "logging": {"level": "warning"},
     "conversations": {"idle_seconds": 3600.0},  # no actor retires during a long seeding
@@ -68,9 +71,33 @@ SERVER_CONFIG: dict[str, dict[str, Any]] = {
         "max_connections_per_user": 100_000,
         "messages_per_second": 1_000_000,
         "message_burst": 1_000_000,
-        "idle_timeout_seconds": 3600.0,
     },
 }
+
+
+def server_config(
+    synchronous: str, settings: dict[str, dict[str, Any]] = SERVER_CONFIG
+) -> dict[str, dict[str, Any]]:
+    """The bench's settings with the run's `synchronous` level."""
+    return {**settings, "storage": {**settings.get("storage", {}), "synchronous": synchronous}}
+
+
+def config_toml(data: dict[str, dict[str, Any]]) -> str:
+    """`data` as a TOML file, once `messageai.config.parse_config` has accepted it.
+
+    Raises ConfigError (the server's own message) for a key the server would refuse.
+    TOML is written by hand (the standard library only reads it) for the few value
+    types a config holds, and read back to prove it says exactly `data`.
+    """
+    parse_config(data, "bench server config")
+    lines = []
+    for section, values in data.items():
+        lines.append(f"[{section}]")
+        lines += [f"{key} = {toml_value(value)}" for key, value in values.items()]
+    text = "\n".join(lines) + "\n"
+    if tomllib.loads(text) != data:
+        raise AssertionError(f"the bench's TOML writer changed the config:\n{text}")
+    return text
 
 
 def percentile(values: list[int], p: float) -> float | None:
@@ -114,19 +141,8 @@ class Bench:
             self._progress_shown = False
 
     def config(self, synchronous: str) -> Path:
-        known = tomllib.loads(
-            importlib.resources.files("messageai").joinpath("default.toml").read_text()
-        )
-        lines = []
-        for section, values in SERVER_CONFIG.items():
-            keep = {k: v for k, v in values.items() if k in known.get(section, {})}
-            if section == "storage":
-                continue
-            lines.append(f"[{section}]")
-            lines += [f"{k} = {toml_value(v)}" for k, v in keep.items()]
-        lines += ["[storage]", f'synchronous = "{synchronous}"']
         path = self.out / f"messageai-{synchronous.lower()}.toml"
-        path.write_text("\n".join(lines) + "\n")
+        path.write_text(config_toml(server_config(synchronous)))
         return path
 
     def data_dir(self, name: str) -> Path:
@@ -516,9 +532,11 @@ class Bench:
             shutil.rmtree(data, ignore_errors=True)
 
     def apsw(self, synchronous: str) -> list[dict[str, Any]]:
-        """Raw APSW inserts into the messages schema: one row per commit, and 64 per commit."""
+        """The actor's own insert (`store.conversation.insert_message`) straight on APSW,
+        without the server around it: one row per commit, and 64 per commit."""
         if synchronous in self._apsw:
             return self._apsw[synchronous]
+        from messageai.model import Message
         from messageai.sqlite import migrate, open_db
         from messageai.store import conversation as sql
 
@@ -539,12 +557,17 @@ class Bench:
                 with conn:
                     for _ in range(batch):
                         seq += 1
-                        conn.execute(
-                            "INSERT INTO messages(seq, id, sender_id, client_id, body, attachments,"
-                            " created_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
-                            " ON CONFLICT(sender_id, client_id) DO NOTHING",
-                            (seq, f"m_{seq}", "u_1", f"c{seq}", body, "[]", 0),
+                        message = Message(
+                            id=f"m_{seq}",
+                            conversation_id="c_bench",
+                            seq=seq,
+                            sender_id="u_1",
+                            client_id=f"c{seq}",
+                            body=body,
+                            attachments=[],
+                            created_at=0,
                         )
+                        sql.insert_message(conn, message)
                 rows += batch
             cpu, wall = time.process_time() - cpu0, time.monotonic() - t0
             conn.close()
@@ -723,11 +746,16 @@ def fmt(value: Any, digits: int) -> str:
 
 
 def toml_value(value: Any) -> str:
+    """One TOML value: a string (JSON's escapes are TOML's), bool, number or array."""
     if isinstance(value, str):
-        return f'"{value}"'
+        return orjson.dumps(value).decode()
     if isinstance(value, bool):
         return "true" if value else "false"
-    return repr(value)
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_value(item) for item in value) + "]"
+    raise TypeError(f"no TOML form for {value!r}")
 
 
 def ws_url(child: Child) -> str:
@@ -773,6 +801,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile-args", default="", help="extra py-spy flags, e.g. --gil")
     parser.add_argument("--duration", type=float, help="seconds measured per run")
     args = parser.parse_args(argv)
+    try:
+        for synchronous in ("FULL", "NORMAL"):
+            config_toml(server_config(synchronous))
+    except ConfigError as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        return 2
     bench = Bench(args)
     if args.idle_connections:
         bench.size = {**bench.size, "idle_connections": args.idle_connections}

@@ -85,9 +85,11 @@ def fill_history(
 ) -> float:
     """Append `total` messages to a conversation's database file (server stopped).
 
-    Uses the server's own path, schema and insert statement's columns, in batches
-    of 50,000 rows per transaction. Returns the seconds it took.
+    Goes through the server's own code: its path (`store.paths`), schema
+    (`MIGRATIONS`) and insert statement (`store.conversation.bulk_insert`), in
+    batches of 50,000 rows per transaction. Returns the seconds it took.
     """
+    from messageai.model import Message, now_ms
     from messageai.sqlite import migrate, open_db
     from messageai.store import conversation as sql
     from messageai.store.paths import conversation_path
@@ -98,21 +100,28 @@ def fill_history(
     conn = open_db(path, synchronous)
     migrate(conn, sql.MIGRATIONS)
     first = sql.last_seq(conn) + 1
-    now = int(time.time() * 1000)
+    now = now_ms()
     pad = "y" * 60
     batch = 50_000
     for lo in range(first, first + total, batch):
         hi = min(lo + batch, first + total)
-        rows = [
-            (seq, f"m_h{seq}", senders[seq % len(senders)], f"h{seq}", f"{seq} {pad}", "[]", now)
-            for seq in range(lo, hi)
-        ]
-        with conn:
-            conn.executemany(
-                "INSERT INTO messages(seq, id, sender_id, client_id, body, attachments,"
-                " created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                rows,
+        messages = (
+            Message(
+                id=f"m_h{seq}",
+                conversation_id=conversation_id,
+                seq=seq,
+                sender_id=senders[seq % len(senders)],
+                client_id=f"h{seq}",
+                body=f"{seq} {pad}",
+                attachments=[],
+                created_at=now,
             )
+            for seq in range(lo, hi)
+        )
+        with conn:
+            sql.bulk_insert(conn, messages)
+    if sql.last_seq(conn) != first + total - 1:
+        raise RuntimeError(f"seeding stopped at seq {sql.last_seq(conn)}, not {first + total - 1}")
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     conn.close()
     return time.monotonic() - start

@@ -18,6 +18,9 @@ import attrs
 import cattrs
 from attrs import validators as v
 
+from messageai.protocol import DEFAULT_MAX_BODY_CHARS
+from messageai.strict import TOML, scalar_hook, string_list
+
 SYNCHRONOUS = ("FULL", "NORMAL")
 
 
@@ -66,6 +69,9 @@ class ServerConfig:
     handshake_timeout_seconds: float = attrs.field(default=10.0, validator=_positive)
     shutdown_timeout_seconds: float = attrs.field(default=5.0, validator=_positive)
     max_request_body_bytes: int = attrs.field(default=65536, validator=_positive)
+    body_timeout_seconds: float = attrs.field(default=10.0, validator=_positive)
+    min_body_bytes_per_second: int = attrs.field(default=8192, validator=_positive)
+    keep_alive_timeout_seconds: float = attrs.field(default=30.0, validator=_positive)
     allowed_origins: tuple[str, ...] = attrs.field(default=(), validator=_origins)
     idle_timeout_seconds: float = attrs.field(default=300.0, validator=_positive)
     ping_interval_seconds: float = attrs.field(default=30.0, validator=_positive)
@@ -93,7 +99,9 @@ class ConversationsConfig:
 @attrs.frozen(field_transformer=_name_errors)
 class LimitsConfig:
     max_frame_bytes: int = attrs.field(default=65536, validator=[v.ge(1024), v.le(16 << 20)])
-    max_body_chars: int = attrs.field(default=16000, validator=[v.ge(1), v.le(1 << 20)])
+    max_body_chars: int = attrs.field(
+        default=DEFAULT_MAX_BODY_CHARS, validator=[v.ge(1), v.le(1 << 20)]
+    )
     max_attachments: int = attrs.field(default=10, validator=[v.ge(0), v.le(1000)])
     max_upload_bytes: int = attrs.field(default=25 << 20, validator=_positive)
     max_group_members: int = attrs.field(default=1000, validator=[v.ge(2), v.le(1_000_000)])
@@ -111,7 +119,13 @@ class AuthConfig:
     )
     allow_registration: bool = True
     token_ttl_seconds: int = attrs.field(default=30 * 86400, validator=_positive)
+    token_purge_interval_seconds: float = attrs.field(default=3600.0, validator=_positive)
     scrypt_n: int = attrs.field(default=16384)
+    login_failures_per_account: int = attrs.field(default=5, validator=[v.ge(0), v.le(1000)])
+    login_failures_per_address: int = attrs.field(default=20, validator=[v.ge(0), v.le(100_000)])
+    login_lockout_seconds: float = attrs.field(default=1.0, validator=_positive)
+    login_lockout_max_seconds: float = attrs.field(default=900.0, validator=_positive)
+    login_throttle_entries: int = attrs.field(default=10_000, validator=[v.ge(1), v.le(10_000_000)])
 
     @scrypt_n.validator
     def _check_n(self, attr: attrs.Attribute[int], value: int) -> None:
@@ -269,30 +283,12 @@ class Config:
         return Path(self.storage.data_dir)
 
 
-def _strict(expected: type) -> Any:
-    def hook(value: Any, _type: Any) -> Any:
-        # TOML has real types: a string where a number belongs is a mistake, not a conversion.
-        if expected is float and isinstance(value, int) and not isinstance(value, bool):
-            return float(value)
-        if not isinstance(value, expected) or (expected is not bool and isinstance(value, bool)):
-            raise TypeError(f"expected {expected.__name__}, got {type(value).__name__} {value!r}")
-        return value
-
-    return hook
-
-
 _converter = cattrs.Converter(forbid_extra_keys=True)
 for _t in (str, int, float, bool):
-    _converter.register_structure_hook(_t, _strict(_t))
-
-
-def _strings_hook(value: Any, _type: Any) -> tuple[str, ...]:
-    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
-        raise TypeError(f"expected a list of strings, got {value!r}")
-    return tuple(value)
-
-
-_converter.register_structure_hook_func(lambda t: t == tuple[str, ...], _strings_hook)
+    _converter.register_structure_hook(_t, scalar_hook(_t, TOML))
+_converter.register_structure_hook_func(
+    lambda t: t == tuple[str, ...], lambda value, _type: tuple(string_list(value, TOML))
+)
 
 
 def _literal_hook(value: Any, type_: Any) -> Any:

@@ -1,22 +1,33 @@
 """Errors a client can be told about, mapped to protocol codes and HTTP statuses in one place.
 
-    MessageAIError            code        HTTP
-    ├── BadRequest            bad_request  400
-    ├── UnknownType           unknown_type 400
-    ├── Unauthorized          unauthorized 401
-    ├── Forbidden             forbidden    403
-    ├── NotFound              not_found    404
-    ├── Conflict              conflict     409
-    ├── TooLarge              too_large    413
-    ├── RateLimited           rate_limited 429
-    ├── Unavailable           unavailable  503
-    └── Internal              internal     500
+    MessageAIError              code         HTTP
+    ├── BadRequest              bad_request  400
+    │   ├── MethodNotAllowed    bad_request  405  (+ Allow)
+    │   ├── RequestTimeout      bad_request  408  (body too slow; connection closed)
+    │   ├── UnsupportedMediaType bad_request 415
+    │   └── RangeNotSatisfiable bad_request  416  (+ Content-Range: bytes */size)
+    ├── UnknownType             unknown_type 400
+    ├── Unauthorized            unauthorized 401
+    ├── Forbidden               forbidden    403
+    ├── NotFound                not_found    404
+    ├── Conflict                conflict     409
+    ├── TooLarge                too_large    413
+    │   ├── UriTooLong          too_large    414  (front door; connection closed)
+    │   └── HeadersTooLarge     too_large    431  (front door; connection closed)
+    ├── RateLimited             rate_limited 429  (+ Retry-After, retry_after_ms)
+    ├── Unavailable             unavailable  503
+    └── Internal                internal     500
 
-Raised by the protocol parser, the directory, actors and REST handlers; turned
-into `error` frames by the WebSocket session and into JSON bodies by the ASGI app.
+The codes are PROTOCOL.md's closed list, so the finer HTTP statuses share the
+code of their parent. Raised by the protocol parser, the directory, actors and
+REST handlers; turned into `error` frames by the WebSocket session and into JSON
+bodies by `error_body` (the ASGI app, the front door, the WebSocket handshake).
+The HTTP headers an error carries are added in one place, `edge.asgi.error_headers`.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 
 class MessageAIError(Exception):
@@ -32,6 +43,31 @@ class MessageAIError(Exception):
 
 class BadRequest(MessageAIError):
     code, status = "bad_request", 400
+
+
+class MethodNotAllowed(BadRequest):
+    status = 405
+
+    def __init__(self, allowed: list[str]) -> None:
+        super().__init__(f"method not allowed; use {', '.join(allowed)}")
+        self.allowed = allowed
+
+
+class RequestTimeout(BadRequest):
+    status = 408
+
+
+class UnsupportedMediaType(BadRequest):
+    status = 415
+
+
+class RangeNotSatisfiable(BadRequest):
+    status = 416
+
+    def __init__(self, message: str, size: int) -> None:
+        super().__init__(message)
+        # The file's size, for `Content-Range: bytes */size`.
+        self.size = size
 
 
 class UnknownType(MessageAIError):
@@ -56,6 +92,14 @@ class Conflict(MessageAIError):
 
 class TooLarge(MessageAIError):
     code, status = "too_large", 413
+
+
+class UriTooLong(TooLarge):
+    status = 414
+
+
+class HeadersTooLarge(TooLarge):
+    status = 431
 
 
 class RateLimited(MessageAIError):
@@ -84,11 +128,25 @@ class Internal(MessageAIError):
     code, status = "internal", 500
 
 
+def error_fields(exc: MessageAIError) -> dict[str, Any]:
+    """`code`, `message` and, for RateLimited, `retry_after_ms`: the fields a REST
+    error object and a WebSocket `error` frame share."""
+    fields: dict[str, Any] = {"code": exc.code, "message": exc.message}
+    if isinstance(exc, RateLimited):
+        # The extension field of PROTOCOL.md, the same on both doors.
+        fields["retry_after_ms"] = exc.retry_after_ms
+    return fields
+
+
+def error_body(exc: MessageAIError) -> dict[str, Any]:
+    """The REST error body of PROTOCOL.md: `{"error": {"code", "message", ...}}`."""
+    return {"error": error_fields(exc)}
+
+
 # WebSocket close codes (RFC 6455 and PROTOCOL.md "Flow control").
 CLOSE_NORMAL = 1000
 CLOSE_GOING_AWAY = 1001
 CLOSE_UNSUPPORTED_DATA = 1003
 CLOSE_POLICY = 1008
 CLOSE_TOO_BIG = 1009
-CLOSE_INTERNAL = 1011
 CLOSE_TRY_AGAIN_LATER = 1013

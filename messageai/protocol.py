@@ -8,9 +8,8 @@ recipients).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, TypeVar
 
 import attrs
 import cattrs
@@ -19,13 +18,18 @@ from cattrs.gen import make_dict_unstructure_fn, override
 
 from messageai.errors import BadRequest, TooLarge, UnknownType
 from messageai.model import Conversation, Message
+from messageai.strict import JSON, json_name, scalar_hook, string_list
 
 MAX_ID_CHARS = 128
 MAX_SEQ = 2**63 - 1
 HISTORY_DEFAULT_LIMIT = 50
 HISTORY_MAX_LIMIT = 200
+# The default of `limits.max_body_chars` (config.py), and the longest body the client
+# SDK queues: one number, so a client never queues what a default server refuses.
+DEFAULT_MAX_BODY_CHARS = 16000
 
 Req: TypeAlias = str | int | None
+T = TypeVar("T")
 
 
 # ---------------------------------------------------------------- client frames
@@ -92,40 +96,12 @@ CLIENT_FRAMES: dict[str, type[ClientFrame]] = {
 # ---------------------------------------------------------------- the converter
 
 
-def _strict(expected: type) -> Any:
-    def hook(value: Any, _type: Any) -> Any:
-        # JSON has real types; "5" is not 5 and true is not 1.
-        if type(value) is not expected:
-            raise TypeError(f"expected {_JSON_NAMES[expected]}, got {_json_name(value)}")
-        return value
-
-    return hook
-
-
-_JSON_NAMES = {str: "string", int: "integer", bool: "boolean", float: "number", list: "array"}
-
-
-def _json_name(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, dict):
-        return "object"
-    return _JSON_NAMES.get(type(value), type(value).__name__)
-
-
-def _str_list(value: Any, _type: Any) -> list[str]:
-    if type(value) is not list:
-        raise TypeError(f"expected array, got {_json_name(value)}")
-    for item in value:
-        if type(item) is not str:
-            raise TypeError(f"expected array of strings, found {_json_name(item)}")
-    return value
-
-
 converter = cattrs.Converter()
 for _t in (str, int, bool):
-    converter.register_structure_hook(_t, _strict(_t))
-converter.register_structure_hook_func(lambda t: t == list[str], _str_list)
+    converter.register_structure_hook(_t, scalar_hook(_t, JSON))
+converter.register_structure_hook_func(
+    lambda t: t == list[str], lambda value, _type: string_list(value, JSON)
+)
 
 
 def _format(exc: BaseException, type_: Any) -> str:
@@ -178,7 +154,7 @@ def parse_client_frame(text: str | bytes) -> tuple[Req, ClientFrame]:
     except orjson.JSONDecodeError as exc:
         raise BadRequest(f"frame is not valid JSON: {exc}") from None
     if type(obj) is not dict:
-        raise BadRequest(f"frame must be a JSON object, got {_json_name(obj)}")
+        raise BadRequest(f"frame must be a JSON object, got {json_name(obj)}")
     return frame_from_object(obj)
 
 
@@ -220,6 +196,18 @@ def _check_ranges(frame: ClientFrame) -> None:
             raise BadRequest("limit: must be at least 1")
     elif isinstance(frame, MarkRead):
         _check_seq("seq", frame.seq)
+
+
+def structure_record(obj: object, cls: type[T]) -> T:
+    """Validate a decoded JSON object as the record `cls` (a `model` class) with the
+    wire's strict types, or raise ValueError naming the field. Extra keys are allowed
+    (a newer server may add some). Called by the client SDK on what the server sends."""
+    if type(obj) is not dict:
+        raise ValueError(f"expected object, got {json_name(obj)}")
+    try:
+        return converter.structure(obj, cls)
+    except (cattrs.BaseValidationError, TypeError, ValueError) as exc:
+        raise ValueError(_describe(exc)) from None
 
 
 def check_message_content(
@@ -320,6 +308,8 @@ class ConversationAdded:
 class Error:
     code: str
     message: str
+    # Extension, `rate_limited` only: when a retry will succeed. Left out when None.
+    retry_after_ms: int | None = None
     req: Req = None
 
 
@@ -356,9 +346,13 @@ SERVER_FRAMES: dict[type, str] = {
 
 
 def _register_server_frame(cls: type, tag: str) -> None:
-    """Unstructure `cls` with `"type": tag` first, leaving out `req` when it is None."""
+    """Unstructure `cls` with `"type": tag` first, leaving out `req` (and `error`'s
+    `retry_after_ms`) when it is None."""
     fn: Callable[[Any], dict[str, Any]] = make_dict_unstructure_fn(
-        cls, converter, req=override(omit_if_default=True)
+        cls,
+        converter,
+        req=override(omit_if_default=True),
+        retry_after_ms=override(omit_if_default=True),
     )
 
     def unstructure(frame: Any) -> dict[str, Any]:
@@ -419,7 +413,3 @@ def encode(frame: ServerFrame) -> str:
 def dumps(value: Any) -> bytes:
     """JSON bytes for REST bodies (attrs objects unstructured by the same converter)."""
     return orjson.dumps(converter.unstructure(value))
-
-
-def is_finite_number(value: Any) -> bool:
-    return isinstance(value, int) or (isinstance(value, float) and math.isfinite(value))

@@ -2,9 +2,9 @@
 
 `Server.run` is a Trio service (`await nursery.start(server.run)` gives the bound
 port, so tests use 127.0.0.1:0). Nurseries, from the outside in: the actor
-nursery (owned by the registry; outlives every connection; the media cleanup task
-and the push task run there too), then the connection nursery (one task per TCP
-connection). `shutdown()` stops accepting, closes
+nursery (owned by the registry; outlives every connection; the directory's
+housekeeping, the media cleanup task and the push task run there too), then the
+connection nursery (one task per TCP connection). `shutdown()` stops accepting, closes
 WebSockets with 1001, gives connections `shutdown_timeout_seconds`, then cancels
 the actors, which let a commit already in its worker thread finish and close
 their databases.
@@ -19,21 +19,31 @@ import orjson
 import trio
 import trio_websocket
 
+from messageai import rest
 from messageai.config import Config
+from messageai.conversations.commands import Summary
 from messageai.conversations.registry import Registry
 from messageai.edge.asgi import App, Router
 from messageai.edge.frontdoor import FrontDoor, ReplayStream
-from messageai.errors import CLOSE_POLICY, MessageAIError
-from messageai.identity.authenticator import Authenticator, make_authenticator
+from messageai.edge.wsframes import request_host, wrap_server_stream
+from messageai.errors import (
+    CLOSE_GOING_AWAY,
+    CLOSE_POLICY,
+    Forbidden,
+    MessageAIError,
+    RateLimited,
+    Unauthorized,
+)
+from messageai.identity.authenticator import Authenticator, bearer_token, make_authenticator
+from messageai.live.echo import EchoSession
 from messageai.live.guard import Guard
 from messageai.live.presence import Presence
 from messageai.live.session import Session
 from messageai.model import User
-from messageai.rest import Rest
-from messageai.rest.clerk_webhooks import ClerkWebhooks
 from messageai.services.directory import Directory
 from messageai.services.media import Media
 from messageai.services.push import Push
+from messageai.sqlite import apply_best_practice
 
 log = logging.getLogger(__name__)
 
@@ -42,12 +52,16 @@ WS_INBOUND_QUEUE = 4
 
 
 class Server:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, *, echo_websockets: bool = False) -> None:
+        """`echo_websockets` is for tests only (Autobahn|Testsuite): every WebSocket,
+        once through the same handshake, is an `EchoSession` on the same writer and
+        limits instead of the chat protocol. No config key turns it on."""
         self.config = config
         self.port: int | None = None
         self._stop = trio.Event()
-        self._sessions: set[Session] = set()
+        self._echo = echo_websockets
         self.directory: Directory | None = None
+        self.presence: Presence | None = None
         self.registry: Registry | None = None
         self.authenticator: Authenticator | None = None
         self.media: Media | None = None
@@ -61,7 +75,7 @@ class Server:
     def close_user_sessions(self, user_id: str, reason: str = "account deleted") -> int:
         """Close every open WebSocket of `user_id` with 1008 (policy violation), without
         waiting; returns how many. Called when Clerk reports the user deleted."""
-        closing = [session for session in self._sessions if session.user_id == user_id]
+        closing = self.presence.peers_of(user_id) if self.presence is not None else []
         for session in closing:
             session.close(CLOSE_POLICY, reason)
         return len(closing)
@@ -73,16 +87,27 @@ class Server:
         return f"http://{shown}:{self.port}"
 
     async def run(self, *, task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED) -> None:
+        apply_best_practice()  # before the first database is opened
         config = self.config
         directory = Directory(config)
         self.directory = directory
-        presence = Presence(directory)
+        # The registry is made in the actor nursery below, and presence only asks it
+        # once a session exists, which is after that.
+        presence = Presence(directory, lambda ids: registry.subscribers_of(ids))
+        self.presence = presence
         authenticator = make_authenticator(config, directory)
         self.authenticator = authenticator
         try:
             async with trio.open_nursery() as actor_nursery:
                 media = Media(config, directory)
-                push = Push(config, directory, presence)
+
+                async def unread(conversation_id: str, user_id: str) -> int:
+                    # Push's badges: the actor's own count, as the conversation list
+                    # shows it. (`registry` is made just below; it needs `push.notify`.)
+                    summary = await registry.call(conversation_id, user_id, Summary())
+                    return summary.unread_count
+
+                push = Push(config, directory, presence, unread)
                 self.media, self.push = media, push
                 registry = Registry(
                     config,
@@ -93,22 +118,34 @@ class Server:
                     notify=push.notify if push.enabled else None,
                 )
                 # Background services run beside the actors and end with them at shutdown.
+                await actor_nursery.start(directory.run)
                 await actor_nursery.start(media.run)
                 if push.enabled:
                     await actor_nursery.start(push.run)
-                presence.registry = registry
                 self.registry = registry
                 router = Router()
-                Rest(
-                    config, directory, registry, presence, media=media, push=push, guard=self.guard
-                ).routes(router)
-                if config.auth.mode == "clerk" and config.clerk.webhook_secret:
-                    ClerkWebhooks(config.clerk, directory, self.close_user_sessions).routes(router)
+                rest.mount(
+                    router,
+                    config,
+                    directory,
+                    registry,
+                    presence,
+                    media,
+                    push,
+                    self.guard,
+                    self.close_user_sessions,
+                )
                 front = FrontDoor(
-                    App(router, config.server.max_request_body_bytes, authenticator.authenticate),
+                    App(
+                        router,
+                        config.server.max_request_body_bytes,
+                        authenticator.authenticate,
+                        body_timeout_seconds=config.server.body_timeout_seconds,
+                        min_body_bytes_per_second=config.server.min_body_bytes_per_second,
+                    ),
                     lambda stream: self._websocket(stream, directory, registry, presence),
                     handshake_timeout=config.server.handshake_timeout_seconds,
-                    max_request_body_bytes=config.server.max_request_body_bytes,
+                    keep_alive_timeout=config.server.keep_alive_timeout_seconds,
                 )
                 async with trio.open_nursery() as connections:
                     listeners = await trio.open_tcp_listeners(
@@ -130,9 +167,9 @@ class Server:
                     accept_scope.cancel()
                     for listener in listeners:
                         await listener.aclose()
-                    for session in list(self._sessions):
-                        session.shutdown()
-                    await front.context.terminated.set()
+                    for session in presence.everyone():
+                        session.close(CLOSE_GOING_AWAY, "server shutting down")
+                    await front.shutdown()
                     connections.cancel_scope.deadline = (
                         trio.current_time() + config.server.shutdown_timeout_seconds
                     )
@@ -147,82 +184,108 @@ class Server:
     async def _websocket(
         self, stream: ReplayStream, directory: Directory, registry: Registry, presence: Presence
     ) -> None:
+        """Serve one upgraded connection to its end: the handshake, then the session.
+        The stream is closed however it ends; the guard's count for the user is taken
+        only on accept and given back after the session, whatever raised."""
+        async with trio.open_nursery() as nursery:
+            try:
+                accepted = await self._handshake(nursery, stream)
+                if accepted is None:
+                    return
+                ws, user = accepted
+                try:
+                    await self._serve_session(ws, stream, user, registry, presence)
+                finally:
+                    self.guard.disconnect(user.id)
+            finally:
+                nursery.cancel_scope.cancel()
+                await trio.aclose_forcefully(stream)
+
+    async def _handshake(
+        self, nursery: trio.Nursery, stream: ReplayStream
+    ) -> tuple[trio_websocket.WebSocketConnection, User] | None:
+        """Origin, token, connection cap, accept. Returns the open WebSocket and its user,
+        counted by the guard (the caller gives the count back), or None after refusing
+        (403, 401, 429, or the peer gone), with nothing counted. The front door bounds
+        how long the request head may take; the reader task runs in `nursery`."""
         config = self.config
         authenticator = self.authenticator
         assert authenticator is not None
         counted: str | None = None  # the user the guard counts this connection for
-        async with trio.open_nursery() as nursery:
+        accepted = False
+        try:
+            request = await wrap_server_stream(
+                nursery,
+                stream,
+                message_queue_size=WS_INBOUND_QUEUE,
+                max_message_bytes=config.limits.max_frame_bytes,
+            )
+            # Origin first: a page on a foreign site learns nothing, not even 401.
+            if not self.guard.origin_allowed(request.headers, request_host(request)):
+                await _reject(request, Forbidden("this Origin is not allowed"))
+                return None
             try:
-                request = await trio_websocket.wrap_server_stream(
-                    nursery,
-                    stream,
-                    message_queue_size=WS_INBOUND_QUEUE,
-                    max_message_size=config.limits.max_frame_bytes,
-                )
-                # Origin first: a page on a foreign site learns nothing, not even 401.
-                # (wsproto keeps Host out of the headers trio-websocket shows.)
-                host = request._event.host
-                if not self.guard.origin_allowed(request.headers, host):
-                    await _reject(request, 403, "forbidden", "this Origin is not allowed")
-                    return
-                try:
-                    user = await _authenticate(request, authenticator)
-                except MessageAIError as exc:
-                    await _reject(request, exc.status, exc.code, exc.message)
-                    return
-                if user is None:
-                    await _reject(request, 401, "unauthorized", "a valid token is required")
-                    return
-                if not self.guard.connect(user.id):
-                    limit = config.limits.max_connections_per_user
-                    await _reject(
-                        request, 429, "rate_limited", f"at most {limit} connections per user"
-                    )
-                    return
-                counted = user.id
-                ws = await request.accept()
-            except (
-                trio_websocket.ConnectionClosed,
-                trio.BrokenResourceError,
-                trio.ClosedResourceError,
-            ):
-                return
-            finally:
-                if "ws" not in locals():
-                    if counted is not None:
-                        self.guard.disconnect(counted)
-                    nursery.cancel_scope.cancel()
-                    await trio.aclose_forcefully(stream)
-            session = Session(ws, stream, user.id, config, registry, presence, self.guard)
-            self._sessions.add(session)
-            if not authenticator.is_active(user.id):
-                # Deleted while the handshake was finishing: close_user_sessions missed it.
-                session.close(CLOSE_POLICY, "account deleted")
-            try:
-                await session.run()
-            finally:
-                self.guard.disconnect(user.id)
-                self._sessions.discard(session)
-                nursery.cancel_scope.cancel()
-                await trio.aclose_forcefully(stream)
+                user = await _authenticate(request, authenticator)
+            except MessageAIError as exc:
+                await _reject(request, exc)
+                return None
+            if user is None:
+                await _reject(request, Unauthorized("a valid token is required"))
+                return None
+            if not self.guard.connect(user.id):
+                limit = config.limits.max_connections_per_user
+                await _reject(request, RateLimited(f"at most {limit} connections per user"))
+                return None
+            counted = user.id
+            ws = await request.accept()
+            accepted = True
+            return ws, user
+        except (
+            trio_websocket.ConnectionClosed,
+            trio.BrokenResourceError,
+            trio.ClosedResourceError,
+        ):
+            return None
+        finally:
+            # Also on cancellation or a bug between connect and accept.
+            if counted is not None and not accepted:
+                self.guard.disconnect(counted)
+
+    async def _serve_session(
+        self,
+        ws: trio_websocket.WebSocketConnection,
+        stream: ReplayStream,
+        user: User,
+        registry: Registry,
+        presence: Presence,
+    ) -> None:
+        assert self.authenticator is not None
+        kind = EchoSession if self._echo else Session
+        session = kind(ws, stream, user.id, self.config, registry, presence, self.guard)
+        if not self.authenticator.is_active(user.id):
+            # Deleted while the handshake was finishing: close_user_sessions missed it.
+            session.close(CLOSE_POLICY, "account deleted")
+        await session.run()
 
 
-async def _reject(
-    request: trio_websocket.WebSocketRequest, status: int, code: str, message: str
-) -> None:
-    body = orjson.dumps({"error": {"code": code, "message": message}})
-    await request.reject(status, extra_headers=[(b"content-type", b"application/json")], body=body)
+async def _reject(request: trio_websocket.WebSocketRequest, exc: MessageAIError) -> None:
+    """Refuse the handshake with `exc`'s status and the REST error body."""
+    body = orjson.dumps({"error": {"code": exc.code, "message": exc.message}})
+    await request.reject(
+        exc.status, extra_headers=[(b"content-type", b"application/json")], body=body
+    )
 
 
 async def _authenticate(
     request: trio_websocket.WebSocketRequest, authenticator: Authenticator
 ) -> User | None:
-    token = None
+    # The last Authorization header counts, as in REST; browsers cannot set headers on
+    # a WebSocket, so `?access_token=` is the fallback.
+    header = None
     for name, value in request.headers:
         if name.lower() == b"authorization":
-            scheme, _, rest = value.decode("latin-1").partition(" ")
-            if scheme.lower() == "bearer":
-                token = rest.strip()
+            header = value.decode("latin-1")
+    token = bearer_token(header)
     if token is None:
         query = parse_qs(urlsplit(request.path).query)
         values = query.get("access_token")

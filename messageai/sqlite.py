@@ -1,24 +1,49 @@
 """Opening APSW connections the one way MessageAI uses them, and schema migrations.
 
-Called by the directory service and by conversation actors when they open their files.
+`apply_best_practice` is called at start-up by `cli.main`, `Server.run` and
+`client.Client.open`/`login`; `open_db` by the directory service, conversation
+actors, push, the client store and the bench when they open their files.
 """
 
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import apsw
 import apsw.bestpractice
 
-apsw.bestpractice.apply(apsw.bestpractice.recommended)
-
 Migration = Callable[[apsw.Connection], None]
+
+_best_practice_lock = threading.Lock()
+_best_practice_applied = False
+
+
+def apply_best_practice() -> None:
+    """Install `apsw.bestpractice.recommended` for the whole process: every connection
+    opened after it gets WAL, a busy timeout, foreign keys, no double-quoted string
+    literals, `PRAGMA optimize` and recursive triggers; SQLite's log goes to `logging`.
+
+    Idempotent (apsw's own `apply` would add its hook again on each call). Called at
+    start-up so the process-wide change is visible where the process begins, and by
+    `open_db`, so that a caller who forgets cannot get a connection without them.
+    """
+    global _best_practice_applied
+    with _best_practice_lock:
+        if not _best_practice_applied:
+            apsw.bestpractice.apply(apsw.bestpractice.recommended)
+            _best_practice_applied = True
 
 
 def open_db(path: Path, synchronous: str, *, create: bool = True) -> apsw.Connection:
-    """Open (or create) a database in WAL mode with the given `synchronous` level."""
+    """Open (or create) a database with the given `synchronous` level.
+
+    WAL mode and the other connection settings come from `apply_best_practice`'s
+    connection hook, which this makes sure is installed before it connects.
+    """
+    apply_best_practice()
     flags = apsw.SQLITE_OPEN_READWRITE | (apsw.SQLITE_OPEN_CREATE if create else 0)
     conn = apsw.Connection(str(path), flags=flags)
     conn.execute(f"PRAGMA synchronous = {synchronous}")

@@ -1,22 +1,43 @@
-"""Long-lived worker threads for the conversation actors' blocking storage work.
+"""Where blocking work runs: the one module that decides inline or thread, measured.
 
-The registry owns one pool (`storage.commit_threads` threads); actors run every
-database open and every commit through it. Lifecycle: the threads start at the
-first job and then wait on one `queue.SimpleQueue` until `close()`, which the
-server calls once its actors' nursery has exited (no job can be running then).
-They are daemon threads only as a safety net against a forgotten `close()`.
+The policy (measured on the 2-core VM; see README, "Performance"):
+
+- **Short indexed reads run inline on the event loop**: directory lookups, a
+  conversation's summary, history pages. A page of 200 messages read in a worker
+  thread was worse than inline (p99 29-30 vs 20-24 ms; 2,053 vs 1,389-1,623 µs a
+  page): building objects and encoding hold the GIL either way, and the hop is added.
+  Callers just call the `store/` function; nothing here wraps them.
+- **Commits run on a `WorkerPool`** of long-lived threads: a round trip costs
+  80-120 µs of CPU against 150-178 µs for `trio.to_thread.run_sync` (20,000 calls).
+  The registry owns the actors' pool (`storage.commit_threads` threads: every
+  conversation open and commit); the directory owns a pool of one thread, which
+  also serialises its writes.
+- **Other blocking work runs through `blocking()`**: file I/O and fsync (media),
+  gzip of push requests, anything else that would hold the loop for more than a
+  millisecond. It uses `trio.to_thread.run_sync` (rarer, longer calls: its ~180 µs
+  hop does not matter) under one limiter of `BLOCKING_THREADS`. Password hashes go
+  through `hashing()`, a smaller limiter (`HASHING_THREADS`): each holds ~16 MiB
+  for ~50 ms. (gzip of 100 notifications of 4 KiB, 400 KB of JSON: ~28 ms at
+  level 9, ~6 ms at level 1, 15 ms at level 1 for random text; zlib releases the
+  GIL, so in a thread the loop only pays the hop.)
+
+WorkerPool lifecycle: the threads start at the first job and then wait on one
+`queue.SimpleQueue` until `close()`, which the owner calls once no job can be
+running (the server: after its actors' nursery has exited). They are daemon
+threads only as a safety net against a forgotten `close()`.
 
 A job costs one queue put (one thread wake-up) and one `TrioToken.run_sync_soon`
 (one loop wake-up) that reschedules the waiting task with the job's outcome;
 none of `trio.to_thread.run_sync`'s per-call limiter, context copy and thread
-renaming (measured on the 2-core VM: see README, "Performance").
+renaming.
 
 Cancellation: a job still in the queue is withdrawn and never runs (the caller
 gets `trio.Cancelled`). A job that a thread has started is never abandoned: the
 caller keeps waiting until it returns, gets its result or its exception, and
 sees the cancellation at its next checkpoint (like `trio.to_thread.run_sync`
-without `abandon_on_cancel`). So a transaction in flight always ends before its
-connection is touched again from the loop, even at shutdown.
+without `abandon_on_cancel`, which is also what `blocking()` does). So a
+transaction in flight always ends before its connection is touched again from
+the loop, even at shutdown.
 """
 
 from __future__ import annotations
@@ -25,12 +46,68 @@ import contextlib
 import queue
 import threading
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 import outcome
 import trio
 
 T = TypeVar("T")
+P = ParamSpec("P")
+
+# Threads for `blocking()` at once: file I/O and fsyncs overlap with each other and
+# with the loop; more would only queue on the same two cores and disk.
+BLOCKING_THREADS = 4
+# Password hashes at once: each takes ~16 MiB and ~50 ms, so two bound both.
+HASHING_THREADS = 2
+
+# Per Trio run (tests start many runs in one process; a limiter belongs to one).
+_blocking_limiter: trio.lowlevel.RunVar[trio.CapacityLimiter] = trio.lowlevel.RunVar(
+    "messageai blocking limiter"
+)
+_hashing_limiter: trio.lowlevel.RunVar[trio.CapacityLimiter] = trio.lowlevel.RunVar(
+    "messageai hashing limiter"
+)
+
+
+def _limiter(var: trio.lowlevel.RunVar[trio.CapacityLimiter], size: int) -> trio.CapacityLimiter:
+    try:
+        return var.get()
+    except LookupError:
+        limiter = trio.CapacityLimiter(size)
+        var.set(limiter)
+        return limiter
+
+
+async def blocking(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    """Run `fn(*args, **kwargs)` in a Trio worker thread, at most BLOCKING_THREADS at a
+    time: file I/O, fsync and other long blocking calls that are not a commit.
+    Cancellation while waiting for a thread withdraws the call; a started call is
+    waited for (never abandoned)."""
+    limiter = _limiter(_blocking_limiter, BLOCKING_THREADS)
+    return await trio.to_thread.run_sync(lambda: fn(*args, **kwargs), limiter=limiter)
+
+
+async def hashing(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    """Like `blocking`, for password hashing: at most HASHING_THREADS at a time."""
+    return await hashing_admitted(_admit_all, fn, *args, **kwargs)
+
+
+async def hashing_admitted(
+    admit: Callable[[], None], fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs
+) -> T:
+    """`hashing`, calling `admit()` on the loop once a hashing turn is free, right
+    before the thread starts; `admit` may raise to withdraw the call. The login
+    throttle checks there, so attempts that queued behind the failures that caused
+    a lockout cannot slip past it."""
+    async with _limiter(_hashing_limiter, HASHING_THREADS):
+        admit()
+        # The turn is held above; Trio's default limiter (40 threads) never binds here.
+        return await trio.to_thread.run_sync(lambda: fn(*args, **kwargs))
+
+
+def _admit_all() -> None:
+    pass
+
 
 _QUEUED, _RUNNING, _WITHDRAWN = 0, 1, 2
 

@@ -29,6 +29,7 @@ class Recorded:
     path: str
     headers: dict[str, str]
     body: Any
+    at: float = 0.0  # trio.current_time() when it arrived
 
 
 class FakeExpo:
@@ -38,6 +39,7 @@ class FakeExpo:
         self.dead_on_receipt: set[str] = set()
         self.fail_next: list[int] = []
         self.stall = False
+        self.retry_after: str | None = None  # sent with the statuses of `fail_next`
         self.tickets: dict[str, str] = {}
         self.url = ""
         self._changed = trio.Event()
@@ -80,13 +82,15 @@ class FakeExpo:
         headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
         if headers.get("content-encoding") == "gzip":
             body = gzip.decompress(body)
-        self._record(Recorded(scope["path"], headers, orjson.loads(body)))
+        self._record(Recorded(scope["path"], headers, orjson.loads(body), trio.current_time()))
         if self.stall:
             await trio.sleep_forever()
         if self.fail_next:
             status = self.fail_next.pop(0)
             code = "TOO_MANY_REQUESTS" if status == 429 else "INTERNAL_SERVER_ERROR"
-            await _respond(send, status, {"errors": [{"code": code, "message": "try later"}]})
+            extra = [(b"retry-after", self.retry_after.encode())] if self.retry_after else []
+            errors = {"errors": [{"code": code, "message": "try later"}]}
+            await _respond(send, status, errors, extra)
             return
         request = self.requests[-1]
         if scope["path"].endswith("/send"):
@@ -120,7 +124,9 @@ def _not_registered(token: str | None) -> dict[str, Any]:
     }
 
 
-async def _respond(send: Any, status: int, body: Any) -> None:
+async def _respond(
+    send: Any, status: int, body: Any, extra: list[tuple[bytes, bytes]] | None = None
+) -> None:
     data = orjson.dumps(body)
     await send(
         {
@@ -129,6 +135,7 @@ async def _respond(send: Any, status: int, body: Any) -> None:
             "headers": [
                 (b"content-type", b"application/json"),
                 (b"content-length", b"%d" % len(data)),
+                *(extra or []),
             ],
         }
     )

@@ -39,3 +39,25 @@ def test_message_fields_are_all_encoded() -> None:
     # A new Message field must be added to protocol._message_dict as well.
     names = [a.name for a in attrs.fields(Message)]
     assert list(orjson.loads(encode(NewMessage(_message())))["message"]) == names
+
+
+def test_rate_limited_error_frame_is_byte_identical_to_the_old_hand_built_one() -> None:
+    from messageai.protocol import Error
+
+    message = "too many messages: retry later"
+    # What live/guard.rate_limited_frame wrote before the Error frame carried the field.
+    assert (
+        encode(Error(code="rate_limited", message=message, retry_after_ms=1234, req=7))
+        == '{"type":"error","code":"rate_limited","message":"too many messages: retry later",'
+        '"retry_after_ms":1234,"req":7}'
+    )
+    assert (
+        encode(Error(code="rate_limited", message=message, retry_after_ms=1))
+        == '{"type":"error","code":"rate_limited","message":"too many messages: retry later",'
+        '"retry_after_ms":1}'
+    )
+    # Other errors do not grow the field.
+    assert (
+        encode(Error(code="bad_request", message="x", req="a"))
+        == '{"type":"error","code":"bad_request","message":"x","req":"a"}'
+    )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 import tracemalloc
 import uuid
 from collections.abc import AsyncIterator
@@ -18,6 +19,8 @@ from typing import Any
 import pytest
 import trio
 
+from messageai.services.media import ByteRange, blob_path, parse_range
+from messageai.threads import BLOCKING_THREADS, blocking
 from tests.helpers import Account, Harness, assert_error, harness, make_config
 
 PNG = b"\x89PNG\r\n\x1a\n" + os.urandom(3000)
@@ -49,7 +52,8 @@ async def send(
 
 
 def stored(h: Harness) -> tuple[int, list[str]]:
-    """(media records, files under media/ other than the tmp dir, tmp files)."""
+    """(media records, files under media/ other than the tmp dir); asserts that no
+    temporary file is left in media/tmp."""
     assert h.server.directory is not None
     count = h.server.directory.read(lambda conn: conn.execute("SELECT count(*) FROM media").get)
     root = h.server.config.data_dir / "media"
@@ -270,6 +274,30 @@ async def test_quota_counts_every_upload_and_refuses_past_it(tmp_path: Path) -> 
             await upload(h, bob, PNG)
 
 
+async def test_concurrent_uploads_cannot_pass_the_quota_together(tmp_path: Path) -> None:
+    config = make_config(tmp_path / "data", media={"quota_bytes": 10_000})
+    with trio.fail_after(30):
+        async with harness(config) as h:
+            ada = await h.account("ada")
+            statuses: list[int] = []
+
+            async def one(i: int) -> None:
+                r = await h.http.post(
+                    "/v1/media",
+                    content=PNG + bytes([i]),
+                    headers={**h.auth(ada), "Content-Type": "image/png"},
+                )
+                statuses.append(r.status_code)
+
+            async with trio.open_nursery() as nursery:
+                for i in range(6):
+                    nursery.start_soon(one, i)
+            # Three of 3,009 bytes fit in 10,000; the refused ones left no file behind.
+            assert sorted(statuses) == [201] * 3 + [413] * 3
+            count, files = stored(h)
+            assert count == 3 and len(files) == 3
+
+
 # ---------------------------------------------------------------- access on the reference
 
 
@@ -369,6 +397,50 @@ async def test_a_member_may_forward_media_shared_with_them(h: Harness) -> None:
 # ---------------------------------------------------------------- ranges
 
 
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        # Served: one satisfiable range.
+        ("bytes=0-", ByteRange(0, 99)),
+        ("bytes=0-0", ByteRange(0, 0)),
+        ("bytes=10-19", ByteRange(10, 19)),
+        ("bytes=99-", ByteRange(99, 99)),
+        ("bytes=-5", ByteRange(95, 99)),
+        ("bytes=-100", ByteRange(0, 99)),
+        ("bytes=-500", ByteRange(0, 99)),  # a suffix longer than the file: all of it
+        ("bytes=90-500", ByteRange(90, 99)),  # an end past the file is cut to it
+        (" bytes = 1 - 2 ", ByteRange(1, 2)),
+        # Unsatisfiable (416).
+        ("bytes=100-", False),
+        ("bytes=100-200", False),
+        ("bytes=-0", False),
+        ("bytes=" + "9" * 20 + "-", False),
+        # Not one we serve: the whole file (200), as RFC 9110 allows.
+        (None, None),
+        ("", None),
+        ("bytes=0-1,5-6", None),  # several ranges
+        ("bytes=5-2", None),  # last before first: invalid, ignored
+        ("bytes=-", None),
+        ("bytes=", None),
+        ("items=0-5", None),
+        ("bytes=a-b", None),
+        ("bytes=1.5-2", None),
+        ("bytes=0x10-", None),
+        ("bytes=²-", None),
+        ("bytes=٣-", None),  # a digit to int(), not to HTTP
+        ("garbage", None),
+    ],
+)
+def test_parse_range_edge_cases(header: str | None, expected: ByteRange | bool | None) -> None:
+    assert parse_range(header, 100) == expected
+
+
+def test_parse_range_of_an_empty_file_is_never_satisfiable() -> None:
+    assert parse_range("bytes=0-", 0) is False
+    assert parse_range("bytes=-1", 0) is False
+    assert parse_range(None, 0) is None
+
+
 async def test_range_requests_for_audio_and_video(h: Harness) -> None:
     ada = await h.account("ada")
     video = await upload(h, ada, MP4, "video/mp4")
@@ -449,3 +521,58 @@ async def test_a_reference_lost_before_the_ack_is_recorded_again_by_the_resend(
     r = await h.http.post(f"/v1/conversations/{cid}/messages", json=body, headers=h.auth(ada))
     assert r.status_code == 200 and r.json()["seq"] == 1
     assert (await h.http.get(url, headers=h.auth(bob))).content == PNG
+
+
+async def test_a_registration_completes_while_a_sweep_is_in_its_file_step(tmp_path: Path) -> None:
+    """The sweep holds the media lock from its directory transaction through its file
+    step. Here the file step cannot start for real: every thread `threads.blocking`
+    may use is busy (held by the test on a threading.Event; no OS call is faked).
+    Registrations and logins must not wait for it: they need only the directory."""
+    config = make_config(
+        tmp_path / "data",
+        media={"unreferenced_ttl_seconds": 0.01, "cleanup_interval_seconds": 3600.0},
+    )
+    with trio.fail_after(30):
+        async with harness(config) as h, trio.open_nursery() as nursery:
+            media = h.server.media
+            assert media is not None
+            ada = await h.account("ada")
+            sha = (await upload(h, ada, PNG))["sha256"]
+            path = blob_path(media.root, sha)
+            await trio.sleep(0.05)  # past its time, unreferenced
+            release = threading.Event()
+            busy = threading.Semaphore(0)
+
+            def hold() -> None:
+                busy.release()
+                release.wait()
+
+            try:
+                for _ in range(BLOCKING_THREADS):
+                    nursery.start_soon(blocking, hold)
+                for _ in range(BLOCKING_THREADS):
+                    while not busy.acquire(blocking=False):
+                        await trio.sleep(0.01)
+                swept: list[int] = []
+
+                async def sweep() -> None:
+                    swept.append(await media.sweep())
+
+                nursery.start_soon(sweep)
+                # The sweep's directory transaction committed; its unlink is waiting.
+                while stored(h)[0] != 0:
+                    await trio.sleep(0.01)
+                assert media.lock.locked() and path.exists() and swept == []
+                bob = await h.account("bob")
+                r = await h.http.post(
+                    "/v1/auth/login", json={"username": "ada", "password": "password1"}
+                )
+                assert r.status_code == 200
+                assert (await h.http.get("/v1/me", headers=h.auth(bob))).status_code == 200
+                # Still in its file step: the registration did not wait for it.
+                assert media.lock.locked() and path.exists() and swept == []
+            finally:
+                release.set()
+            while not swept:
+                await trio.sleep(0.01)
+            assert swept == [1] and not path.exists() and stored(h) == (0, [])

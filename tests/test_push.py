@@ -8,8 +8,11 @@ for a time to pass) under the absolute deadline each test sets.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import os
+import struct
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +20,12 @@ import orjson
 import pytest
 import trio
 
+from messageai.backoff import parse_retry_after
+from messageai.model import Message
 from messageai.services.push import MAX_PAYLOAD_BYTES, Push, fit_payload
+from messageai.sqlite import migrate, open_db, transaction
+from messageai.store import conversation as conversation_sql
+from messageai.store.paths import conversation_path
 from tests.expo import FakeExpo, fake_expo
 from tests.helpers import Account, Harness, assert_error, harness, make_config
 
@@ -248,6 +256,29 @@ async def test_429_and_5xx_are_retried_with_backoff_until_accepted(tmp_path: Pat
             assert service(h).counters.retries == 2 and service(h).counters.failed == 0
 
 
+async def test_retry_after_is_waited_at_least(tmp_path: Path) -> None:
+    with trio.fail_after(30):
+        async with push_server(tmp_path, retry_base_seconds=0.01) as (h, expo):
+            ada, bob = await h.account("ada"), await h.account("bob")
+            await add_token(h, bob, TOKEN_B)
+            expo.fail_next = [429]
+            expo.retry_after = "1"
+            await post(h, ada, await h.direct(ada, bob), "hello")
+            await wait_until(h, lambda: service(h).counters.sent == 1)
+            first, second = expo.sends()
+            # The backoff alone would have waited at most 0.01 s.
+            assert second.at - first.at >= 1.0
+
+
+@pytest.mark.parametrize(
+    ("header", "seconds"),
+    [("5", 5.0), (" 2 ", 2.0), ("0.5", 0.5), ("0", 0.0), (None, None), ("", None)]
+    + [(bad, None) for bad in ("-1", "soon", "nan", "inf", "Wed, 21 Oct 2015 07:28:00 GMT", "²")],
+)
+def test_retry_after_header_is_read_as_seconds(header: str | None, seconds: float | None) -> None:
+    assert parse_retry_after(header) == seconds
+
+
 async def test_unreachable_endpoint_gives_up_after_retries_and_messages_flow(
     tmp_path: Path,
 ) -> None:
@@ -290,3 +321,134 @@ async def test_a_stalled_push_endpoint_never_delays_an_ack(tmp_path: Path) -> No
             assert len(expo.requests) == 1
             counters = service(h).counters
             assert counters.dropped > 0 and counters.sent == 0
+
+
+# ---------------------------------------------------------------- badges
+
+
+async def unread_in_list(h: Harness, who: Account) -> int:
+    """The sum of `unread_count` over the user's conversation list (GET /v1/conversations)."""
+    r = await h.http.get("/v1/conversations", headers=h.auth(who))
+    assert r.status_code == 200, r.text
+    return sum(c["unread_count"] for c in r.json()["conversations"])
+
+
+def badges_for(expo: FakeExpo, message_id: str) -> list[int]:
+    return [n["badge"] for n in expo.notifications() if n["data"]["message_id"] == message_id]
+
+
+async def test_badge_equals_the_unread_count_of_the_conversation_list(tmp_path: Path) -> None:
+    with trio.fail_after(30):
+        async with push_server(tmp_path) as (h, expo):
+            ada, bob, carol = (
+                await h.account("ada"),
+                await h.account("bob"),
+                await h.account("carol"),
+            )
+            await add_token(h, bob, TOKEN_B)
+            direct = await h.direct(ada, bob)
+            group = await h.group(ada, bob, carol)
+            for i in range(5):
+                await post(h, ada, direct, f"d{i}")
+            await post(h, carol, group, "g0")
+            await post(h, bob, group, "bob's own, not unread")
+            await post(h, carol, group, "g1")
+            # Bob reads the direct conversation up to seq 3 and then goes offline.
+            async with h.ws(bob) as ws:
+                assert (await ws.request("mark_read", conversation_id=direct, seq=3))[
+                    "type"
+                ] == "ok"
+            last = await post(h, ada, group, "the one that is pushed")
+            await expo.wait_for(lambda: bool(badges_for(expo, last["id"])))
+            # 2 in the direct conversation, 3 in the group (not Bob's own).
+            assert badges_for(expo, last["id"]) == [await unread_in_list(h, bob)] == [5]
+
+
+async def test_badge_counts_past_9999_unread_like_the_conversation_list(tmp_path: Path) -> None:
+    """The old badge formula (a capped scan of the conversation file) stopped at 9,999;
+    the conversation list does not. The history is written while no server runs (no
+    actor owns the file then), so the test needs no 10,000 requests."""
+    with trio.fail_after(60):
+        async with fake_expo() as expo:
+            config = make_config(
+                tmp_path / "data", push={"endpoint": expo.endpoint, "retry_base_seconds": 0.01}
+            )
+            async with harness(config) as h:
+                ada, bob = await h.account("ada"), await h.account("bob")
+                await add_token(h, bob, TOKEN_B)
+                cid = await h.direct(ada, bob)
+            conn = open_db(conversation_path(config.data_dir, cid), "NORMAL")
+            try:
+                migrate(conn, conversation_sql.MIGRATIONS)
+                with transaction(conn):
+                    for seq in range(1, 10_001):
+                        conversation_sql.insert_message(
+                            conn,
+                            Message(f"m_{seq}", cid, seq, ada.id, f"k{seq}", "x", [], seq),
+                        )
+            finally:
+                conn.close()
+            async with harness(config) as h:
+                last = await post(h, ada, cid, "and one more")
+                assert last["seq"] == 10_001
+                await expo.wait_for(lambda: bool(badges_for(expo, last["id"])))
+                assert badges_for(expo, last["id"]) == [await unread_in_list(h, bob)] == [10_001]
+
+
+IN_OPEN = 0x20
+
+
+@contextlib.contextmanager
+def watch_opens(paths: list[Path]) -> Iterator[Any]:
+    """Linux inotify on `paths`: yields a function returning how many times any of them
+    was opened (by anyone, any thread) since the watch began."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+    if fd < 0:
+        pytest.skip(f"inotify is not available: errno {ctypes.get_errno()}")
+    try:
+        for path in paths:
+            assert libc.inotify_add_watch(fd, str(path).encode(), IN_OPEN) >= 0, path
+        opened = 0
+
+        def opens() -> int:
+            nonlocal opened
+            while True:
+                try:
+                    data = os.read(fd, 65536)
+                except BlockingIOError:
+                    return opened
+                offset = 0
+                while offset < len(data):
+                    _wd, mask, _cookie, length = struct.unpack_from("iIII", data, offset)
+                    opened += bool(mask & IN_OPEN)
+                    offset += 16 + length
+
+        yield opens
+    finally:
+        os.close(fd)
+
+
+async def test_push_never_opens_a_conversation_file_itself(tmp_path: Path) -> None:
+    """The conversations' actors hold their files open; computing Bob's badge over both
+    conversations must go through them, not open the files again. (Bob gets his token
+    only once the actors are up, so the first badge is computed under the watch:
+    SQLite reuses the descriptor of a second connection it closed while another
+    connection of the process holds the file, so only a first open is an open(2).)"""
+    with trio.fail_after(30):
+        async with push_server(tmp_path) as (h, expo):
+            ada, bob = await h.account("ada"), await h.account("bob")
+            direct = await h.direct(ada, bob)
+            group = await h.group(ada, bob)
+            await post(h, ada, direct, "one")
+            await post(h, ada, group, "two")
+            await add_token(h, bob, TOKEN_B)
+            files = [conversation_path(h.server.config.data_dir, c) for c in (direct, group)]
+            with watch_opens(files) as opens:
+                last = await post(h, ada, group, "three")
+                await expo.wait_for(lambda: bool(badges_for(expo, last["id"])))
+                assert badges_for(expo, last["id"]) == [3]
+                assert opens() == 0
+                # The watch does see opens: this one, by the test itself.
+                files[0].open("rb").close()
+                assert opens() == 1

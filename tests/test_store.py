@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import apsw
 import pytest
 
 from messageai.model import Message
-from messageai.sqlite import migrate, open_db
+from messageai.sqlite import apply_best_practice, migrate, open_db
 from messageai.store import conversation as sql
 
 
@@ -70,3 +71,22 @@ def test_a_database_newer_than_this_server_is_refused(tmp_path: Path) -> None:
     conn.execute(f"PRAGMA user_version = {len(sql.MIGRATIONS) + 1}")
     with pytest.raises(RuntimeError, match="newer"):
         migrate(conn, sql.MIGRATIONS)
+
+
+def test_open_db_gives_wal_foreign_keys_and_a_busy_timeout(tmp_path: Path) -> None:
+    conn = open_db(tmp_path / "c.sqlite3", "NORMAL")
+    try:
+        assert conn.execute("PRAGMA journal_mode").get == "wal"
+        assert conn.execute("PRAGMA foreign_keys").get == 1
+        assert conn.execute("PRAGMA busy_timeout").get > 0
+        assert conn.execute("PRAGMA synchronous").get == 1  # NORMAL
+    finally:
+        conn.close()
+
+
+def test_apply_best_practice_installs_its_hook_once() -> None:
+    apply_best_practice()
+    hooks = len(apsw.connection_hooks)
+    apply_best_practice()
+    apply_best_practice()
+    assert len(apsw.connection_hooks) == hooks

@@ -20,9 +20,8 @@ from messageai.cli.client_args import CLIENT_COMMANDS, add_client_commands
 from messageai.config import Config, ConfigError, load_config, with_overrides
 from messageai.errors import MessageAIError
 from messageai.identity import passwords
-from messageai.model import User, new_id, now_ms
 from messageai.services.directory import open_directory_db
-from messageai.sqlite import transaction
+from messageai.sqlite import apply_best_practice, transaction
 from messageai.store import directory as sql
 
 
@@ -77,6 +76,7 @@ def _load(args: argparse.Namespace) -> Config:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    apply_best_practice()  # every database this process opens: WAL, foreign keys, ...
     if args.command in CLIENT_COMMANDS:
         from messageai.client.commands import run as run_client_command
 
@@ -172,18 +172,18 @@ def _user_add(config: Config, args: argparse.Namespace) -> int:
             f'local accounts are off with auth.mode = "{config.auth.mode}": '
             "users sign up through Clerk"
         )
+    # Checked before asking for the password; create_local_user checks them again.
     name = passwords.check_username(args.name)
-    display_name = passwords.check_display_name(args.display_name, name)
+    passwords.check_display_name(args.display_name, name)
     password = passwords.check_password(_read_password(args))
+    password_hash = passwords.hash_password(password, config.auth.scrypt_n)
     conn = open_directory_db(config.data_dir, config.storage.synchronous)
     try:
-        user = User(id=new_id("u_"), username=name, display_name=display_name, created_at=now_ms())
-        password_hash = passwords.hash_password(password, config.auth.scrypt_n)
         with transaction(conn):
-            created = sql.insert_user(conn, user, password_hash)
+            user = sql.create_local_user(conn, name, args.display_name, password_hash)
     finally:
         conn.close()
-    if not created:
+    if user is None:
         print(f"messageai: username {name!r} is taken", file=sys.stderr)
         return 1
     print(f"created {user.username} ({user.id})")

@@ -12,6 +12,8 @@ from typing import Any
 import httpx
 
 from messageai.client.errors import ProtocolViolation, Unreachable, server_error
+from messageai.model import Conversation
+from messageai.protocol import structure_record
 
 DEFAULT_TIMEOUT_SECONDS = 10.0
 
@@ -117,8 +119,9 @@ def _session(value: Any) -> Any:
 
 
 def _conversation(value: Any) -> dict[str, Any]:
-    conv = _object(value, "id")
-    for key, kind in (("id", str), ("kind", str), ("member_ids", list), ("created_at", int)):
-        if not isinstance(conv.get(key), kind):
-            raise ProtocolViolation(f"conversation: {key!r} missing or not a {kind.__name__}")
-    return conv
+    """A server conversation has the shape of `model.Conversation` (the server's record)."""
+    try:
+        structure_record(value, Conversation)
+    except ValueError as exc:
+        raise ProtocolViolation(f"conversation: {exc}") from None
+    return _object(value, "id")

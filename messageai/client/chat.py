@@ -12,11 +12,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import anyio
+from anyio.streams.memory import MemoryObjectSendStream
 from prompt_toolkit.formatted_text import StyleAndTextTuples
 
 from messageai.client.errors import ClientError, NotSignedIn
@@ -38,6 +39,9 @@ HELP = (
 TYPING_EVERY_SECONDS = 3.0
 # Messages kept on screen per conversation (older ones: `messageai tail`).
 SCREEN_MESSAGES = 500
+# Work the screen's callbacks hand to ChatApp.run()'s task group (see ChatApp._spawn).
+Job: TypeAlias = Callable[[], Coroutine[Any, Any, None]]
+JOB_QUEUE = 64
 
 # prompt_toolkit's formatted text: (style, text) pairs.
 Line = StyleAndTextTuples
@@ -206,7 +210,7 @@ class ChatCore:
 
     def status(self) -> str:
         client = self.client
-        parts = [client.state]
+        parts: list[str] = [client.state]
         if client.state == "offline" and self.connection_note:
             parts.append(self.connection_note)
         queued = client.outbox_size()
@@ -237,7 +241,7 @@ class ChatApp:
 
         self.core = core
         self.input = TextArea(height=1, prompt="> ", multiline=False, accept_handler=self._accept)
-        self.input.buffer.on_text_changed += lambda _buf: self._spawn(core.typed())
+        self.input.buffer.on_text_changed += self._typed
         self.messages = Window(
             FormattedTextControl(self._messages_text),
             wrap_lines=True,
@@ -301,12 +305,26 @@ class ChatApp:
             full_screen=True,
             **app_options,
         )
-        self._tasks: set[asyncio.Task[None]] = set()
+        # The screen's callbacks hand their work to run()'s task group, its owner: they
+        # are called outside any task, where anyio cannot start one (on asyncio it
+        # raises NoEventLoopError). Input comes at human speed, so a full channel means
+        # the loop is stuck; a job beyond it is refused with a notice (a typed line stays).
+        self._jobs: MemoryObjectSendStream[Job] | None = None
 
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    def _spawn(self, job: Job) -> bool:
+        """Have run()'s task group run `job` (an error in it ends the screen, it is not
+        lost); False if the queue is full."""
+        if self._jobs is None:
+            raise RuntimeError("the screen's callbacks run only while ChatApp.run() runs")
+        try:
+            self._jobs.send_nowait(job)
+        except anyio.WouldBlock:
+            self.core.notice = "busy: try again"
+            return False
+        return True
+
+    def _typed(self, _buffer: Any) -> None:
+        self._spawn(self.core.typed)  # a notice refused while busy is not worth keeping
 
     def _header(self) -> str:
         core = self.core
@@ -332,13 +350,18 @@ class ChatApp:
                 self.app.exit()
             self.app.invalidate()
 
-        self._spawn(go())
-        return False  # clear the input line
+        return not self._spawn(go)  # clear the input line once it is queued
 
     async def run(self) -> None:
         """Run the screen and the connection until the person quits."""
         client = self.core.client
-        async with anyio.create_task_group() as tg, client.events() as events:
+        self._jobs, jobs = anyio.create_memory_object_stream[Job](JOB_QUEUE)
+        async with (
+            self._jobs,
+            jobs,
+            anyio.create_task_group() as tg,
+            client.events() as events,
+        ):
             tg.start_soon(self._connection)
 
             async def redraw() -> None:
@@ -346,7 +369,12 @@ class ChatApp:
                     await self.core.on_event(event)
                     self.app.invalidate()
 
+            async def start_jobs() -> None:
+                async for job in jobs:
+                    tg.start_soon(job)
+
             tg.start_soon(redraw)
+            tg.start_soon(start_jobs)
             await self.app.run_async()
             tg.cancel_scope.cancel()
 

@@ -28,6 +28,7 @@ from messageai.client.api import Api
 from messageai.client.errors import ClientError, NotSignedIn, Unreachable
 from messageai.client.events import (
     DEFAULT_BUFFER,
+    ConnectionState,
     ConversationsChanged,
     Events,
     EventStream,
@@ -36,10 +37,11 @@ from messageai.client.events import (
 )
 from messageai.client.store import Account, LocalConversation, LocalMessage
 from messageai.client.sync import Settings, Syncer, SyncReport
-from messageai.sqlite import transaction
+from messageai.protocol import DEFAULT_MAX_BODY_CHARS
+from messageai.sqlite import apply_best_practice, transaction
 
-# The server's default `limits.max_body_chars`; longer bodies are refused before they are queued.
-MAX_BODY_CHARS = 16000
+# Longer bodies are refused before they are queued: a default server would refuse them.
+MAX_BODY_CHARS = DEFAULT_MAX_BODY_CHARS
 
 
 def _now_ms() -> int:
@@ -64,6 +66,7 @@ class Client:
         cls, store_dir: str | Path | None = None, *, settings: Settings | None = None
     ) -> Client:
         """The current account of a store directory (see `accounts.store_dir`)."""
+        apply_best_practice()  # the store's connection settings (WAL, ...) for this process
         path = accounts.current_path(accounts.store_dir(store_dir))
         conn = store.open_store(path)
         try:
@@ -85,6 +88,7 @@ class Client:
         settings: Settings | None = None,
     ) -> Client:
         """Sign in (or register) over REST, keep the session in the store, make it current."""
+        apply_best_practice()
         url = accounts.normalize_server_url(server_url)
         api = Api(url)
         try:
@@ -142,7 +146,7 @@ class Client:
         return self.account.user_id
 
     @property
-    def state(self) -> str:
+    def state(self) -> ConnectionState:
         """`connecting`, `online`, `offline` or `signed_out`."""
         return self.syncer.state
 

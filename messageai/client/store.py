@@ -22,8 +22,6 @@ import orjson
 
 from messageai.sqlite import Migration, migrate, open_db, transaction
 
-STATUSES = ("sending", "sent", "read", "received", "failed")
-
 
 def _v1(conn: apsw.Connection) -> None:
     conn.execute(
@@ -549,14 +547,6 @@ def set_read_seq(conn: apsw.Connection, conversation_id: str, user_id: str, seq:
         (conversation_id, user_id, seq),
     ).fetchone()
     return moved is not None
-
-
-def read_seqs(conn: apsw.Connection, conversation_id: str) -> dict[str, int]:
-    return dict(
-        conn.execute(
-            "SELECT user_id, read_seq FROM members WHERE conversation_id = ?", (conversation_id,)
-        )
-    )
 
 
 def refresh_read_statuses(

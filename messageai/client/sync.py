@@ -1,7 +1,7 @@
 """The sync engine: connect, subscribe, catch up, flush the outbox, stay live, reconnect.
 
 `Syncer` is owned by `sdk.Client`. `run_forever` keeps a connection up
-(exponential backoff with jitter between attempts, capped); `sync_once` does a
+(`messageai.backoff.Backoff`: exponential, full jitter, capped); `sync_once` does a
 single pass for the one-shot commands. Each connection attempt, in order:
 refresh the conversation list over REST, open the WebSocket, subscribe to
 every conversation, catch up each with `get_history` after its `synced_seq`
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import random
 from collections.abc import Callable
 from typing import Any
 
@@ -26,6 +25,7 @@ import apsw
 import attrs
 import httpx
 
+from messageai.backoff import Backoff
 from messageai.client import store
 from messageai.client.accounts import ws_url
 from messageai.client.api import Api
@@ -38,6 +38,7 @@ from messageai.client.errors import (
 )
 from messageai.client.events import (
     ConnectionChanged,
+    ConnectionState,
     ConversationsChanged,
     Events,
     MessageAdded,
@@ -47,6 +48,8 @@ from messageai.client.events import (
     TypingChanged,
 )
 from messageai.client.link import HISTORY_PAGE, Link, open_link
+from messageai.model import Message
+from messageai.protocol import structure_record
 from messageai.sqlite import transaction
 
 log = logging.getLogger(__name__)
@@ -70,27 +73,6 @@ class Settings:
     refresh_seconds: float = 30.0
 
 
-class Backoff:
-    """Exponential backoff with jitter: delay n is uniform in [cap_n / 2, cap_n],
-    cap_n = min(max, initial * 2**n). `reset()` after a connection that worked."""
-
-    def __init__(self, initial: float, maximum: float, rng: random.Random | None = None) -> None:
-        if not 0 < initial <= maximum:
-            raise ValueError("backoff needs 0 < initial <= maximum")
-        self.initial = initial
-        self.maximum = maximum
-        self.attempt = 0
-        self._rng = rng or random.Random()
-
-    def next_delay(self) -> float:
-        cap = min(self.maximum, self.initial * 2 ** min(self.attempt, 62))
-        self.attempt += 1
-        return self._rng.uniform(cap / 2, cap)
-
-    def reset(self) -> None:
-        self.attempt = 0
-
-
 @attrs.define
 class SyncReport:
     """What one `sync_once` did."""
@@ -102,8 +84,16 @@ class SyncReport:
 
 
 def _leaf(exc: BaseException) -> BaseException:
-    """The ClientError inside task-group wrapping, else the exception itself."""
+    """The ClientError inside task-group wrapping, else the exception itself.
+
+    A group that holds a cancellation is returned whole, whatever failed beside it:
+    a connection lost while the caller cancels is the caller's cancellation, to be
+    re-raised, not a disconnection to back off from (trio's rule: never swallow it).
+    """
     if isinstance(exc, BaseExceptionGroup):
+        cancelled, _ = exc.split(anyio.get_cancelled_exc_class())
+        if cancelled is not None:
+            return exc
         for inner in exc.exceptions:
             found = _leaf(inner)
             if isinstance(found, ClientError):
@@ -126,7 +116,7 @@ class Syncer:
         self._api = api
         self._events = events
         self.settings = settings
-        self.state = "offline"
+        self.state: ConnectionState = "offline"
         self.online_users: dict[str, bool] = {}
         self._link: Link | None = None
         # Created inside the event loop (anyio needs one): see sync_once/run_forever.
@@ -160,7 +150,10 @@ class Syncer:
         try:
             await self._connection(live=False)
         except BaseException as exc:
-            raise _leaf(exc) from None
+            leaf = _leaf(exc)
+            if leaf is exc:
+                raise
+            raise leaf from None
         finally:
             self._set_state("offline")
         report, self._report = self._report, None
@@ -193,13 +186,13 @@ class Syncer:
     # ------------------------------------------------------------ one connection
 
     def _set_state(
-        self, state: str, error: str | None = None, retry_in: float | None = None
+        self, state: ConnectionState, error: str | None = None, retry_in: float | None = None
     ) -> None:
         if state != self.state or error is not None:
             self.state = state
             if state != "online":
                 self.online_users.clear()
-            self._events.emit(ConnectionChanged(state, error, retry_in))  # type: ignore[arg-type]
+            self._events.emit(ConnectionChanged(state, error, retry_in))
 
     async def _connection(self, *, live: bool, on_live: Callable[[], None] | None = None) -> None:
         self._set_state("connecting")
@@ -460,27 +453,14 @@ class Syncer:
         # Unknown types are protocol extensions this client does not know yet: ignored.
 
 
-_MESSAGE_FIELDS = (
-    ("id", str),
-    ("conversation_id", str),
-    ("seq", int),
-    ("sender_id", str),
-    ("client_id", str),
-    ("body", str),
-    ("created_at", int),
-)
-
-
 def _check_message(m: Any) -> None:
-    if not isinstance(m, dict):
-        raise ProtocolViolation("a message must be an object")
-    for key, kind in _MESSAGE_FIELDS:
-        if not isinstance(m.get(key), kind) or isinstance(m.get(key), bool):
-            raise ProtocolViolation(f"message: {key!r} missing or not a {kind.__name__}")
-    if m["seq"] < 1:
+    """A server message has the shape of `model.Message` (the server's own record)."""
+    try:
+        message = structure_record(m, Message)
+    except ValueError as exc:
+        raise ProtocolViolation(f"message: {exc}") from None
+    if message.seq < 1:
         raise ProtocolViolation("message: seq must be at least 1")
-    if not isinstance(m.get("attachments", []), list):
-        raise ProtocolViolation("message: attachments must be a list")
 
 
 __all__ = ["Backoff", "Settings", "SyncReport", "Syncer", "Unreachable"]

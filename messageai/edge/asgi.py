@@ -1,8 +1,11 @@
 """The ASGI application hypercorn serves: routing, request bodies, JSON responses.
 
 Handlers live in `messageai.rest`; this module turns their results and their
-`MessageAIError`s into HTTP responses, bounds request bodies, and makes sure no
-exception escapes as anything but a 500 with a JSON body.
+`MessageAIError`s into HTTP responses (`error_response`, the one mapping of an
+error to status, headers and body), bounds request bodies in size and in time
+(`BodyDeadline`, wrapped around `receive` before any handler sees it), and makes
+sure no exception escapes as anything but a 500 (`errors.Internal`) with a JSON
+body. Built by `server.Server`; hypercorn calls it once per request.
 """
 
 from __future__ import annotations
@@ -14,9 +17,24 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qs
 
+import attrs
 import orjson
+import trio
 
-from messageai.errors import BadRequest, MessageAIError, NotFound, RateLimited, TooLarge
+from messageai.errors import (
+    BadRequest,
+    Internal,
+    MessageAIError,
+    MethodNotAllowed,
+    NotFound,
+    RangeNotSatisfiable,
+    RateLimited,
+    RequestTimeout,
+    TooLarge,
+    error_body,
+)
+from messageai.identity.authenticator import bearer_token
+from messageai.model import User
 from messageai.protocol import dumps
 
 log = logging.getLogger(__name__)
@@ -37,16 +55,16 @@ class Request:
         query = parse_qs(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
         self.query = {k: v[-1] for k, v in query.items()}
         self.body = body
-        self.user: Any = None
+        # The peer's IP address (hypercorn reads it from the socket), when known.
+        client = scope.get("client")
+        self.client: str | None = client[0] if client else None
+        self.user: User | None = None
         # For a streaming route (`Router.add(..., stream=True)`): the ASGI `receive`,
         # from which the handler reads the body itself; `body` is then empty.
         self.receive: Receive | None = None
 
     def bearer_token(self) -> str | None:
-        scheme, _, token = self.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            return None
-        return token.strip()
+        return bearer_token(self.headers.get("authorization"))
 
     def json(self) -> dict[str, Any]:
         """The body as a JSON object, or BadRequest."""
@@ -82,43 +100,81 @@ class StreamingResponse(Response):
 Handler = Callable[[Request], Awaitable[Response]]
 
 
+@attrs.frozen
+class Route:
+    """One method on one path: its handler and whether it reads its own body."""
+
+    handler: Handler
+    # True: the body is not read into memory first; the handler reads it from
+    # `request.receive` (uploads).
+    stream: bool = False
+
+
 class Router:
     def __init__(self) -> None:
-        self._routes: list[tuple[re.Pattern[str], dict[str, Handler]]] = []
-        self._streaming: list[Handler] = []
+        self._routes: list[tuple[re.Pattern[str], dict[str, Route]]] = []
 
     def add(self, method: str, pattern: str, handler: Handler, *, stream: bool = False) -> None:
-        """Route `method pattern` to `handler`. With `stream`, the body is not read into
-        memory first: the handler reads it from `request.receive` (uploads)."""
-        if stream:
-            self._streaming.append(handler)
+        """Route `method pattern` to `handler`; `{name}` in the pattern matches one path
+        segment, given to the handler in `request.params`. With `stream`, see `Route`."""
         regex = re.compile("^" + re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", pattern) + "$")
+        route = Route(handler, stream)
         for existing, methods in self._routes:
             if existing.pattern == regex.pattern:
-                methods[method] = handler
+                methods[method] = route
                 return
-        self._routes.append((regex, {method: handler}))
+        self._routes.append((regex, {method: route}))
 
-    def match(self, method: str, path: str) -> tuple[Handler, dict[str, str]]:
+    def match(self, method: str, path: str) -> tuple[Route, dict[str, str]]:
+        """The route and path parameters for a request; NotFound when no pattern matches,
+        MethodNotAllowed (naming the allowed methods) when the path matches but not the method."""
         for regex, methods in self._routes:
             found = regex.match(path)
             if found:
-                handler = methods.get(method)
-                if handler is None:
+                route = methods.get(method)
+                if route is None:
                     raise MethodNotAllowed(sorted(methods))
-                return handler, found.groupdict()
+                return route, found.groupdict()
         raise NotFound(f"no route for {path}")
 
-    def streams(self, handler: Handler) -> bool:
-        return handler in self._streaming
 
+class BodyDeadline:
+    """The ASGI `receive` of one request, with a deadline on its body.
 
-class MethodNotAllowed(MessageAIError):
-    code, status = "bad_request", 405
+    The body may take `grace` seconds in all, plus one second per `min_rate` bytes
+    already received: a small body must arrive within about `grace`, a large one
+    at `min_rate` on average. Only the time spent waiting in `receive` counts, so a
+    handler that is slow between reads (the upload's disk writes) costs the client
+    nothing. A body that falls behind raises RequestTimeout (408; the ASGI app then
+    closes the connection). Once the last chunk is in, `receive` is passed through
+    without a deadline (it then only reports the disconnect).
+    """
 
-    def __init__(self, allowed: list[str]) -> None:
-        super().__init__(f"method not allowed; use {', '.join(allowed)}")
-        self.allowed = allowed
+    def __init__(self, receive: Receive, grace: float, min_rate: float) -> None:
+        self._receive = receive
+        self._grace = grace
+        self._min_rate = min_rate
+        self._received = 0
+        self._waited = 0.0
+        self._done = False
+
+    async def __call__(self) -> dict[str, Any]:
+        if self._done:
+            return await self._receive()
+        budget = self._grace + self._received / self._min_rate - self._waited
+        started = trio.current_time()
+        with trio.move_on_after(max(0.0, budget)):
+            event = await self._receive()
+            self._waited += trio.current_time() - started
+            if event["type"] == "http.request":
+                self._received += len(event.get("body", b""))
+                self._done = not event.get("more_body", False)
+            return event
+        raise RequestTimeout(
+            f"the request body came too slowly: {self._received} bytes in"
+            f" {trio.current_time() - started + self._waited:.1f} s; send it within"
+            f" {self._grace:g} s, or at {self._min_rate:g} bytes per second"
+        )
 
 
 class App:
@@ -133,11 +189,16 @@ class App:
         self,
         router: Router,
         max_body_bytes: int,
-        authenticate: Callable[[str], Awaitable[Any]] | None = None,
+        authenticate: Callable[[str], Awaitable[User | None]] | None = None,
+        *,
+        body_timeout_seconds: float = 10.0,
+        min_body_bytes_per_second: float = 8192,
     ) -> None:
         self._router = router
         self._max_body = max_body_bytes
         self._authenticate = authenticate
+        self._body_timeout = body_timeout_seconds
+        self._min_body_rate = min_body_bytes_per_second
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -146,9 +207,11 @@ class App:
             # Upgrades on a reused HTTP connection are not served; clients open a new one.
             await send({"type": "websocket.close", "code": 1008})
             return
+        # Wrapped before anything reads it: REST bodies and streamed uploads alike.
+        receive = BodyDeadline(receive, self._body_timeout, self._min_body_rate)
         try:
-            handler, params = self._router.match(scope["method"], scope["path"])
-            if self._router.streams(handler):
+            route, params = self._router.match(scope["method"], scope["path"])
+            if route.stream:
                 request = Request(scope, b"", params)
                 request.receive = receive
             else:
@@ -156,18 +219,12 @@ class App:
             token = request.bearer_token()
             if token is not None and self._authenticate is not None:
                 request.user = await self._authenticate(token)
-            response = await handler(request)
+            response = await route.handler(request)
         except MessageAIError as exc:
-            headers = []
-            if isinstance(exc, MethodNotAllowed):
-                headers.append((b"allow", ", ".join(exc.allowed).encode()))
-            if isinstance(exc, RateLimited):
-                seconds = max(1, math.ceil(exc.retry_after_seconds))
-                headers.append((b"retry-after", str(seconds).encode()))
-            response = Response(exc.status, _error_body(exc), headers)
+            response = error_response(exc)
         except Exception:
             log.exception("%s %s failed", scope.get("method"), scope.get("path"))
-            response = Response(500, {"error": {"code": "internal", "message": "internal error"}})
+            response = error_response(Internal("internal error"))
         await _send(send, response)
 
     async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
@@ -190,12 +247,26 @@ class App:
         return b"".join(chunks)
 
 
-def _error_body(exc: MessageAIError) -> dict[str, Any]:
-    error: dict[str, Any] = {"code": exc.code, "message": exc.message}
+def error_headers(exc: MessageAIError) -> list[tuple[bytes, bytes]]:
+    """The HTTP headers that go with an error: Allow (405), Retry-After (429, whole
+    seconds rounded up) and Content-Range (416). The one place that maps an error
+    to headers; the status and body come from the error itself (`errors.error_body`)."""
+    if isinstance(exc, MethodNotAllowed):
+        return [(b"allow", ", ".join(exc.allowed).encode())]
     if isinstance(exc, RateLimited):
-        # The same extension field as the WebSocket's `rate_limited` error frame.
-        error["retry_after_ms"] = exc.retry_after_ms
-    return {"error": error}
+        seconds = max(1, math.ceil(exc.retry_after_seconds))
+        return [(b"retry-after", str(seconds).encode())]
+    if isinstance(exc, RangeNotSatisfiable):
+        return [(b"content-range", f"bytes */{exc.size}".encode())]
+    if isinstance(exc, RequestTimeout):
+        # The rest of the body may still be on its way: this connection is done.
+        return [(b"connection", b"close")]
+    return []
+
+
+def error_response(exc: MessageAIError) -> Response:
+    """The JSON response for an error: its status, `errors.error_body`, `error_headers`."""
+    return Response(exc.status, error_body(exc), error_headers(exc))
 
 
 async def _send(send: Send, response: Response) -> None:

@@ -1,4 +1,4 @@
-"""Local accounts: password hashing (scrypt), session tokens, ids and the username rules.
+"""Local accounts: password hashing (scrypt), session tokens and the username rules.
 
 Used by the directory service (registration, login, token checks) and the admin CLI.
 Hashing is CPU- and memory-heavy on purpose, so async callers run it in a thread.
@@ -6,10 +6,12 @@ Hashing is CPU- and memory-heavy on purpose, so async callers run it in a thread
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import re
 import secrets
+import threading
 
 from messageai.errors import BadRequest
 
@@ -19,6 +21,25 @@ MIN_PASSWORD_CHARS = 8
 MAX_PASSWORD_CHARS = 1024
 MAX_DISPLAY_NAME_CHARS = 64
 _SCRYPT_R, _SCRYPT_P = 8, 1
+
+# scrypt derivations run by this process (hash or verify): an operator's metric, and
+# how the tests see that a login for an unknown name does the same work as any other.
+_scrypt_runs = 0
+_scrypt_runs_lock = threading.Lock()  # hashing runs in worker threads
+
+
+def scrypt_runs() -> int:
+    """How many scrypt derivations this process has run."""
+    return _scrypt_runs
+
+
+def _scrypt(password: str, salt: bytes, n: int, r: int, p: int, dklen: int) -> bytes:
+    global _scrypt_runs
+    with _scrypt_runs_lock:
+        _scrypt_runs += 1
+    return hashlib.scrypt(
+        password.encode(), salt=salt, n=n, r=r, p=p, maxmem=256 * n * r, dklen=dklen
+    )
 
 
 def check_username(username: object) -> str:
@@ -50,15 +71,7 @@ def check_display_name(display_name: object, default: str) -> str:
 def hash_password(password: str, n: int) -> str:
     """`scrypt$n$r$p$salt$hash`, hex encoded. Blocking: run it in a thread from async code."""
     salt = secrets.token_bytes(16)
-    digest = hashlib.scrypt(
-        password.encode(),
-        salt=salt,
-        n=n,
-        r=_SCRYPT_R,
-        p=_SCRYPT_P,
-        maxmem=256 * n * _SCRYPT_R,
-        dklen=32,
-    )
+    digest = _scrypt(password, salt, n, _SCRYPT_R, _SCRYPT_P, 32)
     return f"scrypt${n}${_SCRYPT_R}${_SCRYPT_P}${salt.hex()}${digest.hex()}"
 
 
@@ -68,18 +81,18 @@ def verify_password(password: str, stored: str) -> bool:
         scheme, n, r, p, salt, digest = stored.split("$")
         if scheme != "scrypt":
             return False
-        candidate = hashlib.scrypt(
-            password.encode(),
-            salt=bytes.fromhex(salt),
-            n=int(n),
-            r=int(r),
-            p=int(p),
-            maxmem=256 * int(n) * int(r),
-            dklen=len(digest) // 2,
-        )
+        candidate = _scrypt(password, bytes.fromhex(salt), int(n), int(r), int(p), len(digest) // 2)
     except ValueError:
         return False
     return hmac.compare_digest(candidate, bytes.fromhex(digest))
+
+
+@functools.cache
+def dummy_hash(n: int) -> str:
+    """A hash of a random password at cost `n`, made once per process: a login for a
+    name with no password is verified against it, so it costs what any login costs
+    and the answer's timing does not tell which names exist. Blocking."""
+    return hash_password(secrets.token_urlsafe(16), n)
 
 
 def new_token() -> str:

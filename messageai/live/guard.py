@@ -11,11 +11,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-import orjson
 import trio
 
 from messageai.config import Config
-from messageai.errors import retry_after_ms
 
 
 class _User:
@@ -76,10 +74,6 @@ class Guard:
         if user is not None and user.connections > 0:
             user.connections -= 1
 
-    def connections(self, user_id: str) -> int:
-        user = self._users.get(user_id)
-        return user.connections if user else 0
-
     def _prune(self) -> None:
         # A user with no connection whose bucket has refilled carries no state worth keeping.
         now = trio.current_time()
@@ -106,16 +100,3 @@ class Guard:
             return True
         host = host.strip().lower() if host else None
         return host is not None and origin in (f"http://{host}", f"https://{host}")
-
-
-def rate_limited_frame(req: str | int | None, retry_after: float) -> str:
-    """The `error` frame for a send over the rate, with the extension field `retry_after_ms`."""
-    frame: dict[str, object] = {
-        "type": "error",
-        "code": "rate_limited",
-        "message": "too many messages: retry later",
-        "retry_after_ms": retry_after_ms(retry_after),
-    }
-    if req is not None:
-        frame["req"] = req
-    return orjson.dumps(frame).decode()

@@ -2,36 +2,48 @@
 
 Sessions call `connected`/`disconnected`; a user's first connection and last
 disconnection each send one `presence_update` to every connection subscribed
-to a conversation the user belongs to (each such connection gets it once).
-Actors ask `is_online` to fill `subscribed.online`; REST handlers and the push
-service use `peers_of` to reach (or skip) a user's devices.
+to a conversation the user belongs to (each such connection gets it once; who is
+subscribed comes from the `subscribers_of` callable the server passes in, the
+registry's). Actors ask `is_online` to fill `subscribed.online`; REST handlers and
+the push service use `peers_of` to reach (or skip) a user's devices; the server uses
+`peers_of` and `everyone` to close connections (a deleted account, shutdown).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Protocol
+
 from messageai.conversations.commands import Peer
-from messageai.conversations.registry import Registry
 from messageai.model import now_ms
 from messageai.protocol import PresenceUpdate, encode
 from messageai.services.directory import Directory
 
 
+class Connection(Peer, Protocol):
+    """A peer the server can also close (the WebSocket session)."""
+
+    def close(self, code: int, reason: str) -> None: ...
+
+
 class Presence:
-    def __init__(self, directory: Directory) -> None:
+    def __init__(
+        self, directory: Directory, subscribers_of: Callable[[list[str]], set[Peer]]
+    ) -> None:
         self._directory = directory
-        self._peers: dict[str, set[Peer]] = {}
-        self.registry: Registry | None = None
+        self._subscribers_of = subscribers_of
+        self._peers: dict[str, set[Connection]] = {}
 
     def is_online(self, user_id: str) -> bool:
         return user_id in self._peers
 
-    def connected(self, peer: Peer) -> None:
+    def connected(self, peer: Connection) -> None:
         peers = self._peers.setdefault(peer.user_id, set())
         peers.add(peer)
         if len(peers) == 1:
             self._announce(peer.user_id, "online")
 
-    def disconnected(self, peer: Peer) -> None:
+    def disconnected(self, peer: Connection) -> None:
         peers = self._peers.get(peer.user_id)
         if peers is None:
             return
@@ -43,14 +55,16 @@ class Presence:
     def connection_count(self, user_id: str) -> int:
         return len(self._peers.get(user_id, ()))
 
-    def peers_of(self, user_id: str) -> list[Peer]:
+    def peers_of(self, user_id: str) -> list[Connection]:
         """The user's open connections (a copy: callers may close them while iterating)."""
         return list(self._peers.get(user_id, ()))
 
+    def everyone(self) -> list[Connection]:
+        """Every open connection (a copy, as `peers_of`)."""
+        return [peer for peers in self._peers.values() for peer in peers]
+
     def _announce(self, user_id: str, status: str) -> None:
-        if self.registry is None:
-            return
-        peers = self.registry.subscribers_of(self._directory.conversation_ids_of(user_id))
+        peers = self._subscribers_of(self._directory.conversation_ids_of(user_id))
         if not peers:
             return
         text = encode(PresenceUpdate(user_id=user_id, status=status, last_seen_at=now_ms()))

@@ -4,10 +4,11 @@
 client frame is validated (`protocol.parse_client_frame`) before it is routed to
 its conversation's actor; bad input gets an `error` frame and nothing else
 happens. Everything the server sends goes through `push`, which never waits: it
-appends to a bounded outbound queue (frames and bytes), and a connection whose
-queue would overflow is closed with 1013 so it costs only itself. The writer
-drains the queue to the socket; if the peer does not take even the close frame
-within a grace period, the TCP stream is cut.
+appends the framed text to a bounded outbound queue (frames and bytes), and a
+connection whose queue would overflow is closed with 1013 so it costs only itself.
+The writer drains the queue to the socket; if the peer does not take even the close
+frame within a grace period, the TCP stream is cut. Framing and the batched write
+are `edge.wsframes`' (the one home of trio-websocket's private API).
 """
 
 from __future__ import annotations
@@ -17,20 +18,20 @@ from collections import deque
 
 import trio
 import trio_websocket
-from wsproto.connection import ConnectionState
 
 from messageai.config import Config
 from messageai.conversations.commands import Command
 from messageai.conversations.registry import Registry
+from messageai.edge.wsframes import send_frames, text_frame
 from messageai.errors import (
     CLOSE_GOING_AWAY,
     CLOSE_NORMAL,
-    CLOSE_TOO_BIG,
     CLOSE_TRY_AGAIN_LATER,
     CLOSE_UNSUPPORTED_DATA,
     MessageAIError,
+    RateLimited,
 )
-from messageai.live.guard import Guard, rate_limited_frame
+from messageai.live.guard import Guard
 from messageai.live.presence import Presence
 from messageai.protocol import (
     Error,
@@ -48,43 +49,6 @@ log = logging.getLogger(__name__)
 CLOSE_GRACE_SECONDS = 2.0
 # Most bytes the writer hands to one send_all.
 WRITE_CHUNK_BYTES = 256 * 1024
-
-
-def text_frame(text: str) -> bytes:
-    """One unmasked, unfragmented WebSocket text frame (RFC 6455 5.2), as a server sends.
-
-    The connection negotiates no extension (no permessage-deflate), so this is
-    byte for byte what wsproto would produce, at a fraction of its cost.
-    """
-    payload = text.encode()
-    n = len(payload)
-    if n < 126:
-        return bytes((0x81, n)) + payload
-    if n < 65536:
-        return b"\x81\x7e" + n.to_bytes(2, "big") + payload
-    return b"\x81\x7f" + n.to_bytes(8, "big") + payload
-
-
-async def send_frames(ws: trio_websocket.WebSocketConnection, data: bytes) -> None:
-    """Write ready-made data frames to `ws` in one send_all; ConnectionClosed once closed.
-
-    This is trio-websocket's own `_send` (same stream lock, same abort on a broken
-    stream) minus the per-message wsproto call; it reaches into trio-websocket
-    0.12 internals, which pyproject pins. Frames are only written while the
-    WebSocket is open, checked under the lock so that none follows a close frame.
-    """
-    async with ws._stream_lock:
-        if ws._wsproto.state is not ConnectionState.OPEN:
-            raise trio_websocket.ConnectionClosed(
-                ws.closed or trio_websocket.CloseReason(1006, "connection closed")
-            )
-        try:
-            await ws._stream.send_all(data)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            await ws._abort_web_socket()
-            raise trio_websocket.ConnectionClosed(
-                ws.closed or trio_websocket.CloseReason(1006, "connection lost")
-            ) from None
 
 
 class Session:
@@ -107,7 +71,8 @@ class Session:
         self._config = config
         self._registry = registry
         self._presence = presence
-        self._queue: deque[str] = deque()
+        # Framed, ready to write; `_queued_bytes` is their length on the wire.
+        self._queue: deque[bytes] = deque()
         self._queued_bytes = 0
         self._wake = trio.Event()
         self._closing = trio.Event()
@@ -120,18 +85,21 @@ class Session:
     # ------------------------------------------------------------ outbound
 
     def push(self, text: str) -> None:
-        """Queue a frame for this connection without waiting. Overflow closes with 1013."""
-        if self._close_code is not None:
-            return
+        """Queue a text frame for this connection without waiting. Overflow closes with 1013."""
+        if self._close_code is None:
+            # Framed here rather than in the writer: the queue's budget is in bytes.
+            self._enqueue(text_frame(text))
+
+    def _enqueue(self, frame: bytes) -> None:
         limits = self._config.limits
         if (
             len(self._queue) >= limits.outbound_queue_frames
-            or self._queued_bytes + len(text) > limits.outbound_queue_bytes
+            or self._queued_bytes + len(frame) > limits.outbound_queue_bytes
         ):
             self.close(CLOSE_TRY_AGAIN_LATER, "too slow: resync with get_history")
             return
-        self._queue.append(text)
-        self._queued_bytes += len(text)
+        self._queue.append(frame)
+        self._queued_bytes += len(frame)
         self._wake.set()
 
     def push_frame(self, frame: ServerFrame) -> None:
@@ -167,9 +135,8 @@ class Session:
                     frames = []
                     size = 0
                     while self._queue and size < WRITE_CHUNK_BYTES:
-                        text = self._queue.popleft()
-                        self._queued_bytes -= len(text)
-                        frame = text_frame(text)
+                        frame = self._queue.popleft()
+                        self._queued_bytes -= len(frame)
                         frames.append(frame)
                         size += len(frame)
                     await send_frames(self._ws, b"".join(frames))
@@ -236,21 +203,21 @@ class Session:
                 next_ping = trio.current_time() + interval
 
     async def _reader(self) -> None:
-        max_bytes = self._config.limits.max_frame_bytes
+        # A message over `limits.max_frame_bytes` never arrives here: wsframes refuses
+        # it with 1009 at its frame header.
         while self._close_code is None:
             try:
                 data = await self._ws.get_message()
             except trio_websocket.ConnectionClosed:
                 return
-            if isinstance(data, bytes):
-                self.close(CLOSE_UNSUPPORTED_DATA, "binary frames are not supported")
-                return
-            # trio-websocket counts characters; the limit is in bytes.
-            if len(data) * 4 > max_bytes and len(data.encode()) > max_bytes:
-                self.close(CLOSE_TOO_BIG, f"frame larger than {max_bytes} bytes")
-                return
-            self._frames_in += 1
-            await self._handle(data)
+            await self._received(data)
+
+    async def _received(self, data: str | bytes) -> None:
+        if isinstance(data, bytes):
+            self.close(CLOSE_UNSUPPORTED_DATA, "binary frames are not supported")
+            return
+        self._frames_in += 1
+        await self._handle(data)
 
     async def _handle(self, text: str) -> None:
         try:
@@ -264,7 +231,15 @@ class Session:
         if isinstance(frame, SendMessage):
             wait = self._guard.take(self.user_id)
             if wait:
-                self.push(rate_limited_frame(req, wait))
+                limited = RateLimited("too many messages: retry later", wait)
+                self.push_frame(
+                    Error(
+                        code=limited.code,
+                        message=limited.message,
+                        retry_after_ms=limited.retry_after_ms,
+                        req=req,
+                    )
+                )
                 return
         conversation_id = frame.conversation_id
         command = Command(op=frame, user_id=self.user_id, req=req, peer=self)
@@ -272,6 +247,3 @@ class Session:
             await self._registry.submit(conversation_id, command)
         except MessageAIError as exc:
             self.push_frame(Error(code=exc.code, message=exc.message, req=req))
-
-    def shutdown(self) -> None:
-        self.close(CLOSE_GOING_AWAY, "server shutting down")

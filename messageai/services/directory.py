@@ -1,16 +1,21 @@
 """The directory service: the one owner of the central database (`directory.sqlite3`).
 
 Reads run inline on the event loop on a read connection (WAL lets them proceed
-while a write commits); writes run one at a time in a worker thread on a write
-connection, so an fsync never stalls the loop. Called by REST handlers, the
-WebSocket handshake, the registry (conversation records and members) and the CLI.
+while a write commits); writes run one at a time on the directory's own
+one-thread `WorkerPool` on a write connection, so an fsync never stalls the loop
+(`messageai.threads` states the policy). Called by REST handlers, the WebSocket
+handshake, the registry (conversation records and members), the media and push
+services (their SQL is in `store/media.py`, `store/push.py`) and the CLI.
+`Directory.run` is the housekeeping task (expired tokens), started by the server
+in its actor nursery.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import ParamSpec, TypeVar
+from typing import Concatenate, ParamSpec, TypeVar
 
 import apsw
 import trio
@@ -18,20 +23,31 @@ import trio
 from messageai.config import Config
 from messageai.errors import BadRequest, Conflict, Forbidden, NotFound, Unauthorized
 from messageai.identity import passwords
+from messageai.identity.throttle import LoginThrottle
 from messageai.model import ClerkProfile, ConversationRecord, User, new_id, now_ms
 from messageai.sqlite import migrate, open_db, transaction
 from messageai.store import clerk as clerk_sql
 from messageai.store import directory as sql
+from messageai.threads import WorkerPool, hashing, hashing_admitted
+
+log = logging.getLogger(__name__)
 
 P = ParamSpec("P")
 T = TypeVar("T")
 
 DIRECTORY_FILE = "directory.sqlite3"
 USER_SEARCH_LIMIT = 20
+# A login name longer than any username (32) is refused before the throttle counts it,
+# so junk names cannot fill the throttle's memory with long keys.
+MAX_LOGIN_NAME_CHARS = 64
 # Svix retries one message for about a day and a half; its id is remembered for
 # longer than that, and the table is capped so a flood cannot grow it without end.
 WEBHOOK_IDS_KEEP_MS = 3 * 86400 * 1000
 WEBHOOK_IDS_MAX = 100_000
+# Expired tokens deleted per write transaction, and transactions per housekeeping
+# pass: each transaction stays short (other writes queue behind it), a pass bounded.
+TOKEN_PURGE_BATCH = 1000
+TOKEN_PURGE_BATCHES_PER_PASS = 10
 
 
 def open_directory_db(data_dir: Path, synchronous: str) -> apsw.Connection:
@@ -49,33 +65,69 @@ class Directory:
         self._config = config
         self._writer = open_directory_db(config.data_dir, config.storage.synchronous)
         self._reader = open_db(config.data_dir / DIRECTORY_FILE, config.storage.synchronous)
-        self._write_lock = trio.Lock()
-        # Password hashing takes ~16 MiB and ~50 ms each: two at a time bounds both.
-        self._hashing = trio.CapacityLimiter(2)
+        auth = config.auth
+        self._throttle = LoginThrottle(
+            per_account=auth.login_failures_per_account,
+            per_address=auth.login_failures_per_address,
+            lockout_seconds=auth.login_lockout_seconds,
+            lockout_max_seconds=auth.login_lockout_max_seconds,
+            max_entries=auth.login_throttle_entries,
+        )
+        # One thread: it runs the writes one at a time, in the order they were asked.
+        self._commits = WorkerPool(1, name="messageai directory")
 
     def close(self) -> None:
+        """Close the connections and stop the write thread. Call when no write can be
+        running or waiting (the server: after its actors' nursery has exited)."""
+        self._commits.close()
         self._reader.close()
         self._writer.close()
 
-    async def _write(self, fn: Callable[..., T], *args: object) -> T:
-        """Run `fn(conn, *args)` in one transaction on the write connection, in a thread."""
+    def read(
+        self, fn: Callable[Concatenate[apsw.Connection, P], T], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        """Run `fn(conn, *args)` inline on the read connection: short indexed reads only.
+        For the media and push services, whose SQL lives in their own store modules."""
+        return fn(self._reader, *args, **kwargs)
+
+    async def write(
+        self, fn: Callable[Concatenate[apsw.Connection, P], T], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        """Run `fn(conn, *args)` in one write transaction on the write thread, one write
+        at a time. Cancellation while queued withdraws the write; a write that has
+        started is waited for, and its result or error returned (never abandoned)."""
 
         def run() -> T:
             with transaction(self._writer):
-                return fn(self._writer, *args)
+                return fn(self._writer, *args, **kwargs)
 
-        async with self._write_lock:
-            return await trio.to_thread.run_sync(run)
+        return await self._commits.run(run)
 
-    def read(self, fn: Callable[..., T], *args: object) -> T:
-        """Run `fn(conn, *args)` inline on the read connection: short indexed reads only.
-        For the media and push services, whose SQL lives in their own store modules."""
-        return fn(self._reader, *args)
+    # ------------------------------------------------------------ housekeeping
 
-    async def write(self, fn: Callable[..., T], *args: object) -> T:
-        """Run `fn(conn, *args)` in one write transaction in a worker thread, one write
-        at a time (the same path as every directory write)."""
-        return await self._write(fn, *args)
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """The housekeeping task: every `auth.token_purge_interval_seconds`, delete
+        expired tokens (at most TOKEN_PURGE_BATCH x TOKEN_PURGE_BATCHES_PER_PASS a
+        pass). A failed pass is logged and retried next interval; cancellation
+        (shutdown) ends it between transactions."""
+        task_status.started()
+        while True:
+            try:
+                await self.purge_expired_tokens()
+            except Exception:
+                # Supervision: expired tokens are already refused; the next pass retries.
+                log.exception("directory housekeeping failed; retrying in the next interval")
+            await trio.sleep(self._config.auth.token_purge_interval_seconds)
+
+    async def purge_expired_tokens(self) -> int:
+        """Delete tokens past their expiry, in short transactions; return how many."""
+        total = 0
+        for _ in range(TOKEN_PURGE_BATCHES_PER_PASS):
+            deleted = await self.write(sql.delete_expired_tokens, now_ms(), TOKEN_PURGE_BATCH)
+            total += deleted
+            if deleted < TOKEN_PURGE_BATCH:
+                break
+        return total
 
     # ------------------------------------------------------------ accounts
 
@@ -85,25 +137,24 @@ class Directory:
         self._check_local_accounts()
         if not self._config.auth.allow_registration:
             raise Forbidden("registration is closed on this server")
+        # Everything is checked before the costly hash (create_local_user checks the
+        # names again, cheaply, as the one definition of a local user).
         name = passwords.check_username(username)
         secret = passwords.check_password(password)
-        shown = passwords.check_display_name(display_name, name)
+        passwords.check_display_name(display_name, name)
         if sql.user_and_hash_by_name(self._reader, name) is not None:
             raise Conflict(f"username {name!r} is taken")
-        async with self._hashing:
-            password_hash = await trio.to_thread.run_sync(
-                passwords.hash_password, secret, self._config.auth.scrypt_n
-            )
-        user = User(id=new_id("u_"), username=name, display_name=shown, created_at=now_ms())
+        password_hash = await hashing(passwords.hash_password, secret, self._config.auth.scrypt_n)
         token = passwords.new_token()
 
-        def insert(conn: apsw.Connection) -> bool:
-            if not sql.insert_user(conn, user, password_hash):
-                return False
-            self._insert_token(conn, token, user.id)
-            return True
+        def insert(conn: apsw.Connection) -> User | None:
+            user = sql.create_local_user(conn, name, display_name, password_hash)
+            if user is not None:
+                self._insert_token(conn, token, user.id)
+            return user
 
-        if not await self._write(insert):
+        user = await self.write(insert)
+        if user is None:
             raise Conflict(f"username {name!r} is taken")
         return user, token
 
@@ -112,28 +163,47 @@ class Directory:
         ttl_ms = self._config.auth.token_ttl_seconds * 1000
         sql.insert_token(conn, passwords.token_hash(token), user_id, now, now + ttl_ms)
 
-    async def login(self, username: object, password: object) -> tuple[User, str]:
+    async def login(
+        self, username: object, password: object, address: str | None = None
+    ) -> tuple[User, str]:
+        """A new session token for a right username and password, else Unauthorized.
+
+        Every evaluated attempt costs one scrypt, for unknown names too (against
+        `passwords.dummy_hash`), so the time taken does not say whether a name exists.
+        Failures are throttled per username and per client `address` (see
+        `identity.throttle`): a locked attempt is RateLimited before any hashing.
+        """
         self._check_local_accounts()
         failure = Unauthorized("wrong username or password")
         if not isinstance(username, str) or not isinstance(password, str):
             raise BadRequest("username and password must be strings")
-        if len(password) > passwords.MAX_PASSWORD_CHARS:
+        if len(username) > MAX_LOGIN_NAME_CHARS or len(password) > passwords.MAX_PASSWORD_CHARS:
             raise failure
+        self._throttle.check(username, address)
         found = sql.user_and_hash_by_name(self._reader, username)
-        if found is None or found[1] is None:
+        user, stored = found if found is not None else (None, None)
+        # Checked again once a hashing turn is free: attempts that queued behind the
+        # failures that caused a lockout must not slip past it.
+        ok = await hashing_admitted(
+            lambda: self._throttle.check(username, address), self._verify, password, stored
+        )
+        if not ok or user is None:
+            self._throttle.failed(username, address)
             raise failure
-        user, stored = found
-        assert stored is not None
-        async with self._hashing:
-            ok = await trio.to_thread.run_sync(passwords.verify_password, password, stored)
-        if not ok:
-            raise failure
+        self._throttle.succeeded(username)
         token = passwords.new_token()
-        await self._write(self._insert_token, token, user.id)
+        await self.write(self._insert_token, token, user.id)
         return user, token
 
+    def _verify(self, password: str, stored: str | None) -> bool:
+        """Blocking: one scrypt either way (the dummy's when there is no stored hash)."""
+        if stored is None:
+            passwords.verify_password(password, passwords.dummy_hash(self._config.auth.scrypt_n))
+            return False
+        return passwords.verify_password(password, stored)
+
     async def logout(self, token: str) -> None:
-        await self._write(sql.delete_token, passwords.token_hash(token))
+        await self.write(sql.delete_token, passwords.token_hash(token))
 
     def _check_local_accounts(self) -> None:
         if self._config.auth.mode != "local":
@@ -157,7 +227,7 @@ class Directory:
 
     async def adopt_clerk_user(self, profile: ClerkProfile) -> tuple[User, bool]:
         """Create the user on their first valid token; (user, deleted) as stored."""
-        return await self._write(clerk_sql.insert_if_absent, profile)
+        return await self.write(clerk_sql.insert_if_absent, profile)
 
     async def apply_clerk_event(
         self, message_id: str, profile: ClerkProfile | None, deleted_id: str | None
@@ -178,7 +248,7 @@ class Directory:
                 clerk_sql.mark_deleted(conn, deleted_id, now)
             return True
 
-        return await self._write(apply)
+        return await self.write(apply)
 
     # ------------------------------------------------------------ conversations
 
@@ -224,7 +294,7 @@ class Directory:
             sql.insert_direct_pair(conn, caller, other, record.id)
             return record, True
 
-        return await self._write(create)
+        return await self.write(create)
 
     async def create_group(
         self, caller: str, title: str, member_ids: list[str]
@@ -240,7 +310,7 @@ class Directory:
             creator_id=caller,
             created_at=now_ms(),
         )
-        await self._write(sql.insert_conversation, record, members, record.created_at)
+        await self.write(sql.insert_conversation, record, members, record.created_at)
         return record
 
     async def add_members(self, conversation_id: str, user_ids: list[str]) -> None:
@@ -253,8 +323,8 @@ class Directory:
                 raise BadRequest(f"user_ids: a group has at most {limit} members")
             sql.add_members(conn, conversation_id, user_ids, now_ms())
 
-        await self._write(add)
+        await self.write(add)
 
     async def remove_member(self, conversation_id: str, user_id: str) -> None:
-        if not await self._write(sql.remove_member, conversation_id, user_id):
+        if not await self.write(sql.remove_member, conversation_id, user_id):
             raise NotFound("that user is not a member")

@@ -1,7 +1,13 @@
 """Media: uploads streamed to content-addressed files, their types checked from the bytes,
 access granted on references (never on the hash), and unreferenced uploads deleted.
-Called by REST handlers (upload, download), conversation actors (attach, reference) and
-the server, which runs `Media.run` (the cleanup task) in its nursery.
+Called by `rest/media.py` (upload, download: this module returns records, byte ranges
+and chunks; the REST layer builds the HTTP), conversation actors (attach, reference)
+and the server, which runs `Media.run` (the cleanup task) in its nursery.
+
+Uploads and cleanup never interleave: each holds the media lock around its
+directory transaction and its file step (placing or unlinking files). The file
+step runs outside the directory's write transaction, in a worker thread
+(`threads.blocking`), so registrations and logins never wait for media files.
 """
 
 from __future__ import annotations
@@ -13,18 +19,23 @@ import os
 import re
 from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
-import apsw
 import attrs
 import trio
 
 from messageai.config import Config
-from messageai.edge.asgi import Response, StreamingResponse
-from messageai.errors import BadRequest, MessageAIError, NotFound, TooLarge
+from messageai.errors import (
+    BadRequest,
+    NotFound,
+    RangeNotSatisfiable,
+    TooLarge,
+    UnsupportedMediaType,
+)
 from messageai.model import MediaRecord, new_id, now_ms
 from messageai.services.directory import Directory
 from messageai.store import media as sql
+from messageai.threads import blocking
 
 log = logging.getLogger(__name__)
 
@@ -38,18 +49,10 @@ CLEANUP_BATCH = 100
 # Media ids are server-made; anything longer is not one of ours.
 MAX_MEDIA_ID_CHARS = 64
 
-# Shown inline by browsers without running anything; everything else is a download.
-INLINE_TYPES = frozenset(
-    {"image/png", "image/jpeg", "image/gif", "image/webp", "image/heic", "text/plain"}
-)
 _HTML_STARTS = re.compile(
     rb"<(!doctype html|html|head|body|script|iframe|style|title|meta|link|svg|object|embed"
     rb"|img|a|b|p|br|div|font|table|h1|!--)[\s>/]"
 )
-
-
-class UnsupportedMediaType(MessageAIError):
-    code, status = "bad_request", 415
 
 
 def sniff(head: bytes) -> frozenset[str]:
@@ -108,10 +111,36 @@ def blob_path(root: Path, sha256: str) -> Path:
     return root / sha256[:2] / sha256
 
 
+def playable(content_type: str) -> bool:
+    """Audio and video: served in byte ranges (players seek); everything else whole."""
+    return content_type.startswith(("audio/", "video/"))
+
+
 @attrs.frozen
 class ByteRange:
     start: int
     end: int  # inclusive
+
+    @property
+    def length(self) -> int:
+        return self.end - self.start + 1
+
+
+@attrs.frozen
+class Download:
+    """What `GET /v1/media/{id}` sends; `rest/media.py` turns it into the response."""
+
+    record: MediaRecord
+    # The part asked for (206), or None for the whole file (200).
+    byte_range: ByteRange | None
+    # Those bytes, CHUNK_BYTES at a time, from a file already open (so the cleanup
+    # task unlinking it cannot cut the response short); iterating to the end, or
+    # closing the iterator, closes the file.
+    chunks: AsyncIterator[bytes]
+
+    @property
+    def length(self) -> int:
+        return self.record.size if self.byte_range is None else self.byte_range.length
 
 
 def parse_range(header: str | None, size: int) -> ByteRange | bool | None:
@@ -120,7 +149,8 @@ def parse_range(header: str | None, size: int) -> ByteRange | bool | None:
     False when it is unsatisfiable (416)."""
     if not header:
         return None
-    match = re.fullmatch(r"\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*", header)
+    # ASCII: \d would take any Unicode digit ("٣" is 3 to int()), which HTTP does not.
+    match = re.fullmatch(r"\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*", header, re.ASCII)
     if match is None or (not match.group(1) and not match.group(2)):
         return None
     first, last = match.group(1), match.group(2)
@@ -150,6 +180,9 @@ class Media:
         self._tmp = self.root / "tmp"
         self._allowed = frozenset(config.media.allowed_types)
         self._ready = False
+        # Held around an upload's commit and a sweep batch: the directory transaction
+        # and the file step together, so the two never interleave (see the module).
+        self.lock = trio.Lock()
 
     # ------------------------------------------------------------ attaching
 
@@ -212,19 +245,36 @@ class Media:
                 size=size,
                 created_at=now_ms(),
             )
-            await self._directory.write(
-                _commit_upload,
-                tmp,
-                blob_path(self.root, sha256),
-                record,
-                quota,
-                self._config.storage.synchronous == "FULL",
-            )
+            await self._commit_upload(tmp, record, quota)
             return record
         finally:
             # Shielded: even a cancelled upload (shutdown) removes its temporary file.
             with trio.CancelScope(shield=True):
-                await trio.to_thread.run_sync(_unlink, tmp)
+                await blocking(_unlink, tmp)
+
+    async def _commit_upload(self, tmp: Path, record: MediaRecord, quota: int) -> None:
+        """Place the bytes, then record the upload (the quota checked again in that
+        transaction: concurrent uploads), under the media lock: a sweep cannot
+        unlink the file in between. A refusal takes back a file no record names. A
+        crash in between leaves at most a file without a record, as before."""
+        final = blob_path(self.root, record.sha256)
+        sync = self._config.storage.synchronous == "FULL"
+        refused = TooLarge(f"this upload would pass your media quota of {quota} bytes")
+        async with self.lock:
+            # Uploads take turns here, so this read is current; it spares placing a
+            # file only to take it back. The transaction below checks once more.
+            if self._directory.read(sql.used_bytes, record.owner_id) + record.size > quota:
+                raise refused
+            placed = await blocking(_place, tmp, final, sync)
+            try:
+                if not await self._directory.write(sql.insert_within_quota, record, quota):
+                    raise refused
+            except BaseException:
+                if placed:
+                    with trio.CancelScope(shield=True):
+                        if not self._directory.read(sql.sha256_in_use, record.sha256):
+                            await blocking(_unlink, final)
+                raise
 
     async def _receive_to(
         self, tmp: Path, receive: Callable[[], Any], content_type: str, limit: int
@@ -235,7 +285,8 @@ class Media:
         text = codecs.getincrementaldecoder("utf-8")() if content_type == "text/plain" else None
         pending: list[bytes] = []
         pending_size = size = 0
-        async with await trio.open_file(tmp, "wb") as out:
+        out: IO[bytes] = await blocking(open, tmp, "wb")
+        try:
             while True:
                 event = await receive()
                 if event["type"] == "http.disconnect":
@@ -267,7 +318,7 @@ class Media:
                 pending.append(chunk)
                 pending_size += len(chunk)
                 if pending_size >= CHUNK_BYTES or not more:
-                    await out.write(b"".join(pending))
+                    await blocking(out.write, b"".join(pending))
                     pending.clear()
                     pending_size = 0
                 if not more:
@@ -275,8 +326,10 @@ class Media:
             if size == 0:
                 raise BadRequest("the body is empty: send the file's bytes")
             if self._config.storage.synchronous == "FULL":
-                await out.flush()
-                await trio.to_thread.run_sync(os.fsync, out.wrapped.fileno())
+                await blocking(_flush_and_sync, out)
+        finally:
+            with trio.CancelScope(shield=True):
+                await blocking(out.close)
         return hasher.hexdigest(), size
 
     # ------------------------------------------------------------ download
@@ -288,44 +341,27 @@ class Media:
             return None
         return self._directory.read(sql.readable, media_id, user_id)
 
-    async def download(self, user_id: str, media_id: str, range_header: str | None) -> Response:
-        """The response to `GET /v1/media/{id}`: 404 unless readable; the stored type with
-        `nosniff`; `attachment` for anything a browser could run; ranges for audio/video."""
+    async def download(self, user_id: str, media_id: str, range_header: str | None) -> Download:
+        """`GET /v1/media/{id}`: the record, the range to send (audio and video only;
+        None for the whole file) and its bytes, from a file opened here. NotFound
+        unless `user_id` may read it; RangeNotSatisfiable for a range past the end."""
         record = self.readable(user_id, media_id)
         if record is None:
             raise NotFound("no such media")
-        content_type = record.content_type
-        shown = f"{content_type}; charset=utf-8" if content_type == "text/plain" else content_type
-        headers = [
-            (b"content-type", shown.encode()),
-            (b"x-content-type-options", b"nosniff"),
-            (b"content-security-policy", b"default-src 'none'; sandbox"),
-            (b"cache-control", b"private, no-cache"),
-        ]
-        playable = content_type.startswith(("audio/", "video/"))
-        if content_type not in INLINE_TYPES and not playable:
-            headers.append((b"content-disposition", f'attachment; filename="{record.id}"'.encode()))
-        status, start, length = 200, 0, record.size
-        if playable:
-            headers.append((b"accept-ranges", b"bytes"))
-            wanted = parse_range(range_header, record.size)
-            if wanted is False:
-                error = {"code": "bad_request", "message": "the range is outside the file"}
-                return Response(
-                    416, {"error": error}, [(b"content-range", f"bytes */{record.size}".encode())]
-                )
-            if isinstance(wanted, ByteRange):
-                status, start, length = 206, wanted.start, wanted.end - wanted.start + 1
-                content_range = f"bytes {wanted.start}-{wanted.end}/{record.size}"
-                headers.append((b"content-range", content_range.encode()))
-        headers.append((b"content-length", str(length).encode()))
+        wanted = parse_range(range_header, record.size) if playable(record.content_type) else None
+        if wanted is False:
+            raise RangeNotSatisfiable("the range is outside the file", record.size)
+        byte_range = wanted if isinstance(wanted, ByteRange) else None
         try:
             # Opened before answering: the cleanup task may unlink the file while it is
             # being sent, and an open file keeps its bytes.
-            stream = await trio.open_file(blob_path(self.root, record.sha256), "rb")
+            file: IO[bytes] = await blocking(open, blob_path(self.root, record.sha256), "rb")
         except FileNotFoundError:
             raise NotFound("no such media") from None
-        return StreamingResponse(status, _read(record, stream, start, length), headers)
+        start, length = (
+            (0, record.size) if byte_range is None else (byte_range.start, byte_range.length)
+        )
+        return Download(record, byte_range, _read(record, file, start, length))
 
     # ------------------------------------------------------------ cleanup
 
@@ -345,20 +381,32 @@ class Media:
             await trio.sleep(self._config.media.cleanup_interval_seconds)
 
     async def sweep(self) -> int:
-        """Delete unreferenced uploads past their time; return how many."""
+        """Delete unreferenced uploads past their time; return how many. Each batch,
+        under the media lock: delete the records (one directory transaction), then
+        unlink the files no record names any more (outside it, in a worker thread):
+        an upload of the same bytes either recorded itself before (the file stays)
+        or comes after (and puts the file back)."""
         cutoff = now_ms() - int(self._config.media.unreferenced_ttl_seconds * 1000)
         total = 0
         while True:
-            deleted = await self._directory.write(_delete_unreferenced, cutoff, CLEANUP_BATCH)
-            if deleted:
-                await self._directory.write(_unlink_unused, self.root, deleted)
+            async with self.lock:
+                deleted = await self._directory.write(
+                    sql.delete_unreferenced, cutoff, CLEANUP_BATCH
+                )
+                unused = [
+                    blob_path(self.root, sha256)
+                    for sha256 in dict.fromkeys(deleted)
+                    if not self._directory.read(sql.sha256_in_use, sha256)
+                ]
+                if unused:
+                    await blocking(_unlink_all, unused)
             total += len(deleted)
             if len(deleted) < CLEANUP_BATCH:
                 return total
 
     async def _prepare(self) -> None:
         if not self._ready:
-            await trio.to_thread.run_sync(_prepare_dirs, self._tmp)
+            await blocking(_prepare_dirs, self._tmp)
             self._ready = True
 
 
@@ -373,52 +421,43 @@ def _unlink(path: Path) -> None:
     path.unlink(missing_ok=True)
 
 
-def _commit_upload(
-    conn: apsw.Connection, tmp: Path, final: Path, record: MediaRecord, quota: int, sync: bool
-) -> None:
-    """In the directory's write transaction (so uploads and cleanup never interleave):
-    check the quota again (concurrent uploads), place the bytes, record the upload."""
-    if sql.used_bytes(conn, record.owner_id) + record.size > quota:
-        raise TooLarge(f"this upload would pass your media quota of {quota} bytes")
-    if not final.exists():
-        final.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(tmp, final)
-        if sync:
-            fd = os.open(final.parent, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-    sql.insert(conn, record)
+def _place(tmp: Path, final: Path, sync: bool) -> bool:
+    """Move the upload to its content-addressed path unless the bytes are there already
+    (then they are the same bytes); True if it moved. `sync`: the rename survives a
+    power cut (the directory is fsynced)."""
+    if final.exists():
+        return False
+    final.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(tmp, final)
+    if sync:
+        fd = os.open(final.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    return True
 
 
-def _delete_unreferenced(conn: apsw.Connection, cutoff: int, limit: int) -> list[str]:
-    """Delete up to `limit` unreferenced records made before `cutoff`; their sha256s."""
-    records = sql.unreferenced_before(conn, cutoff, limit)
-    for record in records:
-        sql.delete(conn, record.id)
-    return [record.sha256 for record in records]
+def _unlink_all(paths: list[Path]) -> None:
+    for path in paths:
+        _unlink(path)
 
 
-def _unlink_unused(conn: apsw.Connection, root: Path, sha256s: list[str]) -> None:
-    """Remove the files no record names any more. Runs in a directory write transaction
-    (for its lock) after the deletions committed: an upload of the same bytes either
-    recorded itself before (the file stays) or comes after (and puts the file back)."""
-    for sha256 in set(sha256s):
-        if not sql.sha256_in_use(conn, sha256):
-            _unlink(blob_path(root, sha256))
+def _flush_and_sync(file: IO[bytes]) -> None:
+    file.flush()
+    os.fsync(file.fileno())
 
 
 async def _read(
-    record: MediaRecord, stream: trio.abc.AsyncResource, start: int, length: int
+    record: MediaRecord, file: IO[bytes], start: int, length: int
 ) -> AsyncIterator[bytes]:
-    """`length` bytes of the open file from `start`, CHUNK_BYTES at a time; closes it."""
-    async with stream:
-        file: Any = stream
-        await file.seek(start)
+    """`length` bytes of the open file from `start`, CHUNK_BYTES at a time (each read in
+    a worker thread); closes the file when done, closed or cancelled."""
+    try:
+        await blocking(file.seek, start)
         left = length
         while left > 0:
-            data: bytes = await file.read(min(CHUNK_BYTES, left))
+            data = await blocking(file.read, min(CHUNK_BYTES, left))
             if not data:
                 # Shorter than recorded: end the response short rather than pad it;
                 # the client sees a truncated body and retries.
@@ -426,3 +465,5 @@ async def _read(
                 return
             left -= len(data)
             yield data
+    finally:
+        file.close()  # a read-only file: nothing to flush, so this does not block

@@ -9,6 +9,7 @@ from __future__ import annotations
 import apsw
 
 from messageai.model import ClerkProfile, User
+from messageai.store.directory import user_from_row
 
 DELETED_DISPLAY_NAME = "Deleted user"
 
@@ -21,7 +22,7 @@ def user_state(conn: apsw.Connection, user_id: str) -> tuple[User, bool] | None:
     row = conn.execute(f"SELECT {_USER}, deleted_at FROM users WHERE id = ?", (user_id,)).fetchone()
     if row is None:
         return None
-    return User(*row[:4]), row[4] is not None
+    return user_from_row(row), row[4] is not None
 
 
 def _set_username(conn: apsw.Connection, user_id: str, wanted: str | None) -> None:

@@ -1,9 +1,13 @@
 """SQL for one conversation's own database: its messages and its read cursors.
 
-Only the conversation's actor calls these, on the connection it owns.
+Only the conversation's actor calls these, on the connection it owns; the one
+exception is the bench's seeding (`bulk_insert`), which writes a stopped server's file.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TypeAlias, cast
 
 import apsw
 import orjson
@@ -42,19 +46,41 @@ def _v2_sender_seq_index(conn: apsw.Connection) -> None:
 MIGRATIONS: list[Migration] = [_v1, _v2_sender_seq_index]
 
 _COLUMNS = "seq, id, sender_id, client_id, body, attachments, created_at"
+# The one insert statement of a message, for the actor (`insert_message`) and the
+# bench's seeding (`bulk_insert`), so a seeded file cannot drift from the schema.
+_INSERT = (
+    f"INSERT INTO messages({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT(sender_id, client_id) DO NOTHING"
+)
+
+# A row of `SELECT {_COLUMNS}`, as the schema above types it.
+MessageRow: TypeAlias = tuple[int, str, str, str, str, str, int]
 
 
 def _message(conversation_id: str, row: tuple[object, ...]) -> Message:
-    seq, id_, sender_id, client_id, body, attachments, created_at = row
+    # APSW rows are untyped; the NOT NULL columns of `messages` make them this shape.
+    seq, id_, sender_id, client_id, body, attachments, created_at = cast(MessageRow, row)
     return Message(
-        id=id_,  # type: ignore[arg-type]
+        id=id_,
         conversation_id=conversation_id,
-        seq=seq,  # type: ignore[arg-type]
-        sender_id=sender_id,  # type: ignore[arg-type]
-        client_id=client_id,  # type: ignore[arg-type]
-        body=body,  # type: ignore[arg-type]
-        attachments=orjson.loads(attachments) if attachments != "[]" else [],  # type: ignore[arg-type]
-        created_at=created_at,  # type: ignore[arg-type]
+        seq=seq,
+        sender_id=sender_id,
+        client_id=client_id,
+        body=body,
+        attachments=orjson.loads(attachments) if attachments != "[]" else [],
+        created_at=created_at,
+    )
+
+
+def _row(message: Message) -> MessageRow:
+    return (
+        message.seq,
+        message.id,
+        message.sender_id,
+        message.client_id,
+        message.body,
+        orjson.dumps(message.attachments).decode() if message.attachments else "[]",
+        message.created_at,
     )
 
 
@@ -73,19 +99,7 @@ def insert_message(conn: apsw.Connection, message: Message) -> Message | None:
     The uniqueness check is the UNIQUE constraint itself, inside the caller's
     transaction, so a resend can never slip in beside its original.
     """
-    conn.execute(
-        "INSERT INTO messages(seq, id, sender_id, client_id, body, attachments, created_at)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(sender_id, client_id) DO NOTHING",
-        (
-            message.seq,
-            message.id,
-            message.sender_id,
-            message.client_id,
-            message.body,
-            orjson.dumps(message.attachments).decode() if message.attachments else "[]",
-            message.created_at,
-        ),
-    )
+    conn.execute(_INSERT, _row(message))
     if conn.changes():
         return None
     original = find_by_client_id(
@@ -93,6 +107,15 @@ def insert_message(conn: apsw.Connection, message: Message) -> Message | None:
     )
     assert original is not None, "a conflict without an original"
     return original
+
+
+def bulk_insert(conn: apsw.Connection, messages: Iterable[Message]) -> None:
+    """Insert `messages` in the caller's transaction with the actor's own statement.
+
+    For the bench, which fills a stopped server's conversation file; a message whose
+    (sender, client_id) is already stored is skipped, as `insert_message` skips it.
+    """
+    conn.executemany(_INSERT, (_row(m) for m in messages))
 
 
 def find_by_client_id(

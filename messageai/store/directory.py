@@ -1,15 +1,19 @@
 """SQL for the central directory database: users, tokens, conversations, memberships.
 
-Called only by `messageai.services.directory.Directory`, which owns the connections.
+Called by `messageai.services.directory.Directory`, which owns the connections
+(and, for `create_local_user` and the user list, by the offline admin CLI).
 No per-message data lives here: messages and read cursors stay in each
 conversation's own file.
 """
 
 from __future__ import annotations
 
+from typing import TypeAlias, cast
+
 import apsw
 
-from messageai.model import ConversationRecord, User
+from messageai.identity import passwords
+from messageai.model import ConversationRecord, User, new_id, now_ms
 from messageai.sqlite import Migration
 
 
@@ -111,16 +115,29 @@ def _media_and_push(conn: apsw.Connection) -> None:
     )
 
 
-MIGRATIONS: list[Migration] = [_v1, _clerk_identities, _media_and_push]
+def _tokens_by_expiry(conn: apsw.Connection) -> None:
+    # The housekeeping task deletes expired tokens in batches, oldest expiry first.
+    conn.execute("CREATE INDEX tokens_expires ON tokens(expires_at)")
+
+
+MIGRATIONS: list[Migration] = [_v1, _clerk_identities, _media_and_push, _tokens_by_expiry]
 
 
 _USER = "id, username, display_name, created_at"
 
 
+# The first columns of a `SELECT {_USER}, ...` row; NOT NULL in `users`, so of these types.
+UserRow: TypeAlias = tuple[str, str, str, int]
+
+
+def user_from_row(row: tuple[object, ...]) -> User:
+    """A `User` from a row that starts with the `_USER` columns (APSW rows are untyped)."""
+    id_, username, display_name, created_at = cast(UserRow, row[:4])
+    return User(id_, username, display_name, created_at)
+
+
 def _user(row: tuple[object, ...] | None) -> User | None:
-    if row is None:
-        return None
-    return User(*row)  # type: ignore[arg-type]
+    return user_from_row(row) if row is not None else None
 
 
 # ---------------------------------------------------------------- users and tokens
@@ -139,6 +156,20 @@ def insert_user(conn: apsw.Connection, user: User, password_hash: str | None) ->
     return True
 
 
+def create_local_user(
+    conn: apsw.Connection, username: object, display_name: object, password_hash: str
+) -> User | None:
+    """Create a local (password) account: check the username and display name (the
+    display name defaults to the username), give the user a fresh id and the current
+    time, insert it with the already computed `password_hash`. None if the username
+    is taken. The one way local users are made: `Directory.register` and
+    `messageai user add` both call it inside their write transaction."""
+    name = passwords.check_username(username)
+    shown = passwords.check_display_name(display_name, name)
+    user = User(id=new_id("u_"), username=name, display_name=shown, created_at=now_ms())
+    return user if insert_user(conn, user, password_hash) else None
+
+
 def user_by_id(conn: apsw.Connection, user_id: str) -> User | None:
     return _user(conn.execute(f"SELECT {_USER} FROM users WHERE id = ?", (user_id,)).fetchone())
 
@@ -149,7 +180,7 @@ def user_and_hash_by_name(conn: apsw.Connection, username: str) -> tuple[User, s
     ).fetchone()
     if row is None:
         return None
-    return User(*row[:4]), row[4]
+    return user_from_row(row), row[4]
 
 
 def existing_user_ids(conn: apsw.Connection, user_ids: list[str]) -> set[str]:
@@ -160,18 +191,44 @@ def existing_user_ids(conn: apsw.Connection, user_ids: list[str]) -> set[str]:
     return found
 
 
+def _after_prefix(prefix: str) -> str:
+    """The least string greater than every string that starts with `prefix` (non-empty),
+    in code point order (BINARY on UTF-8), with ASCII letters folded (NOCASE)."""
+    head, last = prefix[:-1], ord(prefix[-1])
+    if last == 0x10FFFF:
+        return _after_prefix(head) if head else "\U0010ffff"
+    following = last + 1
+    if following == 0xD800:  # surrogates cannot be stored: skip past them
+        following = 0xE000
+    elif following == ord("A"):  # NOCASE sees A-Z as a-z: after "@" comes "["
+        following = ord("[")
+    return head + chr(following)
+
+
 def search_users(conn: apsw.Connection, prefix: str, limit: int) -> list[User]:
-    pattern = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+    """Users whose username or display name starts with `prefix`, ASCII case ignored
+    (usernames are lower case; display names are compared NOCASE, like LIKE did).
+    Two index range scans (the username's, and `users_display_name`), no table scan."""
+    if not prefix:
+        rows = conn.execute(f"SELECT {_USER} FROM users ORDER BY username LIMIT ?", (limit,))
+        return [user_from_row(row) for row in rows]
+    # Folded once for both: a username has no capitals, so NOCASE's bounds serve it too.
+    folded = "".join(c.lower() if "A" <= c <= "Z" else c for c in prefix)
+    # A UNION, not an OR: with ORDER BY ... LIMIT the planner would scan the whole
+    # username index for the OR (EXPLAIN QUERY PLAN; tests/test_directory.py checks).
     rows = conn.execute(
-        f"SELECT {_USER} FROM users WHERE username LIKE ?1 ESCAPE '\\'"
-        " OR display_name LIKE ?1 ESCAPE '\\' ORDER BY username LIMIT ?2",
-        (pattern, limit),
-    ).fetchall()
-    return [User(*row) for row in rows]  # type: ignore[arg-type]
+        f"SELECT {_USER} FROM users WHERE username >= ?1 AND username < ?2"
+        f" UNION SELECT {_USER} FROM users"
+        " WHERE display_name COLLATE NOCASE >= ?1 AND display_name COLLATE NOCASE < ?2"
+        " ORDER BY username LIMIT ?3",
+        (folded, _after_prefix(folded), limit),
+    )
+    return [user_from_row(row) for row in rows]
 
 
 def all_users(conn: apsw.Connection) -> list[User]:
-    return [User(*row) for row in conn.execute(f"SELECT {_USER} FROM users ORDER BY username")]
+    rows = conn.execute(f"SELECT {_USER} FROM users ORDER BY username")
+    return [user_from_row(row) for row in rows]
 
 
 def insert_token(
@@ -197,8 +254,14 @@ def delete_token(conn: apsw.Connection, token_hash: bytes) -> None:
     conn.execute("DELETE FROM tokens WHERE hash = ?", (token_hash,))
 
 
-def delete_expired_tokens(conn: apsw.Connection, now: int) -> None:
-    conn.execute("DELETE FROM tokens WHERE expires_at <= ?", (now,))
+def delete_expired_tokens(conn: apsw.Connection, now: int, limit: int) -> int:
+    """Delete up to `limit` tokens expired at `now` (by the expiry index); how many."""
+    conn.execute(
+        "DELETE FROM tokens WHERE hash IN"
+        " (SELECT hash FROM tokens WHERE expires_at <= ? ORDER BY expires_at LIMIT ?)",
+        (now, limit),
+    )
+    return conn.changes()
 
 
 # ---------------------------------------------------------------- conversations
@@ -282,10 +345,3 @@ def remove_member(conn: apsw.Connection, conversation_id: str, user_id: str) -> 
         (conversation_id, user_id),
     )
     return conn.changes() > 0
-
-
-def member_count(conn: apsw.Connection, conversation_id: str) -> int:
-    value = conn.execute(
-        "SELECT count(*) FROM memberships WHERE conversation_id = ?", (conversation_id,)
-    ).get
-    return int(value)

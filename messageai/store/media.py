@@ -1,7 +1,8 @@
 """SQL for media records and their references, in the directory database.
 
-Called only by `messageai.services.media.Media` through the directory's connections. The
-tables are created by the directory's migrations (`store/directory.py`).
+Called only by `messageai.services.media.Media` through the directory's connections
+(`Directory.read` inline, `Directory.write` on its write thread); no file I/O here.
+The tables are created by the directory's migrations (`store/directory.py`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,15 @@ def insert(conn: apsw.Connection, record: MediaRecord) -> None:
             record.created_at,
         ),
     )
+
+
+def insert_within_quota(conn: apsw.Connection, record: MediaRecord, quota: int) -> bool:
+    """Record an upload unless it would take its owner past `quota` bytes; False then.
+    In one write transaction, so concurrent uploads cannot both slip under it."""
+    if used_bytes(conn, record.owner_id) + record.size > quota:
+        return False
+    insert(conn, record)
+    return True
 
 
 def get(conn: apsw.Connection, media_id: str) -> MediaRecord | None:
@@ -72,6 +82,15 @@ def unreferenced_before(
         (created_before, limit),
     ).fetchall()
     return [MediaRecord(*row) for row in rows]  # type: ignore[arg-type]
+
+
+def delete_unreferenced(conn: apsw.Connection, created_before: int, limit: int) -> list[str]:
+    """Delete up to `limit` unreferenced records made before `created_before`; the
+    sha256s they named (some may still be named by other records)."""
+    records = unreferenced_before(conn, created_before, limit)
+    for record in records:
+        delete(conn, record.id)
+    return [record.sha256 for record in records]
 
 
 def delete(conn: apsw.Connection, media_id: str) -> None:

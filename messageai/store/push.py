@@ -1,7 +1,6 @@
 """SQL for Expo push: device tokens and the tickets awaiting a receipt, in the directory
-database; plus the one read of a conversation file the badge needs.
-
-Called only by `messageai.services.push.Push` (and its REST handlers through it).
+database. Called only by `messageai.services.push.Push`, through the directory's
+connections (`Directory.read` inline, `Directory.write` on its write thread).
 """
 
 from __future__ import annotations
@@ -39,6 +38,21 @@ def tokens_of(conn: apsw.Connection, user_id: str) -> list[str]:
     ]
 
 
+def member_tokens(conn: apsw.Connection, conversation_id: str) -> list[tuple[str, str]]:
+    """(user id, token) for every device of every member of the conversation: one
+    query (the membership key, then each member's tokens by `push_tokens_user`)
+    instead of one per member."""
+    return [
+        (row[0], row[1])
+        for row in conn.execute(
+            "SELECT m.user_id, t.token FROM memberships m"
+            " JOIN push_tokens t ON t.user_id = m.user_id"
+            " WHERE m.conversation_id = ? ORDER BY m.joined_at, m.user_id, t.created_at",
+            (conversation_id,),
+        )
+    ]
+
+
 def insert_tickets(conn: apsw.Connection, tickets: list[tuple[str, str]], now: int) -> None:
     """Record (ticket id, token) pairs whose receipts are fetched later."""
     conn.executemany(
@@ -65,17 +79,21 @@ def delete_tickets_before(conn: apsw.Connection, created_before: int) -> None:
     conn.execute("DELETE FROM push_tickets WHERE created_at < ?", (created_before,))
 
 
-def ticket_count(conn: apsw.Connection) -> int:
-    return int(conn.execute("SELECT count(*) FROM push_tickets").get)
+def record_tickets(
+    conn: apsw.Connection, tickets: list[tuple[str, str]], dead: list[str], now: int
+) -> None:
+    """After a send: remember the tickets, forget the tokens Expo called dead."""
+    insert_tickets(conn, tickets, now)
+    for token in dead:
+        delete_token(conn, token)
 
 
-def unread_in_conversation(conn: apsw.Connection, user_id: str, cap: int) -> int:
-    """On a conversation's own database: messages from others above the user's read
-    cursor, counting at most `cap` (the badge's cost stays bounded)."""
-    value = conn.execute(
-        "SELECT count(*) FROM (SELECT 1 FROM messages WHERE seq >"
-        " coalesce((SELECT seq FROM read_cursors WHERE user_id = ?1), 0)"
-        " AND sender_id <> ?1 LIMIT ?2)",
-        (user_id, cap),
-    ).get
-    return int(value)
+def settle_tickets(
+    conn: apsw.Connection, done: list[str], dead: list[str], forget_before: int
+) -> None:
+    """After reading receipts: forget the settled tickets and those too old to get
+    one, and the tokens the receipts called dead."""
+    delete_tickets(conn, done)
+    delete_tickets_before(conn, forget_before)
+    for token in dead:
+        delete_token(conn, token)

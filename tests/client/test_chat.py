@@ -133,3 +133,37 @@ async def _until_async(client: Client, condition: object) -> None:
     async with client.events() as events:
         while not condition():  # type: ignore[operator]
             await events.receive()
+
+
+class _FailingCore(ChatCore):
+    """A core whose typing notice fails: the error a screen callback must not lose."""
+
+    async def typed(self) -> None:
+        raise RuntimeError("typing notice failed")
+
+
+async def test_an_error_in_a_screen_callback_ends_the_screen_instead_of_being_lost(
+    h: Harness, tmp_path: Path
+) -> None:
+    from prompt_toolkit.input import create_pipe_input
+    from prompt_toolkit.output import DummyOutput
+
+    await h.account("bob")
+    async with await sign_in(h.url, "bob", tmp_path / "bob"):
+        pass
+
+    async def drive() -> BaseException | None:
+        async with Client.open(tmp_path / "bob", settings=FAST) as client:
+            with create_pipe_input() as pipe:
+                app = ChatApp(_FailingCore(client), input=pipe, output=DummyOutput())
+                pipe.send_text("h")  # the input changes: typed() runs from the callback
+                try:
+                    # Without the error surfacing, the screen would wait for /quit forever.
+                    await asyncio.wait_for(app.run(), 30)
+                except BaseException as exc:
+                    return exc
+        return None
+
+    raised = await trio.to_thread.run_sync(asyncio.run, drive())
+    assert isinstance(raised, BaseExceptionGroup), repr(raised)
+    assert raised.subgroup(RuntimeError) is not None

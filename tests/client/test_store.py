@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
+from messageai.backoff import Backoff
 from messageai.client import store
 from messageai.client.events import Events, MessageAdded, Overflowed, ReadReceipt
-from messageai.client.sync import Backoff
 
 ME, BOB, CAT = "u_me", "u_bob", "u_cat"
 
@@ -106,9 +106,13 @@ def test_backoff_grows_with_jitter_up_to_its_cap_and_resets() -> None:
     backoff = Backoff(0.5, 8.0, random.Random(7))
     delays = [backoff.next_delay() for _ in range(10)]
     caps = [min(8.0, 0.5 * 2**n) for n in range(10)]
-    assert all(cap / 2 <= d <= cap for d, cap in zip(delays, caps, strict=True))
+    assert all(0 <= d <= cap for d, cap in zip(delays, caps, strict=True))
     assert len(set(delays)) == len(delays)  # jittered
+    assert max(delays[4:]) > 4.0  # the cap grew to 8 (full jitter, so not every delay)
     backoff.reset()
     assert backoff.next_delay() <= 0.5
+    # A Retry-After is a floor, but never past the maximum.
+    assert backoff.next_delay(at_least=3.0) >= 3.0
+    assert backoff.next_delay(at_least=100.0) == 8.0
     with pytest.raises(ValueError):
         Backoff(0, 1)

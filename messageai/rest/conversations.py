@@ -1,0 +1,215 @@
+"""`/v1/conversations`: conversations, their members and their messages.
+
+Each handler validates its input completely before calling the directory or an
+actor. Conversation reads and sends go through the conversation's actor
+(`Registry.call`), the same path as the WebSocket, so both see one order and one
+idempotency rule. Mounted by `rest.mount`.
+"""
+
+from __future__ import annotations
+
+import trio
+
+from messageai.conversations.commands import Summary
+from messageai.conversations.registry import Registry
+from messageai.edge.asgi import Request, Response, Router
+from messageai.errors import BadRequest, Forbidden, MessageAIError, NotFound, RateLimited
+from messageai.live.guard import Guard
+from messageai.live.presence import Presence
+from messageai.model import Conversation, ConversationRecord, User
+from messageai.protocol import (
+    HISTORY_DEFAULT_LIMIT,
+    ConversationAdded,
+    GetHistory,
+    SendMessage,
+    encode,
+    frame_from_object,
+)
+from messageai.rest.params import int_param, require_user, seq_param, string_list
+from messageai.services.directory import Directory
+
+MAX_TITLE_CHARS = 200
+# Conversation summaries one listing asks of the actors at once: enough to overlap
+# database opens, few enough that one listing neither floods the actors' queues
+# nor opens a burst of files against storage.max_open_databases.
+SUMMARY_CONCURRENCY = 8
+
+
+class Conversations:
+    def __init__(
+        self, directory: Directory, registry: Registry, presence: Presence, guard: Guard
+    ) -> None:
+        self._directory = directory
+        self._registry = registry
+        self._presence = presence
+        # The same per-user message bucket as the WebSocket: one budget, any door.
+        self._guard = guard
+
+    def routes(self, router: Router) -> None:
+        add = router.add
+        add("POST", "/v1/conversations", self.create_conversation)
+        add("GET", "/v1/conversations", self.list_conversations)
+        add("GET", "/v1/conversations/{conversation_id}", self.get_conversation)
+        add("POST", "/v1/conversations/{conversation_id}/members", self.add_members)
+        add("DELETE", "/v1/conversations/{conversation_id}/members/{user_id}", self.remove_member)
+        add("GET", "/v1/conversations/{conversation_id}/messages", self.get_messages)
+        add("POST", "/v1/conversations/{conversation_id}/messages", self.send_message)
+
+    # ------------------------------------------------------------ helpers
+
+    def _member_record(self, conversation_id: str, user: User) -> ConversationRecord:
+        record = self._directory.conversation(conversation_id)
+        if record is None:
+            raise NotFound("no such conversation")
+        if not self._directory.is_member(conversation_id, user.id):
+            raise Forbidden("you are not a member of this conversation")
+        return record
+
+    async def _conversation(self, record: ConversationRecord, user: User) -> Conversation:
+        summary = await self._registry.call(record.id, user.id, Summary())
+        return Conversation(
+            id=record.id,
+            kind=record.kind,
+            title=record.title,
+            member_ids=self._directory.member_ids(record.id),
+            created_at=record.created_at,
+            last_seq=summary.last_seq,
+            last_message=summary.last_message,
+            unread_count=summary.unread_count,
+        )
+
+    async def _announce(self, record: ConversationRecord, user_ids: list[str]) -> None:
+        """Tell the live connections of `user_ids` that they are now in `record`
+        (`conversation_added`, an extension of PROTOCOL.md, so clients need not poll)."""
+        for user_id in user_ids:
+            peers = self._presence.peers_of(user_id)
+            if peers:
+                user = self._directory.user(user_id)
+                if user is not None:
+                    frame = ConversationAdded(conversation=await self._conversation(record, user))
+                    text = encode(frame)
+                    for peer in peers:
+                        peer.push(text)
+
+    # ------------------------------------------------------------ handlers
+
+    async def create_conversation(self, request: Request) -> Response:
+        user = require_user(request)
+        body = request.json()
+        kind = body.get("kind")
+        member_ids = string_list(body.get("member_ids"), "member_ids")
+        if kind == "direct":
+            if len(member_ids) != 1:
+                raise BadRequest("member_ids: a direct conversation takes exactly one other user")
+            record, created = await self._directory.open_direct(user.id, member_ids[0])
+            if created:
+                await self._announce(record, [user.id, member_ids[0]])
+            return Response(201 if created else 200, await self._conversation(record, user))
+        if kind == "group":
+            title = body.get("title")
+            if not isinstance(title, str) or not 1 <= len(title.strip()) <= MAX_TITLE_CHARS:
+                raise BadRequest(
+                    f"title: a group needs a title of 1 to {MAX_TITLE_CHARS} characters"
+                )
+            record = await self._directory.create_group(user.id, title.strip(), member_ids)
+            await self._announce(record, self._directory.member_ids(record.id))
+            return Response(201, await self._conversation(record, user))
+        raise BadRequest('kind: must be "direct" or "group"')
+
+    async def list_conversations(self, request: Request) -> Response:
+        """Every conversation of the caller, most recently active first. The summaries
+        (one actor round trip each, which may start the actor and open its database)
+        are asked SUMMARY_CONCURRENCY at a time rather than one after another. If one
+        fails, the others still finish and the first error is the answer."""
+        user = require_user(request)
+        records = [
+            record
+            for conversation_id in self._directory.conversation_ids_of(user.id)
+            if (record := self._directory.conversation(conversation_id)) is not None
+        ]
+        # By position, so that ties in activity keep the directory's order, as before.
+        found: dict[int, Conversation] = {}
+        errors: list[MessageAIError] = []
+        limiter = trio.CapacityLimiter(SUMMARY_CONCURRENCY)
+
+        async def summarise(index: int, record: ConversationRecord) -> None:
+            async with limiter:
+                try:
+                    found[index] = await self._conversation(record, user)
+                except MessageAIError as exc:
+                    errors.append(exc)
+
+        async with trio.open_nursery() as nursery:
+            for index, record in enumerate(records):
+                nursery.start_soon(summarise, index, record)
+        if errors:
+            raise errors[0]
+        conversations = [found[index] for index in range(len(records))]
+        conversations.sort(key=_activity, reverse=True)
+        return Response(200, {"conversations": conversations})
+
+    async def get_conversation(self, request: Request) -> Response:
+        user = require_user(request)
+        record = self._member_record(request.params["conversation_id"], user)
+        return Response(200, await self._conversation(record, user))
+
+    async def add_members(self, request: Request) -> Response:
+        user = require_user(request)
+        record = self._member_record(request.params["conversation_id"], user)
+        user_ids = string_list(request.json().get("user_ids"), "user_ids")
+        if not user_ids:
+            raise BadRequest("user_ids: name at least one user")
+        if record.kind != "group":
+            raise BadRequest("members can be added to groups only")
+        await self._directory.add_members(record.id, user_ids)
+        await self._registry.members_changed(record.id, added=tuple(user_ids))
+        await self._announce(record, user_ids)
+        return Response(200, await self._conversation(record, user))
+
+    async def remove_member(self, request: Request) -> Response:
+        user = require_user(request)
+        record = self._member_record(request.params["conversation_id"], user)
+        target = request.params["user_id"]
+        if record.kind != "group":
+            raise BadRequest("members can be removed from groups only")
+        if target != user.id and user.id != record.creator_id:
+            raise Forbidden("only the group's creator may remove other members")
+        await self._directory.remove_member(record.id, target)
+        await self._registry.members_changed(record.id, removed=(target,))
+        return Response(204)
+
+    async def get_messages(self, request: Request) -> Response:
+        user = require_user(request)
+        record = self._member_record(request.params["conversation_id"], user)
+        query = request.query
+        op = GetHistory(
+            conversation_id=record.id,
+            after_seq=seq_param(query, "after_seq"),
+            before_seq=seq_param(query, "before_seq"),
+            limit=int_param(query, "limit", HISTORY_DEFAULT_LIMIT, minimum=1),
+        )
+        page = await self._registry.call(record.id, user.id, op)
+        return Response(200, {"messages": page.messages, "has_more": page.has_more})
+
+    async def send_message(self, request: Request) -> Response:
+        user = require_user(request)
+        conversation_id = request.params["conversation_id"]
+        # Who may post is decided before what is posted: 404/403 come before 400.
+        self._member_record(conversation_id, user)
+        body = request.json()
+        body.pop("type", None)
+        body.pop("req", None)
+        frame = {**body, "type": "send_message", "conversation_id": conversation_id}
+        _, op = frame_from_object(frame)
+        assert isinstance(op, SendMessage)
+        wait = self._guard.take(user.id)
+        if wait > 0:
+            raise RateLimited("too many messages: retry later", retry_after_seconds=wait)
+        sent = await self._registry.call(conversation_id, user.id, op)
+        return Response(200 if sent.duplicate else 201, sent.message)
+
+
+def _activity(conversation: Conversation) -> int:
+    if conversation.last_message is not None:
+        return conversation.last_message.created_at
+    return conversation.created_at
