@@ -23,7 +23,7 @@ from messageai import rest
 from messageai.config import Config
 from messageai.conversations.commands import Summary
 from messageai.conversations.registry import Registry
-from messageai.edge.asgi import App, Router
+from messageai.edge.asgi import App, Router, bearer_token
 from messageai.edge.frontdoor import FrontDoor, ReplayStream
 from messageai.edge.wsframes import request_host, wrap_server_stream
 from messageai.errors import (
@@ -34,7 +34,7 @@ from messageai.errors import (
     RateLimited,
     Unauthorized,
 )
-from messageai.identity.authenticator import Authenticator, bearer_token, make_authenticator
+from messageai.identity.authenticator import Authenticator, make_authenticator
 from messageai.live.echo import EchoSession
 from messageai.live.guard import Guard
 from messageai.live.presence import Presence
@@ -107,7 +107,7 @@ class Server:
                     summary = await registry.call(conversation_id, user_id, Summary())
                     return summary.unread_count
 
-                push = Push(config, directory, presence, unread)
+                push = Push(config, directory, presence.is_online, unread)
                 self.media, self.push = media, push
                 registry = Registry(
                     config,

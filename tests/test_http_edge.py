@@ -20,7 +20,15 @@ import pytest
 import trio
 import trio.lowlevel
 
-from messageai.edge.asgi import App, Request, Response, Route, Router, error_headers
+from messageai.edge.asgi import (
+    App,
+    Request,
+    Response,
+    Route,
+    Router,
+    bearer_token,
+    error_headers,
+)
 from messageai.edge.frontdoor import (
     MAX_HEAD_BYTES,
     MAX_HEADERS,
@@ -37,7 +45,6 @@ from messageai.errors import (
     RateLimited,
     UriTooLong,
 )
-from messageai.identity.authenticator import bearer_token
 from tests.helpers import Harness, harness, make_config
 
 PNG = b"\x89PNG\r\n\x1a\n" + os.urandom(400_000)

@@ -18,8 +18,8 @@ from typing import Any
 import httpx
 import trio
 
-from messageai.identity import passwords
-from messageai.identity.throttle import Counter, address_key
+from messageai import passwords
+from messageai.services.login_throttle import Counter, address_key
 from tests.helpers import Harness, assert_error, harness, make_config
 
 THROTTLE = {

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import trio
 
+from messageai import passwords
 from messageai.cli.client_args import CLIENT_COMMANDS, add_client_commands
 from messageai.config import Config, ConfigError, load_config, with_overrides
 from messageai.errors import MessageAIError
-from messageai.identity import passwords
 from messageai.services.directory import open_directory_db
 from messageai.sqlite import apply_best_practice, transaction
 from messageai.store import directory as sql

@@ -33,7 +33,6 @@ from messageai.errors import (
     TooLarge,
     error_body,
 )
-from messageai.identity.authenticator import bearer_token
 from messageai.model import User
 from messageai.protocol import dumps
 
@@ -75,6 +74,17 @@ class Request:
         if not isinstance(value, dict):
             raise BadRequest("body must be a JSON object")
         return value
+
+
+def bearer_token(authorization: str | None) -> str | None:
+    """The token of an `Authorization: Bearer <token>` header value (scheme in any
+    case), or None for no header, another scheme or an empty token. The one parser,
+    for REST requests and the WebSocket handshake."""
+    scheme, _, token = (authorization or "").partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        return None
+    return token
 
 
 class Response:

@@ -1,4 +1,5 @@
-"""Who is asking: passwords and session tokens of local accounts (`passwords`), Clerk
-session JWTs and profiles (`clerk`), and the one seam that REST and the WebSocket
-handshake call to turn a bearer token into a user (`authenticator`).
+"""Who is asking: the one seam that REST and the WebSocket handshake call to turn a
+bearer token into a user (`authenticator`: local session tokens through the directory,
+or Clerk session JWTs and profiles, `clerk`). Password hashing and token rules are
+below it, in `messageai.passwords`; the directory service uses them.
 """

@@ -4,7 +4,7 @@
 local session tokens looked up in the directory, or Clerk session JWTs verified
 by `messageai.identity.clerk`. Called by the ASGI app (every REST request) and by the
 server (every WebSocket handshake, and again right after a session is registered);
-both read the token with `bearer_token`.
+both read the token with `edge.asgi.bearer_token`.
 """
 
 from __future__ import annotations
@@ -41,17 +41,6 @@ class LocalAuthenticator:
 
     def is_active(self, user_id: str) -> bool:
         return True
-
-
-def bearer_token(authorization: str | None) -> str | None:
-    """The token of an `Authorization: Bearer <token>` header value (scheme in any
-    case), or None for no header, another scheme or an empty token. The one parser,
-    for REST requests and the WebSocket handshake."""
-    scheme, _, token = (authorization or "").partition(" ")
-    token = token.strip()
-    if scheme.lower() != "bearer" or not token:
-        return None
-    return token
 
 
 def make_authenticator(config: Config, directory: Directory) -> Authenticator:

@@ -20,11 +20,11 @@ from typing import Concatenate, ParamSpec, TypeVar
 import apsw
 import trio
 
+from messageai import passwords
 from messageai.config import Config
 from messageai.errors import BadRequest, Conflict, Forbidden, NotFound, Unauthorized
-from messageai.identity import passwords
-from messageai.identity.throttle import LoginThrottle
 from messageai.model import ClerkProfile, ConversationRecord, User, new_id, now_ms
+from messageai.services.login_throttle import LoginThrottle
 from messageai.sqlite import migrate, open_db, transaction
 from messageai.store import clerk as clerk_sql
 from messageai.store import directory as sql
@@ -171,7 +171,7 @@ class Directory:
         Every evaluated attempt costs one scrypt, for unknown names too (against
         `passwords.dummy_hash`), so the time taken does not say whether a name exists.
         Failures are throttled per username and per client `address` (see
-        `identity.throttle`): a locked attempt is RateLimited before any hashing.
+        `services.login_throttle`): a locked attempt is RateLimited before any hashing.
         """
         self._check_local_accounts()
         failure = Unauthorized("wrong username or password")

@@ -30,7 +30,6 @@ import trio
 from messageai.backoff import Backoff, parse_retry_after
 from messageai.config import Config
 from messageai.errors import BadRequest, MessageAIError
-from messageai.live.presence import Presence
 from messageai.model import Message, now_ms
 from messageai.services.directory import Directory
 from messageai.store import push as sql
@@ -110,11 +109,17 @@ def fit_payload(payload: dict[str, Any], body: str | None) -> dict[str, Any]:
 
 class Push:
     def __init__(
-        self, config: Config, directory: Directory, presence: Presence, unread: UnreadCount
+        self,
+        config: Config,
+        directory: Directory,
+        online: Callable[[str], bool],
+        unread: UnreadCount,
     ) -> None:
+        """`online(user_id)`: whether the user has a live connection now (presence's
+        answer, inline); such a member is told by the WebSocket, not by a push."""
         self._config = config
         self._directory = directory
-        self._presence = presence
+        self._online = online
         self._unread = unread
         self.enabled = bool(config.push.endpoint)
         self.counters = Counters()
@@ -148,7 +153,8 @@ class Push:
         full the message is dropped and counted."""
         try:
             self._send.send_nowait(message)
-        except trio.WouldBlock:
+        except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
+            # Full, or the push task has stopped (shutdown): best effort, counted.
             self.counters.dropped += 1
 
     # ------------------------------------------------------------ the push task
@@ -158,12 +164,15 @@ class Push:
         after an unexpected error, keeping what was queued; cancellation (shutdown) drops
         what is in flight (notifications are best effort)."""
         task_status.started()
-        while True:
-            try:
-                await self._serve()
-            except Exception:
-                log.exception("push task failed; restarting")
-                await trio.sleep(self._config.push.retry_base_seconds)
+        # The queue outlives restarts of `_serve`; the task owns both ends and closes
+        # them when it stops, so a late `notify` is counted as dropped, not queued.
+        with self._send, self._receive:
+            while True:
+                try:
+                    await self._serve()
+                except Exception:
+                    log.exception("push task failed; restarting")
+                    await trio.sleep(self._config.push.retry_base_seconds)
 
     async def _serve(self) -> None:
         config = self._config.push
@@ -226,7 +235,7 @@ class Push:
                 if member != message.sender_id:
                     devices.setdefault(member, []).append(token)
             for member, tokens in devices.items():
-                if self._presence.connection_count(member):
+                if self._online(member):
                     continue
                 if member not in badges:
                     badges[member] = await self._badge(member)

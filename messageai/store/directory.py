@@ -12,7 +12,7 @@ from typing import TypeAlias, cast
 
 import apsw
 
-from messageai.identity import passwords
+from messageai import passwords
 from messageai.model import ConversationRecord, User, new_id, now_ms
 from messageai.sqlite import Migration
 
