@@ -47,8 +47,9 @@ class Inbox:
     def push_frame(self, frame: object) -> None:
         self.frames.append(frame)
 
-    def subscription_started(self, conversation_id: str) -> None:
+    def subscription_started(self, conversation_id: str) -> bool:
         self.subscriptions.add(conversation_id)
+        return True
 
     def subscription_ended(self, conversation_id: str) -> None:
         self.subscriptions.discard(conversation_id)
@@ -127,6 +128,25 @@ async def test_actor_with_a_subscriber_does_not_retire(tmp_path: Path) -> None:
             assert registry.is_running(cid) and len(inbox.frames) == 1
 
 
+class EndedPeer(Inbox):
+    """A connection that has ended by the time the actor handles its subscribe."""
+
+    def subscription_started(self, conversation_id: str) -> bool:
+        return False
+
+
+async def test_subscribe_handled_after_its_connection_ended_is_not_kept(tmp_path: Path) -> None:
+    config = make_config(tmp_path / "data", conversations={"idle_seconds": IDLE_SECONDS})
+    with trio.fail_after(DEADLINE):
+        async with registry_of(config) as (_directory, registry, ada, cid):
+            gone = EndedPeer(ada)
+            await registry.submit(cid, Command(op=Subscribe(cid), user_id=ada, peer=gone))
+            await registry.call(cid, ada, SendMessage(cid, "k1", "after it left"))
+            assert gone.frames[1:] == [], "no live frame for a connection that has ended"
+            # And it does not keep the actor alive: it retires when idle.
+            await _until(lambda: not registry.is_running(cid))
+
+
 # ------------------------------------------------------------------ failures
 
 
@@ -177,6 +197,7 @@ async def test_crash_of_the_loop_answers_every_queued_command_unavailable(
             subscriber = BrokenSubscriber(ada)
             await registry.submit(cid, Command(op=Subscribe(cid), user_id=ada, peer=subscriber))
             await registry.call(cid, ada, GetHistory(cid))  # subscribed; the actor is idle
+            assert subscriber.subscriptions == {cid}
             inbox = Inbox(ada)
             failures: list[Unavailable] = []
 
@@ -200,6 +221,7 @@ async def test_crash_of_the_loop_answers_every_queued_command_unavailable(
             assert all(isinstance(f, Error) and f.code == "unavailable" for f in inbox.frames)
             assert sorted(f.req for f in inbox.frames if isinstance(f, Error)) == [1, 2]
             assert all("did not answer in time" not in exc.message for exc in failures)
+            assert subscriber.subscriptions == set(), "the crashed actor ended its subscriptions"
             # The conversation works again: a fresh actor, subscriptions and sends.
             watcher = Inbox(ada)
             await registry.submit(cid, Command(op=Subscribe(cid), user_id=ada, peer=watcher))

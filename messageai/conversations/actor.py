@@ -178,10 +178,10 @@ class ConversationActor:
             self.close_db()
 
     def fail_pending(self) -> None:
-        """Once `run` has ended (retired, crashed or cancelled): answer every command
-        not answered yet `unavailable`, the rest of the batch in flight and everything
-        queued, then close both ends of the channel. Called by the registry's
-        supervisor, the channel's owner. Senders waiting for room get
+        """Once `run` has ended (retired, crashed or cancelled): close both ends of the
+        channel, answer every command not answered yet `unavailable` (the rest of the
+        batch in flight and everything queued), and end the subscriptions. Called by
+        the registry's supervisor, the channel's owner. Senders waiting for room get
         trio.ClosedResourceError and go to a new actor. No await: nothing slips in."""
         error = Unavailable("the conversation restarted; please retry")
         # Close the send end first: the buffer stays readable until it is empty.
@@ -200,6 +200,14 @@ class ConversationActor:
             except Exception:
                 # A peer that fails to take its answer must not cost the others theirs.
                 log.exception("conversation %s: a queued command could not be answered", self.id)
+        # Live frames stop here: the next actor starts without subscribers, so their
+        # peers stop counting these subscriptions (clients resubscribe to get more).
+        ended, self.subscribers = self.subscribers, set()
+        for peer in ended:
+            try:
+                peer.subscription_ended(self.id)
+            except Exception:
+                log.exception("conversation %s: a subscriber could not be told", self.id)
 
     # ------------------------------------------------------------ internals
 
@@ -449,9 +457,8 @@ class ConversationActor:
 
     def _on_subscribe(self, command: Command) -> None:
         peer = command.peer
-        if peer is not None:
-            # The peer learns first: a peer that cannot take it is not subscribed.
-            peer.subscription_started(self.id)
+        # The peer learns first: one that has ended (or fails to take it) is not kept.
+        if peer is not None and peer.subscription_started(self.id):
             self.subscribers.add(peer)
         frame = Subscribed(
             conversation_id=self.id,

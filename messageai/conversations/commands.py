@@ -36,8 +36,9 @@ class Peer(Protocol):
     """A connection that can receive frames (the WebSocket session).
 
     The actor tells it when a subscription starts (the actor accepted a
-    `subscribe`) and when it ends (`unsubscribe`, removal from the group), so the
-    peer's own view of its subscriptions follows the actor's and nothing else.
+    `subscribe`; the peer answers False if it has ended meanwhile, and is not kept)
+    and when it ends (`unsubscribe`, removal from the group, the actor's crash), so
+    the peer's own view of its subscriptions follows the actor's and nothing else.
     """
 
     user_id: str
@@ -46,7 +47,7 @@ class Peer(Protocol):
 
     def push_frame(self, frame: ServerFrame) -> None: ...
 
-    def subscription_started(self, conversation_id: str) -> None: ...
+    def subscription_started(self, conversation_id: str) -> bool: ...
 
     def subscription_ended(self, conversation_id: str) -> None: ...
 

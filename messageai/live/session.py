@@ -81,6 +81,8 @@ class Session:
         # The conversations this connection is subscribed to, as their actors see it:
         # changed only by the actors (`subscription_started`/`_ended`).
         self.subscriptions: set[str] = set()
+        # Set once `run` has cleaned up: an actor must not keep this connection after.
+        self._ended = False
 
     # ------------------------------------------------------------ outbound
 
@@ -105,9 +107,13 @@ class Session:
     def push_frame(self, frame: ServerFrame) -> None:
         self.push(encode(frame))
 
-    def subscription_started(self, conversation_id: str) -> None:
-        """Called by the actor once it has accepted a `subscribe` from this connection."""
+    def subscription_started(self, conversation_id: str) -> bool:
+        """Called by the actor once it has accepted a `subscribe` from this connection.
+        False if the connection has ended meanwhile: the actor then does not keep it."""
+        if self._ended:
+            return False
         self.subscriptions.add(conversation_id)
+        return True
 
     def subscription_ended(self, conversation_id: str) -> None:
         """Called by the actor on `unsubscribe` and when this user leaves the group."""
@@ -159,6 +165,8 @@ class Session:
                 await self._reader()
                 self.close(1000, "")
         finally:
+            # A subscribe still queued at an actor finds `_ended` set when it runs.
+            self._ended = True
             self._registry.unsubscribe_everywhere(self, self.subscriptions)
             self._presence.disconnected(self)
 
