@@ -10,9 +10,10 @@ fans out, in order. With no subscribers and no commands for `idle_seconds`,
 `run` returns (retire); the next use starts a fresh actor. An exception while
 processing a batch is logged, every command of the batch not answered yet gets
 `unavailable` (nothing of it was acked, so clients resend safely), the state is
-reloaded from disk, and the actor goes on. If `run` itself ends (retire,
-crash, shutdown), the supervisor calls `fail_pending`, which answers whatever is
-still in flight or queued `unavailable` and closes the channel.
+reloaded from disk, and the actor goes on. Whenever `run` itself ends (retire,
+crash, shutdown), the supervisor calls `fail_pending`, which closes the channel,
+answers whatever is still in flight or queued `unavailable`, and ends the
+subscriptions (their peers are told; the next actor starts without them).
 
 Channels: commands arrive on a bounded memory channel (`conversations.queue_size`;
 senders wait when it is full); the registry's supervisor owns it and closes it
@@ -135,11 +136,6 @@ class ConversationActor:
         or trio.ClosedResourceError once the actor has ended (the registry then starts
         a new one). Cancelled while waiting, the command is not queued."""
         await self._send.send(command)
-
-    @property
-    def database_open(self) -> bool:
-        """Whether this actor holds its database open right now."""
-        return self._conn is not None
 
     def close_db(self) -> None:
         """Close the database between batches (LRU eviction, retire, shutdown)."""

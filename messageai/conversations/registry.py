@@ -1,20 +1,22 @@
 """The registry of conversation actors: finds or starts the actor of a conversation.
 
-Actors run in the registry's own nursery, never in a connection's, so a dropped
-socket never stops a conversation. `actor()` is check-then-act with no await in
-between: two callers racing for a new conversation get the same actor. The
-registry also caps open conversation databases, closing the least recently used
-idle one first, and owns the worker threads that open and commit them (`close()`
-stops those once the actors' nursery has exited). When an actor's loop dies (a
-bug outside its batch guard) the supervisor logs it and forgets the actor; the
-next command starts a fresh one.
+Called by WebSocket sessions (`submit`), REST handlers and push (`call`), and the
+directory's membership changes (`members_changed`). Actors run in the registry's
+own nursery, never in a connection's, so a dropped socket never stops a
+conversation. `actor()` is check-then-act with no await in between: two callers
+racing for a new conversation get the same actor. The registry also caps open
+conversation databases, closing the least recently used idle one first, and owns
+the worker threads that open and commit them (`close()` stops those once the
+actors' nursery has exited).
 
-The supervisor (`_supervise`, one task per actor) owns the actor's command
-channel: whenever `run` ends (retire, crash, shutdown) it forgets the actor,
-then `fail_pending` answers every command still in flight or queued
-`unavailable` and closes the channel. Closing the receive end is the last step
-because trio drops a closed channel's buffer. REST and internal callers wait at
-most `conversations.call_timeout_seconds` for an answer (`call`).
+Lifecycle: one supervisor task per actor (`_supervise`) runs `run` and owns the
+actor's command channel. Whenever `run` ends (idle retire, a crash of the loop
+outside its batch guard, which is logged, or shutdown), the supervisor forgets
+the actor, then `fail_pending` takes what is still queued out of the channel
+before closing it (trio drops a closed channel's buffer), answers that and the
+rest of the batch in flight `unavailable`, and ends the actor's subscriptions;
+the next command starts a fresh actor. REST and internal callers wait at most
+`conversations.call_timeout_seconds` for an answer (`call`).
 """
 
 from __future__ import annotations
@@ -64,6 +66,8 @@ MAX_CONVERSATION_ID = 64
 
 
 class Registry:
+    """The live actors by conversation id, their supervisors, and the open-database LRU."""
+
     def __init__(
         self,
         config: Config,
@@ -190,12 +194,14 @@ class Registry:
             await self.call(conversation_id, "", MembersChanged(added=added, removed=removed))
 
     def unsubscribe_everywhere(self, peer: Peer, conversation_ids: set[str]) -> None:
+        """Drop a closed connection from its conversations' actors (the session's cleanup)."""
         for conversation_id in conversation_ids:
             actor = self._actors.get(conversation_id)
             if actor is not None:
                 actor.subscribers.discard(peer)
 
     def subscribers_of(self, conversation_ids: list[str]) -> set[Peer]:
+        """The connections subscribed to any of these conversations now (for presence)."""
         peers: set[Peer] = set()
         for conversation_id in conversation_ids:
             actor = self._actors.get(conversation_id)
@@ -211,9 +217,9 @@ class Registry:
         self._workers.close()
 
     async def _supervise(self, actor: ConversationActor) -> None:
-        # The owner of the actor's channel: `fail_pending` closes it, after `run`
-        # has ended and after answering what is left in it (closing first would
-        # drop the queued commands unanswered).
+        # The owner of the actor's channel: `run` never closes it (closing the
+        # receive end drops what is queued); `fail_pending` does, once `run` has
+        # ended, after taking out what is left to answer it.
         try:
             await actor.run()
         except Exception:
