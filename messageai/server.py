@@ -23,7 +23,7 @@ from messageai import rest
 from messageai.config import Config
 from messageai.conversations.commands import Summary
 from messageai.conversations.registry import Registry
-from messageai.edge.asgi import App, Router, bearer_token
+from messageai.edge.asgi import App, Router, bearer_token, error_headers
 from messageai.edge.frontdoor import FrontDoor, ReplayStream
 from messageai.edge.wsframes import request_host, wrap_server_stream
 from messageai.errors import (
@@ -33,6 +33,7 @@ from messageai.errors import (
     MessageAIError,
     RateLimited,
     Unauthorized,
+    error_body,
 )
 from messageai.identity.authenticator import Authenticator, make_authenticator
 from messageai.live.echo import EchoSession
@@ -269,11 +270,9 @@ class Server:
 
 
 async def _reject(request: trio_websocket.WebSocketRequest, exc: MessageAIError) -> None:
-    """Refuse the handshake with `exc`'s status and the REST error body."""
-    body = orjson.dumps({"error": {"code": exc.code, "message": exc.message}})
-    await request.reject(
-        exc.status, extra_headers=[(b"content-type", b"application/json")], body=body
-    )
+    """Refuse the handshake with `exc`'s status, headers and body, as REST would."""
+    headers = [(b"content-type", b"application/json"), *error_headers(exc)]
+    await request.reject(exc.status, extra_headers=headers, body=orjson.dumps(error_body(exc)))
 
 
 async def _authenticate(

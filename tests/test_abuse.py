@@ -216,7 +216,10 @@ async def test_connections_past_the_per_user_cap_are_refused_with_429(tmp_path: 
         async with h.ws(ada) as first, h.ws(ada):
             status, body = await raw_websocket_handshake(h.url, "/v1/ws", auth)
             assert status == 429
-            assert orjson.loads(body)["error"]["code"] == "rate_limited"
+            error = orjson.loads(body)["error"]
+            # The same body as a REST 429: the code and when to try again.
+            assert error["code"] == "rate_limited"
+            assert error["retry_after_ms"] >= 1000
             # Another user is not affected.
             async with h.ws(bob) as b:
                 assert (await b.request("ping"))["type"] == "pong"
