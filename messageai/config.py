@@ -93,6 +93,7 @@ class ConversationsConfig:
     idle_seconds: float = attrs.field(default=300.0, validator=_positive)
     queue_size: int = attrs.field(default=1024, validator=[v.ge(1), v.le(1_000_000)])
     max_batch: int = attrs.field(default=512, validator=[v.ge(1), v.le(100_000)])
+    call_timeout_seconds: float = attrs.field(default=30.0, validator=_positive)
 
 
 @attrs.frozen(field_transformer=_name_errors)

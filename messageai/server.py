@@ -105,8 +105,8 @@ class Server:
                 async def unread(conversation_id: str, user_id: str) -> int:
                     # Push's badges: the actor's own count, as the conversation list
                     # shows it. (`registry` is made just below; it needs `push.notify`.)
-                    _, _, count = await registry.call(conversation_id, user_id, Summary())
-                    return int(count)
+                    summary = await registry.call(conversation_id, user_id, Summary())
+                    return summary.unread_count
 
                 push = Push(config, directory, presence.is_online, unread)
                 self.media, self.push = media, push

@@ -1,6 +1,6 @@
-"""Durability and lifecycle: restarts keep everything, kill -9 loses no acked message,
-resends store nothing twice, idle actors retire and come back, failures stay local,
-shutdown is graceful."""
+"""Durability: restarts keep everything, kill -9 loses no acked message, resends store
+nothing twice, shutdown is graceful. (Actor and registry lifecycle: test_actor.py,
+test_registry.py.)"""
 
 from __future__ import annotations
 
@@ -13,12 +13,6 @@ import pytest
 import trio
 import trio_websocket
 
-from messageai.config import Config
-from messageai.conversations.commands import Command, Waiter
-from messageai.conversations.registry import Registry
-from messageai.protocol import GetHistory, SendMessage, Subscribe
-from messageai.services.directory import Directory
-from messageai.store.paths import conversation_path
 from tests.helpers import ServerProcess, connect_ws, harness, make_config
 
 
@@ -174,146 +168,3 @@ async def _history(port: int, token: str, cid: str) -> list[dict]:
             if not page["has_more"]:
                 return messages
             after = page["messages"][-1]["seq"]
-
-
-# ------------------------------------------------------------------ actors, with the registry alone
-
-
-class Inbox:
-    """A peer that keeps what it is sent (stands where a WebSocket session would)."""
-
-    def __init__(self, user_id: str) -> None:
-        self.user_id = user_id
-        self.frames: list[object] = []
-
-    def push(self, text: str) -> None:
-        self.frames.append(text)
-
-    def push_frame(self, frame: object) -> None:
-        self.frames.append(frame)
-
-    def subscription_ended(self, conversation_id: str) -> None:
-        pass
-
-
-async def _setup(config: Config, nursery: trio.Nursery) -> tuple[Directory, Registry, str, str]:
-    directory = Directory(config)
-    registry = Registry(config, directory, nursery, lambda _user: False)
-    ada, _ = await directory.register("ada", "password1", None)
-    bob, _ = await directory.register("bob", "password1", None)
-    record, _ = await directory.open_direct(ada.id, bob.id)
-    return directory, registry, ada.id, record.id
-
-
-async def test_idle_actor_retires_and_comes_back_with_nothing_lost(
-    tmp_path: Path, autojump_clock: object
-) -> None:
-    config = make_config(tmp_path / "data", conversations={"idle_seconds": 60.0})
-    async with trio.open_nursery() as nursery:
-        directory, registry, ada, cid = await _setup(config, nursery)
-        first, dup = await registry.call(cid, ada, SendMessage(cid, "k1", "one"))
-        assert registry.active(cid) is not None
-        await trio.sleep(61)
-        assert registry.active(cid) is None, "an idle actor with no subscribers retires"
-        second, _ = await registry.call(cid, ada, SendMessage(cid, "k2", "two"))
-        assert second.seq == 2
-        again, dup = await registry.call(cid, ada, SendMessage(cid, "k1", "one"))
-        assert dup is True and again == first
-        messages, _ = await registry.call(cid, ada, GetHistory(cid))
-        assert [m.body for m in messages] == ["one", "two"]
-        nursery.cancel_scope.cancel()
-    registry.close()
-    directory.close()
-
-
-async def test_actor_with_a_subscriber_does_not_retire(
-    tmp_path: Path, autojump_clock: object
-) -> None:
-    config = make_config(tmp_path / "data", conversations={"idle_seconds": 60.0})
-    async with trio.open_nursery() as nursery:
-        directory, registry, ada, cid = await _setup(config, nursery)
-        inbox = Inbox(ada)
-        await registry.submit(cid, Command(op=Subscribe(cid), user_id=ada, peer=inbox))
-        await registry.call(cid, ada, GetHistory(cid))  # the subscribe has been handled
-        await trio.sleep(600)
-        assert registry.active(cid) is not None and len(inbox.frames) == 1
-        nursery.cancel_scope.cancel()
-    registry.close()
-    directory.close()
-
-
-async def test_open_databases_are_capped_least_recently_used_first(tmp_path: Path) -> None:
-    config = make_config(tmp_path / "data", storage={"max_open_databases": 2})
-    async with trio.open_nursery() as nursery:
-        directory = Directory(config)
-        registry = Registry(config, directory, nursery, lambda _user: False)
-        ada, _ = await directory.register("ada", "password1", None)
-        cids = []
-        for i in range(5):
-            other, _ = await directory.register(f"friend{i}", "password1", None)
-            record, _ = await directory.open_direct(ada.id, other.id)
-            cids.append(record.id)
-            await registry.call(record.id, ada.id, SendMessage(record.id, f"k{i}", f"to {i}"))
-        assert len(registry._open) == 2 and list(registry._open) == cids[-2:]
-        for i, cid in enumerate(cids):
-            messages, _ = await registry.call(cid, ada.id, GetHistory(cid))
-            assert [m.body for m in messages] == [f"to {i}"]
-        nursery.cancel_scope.cancel()
-    registry.close()
-    directory.close()
-
-
-async def test_storage_failure_in_one_conversation_fails_its_batch_only(tmp_path: Path) -> None:
-    config = make_config(tmp_path / "data")
-    async with trio.open_nursery() as nursery:
-        directory, registry, ada, cid = await _setup(config, nursery)
-        bob_other, _ = await directory.register("carol", "password1", None)
-        other, _ = await directory.open_direct(ada, bob_other.id)
-        await registry.call(cid, ada, SendMessage(cid, "k1", "one"))
-        # A real SQLite failure: the database may not grow, so the next insert fails (SQLITE_FULL).
-        actor = registry.active(cid)
-        assert actor is not None and actor._conn is not None
-        pages = actor._conn.execute("PRAGMA page_count").get
-        actor._conn.execute(f"PRAGMA max_page_count = {pages}")
-        waiter = Waiter()
-        await registry.submit(
-            cid, Command(op=SendMessage(cid, "k2", "x" * 15000), user_id=ada, waiter=waiter)
-        )
-        with pytest.raises(Exception) as failed:
-            await waiter.wait()
-        assert getattr(failed.value, "code", None) == "unavailable"
-        # Other conversations never noticed.
-        msg, _ = await registry.call(other.id, ada, SendMessage(other.id, "o1", "fine"))
-        assert msg.seq == 1
-        # The actor reloaded its state from disk: the resend now succeeds, no gap.
-        msg, dup = await registry.call(cid, ada, SendMessage(cid, "k2", "x" * 15000))
-        assert (msg.seq, dup) == (2, False)
-        nursery.cancel_scope.cancel()
-    registry.close()
-    directory.close()
-
-
-async def test_unreadable_conversation_file_answers_unavailable_and_server_keeps_serving(
-    tmp_path: Path,
-) -> None:
-    config = make_config(tmp_path / "data", conversations={"idle_seconds": 0.1})
-    async with harness(config) as h:
-        ada, bob, carol = await h.account("ada"), await h.account("bob"), await h.account("carol")
-        broken = await h.direct(ada, bob)
-        fine = await h.direct(ada, carol)
-        registry = h.server.registry
-        assert registry is not None
-        while registry.active(broken) is not None:  # wait for the actor to retire
-            await trio.sleep(0.05)
-        path = conversation_path(config.data_dir, broken)
-        for suffix in ("-wal", "-shm"):
-            path.with_name(path.name + suffix).unlink(missing_ok=True)
-        path.write_bytes(b"this is not a database" * 100)
-        async with h.ws(ada) as a:
-            reply = await a.request(
-                "send_message", conversation_id=broken, client_id="x", body="hi"
-            )
-            assert reply["type"] == "error" and reply["code"] == "unavailable"
-            assert (await a.send_message(fine, "still here"))["type"] == "ack"
-            path.unlink()
-            assert (await a.send_message(broken, "after repair", client_id="x"))["type"] == "ack"

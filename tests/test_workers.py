@@ -78,6 +78,49 @@ async def test_cancel_while_a_job_runs_waits_for_it_and_returns_its_result() -> 
         pool.close()
 
 
+async def test_cancel_while_a_job_runs_and_then_the_job_raises() -> None:
+    # The caller is cancelled while its job runs; the job then fails. The caller gets
+    # the job's exception (it waited for it, as for a result), the cancellation lands
+    # at its next checkpoint, the task is rescheduled once (twice would crash the
+    # run), and the pool's thread goes on to serve the next job.
+    started, release = threading.Event(), threading.Event()
+
+    def failing() -> None:
+        started.set()
+        release.wait(5)
+        raise ValueError("disk on fire")
+
+    pool = WorkerPool(1, name="test pool")
+    try:
+        seen: list[str] = []
+        caller_scope = trio.CancelScope()
+
+        async def caller() -> None:
+            with caller_scope:
+                try:
+                    await pool.run(failing)
+                except ValueError as exc:
+                    seen.append(str(exc))
+                await trio.lowlevel.checkpoint()  # the cancellation lands here
+                seen.append("not reached")
+
+        with trio.fail_after(5):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(caller)
+                await trio.to_thread.run_sync(started.wait)
+                caller_scope.cancel()
+                await trio.sleep(0.05)
+                assert seen == [], "the job is still running, and its caller still waits"
+                release.set()
+            assert caller_scope.cancelled_caught
+            assert seen == ["disk on fire"]
+            assert await pool.run(lambda: "next") == "next"
+            assert len(_pool_threads()) == 1
+    finally:
+        release.set()
+        pool.close()
+
+
 async def test_cancel_withdraws_a_job_that_has_not_started() -> None:
     started, release = threading.Event(), threading.Event()
     ran: list[str] = []

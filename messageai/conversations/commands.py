@@ -2,25 +2,44 @@
 
 A `Command` carries a client frame (or an internal request) with the caller's
 identity. A WebSocket caller gets its answer pushed to its session's outbound
-queue; a REST or internal caller awaits a `Waiter`.
+queue; a REST or internal caller awaits a `Waiter`. The result records below are
+what the actor's storage phase computes per command and what `Registry.call`
+returns, so both ends are checked by mypy.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeAlias, TypeVar, cast
 
 import attrs
 import trio
 
 from messageai.errors import MessageAIError
-from messageai.protocol import ClientFrame, Req
+from messageai.model import Message
+from messageai.protocol import (
+    GetHistory,
+    MarkRead,
+    Req,
+    SendMessage,
+    Subscribe,
+    Typing,
+    Unsubscribe,
+)
 
 if TYPE_CHECKING:
     from messageai.protocol import ServerFrame
 
+T = TypeVar("T")
+
 
 class Peer(Protocol):
-    """A connection that can receive frames (the WebSocket session)."""
+    """A connection that can receive frames (the WebSocket session).
+
+    The actor tells it when a subscription starts (the actor accepted a
+    `subscribe`; the peer answers False if it has ended meanwhile, and is not kept)
+    and when it ends (`unsubscribe`, removal from the group, the actor's crash), so
+    the peer's own view of its subscriptions follows the actor's and nothing else.
+    """
 
     user_id: str
 
@@ -28,12 +47,15 @@ class Peer(Protocol):
 
     def push_frame(self, frame: ServerFrame) -> None: ...
 
+    def subscription_started(self, conversation_id: str) -> bool: ...
+
     def subscription_ended(self, conversation_id: str) -> None: ...
 
 
 @attrs.frozen
 class Summary:
-    """Internal: the conversation's list entry for `user_id`."""
+    """Internal: the conversation's list entry for the command's user (last message,
+    last seq, that user's unread count); answered with a `ConversationSummary`."""
 
 
 @attrs.frozen
@@ -44,20 +66,102 @@ class MembersChanged:
     removed: tuple[str, ...] = ()
 
 
-Operation = ClientFrame | Summary | MembersChanged
+# What an actor is asked to do. `ping` is not here: sessions answer it themselves.
+Operation: TypeAlias = (
+    Subscribe
+    | Unsubscribe
+    | SendMessage
+    | GetHistory
+    | MarkRead
+    | Typing
+    | Summary
+    | MembersChanged
+)
+
+# ------------------------------------------------------------ results
+# One small record per command on the send path: plain slotted classes, not frozen
+# (a frozen attrs __init__ costs about twice as much, measured), never mutated.
 
 
-class Waiter:
+@attrs.define(weakref_slot=False)
+class Stored:
+    """A send committed now: `message` is new."""
+
+    message: Message
+    duplicate: ClassVar[bool] = False
+
+
+@attrs.define(weakref_slot=False)
+class Duplicate:
+    """A resend (same sender and client_id): `message` is the original, nothing new stored."""
+
+    message: Message
+    duplicate: ClassVar[bool] = True
+
+
+@attrs.define(weakref_slot=False)
+class CursorMoved:
+    """The caller's read cursor moved forward to `seq`."""
+
+    seq: int
+
+
+@attrs.define(weakref_slot=False)
+class CursorUnchanged:
+    """The read cursor stayed at `seq` (already there or past it)."""
+
+    seq: int
+
+
+@attrs.define(weakref_slot=False)
+class Page:
+    """One page of history, ascending by seq."""
+
+    messages: list[Message]
+    has_more: bool
+
+
+@attrs.define(weakref_slot=False)
+class Unread:
+    """How many messages the caller has not read."""
+
+    count: int
+
+
+@attrs.define(weakref_slot=False)
+class Refused:
+    """The storage phase turned the command down; nothing changed."""
+
+    error: MessageAIError
+
+
+# One per command of a batch, from the storage phase; None: the command needs no storage.
+StorageResult: TypeAlias = (
+    Stored | Duplicate | CursorMoved | CursorUnchanged | Page | Unread | Refused | None
+)
+Sent: TypeAlias = Stored | Duplicate
+
+
+@attrs.define(weakref_slot=False)
+class ConversationSummary:
+    """The answer to `Summary`: what a conversation list shows for one user."""
+
+    last_seq: int
+    last_message: Message | None
+    unread_count: int
+
+
+class Waiter(Generic[T]):
     """A one-shot answer slot for a caller that awaits the actor (REST, internal)."""
 
     __slots__ = ("_done", "_error", "_value")
 
     def __init__(self) -> None:
         self._done = trio.Event()
-        self._value: Any = None
+        self._value: T | None = None
         self._error: MessageAIError | None = None
 
-    def set(self, value: Any) -> None:
+    def set(self, value: T) -> None:
         self._value = value
         self._done.set()
 
@@ -65,12 +169,13 @@ class Waiter:
         self._error = error
         self._done.set()
 
-    async def wait(self) -> Any:
+    async def wait(self) -> T:
         """Wait for the answer. Cancelling the wait leaves the command to run to completion."""
         await self._done.wait()
         if self._error is not None:
             raise self._error
-        return self._value
+        # Set by `set`, the only way `_done` is set without an error (T may be None).
+        return cast(T, self._value)
 
 
 @attrs.define(slots=True)
@@ -79,6 +184,7 @@ class Command:
     user_id: str
     req: Req = None
     peer: Peer | None = None
-    waiter: Waiter | None = None
+    # The actor sets what `Registry.call`'s overload for `op` promises.
+    waiter: Waiter[Any] | None = None
     # Set once the command got its one answer (a frame, a waiter value, an error).
     answered: bool = False

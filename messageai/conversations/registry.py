@@ -1,13 +1,22 @@
 """The registry of conversation actors: finds or starts the actor of a conversation.
 
-Actors run in the registry's own nursery, never in a connection's, so a dropped
-socket never stops a conversation. `actor()` is check-then-act with no await in
-between: two callers racing for a new conversation get the same actor. The
-registry also caps open conversation databases, closing the least recently used
-idle one first, and owns the worker threads that open and commit them (`close()`
-stops those once the actors' nursery has exited). When an actor's loop dies (a
-bug outside its batch guard) the supervisor logs it, answers what was queued,
-and forgets the actor; the next command starts a fresh one.
+Called by WebSocket sessions (`submit`), REST handlers and push (`call`), and the
+directory's membership changes (`members_changed`). Actors run in the registry's
+own nursery, never in a connection's, so a dropped socket never stops a
+conversation. `actor()` is check-then-act with no await in between: two callers
+racing for a new conversation get the same actor. The registry also caps open
+conversation databases, closing the least recently used idle one first, and owns
+the worker threads that open and commit them (`close()` stops those once the
+actors' nursery has exited).
+
+Lifecycle: one supervisor task per actor (`_supervise`) runs `run` and owns the
+actor's command channel. Whenever `run` ends (idle retire, a crash of the loop
+outside its batch guard, which is logged, or shutdown), the supervisor forgets
+the actor, then `fail_pending` takes what is still queued out of the channel
+before closing it (trio drops a closed channel's buffer), answers that and the
+rest of the batch in flight `unavailable`, and ends the actor's subscriptions;
+the next command starts a fresh actor. REST and internal callers wait at most
+`conversations.call_timeout_seconds` for an answer (`call`).
 """
 
 from __future__ import annotations
@@ -15,15 +24,34 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, overload
 
 import trio
 
 from messageai.config import Config
 from messageai.conversations.actor import ConversationActor
-from messageai.conversations.commands import Command, MembersChanged, Operation, Peer, Waiter
+from messageai.conversations.commands import (
+    Command,
+    ConversationSummary,
+    MembersChanged,
+    Operation,
+    Page,
+    Peer,
+    Sent,
+    Summary,
+    Waiter,
+)
 from messageai.errors import NotFound, Unavailable
-from messageai.protocol import Req
+from messageai.protocol import (
+    GetHistory,
+    MarkRead,
+    Req,
+    SendMessage,
+    Subscribe,
+    Subscribed,
+    Typing,
+    Unsubscribe,
+)
 from messageai.services.directory import Directory
 from messageai.threads import WorkerPool
 
@@ -38,6 +66,8 @@ MAX_CONVERSATION_ID = 64
 
 
 class Registry:
+    """The live actors by conversation id, their supervisors, and the open-database LRU."""
+
     def __init__(
         self,
         config: Config,
@@ -59,8 +89,13 @@ class Registry:
         self._workers = WorkerPool(config.storage.commit_threads, name="messageai commit")
         self.closing = False
 
-    def active(self, conversation_id: str) -> ConversationActor | None:
-        return self._actors.get(conversation_id)
+    def is_running(self, conversation_id: str) -> bool:
+        """Whether the conversation has a live actor now (it retires when idle)."""
+        return conversation_id in self._actors
+
+    def open_databases(self) -> list[str]:
+        """Ids of the conversations whose database is open, least recently used first."""
+        return list(self._open)
 
     def actor(self, conversation_id: str) -> ConversationActor:
         """The conversation's actor, started if needed. Raises NotFound for an unknown id."""
@@ -81,7 +116,6 @@ class Registry:
             online=self._online,
             workers=self._workers,
             on_db_open=self._db_opened,
-            on_retire=self._retired,
             media=self._media,
             notify=self._notify,
         )
@@ -90,22 +124,67 @@ class Registry:
         return actor
 
     async def submit(self, conversation_id: str, command: Command) -> None:
-        """Route a command to its conversation's actor, waiting while its queue is full."""
+        """Route a command to its conversation's actor, waiting while its queue is full.
+
+        Its answer comes later, through `command.peer` or `command.waiter`. Cancelled
+        while waiting for room, the command is not queued; once this returns, the
+        command runs whatever happens to the caller."""
         while True:
             actor = self.actor(conversation_id)
             try:
                 await actor.submit(command)
                 return
             except (trio.BrokenResourceError, trio.ClosedResourceError):
-                # The actor retired between lookup and send; a new one takes over.
+                # The actor ended between lookup and send; a new one takes over.
                 if self._actors.get(conversation_id) is actor:
                     del self._actors[conversation_id]
 
-    async def call(self, conversation_id: str, user_id: str, op: Operation, req: Req = None) -> Any:
-        """Run an operation on the actor and wait for its answer (REST and internal callers)."""
-        waiter = Waiter()
-        await self.submit(conversation_id, Command(op=op, user_id=user_id, req=req, waiter=waiter))
-        return await waiter.wait()
+    @overload
+    async def call(
+        self, conversation_id: str, user_id: str, op: SendMessage, req: Req = None
+    ) -> Sent: ...
+    @overload
+    async def call(
+        self, conversation_id: str, user_id: str, op: GetHistory, req: Req = None
+    ) -> Page: ...
+    @overload
+    async def call(
+        self, conversation_id: str, user_id: str, op: MarkRead, req: Req = None
+    ) -> int: ...
+    @overload
+    async def call(
+        self, conversation_id: str, user_id: str, op: Summary, req: Req = None
+    ) -> ConversationSummary: ...
+    @overload
+    async def call(
+        self, conversation_id: str, user_id: str, op: Subscribe, req: Req = None
+    ) -> Subscribed: ...
+    @overload
+    async def call(
+        self,
+        conversation_id: str,
+        user_id: str,
+        op: Unsubscribe | Typing | MembersChanged,
+        req: Req = None,
+    ) -> None: ...
+    async def call(
+        self, conversation_id: str, user_id: str, op: Operation, req: Req = None
+    ) -> object:
+        """Run an operation on the actor and return its answer (REST and internal
+        callers): `Stored`/`Duplicate` for a send, a `Page` of history, the read
+        cursor, a `ConversationSummary`; the actor's refusal is raised.
+
+        Raises Unavailable if no answer came within `conversations.call_timeout_seconds`
+        (queueing included). Cancellation or the deadline while queueing: nothing was
+        queued. After that the command stays queued and runs to completion (a send is
+        committed all the same); only the answer is lost, which a resend with the same
+        `client_id` recovers."""
+        waiter: Waiter[Any] = Waiter()
+        command = Command(op=op, user_id=user_id, req=req, waiter=waiter)
+        with trio.move_on_after(self._config.conversations.call_timeout_seconds):
+            await self.submit(conversation_id, command)
+            return await waiter.wait()
+        raise Unavailable("the conversation did not answer in time; please retry")
 
     async def members_changed(
         self, conversation_id: str, added: tuple[str, ...] = (), removed: tuple[str, ...] = ()
@@ -115,12 +194,14 @@ class Registry:
             await self.call(conversation_id, "", MembersChanged(added=added, removed=removed))
 
     def unsubscribe_everywhere(self, peer: Peer, conversation_ids: set[str]) -> None:
+        """Drop a closed connection from its conversations' actors (the session's cleanup)."""
         for conversation_id in conversation_ids:
             actor = self._actors.get(conversation_id)
             if actor is not None:
                 actor.subscribers.discard(peer)
 
     def subscribers_of(self, conversation_ids: list[str]) -> set[Peer]:
+        """The connections subscribed to any of these conversations now (for presence)."""
         peers: set[Peer] = set()
         for conversation_id in conversation_ids:
             actor = self._actors.get(conversation_id)
@@ -136,22 +217,22 @@ class Registry:
         self._workers.close()
 
     async def _supervise(self, actor: ConversationActor) -> None:
+        # The owner of the actor's channel: `run` never closes it (closing the
+        # receive end drops what is queued); `fail_pending` does, once `run` has
+        # ended, after taking out what is left to answer it.
         try:
             await actor.run()
         except Exception:
             log.exception("conversation %s: actor crashed; it restarts on next use", actor.id)
-            actor.fail_pending()
         finally:
             self._forget(actor)
+            actor.fail_pending()
 
     def _forget(self, actor: ConversationActor) -> None:
         if self._actors.get(actor.id) is actor:
             del self._actors[actor.id]
         if self._open.get(actor.id) is actor:
             del self._open[actor.id]
-
-    def _retired(self, actor: ConversationActor) -> None:
-        self._forget(actor)
 
     def _db_opened(self, actor: ConversationActor) -> None:
         self._open[actor.id] = actor

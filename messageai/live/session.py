@@ -39,7 +39,6 @@ from messageai.protocol import (
     Pong,
     SendMessage,
     ServerFrame,
-    Subscribe,
     encode,
     parse_client_frame,
 )
@@ -79,7 +78,11 @@ class Session:
         self._closing = trio.Event()
         self._close_code: int | None = None
         self._close_reason = ""
+        # The conversations this connection is subscribed to, as their actors see it:
+        # changed only by the actors (`subscription_started`/`_ended`).
         self.subscriptions: set[str] = set()
+        # Set once `run` has cleaned up: an actor must not keep this connection after.
+        self._ended = False
 
     # ------------------------------------------------------------ outbound
 
@@ -104,7 +107,16 @@ class Session:
     def push_frame(self, frame: ServerFrame) -> None:
         self.push(encode(frame))
 
+    def subscription_started(self, conversation_id: str) -> bool:
+        """Called by the actor once it has accepted a `subscribe` from this connection.
+        False if the connection has ended meanwhile: the actor then does not keep it."""
+        if self._ended:
+            return False
+        self.subscriptions.add(conversation_id)
+        return True
+
     def subscription_ended(self, conversation_id: str) -> None:
+        """Called by the actor on `unsubscribe` and when this user leaves the group."""
         self.subscriptions.discard(conversation_id)
 
     def close(self, code: int, reason: str) -> None:
@@ -153,6 +165,8 @@ class Session:
                 await self._reader()
                 self.close(1000, "")
         finally:
+            # A subscribe still queued at an actor finds `_ended` set when it runs.
+            self._ended = True
             self._registry.unsubscribe_everywhere(self, self.subscriptions)
             self._presence.disconnected(self)
 
@@ -241,6 +255,3 @@ class Session:
             await self._registry.submit(conversation_id, command)
         except MessageAIError as exc:
             self.push_frame(Error(code=exc.code, message=exc.message, req=req))
-            return
-        if isinstance(frame, Subscribe):
-            self.subscriptions.add(conversation_id)

@@ -16,7 +16,7 @@ from messageai.edge.asgi import Request, Response, Router
 from messageai.errors import BadRequest, Forbidden, MessageAIError, NotFound, RateLimited
 from messageai.live.guard import Guard
 from messageai.live.presence import Presence
-from messageai.model import Conversation, ConversationRecord, Message, User
+from messageai.model import Conversation, ConversationRecord, User
 from messageai.protocol import (
     HISTORY_DEFAULT_LIMIT,
     ConversationAdded,
@@ -66,16 +66,16 @@ class Conversations:
         return record
 
     async def _conversation(self, record: ConversationRecord, user: User) -> Conversation:
-        last_seq, last_message, unread = await self._registry.call(record.id, user.id, Summary())
+        summary = await self._registry.call(record.id, user.id, Summary())
         return Conversation(
             id=record.id,
             kind=record.kind,
             title=record.title,
             member_ids=self._directory.member_ids(record.id),
             created_at=record.created_at,
-            last_seq=last_seq,
-            last_message=last_message,
-            unread_count=unread,
+            last_seq=summary.last_seq,
+            last_message=summary.last_message,
+            unread_count=summary.unread_count,
         )
 
     async def _announce(self, record: ConversationRecord, user_ids: list[str]) -> None:
@@ -188,8 +188,8 @@ class Conversations:
             before_seq=seq_param(query, "before_seq"),
             limit=int_param(query, "limit", HISTORY_DEFAULT_LIMIT, minimum=1),
         )
-        messages, has_more = await self._registry.call(record.id, user.id, op)
-        return Response(200, {"messages": messages, "has_more": has_more})
+        page = await self._registry.call(record.id, user.id, op)
+        return Response(200, {"messages": page.messages, "has_more": page.has_more})
 
     async def send_message(self, request: Request) -> Response:
         user = require_user(request)
@@ -205,9 +205,8 @@ class Conversations:
         wait = self._guard.take(user.id)
         if wait > 0:
             raise RateLimited("too many messages: retry later", retry_after_seconds=wait)
-        message, duplicate = await self._registry.call(conversation_id, user.id, op)
-        assert isinstance(message, Message)
-        return Response(200 if duplicate else 201, message)
+        sent = await self._registry.call(conversation_id, user.id, op)
+        return Response(200 if sent.duplicate else 201, sent.message)
 
 
 def _activity(conversation: Conversation) -> int:
