@@ -44,6 +44,12 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def _sample(frame: str | bytes) -> str:
+    """The start of a frame, as text, for the report's error samples."""
+    text = frame if isinstance(frame, str) else frame.decode(errors="replace")
+    return text[:200]
+
+
 class Stats:
     def __init__(self) -> None:
         self.counting = False
@@ -141,7 +147,7 @@ class Load:
                     if obj.get("type") == "error":
                         stats.errors += 1
                         if len(stats.error_samples) < 5:
-                            stats.error_samples.append(text[:200])
+                            stats.error_samples.append(_sample(text))
                     elif stats.counting:
                         stats.acks += 1
                         if sent >= stats.mark_ns:
@@ -163,7 +169,7 @@ class Load:
             elif kind == "error":
                 stats.errors += 1
                 if len(stats.error_samples) < 5:
-                    stats.error_samples.append(text[:200])
+                    stats.error_samples.append(_sample(text))
 
     # ------------------------------------------------------------ sending
 

@@ -22,7 +22,7 @@ import sys
 import time
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import orjson
 
@@ -32,8 +32,25 @@ from messageai.config import ConfigError, parse_config
 
 SCENARIOS = ["direct", "group", "rr", "idle", "cold", "history", "durability"]
 
-# Full run and --quick sizes. Every loop below is bounded by these.
-FULL = {
+
+class Sizes(TypedDict):
+    """How big each scenario is; every loop below is bounded by these."""
+
+    direct_conversations: int
+    group_members: int
+    group_senders: int
+    rr_clients: int
+    idle_connections: int
+    cold_conversations: int
+    history_messages: int
+    history_clients: int
+    warmup: float
+    duration: float
+    hold: float
+
+
+# Full run and --quick sizes.
+FULL: Sizes = {
     "direct_conversations": 200,
     "group_members": 50,
     "group_senders": 5,
@@ -46,7 +63,7 @@ FULL = {
     "duration": 10.0,
     "hold": 5.0,
 }
-QUICK = {
+QUICK: Sizes = {
     **FULL,
     "direct_conversations": 100,
     "idle_connections": 500,
@@ -112,7 +129,7 @@ def percentile(values: list[int], p: float) -> float | None:
 class Bench:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
-        self.size = QUICK if args.quick else FULL
+        self.size: Sizes = QUICK if args.quick else FULL
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
         self.out = ROOT / "bench-results" / stamp
         self.out.mkdir(parents=True, exist_ok=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -46,7 +47,10 @@ def test_bench_config_refuses_a_misplaced_or_unknown_key_with_the_parsers_messag
 
 
 def test_bench_toml_writer_is_exact_for_awkward_strings() -> None:
-    data = {"server": {"host": 'a "quoted" \\ back\tslash é\n'}, "media": {"allowed_types": []}}
+    data: dict[str, dict[str, Any]] = {
+        "server": {"host": 'a "quoted" \\ back\tslash é\n'},
+        "media": {"allowed_types": []},
+    }
     assert tomllib.loads(run.config_toml(data)) == data
 
 

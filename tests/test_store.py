@@ -8,17 +8,19 @@ import apsw
 import pytest
 
 from messageai.model import Message
-from messageai.sqlite import apply_best_practice, migrate, open_db
+from messageai.sqlite import Migration, apply_best_practice, migrate, open_db
 from messageai.store import conversation as sql
 
 
-def _db(tmp_path: Path, migrations: list[sql.Migration] | None = None):  # type: ignore[no-untyped-def]
+def _db(tmp_path: Path, migrations: list[Migration] | None = None) -> apsw.Connection:
     conn = open_db(tmp_path / "c.sqlite3", "NORMAL")
     migrate(conn, migrations if migrations is not None else sql.MIGRATIONS)
     return conn
 
 
-def _insert(conn, seq: int, sender: str, client_id: str | None = None) -> Message | None:  # type: ignore[no-untyped-def]
+def _insert(
+    conn: apsw.Connection, seq: int, sender: str, client_id: str | None = None
+) -> Message | None:
     message = Message(
         id=f"m_{seq}",
         conversation_id="c_1",
@@ -30,7 +32,8 @@ def _insert(conn, seq: int, sender: str, client_id: str | None = None) -> Messag
         created_at=seq,
     )
     with conn:
-        return sql.insert_message(conn, message)
+        original = sql.insert_message(conn, message)
+    return original
 
 
 def test_insert_then_resend_returns_the_original_and_stores_nothing(tmp_path: Path) -> None:

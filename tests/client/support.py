@@ -8,6 +8,7 @@ sleep; each test's absolute deadline comes from the `h` fixture or its own
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -47,9 +48,13 @@ async def live(*clients: Client) -> AsyncIterator[None]:
         for client in clients:
             await nursery.start(client.run)
         for client in clients:
-            await until(client, lambda c=client: c.state == "online")
+            await until(client, functools.partial(_online, client))
         yield
         nursery.cancel_scope.cancel()
+
+
+def _online(client: Client) -> bool:
+    return client.state == "online"
 
 
 def bodies(client: Client, conversation_id: str) -> list[str]:

@@ -22,7 +22,7 @@ from tests.helpers import Harness, make_config, running_server
 
 
 def screen(core: ChatCore) -> str:
-    return "".join(text for _style, text in core.message_lines())
+    return "".join(fragment[1] for fragment in core.message_lines())
 
 
 async def test_chat_core_sends_and_shows_sending_sent_read_marks_and_typing(
@@ -35,7 +35,7 @@ async def test_chat_core_sends_and_shows_sending_sent_read_marks_and_typing(
         await b.request("subscribe", conversation_id=cid)
         core = ChatCore(client)
         assert core.current == cid
-        assert "bob" in "".join(text for _s, text in core.sidebar())
+        assert "bob" in "".join(fragment[1] for fragment in core.sidebar())
         assert await core.submit("hello from the terminal") is True
         assert "ada: hello from the terminal … sending" in screen(core)
         await until(client, lambda: "✓ sent" in screen(core))

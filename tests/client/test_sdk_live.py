@@ -63,9 +63,12 @@ async def test_group_keeps_read_state_per_member(h: Harness, tmp_path: Path) -> 
         message = await client.send(cid, "team, hi")
         await until(client, lambda: client.message(cid, message.client_id).status == "sent")  # type: ignore[union-attr]
         await b.request("mark_read", conversation_id=cid, seq=1)
-        await until(
-            client, lambda: client.read_by(client.message(cid, message.client_id)) == [bob.id]
-        )  # type: ignore[arg-type]
+
+        def read_by_now() -> list[str]:
+            current = client.message(cid, message.client_id)
+            return client.read_by(current) if current is not None else []
+
+        await until(client, lambda: read_by_now() == [bob.id])
         # Read by 1 of 2: not yet `read`.
         assert client.message(cid, message.client_id).status == "sent"  # type: ignore[union-attr]
         await c.request("mark_read", conversation_id=cid, seq=1)

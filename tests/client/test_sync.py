@@ -38,8 +38,8 @@ async def test_a_group_of_a_cancel_and_a_lost_connection_stays_a_cancel() -> Non
 
                 tg.start_soon(trio.sleep_forever)
                 tg.start_soon(lose_the_connection)
-        except BaseExceptionGroup as group:
-            groups.append(group)
+        except BaseExceptionGroup as raised:
+            groups.append(raised)
     (group,) = groups
     assert group.split(trio.Cancelled)[0] is not None
     assert group.split(Unreachable)[0] is not None
