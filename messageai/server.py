@@ -124,56 +124,8 @@ class Server:
                 if push.enabled:
                     await actor_nursery.start(push.run)
                 self.registry = registry
-                router = Router()
-                rest.mount(
-                    router,
-                    config,
-                    directory,
-                    registry,
-                    presence,
-                    media,
-                    push,
-                    self.guard,
-                    self.close_user_sessions,
-                )
-                front = FrontDoor(
-                    App(
-                        router,
-                        config.server.max_request_body_bytes,
-                        authenticator.authenticate,
-                        body_timeout_seconds=config.server.body_timeout_seconds,
-                        min_body_bytes_per_second=config.server.min_body_bytes_per_second,
-                    ),
-                    lambda stream: self._websocket(stream, directory, registry, presence),
-                    handshake_timeout=config.server.handshake_timeout_seconds,
-                    keep_alive_timeout=config.server.keep_alive_timeout_seconds,
-                )
-                async with trio.open_nursery() as connections:
-                    listeners = await trio.open_tcp_listeners(
-                        config.server.port, host=config.server.host
-                    )
-                    self.port = listeners[0].socket.getsockname()[1]
-                    accept_scope = trio.CancelScope()
-
-                    async def accept() -> None:
-                        with accept_scope:
-                            await trio.serve_listeners(
-                                front.handle, listeners, handler_nursery=connections
-                            )
-
-                    connections.start_soon(accept)
-                    task_status.started(self)
-                    await self._stop.wait()
-                    log.info("shutting down")
-                    accept_scope.cancel()
-                    for listener in listeners:
-                        await listener.aclose()
-                    for session in presence.everyone():
-                        session.close(CLOSE_GOING_AWAY, "server shutting down")
-                    await front.shutdown()
-                    connections.cancel_scope.deadline = (
-                        trio.current_time() + config.server.shutdown_timeout_seconds
-                    )
+                front = self._front_door(directory, registry, presence, media, push)
+                await self._serve(front, presence, task_status)
                 registry.closing = True
                 actor_nursery.cancel_scope.cancel()
         finally:
@@ -181,6 +133,73 @@ class Server:
                 # After the actors' nursery: no commit is running or waiting now.
                 self.registry.close()
             directory.close()
+
+    def _front_door(
+        self,
+        directory: Directory,
+        registry: Registry,
+        presence: Presence,
+        media: Media,
+        push: Push,
+    ) -> FrontDoor:
+        """The one port's dispatcher: REST routes on the ASGI app, WebSockets to sessions."""
+        config = self.config
+        assert self.authenticator is not None
+        router = Router()
+        rest.mount(
+            router,
+            config,
+            directory,
+            registry,
+            presence,
+            media,
+            push,
+            self.guard,
+            self.close_user_sessions,
+        )
+        app = App(
+            router,
+            config.server.max_request_body_bytes,
+            self.authenticator.authenticate,
+            body_timeout_seconds=config.server.body_timeout_seconds,
+            min_body_bytes_per_second=config.server.min_body_bytes_per_second,
+        )
+        return FrontDoor(
+            app,
+            lambda stream: self._websocket(stream, directory, registry, presence),
+            handshake_timeout=config.server.handshake_timeout_seconds,
+            keep_alive_timeout=config.server.keep_alive_timeout_seconds,
+        )
+
+    async def _serve(
+        self, front: FrontDoor, presence: Presence, task_status: trio.TaskStatus[Server]
+    ) -> None:
+        """Listen, report ready (`task_status` gets the bound port through `self`), and
+        serve until `shutdown`; then stop accepting, close every WebSocket with 1001 and
+        give the open connections `shutdown_timeout_seconds` to finish."""
+        config = self.config
+        async with trio.open_nursery() as connections:
+            listeners = await trio.open_tcp_listeners(config.server.port, host=config.server.host)
+            self.port = listeners[0].socket.getsockname()[1]
+            accept_scope = trio.CancelScope()
+
+            async def accept() -> None:
+                with accept_scope:
+                    await trio.serve_listeners(front.handle, listeners, handler_nursery=connections)
+
+            connections.start_soon(accept)
+            task_status.started(self)
+            await self._stop.wait()
+            log.info("shutting down")
+            accept_scope.cancel()
+            for listener in listeners:
+                await listener.aclose()
+            for session in presence.everyone():
+                session.close(CLOSE_GOING_AWAY, "server shutting down")
+            await front.shutdown()
+            connections.cancel_scope.deadline = (
+                trio.current_time() + config.server.shutdown_timeout_seconds
+            )
 
     async def _websocket(
         self, stream: ReplayStream, directory: Directory, registry: Registry, presence: Presence

@@ -272,7 +272,7 @@ class ConversationActor:
                         refused = (
                             op.attachments[0]
                             if self._media is None
-                            else self._media.unusable(command.user_id, op.attachments)
+                            else self._media.first_refused(command.user_id, op.attachments)
                         )
                         if refused is not None:
                             raise Forbidden(f"attachments: media {refused!r} is not yours to use")

@@ -186,7 +186,7 @@ class Media:
 
     # ------------------------------------------------------------ attaching
 
-    def unusable(self, user_id: str, media_ids: Iterable[str]) -> str | None:
+    def first_refused(self, user_id: str, media_ids: Iterable[str]) -> str | None:
         """The first id `user_id` may not attach (unknown, or neither theirs nor shared in
         a conversation of theirs), or None. A few indexed reads, inline: the actor calls
         this only for messages that carry attachments."""
