@@ -30,7 +30,6 @@ Why not the public API:
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Generator
 
 import trio
 import trio_websocket
@@ -132,6 +131,13 @@ class _ServerConnection(trio_websocket.WebSocketConnection):
             # it refused (a received close frame moves it to REMOTE_CLOSING first).
             # RFC 6455 7.1.7 lets the endpoint send a close frame before failing the
             # connection; without one the peer cannot tell 1007/1002/1009 from a crash.
+            if event.code == CloseReason.MESSAGE_TOO_BIG and isinstance(
+                self._wsproto, _ServerProtocol
+            ):
+                # wsproto's reason for an extension's refusal is "error in extension".
+                # Replaced here, on the close path, not by wrapping `events()`, which
+                # every received message goes through.
+                event = CloseConnection(code=event.code, reason=self._wsproto.limit.reason)
             self._close_reason = trio_websocket.CloseReason(event.code, event.reason or None)
             try:
                 await self._send(CloseConnection(code=event.code, reason=event.reason))
@@ -163,25 +169,14 @@ class _ServerProtocol(WSConnection):
 
     def __init__(self, max_message_bytes: int) -> None:
         super().__init__(ConnectionType.SERVER)
-        self._limit = _MessageLimit(max_message_bytes)
+        self.limit = _MessageLimit(max_message_bytes)
 
     def send(self, event: Event) -> bytes:
         if isinstance(event, AcceptConnection):
             # wsproto hands every extension listed here to the frame parser; one that
             # the client never offers adds nothing to the 101 response.
-            event = dataclasses.replace(event, extensions=[*event.extensions, self._limit])
+            event = dataclasses.replace(event, extensions=[*event.extensions, self.limit])
         return super().send(event)
-
-    def events(self) -> Generator[Event, None, None]:
-        for event in super().events():
-            if (
-                isinstance(event, CloseConnection)
-                and event.code == CloseReason.MESSAGE_TOO_BIG
-                and self.state is ConnectionState.OPEN
-            ):
-                # wsproto's reason for an extension's refusal is "error in extension".
-                event = CloseConnection(code=event.code, reason=self._limit.reason)
-            yield event
 
 
 class _MessageLimit(Extension):
