@@ -100,7 +100,7 @@ class WS:
         """Nothing arrives for `seconds`."""
         with trio.move_on_after(seconds):
             frame = await self.conn.get_message()
-            raise AssertionError(f"unexpected frame: {frame}")
+            raise AssertionError(f"unexpected frame: {frame!r}")
 
     async def send_message(
         self, conversation_id: str, body: str, client_id: str | None = None
@@ -175,7 +175,7 @@ async def connect_ws(
     The TCP stream is ours so that it is closed however the WebSocket ends
     (trio-websocket's client leaves it open when the server closes first).
     """
-    headers = [("Authorization", f"Bearer {token}")] if token else []
+    headers = [(b"Authorization", f"Bearer {token}".encode("ascii"))] if token else []
     stream = await trio.open_tcp_stream("127.0.0.1", port)
     try:
         async with trio.open_nursery() as nursery:
@@ -298,6 +298,10 @@ class ServerProcess:
     def kill(self) -> None:
         assert self.process is not None
         self.process.send_signal(signal.SIGKILL)
+
+    def terminate(self) -> None:
+        assert self.process is not None
+        self.process.terminate()
 
     async def wait(self) -> int:
         assert self.process is not None

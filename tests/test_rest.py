@@ -568,6 +568,7 @@ async def test_adding_members_refused_for_non_members_direct_and_bad_input(h: Ha
         400,
         "bad_request",
     )
+    bad: dict[str, Any]
     for bad in (
         {"user_ids": ["u_nobody"]},
         {"user_ids": []},
