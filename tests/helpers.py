@@ -73,7 +73,8 @@ class WS:
 
     async def recv(self, timeout: float = 5) -> dict[str, Any]:
         with trio.fail_after(timeout):
-            return orjson.loads(await self.conn.get_message())  # type: ignore[no-any-return]
+            frame: dict[str, Any] = orjson.loads(await self.conn.get_message())
+            return frame
 
     async def request(self, type_: str, **fields: Any) -> dict[str, Any]:
         """Send a frame with a fresh `req` and return the response that names it.
@@ -146,7 +147,8 @@ class Harness:
             "/v1/conversations", json={"kind": "direct", "member_ids": [b.id]}, headers=self.auth(a)
         )
         assert r.status_code in (200, 201), r.text
-        return r.json()["id"]  # type: ignore[no-any-return]
+        cid: str = r.json()["id"]
+        return cid
 
     async def group(self, creator: Account, *others: Account, title: str = "Team") -> str:
         r = await self.http.post(
@@ -155,7 +157,8 @@ class Harness:
             headers=self.auth(creator),
         )
         assert r.status_code == 201, r.text
-        return r.json()["id"]  # type: ignore[no-any-return]
+        cid: str = r.json()["id"]
+        return cid
 
     @contextlib.asynccontextmanager
     async def ws(self, account: Account | None = None, *, query: str = "") -> AsyncIterator[WS]:
@@ -200,12 +203,12 @@ async def harness(config: Config) -> AsyncIterator[Harness]:
 def assert_error(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
     """The response is a PROTOCOL.md REST error: `status` and `{"error": {"code", "message"}}`."""
     assert response.status_code == status, (response.status_code, response.text)
-    body = response.json()
+    body: dict[str, Any] = response.json()
     assert set(body) == {"error"}, body
     assert set(body["error"]) == {"code", "message"}, body
     assert body["error"]["code"] == code, body
     assert isinstance(body["error"]["message"], str) and body["error"]["message"], body
-    return body  # type: ignore[no-any-return]
+    return body
 
 
 async def raw_websocket_handshake(

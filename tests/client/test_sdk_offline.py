@@ -42,7 +42,8 @@ async def server_messages(url: str, token: str, cid: str) -> list[dict[str, obje
             headers={"Authorization": f"Bearer {token}"},
         )
         assert r.status_code == 200, r.text
-        return r.json()["messages"]  # type: ignore[no-any-return]
+        messages: list[dict[str, object]] = r.json()["messages"]
+        return messages
 
 
 def same_port(config: Config, port: int) -> Config:
