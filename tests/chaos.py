@@ -617,6 +617,7 @@ async def run_slow_consumer(
                         if frame["type"] == "new_message":
                             slow_seqs.append(frame["message"]["seq"])
                 except trio_websocket.ConnectionClosed as closed:
+                    assert closed.reason is not None
                     report.slow_close_code = closed.reason.code
                 report.slow_live = len(slow_seqs)
             # The slow reader returns and catches up from its last seq.

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import gzip
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import attrs
@@ -22,6 +22,9 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 
 SEND_PATH = "/--/api/v2/push/send"
+
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 
 @attrs.define
@@ -64,7 +67,7 @@ class FakeExpo:
         self._changed.set()
         self._changed = trio.Event()
 
-    async def app(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+    async def app(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
             while True:
                 event = await receive()
@@ -125,7 +128,7 @@ def _not_registered(token: str | None) -> dict[str, Any]:
 
 
 async def _respond(
-    send: Any, status: int, body: Any, extra: list[tuple[bytes, bytes]] | None = None
+    send: Send, status: int, body: Any, extra: list[tuple[bytes, bytes]] | None = None
 ) -> None:
     data = orjson.dumps(body)
     await send(

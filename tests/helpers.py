@@ -73,7 +73,8 @@ class WS:
 
     async def recv(self, timeout: float = 5) -> dict[str, Any]:
         with trio.fail_after(timeout):
-            return orjson.loads(await self.conn.get_message())  # type: ignore[no-any-return]
+            frame: dict[str, Any] = orjson.loads(await self.conn.get_message())
+            return frame
 
     async def request(self, type_: str, **fields: Any) -> dict[str, Any]:
         """Send a frame with a fresh `req` and return the response that names it.
@@ -100,7 +101,7 @@ class WS:
         """Nothing arrives for `seconds`."""
         with trio.move_on_after(seconds):
             frame = await self.conn.get_message()
-            raise AssertionError(f"unexpected frame: {frame}")
+            raise AssertionError(f"unexpected frame: {frame!r}")
 
     async def send_message(
         self, conversation_id: str, body: str, client_id: str | None = None
@@ -146,7 +147,8 @@ class Harness:
             "/v1/conversations", json={"kind": "direct", "member_ids": [b.id]}, headers=self.auth(a)
         )
         assert r.status_code in (200, 201), r.text
-        return r.json()["id"]  # type: ignore[no-any-return]
+        cid: str = r.json()["id"]
+        return cid
 
     async def group(self, creator: Account, *others: Account, title: str = "Team") -> str:
         r = await self.http.post(
@@ -155,7 +157,8 @@ class Harness:
             headers=self.auth(creator),
         )
         assert r.status_code == 201, r.text
-        return r.json()["id"]  # type: ignore[no-any-return]
+        cid: str = r.json()["id"]
+        return cid
 
     @contextlib.asynccontextmanager
     async def ws(self, account: Account | None = None, *, query: str = "") -> AsyncIterator[WS]:
@@ -175,7 +178,7 @@ async def connect_ws(
     The TCP stream is ours so that it is closed however the WebSocket ends
     (trio-websocket's client leaves it open when the server closes first).
     """
-    headers = [("Authorization", f"Bearer {token}")] if token else []
+    headers = [(b"Authorization", f"Bearer {token}".encode("ascii"))] if token else []
     stream = await trio.open_tcp_stream("127.0.0.1", port)
     try:
         async with trio.open_nursery() as nursery:
@@ -200,12 +203,12 @@ async def harness(config: Config) -> AsyncIterator[Harness]:
 def assert_error(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
     """The response is a PROTOCOL.md REST error: `status` and `{"error": {"code", "message"}}`."""
     assert response.status_code == status, (response.status_code, response.text)
-    body = response.json()
+    body: dict[str, Any] = response.json()
     assert set(body) == {"error"}, body
     assert set(body["error"]) == {"code", "message"}, body
     assert body["error"]["code"] == code, body
     assert isinstance(body["error"]["message"], str) and body["error"]["message"], body
-    return body  # type: ignore[no-any-return]
+    return body
 
 
 async def raw_websocket_handshake(
@@ -298,6 +301,10 @@ class ServerProcess:
     def kill(self) -> None:
         assert self.process is not None
         self.process.send_signal(signal.SIGKILL)
+
+    def terminate(self) -> None:
+        assert self.process is not None
+        self.process.terminate()
 
     async def wait(self) -> int:
         assert self.process is not None

@@ -103,8 +103,10 @@ async def test_idle_connection_is_closed_but_a_subscribed_quiet_one_is_kept(
             async with h.ws(bob) as idle:
                 with pytest.raises(trio_websocket.ConnectionClosed) as closed:
                     await idle.conn.get_message()
-                assert closed.value.reason.code == 1000
-                assert closed.value.reason.reason == "idle timeout"
+                reason = closed.value.reason
+                assert reason is not None
+                assert reason.code == 1000
+                assert reason.reason == "idle timeout"
             # Quiet for longer than the idle timeout too, but subscribed: still served.
             assert (await watcher.request("ping"))["type"] == "pong"
 

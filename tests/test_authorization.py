@@ -23,7 +23,8 @@ from tests.helpers import WS, Account, Harness, assert_error, raw_websocket_hand
 async def rest_history(h: Harness, who: Account, cid: str) -> list[dict[str, Any]]:
     r = await h.http.get(f"/v1/conversations/{cid}/messages", headers=h.auth(who))
     assert r.status_code == 200, r.text
-    return r.json()["messages"]  # type: ignore[no-any-return]
+    messages: list[dict[str, Any]] = r.json()["messages"]
+    return messages
 
 
 def assert_ws_error(frame: dict[str, Any], code: str) -> None:

@@ -19,7 +19,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -96,7 +96,9 @@ def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
-def handmade(header: dict[str, Any], payload: dict[str, Any], sign: Any) -> str:
+def handmade(
+    header: dict[str, Any], payload: dict[str, Any], sign: Callable[[bytes], bytes]
+) -> str:
     """A JWT built by hand, for algorithms no library will sign with on purpose."""
     signing_input = f"{_b64(orjson.dumps(header))}.{_b64(orjson.dumps(payload))}"
     return f"{signing_input}.{_b64(sign(signing_input.encode()))}"

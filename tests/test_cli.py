@@ -146,10 +146,10 @@ async def test_user_add_with_bad_input_fails_clearly_and_creates_nothing(tmp_pat
     short = tmp_path / "short.txt"
     short.write_text("short\n", "utf-8")
     cases: list[tuple[list[str | Path], str]] = [
-        *(
-            (["user", "add", name, "--password-file", good], "username")
-            for name in ["Ada", "has space", "x" * 33, "ada/../x"]
-        ),
+        (["user", "add", name, "--password-file", good], "username")
+        for name in ["Ada", "has space", "x" * 33, "ada/../x"]
+    ]
+    cases += [
         (["user", "add", "ada", "--password-file", short], "password"),
         (["user", "add", "ada", "--password-file", tmp_path / "nope.txt"], "nope.txt"),
     ]

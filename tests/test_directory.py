@@ -6,7 +6,6 @@ the purge of expired tokens, bounded per transaction, and scheduled by the serve
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import apsw
 import pytest
@@ -78,9 +77,9 @@ def test_search_users_stops_at_the_limit_in_username_order(tmp_path: Path) -> No
 
 def test_search_users_reads_index_ranges_never_the_whole_table(tmp_path: Path) -> None:
     conn = _directory(tmp_path)
-    executed: list[tuple[str, Any]] = []
+    executed: list[tuple[str, apsw.Bindings | None]] = []
 
-    def trace(_cursor: apsw.Cursor, statement: str, bindings: Any) -> bool:
+    def trace(_cursor: apsw.Cursor, statement: str, bindings: apsw.Bindings | None) -> bool:
         executed.append((statement, bindings))
         return True
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import uuid
 from pathlib import Path
+from typing import Any
 
 import httpx
 import orjson
@@ -50,7 +51,9 @@ async def test_graceful_shutdown_closes_websockets_with_1001(tmp_path: Path) -> 
             with trio.fail_after(5), pytest.raises(trio_websocket.ConnectionClosed) as closed:
                 while True:
                     await a.conn.get_message()
-            assert closed.value.reason.code == 1001
+            reason = closed.value.reason
+            assert reason is not None
+            assert reason.code == 1001
 
 
 # ------------------------------------------------------------------ kill -9
@@ -59,7 +62,7 @@ WINDOW = 256
 
 
 async def _send_burst(
-    port: int, token: str, cid: str, client_ids: list[str], acked: dict[str, dict]
+    port: int, token: str, cid: str, client_ids: list[str], acked: dict[str, dict[str, Any]]
 ) -> None:
     """Pipeline every client id (a window of WINDOW in flight, as real clients keep, so
     the server never has to drop this connection for reading too slowly); record acks
@@ -99,7 +102,7 @@ async def test_kill_9_mid_burst_loses_no_acked_message_and_resend_stores_nothing
     data = tmp_path / "data"
     config_file = ServerProcess.write_config(tmp_path / "messageai.toml")
     client_ids = [uuid.uuid4().hex for _ in range(3000)]
-    acked: dict[str, dict] = {}
+    acked: dict[str, dict[str, Any]] = {}
     with trio.fail_after(60):
         async with trio.open_nursery() as nursery:
             proc = ServerProcess(data, config_file)
@@ -141,7 +144,7 @@ async def test_kill_9_mid_burst_loses_no_acked_message_and_resend_stores_nothing
             # A gapless order survived the crash.
             assert [m["seq"] for m in stored] == list(range(1, len(stored) + 1))
             # Resend the whole queue: acked ones come back as duplicates, nothing twice.
-            resent: dict[str, dict] = {}
+            resent: dict[str, dict[str, Any]] = {}
             await _send_burst(port, token, cid, client_ids, resent)
             assert len(resent) == len(client_ids)
             for client_id, message in acked.items():
@@ -149,12 +152,12 @@ async def test_kill_9_mid_burst_loses_no_acked_message_and_resend_stores_nothing
             final = await _history(port, token, cid)
             assert len(final) == len(client_ids)
             assert len({m["client_id"] for m in final}) == len(client_ids)
-            proc.process.terminate()  # type: ignore[union-attr]
+            proc.terminate()
             assert await proc.wait() == 0
 
 
-async def _history(port: int, token: str, cid: str) -> list[dict]:
-    messages: list[dict] = []
+async def _history(port: int, token: str, cid: str) -> list[dict[str, Any]]:
+    messages: list[dict[str, Any]] = []
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
         after = 0
         while True:

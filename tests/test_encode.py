@@ -9,22 +9,21 @@ from messageai.model import Message
 from messageai.protocol import Ack, NewMessage, converter, encode
 
 
-def _message(**changes: object) -> Message:
-    base = Message(
+def _message(attachments: list[str] | None = None) -> Message:
+    return Message(
         id="m_1",
         conversation_id="c_1",
         seq=7,
         sender_id="u_1",
         client_id="6f1c",
         body='hi "there" \u00e9\n',
-        attachments=[],
+        attachments=attachments or [],
         created_at=1764150000123,
     )
-    return attrs.evolve(base, **changes)
 
 
 def test_fast_encoders_match_the_converter_byte_for_byte() -> None:
-    frames = [
+    frames: list[NewMessage | Ack] = [
         NewMessage(_message()),
         NewMessage(_message(attachments=["md_1", "md_2"])),
         Ack(client_id="6f1c", message=_message(), duplicate=False),

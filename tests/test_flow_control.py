@@ -75,7 +75,9 @@ async def test_reader_that_stops_reading_is_closed_with_1013_and_resyncs(tmp_pat
                         frame = await slow.recv(10)
                         if frame["type"] == "new_message":
                             slow_seqs.append(frame["message"]["seq"])
-                assert closed.value.reason.code == 1013
+                reason = closed.value.reason
+                assert reason is not None
+                assert reason.code == 1013
                 assert slow_seqs == list(range(1, len(slow_seqs) + 1))
                 assert len(slow_seqs) < MESSAGES
             # It comes back and resyncs from its last seq with nothing lost.
@@ -110,4 +112,6 @@ async def test_outbound_queue_budget_counts_utf8_bytes_not_characters(tmp_path: 
                     while True:
                         frame = await b.recv(10)
                         assert frame["type"] != "history", "304 kB went into a 200 kB budget"
-                assert closed.value.reason.code == 1013
+                reason = closed.value.reason
+                assert reason is not None
+                assert reason.code == 1013

@@ -211,6 +211,7 @@ async def _exchange(live: Live, text: str) -> Outcome:
                         break
                     responses.append(frame)
             except trio_websocket.ConnectionClosed as closed:
+                assert closed.reason is not None
                 close_code = closed.reason.code
         await _control_answers(live)
     return Outcome(responses, close_code)
@@ -261,7 +262,8 @@ def test_mutated_valid_frames_get_a_defined_answer(live: Live) -> None:
 
 
 def test_wrong_type_in_every_field_of_every_frame_is_bad_request(live: Live) -> None:
-    wrong = {
+    # The wrong JSON values for a field whose good value has this Python type.
+    wrong: dict[type, list[object]] = {
         str: [None, 5, 1.5, True, [], {}],
         int: [None, "7", 1.5, True, [], {}],
         bool: [None, "true", 1, [], {}],
@@ -279,7 +281,7 @@ def test_wrong_type_in_every_field_of_every_frame_is_bad_request(live: Live) -> 
                         frame = {**fields, "type": kind, key: bad, "req": sent}
                         await ws.send_message(_text(frame, live.cid))
                         sent += 1
-            answers = {}
+            answers: dict[int, dict[str, Any]] = {}
             with trio.fail_after(20):
                 while len(answers) < sent:
                     frame = orjson.loads(await ws.get_message())

@@ -48,7 +48,7 @@ def assert_locked(r: httpx.Response) -> float:
     assert error["code"] == "rate_limited", error
     assert isinstance(error["retry_after_ms"], int) and error["retry_after_ms"] > 0
     assert int(r.headers["retry-after"]) == max(1, math.ceil(error["retry_after_ms"] / 1000))
-    return error["retry_after_ms"] / 1000  # type: ignore[no-any-return]
+    return error["retry_after_ms"] / 1000
 
 
 # ------------------------------------------------------------------ same work either way

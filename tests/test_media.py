@@ -36,7 +36,8 @@ async def upload(
         "/v1/media", content=data, headers={**h.auth(who), "Content-Type": content_type}
     )
     assert r.status_code == 201, r.text
-    return r.json()  # type: ignore[no-any-return]
+    body: dict[str, Any] = r.json()
+    return body
 
 
 async def send(
@@ -48,7 +49,8 @@ async def send(
         headers=h.auth(who),
     )
     assert r.status_code == status, r.text
-    return r.json()  # type: ignore[no-any-return]
+    body: dict[str, Any] = r.json()
+    return body
 
 
 def stored(h: Harness) -> tuple[int, list[str]]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import trio
 
-from tests.helpers import WS, Harness
+from tests.helpers import WS, Account, Harness
 
 SENDERS = 3
 PER_SENDER = 150
@@ -62,7 +62,7 @@ async def test_pipelined_bursts_from_several_senders_give_one_gapless_order(h: H
         assert [(m["seq"], m["id"]) for m in page["messages"]] == orders[0][:200]
 
 
-async def _open(h: Harness, account: object, *, task_status: trio.TaskStatus[WS]) -> None:
-    async with h.ws(account) as ws:  # type: ignore[arg-type]
+async def _open(h: Harness, account: Account, *, task_status: trio.TaskStatus[WS]) -> None:
+    async with h.ws(account) as ws:
         task_status.started(ws)
         await trio.sleep_forever()

@@ -12,7 +12,7 @@ import ctypes
 import os
 import struct
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -61,10 +61,11 @@ async def post(h: Harness, who: Account, cid: str, body: str) -> dict[str, Any]:
         headers=h.auth(who),
     )
     assert r.status_code == 201, r.text
-    return r.json()  # type: ignore[no-any-return]
+    sent: dict[str, Any] = r.json()
+    return sent
 
 
-async def wait_until(h: Harness, predicate: Any) -> None:
+async def wait_until(h: Harness, predicate: Callable[[], object]) -> None:
     """Wait until `predicate()` holds, re-checking whenever the push task made progress."""
     while not predicate():
         with trio.move_on_after(0.05):

@@ -27,26 +27,30 @@ async def post_message(
         headers=h.auth(who),
     )
     assert r.status_code == 201, r.text
-    return r.json()  # type: ignore[no-any-return]
+    sent: dict[str, Any] = r.json()
+    return sent
 
 
 async def history(h: Harness, who: Account, cid: str, **params: Any) -> dict[str, Any]:
     r = await h.http.get(f"/v1/conversations/{cid}/messages", params=params, headers=h.auth(who))
     assert r.status_code == 200, r.text
-    return r.json()  # type: ignore[no-any-return]
+    body: dict[str, Any] = r.json()
+    return body
 
 
 async def conversation(h: Harness, who: Account, cid: str) -> dict[str, Any]:
     r = await h.http.get(f"/v1/conversations/{cid}", headers=h.auth(who))
     assert r.status_code == 200, r.text
-    return r.json()  # type: ignore[no-any-return]
+    body: dict[str, Any] = r.json()
+    return body
 
 
 async def listing(h: Harness, who: Account) -> list[dict[str, Any]]:
     r = await h.http.get("/v1/conversations", headers=h.auth(who))
     assert r.status_code == 200, r.text
     assert set(r.json()) == {"conversations"}
-    return r.json()["conversations"]  # type: ignore[no-any-return]
+    conversations: list[dict[str, Any]] = r.json()["conversations"]
+    return conversations
 
 
 async def user_count(h: Harness, who: Account) -> int:
@@ -568,6 +572,7 @@ async def test_adding_members_refused_for_non_members_direct_and_bad_input(h: Ha
         400,
         "bad_request",
     )
+    bad: dict[str, Any]
     for bad in (
         {"user_ids": ["u_nobody"]},
         {"user_ids": []},

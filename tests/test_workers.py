@@ -125,11 +125,15 @@ async def test_cancel_withdraws_a_job_that_has_not_started() -> None:
     started, release = threading.Event(), threading.Event()
     ran: list[str] = []
 
+    def occupy() -> bool:
+        started.set()
+        return release.wait(5)
+
     pool = WorkerPool(1, name="test pool")
     try:
         with trio.fail_after(5):
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(pool.run, lambda: (started.set(), release.wait(5)))
+                nursery.start_soon(pool.run, occupy)
                 await trio.to_thread.run_sync(started.wait)
                 with trio.move_on_after(0.05) as scope:
                     await pool.run(ran.append, "queued")

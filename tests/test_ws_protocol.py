@@ -12,10 +12,10 @@ import pytest
 import trio
 import trio_websocket
 
-from tests.helpers import WS, Harness
+from tests.helpers import WS, Account, Harness
 
 
-async def _pair(h: Harness) -> tuple[object, object, str]:
+async def _pair(h: Harness) -> tuple[Account, Account, str]:
     ada, bob = await h.account("ada"), await h.account("bob")
     return ada, bob, await h.direct(ada, bob)
 
@@ -303,7 +303,8 @@ async def _expect_close(ws: WS, code: int) -> None:
         with pytest.raises(trio_websocket.ConnectionClosed) as closed:
             while True:
                 await ws.conn.get_message()
-    assert closed.value.reason.code == code
+    reason = closed.value.reason
+    assert reason is not None and reason.code == code
 
 
 async def test_oversized_text_frame_closes_with_1009(h: Harness) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import trio
 
-from messageai.client import Client, Settings
+from messageai.client import Client, LocalMessage, Settings
 
 # Fast reconnects and no background polling, so tests move on events alone.
 FAST = Settings(
@@ -59,3 +59,10 @@ def _online(client: Client) -> bool:
 
 def bodies(client: Client, conversation_id: str) -> list[str]:
     return [m.body for m in client.messages(conversation_id)]
+
+
+def mine(client: Client, conversation_id: str, client_id: str) -> LocalMessage:
+    """One of `client`'s own messages by its client_id, which must be in its store."""
+    message = client.message(conversation_id, client_id)
+    assert message is not None, client_id
+    return message

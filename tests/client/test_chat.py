@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import anyio
 import trio
@@ -19,6 +22,10 @@ from messageai.client import Client
 from messageai.client.chat import ChatApp, ChatCore
 from tests.client.support import FAST, PASSWORD, live, sign_in, until
 from tests.helpers import Harness, make_config, running_server
+
+if TYPE_CHECKING:
+    from prompt_toolkit.input import PipeInput
+    from prompt_toolkit.output import Output
 
 
 def screen(core: ChatCore) -> str:
@@ -101,7 +108,10 @@ def test_chat_screen_sends_what_is_typed(tmp_path: Path) -> None:
 
 
 async def _drive_screen(
-    url: str, tmp_path: Path, create_pipe_input: object, dummy_output: object
+    url: str,
+    tmp_path: Path,
+    create_pipe_input: Callable[[], AbstractContextManager[PipeInput]],
+    dummy_output: Callable[[], Output],
 ) -> None:
     bob = await Client.login(
         url, "bob", PASSWORD, store_dir=tmp_path / "bob", register=True, settings=FAST
@@ -111,8 +121,8 @@ async def _drive_screen(
     )
     async with bob, ada:
         cid = await ada.create_direct("bob")
-        with create_pipe_input() as pipe:  # type: ignore[operator]
-            app = ChatApp(ChatCore(ada), input=pipe, output=dummy_output())  # type: ignore[operator]
+        with create_pipe_input() as pipe:
+            app = ChatApp(ChatCore(ada), input=pipe, output=dummy_output())
             runner = asyncio.ensure_future(app.run())
             # Bob stays live on asyncio too: the SDK's claim that it runs there.
             async with anyio.create_task_group() as tg:
@@ -129,9 +139,9 @@ async def _drive_screen(
         assert [m.body for m in ada.messages(cid)] == ["hello through the screen"]
 
 
-async def _until_async(client: Client, condition: object) -> None:
+async def _until_async(client: Client, condition: Callable[[], bool]) -> None:
     async with client.events() as events:
-        while not condition():  # type: ignore[operator]
+        while not condition():
             await events.receive()
 
 

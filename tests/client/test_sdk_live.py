@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from messageai.client.events import MessageAdded, MessageUpdated
-from tests.client.support import bodies, live, sign_in, until
+from tests.client.support import bodies, live, mine, sign_in, until
 from tests.helpers import Harness
 
 
@@ -61,7 +61,7 @@ async def test_group_keeps_read_state_per_member(h: Harness, tmp_path: Path) -> 
     client = await sign_in(h.url, "ada", tmp_path / "ada")
     async with client, live(client), h.ws(bob) as b, h.ws(cat) as c:
         message = await client.send(cid, "team, hi")
-        await until(client, lambda: client.message(cid, message.client_id).status == "sent")  # type: ignore[union-attr]
+        await until(client, lambda: mine(client, cid, message.client_id).status == "sent")
         await b.request("mark_read", conversation_id=cid, seq=1)
 
         def read_by_now() -> list[str]:
@@ -70,10 +70,10 @@ async def test_group_keeps_read_state_per_member(h: Harness, tmp_path: Path) -> 
 
         await until(client, lambda: read_by_now() == [bob.id])
         # Read by 1 of 2: not yet `read`.
-        assert client.message(cid, message.client_id).status == "sent"  # type: ignore[union-attr]
+        assert mine(client, cid, message.client_id).status == "sent"
         await c.request("mark_read", conversation_id=cid, seq=1)
-        await until(client, lambda: client.message(cid, message.client_id).status == "read")  # type: ignore[union-attr]
-        assert client.read_by(client.message(cid, message.client_id)) == sorted([bob.id, cat.id])  # type: ignore[arg-type]
+        await until(client, lambda: mine(client, cid, message.client_id).status == "read")
+        assert client.read_by(mine(client, cid, message.client_id)) == sorted([bob.id, cat.id])
 
 
 async def test_two_devices_of_one_user_stay_in_step(h: Harness, tmp_path: Path) -> None:

@@ -4,9 +4,11 @@ no server, no network."""
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import apsw
 import pytest
 
 from messageai.backoff import Backoff
@@ -29,7 +31,7 @@ def server_message(seq: int, sender: str = BOB, client_id: str | None = None) ->
 
 
 @pytest.fixture
-def conn(tmp_path: Path) -> Any:
+def conn(tmp_path: Path) -> Iterator[apsw.Connection]:
     c = store.open_store(tmp_path / "a.sqlite3")
     with c:
         store.save_conversation(c, conv(members=(ME, BOB, CAT)))
@@ -44,7 +46,7 @@ def test_store_file_is_private_and_in_wal_mode(tmp_path: Path) -> None:
     c.close()
 
 
-def test_ack_replaces_the_temporary_identity_and_a_repeat_is_ignored(conn: Any) -> None:
+def test_ack_replaces_the_temporary_identity_and_a_repeat_is_ignored(conn: apsw.Connection) -> None:
     mine = store.add_outgoing(conn, "c_1", ME, "cid-1", "hi", 5)
     assert (mine.status, mine.seq, mine.id) == ("sending", None, None)
     assert store.outbox(conn, 10) == [mine]
@@ -61,7 +63,7 @@ def test_ack_replaces_the_temporary_identity_and_a_repeat_is_ignored(conn: Any) 
     assert [m.seq for m in store.messages(conn, "c_1")] == [1]
 
 
-def test_synced_seq_stops_at_the_first_gap(conn: Any) -> None:
+def test_synced_seq_stops_at_the_first_gap(conn: apsw.Connection) -> None:
     with conn:
         for seq in (1, 2, 4, 5):
             store.merge_message(conn, server_message(seq), ME)
@@ -70,7 +72,7 @@ def test_synced_seq_stops_at_the_first_gap(conn: Any) -> None:
         assert store.advance_synced_seq(conn, "c_1") == 5
 
 
-def test_read_needs_every_other_member_and_read_by_counts_them(conn: Any) -> None:
+def test_read_needs_every_other_member_and_read_by_counts_them(conn: apsw.Connection) -> None:
     with conn:
         store.merge_message(conn, server_message(1, ME), ME)
         store.set_read_seq(conn, "c_1", BOB, 1)
@@ -82,7 +84,7 @@ def test_read_needs_every_other_member_and_read_by_counts_them(conn: Any) -> Non
     assert store.set_read_seq(conn, "c_1", CAT, 2) is False  # cursors only move forward
 
 
-def test_unacknowledged_messages_sort_after_acknowledged_ones(conn: Any) -> None:
+def test_unacknowledged_messages_sort_after_acknowledged_ones(conn: apsw.Connection) -> None:
     store.add_outgoing(conn, "c_1", ME, "late", "queued", 1)
     with conn:
         store.merge_message(conn, server_message(1), ME)
