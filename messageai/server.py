@@ -19,7 +19,7 @@ import orjson
 import trio
 import trio_websocket
 
-from messageai import rest
+from messageai import passwords, rest
 from messageai.config import Config
 from messageai.conversations.commands import Summary
 from messageai.conversations.registry import Registry
@@ -80,6 +80,19 @@ class Server:
         for session in closing:
             session.close(CLOSE_POLICY, reason)
         return len(closing)
+
+    def close_token_sessions(self, user_id: str, token_hash: bytes) -> int:
+        """Close every open WebSocket opened with the token whose hash is `token_hash`
+        with 1008, without waiting; the user's other sessions stay. Returns how many.
+        Called once the token is revoked (logout); a handshake still finishing with it
+        is caught by the check in `_serve_session`."""
+        closing = self.presence.peers_of(user_id) if self.presence is not None else []
+        closed = 0
+        for session in closing:
+            if session.token_hash == token_hash:
+                session.close(CLOSE_POLICY, "token revoked")
+                closed += 1
+        return closed
 
     @property
     def url(self) -> str:
@@ -156,6 +169,7 @@ class Server:
             push,
             self.guard,
             self.close_user_sessions,
+            self.close_token_sessions,
         )
         app = App(
             router,
@@ -212,9 +226,9 @@ class Server:
                 accepted = await self._handshake(nursery, stream)
                 if accepted is None:
                     return
-                ws, user = accepted
+                ws, user, token = accepted
                 try:
-                    await self._serve_session(ws, stream, user, registry, presence)
+                    await self._serve_session(ws, stream, user, token, registry, presence)
                 finally:
                     self.guard.disconnect(user.id)
             finally:
@@ -223,11 +237,12 @@ class Server:
 
     async def _handshake(
         self, nursery: trio.Nursery, stream: ReplayStream
-    ) -> tuple[trio_websocket.WebSocketConnection, User] | None:
-        """Origin, token, connection cap, accept. Returns the open WebSocket and its user,
-        counted by the guard (the caller gives the count back), or None after refusing
-        (403, 401, 429, or the peer gone), with nothing counted. The front door bounds
-        how long the request head may take; the reader task runs in `nursery`."""
+    ) -> tuple[trio_websocket.WebSocketConnection, User, str] | None:
+        """Origin, token, connection cap, accept. Returns the open WebSocket, its user
+        and the token it was opened with, counted by the guard (the caller gives the
+        count back), or None after refusing (403, 401, 429, or the peer gone), with
+        nothing counted. The front door bounds how long the request head may take; the
+        reader task runs in `nursery`."""
         config = self.config
         authenticator = self.authenticator
         assert authenticator is not None
@@ -244,12 +259,13 @@ class Server:
             if not self.guard.origin_allowed(request.headers, request_host(request)):
                 await _reject(request, Forbidden("this Origin is not allowed"))
                 return None
+            token = _token(request)
             try:
-                user = await _authenticate(request, authenticator)
+                user = await authenticator.authenticate(token) if token else None
             except MessageAIError as exc:
                 await _reject(request, exc)
                 return None
-            if user is None:
+            if user is None or token is None:
                 await _reject(request, Unauthorized("a valid token is required"))
                 return None
             if not self.guard.connect(user.id):
@@ -259,7 +275,7 @@ class Server:
             counted = user.id
             ws = await request.accept()
             accepted = True
-            return ws, user
+            return ws, user, token
         except (
             trio_websocket.ConnectionClosed,
             trio.BrokenResourceError,
@@ -276,15 +292,24 @@ class Server:
         ws: trio_websocket.WebSocketConnection,
         stream: ReplayStream,
         user: User,
+        token: str,
         registry: Registry,
         presence: Presence,
     ) -> None:
-        assert self.authenticator is not None
+        authenticator = self.authenticator
+        assert authenticator is not None
         kind = EchoSession if self._echo else Session
-        session = kind(ws, stream, user.id, self.config, registry, presence, self.guard)
-        if not self.authenticator.is_active(user.id):
+        token_hash = passwords.token_hash(token)
+        session = kind(ws, stream, user.id, token_hash, self.config, registry, presence, self.guard)
+        # Both checks are inline and `run` registers the session with presence before
+        # its first await, so a deletion or logout either comes before the check or
+        # finds the session among the user's connections.
+        if not authenticator.is_active(user.id):
             # Deleted while the handshake was finishing: close_user_sessions missed it.
             session.close(CLOSE_POLICY, "account deleted")
+        elif authenticator.is_revoked(token):
+            # Logged out while the handshake was finishing: close_token_sessions missed it.
+            session.close(CLOSE_POLICY, "token revoked")
         await session.run()
 
 
@@ -294,11 +319,9 @@ async def _reject(request: trio_websocket.WebSocketRequest, exc: MessageAIError)
     await request.reject(exc.status, extra_headers=headers, body=orjson.dumps(error_body(exc)))
 
 
-async def _authenticate(
-    request: trio_websocket.WebSocketRequest, authenticator: Authenticator
-) -> User | None:
-    # The last Authorization header counts, as in REST; browsers cannot set headers on
-    # a WebSocket, so `?access_token=` is the fallback.
+def _token(request: trio_websocket.WebSocketRequest) -> str | None:
+    """The handshake's bearer token. The last Authorization header counts, as in REST;
+    browsers cannot set headers on a WebSocket, so `?access_token=` is the fallback."""
     header = None
     for name, value in request.headers:
         if name.lower() == b"authorization":
@@ -308,6 +331,4 @@ async def _authenticate(
         query = parse_qs(urlsplit(request.path).query)
         values = query.get("access_token")
         token = values[-1] if values else None
-    if not token:
-        return None
-    return await authenticator.authenticate(token)
+    return token or None

@@ -29,6 +29,12 @@ class Authenticator(Protocol):
         """False once the user has been deleted. Inline read, no waiting."""
         ...
 
+    def is_revoked(self, token: str) -> bool:
+        """True once a token that `authenticate` accepted has been revoked (logout) or
+        has expired. Inline read, no waiting: the WebSocket handshake asks it right
+        before the session is registered, to catch a logout that raced the handshake."""
+        ...
+
 
 class LocalAuthenticator:
     """Opaque session tokens issued by this server (`auth.mode = "local"`)."""
@@ -41,6 +47,9 @@ class LocalAuthenticator:
 
     def is_active(self, user_id: str) -> bool:
         return True
+
+    def is_revoked(self, token: str) -> bool:
+        return self._directory.user_for_token(token) is None
 
 
 def make_authenticator(config: Config, directory: Directory) -> Authenticator:

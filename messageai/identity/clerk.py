@@ -179,6 +179,11 @@ class ClerkAuthenticator:
         found = self._directory.clerk_user(user_id)
         return found is not None and not found[1]
 
+    def is_revoked(self, token: str) -> bool:
+        # Clerk's session JWTs are not revoked through this server (Clerk ends a session
+        # by no longer renewing its short-lived JWT; a deleted user is `is_active`'s).
+        return False
+
     async def verify(self, token: str) -> dict[str, Any] | None:
         """The token's claims when every check passes, else None (logged at debug)."""
         if len(token) > MAX_TOKEN_CHARS:

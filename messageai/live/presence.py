@@ -6,7 +6,8 @@ to a conversation the user belongs to (each such connection gets it once; who is
 subscribed comes from the `subscribers_of` callable the server passes in, the
 registry's). Actors ask `is_online` to fill `subscribed.online`; REST handlers and
 the push service use `peers_of` to reach (or skip) a user's devices; the server uses
-`peers_of` and `everyone` to close connections (a deleted account, shutdown).
+`peers_of` and `everyone` to close connections (a deleted account, a revoked token,
+shutdown).
 """
 
 from __future__ import annotations
@@ -21,7 +22,10 @@ from messageai.services.directory import Directory
 
 
 class Connection(Peer, Protocol):
-    """A peer the server can also close (the WebSocket session)."""
+    """A peer the server can also close (the WebSocket session). `token_hash` is the
+    hash of the bearer token it was opened with, so revoking a token reaches it."""
+
+    token_hash: bytes
 
     def close(self, code: int, reason: str) -> None: ...
 

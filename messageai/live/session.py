@@ -57,12 +57,16 @@ class Session:
         ws: trio_websocket.WebSocketConnection,
         stream: trio.abc.Stream,
         user_id: str,
+        token_hash: bytes,
         config: Config,
         registry: Registry,
         presence: Presence,
         guard: Guard,
     ) -> None:
         self.user_id = user_id
+        # The bearer token this connection was opened with (its hash, as the directory
+        # keeps it): revoking that token closes this connection and no other.
+        self.token_hash = token_hash
         self._guard = guard
         # Client frames read so far; the keepalive task compares it to spot idleness.
         self._frames_in = 0

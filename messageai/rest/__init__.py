@@ -35,10 +35,13 @@ def mount(
     push: Push,
     guard: Guard,
     close_user_sessions: Callable[[str], object],
+    close_token_sessions: Callable[[str, bytes], object],
 ) -> None:
-    """Route every REST resource; the Clerk webhook only in Clerk mode with a secret."""
+    """Route every REST resource; the Clerk webhook only in Clerk mode with a secret.
+    `close_user_sessions` and `close_token_sessions` are the server's: they close a
+    deleted user's WebSockets, and those of a revoked token."""
     router.add("GET", "/healthz", healthz)
-    Accounts(directory).routes(router)
+    Accounts(directory, close_token_sessions).routes(router)
     Conversations(directory, registry, presence, guard).routes(router)
     MediaFiles(media).routes(router)
     PushTokens(push).routes(router)

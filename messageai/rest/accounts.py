@@ -5,6 +5,9 @@ the caller's own profile and the user directory. Thin: the work is in
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+from messageai import passwords
 from messageai.edge.asgi import Request, Response, Router
 from messageai.errors import BadRequest, NotFound
 from messageai.rest.params import require_user
@@ -14,8 +17,12 @@ MAX_SEARCH_CHARS = 64
 
 
 class Accounts:
-    def __init__(self, directory: Directory) -> None:
+    def __init__(
+        self, directory: Directory, close_token_sessions: Callable[[str, bytes], object]
+    ) -> None:
         self._directory = directory
+        # The server's: closes the WebSockets opened with a token, once it is revoked.
+        self._close_token_sessions = close_token_sessions
 
     def routes(self, router: Router) -> None:
         add = router.add
@@ -41,10 +48,13 @@ class Accounts:
         return Response(200, {"user": user, "token": token})
 
     async def logout(self, request: Request) -> Response:
-        require_user(request)
+        user = require_user(request)
         token = request.bearer_token()
         assert token is not None
         await self._directory.logout(token)
+        # After the commit: a handshake with this token that is still finishing finds
+        # it revoked (server._serve_session), so no socket of it outlives the logout.
+        self._close_token_sessions(user.id, passwords.token_hash(token))
         return Response(204)
 
     async def me(self, request: Request) -> Response:
