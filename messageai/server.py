@@ -107,7 +107,11 @@ class Server:
         self.directory = directory
         # The registry is made in the actor nursery below, and presence only asks it
         # once a session exists, which is after that.
-        presence = Presence(directory, lambda ids: registry.subscribers_of(ids))
+        presence = Presence(
+            directory,
+            lambda ids: registry.subscribers_of(ids),
+            lambda user_id, ids: registry.typist_gone(user_id, ids),
+        )
         self.presence = presence
         authenticator = make_authenticator(config, directory)
         self.authenticator = authenticator

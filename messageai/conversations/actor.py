@@ -15,6 +15,13 @@ crash, shutdown), the supervisor calls `fail_pending`, which closes the channel,
 answers whatever is still in flight or queued `unavailable`, and ends the
 subscriptions (their peers are told; the next actor starts without them).
 
+Typing is ephemeral state of the actor (PROTOCOL.md v1.1 "Typing expires"): one
+deadline per member typing now. The loop's own wait for the next command also wakes
+at the earliest deadline and announces `typing: false` for what has expired; a send
+from the typist ends it at once, and so does the typist's last connection closing
+(`typist_gone`, called through the registry when presence sees the user go offline).
+Typing state never keeps an actor from retiring: with no subscribers nobody hears it.
+
 Channels: commands arrive on a bounded memory channel (`conversations.queue_size`;
 senders wait when it is full); the registry's supervisor owns it and closes it
 last. Answers leave through each peer's non-blocking `push`, never waiting on a
@@ -82,6 +89,11 @@ log = logging.getLogger(__name__)
 
 _NO_BATCH: Sequence[Command] = ()
 
+# PROTOCOL.md v1.1: a typist who has not renewed `typing: true` for this long has
+# stopped. A protocol constant, not a config key: clients renew against it, and a
+# server that expired sooner would make every conforming client's indicator flicker.
+TYPING_TIMEOUT_SECONDS = 6.0
+
 
 def _open(path: Path, synchronous: str) -> apsw.Connection:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -128,6 +140,10 @@ class ConversationActor:
         self.last_message: Message | None = None
         self.cursors: dict[str, int] = {}
         self._loaded = False
+        # Members typing now: user id -> (trio deadline, the connection whose
+        # `typing: true` set it, which is not told when it ends). At most one entry
+        # per member; never stored.
+        self._typists: dict[str, tuple[float, Peer | None]] = {}
 
     # ------------------------------------------------------------ entry points
 
@@ -151,12 +167,20 @@ class ConversationActor:
             await self._ensure_db()
             idle = self._config.conversations.idle_seconds
             limit = self._config.conversations.max_batch
+            quiet_since = trio.current_time()
             while True:
+                wake = quiet_since + idle
+                if self._typists:
+                    wake = min(wake, self._expire_typists())
                 first = None
-                with trio.move_on_after(idle):
+                with trio.move_on_at(wake):
                     first = await self._receive.receive()
                 if first is None:
+                    now = trio.current_time()
+                    if now < quiet_since + idle:
+                        continue  # a typist's deadline woke us, not idleness
                     if self.subscribers or self._receive.statistics().current_buffer_used:
+                        quiet_since = now
                         continue
                     # Retire. No await from this check to the supervisor closing the
                     # channel: a racing sender either got in before (and is served)
@@ -169,9 +193,15 @@ class ConversationActor:
                     except trio.WouldBlock:
                         break
                 await self._process_guarded(batch)
+                quiet_since = trio.current_time()
         finally:
             self.busy = False
             self.close_db()
+
+    def typist_gone(self, user_id: str) -> None:
+        """The user's last connection closed: if they were typing here, the others are
+        told they stopped. Called by the registry on the event loop; never waits."""
+        self._stop_typing(user_id, None)
 
     def fail_pending(self) -> None:
         """Once `run` has ended (retired, crashed or cancelled): close both ends of the
@@ -408,6 +438,9 @@ class ConversationActor:
                 assert_never(command.op)
 
     def _on_send(self, command: Command, op: SendMessage, result: StorageResult) -> None:
+        if self._typists:
+            # Typing ends with the message it was for, before the message arrives.
+            self._stop_typing(command.user_id, command.peer)
         if isinstance(result, Stored):
             message = result.message
             self.last_seq = message.seq
@@ -473,9 +506,33 @@ class ConversationActor:
         _reply(command, Ok(req=command.req), None)
 
     def _on_typing(self, command: Command, op: Typing) -> None:
+        if op.typing:
+            deadline = trio.current_time() + TYPING_TIMEOUT_SECONDS
+            self._typists[command.user_id] = (deadline, command.peer)
+        else:
+            self._typists.pop(command.user_id, None)
         update = TypingUpdate(conversation_id=self.id, user_id=command.user_id, typing=op.typing)
         self._fan_out(encode(update), skip=command.peer)
         _reply(command, Ok(req=command.req), None)
+
+    def _stop_typing(self, user_id: str, skip: Peer | None) -> None:
+        """If `user_id` is typing here, forget it and tell the others it stopped."""
+        entry = self._typists.pop(user_id, None)
+        if entry is not None:
+            update = TypingUpdate(conversation_id=self.id, user_id=user_id, typing=False)
+            self._fan_out(encode(update), skip=skip or entry[1])
+
+    def _expire_typists(self) -> float:
+        """Announce `typing: false` for every typist past their deadline; return the
+        earliest deadline left (infinity when none). O(typists), at most the members."""
+        now = trio.current_time()
+        earliest = float("inf")
+        for user_id, (deadline, peer) in list(self._typists.items()):
+            if deadline <= now:
+                self._stop_typing(user_id, peer)
+            else:
+                earliest = min(earliest, deadline)
+        return earliest
 
     def _on_summary(self, command: Command, result: StorageResult) -> None:
         if not isinstance(result, Unread):
@@ -486,6 +543,9 @@ class ConversationActor:
         self.members |= set(op.added)
         self.members -= set(op.removed)
         removed = set(op.removed)
+        for user_id in removed:
+            # A removed member's typing ends with their access.
+            self._stop_typing(user_id, None)
         for peer in [p for p in self.subscribers if p.user_id in removed]:
             self.subscribers.discard(peer)
             peer.push_frame(Unsubscribed(conversation_id=self.id, reason="removed"))

@@ -200,6 +200,14 @@ class Registry:
             if actor is not None:
                 actor.subscribers.discard(peer)
 
+    def typist_gone(self, user_id: str, conversation_ids: list[str]) -> None:
+        """The user's last connection closed (presence): end their typing in these
+        conversations' live actors. A conversation without one has no typing state."""
+        for conversation_id in conversation_ids:
+            actor = self._actors.get(conversation_id)
+            if actor is not None:
+                actor.typist_gone(user_id)
+
     def subscribers_of(self, conversation_ids: list[str]) -> set[Peer]:
         """The connections subscribed to any of these conversations now (for presence)."""
         peers: set[Peer] = set()

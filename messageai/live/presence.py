@@ -4,10 +4,12 @@ Sessions call `connected`/`disconnected`; a user's first connection and last
 disconnection each send one `presence_update` to every connection subscribed
 to a conversation the user belongs to (each such connection gets it once; who is
 subscribed comes from the `subscribers_of` callable the server passes in, the
-registry's). Actors ask `is_online` to fill `subscribed.online`; REST handlers and
-the push service use `peers_of` to reach (or skip) a user's devices; the server uses
-`peers_of` and `everyone` to close connections (a deleted account, a revoked token,
-shutdown).
+registry's). A user's last disconnection also goes to `went_offline` with their
+conversation ids (the server passes the registry's `typist_gone`: typing ends with the
+typist's last connection), before the presence frame. Actors ask `is_online` to fill
+`subscribed.online`; REST handlers and the push service use `peers_of` to reach (or
+skip) a user's devices; the server uses `peers_of` and `everyone` to close connections
+(a deleted account, a revoked token, shutdown).
 """
 
 from __future__ import annotations
@@ -32,10 +34,14 @@ class Connection(Peer, Protocol):
 
 class Presence:
     def __init__(
-        self, directory: Directory, subscribers_of: Callable[[list[str]], set[Peer]]
+        self,
+        directory: Directory,
+        subscribers_of: Callable[[list[str]], set[Peer]],
+        went_offline: Callable[[str, list[str]], None] | None = None,
     ) -> None:
         self._directory = directory
         self._subscribers_of = subscribers_of
+        self._went_offline = went_offline
         self._peers: dict[str, set[Connection]] = {}
 
     def is_online(self, user_id: str) -> bool:
@@ -45,7 +51,9 @@ class Presence:
         peers = self._peers.setdefault(peer.user_id, set())
         peers.add(peer)
         if len(peers) == 1:
-            self._announce(peer.user_id, "online")
+            self._announce(
+                peer.user_id, "online", self._directory.conversation_ids_of(peer.user_id)
+            )
 
     def disconnected(self, peer: Connection) -> None:
         peers = self._peers.get(peer.user_id)
@@ -54,7 +62,10 @@ class Presence:
         peers.discard(peer)
         if not peers:
             del self._peers[peer.user_id]
-            self._announce(peer.user_id, "offline")
+            conversation_ids = self._directory.conversation_ids_of(peer.user_id)
+            if self._went_offline is not None:
+                self._went_offline(peer.user_id, conversation_ids)
+            self._announce(peer.user_id, "offline", conversation_ids)
 
     def connection_count(self, user_id: str) -> int:
         return len(self._peers.get(user_id, ()))
@@ -67,8 +78,8 @@ class Presence:
         """Every open connection (a copy, as `peers_of`)."""
         return [peer for peers in self._peers.values() for peer in peers]
 
-    def _announce(self, user_id: str, status: str) -> None:
-        peers = self._subscribers_of(self._directory.conversation_ids_of(user_id))
+    def _announce(self, user_id: str, status: str, conversation_ids: list[str]) -> None:
+        peers = self._subscribers_of(conversation_ids)
         if not peers:
             return
         text = encode(PresenceUpdate(user_id=user_id, status=status, last_seen_at=now_ms()))
