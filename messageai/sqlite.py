@@ -8,14 +8,18 @@ actors, push, the client store and the bench when they open their files.
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import apsw
 import apsw.bestpractice
+import apsw.ext
 
 Migration = Callable[[apsw.Connection], None]
+
+_sqlite_log = logging.getLogger("messageai.sqlite")
 
 _best_practice_lock = threading.Lock()
 _best_practice_applied = False
@@ -24,7 +28,9 @@ _best_practice_applied = False
 def apply_best_practice() -> None:
     """Install `apsw.bestpractice.recommended` for the whole process: every connection
     opened after it gets WAL, a busy timeout, foreign keys, no double-quoted string
-    literals, `PRAGMA optimize` and recursive triggers; SQLite's log goes to `logging`.
+    literals, `PRAGMA optimize` and recursive triggers; SQLite's log goes to `logging`
+    (the `messageai.sqlite` logger, through `_log_sqlite` instead of apsw's own
+    `library_logging`, which would also forward the benign SQLITE_SCHEMA).
 
     Idempotent (apsw's own `apply` would add its hook again on each call). Called at
     start-up so the process-wide change is visible where the process begins, and by
@@ -33,8 +39,35 @@ def apply_best_practice() -> None:
     global _best_practice_applied
     with _best_practice_lock:
         if not _best_practice_applied:
-            apsw.bestpractice.apply(apsw.bestpractice.recommended)
+            apsw.bestpractice.apply(
+                tuple(
+                    hook
+                    for hook in apsw.bestpractice.recommended
+                    if hook is not apsw.bestpractice.library_logging
+                )
+            )
+            apsw.config(apsw.SQLITE_CONFIG_LOG, _log_sqlite)
             _best_practice_applied = True
+
+
+def _log_sqlite(code: int, message: str) -> None:
+    """SQLite's error log, forwarded to `logging` as apsw's `log_sqlite` does (warnings
+    and notices as WARNING, the rest as ERROR), less SQLITE_SCHEMA.
+
+    SQLITE_SCHEMA is logged whenever another connection or process changed the
+    schema under a prepared statement (`PRAGMA optimize` writing statistics counts:
+    `messageai user add` does it beside a running server); SQLite re-prepares the
+    statement and runs it again by itself, and the caller never sees an error. A
+    line for it reads like a failure and is not one. Every other error SQLite logs
+    is also raised to its caller; this log only adds the statement's context.
+    Called from inside SQLite: it must not raise."""
+    if code == apsw.SQLITE_SCHEMA:
+        return
+    primary = code & 0xFF
+    level = (
+        logging.WARNING if primary in (apsw.SQLITE_WARNING, apsw.SQLITE_NOTICE) else logging.ERROR
+    )
+    _sqlite_log.log(level, "SQLite: %s (%s)", message, apsw.ext.result_string(code))
 
 
 def open_db(path: Path, synchronous: str, *, create: bool = True) -> apsw.Connection:

@@ -20,7 +20,7 @@ from messageai import passwords
 from messageai.cli.client_args import CLIENT_COMMANDS, add_client_commands
 from messageai.config import Config, ConfigError, load_config, with_overrides
 from messageai.errors import MessageAIError
-from messageai.services.directory import open_directory_db
+from messageai.services.directory import DIRECTORY_FILE, open_directory_db
 from messageai.sqlite import apply_best_practice, transaction
 from messageai.store import directory as sql
 
@@ -92,6 +92,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "serve":
             return trio.run(_serve, config)
+        if args.command == "user":
+            refusal = _no_server_data(config, args)
+            if refusal is not None:
+                print(f"messageai: {refusal}", file=sys.stderr)
+                return 2
         if args.command == "user" and args.user_command == "add":
             return _user_add(config, args)
         if args.command == "user" and args.user_command == "list":
@@ -156,10 +161,37 @@ async def _serve(config: Config) -> int:
     return 0
 
 
+def _no_server_data(config: Config, args: argparse.Namespace) -> str | None:
+    """Why `user add|list` will not run, or None. The accounts must go where the
+    server reads them: with neither --data-dir nor --config, the embedded default
+    `./data` is a guess about the current directory, so it is used only when it holds
+    a directory database; otherwise a fresh database there would take the account
+    silently and the server would never see it. Naming the data directory (either
+    flag) may create it, to provision accounts before the first `serve`."""
+    if args.data_dir is not None or args.config is not None:
+        return None
+    if (config.data_dir / DIRECTORY_FILE).is_file():
+        return None
+    return (
+        f"no MessageAI data in {config.storage.data_dir} (no {DIRECTORY_FILE} there); "
+        "name the server's data directory with --data-dir DIR or its --config FILE "
+        '(the server prints "data in DIR" when it starts)'
+    )
+
+
 def _read_password(args: argparse.Namespace) -> str:
     if args.password_file is not None:
         lines = args.password_file.read_text("utf-8").splitlines()
         return lines[0] if lines else ""
+    if sys.stdin is None or not sys.stdin.isatty():
+        # Piped (`printf '%s\n' "$PW" | messageai user add ada`) or no terminal at
+        # all: getpass cannot turn echo off there. One line, read bounded; no prompt.
+        line = sys.stdin.readline(passwords.MAX_PASSWORD_CHARS + 2) if sys.stdin else ""
+        if not line:
+            raise MessageAIError(
+                "no password: pipe it on stdin, use --password-file, or run in a terminal"
+            )
+        return line.removesuffix("\n").removesuffix("\r")
     first = getpass.getpass("password: ")
     if getpass.getpass("again: ") != first:
         raise MessageAIError("passwords do not match")
@@ -186,11 +218,14 @@ def _user_add(config: Config, args: argparse.Namespace) -> int:
     if user is None:
         print(f"messageai: username {name!r} is taken", file=sys.stderr)
         return 1
-    print(f"created {user.username} ({user.id})")
+    print(f"created {user.username} ({user.id}) in {config.data_dir.resolve()}")
     return 0
 
 
 def _user_list(config: Config) -> int:
+    if not (config.data_dir / DIRECTORY_FILE).is_file():
+        # Listing creates nothing: a mistyped path is reported, not made.
+        raise MessageAIError(f"no directory database in {config.data_dir.resolve()}")
     conn = open_directory_db(config.data_dir, config.storage.synchronous)
     try:
         users = sql.all_users(conn)

@@ -26,15 +26,14 @@ def user_state(conn: apsw.Connection, user_id: str) -> tuple[User, bool] | None:
 
 
 def _set_username(conn: apsw.Connection, user_id: str, wanted: str | None) -> None:
-    # Clerk's username when it is free here, else the (unique) Clerk id.
+    # Clerk's username when it is free here, else the (unique) Clerk id. OR IGNORE:
+    # a taken name is expected, not a failed statement for SQLite's error log.
     for name in (wanted, user_id):
         if name is None:
             continue
-        try:
-            conn.execute("UPDATE users SET username = ? WHERE id = ?", (name, user_id))
-        except apsw.ConstraintError:
-            continue
-        return
+        conn.execute("UPDATE OR IGNORE users SET username = ? WHERE id = ?", (name, user_id))
+        if conn.changes():
+            return
 
 
 def insert_if_absent(conn: apsw.Connection, profile: ClerkProfile) -> tuple[User, bool]:

@@ -144,16 +144,16 @@ def _user(row: tuple[object, ...] | None) -> User | None:
 
 
 def insert_user(conn: apsw.Connection, user: User, password_hash: str | None) -> bool:
-    """Insert a user; False if the username is taken."""
-    try:
-        conn.execute(
-            "INSERT INTO users(id, username, display_name, password_hash, created_at)"
-            " VALUES (?, ?, ?, ?, ?)",
-            (user.id, user.username, user.display_name, password_hash, user.created_at),
-        )
-    except apsw.ConstraintError:
-        return False
-    return True
+    """Insert a user; False if the username is taken.
+
+    A taken name is expected (registration, `messageai user add`), so it is not a
+    failed statement: `DO NOTHING` keeps SQLite from logging a constraint error."""
+    conn.execute(
+        "INSERT INTO users(id, username, display_name, password_hash, created_at)"
+        " VALUES (?, ?, ?, ?, ?) ON CONFLICT(username) DO NOTHING",
+        (user.id, user.username, user.display_name, password_hash, user.created_at),
+    )
+    return conn.changes() == 1
 
 
 def create_local_user(
