@@ -621,5 +621,7 @@ def test_cli_user_add_is_refused_in_clerk_mode(
     data = ["--config", str(config), "--data-dir", str(tmp_path / "data")]
     assert cli.main([*argv, *data]) == 1
     assert 'local accounts are off with auth.mode = "clerk"' in capsys.readouterr().err
-    assert cli.main(["user", "list", *data]) == 0
-    assert "ada" not in capsys.readouterr().out
+    # Nothing was created: not even the directory database that a list would read.
+    assert cli.main(["user", "list", *data]) == 1
+    assert "no directory database" in capsys.readouterr().err
+    assert not (tmp_path / "data").exists()
