@@ -5,6 +5,7 @@
     │   ├── MethodNotAllowed    bad_request  405  (+ Allow)
     │   ├── RequestTimeout      bad_request  408  (body too slow; connection closed)
     │   ├── UnsupportedMediaType bad_request 415
+    │   ├── UpgradeRequired     bad_request  426  (+ Upgrade: websocket)
     │   └── RangeNotSatisfiable bad_request  416  (+ Content-Range: bytes */size)
     ├── UnknownType             unknown_type 400
     ├── Unauthorized            unauthorized 401
@@ -18,11 +19,15 @@
     ├── Unavailable             unavailable  503
     └── Internal                internal     500
 
-The codes are PROTOCOL.md's closed list, so the finer HTTP statuses share the
-code of their parent. Raised by the protocol parser, the directory, actors and
+The codes are PROTOCOL.md's closed list (v1.1 adds none), so the finer HTTP
+statuses share the code of their parent. Raised by the protocol parser, the directory, actors and
 REST handlers; turned into `error` frames by the WebSocket session and into JSON
 bodies by `error_body` (the ASGI app, the front door, the WebSocket handshake).
 The HTTP headers an error carries are added in one place, `edge.asgi.error_headers`.
+
+`StartupError` stands apart: no client ever sees it. The server and the admin CLI
+raise it when this machine refuses what they were given (a port in use, a data
+directory that is a file); `messageai` prints its message and exits 1.
 """
 
 from __future__ import annotations
@@ -59,6 +64,12 @@ class RequestTimeout(BadRequest):
 
 class UnsupportedMediaType(BadRequest):
     status = 415
+
+
+class UpgradeRequired(BadRequest):
+    """A plain GET of the WebSocket URL (curl, a browser tab): it needs an upgrade."""
+
+    status = 426
 
 
 class RangeNotSatisfiable(BadRequest):
@@ -126,6 +137,11 @@ class Unavailable(MessageAIError):
 
 class Internal(MessageAIError):
     code, status = "internal", 500
+
+
+class StartupError(Exception):
+    """The server or the CLI cannot start with what it was given on this machine; the
+    message names the port or the path and says what is wrong with it."""
 
 
 def error_fields(exc: MessageAIError) -> dict[str, Any]:

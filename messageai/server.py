@@ -12,6 +12,7 @@ their databases.
 
 from __future__ import annotations
 
+import errno
 import logging
 from urllib.parse import parse_qs, urlsplit
 
@@ -32,6 +33,7 @@ from messageai.errors import (
     Forbidden,
     MessageAIError,
     RateLimited,
+    StartupError,
     Unauthorized,
     error_body,
 )
@@ -197,7 +199,7 @@ class Server:
         give the open connections `shutdown_timeout_seconds` to finish."""
         config = self.config
         async with trio.open_nursery() as connections:
-            listeners = await trio.open_tcp_listeners(config.server.port, host=config.server.host)
+            listeners = await _listen(config.server.host, config.server.port)
             self.port = listeners[0].socket.getsockname()[1]
             accept_scope = trio.CancelScope()
 
@@ -315,6 +317,17 @@ class Server:
             # Logged out while the handshake was finishing: close_token_sessions missed it.
             session.close(CLOSE_POLICY, "token revoked")
         await session.run()
+
+
+async def _listen(host: str, port: int) -> list[trio.SocketListener]:
+    """The listening sockets, or StartupError naming the address (trio's OSError says
+    `[Errno 98] error while attempting to bind on address ...`)."""
+    try:
+        return await trio.open_tcp_listeners(port, host=host)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise StartupError(f"port {port} on {host} is in use") from exc
+        raise StartupError(f"cannot listen on port {port} of {host}: {exc.strerror}") from exc
 
 
 async def _reject(request: trio_websocket.WebSocketRequest, exc: MessageAIError) -> None:

@@ -7,6 +7,7 @@ absolute deadline; the server processes are stopped by the signals under test.
 
 from __future__ import annotations
 
+import importlib.metadata
 import logging
 import re
 import signal
@@ -387,5 +388,25 @@ async def test_serve_on_a_port_in_use_fails_with_a_clear_message(tmp_path: Path)
         port = taken.getsockname()[1]
         result = await cli("serve", "--port", str(port), "--data-dir", tmp_path / "data")
     assert result.returncode == 1, err(result)
-    assert "in use" in err(result) and "Traceback" not in err(result), err(result)
+    assert err(result) == f"messageai: port {port} on 127.0.0.1 is in use\n", err(result)
     assert out(result) == ""
+
+
+async def test_a_data_dir_that_is_a_file_is_refused_naming_the_path(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.write_text("not a directory\n", "utf-8")
+    served = await cli("serve", "--port", "0", "--data-dir", data)
+    added = await cli(
+        "user", "add", "ada", "--password-file", password_file(tmp_path), "--data-dir", data
+    )
+    for result in (served, added):
+        assert result.returncode == 1, err(result)
+        assert f"{data} is not a directory" in err(result), err(result)
+        assert "Errno" not in err(result) and "Traceback" not in err(result), err(result)
+    assert data.read_text("utf-8") == "not a directory\n"
+
+
+async def test_version_comes_from_the_package_metadata() -> None:
+    result = await cli("--version")
+    assert result.returncode == 0, err(result)
+    assert out(result) == f"messageai {importlib.metadata.version('messageai')}\n"

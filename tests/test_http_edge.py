@@ -523,6 +523,24 @@ async def test_every_error_is_mapped_once_to_status_headers_and_the_protocol_bod
     assert status == 404 and orjson.loads(body)["error"]["code"] == "not_found"
 
 
+async def test_get_v1_ws_without_an_upgrade_is_426_naming_websocket(tmp_path: Path) -> None:
+    # curl or a browser tab on the WebSocket URL: say what it needs, not 404.
+    with trio.fail_after(10):
+        async with started(tmp_path) as h:
+            for path in ("/v1/ws", "/v1/ws?access_token=x"):
+                r = await h.http.get(path)
+                assert r.status_code == 426, (path, r.text)
+                assert r.headers["upgrade"] == "websocket"
+                error = r.json()["error"]
+                # PROTOCOL.md's codes are a closed list (v1.1 adds none): bad_request.
+                assert error["code"] == "bad_request" and "WebSocket" in error["message"]
+            r = await h.http.post("/v1/ws")
+            assert r.status_code == 405 and r.headers["allow"] == "GET"
+            # A real upgrade is still a WebSocket.
+            async with h.ws(await h.account("ada")) as ws:
+                assert (await ws.request("ping"))["type"] == "pong"
+
+
 def test_bearer_token_parsing() -> None:
     assert bearer_token("Bearer abc") == "abc"
     assert bearer_token("bearer   abc  ") == "abc"

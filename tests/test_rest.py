@@ -421,7 +421,9 @@ async def test_direct_conversation_with_yourself_is_400(h: Harness) -> None:
     r = await h.http.post(
         "/v1/conversations", json={"kind": "direct", "member_ids": [ada.id]}, headers=h.auth(ada)
     )
-    assert_error(r, 400, "bad_request")
+    body = assert_error(r, 400, "bad_request")
+    # Said as a person would read it (the CLI shows it as is): no field name.
+    assert body["error"]["message"] == "you cannot open a direct conversation with yourself"
     assert await listing(h, ada) == []
 
 

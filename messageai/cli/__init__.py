@@ -16,10 +16,10 @@ from pathlib import Path
 
 import trio
 
-from messageai import passwords
+from messageai import __version__, passwords
 from messageai.cli.client_args import CLIENT_COMMANDS, add_client_commands
 from messageai.config import Config, ConfigError, load_config, with_overrides
-from messageai.errors import MessageAIError
+from messageai.errors import MessageAIError, StartupError
 from messageai.services.directory import DIRECTORY_FILE, open_directory_db
 from messageai.sqlite import apply_best_practice, transaction
 from messageai.store import directory as sql
@@ -33,6 +33,7 @@ def _port(value: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="messageai", description="MessageAI chat server")
+    parser.add_argument("--version", action="version", version=f"messageai {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def with_config(p: argparse.ArgumentParser) -> None:
@@ -110,12 +111,12 @@ def main(argv: list[str] | None = None) -> int:
     except MessageAIError as exc:
         print(f"messageai: {exc.message}", file=sys.stderr)
         return 1
-    except OSError as exc:
+    except (StartupError, OSError) as exc:
         print(f"messageai: {exc}", file=sys.stderr)
         return 1
     except BaseExceptionGroup as group:
         # Trio's nurseries wrap start-up failures (a port in use) in groups.
-        error = _sole_os_error(group)
+        error = _sole_startup_error(group)
         if error is None:
             raise
         print(f"messageai: {error}", file=sys.stderr)
@@ -123,11 +124,11 @@ def main(argv: list[str] | None = None) -> int:
     return 2
 
 
-def _sole_os_error(exc: BaseException) -> OSError | None:
-    """The OSError an exception group holds, when that is all it holds."""
+def _sole_startup_error(exc: BaseException) -> StartupError | OSError | None:
+    """The StartupError or OSError an exception group holds, when that is all it holds."""
     while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
         exc = exc.exceptions[0]
-    return exc if isinstance(exc, OSError) else None
+    return exc if isinstance(exc, (StartupError, OSError)) else None
 
 
 def _raise_open_files_limit() -> None:

@@ -31,6 +31,7 @@ from messageai.errors import (
     RateLimited,
     RequestTimeout,
     TooLarge,
+    UpgradeRequired,
     error_body,
 )
 from messageai.model import User
@@ -259,7 +260,7 @@ class App:
 
 def error_headers(exc: MessageAIError) -> list[tuple[bytes, bytes]]:
     """The HTTP headers that go with an error: Allow (405), Retry-After (429, whole
-    seconds rounded up) and Content-Range (416). The one place that maps an error
+    seconds rounded up), Content-Range (416) and Upgrade (426). The one place that maps an error
     to headers; the status and body come from the error itself (`errors.error_body`)."""
     if isinstance(exc, MethodNotAllowed):
         return [(b"allow", ", ".join(exc.allowed).encode())]
@@ -268,6 +269,9 @@ def error_headers(exc: MessageAIError) -> list[tuple[bytes, bytes]]:
         return [(b"retry-after", str(seconds).encode())]
     if isinstance(exc, RangeNotSatisfiable):
         return [(b"content-range", f"bytes */{exc.size}".encode())]
+    if isinstance(exc, UpgradeRequired):
+        # RFC 9110 15.5.22: a 426 names the protocol to upgrade to.
+        return [(b"upgrade", b"websocket")]
     if isinstance(exc, RequestTimeout):
         # The rest of the body may still be on its way: this connection is done.
         return [(b"connection", b"close")]

@@ -11,7 +11,8 @@ from collections.abc import Callable
 
 from messageai.config import Config
 from messageai.conversations.registry import Registry
-from messageai.edge.asgi import Router
+from messageai.edge.asgi import Request, Response, Router
+from messageai.errors import UpgradeRequired
 from messageai.live.guard import Guard
 from messageai.live.presence import Presence
 from messageai.rest.accounts import Accounts
@@ -41,9 +42,19 @@ def mount(
     `close_user_sessions` and `close_token_sessions` are the server's: they close a
     deleted user's WebSockets, and those of a revoked token."""
     router.add("GET", "/healthz", healthz)
+    router.add("GET", "/v1/ws", websocket_needed)
     Accounts(directory, close_token_sessions).routes(router)
     Conversations(directory, registry, presence, guard).routes(router)
     MediaFiles(media).routes(router)
     PushTokens(push).routes(router)
     if config.auth.mode == "clerk" and config.clerk.webhook_secret:
         ClerkWebhooks(config.clerk, directory, close_user_sessions).routes(router)
+
+
+async def websocket_needed(request: Request) -> Response:
+    """`GET /v1/ws` that reached REST: the front door hands every real upgrade to the
+    WebSocket side, so this request lacks `Upgrade: websocket` (curl, a browser tab)."""
+    raise UpgradeRequired(
+        "this is the WebSocket endpoint: connect with a WebSocket client"
+        " (Upgrade: websocket); the REST API is under /v1/"
+    )

@@ -22,7 +22,14 @@ import trio
 
 from messageai import passwords
 from messageai.config import Config
-from messageai.errors import BadRequest, Conflict, Forbidden, NotFound, Unauthorized
+from messageai.errors import (
+    BadRequest,
+    Conflict,
+    Forbidden,
+    NotFound,
+    StartupError,
+    Unauthorized,
+)
 from messageai.model import ClerkProfile, ConversationRecord, User, new_id, now_ms
 from messageai.services.login_throttle import LoginThrottle
 from messageai.sqlite import migrate, open_db, transaction
@@ -51,11 +58,28 @@ TOKEN_PURGE_BATCHES_PER_PASS = 10
 
 
 def open_directory_db(data_dir: Path, synchronous: str) -> apsw.Connection:
-    """Open the directory database, creating and migrating it if needed (blocking)."""
-    data_dir.mkdir(parents=True, exist_ok=True)
+    """Open the directory database, creating and migrating it if needed (blocking).
+    Raises StartupError naming `data_dir` when it is not (and cannot be) a directory."""
+    make_data_dir(data_dir)
     conn = open_db(data_dir / DIRECTORY_FILE, synchronous)
     migrate(conn, sql.MIGRATIONS)
     return conn
+
+
+def make_data_dir(data_dir: Path) -> None:
+    """Create `storage.data_dir` if needed; StartupError, naming the path, when the
+    path cannot be a directory (a bare OSError says only `[Errno 17] File exists`)."""
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    except FileExistsError as exc:
+        raise StartupError(f"storage.data_dir: {data_dir} is not a directory") from exc
+    except NotADirectoryError as exc:
+        raise StartupError(
+            f"storage.data_dir: {data_dir} cannot be made: a file stands where a parent"
+            " directory of it should be"
+        ) from exc
+    except OSError as exc:
+        raise StartupError(f"storage.data_dir: cannot create {data_dir}: {exc.strerror}") from exc
 
 
 class Directory:
@@ -273,7 +297,8 @@ class Directory:
     async def open_direct(self, caller: str, other: str) -> tuple[ConversationRecord, bool]:
         """The direct conversation of two users, created if needed; True when created."""
         if other == caller:
-            raise BadRequest("member_ids: a direct conversation needs one other user")
+            # Said for people (the CLI's `messageai new` shows it as is), not for the body.
+            raise BadRequest("you cannot open a direct conversation with yourself")
         self._check_users_exist([other])
         record = ConversationRecord(
             id=new_id("c_"),
