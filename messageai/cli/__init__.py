@@ -2,7 +2,9 @@
 `login|send|sync|tail|conversations|new|chat` (arguments in `cli.client_args`, the work in
 `messageai.client.commands`).
 
-Exit status 0 on success, 2 for a configuration or usage error, 1 otherwise.
+Exit status 0 on success, 2 for a configuration or usage error (`user add|list` with
+no data directory named and none in ./data among them), 1 otherwise (a port in use, a
+data directory that is a file, a taken username).
 """
 
 from __future__ import annotations
@@ -45,14 +47,22 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="override server.host")
     serve.add_argument("--port", type=_port, help="override server.port")
 
-    user = sub.add_parser("user", help="manage local accounts")
+    user = sub.add_parser(
+        "user",
+        help="manage local accounts",
+        description="Accounts live in the server's data directory: name it with --data-dir"
+        " or --config; without either, ./data is used only if it already holds one.",
+    )
     user_sub = user.add_subparsers(dest="user_command", required=True)
     add = user_sub.add_parser("add", help="create an account")
     with_config(add)
     add.add_argument("name", help="username: 3-32 of a-z 0-9 _ . -")
     add.add_argument("--display-name", help="shown name (default: the username)")
     add.add_argument(
-        "--password-file", type=Path, help="read the password from this file's first line"
+        "--password-file",
+        type=Path,
+        help="read the password from this file's first line"
+        " (default: prompt in a terminal, else read one line from stdin)",
     )
     lst = user_sub.add_parser("list", help="list accounts")
     with_config(lst)
