@@ -27,7 +27,8 @@ from messageai.config import parse_config
 from messageai.server import Server
 
 
-async def round_trips(count: int, data_dir: Path) -> None:
+async def round_trips(count: int, data_dir: Path) -> list[int]:
+    """Send `count` messages one at a time; the seqs of their acks, in order."""
     config = parse_config(
         {"server": {"port": 0}, "storage": {"data_dir": str(data_dir)}, "auth": {"scrypt_n": 16}}
     )
@@ -49,6 +50,7 @@ async def round_trips(count: int, data_dir: Path) -> None:
             conversation_id = created.json()["id"]
         url = server.url.replace("http", "ws", 1) + f"/v1/ws?access_token={tokens[0]}"
         ws = await trio_websocket.connect_websocket_url(nursery, url)
+        seqs: list[int] = []
         for i in range(count):
             frame = {
                 "type": "send_message",
@@ -57,10 +59,12 @@ async def round_trips(count: int, data_dir: Path) -> None:
                 "body": "hello there",
             }
             await ws.send_message(orjson.dumps(frame).decode())
-            while orjson.loads(await ws.get_message())["type"] != "ack":
+            while (answer := orjson.loads(await ws.get_message()))["type"] != "ack":
                 pass
+            seqs.append(answer["message"]["seq"])
         await ws.aclose()
         server.shutdown()
+    return seqs
 
 
 def main() -> None:
