@@ -16,7 +16,7 @@ import pytest
 import trio
 import trio_websocket
 
-from bench import procs, run, seed
+from bench import instructions, procs, run, seed
 from messageai.config import ConfigError, parse_config
 from messageai.sqlite import open_db
 from messageai.store import conversation as sql
@@ -104,3 +104,8 @@ async def test_reference_echo_answers_and_a_load_process_counts_acks(tmp_path: P
         assert ref.cpu() > cpu0
     finally:
         ref.stop()
+
+
+async def test_instruction_workload_gets_every_send_acked_in_order(tmp_path: Path) -> None:
+    with trio.fail_after(30):
+        assert await instructions.round_trips(5, tmp_path) == [1, 2, 3, 4, 5]

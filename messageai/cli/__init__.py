@@ -14,11 +14,12 @@ import getpass
 import logging
 import signal
 import sys
+from importlib import metadata
 from pathlib import Path
 
 import trio
 
-from messageai import __version__, passwords
+from messageai import passwords
 from messageai.cli.client_args import CLIENT_COMMANDS, add_client_commands
 from messageai.config import Config, ConfigError, load_config, with_overrides
 from messageai.errors import MessageAIError, StartupError
@@ -33,9 +34,19 @@ def _port(value: str) -> int:
     return int(value)
 
 
+def _version() -> str:
+    """The installed package's version (pyproject.toml's). Read here rather than from
+    `messageai.__version__`: a `messageai/` folder in the current directory (a
+    checkout's config folder) can shadow the package's `__init__` under `python -m`."""
+    try:
+        return metadata.version("messageai")
+    except metadata.PackageNotFoundError:
+        return "(not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="messageai", description="MessageAI chat server")
-    parser.add_argument("--version", action="version", version=f"messageai {__version__}")
+    parser.add_argument("--version", action="version", version=f"messageai {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def with_config(p: argparse.ArgumentParser) -> None:
