@@ -231,6 +231,7 @@ def _user_add(config: Config, args: argparse.Namespace) -> int:
     passwords.check_display_name(args.display_name, name)
     password = passwords.check_password(_read_password(args))
     password_hash = passwords.hash_password(password, config.auth.scrypt_n)
+    fresh = not (config.data_dir / DIRECTORY_FILE).is_file()
     conn = open_directory_db(config.data_dir, config.storage.synchronous)
     try:
         with transaction(conn):
@@ -241,6 +242,15 @@ def _user_add(config: Config, args: argparse.Namespace) -> int:
         print(f"messageai: username {name!r} is taken", file=sys.stderr)
         return 1
     print(f"created {user.username} ({user.id}) in {config.data_dir.resolve()}")
+    if fresh:
+        # Named explicitly, so made; but a relative path or a typo lands elsewhere
+        # than the server's data: say so rather than let it pass unnoticed.
+        print(
+            f"messageai: note: {config.data_dir.resolve()} had no directory database;"
+            " a new one was made. A running server on another data directory will not"
+            " see this account.",
+            file=sys.stderr,
+        )
     return 0
 
 
