@@ -13,8 +13,11 @@ import pytest
 import trio
 
 from messageai.client import ServerError
+from messageai.client.accounts import current_path
+from messageai.client.errors import Forbidden
 from messageai.client.events import ConversationsChanged, MessageAdded, MessageUpdated
-from messageai.client.store import set_active
+from messageai.client.store import open_store, set_active
+from messageai.sqlite import transaction
 from tests.client.support import FAST, bodies, live, mine, sign_in, until
 from tests.helpers import Harness
 
@@ -135,8 +138,6 @@ async def test_a_new_direct_conversation_and_its_first_message_reach_the_other_c
 async def test_removed_from_a_group_it_is_inactive_and_mark_read_and_send_are_forbidden(
     h: Harness, tmp_path: Path
 ) -> None:
-    from messageai.client.errors import Forbidden
-
     ada, bob, cat = await h.account("ada"), await h.account("bob"), await h.account("cat")
     cid = await h.group(ada, bob, cat)
     client = await sign_in(h.url, "bob", tmp_path / "bob")
@@ -156,7 +157,10 @@ async def test_removed_from_a_group_it_is_inactive_and_mark_read_and_send_are_fo
         assert client.outbox_size() == 0 and bodies(client, cid) == ["bye, bob"]
         # A store that has not heard of the removal yet: the server's `forbidden`
         # answer is the same clear error, and sets the flag.
-        set_active(client.syncer._conn, cid, True)
+        other = open_store(current_path(tmp_path / "bob"))  # as another process would
+        with transaction(other):
+            set_active(other, cid, True)
+        other.close()
         async with client.events() as events:
             with pytest.raises(Forbidden) as raised:
                 await client.mark_read(cid)
