@@ -252,6 +252,8 @@ class Client:
         """Move my read cursor (default: to the newest stored message). Sent now if
         connected, else at the next connection. Raises Forbidden if we are no longer a
         member (known locally, or answered now: the conversation becomes inactive)."""
+        if not store.has_conversation(self._conn, conversation_id):
+            raise ClientError(f"no conversation {conversation_id!r} in the local store")
         if not store.is_active(self._conn, conversation_id):
             raise _not_a_member()
         seq = store.last_seq(self._conn, conversation_id) if seq is None else seq
