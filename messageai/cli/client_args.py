@@ -76,7 +76,12 @@ def add_client_commands(sub: Any) -> None:
     p = command("tail", "print a conversation from the local store (after a sync), oldest first")
     p.add_argument("conversation_id", metavar="CONVERSATION_ID")
     p.add_argument("--json", action="store_true", help="one message object per line")
-    p.add_argument("--follow", "-f", action="store_true", help="keep printing new messages")
+    p.add_argument(
+        "--follow",
+        "-f",
+        action="store_true",
+        help="keep printing new messages (one shown [queued] again once delivered)",
+    )
     p.add_argument("-n", "--lines", type=_count, metavar="N", help="only the newest N messages")
     with_timeout(p)
 

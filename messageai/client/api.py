@@ -86,17 +86,17 @@ class Api:
 
     async def conversations(self) -> list[dict[str, Any]]:
         return [
-            _conversation(c)
+            parse_conversation(c)
             for c in _list(await self.call("GET", "/v1/conversations"), "conversations")
         ]
 
     async def create_direct(self, user_id: str) -> dict[str, Any]:
         body = {"kind": "direct", "member_ids": [user_id]}
-        return _conversation(await self.call("POST", "/v1/conversations", json=body))
+        return parse_conversation(await self.call("POST", "/v1/conversations", json=body))
 
     async def create_group(self, title: str, member_ids: list[str]) -> dict[str, Any]:
         body = {"kind": "group", "title": title, "member_ids": member_ids}
-        return _conversation(await self.call("POST", "/v1/conversations", json=body))
+        return parse_conversation(await self.call("POST", "/v1/conversations", json=body))
 
 
 def _object(value: Any, key: str) -> dict[str, Any]:
@@ -118,7 +118,7 @@ def _session(value: Any) -> Any:
     return body
 
 
-def _conversation(value: Any) -> dict[str, Any]:
+def parse_conversation(value: Any) -> dict[str, Any]:
     """A server conversation has the shape of `model.Conversation` (the server's record)."""
     try:
         structure_record(value, Conversation)

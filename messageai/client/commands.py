@@ -22,8 +22,8 @@ from typing import Any
 import orjson
 import trio
 
-from messageai.client.errors import ClientError, Unreachable
-from messageai.client.events import MessageAdded, MessageUpdated
+from messageai.client.errors import AuthError, ClientError, Unreachable
+from messageai.client.events import MessageAdded, MessageUpdated, StoreChanged
 from messageai.client.sdk import Client
 from messageai.client.store import LocalMessage
 from messageai.client.sync import SyncReport
@@ -41,6 +41,9 @@ def run(args: argparse.Namespace) -> int:
             password = _read_password(args)  # before the event loop: it may prompt
             return trio.run(_login, args, password)
         return trio.run(_until_signal, _HANDLERS[args.command], args)
+    except AuthError as exc:
+        print(f"messageai: {exc.message}; sign in again with `messageai login`", file=sys.stderr)
+        return 1
     except ClientError as exc:
         print(f"messageai: {exc.message}", file=sys.stderr)
         return 1
@@ -66,6 +69,16 @@ async def _until_signal(handler: Callable[[argparse.Namespace], Awaitable[int]],
                     # Raised out of the nursery it would arrive wrapped in an
                     # ExceptionGroup; `run` reports it as one clear line.
                     failure = exc
+                except BaseExceptionGroup as group:
+                    # A handler's own nursery (`tail --follow` runs the connection in
+                    # one) wraps the failure too: one that holds only ClientErrors and
+                    # OSErrors is reported by its first; anything else stays a bug.
+                    found, rest = group.split((ClientError, OSError))
+                    if found is None or rest is not None:
+                        raise
+                    leaf = _first_leaf(found)
+                    assert isinstance(leaf, (ClientError, OSError))  # split() kept only these
+                    failure = leaf
                 nursery.cancel_scope.cancel()
 
             nursery.start_soon(main)
@@ -75,6 +88,12 @@ async def _until_signal(handler: Callable[[argparse.Namespace], Awaitable[int]],
     if failure is not None:
         raise failure
     return result
+
+
+def _first_leaf(exc: BaseException) -> BaseException:
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc
 
 
 def _read_password(args: argparse.Namespace) -> str:
@@ -225,24 +244,87 @@ async def _tail(args: argparse.Namespace) -> int:
             else:
                 print(_line(client, message, names), flush=True)
 
-        shown = client.messages(cid, args.lines)
-        for message in shown:
+        # The cursor before the snapshot: what is stored after it is then either in
+        # the snapshot (and remembered as shown) or shown by the follower.
+        follower = _Follower(client, cid, show)
+        snapshot = client.messages(cid, args.lines)
+        for message in snapshot:
             show(message)
         if not args.follow:
             return 0
-        last = max((m.local_id for m in client.messages(cid)), default=0)
+        follower.shown(snapshot)
         async with trio.open_nursery() as nursery, client.events() as events:
             nursery.start_soon(client.run)
             async for event in events:
                 if (
                     isinstance(event, (MessageAdded, MessageUpdated))
                     and event.message.conversation_id != cid
-                ):
+                ) or (isinstance(event, StoreChanged) and event.conversation_id != cid):
                     continue
-                for message in client.messages_after(cid, last):
-                    show(message)
-                    last = message.local_id
+                follower.catch_up()
     return 0
+
+
+# Messages a follower reads from the store at a time (after a long catch-up).
+FOLLOW_PAGE = 500
+
+
+class _Follower:
+    """What `tail --follow` has shown of one conversation, so it shows every message
+    exactly once, whichever process stored it (`messageai chat` sharing the store
+    merges most live messages before this one hears of them).
+
+    A message is shown when the store holds it and every message before it (in seq
+    order, up to the store's catch-up cursor), or, not yet acknowledged, as
+    `[queued]`. A message shown as `[queued]` is shown once more when the server
+    acknowledges it (with its seq; in `--json` the object again, same `client_id`,
+    `local_only` false), or when it is refused (`[failed: …]`).
+    """
+
+    def __init__(self, client: Client, cid: str, show: Callable[[LocalMessage], None]) -> None:
+        self._client = client
+        self._cid = cid
+        self._show = show
+        # Every seq at or below this is shown or predates the tail.
+        self._floor, _ = client.messages_since(cid, 0, 0)
+        # Seqs above the floor that the snapshot showed (beyond a gap in the store).
+        self._above: set[int] = set()
+        # Local ids shown `[queued]` and not yet shown delivered; and shown `[failed]`.
+        self._queued: set[int] = set()
+        self._failed: set[int] = set()
+
+    def shown(self, snapshot: list[LocalMessage]) -> None:
+        for message in snapshot:
+            if message.seq is not None and message.seq > self._floor:
+                self._above.add(message.seq)
+            elif message.status == "sending":
+                self._queued.add(message.local_id)
+            elif message.status == "failed":
+                self._failed.add(message.local_id)
+
+    def catch_up(self) -> None:
+        """Show what the store holds that was not shown yet (no I/O but the store)."""
+        while True:
+            upto, page = self._client.messages_since(self._cid, self._floor, FOLLOW_PAGE)
+            for message in page:
+                if message.seq not in self._above:
+                    self._show(message)
+                self._queued.discard(message.local_id)
+            if len(page) < FOLLOW_PAGE or page[-1].seq is None:
+                self._floor = max(self._floor, upto)
+                break
+            self._floor = page[-1].seq  # more below the cursor: the next page
+        self._above = {seq for seq in self._above if seq > self._floor}
+        for message in self._client.unacknowledged(self._cid):
+            if message.status == "sending":
+                self._failed.discard(message.local_id)  # retried
+                if message.local_id not in self._queued:
+                    self._queued.add(message.local_id)
+                    self._show(message)
+            elif message.status == "failed" and message.local_id not in self._failed:
+                self._queued.discard(message.local_id)
+                self._failed.add(message.local_id)
+                self._show(message)
 
 
 async def _conversations(args: argparse.Namespace) -> int:

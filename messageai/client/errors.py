@@ -5,7 +5,8 @@
     ├── Unreachable          the server could not be reached or the connection dropped
     ├── ProtocolViolation    the server answered something PROTOCOL.md does not allow
     └── ServerError          the server answered with an error code (`code`, `status`)
-        └── AuthError        `unauthorized`: bad credentials or a revoked token
+        ├── AuthError        `unauthorized` (or a close 1008): bad credentials or a revoked token
+        └── Forbidden        `forbidden`: e.g. no longer a member of the conversation
 
 Raised by `api`, `link`, `sync` and `sdk`; the commands turn them into one line
 on stderr and a non-zero exit status.
@@ -54,6 +55,12 @@ class AuthError(ServerError):
     pass
 
 
+class Forbidden(ServerError):
+    pass
+
+
+_CLASSES: dict[str, type[ServerError]] = {"unauthorized": AuthError, "forbidden": Forbidden}
+
+
 def server_error(code: str, message: str, status: int | None = None) -> ServerError:
-    cls = AuthError if code == "unauthorized" else ServerError
-    return cls(code, message, status)
+    return _CLASSES.get(code, ServerError)(code, message, status)

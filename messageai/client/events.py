@@ -35,6 +35,15 @@ class MessageUpdated:
 
 
 @attrs.frozen
+class StoreChanged:
+    """The store holds messages of this conversation that no `MessageAdded` announced:
+    another process sharing the store (a `tail --follow` beside `messageai chat`)
+    merged them first. Re-read the conversation from the store."""
+
+    conversation_id: str
+
+
+@attrs.frozen
 class ReadReceipt:
     conversation_id: str
     user_id: str
@@ -57,7 +66,9 @@ class TypingChanged:
 
 @attrs.frozen
 class ConversationsChanged:
-    """Conversations were added, renamed, or access to one ended (`left`)."""
+    """Conversations were added, renamed, or access to one ended (`left`: removed from
+    the group, or the server answered `forbidden`; the conversation's `active` is then
+    False in the store)."""
 
     conversation_ids: tuple[str, ...]
     left: bool = False
@@ -83,6 +94,7 @@ class Overflowed:
 Event: TypeAlias = (
     MessageAdded
     | MessageUpdated
+    | StoreChanged
     | ReadReceipt
     | PresenceChanged
     | TypingChanged

@@ -4,7 +4,8 @@
 for each connection attempt. The syncer runs `Link.read_forever` in its task
 group; it hands every frame without a pending `req` to the syncer's callback
 and wakes the task waiting on a request. When the connection ends, every
-pending and later request raises `Unreachable`.
+pending and later request raises `Unreachable` (`read_forever` itself raises
+`AuthError` for a close 1008: the session was ended by the server).
 """
 
 from __future__ import annotations
@@ -20,7 +21,13 @@ import httpx
 import httpx_ws
 import orjson
 
-from messageai.client.errors import AuthError, ProtocolViolation, Unreachable, server_error
+from messageai.client.errors import (
+    AuthError,
+    ClientError,
+    ProtocolViolation,
+    Unreachable,
+    server_error,
+)
 
 log = logging.getLogger(__name__)
 
@@ -29,9 +36,13 @@ log = logging.getLogger(__name__)
 HISTORY_PAGE = 100
 # Requests without an answer in this long mean the connection is dead.
 REQUEST_TIMEOUT_SECONDS = 30.0
+# The close code of a session the server has ended (revoked token, deleted account).
+CLOSE_POLICY = 1008
 
 
-class _Slot:
+class Slot:
+    """Where the answer to one request lands (`Link.send`, then `Link.answer`)."""
+
     __slots__ = ("done", "frame")
 
     def __init__(self) -> None:
@@ -43,15 +54,15 @@ class Link:
     def __init__(self, ws: httpx_ws.AsyncWebSocketSession) -> None:
         self._ws = ws
         self._next_req = itertools.count(1)
-        self._pending: dict[int, _Slot] = {}
+        self._pending: dict[int, Slot] = {}
         self._closed: str | None = None
 
-    async def send(self, type_: str, **fields: Any) -> _Slot:
+    async def send(self, type_: str, **fields: Any) -> Slot:
         """Send a frame with a fresh `req`; the returned slot is filled by its answer."""
         if self._closed is not None:
             raise Unreachable(self._closed)
         req = next(self._next_req)
-        slot = _Slot()
+        slot = Slot()
         self._pending[req] = slot
         try:
             await self._ws.send_text(orjson.dumps({"type": type_, "req": req, **fields}).decode())
@@ -60,7 +71,7 @@ class Link:
             raise Unreachable(f"connection lost while sending: {type(exc).__name__}") from exc
         return slot
 
-    async def answer(self, slot: _Slot, expected: str) -> dict[str, Any]:
+    async def answer(self, slot: Slot, expected: str) -> dict[str, Any]:
         """Wait for a slot's answer; an `error` frame raises ServerError."""
         with anyio.move_on_after(REQUEST_TIMEOUT_SECONDS):
             await slot.done.wait()
@@ -83,6 +94,13 @@ class Link:
                 try:
                     text = await self._ws.receive_text()
                 except httpx_ws.WebSocketDisconnect as exc:
+                    if exc.code == CLOSE_POLICY:
+                        # The server ends a session it no longer honours (token revoked,
+                        # account deleted) with 1008: reconnecting would only be refused.
+                        raise AuthError(
+                            "unauthorized",
+                            f"the server ended the session ({exc.reason or 'policy'})",
+                        ) from exc
                     raise Unreachable(
                         f"the server closed the connection ({exc.code} {exc.reason})".strip()
                     ) from exc
@@ -105,7 +123,7 @@ class Link:
                 else:
                     on_frame(frame)
         except BaseException as exc:
-            self._closed = exc.message if isinstance(exc, Unreachable) else "connection closed"
+            self._closed = exc.message if isinstance(exc, ClientError) else "connection closed"
             for pending in self._pending.values():
                 pending.done.set()
             self._pending.clear()

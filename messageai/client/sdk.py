@@ -25,7 +25,7 @@ import apsw
 
 from messageai.client import accounts, store
 from messageai.client.api import Api
-from messageai.client.errors import ClientError, NotSignedIn, Unreachable
+from messageai.client.errors import ClientError, Forbidden, NotSignedIn, Unreachable
 from messageai.client.events import (
     DEFAULT_BUFFER,
     ConnectionState,
@@ -46,6 +46,10 @@ MAX_BODY_CHARS = DEFAULT_MAX_BODY_CHARS
 
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+def _not_a_member() -> Forbidden:
+    return Forbidden("forbidden", "you are no longer a member of this conversation")
 
 
 class Client:
@@ -165,6 +169,23 @@ class Client:
     def conversations(self) -> list[LocalConversation]:
         return store.list_conversations(self._conn, self.me)
 
+    def conversation(self, conversation_id: str) -> LocalConversation | None:
+        """One conversation; `active` is False once we know we are no longer a member
+        (removed from the group: the server's `unsubscribed` or a `forbidden` answer)."""
+        return store.get_conversation(self._conn, self.me, conversation_id)
+
+    def messages_since(
+        self, conversation_id: str, after_seq: int, limit: int = 500
+    ) -> tuple[int, list[LocalMessage]]:
+        """For followers: the seq up to which the store holds every message, and the
+        oldest `limit` messages above `after_seq` up to it, by seq, whoever stored them
+        (another process sharing the store included)."""
+        return store.messages_since(self._conn, conversation_id, after_seq, limit)
+
+    def unacknowledged(self, conversation_id: str) -> list[LocalMessage]:
+        """My messages without a seq yet (`sending`) or refused (`failed`), oldest first."""
+        return store.unacknowledged(self._conn, conversation_id)
+
     def messages(self, conversation_id: str, limit: int | None = None) -> list[LocalMessage]:
         """Oldest first; the newest `limit` if given. Unacknowledged messages come last."""
         return store.messages(self._conn, conversation_id, limit)
@@ -203,6 +224,16 @@ class Client:
             raise ClientError("a message needs some text")
         if len(body.strip()) > MAX_BODY_CHARS:
             raise ClientError(f"a message is at most {MAX_BODY_CHARS} characters")
+        if not store.is_active(self._conn, conversation_id):
+            raise _not_a_member()
+        # Replying means I have read what I replied to: my read cursor moves to the
+        # newest message stored now (the server moves it only on mark_read, and the
+        # syncer sends that mark just before the message).
+        seen = store.last_seq(self._conn, conversation_id)
+        with transaction(self._conn):
+            moved = seen > 0 and store.set_read_seq(self._conn, conversation_id, self.me, seen)
+        if moved:
+            self._events.emit(ReadReceipt(conversation_id, self.me, seen))
         message = store.add_outgoing(
             self._conn, conversation_id, self.me, uuid.uuid4().hex, body, _now_ms()
         )
@@ -219,7 +250,12 @@ class Client:
 
     async def mark_read(self, conversation_id: str, seq: int | None = None) -> None:
         """Move my read cursor (default: to the newest stored message). Sent now if
-        connected, else at the next connection."""
+        connected, else at the next connection. Raises Forbidden if we are no longer a
+        member (known locally, or answered now: the conversation becomes inactive)."""
+        if not store.has_conversation(self._conn, conversation_id):
+            raise ClientError(f"no conversation {conversation_id!r} in the local store")
+        if not store.is_active(self._conn, conversation_id):
+            raise _not_a_member()
         seq = store.last_seq(self._conn, conversation_id) if seq is None else seq
         with transaction(self._conn):
             moved = store.set_read_seq(self._conn, conversation_id, self.me, seq)
@@ -232,12 +268,16 @@ class Client:
                 await link.request("mark_read", "ok", conversation_id=conversation_id, seq=seq)
             except Unreachable:
                 return  # sent at the next connection
+            except Forbidden:
+                self.syncer.lost_access(conversation_id)
+                raise
             store.set_read_sent(self._conn, conversation_id, seq)
 
     async def set_typing(self, conversation_id: str, typing: bool) -> None:
-        """Ephemeral: dropped silently while offline."""
+        """`typing: true`, or `false` to stop at once. Ephemeral: dropped silently while
+        offline or in a conversation we are no longer in."""
         link = self.syncer.link
-        if link is not None:
+        if link is not None and store.is_active(self._conn, conversation_id):
             # Typing is never worth queueing.
             with contextlib.suppress(Unreachable):
                 await link.send("typing", conversation_id=conversation_id, typing=typing)

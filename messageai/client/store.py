@@ -345,46 +345,64 @@ def advance_synced_seq(conn: apsw.Connection, conversation_id: str) -> int:
     return current
 
 
+_CONVERSATION_SQL = (
+    "SELECT c.id, c.kind, c.title, c.active,"
+    " coalesce((SELECT max(seq) FROM messages WHERE conversation_id = c.id), 0),"
+    " coalesce((SELECT read_seq FROM members"
+    "  WHERE conversation_id = c.id AND user_id = ?1), 0),"
+    " (SELECT max(local_id) FROM messages WHERE conversation_id = c.id)"
+    " FROM conversations c WHERE c.kind IS NOT NULL"
+)
+
+
+def _conversation(conn: apsw.Connection, me: str, row: Any) -> LocalConversation:
+    id_, kind, title, active, last_seq, my_read, last_local = cast(tuple[Any, ...], row)
+    # My own messages never count: only others' above my read cursor are unread.
+    unread = conn.execute(
+        "SELECT count(*) FROM messages WHERE conversation_id = ? AND sender_id != ? AND seq > ?",
+        (id_, me, my_read),
+    ).get
+    last = None
+    if last_local is not None:
+        last = _message(
+            conn.execute(
+                f"SELECT {_MSG_COLUMNS} FROM messages WHERE local_id = ?", (last_local,)
+            ).fetchone()
+        )
+    return LocalConversation(
+        id=id_,
+        kind=kind,
+        title=title,
+        member_ids=member_ids(conn, id_),
+        last_seq=last_seq,
+        unread_count=unread,
+        active=bool(active),
+        last_message=last,
+    )
+
+
 def list_conversations(conn: apsw.Connection, me: str) -> list[LocalConversation]:
     """Every known conversation, most recent activity first, with local unread counts."""
-    out = []
-    rows = conn.execute(
-        "SELECT c.id, c.kind, c.title, c.active,"
-        " coalesce((SELECT max(seq) FROM messages WHERE conversation_id = c.id), 0),"
-        " coalesce((SELECT read_seq FROM members"
-        "  WHERE conversation_id = c.id AND user_id = ?1), 0),"
-        " (SELECT max(local_id) FROM messages WHERE conversation_id = c.id)"
-        " FROM conversations c WHERE c.kind IS NOT NULL",
-        (me,),
-    ).fetchall()
-    for row in rows:
-        id_, kind, title, active, last_seq, my_read, last_local = cast(tuple[Any, ...], row)
-        unread = conn.execute(
-            "SELECT count(*) FROM messages"
-            " WHERE conversation_id = ? AND sender_id != ? AND seq > ?",
-            (id_, me, my_read),
-        ).get
-        last = None
-        if last_local is not None:
-            last = _message(
-                conn.execute(
-                    f"SELECT {_MSG_COLUMNS} FROM messages WHERE local_id = ?", (last_local,)
-                ).fetchone()
-            )
-        out.append(
-            LocalConversation(
-                id=id_,
-                kind=kind,
-                title=title,
-                member_ids=member_ids(conn, id_),
-                last_seq=last_seq,
-                unread_count=unread,
-                active=bool(active),
-                last_message=last,
-            )
-        )
+    out = [_conversation(conn, me, row) for row in conn.execute(_CONVERSATION_SQL, (me,))]
     out.sort(key=lambda c: c.last_message.created_at if c.last_message else 0, reverse=True)
     return out
+
+
+def get_conversation(
+    conn: apsw.Connection, me: str, conversation_id: str
+) -> LocalConversation | None:
+    """One conversation as `list_conversations` shows it; None if unknown (or a stub)."""
+    row = conn.execute(_CONVERSATION_SQL + " AND c.id = ?2", (me, conversation_id)).fetchone()
+    return _conversation(conn, me, row) if row is not None else None
+
+
+def is_active(conn: apsw.Connection, conversation_id: str) -> bool:
+    """False only for a conversation we know we are no longer in (`active` cleared on
+    `unsubscribed`, a `forbidden` answer, or its absence from the server's list)."""
+    value = conn.execute(
+        "SELECT active FROM conversations WHERE id = ?", (conversation_id,)
+    ).fetchone()
+    return value is None or bool(value[0])
 
 
 # ---------------------------------------------------------------- messages
@@ -427,6 +445,38 @@ def messages_after_local_id(
             f"SELECT {_MSG_COLUMNS} FROM messages"
             " WHERE conversation_id = ? AND local_id > ? ORDER BY local_id",
             (conversation_id, local_id),
+        )
+    ]
+
+
+def messages_since(
+    conn: apsw.Connection, conversation_id: str, after_seq: int, limit: int
+) -> tuple[int, list[LocalMessage]]:
+    """The catch-up cursor (every seq up to it is stored) and the oldest `limit`
+    messages with seq above `after_seq` and up to it, by seq: a gapless feed of the
+    conversation, whichever process sharing the store merged them."""
+    # No transaction needed: the cursor is committed with (or after) the rows it
+    # covers, so every row at or below the value read is already there.
+    upto = synced_seq(conn, conversation_id)
+    rows = [
+        _message(row)
+        for row in conn.execute(
+            f"SELECT {_MSG_COLUMNS} FROM messages WHERE conversation_id = ?"
+            " AND seq > ? AND seq <= ? ORDER BY seq LIMIT ?",
+            (conversation_id, after_seq, upto, limit),
+        )
+    ]
+    return upto, rows
+
+
+def unacknowledged(conn: apsw.Connection, conversation_id: str) -> list[LocalMessage]:
+    """My messages without a seq (`sending` or `failed`), in the order they were written."""
+    return [
+        _message(row)
+        for row in conn.execute(
+            f"SELECT {_MSG_COLUMNS} FROM messages"
+            " WHERE conversation_id = ? AND seq IS NULL ORDER BY local_id",
+            (conversation_id,),
         )
     ]
 

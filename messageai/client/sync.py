@@ -6,8 +6,12 @@ single pass for the one-shot commands. Each connection attempt, in order:
 refresh the conversation list over REST, open the WebSocket, subscribe to
 every conversation, catch up each with `get_history` after its `synced_seq`
 (every page), send read marks made offline, then send the outbox oldest first
-with the original `client_id`s. Live frames are merged into the store as they
-arrive; every store change is followed by an event.
+with the original `client_id`s (each batch preceded by the read marks not yet
+sent: a send moves my read cursor). Live frames are merged into the store as they
+arrive; every store change is followed by an event. A `conversation_added` frame
+stores the conversation at once and hands it to the adopting task, which
+subscribes and catches it up on the same connection (the reader cannot wait for
+answers itself: it is the task that delivers them).
 
 All SQL runs inline on the event loop: the writes are a few rows on a local
 file, and one ordered writer keeps the store consistent without locks.
@@ -28,10 +32,11 @@ import httpx
 from messageai.backoff import Backoff
 from messageai.client import store
 from messageai.client.accounts import ws_url
-from messageai.client.api import Api
+from messageai.client.api import Api, parse_conversation
 from messageai.client.errors import (
     AuthError,
     ClientError,
+    Forbidden,
     ProtocolViolation,
     ServerError,
     Unreachable,
@@ -45,9 +50,10 @@ from messageai.client.events import (
     MessageUpdated,
     PresenceChanged,
     ReadReceipt,
+    StoreChanged,
     TypingChanged,
 )
-from messageai.client.link import HISTORY_PAGE, Link, open_link
+from messageai.client.link import HISTORY_PAGE, Link, Slot, open_link
 from messageai.model import Message
 from messageai.protocol import structure_record
 from messageai.sqlite import transaction
@@ -59,6 +65,9 @@ log = logging.getLogger(__name__)
 OUTBOX_BATCH = 32
 # Unknown member names fetched per connection (for display only).
 MAX_USER_LOOKUPS = 50
+# Conversations announced by `conversation_added` and not yet subscribed to; beyond
+# this the list is re-read instead (a flood costs one REST call, not memory).
+MAX_PENDING_ADDED = 256
 
 
 @attrs.frozen
@@ -69,7 +78,8 @@ class Settings:
     backoff_max_seconds: float = 30.0
     # WebSocket pings: a pulled cable is noticed within about twice this.
     keepalive_seconds: float | None = 15.0
-    # New conversations have no live frame in protocol v1: the list is re-read this often.
+    # New conversations arrive as `conversation_added`; the list is still re-read this
+    # often as a safety net (members added to a group are not announced to the others).
     refresh_seconds: float = 30.0
 
 
@@ -123,6 +133,12 @@ class Syncer:
         self._outbox_wake: anyio.Event | None = None
         self._kick: anyio.Event | None = None
         self._report: SyncReport | None = None
+        # Conversations subscribed to on the current connection (reset per connection).
+        self._subscribed: set[str] = set()
+        # `conversation_added` ids waiting for the adopting task, in arrival order.
+        self._added: dict[str, None] = {}
+        self._added_overflow = False
+        self._added_wake: anyio.Event | None = None
 
     # ------------------------------------------------------------ public
 
@@ -139,6 +155,14 @@ class Syncer:
     @property
     def link(self) -> Link | None:
         return self._link
+
+    def lost_access(self, conversation_id: str) -> None:
+        """We are no longer a member (`unsubscribed`, or a `forbidden` answer): mark the
+        conversation inactive locally and tell the UIs (`ConversationsChanged(left=True)`)."""
+        self._subscribed.discard(conversation_id)
+        if store.has_conversation(self._conn, conversation_id):
+            store.set_active(self._conn, conversation_id, False)
+            self._events.emit(ConversationsChanged((conversation_id,), left=True))
 
     async def sync_once(self) -> SyncReport:
         """Connect once, catch up, flush the whole outbox, disconnect.
@@ -209,18 +233,22 @@ class Syncer:
             anyio.create_task_group() as tg,
         ):
             self._link = link
+            self._subscribed = set()
+            self._added_wake = anyio.Event()
             try:
                 tg.start_soon(link.read_forever, self._on_frame)
                 await self._catch_up(link, store.conversation_ids(self._conn))
                 await self._send_read_marks(link)
                 if not live:
                     await self._flush(link, forever=False)
+                    await self._adopt_added(link)
                     tg.cancel_scope.cancel()
                     return
                 self._set_state("online")
                 if on_live is not None:
                     on_live()
                 tg.start_soon(self._refresh_forever, link)
+                tg.start_soon(self._adopt_forever, link)
                 await self._flush(link, forever=True)
             finally:
                 self._link = None
@@ -231,7 +259,16 @@ class Syncer:
         with transaction(self._conn):
             new = [c["id"] for c in convs if store.save_conversation(self._conn, c)]
             left = store.deactivate_missing(self._conn, [c["id"] for c in convs])
-            unknown = store.unknown_user_ids(self._conn)[:MAX_USER_LOOKUPS]
+        await self._learn_users()
+        if new:
+            self._events.emit(ConversationsChanged(tuple(new)))
+        if left:
+            self._events.emit(ConversationsChanged(tuple(left), left=True))
+        return new
+
+    async def _learn_users(self) -> None:
+        """Fetch the names of members not in the store yet (for display only)."""
+        unknown = store.unknown_user_ids(self._conn)[:MAX_USER_LOOKUPS]
         for user_id in unknown:
             try:
                 user = await self._api.user(user_id)
@@ -239,11 +276,6 @@ class Syncer:
                 continue  # a deleted account: shown by id
             with transaction(self._conn):
                 store.save_users(self._conn, [user])
-        if new:
-            self._events.emit(ConversationsChanged(tuple(new)))
-        if left:
-            self._events.emit(ConversationsChanged(tuple(left), left=True))
-        return new
 
     async def _refresh_forever(self, link: Link) -> None:
         while True:
@@ -252,11 +284,33 @@ class Syncer:
             if new:
                 await self._catch_up(link, new)
 
+    async def _adopt_forever(self, link: Link) -> None:
+        """Subscribe to and catch up each conversation `conversation_added` announces."""
+        while True:
+            assert self._added_wake is not None
+            await self._added_wake.wait()
+            self._added_wake = anyio.Event()
+            await self._adopt_added(link)
+
+    async def _adopt_added(self, link: Link) -> None:
+        ids, self._added = list(self._added), {}
+        if self._added_overflow:
+            self._added_overflow = False
+            await self._refresh_conversations()
+            ids = store.conversation_ids(self._conn)  # subscribed ones are skipped
+        if ids:
+            await self._learn_users()
+            await self._catch_up(link, ids)
+
     async def subscribe_new(self, link: Link, conversation_ids: list[str]) -> None:
         """Subscribe to and catch up conversations created during this connection."""
         await self._catch_up(link, conversation_ids)
 
     async def _catch_up(self, link: Link, conversation_ids: list[str]) -> None:
+        # Each conversation once per connection, whoever asks first (our own create,
+        # `conversation_added`, the periodic refresh): marked before the first await.
+        conversation_ids = [c for c in conversation_ids if c not in self._subscribed]
+        self._subscribed.update(conversation_ids)
         # Subscribe to all first (pipelined), so nothing committed during the
         # catch-up is missed: it either arrives live or is in a later page.
         slots = [
@@ -268,8 +322,7 @@ class Syncer:
             except ServerError as exc:
                 if not exc.permanent:
                     raise
-                store.set_active(self._conn, cid, False)
-                self._events.emit(ConversationsChanged((cid,), left=True))
+                self.lost_access(cid)
                 continue
             self._apply_subscribed(answer)
         for cid in conversation_ids:
@@ -306,9 +359,22 @@ class Syncer:
                 raise ProtocolViolation("history: has_more with an empty page")
 
     async def _send_read_marks(self, link: Link) -> None:
-        for cid, seq in store.unsent_read_marks(self._conn, self._me):
+        await self._read_marks_answered(link, await self._read_marks_sent(link))
+
+    async def _read_marks_sent(self, link: Link) -> list[tuple[str, int, Slot]]:
+        """Send every read mark the server has not confirmed (pipelined)."""
+        return [
+            (cid, seq, await link.send("mark_read", conversation_id=cid, seq=seq))
+            for cid, seq in store.unsent_read_marks(self._conn, self._me)
+        ]
+
+    async def _read_marks_answered(self, link: Link, sent: list[tuple[str, int, Slot]]) -> None:
+        for cid, seq, slot in sent:
             try:
-                await link.request("mark_read", "ok", conversation_id=cid, seq=seq)
+                await link.answer(slot, "ok")
+            except Forbidden:
+                self.lost_access(cid)
+                continue
             except ServerError as exc:
                 if not exc.permanent:
                     raise
@@ -318,7 +384,11 @@ class Syncer:
         while True:
             wake = self._outbox_wake = anyio.Event()
             batch = store.outbox(self._conn, OUTBOX_BATCH)
+            # A send moved my read cursor (sdk.Client.send): the mark goes first, on the
+            # same connection, so the server never counts what I replied to as unread.
+            marks = await self._read_marks_sent(link)
             if not batch:
+                await self._read_marks_answered(link, marks)
                 if not forever:
                     return
                 await wake.wait()
@@ -334,6 +404,7 @@ class Syncer:
                         attachments=message.attachments,
                     )
                 )
+            await self._read_marks_answered(link, marks)
             for message, slot in zip(batch, slots, strict=True):
                 try:
                     ack = await link.answer(slot, "ack")
@@ -361,6 +432,7 @@ class Syncer:
             _check_message(m)
         changed: list[tuple[store.LocalMessage, bool]] = []
         touched: set[str] = set()
+        already: dict[str, None] = {}
         with transaction(self._conn):
             for m in messages:
                 existing_local = m["sender_id"] == self._me and store.message_by_client_id(
@@ -370,6 +442,8 @@ class Syncer:
                 if stored is not None:
                     changed.append((stored, bool(existing_local)))
                     touched.add(m["conversation_id"])
+                else:
+                    already[m["conversation_id"]] = None
             updated = []
             for cid in touched:
                 store.advance_synced_seq(self._conn, cid)
@@ -380,6 +454,10 @@ class Syncer:
             self._events.emit(MessageUpdated(message) if was_local else MessageAdded(message))
         for message in read_now.values():
             self._events.emit(MessageUpdated(message))
+        # Stored already: by this process (a live frame and a history page overlap) or
+        # by another one sharing the store, whose events this process never heard.
+        for cid in already:
+            self._events.emit(StoreChanged(cid))
         return [m for m, _ in changed]
 
     def _apply_read(self, conversation_id: str, user_id: str, seq: int) -> None:
@@ -443,14 +521,33 @@ class Syncer:
             if isinstance(cid, str) and isinstance(user_id, str):
                 self._events.emit(TypingChanged(cid, user_id, bool(frame.get("typing"))))
         elif kind == "unsubscribed":
+            # PROTOCOL.md: sent to "a connection whose access ended" (reason `removed`).
             cid = frame.get("conversation_id")
             if isinstance(cid, str):
-                store.set_active(self._conn, cid, False)
-                self._events.emit(ConversationsChanged((cid,), left=True))
+                self.lost_access(cid)
+        elif kind == "conversation_added":
+            self._on_conversation_added(frame.get("conversation"))
         elif kind == "error":
             # We always send a req, so this answers a frame we cannot match: worth a log line only.
             log.warning("server error frame without a request: %s", frame)
         # Unknown types are protocol extensions this client does not know yet: ignored.
+
+    def _on_conversation_added(self, conversation: Any) -> None:
+        """README "Protocol notes": we were made a member. Stored and announced now;
+        subscribed to and caught up by the adopting task (`_adopt_forever`)."""
+        conv = parse_conversation(conversation)
+        with transaction(self._conn):
+            store.save_conversation(self._conn, conv)
+        self._events.emit(ConversationsChanged((conv["id"],)))
+        # Already subscribed on this connection (our own create got there first): the
+        # adopting task skips it. A re-added member's old subscription was dropped from
+        # `_subscribed` by its `unsubscribed`, so it is subscribed again.
+        if len(self._added) < MAX_PENDING_ADDED:
+            self._added[conv["id"]] = None
+        else:
+            self._added_overflow = True
+        if self._added_wake is not None:
+            self._added_wake.set()
 
 
 def _check_message(m: Any) -> None:

@@ -17,7 +17,7 @@ import httpx
 import pytest
 import trio
 
-from messageai.client import Client, Unreachable
+from messageai.client import Client, ClientError, Unreachable
 from messageai.config import Config
 from tests.client.netproxy import Proxy
 from tests.client.support import FAST, PASSWORD, bodies, live, mine, sign_in, until
@@ -198,3 +198,13 @@ async def test_a_silently_dead_network_is_noticed_by_keepalive_and_queued_sends_
         assert [(m["body"], m["client_id"]) for m in stored] == [
             ("typed into the void", message.client_id)
         ]
+
+
+async def test_mark_read_of_an_unknown_conversation_is_a_clear_error_and_changes_nothing(
+    h: Harness, tmp_path: Path
+) -> None:
+    await h.account("ada")
+    async with await sign_in(h.url, "ada", tmp_path / "ada") as client:
+        with pytest.raises(ClientError, match="no conversation 'c_nope'"):
+            await client.mark_read("c_nope", 3)
+        assert client.conversations() == [] and client.messages("c_nope") == []

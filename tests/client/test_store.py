@@ -118,3 +118,44 @@ def test_backoff_grows_with_jitter_up_to_its_cap_and_resets() -> None:
     assert backoff.next_delay(at_least=100.0) == 8.0
     with pytest.raises(ValueError):
         Backoff(0, 1)
+
+
+def test_messages_since_stops_at_a_gap_and_pages_in_seq_order(conn: apsw.Connection) -> None:
+    with conn:
+        for seq in (1, 2, 4):  # 3 not stored yet: 4 waits behind the gap
+            store.merge_message(conn, server_message(seq), ME)
+        store.advance_synced_seq(conn, "c_1")
+    upto, rows = store.messages_since(conn, "c_1", 0, 10)
+    assert (upto, [m.seq for m in rows]) == (2, [1, 2])
+    with conn:
+        store.merge_message(conn, server_message(3), ME)
+        store.advance_synced_seq(conn, "c_1")
+    upto, rows = store.messages_since(conn, "c_1", 2, 10)
+    assert (upto, [m.seq for m in rows]) == (4, [3, 4])
+    upto, rows = store.messages_since(conn, "c_1", 0, 2)
+    assert (upto, [m.seq for m in rows]) == (4, [1, 2])
+
+
+def test_unacknowledged_is_my_queued_and_failed_messages_oldest_first(
+    conn: apsw.Connection,
+) -> None:
+    first = store.add_outgoing(conn, "c_1", ME, "k1", "one", 1)
+    second = store.add_outgoing(conn, "c_1", ME, "k2", "two", 2)
+    third = store.add_outgoing(conn, "c_1", ME, "k3", "three", 3)
+    with conn:
+        store.merge_message(conn, server_message(1, ME, "k2"), ME)
+        store.mark_failed(conn, third.local_id, "forbidden: no")
+    assert [(m.local_id, m.status) for m in store.unacknowledged(conn, "c_1")] == [
+        (first.local_id, "sending"),
+        (third.local_id, "failed"),
+    ]
+    assert second.local_id not in {m.local_id for m in store.unacknowledged(conn, "c_1")}
+
+
+def test_a_conversation_is_active_until_we_know_we_left_it(conn: apsw.Connection) -> None:
+    assert store.is_active(conn, "c_1") and store.is_active(conn, "c_unknown")
+    store.set_active(conn, "c_1", False)
+    assert not store.is_active(conn, "c_1")
+    found = store.get_conversation(conn, ME, "c_1")
+    assert found is not None and not found.active
+    assert store.get_conversation(conn, ME, "c_unknown") is None
