@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -35,8 +36,13 @@ HELP = (
     "type to send · /open N · /new USER · /group TITLE USER… · /retry · /reconnect · /quit"
     " · Ctrl-N/Ctrl-P switch · PageUp/PageDown scroll"
 )
-# Seconds between typing notices while a person keeps typing.
+# Seconds between typing notices while a person keeps typing: well inside the
+# expiry below, so a steady typist never flickers off on the other screens.
 TYPING_EVERY_SECONDS = 3.0
+# A typist not renewed for this long is shown as no longer typing (PROTOCOL.md
+# v1.1 "Typing expires": the server clears them after 6 s too; this covers a
+# server without that rule, and a "false" lost with a dropped connection).
+TYPING_EXPIRES_SECONDS = 6.0
 # Messages kept on screen per conversation (older ones: `messageai tail`).
 SCREEN_MESSAGES = 500
 # Work the screen's callbacks hand to ChatApp.run()'s task group (see ChatApp._spawn).
@@ -50,13 +56,19 @@ Line = StyleAndTextTuples
 class ChatCore:
     """The terminal client's state and commands, without a terminal."""
 
-    def __init__(self, client: Client) -> None:
+    def __init__(self, client: Client, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.client = client
         self.current: str | None = None
         self.notice = HELP
         self.scroll = 0  # lines scrolled back from the newest
-        self.typing: dict[tuple[str, str], bool] = {}
+        # (conversation, user) -> when their latest `typing: true` arrived (clock time).
+        # One entry per typist of my conversations at most; removed on "false", on
+        # their message and on expiry.
+        self.typing: dict[tuple[str, str], float] = {}
         self.connection_note = ""
+        self._clock = clock
+        # Where I last announced `typing: true` and have not yet withdrawn it.
+        self._typing_in: str | None = None
         self._typing_sent_at = 0.0
         convs = client.conversations()
         if convs:
@@ -76,8 +88,7 @@ class ChatCore:
                 self.notice = "no conversation open: /new USER starts one"
                 return True
             await self.client.send(self.current, text)
-            self._typing_sent_at = 0.0
-            await self.client.set_typing(self.current, False)
+            await self.stop_typing()
             self.scroll = 0
         except ClientError as exc:
             self.notice = f"error: {exc.message}"
@@ -87,11 +98,12 @@ class ChatCore:
         name, _, rest = text.partition(" ")
         args = rest.split()
         if name in ("/quit", "/exit", "/q"):
+            await self.stop_typing()
             return False
         if name == "/help":
             self.notice = HELP
         elif name == "/open" and len(args) == 1:
-            self.open(args[0])
+            await self.open(args[0])
         elif name == "/new" and len(args) == 1:
             self.current = await self.client.create_direct(args[0])
             self.notice = f"direct conversation with {args[0]}"
@@ -110,32 +122,63 @@ class ChatCore:
             self.notice = f"unknown command or wrong arguments: {text!r}. {HELP}"
         return True
 
-    def open(self, which: str) -> None:
+    async def open(self, which: str) -> None:
+        """`/open N` or `/open ID`."""
         convs = self.client.conversations()
         if which.isdigit() and 1 <= int(which) <= len(convs):
-            self.current = convs[int(which) - 1].id
+            target = convs[int(which) - 1].id
         elif which in {c.id for c in convs}:
-            self.current = which
+            target = which
         else:
             self.notice = f"no conversation {which!r}: pick a number from the list"
             return
-        self.scroll = 0
+        await self._show(target)
         self.notice = HELP
 
-    def switch(self, step: int) -> None:
+    async def switch(self, step: int) -> None:
+        """Ctrl-N / Ctrl-P: the next or previous conversation in the list."""
         ids = [c.id for c in self.client.conversations()]
         if not ids:
             return
         index = ids.index(self.current) if self.current in ids else -1
-        self.current = ids[(index + step) % len(ids)]
-        self.scroll = 0
+        await self._show(ids[(index + step) % len(ids)])
 
-    async def typed(self) -> None:
-        """The input changed: tell the others, at most every few seconds."""
-        now = time.monotonic()
-        if self.current is not None and now - self._typing_sent_at > TYPING_EVERY_SECONDS:
-            self._typing_sent_at = now
-            await self.client.set_typing(self.current, True)
+    async def _show(self, conversation_id: str) -> None:
+        # `current` changes before the first await, so input that follows goes here.
+        previous, self.current = self.current, conversation_id
+        self.scroll = 0
+        if previous != conversation_id:
+            await self.stop_typing()
+
+    async def typed(self, draft: str) -> None:
+        """The input now holds `draft`: tell the others I am typing (at most every few
+        seconds), or that I stopped once the draft is empty or a command."""
+        draft = draft.strip()
+        if not draft or draft.startswith("/") or self.current is None:
+            await self.stop_typing()
+            return
+        now = self._clock()
+        if self._typing_in != self.current:
+            await self.stop_typing()
+        elif now - self._typing_sent_at < TYPING_EVERY_SECONDS:
+            return
+        self._typing_in, self._typing_sent_at = self.current, now
+        await self.client.set_typing(self.current, True)
+
+    async def stop_typing(self) -> None:
+        """Withdraw my typing notice, if one is out (sent, switched away, quitting)."""
+        conversation_id, self._typing_in = self._typing_in, None
+        if conversation_id is not None:
+            await self.client.set_typing(conversation_id, False)
+
+    def expire_typing(self) -> bool:
+        """Forget typists not renewed in TYPING_EXPIRES_SECONDS; True if any were (the
+        screen redraws then)."""
+        cutoff = self._clock() - TYPING_EXPIRES_SECONDS
+        stale = [key for key, at in self.typing.items() if at <= cutoff]
+        for key in stale:
+            del self.typing[key]
+        return bool(stale)
 
     async def on_event(self, event: Event) -> None:
         """Keep the open conversation read, and track who is typing."""
@@ -145,9 +188,15 @@ class ChatCore:
                 f"{event.error}; retrying in {retry:.0f}s (/reconnect)" if retry is not None else ""
             )
         if isinstance(event, TypingChanged):
-            self.typing[(event.conversation_id, event.user_id)] = event.typing
+            key = (event.conversation_id, event.user_id)
+            if event.typing:
+                self.typing[key] = self._clock()
+            else:
+                self.typing.pop(key, None)
         elif isinstance(event, MessageAdded):
-            self.typing[(event.message.conversation_id, event.message.sender_id)] = False
+            # Their message ends their typing (the server may not say so).
+            self.typing.pop((event.message.conversation_id, event.message.sender_id), None)
+        self.expire_typing()
         if (
             isinstance(event, (MessageAdded, Overflowed, ConnectionChanged))
             and self.current is not None
@@ -222,10 +271,14 @@ class ChatCore:
             online = [names.get(u, u) for u in others if client.is_online(u)]
             if online:
                 parts.append("online: " + ", ".join(online))
-            typing = [names.get(u, u) for u in others if self.typing.get((self.current, u))]
+            typing = [names.get(u, u) for u in others if self._is_typing(self.current, u)]
             if typing:
                 parts.append(", ".join(typing) + " typing…")
         return " · ".join(parts)
+
+    def _is_typing(self, conversation_id: str, user_id: str) -> bool:
+        at = self.typing.get((conversation_id, user_id))
+        return at is not None and self._clock() - at < TYPING_EXPIRES_SECONDS
 
 
 class ChatApp:
@@ -256,11 +309,11 @@ class ChatApp:
 
         @keys.add("c-n")
         def _next(event: Any) -> None:
-            core.switch(1)
+            self._spawn(functools.partial(core.switch, 1))
 
         @keys.add("c-p")
         def _prev(event: Any) -> None:
-            core.switch(-1)
+            self._spawn(functools.partial(core.switch, -1))
 
         @keys.add("pageup")
         def _up(event: Any) -> None:
@@ -323,8 +376,10 @@ class ChatApp:
             return False
         return True
 
-    def _typed(self, _buffer: Any) -> None:
-        self._spawn(self.core.typed)  # a notice refused while busy is not worth keeping
+    def _typed(self, buffer: Any) -> None:
+        # The draft as it is now: a later change spawns its own job.
+        # A notice refused while busy is not worth keeping.
+        self._spawn(functools.partial(self.core.typed, buffer.text))
 
     def _header(self) -> str:
         core = self.core
@@ -373,9 +428,21 @@ class ChatApp:
                 async for job in jobs:
                     tg.start_soon(job)
 
+            async def expire_typing() -> None:
+                # No event says a typist went quiet: look once a second.
+                while True:
+                    await anyio.sleep(1)
+                    if self.core.expire_typing():
+                        self.app.invalidate()
+
             tg.start_soon(redraw)
             tg.start_soon(start_jobs)
+            tg.start_soon(expire_typing)
             await self.app.run_async()
+            # However the person quit (/quit, Ctrl-C, Ctrl-D), the others stop seeing
+            # "typing…" now rather than when the server notices.
+            with anyio.move_on_after(2):
+                await self.core.stop_typing()
             tg.cancel_scope.cancel()
 
     async def _connection(self) -> None:

@@ -20,6 +20,7 @@ import trio
 
 from messageai.client import Client
 from messageai.client.chat import ChatApp, ChatCore
+from messageai.client.events import EventStream, TypingChanged
 from tests.client.support import FAST, PASSWORD, live, sign_in, until
 from tests.helpers import Harness, make_config, running_server
 
@@ -145,10 +146,19 @@ async def _until_async(client: Client, condition: Callable[[], bool]) -> None:
             await events.receive()
 
 
+async def _next_typing(events: EventStream, conversation_id: str) -> bool | None:
+    """What the stream says next about typing in a conversation; None if nothing in 10 s."""
+    with anyio.move_on_after(10):
+        async for event in events:
+            if isinstance(event, TypingChanged) and event.conversation_id == conversation_id:
+                return event.typing
+    return None
+
+
 class _FailingCore(ChatCore):
     """A core whose typing notice fails: the error a screen callback must not lose."""
 
-    async def typed(self) -> None:
+    async def typed(self, draft: str = "") -> None:
         raise RuntimeError("typing notice failed")
 
 
@@ -177,3 +187,136 @@ async def test_an_error_in_a_screen_callback_ends_the_screen_instead_of_being_lo
     raised = await trio.to_thread.run_sync(asyncio.run, drive())
     assert isinstance(raised, BaseExceptionGroup), repr(raised)
     assert raised.subgroup(RuntimeError) is not None
+
+
+# ---------------------------------------------------------------- typing (issue 9, bug 2)
+
+
+async def test_typing_is_announced_for_real_drafts_only_and_withdrawn_when_it_ends(
+    h: Harness, tmp_path: Path
+) -> None:
+    ada, bob = await h.account("ada"), await h.account("bob")
+    direct = await h.direct(ada, bob)
+    group = await h.group(ada, bob, title="Team")
+    client = await sign_in(h.url, "ada", tmp_path / "ada")
+    async with client, live(client), h.ws(bob) as b:
+        for cid in (direct, group):
+            await b.request("subscribe", conversation_id=cid)
+        core = ChatCore(client)
+        await core.open(direct)
+        # A slash command is not typing: the first typing frame bob gets is the
+        # SDK's own "false", sent after it on the same connection.
+        await core.typed("/open 2")
+        await client.set_typing(direct, False)
+        assert (await b.next_event("typing"))["typing"] is False
+        # The draft deleted.
+        await core.typed("hel")
+        assert (await b.next_event("typing"))["typing"] is True
+        await core.typed("")
+        assert (await b.next_event("typing"))["typing"] is False
+        # The draft sent.
+        await core.typed("hello")
+        assert (await b.next_event("typing"))["typing"] is True
+        await core.submit("hello")
+        assert (await b.next_event("typing"))["typing"] is False
+        # Switching to another conversation: typing stops where it was.
+        await core.typed("half a thought")
+        assert (await b.next_event("typing"))["typing"] is True
+        await core.switch(1)
+        assert core.current == group
+        stopped = await b.next_event("typing")
+        assert (stopped["conversation_id"], stopped["typing"]) == (direct, False)
+        # Quitting.
+        await core.typed("a draft in the group")
+        started = await b.next_event("typing")
+        assert (started["conversation_id"], started["typing"]) == (group, True)
+        assert await core.submit("/quit") is False
+        stopped = await b.next_event("typing")
+        assert (stopped["conversation_id"], stopped["typing"]) == (group, False)
+
+
+class _Clock:
+    """The core's clock for typing expiry, moved by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_a_typist_is_cleared_by_typing_false_and_after_six_seconds_without_renewal(
+    h: Harness, tmp_path: Path
+) -> None:
+    ada, bob = await h.account("ada"), await h.account("bob")
+    cid = await h.direct(ada, bob)
+    client = await sign_in(h.url, "ada", tmp_path / "ada")
+    clock = _Clock()
+    async with client, live(client), h.ws(bob) as b:
+        await b.request("subscribe", conversation_id=cid)
+        core = ChatCore(client, clock=clock)
+        async with client.events() as events:
+            await b.request("typing", conversation_id=cid, typing=True)
+            while "bob typing…" not in core.status():
+                await core.on_event(await events.receive())
+            await b.request("typing", conversation_id=cid, typing=False)
+            while "typing…" in core.status():
+                await core.on_event(await events.receive())
+            # Renewed within six seconds it stays; silent for six it is gone.
+            await b.request("typing", conversation_id=cid, typing=True)
+            while "bob typing…" not in core.status():
+                await core.on_event(await events.receive())
+            clock.now += 5
+            await b.request("typing", conversation_id=cid, typing=True)
+            while not isinstance(event := await events.receive(), TypingChanged):
+                await core.on_event(event)
+            await core.on_event(event)
+            clock.now += 5
+            assert "bob typing…" in core.status()
+            clock.now += 1.5
+            assert "typing…" not in core.status()
+            assert core.expire_typing() is True  # the screen redraws once when one expires
+            assert core.expire_typing() is False
+
+
+async def test_the_screen_withdraws_typing_when_the_draft_is_erased_and_on_quit(
+    h: Harness, tmp_path: Path
+) -> None:
+    from prompt_toolkit.input import create_pipe_input
+    from prompt_toolkit.output import DummyOutput
+
+    ada, bob = await h.account("ada"), await h.account("bob")
+    cid = await h.direct(ada, bob)
+    for name in ("ada", "bob"):
+        async with await sign_in(h.url, name, tmp_path / name) as signed_in:
+            await signed_in.sync()  # the conversation is in the store: the screen opens it
+
+    async def drive() -> list[bool | None]:
+        seen: list[bool | None] = []
+        async with (
+            Client.open(tmp_path / "ada", settings=FAST) as ada_client,
+            Client.open(tmp_path / "bob", settings=FAST) as bob_client,
+            anyio.create_task_group() as tg,
+        ):
+            await tg.start(bob_client.run)
+            await _until_async(bob_client, lambda: bob_client.state == "online")
+            with create_pipe_input() as pipe:
+                async with bob_client.events() as bob_events:
+                    app = ChatApp(ChatCore(ada_client), input=pipe, output=DummyOutput())
+                    runner = asyncio.ensure_future(app.run())
+                    await _until_async(ada_client, lambda: ada_client.state == "online")
+
+                    pipe.send_text("hi")
+                    seen.append(await _next_typing(bob_events, cid))
+                    pipe.send_text("\x7f\x7f")  # backspace twice: the draft is gone
+                    seen.append(await _next_typing(bob_events, cid))
+                    pipe.send_text("bye")
+                    seen.append(await _next_typing(bob_events, cid))
+                    pipe.send_text("\x04")  # Ctrl-D: quit with a draft in the input
+                    await runner
+                    seen.append(await _next_typing(bob_events, cid))
+            tg.cancel_scope.cancel()
+        return seen
+
+    seen = await trio.to_thread.run_sync(asyncio.run, asyncio.wait_for(drive(), 50))
+    assert seen == [True, False, True, False]
