@@ -90,6 +90,8 @@ class ChatCore:
             await self.client.send(self.current, text)
             await self.stop_typing()
             self.scroll = 0
+            # Replying means what came before was read.
+            await self.mark_read()
         except ClientError as exc:
             self.notice = f"error: {exc.message}"
         return True
@@ -149,6 +151,13 @@ class ChatCore:
         self.scroll = 0
         if previous != conversation_id:
             await self.stop_typing()
+        await self.mark_read()
+
+    async def mark_read(self) -> None:
+        """The open conversation is on screen: move my read cursor to its newest message
+        (the badge goes at once; the server is told now, or at the next connection)."""
+        if self.current is not None:
+            await self.client.mark_read(self.current)
 
     async def typed(self, draft: str) -> None:
         """The input now holds `draft`: tell the others I am typing (at most every few
@@ -197,12 +206,18 @@ class ChatCore:
             # Their message ends their typing (the server may not say so).
             self.typing.pop((event.message.conversation_id, event.message.sender_id), None)
         self.expire_typing()
-        if (
-            isinstance(event, (MessageAdded, Overflowed, ConnectionChanged))
-            and self.current is not None
-            and self.client.state == "online"
-        ):
-            await self.client.mark_read(self.current)
+        if self._brings_news(event):
+            await self.mark_read()
+
+    def _brings_news(self, event: Event) -> bool:
+        """The open conversation may have unread messages after this event."""
+        if isinstance(event, MessageAdded):
+            message = event.message
+            return message.conversation_id == self.current and message.sender_id != self.client.me
+        # Overflowed: the detail is lost. Back online: the catch-up may have brought some.
+        return isinstance(event, Overflowed) or (
+            isinstance(event, ConnectionChanged) and event.state == "online"
+        )
 
     # ------------------------------------------------------------ what the screen shows
 
@@ -438,6 +453,7 @@ class ChatApp:
             tg.start_soon(redraw)
             tg.start_soon(start_jobs)
             tg.start_soon(expire_typing)
+            tg.start_soon(self.core.mark_read)  # the conversation open at start is on screen
             await self.app.run_async()
             # However the person quit (/quit, Ctrl-C, Ctrl-D), the others stop seeing
             # "typing…" now rather than when the server notices.

@@ -22,7 +22,7 @@ from messageai.client import Client
 from messageai.client.chat import ChatApp, ChatCore
 from messageai.client.events import EventStream, TypingChanged
 from tests.client.support import FAST, PASSWORD, live, sign_in, until
-from tests.helpers import Harness, make_config, running_server
+from tests.helpers import WS, Harness, make_config, running_server
 
 if TYPE_CHECKING:
     from prompt_toolkit.input import PipeInput
@@ -320,3 +320,60 @@ async def test_the_screen_withdraws_typing_when_the_draft_is_erased_and_on_quit(
 
     seen = await trio.to_thread.run_sync(asyncio.run, asyncio.wait_for(drive(), 50))
     assert seen == [True, False, True, False]
+
+
+# ---------------------------------------------------------------- read on open (issue 9, bug 3)
+
+
+def _unread(client: Client, conversation_id: str) -> int:
+    return next(c.unread_count for c in client.conversations() if c.id == conversation_id)
+
+
+async def _read_cursor(b: WS, conversation_id: str, user_id: str) -> int:
+    """The next read cursor the server announces for `user_id` in a conversation."""
+    while True:
+        frame = await b.next_event("message_read")
+        if (frame["conversation_id"], frame["user_id"]) == (conversation_id, user_id):
+            seq: int = frame["seq"]
+            return seq
+
+
+async def test_opening_switching_to_and_replying_in_a_conversation_marks_it_read(
+    h: Harness, tmp_path: Path
+) -> None:
+    ada, bob, carol = await h.account("ada"), await h.account("bob"), await h.account("carol")
+    direct = await h.direct(ada, bob)
+    group = await h.group(ada, bob, carol, title="Team")
+    client = await sign_in(h.url, "ada", tmp_path / "ada")
+    async with client, live(client), h.ws(bob) as b:
+        for cid in (direct, group):
+            await b.request("subscribe", conversation_id=cid)
+        core = ChatCore(client)
+        await core.open(group)
+        await b.send_message(direct, "one")
+        await b.send_message(direct, "two")
+        await until(client, lambda: _unread(client, direct) == 2)
+        # /open: the badge goes at once, and bob is told (his "✓ sent" becomes "✓✓ read").
+        number = [c.id for c in client.conversations()].index(direct) + 1
+        await core.submit(f"/open {number}")
+        assert core.current == direct and _unread(client, direct) == 0
+        assert await _read_cursor(b, direct, ada.id) == 2
+        # Ctrl-N / Ctrl-P.
+        await b.send_message(group, "three")
+        await until(client, lambda: _unread(client, group) == 1)
+        await core.switch(1)
+        assert core.current == group and _unread(client, group) == 0
+        assert await _read_cursor(b, group, ada.id) == 1
+        # A message arriving in the open conversation.
+        await b.send_message(group, "four")
+        async with client.events() as events:
+            while "bob: four" not in screen(core):
+                await core.on_event(await events.receive())
+        assert _unread(client, group) == 0
+        assert await _read_cursor(b, group, ada.id) == 2
+        # Replying reads what came before the reply, even if the screen had not yet.
+        await b.send_message(group, "five")
+        await until(client, lambda: _unread(client, group) == 1)
+        await core.submit("a reply")
+        assert _unread(client, group) == 0
+        assert await _read_cursor(b, group, ada.id) == 3
