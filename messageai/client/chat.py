@@ -21,9 +21,10 @@ import anyio
 from anyio.streams.memory import MemoryObjectSendStream
 from prompt_toolkit.formatted_text import StyleAndTextTuples
 
-from messageai.client.errors import ClientError, NotSignedIn
+from messageai.client.errors import ClientError, NotSignedIn, ServerError
 from messageai.client.events import (
     ConnectionChanged,
+    ConversationsChanged,
     Event,
     MessageAdded,
     Overflowed,
@@ -70,6 +71,10 @@ class ChatCore:
         # Where I last announced `typing: true` and have not yet withdrawn it.
         self._typing_in: str | None = None
         self._typing_sent_at = 0.0
+        # Conversations the server refused me (`forbidden`) before the store learned I
+        # was removed: shown as left, like the store's inactive ones. At most one entry
+        # per conversation of the store.
+        self._refused: set[str] = set()
         convs = client.conversations()
         if convs:
             self.current = convs[0].id
@@ -86,6 +91,9 @@ class ChatCore:
                 return await self._command(text)
             if self.current is None:
                 self.notice = "no conversation open: /new USER starts one"
+                return True
+            if not self.is_member(self.current):
+                self.notice = self._not_a_member(self.current)
                 return True
             await self.client.send(self.current, text)
             await self.stop_typing()
@@ -112,6 +120,8 @@ class ChatCore:
         elif name == "/group" and len(args) >= 2:
             self.current = await self.client.create_group(args[0], args[1:])
             self.notice = f"group {args[0]!r} created"
+        elif name == "/retry" and self.current is not None and not self.is_member(self.current):
+            self.notice = self._not_a_member(self.current)
         elif name == "/retry" and self.current is not None:
             failed = [m for m in self.client.messages(self.current) if m.status == "failed"]
             for message in failed:
@@ -134,8 +144,8 @@ class ChatCore:
         else:
             self.notice = f"no conversation {which!r}: pick a number from the list"
             return
-        await self._show(target)
         self.notice = HELP
+        await self._show(target)
 
     async def switch(self, step: int) -> None:
         """Ctrl-N / Ctrl-P: the next or previous conversation in the list."""
@@ -151,13 +161,44 @@ class ChatCore:
         self.scroll = 0
         if previous != conversation_id:
             await self.stop_typing()
+        if not self.is_member(conversation_id):
+            self.notice = self._not_a_member(conversation_id)
         await self.mark_read()
 
     async def mark_read(self) -> None:
         """The open conversation is on screen: move my read cursor to its newest message
-        (the badge goes at once; the server is told now, or at the next connection)."""
-        if self.current is not None:
-            await self.client.mark_read(self.current)
+        (the badge goes at once; the server is told now, or at the next connection).
+
+        A conversation I am no longer in is left alone; a refusal from the server makes
+        it one (a removal the store has not heard of yet), never an error on screen."""
+        cid = self.current
+        if cid is None or not self.is_member(cid):
+            return
+        try:
+            await self.client.mark_read(cid)
+        except ServerError as exc:
+            if exc.code not in ("forbidden", "not_found"):
+                self.notice = f"error: {exc.message}"
+                return
+            self._refused.add(cid)
+            self.notice = self._not_a_member(cid)
+        except ClientError as exc:
+            self.notice = f"error: {exc.message}"
+
+    def is_member(self, conversation_id: str) -> bool:
+        """Am I (as far as this client knows) still in the conversation?"""
+        if conversation_id in self._refused:
+            return False
+        for conv in self.client.conversations():
+            if conv.id == conversation_id:
+                return conv.active
+        return True  # a stub the store fills at the next sync: the server will say
+
+    def _not_a_member(self, conversation_id: str) -> str:
+        return (
+            f"you are no longer a member of {self.title(conversation_id)}: its history stays"
+            " here, nothing you type is sent (/open another)"
+        )
 
     async def typed(self, draft: str) -> None:
         """The input now holds `draft`: tell the others I am typing (at most every few
@@ -165,6 +206,9 @@ class ChatCore:
         draft = draft.strip()
         if not draft or draft.startswith("/") or self.current is None:
             await self.stop_typing()
+            return
+        if not self.is_member(self.current):
+            self.notice = self._not_a_member(self.current)
             return
         now = self._clock()
         if self._typing_in != self.current:
@@ -196,6 +240,11 @@ class ChatCore:
             self.connection_note = (
                 f"{event.error}; retrying in {retry:.0f}s (/reconnect)" if retry is not None else ""
             )
+        if isinstance(event, ConversationsChanged):
+            if event.left and self.current in event.conversation_ids:
+                self.notice = self._not_a_member(self.current)
+            elif not event.left:
+                self._refused.difference_update(event.conversation_ids)  # added back
         if isinstance(event, TypingChanged):
             key = (event.conversation_id, event.user_id)
             if event.typing:
@@ -231,12 +280,18 @@ class ChatCore:
                 return ", ".join(others) or "(just you)"
         return conversation_id
 
+    def header(self) -> str:
+        if self.current is None:
+            return " MessageAI "
+        left = "" if self.is_member(self.current) else " · you are no longer a member (read-only)"
+        return f" {self.title(self.current)}{left} "
+
     def sidebar(self) -> Line:
         out: Line = []
         for i, conv in enumerate(self.client.conversations(), 1):
             style = "reverse" if conv.id == self.current else ""
             unread = f" ({conv.unread_count})" if conv.unread_count else ""
-            left = " (left)" if not conv.active else ""
+            left = " (left)" if not self.is_member(conv.id) else ""
             out.append((style, f"{i:>2} {self.title(conv.id)}{unread}{left}\n"))
         if not out:
             out.append(("italic", "no conversations\n/new USER\n"))
@@ -397,8 +452,7 @@ class ChatApp:
         self._spawn(functools.partial(self.core.typed, buffer.text))
 
     def _header(self) -> str:
-        core = self.core
-        return f" {core.title(core.current)} " if core.current else " MessageAI "
+        return self.core.header()
 
     def _messages_text(self) -> Line:
         return self.core.message_lines()

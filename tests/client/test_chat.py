@@ -21,7 +21,7 @@ import trio
 from messageai.client import Client
 from messageai.client.chat import ChatApp, ChatCore
 from messageai.client.events import EventStream, TypingChanged
-from tests.client.support import FAST, PASSWORD, live, sign_in, until
+from tests.client.support import FAST, PASSWORD, bodies, live, sign_in, until
 from tests.helpers import WS, Harness, make_config, running_server
 
 if TYPE_CHECKING:
@@ -377,3 +377,50 @@ async def test_opening_switching_to_and_replying_in_a_conversation_marks_it_read
         await core.submit("a reply")
         assert _unread(client, group) == 0
         assert await _read_cursor(b, group, ada.id) == 3
+
+
+# ---------------------------------------------------------------- removed from a group (bug 4)
+
+
+async def test_a_group_one_was_removed_from_shows_as_such_refuses_input_and_never_crashes(
+    h: Harness, tmp_path: Path
+) -> None:
+    ada, bob, carol = await h.account("ada"), await h.account("bob"), await h.account("carol")
+    direct = await h.direct(ada, bob)
+    group = await h.group(carol, ada, bob, title="Team")
+    client = await sign_in(h.url, "ada", tmp_path / "ada")
+    async with client, live(client), h.ws(bob) as b:
+        core = ChatCore(client)
+        await core.open(direct)
+        await b.send_message(group, "unread when ada is removed")
+        await until(client, lambda: _unread(client, group) == 1)
+        r = await h.http.delete(
+            f"/v1/conversations/{group}/members/{ada.id}", headers=h.auth(carol)
+        )
+        assert r.status_code == 204, r.text
+        await until(
+            client, lambda: not next(c.active for c in client.conversations() if c.id == group)
+        )
+        # Opening it: the history stays readable, marked as no longer mine.
+        await core.open(group)
+        assert core.current == group
+        assert "unread when ada is removed" in screen(core)
+        assert "no longer a member" in core.notice
+        row = next(f[1] for f in core.sidebar() if "Team" in f[1])
+        assert "(left)" in row
+        assert "no longer a member" in core.header()
+        # Typing into it is refused with a notice, and nothing is queued or sent.
+        core.notice = ""
+        await core.typed("are you still")
+        assert "no longer a member" in core.notice
+        core.notice = ""
+        assert await core.submit("are you still there?") is True
+        assert "no longer a member" in core.notice
+        assert bodies(client, group) == ["unread when ada is removed"]
+        assert client.outbox_size() == 0
+        # Any message arriving now (the crash: mark_read → forbidden).
+        await b.send_message(direct, "still friends")
+        async with client.events() as events:
+            while "still friends" not in [m.body for m in client.messages(direct)]:
+                await core.on_event(await events.receive())
+        assert core.current == group and "unread when ada is removed" in screen(core)
