@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import shlex
 import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -31,12 +32,14 @@ from messageai.client.events import (
     TypingChanged,
 )
 from messageai.client.sdk import Client
-from messageai.client.store import LocalMessage
+from messageai.client.store import LocalConversation, LocalMessage
 
 HELP = (
-    "type to send · /open N · /new USER · /group TITLE USER… · /retry · /reconnect · /quit"
-    " · Ctrl-N/Ctrl-P switch · PageUp/PageDown scroll"
+    "type to send · /open N (numbers stay put while the chat runs) · /new USER"
+    ' · /group "TITLE" USER… · /retry · /reconnect · /quit · Ctrl-N/Ctrl-P switch'
+    " · PageUp/PageDown scroll"
 )
+NO_CONVERSATION = "no conversation open: /new USER starts one, /open N opens one from the list"
 # Seconds between typing notices while a person keeps typing: well inside the
 # expiry below, so a steady typist never flickers off on the other screens.
 TYPING_EVERY_SECONDS = 3.0
@@ -75,7 +78,12 @@ class ChatCore:
         # was removed: shown as left, like the store's inactive ones. At most one entry
         # per conversation of the store.
         self._refused: set[str] = set()
-        convs = client.conversations()
+        # Conversation ids in the order of their numbers: the list as it was at start
+        # (most recent first), then each conversation as it arrives. Numbers never
+        # move while the chat runs, so `/open N` opens what the screen showed as N.
+        # One entry per conversation of the store.
+        self._order: list[str] = []
+        convs = self.numbered()
         if convs:
             self.current = convs[0].id
 
@@ -90,7 +98,7 @@ class ChatCore:
             if text.startswith("/"):
                 return await self._command(text)
             if self.current is None:
-                self.notice = "no conversation open: /new USER starts one"
+                self.notice = NO_CONVERSATION
                 return True
             if not self.is_member(self.current):
                 self.notice = self._not_a_member(self.current)
@@ -106,7 +114,11 @@ class ChatCore:
 
     async def _command(self, text: str) -> bool:
         name, _, rest = text.partition(" ")
-        args = rest.split()
+        try:
+            args = shlex.split(rest)  # '/group "Weekend plans" bob'
+        except ValueError as exc:
+            self.notice = f"cannot read that command ({exc}): close the quotes"
+            return True
         if name in ("/quit", "/exit", "/q"):
             await self.stop_typing()
             return False
@@ -136,7 +148,7 @@ class ChatCore:
 
     async def open(self, which: str) -> None:
         """`/open N` or `/open ID`."""
-        convs = self.client.conversations()
+        convs = self.numbered()
         if which.isdigit() and 1 <= int(which) <= len(convs):
             target = convs[int(which) - 1].id
         elif which in {c.id for c in convs}:
@@ -149,11 +161,19 @@ class ChatCore:
 
     async def switch(self, step: int) -> None:
         """Ctrl-N / Ctrl-P: the next or previous conversation in the list."""
-        ids = [c.id for c in self.client.conversations()]
+        ids = [c.id for c in self.numbered()]
         if not ids:
             return
         index = ids.index(self.current) if self.current in ids else -1
         await self._show(ids[(index + step) % len(ids)])
+
+    def numbered(self) -> list[LocalConversation]:
+        """The conversations in the order of their numbers (1 first)."""
+        convs = {c.id: c for c in self.client.conversations()}
+        known = set(self._order)
+        self._order = [cid for cid in self._order if cid in convs]  # deleted locally
+        self._order += [cid for cid in convs if cid not in known]
+        return [convs[cid] for cid in self._order]
 
     async def _show(self, conversation_id: str) -> None:
         # `current` changes before the first await, so input that follows goes here.
@@ -245,6 +265,10 @@ class ChatCore:
                 self.notice = self._not_a_member(self.current)
             elif not event.left:
                 self._refused.difference_update(event.conversation_ids)  # added back
+                convs = self.numbered()
+                if self.current is None and convs:
+                    # A fresh client: its list just arrived; show the first one.
+                    await self._show(convs[0].id)
         if isinstance(event, TypingChanged):
             key = (event.conversation_id, event.user_id)
             if event.typing:
@@ -288,7 +312,7 @@ class ChatCore:
 
     def sidebar(self) -> Line:
         out: Line = []
-        for i, conv in enumerate(self.client.conversations(), 1):
+        for i, conv in enumerate(self.numbered(), 1):
             style = "reverse" if conv.id == self.current else ""
             unread = f" ({conv.unread_count})" if conv.unread_count else ""
             left = " (left)" if not self.is_member(conv.id) else ""
@@ -314,7 +338,7 @@ class ChatCore:
 
     def message_lines(self) -> Line:
         if self.current is None:
-            return [("italic", "no conversation open\n")]
+            return [("italic", NO_CONVERSATION + "\n")]
         names = self.client.user_names()
         out: Line = []
         for message in self.client.messages(self.current, SCREEN_MESSAGES):

@@ -19,7 +19,7 @@ import anyio
 import trio
 
 from messageai.client import Client
-from messageai.client.chat import ChatApp, ChatCore
+from messageai.client.chat import HELP, ChatApp, ChatCore
 from messageai.client.events import EventStream, TypingChanged
 from tests.client.support import FAST, PASSWORD, bodies, live, sign_in, until
 from tests.helpers import WS, Harness, make_config, running_server
@@ -354,8 +354,7 @@ async def test_opening_switching_to_and_replying_in_a_conversation_marks_it_read
         await b.send_message(direct, "two")
         await until(client, lambda: _unread(client, direct) == 2)
         # /open: the badge goes at once, and bob is told (his "✓ sent" becomes "✓✓ read").
-        number = [c.id for c in client.conversations()].index(direct) + 1
-        await core.submit(f"/open {number}")
+        await core.submit(f"/open {_numbers(core)['bob']}")
         assert core.current == direct and _unread(client, direct) == 0
         assert await _read_cursor(b, direct, ada.id) == 2
         # Ctrl-N / Ctrl-P.
@@ -424,3 +423,72 @@ async def test_a_group_one_was_removed_from_shows_as_such_refuses_input_and_neve
             while "still friends" not in [m.body for m in client.messages(direct)]:
                 await core.on_event(await events.receive())
         assert core.current == group and "unread when ada is removed" in screen(core)
+
+
+# ---------------------------------------------------------------- usability (issue 9, bug 8)
+
+
+def _numbers(core: ChatCore) -> dict[str, int]:
+    """Sidebar title -> the number shown beside it."""
+    out: dict[str, int] = {}
+    for fragment in core.sidebar():
+        number, _, rest = fragment[1].strip().partition(" ")
+        if number.isdigit():
+            out[rest.split(" (")[0]] = int(number)
+    return out
+
+
+async def test_conversation_numbers_stay_put_when_the_list_re_sorts(
+    h: Harness, tmp_path: Path
+) -> None:
+    ada, bob, carol = await h.account("ada"), await h.account("bob"), await h.account("carol")
+    direct = await h.direct(ada, bob)
+    group = await h.group(ada, bob, carol, title="Team")
+    client = await sign_in(h.url, "ada", tmp_path / "ada")
+    async with client, live(client), h.ws(bob) as b:
+        core = ChatCore(client)
+        before = _numbers(core)
+        assert sorted(before.values()) == [1, 2]
+        # New activity in whichever is listed last would move it to the top of a
+        # most-recent-first list, and every number with it.
+        last = direct if before["bob"] == 2 else group
+        await b.send_message(last, "bump")
+        await until(client, lambda: _unread(client, last) == 1)
+        assert _numbers(core) == before
+        await core.submit(f"/open {before['bob']}")
+        assert core.current == direct
+        await core.submit(f"/open {before['Team']}")
+        assert core.current == group
+        assert "numbers stay" in core.notice or "numbers stay" in HELP
+
+
+async def test_a_fresh_client_opens_its_first_conversation_once_the_list_arrives(
+    h: Harness, tmp_path: Path
+) -> None:
+    ada, bob = await h.account("ada"), await h.account("bob")
+    direct = await h.direct(ada, bob)
+    client = await sign_in(h.url, "ada", tmp_path / "ada")  # nothing synced yet
+    async with client:
+        core = ChatCore(client)
+        assert core.current is None
+        assert "/new USER" in screen(core)  # says how to start one
+        with trio.fail_after(10):
+            async with client.events() as events, live(client):
+                while core.current is None:
+                    await core.on_event(await events.receive())
+        assert core.current == direct
+
+
+async def test_group_titles_may_contain_spaces_in_quotes(h: Harness, tmp_path: Path) -> None:
+    await h.account("ada"), await h.account("bob"), await h.account("carol")
+    client = await sign_in(h.url, "ada", tmp_path / "ada")
+    async with client, live(client):
+        core = ChatCore(client)
+        await core.submit('/group "Weekend plans" bob carol')
+        assert core.current is not None, core.notice
+        assert core.title(core.current) == "Weekend plans"
+        assert len(client.member_ids(core.current)) == 3
+        # An unbalanced quote is a clear error and creates nothing.
+        await core.submit('/group "Oops bob')
+        assert "quot" in core.notice
+        assert len(client.conversations()) == 1
