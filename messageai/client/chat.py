@@ -31,7 +31,7 @@ from messageai.client.events import (
     Overflowed,
     TypingChanged,
 )
-from messageai.client.sdk import Client
+from messageai.client.sdk import MAX_BODY_CHARS, Client
 from messageai.client.store import LocalConversation, LocalMessage
 
 HELP = (
@@ -70,6 +70,7 @@ class ChatCore:
         # their message and on expiry.
         self.typing: dict[tuple[str, str], float] = {}
         self.connection_note = ""
+        self.rejected = False  # the last submitted line was refused or failed
         self._clock = clock
         # Where I last announced `typing: true` and have not yet withdrawn it.
         self._typing_in: str | None = None
@@ -89,21 +90,36 @@ class ChatCore:
 
     # ------------------------------------------------------------ commands
 
+    def refusal(self, text: str) -> str | None:
+        """Why a line cannot be sent as it is (shown as the notice, the line stays in
+        the input); None if it can, or if it is a command or empty."""
+        text = text.strip()
+        if not text or text.startswith("/"):
+            return None
+        if self.current is None:
+            return NO_CONVERSATION
+        if not self.is_member(self.current):
+            return self._not_a_member(self.current)
+        if len(text) > MAX_BODY_CHARS:
+            return f"a message is at most {MAX_BODY_CHARS} characters; this one has {len(text)}"
+        return None
+
     async def submit(self, text: str) -> bool:
-        """Handle one input line; False means quit."""
+        """Handle one input line; False means quit. `rejected` says afterwards whether
+        the line was refused or failed (the screen then gives it back to the input)."""
+        self.rejected = True
         text = text.strip()
         if not text:
             return True
         try:
             if text.startswith("/"):
                 return await self._command(text)
-            if self.current is None:
-                self.notice = NO_CONVERSATION
-                return True
-            if not self.is_member(self.current):
-                self.notice = self._not_a_member(self.current)
+            refusal = self.refusal(text)
+            if refusal is not None or self.current is None:
+                self.notice = refusal or NO_CONVERSATION
                 return True
             await self.client.send(self.current, text)
+            self.rejected = False
             await self.stop_typing()
             self.scroll = 0
             # Replying means what came before was read.
@@ -125,15 +141,17 @@ class ChatCore:
         if name == "/help":
             self.notice = HELP
         elif name == "/open" and len(args) == 1:
-            await self.open(args[0])
+            if not await self.open(args[0]):
+                return True
         elif name == "/new" and len(args) == 1:
-            self.current = await self.client.create_direct(args[0])
+            await self._show(await self.client.create_direct(args[0]))
             self.notice = f"direct conversation with {args[0]}"
         elif name == "/group" and len(args) >= 2:
-            self.current = await self.client.create_group(args[0], args[1:])
+            await self._show(await self.client.create_group(args[0], args[1:]))
             self.notice = f"group {args[0]!r} created"
         elif name == "/retry" and self.current is not None and not self.is_member(self.current):
             self.notice = self._not_a_member(self.current)
+            return True
         elif name == "/retry" and self.current is not None:
             failed = [m for m in self.client.messages(self.current) if m.status == "failed"]
             for message in failed:
@@ -144,10 +162,12 @@ class ChatCore:
             self.notice = "reconnecting…"
         else:
             self.notice = f"unknown command or wrong arguments: {text!r}. {HELP}"
+            return True
+        self.rejected = False
         return True
 
-    async def open(self, which: str) -> None:
-        """`/open N` or `/open ID`."""
+    async def open(self, which: str) -> bool:
+        """`/open N` or `/open ID`; False (and a notice) if there is no such one."""
         convs = self.numbered()
         if which.isdigit() and 1 <= int(which) <= len(convs):
             target = convs[int(which) - 1].id
@@ -155,9 +175,10 @@ class ChatCore:
             target = which
         else:
             self.notice = f"no conversation {which!r}: pick a number from the list"
-            return
+            return False
         self.notice = HELP
         await self._show(target)
+        return True
 
     async def switch(self, step: int) -> None:
         """Ctrl-N / Ctrl-P: the next or previous conversation in the list."""
@@ -491,11 +512,21 @@ class ChatApp:
         return int(bottom - self.core.scroll)
 
     def _accept(self, buffer: Any) -> bool:
+        """Enter: True keeps the line in the input (refused now, or not queued)."""
         text = buffer.text
+        refusal = self.core.refusal(text)
+        if refusal is not None:
+            self.core.notice = refusal
+            return True
 
         async def go() -> None:
             if not await self.core.submit(text):
                 self.app.exit()
+            elif self.core.rejected and not buffer.text:
+                # Refused or failed later (an unknown user, a server error): give the
+                # line back unless a new one was started meanwhile.
+                buffer.text = text
+                buffer.cursor_position = len(text)
             self.app.invalidate()
 
         return not self._spawn(go)  # clear the input line once it is queued

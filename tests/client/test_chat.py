@@ -21,6 +21,7 @@ import trio
 from messageai.client import Client
 from messageai.client.chat import HELP, ChatApp, ChatCore
 from messageai.client.events import EventStream, TypingChanged
+from messageai.client.sdk import MAX_BODY_CHARS
 from tests.client.support import FAST, PASSWORD, bodies, live, sign_in, until
 from tests.helpers import WS, Harness, make_config, running_server
 
@@ -492,3 +493,36 @@ async def test_group_titles_may_contain_spaces_in_quotes(h: Harness, tmp_path: P
         await core.submit('/group "Oops bob')
         assert "quot" in core.notice
         assert len(client.conversations()) == 1
+
+
+async def test_the_screen_keeps_refused_input_in_the_input_line(h: Harness, tmp_path: Path) -> None:
+    from prompt_toolkit.input import create_pipe_input
+    from prompt_toolkit.output import DummyOutput
+
+    await h.account("ada"), await h.account("bob")
+    async with await sign_in(h.url, "ada", tmp_path / "ada"):
+        pass
+
+    async def drive() -> list[tuple[str, str]]:
+        seen: list[tuple[str, str]] = []
+        async with Client.open(tmp_path / "ada", settings=FAST) as client:
+            with create_pipe_input() as pipe:
+                app = ChatApp(ChatCore(client), input=pipe, output=DummyOutput())
+                runner = asyncio.ensure_future(app.run())
+                await _until_async(client, lambda: client.state == "online")
+                buffer = app.input.buffer
+                buffer.text = "hello?"  # no conversation open yet
+                buffer.validate_and_handle()  # what Enter does
+                seen.append((buffer.text, app.core.notice))
+                await app.core.submit("/new bob")
+                buffer.text = "x" * (MAX_BODY_CHARS + 1)
+                buffer.validate_and_handle()
+                seen.append((buffer.text, app.core.notice))
+                buffer.text = "/quit"
+                buffer.validate_and_handle()
+                await runner
+        return seen
+
+    seen = await trio.to_thread.run_sync(asyncio.run, asyncio.wait_for(drive(), 30))
+    assert seen[0][0] == "hello?" and "no conversation open" in seen[0][1]
+    assert seen[1][0] == "x" * (MAX_BODY_CHARS + 1) and "at most" in seen[1][1]
