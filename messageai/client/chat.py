@@ -315,21 +315,43 @@ class ChatCore:
 
     # ------------------------------------------------------------ what the screen shows
 
+    def names(self) -> dict[str, str]:
+        """user id -> the name to show: the display name, else the username."""
+        return {
+            user_id: display or username
+            for user_id, (username, display) in self.client.display_names().items()
+        }
+
     def title(self, conversation_id: str) -> str:
         for conv in self.client.conversations():
             if conv.id == conversation_id:
                 if conv.title:
                     return conv.title
-                names = self.client.user_names()
+                names = self.names()
                 others = [names.get(u, u) for u in conv.member_ids if u != self.client.me]
                 return ", ".join(others) or "(just you)"
         return conversation_id
 
     def header(self) -> str:
-        if self.current is None:
+        """The line above the messages: the conversation, and who is in it by username
+        (display names need not be unique)."""
+        cid = self.current
+        if cid is None:
             return " MessageAI "
-        left = "" if self.is_member(self.current) else " · you are no longer a member (read-only)"
-        return f" {self.title(self.current)}{left} "
+        known = self.client.display_names()
+        handles = []
+        for user_id in self.client.member_ids(cid):
+            username, display = known.get(user_id, (user_id, ""))
+            if user_id != self.client.me:
+                handles.append(
+                    f"{display} (@{username})" if display != username else f"@{username}"
+                )
+        conv = next((c for c in self.client.conversations() if c.id == cid), None)
+        title = self.title(cid)
+        who = ", ".join(handles)
+        text = f"{title} · {who}" if conv is not None and conv.title else who or title
+        left = "" if self.is_member(cid) else " · you are no longer a member (read-only)"
+        return f" {text}{left} "
 
     def sidebar(self) -> Line:
         out: Line = []
@@ -360,7 +382,7 @@ class ChatCore:
     def message_lines(self) -> Line:
         if self.current is None:
             return [("italic", NO_CONVERSATION + "\n")]
-        names = self.client.user_names()
+        names = self.names()
         out: Line = []
         for message in self.client.messages(self.current, SCREEN_MESSAGES):
             when = time.strftime("%H:%M", time.localtime(message.created_at / 1000))
@@ -381,7 +403,7 @@ class ChatCore:
         if queued:
             parts.append(f"{queued} queued")
         if self.current is not None:
-            names = client.user_names()
+            names = self.names()
             others = [u for u in client.member_ids(self.current) if u != client.me]
             online = [names.get(u, u) for u in others if client.is_online(u)]
             if online:

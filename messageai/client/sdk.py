@@ -164,6 +164,10 @@ class Client:
     def user_names(self) -> dict[str, str]:
         return store.user_names(self._conn)
 
+    def display_names(self) -> dict[str, tuple[str, str]]:
+        """user id -> (username, display name) of every user the store knows."""
+        return store.display_names(self._conn)
+
     # ------------------------------------------------------------ local reads
 
     def conversations(self) -> list[LocalConversation]:

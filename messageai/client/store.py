@@ -234,6 +234,14 @@ def user_names(conn: apsw.Connection) -> dict[str, str]:
     return dict(conn.execute("SELECT id, username FROM users"))
 
 
+def display_names(conn: apsw.Connection) -> dict[str, tuple[str, str]]:
+    """user id -> (username, display name), for display."""
+    return {
+        row[0]: (row[1], row[2])
+        for row in conn.execute("SELECT id, username, display_name FROM users")
+    }
+
+
 def unknown_user_ids(conn: apsw.Connection) -> list[str]:
     return [
         row[0]

@@ -23,7 +23,7 @@ from messageai.client.chat import HELP, ChatApp, ChatCore
 from messageai.client.events import EventStream, TypingChanged
 from messageai.client.sdk import MAX_BODY_CHARS
 from tests.client.support import FAST, PASSWORD, bodies, live, sign_in, until
-from tests.helpers import WS, Harness, make_config, running_server
+from tests.helpers import WS, Account, Harness, make_config, running_server
 
 if TYPE_CHECKING:
     from prompt_toolkit.input import PipeInput
@@ -526,3 +526,23 @@ async def test_the_screen_keeps_refused_input_in_the_input_line(h: Harness, tmp_
     seen = await trio.to_thread.run_sync(asyncio.run, asyncio.wait_for(drive(), 30))
     assert seen[0][0] == "hello?" and "no conversation open" in seen[0][1]
     assert seen[1][0] == "x" * (MAX_BODY_CHARS + 1) and "at most" in seen[1][1]
+
+
+async def test_display_names_are_shown(h: Harness, tmp_path: Path) -> None:
+    ada = await h.account("ada")
+    r = await h.http.post(
+        "/v1/auth/register",
+        json={"username": "bob", "password": PASSWORD, "display_name": "Bob Builder"},
+    )
+    assert r.status_code == 201, r.text
+    bob = Account(id=r.json()["user"]["id"], username="bob", token=r.json()["token"])
+    cid = await h.direct(ada, bob)
+    client = await sign_in(h.url, "ada", tmp_path / "ada")
+    async with client, live(client), h.ws(bob) as b:
+        await b.send_message(cid, "can we fix it?")
+        await until(client, lambda: bodies(client, cid) == ["can we fix it?"])
+        core = ChatCore(client)
+        assert "Bob Builder: can we fix it?" in screen(core)
+        assert "Bob Builder" in "".join(fragment[1] for fragment in core.sidebar())
+        assert "Bob Builder (@bob)" in core.header()
+        assert "online: Bob Builder" in core.status()
