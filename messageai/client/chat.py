@@ -47,6 +47,8 @@ TYPING_EVERY_SECONDS = 3.0
 # v1.1 "Typing expires": the server clears them after 6 s too; this covers a
 # server without that rule, and a "false" lost with a dropped connection).
 TYPING_EXPIRES_SECONDS = 6.0
+# Most lines the status and the notice each take when they wrap.
+STATUS_LINES = 3
 # Messages kept on screen per conversation (older ones: `messageai tail`).
 SCREEN_MESSAGES = 500
 # Work the screen's callbacks hand to ChatApp.run()'s task group (see ChatApp._spawn).
@@ -395,22 +397,25 @@ class ChatCore:
         return out
 
     def status(self) -> str:
+        """The status line, most important first (a narrow terminal cuts the end, and
+        the screen wraps it onto at most STATUS_LINES lines): the connection state, the
+        queue, who is typing, who is online, then the last connection error."""
         client = self.client
         parts: list[str] = [client.state]
-        if client.state == "offline" and self.connection_note:
-            parts.append(self.connection_note)
         queued = client.outbox_size()
         if queued:
             parts.append(f"{queued} queued")
         if self.current is not None:
             names = self.names()
             others = [u for u in client.member_ids(self.current) if u != client.me]
-            online = [names.get(u, u) for u in others if client.is_online(u)]
-            if online:
-                parts.append("online: " + ", ".join(online))
             typing = [names.get(u, u) for u in others if self._is_typing(self.current, u)]
             if typing:
                 parts.append(", ".join(typing) + " typing…")
+            online = [names.get(u, u) for u in others if client.is_online(u)]
+            if online:
+                parts.append("online: " + ", ".join(online))
+        if client.state == "offline" and self.connection_note:
+            parts.append(self.connection_note)
         return " · ".join(parts)
 
     def _is_typing(self, conversation_id: str, user_id: str) -> bool:
@@ -424,7 +429,7 @@ class ChatApp:
     def __init__(self, core: ChatCore, **app_options: Any) -> None:
         from prompt_toolkit.application import Application
         from prompt_toolkit.key_binding import KeyBindings
-        from prompt_toolkit.layout import HSplit, Layout, VSplit, Window
+        from prompt_toolkit.layout import Dimension, HSplit, Layout, VSplit, Window
         from prompt_toolkit.layout.controls import FormattedTextControl
         from prompt_toolkit.styles import Style
         from prompt_toolkit.widgets import TextArea
@@ -464,8 +469,19 @@ class ChatApp:
             [
                 Window(FormattedTextControl(self._header), height=1, style="class:header"),
                 self.messages,
-                Window(FormattedTextControl(lambda: core.status()), height=1, style="class:status"),
-                Window(FormattedTextControl(lambda: core.notice), height=1, style="class:notice"),
+                # Long lines wrap rather than being cut (status() puts what matters first).
+                Window(
+                    FormattedTextControl(lambda: core.status()),
+                    height=Dimension(min=1, max=STATUS_LINES),
+                    wrap_lines=True,
+                    style="class:status",
+                ),
+                Window(
+                    FormattedTextControl(lambda: core.notice),
+                    height=Dimension(min=1, max=STATUS_LINES),
+                    wrap_lines=True,
+                    style="class:notice",
+                ),
                 self.input,
             ]
         )

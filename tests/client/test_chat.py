@@ -22,6 +22,7 @@ from messageai.client import Client
 from messageai.client.chat import HELP, ChatApp, ChatCore
 from messageai.client.events import EventStream, TypingChanged
 from messageai.client.sdk import MAX_BODY_CHARS
+from tests.client.netproxy import Proxy
 from tests.client.support import FAST, PASSWORD, bodies, live, sign_in, until
 from tests.helpers import WS, Account, Harness, make_config, running_server
 
@@ -546,3 +547,28 @@ async def test_display_names_are_shown(h: Harness, tmp_path: Path) -> None:
         assert "Bob Builder" in "".join(fragment[1] for fragment in core.sidebar())
         assert "Bob Builder (@bob)" in core.header()
         assert "online: Bob Builder" in core.status()
+
+
+async def test_the_status_line_puts_the_queue_before_the_connection_error(
+    h: Harness, tmp_path: Path
+) -> None:
+    ada, bob = await h.account("ada"), await h.account("bob")
+    await h.direct(ada, bob)
+    async with trio.open_nursery() as nursery:
+        proxy: Proxy = await nursery.start(Proxy(h.server.port or 0).run)
+        client = await sign_in(proxy.url, "ada", tmp_path / "ada")
+        async with client, live(client):
+            core = ChatCore(client)
+            async with client.events() as events:
+                proxy.cut()
+                await until(client, lambda: client.state != "online")
+                await core.submit("first while offline")
+                await core.submit("second while offline")
+                # Between two attempts to reconnect, with the last error to show.
+                while not (client.state == "offline" and core.connection_note):
+                    await core.on_event(await events.receive())
+                status = core.status()
+            # A narrow terminal cuts the end: the queue count comes before the long error.
+            assert status.startswith("offline · 2 queued"), status
+            assert status.index("2 queued") < status.index("retrying"), status
+        nursery.cancel_scope.cancel()
