@@ -35,9 +35,9 @@ from messageai.client.sdk import MAX_BODY_CHARS, Client
 from messageai.client.store import LocalConversation, LocalMessage
 
 HELP = (
-    "type to send · /open N (numbers stay put while the chat runs) · /new USER"
-    ' · /group "TITLE" USER… · /retry · /reconnect · /quit · Ctrl-N/Ctrl-P switch'
-    " · PageUp/PageDown scroll"
+    "type to send (Alt-Enter: new line) · /open N (numbers stay put while the chat runs)"
+    ' · /new USER · /group "TITLE" USER… · /retry · /reconnect · /quit'
+    " · Ctrl-N/Ctrl-P switch · PageUp/PageDown scroll"
 )
 NO_CONVERSATION = "no conversation open: /new USER starts one, /open N opens one from the list"
 # Seconds between typing notices while a person keeps typing: well inside the
@@ -47,6 +47,8 @@ TYPING_EVERY_SECONDS = 3.0
 # v1.1 "Typing expires": the server clears them after 6 s too; this covers a
 # server without that rule, and a "false" lost with a dropped connection).
 TYPING_EXPIRES_SECONDS = 6.0
+# Most lines the input grows to (a longer draft scrolls inside it).
+INPUT_LINES = 6
 # Most lines the status and the notice each take when they wrap.
 STATUS_LINES = 3
 # Messages kept on screen per conversation (older ones: `messageai tail`).
@@ -392,7 +394,8 @@ class ChatCore:
             mine = message.sender_id == self.client.me
             out.append(("class:time", f"{when} "))
             out.append(("class:me" if mine else "class:them", f"{who}: "))
-            out.append(("", message.body))
+            # Every line of a multi-line message, the later ones indented past the time.
+            out.append(("", message.body.replace("\n", "\n" + " " * len(f"{when} "))))
             out.append(("class:mark", self.mark(message) + "\n"))
         return out
 
@@ -428,6 +431,7 @@ class ChatApp:
 
     def __init__(self, core: ChatCore, **app_options: Any) -> None:
         from prompt_toolkit.application import Application
+        from prompt_toolkit.filters import has_focus
         from prompt_toolkit.key_binding import KeyBindings
         from prompt_toolkit.layout import Dimension, HSplit, Layout, VSplit, Window
         from prompt_toolkit.layout.controls import FormattedTextControl
@@ -435,7 +439,14 @@ class ChatApp:
         from prompt_toolkit.widgets import TextArea
 
         self.core = core
-        self.input = TextArea(height=1, prompt="> ", multiline=False, accept_handler=self._accept)
+        # Multi-line, so a pasted message shows every line (up to INPUT_LINES, then it
+        # scrolls); Enter sends, Alt-Enter or Ctrl-J starts a new line.
+        self.input = TextArea(
+            height=Dimension(min=1, max=INPUT_LINES),
+            prompt="> ",
+            multiline=True,
+            accept_handler=self._accept,
+        )
         self.input.buffer.on_text_changed += self._typed
         self.messages = Window(
             FormattedTextControl(self._messages_text),
@@ -443,6 +454,15 @@ class ChatApp:
             get_vertical_scroll=self._scroll,
         )
         keys = KeyBindings()
+
+        @keys.add("enter", filter=has_focus(self.input))
+        def _send(event: Any) -> None:
+            self.input.buffer.validate_and_handle()
+
+        @keys.add("escape", "enter", filter=has_focus(self.input))
+        @keys.add("c-j", filter=has_focus(self.input))
+        def _newline(event: Any) -> None:
+            self.input.buffer.newline(copy_margin=False)
 
         @keys.add("c-c")
         @keys.add("c-d")

@@ -27,6 +27,7 @@ from tests.client.support import FAST, PASSWORD, bodies, live, sign_in, until
 from tests.helpers import WS, Account, Harness, make_config, running_server
 
 if TYPE_CHECKING:
+    from prompt_toolkit.buffer import Buffer
     from prompt_toolkit.input import PipeInput
     from prompt_toolkit.output import Output
 
@@ -155,6 +156,22 @@ async def _next_typing(events: EventStream, conversation_id: str) -> bool | None
             if isinstance(event, TypingChanged) and event.conversation_id == conversation_id:
                 return event.typing
     return None
+
+
+async def _until_text(buffer: Buffer, text: str) -> None:
+    """Wait until the screen's input holds `text` (woken by the buffer's own event)."""
+    changed = asyncio.Event()
+
+    def wake(_buffer: Buffer) -> None:
+        changed.set()
+
+    buffer.on_text_changed += wake
+    try:
+        while buffer.text != text:
+            await changed.wait()
+            changed.clear()
+    finally:
+        buffer.on_text_changed -= wake
 
 
 class _FailingCore(ChatCore):
@@ -572,3 +589,38 @@ async def test_the_status_line_puts_the_queue_before_the_connection_error(
             assert status.startswith("offline · 2 queued"), status
             assert status.index("2 queued") < status.index("retrying"), status
         nursery.cancel_scope.cancel()
+
+
+async def test_a_pasted_multi_line_message_shows_every_line(h: Harness, tmp_path: Path) -> None:
+    from prompt_toolkit.input import create_pipe_input
+    from prompt_toolkit.output import DummyOutput
+
+    ada, bob = await h.account("ada"), await h.account("bob")
+    cid = await h.direct(ada, bob)
+    async with await sign_in(h.url, "ada", tmp_path / "ada") as signed_in:
+        await signed_in.sync()
+    pasted = "first line\nsecond line\nthird line"
+
+    async def drive() -> tuple[int, str]:
+        async with Client.open(tmp_path / "ada", settings=FAST) as client:
+            with create_pipe_input() as pipe:
+                app = ChatApp(ChatCore(client), input=pipe, output=DummyOutput())
+                runner = asyncio.ensure_future(app.run())
+                await _until_async(client, lambda: client.state == "online")
+                # A bracketed paste, as a terminal sends it.
+                pipe.send_text("\x1b[200~first line\r\nsecond line\r\nthird line\x1b[201~")
+                await _until_text(app.input.buffer, pasted)
+                input_lines = app.input.window.preferred_height(80, 24).preferred
+                pipe.send_text("\r")  # Enter sends it
+                await _until_async(client, lambda: bodies(client, cid) == [pasted])
+                pipe.send_text("typed\x1b\ron two lines")  # Alt-Enter starts a new line
+                await _until_text(app.input.buffer, "typed\non two lines")
+                app.input.buffer.text = "/quit"
+                pipe.send_text("\r")
+                await runner
+                return input_lines, screen(app.core)
+
+    input_lines, shown = await trio.to_thread.run_sync(asyncio.run, asyncio.wait_for(drive(), 30))
+    assert input_lines == 3  # the input grows to show the whole paste
+    assert "ada: first line\n" in shown
+    assert "\n      second line\n      third line" in shown  # under the text, not the time
