@@ -528,7 +528,9 @@ def merge_message(conn: apsw.Connection, msg: Mapping[str, Any], me: str) -> Loc
     """Store a server message (history, live frame or ack); None if it was already stored.
 
     A message of mine that is still `sending` locally is matched by `client_id`
-    and takes the server's id, seq and time (step 6 of the optimistic send).
+    and takes the server's id and seq (step 6 of the optimistic send). It keeps
+    its own `created_at`, the time it was typed: for a message queued offline the
+    server's is the time it was delivered, which is not what its sender wrote at.
     """
     conversation_id = msg["conversation_id"]
     seq = msg["seq"]
@@ -540,10 +542,10 @@ def merge_message(conn: apsw.Connection, msg: Mapping[str, Any], me: str) -> Loc
     mine = msg["sender_id"] == me
     if mine:
         row = conn.execute(
-            f"UPDATE messages SET id = ?, seq = ?, created_at = ?, status = 'sent', error = NULL"
+            f"UPDATE messages SET id = ?, seq = ?, status = 'sent', error = NULL"
             f" WHERE conversation_id = ? AND sender_id = ? AND client_id = ? AND seq IS NULL"
             f" RETURNING {_MSG_COLUMNS}",
-            (msg["id"], seq, msg["created_at"], conversation_id, me, msg["client_id"]),
+            (msg["id"], seq, conversation_id, me, msg["client_id"]),
         ).fetchone()
         if row is not None:
             return _message(row)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -624,3 +625,33 @@ async def test_a_pasted_multi_line_message_shows_every_line(h: Harness, tmp_path
     assert input_lines == 3  # the input grows to show the whole paste
     assert "ada: first line\n" in shown
     assert "\n      second line\n      third line" in shown  # under the text, not the time
+
+
+async def test_a_message_typed_offline_keeps_the_time_it_was_typed(
+    h: Harness, tmp_path: Path
+) -> None:
+    ada, bob = await h.account("ada"), await h.account("bob")
+    cid = await h.direct(ada, bob)
+    async with trio.open_nursery() as nursery:
+        proxy: Proxy = await nursery.start(Proxy(h.server.port or 0).run)
+        client = await sign_in(proxy.url, "ada", tmp_path / "ada")
+        async with client, live(client):
+            core = ChatCore(client)
+            proxy.cut()
+            await until(client, lambda: client.state != "online")
+            await core.submit("typed on the train")
+            typed = client.messages(cid)[-1]
+            assert typed.status == "sending"
+            proxy.restore()
+            client.reconnect_now()
+            await until(client, lambda: client.messages(cid)[-1].status == "sent")
+            delivered = client.messages(cid)[-1]
+            shown = screen(core)
+        nursery.cancel_scope.cancel()
+    r = await h.http.get(f"/v1/conversations/{cid}/messages", headers=h.auth(bob))
+    [on_server] = r.json()["messages"]
+    assert on_server["created_at"] > typed.created_at  # the server's time is the delivery's
+    # The screen shows the time it was typed.
+    assert delivered.created_at == typed.created_at
+    when = time.strftime("%H:%M", time.localtime(typed.created_at / 1000))
+    assert f"{when} ada: typed on the train" in shown
