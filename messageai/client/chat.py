@@ -329,12 +329,14 @@ class ChatCore:
     def title(self, conversation_id: str) -> str:
         for conv in self.client.conversations():
             if conv.id == conversation_id:
-                if conv.title:
-                    return conv.title
-                names = self.names()
-                others = [names.get(u, u) for u in conv.member_ids if u != self.client.me]
-                return ", ".join(others) or "(just you)"
+                return self._title(conv, self.names())
         return conversation_id
+
+    def _title(self, conv: LocalConversation, names: dict[str, str]) -> str:
+        if conv.title:
+            return conv.title
+        others = [names.get(u, u) for u in conv.member_ids if u != self.client.me]
+        return ", ".join(others) or "(just you)"
 
     def header(self) -> str:
         """The line above the messages: the conversation, and who is in it by username
@@ -359,11 +361,12 @@ class ChatCore:
 
     def sidebar(self) -> Line:
         out: Line = []
+        names = self.names()  # one read of the store per redraw, not one per row
         for i, conv in enumerate(self.numbered(), 1):
             style = "reverse" if conv.id == self.current else ""
             unread = f" ({conv.unread_count})" if conv.unread_count else ""
-            left = " (left)" if not self.is_member(conv.id) else ""
-            out.append((style, f"{i:>2} {self.title(conv.id)}{unread}{left}\n"))
+            left = " (left)" if not conv.active or conv.id in self._refused else ""
+            out.append((style, f"{i:>2} {self._title(conv, names)}{unread}{left}\n"))
         if not out:
             out.append(("italic", "no conversations\n/new USER\n"))
         return out
