@@ -3,8 +3,9 @@
 `ChatCore` holds everything a screen shows and every command a person types,
 with no terminal in it: tests drive it directly (under Trio or asyncio).
 `ChatApp` lays it out with prompt_toolkit (which runs on asyncio, like the
-SDK underneath) and redraws on every SDK event. `run_chat` is called by
-`messageai chat`; it signs in first if the store has no account.
+SDK underneath) and redraws on every SDK event (and when a typist expires).
+`run_chat` is called by `messageai chat`; it signs in first if the store has
+no account.
 """
 
 from __future__ import annotations
@@ -111,8 +112,8 @@ class ChatCore:
     async def submit(self, text: str) -> bool:
         """Handle one input line; False means quit. `rejected` says afterwards whether
         the line was refused or failed (the screen then gives it back to the input)."""
-        self.rejected = True
         text = text.strip()
+        self.rejected = bool(text)  # until it is done
         if not text:
             return True
         try:
