@@ -23,13 +23,14 @@ import anyio
 from anyio.streams.memory import MemoryObjectSendStream
 from prompt_toolkit.formatted_text import StyleAndTextTuples
 
-from messageai.client.errors import ClientError, NotSignedIn, ServerError
+from messageai.client.errors import ClientError, Forbidden, NotSignedIn
 from messageai.client.events import (
     ConnectionChanged,
     ConversationsChanged,
     Event,
     MessageAdded,
     Overflowed,
+    StoreChanged,
     TypingChanged,
 )
 from messageai.client.sdk import MAX_BODY_CHARS, Client
@@ -80,10 +81,6 @@ class ChatCore:
         # Where I last announced `typing: true` and have not yet withdrawn it.
         self._typing_in: str | None = None
         self._typing_sent_at = 0.0
-        # Conversations the server refused me (`forbidden`) before the store learned I
-        # was removed: shown as left, like the store's inactive ones. At most one entry
-        # per conversation of the store.
-        self._refused: set[str] = set()
         # Conversation ids in the order of their numbers: the list as it was at start
         # (most recent first), then each conversation as it arrives. Numbers never
         # move while the chat runs, so `/open N` opens what the screen showed as N.
@@ -123,12 +120,11 @@ class ChatCore:
             if refusal is not None or self.current is None:
                 self.notice = refusal or NO_CONVERSATION
                 return True
+            # The SDK also moves my read cursor: replying means what came before was read.
             await self.client.send(self.current, text)
             self.rejected = False
             await self.stop_typing()
             self.scroll = 0
-            # Replying means what came before was read.
-            await self.mark_read()
         except ClientError as exc:
             self.notice = f"error: {exc.message}"
         return True
@@ -215,30 +211,23 @@ class ChatCore:
         """The open conversation is on screen: move my read cursor to its newest message
         (the badge goes at once; the server is told now, or at the next connection).
 
-        A conversation I am no longer in is left alone; a refusal from the server makes
-        it one (a removal the store has not heard of yet), never an error on screen."""
+        A conversation I am no longer in is left alone. A `forbidden` answer (a removal
+        the store had not heard of yet) makes it one: the SDK marks it inactive and the
+        screen shows it as left; never an error that ends the screen."""
         cid = self.current
         if cid is None or not self.is_member(cid):
             return
         try:
             await self.client.mark_read(cid)
-        except ServerError as exc:
-            if exc.code not in ("forbidden", "not_found"):
-                self.notice = f"error: {exc.message}"
-                return
-            self._refused.add(cid)
+        except Forbidden:
             self.notice = self._not_a_member(cid)
         except ClientError as exc:
             self.notice = f"error: {exc.message}"
 
     def is_member(self, conversation_id: str) -> bool:
         """Am I (as far as this client knows) still in the conversation?"""
-        if conversation_id in self._refused:
-            return False
-        for conv in self.client.conversations():
-            if conv.id == conversation_id:
-                return conv.active
-        return True  # a stub the store fills at the next sync: the server will say
+        conv = self.client.conversation(conversation_id)
+        return conv is None or conv.active  # unknown (a stub): the server will say
 
     def _not_a_member(self, conversation_id: str) -> str:
         return (
@@ -290,7 +279,6 @@ class ChatCore:
             if event.left and self.current in event.conversation_ids:
                 self.notice = self._not_a_member(self.current)
             elif not event.left:
-                self._refused.difference_update(event.conversation_ids)  # added back
                 convs = self.numbered()
                 if self.current is None and convs:
                     # A fresh client: its list just arrived; show the first one.
@@ -313,6 +301,8 @@ class ChatCore:
         if isinstance(event, MessageAdded):
             message = event.message
             return message.conversation_id == self.current and message.sender_id != self.client.me
+        if isinstance(event, StoreChanged):  # another process sharing the store merged some
+            return event.conversation_id == self.current
         # Overflowed: the detail is lost. Back online: the catch-up may have brought some.
         return isinstance(event, Overflowed) or (
             isinstance(event, ConnectionChanged) and event.state == "online"
@@ -366,7 +356,7 @@ class ChatCore:
         for i, conv in enumerate(self.numbered(), 1):
             style = "reverse" if conv.id == self.current else ""
             unread = f" ({conv.unread_count})" if conv.unread_count else ""
-            left = " (left)" if not conv.active or conv.id in self._refused else ""
+            left = " (left)" if not conv.active else ""
             out.append((style, f"{i:>2} {self._title(conv, names)}{unread}{left}\n"))
         if not out:
             out.append(("italic", "no conversations\n/new USER\n"))
