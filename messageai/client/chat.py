@@ -453,7 +453,13 @@ class ChatCore:
             out.append(("class:time", f"{when} "))
             out.append(("class:me" if mine else "class:them", f"{who}: "))
             # Every line of a multi-line message, the later ones indented past the time.
-            out.append(("", message.body.replace("\n", "\n" + " " * len(f"{when} "))))
+            indent = "\n" + " " * len(f"{when} ")
+            out.append(("", message.body.replace("\n", indent)))
+            # The server gives clients no media record but the bytes (PROTOCOL.md
+            # `GET /v1/media/{id}`), so an attachment is shown by its media id.
+            for i, media_id in enumerate(message.attachments):
+                lead = indent if message.body or i else ""
+                out.append(("class:mark", f"{lead}[attachment {media_id}]"))
             out.append(("class:mark", self.mark(message) + "\n"))
         return out
 

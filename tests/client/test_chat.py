@@ -749,3 +749,25 @@ async def test_add_remove_and_leave_change_the_group_and_refusals_are_notices(
         assert core.rejected and "no longer a member" in core.notice
         assert "no longer a member" in core.members()
         assert client.outbox_size() == 0
+
+
+async def test_attachments_are_shown_as_such_in_the_history(h: Harness, tmp_path: Path) -> None:
+    ada, bob = await h.account("ada"), await h.account("bob")
+    cid = await h.direct(ada, bob)
+    png = b"\x89PNG\r\n\x1a\n" + bytes(500)
+    r = await h.http.post(
+        "/v1/media", content=png, headers={**h.auth(bob), "Content-Type": "image/png"}
+    )
+    assert r.status_code == 201, r.text
+    media_id = r.json()["id"]
+    r = await h.http.post(
+        f"/v1/conversations/{cid}/messages",
+        json={"client_id": "c1", "body": "look", "attachments": [media_id]},
+        headers=h.auth(bob),
+    )
+    assert r.status_code == 201, r.text
+    client = await sign_in(h.url, "ada", tmp_path / "ada")
+    async with client, live(client):
+        await until(client, lambda: bodies(client, cid) == ["look"])
+        core = ChatCore(client)
+        assert f"bob: look\n      [attachment {media_id}]" in screen(core), screen(core)
