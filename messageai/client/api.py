@@ -98,6 +98,18 @@ class Api:
         body = {"kind": "group", "title": title, "member_ids": member_ids}
         return parse_conversation(await self.call("POST", "/v1/conversations", json=body))
 
+    async def conversation(self, conversation_id: str) -> dict[str, Any]:
+        return parse_conversation(await self.call("GET", f"/v1/conversations/{conversation_id}"))
+
+    async def add_members(self, conversation_id: str, user_ids: list[str]) -> dict[str, Any]:
+        """Groups only; the conversation as it is afterwards."""
+        path = f"/v1/conversations/{conversation_id}/members"
+        return parse_conversation(await self.call("POST", path, json={"user_ids": user_ids}))
+
+    async def remove_member(self, conversation_id: str, user_id: str) -> None:
+        """Groups only; oneself, or anyone if the caller created the group."""
+        await self.call("DELETE", f"/v1/conversations/{conversation_id}/members/{user_id}")
+
 
 def _object(value: Any, key: str) -> dict[str, Any]:
     if not isinstance(value, dict) or key not in value:

@@ -38,7 +38,8 @@ from messageai.client.store import LocalConversation, LocalMessage
 
 HELP = (
     "type to send (Alt-Enter: new line) · /open N (numbers stay put while the chat runs)"
-    ' · /new USER · /group "TITLE" USER… · /retry · /reconnect · /quit'
+    ' · /new USER · /group "TITLE" USER… · /members · /who [PREFIX] · /add USER…'
+    " · /remove USER · /leave · /retry · /reconnect · /quit"
     " · Ctrl-N/Ctrl-P switch · PageUp/PageDown scroll"
 )
 NO_CONVERSATION = "no conversation open: /new USER starts one, /open N opens one from the list"
@@ -150,6 +151,12 @@ class ChatCore:
         elif name == "/group" and len(args) >= 2:
             await self._show(await self.client.create_group(args[0], args[1:]))
             self.notice = f"group {args[0]!r} created"
+        elif name == "/members" and not args:
+            self.notice = self.members()
+        elif name == "/who" and len(args) <= 1:
+            self.notice = await self.who(args[0] if args else "")
+        elif name in ("/add", "/remove", "/leave"):
+            return await self._membership(name, args)
         elif name == "/retry" and self.current is not None and not self.is_member(self.current):
             self.notice = self._not_a_member(self.current)
             return True
@@ -166,6 +173,63 @@ class ChatCore:
             return True
         self.rejected = False
         return True
+
+    async def _membership(self, name: str, args: list[str]) -> bool:
+        """`/add USER…`, `/remove USER`, `/leave`: groups only, in the open conversation.
+        Every refusal is a notice (the line goes back to the input); nothing ends the
+        screen."""
+        cid = self.current
+        usage = {"/add": "/add USER…", "/remove": "/remove USER", "/leave": "/leave"}[name]
+        wanted = {"/add": len(args) >= 1, "/remove": len(args) == 1, "/leave": not args}[name]
+        conv = self.client.conversation(cid) if cid is not None else None
+        if not wanted:
+            self.notice = f"usage: {usage}"
+        elif cid is None:
+            self.notice = NO_CONVERSATION
+        elif not self.is_member(cid):
+            self.notice = self._not_a_member(cid)
+        elif conv is not None and conv.kind is not None and conv.kind != "group":
+            self.notice = f"{name} works in groups only; this is a direct conversation"
+        elif name == "/add":
+            await self.client.add_members(cid, args)
+            self.notice = f"added {', '.join(a.lstrip('@') for a in args)} to {self.title(cid)}"
+            self.rejected = False
+        elif name == "/remove" and self.client.member_id(cid, args[0]) != self.client.me:
+            await self.client.remove_member(cid, args[0])
+            self.notice = f"removed {args[0].lstrip('@')} from {self.title(cid)}"
+            self.rejected = False
+        else:  # /leave, or /remove of myself
+            await self.stop_typing()
+            await self.client.leave(cid)
+            self.notice = f"you left {self.title(cid)}: its history stays here, read-only"
+            self.rejected = False
+        return True
+
+    def _person(self, user_id: str, username: str, display: str) -> str:
+        """One person for /members and /who: name, handle, presence where known."""
+        who = f"{display} (@{username})" if display and display != username else f"@{username}"
+        if user_id == self.client.me:
+            return f"{who} (you)"
+        online = self.client.is_online(user_id)
+        return who if online is None else f"{who} {'online' if online else 'offline'}"
+
+    def members(self) -> str:
+        """`/members`: who is in the open conversation (as the store knows it)."""
+        cid = self.current
+        if cid is None:
+            return NO_CONVERSATION
+        known = self.client.display_names()
+        people = [self._person(u, *known.get(u, (u, ""))) for u in self.client.member_ids(cid)]
+        left = "" if self.is_member(cid) else " (you are no longer a member)"
+        return f"members of {self.title(cid)}{left} ({len(people)}): " + " · ".join(people)
+
+    async def who(self, prefix: str) -> str:
+        """`/who [PREFIX]`: users whose username or display name starts with PREFIX."""
+        users = await self.client.find_users(prefix.lstrip("@"))
+        if not users:
+            return f"no users matching {prefix!r}"
+        people = [self._person(u["id"], u["username"], u["display_name"]) for u in users]
+        return f"users matching {prefix!r} ({len(people)}): " + " · ".join(people)
 
     async def open(self, which: str) -> bool:
         """`/open N` or `/open ID`; False (and a notice) if there is no such one."""
@@ -389,7 +453,13 @@ class ChatCore:
             out.append(("class:time", f"{when} "))
             out.append(("class:me" if mine else "class:them", f"{who}: "))
             # Every line of a multi-line message, the later ones indented past the time.
-            out.append(("", message.body.replace("\n", "\n" + " " * len(f"{when} "))))
+            indent = "\n" + " " * len(f"{when} ")
+            out.append(("", message.body.replace("\n", indent)))
+            # The server gives clients no media record but the bytes (PROTOCOL.md
+            # `GET /v1/media/{id}`), so an attachment is shown by its media id.
+            for i, media_id in enumerate(message.attachments):
+                lead = indent if message.body or i else ""
+                out.append(("class:mark", f"{lead}[attachment {media_id}]"))
             out.append(("class:mark", self.mark(message) + "\n"))
         return out
 

@@ -314,6 +314,51 @@ class Client:
         conv = await self.api.create_group(title, ids)
         return await self._adopt(conv)
 
+    async def add_members(self, conversation_id: str, users: list[str]) -> list[str]:
+        """Add users (names or ids) to a group; returns their ids. An unknown user is a
+        ClientError before anything is asked of the server (nobody is added); a direct
+        conversation or a conversation I am not in is the server's ServerError."""
+        ids = [await self.user_id_for(u) for u in users]
+        conv = await self.api.add_members(conversation_id, ids)
+        self._save_conversation(conv)
+        return ids
+
+    def member_id(self, conversation_id: str, name_or_id: str) -> str | None:
+        """The member of a conversation with this username (or id), from the local store."""
+        name = name_or_id.lstrip("@")
+        known = self.display_names()
+        for user_id in self.member_ids(conversation_id):
+            if name in (user_id, known.get(user_id, ("", ""))[0]):
+                return user_id
+        return None
+
+    async def remove_member(self, conversation_id: str, user: str) -> str:
+        """Remove a member (name or id) from a group; returns their id. Removing myself
+        is leaving: the conversation becomes inactive here (its history stays). Raises
+        ClientError if they are not a member as far as the store knows (nothing is
+        asked), Forbidden if only the group's creator may remove them."""
+        user_id = self.member_id(conversation_id, user)
+        if user_id is None:
+            raise ClientError(f"{user.lstrip('@')!r} is not a member of this conversation")
+        await self.api.remove_member(conversation_id, user_id)
+        if user_id == self.me:
+            self.syncer.lost_access(conversation_id)
+            return user_id
+        # The removal is done; the member list is re-read for the screen. Unreachable
+        # now: the periodic refresh brings it later.
+        with contextlib.suppress(Unreachable):
+            self._save_conversation(await self.api.conversation(conversation_id))
+        return user_id
+
+    async def leave(self, conversation_id: str) -> None:
+        """Leave a group (see remove_member)."""
+        await self.remove_member(conversation_id, self.me)
+
+    def _save_conversation(self, conv: dict[str, Any]) -> None:
+        with transaction(self._conn):
+            store.save_conversation(self._conn, conv)
+        self._events.emit(ConversationsChanged((conv["id"],)))
+
     async def _adopt(self, conv: dict[str, Any]) -> str:
         with transaction(self._conn):
             store.save_conversation(self._conn, conv)

@@ -655,3 +655,119 @@ async def test_a_message_typed_offline_keeps_the_time_it_was_typed(
     assert delivered.created_at == typed.created_at
     when = time.strftime("%H:%M", time.localtime(typed.created_at / 1000))
     assert f"{when} ada: typed on the train" in shown
+
+
+# ---------------------------------------------------------------- people and membership (issue 9)
+
+
+async def _register(h: Harness, username: str, display_name: str) -> Account:
+    r = await h.http.post(
+        "/v1/auth/register",
+        json={"username": username, "password": PASSWORD, "display_name": display_name},
+    )
+    assert r.status_code == 201, r.text
+    return Account(id=r.json()["user"]["id"], username=username, token=r.json()["token"])
+
+
+async def _server_members(h: Harness, conversation_id: str, who: Account) -> list[str]:
+    r = await h.http.get(f"/v1/conversations/{conversation_id}", headers=h.auth(who))
+    assert r.status_code == 200, r.text
+    return sorted(r.json()["member_ids"])
+
+
+async def test_members_and_who_show_display_names_and_presence(h: Harness, tmp_path: Path) -> None:
+    ada, bob = await h.account("ada"), await _register(h, "bob", "Bob Builder")
+    await _register(h, "bert", "Bert")
+    group = await h.group(ada, bob, title="Team")
+    client = await sign_in(h.url, "ada", tmp_path / "ada")
+    async with client, live(client), h.ws(bob):
+        core = ChatCore(client)
+        await core.open(group)
+        await until(client, lambda: client.is_online(bob.id) is True)
+        assert await core.submit("/members") is True and not core.rejected
+        assert core.notice.startswith("members of Team (2): "), core.notice
+        assert "@ada (you)" in core.notice and "Bob Builder (@bob) online" in core.notice
+        await core.submit("/who b")
+        assert "Bob Builder (@bob) online" in core.notice and "Bert (@bert)" in core.notice
+        assert "@ada" not in core.notice
+        await core.submit("/who zz")
+        assert core.notice == "no users matching 'zz'"
+        await core.submit("/members extra")
+        assert core.rejected and "unknown command or wrong arguments" in core.notice
+        assert "/members" in HELP and "/who" in HELP and "/leave" in HELP
+
+
+async def test_add_remove_and_leave_change_the_group_and_refusals_are_notices(
+    h: Harness, tmp_path: Path
+) -> None:
+    ada, bob, carol = await h.account("ada"), await h.account("bob"), await h.account("carol")
+    direct = await h.direct(ada, bob)
+    team = await h.group(ada, bob, title="Team")
+    bobs = await h.group(bob, ada, carol, title="Bobs")
+    client = await sign_in(h.url, "ada", tmp_path / "ada")
+    async with client, live(client):
+        core = ChatCore(client)
+        await until(client, lambda: len(client.conversations()) == 3)
+        await core.open(team)
+        await core.submit("/add carol")
+        assert not core.rejected and core.notice == "added carol to Team", core.notice
+        assert carol.id in client.member_ids(team)
+        assert await _server_members(h, team, bob) == sorted([ada.id, bob.id, carol.id])
+        # An unknown user: nobody is added.
+        await core.submit("/add @nobody bob")
+        assert core.rejected and "no user named 'nobody'" in core.notice
+        await core.submit("/remove carol")
+        assert not core.rejected and core.notice == "removed carol from Team", core.notice
+        assert carol.id not in client.member_ids(team)
+        assert await _server_members(h, team, bob) == sorted([ada.id, bob.id])
+        await core.submit("/remove carol")  # no longer in it
+        assert core.rejected and "'carol' is not a member" in core.notice
+        for wrong in ("/add", "/remove", "/remove bob carol", "/leave now"):
+            await core.submit(wrong)
+            assert core.rejected and core.notice.startswith("usage: "), (wrong, core.notice)
+        # Not allowed: only the group's creator removes others.
+        await core.open(bobs)
+        await core.submit("/remove carol")
+        assert core.rejected and "forbidden" in core.notice, core.notice
+        assert await _server_members(h, bobs, bob) == sorted([ada.id, bob.id, carol.id])
+        # Not a group.
+        await core.open(direct)
+        for line in ("/add carol", "/remove bob", "/leave"):
+            await core.submit(line)
+            assert core.rejected and "groups only" in core.notice, (line, core.notice)
+        assert sorted(client.member_ids(direct)) == sorted([ada.id, bob.id])
+        # Leaving: the read-only "(left)" state; nothing typed is sent, nothing crashes.
+        await core.open(team)
+        await core.submit("/leave")
+        assert not core.rejected and core.notice.startswith("you left Team"), core.notice
+        assert not core.is_member(team)
+        assert "(left)" in next(f[1] for f in core.sidebar() if "Team" in f[1])
+        assert await _server_members(h, team, bob) == [bob.id]
+        await core.submit("still here?")
+        assert core.rejected and "no longer a member" in core.notice
+        await core.submit("/add carol")
+        assert core.rejected and "no longer a member" in core.notice
+        assert "no longer a member" in core.members()
+        assert client.outbox_size() == 0
+
+
+async def test_attachments_are_shown_as_such_in_the_history(h: Harness, tmp_path: Path) -> None:
+    ada, bob = await h.account("ada"), await h.account("bob")
+    cid = await h.direct(ada, bob)
+    png = b"\x89PNG\r\n\x1a\n" + bytes(500)
+    r = await h.http.post(
+        "/v1/media", content=png, headers={**h.auth(bob), "Content-Type": "image/png"}
+    )
+    assert r.status_code == 201, r.text
+    media_id = r.json()["id"]
+    r = await h.http.post(
+        f"/v1/conversations/{cid}/messages",
+        json={"client_id": "c1", "body": "look", "attachments": [media_id]},
+        headers=h.auth(bob),
+    )
+    assert r.status_code == 201, r.text
+    client = await sign_in(h.url, "ada", tmp_path / "ada")
+    async with client, live(client):
+        await until(client, lambda: bodies(client, cid) == ["look"])
+        core = ChatCore(client)
+        assert f"bob: look\n      [attachment {media_id}]" in screen(core), screen(core)
