@@ -78,23 +78,24 @@ class Server:
     def close_user_sessions(self, user_id: str, reason: str = "account deleted") -> int:
         """Close every open WebSocket of `user_id` with 1008 (policy violation), without
         waiting; returns how many. Called when Clerk reports the user deleted."""
-        closing = self.presence.peers_of(user_id) if self.presence is not None else []
-        for session in closing:
-            session.close(CLOSE_POLICY, reason)
-        return len(closing)
+        return self._close_sessions(user_id, reason)
 
     def close_token_sessions(self, user_id: str, token_hash: bytes) -> int:
         """Close every open WebSocket opened with the token whose hash is `token_hash`
         with 1008, without waiting; the user's other sessions stay. Returns how many.
         Called once the token is revoked (logout); a handshake still finishing with it
         is caught by the check in `_serve_session`."""
-        closing = self.presence.peers_of(user_id) if self.presence is not None else []
-        closed = 0
+        return self._close_sessions(user_id, "token revoked", token_hash)
+
+    def _close_sessions(self, user_id: str, reason: str, token_hash: bytes | None = None) -> int:
+        closing = [
+            session
+            for session in (self.presence.peers_of(user_id) if self.presence is not None else [])
+            if token_hash is None or session.token_hash == token_hash
+        ]
         for session in closing:
-            if session.token_hash == token_hash:
-                session.close(CLOSE_POLICY, "token revoked")
-                closed += 1
-        return closed
+            session.close(CLOSE_POLICY, reason)
+        return len(closing)
 
     @property
     def url(self) -> str:
