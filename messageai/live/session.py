@@ -225,15 +225,14 @@ class Session:
             await self._received(data)
 
     async def _received(self, data: str | bytes) -> None:
+        """One received message: validated, then answered or routed to its actor.
+        (One method, not two: it runs for every frame. `live.echo` overrides it.)"""
         if isinstance(data, bytes):
             self.close(CLOSE_UNSUPPORTED_DATA, "binary frames are not supported")
             return
         self._frames_in += 1
-        await self._handle(data)
-
-    async def _handle(self, text: str) -> None:
         try:
-            req, frame = parse_client_frame(text)
+            req, frame = parse_client_frame(data)
         except MessageAIError as exc:
             self.push_frame(Error(code=exc.code, message=exc.message, req=exc.req))
             return
