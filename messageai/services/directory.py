@@ -13,7 +13,7 @@ in its actor nursery.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Concatenate, ParamSpec, TypeVar
 
@@ -29,6 +29,7 @@ from messageai.errors import (
     NotFound,
     StartupError,
     Unauthorized,
+    Unavailable,
 )
 from messageai.model import ClerkProfile, ConversationRecord, User, new_id, now_ms
 from messageai.services.login_throttle import LoginThrottle
@@ -62,7 +63,15 @@ def open_directory_db(data_dir: Path, synchronous: str) -> apsw.Connection:
     Raises StartupError naming `data_dir` when it is not (and cannot be) a directory."""
     make_data_dir(data_dir)
     conn = open_db(data_dir / DIRECTORY_FILE, synchronous)
-    migrate(conn, sql.MIGRATIONS)
+    # Foreign keys off while migrating, as SQLite's recipe for rebuilding a table says
+    # (the pragma is a no-op inside a transaction, so it is set around them): dropping
+    # the old `conversations` would otherwise cascade into memberships. The rebuilding
+    # step checks the keys itself before its commit.
+    conn.execute("PRAGMA foreign_keys = OFF")
+    try:
+        migrate(conn, sql.MIGRATIONS)
+    finally:
+        conn.execute("PRAGMA foreign_keys = ON")
     return conn
 
 
@@ -99,6 +108,9 @@ class Directory:
         )
         # One thread: it runs the writes one at a time, in the order they were asked.
         self._commits = WorkerPool(1, name="messageai directory")
+        # Set by the server to the registry's `members_changed`: a live actor learns
+        # of members the directory added on its own (a new user joining `general`).
+        self.on_members_added: Callable[[str, tuple[str, ...]], Awaitable[None]] | None = None
 
     def close(self) -> None:
         """Close the connections and stop the write thread. Call when no write can be
@@ -180,7 +192,21 @@ class Directory:
         user = await self.write(insert)
         if user is None:
             raise Conflict(f"username {name!r} is taken")
+        await self.joined_auto_channels(user.id)
         return user, token
+
+    async def joined_auto_channels(self, user_id: str) -> None:
+        """Tell the live actors of the `auto_join` channels (`general`) that a user made
+        just now joined them (`store.directory.insert_user` did, in its transaction).
+        A busy actor that does not answer in time still applies it when it gets to
+        it, so the timeout is logged, not raised: the user exists already."""
+        if self.on_members_added is None:
+            return
+        for conversation_id in sql.auto_join_ids(self._reader):
+            try:
+                await self.on_members_added(conversation_id, (user_id,))
+            except Unavailable:
+                log.warning("conversation %s: slow to learn of a new member", conversation_id)
 
     def _insert_token(self, conn: apsw.Connection, token: str, user_id: str) -> None:
         now = now_ms()
@@ -251,7 +277,15 @@ class Directory:
 
     async def adopt_clerk_user(self, profile: ClerkProfile) -> tuple[User, bool]:
         """Create the user on their first valid token; (user, deleted) as stored."""
-        return await self.write(clerk_sql.insert_if_absent, profile)
+
+        def adopt(conn: apsw.Connection) -> tuple[tuple[User, bool], bool]:
+            created = clerk_sql.user_state(conn, profile.id) is None
+            return clerk_sql.insert_if_absent(conn, profile), created
+
+        found, created = await self.write(adopt)
+        if created:
+            await self.joined_auto_channels(profile.id)
+        return found
 
     async def apply_clerk_event(
         self, message_id: str, profile: ClerkProfile | None, deleted_id: str | None
@@ -261,18 +295,25 @@ class Directory:
         was seen before, and then nothing changes."""
         now = now_ms()
 
+        created: list[str] = []
+
         def apply(conn: apsw.Connection) -> bool:
             if not clerk_sql.claim_webhook_message(
                 conn, message_id, now, WEBHOOK_IDS_KEEP_MS, WEBHOOK_IDS_MAX
             ):
                 return False
             if profile is not None:
+                if clerk_sql.user_state(conn, profile.id) is None:
+                    created.append(profile.id)
                 clerk_sql.upsert(conn, profile)
             if deleted_id is not None:
                 clerk_sql.mark_deleted(conn, deleted_id, now)
             return True
 
-        return await self.write(apply)
+        applied = await self.write(apply)
+        for user_id in created:
+            await self.joined_auto_channels(user_id)
+        return applied
 
     # ------------------------------------------------------------ conversations
 
