@@ -72,7 +72,11 @@ class Conversations:
         user = require_user(request)
         body = request.json()
         kind = body.get("kind")
-        member_ids = string_list(body.get("member_ids"), "member_ids")
+        raw_ids = body.get("member_ids")
+        # A channel starts with its creator alone, so it needs no `member_ids`.
+        member_ids = string_list(
+            [] if kind == "channel" and raw_ids is None else raw_ids, "member_ids"
+        )
         if kind == "direct":
             if len(member_ids) != 1:
                 raise BadRequest("member_ids: a direct conversation takes exactly one other user")
