@@ -8,11 +8,15 @@ Every refusal is checked to change nothing.
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
+import trio
 
-from tests.helpers import WS, Account, Harness, assert_error
+from tests.helpers import WS, Account, Harness, assert_error, harness, make_config
+from tests.test_clerk import post_webhook, signed, token, user_event, webhook_server
+from tests.test_cli import cli, err, password_file
 
 
 async def general_id(h: Harness, who: Account) -> str:
@@ -395,3 +399,68 @@ async def _no_update(ws: WS) -> None:
     """The removed member gets no conversation_updated (its access ended)."""
     await ws.assert_quiet()
     assert all(e["type"] != "conversation_updated" for e in ws.events)
+
+
+# ---------------------------------------------------------------- general for every way in
+
+
+async def test_a_user_added_by_the_cli_beside_the_running_server_is_in_general(
+    tmp_path: Path,
+) -> None:
+    data = tmp_path / "data"
+    with trio.fail_after(40):
+        async with harness(make_config(data)) as h:
+            bob = await h.account("bob")
+            cid = await general_id(h, bob)
+            # General's actor is live, with the members it knew at its start.
+            assert (await post(h, bob, cid)).status_code == 201
+            added = await cli(
+                "user", "add", "ada", "--password-file", password_file(tmp_path), "--data-dir", data
+            )
+            assert added.returncode == 0, err(added)
+            r = await h.http.post(
+                "/v1/auth/login", json={"username": "ada", "password": "correct horse"}
+            )
+            assert r.status_code == 200, r.text
+            ada = Account(r.json()["user"]["id"], "ada", r.json()["token"])
+            r = await post(h, ada, cid, "hi from the cli")
+            assert r.status_code == 201, r.text
+            # One who left general stays out, whatever their next login does.
+            r = await h.http.delete(
+                f"/v1/conversations/{cid}/members/{ada.id}", headers=h.auth(ada)
+            )
+            assert r.status_code == 204
+            r = await h.http.post(
+                "/v1/auth/login", json={"username": "ada", "password": "correct horse"}
+            )
+            assert r.status_code == 200
+            assert_error(await post(h, ada, cid), 403, "forbidden")
+
+
+async def test_clerk_users_join_general_on_their_first_token_and_by_webhook(
+    tmp_path: Path,
+) -> None:
+    with trio.fail_after(40):
+        async with webhook_server(tmp_path) as h:
+            first = {"Authorization": f"Bearer {token(sub='user_first')}"}
+            r = await h.http.get("/v1/channels", params={"q": "general"}, headers=first)
+            assert r.status_code == 200, r.text
+            (general,) = r.json()["channels"]
+            assert general["member_ids"] == ["user_first"] and general["last_seq"] == 0
+            cid = general["id"]
+            r = await h.http.post(
+                f"/v1/conversations/{cid}/messages",
+                json={"client_id": "x1", "body": "first"},
+                headers=first,
+            )
+            assert r.status_code == 201, r.text
+            # Created by webhook while general's actor runs: it may post at once.
+            r = await post_webhook(h, *signed(user_event("user.created")))
+            assert r.status_code == 200, r.text
+            created = {"Authorization": f"Bearer {token()}"}
+            r = await h.http.post(
+                f"/v1/conversations/{cid}/messages",
+                json={"client_id": "x2", "body": "second"},
+                headers=created,
+            )
+            assert r.status_code == 201, r.text

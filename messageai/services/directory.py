@@ -254,13 +254,17 @@ class Directory:
         return user, token
 
     async def joined_auto_channels(self, user_id: str) -> None:
-        """Tell the live actors of the `auto_join` channels (`general`) that a user made
-        just now joined them (`store.directory.insert_user` did, in its transaction).
-        A busy actor that does not answer in time still applies it when it gets to
-        it, so the timeout is logged, not raised: the user exists already."""
+        """Tell the live actors of the `auto_join` channels (`general`) that the user is
+        a member: made just now (`store.directory.insert_user` joined them in its
+        transaction), or signing in after `messageai user add` made them in another
+        process, which no actor heard of. Only where the directory says they are a
+        member (one who left stays out). A busy actor that does not answer in time
+        still applies it when it gets to it, so the timeout is logged, not raised."""
         if self.on_members_added is None:
             return
         for conversation_id in sql.auto_join_ids(self._reader):
+            if not sql.is_member(self._reader, conversation_id, user_id):
+                continue
             try:
                 await self.on_members_added(conversation_id, (user_id,))
             except Unavailable:
@@ -301,6 +305,10 @@ class Directory:
         self._throttle.succeeded(username)
         token = passwords.new_token()
         await self.write(self._insert_token, token, user.id)
+        # A user made by `messageai user add` beside the running server joined
+        # `general` in that process: a live actor of it learns of them here, before
+        # their first request (a no-op for a member it knows).
+        await self.joined_auto_channels(user.id)
         return user, token
 
     def _verify(self, password: str, stored: str | None) -> bool:
