@@ -59,6 +59,9 @@ class Conversation:
     unread_count: int
     # v1.1: a group's or channel's topic (None: none set; always None for a direct one).
     topic: str | None = None
+    # Extension (v1.1): when each member joined (ms), so that a client counting "read by
+    # N of M" counts for each message only the members who were there when it came.
+    members_joined_at: dict[str, int] = attrs.Factory(dict)
 
 
 @attrs.frozen

@@ -464,3 +464,26 @@ async def test_clerk_users_join_general_on_their_first_token_and_by_webhook(
                 headers=created,
             )
             assert r.status_code == 201, r.text
+
+
+# ---------------------------------------------------------------- members_joined_at (extension)
+
+
+async def test_conversations_say_when_each_member_joined(h: Harness) -> None:
+    ada, bob, cyd = await h.account("ada"), await h.account("bob"), await h.account("cyd")
+    gid = await h.group(ada, bob)
+    before = (await post(h, ada, gid, "before cyd")).json()
+    await trio.sleep(0.01)  # a later millisecond than that message, for the comparison
+    r = await h.http.post(
+        f"/v1/conversations/{gid}/members", json={"user_ids": [cyd.id]}, headers=h.auth(ada)
+    )
+    joined = r.json()["members_joined_at"]
+    # In joining order, as member_ids (founders, who joined at once, by id).
+    assert list(joined) == r.json()["member_ids"] == [*sorted([ada.id, bob.id]), cyd.id]
+    created = r.json()["created_at"]
+    assert joined[ada.id] == joined[bob.id] == created
+    after = (await post(h, ada, gid, "after cyd")).json()
+    # "read by N of M": cyd counts for the second message only.
+    assert before["created_at"] < joined[cyd.id] <= after["created_at"]
+    r = await h.http.get(f"/v1/conversations/{gid}", headers=h.auth(cyd))
+    assert r.json()["members_joined_at"] == joined

@@ -92,6 +92,7 @@ CONVERSATION_KEYS = {
     "last_message",
     "unread_count",
     "topic",
+    "members_joined_at",
 }
 
 

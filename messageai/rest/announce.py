@@ -37,32 +37,36 @@ class Announcer:
     async def view(self, record: ConversationRecord, user: User) -> Conversation:
         """The conversation as the member `user` sees it (their `unread_count`)."""
         summary = await self._registry.call(record.id, user.id, Summary())
+        joined = self._directory.members_joined_at(record.id)
         return Conversation(
             id=record.id,
             kind=record.kind,
             title=record.title,
-            member_ids=self._directory.member_ids(record.id),
+            member_ids=list(joined),
             created_at=record.created_at,
             last_seq=summary.last_seq,
             last_message=summary.last_message,
             unread_count=summary.unread_count,
             topic=record.topic,
+            members_joined_at=joined,
         )
 
     def directory_view(self, record: ConversationRecord) -> Conversation:
         """The conversation for someone who is not a member (a channel they may join):
         its title, topic and members, none of its messages (`last_seq` 0,
         `last_message` null, `unread_count` 0): those are for members."""
+        joined = self._directory.members_joined_at(record.id)
         return Conversation(
             id=record.id,
             kind=record.kind,
             title=record.title,
-            member_ids=self._directory.member_ids(record.id),
+            member_ids=list(joined),
             created_at=record.created_at,
             last_seq=0,
             last_message=None,
             unread_count=0,
             topic=record.topic,
+            members_joined_at=joined,
         )
 
     async def added(self, record: ConversationRecord, user_ids: list[str]) -> None:

@@ -437,6 +437,9 @@ class Directory:
     def member_ids(self, conversation_id: str) -> list[str]:
         return sql.member_ids(self._reader, conversation_id)
 
+    def members_joined_at(self, conversation_id: str) -> dict[str, int]:
+        return sql.members_joined_at(self._reader, conversation_id)
+
     def is_member(self, conversation_id: str, user_id: str) -> bool:
         """One primary-key lookup, whatever the group's size."""
         return sql.is_member(self._reader, conversation_id, user_id)

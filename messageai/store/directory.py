@@ -523,6 +523,18 @@ def member_ids(conn: apsw.Connection, conversation_id: str) -> list[str]:
     ]
 
 
+def members_joined_at(conn: apsw.Connection, conversation_id: str) -> dict[str, int]:
+    """Each member's id and when they joined (ms), in joining order (as `member_ids`)."""
+    return {
+        row[0]: row[1]
+        for row in conn.execute(
+            "SELECT user_id, joined_at FROM memberships WHERE conversation_id = ?"
+            " ORDER BY joined_at, user_id",
+            (conversation_id,),
+        )
+    }
+
+
 def is_member(conn: apsw.Connection, conversation_id: str, user_id: str) -> bool:
     return (
         conn.execute(
