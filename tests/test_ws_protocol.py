@@ -20,12 +20,15 @@ async def _pair(h: Harness) -> tuple[Account, Account, str]:
     return ada, bob, await h.direct(ada, bob)
 
 
-async def test_ping_answers_pong_with_req(h: Harness) -> None:
+async def test_ping_answers_pong_with_req_and_nothing_without(h: Harness) -> None:
     ada = await h.account()
     async with h.ws(ada) as ws:
         assert await ws.request("ping") == {"type": "pong", "req": 1}
+        # PROTOCOL.md: a frame without `req` gets a response only on error. The next
+        # frame to arrive is the answer to the second ping, not one to the first.
         await ws.send({"type": "ping"})
-        assert await ws.recv() == {"type": "pong"}
+        await ws.send({"type": "ping", "req": "second"})
+        assert await ws.recv() == {"type": "pong", "req": "second"}
 
 
 async def test_subscribe_reports_last_seq_cursors_and_online(h: Harness) -> None:
@@ -105,7 +108,13 @@ async def test_get_history_limit_above_200_is_clamped(h: Harness) -> None:
         # Pipelined sends: one group commit per batch keeps this quick.
         for i in range(205):
             await a.send(
-                {"type": "send_message", "conversation_id": cid, "client_id": f"k{i}", "body": "x"}
+                {
+                    "type": "send_message",
+                    "conversation_id": cid,
+                    "client_id": f"k{i}",
+                    "body": "x",
+                    "req": i,
+                }
             )
         for _ in range(205):
             assert (await a.recv())["type"] == "ack"
