@@ -378,3 +378,28 @@ async def test_new_conversation_is_announced_to_members_live_connections(h: Harn
         assert r.status_code == 200
         added = await b.next_event("conversation_added")
         assert added["conversation"]["id"] == group and added["conversation"]["unread_count"] == 1
+
+
+async def test_frames_without_req_are_carried_out_but_answered_only_on_error(h: Harness) -> None:
+    ada, bob, cid = await _pair(h)
+    async with h.ws(ada) as a, h.ws(bob) as b:
+        await b.request("subscribe", conversation_id=cid)
+        await a.send({"type": "subscribe", "conversation_id": cid})
+        await a.send(
+            {"type": "send_message", "conversation_id": cid, "client_id": "n", "body": "x"}
+        )
+        await a.send({"type": "mark_read", "conversation_id": cid, "seq": 1})
+        await a.send(
+            {"type": "send_message", "conversation_id": "c_nope", "client_id": "e", "body": "x"}
+        )
+        # The only answer before the pong is the error of the frame that failed.
+        await a.send({"type": "ping", "req": "after"})
+        assert (await a.recv())["type"] == "error"
+        assert await a.recv() == {"type": "pong", "req": "after"}
+        # The send was stored and delivered, the subscription and the cursor took effect.
+        delivered = await b.next_event("new_message")
+        assert delivered["message"]["client_id"] == "n"
+        await b.send_message(cid, "to ada")
+        assert (await a.next_event("new_message"))["message"]["body"] == "to ada"
+        sub = await b.request("subscribe", conversation_id=cid)
+        assert sub["read_cursors"][ada.id] == 1
