@@ -237,7 +237,8 @@ class Session:
             self.push_frame(Error(code=exc.code, message=exc.message, req=exc.req))
             return
         if isinstance(frame, Ping):
-            self.push_frame(Pong(req=req))
+            if req is not None:  # without `req`, only errors are answered
+                self.push_frame(Pong(req=req))
             return
         if isinstance(frame, SendMessage):
             wait = self._guard.take(self.user_id)
