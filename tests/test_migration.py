@@ -97,3 +97,45 @@ def test_migrating_the_release_1_file_keeps_every_message_and_cursor(tmp_path: P
         1 for seq in range(13, 41) if (seq - 1) % 3 == 2
     )
     conn.close()
+
+
+def test_migrated_file_has_rev_equal_to_seq_and_takes_new_writes(tmp_path: Path) -> None:
+    from messageai.model import Message
+    from messageai.sqlite import transaction
+
+    conn = open_db(_copy(tmp_path), "NORMAL")
+    migrate(conn, sql.MIGRATIONS)
+    messages, _ = sql.history(conn, "c_1", after_seq=0, before_seq=None, limit=200)
+    assert all(m.rev == m.seq for m in messages)
+    assert all(
+        (m.reply_to, m.mentions, m.edited_at, m.deleted_at, m.reactions)
+        == (None, [], None, None, {})
+        for m in messages
+    )
+    assert sql.last_rev(conn) == 40
+    # Catch-up by rev over the old messages is catch-up by seq.
+    page, more = sql.changes(conn, "c_1", 35, 100)
+    assert [m.seq for m in page] == [36, 37, 38, 39, 40] and not more
+    with transaction(conn):
+        new = Message(
+            id="m_new",
+            conversation_id="c_1",
+            seq=41,
+            sender_id=USERS["ada"],
+            client_id="after-migration",
+            body="new",
+            attachments=[],
+            created_at=1,
+            reply_to=40,
+            mentions=[USERS["bob"]],
+        )
+        assert sql.insert_message(conn, new) is None
+        sql.edit(conn, 2, "message 1 from bob: héllo ✓", "fixed", 2, 42)
+        sql.add_reaction(conn, 4, ":+1:", USERS["cyd"], 43)
+    assert sql.last_rev(conn) == 43
+    page, _ = sql.changes(conn, "c_1", 40, 100)
+    assert [(m.seq, m.rev) for m in page] == [(41, 41), (2, 42), (4, 43)]
+    assert page[0].mentions == [USERS["bob"]] and page[0].reply_to == 40
+    assert page[1].body == "fixed" and sql.edits(conn, 2) == [("message 1 from bob: héllo ✓", 2)]
+    assert page[2].reactions == {":+1:": [USERS["cyd"]]} and page[2].attachments == MEDIA[4]
+    conn.close()
