@@ -334,7 +334,9 @@ class ConversationActor:
                     if op.mentions:
                         outsider = next((m for m in op.mentions if m not in members), None)
                         if outsider is not None:
-                            raise BadRequest(f"mentions: {outsider!r} is not a member here")
+                            command.refusal = BadRequest(
+                                f"mentions: {outsider!r} is not a member here"
+                            )
                     if op.attachments:
                         # Only messages with attachments pay for this: a few indexed reads.
                         refused = (
@@ -411,9 +413,14 @@ class ConversationActor:
         for command in batch:
             op = command.op
             if isinstance(op, SendMessage):
-                if op.reply_to is not None and not sql.is_live(conn, op.reply_to):
+                error = command.refusal
+                if error is None and op.reply_to is not None and not sql.is_live(conn, op.reply_to):
                     error = BadRequest("reply_to: no message with this seq, or it was deleted")
-                    results.append(Refused(error))
+                if error is not None:
+                    # Idempotency first: a resend of a stored message gets its original
+                    # ack even if what it replied to or mentioned has gone since.
+                    original = sql.find_by_client_id(conn, self.id, command.user_id, op.client_id)
+                    results.append(Refused(error) if original is None else Duplicate(original))
                     continue
                 message = Message(
                     id=new_id("m_"),
