@@ -78,8 +78,17 @@ class Ping:
     pass
 
 
+# search: PROTOCOL.md v1.1 "Search"; the field rules are services/search.py's.
+@attrs.frozen
+class Search:
+    q: str
+    conversation_id: str | None = None
+    limit: int | None = None
+    mode: str | None = None
+
+
 ClientFrame: TypeAlias = (
-    Subscribe | Unsubscribe | SendMessage | GetHistory | MarkRead | Typing | Ping
+    Subscribe | Unsubscribe | SendMessage | GetHistory | MarkRead | Typing | Ping | Search
 )
 
 CLIENT_FRAMES: dict[str, type[ClientFrame]] = {
@@ -90,6 +99,7 @@ CLIENT_FRAMES: dict[str, type[ClientFrame]] = {
     "mark_read": MarkRead,
     "typing": Typing,
     "ping": Ping,
+    "search": Search,
 }
 
 
@@ -182,7 +192,7 @@ def frame_from_object(obj: dict[str, Any]) -> tuple[Req, ClientFrame]:
 
 
 def _check_ranges(frame: ClientFrame) -> None:
-    if isinstance(frame, Ping):
+    if isinstance(frame, (Ping, Search)):
         return
     _check_id("conversation_id", frame.conversation_id)
     if isinstance(frame, SendMessage):
@@ -313,6 +323,27 @@ class Error:
     req: Req = None
 
 
+# search: one hit of `search_results` (PROTOCOL.md v1.1 "Search").
+@attrs.frozen
+class SearchResult:
+    conversation_id: str
+    message: Message
+    snippet: str
+    highlights: list[list[int]]
+    score: float
+
+
+@attrs.frozen
+class SearchResults:
+    mode: str
+    results: list[SearchResult]
+    indexing: bool
+    # Extension: some of the caller's conversations were not searched (more than
+    # `search.max_files_per_query` files to open). Left out when False.
+    truncated: bool = False
+    req: Req = None
+
+
 ServerFrame: TypeAlias = (
     Subscribed
     | Ok
@@ -326,6 +357,7 @@ ServerFrame: TypeAlias = (
     | Unsubscribed
     | Error
     | ConversationAdded
+    | SearchResults
 )
 
 
@@ -342,6 +374,7 @@ SERVER_FRAMES: dict[type, str] = {
     Unsubscribed: "unsubscribed",
     Error: "error",
     ConversationAdded: "conversation_added",
+    SearchResults: "search_results",
 }
 
 
@@ -363,6 +396,22 @@ def _register_server_frame(cls: type, tag: str) -> None:
 
 for _cls, _tag in SERVER_FRAMES.items():
     _register_server_frame(_cls, _tag)
+
+
+def _register_search_results() -> None:
+    # search: also leaves out `truncated` when False (an extension, rarely set).
+    fn: Callable[[Any], dict[str, Any]] = make_dict_unstructure_fn(
+        SearchResults,
+        converter,
+        req=override(omit_if_default=True),
+        truncated=override(omit_if_default=True),
+    )
+    converter.register_unstructure_hook(
+        SearchResults, lambda frame: {"type": "search_results", **fn(frame)}
+    )
+
+
+_register_search_results()
 
 
 def _message_dict(m: Message) -> dict[str, Any]:

@@ -14,6 +14,7 @@ import orjson
 
 from messageai.model import Message
 from messageai.sqlite import Migration
+from messageai.store import search
 
 
 def _v1(conn: apsw.Connection) -> None:
@@ -43,7 +44,8 @@ def _v2_sender_seq_index(conn: apsw.Connection) -> None:
     conn.execute("CREATE INDEX messages_sender_seq ON messages(sender_id, seq)")
 
 
-MIGRATIONS: list[Migration] = [_v1, _v2_sender_seq_index]
+# search: the FTS5 index and its watermark (store/search.py); merge with "changes" after theirs.
+MIGRATIONS: list[Migration] = [_v1, _v2_sender_seq_index, search.MIGRATIONS_STEP]
 
 _COLUMNS = "seq, id, sender_id, client_id, body, attachments, created_at"
 # The one insert statement of a message, for the actor (`insert_message`) and the
@@ -101,6 +103,7 @@ def insert_message(conn: apsw.Connection, message: Message) -> Message | None:
     """
     conn.execute(_INSERT, _row(message))
     if conn.changes():
+        search.index_new(conn, message.seq, message.body)  # search: same transaction
         return None
     original = find_by_client_id(
         conn, message.conversation_id, message.sender_id, message.client_id
@@ -115,7 +118,10 @@ def bulk_insert(conn: apsw.Connection, messages: Iterable[Message]) -> None:
     For the bench, which fills a stopped server's conversation file; a message whose
     (sender, client_id) is already stored is skipped, as `insert_message` skips it.
     """
-    conn.executemany(_INSERT, (_row(m) for m in messages))
+    for message in messages:
+        conn.execute(_INSERT, _row(message))
+        if conn.changes():
+            search.index_new(conn, message.seq, message.body)  # search: as insert_message
 
 
 def find_by_client_id(
@@ -126,6 +132,15 @@ def find_by_client_id(
         (sender_id, client_id),
     ).fetchone()
     return _message(conversation_id, row) if row is not None else None
+
+
+def messages_by_seq(
+    conn: apsw.Connection, conversation_id: str, seqs: list[int]
+) -> dict[int, Message]:
+    """The messages of these seqs that exist, by seq (for search's results)."""
+    marks = ",".join("?" * len(seqs))
+    rows = conn.execute(f"SELECT {_COLUMNS} FROM messages WHERE seq IN ({marks})", seqs)
+    return {message.seq: message for message in (_message(conversation_id, r) for r in rows)}
 
 
 def latest_message(conn: apsw.Connection, conversation_id: str) -> Message | None:
