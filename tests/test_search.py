@@ -361,3 +361,40 @@ def test_replace_below_the_watermark_is_left_to_the_filler(tmp_path: Path) -> No
         assert archived == 8
     finally:
         conn.close()
+
+
+# ---------------------------------------------------------------- changes
+
+
+async def test_tombstones_and_earlier_bodies_are_never_found_nor_left_in_the_file(
+    h: Harness,
+) -> None:
+    a, b, cid = await pair(h)
+    async with h.ws(a) as ws:
+        await ws.send_message(cid, "wombatlive stays here")
+        sent = await ws.send_message(cid, "quokkamarmalade first words")
+        seq = sent["message"]["seq"]
+        assert await found(h, b, "quokkamarmalade") == ["quokkamarmalade first words"]
+        r = await ws.request("edit_message", conversation_id=cid, seq=seq, body="xylophonejuggler")
+        assert r["type"] == "updated"
+        # Found by its new body only, as soon as `updated` has been sent.
+        assert await found(h, b, "quokkamarmalade") == []
+        assert await found(h, b, "xylophonejuggler") == ["xylophonejuggler"]
+        r = await ws.request("delete_message", conversation_id=cid, seq=seq)
+        assert r["type"] == "updated" and r["message"]["body"] == ""
+        assert await found(h, b, "xylophonejuggler") == []
+        assert await found(h, b, "quokkamarmalade") == []
+        assert await found(h, b, "wombatlive") == ["wombatlive stays here"]
+    # Their tokens (as the index stores them: lower case, stemmed) are gone from the
+    # file's bytes and its WAL after a checkpoint; a live message's are there.
+    path = conversation_path(h.server.config.data_dir, cid)
+    conn = open_db(path, "NORMAL")
+    try:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        conn.close()
+    wal = path.with_name(path.name + "-wal")
+    blob = path.read_bytes() + (wal.read_bytes() if wal.exists() else b"")
+    assert b"wombatl" in blob
+    assert b"quokkamarmal" not in blob
+    assert b"xylophonejuggl" not in blob
