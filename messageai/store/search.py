@@ -82,6 +82,16 @@ def index_replace(conn: apsw.Connection, seq: int, old_body: str, new_body: str)
     conn.execute("INSERT INTO messages_fts(rowid, body) VALUES (?, ?)", (seq, new_body))
 
 
+def forget_index(conn: apsw.Connection) -> None:
+    """Empty the index and put every message below the watermark: the state of a file
+    written before the index existed, for the filler to index again (the bench times
+    it; call inside a write transaction)."""
+    conn.execute("INSERT INTO messages_fts(messages_fts) VALUES ('delete-all')")
+    conn.execute(
+        "UPDATE search_meta SET unindexed_upto = (SELECT coalesce(max(seq), 0) FROM messages)"
+    )
+
+
 def unindexed_upto(conn: apsw.Connection) -> int:
     """The watermark: messages with seq <= this are not indexed yet (0: none lag)."""
     value = conn.execute("SELECT unindexed_upto FROM search_meta").get
