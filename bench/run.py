@@ -889,7 +889,7 @@ class Bench:
             ]
             for key, label in [
                 ("one", f"one conversation of {se['single_messages']:,}"),
-                ("all", f"{se['conversations'] + 1} conversations"),
+                ("all", f"{se['conversations']} conversations of {se['many_messages']:,} in all"),
             ]:
                 f = se[key]
                 lines.append(

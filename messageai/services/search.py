@@ -8,12 +8,15 @@ commit whose ack has been sent) in this service's own worker threads, at most
 `search.threads` at once, at most `search.max_concurrent_queries` queries at once. Idle
 read connections stay open in a bounded LRU (`search.max_open_readers`).
 
-Ranking: each file ranks its matches with FTS5's bm25, whose idf depends on that file's
-own statistics (a word in every message of a small conversation weighs little there,
-and much in a big one where it is rare). To merge, each file's bm25 is rescaled to the
-idf the query's words have over ALL the searched conversations together:
-score = bm25_file x sum(idf_all) / sum(idf_file), exact for one-word queries. One
-conversation's jargon then ranks as it does across the caller's whole history.
+Ranking: one Okapi BM25 score for every candidate of an answer, comparable across
+files because it uses no file's own statistics: the words' idf is taken over ALL the
+searched conversations together (per-file bm25 would weigh a word that fills one small
+conversation near zero there and high in a big one where it is rare, and the merge
+would follow file sizes), and lengths are normalised by the mean length of the answer's
+candidates. Each word counts once per message (nearly always so in chat); every match
+has every word (AND), so within one file the order is: shortest first among its newest
+`store.search.RANK_WINDOW` matches, newest first among equals. Word counts per file
+are exact up to `store.search.COUNT_EXACT` matches, estimated beyond.
 
 Modes: `keyword` only for now. The server computes no embeddings: `semantic` is
 `unavailable`, and `hybrid` (both, merged) answers its keyword half, with `"mode":
@@ -60,7 +63,7 @@ class _FileRanking:
     lags: bool
     docs: int
     counts: list[float]
-    ranked: list[tuple[int, float]]
+    ranked: list[tuple[int, int]]  # (seq, body length)
 
 
 def check_request(q: object, limit: object, mode: object) -> tuple[str, int, str]:
@@ -184,18 +187,25 @@ class Search:
         if query.match is None or not ids:
             lags = await self._gather(ids, query, 0) if ids else []
             return self._answer([], lags, truncated)
-        rankings = await self._gather(ids, query, limit)
-        # One idf per word over every searched file, against each file's own.
-        docs = sum(r.docs for r in rankings)
-        totals = [sum(r.counts[i] for r in rankings if r.counts) for i in range(len(query.groups))]
-        global_idf = sum(sql.idf(docs, n) for n in totals)
-        scored: list[tuple[float, str, int]] = []
-        for r in rankings:
-            local_idf = sum(sql.idf(r.docs, n) for n in r.counts) or 1.0
-            factor = global_idf / local_idf
-            scored.extend(
-                (relevance * factor, r.conversation_id, seq) for seq, relevance in r.ranked
-            )
+        # Across files, the words' idf over every searched file together (one file:
+        # a constant factor, not worth counting the words for).
+        counting = len(ids) > 1
+        rankings = await self._gather(ids, query, limit, counting)
+        if counting:
+            docs = sum(r.docs for r in rankings)
+            totals = [
+                sum(r.counts[i] for r in rankings if r.counts) for i in range(len(query.groups))
+            ]
+            idf_sum = sum(sql.idf(docs, n) for n in totals)
+        else:
+            idf_sum = 1.0
+        lengths = [length for r in rankings for _, length in r.ranked]
+        mean = sum(lengths) / len(lengths) if lengths else 1.0
+        scored = [
+            (sql.bm25(idf_sum, length, mean), r.conversation_id, seq)
+            for r in rankings
+            for seq, length in r.ranked
+        ]
         scored.sort(key=lambda item: (-item[0], item[1], -item[2]))
         best = scored[: limit * 2]  # spares for any that changed since they were ranked
         results = await self._results(best, query, limit)
@@ -227,14 +237,17 @@ class Search:
         keep = set(recent[:cap])
         return [i for i in ids if i in keep or self._readers.is_open(i)], True
 
-    async def _gather(self, ids: list[str], query: sql.Query, limit: int) -> list[_FileRanking]:
-        """Rank `query` in every file of `ids`, in at most `search.threads` jobs."""
+    async def _gather(
+        self, ids: list[str], query: sql.Query, limit: int, counting: bool = False
+    ) -> list[_FileRanking]:
+        """Rank `query` in every file of `ids`, in at most `search.threads` jobs (and
+        count its words there if `counting`)."""
         jobs = min(self._config.search.threads, len(ids))
         slices = [ids[i::jobs] for i in range(jobs)]
         out: list[_FileRanking] = []
 
         async def run(part: list[str]) -> None:
-            out.extend(await self._pool.run(self._rank_files, part, query, limit))
+            out.extend(await self._pool.run(self._rank_files, part, query, limit, counting))
 
         async with trio.open_nursery() as nursery:
             for part in slices:
@@ -274,7 +287,9 @@ class Search:
             return None
         return conn, sql.conversation_tokenizer(conn)
 
-    def _rank_files(self, ids: list[str], query: sql.Query, limit: int) -> list[_FileRanking]:
+    def _rank_files(
+        self, ids: list[str], query: sql.Query, limit: int, counting: bool
+    ) -> list[_FileRanking]:
         out = []
         for conversation_id in ids:
             reader = self._reader(conversation_id)
@@ -288,8 +303,9 @@ class Search:
                     indexed = sql.has_index(conn)
                     lags = not indexed or sql.unindexed_upto(conn) > 0
                     if indexed and limit:
-                        docs, counts = sql.statistics(conn, query)
                         ranked = sql.ranked(conn, query, limit)
+                        if counting and ranked:
+                            docs, counts = sql.statistics(conn, query)
             except BaseException:
                 conn.close()
                 raise
@@ -305,29 +321,30 @@ class Search:
             return []
         conn, tokenizer = reader
         try:
-            seqs = [seq for _, seq in wanted]
-            # One read transaction: the bodies are the ones that matched.
-            with conn:
-                still = sql.still_matching(conn, query, seqs)
-                messages = messages_sql.messages_by_seq(conn, conversation_id, sorted(still))
+            messages = messages_sql.messages_by_seq(
+                conversation_id=conversation_id, conn=conn, seqs=sorted(s for _, s in wanted)
+            )
+            results = []
+            for score, seq in wanted:
+                message = messages.get(seq)
+                # A body that no longer matches (edited or deleted since it was ranked)
+                # is not found: only the current body counts.
+                made = sql.make_snippet(tokenizer, message.body, query) if message else None
+                if message is None or made is None:
+                    continue
+                snippet, spans = made
+                results.append(
+                    SearchResult(
+                        conversation_id=conversation_id,
+                        message=message,
+                        snippet=snippet,
+                        highlights=[[s, e] for s, e in spans],
+                        score=round(score, 6),
+                    )
+                )
         except BaseException:
             conn.close()
             raise
-        results = []
-        for score, seq in wanted:
-            message = messages.get(seq)
-            if message is None or not message.body:
-                continue
-            snippet, spans = sql.make_snippet(tokenizer, message.body, query.terms)
-            results.append(
-                SearchResult(
-                    conversation_id=conversation_id,
-                    message=message,
-                    snippet=snippet,
-                    highlights=[[s, e] for s, e in spans],
-                    score=round(score, 6),
-                )
-            )
         self._readers.give_back(conversation_id, reader)
         return results
 
