@@ -86,25 +86,36 @@ def check_request(q: object, limit: object, mode: object) -> tuple[str, int, str
     return text, min(limit, MAX_LIMIT), mode
 
 
+class _Reader:
+    """A read-only connection to one file and its tokenizer. `complete` once the
+    file's index was seen filled: it stays so (the watermark only goes down), and the
+    check is skipped from then on."""
+
+    __slots__ = ("complete", "conn", "tokenizer")
+
+    def __init__(self, conn: apsw.Connection) -> None:
+        self.conn = conn
+        self.tokenizer = sql.conversation_tokenizer(conn)
+        self.complete = False
+
+
 class _Readers:
     """Idle read-only connections by conversation, least recently used first; a
     connection is taken out while a worker uses it, so no two threads share one."""
 
     def __init__(self, size: int) -> None:
         self._size = size
-        self._idle: OrderedDict[str, tuple[apsw.Connection, apsw.FTS5Tokenizer]] = OrderedDict()
+        self._idle: OrderedDict[str, _Reader] = OrderedDict()
         self._lock = threading.Lock()
 
     def is_open(self, conversation_id: str) -> bool:
         return conversation_id in self._idle
 
-    def take(self, conversation_id: str) -> tuple[apsw.Connection, apsw.FTS5Tokenizer] | None:
+    def take(self, conversation_id: str) -> _Reader | None:
         with self._lock:
             return self._idle.pop(conversation_id, None)
 
-    def give_back(
-        self, conversation_id: str, reader: tuple[apsw.Connection, apsw.FTS5Tokenizer]
-    ) -> None:
+    def give_back(self, conversation_id: str, reader: _Reader) -> None:
         evicted = []
         with self._lock:
             if conversation_id in self._idle:
@@ -113,14 +124,14 @@ class _Readers:
                 self._idle[conversation_id] = reader
             while len(self._idle) > self._size:
                 evicted.append(self._idle.popitem(last=False)[1])
-        for conn, _ in evicted:
-            conn.close()
+        for old in evicted:
+            old.conn.close()
 
     def close(self) -> None:
         with self._lock:
             idle, self._idle = self._idle, OrderedDict()
-        for conn, _ in idle.values():
-            conn.close()
+        for old in idle.values():
+            old.conn.close()
 
 
 class Search:
@@ -187,27 +198,13 @@ class Search:
         if query.match is None or not ids:
             lags = await self._gather(ids, query, 0) if ids else []
             return self._answer([], lags, truncated)
-        # Across files, the words' idf over every searched file together (one file:
-        # a constant factor, not worth counting the words for).
-        counting = len(ids) > 1
-        rankings = await self._gather(ids, query, limit, counting)
-        if counting:
-            docs = sum(r.docs for r in rankings)
-            totals = [
-                sum(r.counts[i] for r in rankings if r.counts) for i in range(len(query.groups))
-            ]
-            idf_sum = sum(sql.idf(docs, n) for n in totals)
-        else:
-            idf_sum = 1.0
-        lengths = [length for r in rankings for _, length in r.ranked]
-        mean = sum(lengths) / len(lengths) if lengths else 1.0
-        scored = [
-            (sql.bm25(idf_sum, length, mean), r.conversation_id, seq)
-            for r in rankings
-            for seq, length in r.ranked
-        ]
-        scored.sort(key=lambda item: (-item[0], item[1], -item[2]))
-        best = scored[: limit * 2]  # spares for any that changed since they were ranked
+        if len(ids) == 1:
+            # One file: ranking, scores and snippets in one job (no merge to wait for).
+            (conversation_id,) = ids
+            ranking, results = await self._pool.run(self._search_one, conversation_id, query, limit)
+            return self._answer(results, [ranking], truncated)
+        rankings = await self._gather(ids, query, limit, counting=True)
+        best = _scored(rankings, query, limit, counting=True)
         results = await self._results(best, query, limit)
         return self._answer(results, rankings, truncated)
 
@@ -273,7 +270,7 @@ class Search:
 
     # ------------------------------------------------------------ worker threads
 
-    def _reader(self, conversation_id: str) -> tuple[apsw.Connection, apsw.FTS5Tokenizer] | None:
+    def _reader(self, conversation_id: str) -> _Reader | None:
         reader = self._readers.take(conversation_id)
         if reader is not None:
             return reader
@@ -282,10 +279,9 @@ class Search:
             return None  # no message was ever stored there
         apply_best_practice()
         try:
-            conn = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READONLY)
+            return _Reader(apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READONLY))
         except apsw.CantOpenError:
             return None
-        return conn, sql.conversation_tokenizer(conn)
 
     def _rank_files(
         self, ids: list[str], query: sql.Query, limit: int, counting: bool
@@ -296,22 +292,29 @@ class Search:
             if reader is None:
                 out.append(_FileRanking(conversation_id, False, False, 0, [], []))
                 continue
-            conn = reader[0]
             try:
-                docs, counts, ranked = 0, [0.0] * len(query.groups), []
-                with conn:  # one read transaction: the statistics are the ranking's
-                    indexed = sql.has_index(conn)
-                    lags = not indexed or sql.unindexed_upto(conn) > 0
-                    if indexed and limit:
-                        ranked = sql.ranked(conn, query, limit)
-                        if counting and ranked:
-                            docs, counts = sql.statistics(conn, query)
+                out.append(_rank(reader, conversation_id, query, limit, counting))
             except BaseException:
-                conn.close()
+                reader.conn.close()
                 raise
             self._readers.give_back(conversation_id, reader)
-            out.append(_FileRanking(conversation_id, True, lags, docs, counts, ranked))
         return out
+
+    def _search_one(
+        self, conversation_id: str, query: sql.Query, limit: int
+    ) -> tuple[_FileRanking, list[SearchResult]]:
+        reader = self._reader(conversation_id)
+        if reader is None:
+            return _FileRanking(conversation_id, False, False, 0, [], []), []
+        try:
+            ranking = _rank(reader, conversation_id, query, limit, counting=False)
+            best = _scored([ranking], query, limit, counting=False)
+            results = _results_of(reader, conversation_id, [(s, q) for s, _, q in best], query)
+        except BaseException:
+            reader.conn.close()
+            raise
+        self._readers.give_back(conversation_id, reader)
+        return ranking, results[:limit]
 
     def _fetch(
         self, conversation_id: str, wanted: list[tuple[float, int]], query: sql.Query
@@ -319,34 +322,81 @@ class Search:
         reader = self._reader(conversation_id)
         if reader is None:
             return []
-        conn, tokenizer = reader
         try:
-            messages = messages_sql.messages_by_seq(
-                conversation_id=conversation_id, conn=conn, seqs=sorted(s for _, s in wanted)
-            )
-            results = []
-            for score, seq in wanted:
-                message = messages.get(seq)
-                # A body that no longer matches (edited or deleted since it was ranked)
-                # is not found: only the current body counts.
-                made = sql.make_snippet(tokenizer, message.body, query) if message else None
-                if message is None or made is None:
-                    continue
-                snippet, spans = made
-                results.append(
-                    SearchResult(
-                        conversation_id=conversation_id,
-                        message=message,
-                        snippet=snippet,
-                        highlights=[[s, e] for s, e in spans],
-                        score=round(score, 6),
-                    )
-                )
+            results = _results_of(reader, conversation_id, wanted, query)
         except BaseException:
-            conn.close()
+            reader.conn.close()
             raise
         self._readers.give_back(conversation_id, reader)
         return results
+
+
+def _rank(
+    reader: _Reader, conversation_id: str, query: sql.Query, limit: int, counting: bool
+) -> _FileRanking:
+    """One file's candidates (and word counts if `counting`); in a worker thread."""
+    conn = reader.conn
+    lags = False
+    if not reader.complete:
+        indexed = sql.has_index(conn)
+        lags = not indexed or sql.unindexed_upto(conn) > 0
+        reader.complete = not lags
+        if not indexed:
+            return _FileRanking(conversation_id, True, True, 0, [], [])
+    docs, counts, ranked = 0, [0.0] * len(query.groups), []
+    if limit:
+        ranked = sql.ranked(conn, query, limit)
+        if counting and ranked:
+            docs, counts = sql.statistics(conn, query)
+    return _FileRanking(conversation_id, True, lags, docs, counts, ranked)
+
+
+def _scored(
+    rankings: list[_FileRanking], query: sql.Query, limit: int, counting: bool
+) -> list[tuple[float, str, int]]:
+    """Every candidate's score, best first, cut to twice `limit` (spares for any that
+    changed since they were ranked). The idf is the words' over every searched file
+    together (`counting`; for one file it is a constant factor, left at 1)."""
+    idf_sum = 1.0
+    if counting:
+        docs = sum(r.docs for r in rankings)
+        totals = [sum(r.counts[i] for r in rankings if r.counts) for i in range(len(query.groups))]
+        idf_sum = sum(sql.idf(docs, n) for n in totals)
+    lengths = [length for r in rankings for _, length in r.ranked]
+    mean = sum(lengths) / len(lengths) if lengths else 1.0
+    scored = [
+        (sql.bm25(idf_sum, length, mean), r.conversation_id, seq)
+        for r in rankings
+        for seq, length in r.ranked
+    ]
+    scored.sort(key=lambda item: (-item[0], item[1], -item[2]))
+    return scored[: limit * 2]
+
+
+def _results_of(
+    reader: _Reader, conversation_id: str, wanted: list[tuple[float, int]], query: sql.Query
+) -> list[SearchResult]:
+    """The wanted (score, seq) as results, in that order; in a worker thread. A body
+    that no longer matches (edited or deleted since it was ranked) is not found: only
+    the current body counts."""
+    messages = messages_sql.messages_by_seq(reader.conn, conversation_id, [s for _, s in wanted])
+    results = []
+    for score, seq in wanted:
+        message = messages.get(seq)
+        made = sql.make_snippet(reader.tokenizer, message.body, query) if message else None
+        if message is None or made is None:
+            continue
+        snippet, spans = made
+        results.append(
+            SearchResult(
+                conversation_id=conversation_id,
+                message=message,
+                snippet=snippet,
+                highlights=[[s, e] for s, e in spans],
+                score=round(score, 6),
+            )
+        )
+    return results
 
 
 def _by_recent_write(data_dir: Path, ids: list[str]) -> list[str]:
