@@ -230,9 +230,16 @@ def run(
         base = f"http://127.0.0.1:{server.port}"
         qs = queries(rnd, queries_per_case)
         progress(f"{len(qs)} queries in the one conversation")
+        cpu0 = server.cpu()
         one, one_found = measure(base, one_user["token"], qs, single)
+        cpu1 = server.cpu()
         progress(f"{len(qs)} queries across all {conversations} conversations")
         every, every_found = measure(base, all_user["token"], qs, None)
+        cpu2 = server.cpu()
+        # Server CPU per query (all threads; warm-up included): unlike latency, not
+        # changed by other work on the machine.
+        cpu_one = (cpu1 - cpu0) * 1000 / (len(qs) + 10)
+        cpu_all = (cpu2 - cpu1) * 1000 / (len(qs) + 10)
         stop_words = ["the", "you", "and the", "it is"] * 5
         stop, _ = measure(base, one_user["token"], stop_words, single)
     finally:
@@ -246,7 +253,7 @@ def run(
         "seed_many_seconds": seed_many,
         "fill_seconds": fill_seconds,
         "fill_rows_per_s": single_messages / fill_seconds if fill_seconds else None,
-        "one": {**summary(one), "results": one_found},
-        "all": {**summary(every), "results": every_found},
+        "one": {**summary(one), "results": one_found, "cpu_ms_per_query": cpu_one},
+        "all": {**summary(every), "results": every_found, "cpu_ms_per_query": cpu_all},
         "stop_words_one": summary(stop),
     }

@@ -9,14 +9,16 @@ commit whose ack has been sent) in this service's own worker threads, at most
 read connections stay open in a bounded LRU (`search.max_open_readers`).
 
 Ranking: one Okapi BM25 score for every candidate of an answer, comparable across
-files because it uses no file's own statistics: the words' idf is taken over ALL the
-searched conversations together (per-file bm25 would weigh a word that fills one small
-conversation near zero there and high in a big one where it is rare, and the merge
-would follow file sizes), and lengths are normalised by the mean length of the answer's
-candidates. Each word counts once per message (nearly always so in chat); every match
-has every word (AND), so within one file the order is: shortest first among its newest
-`store.search.RANK_WINDOW` matches, newest first among equals. Word counts per file
-are exact up to `store.search.COUNT_EXACT` matches, estimated beyond.
+files because it uses no file's own statistics (per-file bm25 would weigh a word that
+fills one small conversation near zero there and high in a big one where it is rare,
+and the merge would follow file sizes). Every result has every word of the query
+(AND), and each word counts once per message (nearly always so in chat), so with one
+idf over all the searched conversations the idf part is the same for every result of
+an answer and cannot change its order: it is left at 1 per word, and the server
+counts no words at all. What orders results is BM25's length part, normalised by the
+mean length of the answer's candidates: shorter first, newest first among equals,
+each conversation offering its best among its newest `store.search.RANK_WINDOW`
+matches.
 
 Modes: `keyword` only for now. The server computes no embeddings: `semantic` is
 `unavailable`, and `hybrid` (both, merged) answers its keyword half, with `"mode":
@@ -61,8 +63,6 @@ class _FileRanking:
     conversation_id: str
     found: bool  # the file exists
     lags: bool
-    docs: int
-    counts: list[float]
     ranked: list[tuple[int, int]]  # (seq, body length)
 
 
@@ -203,8 +203,8 @@ class Search:
             (conversation_id,) = ids
             ranking, results = await self._pool.run(self._search_one, conversation_id, query, limit)
             return self._answer(results, [ranking], truncated)
-        rankings = await self._gather(ids, query, limit, counting=True)
-        best = _scored(rankings, query, limit, counting=True)
+        rankings = await self._gather(ids, query, limit)
+        best = _scored(rankings, query, limit)
         results = await self._results(best, query, limit)
         return self._answer(results, rankings, truncated)
 
@@ -234,17 +234,14 @@ class Search:
         keep = set(recent[:cap])
         return [i for i in ids if i in keep or self._readers.is_open(i)], True
 
-    async def _gather(
-        self, ids: list[str], query: sql.Query, limit: int, counting: bool = False
-    ) -> list[_FileRanking]:
-        """Rank `query` in every file of `ids`, in at most `search.threads` jobs (and
-        count its words there if `counting`)."""
+    async def _gather(self, ids: list[str], query: sql.Query, limit: int) -> list[_FileRanking]:
+        """Rank `query` in every file of `ids`, in at most `search.threads` jobs."""
         jobs = min(self._config.search.threads, len(ids))
         slices = [ids[i::jobs] for i in range(jobs)]
         out: list[_FileRanking] = []
 
         async def run(part: list[str]) -> None:
-            out.extend(await self._pool.run(self._rank_files, part, query, limit, counting))
+            out.extend(await self._pool.run(self._rank_files, part, query, limit))
 
         async with trio.open_nursery() as nursery:
             for part in slices:
@@ -283,17 +280,15 @@ class Search:
         except apsw.CantOpenError:
             return None
 
-    def _rank_files(
-        self, ids: list[str], query: sql.Query, limit: int, counting: bool
-    ) -> list[_FileRanking]:
+    def _rank_files(self, ids: list[str], query: sql.Query, limit: int) -> list[_FileRanking]:
         out = []
         for conversation_id in ids:
             reader = self._reader(conversation_id)
             if reader is None:
-                out.append(_FileRanking(conversation_id, False, False, 0, [], []))
+                out.append(_FileRanking(conversation_id, False, False, []))
                 continue
             try:
-                out.append(_rank(reader, conversation_id, query, limit, counting))
+                out.append(_rank(reader, conversation_id, query, limit))
             except BaseException:
                 reader.conn.close()
                 raise
@@ -305,10 +300,10 @@ class Search:
     ) -> tuple[_FileRanking, list[SearchResult]]:
         reader = self._reader(conversation_id)
         if reader is None:
-            return _FileRanking(conversation_id, False, False, 0, [], []), []
+            return _FileRanking(conversation_id, False, False, []), []
         try:
-            ranking = _rank(reader, conversation_id, query, limit, counting=False)
-            best = _scored([ranking], query, limit, counting=False)
+            ranking = _rank(reader, conversation_id, query, limit)
+            best = _scored([ranking], query, limit)
             results = _results_of(reader, conversation_id, [(s, q) for s, _, q in best], query)
         except BaseException:
             reader.conn.close()
@@ -331,10 +326,8 @@ class Search:
         return results
 
 
-def _rank(
-    reader: _Reader, conversation_id: str, query: sql.Query, limit: int, counting: bool
-) -> _FileRanking:
-    """One file's candidates (and word counts if `counting`); in a worker thread."""
+def _rank(reader: _Reader, conversation_id: str, query: sql.Query, limit: int) -> _FileRanking:
+    """One file's candidates; in a worker thread."""
     conn = reader.conn
     lags = False
     if not reader.complete:
@@ -342,30 +335,21 @@ def _rank(
         lags = not indexed or sql.unindexed_upto(conn) > 0
         reader.complete = not lags
         if not indexed:
-            return _FileRanking(conversation_id, True, True, 0, [], [])
-    docs, counts, ranked = 0, [0.0] * len(query.groups), []
-    if limit:
-        ranked = sql.ranked(conn, query, limit)
-        if counting and ranked:
-            docs, counts = sql.statistics(conn, query)
-    return _FileRanking(conversation_id, True, lags, docs, counts, ranked)
+            return _FileRanking(conversation_id, True, True, [])
+    ranked = sql.ranked(conn, query, limit) if limit else []
+    return _FileRanking(conversation_id, True, lags, ranked)
 
 
 def _scored(
-    rankings: list[_FileRanking], query: sql.Query, limit: int, counting: bool
+    rankings: list[_FileRanking], query: sql.Query, limit: int
 ) -> list[tuple[float, str, int]]:
-    """Every candidate's score, best first, cut to twice `limit` (spares for any that
-    changed since they were ranked). The idf is the words' over every searched file
-    together (`counting`; for one file it is a constant factor, left at 1)."""
-    idf_sum = 1.0
-    if counting:
-        docs = sum(r.docs for r in rankings)
-        totals = [sum(r.counts[i] for r in rankings if r.counts) for i in range(len(query.groups))]
-        idf_sum = sum(sql.idf(docs, n) for n in totals)
+    """Every candidate's score (see the module), best first, cut to twice `limit`
+    (spares for any that changed since they were ranked)."""
+    words = len(query.groups)
     lengths = [length for r in rankings for _, length in r.ranked]
     mean = sum(lengths) / len(lengths) if lengths else 1.0
     scored = [
-        (sql.bm25(idf_sum, length, mean), r.conversation_id, seq)
+        (sql.bm25(words, length, mean), r.conversation_id, seq)
         for r in rankings
         for seq, length in r.ranked
     ]

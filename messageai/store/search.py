@@ -19,7 +19,6 @@ indexes their current body when it gets there.
 
 from __future__ import annotations
 
-import math
 from typing import cast
 
 import apsw
@@ -34,8 +33,6 @@ ELLIPSIS = "…"
 SNIPPET_LEAD_CHARS = 60
 # The newest matches of a query one file ranks at most (see `ranked`).
 RANK_WINDOW = 500
-# Matches of a word counted one by one before their number is estimated (`statistics`).
-COUNT_EXACT = 250
 
 
 def _create_index(conn: apsw.Connection) -> None:
@@ -194,45 +191,11 @@ def ranked(conn: apsw.Connection, query: Query, limit: int) -> list[tuple[int, i
     return [(int(cast(int, seq)), int(cast(int, dl))) for seq, dl in rows]
 
 
-def bm25(idf_sum: float, length: int, mean_length: float) -> float:
-    """Okapi BM25 (k1 = 1.2, b = 0.75, FTS5's constants) of a message where each word
-    of the query occurs once: `idf_sum` the words' idf, lengths in code points."""
+def bm25(words: int, length: int, mean_length: float) -> float:
+    """Okapi BM25 (k1 = 1.2, b = 0.75, FTS5's constants) of a message that has each of
+    the query's `words` once, with an idf of 1 for each; lengths in code points."""
     k1, b = 1.2, 0.75
-    return idf_sum * (k1 + 1.0) / (1.0 + k1 * (1.0 - b + b * length / max(mean_length, 1.0)))
-
-
-def statistics(conn: apsw.Connection, query: Query) -> tuple[int, list[float]]:
-    """(messages indexed, and for each word or phrase of `query` about how many
-    messages contain it) in this file, for scores comparable across files.
-
-    Counted exactly up to COUNT_EXACT matches; beyond, estimated from how many seqs
-    the newest COUNT_EXACT matches span (counting every match of a common word would
-    cost a walk over all of them: 120 ms for "the" in 1,000,000 messages)."""
-    newest = conn.execute("SELECT coalesce(max(seq), 0) FROM messages").get
-    top = int(newest) if isinstance(newest, int) else 0
-    floor = unindexed_upto(conn)
-    indexed = max(0, top - floor)
-    counts: list[float] = []
-    for group in query.match_groups:
-        rows = conn.execute(
-            "SELECT count(*), min(rowid) FROM (SELECT rowid FROM messages_fts"
-            " WHERE messages_fts MATCH ? ORDER BY rowid DESC LIMIT ?)",
-            (group, COUNT_EXACT),
-        ).fetchone()
-        count, oldest = (int(rows[0]), rows[1]) if rows is not None else (0, None)
-        if count < COUNT_EXACT or not isinstance(oldest, int):
-            counts.append(float(count))
-        else:
-            span = max(1, top - oldest + 1)
-            counts.append(min(float(indexed), count * (indexed / span)))
-    return indexed, counts
-
-
-def idf(docs: float, containing: float) -> float:
-    """FTS5's bm25 idf (fts5_aux.c): ln((N - n + 0.5) / (n + 0.5)), 1e-6 where that is
-    not positive (a word in half the messages or more)."""
-    value = math.log((docs - containing + 0.5) / (containing + 0.5)) if docs > 0 else 0.0
-    return value if value > 0.0 else 1e-6
+    return words * (k1 + 1.0) / (1.0 + k1 * (1.0 - b + b * length / max(mean_length, 1.0)))
 
 
 def has_index(conn: apsw.Connection) -> bool:
