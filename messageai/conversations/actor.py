@@ -63,6 +63,7 @@ from messageai.conversations.commands import (
     Unchanged,
     Unread,
 )
+from messageai.conversations.indexer import IndexFiller
 from messageai.errors import (
     BadRequest,
     Conflict,
@@ -177,6 +178,8 @@ class ConversationActor:
         # `typing: true` set it, which is not told when it ends). At most one entry
         # per member; never stored.
         self._typists: dict[str, tuple[float, Peer | None]] = {}
+        # search: fills an old file's index between commands (conversations/indexer.py).
+        self._filler = IndexFiller(conversation_id, config.search.fill_chunk_rows)
 
     # ------------------------------------------------------------ entry points
 
@@ -206,8 +209,13 @@ class ConversationActor:
                 if self._typists:
                     wake = min(wake, self._expire_typists())
                 first = None
-                with trio.move_on_at(wake):
-                    first = await self._receive.receive()
+                if self._filler.pending:  # search: one chunk of the index while none waits
+                    first = await self._fill_unless_waiting()
+                    if first is None:
+                        continue
+                else:
+                    with trio.move_on_at(wake):
+                        first = await self._receive.receive()
                 if first is None:
                     now = trio.current_time()
                     if now < quiet_since + idle:
@@ -281,10 +289,25 @@ class ConversationActor:
                 self.last_rev = sql.last_rev(self._conn)
                 self.last_message = sql.latest_message(self._conn, self.id)
                 self.cursors = sql.read_cursors(self._conn)
+                self._filler.load(self._conn)  # search
                 self._loaded = True
         else:
             self._on_db_open(self)
         return self._conn
+
+    async def _fill_unless_waiting(self) -> Command | None:
+        # search: a waiting command goes first; else one short chunk of the index.
+        try:
+            return self._receive.receive_nowait()
+        except trio.WouldBlock:
+            pass
+        conn = await self._ensure_db()
+        self.busy = True  # the LRU must not close the connection under the chunk
+        try:
+            await self._filler.step(conn, self._workers)
+        finally:
+            self.busy = False
+        return None
 
     async def _process_guarded(self, batch: list[Command]) -> None:
         self.busy = True
