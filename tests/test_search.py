@@ -427,6 +427,13 @@ async def test_a_query_opens_at_most_max_files_per_query_files(tmp_path: Path) -
     with trio.fail_after(60):
         async with harness(config) as h:
             a = await h.account()
+            # Out of `general` (every user is in it): only the three files below count.
+            listed = (await h.http.get("/v1/conversations", headers=h.auth(a))).json()
+            (general,) = listed["conversations"]
+            r = await h.http.delete(
+                f"/v1/conversations/{general['id']}/members/{a.id}", headers=h.auth(a)
+            )
+            assert r.status_code == 204
             conversations = []
             for _ in range(3):
                 other = await h.account()
