@@ -321,7 +321,8 @@ class Session:
             answer = await search.search(
                 self.user_id, frame.q, frame.conversation_id, frame.limit, frame.mode
             )
-            self.push_frame(attrs.evolve(answer, req=req))
+            if req is not None:  # without `req`, only errors are answered
+                self.push_frame(attrs.evolve(answer, req=req))
         except MessageAIError as exc:
             self.push_frame(Error(code=exc.code, message=exc.message, req=req))
         except Exception:
