@@ -624,7 +624,8 @@ async def test_a_pasted_multi_line_message_shows_every_line(h: Harness, tmp_path
     input_lines, shown = await trio.to_thread.run_sync(asyncio.run, asyncio.wait_for(drive(), 30))
     assert input_lines == 3  # the input grows to show the whole paste
     assert "ada: first line\n" in shown
-    assert "\n      second line\n      third line" in shown  # under the text, not the time
+    # Under the text, not the number and time.
+    assert "\n         second line\n         third line" in shown
 
 
 async def test_a_message_typed_offline_keeps_the_time_it_was_typed(
@@ -770,4 +771,6 @@ async def test_attachments_are_shown_as_such_in_the_history(h: Harness, tmp_path
     async with client, live(client):
         await until(client, lambda: bodies(client, cid) == ["look"])
         core = ChatCore(client)
-        assert f"bob: look\n      [attachment {media_id}]" in screen(core), screen(core)
+        await core.open("1")  # what is on screen is looked up: name, type, size
+        assert "bob: look\n         [file " in screen(core), screen(core)
+        assert "· image/png · 508 bytes]" in screen(core), screen(core)
