@@ -270,7 +270,12 @@ class Client:
         return store.member_ids(self._conn, conversation_id)
 
     def outbox_size(self) -> int:
+        """Sends, edits, deletes and reactions waiting for the server."""
         return store.outbox_size(self._conn)
+
+    def last_rev(self, conversation_id: str) -> int:
+        """The change cursor: every change up to this rev is in the store (v1.1)."""
+        return store.last_rev(self._conn, conversation_id)
 
     # ------------------------------------------------------------ writes
 
