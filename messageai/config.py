@@ -103,6 +103,8 @@ class LimitsConfig:
         default=DEFAULT_MAX_BODY_CHARS, validator=[v.ge(1), v.le(1 << 20)]
     )
     max_attachments: int = attrs.field(default=10, validator=[v.ge(0), v.le(1000)])
+    # PROTOCOL.md v1.1: distinct emoji on one message (the next one is `too_large`).
+    max_reactions_per_message: int = attrs.field(default=32, validator=[v.ge(1), v.le(10_000)])
     max_upload_bytes: int = attrs.field(default=25 << 20, validator=_positive)
     max_group_members: int = attrs.field(default=1000, validator=[v.ge(2), v.le(1_000_000)])
     outbound_queue_frames: int = attrs.field(default=2048, validator=[v.ge(1), v.le(1_000_000)])

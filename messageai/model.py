@@ -23,8 +23,17 @@ def new_id(prefix: str) -> str:
     return prefix + secrets.token_urlsafe(12)
 
 
+def _rev_default(message: Message) -> int:
+    # A v1 server's message has no `rev`: with sends only, `rev == seq` (PROTOCOL.md v1.1).
+    return message.seq
+
+
 @attrs.frozen
 class Message:
+    """A message as the wire carries it. The v1.1 fields have defaults so that a v1
+    server's messages (without them) still parse: nothing replied to, mentioned, edited,
+    deleted or reacted, and `rev == seq`."""
+
     id: str
     conversation_id: str
     seq: int
@@ -33,6 +42,13 @@ class Message:
     body: str
     attachments: list[str]
     created_at: int
+    reply_to: int | None = None
+    mentions: list[str] = attrs.Factory(list)
+    edited_at: int | None = None
+    deleted_at: int | None = None
+    # Emoji -> ids of the users who reacted with it, in the order they did.
+    reactions: dict[str, list[str]] = attrs.Factory(dict)
+    rev: int = attrs.Factory(_rev_default, takes_self=True)
 
 
 @attrs.frozen
@@ -55,6 +71,9 @@ class Conversation:
     last_seq: int
     last_message: Message | None
     unread_count: int
+    # v1.1: the conversation's latest change (0: empty). Defaulted so a v1 server's
+    # conversations still parse; such a server has sends only, so it equals last_seq.
+    last_rev: int = attrs.Factory(lambda self: self.last_seq, takes_self=True)
 
 
 @attrs.frozen

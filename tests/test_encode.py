@@ -1,4 +1,5 @@
-"""The hand-written encoders of the hot path (ack, new_message) match the converter."""
+"""The hand-written encoders of the hot path (ack, new_message, updated, message_updated)
+match the converter."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import attrs
 import orjson
 
 from messageai.model import Message
-from messageai.protocol import Ack, NewMessage, converter, encode
+from messageai.protocol import Ack, MessageUpdated, NewMessage, Updated, converter, encode
 
 
 def _message(attachments: list[str] | None = None) -> Message:
@@ -22,8 +23,28 @@ def _message(attachments: list[str] | None = None) -> Message:
     )
 
 
+def _changed() -> Message:
+    # Every v1.1 field away from its default.
+    return attrs.evolve(
+        _message(attachments=["md_1"]),
+        reply_to=3,
+        mentions=["u_2", "u_3"],
+        edited_at=1764150009000,
+        deleted_at=1764150010000,
+        reactions={"\U0001f44d": ["u_1", "u_2"], ":+1:": ["u_3"]},
+        rev=57,
+    )
+
+
 def test_fast_encoders_match_the_converter_byte_for_byte() -> None:
-    frames: list[NewMessage | Ack] = [
+    frames: list[NewMessage | Ack | Updated | MessageUpdated] = [
+        NewMessage(_changed()),
+        Ack(client_id="6f1c", message=_changed(), duplicate=False, req=3),
+        Updated(_message()),
+        Updated(_changed(), req="r9"),
+        Updated(_changed(), req=0),
+        MessageUpdated(_message()),
+        MessageUpdated(_changed()),
         NewMessage(_message()),
         NewMessage(_message(attachments=["md_1", "md_2"])),
         Ack(client_id="6f1c", message=_message(), duplicate=False),

@@ -57,7 +57,11 @@ def test_unread_count_counts_others_messages_above_the_cursor(tmp_path: Path, cu
 
 def test_version_1_database_gains_the_sender_index_and_keeps_its_messages(tmp_path: Path) -> None:
     conn = _db(tmp_path, sql.MIGRATIONS[:1])
-    _insert(conn, 1, "u_a")
+    # The version-1 statement: today's insert names columns a version-1 file lacks.
+    conn.execute(
+        "INSERT INTO messages(seq, id, sender_id, client_id, body, attachments, created_at)"
+        " VALUES (1, 'm_1', 'u_a', 'k1', 'b1', '[]', 1)"
+    )
     assert conn.execute("PRAGMA user_version").get == 1
     migrate(conn, sql.MIGRATIONS)
     assert conn.execute("PRAGMA user_version").get == len(sql.MIGRATIONS)

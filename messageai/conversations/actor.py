@@ -6,7 +6,10 @@ database in a worker thread (the registry's `WorkerPool`), then loops: it waits
 for a command, takes every command already waiting (up to `max_batch`), checks
 authorization against its in-memory member set, commits all writes of the batch
 in ONE transaction in a worker thread (group commit), and only then acks and
-fans out, in order. With no subscribers and no commands for `idle_seconds`,
+fans out, in order. Edits, deletes and reactions (PROTOCOL.md v1.1) are writes of the
+same batch: phase 1 gives each committed change the next `rev` inside the
+transaction, so revs are gapless and the answers and `message_updated` frames leave
+in rev order, with the sends'. With no subscribers and no commands for `idle_seconds`,
 `run` returns (retire); the next use starts a fresh actor. An exception while
 processing a batch is logged, every command of the batch not answered yet gets
 `unavailable` (nothing of it was acked, so clients resend safely), the state is
@@ -36,15 +39,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING, assert_never
 
 import apsw
+import attrs
 import trio
 
 from messageai.config import Config
 from messageai.conversations.commands import (
+    Changed,
+    ChangesPage,
     Command,
     ConversationSummary,
     CursorMoved,
     CursorUnchanged,
     Duplicate,
+    EditHistory,
+    Edits,
     MembersChanged,
     Page,
     Peer,
@@ -52,19 +60,34 @@ from messageai.conversations.commands import (
     StorageResult,
     Stored,
     Summary,
+    Unchanged,
     Unread,
 )
-from messageai.errors import BadRequest, Forbidden, MessageAIError, Unavailable
+from messageai.errors import (
+    BadRequest,
+    Conflict,
+    Forbidden,
+    MessageAIError,
+    NotFound,
+    TooLarge,
+    Unavailable,
+)
 from messageai.model import Message, new_id, now_ms
 from messageai.protocol import (
     Ack,
+    Changes,
+    DeleteMessage,
+    EditMessage,
     Error,
+    GetChanges,
     GetHistory,
     History,
     MarkRead,
     MessageRead,
+    MessageUpdated,
     NewMessage,
     Ok,
+    React,
     SendMessage,
     ServerFrame,
     Subscribe,
@@ -73,6 +96,8 @@ from messageai.protocol import (
     TypingUpdate,
     Unsubscribe,
     Unsubscribed,
+    Updated,
+    changes_limit,
     check_message_content,
     encode,
     history_limit,
@@ -98,6 +123,9 @@ TYPING_TIMEOUT_SECONDS = 6.0
 def _open(path: Path, synchronous: str) -> apsw.Connection:
     path.parent.mkdir(parents=True, exist_ok=True)
     conn = open_db(path, synchronous)
+    # A deleted message's content must not stay in free pages or the WAL (PROTOCOL.md
+    # v1.1: a tombstone's content is gone from the server); cost measured in the README.
+    conn.execute("PRAGMA secure_delete = ON")
     migrate(conn, sql.MIGRATIONS)
     return conn
 
@@ -116,8 +144,12 @@ class ConversationActor:
         on_db_open: Callable[[ConversationActor], None],
         media: Media | None = None,
         notify: Callable[[Message], None] | None = None,
+        creator_id: str | None = None,
     ) -> None:
         self.id = conversation_id
+        # A group's creator, who may delete any of its messages (None: nobody but the
+        # sender may, as in a direct conversation).
+        self._creator_id = creator_id
         # Attachment checks and references (None: no attachment is usable), and the
         # push service's non-blocking queue (None: push is off).
         self._media = media
@@ -137,6 +169,7 @@ class ConversationActor:
         self._conn: apsw.Connection | None = None
         self.busy = False
         self.last_seq = 0
+        self.last_rev = 0
         self.last_message: Message | None = None
         self.cursors: dict[str, int] = {}
         self._loaded = False
@@ -245,6 +278,7 @@ class ConversationActor:
             self._on_db_open(self)
             if not self._loaded:
                 self.last_seq = sql.last_seq(self._conn)
+                self.last_rev = sql.last_rev(self._conn)
                 self.last_message = sql.latest_message(self._conn, self.id)
                 self.cursors = sql.read_cursors(self._conn)
                 self._loaded = True
@@ -297,6 +331,10 @@ class ConversationActor:
                     check_message_content(
                         op.body, op.attachments, limits.max_body_chars, limits.max_attachments
                     )
+                    if op.mentions:
+                        outsider = next((m for m in op.mentions if m not in members), None)
+                        if outsider is not None:
+                            raise BadRequest(f"mentions: {outsider!r} is not a member here")
                     if op.attachments:
                         # Only messages with attachments pay for this: a few indexed reads.
                         refused = (
@@ -311,9 +349,9 @@ class ConversationActor:
                     _reply_error(command, exc)
                     continue
                 writes = needs_db = True
-            elif isinstance(op, MarkRead):
+            elif isinstance(op, (MarkRead, EditMessage, DeleteMessage, React)):
                 writes = needs_db = True
-            elif isinstance(op, (GetHistory, Summary)):
+            elif isinstance(op, (GetHistory, Summary, GetChanges, Edits)):
                 needs_db = True
             accepted.append(command)
         if not accepted:
@@ -357,28 +395,43 @@ class ConversationActor:
         (it may run in a worker thread): it computes from copies."""
         results: list[StorageResult] = []
         next_seq = self.last_seq + 1
+        next_rev = self.last_rev + 1
         cursors = self.cursors
         copied = False
         now = now_ms()
         for command in batch:
             op = command.op
             if isinstance(op, SendMessage):
+                if op.reply_to is not None and not sql.is_live(conn, op.reply_to):
+                    error = BadRequest("reply_to: no message with this seq, or it was deleted")
+                    results.append(Refused(error))
+                    continue
                 message = Message(
                     id=new_id("m_"),
                     conversation_id=self.id,
                     seq=next_seq,
                     sender_id=command.user_id,
                     client_id=op.client_id,
-                    body=op.body,
+                    # PROTOCOL.md v1.1: bodies are stored trimmed, and returned as stored.
+                    body=op.body.strip(),
                     attachments=op.attachments,
                     created_at=now,
+                    reply_to=op.reply_to,
+                    mentions=op.mentions,
+                    rev=next_rev,
                 )
                 original = sql.insert_message(conn, message)
                 if original is None:
                     next_seq += 1
+                    next_rev += 1
                     results.append(Stored(message))
                 else:
                     results.append(Duplicate(original))
+            elif isinstance(op, (EditMessage, DeleteMessage, React)):
+                result = self._change(conn, command.user_id, op, next_rev, now)
+                if isinstance(result, Changed):
+                    next_rev += 1
+                results.append(result)
             elif isinstance(op, MarkRead):
                 old = cursors.get(command.user_id, 0)
                 new = max(old, min(op.seq, next_seq - 1))
@@ -397,9 +450,88 @@ class ConversationActor:
                 results.append(
                     Unread(sql.unread_count(conn, command.user_id, cursor, next_seq - 1))
                 )
+            elif isinstance(op, GetChanges):
+                messages, has_more = sql.changes(
+                    conn, self.id, op.after_rev, changes_limit(op.limit)
+                )
+                results.append(ChangesPage(messages, next_rev - 1, has_more))
+            elif isinstance(op, Edits):
+                if sql.message(conn, self.id, op.seq) is None:
+                    results.append(Refused(NotFound("no message with this seq")))
+                else:
+                    results.append(EditHistory(sql.edits(conn, op.seq)))
             else:
                 results.append(None)
         return results
+
+    def _change(
+        self,
+        conn: apsw.Connection,
+        user_id: str,
+        op: EditMessage | DeleteMessage | React,
+        rev: int,
+        now: int,
+    ) -> Changed | Unchanged | Refused:
+        """One edit, delete or reaction, in the batch's transaction: the checks in
+        PROTOCOL.md's order after membership (the message, who may, its state), then
+        the write with `rev` if it changes anything. Runs in the worker thread."""
+        message = sql.message(conn, self.id, op.seq)
+        if message is None:
+            return Refused(NotFound("no message with this seq"))
+        if isinstance(op, EditMessage):
+            if message.sender_id != user_id:
+                return Refused(Forbidden("only its sender may edit a message"))
+            if message.deleted_at is not None:
+                return Refused(Conflict("the message was deleted"))
+            body = op.body.strip()
+            if body == message.body:
+                return Unchanged(message)
+            sql.edit(conn, op.seq, message.body, body, now, rev)
+            return Changed(attrs.evolve(message, body=body, edited_at=now, rev=rev))
+        if isinstance(op, DeleteMessage):
+            if message.sender_id != user_id and user_id != self._creator_id:
+                return Refused(
+                    Forbidden("only its sender, or the group's creator, may delete a message")
+                )
+            if message.deleted_at is not None:
+                return Unchanged(message)
+            sql.tombstone(conn, op.seq, message.body, now, rev)
+            return Changed(
+                attrs.evolve(
+                    message,
+                    body="",
+                    attachments=[],
+                    mentions=[],
+                    reactions={},
+                    deleted_at=now,
+                    rev=rev,
+                )
+            )
+        # React: any member may; a tombstone has nothing to react to.
+        if message.deleted_at is not None:
+            return Refused(Conflict("the message was deleted"))
+        reactions = message.reactions
+        users = reactions.get(op.emoji, [])
+        if op.on:
+            if user_id in users:
+                return Unchanged(message)
+            limit = self._config.limits.max_reactions_per_message
+            if op.emoji not in reactions and len(reactions) >= limit:
+                return Refused(TooLarge(f"emoji: at most {limit} distinct emoji per message"))
+            sql.add_reaction(conn, op.seq, op.emoji, user_id, rev)
+            reactions = {**reactions, op.emoji: [*users, user_id]}
+        else:
+            if user_id not in users:
+                return Unchanged(message)
+            sql.remove_reaction(conn, op.seq, op.emoji, user_id, rev)
+            reactions = dict(reactions)
+            left = [u for u in users if u != user_id]
+            if left:
+                reactions[op.emoji] = left
+            else:
+                # The last user of an emoji removed it: the key goes, and stops counting.
+                del reactions[op.emoji]
+        return Changed(attrs.evolve(message, reactions=reactions, rev=rev))
 
     def _history(self, conn: apsw.Connection, op: GetHistory) -> Page | Refused:
         if op.after_seq is not None and op.before_seq is not None and op.before_seq <= op.after_seq:
@@ -434,6 +566,12 @@ class ConversationActor:
                 self._on_summary(command, result)
             case MembersChanged() as op:
                 self._on_members_changed(command, op)
+            case EditMessage() | DeleteMessage() | React():
+                self._on_change(command, result)
+            case GetChanges():
+                self._on_changes(command, result)
+            case Edits():
+                self._on_edits(command, result)
             case _:
                 assert_never(command.op)
 
@@ -444,6 +582,7 @@ class ConversationActor:
         if isinstance(result, Stored):
             message = result.message
             self.last_seq = message.seq
+            self.last_rev = message.rev
             self.last_message = message
             self._fan_out(encode(NewMessage(message)), skip=command.peer)
             ack = Ack(client_id=op.client_id, message=message, duplicate=False, req=command.req)
@@ -455,6 +594,44 @@ class ConversationActor:
                 client_id=op.client_id, message=result.message, duplicate=True, req=command.req
             )
             _reply(command, ack, result)
+        elif isinstance(result, Refused):
+            _reply_error(command, result.error)
+        else:
+            raise _mismatch(command, result)
+
+    def _on_change(self, command: Command, result: StorageResult) -> None:
+        if isinstance(result, Changed):
+            message = result.message
+            self.last_rev = message.rev
+            if message.seq == self.last_seq:
+                self.last_message = message
+            # Skip: the changer's own connection gets `updated`; a REST change (no
+            # peer) reaches every subscriber.
+            self._fan_out(encode(MessageUpdated(message)), skip=command.peer)
+        elif isinstance(result, Refused):
+            _reply_error(command, result.error)
+            return
+        elif not isinstance(result, Unchanged):
+            raise _mismatch(command, result)
+        _reply(command, Updated(result.message, req=command.req), result)
+
+    def _on_changes(self, command: Command, result: StorageResult) -> None:
+        if not isinstance(result, ChangesPage):
+            raise _mismatch(command, result)
+        frame = Changes(
+            conversation_id=self.id,
+            messages=result.messages,
+            last_rev=result.last_rev,
+            has_more=result.has_more,
+            req=command.req,
+        )
+        _reply(command, frame, result)
+
+    def _on_edits(self, command: Command, result: StorageResult) -> None:
+        if isinstance(result, Refused):
+            _reply_error(command, result.error)
+        elif isinstance(result, EditHistory):
+            _reply(command, None, result)
         else:
             raise _mismatch(command, result)
 
@@ -537,7 +714,11 @@ class ConversationActor:
     def _on_summary(self, command: Command, result: StorageResult) -> None:
         if not isinstance(result, Unread):
             raise _mismatch(command, result)
-        _reply(command, None, ConversationSummary(self.last_seq, self.last_message, result.count))
+        _reply(
+            command,
+            None,
+            ConversationSummary(self.last_seq, self.last_message, result.count, self.last_rev),
+        )
 
     def _on_members_changed(self, command: Command, op: MembersChanged) -> None:
         self.members |= set(op.added)

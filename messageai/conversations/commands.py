@@ -17,8 +17,12 @@ import trio
 from messageai.errors import MessageAIError
 from messageai.model import Message
 from messageai.protocol import (
+    DeleteMessage,
+    EditMessage,
+    GetChanges,
     GetHistory,
     MarkRead,
+    React,
     Req,
     SendMessage,
     Subscribe,
@@ -59,6 +63,13 @@ class Summary:
 
 
 @attrs.frozen
+class Edits:
+    """Internal (REST): the edit history of message `seq`; answered with `EditHistory`."""
+
+    seq: int
+
+
+@attrs.frozen
 class MembersChanged:
     """Internal: the directory changed the member list; `removed` lose access at once."""
 
@@ -76,6 +87,11 @@ Operation: TypeAlias = (
     | Typing
     | Summary
     | MembersChanged
+    | EditMessage
+    | DeleteMessage
+    | React
+    | GetChanges
+    | Edits
 )
 
 # ------------------------------------------------------------ results
@@ -129,6 +145,40 @@ class Unread:
 
 
 @attrs.define(weakref_slot=False)
+class Changed:
+    """An edit, delete or reaction committed now: `message` as it is after it, with
+    the change's new rev."""
+
+    message: Message
+    changed: ClassVar[bool] = True
+
+
+@attrs.define(weakref_slot=False)
+class Unchanged:
+    """An edit, delete or reaction that changed nothing (PROTOCOL.md v1.1: no rev, no
+    frame to others): `message` as it is."""
+
+    message: Message
+    changed: ClassVar[bool] = False
+
+
+@attrs.define(weakref_slot=False)
+class ChangesPage:
+    """One page of `get_changes`, ascending by rev."""
+
+    messages: list[Message]
+    last_rev: int
+    has_more: bool
+
+
+@attrs.define(weakref_slot=False)
+class EditHistory:
+    """The earlier bodies of a message and when each was replaced, oldest first."""
+
+    edits: list[tuple[str, int]]
+
+
+@attrs.define(weakref_slot=False)
 class Refused:
     """The storage phase turned the command down; nothing changed."""
 
@@ -137,9 +187,21 @@ class Refused:
 
 # One per command of a batch, from the storage phase; None: the command needs no storage.
 StorageResult: TypeAlias = (
-    Stored | Duplicate | CursorMoved | CursorUnchanged | Page | Unread | Refused | None
+    Stored
+    | Duplicate
+    | CursorMoved
+    | CursorUnchanged
+    | Page
+    | Unread
+    | Changed
+    | Unchanged
+    | ChangesPage
+    | EditHistory
+    | Refused
+    | None
 )
 Sent: TypeAlias = Stored | Duplicate
+Change: TypeAlias = Changed | Unchanged
 
 
 @attrs.define(weakref_slot=False)
@@ -149,6 +211,7 @@ class ConversationSummary:
     last_seq: int
     last_message: Message | None
     unread_count: int
+    last_rev: int
 
 
 class Waiter(Generic[T]):

@@ -31,8 +31,12 @@ import trio
 from messageai.config import Config
 from messageai.conversations.actor import ConversationActor
 from messageai.conversations.commands import (
+    Change,
+    ChangesPage,
     Command,
     ConversationSummary,
+    EditHistory,
+    Edits,
     MembersChanged,
     Operation,
     Page,
@@ -43,8 +47,12 @@ from messageai.conversations.commands import (
 )
 from messageai.errors import NotFound, Unavailable
 from messageai.protocol import (
+    DeleteMessage,
+    EditMessage,
+    GetChanges,
     GetHistory,
     MarkRead,
+    React,
     Req,
     SendMessage,
     Subscribe,
@@ -104,10 +112,12 @@ class Registry:
             return actor
         if self.closing:
             raise Unavailable("the server is shutting down")
-        if (
-            len(conversation_id) > MAX_CONVERSATION_ID
-            or self._directory.conversation(conversation_id) is None
-        ):
+        record = (
+            self._directory.conversation(conversation_id)
+            if len(conversation_id) <= MAX_CONVERSATION_ID
+            else None
+        )
+        if record is None:
             raise NotFound("no such conversation")
         actor = ConversationActor(
             conversation_id,
@@ -118,6 +128,7 @@ class Registry:
             on_db_open=self._db_opened,
             media=self._media,
             notify=self._notify,
+            creator_id=record.creator_id if record.kind == "group" else None,
         )
         self._actors[conversation_id] = actor
         self._nursery.start_soon(self._supervise, actor, name=f"actor {conversation_id}")
@@ -143,6 +154,22 @@ class Registry:
     async def call(
         self, conversation_id: str, user_id: str, op: SendMessage, req: Req = None
     ) -> Sent: ...
+    @overload
+    async def call(
+        self,
+        conversation_id: str,
+        user_id: str,
+        op: EditMessage | DeleteMessage | React,
+        req: Req = None,
+    ) -> Change: ...
+    @overload
+    async def call(
+        self, conversation_id: str, user_id: str, op: GetChanges, req: Req = None
+    ) -> ChangesPage: ...
+    @overload
+    async def call(
+        self, conversation_id: str, user_id: str, op: Edits, req: Req = None
+    ) -> EditHistory: ...
     @overload
     async def call(
         self, conversation_id: str, user_id: str, op: GetHistory, req: Req = None
@@ -171,8 +198,9 @@ class Registry:
         self, conversation_id: str, user_id: str, op: Operation, req: Req = None
     ) -> object:
         """Run an operation on the actor and return its answer (REST and internal
-        callers): `Stored`/`Duplicate` for a send, a `Page` of history, the read
-        cursor, a `ConversationSummary`; the actor's refusal is raised.
+        callers): `Stored`/`Duplicate` for a send, `Changed`/`Unchanged` for an edit,
+        delete or reaction, a `Page` of history, a `ChangesPage`, an `EditHistory`, the
+        read cursor, a `ConversationSummary`; the actor's refusal is raised.
 
         Raises Unavailable if no answer came within `conversations.call_timeout_seconds`
         (queueing included). Cancellation or the deadline while queueing: nothing was

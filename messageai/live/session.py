@@ -34,11 +34,15 @@ from messageai.errors import (
 from messageai.live.guard import Guard
 from messageai.live.presence import Presence
 from messageai.protocol import (
+    DeleteMessage,
+    EditMessage,
     Error,
     Ping,
     Pong,
+    React,
     SendMessage,
     ServerFrame,
+    check_edit_body,
     encode,
     parse_client_frame,
 )
@@ -236,10 +240,18 @@ class Session:
         except MessageAIError as exc:
             self.push_frame(Error(code=exc.code, message=exc.message, req=exc.req))
             return
+        if isinstance(frame, EditMessage):
+            # A field rule, checked before the conversation (PROTOCOL.md v1.1).
+            try:
+                check_edit_body(frame.body, self._config.limits.max_body_chars)
+            except MessageAIError as exc:
+                self.push_frame(Error(code=exc.code, message=exc.message, req=req))
+                return
         if isinstance(frame, Ping):
             self.push_frame(Pong(req=req))
             return
-        if isinstance(frame, SendMessage):
+        # Edits, deletes and reactions spend the sender's message budget like sends.
+        if isinstance(frame, (SendMessage, EditMessage, DeleteMessage, React)):
             wait = self._guard.take(self.user_id)
             if wait:
                 limited = RateLimited("too many messages: retry later", wait)

@@ -44,7 +44,9 @@ def mount(
     router.add("GET", "/healthz", healthz)
     router.add("GET", "/v1/ws", websocket_needed)
     Accounts(directory, close_token_sessions).routes(router)
-    Conversations(directory, registry, presence, guard).routes(router)
+    Conversations(
+        directory, registry, presence, guard, max_body_chars=config.limits.max_body_chars
+    ).routes(router)
     MediaFiles(media).routes(router)
     PushTokens(push).routes(router)
     if config.auth.mode == "clerk" and config.clerk.webhook_secret:

@@ -1,16 +1,18 @@
-"""`/v1/conversations`: conversations, their members and their messages.
+"""`/v1/conversations`: conversations, their members, their messages and (v1.1) the
+changes to messages.
 
-Each handler validates its input completely before calling the directory or an
-actor. Conversation reads and sends go through the conversation's actor
-(`Registry.call`), the same path as the WebSocket, so both see one order and one
-idempotency rule. Mounted by `rest.mount`.
+Each handler validates its input completely before calling the directory or an actor
+(for v1.1's changes: the fields, then membership, then the actor's checks of the
+message, as PROTOCOL.md orders them). Conversation reads, sends and changes go through
+the conversation's actor (`Registry.call`), the same path as the WebSocket, so both
+see one order and one idempotency rule. Mounted by `rest.mount`.
 """
 
 from __future__ import annotations
 
 import trio
 
-from messageai.conversations.commands import Summary
+from messageai.conversations.commands import Edits, Summary
 from messageai.conversations.registry import Registry
 from messageai.edge.asgi import Request, Response, Router
 from messageai.errors import BadRequest, Forbidden, MessageAIError, NotFound, RateLimited
@@ -18,10 +20,18 @@ from messageai.live.guard import Guard
 from messageai.live.presence import Presence
 from messageai.model import Conversation, ConversationRecord, User
 from messageai.protocol import (
+    CHANGES_DEFAULT_LIMIT,
     HISTORY_DEFAULT_LIMIT,
+    MAX_SEQ,
     ConversationAdded,
+    DeleteMessage,
+    EditMessage,
+    GetChanges,
     GetHistory,
+    React,
     SendMessage,
+    check_edit_body,
+    check_emoji,
     encode,
     frame_from_object,
 )
@@ -37,13 +47,20 @@ SUMMARY_CONCURRENCY = 8
 
 class Conversations:
     def __init__(
-        self, directory: Directory, registry: Registry, presence: Presence, guard: Guard
+        self,
+        directory: Directory,
+        registry: Registry,
+        presence: Presence,
+        guard: Guard,
+        *,
+        max_body_chars: int,
     ) -> None:
         self._directory = directory
         self._registry = registry
         self._presence = presence
         # The same per-user message bucket as the WebSocket: one budget, any door.
         self._guard = guard
+        self._limits_body_chars = max_body_chars
 
     def routes(self, router: Router) -> None:
         add = router.add
@@ -54,6 +71,13 @@ class Conversations:
         add("DELETE", "/v1/conversations/{conversation_id}/members/{user_id}", self.remove_member)
         add("GET", "/v1/conversations/{conversation_id}/messages", self.get_messages)
         add("POST", "/v1/conversations/{conversation_id}/messages", self.send_message)
+        message = "/v1/conversations/{conversation_id}/messages/{seq}"
+        add("PATCH", message, self.edit_message)
+        add("DELETE", message, self.delete_message)
+        add("PUT", message + "/reactions/{emoji}", self.add_reaction)
+        add("DELETE", message + "/reactions/{emoji}", self.remove_reaction)
+        add("GET", message + "/edits", self.get_edits)
+        add("GET", "/v1/conversations/{conversation_id}/changes", self.get_changes)
 
     # ------------------------------------------------------------ helpers
 
@@ -64,6 +88,13 @@ class Conversations:
         if not self._directory.is_member(conversation_id, user.id):
             raise Forbidden("you are not a member of this conversation")
         return record
+
+    def _spend(self, user: User) -> None:
+        """One message from the caller's budget (sends, edits, deletes, reactions), or
+        RateLimited (429 with Retry-After)."""
+        wait = self._guard.take(user.id)
+        if wait > 0:
+            raise RateLimited("too many messages: retry later", retry_after_seconds=wait)
 
     async def _conversation(self, record: ConversationRecord, user: User) -> Conversation:
         summary = await self._registry.call(record.id, user.id, Summary())
@@ -76,6 +107,7 @@ class Conversations:
             last_seq=summary.last_seq,
             last_message=summary.last_message,
             unread_count=summary.unread_count,
+            last_rev=summary.last_rev,
         )
 
     async def _announce(self, record: ConversationRecord, user_ids: list[str]) -> None:
@@ -202,11 +234,86 @@ class Conversations:
         frame = {**body, "type": "send_message", "conversation_id": conversation_id}
         _, op = frame_from_object(frame)
         assert isinstance(op, SendMessage)
-        wait = self._guard.take(user.id)
-        if wait > 0:
-            raise RateLimited("too many messages: retry later", retry_after_seconds=wait)
+        self._spend(user)
         sent = await self._registry.call(conversation_id, user.id, op)
         return Response(200 if sent.duplicate else 201, sent.message)
+
+    # ------------------------------------------------------------ v1.1 message changes
+
+    async def edit_message(self, request: Request) -> Response:
+        user = require_user(request)
+        conversation_id, seq = request.params["conversation_id"], _seq(request)
+        body = request.json().get("body")
+        if not isinstance(body, str):
+            raise BadRequest("body: must be a string")
+        check_edit_body(body, self._limits_body_chars)
+        self._member_record(conversation_id, user)
+        self._spend(user)
+        op = EditMessage(conversation_id=conversation_id, seq=seq, body=body)
+        change = await self._registry.call(conversation_id, user.id, op)
+        return Response(200, change.message)
+
+    async def delete_message(self, request: Request) -> Response:
+        user = require_user(request)
+        conversation_id, seq = request.params["conversation_id"], _seq(request)
+        self._member_record(conversation_id, user)
+        self._spend(user)
+        op = DeleteMessage(conversation_id=conversation_id, seq=seq)
+        change = await self._registry.call(conversation_id, user.id, op)
+        return Response(200, change.message)
+
+    async def add_reaction(self, request: Request) -> Response:
+        return await self._react(request, on=True)
+
+    async def remove_reaction(self, request: Request) -> Response:
+        return await self._react(request, on=False)
+
+    async def _react(self, request: Request, *, on: bool) -> Response:
+        user = require_user(request)
+        conversation_id, seq = request.params["conversation_id"], _seq(request)
+        # The path arrives percent-decoded (as UTF-8) from the HTTP layer.
+        emoji = request.params["emoji"]
+        check_emoji(emoji)
+        self._member_record(conversation_id, user)
+        self._spend(user)
+        op = React(conversation_id=conversation_id, seq=seq, emoji=emoji, on=on)
+        change = await self._registry.call(conversation_id, user.id, op)
+        return Response(200, change.message)
+
+    async def get_edits(self, request: Request) -> Response:
+        user = require_user(request)
+        conversation_id, seq = request.params["conversation_id"], _seq(request)
+        self._member_record(conversation_id, user)
+        history = await self._registry.call(conversation_id, user.id, Edits(seq))
+        return Response(
+            200, {"edits": [{"body": body, "edited_at": at} for body, at in history.edits]}
+        )
+
+    async def get_changes(self, request: Request) -> Response:
+        user = require_user(request)
+        conversation_id = request.params["conversation_id"]
+        query = request.query
+        if query.get("after_rev") in (None, ""):
+            raise BadRequest("after_rev: required")
+        op = GetChanges(
+            conversation_id=conversation_id,
+            after_rev=int_param(query, "after_rev", 0),
+            limit=int_param(query, "limit", CHANGES_DEFAULT_LIMIT, minimum=1),
+        )
+        self._member_record(conversation_id, user)
+        page = await self._registry.call(conversation_id, user.id, op)
+        return Response(
+            200,
+            {"messages": page.messages, "last_rev": page.last_rev, "has_more": page.has_more},
+        )
+
+
+def _seq(request: Request) -> int:
+    """The `{seq}` path parameter: ASCII digits, at most MAX_SEQ, else BadRequest."""
+    raw = request.params["seq"]
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 19 or int(raw) > MAX_SEQ:
+        raise BadRequest("seq: must be a non-negative integer")
+    return int(raw)
 
 
 def _activity(conversation: Conversation) -> int:
