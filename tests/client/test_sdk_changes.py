@@ -98,7 +98,7 @@ async def test_offline_edit_delete_react_of_sent_messages_reach_the_other_device
     cid = await h.direct(ada, bob)
     client = await sign_in(h.url, "ada", tmp_path / "ada")
     other = await sign_in(h.url, "bob", tmp_path / "bob")
-    async with client, other:
+    async with other:
         async with live(client):
             sent = [await client.send(cid, f"message {i}") for i in (1, 2, 3)]
             await until(client, lambda: client.outbox_size() == 0)
@@ -113,6 +113,10 @@ async def test_offline_edit_delete_react_of_sent_messages_reach_the_other_device
             await client.react(sent[2], "🎉", on=False)
             assert [m.pending for m in client.messages(cid)] == [True, True, True]
             assert client.outbox_size() == 5
+            # Ada's client restarts before it reconnects: the changes are kept.
+            await client.aclose()
+            client = Client.open(tmp_path / "ada", settings=FAST)
+            assert [m.pending for m in client.messages(cid)] == [True, True, True]
             async with live(client):
                 await until(client, lambda: client.outbox_size() == 0)
                 await until(
@@ -123,6 +127,7 @@ async def test_offline_edit_delete_react_of_sent_messages_reach_the_other_device
                     ),
                 )
         shown = client.messages(cid)
+        await client.aclose()
         assert [(m.body, m.deleted, m.reactions) for m in shown] == [
             ("message one, fixed", False, {}),
             ("", True, {}),
