@@ -386,9 +386,18 @@ class ConversationActor:
     # ------------------------------------------------------------ phase 1: storage
 
     def _store_committed(self, conn: apsw.Connection, batch: list[Command]) -> list[StorageResult]:
-        """`_store` in one transaction; runs in a worker thread."""
+        """`_store` in one transaction; runs in a worker thread. After a batch that
+        deleted a message, the WAL is checkpointed into the file and truncated before
+        anything is answered: secure_delete has zeroed the content in the new pages,
+        and the old frames that still held it are gone with the truncation."""
         with transaction(conn):
-            return self._store(conn, batch)
+            results = self._store(conn, batch)
+        if any(
+            isinstance(result, Changed) and isinstance(command.op, DeleteMessage)
+            for command, result in zip(batch, results, strict=True)
+        ):
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return results
 
     def _store(self, conn: apsw.Connection, batch: list[Command]) -> list[StorageResult]:
         """Storage work of a batch, one result per command. Touches no shared state
