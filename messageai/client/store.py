@@ -219,6 +219,13 @@ class LocalConversation:
     active: bool
     last_message: LocalMessage | None
     topic: str | None = None
+    created_at: int = 0
+
+    @property
+    def last_activity(self) -> int:
+        """The newest message's time, else when the conversation was made (a new one,
+        still empty, comes before an old quiet one such as `general`)."""
+        return self.last_message.created_at if self.last_message else self.created_at
 
 
 _MSG_COLUMNS = (
@@ -483,7 +490,7 @@ def advance_synced_seq(conn: apsw.Connection, conversation_id: str) -> int:
 
 
 _CONVERSATION_SQL = (
-    "SELECT c.id, c.kind, c.title, c.topic, c.active,"
+    "SELECT c.id, c.kind, c.title, c.topic, c.active, c.created_at,"
     " coalesce((SELECT max(seq) FROM messages WHERE conversation_id = c.id), 0),"
     " coalesce((SELECT read_seq FROM members"
     "  WHERE conversation_id = c.id AND user_id = ?1), 0),"
@@ -493,7 +500,9 @@ _CONVERSATION_SQL = (
 
 
 def _conversation(conn: apsw.Connection, me: str, row: Any) -> LocalConversation:
-    id_, kind, title, topic, active, last_seq, my_read, last_local = cast(tuple[Any, ...], row)
+    id_, kind, title, topic, active, created_at, last_seq, my_read, last_local = cast(
+        tuple[Any, ...], row
+    )
     # My own messages never count: only others' above my read cursor are unread
     # (tombstones neither, PROTOCOL.md v1.1).
     unread = conn.execute(
@@ -514,13 +523,14 @@ def _conversation(conn: apsw.Connection, me: str, row: Any) -> LocalConversation
         active=bool(active),
         last_message=last,
         topic=topic,
+        created_at=created_at,
     )
 
 
 def list_conversations(conn: apsw.Connection, me: str) -> list[LocalConversation]:
     """Every known conversation, most recent activity first, with local unread counts."""
     out = [_conversation(conn, me, row) for row in conn.execute(_CONVERSATION_SQL, (me,))]
-    out.sort(key=lambda c: c.last_message.created_at if c.last_message else 0, reverse=True)
+    out.sort(key=lambda c: c.last_activity, reverse=True)
     return out
 
 
