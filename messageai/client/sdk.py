@@ -261,7 +261,7 @@ class Client:
 
     def readers_of(self, message: LocalMessage) -> int:
         """The M of "read by N of M": the other members who could read it (with the
-        server's `members_since`, not those added after it)."""
+        server's `members_joined_at`, not those who joined after it)."""
         if message.seq is None:
             return len(self.member_ids(message.conversation_id)) - 1
         return store.readers_of(self._conn, message.conversation_id, message.seq, message.sender_id)

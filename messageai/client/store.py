@@ -98,8 +98,8 @@ def _v2(conn: apsw.Connection) -> None:
         ALTER TABLE conversations ADD COLUMN topic TEXT;
         -- every change with rev <= last_rev is merged here: the v1.1 catch-up cursor
         ALTER TABLE conversations ADD COLUMN last_rev INTEGER NOT NULL DEFAULT 0;
-        -- the server's `members_since` extension: the seq a member joined after
-        ALTER TABLE members ADD COLUMN since_seq INTEGER;
+        -- the server's `members_joined_at` extension: when (ms) a member joined
+        ALTER TABLE members ADD COLUMN joined_at INTEGER;
         CREATE TABLE outbox(
             pos INTEGER PRIMARY KEY AUTOINCREMENT,
             kind TEXT NOT NULL CHECK (kind IN ('send', 'edit', 'delete', 'react')),
@@ -404,13 +404,13 @@ def save_conversation(conn: apsw.Connection, conv: Mapping[str, Any]) -> bool:
         " (SELECT value FROM json_each(?))",
         (conv["id"], orjson.dumps(member_ids).decode()),
     )
-    since = conv.get("members_since")
-    since = since if isinstance(since, dict) else {}
+    joined_at = conv.get("members_joined_at")
+    joined_at = joined_at if isinstance(joined_at, dict) else {}
     for user_id in member_ids:
-        joined = since.get(user_id)
+        joined = joined_at.get(user_id)
         conn.execute(
-            "INSERT INTO members(conversation_id, user_id, since_seq) VALUES (?, ?, ?)"
-            " ON CONFLICT DO UPDATE SET since_seq = excluded.since_seq",
+            "INSERT INTO members(conversation_id, user_id, joined_at) VALUES (?, ?, ?)"
+            " ON CONFLICT DO UPDATE SET joined_at = excluded.joined_at",
             (conv["id"], user_id, joined if type(joined) is int else None),
         )
     return known is None or known[0] is None
@@ -839,14 +839,22 @@ def refresh_read_statuses(
             f"UPDATE messages SET status = 'read' WHERE conversation_id = ?1 AND sender_id = ?2"
             f" AND status = 'sent'"
             f" AND EXISTS (SELECT 1 FROM members WHERE conversation_id = ?1 AND user_id != ?2)"
-            # every member who was there when it was sent has read it (members_since)
+            # every member who was there when it was sent has read it (members_joined_at)
             f" AND NOT EXISTS (SELECT 1 FROM members m WHERE m.conversation_id = ?1"
             f"  AND m.user_id != ?2 AND m.read_seq < messages.seq"
-            f"  AND (m.since_seq IS NULL OR m.since_seq < messages.seq))"
+            f"  AND (m.joined_at IS NULL OR m.joined_at <= messages.created_at))"
             f" RETURNING {_MSG_COLUMNS}",
             (conversation_id, me),
         )
     ]
+
+
+# A member who was there when message ?3 (a seq) of conversation ?1 was sent: joined
+# at or before its time (PROTOCOL extension `members_joined_at`), or joined when unknown.
+_THERE = (
+    "(joined_at IS NULL OR joined_at <= coalesce((SELECT created_at FROM messages"
+    " WHERE conversation_id = ?1 AND seq = ?3), joined_at))"
+)
 
 
 def read_by(conn: apsw.Connection, conversation_id: str, seq: int, sender_id: str) -> list[str]:
@@ -856,7 +864,7 @@ def read_by(conn: apsw.Connection, conversation_id: str, seq: int, sender_id: st
         for row in conn.execute(
             "SELECT user_id FROM members"
             " WHERE conversation_id = ?1 AND user_id != ?2 AND read_seq >= ?3"
-            " AND (since_seq IS NULL OR since_seq < ?3) ORDER BY user_id",
+            f" AND {_THERE} ORDER BY user_id",
             (conversation_id, sender_id, seq),
         )
     ]
@@ -864,11 +872,12 @@ def read_by(conn: apsw.Connection, conversation_id: str, seq: int, sender_id: st
 
 def readers_of(conn: apsw.Connection, conversation_id: str, seq: int, sender_id: str) -> int:
     """How many members other than the sender could read `seq` ("read by N of M"): with
-    the server's `members_since`, not those added after it; without it, all of them."""
+    the server's `members_joined_at`, not those who joined after it was sent; without
+    it, all of them."""
     return int(
         conn.execute(
-            "SELECT count(*) FROM members WHERE conversation_id = ? AND user_id != ?"
-            " AND (since_seq IS NULL OR since_seq < ?)",
+            f"SELECT count(*) FROM members WHERE conversation_id = ?1 AND user_id != ?2"
+            f" AND {_THERE}",
             (conversation_id, sender_id, seq),
         ).get
     )

@@ -164,10 +164,10 @@ def test_a_conversation_is_active_until_we_know_we_left_it(conn: apsw.Connection
 def test_read_by_n_of_m_leaves_out_members_added_after_the_message(
     conn: apsw.Connection,
 ) -> None:
-    # The server's `members_since` extension: cat joined after seq 1 was sent.
+    # The server's `members_joined_at` extension: cat joined after seq 1 was sent (at 1).
     with conn:
         store.save_conversation(
-            conn, {**conv(members=(ME, BOB, CAT)), "members_since": {CAT: 1, BOB: 0, ME: 0}}
+            conn, {**conv(members=(ME, BOB, CAT)), "members_joined_at": {CAT: 2, BOB: 0, ME: 0}}
         )
         store.merge_message(conn, server_message(1, ME, "a"), ME)
         store.merge_message(conn, server_message(2, ME, "b"), ME)
