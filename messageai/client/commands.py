@@ -435,6 +435,11 @@ async def _search(args: argparse.Namespace) -> int:
                 )
         except trio.TooSlowError:
             raise Unreachable(f"no answer within {args.timeout:g}s") from None
+        known = {c.id for c in client.conversations()}
+        if not args.json and any(r["conversation_id"] not in known for r in results):
+            # Titles and names to print come from the store: fill it first (failures
+            # only cost the names; ids are printed instead).
+            await _try_sync(client, args.timeout)
         names = client.user_names()
         titles = {c.id: c.title or "" for c in client.conversations()}
         for result in results:
