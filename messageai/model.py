@@ -57,6 +57,8 @@ class User:
     username: str
     display_name: str
     created_at: int
+    # v1.1: True for the server's assistant (none yet); every account is a person.
+    bot: bool = False
 
 
 @attrs.frozen
@@ -74,17 +76,33 @@ class Conversation:
     # v1.1: the conversation's latest change (0: empty). Defaulted so a v1 server's
     # conversations still parse; such a server has sends only, so it equals last_seq.
     last_rev: int = attrs.Factory(lambda self: self.last_seq, takes_self=True)
+    # v1.1: a group's or channel's topic (None: none set; always None for a direct one).
+    topic: str | None = None
+    # Extension (v1.1): when each member joined (ms), so that a client counting "read by
+    # N of M" counts for each message only the members who were there when it came.
+    members_joined_at: dict[str, int] = attrs.Factory(dict)
+
+
+@attrs.frozen
+class ChannelEntry:
+    """One entry of `GET /v1/channels`: the conversation (as the caller sees it; for a
+    channel they are not in, without its messages) and how many members it has."""
+
+    conversation: Conversation
+    member_count: int
 
 
 @attrs.frozen
 class ConversationRecord:
-    """A conversation's row in the directory."""
+    """A conversation's row in the directory. `kind` is "direct", "group" or "channel";
+    `creator_id` is None for `general`, which the server made."""
 
     id: str
     kind: str
     title: str | None
-    creator_id: str
+    creator_id: str | None
     created_at: int
+    topic: str | None = None
 
 
 @attrs.frozen
@@ -95,6 +113,8 @@ class MediaRecord:
     content_type: str
     size: int
     created_at: int
+    # v1.1: the name given at upload (`?filename=`), None when none was.
+    filename: str | None = None
 
 
 @attrs.frozen

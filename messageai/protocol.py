@@ -310,10 +310,12 @@ def structure_record(obj: object, cls: type[T]) -> T:
 def check_message_content(
     body: str, attachments: list[str], max_chars: int, max_attachments: int
 ) -> None:
-    """The body and attachment rules shared by the WebSocket and REST send paths."""
+    """The body and attachment rules shared by the WebSocket and REST send paths. A
+    message with at least one attachment may have an empty body (v1.1: captionless
+    files); one without must have text."""
     length = len(body.strip())
-    if length == 0:
-        raise BadRequest("body: must not be empty")
+    if length == 0 and not attachments:
+        raise BadRequest("body: must not be empty (unless the message has attachments)")
     if length > max_chars:
         raise TooLarge(f"body: at most {max_chars} characters")
     if len(attachments) > max_attachments:

@@ -144,6 +144,11 @@ class Server:
                 if push.enabled:
                     await actor_nursery.start(push.run)
                 self.registry = registry
+
+                async def members_added(conversation_id: str, user_ids: tuple[str, ...]) -> None:
+                    await registry.members_changed(conversation_id, added=user_ids)
+
+                directory.on_members_added = members_added
                 front = self._front_door(directory, registry, presence, media, push)
                 await self._serve(front, presence, task_status)
                 registry.closing = True

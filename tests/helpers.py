@@ -200,6 +200,11 @@ async def harness(config: Config) -> AsyncIterator[Harness]:
         yield Harness(server, http)
 
 
+def without_general(conversations: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A conversation list less the `general` channel, which every user is in (v1.1)."""
+    return [c for c in conversations if not (c["kind"] == "channel" and c["title"] == "general")]
+
+
 def assert_error(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
     """The response is a PROTOCOL.md REST error: `status` and `{"error": {"code", "message"}}`."""
     assert response.status_code == status, (response.status_code, response.text)

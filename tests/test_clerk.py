@@ -195,7 +195,7 @@ async def test_first_valid_token_creates_the_user_with_clerks_id(tmp_path: Path)
         assert r.status_code == 200, r.text
         user = r.json()
         assert user["id"] == "user_2abcDEF123"
-        assert set(user) == {"id", "username", "display_name", "created_at"}
+        assert set(user) == {"id", "username", "display_name", "created_at", "bot"}
         # The same user on a second token and on the WebSocket, and still one user.
         assert (await me(h, token(sid="sess_other"))).json()["id"] == user["id"]
         assert await handshake_status(h, token()) == 101
@@ -422,6 +422,7 @@ async def test_user_created_and_updated_keep_the_profile_in_step(tmp_path: Path)
             "username": "ada",
             "display_name": "Ada Lovelace",
             "created_at": 1764150000000,
+            "bot": False,
         }
         r = await post_webhook(h, *signed(user_event("user.updated", first_name="Augusta Ada")))
         assert r.json() == {"status": "applied"}

@@ -90,7 +90,8 @@ async def raw_request(port: int, head: str, body_parts: list[bytes]) -> tuple[in
 async def test_upload_download_round_trip_with_stored_type_and_nosniff(h: Harness) -> None:
     ada = await h.account("ada")
     first = await upload(h, ada, PNG)
-    assert set(first) == {"id", "content_type", "size", "sha256"}
+    assert set(first) == {"id", "content_type", "size", "sha256", "filename"}
+    assert first["filename"] is None
     assert first["content_type"] == "image/png" and first["size"] == len(PNG)
     assert first["sha256"] == hashlib.sha256(PNG).hexdigest()
     r = await h.http.get(f"/v1/media/{first['id']}", headers=h.auth(ada))
@@ -578,3 +579,118 @@ async def test_a_registration_completes_while_a_sweep_is_in_its_file_step(tmp_pa
             while not swept:
                 await trio.sleep(0.01)
             assert swept == [1] and not path.exists() and stored(h) == (0, [])
+
+
+# ---------------------------------------------------------------- v1.1: names, info, captions
+
+
+async def upload_named(
+    h: Harness, who: Account, data: bytes, name: str, content_type: str = "image/png"
+) -> Any:
+    return await h.http.post(
+        "/v1/media",
+        params={"filename": name},
+        content=data,
+        headers={**h.auth(who), "Content-Type": content_type},
+    )
+
+
+async def test_an_upload_keeps_its_name_and_downloads_carry_it_per_rfc_6266(h: Harness) -> None:
+    ada = await h.account("ada")
+    r = await upload_named(h, ada, PDF, 'Q3 report \u2013 final "v2" 100%.pdf', "application/pdf")
+    assert r.status_code == 201, r.text
+    pdf = r.json()
+    assert pdf["filename"] == 'Q3 report \u2013 final "v2" 100%.pdf'
+    r = await h.http.get(f"/v1/media/{pdf['id']}", headers=h.auth(ada))
+    assert r.content == PDF
+    # A PDF is a download; the name in UTF-8, percent-encoded, and an ASCII fallback
+    # without the quote, the percent sign or the dash.
+    assert r.headers["content-disposition"] == (
+        'attachment; filename="Q3 report _ final _v2_ 100_.pdf";'
+        " filename*=UTF-8''Q3%20report%20%E2%80%93%20final%20%22v2%22%20100%25.pdf"
+    )
+    # An image with a name is shown inline, with the name.
+    r = await upload_named(h, ada, PNG, "café.png")
+    png = r.json()
+    r = await h.http.get(f"/v1/media/{png['id']}", headers=h.auth(ada))
+    assert r.headers["content-disposition"] == (
+        "inline; filename=\"caf_.png\"; filename*=UTF-8''caf%C3%A9.png"
+    )
+    # Exactly 255 characters is a name; the media info tells it without the bytes.
+    long_name = "é" * 251 + ".png"
+    r = await upload_named(h, ada, PNG, long_name)
+    assert r.status_code == 201, r.text
+    r = await h.http.get(f"/v1/media/{r.json()['id']}/info", headers=h.auth(ada))
+    assert r.status_code == 200
+    assert r.json()["filename"] == long_name and r.json()["size"] == len(PNG)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "",
+        " ",
+        "a" * 256,
+        "../etc/passwd",
+        "a/b.png",
+        "a\\b.png",
+        ".",
+        "..",
+        "tab\there.png",
+        "nul\x00.png",
+        "del\x7f.png",
+        "photo\u202egnp.exe",
+    ],
+)
+async def test_a_bad_filename_is_400_and_stores_nothing(h: Harness, name: str) -> None:
+    ada = await h.account("ada")
+    assert_error(await upload_named(h, ada, PNG, name), 400, "bad_request")
+    assert stored(h) == (0, [])
+
+
+async def test_media_info_is_for_those_who_may_download_it(h: Harness) -> None:
+    ada, bob, eve = await h.account("ada"), await h.account("bob"), await h.account("eve")
+    media = await upload(h, ada, PNG)
+    r = await h.http.get(f"/v1/media/{media['id']}/info", headers=h.auth(ada))
+    assert r.status_code == 200
+    assert r.json() == {**media, "filename": None}
+    # Others: the same 404 as an unknown id, until a message shares it with them.
+    for who, media_id in [(bob, media["id"]), (bob, "md_nope"), (eve, media["id"])]:
+        assert_error(
+            await h.http.get(f"/v1/media/{media_id}/info", headers=h.auth(who)), 404, "not_found"
+        )
+    cid = await h.direct(ada, bob)
+    await send(h, ada, cid, [media["id"]])
+    r = await h.http.get(f"/v1/media/{media['id']}/info", headers=h.auth(bob))
+    assert r.status_code == 200 and r.json()["content_type"] == "image/png"
+    assert_error(
+        await h.http.get(f"/v1/media/{media['id']}/info", headers=h.auth(eve)), 404, "not_found"
+    )
+
+
+async def test_a_message_with_an_attachment_may_have_an_empty_body(h: Harness) -> None:
+    ada, bob = await h.account("ada"), await h.account("bob")
+    cid = await h.direct(ada, bob)
+    media = await upload(h, ada, PNG)
+    r = await h.http.post(
+        f"/v1/conversations/{cid}/messages",
+        json={"client_id": "c1", "body": "", "attachments": [media["id"]]},
+        headers=h.auth(ada),
+    )
+    assert r.status_code == 201, r.text
+    assert r.json()["attachments"] == [media["id"]]
+    # Without an attachment, text is still required (REST and WebSocket alike).
+    for body in ["", "   "]:
+        r = await h.http.post(
+            f"/v1/conversations/{cid}/messages",
+            json={"client_id": "c2", "body": body},
+            headers=h.auth(ada),
+        )
+        assert_error(r, 400, "bad_request")
+    async with h.ws(ada) as ws:
+        ack = await ws.request(
+            "send_message", conversation_id=cid, client_id="c3", body="", attachments=[media["id"]]
+        )
+        assert ack["type"] == "ack" and ack["message"]["body"] == ""
+        refused = await ws.request("send_message", conversation_id=cid, client_id="c4", body="")
+        assert refused["type"] == "error" and refused["code"] == "bad_request"

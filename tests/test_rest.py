@@ -13,7 +13,14 @@ from typing import Any
 import pytest
 import trio
 
-from tests.helpers import Account, Harness, assert_error, harness, make_config
+from tests.helpers import (
+    Account,
+    Harness,
+    assert_error,
+    harness,
+    make_config,
+    without_general,
+)
 
 # ---------------------------------------------------------------- helpers
 
@@ -49,8 +56,8 @@ async def listing(h: Harness, who: Account) -> list[dict[str, Any]]:
     r = await h.http.get("/v1/conversations", headers=h.auth(who))
     assert r.status_code == 200, r.text
     assert set(r.json()) == {"conversations"}
-    conversations: list[dict[str, Any]] = r.json()["conversations"]
-    return conversations
+    # Less `general`, which every user joins (v1.1; tests/test_channels.py covers it).
+    return without_general(r.json()["conversations"])
 
 
 async def user_count(h: Harness, who: Account) -> int:
@@ -64,7 +71,7 @@ async def next_ms() -> None:
     await trio.sleep(0.003)
 
 
-USER_KEYS = {"id", "username", "display_name", "created_at"}
+USER_KEYS = {"id", "username", "display_name", "created_at", "bot"}
 MESSAGE_KEYS = {
     "id",
     "conversation_id",
@@ -92,6 +99,8 @@ CONVERSATION_KEYS = {
     "last_message",
     "unread_count",
     "last_rev",  # v1.1
+    "topic",
+    "members_joined_at",
 }
 
 

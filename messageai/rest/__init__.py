@@ -1,6 +1,8 @@
 """REST handlers of PROTOCOL.md, one module per resource: `accounts` (register, login,
-logout, me, users), `conversations` (conversations, members, messages), `media`,
-`push_tokens`, `health` and, in Clerk mode, `clerk_webhooks`; `params` parses their input.
+logout, me, password, users), `conversations` (conversations, members, messages),
+`channels` (v1.1: browse, join, title and topic), `media`, `push_tokens`, `health` and,
+in Clerk mode, `clerk_webhooks`; `params` parses their input; `announce` builds the
+conversation objects and frames members' connections are told.
 
 `mount` puts every resource on the router; called once by `server.Server.run`.
 """
@@ -16,6 +18,7 @@ from messageai.errors import UpgradeRequired
 from messageai.live.guard import Guard
 from messageai.live.presence import Presence
 from messageai.rest.accounts import Accounts
+from messageai.rest.channels import Channels
 from messageai.rest.clerk_webhooks import ClerkWebhooks
 from messageai.rest.conversations import Conversations
 from messageai.rest.health import healthz
@@ -47,6 +50,7 @@ def mount(
     Conversations(
         directory, registry, presence, guard, max_body_chars=config.limits.max_body_chars
     ).routes(router)
+    Channels(directory, registry, presence).routes(router)
     MediaFiles(media).routes(router)
     PushTokens(push).routes(router)
     if config.auth.mode == "clerk" and config.clerk.webhook_secret:

@@ -23,7 +23,6 @@ from messageai.protocol import (
     CHANGES_DEFAULT_LIMIT,
     HISTORY_DEFAULT_LIMIT,
     MAX_SEQ,
-    ConversationAdded,
     DeleteMessage,
     EditMessage,
     GetChanges,
@@ -35,10 +34,10 @@ from messageai.protocol import (
     encode,
     frame_from_object,
 )
+from messageai.rest.announce import Announcer
 from messageai.rest.params import int_param, require_user, seq_param, string_list
-from messageai.services.directory import Directory
+from messageai.services.directory import Directory, check_title, check_topic
 
-MAX_TITLE_CHARS = 200
 # Conversation summaries one listing asks of the actors at once: enough to overlap
 # database opens, few enough that one listing neither floods the actors' queues
 # nor opens a burst of files against storage.max_open_databases.
@@ -61,6 +60,7 @@ class Conversations:
         # The same per-user message bucket as the WebSocket: one budget, any door.
         self._guard = guard
         self._limits_body_chars = max_body_chars
+        self._announce = Announcer(directory, registry, presence)
 
     def routes(self, router: Router) -> None:
         add = router.add
@@ -97,31 +97,7 @@ class Conversations:
             raise RateLimited("too many messages: retry later", retry_after_seconds=wait)
 
     async def _conversation(self, record: ConversationRecord, user: User) -> Conversation:
-        summary = await self._registry.call(record.id, user.id, Summary())
-        return Conversation(
-            id=record.id,
-            kind=record.kind,
-            title=record.title,
-            member_ids=self._directory.member_ids(record.id),
-            created_at=record.created_at,
-            last_seq=summary.last_seq,
-            last_message=summary.last_message,
-            unread_count=summary.unread_count,
-            last_rev=summary.last_rev,
-        )
-
-    async def _announce(self, record: ConversationRecord, user_ids: list[str]) -> None:
-        """Tell the live connections of `user_ids` that they are now in `record`
-        (`conversation_added`, an extension of PROTOCOL.md, so clients need not poll)."""
-        for user_id in user_ids:
-            peers = self._presence.peers_of(user_id)
-            if peers:
-                user = self._directory.user(user_id)
-                if user is not None:
-                    frame = ConversationAdded(conversation=await self._conversation(record, user))
-                    text = encode(frame)
-                    for peer in peers:
-                        peer.push(text)
+        return await self._announce.view(record, user)
 
     # ------------------------------------------------------------ handlers
 
@@ -129,24 +105,30 @@ class Conversations:
         user = require_user(request)
         body = request.json()
         kind = body.get("kind")
-        member_ids = string_list(body.get("member_ids"), "member_ids")
+        raw_ids = body.get("member_ids")
+        # A channel starts with its creator alone, so it needs no `member_ids`.
+        member_ids = string_list(
+            [] if kind == "channel" and raw_ids is None else raw_ids, "member_ids"
+        )
         if kind == "direct":
             if len(member_ids) != 1:
                 raise BadRequest("member_ids: a direct conversation takes exactly one other user")
             record, created = await self._directory.open_direct(user.id, member_ids[0])
             if created:
-                await self._announce(record, [user.id, member_ids[0]])
+                await self._announce.added(record, [user.id, member_ids[0]])
             return Response(201 if created else 200, await self._conversation(record, user))
-        if kind == "group":
-            title = body.get("title")
-            if not isinstance(title, str) or not 1 <= len(title.strip()) <= MAX_TITLE_CHARS:
-                raise BadRequest(
-                    f"title: a group needs a title of 1 to {MAX_TITLE_CHARS} characters"
-                )
-            record = await self._directory.create_group(user.id, title.strip(), member_ids)
-            await self._announce(record, self._directory.member_ids(record.id))
+        if kind in ("group", "channel"):
+            title = check_title(body.get("title"), kind)
+            topic = check_topic(body.get("topic"))
+            if kind == "group":
+                record = await self._directory.create_group(user.id, title, member_ids, topic)
+            else:
+                if member_ids:
+                    raise BadRequest("member_ids: a channel starts with its creator only")
+                record = await self._directory.create_channel(user.id, title, topic)
+            await self._announce.added(record, self._directory.member_ids(record.id))
             return Response(201, await self._conversation(record, user))
-        raise BadRequest('kind: must be "direct" or "group"')
+        raise BadRequest('kind: must be "direct", "group" or "channel"')
 
     async def list_conversations(self, request: Request) -> Response:
         """Every conversation of the caller, most recently active first. The summaries
@@ -191,23 +173,30 @@ class Conversations:
         user_ids = string_list(request.json().get("user_ids"), "user_ids")
         if not user_ids:
             raise BadRequest("user_ids: name at least one user")
-        if record.kind != "group":
-            raise BadRequest("members can be added to groups only")
-        await self._directory.add_members(record.id, user_ids)
+        if record.kind not in ("group", "channel"):
+            raise BadRequest("members can be added to groups and channels only")
+        before = self._directory.member_ids(record.id)
+        await self._directory.add_members(record.id, user_ids, channel=record.kind == "channel")
         await self._registry.members_changed(record.id, added=tuple(user_ids))
-        await self._announce(record, user_ids)
+        new = [user_id for user_id in user_ids if user_id not in set(before)]
+        await self._announce.added(record, new)
+        if new:
+            # Extension: the members who were there already learn the new member list.
+            await self._announce.updated(record, before)
         return Response(200, await self._conversation(record, user))
 
     async def remove_member(self, request: Request) -> Response:
         user = require_user(request)
         record = self._member_record(request.params["conversation_id"], user)
         target = request.params["user_id"]
-        if record.kind != "group":
-            raise BadRequest("members can be removed from groups only")
+        if record.kind not in ("group", "channel"):
+            raise BadRequest("members can be removed from groups and channels only")
         if target != user.id and user.id != record.creator_id:
-            raise Forbidden("only the group's creator may remove other members")
+            raise Forbidden(f"only the {record.kind}'s creator may remove other members")
         await self._directory.remove_member(record.id, target)
         await self._registry.members_changed(record.id, removed=(target,))
+        # Extension: the members who stay learn the new member list.
+        await self._announce.updated(record, self._directory.member_ids(record.id))
         return Response(204)
 
     async def get_messages(self, request: Request) -> Response:

@@ -13,11 +13,12 @@ in its actor nursery.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Concatenate, ParamSpec, TypeVar
 
 import apsw
+import attrs
 import trio
 
 from messageai import passwords
@@ -29,6 +30,7 @@ from messageai.errors import (
     NotFound,
     StartupError,
     Unauthorized,
+    Unavailable,
 )
 from messageai.model import ClerkProfile, ConversationRecord, User, new_id, now_ms
 from messageai.services.login_throttle import LoginThrottle
@@ -44,6 +46,13 @@ T = TypeVar("T")
 
 DIRECTORY_FILE = "directory.sqlite3"
 USER_SEARCH_LIMIT = 20
+# `GET /v1/users` without `q`: one page of the user list, by username.
+USER_PAGE_LIMIT = 100
+# `GET /v1/channels`: PROTOCOL.md's "≤ 50".
+CHANNEL_LIST_LIMIT = 50
+# Group and channel titles, and topics, in characters after trimming.
+MAX_TITLE_CHARS = 200
+MAX_TOPIC_CHARS = 500
 # A login name longer than any username (32) is refused before the throttle counts it,
 # so junk names cannot fill the throttle's memory with long keys.
 MAX_LOGIN_NAME_CHARS = 64
@@ -62,8 +71,66 @@ def open_directory_db(data_dir: Path, synchronous: str) -> apsw.Connection:
     Raises StartupError naming `data_dir` when it is not (and cannot be) a directory."""
     make_data_dir(data_dir)
     conn = open_db(data_dir / DIRECTORY_FILE, synchronous)
-    migrate(conn, sql.MIGRATIONS)
+    # Foreign keys off while migrating, as SQLite's recipe for rebuilding a table says
+    # (the pragma is a no-op inside a transaction, so it is set around them): dropping
+    # the old `conversations` would otherwise cascade into memberships. The rebuilding
+    # step checks the keys itself before its commit.
+    conn.execute("PRAGMA foreign_keys = OFF")
+    try:
+        migrate(conn, sql.MIGRATIONS)
+    finally:
+        conn.execute("PRAGMA foreign_keys = ON")
     return conn
+
+
+def check_title(value: object, kind: str) -> str:
+    """A group's or channel's title: 1 to MAX_TITLE_CHARS characters after trimming,
+    without control characters; returned trimmed. BadRequest otherwise."""
+    if not isinstance(value, str) or not 1 <= len(value.strip()) <= MAX_TITLE_CHARS:
+        raise BadRequest(f"title: a {kind} needs a title of 1 to {MAX_TITLE_CHARS} characters")
+    if any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in value.strip()):
+        raise BadRequest("title: must not contain control characters")
+    return value.strip()
+
+
+def check_topic(value: object) -> str | None:
+    """A topic: null, or a string of at most MAX_TOPIC_CHARS characters after trimming
+    (empty after trimming is no topic: None). Line breaks are allowed, other control
+    characters are not."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise BadRequest("topic: must be a string or null")
+    topic = value.strip()
+    if len(topic) > MAX_TOPIC_CHARS:
+        raise BadRequest(f"topic: at most {MAX_TOPIC_CHARS} characters")
+    if any((ord(c) < 0x20 and c != "\n") or 0x7F <= ord(c) < 0xA0 for c in topic):
+        raise BadRequest("topic: must not contain control characters other than line breaks")
+    return topic or None
+
+
+@attrs.frozen
+class ConversationChanges:
+    """A checked `PATCH /v1/conversations/{id}` body: what to set, and to what."""
+
+    set_title: bool
+    title: str | None
+    set_topic: bool
+    topic: str | None
+
+
+def check_conversation_changes(body: dict[str, object]) -> ConversationChanges:
+    """The body's `title` and `topic` checked as at creation; BadRequest when it names
+    neither or one is bad. Checked before the conversation is looked up."""
+    set_title, set_topic = "title" in body, "topic" in body
+    if not set_title and not set_topic:
+        raise BadRequest("name title or topic (or both)")
+    return ConversationChanges(
+        set_title=set_title,
+        title=check_title(body["title"], "conversation") if set_title else None,
+        set_topic=set_topic,
+        topic=check_topic(body["topic"]) if set_topic else None,
+    )
 
 
 def make_data_dir(data_dir: Path) -> None:
@@ -99,6 +166,9 @@ class Directory:
         )
         # One thread: it runs the writes one at a time, in the order they were asked.
         self._commits = WorkerPool(1, name="messageai directory")
+        # Set by the server to the registry's `members_changed`: a live actor learns
+        # of members the directory added on its own (a new user joining `general`).
+        self.on_members_added: Callable[[str, tuple[str, ...]], Awaitable[None]] | None = None
 
     def close(self) -> None:
         """Close the connections and stop the write thread. Call when no write can be
@@ -180,7 +250,25 @@ class Directory:
         user = await self.write(insert)
         if user is None:
             raise Conflict(f"username {name!r} is taken")
+        await self.joined_auto_channels(user.id)
         return user, token
+
+    async def joined_auto_channels(self, user_id: str) -> None:
+        """Tell the live actors of the `auto_join` channels (`general`) that the user is
+        a member: made just now (`store.directory.insert_user` joined them in its
+        transaction), or signing in after `messageai user add` made them in another
+        process, which no actor heard of. Only where the directory says they are a
+        member (one who left stays out). A busy actor that does not answer in time
+        still applies it when it gets to it, so the timeout is logged, not raised."""
+        if self.on_members_added is None:
+            return
+        for conversation_id in sql.auto_join_ids(self._reader):
+            if not sql.is_member(self._reader, conversation_id, user_id):
+                continue
+            try:
+                await self.on_members_added(conversation_id, (user_id,))
+            except Unavailable:
+                log.warning("conversation %s: slow to learn of a new member", conversation_id)
 
     def _insert_token(self, conn: apsw.Connection, token: str, user_id: str) -> None:
         now = now_ms()
@@ -217,6 +305,10 @@ class Directory:
         self._throttle.succeeded(username)
         token = passwords.new_token()
         await self.write(self._insert_token, token, user.id)
+        # A user made by `messageai user add` beside the running server joined
+        # `general` in that process: a live actor of it learns of them here, before
+        # their first request (a no-op for a member it knows).
+        await self.joined_auto_channels(user.id)
         return user, token
 
     def _verify(self, password: str, stored: str | None) -> bool:
@@ -243,6 +335,54 @@ class Directory:
     def search_users(self, prefix: str) -> list[User]:
         return sql.search_users(self._reader, prefix, USER_SEARCH_LIMIT)
 
+    def users_after(self, after: str) -> list[User]:
+        """A page of USER_PAGE_LIMIT users by username, after `after` ("" first)."""
+        return sql.users_after(self._reader, after, USER_PAGE_LIMIT)
+
+    async def set_display_name(self, user_id: str, display_name: object) -> User:
+        """`PATCH /v1/me`: the registration rules for display names (1 to 64 characters
+        after trimming). In Clerk mode too: Clerk's next `user.updated` sets it again."""
+        if not isinstance(display_name, str):
+            raise BadRequest("display_name: must be a string")
+        shown = passwords.check_display_name(display_name, "")
+        if not shown:
+            raise BadRequest("display_name: must not be empty")
+        user = await self.write(sql.set_display_name, user_id, shown)
+        if user is None:
+            raise NotFound("no such user")
+        return user
+
+    async def change_password(
+        self, user_id: str, old: object, new: object, keep_token: str
+    ) -> list[bytes]:
+        """`POST /v1/me/password`: check `old` (Forbidden when wrong: the caller stays
+        signed in), store `new` (registration's rules) and revoke every other token of
+        the user; the hashes of the tokens revoked. Local mode only (Clerk keeps the
+        passwords there). One scrypt to check, one to hash, both in the hashing pool;
+        wrong attempts count in the login throttle against the username."""
+        self._check_local_accounts()
+        if not isinstance(old, str) or not isinstance(new, str):
+            raise BadRequest("old_password and new_password must be strings")
+        try:
+            secret = passwords.check_password(new)
+        except BadRequest as exc:
+            raise BadRequest(f"new_{exc.message}") from None
+        user = self.user(user_id)
+        if user is None:
+            raise NotFound("no such user")
+        self._throttle.check(user.username, None)
+        stored = sql.password_hash_of(self._reader, user_id)
+        ok = len(old) <= passwords.MAX_PASSWORD_CHARS and await hashing_admitted(
+            lambda: self._throttle.check(user.username, None), self._verify, old, stored
+        )
+        if not ok:
+            self._throttle.failed(user.username, None)
+            raise Forbidden("old_password: that is not your current password")
+        new_hash = await hashing(passwords.hash_password, secret, self._config.auth.scrypt_n)
+        return await self.write(
+            sql.set_password, user_id, new_hash, passwords.token_hash(keep_token)
+        )
+
     # ------------------------------------------------------------ Clerk identities
 
     def clerk_user(self, user_id: str) -> tuple[User, bool] | None:
@@ -251,7 +391,15 @@ class Directory:
 
     async def adopt_clerk_user(self, profile: ClerkProfile) -> tuple[User, bool]:
         """Create the user on their first valid token; (user, deleted) as stored."""
-        return await self.write(clerk_sql.insert_if_absent, profile)
+
+        def adopt(conn: apsw.Connection) -> tuple[tuple[User, bool], bool]:
+            created = clerk_sql.user_state(conn, profile.id) is None
+            return clerk_sql.insert_if_absent(conn, profile), created
+
+        found, created = await self.write(adopt)
+        if created:
+            await self.joined_auto_channels(profile.id)
+        return found
 
     async def apply_clerk_event(
         self, message_id: str, profile: ClerkProfile | None, deleted_id: str | None
@@ -261,18 +409,25 @@ class Directory:
         was seen before, and then nothing changes."""
         now = now_ms()
 
+        created: list[str] = []
+
         def apply(conn: apsw.Connection) -> bool:
             if not clerk_sql.claim_webhook_message(
                 conn, message_id, now, WEBHOOK_IDS_KEEP_MS, WEBHOOK_IDS_MAX
             ):
                 return False
             if profile is not None:
+                if clerk_sql.user_state(conn, profile.id) is None:
+                    created.append(profile.id)
                 clerk_sql.upsert(conn, profile)
             if deleted_id is not None:
                 clerk_sql.mark_deleted(conn, deleted_id, now)
             return True
 
-        return await self.write(apply)
+        applied = await self.write(apply)
+        for user_id in created:
+            await self.joined_auto_channels(user_id)
+        return applied
 
     # ------------------------------------------------------------ conversations
 
@@ -281,6 +436,9 @@ class Directory:
 
     def member_ids(self, conversation_id: str) -> list[str]:
         return sql.member_ids(self._reader, conversation_id)
+
+    def members_joined_at(self, conversation_id: str) -> dict[str, int]:
+        return sql.members_joined_at(self._reader, conversation_id)
 
     def is_member(self, conversation_id: str, user_id: str) -> bool:
         """One primary-key lookup, whatever the group's size."""
@@ -322,7 +480,7 @@ class Directory:
         return await self.write(create)
 
     async def create_group(
-        self, caller: str, title: str, member_ids: list[str]
+        self, caller: str, title: str, member_ids: list[str], topic: str | None = None
     ) -> ConversationRecord:
         members = list(dict.fromkeys([caller, *member_ids]))
         if len(members) > self._config.limits.max_group_members:
@@ -334,18 +492,102 @@ class Directory:
             title=title,
             creator_id=caller,
             created_at=now_ms(),
+            topic=topic,
         )
         await self.write(sql.insert_conversation, record, members, record.created_at)
         return record
 
-    async def add_members(self, conversation_id: str, user_ids: list[str]) -> None:
+    async def create_channel(
+        self, caller: str, title: str, topic: str | None
+    ) -> ConversationRecord:
+        """A new channel with its creator as the one member. Conflict when a channel
+        has that title already (ASCII case ignored): people join channels by name."""
+        record = ConversationRecord(
+            id=new_id("c_"),
+            kind="channel",
+            title=title,
+            creator_id=caller,
+            created_at=now_ms(),
+            topic=topic,
+        )
+
+        def create(conn: apsw.Connection) -> None:
+            if sql.channel_title_taken(conn, title):
+                raise Conflict(f"title: there is a channel {title!r} already")
+            sql.insert_conversation(conn, record, [caller], record.created_at)
+
+        await self.write(create)
+        return record
+
+    def channels(self, prefix: str) -> list[tuple[ConversationRecord, int]]:
+        """Channels by title prefix, most members first, at most CHANNEL_LIST_LIMIT."""
+        return sql.channels(self._reader, prefix, CHANNEL_LIST_LIMIT)
+
+    def member_count(self, conversation_id: str) -> int:
+        return sql.member_count(self._reader, conversation_id)
+
+    async def join(self, conversation_id: str, user_id: str) -> bool:
+        """Make `user_id` a member of a channel; False when they were one already.
+        Channels have no member cap (`general` holds every user)."""
+
+        def join(conn: apsw.Connection) -> bool:
+            if sql.is_member(conn, conversation_id, user_id):
+                return False
+            sql.add_members(conn, conversation_id, [user_id], now_ms())
+            return True
+
+        return await self.write(join)
+
+    async def update_conversation(
+        self, record: ConversationRecord, changes: ConversationChanges
+    ) -> tuple[ConversationRecord, bool]:
+        """`PATCH /v1/conversations/{id}`: apply checked `changes`; the record now and
+        whether anything changed. A channel's new title must be free (Conflict)."""
+        conversation_id, kind = record.id, record.kind
+        set_title, set_topic = changes.set_title, changes.set_topic
+        title, topic = changes.title, changes.topic
+
+        def update(conn: apsw.Connection) -> tuple[ConversationRecord, bool]:
+            before = sql.conversation(conn, conversation_id)
+            if before is None:
+                raise NotFound("no such conversation")
+            same_title = not set_title or before.title == title
+            same_topic = not set_topic or before.topic == topic
+            if same_title and same_topic:
+                return before, False
+            if (
+                set_title
+                and kind == "channel"
+                and title is not None
+                and sql.channel_title_taken(conn, title, except_id=conversation_id)
+            ):
+                raise Conflict(f"title: there is a channel {title!r} already")
+            after = sql.update_conversation(
+                conn,
+                conversation_id,
+                title,
+                topic,
+                set_title=set_title and not same_title,
+                set_topic=set_topic and not same_topic,
+            )
+            assert after is not None
+            return after, True
+
+        return await self.write(update)
+
+    async def add_members(
+        self, conversation_id: str, user_ids: list[str], *, channel: bool = False
+    ) -> None:
+        """Add members; a group holds at most `limits.max_group_members`, a channel any
+        number (it is open to everyone anyway)."""
         self._check_users_exist(user_ids)
         limit = self._config.limits.max_group_members
 
         def add(conn: apsw.Connection) -> None:
-            current = set(sql.member_ids(conn, conversation_id))
-            if len(current | set(user_ids)) > limit:
-                raise BadRequest(f"user_ids: a group has at most {limit} members")
+            if not channel:
+                current = set(sql.member_ids(conn, conversation_id))
+                if len(current | set(user_ids)) > limit:
+                    raise BadRequest(f"user_ids: a group has at most {limit} members")
             sql.add_members(conn, conversation_id, user_ids, now_ms())
 
         await self.write(add)

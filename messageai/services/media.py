@@ -101,6 +101,29 @@ def sniff(head: bytes) -> frozenset[str]:
     return frozenset()
 
 
+MAX_FILENAME_CHARS = 255
+# Bidirectional controls would let "photo\u202egnp.exe" show as "photoexe.png".
+_BIDI_CONTROLS = frozenset(
+    "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+)
+
+
+def check_filename(name: str) -> str:
+    """A file name as `?filename=` gives it (v1.1): 1 to 255 characters, no path
+    separators (`/`, `\\`), not `.` or `..`, no control characters (C0, DEL, C1) and
+    no bidirectional controls, not only whitespace. Kept as given otherwise.
+    BadRequest names the rule."""
+    if not name or not name.strip():
+        raise BadRequest("filename: must not be empty")
+    if len(name) > MAX_FILENAME_CHARS:
+        raise BadRequest(f"filename: at most {MAX_FILENAME_CHARS} characters")
+    if "/" in name or "\\" in name or name in (".", ".."):
+        raise BadRequest("filename: a name, not a path (no / or \\)")
+    if any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 or c in _BIDI_CONTROLS for c in name):
+        raise BadRequest("filename: must not contain control characters")
+    return name
+
+
 def declared_type(headers: dict[str, str]) -> str:
     """The request's Content-Type without parameters, lower case ("" when absent)."""
     return headers.get("content-type", "").split(";", 1)[0].strip().lower()
@@ -211,11 +234,15 @@ class Media:
         user_id: str,
         headers: dict[str, str],
         receive: Callable[[], Any],
+        filename: str | None = None,
     ) -> MediaRecord:
         """Stream the request body to a temporary file while hashing and checking it, then
-        move it to its content-addressed path and record a new upload owned by `user_id`.
+        move it to its content-addressed path and record a new upload owned by `user_id`
+        (with `filename`, checked by `check_filename` before any byte is read).
         Never holds more than about CHUNK_BYTES of the body in memory; refuses (413) as soon
         as the body passes `limits.max_upload_bytes` or the user's quota."""
+        if filename is not None:
+            check_filename(filename)
         await self._prepare()
         declared = headers.get("content-length", "")
         length = int(declared) if declared.isascii() and declared.isdigit() else None
@@ -244,6 +271,7 @@ class Media:
                 content_type=content_type,
                 size=size,
                 created_at=now_ms(),
+                filename=filename,
             )
             await self._commit_upload(tmp, record, quota)
             return record

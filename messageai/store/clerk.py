@@ -9,12 +9,12 @@ from __future__ import annotations
 import apsw
 
 from messageai.model import ClerkProfile, User
-from messageai.store.directory import user_from_row
+from messageai.store.directory import USER_COLUMNS, join_auto_channels, user_from_row
 
 DELETED_DISPLAY_NAME = "Deleted user"
 
 
-_USER = "id, username, display_name, created_at"
+_USER = USER_COLUMNS
 
 
 def user_state(conn: apsw.Connection, user_id: str) -> tuple[User, bool] | None:
@@ -22,7 +22,7 @@ def user_state(conn: apsw.Connection, user_id: str) -> tuple[User, bool] | None:
     row = conn.execute(f"SELECT {_USER}, deleted_at FROM users WHERE id = ?", (user_id,)).fetchone()
     if row is None:
         return None
-    return user_from_row(row), row[4] is not None
+    return user_from_row(row), row[-1] is not None
 
 
 def _set_username(conn: apsw.Connection, user_id: str, wanted: str | None) -> None:
@@ -47,6 +47,7 @@ def insert_if_absent(conn: apsw.Connection, profile: ClerkProfile) -> tuple[User
         (profile.id, profile.id, profile.display_name, profile.created_at),
     )
     _set_username(conn, profile.id, profile.username)
+    join_auto_channels(conn, profile.id, profile.created_at)
     found = user_state(conn, profile.id)
     assert found is not None
     return found

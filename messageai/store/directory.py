@@ -1,4 +1,5 @@
-"""SQL for the central directory database: users, tokens, conversations, memberships.
+"""SQL for the central directory database: users, tokens, conversations, memberships,
+channels (v1.1: browse, join, the `general` channel every user joins) and profiles.
 
 Called by `messageai.services.directory.Directory`, which owns the connections
 (and, for `create_local_user` and the user list, by the offline admin CLI).
@@ -120,20 +121,95 @@ def _tokens_by_expiry(conn: apsw.Connection) -> None:
     conn.execute("CREATE INDEX tokens_expires ON tokens(expires_at)")
 
 
-MIGRATIONS: list[Migration] = [_v1, _clerk_identities, _media_and_push, _tokens_by_expiry]
+GENERAL_TITLE = "general"
 
 
-_USER = "id, username, display_name, created_at"
+def _people_v1_1(conn: apsw.Connection) -> None:
+    """v1.1 "Conversations, people, files": channels, topics, `bot` users, file names.
+
+    `conversations` is rebuilt (SQLite cannot change a CHECK or a NOT NULL in place):
+    `kind` admits "channel", `creator_id` may be NULL (`general` has no creator),
+    and it gains `topic`, `member_count` (kept by triggers, for "most members
+    first") and `auto_join` (every new user joins those: `general`). The rebuild
+    follows SQLite's own recipe, so `open_directory_db` runs the migrations with
+    foreign keys off (otherwise dropping the old table would cascade into
+    memberships) and this step checks them before it commits. `general` is created
+    here, once, and every user who exists already joins it, as new users will."""
+    conn.execute(
+        """
+        CREATE TABLE conversations_new(
+            id TEXT PRIMARY KEY,
+            kind TEXT NOT NULL CHECK (kind IN ('direct', 'group', 'channel')),
+            title TEXT,
+            topic TEXT,
+            creator_id TEXT REFERENCES users(id),
+            created_at INTEGER NOT NULL,
+            member_count INTEGER NOT NULL DEFAULT 0,
+            auto_join INTEGER NOT NULL DEFAULT 0 CHECK (auto_join IN (0, 1))
+        ) WITHOUT ROWID;
+        INSERT INTO conversations_new(id, kind, title, creator_id, created_at, member_count)
+            SELECT c.id, c.kind, c.title, c.creator_id, c.created_at,
+                   (SELECT count(*) FROM memberships m WHERE m.conversation_id = c.id)
+            FROM conversations c;
+        DROP TABLE conversations;
+        ALTER TABLE conversations_new RENAME TO conversations;
+        -- Channel titles are unique (people join them by name), ASCII case ignored;
+        -- the same index serves the title-prefix browse.
+        CREATE UNIQUE INDEX conversations_channel_title
+            ON conversations(title COLLATE NOCASE) WHERE kind = 'channel';
+        CREATE INDEX conversations_channel_size
+            ON conversations(member_count DESC) WHERE kind = 'channel';
+        CREATE INDEX conversations_auto_join ON conversations(auto_join) WHERE auto_join = 1;
+        CREATE TRIGGER memberships_counted AFTER INSERT ON memberships BEGIN
+            UPDATE conversations SET member_count = member_count + 1
+            WHERE id = NEW.conversation_id;
+        END;
+        CREATE TRIGGER memberships_uncounted AFTER DELETE ON memberships BEGIN
+            UPDATE conversations SET member_count = member_count - 1
+            WHERE id = OLD.conversation_id;
+        END;
+        ALTER TABLE users ADD COLUMN bot INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE media ADD COLUMN filename TEXT;
+        """
+    )
+    now = now_ms()
+    general = new_id("c_")
+    conn.execute(
+        "INSERT INTO conversations(id, kind, title, creator_id, created_at, auto_join)"
+        " VALUES (?, 'channel', ?, NULL, ?, 1)",
+        (general, GENERAL_TITLE, now),
+    )
+    conn.execute(
+        "INSERT INTO memberships(conversation_id, user_id, joined_at)"
+        " SELECT ?, id, ? FROM users WHERE deleted_at IS NULL AND bot = 0",
+        (general, now),
+    )
+    problems = conn.execute("PRAGMA foreign_key_check").fetchall()
+    if problems:
+        raise RuntimeError(f"directory migration: foreign keys broken: {problems[:5]}")
+
+
+MIGRATIONS: list[Migration] = [
+    _v1,
+    _clerk_identities,
+    _media_and_push,
+    _tokens_by_expiry,
+    _people_v1_1,
+]
+
+
+_USER = "id, username, display_name, created_at, bot"
+USER_COLUMNS = _USER  # for `store/clerk.py`, whose rows are read by `user_from_row` too
 
 
 # The first columns of a `SELECT {_USER}, ...` row; NOT NULL in `users`, so of these types.
-UserRow: TypeAlias = tuple[str, str, str, int]
+UserRow: TypeAlias = tuple[str, str, str, int, int]
 
 
 def user_from_row(row: tuple[object, ...]) -> User:
     """A `User` from a row that starts with the `_USER` columns (APSW rows are untyped)."""
-    id_, username, display_name, created_at = cast(UserRow, row[:4])
-    return User(id_, username, display_name, created_at)
+    id_, username, display_name, created_at, bot = cast(UserRow, row[:5])
+    return User(id_, username, display_name, created_at, bool(bot))
 
 
 def _user(row: tuple[object, ...] | None) -> User | None:
@@ -149,11 +225,33 @@ def insert_user(conn: apsw.Connection, user: User, password_hash: str | None) ->
     A taken name is expected (registration, `messageai user add`), so it is not a
     failed statement: `DO NOTHING` keeps SQLite from logging a constraint error."""
     conn.execute(
-        "INSERT INTO users(id, username, display_name, password_hash, created_at)"
-        " VALUES (?, ?, ?, ?, ?) ON CONFLICT(username) DO NOTHING",
-        (user.id, user.username, user.display_name, password_hash, user.created_at),
+        "INSERT INTO users(id, username, display_name, password_hash, created_at, bot)"
+        " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(username) DO NOTHING",
+        (user.id, user.username, user.display_name, password_hash, user.created_at, user.bot),
     )
-    return conn.changes() == 1
+    if conn.changes() != 1:
+        return False
+    if not user.bot:
+        join_auto_channels(conn, user.id, user.created_at)
+    return True
+
+
+def join_auto_channels(conn: apsw.Connection, user_id: str, now: int) -> list[str]:
+    """Make a new user a member of every `auto_join` conversation (`general`); the ids
+    joined. Called in the transaction that creates the user (`insert_user`, Clerk's
+    `insert_if_absent`), so no user ever exists outside `general`."""
+    joined = auto_join_ids(conn)
+    for conversation_id in joined:
+        add_members(conn, conversation_id, [user_id], now)
+    return joined
+
+
+def auto_join_ids(conn: apsw.Connection) -> list[str]:
+    """The conversations every new user joins (`general`)."""
+    return [
+        row[0]
+        for row in conn.execute("SELECT id FROM conversations WHERE auto_join = 1 ORDER BY id")
+    ]
 
 
 def create_local_user(
@@ -180,7 +278,7 @@ def user_and_hash_by_name(conn: apsw.Connection, username: str) -> tuple[User, s
     ).fetchone()
     if row is None:
         return None
-    return user_from_row(row), row[4]
+    return user_from_row(row), row[-1]
 
 
 def existing_user_ids(conn: apsw.Connection, user_ids: list[str]) -> set[str]:
@@ -224,6 +322,43 @@ def search_users(conn: apsw.Connection, prefix: str, limit: int) -> list[User]:
         (folded, _after_prefix(folded), limit),
     )
     return [user_from_row(row) for row in rows]
+
+
+def users_after(conn: apsw.Connection, after: str, limit: int) -> list[User]:
+    """A page of every user by username: the first `limit` whose username sorts after
+    `after` ("" for the first page). One range scan of the username index."""
+    rows = conn.execute(
+        f"SELECT {_USER} FROM users WHERE username > ? ORDER BY username LIMIT ?", (after, limit)
+    )
+    return [user_from_row(row) for row in rows]
+
+
+def set_display_name(conn: apsw.Connection, user_id: str, display_name: str) -> User | None:
+    """Set a user's display name; the user as stored now (None: no such user)."""
+    conn.execute("UPDATE users SET display_name = ? WHERE id = ?", (display_name, user_id))
+    return user_by_id(conn, user_id)
+
+
+def password_hash_of(conn: apsw.Connection, user_id: str) -> str | None:
+    """The user's stored password hash (None: no such user, or no password: Clerk)."""
+    value = conn.execute("SELECT password_hash FROM users WHERE id = ?", (user_id,)).get
+    return value if isinstance(value, str) else None
+
+
+def set_password(
+    conn: apsw.Connection, user_id: str, password_hash: str, keep_token_hash: bytes
+) -> list[bytes]:
+    """Store a new password hash and revoke every other token of the user; the hashes
+    of the tokens revoked (their sockets are closed after the commit)."""
+    conn.execute("UPDATE users SET password_hash = ? WHERE id = ?", (password_hash, user_id))
+    revoked = [
+        bytes(row[0])
+        for row in conn.execute(
+            "SELECT hash FROM tokens WHERE user_id = ? AND hash != ?", (user_id, keep_token_hash)
+        )
+    ]
+    conn.execute("DELETE FROM tokens WHERE user_id = ? AND hash != ?", (user_id, keep_token_hash))
+    return revoked
 
 
 def all_users(conn: apsw.Connection) -> list[User]:
@@ -271,10 +406,71 @@ def insert_conversation(
     conn: apsw.Connection, record: ConversationRecord, member_ids: list[str], now: int
 ) -> None:
     conn.execute(
-        "INSERT INTO conversations(id, kind, title, creator_id, created_at) VALUES (?, ?, ?, ?, ?)",
-        (record.id, record.kind, record.title, record.creator_id, record.created_at),
+        "INSERT INTO conversations(id, kind, title, topic, creator_id, created_at)"
+        " VALUES (?, ?, ?, ?, ?, ?)",
+        (record.id, record.kind, record.title, record.topic, record.creator_id, record.created_at),
     )
     add_members(conn, record.id, member_ids, now)
+
+
+def channel_title_taken(conn: apsw.Connection, title: str, except_id: str | None = None) -> bool:
+    """Whether a channel other than `except_id` has this title (ASCII case ignored)."""
+    return (
+        conn.execute(
+            "SELECT 1 FROM conversations WHERE kind = 'channel'"
+            " AND title = ? COLLATE NOCASE AND id IS NOT ?",
+            (title, except_id),
+        ).fetchone()
+        is not None
+    )
+
+
+def channels(
+    conn: apsw.Connection, prefix: str, limit: int
+) -> list[tuple[ConversationRecord, int]]:
+    """Channels whose title starts with `prefix` (ASCII case ignored; "" for all), most
+    members first (then by title), at most `limit`, with their member counts. The
+    prefix is a range of the unique title index; without one, the size index is
+    walked in order, so `limit` rows are read."""
+    if prefix:
+        folded = "".join(c.lower() if "A" <= c <= "Z" else c for c in prefix)
+        rows = conn.execute(
+            f"SELECT {_CONVERSATION}, member_count FROM conversations"
+            " WHERE kind = 'channel' AND title COLLATE NOCASE >= ?1 AND title COLLATE NOCASE < ?2"
+            " ORDER BY member_count DESC, title COLLATE NOCASE, id LIMIT ?3",
+            (folded, _after_prefix(folded), limit),
+        )
+    else:
+        rows = conn.execute(
+            f"SELECT {_CONVERSATION}, member_count FROM conversations WHERE kind = 'channel'"
+            " ORDER BY member_count DESC, title COLLATE NOCASE, id LIMIT ?",
+            (limit,),
+        )
+    return [(_record(row), cast(int, row[-1])) for row in rows]
+
+
+def update_conversation(
+    conn: apsw.Connection,
+    conversation_id: str,
+    title: str | None,
+    topic: str | None,
+    *,
+    set_title: bool,
+    set_topic: bool,
+) -> ConversationRecord | None:
+    """Set the title and/or topic (those flagged); the record as stored now."""
+    if set_title:
+        conn.execute("UPDATE conversations SET title = ? WHERE id = ?", (title, conversation_id))
+    if set_topic:
+        conn.execute("UPDATE conversations SET topic = ? WHERE id = ?", (topic, conversation_id))
+    return conversation(conn, conversation_id)
+
+
+def member_count(conn: apsw.Connection, conversation_id: str) -> int:
+    value = conn.execute(
+        "SELECT member_count FROM conversations WHERE id = ?", (conversation_id,)
+    ).get
+    return value if isinstance(value, int) else 0
 
 
 def direct_conversation_id(conn: apsw.Connection, user_a: str, user_b: str) -> str | None:
@@ -295,12 +491,26 @@ def insert_direct_pair(
     )
 
 
+_CONVERSATION = "id, kind, title, creator_id, created_at, topic"
+
+
+def _record(row: tuple[object, ...]) -> ConversationRecord:
+    id_, kind, title, creator_id, created_at, topic = row[:6]
+    return ConversationRecord(
+        cast(str, id_),
+        cast(str, kind),
+        cast("str | None", title),
+        cast("str | None", creator_id),
+        cast(int, created_at),
+        cast("str | None", topic),
+    )
+
+
 def conversation(conn: apsw.Connection, conversation_id: str) -> ConversationRecord | None:
     row = conn.execute(
-        "SELECT id, kind, title, creator_id, created_at FROM conversations WHERE id = ?",
-        (conversation_id,),
+        f"SELECT {_CONVERSATION} FROM conversations WHERE id = ?", (conversation_id,)
     ).fetchone()
-    return ConversationRecord(*row) if row is not None else None
+    return _record(row) if row is not None else None
 
 
 def member_ids(conn: apsw.Connection, conversation_id: str) -> list[str]:
@@ -311,6 +521,18 @@ def member_ids(conn: apsw.Connection, conversation_id: str) -> list[str]:
             (conversation_id,),
         )
     ]
+
+
+def members_joined_at(conn: apsw.Connection, conversation_id: str) -> dict[str, int]:
+    """Each member's id and when they joined (ms), in joining order (as `member_ids`)."""
+    return {
+        row[0]: row[1]
+        for row in conn.execute(
+            "SELECT user_id, joined_at FROM memberships WHERE conversation_id = ?"
+            " ORDER BY joined_at, user_id",
+            (conversation_id,),
+        )
+    }
 
 
 def is_member(conn: apsw.Connection, conversation_id: str, user_id: str) -> bool:

@@ -11,12 +11,13 @@ import apsw
 
 from messageai.model import MediaRecord
 
-_COLUMNS = "id, owner_id, sha256, content_type, size, created_at"
+# In MediaRecord's field order (`filename`, v1.1, last).
+_COLUMNS = "id, owner_id, sha256, content_type, size, created_at, filename"
 
 
 def insert(conn: apsw.Connection, record: MediaRecord) -> None:
     conn.execute(
-        f"INSERT INTO media({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
+        f"INSERT INTO media({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
         (
             record.id,
             record.owner_id,
@@ -24,6 +25,7 @@ def insert(conn: apsw.Connection, record: MediaRecord) -> None:
             record.content_type,
             record.size,
             record.created_at,
+            record.filename,
         ),
     )
 
