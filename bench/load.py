@@ -8,8 +8,11 @@ line it prints is one JSON object. Each loop is bounded in count and in time:
 the process ends by itself after `max_seconds` even if nobody says `stop`.
 
 Kinds: `stream` (senders keep `window` messages in flight; everyone counts acks
-and deliveries), `idle` (connect, subscribe, hold), `cold` (first message to
-each of many conversations), `history` (random pages of `limit` messages).
+and deliveries; with `"action": "react"` the senders toggle their reaction on the
+plan's `react_seqs` instead of sending, and `message_updated` frames are the
+deliveries), `idle` (connect, subscribe, hold), `cold` (first message to each of many
+conversations), `history` (random pages of `limit` messages), `changes` (catch-up:
+`get_changes` pages of `limit` from rev 0 to the end, over and over).
 """
 
 from __future__ import annotations
@@ -166,6 +169,10 @@ class Load:
                     sent = int(body.partition(" ")[0])
                     if sent >= stats.mark_ns:
                         stats.deliv_lat.append((now - sent) // 1000)
+            elif kind == "message_updated":
+                # A reaction carries no send time: counted, without a latency.
+                if stats.counting:
+                    stats.deliveries += 1
             elif kind == "error":
                 stats.errors += 1
                 if len(stats.error_samples) < 5:
@@ -185,6 +192,11 @@ class Load:
         max_messages = self.plan.get("max_messages_per_sender", 1_000_000)
         n = 0
         dumps = orjson.dumps
+        react = self.plan.get("action") == "react"
+        seqs: list[int] = self.plan.get("react_seqs", [])
+        # Each sender toggles its own reaction on each target: on, off, on… every
+        # frame a real change (frames of one connection are handled in order).
+        reacted = dict.fromkeys(seqs, False)
         try:
             while not self.stop.is_set() and n < max_messages:
                 await window.acquire()
@@ -193,13 +205,26 @@ class Load:
                 n += 1
                 req = f"{tag}.{n}"
                 sent = now_ns()
-                frame = {
-                    "type": "send_message",
-                    "conversation_id": conversation_id,
-                    "client_id": req,
-                    "body": f"{sent} {self.pad}",
-                    "req": req,
-                }
+                frame: dict[str, Any]
+                if react:
+                    seq = seqs[n % len(seqs)]
+                    reacted[seq] = not reacted[seq]
+                    frame = {
+                        "type": "react",
+                        "conversation_id": conversation_id,
+                        "seq": seq,
+                        "emoji": "\U0001f44d",
+                        "on": reacted[seq],
+                        "req": req,
+                    }
+                else:
+                    frame = {
+                        "type": "send_message",
+                        "conversation_id": conversation_id,
+                        "client_id": req,
+                        "body": f"{sent} {self.pad}",
+                        "req": req,
+                    }
                 client.inflight[req] = sent
                 self.stats.sent += 1
                 await client.ws.send_message(dumps(frame).decode())
@@ -280,6 +305,40 @@ class Load:
                 if sent >= stats.mark_ns:
                     stats.ack_lat.append((now_ns() - sent) // 1000)
 
+    async def run_changes(self, client: Client, index: int) -> None:
+        """Catch-up until stopped: page `get_changes` from rev 0 until `has_more` is
+        false, then again. Each page is one answer counted."""
+        limit = self.plan.get("changes_limit", 200)
+        total = self.plan["changes_total"]
+        cid = self.plan["changes_conversation"]
+        stats = self.stats
+        n = 0
+        after = 0
+        while not self.stop.is_set() and n < 10_000_000:
+            n += 1
+            frame = {
+                "type": "get_changes",
+                "conversation_id": cid,
+                "after_rev": after,
+                "limit": limit,
+                "req": f"c{index}.{n}",
+            }
+            sent = now_ns()
+            answer = await self.request(client, frame)
+            messages = answer.get("messages") if answer.get("type") == "changes" else None
+            if not messages and after < total:
+                stats.errors += 1
+                if len(stats.error_samples) < 5:
+                    stats.error_samples.append(str(answer)[:200])
+                after = 0
+                continue
+            if stats.counting:
+                stats.acks += 1
+                stats.deliveries += len(messages or [])
+                if sent >= stats.mark_ns:
+                    stats.ack_lat.append((now_ns() - sent) // 1000)
+            after = messages[-1]["rev"] if answer["has_more"] and messages else 0
+
     # ------------------------------------------------------------ control
 
     async def control(self, nursery: trio.Nursery) -> None:
@@ -332,6 +391,9 @@ class Load:
                 elif kind == "history":
                     for i, client in enumerate(self.clients):
                         nursery.start_soon(self.run_history, client, i)
+                elif kind == "changes":
+                    for i, client in enumerate(self.clients):
+                        nursery.start_soon(self.run_changes, client, i)
                 elif kind == "cold":
                     self.stats.mark_ns = now_ns()
                     self.stats.counting = True

@@ -30,7 +30,7 @@ from bench import procs, seed
 from bench.procs import ROOT, Child, LoadGroup
 from messageai.config import ConfigError, parse_config
 
-SCENARIOS = ["direct", "group", "rr", "idle", "cold", "history", "durability"]
+SCENARIOS = ["direct", "group", "rr", "idle", "cold", "history", "durability", "react", "changes"]
 
 
 class Sizes(TypedDict):
@@ -44,6 +44,9 @@ class Sizes(TypedDict):
     cold_conversations: int
     history_messages: int
     history_clients: int
+    react_targets: int
+    changes_total: int
+    changes_clients: int
     warmup: float
     duration: float
     hold: float
@@ -59,6 +62,9 @@ FULL: Sizes = {
     "cold_conversations": 1000,
     "history_messages": 1_000_000,
     "history_clients": 4,
+    "react_targets": 20,
+    "changes_total": 10_000,
+    "changes_clients": 4,
     "warmup": 2.0,
     "duration": 10.0,
     "hold": 5.0,
@@ -392,6 +398,89 @@ class Bench:
             ref.stop()
         self.results["group"] = ours
 
+    def s_react(self) -> None:
+        """`group` with reactions instead of messages: the same 50 members and senders,
+        each sender toggling its reaction on the group's first messages (every frame
+        a change: a rev, a commit, a `message_updated` to the 49 others)."""
+        members = self.size["group_members"]
+        senders = self.size["group_senders"]
+        targets = self.size["react_targets"]
+        window = 4
+        offered = f"1 group x {members} members, {senders} senders x {window} reactions in flight"
+        server = self.start_server("FULL", self.data_dir("react"))
+        try:
+            rest = seed.Rest(server.port)
+            try:
+                users = rest.register([f"x{i:05d}" for i in range(members)])
+                (cid,) = rest.groups([(users[0], users[1:])])
+                rest.messages(cid, users[0]["token"], targets)
+            finally:
+                rest.close()
+            conns = [
+                {
+                    "path": f"/v1/ws?access_token={u['token']}",
+                    "subscribe": [cid],
+                    "send_to": cid if i < senders else None,
+                    "tag": f"c{i}",
+                }
+                for i, u in enumerate(users)
+            ]
+            plan = {
+                "kind": "stream",
+                "action": "react",
+                "react_seqs": list(range(1, targets + 1)),
+                "url": ws_url(server),
+                "conns": conns,
+                "window": window,
+            }
+            self.results["react"] = self.add(
+                "react", self.run_load(server, plan, system="messageai", offered=offered)
+            )
+        finally:
+            server.stop()
+
+    def s_changes(self) -> None:
+        """Catch-up with `get_changes`: clients page 200 at a time from rev 0 through a
+        conversation of `changes_total` messages that were each changed once since."""
+        total = self.size["changes_total"]
+        clients = self.size["changes_clients"]
+        offered = f"{clients} clients catching up {total:,} changes, 200 a page"
+        data = self.data_dir("changes")
+        server = self.start_server("FULL", data)
+        try:
+            users, convs = self.direct_pairs(server, 1, "k")
+        finally:
+            server.stop()
+        self.step = "filling"
+        self.progress(f"writing {total:,} messages and {total:,} changes")
+        fill = seed.fill_changes(data, convs[0], [u["id"] for u in users], total, "FULL")
+        server = self.start_server("FULL", data)
+        try:
+            conns = [
+                {"path": f"/v1/ws?access_token={users[i % 2]['token']}", "tag": f"k{i}"}
+                for i in range(clients)
+            ]
+            plan = {
+                "kind": "changes",
+                "url": ws_url(server),
+                "conns": conns,
+                "changes_conversation": convs[0],
+                "changes_total": 2 * total,
+                "changes_limit": 200,
+            }
+            ours = self.add(
+                "changes", self.run_load(server, plan, system="messageai", offered=offered)
+            )
+            ours["fill_seconds"] = fill
+            ours["pages_per_s"] = ours.get("acked_per_s")
+            ours["catch_ups_per_s"] = (
+                ours["acked_per_s"] / (total / 200) if ours.get("acked_per_s") else None
+            )
+            self.results["changes"] = ours
+        finally:
+            server.stop()
+            shutil.rmtree(data, ignore_errors=True)
+
     def s_rr(self) -> None:
         n = self.size["rr_clients"]
         offered = f"{n} clients x 1 in flight"
@@ -642,6 +731,16 @@ class Bench:
                 True,
             )
             check("group: deliveries/s", g["delivered_per_s"], 20000, "≥ 20,000", False)
+        if "react" in r and "group" in r:
+            check(
+                "react: CPU/delivery ÷ group's",
+                ratio(r["react"]["cpu_us_per_delivery"], r["group"]["cpu_us_per_delivery"]),
+                1.2,
+                "≤ 1.2",
+                True,
+            )
+        if "changes" in r:
+            check("changes: pages/s (200 a page)", r["changes"]["pages_per_s"], None, "-", False)
         if "rr" in r:
             check(
                 "rr: ack p99 ÷ ref echo p99",

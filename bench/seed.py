@@ -1,9 +1,9 @@
 """Seeding a fresh server over its public REST API: users and conversations.
 
 Plain blocking httpx calls from a small thread pool (REST is not what the bench
-measures; it only has to be quick enough). Also the one bulk loader that writes
-a conversation's database file directly (`fill_history`), used only while the
-server is stopped.
+measures; it only has to be quick enough). Also the bulk loaders that write a
+conversation's database file directly (`fill_history`, `fill_changes`), used only
+while the server is stopped.
 """
 
 from __future__ import annotations
@@ -65,6 +65,15 @@ class Rest:
 
         return parallel(one, pairs)
 
+    def messages(self, conversation_id: str, token: str, n: int) -> None:
+        """Send `n` short messages into a conversation (the targets of `react`)."""
+        for i in range(n):
+            self._post(
+                f"/v1/conversations/{conversation_id}/messages",
+                {"client_id": f"seed{i}", "body": f"react to {i}"},
+                token,
+            )
+
     def groups(self, groups: list[tuple[dict[str, Any], list[dict[str, Any]]]]) -> list[str]:
         """Create groups of (creator, other members); returns their ids in order."""
 
@@ -122,6 +131,35 @@ def fill_history(
             sql.bulk_insert(conn, messages)
     if sql.last_seq(conn) != first + total - 1:
         raise RuntimeError(f"seeding stopped at seq {sql.last_seq(conn)}, not {first + total - 1}")
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+    return time.monotonic() - start
+
+
+def fill_changes(
+    data_dir: Path, conversation_id: str, senders: list[str], total: int, synchronous: str
+) -> float:
+    """`total` messages (`fill_history`), then one change to each, through the server's
+    own store functions: an edit of every even seq, a reaction on every odd one, revs
+    `total + 1` … `2 * total`. Catching up from rev 0 then brings `total` messages, all
+    with rev above their seq (the worst case for the rev index). Server stopped."""
+    from messageai.sqlite import open_db, transaction
+    from messageai.store import conversation as sql
+    from messageai.store.paths import conversation_path
+
+    start = time.monotonic()
+    fill_history(data_dir, conversation_id, senders, total, synchronous)
+    conn = open_db(conversation_path(data_dir, conversation_id), synchronous)
+    pad = "y" * 60
+    with transaction(conn):
+        for seq in range(1, total + 1):
+            rev = total + seq
+            if seq % 2 == 0:
+                sql.edit(conn, seq, f"{seq} {pad}", f"{seq} edited {pad}", 1, rev)
+            else:
+                sql.add_reaction(conn, seq, "\U0001f44d", senders[seq % len(senders)], rev)
+    if sql.last_rev(conn) != 2 * total:
+        raise RuntimeError(f"seeding stopped at rev {sql.last_rev(conn)}, not {2 * total}")
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     conn.close()
     return time.monotonic() - start

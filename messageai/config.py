@@ -251,6 +251,15 @@ class PushConfig:
 
 
 @attrs.frozen(field_transformer=_name_errors)
+class SearchConfig:
+    threads: int = attrs.field(default=4, validator=[v.ge(1), v.le(64)])
+    max_concurrent_queries: int = attrs.field(default=16, validator=[v.ge(1), v.le(10_000)])
+    max_files_per_query: int = attrs.field(default=500, validator=[v.ge(1), v.le(100_000)])
+    max_open_readers: int = attrs.field(default=256, validator=[v.ge(1), v.le(100_000)])
+    fill_chunk_rows: int = attrs.field(default=2000, validator=[v.ge(1), v.le(1_000_000)])
+
+
+@attrs.frozen(field_transformer=_name_errors)
 class LoggingConfig:
     level: Literal["debug", "info", "warning", "error"] = attrs.field(
         default="info", validator=v.in_(("debug", "info", "warning", "error"))
@@ -267,6 +276,7 @@ class Config:
     clerk: ClerkConfig = ClerkConfig()
     media: MediaConfig = MediaConfig()
     push: PushConfig = PushConfig()
+    search: SearchConfig = SearchConfig()
     logging: LoggingConfig = LoggingConfig()
 
     def __attrs_post_init__(self) -> None:

@@ -46,6 +46,7 @@ from messageai.model import User
 from messageai.services.directory import Directory
 from messageai.services.media import Media
 from messageai.services.push import Push
+from messageai.services.search import Search
 from messageai.sqlite import apply_best_practice
 
 log = logging.getLogger(__name__)
@@ -69,6 +70,7 @@ class Server:
         self.authenticator: Authenticator | None = None
         self.media: Media | None = None
         self.push: Push | None = None
+        self.search: Search | None = None
         self.guard = Guard(config)
 
     def shutdown(self) -> None:
@@ -149,6 +151,10 @@ class Server:
                     await registry.members_changed(conversation_id, added=user_ids)
 
                 directory.on_members_added = members_added
+                # search: its worker threads read the files; the registry wakes a
+                # lagging file's actor, which fills its index.
+                search = Search(config, directory, lambda cid: registry.actor(cid))
+                self.search = search
                 front = self._front_door(directory, registry, presence, media, push)
                 await self._serve(front, presence, task_status)
                 registry.closing = True
@@ -157,6 +163,8 @@ class Server:
             if self.registry is not None:
                 # After the actors' nursery: no commit is running or waiting now.
                 self.registry.close()
+            if self.search is not None:
+                self.search.close()
             directory.close()
 
     def _front_door(
@@ -170,6 +178,8 @@ class Server:
         """The one port's dispatcher: REST routes on the ASGI app, WebSockets to sessions."""
         config = self.config
         assert self.authenticator is not None
+        search = self.search
+        assert search is not None
         router = Router()
         rest.mount(
             router,
@@ -182,6 +192,7 @@ class Server:
             self.guard,
             self.close_user_sessions,
             self.close_token_sessions,
+            search,
         )
         app = App(
             router,
@@ -312,7 +323,17 @@ class Server:
         assert authenticator is not None
         kind = EchoSession if self._echo else Session
         token_hash = passwords.token_hash(token)
-        session = kind(ws, stream, user.id, token_hash, self.config, registry, presence, self.guard)
+        session = kind(
+            ws,
+            stream,
+            user.id,
+            token_hash,
+            self.config,
+            registry,
+            presence,
+            self.guard,
+            self.search,
+        )
         # Both checks are inline and `run` registers the session with presence before
         # its first await, so a deletion or logout either comes before the check or
         # finds the session among the user's connections.

@@ -1,5 +1,6 @@
 """The bench's pieces work: its server config is the server's, a reference server
-answers, a load process measures, and the history seed writes what the server reads.
+answers, a load process measures, the history and changes seeds write what the server
+reads, and the `react` and `changes` loads measure a real server process.
 
 Not the bench itself (that is `./scripts/bench`, never part of the suite): one
 reference echo server process, one load process of 4 clients for about a second.
@@ -7,10 +8,12 @@ reference echo server process, one load process of 4 clients for about a second.
 
 from __future__ import annotations
 
+import time
 import tomllib
 from pathlib import Path
 from typing import Any
 
+import httpx
 import orjson
 import pytest
 import trio
@@ -109,3 +112,96 @@ async def test_reference_echo_answers_and_a_load_process_counts_acks(tmp_path: P
 async def test_instruction_workload_gets_every_send_acked_in_order(tmp_path: Path) -> None:
     with trio.fail_after(30):
         assert await instructions.round_trips(5, tmp_path) == [1, 2, 3, 4, 5]
+
+
+def test_changes_seed_writes_changes_the_servers_store_reads(tmp_path: Path) -> None:
+    seed.fill_changes(tmp_path, "c_seeded", ["u_a", "u_b"], 10, "NORMAL")
+    conn = open_db(conversation_path(tmp_path, "c_seeded"), "NORMAL", create=False)
+    try:
+        assert sql.last_rev(conn) == 20
+        page, more = sql.changes(conn, "c_seeded", 0, 4)
+        assert more is True
+        assert [(m.seq, m.rev) for m in page] == [(1, 11), (2, 12), (3, 13), (4, 14)]
+        assert page[0].reactions == {"\U0001f44d": ["u_b"]} and page[1].edited_at == 1
+        assert sql.edits(conn, 2) == [("2 " + "y" * 60, 1)]
+    finally:
+        conn.close()
+
+
+def _load_for_a_second(tmp_path: Path, plan: dict[str, Any], name: str) -> dict[str, Any]:
+    """One load process following `plan` for about a second of counting."""
+    plan_path = tmp_path / f"plan-{name}.json"
+    plan_path.write_bytes(orjson.dumps({"max_seconds": 20, **plan}))
+    load = procs.LoadGroup(plan_path, 1, tmp_path / "load.log")
+    try:
+        load.wait_all("ready", 10)
+        load.tell("go")
+        load.tell("mark")
+        load.wait_all("marked", 5)
+        time.sleep(1.0)
+        load.tell("stop")
+        (result,) = load.wait_all("result", 15)
+    finally:
+        load.close()
+    return result
+
+
+def test_react_and_changes_loads_measure_a_real_server(tmp_path: Path) -> None:
+    config = tmp_path / "messageai.toml"
+    config.write_text(run.config_toml(run.server_config("NORMAL")))
+    server = procs.start_messageai(config, tmp_path / "data", tmp_path / "server.log")
+    try:
+        rest = seed.Rest(server.port)
+        try:
+            users = rest.register(["smoke1", "smoke2", "smoke3"])
+            (cid,) = rest.groups([(users[0], users[1:])])
+            rest.messages(cid, users[0]["token"], 3)
+        finally:
+            rest.close()
+        url = f"ws://127.0.0.1:{server.port}"
+        conns = [
+            {
+                "path": f"/v1/ws?access_token={u['token']}",
+                "subscribe": [cid],
+                "send_to": cid if i < 2 else None,
+                "tag": f"c{i}",
+            }
+            for i, u in enumerate(users)
+        ]
+        react = _load_for_a_second(
+            tmp_path,
+            {
+                "kind": "stream",
+                "action": "react",
+                "react_seqs": [1, 2, 3],
+                "url": url,
+                "conns": conns,
+                "window": 2,
+            },
+            "react",
+        )
+        assert react["errors"] == 0, react["error_samples"]
+        assert react["acks"] > 10 and react["deliveries"] > 10
+        # Every reaction took a rev: the conversation's last_rev counts them all.
+        r = httpx.get(
+            f"http://127.0.0.1:{server.port}/v1/conversations/{cid}",
+            headers={"authorization": f"Bearer {users[0]['token']}"},
+        )
+        last_rev = r.json()["last_rev"]
+        assert last_rev >= 3 + react["acks"]
+        changes = _load_for_a_second(
+            tmp_path,
+            {
+                "kind": "changes",
+                "url": url,
+                "conns": [{"path": f"/v1/ws?access_token={users[0]['token']}", "tag": "k"}],
+                "changes_conversation": cid,
+                "changes_total": last_rev,
+                "changes_limit": 2,
+            },
+            "changes",
+        )
+        assert changes["errors"] == 0, changes["error_samples"]
+        assert changes["acks"] > 10 and len(changes["ack_lat_us"]) > 10
+    finally:
+        server.stop()

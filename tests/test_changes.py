@@ -509,3 +509,40 @@ async def test_edits_deletes_and_reactions_spend_the_message_budget(tmp_path: Pa
                 assert changes["last_rev"] == 3
                 assert changes["messages"][0]["body"] == "1"
                 assert changes["messages"][0]["reactions"] == {"x": [ada.id]}
+
+
+async def test_a_resend_gets_its_original_ack_after_its_reply_to_and_mention_are_gone(
+    h: Harness,
+) -> None:
+    ada, _bob, cyd, cid = await _group(h)
+    async with h.ws(ada) as a:
+        await _send(a, cid, "parent")
+        first = await a.request(
+            "send_message",
+            conversation_id=cid,
+            client_id="once",
+            body="reply",
+            reply_to=1,
+            mentions=[cyd.id],
+        )
+        assert first["type"] == "ack"
+        await a.request("delete_message", conversation_id=cid, seq=1)
+        r = await h.http.delete(f"/v1/conversations/{cid}/members/{cyd.id}", headers=h.auth(ada))
+        assert r.status_code == 204
+        again = await a.request(
+            "send_message",
+            conversation_id=cid,
+            client_id="once",
+            body="reply",
+            reply_to=1,
+            mentions=[cyd.id],
+        )
+        assert again["type"] == "ack" and again["duplicate"] is True
+        assert again["message"] == first["message"]
+        # A new send with the same fields is refused.
+        _error(
+            await a.request(
+                "send_message", conversation_id=cid, client_id="new", body="r", mentions=[cyd.id]
+            ),
+            "bad_request",
+        )

@@ -1,5 +1,5 @@
-"""The hand-written encoders of the hot path (ack, new_message, updated, message_updated)
-match the converter."""
+"""The hand-written encoders of the hot path (ack, new_message, updated, message_updated,
+changes) match the converter."""
 
 from __future__ import annotations
 
@@ -7,7 +7,15 @@ import attrs
 import orjson
 
 from messageai.model import Message
-from messageai.protocol import Ack, MessageUpdated, NewMessage, Updated, converter, encode
+from messageai.protocol import (
+    Ack,
+    Changes,
+    MessageUpdated,
+    NewMessage,
+    Updated,
+    converter,
+    encode,
+)
 
 
 def _message(attachments: list[str] | None = None) -> Message:
@@ -37,7 +45,15 @@ def _changed() -> Message:
 
 
 def test_fast_encoders_match_the_converter_byte_for_byte() -> None:
-    frames: list[NewMessage | Ack | Updated | MessageUpdated] = [
+    frames: list[NewMessage | Ack | Updated | MessageUpdated | Changes] = [
+        Changes(conversation_id="c_1", messages=[], last_rev=0, has_more=False),
+        Changes(
+            conversation_id="c_1",
+            messages=[_message(), _changed()],
+            last_rev=57,
+            has_more=True,
+            req="p2",
+        ),
         NewMessage(_changed()),
         Ack(client_id="6f1c", message=_changed(), duplicate=False, req=3),
         Updated(_message()),

@@ -108,7 +108,7 @@ async def test_every_route_the_server_mounts_is_documented(tmp_path: Path) -> No
         async with running_server(config) as server:
             assert server.directory is not None and server.registry is not None
             assert server.presence is not None and server.media is not None
-            assert server.push is not None
+            assert server.push is not None and server.search is not None
             rest.mount(
                 router,
                 server.config,
@@ -120,6 +120,7 @@ async def test_every_route_the_server_mounts_is_documented(tmp_path: Path) -> No
                 server.guard,
                 server.close_user_sessions,
                 server.close_token_sessions,
+                server.search,
             )
     assert "POST /v1/webhooks/clerk" in router.added
     documented = set(subsections(section(doc(), "REST API"), 3))

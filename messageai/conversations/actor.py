@@ -63,6 +63,7 @@ from messageai.conversations.commands import (
     Unchanged,
     Unread,
 )
+from messageai.conversations.indexer import IndexFiller
 from messageai.errors import (
     BadRequest,
     Conflict,
@@ -177,6 +178,8 @@ class ConversationActor:
         # `typing: true` set it, which is not told when it ends). At most one entry
         # per member; never stored.
         self._typists: dict[str, tuple[float, Peer | None]] = {}
+        # search: fills an old file's index between commands (conversations/indexer.py).
+        self._filler = IndexFiller(conversation_id, config.search.fill_chunk_rows)
 
     # ------------------------------------------------------------ entry points
 
@@ -206,8 +209,13 @@ class ConversationActor:
                 if self._typists:
                     wake = min(wake, self._expire_typists())
                 first = None
-                with trio.move_on_at(wake):
-                    first = await self._receive.receive()
+                if self._filler.pending:  # search: one chunk of the index while none waits
+                    first = await self._fill_unless_waiting()
+                    if first is None:
+                        continue
+                else:
+                    with trio.move_on_at(wake):
+                        first = await self._receive.receive()
                 if first is None:
                     now = trio.current_time()
                     if now < quiet_since + idle:
@@ -281,10 +289,25 @@ class ConversationActor:
                 self.last_rev = sql.last_rev(self._conn)
                 self.last_message = sql.latest_message(self._conn, self.id)
                 self.cursors = sql.read_cursors(self._conn)
+                self._filler.load(self._conn)  # search
                 self._loaded = True
         else:
             self._on_db_open(self)
         return self._conn
+
+    async def _fill_unless_waiting(self) -> Command | None:
+        # search: a waiting command goes first; else one short chunk of the index.
+        try:
+            return self._receive.receive_nowait()
+        except trio.WouldBlock:
+            pass
+        conn = await self._ensure_db()
+        self.busy = True  # the LRU must not close the connection under the chunk
+        try:
+            await self._filler.step(conn, self._workers)
+        finally:
+            self.busy = False
+        return None
 
     async def _process_guarded(self, batch: list[Command]) -> None:
         self.busy = True
@@ -334,7 +357,9 @@ class ConversationActor:
                     if op.mentions:
                         outsider = next((m for m in op.mentions if m not in members), None)
                         if outsider is not None:
-                            raise BadRequest(f"mentions: {outsider!r} is not a member here")
+                            command.refusal = BadRequest(
+                                f"mentions: {outsider!r} is not a member here"
+                            )
                     if op.attachments:
                         # Only messages with attachments pay for this: a few indexed reads.
                         refused = (
@@ -411,9 +436,14 @@ class ConversationActor:
         for command in batch:
             op = command.op
             if isinstance(op, SendMessage):
-                if op.reply_to is not None and not sql.is_live(conn, op.reply_to):
+                error = command.refusal
+                if error is None and op.reply_to is not None and not sql.is_live(conn, op.reply_to):
                     error = BadRequest("reply_to: no message with this seq, or it was deleted")
-                    results.append(Refused(error))
+                if error is not None:
+                    # Idempotency first: a resend of a stored message gets its original
+                    # ack even if what it replied to or mentioned has gone since.
+                    original = sql.find_by_client_id(conn, self.id, command.user_id, op.client_id)
+                    results.append(Refused(error) if original is None else Duplicate(original))
                     continue
                 message = Message(
                     id=new_id("m_"),

@@ -251,3 +251,6 @@ class Command:
     waiter: Waiter[Any] | None = None
     # Set once the command got its one answer (a frame, a waiter value, an error).
     answered: bool = False
+    # A send that phase 0 found bad (a mention of a non-member): refused in phase 1
+    # unless it is a resend of a stored message, which gets its original ack.
+    refusal: MessageAIError | None = None

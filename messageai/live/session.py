@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import logging
 from collections import deque
+from typing import TYPE_CHECKING
 
+import attrs
 import trio
 import trio_websocket
 
@@ -40,6 +42,8 @@ from messageai.protocol import (
     Ping,
     Pong,
     React,
+    Req,
+    Search,
     SendMessage,
     ServerFrame,
     check_edit_body,
@@ -47,12 +51,18 @@ from messageai.protocol import (
     parse_client_frame,
 )
 
+if TYPE_CHECKING:
+    from messageai.services.search import Search as SearchService
+
 log = logging.getLogger(__name__)
 
 # How long a closing peer gets to take the close frame before its TCP stream is cut.
 CLOSE_GRACE_SECONDS = 2.0
 # Most bytes the writer hands to one send_all.
 WRITE_CHUNK_BYTES = 256 * 1024
+# Searches one connection may have running at once; one more is `rate_limited`.
+MAX_SEARCHES_PER_CONNECTION = 4
+SEARCH_RETRY_AFTER_SECONDS = 0.1
 
 
 class Session:
@@ -66,8 +76,14 @@ class Session:
         registry: Registry,
         presence: Presence,
         guard: Guard,
+        search: SearchService | None = None,
     ) -> None:
         self.user_id = user_id
+        # search: `search` frames run as tasks of this connection's nursery, beside the
+        # reader, so a slow search delays no other frame (MAX_SEARCHES_PER_CONNECTION).
+        self._search = search
+        self._searches = 0
+        self._nursery: trio.Nursery | None = None
         # The bearer token this connection was opened with (its hash, as the directory
         # keeps it): revoking that token closes this connection and no other.
         self.token_hash = token_hash
@@ -166,6 +182,7 @@ class Session:
         self._presence.connected(self)
         try:
             async with trio.open_nursery() as nursery:
+                self._nursery = nursery
                 writer_done = trio.Event()
                 nursery.start_soon(self._writer, writer_done)
                 nursery.start_soon(self._closer, writer_done, nursery.cancel_scope)
@@ -250,6 +267,9 @@ class Session:
         if isinstance(frame, Ping):
             self.push_frame(Pong(req=req))
             return
+        if isinstance(frame, Search):
+            self._start_search(frame, req)
+            return
         # Edits, deletes and reactions spend the sender's message budget like sends.
         if isinstance(frame, (SendMessage, EditMessage, DeleteMessage, React)):
             wait = self._guard.take(self.user_id)
@@ -270,3 +290,42 @@ class Session:
             await self._registry.submit(conversation_id, command)
         except MessageAIError as exc:
             self.push_frame(Error(code=exc.code, message=exc.message, req=req))
+
+    # ------------------------------------------------------------ search
+
+    def _start_search(self, frame: Search, req: Req) -> None:
+        if self._search is None or self._nursery is None:
+            self.push_frame(Error(code="unavailable", message="search is not available", req=req))
+            return
+        if self._searches >= MAX_SEARCHES_PER_CONNECTION:
+            limited = RateLimited(
+                f"at most {MAX_SEARCHES_PER_CONNECTION} searches at once per connection",
+                SEARCH_RETRY_AFTER_SECONDS,
+            )
+            self.push_frame(
+                Error(
+                    code=limited.code,
+                    message=limited.message,
+                    retry_after_ms=limited.retry_after_ms,
+                    req=req,
+                )
+            )
+            return
+        self._searches += 1
+        self._nursery.start_soon(self._run_search, self._search, frame, req)
+
+    async def _run_search(self, search: SearchService, frame: Search, req: Req) -> None:
+        # Cancelled with the connection's nursery when the connection ends.
+        try:
+            answer = await search.search(
+                self.user_id, frame.q, frame.conversation_id, frame.limit, frame.mode
+            )
+            self.push_frame(attrs.evolve(answer, req=req))
+        except MessageAIError as exc:
+            self.push_frame(Error(code=exc.code, message=exc.message, req=req))
+        except Exception:
+            # Supervision: one failed search answers `internal` and the connection lives.
+            log.exception("search failed")
+            self.push_frame(Error(code="internal", message="search failed", req=req))
+        finally:
+            self._searches -= 1

@@ -1,6 +1,6 @@
 """REST handlers of PROTOCOL.md, one module per resource: `accounts` (register, login,
 logout, me, password, users), `conversations` (conversations, members, messages),
-`channels` (v1.1: browse, join, title and topic), `media`, `push_tokens`, `health` and,
+`channels` (v1.1: browse, join, title and topic), `media`, `push_tokens`, `search`, `health` and,
 in Clerk mode, `clerk_webhooks`; `params` parses their input; `announce` builds the
 conversation objects and frames members' connections are told.
 
@@ -24,9 +24,11 @@ from messageai.rest.conversations import Conversations
 from messageai.rest.health import healthz
 from messageai.rest.media import MediaFiles
 from messageai.rest.push_tokens import PushTokens
+from messageai.rest.search import SearchRoutes
 from messageai.services.directory import Directory
 from messageai.services.media import Media
 from messageai.services.push import Push
+from messageai.services.search import Search
 
 
 def mount(
@@ -40,6 +42,7 @@ def mount(
     guard: Guard,
     close_user_sessions: Callable[[str], object],
     close_token_sessions: Callable[[str, bytes], object],
+    search: Search,
 ) -> None:
     """Route every REST resource; the Clerk webhook only in Clerk mode with a secret.
     `close_user_sessions` and `close_token_sessions` are the server's: they close a
@@ -53,6 +56,7 @@ def mount(
     Channels(directory, registry, presence).routes(router)
     MediaFiles(media).routes(router)
     PushTokens(push).routes(router)
+    SearchRoutes(search).routes(router)
     if config.auth.mode == "clerk" and config.clerk.webhook_secret:
         ClerkWebhooks(config.clerk, directory, close_user_sessions).routes(router)
 

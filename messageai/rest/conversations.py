@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import trio
 
-from messageai.conversations.commands import Edits, Summary
+from messageai.conversations.commands import Edits
 from messageai.conversations.registry import Registry
 from messageai.edge.asgi import Request, Response, Router
 from messageai.errors import BadRequest, Forbidden, MessageAIError, NotFound, RateLimited
@@ -31,7 +31,6 @@ from messageai.protocol import (
     SendMessage,
     check_edit_body,
     check_emoji,
-    encode,
     frame_from_object,
 )
 from messageai.rest.announce import Announcer

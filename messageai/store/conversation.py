@@ -219,7 +219,7 @@ def insert_message(conn: apsw.Connection, message: Message) -> Message | None:
     """
     conn.execute(_INSERT, _row(message))
     if conn.changes():
-        search.index_new(conn, message.seq, message.body)
+        search.index_new(conn, message.seq, message.body)  # search: same transaction
         return None
     original = find_by_client_id(
         conn, message.conversation_id, message.sender_id, message.client_id
@@ -233,9 +233,13 @@ def bulk_insert(conn: apsw.Connection, messages: Iterable[Message]) -> None:
 
     For the bench, which fills a stopped server's conversation file; a message whose
     (sender, client_id) is already stored is skipped, as `insert_message` skips it.
-    The keyword index is not written here: "search" fills unindexed rows itself.
+    Each row is indexed for search as `insert_message` indexes it (search: every row
+    above the index's watermark must be indexed, or a later edit would corrupt it).
     """
-    conn.executemany(_INSERT, (_row(m) for m in messages))
+    for message in messages:
+        conn.execute(_INSERT, _row(message))
+        if conn.changes():
+            search.index_new(conn, message.seq, message.body)  # search: as insert_message
 
 
 def find_by_client_id(
@@ -258,6 +262,16 @@ def is_live(conn: apsw.Connection, seq: int) -> bool:
     """Whether `seq` names a message that is not a tombstone (what `reply_to` may name)."""
     row = conn.execute("SELECT deleted_at IS NULL FROM messages WHERE seq = ?", (seq,)).get
     return bool(row)
+
+
+def messages_by_seq(
+    conn: apsw.Connection, conversation_id: str, seqs: list[int]
+) -> dict[int, Message]:
+    """The messages of these seqs that exist, by seq (for search's results)."""
+    marks = ",".join("?" * len(seqs))
+    rows = conn.execute(f"SELECT {_COLUMNS} FROM messages WHERE seq IN ({marks})", seqs)
+    found = _messages(conn, conversation_id, list(rows)) if seqs else []
+    return {message.seq: message for message in found}
 
 
 def latest_message(conn: apsw.Connection, conversation_id: str) -> Message | None:

@@ -1,28 +1,299 @@
-"""Keyword search's index of one conversation file (FTS5): a stub until engineer
-"search"'s version replaces this file.
+"""Keyword search inside one conversation's file: the FTS5 index, its maintenance, the
+MATCH builder, and snippets with highlights.
 
-The three names below are the interface (issue 10's brief) that the conversation actor
-calls inside its write transaction, so the index moves in step with every insert, edit
-and delete. This stub keeps no index: every function does nothing.
+The conversation actor calls `index_new` / `index_replace` inside its write transaction
+(so the index changes in the same commit as the message) and `fill_chunk` from its idle
+filler (`conversations.indexer`); `services.search` calls `parse_query` once per query and
+`search_file` / `unindexed_upto` on read-only connections in its worker threads.
+
+The index (`messages_fts`) is an external-content FTS5 table over `messages.body`
+(rowid = seq) with `secure-delete` on, so a deleted body's tokens leave the index's pages.
+A file written before the index existed keeps its messages and gets a watermark,
+`search_meta.unindexed_upto` = U: every message with seq <= U has NO index entry, every
+message above U has exactly one, for its current body. The filler indexes downwards from
+U (the newest old messages first, the ones most likely searched) in short transactions
+until U is 0. A 'delete' of values that were never indexed would corrupt an FTS5
+external-content index, so `index_replace` leaves rows at or below U alone: the filler
+indexes their current body when it gets there.
 """
 
 from __future__ import annotations
 
+import math
+from typing import cast
+
 import apsw
+import attrs
 
 from messageai.sqlite import Migration
 
+TOKENIZER = ("porter", ["unicode61", "remove_diacritics", "2"])
+SNIPPET_CHARS = 200
+ELLIPSIS = "…"
+# Code points of context kept before the first highlighted word in a cut snippet.
+SNIPPET_LEAD_CHARS = 60
+# The newest matches of a query one file ranks at most (see `search_file`).
+RANK_WINDOW = 500
+
+
+def _create_index(conn: apsw.Connection) -> None:
+    conn.execute(
+        """
+        CREATE VIRTUAL TABLE messages_fts USING fts5(
+            body, content='messages', content_rowid='seq',
+            tokenize='porter unicode61 remove_diacritics 2'
+        );
+        INSERT INTO messages_fts(messages_fts, rank) VALUES ('secure-delete', 1);
+        CREATE TABLE search_meta(
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            unindexed_upto INTEGER NOT NULL
+        );
+        INSERT INTO search_meta(id, unindexed_upto)
+            VALUES (1, (SELECT coalesce(max(seq), 0) FROM messages));
+        """
+    )
+
+
+# Appended to `store.conversation.MIGRATIONS`: creates the index, empty, with every
+# message already stored below the watermark (the filler indexes them).
+MIGRATIONS_STEP: Migration = _create_index
+
+
+# ---------------------------------------------------------------- maintenance
+
 
 def index_new(conn: apsw.Connection, seq: int, body: str) -> None:
-    """After a message insert (stub: nothing is indexed)."""
+    """Index a message just inserted (in the caller's transaction). Its seq is above
+    the watermark: the watermark is fixed when the index is created, below every seq
+    assigned after it."""
+    conn.execute("INSERT INTO messages_fts(rowid, body) VALUES (?, ?)", (seq, body))
 
 
 def index_replace(conn: apsw.Connection, seq: int, old_body: str, new_body: str) -> None:
-    """After an edit (`new_body` the new body) or a delete (`new_body` ""); stub."""
+    """Re-index a message whose body changed from `old_body` (what is indexed now) to
+    `new_body` (an edit, or "" for a delete), in the caller's transaction. A message
+    not indexed yet (at or below the watermark) is left to the filler."""
+    if old_body == new_body or seq <= unindexed_upto(conn):
+        return
+    conn.execute(
+        "INSERT INTO messages_fts(messages_fts, rowid, body) VALUES ('delete', ?, ?)",
+        (seq, old_body),
+    )
+    conn.execute("INSERT INTO messages_fts(rowid, body) VALUES (?, ?)", (seq, new_body))
 
 
-def _no_index(conn: apsw.Connection) -> None:
-    """The schema step of the FTS table; the stub creates nothing."""
+def unindexed_upto(conn: apsw.Connection) -> int:
+    """The watermark: messages with seq <= this are not indexed yet (0: none lag)."""
+    value = conn.execute("SELECT unindexed_upto FROM search_meta").get
+    return int(value) if isinstance(value, int) else 0
 
 
-MIGRATIONS_STEP: Migration = _no_index
+def fill_chunk(conn: apsw.Connection, rows: int) -> int:
+    """Index the `rows` highest messages below the watermark with their current bodies
+    and lower it; returns the new watermark. Call inside a write transaction."""
+    upto = unindexed_upto(conn)
+    if upto <= 0:
+        return 0
+    low = max(0, upto - rows)
+    conn.execute(
+        "INSERT INTO messages_fts(rowid, body)"
+        " SELECT seq, body FROM messages WHERE seq > ? AND seq <= ?",
+        (low, upto),
+    )
+    conn.execute("UPDATE search_meta SET unindexed_upto = ?", (low,))
+    return low
+
+
+# ---------------------------------------------------------------- queries
+
+
+@attrs.frozen
+class Query:
+    """A parsed `q`: `match` is the FTS5 expression (None: nothing can match, e.g. a
+    `q` of punctuation only); `groups` the tokens of each word or phrase as the index
+    stores them; `terms` all of them."""
+
+    match: str | None
+    groups: tuple[tuple[str, ...], ...]
+    terms: frozenset[str]
+
+
+def parse_query(tokenizer: apsw.FTS5Tokenizer, q: str) -> Query:
+    """Build the MATCH expression of PROTOCOL.md's keyword search from `q` (already
+    trimmed and length-checked): every word must match (AND), `"quoted words"` match as
+    a phrase, an unterminated quote is closed at the end. No character of `q` is FTS5
+    syntax: each word goes into the expression as a double-quoted FTS5 string (quotes
+    doubled), made of the word's own text as the tokenizer found it, so FTS5 sees only
+    strings joined by AND."""
+    groups: list[list[tuple[str, str]]] = []  # (the word's text, its token)
+    for quoted, part in _split_quotes(q):
+        data = part.encode()
+        words = [
+            (data[start:end].decode(), token)
+            for start, end, token in _tokens(tokenizer, data, apsw.FTS5_TOKENIZE_QUERY)
+        ]
+        if not words:
+            continue
+        if quoted:
+            groups.append(words)
+        else:
+            groups.extend([word] for word in words)
+    if not groups:
+        return Query(None, (), frozenset())
+    match = " AND ".join(_fts_string(" ".join(text for text, _ in words)) for words in groups)
+    tokens = tuple(tuple(token for _, token in words) for words in groups)
+    return Query(match, tokens, frozenset(t for group in tokens for t in group))
+
+
+def _split_quotes(q: str) -> list[tuple[bool, str]]:
+    # Alternating unquoted and quoted parts; an odd number of quotes leaves the last
+    # part quoted, which closes the open quote at the end of `q`.
+    parts = q.split('"')
+    return [(i % 2 == 1, part) for i, part in enumerate(parts) if part]
+
+
+def _fts_string(text: str) -> str:
+    return '"' + text.replace('"', '""') + '"'
+
+
+def ranked(conn: apsw.Connection, query: Query, limit: int) -> list[tuple[int, float]]:
+    """The best `limit` matches of `query` in this file as (seq, relevance), best first;
+    relevance is bm25 of this file's statistics, negated (higher is better).
+
+    Ranks by FTS5's bm25 among the newest RANK_WINDOW matches: FTS5 walks a query's
+    matches newest first and stops there, so a query whose words are in half a million
+    messages costs what one in a thousand costs (bm25 over every match is linear in
+    them). Only for a file that `has_index`."""
+    if query.match is None:
+        return []
+    rows = conn.execute(
+        "SELECT seq, score FROM ("
+        " SELECT rowid AS seq, bm25(messages_fts) AS score FROM messages_fts"
+        " WHERE messages_fts MATCH ? ORDER BY rowid DESC LIMIT ?"
+        ") ORDER BY score, seq DESC LIMIT ?",
+        (query.match, RANK_WINDOW, limit),
+    ).fetchall()
+    return [(int(cast(int, seq)), -float(cast(float, score))) for seq, score in rows]
+
+
+def still_matching(conn: apsw.Connection, query: Query, seqs: list[int]) -> set[int]:
+    """Which of `seqs` match `query` now (a message may change between two reads)."""
+    if query.match is None or not seqs:
+        return set()
+    marks = ",".join("?" * len(seqs))
+    rows = conn.execute(
+        f"SELECT rowid FROM messages_fts WHERE messages_fts MATCH ? AND rowid IN ({marks})",
+        (query.match, *seqs),
+    )
+    return {int(row[0]) for row in rows}
+
+
+def statistics(conn: apsw.Connection, query: Query) -> tuple[int, list[int]]:
+    """(messages indexed, and for each word or phrase of `query` how many messages
+    contain it) in this file, for scores comparable across files. A phrase counts as
+    its rarest word (an upper bound of the phrase's own count)."""
+    conn.execute(
+        "CREATE VIRTUAL TABLE IF NOT EXISTS temp.messages_fts_terms"
+        " USING fts5vocab(main, messages_fts, 'row')"
+    )
+    docs = conn.execute("SELECT coalesce(max(seq), 0) FROM messages").get
+    indexed = max(0, int(docs if isinstance(docs, int) else 0) - unindexed_upto(conn))
+    counts = []
+    for group in query.groups:
+        found = [
+            int(
+                conn.execute(
+                    "SELECT coalesce(max(doc), 0) FROM temp.messages_fts_terms WHERE term = ?",
+                    (token,),
+                ).get
+                or 0
+            )
+            for token in group
+        ]
+        counts.append(min(found) if found else 0)
+    return indexed, counts
+
+
+def idf(docs: int, containing: int) -> float:
+    """FTS5's bm25 idf (fts5_aux.c): ln((N - n + 0.5) / (n + 0.5) + 1), at least 1e-6."""
+    return max(1e-6, math.log((docs - containing + 0.5) / (containing + 0.5) + 1.0))
+
+
+def has_index(conn: apsw.Connection) -> bool:
+    """Whether the file has the index (not yet: its actor has not opened it since the
+    release that added it)."""
+    count = conn.execute("SELECT count(*) FROM sqlite_master WHERE name = 'search_meta'").get
+    return bool(count == 1)
+
+
+# ---------------------------------------------------------------- snippets
+
+
+def make_snippet(
+    tokenizer: apsw.FTS5Tokenizer, body: str, terms: frozenset[str]
+) -> tuple[str, list[tuple[int, int]]]:
+    """One contiguous excerpt of `body` of at most SNIPPET_CHARS code points, counting
+    a leading or trailing ELLIPSIS where it was cut, and the `[start, end)` code point
+    offsets in it of every word whose token is one of `terms`."""
+    matches = _matched_spans(tokenizer, body, terms)
+    if len(body) <= SNIPPET_CHARS:
+        return body, matches
+    first = matches[0][0] if matches else 0
+    start = 0 if first <= SNIPPET_LEAD_CHARS else first - SNIPPET_LEAD_CHARS
+    if start > 0:
+        # Begin at a word: the next whitespace within the lead, if any.
+        space = body.find(" ", start, first)
+        if space != -1:
+            start = space + 1
+    lead = 1 if start > 0 else 0
+    end = start + SNIPPET_CHARS - lead
+    if end < len(body):
+        end -= 1  # room for the trailing ellipsis
+    else:
+        end = len(body)
+        # Reaching the end: use the room left for more context before.
+        start = max(0, end - (SNIPPET_CHARS - 1))
+        lead = 1 if start > 0 else 0
+        if not lead:
+            end = min(len(body), SNIPPET_CHARS)
+    tail = 1 if end < len(body) else 0
+    snippet = (ELLIPSIS if lead else "") + body[start:end] + (ELLIPSIS if tail else "")
+    shift = lead - start
+    highlights = [(s + shift, e + shift) for s, e in matches if s >= start and e <= end]
+    return snippet, highlights
+
+
+def _matched_spans(
+    tokenizer: apsw.FTS5Tokenizer, body: str, terms: frozenset[str]
+) -> list[tuple[int, int]]:
+    if not terms:
+        return []
+    data = body.encode()
+    spans = []
+    # Byte offsets to code point offsets, walking forward once.
+    byte_at, cp_at = 0, 0
+    for start, end, token in _tokens(tokenizer, data, apsw.FTS5_TOKENIZE_DOCUMENT):
+        if token not in terms:
+            continue
+        cp_start = cp_at + len(data[byte_at:start].decode())
+        cp_end = cp_start + len(data[start:end].decode())
+        byte_at, cp_at = end, cp_end
+        spans.append((cp_start, cp_end))
+    return spans
+
+
+def _tokens(tokenizer: apsw.FTS5Tokenizer, data: bytes, flags: int) -> list[tuple[int, int, str]]:
+    """(start byte, end byte, token) of each token of `data` (no colocated tokens: the
+    index's tokenizer makes none)."""
+    out = []
+    for item in tokenizer(data, flags, None, include_colocated=False):
+        start, end, token = cast(tuple[int, int, str], tuple(item))
+        out.append((start, end, token))
+    return out
+
+
+def conversation_tokenizer(conn: apsw.Connection) -> apsw.FTS5Tokenizer:
+    """The index's tokenizer on `conn` (for `parse_query` and snippets). Use it only
+    on the thread that uses `conn`."""
+    name, args = TOKENIZER
+    return conn.fts5_tokenizer(name, list(args))

@@ -1,0 +1,351 @@
+"""Search across the caller's conversations (PROTOCOL.md v1.1 "Search"): checks the
+request, fans it out to the conversations' own files and merges the answers.
+
+Called by `rest.search` (`GET /v1/search`) and the WebSocket session (`search`). Reads
+never go through the actors: each file is read on a read-only connection (a WAL
+reader, so a search neither waits for the actor's writer nor delays it, and sees every
+commit whose ack has been sent) in this service's own worker threads, at most
+`search.threads` at once, at most `search.max_concurrent_queries` queries at once. Idle
+read connections stay open in a bounded LRU (`search.max_open_readers`).
+
+Ranking: each file ranks its matches with FTS5's bm25, whose idf depends on that file's
+own statistics (a word in every message of a small conversation weighs little there,
+and much in a big one where it is rare). To merge, each file's bm25 is rescaled to the
+idf the query's words have over ALL the searched conversations together:
+score = bm25_file x sum(idf_all) / sum(idf_file), exact for one-word queries. One
+conversation's jargon then ranks as it does across the caller's whole history.
+
+Modes: `keyword` only for now. The server computes no embeddings: `semantic` is
+`unavailable`, and `hybrid` (both, merged) answers its keyword half, with `"mode":
+"keyword"` saying what was done. Semantic search plugs in at `_SEARCHERS`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import apsw
+import attrs
+import trio
+
+from messageai.config import Config
+from messageai.errors import BadRequest, Forbidden, NotFound, Unavailable
+from messageai.protocol import SearchResult, SearchResults
+from messageai.services.directory import Directory
+from messageai.sqlite import apply_best_practice
+from messageai.store import conversation as messages_sql
+from messageai.store import search as sql
+from messageai.store.paths import conversation_path
+from messageai.threads import WorkerPool, blocking
+
+log = logging.getLogger(__name__)
+
+MAX_QUERY_CHARS = 256
+DEFAULT_LIMIT = 20
+MAX_LIMIT = 50
+MODES = ("keyword", "semantic", "hybrid")
+# Conversation ids are server-made; anything longer is not one of ours.
+MAX_CONVERSATION_ID = 64
+
+
+@attrs.frozen
+class _FileRanking:
+    conversation_id: str
+    found: bool  # the file exists
+    lags: bool
+    docs: int
+    counts: list[int]
+    ranked: list[tuple[int, float]]
+
+
+def check_request(q: object, limit: object, mode: object) -> tuple[str, int, str]:
+    """The request's field rules, before anything else is looked at: (q trimmed, limit
+    clamped, mode). BadRequest names the field."""
+    if not isinstance(q, str):
+        raise BadRequest("q: required string")
+    text = q.strip()
+    if not 1 <= len(text) <= MAX_QUERY_CHARS:
+        raise BadRequest(f"q: must be 1 to {MAX_QUERY_CHARS} characters after trimming")
+    if limit is None:
+        limit = DEFAULT_LIMIT
+    if type(limit) is not int or limit < 1:
+        raise BadRequest("limit: must be an integer of at least 1")
+    if mode is None:
+        mode = "keyword"
+    if mode not in MODES:
+        raise BadRequest('mode: must be "keyword", "semantic" or "hybrid"')
+    assert isinstance(mode, str)
+    return text, min(limit, MAX_LIMIT), mode
+
+
+class _Readers:
+    """Idle read-only connections by conversation, least recently used first; a
+    connection is taken out while a worker uses it, so no two threads share one."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._idle: OrderedDict[str, tuple[apsw.Connection, apsw.FTS5Tokenizer]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def is_open(self, conversation_id: str) -> bool:
+        return conversation_id in self._idle
+
+    def take(self, conversation_id: str) -> tuple[apsw.Connection, apsw.FTS5Tokenizer] | None:
+        with self._lock:
+            return self._idle.pop(conversation_id, None)
+
+    def give_back(
+        self, conversation_id: str, reader: tuple[apsw.Connection, apsw.FTS5Tokenizer]
+    ) -> None:
+        evicted = []
+        with self._lock:
+            if conversation_id in self._idle:
+                evicted.append(reader)
+            else:
+                self._idle[conversation_id] = reader
+            while len(self._idle) > self._size:
+                evicted.append(self._idle.popitem(last=False)[1])
+        for conn, _ in evicted:
+            conn.close()
+
+    def close(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, OrderedDict()
+        for conn, _ in idle.values():
+            conn.close()
+
+
+class Search:
+    """Keyword search over the caller's conversation files."""
+
+    def __init__(self, config: Config, directory: Directory, wake: Callable[[str], object]) -> None:
+        self._config = config
+        self._directory = directory
+        # Starts the conversation's actor, which fills a lagging file's index.
+        self._wake = wake
+        self._pool = WorkerPool(config.search.threads, name="messageai search")
+        self._readers = _Readers(config.search.max_open_readers)
+        self._limiter = trio.CapacityLimiter(config.search.max_concurrent_queries)
+        # For parsing queries on the event loop only (tokenizers are per connection).
+        self._parser_conn = apsw.Connection(":memory:")
+        self._parser = sql.conversation_tokenizer(self._parser_conn)
+        self._searchers: dict[
+            str, Callable[[str, list[str], str, int], Awaitable[SearchResults]]
+        ] = {
+            "keyword": self._keyword,
+            "hybrid": self._keyword,  # no embeddings here: its keyword half
+        }
+
+    def close(self) -> None:
+        """Stop the threads and close the readers (after every query has ended)."""
+        self._pool.close()
+        self._readers.close()
+        self._parser_conn.close()
+
+    async def search(
+        self, user_id: str, q: object, conversation_id: object, limit: object, mode: object
+    ) -> SearchResults:
+        """Check the request in PROTOCOL.md's order (fields, conversation, mode) and
+        answer it. Cancellation while waiting for a turn or a thread withdraws it."""
+        text, limit_, mode_ = check_request(q, limit, mode)
+        if conversation_id is not None:
+            if not isinstance(conversation_id, str) or not conversation_id:
+                raise BadRequest("conversation_id: must be a conversation id")
+            record = (
+                self._directory.conversation(conversation_id)
+                if len(conversation_id) <= MAX_CONVERSATION_ID
+                else None
+            )
+            if record is None:
+                raise NotFound("no such conversation")
+            if not self._directory.is_member(conversation_id, user_id):
+                raise Forbidden("you are not a member of this conversation")
+            ids = [conversation_id]
+        else:
+            ids = self._directory.conversation_ids_of(user_id)
+        searcher = self._searchers.get(mode_)
+        if searcher is None:
+            raise Unavailable(
+                f"{mode_} search needs embeddings, which this server does not compute"
+            )
+        async with self._limiter:
+            return await searcher(text, ids, mode_, limit_)
+
+    # ------------------------------------------------------------ keyword
+
+    async def _keyword(self, text: str, ids: list[str], _mode: str, limit: int) -> SearchResults:
+        query = sql.parse_query(self._parser, text)
+        ids, truncated = await self._within_cap(ids)
+        if query.match is None or not ids:
+            lags = await self._gather(ids, query, 0) if ids else []
+            return self._answer([], lags, truncated)
+        rankings = await self._gather(ids, query, limit)
+        # One idf per word over every searched file, against each file's own.
+        docs = sum(r.docs for r in rankings)
+        totals = [sum(r.counts[i] for r in rankings) for i in range(len(query.groups))]
+        global_idf = sum(sql.idf(docs, n) for n in totals)
+        scored: list[tuple[float, str, int]] = []
+        for r in rankings:
+            local_idf = sum(sql.idf(r.docs, n) for n in r.counts) or 1.0
+            factor = global_idf / local_idf
+            scored.extend(
+                (relevance * factor, r.conversation_id, seq) for seq, relevance in r.ranked
+            )
+        scored.sort(key=lambda item: (-item[0], item[1], -item[2]))
+        best = scored[: limit * 2]  # spares for any that changed since they were ranked
+        results = await self._results(best, query, limit)
+        return self._answer(results, rankings, truncated)
+
+    def _answer(
+        self, results: list[SearchResult], rankings: list[_FileRanking], truncated: bool
+    ) -> SearchResults:
+        lagging = [r.conversation_id for r in rankings if r.found and r.lags]
+        for conversation_id in lagging:
+            try:
+                self._wake(conversation_id)
+            except Exception:
+                # Supervision: the answer still says `indexing`; the next search retries.
+                log.exception("conversation %s: could not start its index filler", conversation_id)
+        return SearchResults(
+            mode="keyword", results=results, indexing=bool(lagging), truncated=truncated
+        )
+
+    async def _within_cap(self, ids: list[str]) -> tuple[list[str], bool]:
+        """The conversations one query reads: every one with a reader open, plus at
+        most `max_files_per_query` others, the most recently written first."""
+        cap = self._config.search.max_files_per_query
+        closed = [i for i in ids if not self._readers.is_open(i)]
+        if len(closed) <= cap:
+            return ids, False
+        data_dir = self._config.data_dir
+        recent = await blocking(_by_recent_write, data_dir, closed)
+        keep = set(recent[:cap])
+        return [i for i in ids if i in keep or self._readers.is_open(i)], True
+
+    async def _gather(self, ids: list[str], query: sql.Query, limit: int) -> list[_FileRanking]:
+        """Rank `query` in every file of `ids`, in at most `search.threads` jobs."""
+        jobs = min(self._config.search.threads, len(ids))
+        slices = [ids[i::jobs] for i in range(jobs)]
+        out: list[_FileRanking] = []
+
+        async def run(part: list[str]) -> None:
+            out.extend(await self._pool.run(self._rank_files, part, query, limit))
+
+        async with trio.open_nursery() as nursery:
+            for part in slices:
+                nursery.start_soon(run, part)
+        return out
+
+    async def _results(
+        self, best: list[tuple[float, str, int]], query: sql.Query, limit: int
+    ) -> list[SearchResult]:
+        by_file: dict[str, list[tuple[float, int]]] = {}
+        for score, conversation_id, seq in best:
+            by_file.setdefault(conversation_id, []).append((score, seq))
+        found: list[SearchResult] = []
+
+        async def run(conversation_id: str, wanted: list[tuple[float, int]]) -> None:
+            found.extend(await self._pool.run(self._fetch, conversation_id, wanted, query))
+
+        async with trio.open_nursery() as nursery:
+            for conversation_id, wanted in by_file.items():
+                nursery.start_soon(run, conversation_id, wanted)
+        found.sort(key=lambda r: (-r.score, r.conversation_id, -r.message.seq))
+        return found[:limit]
+
+    # ------------------------------------------------------------ worker threads
+
+    def _reader(self, conversation_id: str) -> tuple[apsw.Connection, apsw.FTS5Tokenizer] | None:
+        reader = self._readers.take(conversation_id)
+        if reader is not None:
+            return reader
+        path = conversation_path(self._config.data_dir, conversation_id)
+        if not path.exists():
+            return None  # no message was ever stored there
+        apply_best_practice()
+        try:
+            conn = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READONLY)
+        except apsw.CantOpenError:
+            return None
+        return conn, sql.conversation_tokenizer(conn)
+
+    def _rank_files(self, ids: list[str], query: sql.Query, limit: int) -> list[_FileRanking]:
+        out = []
+        for conversation_id in ids:
+            reader = self._reader(conversation_id)
+            if reader is None:
+                out.append(_FileRanking(conversation_id, False, False, 0, [], []))
+                continue
+            conn = reader[0]
+            try:
+                docs, counts, ranked = 0, [0] * len(query.groups), []
+                with conn:  # one read transaction: the statistics are the ranking's
+                    indexed = sql.has_index(conn)
+                    lags = not indexed or sql.unindexed_upto(conn) > 0
+                    if indexed and limit:
+                        docs, counts = sql.statistics(conn, query)
+                        ranked = sql.ranked(conn, query, limit)
+            except BaseException:
+                conn.close()
+                raise
+            self._readers.give_back(conversation_id, reader)
+            out.append(_FileRanking(conversation_id, True, lags, docs, counts, ranked))
+        return out
+
+    def _fetch(
+        self, conversation_id: str, wanted: list[tuple[float, int]], query: sql.Query
+    ) -> list[SearchResult]:
+        reader = self._reader(conversation_id)
+        if reader is None:
+            return []
+        conn, tokenizer = reader
+        try:
+            seqs = [seq for _, seq in wanted]
+            # One read transaction: the bodies are the ones that matched.
+            with conn:
+                still = sql.still_matching(conn, query, seqs)
+                messages = messages_sql.messages_by_seq(conn, conversation_id, sorted(still))
+        except BaseException:
+            conn.close()
+            raise
+        results = []
+        for score, seq in wanted:
+            message = messages.get(seq)
+            if message is None or not message.body:
+                continue
+            snippet, spans = sql.make_snippet(tokenizer, message.body, query.terms)
+            results.append(
+                SearchResult(
+                    conversation_id=conversation_id,
+                    message=message,
+                    snippet=snippet,
+                    highlights=[[s, e] for s, e in spans],
+                    score=round(score, 6),
+                )
+            )
+        self._readers.give_back(conversation_id, reader)
+        return results
+
+
+def _by_recent_write(data_dir: Path, ids: list[str]) -> list[str]:
+    """`ids` whose file exists, the most recently written first (the WAL's time counts:
+    a commit writes it, not the main file)."""
+    times = []
+    for conversation_id in ids:
+        path = conversation_path(data_dir, conversation_id)
+        latest = None
+        for candidate in (path, path.with_name(path.name + "-wal")):
+            try:
+                mtime = os.stat(candidate).st_mtime_ns
+            except FileNotFoundError:
+                continue
+            latest = mtime if latest is None else max(latest, mtime)
+        if latest is not None:
+            times.append((latest, conversation_id))
+    times.sort(reverse=True)
+    return [conversation_id for _, conversation_id in times]
