@@ -37,15 +37,26 @@ from messageai.client.events import (
 from messageai.client.sdk import MAX_BODY_CHARS, Client
 from messageai.client.store import LocalConversation, LocalMessage, MediaInfo
 
-HELP = (
-    "type to send (Alt-Enter: new line; @name mentions a member) · /open N (numbers stay"
-    " put while the chat runs) · M below is a message's #number: /reply M TEXT · /edit M TEXT"
-    " · /delete M · /react M EMOJI (again: removes it; /unreact M EMOJI) · /save M [PATH]"
-    " · /upload PATH [CAPTION] · /search WORDS (then /go K) · /channels [PREFIX] · /join NAME"
-    ' · /topic [TEXT] · /rename TITLE · /new USER · /group "TITLE" USER… · /members'
-    " · /who [PREFIX] · /add USER… · /remove USER · /leave · /retry · /reconnect · /quit"
-    " · Ctrl-N/Ctrl-P switch · PageUp/PageDown scroll"
-)
+# Every command, one a line: shown by /help in the message pane.
+HELP = """\
+type to send · Alt-Enter or Ctrl-J: a new line · @username mentions a member
+M is the number beside a message: #12, or #q3 while it is queued
+/reply M TEXT          reply to a message (shown with a quoted line of it)
+/edit M TEXT           change the text of your message
+/delete M              delete a message (yours; any in a group you created)
+/react M EMOJI         add a reaction; the same again removes it (or /unreact M EMOJI)
+/save M [PATH]         save a message's attachment (to a file or folder; default here)
+/upload PATH [CAPTION] send a file
+/search WORDS          search your conversations ("quoted words": a phrase); /go K opens one
+/channels [PREFIX]     list channels · /join NAME joins one
+/topic [TEXT]          show or set the topic · /rename TITLE renames a group or channel
+/open N                open conversation N (numbers stay put while the chat runs)
+/new USER              a direct conversation · /group "TITLE" USER… a group
+/members · /who [PREFIX] · /add USER… · /remove USER · /leave
+/retry                 send failed messages again · /reconnect · /quit
+Ctrl-N/Ctrl-P switch conversations · PageUp/PageDown scroll · /help this list"""
+# The notice when nothing else is to say.
+HINT = "type to send · /help lists every command · /open N · /search WORDS · /quit"
 NO_CONVERSATION = "no conversation open: /new USER starts one, /open N opens one from the list"
 # Seconds between typing notices while a person keeps typing: well inside the
 # expiry below, so a steady typist never flickers off on the other screens.
@@ -82,7 +93,7 @@ class ChatCore:
     def __init__(self, client: Client, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.client = client
         self.current: str | None = None
-        self.notice = HELP
+        self.notice = HINT
         self.scroll = 0  # lines scrolled back from the newest
         # (conversation, user) -> when their latest `typing: true` arrived (clock time).
         # One entry per typist of my conversations at most; removed on "false", on
@@ -102,6 +113,7 @@ class ChatCore:
         # `/search` results shown instead of the conversation until one is opened
         # (`/go K`) or another conversation is (at most SEARCH_RESULTS of them).
         self.results: list[dict[str, Any]] | None = None
+        self.help_shown = False  # /help's list replaces the conversation until one opens
         self.results_query = ""
         # Messages of others that arrived in conversations not on screen since the
         # last look: the screen rings the bell and puts the count in the title.
@@ -148,6 +160,8 @@ class ChatCore:
             self.rejected = False
             await self.stop_typing()
             self.scroll = 0
+            # What was sent is on screen, in place of a list that was.
+            self.help_shown, self.results = False, None
         except ClientError as exc:
             self.notice = f"error: {exc.message}"
         return True
@@ -163,7 +177,9 @@ class ChatCore:
             await self.stop_typing()
             return False
         if name == "/help":
-            self.notice = HELP
+            self.help_shown = True
+            self.scroll = 0
+            self.notice = "the commands: /open N (or Ctrl-N) goes back to a conversation"
         elif name == "/open" and len(args) == 1:
             if not await self.open(args[0]):
                 return True
@@ -205,7 +221,7 @@ class ChatCore:
         elif name in ("/topic", "/rename", "/upload"):
             return await self._conversation_command(name, args)
         else:
-            self.notice = f"unknown command or wrong arguments: {text!r}. {HELP}"
+            self.notice = f"unknown command or wrong arguments: {text!r} (/help lists them)"
             return True
         self.rejected = False
         return True
@@ -363,6 +379,7 @@ class ChatCore:
             self.notice = "usage: /search WORDS"
             return True
         self.results = await self.client.search(words, limit=SEARCH_RESULTS)
+        self.help_shown = False
         self.results_query = words
         self.scroll = 0
         found = len(self.results)
@@ -436,7 +453,7 @@ class ChatCore:
         else:
             self.notice = f"no conversation {which!r}: pick a number from the list"
             return False
-        self.notice = HELP
+        self.notice = HINT
         await self._show(target)
         return True
 
@@ -461,6 +478,7 @@ class ChatCore:
         previous, self.current = self.current, conversation_id
         self.scroll = 0
         self.results = None
+        self.help_shown = False
         self.elsewhere = 0
         if previous != conversation_id:
             await self.stop_typing()
@@ -668,6 +686,8 @@ class ChatCore:
         return " ✓ sent"
 
     def message_lines(self) -> Line:
+        if self.help_shown:
+            return [("", HELP + "\n")]
         if self.results is not None:
             return self.result_lines()
         if self.current is None:

@@ -322,3 +322,22 @@ async def _until_async(client: Client, condition: Callable[[], bool]) -> None:
     async with client.events() as events:
         while not condition():
             await events.receive()
+
+
+async def test_help_lists_every_command_in_the_message_pane(h: Harness, tmp_path: Path) -> None:
+    ada, bob = await h.account("ada"), await h.account("bob")
+    cid = await h.direct(ada, bob)
+    async with await sign_in(h.url, "ada", tmp_path / "ada") as client:
+        await client.sync()
+        core = ChatCore(client)
+        assert "/help" in core.notice  # the short hint, not the whole list
+        await core.open(cid)
+        await core.submit("/help")
+        shown = screen(core)
+        for command in ("/reply", "/edit", "/delete", "/react", "/unreact", "/save", "/upload",
+                        "/search", "/go", "/channels", "/join", "/topic", "/rename", "/open"):  # fmt: skip
+            assert command in shown, command
+        await core.submit("back to work")  # sending shows the conversation again
+        assert "back to work" in screen(core) and "/unreact" not in screen(core)
+        await core.submit("/bogus")
+        assert core.rejected and "/help lists them" in core.notice
