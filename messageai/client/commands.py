@@ -228,7 +228,11 @@ def _line(client: Client, message: LocalMessage, names: dict[str, str]) -> str:
     reply = f"(reply to #{message.reply_to}) " if message.reply_to is not None else ""
     body = "[message deleted]" if message.deleted else message.body
     if message.attachments and not message.deleted:
-        body += "".join(f" [file {m}]" for m in message.attachments)
+        files = [client.media(m) for m in message.attachments]
+        body += "".join(
+            f" [file {(info.filename if info and info.filename else m)}]"
+            for m, info in zip(message.attachments, files, strict=True)
+        )
     edited = " (edited)" if message.edited_at is not None and not message.deleted else ""
     reactions = "".join(f" [{e} {len(u)}]" for e, u in message.reactions.items())
     return f"{seq} {when} {who}: {reply}{body}{edited}{reactions}{mark.get(message.status, '')}"
