@@ -341,3 +341,26 @@ async def test_help_lists_every_command_in_the_message_pane(h: Harness, tmp_path
         assert "back to work" in screen(core) and "/unreact" not in screen(core)
         await core.submit("/bogus")
         assert core.rejected and "/help lists them" in core.notice
+
+
+async def test_read_by_n_of_m_leaves_out_members_added_after_the_message(
+    h: Harness, tmp_path: Path
+) -> None:
+    ada, bob, cat = await h.account("ada"), await h.account("bob"), await h.account("cat")
+    await h.account("dan")
+    group = await h.group(ada, bob, cat, title="Team")
+    client = await sign_in(h.url, "ada", tmp_path / "ada")
+    async with client, live(client), h.ws(bob) as b:
+        core = ChatCore(client)
+        await core.open(group)
+        await core.submit("before dan came")
+        await until(client, lambda: client.outbox_size() == 0)
+        await client.add_members(group, ["dan"])  # dan joins after the message
+        seq = client.messages(group)[0].seq
+        await b.request("mark_read", conversation_id=group, seq=seq)
+        await settle(core, lambda: "read by 1 of 2" in screen(core))
+        await core.submit("after dan came")
+        await until(client, lambda: client.outbox_size() == 0)
+        await settle(core, lambda: "after dan came ✓ sent" in screen(core))
+        # The second message counts dan: bob's earlier read does not cover it.
+        assert "before dan came ✓ sent, read by 1 of 2" in screen(core), screen(core)
