@@ -92,6 +92,7 @@ def add_client_commands(sub: Any) -> None:
     p = command("send", "store a message locally, then deliver it (or leave it queued)")
     p.add_argument("conversation_id", metavar="CONVERSATION_ID")
     p.add_argument("text", metavar="TEXT", help="the message ('-': read it from stdin)")
+    p.add_argument("--reply-to", type=_seq, metavar="SEQ", help="reply to message #SEQ")
     p.add_argument("--json", action="store_true", help="print the message object")
     with_timeout(p)
 

@@ -158,7 +158,16 @@ def _emit(value: Any) -> None:
 async def _send(args: argparse.Namespace) -> int:
     text = sys.stdin.read() if args.text == "-" else args.text
     async with Client.open(args.store) as client:
-        message = await client.send(args.conversation_id, text.rstrip("\n"))
+        body = text.rstrip("\n")
+        replied = args.reply_to
+        if replied is not None and client.message_by_seq(args.conversation_id, replied) is None:
+            await _try_sync(client, args.timeout)  # the message replied to, if it is new here
+        message = await client.send(
+            args.conversation_id,
+            body,
+            reply_to=args.reply_to,
+            mentions=client.mentions_in(args.conversation_id, body),
+        )
         outcome = await _try_sync(client, args.timeout)
         final = client.message(args.conversation_id, message.client_id) or message
         if args.json:
@@ -356,6 +365,7 @@ async def _conversations(args: argparse.Namespace) -> int:
                         "last_seq": conv.last_seq,
                         "unread_count": conv.unread_count,
                         "active": conv.active,
+                        "topic": conv.topic,
                     }
                 )
             else:

@@ -51,6 +51,12 @@ def test_edit_delete_react_print_the_message_and_exit_0(tmp_path: Path, password
         assert shown[0].endswith("ada: first, edited (edited)"), shown
         assert shown[1].endswith("ada: [message deleted]"), shown
         assert shown[2].endswith("ada: third [:+1: 1]"), shown
+        # A reply from a script, with a mention of a member.
+        [reply] = lines(cli(bob, "send", cid, "agreed, @ada", "--reply-to", "3", "--json"))
+        assert (reply["seq"], reply["reply_to"], reply["mentions"]) == (4, 3, [edited["sender_id"]])
+        assert cli(bob, "tail", cid).stdout.splitlines()[3].endswith("(reply to #3) agreed, @ada")
+        result = cli(bob, "send", cid, "x", "--reply-to", "99", ok=False)
+        assert result.returncode == 1 and "no message #99" in result.stderr
 
 
 def test_refusals_and_bad_input_exit_nonzero_with_one_clear_line(
