@@ -110,7 +110,17 @@ async def test_rest_refusals_in_protocol_order(h: Harness) -> None:
     assert (await h.http.delete(f"{url}/3", headers=h.auth(ada))).status_code == 200
     # Reactions.
     react = f"{url}/1/reactions"
-    for bad in ["x" * 33, quote(" "), quote("a b"), quote("\t"), quote("\u00a0"), quote("\x01")]:
+    for bad in [
+        "x" * 33,
+        quote("👍" * 8 + "x"),
+        quote(" "),
+        quote("a b"),
+        quote("\t"),
+        quote("\u00a0"),
+        quote("\x01"),
+        "%FF",  # not UTF-8: refused, not turned into U+FFFD
+        "%F0%9F",
+    ]:
         assert_error(await h.http.put(f"{react}/{bad}", headers=h.auth(bob)), 400, "bad_request")
     assert_error(await h.http.put(f"{url}/2/reactions/x", headers=h.auth(bob)), 409, "conflict")
     assert_error(await h.http.put(f"{url}/9/reactions/x", headers=h.auth(bob)), 404, "not_found")

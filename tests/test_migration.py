@@ -10,7 +10,8 @@ cursors ada 30, bob 40, cyd 12; then the file was checkpointed
 (`PRAGMA wal_checkpoint(TRUNCATE)`) and VACUUMed, so it is one small file.
 
 These tests copy it to `tmp_path` (the fixture itself is never written) and open it
-the way the actor does.
+the way the actor does, and in a real server (as the file of a group created there:
+its old senders are not members, the messages and cursors are all kept).
 """
 
 from __future__ import annotations
@@ -37,6 +38,12 @@ def _copy(tmp_path: Path) -> Path:
     path = tmp_path / "c.sqlite3"
     shutil.copyfile(FIXTURE, path)
     return path
+
+
+def _replace_with_fixture(path: Path) -> None:
+    for suffix in ("-wal", "-shm"):
+        Path(str(path) + suffix).unlink(missing_ok=True)
+    shutil.copyfile(FIXTURE, path)
 
 
 def _raw_rows(path: Path) -> list[tuple[object, ...]]:
@@ -139,3 +146,54 @@ def test_migrated_file_has_rev_equal_to_seq_and_takes_new_writes(tmp_path: Path)
     assert page[1].body == "fixed" and sql.edits(conn, 2) == [("message 1 from bob: héllo ✓", 2)]
     assert page[2].reactions == {":+1:": [USERS["cyd"]]} and page[2].attachments == MEDIA[4]
     conn.close()
+
+
+async def test_the_real_server_serves_and_changes_a_migrated_release_1_file(
+    tmp_path: Path,
+) -> None:
+    import trio
+
+    from messageai.store.paths import conversation_path
+    from tests.helpers import harness, make_config
+
+    config = make_config(tmp_path / "data")
+    with trio.fail_after(60):
+        async with harness(config) as h:
+            ada, bob = await h.account("ada"), await h.account("bob")
+            cid = await h.group(ada, bob)
+        # The server stopped: its new conversation's file becomes the release-1 file.
+        _replace_with_fixture(conversation_path(config.data_dir, cid))
+        async with harness(config) as h:
+            headers = {"Authorization": f"Bearer {ada.token}"}
+            r = await h.http.get(
+                f"/v1/conversations/{cid}/messages?after_seq=0&limit=200", headers=headers
+            )
+            messages = r.json()["messages"]
+            assert [m["seq"] for m in messages] == list(range(1, 41))
+            assert [m["rev"] for m in messages] == list(range(1, 41))
+            assert messages[3]["attachments"] == MEDIA[4]
+            r = await h.http.get(f"/v1/conversations/{cid}", headers=headers)
+            assert r.json()["last_seq"] == 40 and r.json()["last_rev"] == 40
+            async with h.ws(ada) as a:
+                sub = await a.request("subscribe", conversation_id=cid)
+                assert sub["read_cursors"] == {
+                    USERS["ada"]: 30,
+                    USERS["bob"]: 40,
+                    USERS["cyd"]: 12,
+                }
+                sent = await a.send_message(cid, "after the upgrade")
+                assert (sent["message"]["seq"], sent["message"]["rev"]) == (41, 41)
+                reacted = await a.request("react", conversation_id=cid, seq=4, emoji="👍", on=True)
+                assert reacted["message"]["rev"] == 42
+                assert reacted["message"]["attachments"] == MEDIA[4]
+                # The group's creator may delete an old message of a sender long gone.
+                deleted = await a.request("delete_message", conversation_id=cid, seq=2)
+                assert deleted["message"]["body"] == "" and deleted["message"]["rev"] == 43
+                changes = await a.request("get_changes", conversation_id=cid, after_rev=38)
+                assert [(m["seq"], m["rev"]) for m in changes["messages"]] == [
+                    (39, 39),
+                    (40, 40),
+                    (41, 41),
+                    (4, 42),
+                    (2, 43),
+                ]

@@ -97,3 +97,56 @@ def test_apply_best_practice_installs_its_hook_once() -> None:
     apply_best_practice()
     apply_best_practice()
     assert len(apsw.connection_hooks) == hooks
+
+
+def _plan(conn: apsw.Connection, query: str, params: tuple[object, ...]) -> str:
+    return " | ".join(str(row[-1]) for row in conn.execute("EXPLAIN QUERY PLAN " + query, params))
+
+
+def test_get_changes_last_rev_and_unread_tombstones_use_their_indexes(tmp_path: Path) -> None:
+    conn = _db(tmp_path)
+    for seq in range(1, 50):
+        _insert(conn, seq, "u_a" if seq % 2 else "u_b")
+    # The statements the store runs, as it runs them: each a SEARCH of an index.
+    changes = _plan(
+        conn,
+        f"SELECT {sql._COLUMNS} FROM messages WHERE {sql._REV} > ? ORDER BY {sql._REV} LIMIT ?",
+        (10, 5),
+    )
+    assert "SEARCH messages USING INDEX messages_rev" in changes, changes
+    assert "TEMP B-TREE" not in changes, changes
+    last = _plan(conn, f"SELECT {sql._REV} FROM messages ORDER BY {sql._REV} DESC LIMIT 1", ())
+    assert "SCAN messages USING COVERING INDEX messages_rev" in last, last  # one step back
+    tombstones = _plan(
+        conn,
+        "SELECT count(*) FROM messages INDEXED BY messages_tombstones"
+        " WHERE deleted_at IS NOT NULL AND seq > ? AND sender_id != ?",
+        (3, "u_a"),
+    )
+    assert "messages_tombstones" in tombstones, tombstones
+
+
+def test_rev_is_stored_only_where_it_differs_from_seq(tmp_path: Path) -> None:
+    conn = _db(tmp_path)
+    _insert(conn, 1, "u_a")
+    with conn:
+        sql.insert_message(
+            conn,
+            Message(
+                id="m_2",
+                conversation_id="c_1",
+                seq=2,
+                sender_id="u_a",
+                client_id="k2",
+                body="b",
+                attachments=[],
+                created_at=2,
+                rev=5,
+            ),
+        )
+    assert conn.execute("SELECT seq, rev FROM messages ORDER BY seq").fetchall() == [
+        (1, None),
+        (2, 5),
+    ]
+    assert sql.last_rev(conn) == 5
+    assert [(m.seq, m.rev) for m in sql.changes(conn, "c_1", 0, 10)[0]] == [(1, 1), (2, 5)]

@@ -48,6 +48,9 @@ class Request:
     def __init__(self, scope: Scope, body: bytes, params: dict[str, str]) -> None:
         self.method: str = scope["method"]
         self.path: str = scope["path"]
+        # As sent, still percent-encoded: for a handler that must see the bytes (an emoji
+        # in the path that is not valid UTF-8 is refused, not replaced by U+FFFD).
+        self.raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
         self.params = params
         self.headers: dict[str, str] = {
             k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]

@@ -10,6 +10,8 @@ see one order and one idempotency rule. Mounted by `rest.mount`.
 
 from __future__ import annotations
 
+from urllib.parse import unquote_to_bytes
+
 import trio
 
 from messageai.conversations.commands import Edits
@@ -259,8 +261,7 @@ class Conversations:
     async def _react(self, request: Request, *, on: bool) -> Response:
         user = require_user(request)
         conversation_id, seq = request.params["conversation_id"], _seq(request)
-        # The path arrives percent-decoded (as UTF-8) from the HTTP layer.
-        emoji = request.params["emoji"]
+        emoji = _emoji(request)
         check_emoji(emoji)
         self._member_record(conversation_id, user)
         self._spend(user)
@@ -302,6 +303,16 @@ def _seq(request: Request) -> int:
     if not (raw.isascii() and raw.isdigit()) or len(raw) > 19 or int(raw) > MAX_SEQ:
         raise BadRequest("seq: must be a non-negative integer")
     return int(raw)
+
+
+def _emoji(request: Request) -> str:
+    """The `{emoji}` path segment, percent-decoded as strict UTF-8 from the raw path (the
+    decoded path has already replaced bytes that are not UTF-8 with U+FFFD)."""
+    segment = request.raw_path.rpartition(b"/")[2]
+    try:
+        return unquote_to_bytes(segment).decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadRequest("emoji: must be percent-encoded UTF-8") from None
 
 
 def _activity(conversation: Conversation) -> int:
