@@ -57,6 +57,7 @@ async def round_trips(count: int, data_dir: Path) -> list[int]:
                 "conversation_id": conversation_id,
                 "client_id": f"k{i}",
                 "body": "hello there",
+                "req": i,
             }
             await ws.send_message(orjson.dumps(frame).decode())
             while (answer := orjson.loads(await ws.get_message()))["type"] != "ack":

@@ -275,6 +275,7 @@ async def _session(
                 "conversation_id": cid,
                 "client_id": client_id,
                 "body": client.pending[client_id],
+                "req": client_id,
             }
             await ws.send_message(orjson.dumps(frame).decode())
 
@@ -561,6 +562,7 @@ async def run_slow_consumer(
                             "conversation_id": cid,
                             "client_id": f"{client.index}-{i}",
                             "body": f"{time.monotonic():.6f} {body}",
+                            "req": i,
                         }
                         await ws.send_message(orjson.dumps(frame).decode())
 

@@ -121,7 +121,7 @@ async def test_actor_with_a_subscriber_does_not_retire(tmp_path: Path) -> None:
     with trio.fail_after(DEADLINE):
         async with registry_of(config) as (_directory, registry, ada, cid):
             inbox = Inbox(ada)
-            await registry.submit(cid, Command(op=Subscribe(cid), user_id=ada, peer=inbox))
+            await registry.submit(cid, Command(op=Subscribe(cid), user_id=ada, req=0, peer=inbox))
             await registry.call(cid, ada, GetHistory(cid))  # the subscribe has been handled
             assert inbox.subscriptions == {cid}
             await trio.sleep(IDLE_SECONDS * 4)
@@ -140,7 +140,7 @@ async def test_subscribe_handled_after_its_connection_ended_is_not_kept(tmp_path
     with trio.fail_after(DEADLINE):
         async with registry_of(config) as (_directory, registry, ada, cid):
             gone = EndedPeer(ada)
-            await registry.submit(cid, Command(op=Subscribe(cid), user_id=ada, peer=gone))
+            await registry.submit(cid, Command(op=Subscribe(cid), user_id=ada, req=0, peer=gone))
             await registry.call(cid, ada, SendMessage(cid, "k1", "after it left"))
             assert gone.frames[1:] == [], "no live frame for a connection that has ended"
             # And it does not keep the actor alive: it retires when idle.
@@ -195,7 +195,9 @@ async def test_crash_of_the_loop_answers_every_queued_command_unavailable(
     with trio.fail_after(DEADLINE):
         async with registry_of(config) as (_directory, registry, ada, cid):
             subscriber = BrokenSubscriber(ada)
-            await registry.submit(cid, Command(op=Subscribe(cid), user_id=ada, peer=subscriber))
+            await registry.submit(
+                cid, Command(op=Subscribe(cid), user_id=ada, req=0, peer=subscriber)
+            )
             await registry.call(cid, ada, GetHistory(cid))  # subscribed; the actor is idle
             assert subscriber.subscriptions == {cid}
             inbox = Inbox(ada)
@@ -216,7 +218,9 @@ async def test_crash_of_the_loop_answers_every_queued_command_unavailable(
                     command = Command(op=ws_send, user_id=ada, req=n, peer=inbox)
                     nursery.start_soon(registry.submit, cid, command)
                 fatal = SendMessage(cid, "fatal", "boom")
-                await registry.submit(cid, Command(op=fatal, user_id=ada, peer=BrokenSender(ada)))
+                await registry.submit(
+                    cid, Command(op=fatal, user_id=ada, req=0, peer=BrokenSender(ada))
+                )
             await _until(lambda: len(inbox.frames) == 2 and len(failures) == 2)
             assert all(isinstance(f, Error) and f.code == "unavailable" for f in inbox.frames)
             assert {f.req for f in inbox.frames if isinstance(f, Error)} == {1, 2}
@@ -224,7 +228,7 @@ async def test_crash_of_the_loop_answers_every_queued_command_unavailable(
             assert subscriber.subscriptions == set(), "the crashed actor ended its subscriptions"
             # The conversation works again: a fresh actor, subscriptions and sends.
             watcher = Inbox(ada)
-            await registry.submit(cid, Command(op=Subscribe(cid), user_id=ada, peer=watcher))
+            await registry.submit(cid, Command(op=Subscribe(cid), user_id=ada, req=0, peer=watcher))
             sent = await registry.call(cid, ada, SendMessage(cid, "rest1", "via call"))
             assert sent.message.client_id == "rest1"
             if max_batch == 1:

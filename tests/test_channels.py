@@ -487,3 +487,9 @@ async def test_conversations_say_when_each_member_joined(h: Harness) -> None:
     assert before["created_at"] < joined[cyd.id] <= after["created_at"]
     r = await h.http.get(f"/v1/conversations/{gid}", headers=h.auth(cyd))
     assert r.json()["members_joined_at"] == joined
+    # Groups only: not for direct conversations or channels (general: everyone).
+    direct = await h.direct(ada, bob)
+    r = await h.http.get(f"/v1/conversations/{direct}", headers=h.auth(ada))
+    assert r.json()["members_joined_at"] == {}
+    r = await h.http.get(f"/v1/conversations/{await general_id(h, ada)}", headers=h.auth(ada))
+    assert r.json()["members_joined_at"] == {}

@@ -75,7 +75,7 @@ async def _send_burst(
                 for client_id in client_ids:
                     await window.acquire()
                     await ws.send_message(
-                        f'{{"type":"send_message","conversation_id":"{cid}","client_id":"{client_id}","body":"b {client_id}"}}'
+                        f'{{"type":"send_message","conversation_id":"{cid}","client_id":"{client_id}","body":"b {client_id}","req":"{client_id}"}}'
                     )
 
             async with trio.open_nursery() as nursery:

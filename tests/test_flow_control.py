@@ -51,6 +51,7 @@ async def test_reader_that_stops_reading_is_closed_with_1013_and_resyncs(tmp_pat
                                 "conversation_id": cid,
                                 "client_id": f"m{i}",
                                 "body": BODY,
+                                "req": i,
                             }
                         )
 
@@ -107,7 +108,9 @@ async def test_outbound_queue_budget_counts_utf8_bytes_not_characters(tmp_path: 
             async with h.ws(bob) as b:
                 page = await b.request("get_history", conversation_id=ascii_cid, limit=20)
                 assert len(page["messages"]) == 20
-                await b.send({"type": "get_history", "conversation_id": euro_cid, "limit": 20})
+                await b.send(
+                    {"type": "get_history", "conversation_id": euro_cid, "limit": 20, "req": 1}
+                )
                 with pytest.raises(trio_websocket.ConnectionClosed) as closed:
                     while True:
                         frame = await b.recv(10)

@@ -19,6 +19,7 @@ async def _burst(ws: WS, cid: str, tag: str) -> None:
                 "conversation_id": cid,
                 "client_id": f"{tag}-{i}",
                 "body": f"{tag} {i}",
+                "req": f"{tag}-{i}",
             }
         )
 

@@ -20,12 +20,15 @@ async def _pair(h: Harness) -> tuple[Account, Account, str]:
     return ada, bob, await h.direct(ada, bob)
 
 
-async def test_ping_answers_pong_with_req(h: Harness) -> None:
+async def test_ping_answers_pong_with_req_and_nothing_without(h: Harness) -> None:
     ada = await h.account()
     async with h.ws(ada) as ws:
         assert await ws.request("ping") == {"type": "pong", "req": 1}
+        # PROTOCOL.md: a frame without `req` gets a response only on error. The next
+        # frame to arrive is the answer to the second ping, not one to the first.
         await ws.send({"type": "ping"})
-        assert await ws.recv() == {"type": "pong"}
+        await ws.send({"type": "ping", "req": "second"})
+        assert await ws.recv() == {"type": "pong", "req": "second"}
 
 
 async def test_subscribe_reports_last_seq_cursors_and_online(h: Harness) -> None:
@@ -105,7 +108,13 @@ async def test_get_history_limit_above_200_is_clamped(h: Harness) -> None:
         # Pipelined sends: one group commit per batch keeps this quick.
         for i in range(205):
             await a.send(
-                {"type": "send_message", "conversation_id": cid, "client_id": f"k{i}", "body": "x"}
+                {
+                    "type": "send_message",
+                    "conversation_id": cid,
+                    "client_id": f"k{i}",
+                    "body": "x",
+                    "req": i,
+                }
             )
         for _ in range(205):
             assert (await a.recv())["type"] == "ack"
@@ -369,3 +378,28 @@ async def test_new_conversation_is_announced_to_members_live_connections(h: Harn
         assert r.status_code == 200
         added = await b.next_event("conversation_added")
         assert added["conversation"]["id"] == group and added["conversation"]["unread_count"] == 1
+
+
+async def test_frames_without_req_are_carried_out_but_answered_only_on_error(h: Harness) -> None:
+    ada, bob, cid = await _pair(h)
+    async with h.ws(ada) as a, h.ws(bob) as b:
+        await b.request("subscribe", conversation_id=cid)
+        await a.send({"type": "subscribe", "conversation_id": cid})
+        await a.send(
+            {"type": "send_message", "conversation_id": cid, "client_id": "n", "body": "x"}
+        )
+        await a.send({"type": "mark_read", "conversation_id": cid, "seq": 1})
+        await a.send(
+            {"type": "send_message", "conversation_id": "c_nope", "client_id": "e", "body": "x"}
+        )
+        # The only answer before the pong is the error of the frame that failed.
+        await a.send({"type": "ping", "req": "after"})
+        assert (await a.recv())["type"] == "error"
+        assert await a.recv() == {"type": "pong", "req": "after"}
+        # The send was stored and delivered, the subscription and the cursor took effect.
+        delivered = await b.next_event("new_message")
+        assert delivered["message"]["client_id"] == "n"
+        await b.send_message(cid, "to ada")
+        assert (await a.next_event("new_message"))["message"]["body"] == "to ada"
+        sub = await b.request("subscribe", conversation_id=cid)
+        assert sub["read_cursors"][ada.id] == 1

@@ -789,7 +789,8 @@ def _reply(command: Command, frame: ServerFrame | None, value: object) -> None:
     command.answered = True
     if command.waiter is not None:
         command.waiter.set(value)
-    elif command.peer is not None and frame is not None:
+    elif command.peer is not None and frame is not None and command.req is not None:
+        # PROTOCOL.md: a frame sent without `req` gets a response only on error.
         command.peer.push_frame(frame)
 
 

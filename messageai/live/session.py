@@ -265,7 +265,8 @@ class Session:
                 self.push_frame(Error(code=exc.code, message=exc.message, req=req))
                 return
         if isinstance(frame, Ping):
-            self.push_frame(Pong(req=req))
+            if req is not None:  # without `req`, only errors are answered
+                self.push_frame(Pong(req=req))
             return
         if isinstance(frame, Search):
             self._start_search(frame, req)

@@ -49,7 +49,7 @@ class Announcer:
             unread_count=summary.unread_count,
             topic=record.topic,
             last_rev=summary.last_rev,
-            members_joined_at=joined,
+            members_joined_at=_joined_at(record, joined),
         )
 
     def directory_view(self, record: ConversationRecord) -> Conversation:
@@ -67,7 +67,7 @@ class Announcer:
             last_message=None,
             unread_count=0,
             topic=record.topic,
-            members_joined_at=joined,
+            members_joined_at=_joined_at(record, joined),
         )
 
     async def added(self, record: ConversationRecord, user_ids: list[str]) -> None:
@@ -112,3 +112,10 @@ def _updated_text(conversation: Conversation) -> str:
     # Built here rather than as a frame class of `protocol` (whose frames another
     # change owns in this release); the same converter, so the same JSON.
     return dumps({"type": "conversation_updated", "conversation": conversation}).decode()
+
+
+def _joined_at(record: ConversationRecord, joined: dict[str, int]) -> dict[str, int]:
+    # Groups only: "read by N of M" is a group's; a direct conversation's two joined
+    # at once, and a channel's list (general: every user) would only weigh on every
+    # conversation object.
+    return joined if record.kind == "group" else {}

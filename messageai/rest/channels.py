@@ -8,13 +8,15 @@ Mounted by `rest.mount`.
 
 from __future__ import annotations
 
+import trio
+
 from messageai.conversations.registry import Registry
 from messageai.edge.asgi import Request, Response, Router
-from messageai.errors import BadRequest, Forbidden, NotFound
+from messageai.errors import BadRequest, Forbidden, MessageAIError, NotFound
 from messageai.live.presence import Presence
 from messageai.model import ChannelEntry, ConversationRecord, User
 from messageai.protocol import converter
-from messageai.rest.announce import Announcer
+from messageai.rest.announce import ANNOUNCE_CONCURRENCY, Announcer
 from messageai.rest.params import require_user
 from messageai.services.directory import Directory, check_conversation_changes
 
@@ -47,14 +49,30 @@ class Channels:
         prefix = request.query.get("q", "")
         if len(prefix) > MAX_CHANNEL_QUERY_CHARS:
             raise BadRequest(f"q: at most {MAX_CHANNEL_QUERY_CHARS} characters")
-        entries = []
-        for record, count in self._directory.channels(prefix):
-            if self._directory.is_member(record.id, user.id):
-                conversation = await self._announce.view(record, user)
-            else:
-                conversation = self._announce.directory_view(record)
-            entries.append(ChannelEntry(conversation, count))
-        return Response(200, {"channels": [_entry(entry) for entry in entries]})
+        found = self._directory.channels(prefix)
+        entries: dict[int, ChannelEntry] = {}
+        errors: list[MessageAIError] = []
+        limiter = trio.CapacityLimiter(ANNOUNCE_CONCURRENCY)
+
+        async def summarise(index: int, record: ConversationRecord, count: int) -> None:
+            # The caller's own channels need their actor (last message, unread count),
+            # a few at a time, as the conversation list does; the others do not.
+            if not self._directory.is_member(record.id, user.id):
+                entries[index] = ChannelEntry(self._announce.directory_view(record), count)
+                return
+            async with limiter:
+                try:
+                    entries[index] = ChannelEntry(await self._announce.view(record, user), count)
+                except MessageAIError as exc:
+                    errors.append(exc)
+
+        async with trio.open_nursery() as nursery:
+            for index, (record, count) in enumerate(found):
+                nursery.start_soon(summarise, index, record, count)
+        if errors:
+            raise errors[0]
+        listed = [_entry(entries[index]) for index in range(len(found))]
+        return Response(200, {"channels": listed})
 
     async def join(self, request: Request) -> Response:
         """200 the channel as the caller now sees it; joining twice changes nothing
