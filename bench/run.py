@@ -27,10 +27,22 @@ from typing import Any, TypedDict
 import orjson
 
 from bench import procs, seed
+from bench import search as search_bench
 from bench.procs import ROOT, Child, LoadGroup
 from messageai.config import ConfigError, parse_config
 
-SCENARIOS = ["direct", "group", "rr", "idle", "cold", "history", "durability", "react", "changes"]
+SCENARIOS = [
+    "direct",
+    "group",
+    "rr",
+    "idle",
+    "cold",
+    "history",
+    "durability",
+    "react",
+    "changes",
+    "search",
+]
 
 
 class Sizes(TypedDict):
@@ -47,6 +59,10 @@ class Sizes(TypedDict):
     react_targets: int
     changes_total: int
     changes_clients: int
+    search_single_messages: int
+    search_many_messages: int
+    search_conversations: int
+    search_queries: int
     warmup: float
     duration: float
     hold: float
@@ -65,6 +81,10 @@ FULL: Sizes = {
     "react_targets": 20,
     "changes_total": 10_000,
     "changes_clients": 4,
+    "search_single_messages": 1_000_000,
+    "search_many_messages": 1_000_000,
+    "search_conversations": 200,
+    "search_queries": 500,
     "warmup": 2.0,
     "duration": 10.0,
     "hold": 5.0,
@@ -75,6 +95,9 @@ QUICK: Sizes = {
     "idle_connections": 500,
     "cold_conversations": 200,
     "history_messages": 200_000,
+    "search_single_messages": 100_000,
+    "search_many_messages": 100_000,
+    "search_queries": 200,
     "warmup": 0.5,
     "duration": 2.0,
     "hold": 1.0,
@@ -481,6 +504,27 @@ class Bench:
             server.stop()
             shutil.rmtree(data, ignore_errors=True)
 
+    def s_search(self) -> None:
+        """Keyword search latency: one big conversation, and many (`bench.search`)."""
+        size = self.size
+        data = self.data_dir("search")
+        self.step = "search"
+        try:
+            figures = search_bench.run(
+                self.config("NORMAL"),
+                data,
+                self.out / "server.log",
+                single_messages=size["search_single_messages"],
+                many_messages=size["search_many_messages"],
+                conversations=size["search_conversations"],
+                queries_per_case=size["search_queries"],
+                progress=self.progress,
+            )
+        finally:
+            shutil.rmtree(data, ignore_errors=True)
+        self.progress_done()
+        self.results["search"] = figures
+
     def s_rr(self) -> None:
         n = self.size["rr_clients"]
         offered = f"{n} clients x 1 in flight"
@@ -769,6 +813,23 @@ class Bench:
             check("cold: first-message ack p99 (ms)", r["cold"]["ack_p99_ms"], 20, "≤ 20", True)
         if "history" in r:
             check("history: page p99 (ms)", r["history"]["ack_p99_ms"], 20, "≤ 20", True)
+        if "search" in r:
+            se = r["search"]
+            check(
+                f"search: p99 in one conversation of {se['single_messages']:,} (ms)",
+                se["one"]["p99_ms"],
+                20,
+                "≤ 20",
+                True,
+            )
+            check(
+                f"search: p99 across {se['conversations']} conversations"
+                f" of {se['many_messages']:,} in all (ms)",
+                se["all"]["p99_ms"],
+                200,
+                "≤ 200",
+                True,
+            )
         if "durability" in r:
             du = r["durability"]
             check(
@@ -819,6 +880,33 @@ class Bench:
                     f"| {fmt(a['rows_per_s'], 0)} | {fmt(a['commits_per_s'], 0)} "
                     f"| {fmt(a['cpu_us_per_row'], 1)} |"
                 )
+        se = self.results.get("search")
+        if se:
+            lines += [
+                "",
+                "| search | queries | p50 / p95 / p99 ms | results |",
+                "| --- | ---: | ---: | ---: |",
+            ]
+            for key, label in [
+                ("one", f"one conversation of {se['single_messages']:,}"),
+                ("all", f"{se['conversations'] + 1} conversations"),
+            ]:
+                f = se[key]
+                lines.append(
+                    f"| {label} | {se['queries']} | {fmt(f['p50_ms'], 1)} / {fmt(f['p95_ms'], 1)}"
+                    f" / {fmt(f['p99_ms'], 1)} | {f['results']} |"
+                )
+            sw = se["stop_words_one"]
+            lines.append(
+                f"| stop words only, one conversation | 20 | {fmt(sw['p50_ms'], 1)} / "
+                f"{fmt(sw['p95_ms'], 1)} / {fmt(sw['p99_ms'], 1)} | - |"
+            )
+            lines.append(
+                f"\nSeeding (indexed as inserted): {fmt(se['seed_single_seconds'], 0)} s for one"
+                f" conversation, {fmt(se['seed_many_seconds'], 0)} s for the others; the"
+                f" filler rebuilt the big one's index in {fmt(se['fill_seconds'], 1)} s"
+                f" ({fmt(se['fill_rows_per_s'], 0)} messages/s)."
+            )
         targets = self.targets()
         if targets:
             lines += ["", "| target | measured | goal | met |", "| --- | ---: | ---: | --- |"]
@@ -916,6 +1004,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--profile-args", default="", help="extra py-spy flags, e.g. --gil")
     parser.add_argument("--duration", type=float, help="seconds measured per run")
+    parser.add_argument(
+        "--search-messages", type=int, help="the search scenario's messages (each of its two cases)"
+    )
+    parser.add_argument(
+        "--search-conversations", type=int, help="the search scenario's many conversations"
+    )
     args = parser.parse_args(argv)
     try:
         for synchronous in ("FULL", "NORMAL"):
@@ -928,6 +1022,14 @@ def main(argv: list[str] | None = None) -> int:
         bench.size = {**bench.size, "idle_connections": args.idle_connections}
     if args.duration:
         bench.size = {**bench.size, "duration": args.duration}
+    if args.search_messages:
+        bench.size = {
+            **bench.size,
+            "search_single_messages": args.search_messages,
+            "search_many_messages": args.search_messages,
+        }
+    if args.search_conversations:
+        bench.size = {**bench.size, "search_conversations": args.search_conversations}
     nofile = procs.raise_nofile()
     if bench.size["idle_connections"] + 2000 > nofile:
         print(f"bench: RLIMIT_NOFILE is {nofile}; the idle scenario may fail", file=sys.stderr)

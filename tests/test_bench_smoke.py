@@ -20,9 +20,11 @@ import trio
 import trio_websocket
 
 from bench import instructions, procs, run, seed
+from bench import search as search_bench
 from messageai.config import ConfigError, parse_config
 from messageai.sqlite import open_db
 from messageai.store import conversation as sql
+from messageai.store import search as search_sql
 from messageai.store.paths import conversation_path
 
 
@@ -205,3 +207,40 @@ def test_react_and_changes_loads_measure_a_real_server(tmp_path: Path) -> None:
         assert changes["acks"] > 10 and len(changes["ack_lat_us"]) > 10
     finally:
         server.stop()
+
+
+def test_search_scenario_measures_a_real_server_at_a_small_size(tmp_path: Path) -> None:
+    config = tmp_path / "messageai.toml"
+    config.write_text(run.config_toml(run.server_config("NORMAL")))
+    figures = search_bench.run(
+        config,
+        tmp_path / "data",
+        tmp_path / "server.log",
+        single_messages=3000,
+        many_messages=3000,
+        conversations=5,
+        queries_per_case=30,
+        fill_chunk_rows=500,
+        progress=lambda _text: None,
+    )
+    assert figures["queries"] == 30
+    for case in ("one", "all"):
+        assert figures[case]["p99_ms"] is not None
+        # The queries are of words that exist: they find messages.
+        assert figures[case]["results"] > 30
+    assert figures["fill_seconds"] > 0
+    # The filler rebuilt the whole index: the file checks out and every message is in it.
+    conn = open_db(conversation_path(tmp_path / "data", _single(tmp_path)), "NORMAL")
+    try:
+        conn.execute("INSERT INTO messages_fts(messages_fts, rank) VALUES ('integrity-check', 1)")
+        assert search_sql.unindexed_upto(conn) == 0
+    finally:
+        conn.close()
+
+
+def _single(tmp_path: Path) -> str:
+    # The biggest conversation file of the scenario is its single conversation.
+    files = sorted(
+        (tmp_path / "data" / "conversations").glob("*/*.sqlite3"), key=lambda p: p.stat().st_size
+    )
+    return files[-1].stem

@@ -398,3 +398,47 @@ async def test_tombstones_and_earlier_bodies_are_never_found_nor_left_in_the_fil
     assert b"wombatl" in blob
     assert b"quokkamarmal" not in blob
     assert b"xylophonejuggl" not in blob
+
+
+async def test_scores_are_comparable_across_conversations(h: Harness) -> None:
+    a, b, c = await h.account(), await h.account(), await h.account()
+    # In `small` every message says "kiwi": its own bm25 gives the word almost no
+    # weight there. In `big` one message of fifty says it among other words.
+    small = await h.direct(a, b)
+    big = await h.direct(a, c)
+    for _ in range(3):
+        await send(h, a, small, "kiwi")
+    for i in range(49):
+        await send(h, a, big, f"other words {i}")
+    await send(h, a, big, "kiwi and five other words")
+    r = await search(h, a, q="kiwi")
+    hits = r.json()["results"]
+    assert [hit["conversation_id"] for hit in hits] == [small, small, small, big]
+    scores = [hit["score"] for hit in hits]
+    assert scores == sorted(scores, reverse=True)
+
+
+async def test_a_query_opens_at_most_max_files_per_query_files(tmp_path: Path) -> None:
+    config = make_config(tmp_path / "data", search={"max_files_per_query": 1})
+    with trio.fail_after(60):
+        async with harness(config) as h:
+            a = await h.account()
+            conversations = []
+            for _ in range(3):
+                other = await h.account()
+                cid = await h.direct(a, other)
+                await send(h, a, cid, "apricot")
+                conversations.append(cid)
+            first = (await search(h, a, q="apricot")).json()
+            # One file opened: the most recently written conversation's.
+            assert first["truncated"] is True
+            assert [r["conversation_id"] for r in first["results"]] == [conversations[-1]]
+            second = (await search(h, a, q="apricot")).json()
+            assert second["truncated"] is True and len(second["results"]) == 2
+            # Open files do not count: now one more opening covers them all.
+            third = (await search(h, a, q="apricot")).json()
+            assert "truncated" not in third
+            assert len(third["results"]) == 3
+            # A named conversation is always searched.
+            named = (await search(h, a, q="apricot", conversation_id=conversations[0])).json()
+            assert len(named["results"]) == 1

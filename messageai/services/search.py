@@ -59,7 +59,7 @@ class _FileRanking:
     found: bool  # the file exists
     lags: bool
     docs: int
-    counts: list[int]
+    counts: list[float]
     ranked: list[tuple[int, float]]
 
 
@@ -187,7 +187,7 @@ class Search:
         rankings = await self._gather(ids, query, limit)
         # One idf per word over every searched file, against each file's own.
         docs = sum(r.docs for r in rankings)
-        totals = [sum(r.counts[i] for r in rankings) for i in range(len(query.groups))]
+        totals = [sum(r.counts[i] for r in rankings if r.counts) for i in range(len(query.groups))]
         global_idf = sum(sql.idf(docs, n) for n in totals)
         scored: list[tuple[float, str, int]] = []
         for r in rankings:
@@ -283,7 +283,7 @@ class Search:
                 continue
             conn = reader[0]
             try:
-                docs, counts, ranked = 0, [0] * len(query.groups), []
+                docs, counts, ranked = 0, [0.0] * len(query.groups), []
                 with conn:  # one read transaction: the statistics are the ranking's
                     indexed = sql.has_index(conn)
                     lags = not indexed or sql.unindexed_upto(conn) > 0
