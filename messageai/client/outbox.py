@@ -60,6 +60,16 @@ def entries(conn: apsw.Connection, limit: int) -> list[Entry]:
     return [e for e in (_entry(conn, row) for row in rows) if e is not None]
 
 
+def changes_of(conn: apsw.Connection, local_id: int) -> list[Entry]:
+    """The edits, deletes and reactions queued for one message, in order."""
+    rows = conn.execute(
+        'SELECT pos, kind, local_id, body, emoji, "on" FROM outbox'
+        " WHERE local_id = ? AND kind != 'send' ORDER BY pos",
+        (local_id,),
+    ).fetchall()
+    return [e for e in (_entry(conn, row) for row in rows) if e is not None]
+
+
 def ready(conn: apsw.Connection, limit: int) -> list[Entry]:
     """The next entries that can travel now, in order: up to the first change whose
     message has no seq yet (it waits for its send's ack)."""
@@ -133,7 +143,3 @@ def edit_unsent(conn: apsw.Connection, local_id: int, body: str) -> None:
     conn.execute(
         "UPDATE messages SET body = ? WHERE local_id = ? AND status = 'failed'", (body, local_id)
     )
-
-
-def pending_for(conn: apsw.Connection, local_id: int) -> int:
-    return int(conn.execute("SELECT count(*) FROM outbox WHERE local_id = ?", (local_id,)).get)

@@ -477,9 +477,7 @@ class Syncer:
             if not exc.permanent:
                 raise
             # Its queued changes go with it (they are announced as refused).
-            dependents = [
-                e for e in outbox.entries(self._conn, 10_000) if e.local_id == message.local_id
-            ]
+            dependents = outbox.changes_of(self._conn, message.local_id)
             with transaction(self._conn):
                 failed = store.mark_failed(self._conn, message.local_id, exc.message)
             if failed is not None:
@@ -487,8 +485,7 @@ class Syncer:
                     self._report.failed.append(failed)
                 self._events.emit(MessageUpdated(failed))
             for dependent in dependents:
-                if dependent.kind != "send":
-                    self._refused(dependent, "the message was not delivered: " + exc.message)
+                self._refused(dependent, "the message was not delivered: " + exc.message)
             return
         self._merge([ack.get("message")])
         if self._report is not None:

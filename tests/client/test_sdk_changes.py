@@ -358,3 +358,23 @@ async def test_replies_and_mentions_are_sent_with_the_message(h: Harness, tmp_pa
         (seq, [bob.id, cat.id]),
     ]
     assert outsider.id not in stored[1]["mentions"]
+
+
+async def test_a_refused_send_takes_its_queued_changes_with_it(h: Harness, tmp_path: Path) -> None:
+    ada, bob, dan = await h.account("ada"), await h.account("bob"), await h.account("dan")
+    cid = await h.direct(ada, bob)
+    async with await sign_in(h.url, "ada", tmp_path / "ada") as client:
+        await client.sync()
+        # Dan is not a member: the server refuses the send (bad_request).
+        doomed = await client.send(cid, "hi @dan", mentions=[dan.id])
+        await client.edit(doomed, "hi @dan!")
+        await client.react(doomed, "👋")
+        fine = await client.send(cid, "this one goes")
+        report = await client.sync()
+        assert [m.client_id for m in report.failed] == [doomed.client_id]
+        assert [r.action for r in report.refused] == ["edit", "react"]
+        assert all("not delivered" in r.error for r in report.refused)
+        assert [m.client_id for m in report.delivered] == [fine.client_id]
+        assert client.outbox_size() == 0
+        failed = mine(client, cid, doomed.client_id)
+        assert (failed.status, failed.body, failed.reactions) == ("failed", "hi @dan", {})
