@@ -184,6 +184,10 @@ class Api:
         await part.rename(dest)
         return response.headers
 
+    async def media_info(self, media_id: str) -> dict[str, Any]:
+        """`GET /v1/media/{id}/info` (an extension of v1.1): the media object, no bytes."""
+        return _object(await self.call("GET", f"/v1/media/{quote(media_id, safe='')}/info"), "id")
+
     async def media_head(self, media_id: str) -> httpx.Response:
         """The first byte of a media file: its headers say its type, size and name."""
         headers = {"Authorization": f"Bearer {self.token}", "Range": "bytes=0-0"}

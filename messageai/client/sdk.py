@@ -32,7 +32,7 @@ import apsw
 
 from messageai.client import accounts, outbox, store
 from messageai.client.api import Api
-from messageai.client.errors import ClientError, Forbidden, NotSignedIn, Unreachable
+from messageai.client.errors import ClientError, Forbidden, NotSignedIn, ServerError, Unreachable
 from messageai.client.events import (
     DEFAULT_BUFFER,
     ConnectionState,
@@ -609,13 +609,24 @@ class Client:
         return store.media_info(self._conn, media_id)
 
     async def learn_media(self, media_id: str) -> MediaInfo:
-        """Ask the server for an attachment's name, type and size (its first byte's
-        headers) and keep them in the store."""
+        """Ask the server for an attachment's name, type and size (`/info`, else its
+        first byte's headers) and keep them in the store."""
         known = self.media(media_id)
         if known is not None:
             return known
-        response = await self.api.media_head(media_id)
-        info = _media_info(media_id, response.headers)
+        try:
+            media = await self.api.media_info(media_id)
+            info = MediaInfo(
+                media_id,
+                media.get("filename") if isinstance(media.get("filename"), str) else None,
+                media.get("content_type") if isinstance(media.get("content_type"), str) else None,
+                media.get("size") if type(media.get("size")) is int else None,
+            )
+        except ServerError as exc:
+            if exc.code != "not_found":
+                raise
+            # A server without the `/info` extension: the first byte's headers say it.
+            info = _media_info(media_id, (await self.api.media_head(media_id)).headers)
         with transaction(self._conn):
             store.save_media(self._conn, info)
         return info

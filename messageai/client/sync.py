@@ -505,15 +505,14 @@ class Syncer:
                 outbox.done(self._conn, entry.pos)
             self._refused(entry, exc.message)
             return
-        message = answer.get("message")
-        _check_message(message)
+        # The server's state first, then the entry goes: a crash in between resends a
+        # change that the server treats as no change (the same body, reaction, delete).
+        self._merge([answer.get("message")])
         with transaction(self._conn):
             outbox.done(self._conn, entry.pos)
-        merged = self._merge([message])
         stored = store.message_by_local_id(self._conn, entry.local_id)
         if stored is not None:
-            if not merged:  # nothing new from the server: still, the overlay changed
-                self._events.emit(MessageUpdated(stored))
+            self._events.emit(MessageUpdated(stored))  # confirmed: no longer `pending`
             if self._report is not None:
                 self._report.changed.append(stored)
 

@@ -364,3 +364,23 @@ async def test_read_by_n_of_m_leaves_out_members_added_after_the_message(
         await settle(core, lambda: "after dan came ✓ sent" in screen(core))
         # The second message counts dan: bob's earlier read does not cover it.
         assert "before dan came ✓ sent, read by 1 of 2" in screen(core), screen(core)
+
+
+def test_an_attachment_is_described_by_its_download_headers_without_the_info_route() -> None:
+    from messageai.client.sdk import _media_info
+
+    headers = httpx.Headers(
+        {
+            "content-type": "application/pdf",
+            "content-range": "bytes 0-0/123456",
+            "content-disposition": "attachment; filename*=UTF-8''r%C3%A9sum%C3%A9.pdf",
+        }
+    )
+    info = _media_info("md_1", headers)
+    assert (info.filename, info.content_type, info.size) == (
+        "résumé.pdf",
+        "application/pdf",
+        123456,
+    )
+    plain = _media_info("md_2", httpx.Headers({"content-length": "7"}))
+    assert (plain.filename, plain.content_type, plain.size) == (None, None, 7)
