@@ -114,6 +114,8 @@ class ChatCore:
         # (`/go K`) or another conversation is (at most SEARCH_RESULTS of them).
         self.results: list[dict[str, Any]] | None = None
         self.help_shown = False  # /help's list replaces the conversation until one opens
+        # The message `/go K` opened its conversation at (shown marked), by seq.
+        self.found: int | None = None
         self.results_query = ""
         # Messages of others that arrived in conversations not on screen since the
         # last look: the screen rings the bell and puts the count in the title.
@@ -401,7 +403,8 @@ class ChatCore:
         result = results[int(which) - 1]
         cid = result["conversation_id"]
         await self._show(cid)
-        self.notice = f"{self.title(cid)}: result #{result['message'].get('seq')}"
+        self.found = result["message"].get("seq")
+        self.notice = f"{self.title(cid)}: result #{self.found} is marked ▶"
         self.rejected = False
         return True
 
@@ -479,6 +482,7 @@ class ChatCore:
         self.scroll = 0
         self.results = None
         self.help_shown = False
+        self.found = None
         self.elsewhere = 0
         if previous != conversation_id:
             await self.stop_typing()
@@ -716,6 +720,8 @@ class ChatCore:
             )
             out.append(("class:quote", " " * len(lead) + "╭ " + self._quote(quoted, names)))
             out.append(("", "\n"))
+        if message.seq is not None and message.seq == self.found:
+            out.append(("class:mention", "▶"))
         out.append(("class:time", lead))
         out.append(("class:me" if mine else "class:them", f"{who}: "))
         if message.deleted:

@@ -163,7 +163,9 @@ async def test_search_shows_results_and_go_opens_the_conversation(
         assert "meetings" in styled(core, "class:mention")  # the match is highlighted
         await core.submit("/go 1")
         assert core.current == group and core.results is None
-        assert "bob: the quarterly meetings move to friday" in screen(core)
+        assert "▶#1 " in screen(core) and "bob: the quarterly meetings move to friday" in screen(
+            core
+        )
         await core.submit("/search zebra")
         assert "nothing found" in core.notice and core.results is None
         await core.submit("/go 5")
