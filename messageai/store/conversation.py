@@ -180,9 +180,12 @@ def reactions_of(conn: apsw.Connection, seqs: list[int]) -> dict[int, Reactions]
     """The reactions of the messages `seqs` (those that have any): emoji in the order
     of their first current reaction, users in the order they reacted."""
     out: dict[int, Reactions] = {}
-    if len(seqs) == 1:
+    low, high = min(seqs), max(seqs)
+    if high - low + 1 == len(seqs):
+        # A history page (or one message): a range of the primary key.
         rows = conn.execute(
-            "SELECT seq, emoji, user_id FROM reactions WHERE seq = ? ORDER BY rev", (seqs[0],)
+            "SELECT seq, emoji, user_id FROM reactions WHERE seq BETWEEN ? AND ? ORDER BY seq, rev",
+            (low, high),
         )
     else:
         rows = conn.execute(
