@@ -884,22 +884,22 @@ class Bench:
         if se:
             lines += [
                 "",
-                "| search | queries | p50 / p95 / p99 ms | results |",
-                "| --- | ---: | ---: | ---: |",
+                "| search | queries | p50 / p95 / p99 ms | results | server CPU ms/query |",
+                "| --- | ---: | ---: | ---: | ---: |",
             ]
             for key, label in [
                 ("one", f"one conversation of {se['single_messages']:,}"),
-                ("all", f"{se['conversations'] + 1} conversations"),
+                ("all", f"{se['conversations']} conversations of {se['many_messages']:,} in all"),
             ]:
                 f = se[key]
                 lines.append(
                     f"| {label} | {se['queries']} | {fmt(f['p50_ms'], 1)} / {fmt(f['p95_ms'], 1)}"
-                    f" / {fmt(f['p99_ms'], 1)} | {f['results']} |"
+                    f" / {fmt(f['p99_ms'], 1)} | {f['results']} | {fmt(f['cpu_ms_per_query'], 1)} |"
                 )
             sw = se["stop_words_one"]
             lines.append(
                 f"| stop words only, one conversation | 20 | {fmt(sw['p50_ms'], 1)} / "
-                f"{fmt(sw['p95_ms'], 1)} / {fmt(sw['p99_ms'], 1)} | - |"
+                f"{fmt(sw['p95_ms'], 1)} / {fmt(sw['p99_ms'], 1)} | - | - |"
             )
             lines.append(
                 f"\nSeeding (indexed as inserted): {fmt(se['seed_single_seconds'], 0)} s for one"

@@ -199,19 +199,19 @@ def run(
     try:
         rest = seed.Rest(server.port)
         try:
-            progress(f"registering {conversations + 2} users")
-            users = rest.register([f"s{i:05d}" for i in range(conversations + 2)])
-            searcher = users[0]
+            progress(f"registering {conversations + 3} users")
+            users = rest.register([f"s{i:05d}" for i in range(conversations + 3)])
+            # One searcher in the big conversation only, another in the many only.
+            one_user, all_user, partner = users[0], users[1], users[2]
             progress(f"creating {conversations + 1} conversations")
             single, *many = rest.groups(
-                [(searcher, [users[1]])]
-                + [(searcher, [users[i + 2]]) for i in range(conversations)]
+                [(one_user, [partner])] + [(all_user, [users[i + 3]]) for i in range(conversations)]
             )
         finally:
             rest.close()
     finally:
         server.stop()
-    senders = [searcher["id"], users[1]["id"]]
+    senders = [one_user["id"], partner["id"]]
     progress(f"seeding {single_messages:,} messages into one conversation")
     start = time.monotonic()
     fill(data_dir, single, senders, single_messages, rnd)
@@ -223,18 +223,25 @@ def run(
     per = many_messages // conversations
     for i, conversation_id in enumerate(many):
         count = per + (1 if i < many_messages % conversations else 0)
-        fill(data_dir, conversation_id, [searcher["id"], users[i + 2]["id"]], count, rnd)
+        fill(data_dir, conversation_id, [all_user["id"], users[i + 3]["id"]], count, rnd)
     seed_many = time.monotonic() - start
     server = procs.start_messageai(config, data_dir, log_path)
     try:
         base = f"http://127.0.0.1:{server.port}"
         qs = queries(rnd, queries_per_case)
         progress(f"{len(qs)} queries in the one conversation")
-        one, one_found = measure(base, searcher["token"], qs, single)
-        progress(f"{len(qs)} queries across all {conversations + 1} conversations")
-        every, every_found = measure(base, searcher["token"], qs, None)
+        cpu0 = server.cpu()
+        one, one_found = measure(base, one_user["token"], qs, single)
+        cpu1 = server.cpu()
+        progress(f"{len(qs)} queries across all {conversations} conversations")
+        every, every_found = measure(base, all_user["token"], qs, None)
+        cpu2 = server.cpu()
+        # Server CPU per query (all threads; warm-up included): unlike latency, not
+        # changed by other work on the machine.
+        cpu_one = (cpu1 - cpu0) * 1000 / (len(qs) + 10)
+        cpu_all = (cpu2 - cpu1) * 1000 / (len(qs) + 10)
         stop_words = ["the", "you", "and the", "it is"] * 5
-        stop, _ = measure(base, searcher["token"], stop_words, single)
+        stop, _ = measure(base, one_user["token"], stop_words, single)
     finally:
         server.stop()
     return {
@@ -246,7 +253,7 @@ def run(
         "seed_many_seconds": seed_many,
         "fill_seconds": fill_seconds,
         "fill_rows_per_s": single_messages / fill_seconds if fill_seconds else None,
-        "one": {**summary(one), "results": one_found},
-        "all": {**summary(every), "results": every_found},
+        "one": {**summary(one), "results": one_found, "cpu_ms_per_query": cpu_one},
+        "all": {**summary(every), "results": every_found, "cpu_ms_per_query": cpu_all},
         "stop_words_one": summary(stop),
     }

@@ -402,20 +402,24 @@ async def test_tombstones_and_earlier_bodies_are_never_found_nor_left_in_the_fil
 
 async def test_scores_are_comparable_across_conversations(h: Harness) -> None:
     a, b, c = await h.account(), await h.account(), await h.account()
-    # In `small` every message says "kiwi": its own bm25 gives the word almost no
-    # weight there. In `big` one message of fifty says it among other words.
+    # In `small` nearly every message says "kiwi": a bm25 of its own statistics gives
+    # the word almost no weight there. In `big` one message of fifty says it.
     small = await h.direct(a, b)
     big = await h.direct(a, c)
     for _ in range(3):
         await send(h, a, small, "kiwi")
+    await send(h, a, small, "kiwi tart with cream")
     for i in range(49):
         await send(h, a, big, f"other words {i}")
-    await send(h, a, big, "kiwi and five other words")
-    r = await search(h, a, q="kiwi")
-    hits = r.json()["results"]
-    assert [hit["conversation_id"] for hit in hits] == [small, small, small, big]
-    scores = [hit["score"] for hit in hits]
-    assert scores == sorted(scores, reverse=True)
+    await send(h, a, big, "kiwi tart with cream")
+    hits = (await search(h, a, q="kiwi")).json()["results"]
+    scores = {(hit["conversation_id"], hit["message"]["body"]): hit["score"] for hit in hits}
+    # The same text scores the same wherever it is; shorter ranks higher.
+    assert scores[(small, "kiwi tart with cream")] == scores[(big, "kiwi tart with cream")]
+    assert [hit["message"]["body"] for hit in hits][:3] == ["kiwi"] * 3
+    ordered = [hit["score"] for hit in hits]
+    assert len(ordered) == 5 and ordered == sorted(ordered, reverse=True)
+    assert all(score > 0 for score in ordered)
 
 
 async def test_a_query_opens_at_most_max_files_per_query_files(tmp_path: Path) -> None:

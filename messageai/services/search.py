@@ -8,12 +8,17 @@ commit whose ack has been sent) in this service's own worker threads, at most
 `search.threads` at once, at most `search.max_concurrent_queries` queries at once. Idle
 read connections stay open in a bounded LRU (`search.max_open_readers`).
 
-Ranking: each file ranks its matches with FTS5's bm25, whose idf depends on that file's
-own statistics (a word in every message of a small conversation weighs little there,
-and much in a big one where it is rare). To merge, each file's bm25 is rescaled to the
-idf the query's words have over ALL the searched conversations together:
-score = bm25_file x sum(idf_all) / sum(idf_file), exact for one-word queries. One
-conversation's jargon then ranks as it does across the caller's whole history.
+Ranking: one Okapi BM25 score for every candidate of an answer, comparable across
+files because it uses no file's own statistics (per-file bm25 would weigh a word that
+fills one small conversation near zero there and high in a big one where it is rare,
+and the merge would follow file sizes). Every result has every word of the query
+(AND), and each word counts once per message (nearly always so in chat), so with one
+idf over all the searched conversations the idf part is the same for every result of
+an answer and cannot change its order: it is left at 1 per word, and the server
+counts no words at all. What orders results is BM25's length part, normalised by the
+mean length of the answer's candidates: shorter first, newest first among equals,
+each conversation offering its best among its newest `store.search.RANK_WINDOW`
+matches.
 
 Modes: `keyword` only for now. The server computes no embeddings: `semantic` is
 `unavailable`, and `hybrid` (both, merged) answers its keyword half, with `"mode":
@@ -58,9 +63,7 @@ class _FileRanking:
     conversation_id: str
     found: bool  # the file exists
     lags: bool
-    docs: int
-    counts: list[float]
-    ranked: list[tuple[int, float]]
+    ranked: list[tuple[int, int]]  # (seq, body length)
 
 
 def check_request(q: object, limit: object, mode: object) -> tuple[str, int, str]:
@@ -83,25 +86,36 @@ def check_request(q: object, limit: object, mode: object) -> tuple[str, int, str
     return text, min(limit, MAX_LIMIT), mode
 
 
+class _Reader:
+    """A read-only connection to one file and its tokenizer. `complete` once the
+    file's index was seen filled: it stays so (the watermark only goes down), and the
+    check is skipped from then on."""
+
+    __slots__ = ("complete", "conn", "tokenizer")
+
+    def __init__(self, conn: apsw.Connection) -> None:
+        self.conn = conn
+        self.tokenizer = sql.conversation_tokenizer(conn)
+        self.complete = False
+
+
 class _Readers:
     """Idle read-only connections by conversation, least recently used first; a
     connection is taken out while a worker uses it, so no two threads share one."""
 
     def __init__(self, size: int) -> None:
         self._size = size
-        self._idle: OrderedDict[str, tuple[apsw.Connection, apsw.FTS5Tokenizer]] = OrderedDict()
+        self._idle: OrderedDict[str, _Reader] = OrderedDict()
         self._lock = threading.Lock()
 
     def is_open(self, conversation_id: str) -> bool:
         return conversation_id in self._idle
 
-    def take(self, conversation_id: str) -> tuple[apsw.Connection, apsw.FTS5Tokenizer] | None:
+    def take(self, conversation_id: str) -> _Reader | None:
         with self._lock:
             return self._idle.pop(conversation_id, None)
 
-    def give_back(
-        self, conversation_id: str, reader: tuple[apsw.Connection, apsw.FTS5Tokenizer]
-    ) -> None:
+    def give_back(self, conversation_id: str, reader: _Reader) -> None:
         evicted = []
         with self._lock:
             if conversation_id in self._idle:
@@ -110,14 +124,14 @@ class _Readers:
                 self._idle[conversation_id] = reader
             while len(self._idle) > self._size:
                 evicted.append(self._idle.popitem(last=False)[1])
-        for conn, _ in evicted:
-            conn.close()
+        for old in evicted:
+            old.conn.close()
 
     def close(self) -> None:
         with self._lock:
             idle, self._idle = self._idle, OrderedDict()
-        for conn, _ in idle.values():
-            conn.close()
+        for old in idle.values():
+            old.conn.close()
 
 
 class Search:
@@ -184,20 +198,13 @@ class Search:
         if query.match is None or not ids:
             lags = await self._gather(ids, query, 0) if ids else []
             return self._answer([], lags, truncated)
+        if len(ids) == 1:
+            # One file: ranking, scores and snippets in one job (no merge to wait for).
+            (conversation_id,) = ids
+            ranking, results = await self._pool.run(self._search_one, conversation_id, query, limit)
+            return self._answer(results, [ranking], truncated)
         rankings = await self._gather(ids, query, limit)
-        # One idf per word over every searched file, against each file's own.
-        docs = sum(r.docs for r in rankings)
-        totals = [sum(r.counts[i] for r in rankings if r.counts) for i in range(len(query.groups))]
-        global_idf = sum(sql.idf(docs, n) for n in totals)
-        scored: list[tuple[float, str, int]] = []
-        for r in rankings:
-            local_idf = sum(sql.idf(r.docs, n) for n in r.counts) or 1.0
-            factor = global_idf / local_idf
-            scored.extend(
-                (relevance * factor, r.conversation_id, seq) for seq, relevance in r.ranked
-            )
-        scored.sort(key=lambda item: (-item[0], item[1], -item[2]))
-        best = scored[: limit * 2]  # spares for any that changed since they were ranked
+        best = _scored(rankings, query, limit)
         results = await self._results(best, query, limit)
         return self._answer(results, rankings, truncated)
 
@@ -260,7 +267,7 @@ class Search:
 
     # ------------------------------------------------------------ worker threads
 
-    def _reader(self, conversation_id: str) -> tuple[apsw.Connection, apsw.FTS5Tokenizer] | None:
+    def _reader(self, conversation_id: str) -> _Reader | None:
         reader = self._readers.take(conversation_id)
         if reader is not None:
             return reader
@@ -269,33 +276,40 @@ class Search:
             return None  # no message was ever stored there
         apply_best_practice()
         try:
-            conn = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READONLY)
+            return _Reader(apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READONLY))
         except apsw.CantOpenError:
             return None
-        return conn, sql.conversation_tokenizer(conn)
 
     def _rank_files(self, ids: list[str], query: sql.Query, limit: int) -> list[_FileRanking]:
         out = []
         for conversation_id in ids:
             reader = self._reader(conversation_id)
             if reader is None:
-                out.append(_FileRanking(conversation_id, False, False, 0, [], []))
+                out.append(_FileRanking(conversation_id, False, False, []))
                 continue
-            conn = reader[0]
             try:
-                docs, counts, ranked = 0, [0.0] * len(query.groups), []
-                with conn:  # one read transaction: the statistics are the ranking's
-                    indexed = sql.has_index(conn)
-                    lags = not indexed or sql.unindexed_upto(conn) > 0
-                    if indexed and limit:
-                        docs, counts = sql.statistics(conn, query)
-                        ranked = sql.ranked(conn, query, limit)
+                out.append(_rank(reader, conversation_id, query, limit))
             except BaseException:
-                conn.close()
+                reader.conn.close()
                 raise
             self._readers.give_back(conversation_id, reader)
-            out.append(_FileRanking(conversation_id, True, lags, docs, counts, ranked))
         return out
+
+    def _search_one(
+        self, conversation_id: str, query: sql.Query, limit: int
+    ) -> tuple[_FileRanking, list[SearchResult]]:
+        reader = self._reader(conversation_id)
+        if reader is None:
+            return _FileRanking(conversation_id, False, False, []), []
+        try:
+            ranking = _rank(reader, conversation_id, query, limit)
+            best = _scored([ranking], query, limit)
+            results = _results_of(reader, conversation_id, [(s, q) for s, _, q in best], query)
+        except BaseException:
+            reader.conn.close()
+            raise
+        self._readers.give_back(conversation_id, reader)
+        return ranking, results[:limit]
 
     def _fetch(
         self, conversation_id: str, wanted: list[tuple[float, int]], query: sql.Query
@@ -303,33 +317,70 @@ class Search:
         reader = self._reader(conversation_id)
         if reader is None:
             return []
-        conn, tokenizer = reader
         try:
-            seqs = [seq for _, seq in wanted]
-            # One read transaction: the bodies are the ones that matched.
-            with conn:
-                still = sql.still_matching(conn, query, seqs)
-                messages = messages_sql.messages_by_seq(conn, conversation_id, sorted(still))
+            results = _results_of(reader, conversation_id, wanted, query)
         except BaseException:
-            conn.close()
+            reader.conn.close()
             raise
-        results = []
-        for score, seq in wanted:
-            message = messages.get(seq)
-            if message is None or not message.body:
-                continue
-            snippet, spans = sql.make_snippet(tokenizer, message.body, query.terms)
-            results.append(
-                SearchResult(
-                    conversation_id=conversation_id,
-                    message=message,
-                    snippet=snippet,
-                    highlights=[[s, e] for s, e in spans],
-                    score=round(score, 6),
-                )
-            )
         self._readers.give_back(conversation_id, reader)
         return results
+
+
+def _rank(reader: _Reader, conversation_id: str, query: sql.Query, limit: int) -> _FileRanking:
+    """One file's candidates; in a worker thread."""
+    conn = reader.conn
+    lags = False
+    if not reader.complete:
+        indexed = sql.has_index(conn)
+        lags = not indexed or sql.unindexed_upto(conn) > 0
+        reader.complete = not lags
+        if not indexed:
+            return _FileRanking(conversation_id, True, True, [])
+    ranked = sql.ranked(conn, query, limit) if limit else []
+    return _FileRanking(conversation_id, True, lags, ranked)
+
+
+def _scored(
+    rankings: list[_FileRanking], query: sql.Query, limit: int
+) -> list[tuple[float, str, int]]:
+    """Every candidate's score (see the module), best first, cut to twice `limit`
+    (spares for any that changed since they were ranked)."""
+    words = len(query.groups)
+    lengths = [length for r in rankings for _, length in r.ranked]
+    mean = sum(lengths) / len(lengths) if lengths else 1.0
+    scored = [
+        (sql.bm25(words, length, mean), r.conversation_id, seq)
+        for r in rankings
+        for seq, length in r.ranked
+    ]
+    scored.sort(key=lambda item: (-item[0], item[1], -item[2]))
+    return scored[: limit * 2]
+
+
+def _results_of(
+    reader: _Reader, conversation_id: str, wanted: list[tuple[float, int]], query: sql.Query
+) -> list[SearchResult]:
+    """The wanted (score, seq) as results, in that order; in a worker thread. A body
+    that no longer matches (edited or deleted since it was ranked) is not found: only
+    the current body counts."""
+    messages = messages_sql.messages_by_seq(reader.conn, conversation_id, [s for _, s in wanted])
+    results = []
+    for score, seq in wanted:
+        message = messages.get(seq)
+        made = sql.make_snippet(reader.tokenizer, message.body, query) if message else None
+        if message is None or made is None:
+            continue
+        snippet, spans = made
+        results.append(
+            SearchResult(
+                conversation_id=conversation_id,
+                message=message,
+                snippet=snippet,
+                highlights=[[s, e] for s, e in spans],
+                score=round(score, 6),
+            )
+        )
+    return results
 
 
 def _by_recent_write(data_dir: Path, ids: list[str]) -> list[str]:

@@ -19,7 +19,6 @@ indexes their current body when it gets there.
 
 from __future__ import annotations
 
-import math
 from typing import cast
 
 import apsw
@@ -34,8 +33,6 @@ ELLIPSIS = "…"
 SNIPPET_LEAD_CHARS = 60
 # The newest matches of a query one file ranks at most (see `ranked`).
 RANK_WINDOW = 500
-# Matches of a word counted one by one before their number is estimated (`statistics`).
-COUNT_EXACT = 1000
 
 
 def _create_index(conn: apsw.Connection) -> None:
@@ -170,74 +167,35 @@ def _fts_string(text: str) -> str:
     return '"' + text.replace('"', '""') + '"'
 
 
-def ranked(conn: apsw.Connection, query: Query, limit: int) -> list[tuple[int, float]]:
-    """The best `limit` matches of `query` in this file as (seq, relevance), best first;
-    relevance is bm25 of this file's statistics, negated (higher is better).
+def ranked(conn: apsw.Connection, query: Query, limit: int) -> list[tuple[int, int]]:
+    """The best `limit` matches of `query` in this file as (seq, body length in code
+    points), best first: the shortest bodies among the newest RANK_WINDOW matches,
+    newest first among equals.
 
-    Ranks by FTS5's bm25 among the newest RANK_WINDOW matches: FTS5 walks a query's
-    matches newest first and stops there, so a query whose words are in half a million
-    messages costs what one in a thousand costs (bm25 over every match is linear in
-    them). Only for a file that `has_index`."""
+    That is bm25's order for words that occur once in a message (nearly always, in
+    chat): every match has every word of the query (AND), so within one file bm25
+    differs only by length. FTS5's own bm25() is not used: it counts every match of
+    each word first (a walk over half a million entries for a common word), where
+    this stops after the newest RANK_WINDOW matches. Only for a file that
+    `has_index`."""
     if query.match is None:
         return []
     rows = conn.execute(
-        "SELECT seq, score FROM ("
-        " SELECT rowid AS seq, bm25(messages_fts) AS score FROM messages_fts"
-        " WHERE messages_fts MATCH ? ORDER BY rowid DESC LIMIT ?"
-        ") ORDER BY score, seq DESC LIMIT ?",
+        "SELECT m.seq, length(m.body) AS dl FROM ("
+        " SELECT rowid FROM messages_fts WHERE messages_fts MATCH ?"
+        " ORDER BY rowid DESC LIMIT ?"
+        ") AS f JOIN messages AS m ON m.seq = f.rowid"
+        " ORDER BY dl, m.seq DESC LIMIT ?",
         (query.match, RANK_WINDOW, limit),
     ).fetchall()
-    return [(int(cast(int, seq)), -float(cast(float, score))) for seq, score in rows]
+    return [(int(cast(int, seq)), int(cast(int, dl))) for seq, dl in rows]
 
 
-def still_matching(conn: apsw.Connection, query: Query, seqs: list[int]) -> set[int]:
-    """Which of `seqs` match `query` now (a message may change between two reads)."""
-    if query.match is None or not seqs:
-        return set()
-    # One rowid lookup each: FTS5 seeks to an equal rowid, but filters an IN list
-    # against every match of the query.
-    return {
-        seq
-        for seq in seqs
-        if conn.execute(
-            "SELECT 1 FROM messages_fts WHERE messages_fts MATCH ? AND rowid = ?",
-            (query.match, seq),
-        ).get
-    }
-
-
-def statistics(conn: apsw.Connection, query: Query) -> tuple[int, list[float]]:
-    """(messages indexed, and for each word or phrase of `query` about how many
-    messages contain it) in this file, for scores comparable across files.
-
-    Counted exactly up to COUNT_EXACT matches; beyond, estimated from how many seqs
-    the newest COUNT_EXACT matches span (counting every match of a common word would
-    cost a walk over all of them: 120 ms for "the" in 1,000,000 messages)."""
-    newest = conn.execute("SELECT coalesce(max(seq), 0) FROM messages").get
-    top = int(newest) if isinstance(newest, int) else 0
-    floor = unindexed_upto(conn)
-    indexed = max(0, top - floor)
-    counts: list[float] = []
-    for group in query.match_groups:
-        rows = conn.execute(
-            "SELECT count(*), min(rowid) FROM (SELECT rowid FROM messages_fts"
-            " WHERE messages_fts MATCH ? ORDER BY rowid DESC LIMIT ?)",
-            (group, COUNT_EXACT),
-        ).fetchone()
-        count, oldest = (int(rows[0]), rows[1]) if rows is not None else (0, None)
-        if count < COUNT_EXACT or not isinstance(oldest, int):
-            counts.append(float(count))
-        else:
-            span = max(1, top - oldest + 1)
-            counts.append(min(float(indexed), count * (indexed / span)))
-    return indexed, counts
-
-
-def idf(docs: float, containing: float) -> float:
-    """FTS5's bm25 idf (fts5_aux.c): ln((N - n + 0.5) / (n + 0.5)), 1e-6 where that is
-    not positive (a word in half the messages or more)."""
-    value = math.log((docs - containing + 0.5) / (containing + 0.5)) if docs > 0 else 0.0
-    return value if value > 0.0 else 1e-6
+def bm25(words: int, length: int, mean_length: float) -> float:
+    """Okapi BM25 (k1 = 1.2, b = 0.75, FTS5's constants) of a message that has each of
+    the query's `words` once, with an idf of 1 for each; lengths in code points."""
+    k1, b = 1.2, 0.75
+    return words * (k1 + 1.0) / (1.0 + k1 * (1.0 - b + b * length / max(mean_length, 1.0)))
 
 
 def has_index(conn: apsw.Connection) -> bool:
@@ -251,18 +209,25 @@ def has_index(conn: apsw.Connection) -> bool:
 
 
 def make_snippet(
-    tokenizer: apsw.FTS5Tokenizer, body: str, terms: frozenset[str]
-) -> tuple[str, list[tuple[int, int]]]:
+    tokenizer: apsw.FTS5Tokenizer, body: str, query: Query
+) -> tuple[str, list[tuple[int, int]]] | None:
     """One contiguous excerpt of `body` of at most SNIPPET_CHARS code points, counting
     a leading or trailing ELLIPSIS where it was cut, and the `[start, end)` code point
-    offsets in it of every word whose token is one of `terms`."""
-    matches = _matched_spans(tokenizer, body, terms)
+    offsets in it of every word whose token is one of the query's; None if `body` does
+    not match `query` (it changed since it was ranked). The same tokenizer as the
+    index's, so this is FTS5's own verdict."""
+    data = body.encode()
+    tokens = _tokens(tokenizer, data, apsw.FTS5_TOKENIZE_DOCUMENT)
+    words = [token for _, _, token in tokens]
+    if not all(_contains(words, group) for group in query.groups):
+        return None
+    matches = _code_point_spans(data, [(s, e) for s, e, t in tokens if t in query.terms])
     if len(body) <= SNIPPET_CHARS:
         return body, matches
     first = matches[0][0] if matches else 0
     start = 0 if first <= SNIPPET_LEAD_CHARS else first - SNIPPET_LEAD_CHARS
     if start > 0:
-        # Begin at a word: the next whitespace within the lead, if any.
+        # Begin at a word: the next space within the lead, if any.
         space = body.find(" ", start, first)
         if space != -1:
             start = space + 1
@@ -284,23 +249,25 @@ def make_snippet(
     return snippet, highlights
 
 
-def _matched_spans(
-    tokenizer: apsw.FTS5Tokenizer, body: str, terms: frozenset[str]
-) -> list[tuple[int, int]]:
-    if not terms:
-        return []
-    data = body.encode()
-    spans = []
-    # Byte offsets to code point offsets, walking forward once.
+def _contains(words: list[str], group: tuple[str, ...]) -> bool:
+    """Whether `group` occurs in `words` as consecutive tokens (a phrase, or a word)."""
+    n = len(group)
+    first = group[0]
+    return any(
+        words[i] == first and tuple(words[i : i + n]) == group for i in range(len(words) - n + 1)
+    )
+
+
+def _code_point_spans(data: bytes, spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    # Byte offsets (ascending) to code point offsets, walking forward once.
+    out = []
     byte_at, cp_at = 0, 0
-    for start, end, token in _tokens(tokenizer, data, apsw.FTS5_TOKENIZE_DOCUMENT):
-        if token not in terms:
-            continue
+    for start, end in spans:
         cp_start = cp_at + len(data[byte_at:start].decode())
         cp_end = cp_start + len(data[start:end].decode())
         byte_at, cp_at = end, cp_end
-        spans.append((cp_start, cp_end))
-    return spans
+        out.append((cp_start, cp_end))
+    return out
 
 
 def _tokens(tokenizer: apsw.FTS5Tokenizer, data: bytes, flags: int) -> list[tuple[int, int, str]]:
