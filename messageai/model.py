@@ -73,14 +73,14 @@ class Conversation:
     last_seq: int
     last_message: Message | None
     unread_count: int
-    # v1.1: the conversation's latest change (0: empty). Defaulted so a v1 server's
-    # conversations still parse; such a server has sends only, so it equals last_seq.
-    last_rev: int = attrs.Factory(lambda self: self.last_seq, takes_self=True)
     # v1.1: a group's or channel's topic (None: none set; always None for a direct one).
     topic: str | None = None
     # Extension (v1.1): when each member joined (ms), so that a client counting "read by
     # N of M" counts for each message only the members who were there when it came.
     members_joined_at: dict[str, int] = attrs.Factory(dict)
+    # v1.1: the conversation's latest change (0: empty). Defaulted so a v1 server's
+    # conversations still parse; such a server has sends only, so it equals last_seq.
+    last_rev: int = attrs.Factory(lambda self: self.last_seq, takes_self=True)
 
 
 @attrs.frozen

@@ -694,3 +694,38 @@ async def test_a_message_with_an_attachment_may_have_an_empty_body(h: Harness) -
         assert ack["type"] == "ack" and ack["message"]["body"] == ""
         refused = await ws.request("send_message", conversation_id=cid, client_id="c4", body="")
         assert refused["type"] == "error" and refused["code"] == "bad_request"
+
+
+async def test_deleting_its_messages_takes_a_file_from_the_members_and_erases_it(
+    tmp_path: Path,
+) -> None:
+    # Deleting content deletes it everywhere it was kept: once no live message of the
+    # conversation references an upload, its members cannot fetch it, and the sweep
+    # erases the bytes. A second message with the same attachment keeps it reachable.
+    config = make_config(
+        tmp_path / "data",
+        media={"unreferenced_ttl_seconds": 0.3, "cleanup_interval_seconds": 0.05},
+    )
+    with trio.fail_after(30):
+        async with harness(config) as h:
+            ada, bob = await h.account("ada"), await h.account("bob")
+            gid = await h.group(ada, bob)
+            media = await upload(h, ada, PNG)
+            first = await send(h, ada, gid, [media["id"]])
+            second = await send(h, bob, gid, [media["id"]])  # forwarded by bob
+            url = f"/v1/media/{media['id']}"
+            assert (await h.http.get(url, headers=h.auth(bob))).status_code == 200
+            r = await h.http.delete(
+                f"/v1/conversations/{gid}/messages/{first['seq']}", headers=h.auth(ada)
+            )
+            assert r.status_code == 200 and r.json()["attachments"] == []
+            await trio.sleep(0.5)  # past the time: only the reference keeps it
+            assert (await h.http.get(url, headers=h.auth(bob))).status_code == 200
+            r = await h.http.delete(
+                f"/v1/conversations/{gid}/messages/{second['seq']}", headers=h.auth(bob)
+            )
+            assert r.status_code == 200
+            assert_error(await h.http.get(url, headers=h.auth(bob)), 404, "not_found")
+            while (await h.http.get(url, headers=h.auth(ada))).status_code == 200:
+                await trio.sleep(0.05)
+            assert stored(h) == (0, [])

@@ -98,9 +98,9 @@ CONVERSATION_KEYS = {
     "last_seq",
     "last_message",
     "unread_count",
-    "last_rev",  # v1.1
     "topic",
     "members_joined_at",
+    "last_rev",  # v1.1
 }
 
 

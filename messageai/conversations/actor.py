@@ -392,10 +392,30 @@ class ConversationActor:
                 results = self._store(conn, accepted)
         else:
             results = [None] * len(accepted)
-        if attaching and self._media is not None:
-            # Phase 1b, after the commit and before any ack: the directory learns which
-            # media this conversation references (members may then fetch them). For a
-            # resent duplicate too, so a reference lost to a crash here is made then.
+        if self._media is not None:
+            await self._update_references(results, attaching)
+        # Phase 2, on the loop, after the commit: state, acks and fan-out in order.
+        for command, result in zip(accepted, results, strict=True):
+            self._apply(command, result)
+
+    async def _update_references(self, results: list[StorageResult], attaching: bool) -> None:
+        """Phase 1b, after the commit and before any answer: the directory's media
+        references follow the batch. First what deletes released (members may no longer
+        fetch a deleted message's files; the media sweep erases the bytes of an upload
+        nothing references), then what sends referenced, so an id released and attached
+        again in one batch stays referenced."""
+        assert self._media is not None
+        released = [
+            media_id
+            for result in results
+            if isinstance(result, Changed)
+            for media_id in result.released
+        ]
+        if released:
+            await self._media.remove_references(self.id, released)
+        if attaching:
+            # Members may fetch what a message references. For a resent duplicate
+            # too, so a reference lost to a crash here is made then.
             referenced = [
                 media_id
                 for result in results
@@ -404,9 +424,6 @@ class ConversationActor:
             ]
             if referenced:
                 await self._media.add_references(self.id, referenced)
-        # Phase 2, on the loop, after the commit: state, acks and fan-out in order.
-        for command, result in zip(accepted, results, strict=True):
-            self._apply(command, result)
 
     # ------------------------------------------------------------ phase 1: storage
 
@@ -535,6 +552,11 @@ class ConversationActor:
             if message.deleted_at is not None:
                 return Unchanged(message)
             sql.tombstone(conn, op.seq, message.body, now, rev)
+            released = [
+                media_id
+                for media_id in dict.fromkeys(message.attachments)
+                if not sql.attachment_in_use(conn, media_id)
+            ]
             return Changed(
                 attrs.evolve(
                     message,
@@ -544,7 +566,8 @@ class ConversationActor:
                     reactions={},
                     deleted_at=now,
                     rev=rev,
-                )
+                ),
+                released,
             )
         # React: any member may; a tombstone has nothing to react to.
         if message.deleted_at is not None:

@@ -147,9 +147,11 @@ class Unread:
 @attrs.define(weakref_slot=False)
 class Changed:
     """An edit, delete or reaction committed now: `message` as it is after it, with
-    the change's new rev."""
+    the change's new rev. For a delete, `released`: the media ids of its attachments
+    that no other live message of the conversation references any more."""
 
     message: Message
+    released: list[str] = attrs.Factory(list)
     changed: ClassVar[bool] = True
 
 

@@ -1,8 +1,8 @@
 """REST handlers of PROTOCOL.md, one module per resource: `accounts` (register, login,
 logout, me, password, users), `conversations` (conversations, members, messages),
-`channels` (v1.1: browse, join, title and topic), `media`, `push_tokens`, `search`, `health` and,
-in Clerk mode, `clerk_webhooks`; `params` parses their input; `announce` builds the
-conversation objects and frames members' connections are told.
+`channels` (v1.1: browse, join, title and topic), `media`, `push_tokens`, `search`,
+`health` and, in Clerk mode, `clerk_webhooks`; `params` parses their input; `announce`
+builds the conversation objects and frames members' connections are told.
 
 `mount` puts every resource on the router; called once by `server.Server.run`.
 """

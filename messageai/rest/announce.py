@@ -47,8 +47,8 @@ class Announcer:
             last_seq=summary.last_seq,
             last_message=summary.last_message,
             unread_count=summary.unread_count,
-            topic=record.topic,
             last_rev=summary.last_rev,
+            topic=record.topic,
             members_joined_at=_joined_at(record, joined),
         )
 

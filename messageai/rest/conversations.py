@@ -60,8 +60,8 @@ class Conversations:
         self._presence = presence
         # The same per-user message bucket as the WebSocket: one budget, any door.
         self._guard = guard
-        self._limits_body_chars = max_body_chars
         self._announce = Announcer(directory, registry, presence)
+        self._limits_body_chars = max_body_chars
 
     def routes(self, router: Router) -> None:
         add = router.add

@@ -227,6 +227,14 @@ class Media:
         resent duplicate, so a reference lost to a crash is written on the resend."""
         await self._directory.write(sql.add_refs, conversation_id, list(dict.fromkeys(media_ids)))
 
+    async def remove_references(self, conversation_id: str, media_ids: list[str]) -> None:
+        """The conversation no longer references these ids (the messages that did were
+        deleted): its members lose access to them, and an upload nothing references is
+        erased by the sweep. Called by the actor after the delete's commit."""
+        await self._directory.write(
+            sql.remove_refs, conversation_id, list(dict.fromkeys(media_ids))
+        )
+
     # ------------------------------------------------------------ upload
 
     async def upload(

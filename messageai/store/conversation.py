@@ -375,6 +375,19 @@ def remove_reaction(conn: apsw.Connection, seq: int, emoji: str, user_id: str, r
     _set_rev(conn, seq, rev)
 
 
+def attachment_in_use(conn: apsw.Connection, media_id: str) -> bool:
+    """Whether a live message references `media_id`. Called only when a message with
+    attachments is deleted: a scan of the messages that have attachments (no index
+    holds them; deletes of attachments are rare, and it runs in the commit's thread)."""
+    needle = orjson.dumps(media_id).decode()  # the quoted id: no prefix of another
+    row = conn.execute(
+        "SELECT 1 FROM messages WHERE attachments != '[]' AND deleted_at IS NULL"
+        " AND instr(attachments, ?) LIMIT 1",
+        (needle,),
+    ).fetchone()
+    return row is not None
+
+
 def edits(conn: apsw.Connection, seq: int) -> list[tuple[str, int]]:
     """The earlier bodies of message `seq` and when each was replaced, oldest first."""
     rows = conn.execute(

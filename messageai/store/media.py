@@ -74,6 +74,13 @@ def add_refs(conn: apsw.Connection, conversation_id: str, media_ids: list[str]) 
     )
 
 
+def remove_refs(conn: apsw.Connection, conversation_id: str, media_ids: list[str]) -> None:
+    conn.executemany(
+        "DELETE FROM media_refs WHERE media_id = ? AND conversation_id = ?",
+        [(media_id, conversation_id) for media_id in media_ids],
+    )
+
+
 def unreferenced_before(
     conn: apsw.Connection, created_before: int, limit: int
 ) -> list[MediaRecord]:
