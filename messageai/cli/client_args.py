@@ -9,7 +9,20 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-CLIENT_COMMANDS = ("login", "logout", "send", "sync", "tail", "conversations", "new", "chat")
+CLIENT_COMMANDS = (
+    "login",
+    "logout",
+    "send",
+    "sync",
+    "tail",
+    "conversations",
+    "new",
+    "chat",
+    "edit",
+    "delete",
+    "react",
+    "search",
+)
 DEFAULT_TIMEOUT_SECONDS = 10.0
 
 
@@ -21,6 +34,19 @@ def _positive_seconds(value: str) -> float:
     if not 0 < seconds <= 3600:
         raise argparse.ArgumentTypeError("seconds must be above 0 and at most 3600")
     return seconds
+
+
+def _seq(value: str) -> int:
+    value = value.lstrip("#")
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"not a message number (its seq, 1 or more): {value!r}")
+    return int(value)
+
+
+def _limit(value: str) -> int:
+    if not value.isdigit() or not 1 <= int(value) <= 50:
+        raise argparse.ArgumentTypeError(f"not a count from 1 to 50: {value!r}")
+    return int(value)
 
 
 def _count(value: str) -> int:
@@ -66,6 +92,7 @@ def add_client_commands(sub: Any) -> None:
     p = command("send", "store a message locally, then deliver it (or leave it queued)")
     p.add_argument("conversation_id", metavar="CONVERSATION_ID")
     p.add_argument("text", metavar="TEXT", help="the message ('-': read it from stdin)")
+    p.add_argument("--reply-to", type=_seq, metavar="SEQ", help="reply to message #SEQ")
     p.add_argument("--json", action="store_true", help="print the message object")
     with_timeout(p)
 
@@ -95,3 +122,33 @@ def add_client_commands(sub: Any) -> None:
     p.add_argument("--json", action="store_true", help="print the conversation id as JSON")
 
     command("chat", "the terminal client")
+
+    def message_command(name: str, help_: str) -> argparse.ArgumentParser:
+        p = command(name, help_)
+        p.add_argument("conversation_id", metavar="CONVERSATION_ID")
+        p.add_argument("seq", type=_seq, metavar="SEQ", help="the message's number (#seq)")
+        return p
+
+    p = message_command("edit", "change the text of one of my messages (queued like a send)")
+    p.add_argument("text", metavar="TEXT", help="the new text ('-': read it from stdin)")
+    p.add_argument("--json", action="store_true", help="print the message object")
+    with_timeout(p)
+
+    p = message_command("delete", "delete a message: mine, or any in a group I created")
+    p.add_argument("--json", action="store_true", help="print the message object")
+    with_timeout(p)
+
+    p = message_command("react", "add an emoji reaction to a message (--off removes it)")
+    p.add_argument("emoji", metavar="EMOJI", help="1-32 bytes, no spaces, e.g. 👍 or :+1:")
+    p.add_argument("--off", action="store_true", help="remove my reaction instead")
+    p.add_argument("--json", action="store_true", help="print the message object")
+    with_timeout(p)
+
+    p = command("search", "keyword search over my conversations (needs the server)")
+    p.add_argument(
+        "query", metavar="QUERY", help='words (all must match); "quoted words": a phrase'
+    )
+    p.add_argument("--conversation", metavar="ID", help="only this conversation")
+    p.add_argument("--limit", type=_limit, metavar="N", help="at most N results (default 20)")
+    p.add_argument("--json", action="store_true", help="one result object per line")
+    with_timeout(p)

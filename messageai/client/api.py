@@ -1,4 +1,5 @@
-"""The REST half of PROTOCOL.md for clients: accounts, users, conversations.
+"""The REST half of PROTOCOL.md for clients: accounts, users, conversations, channels,
+search and media (v1.1).
 
 `Api` wraps one `httpx.AsyncClient` (anyio: runs under Trio and asyncio). It
 is used by `sdk.Client` and `sync.Syncer`; every failure leaves as a
@@ -7,8 +8,11 @@ is used by `sdk.Client` and `sync.Syncer`; every failure leaves as a
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
+import anyio
 import httpx
 
 from messageai.client.errors import ProtocolViolation, Unreachable, server_error
@@ -109,6 +113,105 @@ class Api:
     async def remove_member(self, conversation_id: str, user_id: str) -> None:
         """Groups only; oneself, or anyone if the caller created the group."""
         await self.call("DELETE", f"/v1/conversations/{conversation_id}/members/{user_id}")
+
+    # ------------------------------------------------------------ v1.1
+
+    async def update_conversation(self, conversation_id: str, **fields: str) -> dict[str, Any]:
+        """`PATCH /v1/conversations/{id}` with `title` and/or `topic` (groups, channels)."""
+        path = f"/v1/conversations/{conversation_id}"
+        return parse_conversation(await self.call("PATCH", path, json=fields))
+
+    async def channels(self, prefix: str = "") -> list[dict[str, Any]]:
+        params = {"q": prefix} if prefix else None
+        return _list(await self.call("GET", "/v1/channels", params=params), "channels")
+
+    async def create_channel(self, title: str, topic: str | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {"kind": "channel", "title": title}
+        if topic is not None:
+            body["topic"] = topic
+        return parse_conversation(await self.call("POST", "/v1/conversations", json=body))
+
+    async def join(self, conversation_id: str) -> dict[str, Any]:
+        path = f"/v1/conversations/{conversation_id}/join"
+        return parse_conversation(await self.call("POST", path))
+
+    async def search(
+        self, query: str, *, conversation_id: str | None = None, limit: int | None = None
+    ) -> dict[str, Any]:
+        """`GET /v1/search`: `{"mode", "results": [...]}`, best first."""
+        params: dict[str, Any] = {"q": query}
+        if conversation_id is not None:
+            params["conversation_id"] = conversation_id
+        if limit is not None:
+            params["limit"] = limit
+        body = await self.call("GET", "/v1/search", params=params)
+        _list(body, "results")
+        for result in body["results"]:
+            if not isinstance(result.get("message"), dict) or not isinstance(
+                result.get("conversation_id"), str
+            ):
+                raise ProtocolViolation("search: each result has a conversation_id and message")
+        return _object(body, "results")
+
+    async def upload(self, data: bytes, content_type: str, filename: str) -> dict[str, Any]:
+        """`POST /v1/media?filename=`: the media object (`id`, `content_type`, `size`, …)."""
+        path = f"/v1/media?filename={quote(filename, safe='')}"
+        headers = {"Authorization": f"Bearer {self.token}", "Content-Type": content_type}
+        try:
+            response = await self.http.post(path, content=data, headers=headers)
+        except httpx.TransportError as exc:
+            raise Unreachable(f"cannot reach {self.server_url}: {exc}") from exc
+        return _object(_answer(response, "POST /v1/media"), "id")
+
+    async def download_to(self, media_id: str, dest: Path) -> httpx.Headers:
+        """Stream a media file into `dest` (written as `dest.part`, then renamed, so a
+        failed download leaves no half file under the name); the response's headers."""
+        headers = {"Authorization": f"Bearer {self.token}"}
+        part = anyio.Path(str(dest) + ".part")
+        try:
+            async with self.http.stream(
+                "GET", f"/v1/media/{quote(media_id, safe='')}", headers=headers
+            ) as response:
+                if not response.is_success:
+                    await response.aread()
+                    _answer(response, "GET /v1/media")
+                async with await anyio.open_file(part, "wb") as out:
+                    async for chunk in response.aiter_bytes():
+                        await out.write(chunk)
+        except httpx.TransportError as exc:
+            await part.unlink(missing_ok=True)
+            raise Unreachable(f"cannot reach {self.server_url}: {exc}") from exc
+        await part.rename(dest)
+        return response.headers
+
+    async def media_info(self, media_id: str) -> dict[str, Any]:
+        """`GET /v1/media/{id}/info` (an extension of v1.1): the media object, no bytes."""
+        return _object(await self.call("GET", f"/v1/media/{quote(media_id, safe='')}/info"), "id")
+
+    async def media_head(self, media_id: str) -> httpx.Response:
+        """The first byte of a media file: its headers say its type, size and name."""
+        headers = {"Authorization": f"Bearer {self.token}", "Range": "bytes=0-0"}
+        try:
+            response = await self.http.get(f"/v1/media/{quote(media_id, safe='')}", headers=headers)
+        except httpx.TransportError as exc:
+            raise Unreachable(f"cannot reach {self.server_url}: {exc}") from exc
+        if not response.is_success:
+            _answer(response, "GET /v1/media")
+        return response
+
+
+def _answer(response: httpx.Response, what: str) -> Any:
+    """The JSON body of a success; an error body raised as ServerError."""
+    try:
+        body = response.json()
+    except ValueError:
+        raise ProtocolViolation(f"{what}: HTTP {response.status_code}, not JSON") from None
+    if response.is_success:
+        return body
+    error = body.get("error") if isinstance(body, dict) else None
+    if not isinstance(error, dict) or not isinstance(error.get("code"), str):
+        raise ProtocolViolation(f"{what}: HTTP {response.status_code} without an error object")
+    raise server_error(error["code"], str(error.get("message", "")), response.status_code)
 
 
 def _object(value: Any, key: str) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from prompt_toolkit.formatted_text import StyleAndTextTuples
 
 from messageai.client.errors import ClientError, Forbidden, NotSignedIn
 from messageai.client.events import (
+    ChangeRefused,
     ConnectionChanged,
     ConversationsChanged,
     Event,
@@ -34,14 +35,28 @@ from messageai.client.events import (
     TypingChanged,
 )
 from messageai.client.sdk import MAX_BODY_CHARS, Client
-from messageai.client.store import LocalConversation, LocalMessage
+from messageai.client.store import LocalConversation, LocalMessage, MediaInfo
 
-HELP = (
-    "type to send (Alt-Enter: new line) · /open N (numbers stay put while the chat runs)"
-    ' · /new USER · /group "TITLE" USER… · /members · /who [PREFIX] · /add USER…'
-    " · /remove USER · /leave · /retry · /reconnect · /quit"
-    " · Ctrl-N/Ctrl-P switch · PageUp/PageDown scroll"
-)
+# Every command, one a line: shown by /help in the message pane.
+HELP = """\
+type to send · Alt-Enter or Ctrl-J: a new line · @username mentions a member
+M is the number beside a message: #12, or #q3 while it is queued
+/reply M TEXT          reply to a message (shown with a quoted line of it)
+/edit M TEXT           change the text of your message
+/delete M              delete a message (yours; any in a group you created)
+/react M EMOJI         add a reaction; the same again removes it (or /unreact M EMOJI)
+/save M [PATH]         save a message's attachment (to a file or folder; default here)
+/upload PATH [CAPTION] send a file
+/search WORDS          search your conversations ("quoted words": a phrase); /go K opens one
+/channels [PREFIX]     list channels · /join NAME joins one
+/topic [TEXT]          show or set the topic · /rename TITLE renames a group or channel
+/open N                open conversation N (numbers stay put while the chat runs)
+/new USER              a direct conversation · /group "TITLE" USER… a group
+/members · /who [PREFIX] · /add USER… · /remove USER · /leave
+/retry                 send failed messages again · /reconnect · /quit
+Ctrl-N/Ctrl-P switch conversations · PageUp/PageDown scroll · /help this list"""
+# The notice when nothing else is to say.
+HINT = "type to send · /help lists every command · /open N · /search WORDS · /quit"
 NO_CONVERSATION = "no conversation open: /new USER starts one, /open N opens one from the list"
 # Seconds between typing notices while a person keeps typing: well inside the
 # expiry below, so a steady typist never flickers off on the other screens.
@@ -56,6 +71,14 @@ INPUT_LINES = 6
 STATUS_LINES = 3
 # Messages kept on screen per conversation (older ones: `messageai tail`).
 SCREEN_MESSAGES = 500
+# Search results asked for and shown (the server clamps to 50).
+SEARCH_RESULTS = 20
+# Characters of a replied-to message quoted above a reply.
+QUOTE_CHARS = 60
+# Channels listed by /channels.
+CHANNELS_SHOWN = 20
+# Attachments looked up (name, type, size) per conversation opened or message shown.
+MEDIA_LOOKUPS = 20
 # Work the screen's callbacks hand to ChatApp.run()'s task group (see ChatApp._spawn).
 Job: TypeAlias = Callable[[], Coroutine[Any, Any, None]]
 JOB_QUEUE = 64
@@ -70,7 +93,7 @@ class ChatCore:
     def __init__(self, client: Client, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.client = client
         self.current: str | None = None
-        self.notice = HELP
+        self.notice = HINT
         self.scroll = 0  # lines scrolled back from the newest
         # (conversation, user) -> when their latest `typing: true` arrived (clock time).
         # One entry per typist of my conversations at most; removed on "false", on
@@ -87,6 +110,17 @@ class ChatCore:
         # move while the chat runs, so `/open N` opens what the screen showed as N.
         # One entry per conversation of the store.
         self._order: list[str] = []
+        # `/search` results shown instead of the conversation until one is opened
+        # (`/go K`) or another conversation is (at most SEARCH_RESULTS of them).
+        self.results: list[dict[str, Any]] | None = None
+        self.help_shown = False  # /help's list replaces the conversation until one opens
+        # The message `/go K` opened its conversation at (shown marked), by seq.
+        self.found: int | None = None
+        self.results_query = ""
+        # Messages of others that arrived in conversations not on screen since the
+        # last look: the screen rings the bell and puts the count in the title.
+        self.elsewhere = 0
+        self.bell = False
         convs = self.numbered()
         if convs:
             self.current = convs[0].id
@@ -122,10 +156,14 @@ class ChatCore:
                 self.notice = refusal or NO_CONVERSATION
                 return True
             # The SDK also moves my read cursor: replying means what came before was read.
-            await self.client.send(self.current, text)
+            await self.client.send(
+                self.current, text, mentions=self.client.mentions_in(self.current, text)
+            )
             self.rejected = False
             await self.stop_typing()
             self.scroll = 0
+            # What was sent is on screen, in place of a list that was.
+            self.help_shown, self.results = False, None
         except ClientError as exc:
             self.notice = f"error: {exc.message}"
         return True
@@ -141,7 +179,9 @@ class ChatCore:
             await self.stop_typing()
             return False
         if name == "/help":
-            self.notice = HELP
+            self.help_shown = True
+            self.scroll = 0
+            self.notice = "the commands: /open N (or Ctrl-N) goes back to a conversation"
         elif name == "/open" and len(args) == 1:
             if not await self.open(args[0]):
                 return True
@@ -168,8 +208,22 @@ class ChatCore:
         elif name == "/reconnect":
             self.client.reconnect_now()
             self.notice = "reconnecting…"
+        elif name in _MESSAGE_COMMANDS:
+            return await self._message_command(name, rest.strip())
+        elif name == "/search":
+            return await self.search(rest.strip())
+        elif name == "/go" and len(args) == 1:
+            return await self.go(args[0])
+        elif name == "/channels" and len(args) <= 1:
+            self.notice = await self.channels(args[0] if args else "")
+        elif name == "/join" and len(args) == 1:
+            cid = await self.client.join(args[0])
+            await self._show(cid)
+            self.notice = f"joined {self.title(cid)}"
+        elif name in ("/topic", "/rename", "/upload"):
+            return await self._conversation_command(name, args)
         else:
-            self.notice = f"unknown command or wrong arguments: {text!r}. {HELP}"
+            self.notice = f"unknown command or wrong arguments: {text!r} (/help lists them)"
             return True
         self.rejected = False
         return True
@@ -204,6 +258,167 @@ class ChatCore:
             self.notice = f"you left {self.title(cid)}: its history stays here, read-only"
             self.rejected = False
         return True
+
+    async def _message_command(self, name: str, rest: str) -> bool:
+        """`/reply M TEXT`, `/edit M TEXT`, `/delete M`, `/react M EMOJI`, `/unreact M
+        EMOJI`, `/save M [PATH]`: M is the number shown beside the message (#12, or
+        #q3 for one still queued). A refusal is a notice; the line goes back."""
+        usage = _MESSAGE_COMMANDS[name]
+        ref, _, arg = rest.partition(" ")
+        arg = arg.strip()
+        cid = self.current
+        needs_arg = name in ("/reply", "/edit", "/react", "/unreact")
+        if not ref or (needs_arg and not arg) or (name == "/delete" and arg):
+            self.notice = f"usage: {usage}"
+            return True
+        if cid is None:
+            self.notice = NO_CONVERSATION
+            return True
+        if name != "/save" and not self.is_member(cid):
+            self.notice = self._not_a_member(cid)
+            return True
+        message = self.find(ref)
+        if message is None:
+            self.notice = f"no message {ref} here: use the #number shown beside it"
+            return True
+        label = self.label(message)
+        if name == "/reply":
+            if message.seq is None:
+                self.notice = f"{label} is not delivered yet: reply once it has a #number"
+                return True
+            await self.client.send(
+                cid, arg, reply_to=message.seq, mentions=self.client.mentions_in(cid, arg)
+            )
+            await self.stop_typing()
+            self.notice = f"replied to {label}"
+        elif name == "/edit":
+            await self.client.edit(message, arg)
+            self.notice = f"edited {label}"
+        elif name == "/delete":
+            gone = await self.client.delete(message)
+            self.notice = f"deleted {label}" + (" (it was never sent)" if gone is None else "")
+        elif name in ("/react", "/unreact"):
+            on = name == "/react" and not self.client.reacted(message, arg)
+            await self.client.react(message, arg, on)
+            self.notice = (
+                f"{'reacted' if on else 'removed your'} {arg} {'to' if on else 'on'} {label}"
+            )
+        else:  # /save
+            if not message.attachments:
+                self.notice = f"{label} has no attachment"
+                return True
+            if len(message.attachments) > 1 and arg and not await anyio.Path(arg).is_dir():
+                self.notice = f"{label} has {len(message.attachments)} files: /save {ref} FOLDER"
+                return True
+            saved = []
+            for media_id in message.attachments:
+                saved.append(str(await self.client.save_attachment(media_id, arg or None)))
+            self.notice = "saved " + ", ".join(saved)
+        self.rejected = False
+        self.scroll = 0
+        return True
+
+    async def _conversation_command(self, name: str, args: list[str]) -> bool:
+        """`/topic [TEXT]`, `/rename TITLE`, `/upload PATH [CAPTION]` in the open one."""
+        cid = self.current
+        if cid is None:
+            self.notice = NO_CONVERSATION
+            return True
+        conv = self.client.conversation(cid)
+        if name == "/topic" and not args:
+            topic = conv.topic if conv is not None else None
+            self.notice = f"topic: {topic}" if topic else "no topic: /topic TEXT sets one"
+            self.rejected = False
+            return True
+        if not self.is_member(cid):
+            self.notice = self._not_a_member(cid)
+            return True
+        if name == "/upload":
+            message = await self.client.upload(cid, args[0], " ".join(args[1:]))
+            self.notice = f"uploaded {Path(args[0]).name} ({self.label(message)})"
+            self.rejected = False
+            return True
+        if conv is not None and conv.kind == "direct":
+            self.notice = f"{name} works in groups and channels; this is a direct conversation"
+            return True
+        text = " ".join(args)
+        if not text.strip():
+            self.notice = "usage: /rename TITLE"
+            return True
+        if name == "/topic":
+            await self.client.set_topic(cid, text)
+            self.notice = f"topic set: {text}"
+        else:
+            await self.client.rename(cid, text)
+            self.notice = f"renamed to {text}"
+        self.rejected = False
+        return True
+
+    def label(self, message: LocalMessage) -> str:
+        """The number shown beside a message: `#seq`, or `#qN` (its local row) while it
+        has no seq. Both stay put while the screen runs."""
+        return f"#{message.seq}" if message.seq is not None else f"#q{message.local_id}"
+
+    def find(self, ref: str) -> LocalMessage | None:
+        """The message of the open conversation that `ref` (`12`, `#12`, `q3`, `#q3`)
+        names."""
+        ref = ref.lstrip("#").lower()
+        cid = self.current
+        if cid is None:
+            return None
+        if ref.startswith("q") and ref[1:].isdigit():
+            found = self.client.message_by_local_id(int(ref[1:]))
+            # Acknowledged since it was shown as #qN: still the same message.
+            return found if found is not None and found.conversation_id == cid else None
+        if ref.isdigit():
+            return self.client.message_by_seq(cid, int(ref))
+        return None
+
+    async def search(self, words: str) -> bool:
+        """`/search WORDS`: the results replace the conversation on screen, numbered;
+        `/go K` opens the conversation of result K."""
+        if not words:
+            self.notice = "usage: /search WORDS"
+            return True
+        self.results = await self.client.search(words, limit=SEARCH_RESULTS)
+        self.help_shown = False
+        self.results_query = words
+        self.scroll = 0
+        found = len(self.results)
+        self.notice = (
+            f"{found} result(s) for {words!r}: /go K opens one, /open N goes back"
+            if found
+            else f"nothing found for {words!r}"
+        )
+        if not found:
+            self.results = None
+        self.rejected = False
+        return True
+
+    async def go(self, which: str) -> bool:
+        results = self.results or []
+        if not which.isdigit() or not 1 <= int(which) <= len(results):
+            self.notice = f"no search result {which!r}: /search WORDS first"
+            return True
+        result = results[int(which) - 1]
+        cid = result["conversation_id"]
+        await self._show(cid)
+        self.found = result["message"].get("seq")
+        self.notice = f"{self.title(cid)}: result #{self.found} is marked ▶"
+        self.rejected = False
+        return True
+
+    async def channels(self, prefix: str) -> str:
+        found = (await self.client.channels(prefix))[:CHANNELS_SHOWN]
+        if not found:
+            return "no channels" + (f" starting with {prefix!r}" if prefix else "")
+        mine = {c.id for c in self.client.conversations() if c.active}
+        parts = []
+        for c in found:
+            joined = " (joined)" if c["id"] in mine else ""
+            topic = f" — {c['topic']}" if c.get("topic") else ""
+            parts.append(f"{c.get('title')} ({c.get('member_count', '?')}){joined}{topic}")
+        return "channels (/join NAME): " + " · ".join(parts)
 
     def _person(self, user_id: str, username: str, display: str) -> str:
         """One person for /members and /who: name, handle, presence where known."""
@@ -241,7 +456,7 @@ class ChatCore:
         else:
             self.notice = f"no conversation {which!r}: pick a number from the list"
             return False
-        self.notice = HELP
+        self.notice = HINT
         await self._show(target)
         return True
 
@@ -265,11 +480,29 @@ class ChatCore:
         # `current` changes before the first await, so input that follows goes here.
         previous, self.current = self.current, conversation_id
         self.scroll = 0
+        self.results = None
+        self.help_shown = False
+        self.found = None
+        self.elsewhere = 0
         if previous != conversation_id:
             await self.stop_typing()
         if not self.is_member(conversation_id):
             self.notice = self._not_a_member(conversation_id)
         await self.mark_read()
+        await self.learn_media(self.client.messages(conversation_id, SCREEN_MESSAGES))
+
+    async def learn_media(self, messages: list[LocalMessage]) -> None:
+        """Look up the name, type and size of attachments on screen not known yet (at
+        most MEDIA_LOOKUPS per call; one the server will not describe stays an id)."""
+        unknown = [
+            media_id
+            for m in messages
+            for media_id in m.attachments
+            if self.client.media(media_id) is None
+        ]
+        for media_id in unknown[-MEDIA_LOOKUPS:]:
+            with contextlib.suppress(ClientError):
+                await self.client.learn_media(media_id)
 
     async def mark_read(self) -> None:
         """The open conversation is on screen: move my read cursor to its newest message
@@ -356,6 +589,20 @@ class ChatCore:
         elif isinstance(event, MessageAdded):
             # Their message ends their typing (the server may not say so).
             self.typing.pop((event.message.conversation_id, event.message.sender_id), None)
+            message = event.message
+            if message.attachments and message.conversation_id == self.current:
+                await self.learn_media([message])
+            if message.sender_id != self.client.me and (
+                message.conversation_id != self.current or self.results is not None
+            ):
+                self.elsewhere += 1
+                self.bell = True
+        elif isinstance(event, ChangeRefused):
+            what = {"edit": "edit of", "delete": "delete of", "react": "reaction on"}
+            self.notice = (
+                f"the server refused your {what.get(event.action, event.action)}"
+                f" {self.label(event.message)}: {event.error} (undone)"
+            )
         self.expire_typing()
         if self._brings_news(event):
             await self.mark_read()
@@ -412,7 +659,8 @@ class ChatCore:
         who = ", ".join(handles)
         text = f"{title} · {who}" if conv is not None and conv.title else who or title
         left = "" if self.is_member(cid) else " · you are no longer a member (read-only)"
-        return f" {text}{left} "
+        topic = f" · {conv.topic}" if conv is not None and conv.topic else ""
+        return f" {text}{topic}{left} "
 
     def sidebar(self) -> Line:
         out: Line = []
@@ -435,33 +683,119 @@ class ChatCore:
             return f" ✗ failed: {message.error} (/retry)"
         if message.status == "read":
             return " ✓✓ read"
-        others = len(self.client.member_ids(message.conversation_id)) - 1
+        others = self.client.readers_of(message)
         read_by = len(self.client.read_by(message))
         if others > 1 and read_by:
             return f" ✓ sent, read by {read_by} of {others}"
         return " ✓ sent"
 
     def message_lines(self) -> Line:
+        if self.help_shown:
+            return [("", HELP + "\n")]
+        if self.results is not None:
+            return self.result_lines()
         if self.current is None:
             return [("italic", NO_CONVERSATION + "\n")]
         names = self.names()
+        messages = self.client.messages(self.current, SCREEN_MESSAGES)
+        by_seq = {m.seq: m for m in messages if m.seq is not None}
         out: Line = []
-        for message in self.client.messages(self.current, SCREEN_MESSAGES):
-            when = time.strftime("%H:%M", time.localtime(message.created_at / 1000))
-            who = names.get(message.sender_id, message.sender_id)
-            mine = message.sender_id == self.client.me
-            out.append(("class:time", f"{when} "))
-            out.append(("class:me" if mine else "class:them", f"{who}: "))
-            # Every line of a multi-line message, the later ones indented past the time.
-            indent = "\n" + " " * len(f"{when} ")
-            out.append(("", message.body.replace("\n", indent)))
-            # The server gives clients no media record but the bytes (PROTOCOL.md
-            # `GET /v1/media/{id}`), so an attachment is shown by its media id.
-            for i, media_id in enumerate(message.attachments):
-                lead = indent if message.body or i else ""
-                out.append(("class:mark", f"{lead}[attachment {media_id}]"))
-            out.append(("class:mark", self.mark(message) + "\n"))
+        for message in messages:
+            out += self._message_line(message, names, by_seq)
         return out
+
+    def _message_line(
+        self, message: LocalMessage, names: dict[str, str], by_seq: dict[int, LocalMessage]
+    ) -> Line:
+        when = time.strftime("%H:%M", time.localtime(message.created_at / 1000))
+        who = names.get(message.sender_id, message.sender_id)
+        mine = message.sender_id == self.client.me
+        lead = f"{self.label(message)} {when} "
+        # Every later line of a message is indented past its number and time.
+        indent = "\n" + " " * len(lead)
+        out: Line = []
+        if message.reply_to is not None:
+            quoted = by_seq.get(message.reply_to) or self.client.message_by_seq(
+                message.conversation_id, message.reply_to
+            )
+            out.append(("class:quote", " " * len(lead) + "╭ " + self._quote(quoted, names)))
+            out.append(("", "\n"))
+        if message.seq is not None and message.seq == self.found:
+            out.append(("class:mention", "▶"))
+        out.append(("class:time", lead))
+        out.append(("class:me" if mine else "class:them", f"{who}: "))
+        if message.deleted:
+            out.append(("class:deleted", "message deleted"))
+        else:
+            out += self._body(
+                message.body.replace("\n", indent), self.client.me in message.mentions
+            )
+            if message.edited_at is not None:
+                out.append(("class:mark", " (edited)"))
+            for i, media_id in enumerate(message.attachments):
+                sep = indent if message.body or i else ""
+                out.append(
+                    ("class:file", f"{sep}{_attachment(media_id, self.client.media(media_id))}")
+                )
+        out.append(("class:mark", self.mark(message)))
+        if message.pending:
+            out.append(("class:mark", " (changing…)"))
+        if message.reactions:
+            out.append(("", indent))
+            for emoji, users in message.reactions.items():
+                style = "class:reacted" if self.client.me in users else "class:reaction"
+                out.append((style, f"[{emoji} {len(users)}]"))
+                out.append(("", " "))
+        out.append(("", "\n"))
+        return out
+
+    def _body(self, text: str, mentions_me: bool) -> Line:
+        """The text, with `@me` highlighted in a message that mentions me."""
+        if not mentions_me:
+            return [("", text)]
+        handle = "@" + self.client.account.username
+        out: Line = []
+        for i, part in enumerate(text.split(handle)):
+            if i:
+                out.append(("class:mention", handle))
+            if part:
+                out.append(("class:mentioned", part))
+        return out
+
+    def _quote(self, quoted: LocalMessage | None, names: dict[str, str]) -> str:
+        if quoted is None:
+            return "(an earlier message)"
+        who = names.get(quoted.sender_id, quoted.sender_id)
+        if quoted.deleted:
+            return f"{self.label(quoted)} {who}: message deleted"
+        first = quoted.body.strip().splitlines()[0] if quoted.body.strip() else "[attachment]"
+        if len(first) > QUOTE_CHARS:
+            first = first[: QUOTE_CHARS - 1] + "…"
+        return f"{self.label(quoted)} {who}: {first}"
+
+    def result_lines(self) -> Line:
+        """The `/search` view: one numbered line per result, the matches highlighted."""
+        names = self.names()
+        out: Line = [("class:header", f"search: {self.results_query} (/go K opens one)\n")]
+        for k, result in enumerate(self.results or [], 1):
+            message = result["message"]
+            who = names.get(message.get("sender_id"), message.get("sender_id"))
+            where = self.title(result["conversation_id"])
+            out.append(("class:time", f"{k:>2}. {where} #{message.get('seq')} "))
+            out.append(("class:them", f"{who}: "))
+            snippet = str(result.get("snippet") or message.get("body") or "")
+            at = 0
+            for pair in result.get("highlights") or []:
+                if isinstance(pair, list) and len(pair) == 2 and at <= pair[0] <= pair[1]:
+                    out.append(("", snippet[at : pair[0]]))
+                    out.append(("class:mention", snippet[pair[0] : pair[1]]))
+                    at = pair[1]
+            out.append(("", snippet[at:].replace("\n", " ") + "\n"))
+        return out
+
+    def terminal_title(self) -> str:
+        """The terminal's title: the count of messages that came elsewhere, if any."""
+        return f"({self.elsewhere}) MessageAI" if self.elsewhere else "MessageAI"
 
     def status(self) -> str:
         """The status line, most important first (a narrow terminal cuts the end, and
@@ -488,6 +822,34 @@ class ChatCore:
     def _is_typing(self, conversation_id: str, user_id: str) -> bool:
         at = self.typing.get((conversation_id, user_id))
         return at is not None and self._clock() - at < TYPING_EXPIRES_SECONDS
+
+
+_MESSAGE_COMMANDS = {
+    "/reply": "/reply M TEXT",
+    "/edit": "/edit M TEXT",
+    "/delete": "/delete M",
+    "/react": "/react M EMOJI",
+    "/unreact": "/unreact M EMOJI",
+    "/save": "/save M [PATH]",
+}
+
+
+def _size(size: int | None) -> str:
+    if size is None:
+        return "size unknown"
+    if size < 1024:
+        return f"{size} bytes"
+    if size < 1024 * 1024:
+        return f"{size / 1024:.1f} KB"
+    return f"{size / (1024 * 1024):.1f} MB"
+
+
+def _attachment(media_id: str, info: MediaInfo | None) -> str:
+    """An attachment as the history shows it: name, type and size where known."""
+    if info is None:
+        return f"[file {media_id} · /save]"
+    name = info.filename or media_id
+    return f"[file {name} · {info.content_type or 'unknown type'} · {_size(info.size)}]"
 
 
 class ChatApp:
@@ -586,6 +948,13 @@ class ChatApp:
                 "them": "bold #87d787",
                 "mark": "#888888",
                 "line": "#444444",
+                "quote": "italic #888888",
+                "deleted": "italic #888888",
+                "mention": "bold reverse #ffaf00",
+                "mentioned": "#ffaf00",
+                "reaction": "#aaaaaa",
+                "reacted": "bold #5fafff",
+                "file": "underline #87afd7",
             }
         )
         self.app: Application[None] = Application(
@@ -666,8 +1035,16 @@ class ChatApp:
             tg.start_soon(self._connection)
 
             async def redraw() -> None:
+                title = ""
                 async for event in events:
                     await self.core.on_event(event)
+                    if self.core.bell:
+                        # A message in a conversation not on screen: ring once per event.
+                        self.core.bell = False
+                        self.app.output.bell()
+                    if self.core.terminal_title() != title:
+                        title = self.core.terminal_title()
+                        self.app.output.set_title(title)
                     self.app.invalidate()
 
             async def start_jobs() -> None:

@@ -1,4 +1,5 @@
-"""The client subcommands of `messageai`: login, send, sync, tail, conversations, new, chat.
+"""The client subcommands of `messageai`: login, send, sync, tail, conversations, new, chat,
+and for v1.1 edit, delete, react (queued like sends) and search (needs the server).
 
 Their arguments are defined in `messageai.cli.client_args` (kept light, so that
 `messageai serve` does not import the SDK); `run` is called by `messageai.cli.main`.
@@ -157,7 +158,16 @@ def _emit(value: Any) -> None:
 async def _send(args: argparse.Namespace) -> int:
     text = sys.stdin.read() if args.text == "-" else args.text
     async with Client.open(args.store) as client:
-        message = await client.send(args.conversation_id, text.rstrip("\n"))
+        body = text.rstrip("\n")
+        replied = args.reply_to
+        if replied is not None and client.message_by_seq(args.conversation_id, replied) is None:
+            await _try_sync(client, args.timeout)  # the message replied to, if it is new here
+        message = await client.send(
+            args.conversation_id,
+            body,
+            reply_to=args.reply_to,
+            mentions=client.mentions_in(args.conversation_id, body),
+        )
         outcome = await _try_sync(client, args.timeout)
         final = client.message(args.conversation_id, message.client_id) or message
         if args.json:
@@ -224,7 +234,17 @@ def _line(client: Client, message: LocalMessage, names: dict[str, str]) -> str:
     who = names.get(message.sender_id, message.sender_id)
     seq = f"#{message.seq}" if message.seq is not None else "#-"
     mark = {"sending": " [queued]", "failed": f" [failed: {message.error}]", "read": " [read]"}
-    return f"{seq} {when} {who}: {message.body}{mark.get(message.status, '')}"
+    reply = f"(reply to #{message.reply_to}) " if message.reply_to is not None else ""
+    body = "[message deleted]" if message.deleted else message.body
+    if message.attachments and not message.deleted:
+        files = [client.media(m) for m in message.attachments]
+        body += "".join(
+            f" [file {(info.filename if info and info.filename else m)}]"
+            for m, info in zip(message.attachments, files, strict=True)
+        )
+    edited = " (edited)" if message.edited_at is not None and not message.deleted else ""
+    reactions = "".join(f" [{e} {len(u)}]" for e, u in message.reactions.items())
+    return f"{seq} {when} {who}: {reply}{body}{edited}{reactions}{mark.get(message.status, '')}"
 
 
 async def _tail(args: argparse.Namespace) -> int:
@@ -345,6 +365,7 @@ async def _conversations(args: argparse.Namespace) -> int:
                         "last_seq": conv.last_seq,
                         "unread_count": conv.unread_count,
                         "active": conv.active,
+                        "topic": conv.topic,
                     }
                 )
             else:
@@ -369,6 +390,88 @@ async def _new(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _change(args: argparse.Namespace) -> int:
+    """`edit`, `delete` and `react`: optimistic and queued like `send`, then delivered
+    now if the server answers; exit 1 if it refused (the change is undone)."""
+    async with Client.open(args.store) as client:
+        cid, seq = args.conversation_id, args.seq
+        message = client.message_by_seq(cid, seq)
+        if message is None:
+            # Not in the store yet: a sync may bring it.
+            outcome = await _try_sync(client, args.timeout)
+            message = client.message_by_seq(cid, seq)
+            if message is None:
+                offline = f" (offline: {outcome})" if isinstance(outcome, str) else ""
+                raise ClientError(f"no message #{seq} in conversation {cid!r}{offline}")
+        if args.command == "edit":
+            text = sys.stdin.read() if args.text == "-" else args.text
+            await client.edit(message, text.rstrip("\n"))
+        elif args.command == "delete":
+            await client.delete(message)
+        else:
+            await client.react(message, args.emoji, not args.off)
+        outcome = await _try_sync(client, args.timeout)
+        final = client.message_by_local_id(message.local_id) or message
+        refused = (
+            [r for r in outcome.refused if r.message.local_id == message.local_id]
+            if isinstance(outcome, SyncReport)
+            else []
+        )
+        if args.json:
+            _emit({**final.to_json(), "error": refused[0].error if refused else None})
+        elif not refused and final.pending:
+            print(f"queued: the {args.command} of #{seq} is delivered by a later sync or chat")
+        elif not refused:
+            done = {"edit": "edited", "delete": "deleted", "react": "reacted to"}[args.command]
+            if args.command == "react" and args.off:
+                done = "removed the reaction from"
+            print(f"{done} #{seq} in {cid} (rev {final.rev})")
+        if isinstance(outcome, str):
+            print(
+                f"messageai: server unreachable ({outcome}); the change is queued", file=sys.stderr
+            )
+        if refused:
+            print(
+                f"messageai: the server refused the {args.command}: {refused[0].error}"
+                " (undone locally)",
+                file=sys.stderr,
+            )
+            return 1
+    return 0
+
+
+async def _search(args: argparse.Namespace) -> int:
+    async with Client.open(args.store) as client:
+        try:
+            with trio.fail_after(args.timeout):
+                results = await client.search(
+                    args.query, conversation_id=args.conversation, limit=args.limit
+                )
+        except trio.TooSlowError:
+            raise Unreachable(f"no answer within {args.timeout:g}s") from None
+        known = {c.id for c in client.conversations()}
+        if not args.json and any(r["conversation_id"] not in known for r in results):
+            # Titles and names to print come from the store: fill it first (failures
+            # only cost the names; ids are printed instead).
+            await _try_sync(client, args.timeout)
+        names = client.user_names()
+        titles = {c.id: c.title or "" for c in client.conversations()}
+        for result in results:
+            if args.json:
+                _emit(result)
+                continue
+            m = result["message"]
+            when = time.strftime("%Y-%m-%d %H:%M", time.localtime(m.get("created_at", 0) / 1000))
+            cid = result["conversation_id"]
+            where = f"{cid} ({titles[cid]})" if titles.get(cid) else cid
+            who = names.get(m.get("sender_id"), m.get("sender_id"))
+            snippet = str(result.get("snippet") or m.get("body") or "").replace("\n", " ")
+            print(f"{where} #{m.get('seq')} {when} {who}: {snippet}")
+        if not results and not args.json:
+            print(f"messageai: nothing found for {args.query!r}", file=sys.stderr)
+    return 0
+
+
 _HANDLERS: dict[str, Callable[[argparse.Namespace], Awaitable[int]]] = {
     "logout": _logout,
     "send": _send,
@@ -376,4 +479,8 @@ _HANDLERS: dict[str, Callable[[argparse.Namespace], Awaitable[int]]] = {
     "tail": _tail,
     "conversations": _conversations,
     "new": _new,
+    "edit": _change,
+    "delete": _change,
+    "react": _change,
+    "search": _search,
 }

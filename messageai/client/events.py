@@ -29,9 +29,29 @@ class MessageAdded:
 
 @attrs.frozen
 class MessageUpdated:
-    """A stored message changed: acked (`sent`), `read`, or `failed`."""
+    """A stored message changed: acked (`sent`), `read`, `failed`, edited, deleted, its
+    reactions (anyone's, mine optimistically), or a change of mine confirmed."""
 
     message: LocalMessage
+
+
+@attrs.frozen
+class MessageRemoved:
+    """A message of mine that never reached the server was deleted: it is gone from the
+    store (`local_id` names the row it had)."""
+
+    conversation_id: str
+    local_id: int
+
+
+@attrs.frozen
+class ChangeRefused:
+    """The server refused my edit, delete or reaction (`action`) for good: it is rolled
+    back, and `message` is as the server has it. `error` is the server's code: text."""
+
+    message: LocalMessage
+    action: str
+    error: str
 
 
 @attrs.frozen
@@ -66,7 +86,8 @@ class TypingChanged:
 
 @attrs.frozen
 class ConversationsChanged:
-    """Conversations were added, renamed, or access to one ended (`left`: removed from
+    """Conversations were added, renamed (or their topic set: `conversation_updated`),
+    or access to one ended (`left`: removed from
     the group, or the server answered `forbidden`; the conversation's `active` is then
     False in the store)."""
 
@@ -94,6 +115,8 @@ class Overflowed:
 Event: TypeAlias = (
     MessageAdded
     | MessageUpdated
+    | MessageRemoved
+    | ChangeRefused
     | StoreChanged
     | ReadReceipt
     | PresenceChanged

@@ -2,8 +2,11 @@
 
 Reads (`conversations`, `messages`, `read_by`) come from the local store only
 and work with the server down. `send` writes the message as `sending` before
-any I/O and returns it; `run()` (stay connected) or `sync()` (one pass)
-deliver it. Runs under Trio or asyncio (httpx, httpx-ws and anyio underneath).
+any I/O and returns it; `edit`, `delete` and `react` (v1.1) are optimistic the
+same way and wait in the same outbox, in order (see `outbox`); `run()` (stay
+connected) or `sync()` (one pass) deliver them. Search, channels, topics and
+media are REST calls and need the server. Runs under Trio or asyncio (httpx,
+httpx-ws and anyio underneath).
 
     async with Client.open() as client:        # the store's current account
         async with anyio.create_task_group() as tg:
@@ -14,8 +17,12 @@ deliver it. Runs under Trio or asyncio (httpx, httpx-ws and anyio underneath).
 from __future__ import annotations
 
 import contextlib
+import mimetypes
+import re
 import time
+import unicodedata
 import uuid
+from email.message import Message as MimeHeaders
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -23,9 +30,9 @@ from typing import Any
 import anyio
 import apsw
 
-from messageai.client import accounts, store
+from messageai.client import accounts, outbox, store
 from messageai.client.api import Api
-from messageai.client.errors import ClientError, Forbidden, NotSignedIn, Unreachable
+from messageai.client.errors import ClientError, Forbidden, NotSignedIn, ServerError, Unreachable
 from messageai.client.events import (
     DEFAULT_BUFFER,
     ConnectionState,
@@ -33,19 +40,63 @@ from messageai.client.events import (
     Events,
     EventStream,
     MessageAdded,
+    MessageRemoved,
+    MessageUpdated,
     ReadReceipt,
 )
-from messageai.client.store import Account, LocalConversation, LocalMessage
+from messageai.client.store import Account, LocalConversation, LocalMessage, MediaInfo
 from messageai.client.sync import Settings, Syncer, SyncReport
 from messageai.protocol import DEFAULT_MAX_BODY_CHARS
 from messageai.sqlite import apply_best_practice, transaction
 
 # Longer bodies are refused before they are queued: a default server would refuse them.
 MAX_BODY_CHARS = DEFAULT_MAX_BODY_CHARS
+# PROTOCOL.md v1.1: at most 50 mentions; an emoji is 1-32 bytes of UTF-8.
+MAX_MENTIONS = 50
+MAX_EMOJI_BYTES = 32
+# `@name` in a message body: a username as the server allows them.
+MENTION = re.compile(r"(?<![\w@])@([a-z0-9_.-]{3,32})")
+# The most bytes `upload` reads into memory (a default server takes 25 MiB).
+MAX_UPLOAD_BYTES = 64 * 1024 * 1024
+
+
+def emoji_refusal(emoji: str) -> str | None:
+    """Why `emoji` is not a reaction PROTOCOL.md allows, or None."""
+    size = len(emoji.encode())
+    if not 1 <= size <= MAX_EMOJI_BYTES:
+        return f"a reaction is 1 to {MAX_EMOJI_BYTES} bytes of UTF-8; this one has {size}"
+    if any(ch.isspace() or unicodedata.category(ch) == "Cc" for ch in emoji):
+        return "a reaction has no spaces or control characters"
+    return None
 
 
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+def _safe_name(name: str) -> str:
+    """A file name from the server, reduced to a plain name in the current folder."""
+    base = name.replace("\\", "/").rsplit("/", 1)[-1].strip().lstrip(".")
+    return base or "attachment"
+
+
+def _media_info(media_id: str, headers: Any) -> MediaInfo:
+    """Name, type and size from a media response's headers (`Content-Disposition`'s
+    RFC 6266 `filename*` or `filename`, `Content-Range`'s total or `Content-Length`)."""
+    kind = headers.get("content-type")
+    size: int | None = None
+    total = (headers.get("content-range") or "").rpartition("/")[2]
+    if total.isdigit():
+        size = int(total)
+    elif (headers.get("content-length") or "").isdigit():
+        size = int(headers["content-length"])
+    name = None
+    disposition = headers.get("content-disposition")
+    if disposition:
+        parsed = MimeHeaders()
+        parsed["content-disposition"] = disposition
+        name = parsed.get_filename()
+    return MediaInfo(media_id, name, kind, size)
 
 
 def _not_a_member() -> Forbidden:
@@ -208,28 +259,59 @@ class Client:
             return []
         return store.read_by(self._conn, message.conversation_id, message.seq, message.sender_id)
 
+    def readers_of(self, message: LocalMessage) -> int:
+        """The M of "read by N of M": the other members who could read it (with the
+        server's `members_joined_at`, not those who joined after it)."""
+        if message.seq is None:
+            return len(self.member_ids(message.conversation_id)) - 1
+        return store.readers_of(self._conn, message.conversation_id, message.seq, message.sender_id)
+
     def member_ids(self, conversation_id: str) -> list[str]:
         return store.member_ids(self._conn, conversation_id)
 
     def outbox_size(self) -> int:
+        """Sends, edits, deletes and reactions waiting for the server."""
         return store.outbox_size(self._conn)
+
+    def last_rev(self, conversation_id: str) -> int:
+        """The change cursor: every change up to this rev is in the store (v1.1)."""
+        return store.last_rev(self._conn, conversation_id)
 
     # ------------------------------------------------------------ writes
 
-    async def send(self, conversation_id: str, body: str) -> LocalMessage:
+    async def send(
+        self,
+        conversation_id: str,
+        body: str,
+        *,
+        reply_to: int | None = None,
+        mentions: list[str] | None = None,
+        attachments: list[str] | None = None,
+    ) -> LocalMessage:
         """Store a message as `sending` and hand it to the connection, if any.
 
         Returns at once with the stored message; its status changes arrive as
         `MessageUpdated` events. While offline it stays queued, across restarts.
+        `reply_to` is the seq of a message of the conversation; `mentions` are member
+        ids (deduplicated here); a message with attachments may have no text.
         """
         if not conversation_id or len(conversation_id) > 128:
             raise ClientError("a conversation id is 1 to 128 characters")
-        if not body.strip():
+        if not body.strip() and not attachments:
             raise ClientError("a message needs some text")
         if len(body.strip()) > MAX_BODY_CHARS:
             raise ClientError(f"a message is at most {MAX_BODY_CHARS} characters")
         if not store.is_active(self._conn, conversation_id):
             raise _not_a_member()
+        mentions = list(dict.fromkeys(mentions or []))
+        if len(mentions) > MAX_MENTIONS:
+            raise ClientError(f"a message mentions at most {MAX_MENTIONS} people")
+        if reply_to is not None:
+            target = store.message_by_seq(self._conn, conversation_id, reply_to)
+            if target is None:
+                raise ClientError(f"no message #{reply_to} here to reply to")
+            if target.deleted:
+                raise ClientError(f"message #{reply_to} was deleted: no reply to it")
         # Replying means I have read what I replied to: my read cursor moves to the
         # newest message stored now (the server moves it only on mark_read, and the
         # syncer sends that mark just before the message).
@@ -239,11 +321,104 @@ class Client:
         if moved:
             self._events.emit(ReadReceipt(conversation_id, self.me, seen))
         message = store.add_outgoing(
-            self._conn, conversation_id, self.me, uuid.uuid4().hex, body, _now_ms()
+            self._conn,
+            conversation_id,
+            self.me,
+            uuid.uuid4().hex,
+            body,
+            _now_ms(),
+            attachments=attachments,
+            reply_to=reply_to,
+            mentions=mentions,
         )
         self._events.emit(MessageAdded(message))
         self.syncer.outbox_changed()
         return message
+
+    def mentions_in(self, conversation_id: str, body: str) -> list[str]:
+        """The member ids that `@username` in `body` names (members only: anyone else's
+        name stays plain text), in order of first mention."""
+        known = {username: user_id for user_id, (username, _) in self.display_names().items()}
+        members = set(self.member_ids(conversation_id))
+        found = [known.get(name) for name in MENTION.findall(body)]
+        return list(dict.fromkeys(u for u in found if u is not None and u in members))
+
+    def message_by_seq(self, conversation_id: str, seq: int) -> LocalMessage | None:
+        return store.message_by_seq(self._conn, conversation_id, seq)
+
+    def message_by_local_id(self, local_id: int) -> LocalMessage | None:
+        return store.message_by_local_id(self._conn, local_id)
+
+    def _current(self, message: LocalMessage) -> LocalMessage:
+        now = store.message_by_local_id(self._conn, message.local_id)
+        if now is None:
+            raise ClientError("that message is no longer here")
+        if not store.is_active(self._conn, now.conversation_id):
+            raise _not_a_member()
+        return now
+
+    def _queued(self, kind: str, message: LocalMessage, **fields: Any) -> LocalMessage:
+        with transaction(self._conn):
+            outbox.enqueue(self._conn, kind, message.local_id, _now_ms(), **fields)
+        shown = self._current(message)
+        self._events.emit(MessageUpdated(shown))
+        self.syncer.outbox_changed()
+        return shown
+
+    async def edit(self, message: LocalMessage, body: str) -> LocalMessage:
+        """Change the text of one of my messages; returns it as shown now (edited,
+        `pending` until the server confirms). Queued after everything queued before
+        it, the message's own send included; a refusal rolls it back
+        (`ChangeRefused`)."""
+        message = self._current(message)
+        if message.sender_id != self.me:
+            raise ClientError("only its sender can edit a message")
+        if message.deleted:
+            raise ClientError("that message was deleted")
+        text = body.strip()
+        if not text:
+            raise ClientError("an edit needs some text (/delete removes a message)")
+        if len(text) > MAX_BODY_CHARS:
+            raise ClientError(f"a message is at most {MAX_BODY_CHARS} characters")
+        if message.status == "failed":
+            # Never delivered: nothing to tell the server; /retry sends the new text.
+            outbox.edit_unsent(self._conn, message.local_id, text)
+            shown = self._current(message)
+            self._events.emit(MessageUpdated(shown))
+            return shown
+        return self._queued("edit", message, body=text)
+
+    async def delete(self, message: LocalMessage) -> LocalMessage | None:
+        """Delete a message (mine; in a group its creator may delete anyone's: the
+        server decides, a refusal rolls it back). A message of mine that no server can
+        have yet leaves the store and nothing is sent: returns None."""
+        message = self._current(message)
+        if message.deleted:
+            return message
+        if message.sender_id == self.me and outbox.unsent(self._conn, message.local_id):
+            with transaction(self._conn):
+                outbox.remove_message(self._conn, message.local_id)
+            self._events.emit(MessageRemoved(message.conversation_id, message.local_id))
+            return None
+        return self._queued("delete", message)
+
+    async def react(self, message: LocalMessage, emoji: str, on: bool = True) -> LocalMessage:
+        """Add (or with `on=False` remove) my reaction; optimistic and queued like
+        `edit`. A change that changes nothing is not queued."""
+        refusal = emoji_refusal(emoji)
+        if refusal is not None:
+            raise ClientError(refusal)
+        message = self._current(message)
+        if message.deleted:
+            raise ClientError("that message was deleted")
+        if message.status == "failed":
+            raise ClientError("that message was not delivered: /retry it first")
+        if (self.me in message.reactions.get(emoji, [])) == on:
+            return message
+        return self._queued("react", message, emoji=emoji, on=on)
+
+    def reacted(self, message: LocalMessage, emoji: str) -> bool:
+        return self.me in message.reactions.get(emoji, [])
 
     async def retry(self, message: LocalMessage) -> LocalMessage | None:
         """Queue a `failed` message again, with its original client_id."""
@@ -353,6 +528,124 @@ class Client:
     async def leave(self, conversation_id: str) -> None:
         """Leave a group (see remove_member)."""
         await self.remove_member(conversation_id, self.me)
+
+    # ------------------------------------------------------------ REST, v1.1
+
+    async def search(
+        self, query: str, *, conversation_id: str | None = None, limit: int | None = None
+    ) -> list[dict[str, Any]]:
+        """Keyword search over my conversations (or one): the server's results, best
+        first (`conversation_id`, `message`, `snippet`, `highlights`, `score`)."""
+        if not query.strip():
+            raise ClientError("search for at least one word")
+        body = await self.api.search(query, conversation_id=conversation_id, limit=limit)
+        results: list[dict[str, Any]] = body["results"]
+        return results
+
+    async def channels(self, prefix: str = "") -> list[dict[str, Any]]:
+        """Channels on the server (title prefix), most members first."""
+        return await self.api.channels(prefix)
+
+    async def join(self, name_or_id: str) -> str:
+        """Join a channel by its title (exact, else the only prefix match) or id."""
+        wanted = name_or_id.lstrip("#")
+        found = await self.api.channels(wanted)
+        exact = [c for c in found if c["id"] == wanted or c.get("title") == wanted]
+        if not exact and len(found) == 1:
+            exact = found
+        if not exact:
+            names = ", ".join(str(c.get("title")) for c in found[:5])
+            more = f" (did you mean: {names}?)" if names else ""
+            raise ClientError(f"no channel named {wanted!r}{more}")
+        conv = await self.api.join(exact[0]["id"])
+        return await self._adopt(conv)
+
+    async def create_channel(self, title: str, topic: str | None = None) -> str:
+        return await self._adopt(await self.api.create_channel(title, topic))
+
+    async def rename(self, conversation_id: str, title: str) -> None:
+        """A group's or channel's title (any member); the others get `conversation_updated`."""
+        if not title.strip():
+            raise ClientError("a title needs some text")
+        self._save_conversation(await self.api.update_conversation(conversation_id, title=title))
+
+    async def set_topic(self, conversation_id: str, topic: str) -> None:
+        self._save_conversation(await self.api.update_conversation(conversation_id, topic=topic))
+
+    async def upload(
+        self, conversation_id: str, path: str | Path, caption: str = ""
+    ) -> LocalMessage:
+        """Upload a file (its name kept) and queue a message that carries it. The upload
+        needs the server; the message then travels like any other."""
+        if not store.is_active(self._conn, conversation_id):
+            raise _not_a_member()
+        source = anyio.Path(path)
+        try:
+            size = (await source.stat()).st_size
+            if size > MAX_UPLOAD_BYTES:
+                raise ClientError(f"{source.name} is larger than {MAX_UPLOAD_BYTES} bytes")
+            data = await source.read_bytes()
+        except OSError as exc:
+            raise ClientError(f"cannot read {path}: {exc.strerror or exc}") from None
+        kind = mimetypes.guess_type(source.name)[0] or "application/octet-stream"
+        media = await self.api.upload(data, kind, source.name)
+        info = MediaInfo(
+            str(media["id"]),
+            str(media.get("filename") or source.name),
+            str(media.get("content_type") or kind),
+            int(media.get("size") or len(data)),
+        )
+        with transaction(self._conn):
+            store.save_media(self._conn, info)
+        return await self.send(
+            conversation_id,
+            caption,
+            attachments=[info.id],
+            mentions=self.mentions_in(conversation_id, caption),
+        )
+
+    def media(self, media_id: str) -> MediaInfo | None:
+        """What the store knows of an attachment (name, type, size), or None."""
+        return store.media_info(self._conn, media_id)
+
+    async def learn_media(self, media_id: str) -> MediaInfo:
+        """Ask the server for an attachment's name, type and size (`/info`, else its
+        first byte's headers) and keep them in the store."""
+        known = self.media(media_id)
+        if known is not None:
+            return known
+        try:
+            media = await self.api.media_info(media_id)
+            info = MediaInfo(
+                media_id,
+                media.get("filename") if isinstance(media.get("filename"), str) else None,
+                media.get("content_type") if isinstance(media.get("content_type"), str) else None,
+                media.get("size") if type(media.get("size")) is int else None,
+            )
+        except ServerError as exc:
+            if exc.code != "not_found":
+                raise
+            # A server without the `/info` extension: the first byte's headers say it.
+            info = _media_info(media_id, (await self.api.media_head(media_id)).headers)
+        with transaction(self._conn):
+            store.save_media(self._conn, info)
+        return info
+
+    async def save_attachment(self, media_id: str, dest: str | Path | None = None) -> Path:
+        """Download an attachment: into `dest` (a file, or a folder to put it in under
+        its own name), default the current folder. Never overwrites a file."""
+        info = self.media(media_id)
+        name = _safe_name(info.filename if info and info.filename else media_id)
+        target = anyio.Path(dest if dest is not None else name)
+        if await target.is_dir():
+            target = target / name
+        if await target.exists():
+            raise ClientError(f"{target} exists already: name another path")
+        headers = await self.api.download_to(media_id, Path(target))
+        if info is None:
+            with transaction(self._conn):
+                store.save_media(self._conn, _media_info(media_id, headers))
+        return Path(target)
 
     def _save_conversation(self, conv: dict[str, Any]) -> None:
         with transaction(self._conn):

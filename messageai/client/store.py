@@ -8,6 +8,11 @@ Message statuses: `sending` (stored locally, no ack yet: the outbox), `sent`
 (acked, has the server's id and seq), `read` (every other member's read cursor
 passed it), `received` (someone else's message), `failed` (the server refused
 it for good; `error` says why).
+
+A message row holds the server's state of it (v1.1: `rev` says which); my edits,
+deletes and reactions not confirmed yet wait in the `outbox` table (written by
+`outbox`) and are laid over the row whenever a message is read from here
+(`pending` is then True): dropping a refused change is its rollback.
 """
 
 from __future__ import annotations
@@ -77,7 +82,51 @@ def _v1(conn: apsw.Connection) -> None:
     )
 
 
-MIGRATIONS: list[Migration] = [_v1]
+def _v2(conn: apsw.Connection) -> None:
+    """Protocol v1.1: the new message fields, the change cursor and topics, and one
+    outbox for sends, edits, deletes and reactions in the order they were made (the
+    messages queued under schema 1 enter it first, in the order they were written)."""
+    conn.execute(
+        """
+        ALTER TABLE messages ADD COLUMN reply_to INTEGER;
+        ALTER TABLE messages ADD COLUMN mentions TEXT NOT NULL DEFAULT '[]';
+        ALTER TABLE messages ADD COLUMN edited_at INTEGER;
+        ALTER TABLE messages ADD COLUMN deleted_at INTEGER;
+        ALTER TABLE messages ADD COLUMN reactions TEXT NOT NULL DEFAULT '{}';
+        -- the server's rev of the state held here (0: not known, a v1 server)
+        ALTER TABLE messages ADD COLUMN rev INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE conversations ADD COLUMN topic TEXT;
+        -- every change with rev <= last_rev is merged here: the v1.1 catch-up cursor
+        ALTER TABLE conversations ADD COLUMN last_rev INTEGER NOT NULL DEFAULT 0;
+        -- the server's `members_joined_at` extension: when (ms) a member joined
+        ALTER TABLE members ADD COLUMN joined_at INTEGER;
+        CREATE TABLE outbox(
+            pos INTEGER PRIMARY KEY AUTOINCREMENT,
+            kind TEXT NOT NULL CHECK (kind IN ('send', 'edit', 'delete', 'react')),
+            -- the message: mine by its row until its seq is known, or anyone's
+            local_id INTEGER NOT NULL REFERENCES messages(local_id) ON DELETE CASCADE,
+            body TEXT,
+            emoji TEXT,
+            "on" INTEGER,
+            made_at INTEGER NOT NULL DEFAULT 0,
+            -- written to a connection at least once: the server may have it
+            attempted INTEGER NOT NULL DEFAULT 0
+        );
+        CREATE INDEX outbox_message ON outbox(local_id);
+        INSERT INTO outbox(kind, local_id, made_at)
+            SELECT 'send', local_id, created_at FROM messages
+            WHERE status = 'sending' ORDER BY local_id;
+        CREATE TABLE media(
+            id TEXT PRIMARY KEY,
+            filename TEXT,
+            content_type TEXT,
+            size INTEGER
+        ) WITHOUT ROWID;
+        """
+    )
+
+
+MIGRATIONS: list[Migration] = [_v1, _v2]
 
 
 def open_store(path: Path) -> apsw.Connection:
@@ -117,6 +166,19 @@ class LocalMessage:
     created_at: int
     status: str
     error: str | None
+    reply_to: int | None = None
+    mentions: list[str] = attrs.Factory(list)
+    edited_at: int | None = None
+    deleted_at: int | None = None
+    reactions: dict[str, list[str]] = attrs.Factory(dict)
+    rev: int = 0
+    # A change of mine (edit, delete, reaction) is laid over the server's state and
+    # not confirmed yet.
+    pending: bool = False
+
+    @property
+    def deleted(self) -> bool:
+        return self.deleted_at is not None
 
     @property
     def local_only(self) -> bool:
@@ -136,6 +198,13 @@ class LocalMessage:
             "status": self.status,
             "local_only": self.local_only,
             "error": self.error,
+            "reply_to": self.reply_to,
+            "mentions": self.mentions,
+            "edited_at": self.edited_at,
+            "deleted_at": self.deleted_at,
+            "reactions": self.reactions,
+            "rev": self.rev,
+            "pending": self.pending,
         }
 
 
@@ -149,11 +218,19 @@ class LocalConversation:
     unread_count: int
     active: bool
     last_message: LocalMessage | None
+    topic: str | None = None
+    created_at: int = 0
+
+    @property
+    def last_activity(self) -> int:
+        """The newest message's time, else when the conversation was made (a new one,
+        still empty, comes before an old quiet one such as `general`)."""
+        return self.last_message.created_at if self.last_message else self.created_at
 
 
 _MSG_COLUMNS = (
     "local_id, conversation_id, client_id, id, seq, sender_id, body, attachments,"
-    " created_at, status, error"
+    " created_at, status, error, reply_to, mentions, edited_at, deleted_at, reactions, rev"
 )
 
 
@@ -170,6 +247,12 @@ def _message(row: Any) -> LocalMessage:
         created_at,
         status,
         error,
+        reply_to,
+        mentions,
+        edited_at,
+        deleted_at,
+        reactions,
+        rev,
     ) = row
     return LocalMessage(
         local_id=local_id,
@@ -183,7 +266,48 @@ def _message(row: Any) -> LocalMessage:
         created_at=created_at,
         status=status,
         error=error,
+        reply_to=reply_to,
+        mentions=orjson.loads(mentions),
+        edited_at=edited_at,
+        deleted_at=deleted_at,
+        reactions=orjson.loads(reactions),
+        rev=rev,
     )
+
+
+def _overlaid(conn: apsw.Connection, rows: list[LocalMessage]) -> list[LocalMessage]:
+    """The messages as the user sees them: each with my unconfirmed changes (the
+    outbox's edits, deletes and reactions, in the order made) laid over it."""
+    if not rows:
+        return rows
+    by_id = {m.local_id: m for m in rows}
+    changes: list[Any] = conn.execute(
+        'SELECT local_id, kind, body, emoji, "on", made_at FROM outbox'
+        " WHERE kind != 'send' AND local_id IN (SELECT value FROM json_each(?)) ORDER BY pos",
+        (orjson.dumps(list(by_id)).decode(),),
+    ).fetchall()
+    if not changes:
+        return rows
+    me = get_account(conn)
+    for local_id, kind, body, emoji, on, made_at in changes:
+        m = by_id[local_id]
+        if kind == "edit" and not m.deleted:
+            m = attrs.evolve(m, body=body, edited_at=made_at, pending=True)
+        elif kind == "delete":
+            m = attrs.evolve(
+                m, body="", attachments=[], mentions=[], reactions={}, deleted_at=made_at,
+                pending=True,
+            )  # fmt: skip
+        elif kind == "react" and not m.deleted and me is not None:
+            reactions = {k: list(v) for k, v in m.reactions.items()}
+            users = reactions.setdefault(emoji, [])
+            if on and me.user_id not in users:
+                users.append(me.user_id)
+            elif not on and me.user_id in users:
+                users.remove(me.user_id)
+            m = attrs.evolve(m, reactions={k: v for k, v in reactions.items() if v}, pending=True)
+        by_id[local_id] = m
+    return [by_id[m.local_id] for m in rows]
 
 
 # ---------------------------------------------------------------- account
@@ -260,11 +384,19 @@ def save_conversation(conn: apsw.Connection, conv: Mapping[str, Any]) -> bool:
     Returns True if it was not known before (or was known only as a stub).
     """
     known = conn.execute("SELECT kind FROM conversations WHERE id = ?", (conv["id"],)).fetchone()
+    topic = conv.get("topic")
     conn.execute(
-        "INSERT INTO conversations(id, kind, title, created_at, active) VALUES (?, ?, ?, ?, 1)"
+        "INSERT INTO conversations(id, kind, title, topic, created_at, active)"
+        " VALUES (?, ?, ?, ?, ?, 1)"
         " ON CONFLICT(id) DO UPDATE SET kind = excluded.kind, title = excluded.title,"
-        " created_at = excluded.created_at, active = 1",
-        (conv["id"], conv["kind"], conv["title"], conv["created_at"]),
+        " topic = excluded.topic, created_at = excluded.created_at, active = 1",
+        (
+            conv["id"],
+            conv["kind"],
+            conv["title"],
+            topic if isinstance(topic, str) else None,
+            conv["created_at"],
+        ),
     )
     member_ids = list(conv["member_ids"])
     conn.execute(
@@ -272,10 +404,14 @@ def save_conversation(conn: apsw.Connection, conv: Mapping[str, Any]) -> bool:
         " (SELECT value FROM json_each(?))",
         (conv["id"], orjson.dumps(member_ids).decode()),
     )
+    joined_at = conv.get("members_joined_at")
+    joined_at = joined_at if isinstance(joined_at, dict) else {}
     for user_id in member_ids:
+        joined = joined_at.get(user_id)
         conn.execute(
-            "INSERT INTO members(conversation_id, user_id) VALUES (?, ?) ON CONFLICT DO NOTHING",
-            (conv["id"], user_id),
+            "INSERT INTO members(conversation_id, user_id, joined_at) VALUES (?, ?, ?)"
+            " ON CONFLICT DO UPDATE SET joined_at = excluded.joined_at",
+            (conv["id"], user_id, joined if type(joined) is int else None),
         )
     return known is None or known[0] is None
 
@@ -354,7 +490,7 @@ def advance_synced_seq(conn: apsw.Connection, conversation_id: str) -> int:
 
 
 _CONVERSATION_SQL = (
-    "SELECT c.id, c.kind, c.title, c.active,"
+    "SELECT c.id, c.kind, c.title, c.topic, c.active, c.created_at,"
     " coalesce((SELECT max(seq) FROM messages WHERE conversation_id = c.id), 0),"
     " coalesce((SELECT read_seq FROM members"
     "  WHERE conversation_id = c.id AND user_id = ?1), 0),"
@@ -364,19 +500,19 @@ _CONVERSATION_SQL = (
 
 
 def _conversation(conn: apsw.Connection, me: str, row: Any) -> LocalConversation:
-    id_, kind, title, active, last_seq, my_read, last_local = cast(tuple[Any, ...], row)
-    # My own messages never count: only others' above my read cursor are unread.
+    id_, kind, title, topic, active, created_at, last_seq, my_read, last_local = cast(
+        tuple[Any, ...], row
+    )
+    # My own messages never count: only others' above my read cursor are unread
+    # (tombstones neither, PROTOCOL.md v1.1).
     unread = conn.execute(
-        "SELECT count(*) FROM messages WHERE conversation_id = ? AND sender_id != ? AND seq > ?",
+        "SELECT count(*) FROM messages WHERE conversation_id = ? AND sender_id != ? AND seq > ?"
+        " AND deleted_at IS NULL",
         (id_, me, my_read),
     ).get
     last = None
     if last_local is not None:
-        last = _message(
-            conn.execute(
-                f"SELECT {_MSG_COLUMNS} FROM messages WHERE local_id = ?", (last_local,)
-            ).fetchone()
-        )
+        last = message_by_local_id(conn, last_local)
     return LocalConversation(
         id=id_,
         kind=kind,
@@ -386,13 +522,15 @@ def _conversation(conn: apsw.Connection, me: str, row: Any) -> LocalConversation
         unread_count=unread,
         active=bool(active),
         last_message=last,
+        topic=topic,
+        created_at=created_at,
     )
 
 
 def list_conversations(conn: apsw.Connection, me: str) -> list[LocalConversation]:
     """Every known conversation, most recent activity first, with local unread counts."""
     out = [_conversation(conn, me, row) for row in conn.execute(_CONVERSATION_SQL, (me,))]
-    out.sort(key=lambda c: c.last_message.created_at if c.last_message else 0, reverse=True)
+    out.sort(key=lambda c: c.last_activity, reverse=True)
     return out
 
 
@@ -430,7 +568,22 @@ def messages(
         params += (limit,)
     rows = [_message(row) for row in conn.execute(sql, params)]
     rows.reverse()
-    return rows
+    return _overlaid(conn, rows)
+
+
+def message_by_local_id(conn: apsw.Connection, local_id: int) -> LocalMessage | None:
+    row = conn.execute(
+        f"SELECT {_MSG_COLUMNS} FROM messages WHERE local_id = ?", (local_id,)
+    ).fetchone()
+    return _overlaid(conn, [_message(row)])[0] if row is not None else None
+
+
+def message_by_seq(conn: apsw.Connection, conversation_id: str, seq: int) -> LocalMessage | None:
+    row = conn.execute(
+        f"SELECT {_MSG_COLUMNS} FROM messages WHERE conversation_id = ? AND seq = ?",
+        (conversation_id, seq),
+    ).fetchone()
+    return _overlaid(conn, [_message(row)])[0] if row is not None else None
 
 
 def message_by_client_id(
@@ -441,20 +594,23 @@ def message_by_client_id(
         " WHERE conversation_id = ? AND sender_id = ? AND client_id = ?",
         (conversation_id, sender_id, client_id),
     ).fetchone()
-    return _message(row) if row is not None else None
+    return _overlaid(conn, [_message(row)])[0] if row is not None else None
 
 
 def messages_after_local_id(
     conn: apsw.Connection, conversation_id: str, local_id: int
 ) -> list[LocalMessage]:
-    return [
-        _message(row)
-        for row in conn.execute(
-            f"SELECT {_MSG_COLUMNS} FROM messages"
-            " WHERE conversation_id = ? AND local_id > ? ORDER BY local_id",
-            (conversation_id, local_id),
-        )
-    ]
+    return _overlaid(
+        conn,
+        [
+            _message(row)
+            for row in conn.execute(
+                f"SELECT {_MSG_COLUMNS} FROM messages"
+                " WHERE conversation_id = ? AND local_id > ? ORDER BY local_id",
+                (conversation_id, local_id),
+            )
+        ],
+    )
 
 
 def messages_since(
@@ -474,7 +630,7 @@ def messages_since(
             (conversation_id, after_seq, upto, limit),
         )
     ]
-    return upto, rows
+    return upto, _overlaid(conn, rows)
 
 
 def unacknowledged(conn: apsw.Connection, conversation_id: str) -> list[LocalMessage]:
@@ -496,20 +652,39 @@ def add_outgoing(
     client_id: str,
     body: str,
     now_ms: int,
+    *,
+    attachments: list[str] | None = None,
+    reply_to: int | None = None,
+    mentions: list[str] | None = None,
 ) -> LocalMessage:
-    """Step 2 of the optimistic send: the message is stored as `sending` (the outbox)."""
+    """Step 2 of the optimistic send: the message is stored as `sending`, and its send
+    joins the end of the outbox."""
     with transaction(conn):
         ensure_conversation(conn, conversation_id)
         row = conn.execute(
-            f"INSERT INTO messages(conversation_id, client_id, sender_id, body, created_at, status)"
-            f" VALUES (?, ?, ?, ?, ?, 'sending') RETURNING {_MSG_COLUMNS}",
-            (conversation_id, client_id, sender_id, body, now_ms),
+            f"INSERT INTO messages(conversation_id, client_id, sender_id, body, attachments,"
+            f" created_at, status, reply_to, mentions)"
+            f" VALUES (?, ?, ?, ?, ?, ?, 'sending', ?, ?) RETURNING {_MSG_COLUMNS}",
+            (
+                conversation_id,
+                client_id,
+                sender_id,
+                body,
+                orjson.dumps(attachments or []).decode(),
+                now_ms,
+                reply_to,
+                orjson.dumps(mentions or []).decode(),
+            ),
         ).fetchone()
+        assert row is not None
+        conn.execute(
+            "INSERT INTO outbox(kind, local_id, made_at) VALUES ('send', ?, ?)", (row[0], now_ms)
+        )
     return _message(row)
 
 
 def outbox(conn: apsw.Connection, limit: int) -> list[LocalMessage]:
-    """Queued messages in the order they were written."""
+    """Queued messages (sends only) in the order they were written."""
     return [
         _message(row)
         for row in conn.execute(
@@ -521,7 +696,8 @@ def outbox(conn: apsw.Connection, limit: int) -> list[LocalMessage]:
 
 
 def outbox_size(conn: apsw.Connection) -> int:
-    return int(conn.execute("SELECT count(*) FROM messages WHERE status = 'sending'").get)
+    """Sends, edits, deletes and reactions waiting for the server."""
+    return int(conn.execute("SELECT count(*) FROM outbox").get)
 
 
 def merge_message(conn: apsw.Connection, msg: Mapping[str, Any], me: str) -> LocalMessage | None:
@@ -534,25 +710,43 @@ def merge_message(conn: apsw.Connection, msg: Mapping[str, Any], me: str) -> Loc
     """
     conversation_id = msg["conversation_id"]
     seq = msg["seq"]
+    fields = _v11_fields(msg)
     existing = conn.execute(
-        "SELECT 1 FROM messages WHERE conversation_id = ? AND seq = ?", (conversation_id, seq)
+        "SELECT rev FROM messages WHERE conversation_id = ? AND seq = ?", (conversation_id, seq)
     ).fetchone()
     if existing is not None:
-        return None
+        if fields[-1] <= existing[0]:
+            return None  # this state or a newer one is stored already
+        # A newer state of a stored message (v1.1: an edit, a delete, a reaction).
+        row = conn.execute(
+            f"UPDATE messages SET body = ?, attachments = ?, reply_to = ?, mentions = ?,"
+            f" edited_at = ?, deleted_at = ?, reactions = ?, rev = ?"
+            f" WHERE conversation_id = ? AND seq = ? RETURNING {_MSG_COLUMNS}",
+            (msg["body"], _attachments(msg), *fields, conversation_id, seq),
+        ).fetchone()
+        return _message(row)
     mine = msg["sender_id"] == me
     if mine:
         row = conn.execute(
-            f"UPDATE messages SET id = ?, seq = ?, status = 'sent', error = NULL"
+            f"UPDATE messages SET id = ?, seq = ?, status = 'sent', error = NULL, body = ?,"
+            f" attachments = ?, reply_to = ?, mentions = ?, edited_at = ?, deleted_at = ?,"
+            f" reactions = ?, rev = ?"
             f" WHERE conversation_id = ? AND sender_id = ? AND client_id = ? AND seq IS NULL"
             f" RETURNING {_MSG_COLUMNS}",
-            (msg["id"], seq, conversation_id, me, msg["client_id"]),
-        ).fetchone()
+            (
+                msg["id"], seq, msg["body"], _attachments(msg), *fields,
+                conversation_id, me, msg["client_id"],
+            ),
+        ).fetchone()  # fmt: skip
         if row is not None:
+            # Delivered: its send leaves the outbox (its edits, if any, now name a seq).
+            conn.execute("DELETE FROM outbox WHERE kind = 'send' AND local_id = ?", (row[0],))
             return _message(row)
     ensure_conversation(conn, conversation_id)
     row = conn.execute(
         f"INSERT INTO messages(conversation_id, client_id, id, seq, sender_id, body, attachments,"
-        f" created_at, status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        f" created_at, status, reply_to, mentions, edited_at, deleted_at, reactions, rev)"
+        f" VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
         f" ON CONFLICT DO NOTHING RETURNING {_MSG_COLUMNS}",
         (
             conversation_id,
@@ -561,15 +755,35 @@ def merge_message(conn: apsw.Connection, msg: Mapping[str, Any], me: str) -> Loc
             seq,
             msg["sender_id"],
             msg["body"],
-            orjson.dumps(msg.get("attachments") or []).decode(),
+            _attachments(msg),
             msg["created_at"],
             "sent" if mine else "received",
+            *fields,
         ),
     ).fetchone()
     return _message(row) if row is not None else None
 
 
+def _attachments(msg: Mapping[str, Any]) -> str:
+    return orjson.dumps(msg.get("attachments") or []).decode()
+
+
+def _v11_fields(msg: Mapping[str, Any]) -> tuple[Any, ...]:
+    """reply_to, mentions, edited_at, deleted_at, reactions and rev of a server message
+    (checked by `sync`); a v1 server sends none of them (rev 0)."""
+    return (
+        msg.get("reply_to"),
+        orjson.dumps(msg.get("mentions") or []).decode(),
+        msg.get("edited_at"),
+        msg.get("deleted_at"),
+        orjson.dumps(msg.get("reactions") or {}).decode(),
+        msg.get("rev") or 0,
+    )
+
+
 def mark_failed(conn: apsw.Connection, local_id: int, error: str) -> LocalMessage | None:
+    """The server refused a send for good: it and every change of it leave the outbox."""
+    conn.execute("DELETE FROM outbox WHERE local_id = ?", (local_id,))
     row = conn.execute(
         "UPDATE messages SET status = 'failed', error = ?"
         " WHERE local_id = ? AND status = 'sending'"
@@ -580,13 +794,19 @@ def mark_failed(conn: apsw.Connection, local_id: int, error: str) -> LocalMessag
 
 
 def retry_failed(conn: apsw.Connection, local_id: int) -> LocalMessage | None:
-    """Put a failed message back in the outbox, with its original client_id."""
-    row = conn.execute(
-        "UPDATE messages SET status = 'sending', error = NULL"
-        " WHERE local_id = ? AND status = 'failed'"
-        f" RETURNING {_MSG_COLUMNS}",
-        (local_id,),
-    ).fetchone()
+    """Put a failed message back at the end of the outbox, with its original client_id."""
+    with transaction(conn):
+        row = conn.execute(
+            "UPDATE messages SET status = 'sending', error = NULL"
+            " WHERE local_id = ? AND status = 'failed'"
+            f" RETURNING {_MSG_COLUMNS}",
+            (local_id,),
+        ).fetchone()
+        if row is not None:
+            conn.execute(
+                "INSERT INTO outbox(kind, local_id, made_at) VALUES ('send', ?, ?)",
+                (local_id, row[8]),
+            )
     return _message(row) if row is not None else None
 
 
@@ -617,11 +837,24 @@ def refresh_read_statuses(
         _message(row)
         for row in conn.execute(
             f"UPDATE messages SET status = 'read' WHERE conversation_id = ?1 AND sender_id = ?2"
-            f" AND status = 'sent' AND seq <= (SELECT min(read_seq) FROM members"
-            f" WHERE conversation_id = ?1 AND user_id != ?2) RETURNING {_MSG_COLUMNS}",
+            f" AND status = 'sent'"
+            f" AND EXISTS (SELECT 1 FROM members WHERE conversation_id = ?1 AND user_id != ?2)"
+            # every member who was there when it was sent has read it (members_joined_at)
+            f" AND NOT EXISTS (SELECT 1 FROM members m WHERE m.conversation_id = ?1"
+            f"  AND m.user_id != ?2 AND m.read_seq < messages.seq"
+            f"  AND (m.joined_at IS NULL OR m.joined_at <= messages.created_at))"
+            f" RETURNING {_MSG_COLUMNS}",
             (conversation_id, me),
         )
     ]
+
+
+# A member who was there when message ?3 (a seq) of conversation ?1 was sent: joined
+# at or before its time (PROTOCOL extension `members_joined_at`), or joined when unknown.
+_THERE = (
+    "(joined_at IS NULL OR joined_at <= coalesce((SELECT created_at FROM messages"
+    " WHERE conversation_id = ?1 AND seq = ?3), joined_at))"
+)
 
 
 def read_by(conn: apsw.Connection, conversation_id: str, seq: int, sender_id: str) -> list[str]:
@@ -630,11 +863,46 @@ def read_by(conn: apsw.Connection, conversation_id: str, seq: int, sender_id: st
         row[0]
         for row in conn.execute(
             "SELECT user_id FROM members"
-            " WHERE conversation_id = ? AND user_id != ? AND read_seq >= ?"
-            " ORDER BY user_id",
+            " WHERE conversation_id = ?1 AND user_id != ?2 AND read_seq >= ?3"
+            f" AND {_THERE} ORDER BY user_id",
             (conversation_id, sender_id, seq),
         )
     ]
+
+
+def readers_of(conn: apsw.Connection, conversation_id: str, seq: int, sender_id: str) -> int:
+    """How many members other than the sender could read `seq` ("read by N of M"): with
+    the server's `members_joined_at`, not those who joined after it was sent; without
+    it, all of them."""
+    return int(
+        conn.execute(
+            f"SELECT count(*) FROM members WHERE conversation_id = ?1 AND user_id != ?2"
+            f" AND {_THERE}",
+            (conversation_id, sender_id, seq),
+        ).get
+    )
+
+
+def last_rev(conn: apsw.Connection, conversation_id: str) -> int:
+    """The change cursor: every change with rev <= it is merged here."""
+    value = conn.execute("SELECT last_rev FROM conversations WHERE id = ?", (conversation_id,)).get
+    return int(value) if value is not None else 0
+
+
+def set_last_rev(conn: apsw.Connection, conversation_id: str, rev: int) -> None:
+    conn.execute(
+        "UPDATE conversations SET last_rev = max(last_rev, ?) WHERE id = ?", (rev, conversation_id)
+    )
+
+
+def step_last_rev(conn: apsw.Connection, conversation_id: str, rev: int) -> None:
+    """A live change: the cursor moves only over the next rev (frames come in rev order,
+    so after the catch-up each is the next; one that is not leaves a gap that the next
+    catch-up fills)."""
+    conn.execute(
+        "UPDATE conversations SET last_rev = ?1 WHERE id = ?2 AND last_rev = ?1 - 1",
+        (rev, conversation_id),
+    )
 
 
 def last_seq(conn: apsw.Connection, conversation_id: str) -> int:
@@ -661,3 +929,30 @@ def set_read_sent(conn: apsw.Connection, conversation_id: str, seq: int) -> None
         "UPDATE conversations SET read_sent_seq = max(read_sent_seq, ?) WHERE id = ?",
         (seq, conversation_id),
     )
+
+
+# ---------------------------------------------------------------- media
+
+
+@attrs.frozen
+class MediaInfo:
+    id: str
+    filename: str | None
+    content_type: str | None
+    size: int | None
+
+
+def save_media(conn: apsw.Connection, info: MediaInfo) -> None:
+    conn.execute(
+        "INSERT INTO media(id, filename, content_type, size) VALUES (?, ?, ?, ?)"
+        " ON CONFLICT(id) DO UPDATE SET filename = excluded.filename,"
+        " content_type = excluded.content_type, size = excluded.size",
+        attrs.astuple(info),
+    )
+
+
+def media_info(conn: apsw.Connection, media_id: str) -> MediaInfo | None:
+    row = conn.execute(
+        "SELECT id, filename, content_type, size FROM media WHERE id = ?", (media_id,)
+    ).fetchone()
+    return MediaInfo(*row) if row is not None else None

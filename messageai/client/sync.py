@@ -4,10 +4,13 @@
 (`messageai.backoff.Backoff`: exponential, full jitter, capped); `sync_once` does a
 single pass for the one-shot commands. Each connection attempt, in order:
 refresh the conversation list over REST, open the WebSocket, subscribe to
-every conversation, catch up each with `get_history` after its `synced_seq`
-(every page), send read marks made offline, then send the outbox oldest first
-with the original `client_id`s (each batch preceded by the read marks not yet
-sent: a send moves my read cursor). Live frames are merged into the store as they
+every conversation, catch up each with `get_changes` after its `last_rev`
+until `has_more` is false (PROTOCOL.md v1.1; a v1 server answers `unknown_type`
+and `get_history` after `synced_seq` is used instead), send read marks made
+offline, then send the outbox (`outbox`: sends, edits, deletes, reactions) oldest
+first, sends with their original `client_id`s (each batch preceded by the read
+marks not yet sent: a send moves my read cursor). A refused change is rolled
+back and announced (`ChangeRefused`). Live frames are merged into the store as they
 arrive; every store change is followed by an event. A `conversation_added` frame
 stores the conversation at once and hands it to the adopting task, which
 subscribes and catches it up on the same connection (the reader cannot wait for
@@ -30,7 +33,7 @@ import attrs
 import httpx
 
 from messageai.backoff import Backoff
-from messageai.client import store
+from messageai.client import outbox, store
 from messageai.client.accounts import ws_url
 from messageai.client.api import Api, parse_conversation
 from messageai.client.errors import (
@@ -42,6 +45,7 @@ from messageai.client.errors import (
     Unreachable,
 )
 from messageai.client.events import (
+    ChangeRefused,
     ConnectionChanged,
     ConnectionState,
     ConversationsChanged,
@@ -91,6 +95,9 @@ class SyncReport:
     delivered: list[store.LocalMessage] = attrs.Factory(list)
     failed: list[store.LocalMessage] = attrs.Factory(list)
     queued: int = 0
+    # Edits, deletes and reactions: confirmed by the server, and refused (rolled back).
+    changed: list[store.LocalMessage] = attrs.Factory(list)
+    refused: list[ChangeRefused] = attrs.Factory(list)
 
 
 def _leaf(exc: BaseException) -> BaseException:
@@ -139,6 +146,8 @@ class Syncer:
         self._added: dict[str, None] = {}
         self._added_overflow = False
         self._added_wake: anyio.Event | None = None
+        # False once the server answered `get_changes` with `unknown_type` (a v1 server).
+        self._has_changes = True
 
     # ------------------------------------------------------------ public
 
@@ -330,6 +339,56 @@ class Syncer:
                 await self._catch_up_one(link, cid)
 
     async def _catch_up_one(self, link: Link, conversation_id: str) -> None:
+        if self._has_changes:
+            try:
+                await self._changes_since(link, conversation_id)
+                return
+            except ServerError as exc:
+                if exc.code != "unknown_type":
+                    raise
+                self._has_changes = False
+        await self._history_since(link, conversation_id)
+
+    async def _changes_since(self, link: Link, conversation_id: str) -> None:
+        """v1.1 catch-up: every change after the highest rev held, page by page."""
+        while True:
+            after = store.last_rev(self._conn, conversation_id)
+            page = await link.request(
+                "get_changes",
+                "changes",
+                conversation_id=conversation_id,
+                after_rev=after,
+                limit=HISTORY_PAGE,
+            )
+            messages = page.get("messages")
+            last_rev = page.get("last_rev")
+            if (
+                not isinstance(messages, list)
+                or not isinstance(page.get("has_more"), bool)
+                or type(last_rev) is not int
+            ):
+                raise ProtocolViolation("changes: messages, last_rev and has_more are required")
+            revs = [m.get("rev") if isinstance(m, dict) else None for m in messages]
+            ints = [r for r in revs if type(r) is int]
+            if len(ints) != len(messages) or any(
+                b <= a for a, b in itertools.pairwise([after, *ints])
+            ):
+                raise ProtocolViolation(f"changes after rev {after}: revs out of order")
+            self._merge(messages)
+            with transaction(self._conn):
+                # Every change up to the page's last one is held (ascending by rev); at
+                # the end, every change up to the conversation's last_rev.
+                store.set_last_rev(
+                    self._conn,
+                    conversation_id,
+                    ints[-1] if page["has_more"] and ints else max([last_rev, *ints]),
+                )
+            if not page["has_more"]:
+                return
+            if not messages:
+                raise ProtocolViolation("changes: has_more with an empty page")
+
+    async def _history_since(self, link: Link, conversation_id: str) -> None:
         while True:
             after = store.synced_seq(self._conn, conversation_id)
             page = await link.request(
@@ -351,8 +410,6 @@ class Syncer:
                     f"history after seq {after}: seqs out of order or not after it"
                 )
             self._merge(messages)
-            if self._report is not None:
-                self._report.fetched += sum(1 for m in messages if m["sender_id"] != self._me)
             if not page["has_more"]:
                 return
             if not messages:
@@ -383,7 +440,14 @@ class Syncer:
     async def _flush(self, link: Link, *, forever: bool) -> None:
         while True:
             wake = self._outbox_wake = anyio.Event()
-            batch = store.outbox(self._conn, OUTBOX_BATCH)
+            blocked = outbox.blocked_head(self._conn)
+            if blocked is not None:
+                # A change of a message that will never be sent (refused meanwhile).
+                with transaction(self._conn):
+                    outbox.done(self._conn, blocked.pos)
+                self._refused(blocked, "the message it changes was never delivered")
+                continue
+            batch = outbox.ready(self._conn, OUTBOX_BATCH)
             # A send moved my read cursor (sdk.Client.send): the mark goes first, on the
             # same connection, so the server never counts what I replied to as unread.
             marks = await self._read_marks_sent(link)
@@ -393,37 +457,75 @@ class Syncer:
                     return
                 await wake.wait()
                 continue
+            outbox.mark_attempted(self._conn, [e.pos for e in batch])
             slots = []
-            for message in batch:
-                slots.append(
-                    await link.send(
-                        "send_message",
-                        conversation_id=message.conversation_id,
-                        client_id=message.client_id,
-                        body=message.body,
-                        attachments=message.attachments,
-                    )
-                )
+            for entry in batch:
+                type_, fields = _frame(entry)
+                slots.append(await link.send(type_, **fields))
             await self._read_marks_answered(link, marks)
-            for message, slot in zip(batch, slots, strict=True):
-                try:
-                    ack = await link.answer(slot, "ack")
-                except ServerError as exc:
-                    if not exc.permanent:
-                        raise
-                    failed = store.mark_failed(self._conn, message.local_id, exc.message)
-                    if failed is not None:
-                        if self._report is not None:
-                            self._report.failed.append(failed)
-                        self._events.emit(MessageUpdated(failed))
-                    continue
-                self._merge([ack.get("message")])
+            for entry, slot in zip(batch, slots, strict=True):
+                if entry.kind == "send":
+                    await self._sent(link, entry, slot)
+                else:
+                    await self._changed(link, entry, slot)
+
+    async def _sent(self, link: Link, entry: outbox.Entry, slot: Slot) -> None:
+        message = entry.message
+        try:
+            ack = await link.answer(slot, "ack")
+        except ServerError as exc:
+            if not exc.permanent:
+                raise
+            # Its queued changes go with it (they are announced as refused).
+            dependents = outbox.changes_of(self._conn, message.local_id)
+            with transaction(self._conn):
+                failed = store.mark_failed(self._conn, message.local_id, exc.message)
+            if failed is not None:
                 if self._report is not None:
-                    done = store.message_by_client_id(
-                        self._conn, message.conversation_id, self._me, message.client_id
-                    )
-                    if done is not None:
-                        self._report.delivered.append(done)
+                    self._report.failed.append(failed)
+                self._events.emit(MessageUpdated(failed))
+            for dependent in dependents:
+                self._refused(dependent, "the message was not delivered: " + exc.message)
+            return
+        self._merge([ack.get("message")])
+        if self._report is not None:
+            done = store.message_by_client_id(
+                self._conn, message.conversation_id, self._me, message.client_id
+            )
+            if done is not None:
+                self._report.delivered.append(done)
+
+    async def _changed(self, link: Link, entry: outbox.Entry, slot: Slot) -> None:
+        try:
+            answer = await link.answer(slot, "updated")
+        except ServerError as exc:
+            if not exc.permanent:
+                raise
+            with transaction(self._conn):
+                outbox.done(self._conn, entry.pos)
+            self._refused(entry, exc.message)
+            return
+        # The server's state first, then the entry goes: a crash in between resends a
+        # change that the server treats as no change (the same body, reaction, delete).
+        self._merge([answer.get("message")])
+        with transaction(self._conn):
+            outbox.done(self._conn, entry.pos)
+        stored = store.message_by_local_id(self._conn, entry.local_id)
+        if stored is not None:
+            self._events.emit(MessageUpdated(stored))  # confirmed: no longer `pending`
+            if self._report is not None:
+                self._report.changed.append(stored)
+
+    def _refused(self, entry: outbox.Entry, error: str) -> None:
+        """Roll back: the entry is gone, so the message reads as the server has it."""
+        stored = store.message_by_local_id(self._conn, entry.local_id)
+        if stored is None:
+            return
+        refusal = ChangeRefused(stored, entry.kind, error)
+        if self._report is not None:
+            self._report.refused.append(refusal)
+        self._events.emit(MessageUpdated(stored))
+        self._events.emit(refusal)
 
     # ------------------------------------------------------------ merging
 
@@ -438,12 +540,18 @@ class Syncer:
                 existing_local = m["sender_id"] == self._me and store.message_by_client_id(
                     self._conn, m["conversation_id"], self._me, m["client_id"]
                 )
+                known = existing_local or store.message_by_seq(
+                    self._conn, m["conversation_id"], m["seq"]
+                )
                 stored = store.merge_message(self._conn, m, self._me)
                 if stored is not None:
-                    changed.append((stored, bool(existing_local)))
+                    changed.append((stored, bool(known)))
                     touched.add(m["conversation_id"])
                 else:
                     already[m["conversation_id"]] = None
+            for m in messages:
+                if type(m.get("rev")) is int:
+                    store.step_last_rev(self._conn, m["conversation_id"], m["rev"])
             updated = []
             for cid in touched:
                 store.advance_synced_seq(self._conn, cid)
@@ -451,7 +559,14 @@ class Syncer:
         read_now = {u.local_id: u for u in updated}
         for message, was_local in changed:
             message = read_now.pop(message.local_id, message)
-            self._events.emit(MessageUpdated(message) if was_local else MessageAdded(message))
+            # As the user sees it: with my changes still queued laid over it.
+            message = store.message_by_local_id(self._conn, message.local_id) or message
+            if was_local:
+                self._events.emit(MessageUpdated(message))
+                continue
+            if self._report is not None and message.sender_id != self._me:
+                self._report.fetched += 1
+            self._events.emit(MessageAdded(message))
         for message in read_now.values():
             self._events.emit(MessageUpdated(message))
         # Stored already: by this process (a live frame and a history page overlap) or
@@ -495,8 +610,13 @@ class Syncer:
     def _on_frame(self, frame: dict[str, Any]) -> None:
         """A live frame (no pending `req`): merge it into the store, then tell the UIs."""
         kind = frame["type"]
-        if kind == "new_message":
+        if kind in ("new_message", "message_updated"):
             self._merge([frame.get("message")])
+        elif kind == "conversation_updated":
+            conv = parse_conversation(frame.get("conversation"))
+            with transaction(self._conn):
+                store.save_conversation(self._conn, conv)
+            self._events.emit(ConversationsChanged((conv["id"],)))
         elif kind == "message_read":
             cid, user_id, seq = frame.get("conversation_id"), frame.get("user_id"), frame.get("seq")
             if not (isinstance(cid, str) and isinstance(user_id, str) and isinstance(seq, int)):
@@ -550,14 +670,59 @@ class Syncer:
             self._added_wake.set()
 
 
+def _frame(entry: outbox.Entry) -> tuple[str, dict[str, Any]]:
+    """The frame type and fields that carry an outbox entry."""
+    m = entry.message
+    if entry.kind == "send":
+        fields: dict[str, Any] = {
+            "conversation_id": m.conversation_id,
+            "client_id": m.client_id,
+            "body": m.body,
+            "attachments": m.attachments,
+        }
+        # Only when used: a plain message stays a plain v1 frame.
+        if m.reply_to is not None:
+            fields["reply_to"] = m.reply_to
+        if m.mentions:
+            fields["mentions"] = m.mentions
+        return "send_message", fields
+    base = {"conversation_id": m.conversation_id, "seq": m.seq}
+    if entry.kind == "edit":
+        return "edit_message", {**base, "body": entry.body}
+    if entry.kind == "delete":
+        return "delete_message", base
+    return "react", {**base, "emoji": entry.emoji, "on": entry.on}
+
+
+# The v1.1 message fields and the types they must have where present.
+_V11_TYPES: dict[str, tuple[type, ...]] = {
+    "reply_to": (int, type(None)),
+    "mentions": (list,),
+    "edited_at": (int, type(None)),
+    "deleted_at": (int, type(None)),
+    "reactions": (dict,),
+    "rev": (int,),
+}
+
+
 def _check_message(m: Any) -> None:
-    """A server message has the shape of `model.Message` (the server's own record)."""
+    """A server message has the shape of `model.Message` (the server's own record),
+    and its v1.1 fields, where present, the types PROTOCOL.md gives them."""
     try:
         message = structure_record(m, Message)
     except ValueError as exc:
         raise ProtocolViolation(f"message: {exc}") from None
     if message.seq < 1:
         raise ProtocolViolation("message: seq must be at least 1")
+    for name, types in _V11_TYPES.items():
+        if name in m and (type(m[name]) not in types):
+            raise ProtocolViolation(f"message: {name} has the wrong type")
+    reactions = m.get("reactions") or {}
+    if not all(
+        isinstance(users, list) and all(isinstance(u, str) for u in users)
+        for users in reactions.values()
+    ) or not all(isinstance(u, str) for u in m.get("mentions") or []):
+        raise ProtocolViolation("message: reactions and mentions hold user ids")
 
 
 __all__ = ["Backoff", "Settings", "SyncReport", "Syncer", "Unreachable"]

@@ -15,6 +15,7 @@ from pathlib import Path
 import trio
 
 from messageai.client import Client, LocalMessage, Settings
+from tests.helpers import Account, Harness
 
 # Fast reconnects and no background polling, so tests move on events alone.
 FAST = Settings(
@@ -66,3 +67,19 @@ def mine(client: Client, conversation_id: str, client_id: str) -> LocalMessage:
     message = client.message(conversation_id, client_id)
     assert message is not None, client_id
     return message
+
+
+async def leave_channels(h: Harness, *accounts: Account) -> None:
+    """Take `accounts` out of every channel they were put in on registration (v1.1's
+    `general`), for tests that count or step through a user's conversations. Leaving a
+    channel is `DELETE …/members/{own id}`; a server without channels lists none."""
+    for account in accounts:
+        r = await h.http.get("/v1/conversations", headers=h.auth(account))
+        assert r.status_code == 200, r.text
+        for conv in r.json()["conversations"]:
+            if conv["kind"] == "channel":
+                left = await h.http.delete(
+                    f"/v1/conversations/{conv['id']}/members/{account.id}",
+                    headers=h.auth(account),
+                )
+                assert left.status_code == 204, left.text

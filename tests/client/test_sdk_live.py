@@ -18,7 +18,7 @@ from messageai.client.errors import Forbidden
 from messageai.client.events import ConversationsChanged, MessageAdded, MessageUpdated
 from messageai.client.store import open_store, set_active
 from messageai.sqlite import transaction
-from tests.client.support import FAST, bodies, live, mine, sign_in, until
+from tests.client.support import FAST, bodies, leave_channels, live, mine, sign_in, until
 from tests.helpers import Harness
 
 # Bug 1's waits: far below the poll interval of the clients (FAST: an hour), so only
@@ -91,6 +91,7 @@ async def test_group_keeps_read_state_per_member(h: Harness, tmp_path: Path) -> 
 
 async def test_two_devices_of_one_user_stay_in_step(h: Harness, tmp_path: Path) -> None:
     ada, bob = await h.account("ada"), await h.account("bob")
+    await leave_channels(h, ada)  # no `general`: this test counts
     cid = await h.direct(ada, bob)
     phone = await sign_in(h.url, "ada", tmp_path / "phone")
     laptop = await sign_in(h.url, "ada", tmp_path / "laptop")

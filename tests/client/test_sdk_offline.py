@@ -20,7 +20,7 @@ import trio
 from messageai.client import Client, ClientError, Unreachable
 from messageai.config import Config
 from tests.client.netproxy import Proxy
-from tests.client.support import FAST, PASSWORD, bodies, live, mine, sign_in, until
+from tests.client.support import FAST, PASSWORD, bodies, leave_channels, live, mine, sign_in, until
 from tests.helpers import Harness, harness, make_config, running_server
 
 DEADLINE = 60
@@ -152,6 +152,7 @@ async def test_reads_from_the_local_store_work_with_the_server_down(tmp_path: Pa
     with trio.fail_after(DEADLINE):
         async with harness(make_config(tmp_path / "data")) as h:
             ada, bob = await h.account("ada"), await h.account("bob")
+            await leave_channels(h, ada)  # no `general`: this test counts
             cid = await h.direct(ada, bob)
             async with h.ws(bob) as b:
                 await b.send_message(cid, "one")

@@ -159,3 +159,39 @@ def test_a_conversation_is_active_until_we_know_we_left_it(conn: apsw.Connection
     found = store.get_conversation(conn, ME, "c_1")
     assert found is not None and not found.active
     assert store.get_conversation(conn, ME, "c_unknown") is None
+
+
+def test_read_by_n_of_m_leaves_out_members_added_after_the_message(
+    conn: apsw.Connection,
+) -> None:
+    # The server's `members_joined_at` extension: cat joined after seq 1 was sent (at 1).
+    with conn:
+        store.save_conversation(
+            conn, {**conv(members=(ME, BOB, CAT)), "members_joined_at": {CAT: 2, BOB: 0, ME: 0}}
+        )
+        store.merge_message(conn, server_message(1, ME, "a"), ME)
+        store.merge_message(conn, server_message(2, ME, "b"), ME)
+        store.set_read_seq(conn, "c_1", BOB, 2)  # cat has read nothing
+        read = store.refresh_read_statuses(conn, "c_1", ME)
+    assert store.readers_of(conn, "c_1", 1, ME) == 1  # bob only
+    assert store.readers_of(conn, "c_1", 2, ME) == 2
+    assert store.read_by(conn, "c_1", 1, ME) == [BOB]
+    # Read by everyone who was there: seq 1 is `read`, seq 2 waits for cat.
+    assert [m.seq for m in read] == [1]
+    # Without the extension every member counts, as before.
+    with conn:
+        store.save_conversation(conn, conv(members=(ME, BOB, CAT)))
+    assert store.readers_of(conn, "c_1", 1, ME) == 2
+
+
+def test_a_newer_state_of_a_message_replaces_the_stored_one_and_an_older_does_not(
+    conn: apsw.Connection,
+) -> None:
+    first = {**server_message(1), "rev": 1}
+    edited = {**first, "body": "edited", "edited_at": 9, "rev": 3}
+    with conn:
+        store.merge_message(conn, first, ME)
+        assert store.merge_message(conn, edited, ME) is not None
+        assert store.merge_message(conn, first, ME) is None  # late and older: ignored
+    m = store.message_by_seq(conn, "c_1", 1)
+    assert m is not None and (m.body, m.edited_at, m.rev) == ("edited", 9, 3)
