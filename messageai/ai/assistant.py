@@ -166,6 +166,9 @@ class Assistant:
         self._cache = AnswerCache(config.cache_entries, config.cache_ttl_seconds)
         self._budget = Budget(config.daily_tokens_per_user)
         self._flights: dict[str, set[_Flight]] = {}
+        # Edits and deletes committed anywhere so far: an answer made while one
+        # happened is not cached (it may hold a body that is gone now).
+        self._changes = 0
 
     @property
     def available(self) -> bool:
@@ -243,6 +246,7 @@ class Assistant:
 
     def message_changed(self, message: Message) -> None:
         """An edit or delete committed (the actor calls this): answers that used it go."""
+        self._changes += 1
         self._cache.forget_seq(message.conversation_id, message.seq)
 
     # ------------------------------------------------------------ ask
@@ -265,9 +269,11 @@ class Assistant:
             cached = self._cache.get(key)
             if cached is not None:
                 return Answer(cached.answer, list(cached.citations), True)
+            changes = self._changes
             run = _Run(self, endpoint, conversation_id, user_id, "ask", flight)
             answer, cited = await run.within_timeout(run.ask(text, on_delta))
-            self._cache.put(key, answer, cited, run.given)
+            if changes == self._changes:
+                self._cache.put(key, answer, cited, run.given)
             return Answer(answer, cited, False)
         raise Unavailable("the answer was cancelled")  # only our own cancel gets here
 
