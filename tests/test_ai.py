@@ -711,3 +711,18 @@ async def test_background_requests_are_consented_and_logged_without_a_user(
     (entry,) = await ai_log(h, a, cid)
     assert entry["user_id"] is None and entry["action"] == "action_items"
     assert entry["seqs"] == [s1]
+
+
+async def test_catch_up_of_a_long_unread_range_summarises_its_newest_part(
+    tmp_path: Path,
+) -> None:
+    async with ai_server(tmp_path, max_context_messages=3) as (h, llm):
+        a, b, cid = await setup(h)
+        seqs = [await send(h, a, cid, f"news item {n}") for n in range(5)]
+        await switch(h, a, cid, True)
+        llm.script(text(f"items [{seqs[0]}] [{seqs[4]}]"))
+        r = await h.http.post(f"/v1/conversations/{cid}/ai/catch-up", headers=h.auth(b))
+        assert r.json()["from_seq"] == seqs[2] and r.json()["to_seq"] == seqs[4]
+        assert r.json()["citations"] == [seqs[4]]
+        (request,) = llm.texts()
+        assert "news item 1" not in request and "news item 2" in request

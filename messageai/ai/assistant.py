@@ -298,7 +298,9 @@ class Assistant:
                 return CatchUp(None, [], None, None)
             run = _Run(self, endpoint, conversation_id, user_id, "catch_up", flight)
             summary, cited = await run.within_timeout(run.catch_up(unread))
-            return CatchUp(summary, cited, unread[0].seq, unread[-1].seq)
+            # The range summarised: what the request carried (within the size bounds).
+            shown = sorted(run.given) or [unread[0].seq, unread[-1].seq]
+            return CatchUp(summary, cited, shown[0], shown[-1])
         raise Unavailable("the answer was cancelled")
 
     async def background(
