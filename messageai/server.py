@@ -3,7 +3,8 @@
 `Server.run` is a Trio service (`await nursery.start(server.run)` gives the bound
 port, so tests use 127.0.0.1:0). Nurseries, from the outside in: the actor
 nursery (owned by the registry; outlives every connection; the directory's
-housekeeping, the media cleanup task and the push task run there too), then the
+housekeeping, the media cleanup task, the push task and the jobs runner with its
+handlers run there too), then the
 connection nursery (one task per TCP connection). `shutdown()` stops accepting, closes
 WebSockets with 1001, gives connections `shutdown_timeout_seconds`, then cancels
 the actors, which let a commit already in its worker thread finish and close
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import errno
 import logging
+from collections.abc import Sequence
 from urllib.parse import parse_qs, urlsplit
 
 import orjson
@@ -38,6 +40,7 @@ from messageai.errors import (
     error_body,
 )
 from messageai.identity.authenticator import Authenticator, make_authenticator
+from messageai.jobs import JobKind, Jobs
 from messageai.live.echo import EchoSession
 from messageai.live.guard import Guard
 from messageai.live.presence import Presence
@@ -56,10 +59,17 @@ WS_INBOUND_QUEUE = 4
 
 
 class Server:
-    def __init__(self, config: Config, *, echo_websockets: bool = False) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        echo_websockets: bool = False,
+        job_kinds: Sequence[JobKind] = (),
+    ) -> None:
         """`echo_websockets` is for tests only (Autobahn|Testsuite): every WebSocket,
         once through the same handshake, is an `EchoSession` on the same writer and
-        limits instead of the chat protocol. No config key turns it on."""
+        limits instead of the chat protocol. No config key turns it on. `job_kinds`
+        are added to the server's own job kinds (tests register theirs so)."""
         self.config = config
         self.port: int | None = None
         self._stop = trio.Event()
@@ -71,6 +81,8 @@ class Server:
         self.media: Media | None = None
         self.push: Push | None = None
         self.search: Search | None = None
+        self.jobs: Jobs | None = None
+        self._job_kinds = tuple(job_kinds)
         self.guard = Guard(config)
 
     def shutdown(self) -> None:
@@ -145,6 +157,9 @@ class Server:
                 await actor_nursery.start(media.run)
                 if push.enabled:
                     await actor_nursery.start(push.run)
+                jobs = Jobs(config, self._job_kinds)
+                await actor_nursery.start(jobs.run)
+                self.jobs = jobs
                 self.registry = registry
 
                 async def members_added(conversation_id: str, user_ids: tuple[str, ...]) -> None:
