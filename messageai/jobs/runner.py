@@ -16,8 +16,9 @@ then the job is dead with its last error kept. At shutdown the running handlers 
 cancelled and their jobs given back (queued, the attempt not counted). After a crash
 (kill -9) their leases simply expire and the next runner claims them.
 
-Failures of the runner itself stay local: a statement that fails (a full disk) is
-logged and retried on the next pass; the leases it could not settle expire.
+Supervision: a handler's failure is only that attempt's outcome; a statement that
+fails (a full disk) is logged and tried again on the next pass (the leases it could not
+settle expire); a bug in the runner's own loop restarts the loop, not the server.
 """
 
 from __future__ import annotations
@@ -35,7 +36,14 @@ import trio
 
 from messageai.backoff import Backoff
 from messageai.config import Config
-from messageai.jobs.kind import BadJob, JobContext, JobKind, QueueFull, describe_error
+from messageai.jobs.kind import (
+    BadJob,
+    JobContext,
+    JobKind,
+    JobRefused,
+    QueueFull,
+    describe_error,
+)
 from messageai.model import new_id, now_ms
 from messageai.sqlite import migrate, open_db, transaction
 from messageai.store import jobs as sql
@@ -105,6 +113,8 @@ class Jobs:
         refuses or larger than `jobs.max_payload_bytes`, a bad key) or QueueFull; nothing
         is stored then. Returns once committed. Cancellation while queued for the write
         thread withdraws the job; once the write has started it completes."""
+        if self._conn is None:
+            raise JobRefused("the jobs service is not running")
         handler = self._kinds.get(kind)
         if handler is None:
             raise BadJob(f"unknown job kind {kind!r}")
@@ -153,10 +163,21 @@ class Jobs:
         jobs still running and close the file."""
         try:
             await self._pool.run(self._open)
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._heartbeat)
-                task_status.started()
-                await self._dispatch(nursery)
+            started = False
+            while True:
+                try:
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(self._heartbeat)
+                        if not started:
+                            task_status.started()
+                            started = True
+                        await self._dispatch(nursery)
+                except Exception:
+                    # A bug in the runner itself (handlers' failures never get here):
+                    # its handlers were cancelled and gave their jobs back; start over
+                    # rather than take the server down.
+                    log.exception("jobs: the runner failed; restarting it")
+                    await trio.sleep(self._config.poll_seconds)
         finally:
             # Every handler has ended and given its job back: no statement is queued.
             self._pool.close()
@@ -279,8 +300,14 @@ class Jobs:
         job = entry.job
         kind = self._kinds.get(job.kind)
         if kind is None:
-            return f"no handler for job kind {job.kind!r} in this server"
-        ctx = JobContext(job.id, job.kind, job.dedup_key, job.attempts, orjson.loads(job.payload))
+            return f"no handler for job kind {job.kind[:64]!r} in this server"
+        try:
+            payload = orjson.loads(job.payload)
+        except orjson.JSONDecodeError:
+            payload = None  # written by another process without `enqueue`'s checks
+        if not isinstance(payload, dict):
+            return "the stored payload is not a JSON object"
+        ctx = JobContext(job.id, job.kind, job.dedup_key, job.attempts, payload)
         timeout = self._config.attempt_timeout_seconds
         try:
             with entry.scope, trio.fail_after(timeout):
