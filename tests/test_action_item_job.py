@@ -79,11 +79,19 @@ async def _names(cid: str, user_ids: Sequence[str]) -> list[tuple[str, str]]:
 
 
 @contextlib.asynccontextmanager
-async def _running(tmp_path: Path, llm: FakeLLM, **jobs: Any) -> AsyncIterator[tuple[Jobs, File]]:
+async def _running(
+    tmp_path: Path, llm: FakeLLM, max_messages: int = 60, **jobs: Any
+) -> AsyncIterator[tuple[Jobs, File]]:
     file = File(tmp_path / "c.sqlite3")
     endpoint = Endpoint(AiConfig(base_url=llm.url, model="m"), None)
     kind = action_items_kind(
-        endpoint, file.run, file.switch, file.add_log, _names, max_messages=60, max_chars=24000
+        endpoint,
+        file.run,
+        file.switch,
+        file.add_log,
+        _names,
+        max_messages=max_messages,
+        max_chars=24000,
     )
     config = make_config(
         tmp_path / "data",
@@ -187,3 +195,27 @@ async def test_a_payload_other_than_a_conversation_id_is_refused(tmp_path: Path)
             ):
                 with pytest.raises(BadJob):
                     await jobs.enqueue(KIND, payload, dedup_key="k")
+
+
+async def test_items_follow_an_edit_of_a_source_outside_the_newest_messages(tmp_path: Path) -> None:
+    with trio.fail_after(30):
+        async with fake_llm() as llm, _running(tmp_path, llm, max_messages=2) as (jobs, file):
+            # An item from messages 1 and 2, stored by an earlier run with a wider window.
+            with transaction(file.conn):
+                found = [items_sql.Extracted("Book the room", "u_bob", None, (1, 2))]
+                items_sql.apply_extraction(file.conn, "job:earlier", [1, 2], found, 3, 5000)
+            with transaction(file.conn):
+                conversation.edit(file.conn, 1, BODIES[0][1], "Bob, please book the hall", 9000, 4)
+            llm.script(
+                tools(
+                    ("record_action_items", {"items": [{"text": "Book the hall", "sources": [1]}]})
+                )
+            )
+            job = await jobs.enqueue(KIND, {"conversation_id": CID}, dedup_key="k2")
+            await _finished(jobs, job.job_id)
+            assert [(i.text, i.source_seqs) for i in items_sql.items(file.conn)] == [
+                ("Book the hall", (1,))
+            ]
+    # The request re-read the item's sources, though 1 is not among the newest two.
+    (second,) = llm.texts()
+    assert "please book the hall" in second and "Will do" in second and "thanks" not in second

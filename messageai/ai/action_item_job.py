@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, cast
 
 import apsw
 
@@ -59,21 +59,32 @@ def check_payload(payload: dict[str, Any]) -> None:
 
 
 def _window(conn: apsw.Connection, limit: int, max_chars: int) -> list[tuple[int, str, int, str]]:
-    """The newest live messages, oldest first, within `limit` messages and `max_chars`
-    characters of bodies: (seq, sender id, created_at, body)."""
-    rows: list[tuple[int, str, int, str]] = []
+    """What the model is shown, oldest first, as (seq, sender id, created_at, body): the
+    live sources of the items already stored (so every run checks them again, which is
+    how items follow edits of their sources), then the newest live messages, within
+    `limit` messages and `max_chars` characters of bodies."""
+    chosen: dict[int, tuple[int, str, int, str]] = {}
     total = 0
-    for seq, sender, created_at, body in conn.execute(
+    sources = conn.execute(
+        "SELECT m.seq, m.sender_id, m.created_at, m.body FROM messages m WHERE m.seq IN"
+        " (SELECT DISTINCT seq FROM action_item_sources) AND m.deleted_at IS NULL"
+        " ORDER BY m.seq DESC LIMIT ?",
+        (limit,),
+    ).fetchall()
+    newest = conn.execute(
         "SELECT seq, sender_id, created_at, body FROM messages WHERE deleted_at IS NULL"
         " AND body != '' ORDER BY seq DESC LIMIT ?",
         (limit,),
-    ):
-        total += len(body)
-        if rows and total > max_chars:
+    ).fetchall()
+    for row in [*sources, *newest]:
+        seq, sender, created_at, body = cast(tuple[int, str, int, str], row)
+        if seq in chosen:
+            continue
+        if len(chosen) >= limit or (chosen and total + len(body) > max_chars):
             break
-        rows.append((seq, sender, created_at, body))
-    rows.reverse()
-    return rows
+        total += len(body)
+        chosen[seq] = (seq, sender, created_at, body)
+    return sorted(chosen.values())
 
 
 def action_items_kind(
