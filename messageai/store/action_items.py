@@ -28,9 +28,10 @@ MAX_ITEMS = 200
 
 
 def _create(conn: apsw.Connection) -> None:
+    # IF NOT EXISTS: the step may land before or after other branches' steps.
     conn.execute(
         """
-        CREATE TABLE action_items(
+        CREATE TABLE IF NOT EXISTS action_items(
             id TEXT PRIMARY KEY,
             text TEXT NOT NULL,
             owner_id TEXT,
@@ -39,13 +40,13 @@ def _create(conn: apsw.Connection) -> None:
             created_at INTEGER NOT NULL,
             updated_at INTEGER NOT NULL
         ) WITHOUT ROWID;
-        CREATE TABLE action_item_sources(
+        CREATE TABLE IF NOT EXISTS action_item_sources(
             item_id TEXT NOT NULL REFERENCES action_items(id) ON DELETE CASCADE,
             seq INTEGER NOT NULL,
             PRIMARY KEY (item_id, seq)
         ) WITHOUT ROWID;
-        CREATE INDEX action_item_sources_seq ON action_item_sources(seq, item_id);
-        CREATE TABLE action_item_runs(
+        CREATE INDEX IF NOT EXISTS action_item_sources_seq ON action_item_sources(seq, item_id);
+        CREATE TABLE IF NOT EXISTS action_item_runs(
             job_key TEXT PRIMARY KEY,
             rev INTEGER NOT NULL,
             applied_at INTEGER NOT NULL
