@@ -308,6 +308,8 @@ class JobsConfig:
     max_payload_bytes: int = attrs.field(default=16384, validator=[v.ge(64), v.le(1 << 20)])
     max_pending: int = attrs.field(default=100_000, validator=[v.ge(1), v.le(10_000_000)])
     keep_finished_seconds: float = attrs.field(default=7 * 86400.0, validator=_positive)
+    # PROTOCOL.md: action items follow edits within 60 s, so the slot stays well below.
+    action_items_delay_seconds: float = attrs.field(default=20.0, validator=[_positive, v.le(50)])
 
     def __attrs_post_init__(self) -> None:
         if self.backoff_base_seconds > self.backoff_max_seconds:

@@ -23,6 +23,8 @@ import trio
 import trio_websocket
 
 from messageai import passwords, rest
+from messageai.ai import action_item_board
+from messageai.ai.action_item_triggers import ActionItemTriggers
 from messageai.ai.assistant import Assistant
 from messageai.ai.endpoint import Endpoint, load_api_key
 from messageai.config import Config
@@ -86,6 +88,7 @@ class Server:
         self.jobs: Jobs | None = None
         self._job_kinds = tuple(job_kinds)
         self.assistant: Assistant | None = None
+        self.action_items: action_item_board.ActionItemBoard | None = None
         self.endpoint: Endpoint | None = None
         self.guard = Guard(config)
 
@@ -161,9 +164,6 @@ class Server:
                 await actor_nursery.start(media.run)
                 if push.enabled:
                     await actor_nursery.start(push.run)
-                jobs = Jobs(config, self._job_kinds)
-                await actor_nursery.start(jobs.run)
-                self.jobs = jobs
                 self.registry = registry
 
                 async def members_added(conversation_id: str, user_ids: tuple[str, ...]) -> None:
@@ -180,7 +180,28 @@ class Server:
                 )
                 self.endpoint = endpoint
                 self.assistant = Assistant(config.ai, directory, registry, search, endpoint)
-                registry.changed = self.assistant.message_changed
+                # Durable jobs, and the action items extracted by them (with an endpoint).
+                kinds = list(self._job_kinds)
+                if endpoint is not None:
+                    kinds.append(
+                        action_item_board.job_kind(endpoint, config.ai, directory, registry)
+                    )
+                jobs = Jobs(config, kinds)
+                await actor_nursery.start(jobs.run)
+                self.jobs = jobs
+                triggers = (
+                    ActionItemTriggers(
+                        jobs, debounce_seconds=config.jobs.action_items_delay_seconds
+                    )
+                    if endpoint is not None
+                    else None
+                )
+                if triggers is not None:
+                    await actor_nursery.start(triggers.run)
+                self.action_items = action_item_board.ActionItemBoard(directory, registry, triggers)
+                registry.changed = action_item_board.chain(
+                    self.assistant.message_changed, self.action_items.message_changed
+                )
                 front = self._front_door(directory, registry, presence, media, push)
                 await self._serve(front, presence, task_status)
                 registry.closing = True
@@ -223,6 +244,7 @@ class Server:
             self.close_token_sessions,
             search,
             self.assistant,
+            self.action_items,
         )
         app = App(
             router,

@@ -108,6 +108,13 @@ def set_status(conn: apsw.Connection, item_id: str, status: str, now: int) -> bo
     return conn.changes() > 0
 
 
+def extracted_rev(conn: apsw.Connection) -> int:
+    """The conversation's `rev` at the newest applied extraction (0: none yet)."""
+    value = conn.execute("SELECT coalesce(max(rev), 0) FROM action_item_runs").get
+    assert isinstance(value, int)
+    return value
+
+
 def is_source(conn: apsw.Connection, seq: int) -> bool:
     """Whether message `seq` is a source of some item (an edit of it calls for a new
     extraction)."""
