@@ -11,10 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import trio
 
-from tests.helpers import Account, Harness, assert_error, harness, make_config
-from tests.llm import FakeLLM, fake_llm, tools
+from messageai.sqlite import open_db
+from messageai.store import jobs as jobs_sql
+from tests.helpers import Account, Harness, ServerProcess, assert_error, harness, make_config
+from tests.llm import FakeLLM, Reply, fake_llm, tools
 
 FAST_JOBS = {"poll_seconds": 0.05, "action_items_delay_seconds": 0.2, "lease_seconds": 1.0}
 
@@ -146,3 +149,90 @@ async def test_checks_come_in_the_contracts_order(tmp_path: Path) -> None:
             f"{_items_url(cid)}/x", json={"status": "done"}, headers=h.auth(eve)
         )
         assert_error(ok, 403, "forbidden")
+
+
+@pytest.mark.slow
+async def test_kill_9_while_items_are_extracted_runs_the_job_again_and_stores_them_once(
+    tmp_path: Path,
+) -> None:
+    data = tmp_path / "data"
+    with trio.fail_after(60):
+        async with fake_llm() as llm:
+            config_file = ServerProcess.write_config(
+                tmp_path / "messageai.toml",
+                f'[ai]\nbase_url = "{llm.url}"\nmodel = "fake-model"\n'
+                "[jobs]\npoll_seconds = 0.05\nlease_seconds = 1.0\naction_items_delay_seconds = 0.2\n",
+            )
+            answer = {"items": [{"text": "Send the slides", "owner": "bob", "sources": [1]}]}
+            # The first request is held until the server is killed; the re-run gets this.
+            llm.script(Reply(delay=30), tools(("record_action_items", answer)))
+            async with trio.open_nursery() as nursery:
+                proc = ServerProcess(data, config_file)
+                port = await proc.start(nursery)
+                async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+                    ada = await _register(http, "ada")
+                    bob = await _register(http, "bob")
+                    r = await http.post(
+                        "/v1/conversations",
+                        json={"kind": "group", "title": "T", "member_ids": [bob.id]},
+                        headers=_auth(ada),
+                    )
+                    cid = r.json()["id"]
+                    r = await http.post(
+                        f"/v1/conversations/{cid}/messages",
+                        json={"client_id": "k1", "body": "bob please send the slides"},
+                        headers=_auth(ada),
+                    )
+                    assert r.status_code == 201
+                    await http.put(
+                        f"/v1/conversations/{cid}/ai", json={"enabled": True}, headers=_auth(ada)
+                    )
+                    assert (await http.get(_items_url(cid), headers=_auth(ada))).json() == {
+                        "items": []
+                    }
+                await llm.any_request.wait()  # the extraction is waiting for the model
+                proc.kill()
+                assert await proc.wait() == -9
+            [job] = _jobs(data)
+            assert (job.state, job.attempts) == ("running", 1)
+
+            async with trio.open_nursery() as nursery:
+                proc = ServerProcess(data, config_file)
+                port = await proc.start(nursery)
+                # The dead process's lease expires; the job runs again and finishes.
+                while _jobs(data)[0].state != "done":
+                    await trio.sleep(0.05)
+                async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+                    r = await http.get(_items_url(cid), headers=_auth(ada))
+                    [item] = r.json()["items"]
+                    assert (item["text"], item["owner_id"], item["source_seqs"]) == (
+                        "Send the slides",
+                        bob.id,
+                        [1],
+                    )
+                    r = await http.get(f"/v1/conversations/{cid}/ai/log", headers=_auth(ada))
+                    # Both requests carried the content, and both are in the log.
+                    assert [e["action"] for e in r.json()["entries"]] == ["action_items"] * 2
+                proc.terminate()
+                assert await proc.wait() == 0
+            [job] = _jobs(data)
+            assert (job.state, job.attempts) == ("done", 2)
+            assert len(llm.requests) == 2
+
+
+async def _register(http: httpx.AsyncClient, name: str) -> Account:
+    r = await http.post("/v1/auth/register", json={"username": name, "password": "password1"})
+    body = r.json()
+    return Account(id=body["user"]["id"], username=name, token=body["token"])
+
+
+def _auth(who: Account) -> dict[str, str]:
+    return {"Authorization": f"Bearer {who.token}"}
+
+
+def _jobs(data: Path) -> list[jobs_sql.Job]:
+    conn = open_db(data / jobs_sql.JOBS_FILE, "FULL")
+    try:
+        return jobs_sql.all_jobs(conn)
+    finally:
+        conn.close()
