@@ -1,10 +1,10 @@
 """The `ai.action_items` job kind: extract one conversation's action items in the
 background and store them in its file, exactly once per job.
 
-Made by `action_items_kind(...)` and registered with the jobs runner by the server
-(not yet: it needs the assistant's switch and log, and the actor's `Ai` command, which
-are being built on branch `assistant`; see the report). Its collaborators are passed
-in, so that the kind holds no state and imports nothing above `ai/`:
+Made by `action_items_kind(...)`, bound to the server's actor, switch, log and
+directory by `ai.action_item_board.job_kind`, and registered with the jobs runner by
+the server when an endpoint is configured. Its collaborators are passed in, so that
+the kind holds no state and tests can run it on a bare file:
 
 - `conversation(cid, work, writes)` runs `work(conn)` in the conversation actor's
   storage phase (its own connection, ordered with its messages; `writes` in the

@@ -1,15 +1,18 @@
 """When action items are extracted: one `ai.action_items` job per conversation per
-debounce slot after a message is sent or edited there.
+debounce slot after it was touched.
 
-`ActionItemTriggers.touched(cid)` is to be called by the conversation's actor after a
-commit that added or edited a message while the conversation's switch is on (not wired
-yet: the switch is on branch `assistant`). It never waits and never fails: the
-conversation joins a bounded set, and the triggers' task (started in the actor nursery
-beside the jobs runner) turns the set into jobs. The dedup key is the conversation and
-the slot (`slot = now // debounce`), and the job runs at the slot's end, so a burst of
-messages costs one extraction, and an edit is followed within `debounce` plus the
-model's time (PROTOCOL.md: within 60 s). A delete needs no job: `store.action_items`
-drops the message from the items in the delete's own commit.
+`ActionItemTriggers.touched(cid)` is called by `ai.action_item_board`: when a list of
+items is read while the conversation has messages or changes newer than its last
+extraction, and after every committed edit or delete (the registry's `changed` hook,
+called by the actor). It never waits and never fails: the conversation joins a
+bounded set, and the triggers' task (started in the actor nursery beside the jobs
+runner) turns the set into jobs; each job checks the switch itself.
+
+The dedup key is the conversation and the slot (`slot = now // debounce`), and the
+job runs at the slot's end, so a burst of touches costs one extraction, and an edit
+is followed within `debounce` plus the model's time (PROTOCOL.md: within 60 s). A
+delete needs no job to leave the items: `store.action_items` drops the message from
+them in the delete's own commit.
 """
 
 from __future__ import annotations
