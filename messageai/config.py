@@ -297,6 +297,30 @@ class AiConfig:
 
 
 @attrs.frozen(field_transformer=_name_errors)
+class JobsConfig:
+    concurrency: int = attrs.field(default=4, validator=[v.ge(1), v.le(256)])
+    max_attempts: int = attrs.field(default=5, validator=[v.ge(1), v.le(100)])
+    lease_seconds: float = attrs.field(default=30.0, validator=[_positive, v.le(86400)])
+    attempt_timeout_seconds: float = attrs.field(default=300.0, validator=[_positive, v.le(86400)])
+    backoff_base_seconds: float = attrs.field(default=2.0, validator=[_positive, v.le(86400)])
+    backoff_max_seconds: float = attrs.field(default=600.0, validator=[_positive, v.le(86400)])
+    poll_seconds: float = attrs.field(default=5.0, validator=[_positive, v.le(3600)])
+    max_payload_bytes: int = attrs.field(default=16384, validator=[v.ge(64), v.le(1 << 20)])
+    max_pending: int = attrs.field(default=100_000, validator=[v.ge(1), v.le(10_000_000)])
+    keep_finished_seconds: float = attrs.field(default=7 * 86400.0, validator=_positive)
+    # PROTOCOL.md: action items follow edits within 60 s, so the slot stays well below.
+    action_items_delay_seconds: float = attrs.field(default=20.0, validator=[_positive, v.le(50)])
+
+    def __attrs_post_init__(self) -> None:
+        if self.backoff_base_seconds > self.backoff_max_seconds:
+            raise _FieldError(
+                "backoff_base_seconds",
+                "must not be more than backoff_max_seconds "
+                f"({self.backoff_base_seconds} > {self.backoff_max_seconds})",
+            )
+
+
+@attrs.frozen(field_transformer=_name_errors)
 class LoggingConfig:
     level: Literal["debug", "info", "warning", "error"] = attrs.field(
         default="info", validator=v.in_(("debug", "info", "warning", "error"))
@@ -314,6 +338,7 @@ class Config:
     media: MediaConfig = MediaConfig()
     push: PushConfig = PushConfig()
     search: SearchConfig = SearchConfig()
+    jobs: JobsConfig = JobsConfig()
     ai: AiConfig = AiConfig()
     logging: LoggingConfig = LoggingConfig()
 

@@ -3,7 +3,8 @@
 `Server.run` is a Trio service (`await nursery.start(server.run)` gives the bound
 port, so tests use 127.0.0.1:0). Nurseries, from the outside in: the actor
 nursery (owned by the registry; outlives every connection; the directory's
-housekeeping, the media cleanup task and the push task run there too), then the
+housekeeping, the media cleanup task, the push task and the jobs runner with its
+handlers run there too), then the
 connection nursery (one task per TCP connection). `shutdown()` stops accepting, closes
 WebSockets with 1001, gives connections `shutdown_timeout_seconds`, then cancels
 the actors, which let a commit already in its worker thread finish and close
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import errno
 import logging
+from collections.abc import Sequence
 from urllib.parse import parse_qs, urlsplit
 
 import orjson
@@ -21,6 +23,8 @@ import trio
 import trio_websocket
 
 from messageai import passwords, rest
+from messageai.ai import action_item_board
+from messageai.ai.action_item_triggers import ActionItemTriggers
 from messageai.ai.assistant import Assistant
 from messageai.ai.endpoint import Endpoint, load_api_key
 from messageai.config import Config
@@ -40,6 +44,7 @@ from messageai.errors import (
     error_body,
 )
 from messageai.identity.authenticator import Authenticator, make_authenticator
+from messageai.jobs import JobKind, Jobs
 from messageai.live.echo import EchoSession
 from messageai.live.guard import Guard
 from messageai.live.presence import Presence
@@ -58,10 +63,17 @@ WS_INBOUND_QUEUE = 4
 
 
 class Server:
-    def __init__(self, config: Config, *, echo_websockets: bool = False) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        echo_websockets: bool = False,
+        job_kinds: Sequence[JobKind] = (),
+    ) -> None:
         """`echo_websockets` is for tests only (Autobahn|Testsuite): every WebSocket,
         once through the same handshake, is an `EchoSession` on the same writer and
-        limits instead of the chat protocol. No config key turns it on."""
+        limits instead of the chat protocol. No config key turns it on. `job_kinds`
+        are added to the server's own job kinds (tests register theirs so)."""
         self.config = config
         self.port: int | None = None
         self._stop = trio.Event()
@@ -73,7 +85,10 @@ class Server:
         self.media: Media | None = None
         self.push: Push | None = None
         self.search: Search | None = None
+        self.jobs: Jobs | None = None
+        self._job_kinds = tuple(job_kinds)
         self.assistant: Assistant | None = None
+        self.action_items: action_item_board.ActionItemBoard | None = None
         self.endpoint: Endpoint | None = None
         self.guard = Guard(config)
 
@@ -165,7 +180,28 @@ class Server:
                 )
                 self.endpoint = endpoint
                 self.assistant = Assistant(config.ai, directory, registry, search, endpoint)
-                registry.changed = self.assistant.message_changed
+                # Durable jobs, and the action items extracted by them (with an endpoint).
+                kinds = list(self._job_kinds)
+                if endpoint is not None:
+                    kinds.append(
+                        action_item_board.job_kind(endpoint, config.ai, directory, registry)
+                    )
+                jobs = Jobs(config, kinds)
+                await actor_nursery.start(jobs.run)
+                self.jobs = jobs
+                triggers = (
+                    ActionItemTriggers(
+                        jobs, debounce_seconds=config.jobs.action_items_delay_seconds
+                    )
+                    if endpoint is not None
+                    else None
+                )
+                if triggers is not None:
+                    await actor_nursery.start(triggers.run)
+                self.action_items = action_item_board.ActionItemBoard(directory, registry, triggers)
+                registry.changed = action_item_board.chain(
+                    self.assistant.message_changed, self.action_items.message_changed
+                )
                 front = self._front_door(directory, registry, presence, media, push)
                 await self._serve(front, presence, task_status)
                 registry.closing = True
@@ -208,6 +244,7 @@ class Server:
             self.close_token_sessions,
             search,
             self.assistant,
+            self.action_items,
         )
         app = App(
             router,

@@ -258,9 +258,11 @@ async def raw_websocket_handshake(
 class ServerProcess:
     """`python -m messageai serve` as a real child process (for kill -9 and signals)."""
 
-    def __init__(self, data_dir: Path, config_file: Path) -> None:
+    def __init__(self, data_dir: Path, config_file: Path, module: str = "messageai") -> None:
+        """`module` is what `python -m` runs: `tests.jobserver` adds the test job kinds."""
         self.data_dir = data_dir
         self.config_file = config_file
+        self.module = module
         self.process: trio.Process | None = None
         self.port: int | None = None
         self.output = b""
@@ -279,8 +281,7 @@ class ServerProcess:
                 [
                     sys.executable,
                     "-m",
-                    "messageai",
-                    "serve",
+                    *([self.module, "serve"] if self.module == "messageai" else [self.module]),
                     "--config",
                     str(self.config_file),
                     "--data-dir",

@@ -14,8 +14,10 @@ import getpass
 import logging
 import signal
 import sys
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -26,6 +28,9 @@ from messageai.errors import MessageAIError, StartupError
 from messageai.services.directory import DIRECTORY_FILE, open_directory_db
 from messageai.sqlite import apply_best_practice, transaction
 from messageai.store import directory as sql
+
+if TYPE_CHECKING:
+    from messageai.server import Server
 
 
 def _port(value: str) -> int:
@@ -108,9 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"messageai: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=config.logging.level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(config)
     try:
         if args.command == "serve":
             return trio.run(_serve, config)
@@ -145,6 +148,12 @@ def main(argv: list[str] | None = None) -> int:
     return 2
 
 
+def configure_logging(config: Config) -> None:
+    logging.basicConfig(
+        level=config.logging.level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+
 def _sole_startup_error(exc: BaseException) -> StartupError | OSError | None:
     """The StartupError or OSError an exception group holds, when that is all it holds."""
     while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
@@ -162,11 +171,13 @@ def _raise_open_files_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-async def _serve(config: Config) -> int:
+async def _serve(config: Config, make_server: Callable[[Config], Server] | None = None) -> int:
+    """Serve until SIGINT or SIGTERM. `make_server` is for tests (`tests/jobserver.py`
+    adds its job kinds); the default is `Server`."""
     from messageai.server import Server
 
     _raise_open_files_limit()
-    server = Server(config)
+    server = (make_server or Server)(config)
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
             await nursery.start(server.run)

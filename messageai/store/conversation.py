@@ -1,5 +1,6 @@
 """SQL for one conversation's own database: its messages, their changes (edit history,
-reactions, tombstones, the `rev` counter) and its read cursors.
+reactions, tombstones, the `rev` counter) and its read cursors. (Its keyword index:
+`store/search.py`; its action items: `store/action_items.py`.)
 
 Only the conversation's actor calls these, on the connection it owns; the one
 exception is the bench's seeding (`bulk_insert`), which writes a stopped server's file.
@@ -15,7 +16,7 @@ import orjson
 
 from messageai.model import Message
 from messageai.sqlite import Migration
-from messageai.store import ai, search
+from messageai.store import action_items, ai, search
 
 
 def _v1(conn: apsw.Connection) -> None:
@@ -93,6 +94,8 @@ MIGRATIONS: list[Migration] = [
     search.MIGRATIONS_STEP,
     # the assistant's switch and log (store/ai.py)
     ai.migration,
+    # `action_items.MIGRATIONS_STEP`: the action items (engineer "jobs"'s module).
+    action_items.MIGRATIONS_STEP,
 ]
 
 _COLUMNS = (
@@ -368,6 +371,7 @@ def tombstone(conn: apsw.Connection, seq: int, old_body: str, deleted_at: int, r
     conn.execute("DELETE FROM reactions WHERE seq = ?", (seq,))
     conn.execute("DELETE FROM edits WHERE seq = ?", (seq,))
     search.index_replace(conn, seq, old_body, "")
+    action_items.source_deleted(conn, seq)  # no item keeps a deleted source
 
 
 def add_reaction(conn: apsw.Connection, seq: int, emoji: str, user_id: str, rev: int) -> None:
