@@ -259,6 +259,43 @@ class SearchConfig:
     fill_chunk_rows: int = attrs.field(default=2000, validator=[v.ge(1), v.le(1_000_000)])
 
 
+def _ai_base_url(_inst: object, attr: attrs.Attribute[Any], value: str) -> None:
+    if value and not re.fullmatch(r"https?://[^/?#\s]+(/\S*)?", value):
+        raise ValueError(
+            f"{value!r} is not the URL of an OpenAI-compatible API like "
+            '"http://127.0.0.1:11434/v1" (or "" for no assistant)'
+        )
+
+
+@attrs.frozen(field_transformer=_name_errors)
+class AiConfig:
+    """The assistant's endpoint and its bounds (PROTOCOL.md v1.1 "AI over a conversation")."""
+
+    # "" = no endpoint: every AI route but the settings and the log answers `unavailable`.
+    base_url: str = attrs.field(default="", validator=_ai_base_url)
+    model: str = ""
+    # The API key is read from this file (its first line) or this environment variable;
+    # never from this file itself, so the config can be shown and logged.
+    api_key_file: str = ""
+    api_key_env: str = ""
+    timeout_seconds: float = attrs.field(default=30.0, validator=_positive)
+    max_context_messages: int = attrs.field(default=60, validator=[v.ge(1), v.le(10_000)])
+    max_context_chars: int = attrs.field(default=24_000, validator=[v.ge(1000), v.le(10_000_000)])
+    max_answer_tokens: int = attrs.field(default=1024, validator=[v.ge(16), v.le(1_000_000)])
+    max_tool_rounds: int = attrs.field(default=4, validator=[v.ge(0), v.le(32)])
+    max_response_bytes: int = attrs.field(default=1 << 20, validator=[v.ge(1024), v.le(64 << 20)])
+    max_concurrent_requests: int = attrs.field(default=8, validator=[v.ge(1), v.le(1000)])
+    cache_ttl_seconds: float = attrs.field(default=3600.0, validator=_positive)
+    cache_entries: int = attrs.field(default=1000, validator=[v.ge(1), v.le(1_000_000)])
+    daily_tokens_per_user: int = attrs.field(default=200_000, validator=[v.ge(1)])
+
+    def __attrs_post_init__(self) -> None:
+        if self.base_url and not self.model.strip():
+            raise ValueError("ai.model must be set when ai.base_url is set")
+        if self.api_key_file and self.api_key_env:
+            raise ValueError("ai: set at most one of api_key_file and api_key_env")
+
+
 @attrs.frozen(field_transformer=_name_errors)
 class LoggingConfig:
     level: Literal["debug", "info", "warning", "error"] = attrs.field(
@@ -277,6 +314,7 @@ class Config:
     media: MediaConfig = MediaConfig()
     push: PushConfig = PushConfig()
     search: SearchConfig = SearchConfig()
+    ai: AiConfig = AiConfig()
     logging: LoggingConfig = LoggingConfig()
 
     def __attrs_post_init__(self) -> None:

@@ -134,6 +134,11 @@ def retry_after_ms(seconds: float) -> int:
 class Unavailable(MessageAIError):
     code, status = "unavailable", 503
 
+    def __init__(self, message: str, retry_after_seconds: float | None = None) -> None:
+        super().__init__(message)
+        # When the cause said how long to wait (an AI endpoint's 429): `retry_after_ms`.
+        self.retry_after_seconds = retry_after_seconds
+
 
 class Internal(MessageAIError):
     code, status = "internal", 500
@@ -151,6 +156,8 @@ def error_fields(exc: MessageAIError) -> dict[str, Any]:
     if isinstance(exc, RateLimited):
         # The extension field of PROTOCOL.md, the same on both doors.
         fields["retry_after_ms"] = exc.retry_after_ms
+    elif isinstance(exc, Unavailable) and exc.retry_after_seconds is not None:
+        fields["retry_after_ms"] = retry_after_ms(exc.retry_after_seconds)
     return fields
 
 
