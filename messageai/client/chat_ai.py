@@ -90,10 +90,12 @@ class Assistant:
         not given back to the input). Failures are a notice."""
         core = self.core
         cid = core.current
+        args = rest.split()
+        if name == "/catchup" and len(args) == 1:
+            cid = cid or ""  # `/catchup N` names its conversation
         if cid is None:
             core.notice = "no conversation open: /open N first"
             return False
-        args = rest.split()
         try:
             if name == "/ask":
                 return await self.ask(cid, rest)
@@ -282,8 +284,9 @@ class Assistant:
         return " · AI on" if known["enabled"] else " · AI off"
 
     def changed(self, cid: str, enabled: bool, changed_by: str | None) -> None:
-        """An `ai_settings` frame: said in the notice when it is the open conversation."""
-        if cid != self.core.current:
+        """The settings changed: said in the notice when it is the open conversation and
+        someone else changed them (my own `/ai on|off` says so itself)."""
+        if cid != self.core.current or changed_by == self.client.me:
             return
         who = self._who(changed_by)
         self.core.notice = (

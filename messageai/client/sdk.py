@@ -746,12 +746,9 @@ class Client:
             return await self.api.ask(conversation_id, text)
         link = self.syncer.link
         if link is not None:
-            try:
-                return await _ask_on(link, conversation_id, text, on_delta)
-            except Unreachable:
-                if self.syncer.link is link:
-                    raise
-                # The connection dropped before the question went out: our own below.
+            # Not retried on another connection if this one drops: the question may
+            # have gone out, and a second one would be answered (and logged) twice.
+            return await _ask_on(link, conversation_id, text, on_delta)
         async with (
             open_link(
                 self.api.http,

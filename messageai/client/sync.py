@@ -659,8 +659,9 @@ class Syncer:
         # Unknown types are protocol extensions this client does not know yet: ignored.
 
     def note_ai_settings(self, conversation_id: Any, settings: dict[str, Any]) -> None:
-        """Remember a conversation's AI settings and announce them (`AiSettingsChanged`).
-        A frame for a conversation the store does not hold is ignored."""
+        """Remember a conversation's AI settings; announce them (`AiSettingsChanged`)
+        when they differ from what was known. A conversation the store does not hold
+        is ignored."""
         if not isinstance(conversation_id, str) or not store.has_conversation(
             self._conn, conversation_id
         ):
@@ -670,7 +671,10 @@ class Syncer:
         # A frame has no `changed_at` (the change is now): null, rather than the time
         # of an earlier change.
         kept = {k: settings.get(k) for k in fields}
+        before = self.ai_settings.get(conversation_id)
         self.ai_settings[conversation_id] = kept
+        if before is not None and all(before[k] == kept[k] for k in fields[:3]):
+            return
         self._events.emit(
             AiSettingsChanged(
                 conversation_id,

@@ -297,3 +297,56 @@ async def test_the_chat_app_repaints_as_an_answer_streams(
     async with httpx.AsyncClient(base_url=h.url) as http:
         r = await http.get(f"/v1/conversations/{cid}/messages", headers=h.auth(bob))
     assert len(r.json()["messages"]) == 1
+
+
+async def test_the_todo_and_log_views_show_owners_dues_and_seqs_that_go_opens(
+    h: Harness, tmp_path: Path
+) -> None:
+    """The views as drawn from the server's objects (PROTOCOL.md's shapes), set here
+    directly: no server on any branch serves action items yet."""
+    from messageai.client.chat_ai import View
+
+    ada, bob = (
+        await h.account(
+            "ada",
+        ),
+        await h.account("bob"),
+    )
+    cid = await h.direct(ada, bob)
+    async with h.ws(bob) as b:
+        await b.send_message(cid, "ada will send the slides by friday")
+    async with await sign_in(h.url, "ada", tmp_path / "ada") as client:
+        await client.sync()
+        core = ChatCore(client)
+        await core.open(cid)
+        core.ai.view = View(
+            "todo",
+            cid,
+            "action items in bob",
+            items=[
+                {"id": "i1", "text": "send the slides", "owner_id": ada.id, "due": "friday",
+                 "source_seqs": [1], "status": "open"},
+                {"id": "i2", "text": "book\na room", "owner_id": None, "due": None,
+                 "source_seqs": [], "status": "done"},
+            ],
+        )  # fmt: skip
+        shown = screen(core)
+        assert " 1. [ ] send the slides — ada, due friday · from #1" in shown, shown
+        assert " 2. [x] book a room\n" in shown, shown
+        await core.submit("/go #1")
+        assert not core.rejected and "▶#1 " in screen(core), core.notice
+        core.ai.view = View(
+            "log",
+            cid,
+            "what was sent",
+            entries=[
+                {"at": 1764150000000, "user_id": None, "action": "action_items",
+                 "seqs": list(range(1, 30))},
+                {"at": 1764150000000, "user_id": bob.id, "action": "ask", "seqs": [1]},
+            ],
+        )  # fmt: skip
+        shown = screen(core)
+        assert "(background) action_items: #1 #2" in shown and "and 9 more" in shown, shown
+        assert "bob ask: #1" in shown, shown
+        await core.submit("/go 40")
+        assert core.rejected and "not cited here" in core.notice
