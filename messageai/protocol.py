@@ -126,6 +126,13 @@ class Search:
     mode: str | None = None
 
 
+# ai: PROTOCOL.md v1.1 "AI over a conversation"; the question's rules are ai/assistant.py's.
+@attrs.frozen
+class AiAsk:
+    conversation_id: str
+    question: str
+
+
 # The v1.1 frames that change a message: they go through the group commit as sends do.
 MessageChange: TypeAlias = EditMessage | DeleteMessage | React
 
@@ -142,6 +149,7 @@ ClientFrame: TypeAlias = (
     | React
     | GetChanges
     | Search
+    | AiAsk
 )
 
 CLIENT_FRAMES: dict[str, type[ClientFrame]] = {
@@ -157,6 +165,7 @@ CLIENT_FRAMES: dict[str, type[ClientFrame]] = {
     "react": React,
     "get_changes": GetChanges,
     "search": Search,
+    "ai_ask": AiAsk,
 }
 
 
@@ -480,6 +489,29 @@ class SearchResults:
     req: Req = None
 
 
+# ai: the assistant's frames (PROTOCOL.md v1.1 "AI over a conversation").
+@attrs.frozen
+class AiSettingsChanged:
+    conversation_id: str
+    enabled: bool
+    proactive: bool
+    changed_by: str | None
+
+
+@attrs.frozen
+class AiDelta:
+    text: str
+    req: Req = None
+
+
+@attrs.frozen
+class AiAnswer:
+    answer: str
+    citations: list[int]
+    cached: bool
+    req: Req = None
+
+
 ServerFrame: TypeAlias = (
     Subscribed
     | Ok
@@ -497,6 +529,9 @@ ServerFrame: TypeAlias = (
     | Changes
     | MessageUpdated
     | SearchResults
+    | AiSettingsChanged
+    | AiDelta
+    | AiAnswer
 )
 
 
@@ -517,6 +552,9 @@ SERVER_FRAMES: dict[type, str] = {
     Changes: "changes",
     MessageUpdated: "message_updated",
     SearchResults: "search_results",
+    AiSettingsChanged: "ai_settings",
+    AiDelta: "ai_delta",
+    AiAnswer: "ai_answer",
 }
 
 

@@ -21,6 +21,8 @@ import trio
 import trio_websocket
 
 from messageai import passwords, rest
+from messageai.ai.assistant import Assistant
+from messageai.ai.endpoint import Endpoint, load_api_key
 from messageai.config import Config
 from messageai.conversations.commands import Summary
 from messageai.conversations.registry import Registry
@@ -71,6 +73,8 @@ class Server:
         self.media: Media | None = None
         self.push: Push | None = None
         self.search: Search | None = None
+        self.assistant: Assistant | None = None
+        self.endpoint: Endpoint | None = None
         self.guard = Guard(config)
 
     def shutdown(self) -> None:
@@ -155,6 +159,13 @@ class Server:
                 # lagging file's actor, which fills its index.
                 search = Search(config, directory, lambda cid: registry.actor(cid))
                 self.search = search
+                # ai: the assistant; without `ai.base_url` its routes answer `unavailable`.
+                endpoint = (
+                    Endpoint(config.ai, load_api_key(config.ai)) if config.ai.base_url else None
+                )
+                self.endpoint = endpoint
+                self.assistant = Assistant(config.ai, directory, registry, search, endpoint)
+                registry.changed = self.assistant.message_changed
                 front = self._front_door(directory, registry, presence, media, push)
                 await self._serve(front, presence, task_status)
                 registry.closing = True
@@ -165,6 +176,9 @@ class Server:
                 self.registry.close()
             if self.search is not None:
                 self.search.close()
+            if self.endpoint is not None:
+                with trio.CancelScope(shield=True):
+                    await self.endpoint.aclose()
             directory.close()
 
     def _front_door(
@@ -193,6 +207,7 @@ class Server:
             self.close_user_sessions,
             self.close_token_sessions,
             search,
+            self.assistant,
         )
         app = App(
             router,
@@ -333,6 +348,7 @@ class Server:
             presence,
             self.guard,
             self.search,
+            self.assistant,
         )
         # Both checks are inline and `run` registers the session with presence before
         # its first await, so a deletion or logout either comes before the check or

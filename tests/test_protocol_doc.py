@@ -121,6 +121,7 @@ async def test_every_route_the_server_mounts_is_documented(tmp_path: Path) -> No
                 server.close_user_sessions,
                 server.close_token_sessions,
                 server.search,
+                server.assistant,
             )
     assert "POST /v1/webhooks/clerk" in router.added
     documented = set(subsections(section(doc(), "REST API"), 3))

@@ -255,11 +255,12 @@ def test_query_builder_quotes_every_word() -> None:
 
 def write_old_file(data_dir: Path, conversation_id: str, senders: list[str], total: int) -> None:
     """A conversation file as the release before the index wrote it: the schema of
-    MIGRATIONS without the search step, `total` messages, no index rows."""
+    MIGRATIONS before the search step, `total` messages, no index rows."""
     path = conversation_path(data_dir, conversation_id)
     path.parent.mkdir(parents=True, exist_ok=True)
     conn = open_db(path, "NORMAL")
-    old = [m for m in conversation_sql.MIGRATIONS if m is not search_sql.MIGRATIONS_STEP]
+    steps = conversation_sql.MIGRATIONS
+    old = steps[: steps.index(search_sql.MIGRATIONS_STEP)]
     migrate(conn, old)
     now = now_ms()
     rows = [

@@ -36,7 +36,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, assert_never
+from typing import TYPE_CHECKING, Any, assert_never
 
 import apsw
 import attrs
@@ -44,6 +44,8 @@ import trio
 
 from messageai.config import Config
 from messageai.conversations.commands import (
+    Ai,
+    AiDone,
     Changed,
     ChangesPage,
     Command,
@@ -145,6 +147,7 @@ class ConversationActor:
         on_db_open: Callable[[ConversationActor], None],
         media: Media | None = None,
         notify: Callable[[Message], None] | None = None,
+        changed: Callable[[Message], None] | None = None,
         creator_id: str | None = None,
     ) -> None:
         self.id = conversation_id
@@ -155,6 +158,8 @@ class ConversationActor:
         # push service's non-blocking queue (None: push is off).
         self._media = media
         self._notify = notify
+        # Told of each committed edit or delete (the assistant's answer cache), never waits.
+        self._changed = changed
         self.members: set[str] = set(member_ids)
         self.subscribers: set[Peer] = set()
         self._config = config
@@ -378,6 +383,9 @@ class ConversationActor:
                 writes = needs_db = True
             elif isinstance(op, (GetHistory, Summary, GetChanges, Edits)):
                 needs_db = True
+            elif isinstance(op, Ai):
+                needs_db = True
+                writes = writes or op.writes
             accepted.append(command)
         if not accepted:
             return
@@ -511,6 +519,8 @@ class ConversationActor:
                     conn, self.id, op.after_rev, changes_limit(op.limit)
                 )
                 results.append(ChangesPage(messages, next_rev - 1, has_more))
+            elif isinstance(op, Ai):
+                results.append(AiDone(op.work(conn, command.user_id)))
             elif isinstance(op, Edits):
                 if sql.message(conn, self.id, op.seq) is None:
                     results.append(Refused(NotFound("no message with this seq")))
@@ -634,6 +644,8 @@ class ConversationActor:
                 self._on_changes(command, result)
             case Edits():
                 self._on_edits(command, result)
+            case Ai() as op:
+                self._on_ai(command, op, result)
             case _:
                 assert_never(command.op)
 
@@ -670,6 +682,8 @@ class ConversationActor:
             # Skip: the changer's own connection gets `updated`; a REST change (no
             # peer) reaches every subscriber.
             self._fan_out(encode(MessageUpdated(message)), skip=command.peer)
+            if self._changed is not None and not isinstance(command.op, React):
+                self._changed(message)
         elif isinstance(result, Refused):
             _reply_error(command, result.error)
             return
@@ -696,6 +710,16 @@ class ConversationActor:
             _reply(command, None, result)
         else:
             raise _mismatch(command, result)
+
+    def _on_ai(self, command: Command, op: Ai[Any], result: StorageResult) -> None:
+        if not isinstance(result, AiDone):
+            raise _mismatch(command, result)
+        if op.announce is not None:
+            frame = op.announce(result.value)
+            if frame is not None:
+                # To every subscriber, the changer's own connection included.
+                self._fan_out(encode(frame))
+        _reply(command, None, result.value)
 
     def _on_mark_read(self, command: Command, result: StorageResult) -> None:
         if isinstance(result, CursorMoved):

@@ -9,8 +9,10 @@ returns, so both ends are checked by mypy.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeAlias, TypeVar, cast
 
+import apsw
 import attrs
 import trio
 
@@ -69,6 +71,19 @@ class Edits:
     seq: int
 
 
+@attrs.frozen(eq=False)
+class Ai(Generic[T]):
+    """Internal (messageai/ai): `work(conn, user_id)` run in the actor's storage phase,
+    so the assistant's reads and writes of this file (its switch, its log, the
+    messages it sends) are ordered with the conversation's messages. `writes`: in the
+    batch's transaction. `announce`: a frame to every subscribed connection made from
+    the result after the commit (None from it: nothing to say). Answers the result."""
+
+    work: Callable[[apsw.Connection, str], T]
+    writes: bool = False
+    announce: Callable[[T], ServerFrame | None] | None = None
+
+
 @attrs.frozen
 class MembersChanged:
     """Internal: the directory changed the member list; `removed` lose access at once."""
@@ -92,6 +107,7 @@ Operation: TypeAlias = (
     | React
     | GetChanges
     | Edits
+    | Ai[Any]
 )
 
 # ------------------------------------------------------------ results
@@ -181,6 +197,13 @@ class EditHistory:
 
 
 @attrs.define(weakref_slot=False)
+class AiDone:
+    """What an `Ai` command's work returned."""
+
+    value: object
+
+
+@attrs.define(weakref_slot=False)
 class Refused:
     """The storage phase turned the command down; nothing changed."""
 
@@ -199,6 +222,7 @@ StorageResult: TypeAlias = (
     | Unchanged
     | ChangesPage
     | EditHistory
+    | AiDone
     | Refused
     | None
 )

@@ -24,13 +24,14 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, overload
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 import trio
 
 from messageai.config import Config
 from messageai.conversations.actor import ConversationActor
 from messageai.conversations.commands import (
+    Ai,
     Change,
     ChangesPage,
     Command,
@@ -69,6 +70,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 # Conversation ids are server-made; anything longer is not one of ours.
 MAX_CONVERSATION_ID = 64
 
@@ -87,6 +90,8 @@ class Registry:
         notify: Callable[[Message], None] | None = None,
     ) -> None:
         self._config = config
+        # The assistant's cache hears of every edit and delete (set by the server).
+        self.changed: Callable[[Message], None] | None = None
         self._directory = directory
         self._nursery = nursery
         self._online = online
@@ -128,6 +133,7 @@ class Registry:
             on_db_open=self._db_opened,
             media=self._media,
             notify=self._notify,
+            changed=self.changed,
             creator_id=record.creator_id if record.kind == "group" else None,
         )
         self._actors[conversation_id] = actor
@@ -174,6 +180,8 @@ class Registry:
     async def call(
         self, conversation_id: str, user_id: str, op: GetHistory, req: Req = None
     ) -> Page: ...
+    @overload
+    async def call(self, conversation_id: str, user_id: str, op: Ai[T], req: Req = None) -> T: ...
     @overload
     async def call(
         self, conversation_id: str, user_id: str, op: MarkRead, req: Req = None

@@ -31,6 +31,7 @@ from messageai.errors import (
     RateLimited,
     RequestTimeout,
     TooLarge,
+    Unavailable,
     UpgradeRequired,
     error_body,
 )
@@ -268,6 +269,10 @@ def error_headers(exc: MessageAIError) -> list[tuple[bytes, bytes]]:
     if isinstance(exc, MethodNotAllowed):
         return [(b"allow", ", ".join(exc.allowed).encode())]
     if isinstance(exc, RateLimited):
+        seconds = max(1, math.ceil(exc.retry_after_seconds))
+        return [(b"retry-after", str(seconds).encode())]
+    if isinstance(exc, Unavailable) and exc.retry_after_seconds is not None:
+        # An AI endpoint's 429, passed on (PROTOCOL.md v1.1 "AI").
         seconds = max(1, math.ceil(exc.retry_after_seconds))
         return [(b"retry-after", str(seconds).encode())]
     if isinstance(exc, RangeNotSatisfiable):

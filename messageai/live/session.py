@@ -32,10 +32,14 @@ from messageai.errors import (
     CLOSE_UNSUPPORTED_DATA,
     MessageAIError,
     RateLimited,
+    error_fields,
 )
 from messageai.live.guard import Guard
 from messageai.live.presence import Presence
 from messageai.protocol import (
+    AiAnswer,
+    AiAsk,
+    AiDelta,
     DeleteMessage,
     EditMessage,
     Error,
@@ -52,6 +56,7 @@ from messageai.protocol import (
 )
 
 if TYPE_CHECKING:
+    from messageai.ai.assistant import Assistant
     from messageai.services.search import Search as SearchService
 
 log = logging.getLogger(__name__)
@@ -63,6 +68,8 @@ WRITE_CHUNK_BYTES = 256 * 1024
 # Searches one connection may have running at once; one more is `rate_limited`.
 MAX_SEARCHES_PER_CONNECTION = 4
 SEARCH_RETRY_AFTER_SECONDS = 0.1
+# Questions one connection may have being answered at once; one more is `rate_limited`.
+MAX_ASKS_PER_CONNECTION = 2
 
 
 class Session:
@@ -77,8 +84,12 @@ class Session:
         presence: Presence,
         guard: Guard,
         search: SearchService | None = None,
+        assistant: Assistant | None = None,
     ) -> None:
         self.user_id = user_id
+        # ai: `ai_ask` answers run as tasks of this connection's nursery, like searches.
+        self._assistant = assistant
+        self._asks = 0
         # search: `search` frames run as tasks of this connection's nursery, beside the
         # reader, so a slow search delays no other frame (MAX_SEARCHES_PER_CONNECTION).
         self._search = search
@@ -271,6 +282,9 @@ class Session:
         if isinstance(frame, Search):
             self._start_search(frame, req)
             return
+        if isinstance(frame, AiAsk):
+            self._start_ask(frame, req)
+            return
         # Edits, deletes and reactions spend the sender's message budget like sends.
         if isinstance(frame, (SendMessage, EditMessage, DeleteMessage, React)):
             wait = self._guard.take(self.user_id)
@@ -291,6 +305,65 @@ class Session:
             await self._registry.submit(conversation_id, command)
         except MessageAIError as exc:
             self.push_frame(Error(code=exc.code, message=exc.message, req=req))
+
+    # ------------------------------------------------------------ ai
+
+    def _start_ask(self, frame: AiAsk, req: Req) -> None:
+        if self._assistant is None or self._nursery is None:
+            self.push_frame(Error(code="unavailable", message="no assistant here", req=req))
+            return
+        if req is None:
+            self.push_frame(Error(code="bad_request", message="ai_ask needs a req", req=req))
+            return
+        if self._asks >= MAX_ASKS_PER_CONNECTION:
+            limited = RateLimited(
+                f"at most {MAX_ASKS_PER_CONNECTION} questions at once per connection",
+                SEARCH_RETRY_AFTER_SECONDS,
+            )
+            self.push_frame(
+                Error(
+                    code=limited.code,
+                    message=limited.message,
+                    retry_after_ms=limited.retry_after_ms,
+                    req=req,
+                )
+            )
+            return
+        self._asks += 1
+        self._nursery.start_soon(self._run_ask, self._assistant, frame, req)
+
+    async def _run_ask(self, assistant: Assistant, frame: AiAsk, req: Req) -> None:
+        # Cancelled with the connection's nursery when the connection ends. Deltas go
+        # through `push` like every frame: a reader too slow for them is closed (1013).
+        def delta(text: str) -> None:
+            self.push_frame(AiDelta(text=text, req=req))
+
+        try:
+            answer = await assistant.ask(self.user_id, frame.conversation_id, frame.question, delta)
+            self.push_frame(
+                AiAnswer(
+                    answer=answer.answer,
+                    citations=answer.citations,
+                    cached=answer.cached,
+                    req=req,
+                )
+            )
+        except MessageAIError as exc:
+            fields = error_fields(exc)
+            self.push_frame(
+                Error(
+                    code=exc.code,
+                    message=exc.message,
+                    retry_after_ms=fields.get("retry_after_ms"),
+                    req=req,
+                )
+            )
+        except Exception:
+            # Supervision: one failed answer is `internal` and the connection lives.
+            log.exception("ai_ask failed")
+            self.push_frame(Error(code="internal", message="the answer failed", req=req))
+        finally:
+            self._asks -= 1
 
     # ------------------------------------------------------------ search
 

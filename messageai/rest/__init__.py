@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from messageai.ai.assistant import Assistant
 from messageai.config import Config
 from messageai.conversations.registry import Registry
 from messageai.edge.asgi import Request, Response, Router
@@ -18,6 +19,7 @@ from messageai.errors import UpgradeRequired
 from messageai.live.guard import Guard
 from messageai.live.presence import Presence
 from messageai.rest.accounts import Accounts
+from messageai.rest.ai import AiRoutes
 from messageai.rest.channels import Channels
 from messageai.rest.clerk_webhooks import ClerkWebhooks
 from messageai.rest.conversations import Conversations
@@ -43,6 +45,7 @@ def mount(
     close_user_sessions: Callable[[str], object],
     close_token_sessions: Callable[[str, bytes], object],
     search: Search,
+    assistant: Assistant | None = None,
 ) -> None:
     """Route every REST resource; the Clerk webhook only in Clerk mode with a secret.
     `close_user_sessions` and `close_token_sessions` are the server's: they close a
@@ -57,6 +60,8 @@ def mount(
     MediaFiles(media).routes(router)
     PushTokens(push).routes(router)
     SearchRoutes(search).routes(router)
+    if assistant is not None:
+        AiRoutes(assistant).routes(router)
     if config.auth.mode == "clerk" and config.clerk.webhook_secret:
         ClerkWebhooks(config.clerk, directory, close_user_sessions).routes(router)
 

@@ -15,7 +15,7 @@ import orjson
 
 from messageai.model import Message
 from messageai.sqlite import Migration
-from messageai.store import search
+from messageai.store import ai, search
 
 
 def _v1(conn: apsw.Connection) -> None:
@@ -91,6 +91,8 @@ MIGRATIONS: list[Migration] = [
     _v2_sender_seq_index,
     _v3_changes,
     search.MIGRATIONS_STEP,
+    # the assistant's switch and log (store/ai.py)
+    ai.migration,
 ]
 
 _COLUMNS = (
@@ -166,6 +168,14 @@ def _row(message: Message) -> InsertRow:
         orjson.dumps(message.mentions).decode() if message.mentions else None,
         message.rev if message.rev != message.seq else None,
     )
+
+
+# For store/ai.py, which reads the same rows.
+COLUMNS = _COLUMNS
+
+
+def rows_to_messages(conn: apsw.Connection, conversation_id: str, rows: list[Any]) -> list[Message]:
+    return _messages(conn, conversation_id, rows)
 
 
 def _messages(conn: apsw.Connection, conversation_id: str, rows: list[Any]) -> list[Message]:
