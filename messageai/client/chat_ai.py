@@ -30,7 +30,7 @@ HELP = """\
 /ask QUESTION          ask the assistant about this conversation (only you see the answer)
 /catchup [N]           a summary of what is unread here (or in conversation N, then open it)
 /todo                  action items found here · /todo done K (or open K) marks item K
-/ai [on|off]           the assistant's switch here, for every member · /ai log: what was sent
+/ai · /ai on|off       the assistant's switch here, for every member · /ai log: what was sent
 /ai proactive on|off   let it propose meeting times to vote on · /go #N opens a cited message"""
 # Seqs shown per log entry (a catch-up of a long absence may send hundreds).
 MAX_SEQS_SHOWN = 20
@@ -68,6 +68,10 @@ def refusal(exc: ClientError) -> str:
         return f"the assistant is unavailable: {exc.detail or 'no model configured'}"
     if isinstance(exc, ServerError) and exc.code == "forbidden":
         return f"the assistant refused: {exc.detail} (/ai shows its switch here)"
+    if isinstance(exc, ServerError) and exc.code == "not_found" and exc.status == 404:
+        if exc.detail.startswith("no route"):  # a server older than the route
+            return "this server does not offer that yet (no route for it)"
+        return f"the assistant refused: {exc.detail}"
     if isinstance(exc, ServerError) and exc.code == "rate_limited":
         return f"the assistant is rate limited: {exc.detail}"
     return f"the assistant failed: {exc.message}"

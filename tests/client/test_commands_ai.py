@@ -46,8 +46,7 @@ def test_without_an_endpoint_the_commands_exit_1_with_the_servers_word(
         _register(tmp_path / "bob-store", url, "bob", password)
         cid = json.loads(cli(ada, "new", "bob", "--json").stdout)["id"]
         cli(ada, "send", cid, "hello")
-        for args in (("ask", cid, "what did I say?"), ("ask", cid, "x", "--json"),
-                     ("catch-up", cid), ("catch-up", cid, "--json")):  # fmt: skip
+        for args in (("ask", cid, "what did I say?"), ("catch-up", cid, "--json")):
             result = cli(ada, *args, ok=False)
             _one_clear_line(result, "unavailable")
             assert result.stdout == "", result.stdout
@@ -58,9 +57,7 @@ def test_without_an_endpoint_the_commands_exit_1_with_the_servers_word(
         assert cli(ada, "ai", cid, "log", "--json").stdout == ""
         # Bad usage: 2; a question the protocol refuses: 1, said before asking.
         assert cli(ada, "ask", cid, ok=False).returncode == 2
-        assert cli(ada, "todo", cid, "--done", "a", "--reopen", "b", ok=False).returncode == 2
         assert cli(ada, "ai", cid, "maybe", ok=False).returncode == 2
-        _one_clear_line(cli(ada, "ask", cid, "   ", ok=False), "ask a question")
         _one_clear_line(cli(ada, "ask", cid, "x" * 2001, ok=False), "2000")
         _one_clear_line(cli(ada, "ask", "c_nope", "hello?", ok=False), "not_found")
 
@@ -88,19 +85,17 @@ async def test_ask_and_catch_up_print_the_answer_or_json_and_refuse_while_off(
                 assert llm.requests == []
                 on = await run(ada, "ai", cid, "on")
                 assert on.stdout.startswith(f"assistant on in {cid} (changed by ada at "), on.stdout
-                llm.script(text("On ", "tuesday."))
+                llm.script(text("On ", "tuesday [1]."))
                 [answer] = lines(await run(ada, "ask", cid, "when is the launch?", "--json"))
-                assert (answer["answer"], answer["cached"]) == ("On tuesday.", False)
-                assert set(answer["citations"]) <= {1}
+                assert answer == {"answer": "On tuesday [1].", "citations": [1], "cached": False}
                 assert any("the launch is on tuesday" in t for t in llm.texts())
                 # The same question over unchanged messages: the cache, no request.
                 sent = len(llm.requests)
                 human = await run(ada, "ask", cid, "When is the launch?")
-                assert human.stdout.startswith("On tuesday.\n(from the cache"), human.stdout
+                assert human.stdout.startswith("On tuesday [1].\n(from the cache"), human.stdout
                 assert len(llm.requests) == sent
-                if answer["citations"]:
-                    assert "cited:\n  #1 " in human.stdout, human.stdout
-                    assert human.stdout.rstrip().endswith("bob: the launch is on tuesday")
+                assert "cited:\n  #1 " in human.stdout, human.stdout
+                assert human.stdout.rstrip().endswith("bob: the launch is on tuesday")
                 # Catch-up: bob's message is ada's unread range; bob has nothing unread.
                 llm.script(text("Bob says the launch is on tuesday."))
                 [summary] = lines(await run(ada, "catch-up", cid, "--json"))
