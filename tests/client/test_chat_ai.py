@@ -156,10 +156,17 @@ async def test_ask_streams_into_the_pane_cites_messages_that_go_opens_and_stores
         assert "\n" not in core.notice and llm.requests == []
         await core.submit("/ai on")
         assert not core.rejected, core.notice
-        # The answer streams: every piece is painted as it comes.
-        llm.script(text("The meeting ", "is on friday ", "at 3 [2]."))
         painted: list[str] = []
         core.redraw = lambda: painted.append(screen(core))
+        # A stream cut short: the pieces shown so far go, and one notice says why.
+        llm.script(text("The meeting ", "is on ", "monday", cut_after=3))
+        await core.submit("/ask when is the meeting?")
+        assert core.rejected and core.notice.startswith("the assistant is unavailable")
+        assert any("The meeting ▌" in p for p in painted), painted
+        assert core.ai.view is None and "The meeting" not in screen(core), screen(core)
+        # The answer streams: every piece is painted as it comes.
+        llm.script(text("The meeting ", "is on friday ", "at 3 [2]."))
+        painted.clear()
         await core.submit("/ask when is the meeting?")
         assert not core.rejected, core.notice
         assert len(painted) >= 3, painted
