@@ -528,7 +528,8 @@ async def _ask(args: argparse.Namespace) -> int:
             answer = await _ai_call(args.timeout, client.ask(cid, question, on_delta=delta))
         except ClientError:
             if shown:
-                print("\nmessageai: the answer above was cut off: disregard it", file=sys.stderr)
+                print(flush=True)  # end the answer's line on the terminal
+                print("messageai: the answer above was cut off: disregard it", file=sys.stderr)
             raise
         if shown:
             print()

@@ -749,6 +749,8 @@ class Client:
             # Not retried on another connection if this one drops: the question may
             # have gone out, and a second one would be answered (and logged) twice.
             return await _ask_on(link, conversation_id, text, on_delta)
+        failure: ClientError | None = None
+        answer: dict[str, Any] = {}
         async with (
             open_link(
                 self.api.http,
@@ -767,8 +769,14 @@ class Client:
             tg.start_soon(read)
             try:
                 answer = await _ask_on(own, conversation_id, text, on_delta)
+            except ClientError as exc:
+                # Raised here, out of the task groups, it stays itself (not wrapped in
+                # an ExceptionGroup).
+                failure = exc
             finally:
                 tg.cancel_scope.cancel()
+        if failure is not None:
+            raise failure
         return answer
 
     async def catch_up(self, conversation_id: str) -> dict[str, Any]:

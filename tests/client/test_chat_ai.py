@@ -21,7 +21,7 @@ import trio
 
 from messageai.client import Client
 from messageai.client.chat import HELP, ChatApp, ChatCore
-from messageai.client.errors import ServerError
+from messageai.client.errors import Forbidden, ServerError
 from tests.client.support import FAST, leave_channels, live, sign_in, until
 from tests.conftest import TEST_TIMEOUT_SECONDS
 from tests.helpers import Harness, harness, make_config
@@ -225,6 +225,11 @@ async def test_the_sdk_asks_over_rest_and_the_websocket_alike(
         log = await client.ai_log(cid)
         assert [e["action"] for e in log] == ["ask", "ask"] and log[0]["user_id"] == client.me
         assert all(1 in e["seqs"] for e in log)
+        # A refusal on that connection is the server's error itself, not a group of it.
+        await client.set_ai(cid, False)
+        with pytest.raises(Forbidden) as refused:
+            await client.ask(cid, "and now?", on_delta=pieces.append)
+        assert refused.value.detail == "the assistant is switched off in this conversation"
 
 
 async def test_catch_up_summarises_the_unread_range_or_says_nothing_is_unread(

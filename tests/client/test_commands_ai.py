@@ -11,12 +11,14 @@ answers meanwhile); stores under tmp_path; every subprocess has a timeout.
 from __future__ import annotations
 
 import json
+import os
+import pty
 import subprocess
 from pathlib import Path
 
 import trio
 
-from tests.client.test_commands import cli, lines, password, server_process
+from tests.client.test_commands import MESSAGEAI, TIMEOUT, cli, lines, password, server_process
 from tests.llm import fake_llm, text
 
 __all__ = ["password"]  # the fixture, used by name
@@ -27,6 +29,30 @@ def _register(store: Path, url: str, name: str, password: Path) -> None:
         store, "login", "--server", url, "--user", name, "--password-file", str(password),
         "--register",
     )  # fmt: skip
+
+
+def _on_a_terminal(store: Path, *args: str) -> tuple[int, str, str]:
+    """Run a command with its stdout on a pseudo-terminal: (status, stdout, stderr)."""
+    main, child = pty.openpty()
+    env = {**os.environ, "MESSAGEAI_STORE": str(store)}
+    with subprocess.Popen(
+        [*MESSAGEAI, *args], stdout=child, stderr=subprocess.PIPE, env=env, text=True
+    ) as proc:
+        os.close(child)
+        out = b""
+        while True:
+            try:
+                chunk = os.read(main, 4096)
+            except OSError:  # EIO: the command closed the terminal's other end
+                break
+            if not chunk:
+                break
+            out += chunk
+        os.close(main)
+        assert proc.stderr is not None
+        err = proc.stderr.read()
+        status = proc.wait(timeout=TIMEOUT)
+    return status, out.decode().replace("\r\n", "\n"), err
 
 
 def _one_clear_line(result: subprocess.CompletedProcess[str], *words: str) -> None:
@@ -111,5 +137,24 @@ async def test_ask_and_catch_up_print_the_answer_or_json_and_refuse_while_off(
                 assert all(e["seqs"] == [1] for e in log), log
                 human_log = (await run(bob, "ai", cid, "log")).stdout.splitlines()
                 assert human_log[0].endswith("\tada\tcatch_up\t#1"), human_log
+                # On a terminal the answer streams; a stream cut short is then said void.
+                llm.script(text("Still ", "tuesday [1]."), text("It is ", "tues", cut_after=3))
+                status, out, err = await trio.to_thread.run_sync(
+                    _on_a_terminal, ada, "ask", cid, "is it still tuesday?"
+                )
+                assert status == 0 and out.startswith("Still tuesday [1].\ncited:\n"), (out, err)
+                status, out, err = await trio.to_thread.run_sync(
+                    _on_a_terminal, ada, "ask", cid, "is it really tuesday?"
+                )
+                assert status == 1 and out == "It is tues\n", out
+                assert (
+                    err.splitlines()[0] == "messageai: the answer above was cut off: disregard it"
+                )
+                assert "unavailable" in err.splitlines()[1] and "Traceback" not in err
+                # A pipe never gets a voided answer: nothing on stdout.
+                llm.script(text("It is ", "tues", cut_after=3))
+                cut = await run(ada, "ask", cid, "is it tuesday, honestly?", ok=False)
+                _one_clear_line(cut, "unavailable")
+                assert cut.stdout == ""
                 # Nothing was posted: the conversation holds bob's one message.
                 assert len(lines(await run(bob, "tail", cid, "--json"))) == 1
