@@ -17,6 +17,8 @@ import httpx
 import pytest
 import trio
 
+from messageai.errors import Forbidden
+from messageai.protocol import GetHistory
 from tests.helpers import Account, Harness, assert_error, harness, make_config
 from tests.llm import FakeLLM, Reply, fake_llm, text, tools
 
@@ -686,3 +688,41 @@ async def test_a_real_endpoint_answers_when_one_is_configured(tmp_path: Path) ->
             r = await h.http.post(f"/v1/conversations/{cid}/ai/catch-up", headers=h.auth(b))
             assert r.status_code == 200, r.text
             assert r.json()["from_seq"] == s1
+
+
+async def test_background_requests_are_consented_and_logged_without_a_user(
+    hl: tuple[Harness, FakeLLM],
+) -> None:
+    h, llm = hl
+    a, _, cid = await setup(h)
+    s1 = await send(h, a, cid, "Bob will send the invoice by friday")
+    assistant = h.server.assistant
+    assert assistant is not None
+    registry = h.server.registry
+    assert registry is not None
+    page = await registry.call(cid, a.id, GetHistory(conversation_id=cid))
+    with pytest.raises(Forbidden):
+        await assistant.background(cid, "action_items", page.messages, "extract")
+    assert llm.requests == []
+    await switch(h, a, cid, True)
+    llm.script(text(f"Bob: invoice by friday [{s1}] [{s1 + 5}]"))
+    answer, cited = await assistant.background(cid, "action_items", page.messages, "extract")
+    assert cited == [s1] and "invoice" in answer
+    (entry,) = await ai_log(h, a, cid)
+    assert entry["user_id"] is None and entry["action"] == "action_items"
+    assert entry["seqs"] == [s1]
+
+
+async def test_catch_up_of_a_long_unread_range_summarises_its_newest_part(
+    tmp_path: Path,
+) -> None:
+    async with ai_server(tmp_path, max_context_messages=3) as (h, llm):
+        a, b, cid = await setup(h)
+        seqs = [await send(h, a, cid, f"news item {n}") for n in range(5)]
+        await switch(h, a, cid, True)
+        llm.script(text(f"items [{seqs[0]}] [{seqs[4]}]"))
+        r = await h.http.post(f"/v1/conversations/{cid}/ai/catch-up", headers=h.auth(b))
+        assert r.json()["from_seq"] == seqs[2] and r.json()["to_seq"] == seqs[4]
+        assert r.json()["citations"] == [seqs[4]]
+        (request,) = llm.texts()
+        assert "news item 1" not in request and "news item 2" in request

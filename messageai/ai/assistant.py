@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import apsw
 import attrs
@@ -41,6 +41,8 @@ from messageai.store import ai as sql
 from messageai.store import conversation as messages_sql
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 MAX_QUESTION_CHARS = 2000
 MAX_CONVERSATION_ID = 64
@@ -192,11 +194,14 @@ class Assistant:
             raise Unavailable("this server has no AI endpoint configured")
         return self._endpoint
 
-    async def _state(self, conversation_id: str, user_id: str) -> tuple[sql.Settings, int]:
+    async def _state(self, conversation_id: str, user_id: str | None) -> tuple[sql.Settings, int]:
         def read(conn: apsw.Connection, _user: str) -> tuple[sql.Settings, int]:
             return sql.settings(conn), messages_sql.last_rev(conn)
 
-        return await self._registry.call(conversation_id, user_id, Ai(read))
+        return await self._call(conversation_id, user_id, Ai(read, internal=user_id is None))
+
+    async def _call(self, conversation_id: str, user_id: str | None, op: Ai[T]) -> T:
+        return await self._registry.call(conversation_id, user_id or "", op)
 
     # ------------------------------------------------------------ settings and log
 
@@ -293,7 +298,25 @@ class Assistant:
                 return CatchUp(None, [], None, None)
             run = _Run(self, endpoint, conversation_id, user_id, "catch_up", flight)
             summary, cited = await run.within_timeout(run.catch_up(unread))
-            return CatchUp(summary, cited, unread[0].seq, unread[-1].seq)
+            # The range summarised: what the request carried (within the size bounds).
+            shown = sorted(run.given) or [unread[0].seq, unread[-1].seq]
+            return CatchUp(summary, cited, shown[0], shown[-1])
+        raise Unavailable("the answer was cancelled")
+
+    async def background(
+        self, conversation_id: str, action: str, messages: list[Message], instruction: str
+    ) -> tuple[str, list[int]]:
+        """For background jobs (action items, proactive scheduling): one consented
+        request over `messages` of this conversation with `instruction` as the system
+        prompt; logged with `user_id` null. Returns the text and its citations (seqs of
+        `messages`, live). Forbidden when the switch is off (or goes off meanwhile),
+        Unavailable without an endpoint or on any endpoint failure. No budget, no cache."""
+        endpoint = self._require_endpoint()
+        async with self._flight(conversation_id) as flight:
+            settings, _ = await self._state(conversation_id, None)
+            self._require_on(settings)
+            run = _Run(self, endpoint, conversation_id, None, action, flight)
+            return await run.within_timeout(run.once(instruction, messages))
         raise Unavailable("the answer was cancelled")
 
     def _require_on(self, settings: sql.Settings) -> None:
@@ -349,7 +372,7 @@ class _Run:
         assistant: Assistant,
         endpoint: Endpoint,
         conversation_id: str,
-        user_id: str,
+        user_id: str | None,
         action: str,
         flight: _Flight,
     ) -> None:
@@ -390,8 +413,9 @@ class _Run:
             out.append(text)
         return "\n".join(out) if out else "(no messages)"
 
-    async def _call(self, work: Callable[[apsw.Connection, str], Any]) -> Any:
-        return await self._a._registry.call(self._cid, self._user, Ai(work))
+    async def _call(self, work: Callable[[apsw.Connection, str], T], writes: bool = False) -> T:
+        op = Ai(work, writes=writes, internal=self._user is None)
+        return await self._a._call(self._cid, self._user, op)
 
     async def _request(
         self,
@@ -399,18 +423,26 @@ class _Run:
         tools: list[dict[str, Any]] | None,
         on_delta: Callable[[str], None] | None,
     ) -> Any:
-        wait = self._a._budget.seconds_left(self._user)
+        user = self._user
+        wait = self._a._budget.seconds_left(user) if user is not None else 0
         if wait:
             raise RateLimited("your daily AI budget is spent", retry_after_seconds=wait)
-        entry = sql.LogEntry(now_ms(), self._user, self._action, sorted(self.given))
+        entry = sql.LogEntry(now_ms(), user, self._action, sorted(self.given))
 
         def write(conn: apsw.Connection, _user: str) -> None:
             sql.add_log(conn, entry)
 
-        await self._a._registry.call(self._cid, self._user, Ai(write, writes=True))
+        # The log row is committed before the request leaves.
+        await self._call(write, writes=True)
         completion = await self._endpoint.complete(messages, tools, on_delta)
-        self._a._budget.spend(self._user, completion.tokens)
+        if user is not None:
+            self._a._budget.spend(user, completion.tokens)
         return completion
+
+    def _asker(self) -> str:
+        # Search (retrieval and the search tool) is an ask's, always a member's.
+        assert self._user is not None, "search without an asker"
+        return self._user
 
     async def _retrieve(self, question: str) -> list[Message]:
         found: dict[int, Message] = {}
@@ -423,7 +455,7 @@ class _Run:
         queries += words[:MAX_QUERY_WORDS]
         for q in queries:
             answer = await self._a._search.search(
-                self._user, q[:256], self._cid, SEARCH_LIMIT, "keyword"
+                self._asker(), q[:256], self._cid, SEARCH_LIMIT, "keyword"
             )
             for hit in answer.results:
                 found.setdefault(hit.message.seq, hit.message)
@@ -500,7 +532,7 @@ class _Run:
             if not isinstance(query, str) or not query.strip():
                 raise EndpointError("the AI endpoint's tool arguments are malformed")
             answer = await self._a._search.search(
-                self._user, query.strip()[:256], self._cid, SEARCH_LIMIT, "keyword"
+                self._asker(), query.strip()[:256], self._cid, SEARCH_LIMIT, "keyword"
             )
             return self._lines([hit.message for hit in answer.results])
         if call.name == "read_messages":
@@ -520,10 +552,16 @@ class _Run:
         raise EndpointError("the AI endpoint called an unknown tool")
 
     async def catch_up(self, unread: list[Message]) -> tuple[str, list[int]]:
-        context = self._lines(unread)
+        return await self.once(SYSTEM_CATCH_UP, unread, "Unread messages")
+
+    async def once(
+        self, system: str, shown: list[Message], heading: str = "Messages"
+    ) -> tuple[str, list[int]]:
+        """One request without tools over `shown`; citations among them."""
+        context = self._lines(shown)
         messages: list[dict[str, Any]] = [
-            {"role": "system", "content": SYSTEM_CATCH_UP},
-            {"role": "user", "content": f"Unread messages:\n{context}"},
+            {"role": "system", "content": system},
+            {"role": "user", "content": f"{heading}:\n{context}"},
         ]
         completion = await self._request(messages, None, None)
         summary = completion.content.strip()

@@ -351,7 +351,7 @@ class ConversationActor:
                 members = (members | set(op.added)) - set(op.removed)
                 accepted.append(command)
                 continue
-            if command.user_id not in members:
+            if command.user_id not in members and not (isinstance(op, Ai) and op.internal):
                 _reply_error(command, Forbidden("you are not a member of this conversation"))
                 continue
             if isinstance(op, SendMessage):

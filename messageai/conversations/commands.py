@@ -82,6 +82,8 @@ class Ai(Generic[T]):
     work: Callable[[apsw.Connection, str], T]
     writes: bool = False
     announce: Callable[[T], ServerFrame | None] | None = None
+    # A background job's (no user): the member check is the caller's, not the actor's.
+    internal: bool = False
 
 
 @attrs.frozen
