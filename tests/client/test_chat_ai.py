@@ -70,11 +70,13 @@ async def test_without_an_endpoint_each_ai_command_is_one_notice_and_the_switch_
             assert core.notice.startswith("the assistant is unavailable: "), core.notice
             assert "\n" not in core.notice and "Traceback" not in core.notice
             assert core.ai.view is None and screen(core) == before
-        # No server serves action items yet (its route is not built): said so.
+        # Action items: unavailable as well where the server serves them, else said so.
         await core.submit("/todo")
-        assert (
-            core.rejected and core.notice == "this server does not offer that yet (no route for it)"
-        )
+        assert core.rejected, core.notice
+        if _serves_action_items():
+            assert core.notice.startswith("the assistant is unavailable: "), core.notice
+        else:
+            assert core.notice == "this server does not offer that yet (no route for it)"
         # The settings and the log work without an endpoint (PROTOCOL.md).
         await core.submit("/ai")
         assert not core.rejected, core.notice
@@ -371,3 +373,55 @@ async def test_the_todo_and_log_views_show_owners_dues_and_seqs_that_go_opens(
         assert "bob ask: #1" in shown, shown
         await core.submit("/go 40")
         assert core.rejected and "not cited here" in core.notice
+
+
+def _serves_action_items() -> bool:
+    """Action items are served by the `jobs` branch's server (its `[jobs]` config)."""
+    from messageai.config import Config
+
+    return "jobs" in {a.name for a in Config.__attrs_attrs__}
+
+
+@pytest.mark.skipif(not _serves_action_items(), reason="no action items in this server yet")
+async def test_todo_lists_the_items_found_and_marks_one_done(tmp_path: Path) -> None:
+    from tests.llm import tools
+
+    with trio.fail_after(TEST_TIMEOUT_SECONDS):
+        async with fake_llm() as llm:
+            jobs = {"poll_seconds": 0.05, "action_items_delay_seconds": 0.2}
+            config = make_config(
+                tmp_path / "data", ai={"base_url": llm.url, "model": "fake"}, jobs=jobs
+            )
+            async with harness(config) as h:
+                ada, bob = await h.account("ada"), await h.account("bob")
+                cid = await h.direct(ada, bob)
+                async with h.ws(bob) as b:
+                    await b.send_message(cid, "ada, can you send the slides by friday?")
+                client = await sign_in(h.url, "ada", tmp_path / "ada")
+                async with client, live(client):
+                    core = ChatCore(client)
+                    await core.open(cid)
+                    await core.submit("/todo")
+                    assert core.rejected and core.notice.startswith("the assistant refused: ")
+                    await core.submit("/ai on")
+                    found = {"text": "Send the slides", "owner": "ada", "due": "friday",
+                             "sources": [1]}  # fmt: skip
+                    llm.script(tools(("record_action_items", {"items": [found]})))
+                    # The first read starts the extraction: look again until it is done.
+                    while "send" not in screen(core).lower():
+                        await core.submit("/todo")
+                        assert not core.rejected, core.notice
+                        await trio.sleep(0.05)
+                    shown = screen(core)
+                    assert " 1. [ ] Send the slides — ada, due friday · from #1" in shown, shown
+                    await core.submit("/todo done 1")
+                    assert not core.rejected and "item 1 marked done" in core.notice
+                    assert " 1. [x] Send the slides" in screen(core)
+                    [item] = await client.action_items(cid)
+                    assert item["status"] == "done"
+                    await core.submit("/todo open 1")
+                    assert (await client.action_items(cid))[0]["status"] == "open"
+                    await core.submit("/todo done 2")
+                    assert core.rejected and "no action item '2'" in core.notice
+                    await core.submit("/go #1")
+                    assert not core.rejected and "▶#1 " in screen(core)
