@@ -408,7 +408,7 @@ async def test_todo_lists_the_items_found_and_marks_one_done(tmp_path: Path) -> 
                              "sources": [1]}  # fmt: skip
                     llm.script(tools(("record_action_items", {"items": [found]})))
                     # The first read starts the extraction: look again until it is done.
-                    while "send" not in screen(core).lower():
+                    while "[ ] Send the slides" not in screen(core):
                         await core.submit("/todo")
                         assert not core.rejected, core.notice
                         await trio.sleep(0.05)
