@@ -16,6 +16,7 @@ import pty
 import subprocess
 from pathlib import Path
 
+import pytest
 import trio
 
 from tests.client.test_commands import MESSAGEAI, TIMEOUT, cli, lines, password, server_process
@@ -158,3 +159,52 @@ async def test_ask_and_catch_up_print_the_answer_or_json_and_refuse_while_off(
                 assert cut.stdout == ""
                 # Nothing was posted: the conversation holds bob's one message.
                 assert len(lines(await run(bob, "tail", cid, "--json"))) == 1
+
+
+def _serves_action_items() -> bool:
+    from messageai.config import Config
+
+    return "jobs" in {a.name for a in Config.__attrs_attrs__}
+
+
+@pytest.mark.skipif(not _serves_action_items(), reason="no action items in this server yet")
+async def test_todo_lists_items_and_marks_one_done(tmp_path: Path, password: Path) -> None:
+    from tests.llm import tools
+
+    ada, bob = tmp_path / "ada-store", tmp_path / "bob-store"
+
+    async def run(store: Path, *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
+        return await trio.to_thread.run_sync(lambda: cli(store, *args, ok=ok))
+
+    with trio.fail_after(120):
+        async with fake_llm() as llm:
+            extra = (
+                f'[ai]\nbase_url = "{llm.url}"\nmodel = "fake"\n'
+                "[jobs]\npoll_seconds = 0.05\naction_items_delay_seconds = 0.2\n"
+            )
+            with server_process(tmp_path, extra=extra) as url:
+                await trio.to_thread.run_sync(_register, ada, url, "ada", password)
+                await trio.to_thread.run_sync(_register, bob, url, "bob", password)
+                cid = json.loads((await run(ada, "new", "bob", "--json")).stdout)["id"]
+                await run(bob, "send", cid, "ada, can you send the slides by friday?")
+                _one_clear_line(await run(ada, "todo", cid, ok=False), "forbidden")
+                await run(ada, "ai", cid, "on")
+                found = {"text": "Send the slides", "owner": "ada", "due": "friday",
+                         "sources": [1]}  # fmt: skip
+                llm.script(tools(("record_action_items", {"items": [found]})))
+                items: list[dict[str, object]] = []
+                while not items:  # the first read starts the extraction
+                    items = lines(await run(ada, "todo", cid, "--json"))
+                [item] = items
+                assert (item["text"], item["status"], item["source_seqs"]) == (
+                    "Send the slides", "open", [1],
+                )  # fmt: skip
+                human = (await run(bob, "todo", cid)).stdout
+                assert human == f"{item['id']}\t[ ] Send the slides (ada, due friday)\tfrom #1\n"
+                [done] = lines(await run(bob, "todo", cid, "--done", str(item["id"]), "--json"))
+                assert done == {**item, "status": "done"}
+                again = await run(bob, "todo", cid, "--reopen", str(item["id"]))
+                assert again.stdout.startswith(f"{item['id']}\t[ ] Send the slides")
+                _one_clear_line(
+                    await run(bob, "todo", cid, "--done", "nope", ok=False), "not_found"
+                )
