@@ -21,6 +21,7 @@ import subprocess
 import sys
 import time
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypedDict
 
@@ -466,43 +467,24 @@ class Bench:
         """Catch-up with `get_changes`: clients page 200 at a time from rev 0 through a
         conversation of `changes_total` messages that were each changed once since."""
         total = self.size["changes_total"]
-        clients = self.size["changes_clients"]
-        offered = f"{clients} clients catching up {total:,} changes, 200 a page"
-        data = self.data_dir("changes")
-        server = self.start_server("FULL", data)
-        try:
-            users, convs = self.direct_pairs(server, 1, "k")
-        finally:
-            server.stop()
-        self.step = "filling"
-        self.progress(f"writing {total:,} messages and {total:,} changes")
-        fill = seed.fill_changes(data, convs[0], [u["id"] for u in users], total, "FULL")
-        server = self.start_server("FULL", data)
-        try:
-            conns = [
-                {"path": f"/v1/ws?access_token={users[i % 2]['token']}", "tag": f"k{i}"}
-                for i in range(clients)
-            ]
-            plan = {
-                "kind": "changes",
-                "url": ws_url(server),
-                "conns": conns,
-                "changes_conversation": convs[0],
-                "changes_total": 2 * total,
-                "changes_limit": 200,
-            }
-            ours = self.add(
-                "changes", self.run_load(server, plan, system="messageai", offered=offered)
-            )
-            ours["fill_seconds"] = fill
+
+        def figures(ours: dict[str, Any]) -> None:
             ours["pages_per_s"] = ours.get("acked_per_s")
             ours["catch_ups_per_s"] = (
                 ours["acked_per_s"] / (total / 200) if ours.get("acked_per_s") else None
             )
-            self.results["changes"] = ours
-        finally:
-            server.stop()
-            shutil.rmtree(data, ignore_errors=True)
+
+        self._one_big_conversation(
+            "changes",
+            "k",
+            self.size["changes_clients"],
+            f"{self.size['changes_clients']} clients catching up {total:,} changes, 200 a page",
+            f"writing {total:,} messages and {total:,} changes",
+            seed.fill_changes,
+            total,
+            {"changes_total": 2 * total, "changes_limit": 200},
+            figures,
+        )
 
     def s_search(self) -> None:
         """Keyword search latency: one big conversation, and many (`bench.search`)."""
@@ -647,36 +629,59 @@ class Bench:
 
     def s_history(self) -> None:
         total = self.size["history_messages"]
-        clients = self.size["history_clients"]
-        offered = f"{clients} clients paging 200 at random in {total:,} messages"
-        data = self.data_dir("history")
+        self._one_big_conversation(
+            "history",
+            "h",
+            self.size["history_clients"],
+            f"{self.size['history_clients']} clients paging 200 at random in {total:,} messages",
+            f"writing {total:,} messages into the conversation's database",
+            seed.fill_history,
+            total,
+            {"history_total": total, "history_limit": 200},
+        )
+
+    def _one_big_conversation(
+        self,
+        name: str,
+        tag: str,
+        clients: int,
+        offered: str,
+        filling: str,
+        fill_with: Callable[[Path, str, list[str], int, str], float],
+        total: int,
+        plan_extra: dict[str, Any],
+        figures: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
+        """A scenario over one direct conversation of `total` messages written into its
+        file while the server is stopped (`fill_with`), read by `clients` clients of
+        the load kind `name` (`history`, `changes`); `tag` prefixes its users."""
+        data = self.data_dir(name)
         server = self.start_server("FULL", data)
         try:
-            users, convs = self.direct_pairs(server, 1, "h")
+            users, convs = self.direct_pairs(server, 1, tag)
         finally:
             server.stop()
         self.step = "filling"
-        self.progress(f"writing {total:,} messages into the conversation's database")
-        fill = seed.fill_history(data, convs[0], [u["id"] for u in users], total, "FULL")
+        self.progress(filling)
+        fill = fill_with(data, convs[0], [u["id"] for u in users], total, "FULL")
         server = self.start_server("FULL", data)
         try:
             conns = [
-                {"path": f"/v1/ws?access_token={users[i % 2]['token']}", "tag": f"h{i}"}
+                {"path": f"/v1/ws?access_token={users[i % 2]['token']}", "tag": f"{tag}{i}"}
                 for i in range(clients)
             ]
             plan = {
-                "kind": "history",
+                "kind": name,
                 "url": ws_url(server),
                 "conns": conns,
-                "history_conversation": convs[0],
-                "history_total": total,
-                "history_limit": 200,
+                f"{name}_conversation": convs[0],
+                **plan_extra,
             }
-            ours = self.add(
-                "history", self.run_load(server, plan, system="messageai", offered=offered)
-            )
+            ours = self.add(name, self.run_load(server, plan, system="messageai", offered=offered))
             ours["fill_seconds"] = fill
-            self.results["history"] = ours
+            if figures is not None:
+                figures(ours)
+            self.results[name] = ours
         finally:
             server.stop()
             shutil.rmtree(data, ignore_errors=True)

@@ -63,6 +63,11 @@ log = logging.getLogger(__name__)
 
 # How long a closing peer gets to take the close frame before its TCP stream is cut.
 CLOSE_GRACE_SECONDS = 2.0
+# The same for a peer closed for reading too slowly (1013): its close frame waits behind
+# the socket buffers it has not read yet (up to a write chunk and the kernel's buffers),
+# so it gets longer to read them and learn why, rather than see its stream cut (1006).
+# The connection's queue is already dropped; only those buffers wait with it.
+SLOW_CLOSE_GRACE_SECONDS = 15.0
 # Most bytes the writer hands to one send_all.
 WRITE_CHUNK_BYTES = 256 * 1024
 # Searches one connection may have running at once; one more is `rate_limited`.
@@ -210,7 +215,8 @@ class Session:
         # Waits for a close request, lets the writer finish the frame it is writing,
         # sends the close frame, and cuts the stream if the peer will not take it.
         await self._closing.wait()
-        with trio.move_on_after(CLOSE_GRACE_SECONDS) as grace:
+        slow = self._close_code == CLOSE_TRY_AGAIN_LATER
+        with trio.move_on_after(SLOW_CLOSE_GRACE_SECONDS if slow else CLOSE_GRACE_SECONDS) as grace:
             await writer_done.wait()
             await self._ws.aclose(self._close_code or 1000, self._close_reason or None)
         if grace.cancelled_caught:
