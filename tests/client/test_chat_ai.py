@@ -93,6 +93,9 @@ async def test_without_an_endpoint_each_ai_command_is_one_notice_and_the_switch_
         assert "AI on" in theirs.header() and "AI on" in core.header()
         await theirs.submit("/ai")
         assert "changed by ada at " in theirs.notice, theirs.notice
+        await core.submit("/ai proactive on")
+        assert core.notice.startswith("assistant on (proposes meeting times) in bob"), core.notice
+        assert (await other.ai_settings(cid))["proactive"] is True
         # With the switch on, still unavailable: no endpoint comes first.
         await core.submit("/ask when is the meeting?")
         assert core.rejected and core.notice.startswith("the assistant is unavailable"), core.notice
