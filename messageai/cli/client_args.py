@@ -22,8 +22,14 @@ CLIENT_COMMANDS = (
     "delete",
     "react",
     "search",
+    "ask",
+    "catch-up",
+    "todo",
+    "ai",
 )
 DEFAULT_TIMEOUT_SECONDS = 10.0
+# The assistant's answers take up to the server's `ai.timeout_seconds` (default 30).
+AI_TIMEOUT_SECONDS = 60.0
 
 
 def _positive_seconds(value: str) -> float:
@@ -67,13 +73,13 @@ def add_client_commands(sub: Any) -> None:
         )
         return p
 
-    def with_timeout(p: argparse.ArgumentParser) -> None:
+    def with_timeout(p: argparse.ArgumentParser, default: float = DEFAULT_TIMEOUT_SECONDS) -> None:
         p.add_argument(
             "--timeout",
             type=_positive_seconds,
-            default=DEFAULT_TIMEOUT_SECONDS,
+            default=default,
             metavar="SECONDS",
-            help=f"give up on the server after this long (default {DEFAULT_TIMEOUT_SECONDS:g})",
+            help=f"give up on the server after this long (default {default:g})",
         )
 
     p = command("login", "sign in (or register) and keep the session in the local store")
@@ -151,4 +157,39 @@ def add_client_commands(sub: Any) -> None:
     p.add_argument("--conversation", metavar="ID", help="only this conversation")
     p.add_argument("--limit", type=_limit, metavar="N", help="at most N results (default 20)")
     p.add_argument("--json", action="store_true", help="one result object per line")
+    with_timeout(p)
+
+    p = command(
+        "ask",
+        "ask the assistant about one conversation (the answer is yours only; needs the server)",
+    )
+    p.add_argument("conversation_id", metavar="CONVERSATION_ID")
+    p.add_argument("question", metavar="QUESTION", help="1-2000 characters ('-': stdin)")
+    p.add_argument("--json", action="store_true", help="print {answer, citations, cached}")
+    with_timeout(p, AI_TIMEOUT_SECONDS)
+
+    p = command("catch-up", "a summary of what I have not read in one conversation")
+    p.add_argument("conversation_id", metavar="CONVERSATION_ID")
+    p.add_argument(
+        "--json", action="store_true", help="print {summary, citations, from_seq, to_seq}"
+    )
+    with_timeout(p, AI_TIMEOUT_SECONDS)
+
+    p = command("todo", "the action items the assistant found in one conversation")
+    p.add_argument("conversation_id", metavar="CONVERSATION_ID")
+    mark = p.add_mutually_exclusive_group()
+    mark.add_argument("--done", metavar="ITEM_ID", help="mark this item done")
+    mark.add_argument("--reopen", metavar="ITEM_ID", help="mark this item open again")
+    p.add_argument("--json", action="store_true", help="one item object per line")
+    with_timeout(p)
+
+    p = command("ai", "show or set the assistant's switch of one conversation, or its log")
+    p.add_argument("conversation_id", metavar="CONVERSATION_ID")
+    p.add_argument(
+        "action",
+        nargs="?",
+        choices=("on", "off", "log"),
+        help="on/off: for every member; log: every request that sent its content",
+    )
+    p.add_argument("--json", action="store_true", help="print the settings (log: one entry a line)")
     with_timeout(p)

@@ -2,7 +2,8 @@
 
 Modules: `store` (all SQL), `accounts` (where databases live), `api` (REST),
 `link` (one WebSocket), `sync` (the engine), `events` (what UIs hear), `sdk`
-(the `Client`), `commands` and `chat` (the `messageai` subcommands).
+(the `Client`, with the assistant's routes), `commands` and `chat` (the `messageai`
+subcommands), `chat_ai` (the chat's `/ask`, `/catchup`, `/todo`, `/ai`).
 """
 
 from messageai.client.errors import (

@@ -1,5 +1,5 @@
 """The REST half of PROTOCOL.md for clients: accounts, users, conversations, channels,
-search and media (v1.1).
+search and media (v1.1), and the AI routes of "AI over a conversation".
 
 `Api` wraps one `httpx.AsyncClient` (anyio: runs under Trio and asyncio). It
 is used by `sdk.Client` and `sync.Syncer`; every failure leaves as a
@@ -20,6 +20,9 @@ from messageai.model import Conversation
 from messageai.protocol import structure_record
 
 DEFAULT_TIMEOUT_SECONDS = 10.0
+# An AI answer may take the server's `ai.timeout_seconds` (default 30) to come: wait
+# past it, so the server's own `unavailable` arrives rather than our timeout.
+AI_TIMEOUT_SECONDS = 60.0
 
 
 class Api:
@@ -41,12 +44,15 @@ class Api:
         json: Any = None,
         params: dict[str, Any] | None = None,
         auth: bool = True,
+        wait_seconds: float | None = None,
     ) -> Any:
-        """One request; the decoded JSON body (None for 204)."""
+        """One request; the decoded JSON body (None for 204). `wait_seconds` replaces
+        the client's timeout for this request."""
         headers = {"Authorization": f"Bearer {self.token}"} if auth and self.token else {}
+        extra: dict[str, Any] = {} if wait_seconds is None else {"timeout": wait_seconds}
         try:
             response = await self.http.request(
-                method, path, json=json, params=params, headers=headers
+                method, path, json=json, params=params, headers=headers, **extra
             )
         except httpx.TransportError as exc:
             raise Unreachable(
@@ -198,6 +204,115 @@ class Api:
         if not response.is_success:
             _answer(response, "GET /v1/media")
         return response
+
+    # ------------------------------------------------------------ AI over a conversation
+
+    def _ai(self, conversation_id: str, rest: str = "") -> str:
+        return f"/v1/conversations/{quote(conversation_id, safe='')}/ai{rest}"
+
+    async def ai_settings(self, conversation_id: str) -> dict[str, Any]:
+        """`GET …/ai`: `{enabled, proactive, changed_by, changed_at}`."""
+        return check_ai_settings(await self.call("GET", self._ai(conversation_id)))
+
+    async def set_ai_settings(
+        self, conversation_id: str, enabled: bool, proactive: bool | None = None
+    ) -> dict[str, Any]:
+        """`PUT …/ai`: the settings as they are afterwards."""
+        body: dict[str, Any] = {"enabled": enabled}
+        if proactive is not None:
+            body["proactive"] = proactive
+        return check_ai_settings(await self.call("PUT", self._ai(conversation_id), json=body))
+
+    async def ask(self, conversation_id: str, question: str) -> dict[str, Any]:
+        """`POST …/ai/ask`: `{answer, citations, cached}`."""
+        body = await self.call(
+            "POST",
+            self._ai(conversation_id, "/ask"),
+            json={"question": question},
+            wait_seconds=AI_TIMEOUT_SECONDS,
+        )
+        return check_answer(body)
+
+    async def catch_up(self, conversation_id: str) -> dict[str, Any]:
+        """`POST …/ai/catch-up`: `{summary, citations, from_seq, to_seq}` (all but
+        `citations` null with nothing unread)."""
+        body = await self.call(
+            "POST", self._ai(conversation_id, "/catch-up"), wait_seconds=AI_TIMEOUT_SECONDS
+        )
+        body = _object(body, "summary")
+        if not (body["summary"] is None or isinstance(body["summary"], str)) or not all(
+            body.get(k) is None or type(body.get(k)) is int for k in ("from_seq", "to_seq")
+        ):
+            raise ProtocolViolation("catch-up: summary is text or null, from_seq/to_seq seqs")
+        _seqs(body, "citations", "catch-up")
+        return body
+
+    async def action_items(self, conversation_id: str) -> list[dict[str, Any]]:
+        """`GET …/ai/action-items`: the items, as the server orders them."""
+        body = await self.call(
+            "GET", self._ai(conversation_id, "/action-items"), wait_seconds=AI_TIMEOUT_SECONDS
+        )
+        return [check_item(i) for i in _list(body, "items")]
+
+    async def set_action_item(
+        self, conversation_id: str, item_id: str, status: str
+    ) -> dict[str, Any]:
+        """`PATCH …/ai/action-items/{id}` `{status}` (`open` / `done`): the item."""
+        path = self._ai(conversation_id, f"/action-items/{quote(item_id, safe='')}")
+        return check_item(await self.call("PATCH", path, json={"status": status}))
+
+    async def ai_log(self, conversation_id: str) -> list[dict[str, Any]]:
+        """`GET …/ai/log`: every request that sent content to the endpoint, newest first."""
+        entries = _list(await self.call("GET", self._ai(conversation_id, "/log")), "entries")
+        for entry in entries:
+            if type(entry.get("at")) is not int or not isinstance(entry.get("action"), str):
+                raise ProtocolViolation("ai log: each entry has `at` and `action`")
+            if not (entry.get("user_id") is None or isinstance(entry.get("user_id"), str)):
+                raise ProtocolViolation("ai log: user_id is an id or null")
+            _seqs(entry, "seqs", "ai log")
+        return entries
+
+
+def _seqs(body: dict[str, Any], key: str, what: str) -> list[int]:
+    seqs = body.get(key)
+    if not isinstance(seqs, list) or not all(type(s) is int for s in seqs):
+        raise ProtocolViolation(f"{what}: {key} is a list of seqs")
+    return seqs
+
+
+def check_ai_settings(value: Any) -> dict[str, Any]:
+    """An `ai` settings object (or the fields of an `ai_settings` frame)."""
+    body = _object(value, "enabled")
+    if not isinstance(body["enabled"], bool) or not isinstance(body.get("proactive"), bool):
+        raise ProtocolViolation("ai settings: enabled and proactive are booleans")
+    if not (body.get("changed_by") is None or isinstance(body.get("changed_by"), str)):
+        raise ProtocolViolation("ai settings: changed_by is a user id or null")
+    if not (body.get("changed_at") is None or type(body.get("changed_at")) is int):
+        raise ProtocolViolation("ai settings: changed_at is a time or null")
+    return body
+
+
+def check_answer(value: Any) -> dict[str, Any]:
+    """An answer: `{answer, citations, cached}` (REST, or WebSocket `ai_answer`)."""
+    body = _object(value, "answer")
+    if not isinstance(body["answer"], str) or not isinstance(body.get("cached"), bool):
+        raise ProtocolViolation("answer: answer is text and cached a boolean")
+    _seqs(body, "citations", "answer")
+    return body
+
+
+def check_item(value: Any) -> dict[str, Any]:
+    """An action item: `{id, text, owner_id, due, source_seqs, status}`."""
+    item = _object(value, "id")
+    if not isinstance(item["id"], str) or not isinstance(item.get("text"), str):
+        raise ProtocolViolation("action item: id and text are strings")
+    if item.get("status") not in ("open", "done"):
+        raise ProtocolViolation("action item: status is open or done")
+    for key in ("owner_id", "due"):
+        if not (item.get(key) is None or isinstance(item.get(key), str)):
+            raise ProtocolViolation(f"action item: {key} is text or null")
+    _seqs(item, "source_seqs", "action item")
+    return item
 
 
 def _answer(response: httpx.Response, what: str) -> Any:

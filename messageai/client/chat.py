@@ -23,8 +23,11 @@ import anyio
 from anyio.streams.memory import MemoryObjectSendStream
 from prompt_toolkit.formatted_text import StyleAndTextTuples
 
+from messageai.client.chat_ai import HELP as AI_HELP
+from messageai.client.chat_ai import Assistant
 from messageai.client.errors import ClientError, Forbidden, NotSignedIn
 from messageai.client.events import (
+    AiSettingsChanged,
     ChangeRefused,
     ConnectionChanged,
     ConversationsChanged,
@@ -38,7 +41,8 @@ from messageai.client.sdk import MAX_BODY_CHARS, Client
 from messageai.client.store import LocalConversation, LocalMessage, MediaInfo
 
 # Every command, one a line: shown by /help in the message pane.
-HELP = """\
+HELP = (
+    """\
 type to send · Alt-Enter or Ctrl-J: a new line · @username mentions a member
 M is the number beside a message: #12, or #q3 while it is queued
 /reply M TEXT          reply to a message (shown with a quoted line of it)
@@ -54,7 +58,10 @@ M is the number beside a message: #12, or #q3 while it is queued
 /new USER              a direct conversation · /group "TITLE" USER… a group
 /members · /who [PREFIX] · /add USER… · /remove USER · /leave
 /retry                 send failed messages again · /reconnect · /quit
-Ctrl-N/Ctrl-P switch conversations · PageUp/PageDown scroll · /help this list"""
+Ctrl-N/Ctrl-P switch conversations · PageUp/PageDown scroll · /help this list
+"""
+    + AI_HELP
+)
 # The notice when nothing else is to say.
 HINT = "type to send · /help lists every command · /open N · /search WORDS · /quit"
 NO_CONVERSATION = "no conversation open: /new USER starts one, /open N opens one from the list"
@@ -121,6 +128,10 @@ class ChatCore:
         # last look: the screen rings the bell and puts the count in the title.
         self.elsewhere = 0
         self.bell = False
+        # Repaints the screen between events (an answer streaming in); ChatApp sets it.
+        self.redraw: Callable[[], None] = lambda: None
+        # `/ask`, `/catchup`, `/todo`, `/ai`, and the view they show in the pane.
+        self.ai = Assistant(self)
         convs = self.numbered()
         if convs:
             self.current = convs[0].id
@@ -163,7 +174,7 @@ class ChatCore:
             await self.stop_typing()
             self.scroll = 0
             # What was sent is on screen, in place of a list that was.
-            self.help_shown, self.results = False, None
+            self.help_shown, self.results, self.ai.view = False, None, None
         except ClientError as exc:
             self.notice = f"error: {exc.message}"
         return True
@@ -179,7 +190,7 @@ class ChatCore:
             await self.stop_typing()
             return False
         if name == "/help":
-            self.help_shown = True
+            self.help_shown, self.ai.view = True, None
             self.scroll = 0
             self.notice = "the commands: /open N (or Ctrl-N) goes back to a conversation"
         elif name == "/open" and len(args) == 1:
@@ -212,8 +223,14 @@ class ChatCore:
             return await self._message_command(name, rest.strip())
         elif name == "/search":
             return await self.search(rest.strip())
+        elif name == "/go" and len(args) == 1 and self.ai.view is not None:
+            if not await self.ai.go(args[0]):
+                return True
         elif name == "/go" and len(args) == 1:
             return await self.go(args[0])
+        elif name in ("/ask", "/catchup", "/todo", "/ai"):
+            if not await self.ai.command(name, rest):
+                return True
         elif name == "/channels" and len(args) <= 1:
             self.notice = await self.channels(args[0] if args else "")
         elif name == "/join" and len(args) == 1:
@@ -381,7 +398,7 @@ class ChatCore:
             self.notice = "usage: /search WORDS"
             return True
         self.results = await self.client.search(words, limit=SEARCH_RESULTS)
-        self.help_shown = False
+        self.help_shown, self.ai.view = False, None
         self.results_query = words
         self.scroll = 0
         found = len(self.results)
@@ -482,6 +499,7 @@ class ChatCore:
         self.scroll = 0
         self.results = None
         self.help_shown = False
+        self.ai.view = None
         self.found = None
         self.elsewhere = 0
         if previous != conversation_id:
@@ -489,6 +507,7 @@ class ChatCore:
         if not self.is_member(conversation_id):
             self.notice = self._not_a_member(conversation_id)
         await self.mark_read()
+        await self.ai.learn_settings(conversation_id)
         await self.learn_media(self.client.messages(conversation_id, SCREEN_MESSAGES))
 
     async def learn_media(self, messages: list[LocalMessage]) -> None:
@@ -593,10 +612,14 @@ class ChatCore:
             if message.attachments and message.conversation_id == self.current:
                 await self.learn_media([message])
             if message.sender_id != self.client.me and (
-                message.conversation_id != self.current or self.results is not None
+                message.conversation_id != self.current
+                or self.results is not None
+                or self.ai.view is not None
             ):
                 self.elsewhere += 1
                 self.bell = True
+        elif isinstance(event, AiSettingsChanged):
+            self.ai.changed(event.conversation_id, event.enabled, event.changed_by)
         elif isinstance(event, ChangeRefused):
             what = {"edit": "edit of", "delete": "delete of", "react": "reaction on"}
             self.notice = (
@@ -660,7 +683,7 @@ class ChatCore:
         text = f"{title} · {who}" if conv is not None and conv.title else who or title
         left = "" if self.is_member(cid) else " · you are no longer a member (read-only)"
         topic = f" · {conv.topic}" if conv is not None and conv.topic else ""
-        return f" {text}{topic}{left} "
+        return f" {text}{topic}{self.ai.header_note(cid)}{left} "
 
     def sidebar(self) -> Line:
         out: Line = []
@@ -694,6 +717,8 @@ class ChatCore:
             return [("", HELP + "\n")]
         if self.results is not None:
             return self.result_lines()
+        if self.ai.view is not None:
+            return self.ai.lines()
         if self.current is None:
             return [("italic", NO_CONVERSATION + "\n")]
         names = self.names()
@@ -955,6 +980,7 @@ class ChatApp:
                 "reaction": "#aaaaaa",
                 "reacted": "bold #5fafff",
                 "file": "underline #87afd7",
+                "link": "underline #87afd7",
             }
         )
         self.app: Application[None] = Application(
@@ -964,6 +990,7 @@ class ChatApp:
             full_screen=True,
             **app_options,
         )
+        core.redraw = self.app.invalidate
         # The screen's callbacks hand their work to run()'s task group, its owner: they
         # are called outside any task, where anyio cannot start one (on asyncio it
         # raises NoEventLoopError). Input comes at human speed, so a full channel means

@@ -1,5 +1,7 @@
 """The client subcommands of `messageai`: login, send, sync, tail, conversations, new, chat,
-and for v1.1 edit, delete, react (queued like sends) and search (needs the server).
+for v1.1 edit, delete, react (queued like sends) and search (needs the server), and the
+assistant's ask, catch-up, todo and ai (its switch and log) (need the server; answers
+are never stored).
 
 Their arguments are defined in `messageai.cli.client_args` (kept light, so that
 `messageai serve` does not import the SDK); `run` is called by `messageai.cli.main`.
@@ -43,10 +45,13 @@ def run(args: argparse.Namespace) -> int:
             return trio.run(_login, args, password)
         return trio.run(_until_signal, _HANDLERS[args.command], args)
     except AuthError as exc:
-        print(f"messageai: {exc.message}; sign in again with `messageai login`", file=sys.stderr)
+        print(
+            f"messageai: {_one_line(exc.message)}; sign in again with `messageai login`",
+            file=sys.stderr,
+        )
         return 1
     except ClientError as exc:
-        print(f"messageai: {exc.message}", file=sys.stderr)
+        print(f"messageai: {_one_line(exc.message)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
@@ -89,6 +94,11 @@ async def _until_signal(handler: Callable[[argparse.Namespace], Awaitable[int]],
     if failure is not None:
         raise failure
     return result
+
+
+def _one_line(text: str) -> str:
+    """A server's message as one line of stderr, whatever it holds."""
+    return " ".join(text.split())
 
 
 def _first_leaf(exc: BaseException) -> BaseException:
@@ -472,6 +482,160 @@ async def _search(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _cited(client: Client, cid: str, seqs: list[int], seconds: float) -> None:
+    """The messages an answer cites, one line each as `tail` prints them (from the
+    store, synced first if it lacks one of them)."""
+    if not seqs:
+        return
+    if any(client.message_by_seq(cid, s) is None for s in seqs):
+        await _try_sync(client, seconds)
+    names = client.user_names()
+    print("cited:")
+    for seq in seqs:
+        message = client.message_by_seq(cid, seq)
+        print("  " + (_line(client, message, names) if message is not None else f"#{seq}"))
+
+
+async def _ai_call(seconds: float, call: Awaitable[Any]) -> Any:
+    try:
+        with trio.fail_after(seconds):
+            return await call
+    except trio.TooSlowError:
+        raise Unreachable(f"no answer within {seconds:g}s") from None
+
+
+async def _ask(args: argparse.Namespace) -> int:
+    """`ask CONV QUESTION`: the answer, streamed to a terminal as it is generated
+    (`ai_ask`); to a pipe or file only once complete, so a script never reads an
+    answer that an error voided. `--json`: one REST call, one object."""
+    question = sys.stdin.read() if args.question == "-" else args.question
+    async with Client.open(args.store) as client:
+        cid = args.conversation_id
+        if args.json:
+            _emit(await _ai_call(args.timeout, client.ask(cid, question)))
+            return 0
+        streaming = sys.stdout.isatty()
+        shown = False
+
+        def delta(text: str) -> None:
+            nonlocal shown
+            if streaming:
+                sys.stdout.write(text)
+                sys.stdout.flush()
+                shown = True
+
+        try:
+            answer = await _ai_call(args.timeout, client.ask(cid, question, on_delta=delta))
+        except ClientError:
+            if shown:
+                print(flush=True)  # end the answer's line on the terminal
+                print("messageai: the answer above was cut off: disregard it", file=sys.stderr)
+            raise
+        if shown:
+            print()
+        else:
+            print(answer["answer"])
+        if answer["cached"]:
+            print("(from the cache: nothing was sent to the model)")
+        await _cited(client, cid, answer["citations"], args.timeout)
+    return 0
+
+
+async def _catch_up(args: argparse.Namespace) -> int:
+    async with Client.open(args.store) as client:
+        cid = args.conversation_id
+        body = await _ai_call(args.timeout, client.catch_up(cid))
+        if args.json:
+            _emit(body)
+        elif body["summary"] is None:
+            print(f"nothing unread in {cid}")
+        else:
+            print(f"catch-up of #{body['from_seq']} to #{body['to_seq']} in {cid}:")
+            print(body["summary"])
+            await _cited(client, cid, body["citations"], args.timeout)
+    return 0
+
+
+def _item_line(item: dict[str, Any], names: dict[str, str]) -> str:
+    box = "[x]" if item["status"] == "done" else "[ ]"
+    extra = []
+    if item.get("owner_id"):
+        extra.append(names.get(item["owner_id"], item["owner_id"]))
+    if item.get("due"):
+        extra.append(f"due {_one_line(item['due'])}")
+    sources = " ".join(f"#{s}" for s in item.get("source_seqs") or [])
+    more = f" ({', '.join(extra)})" if extra else ""
+    return f"{item['id']}\t{box} {_one_line(item['text'])}{more}" + (
+        f"\tfrom {sources}" if sources else ""
+    )
+
+
+async def _todo(args: argparse.Namespace) -> int:
+    """`todo CONV`: the action items; `--done ID` / `--reopen ID` mark one."""
+    async with Client.open(args.store) as client:
+        cid = args.conversation_id
+        names = client.user_names()
+        marked = args.done or args.reopen
+        if marked is not None:
+            item = await _ai_call(
+                args.timeout, client.set_action_item(cid, marked, done=args.done is not None)
+            )
+            if args.json:
+                _emit(item)
+            else:
+                print(_item_line(item, names))
+            return 0
+        items = await _ai_call(args.timeout, client.action_items(cid))
+        for item in items:
+            if args.json:
+                _emit(item)
+            else:
+                print(_item_line(item, names))
+        if not items and not args.json:
+            print(f"messageai: no action items in {cid}", file=sys.stderr)
+    return 0
+
+
+async def _ai(args: argparse.Namespace) -> int:
+    """`ai CONV [on|off|log]`: the switch (works without an endpoint), or the log."""
+    async with Client.open(args.store) as client:
+        cid = args.conversation_id
+        names = client.user_names()
+        if args.action == "log":
+            entries = await _ai_call(args.timeout, client.ai_log(cid))
+            for entry in entries:
+                if args.json:
+                    _emit(entry)
+                    continue
+                when = time.strftime("%Y-%m-%d %H:%M", time.localtime(entry["at"] / 1000))
+                user = entry.get("user_id")
+                who = "(background)" if user is None else names.get(user, user)
+                seqs = " ".join(f"#{s}" for s in entry["seqs"])
+                print(f"{when}\t{who}\t{entry['action']}\t{seqs}")
+            if not entries and not args.json:
+                print(f"nothing of {cid} was ever sent to the model")
+            return 0
+        if args.action is None:
+            settings = await _ai_call(args.timeout, client.ai_settings(cid))
+        else:
+            settings = await _ai_call(args.timeout, client.set_ai(cid, args.action == "on"))
+        if args.json:
+            _emit(settings)
+            return 0
+        by = settings.get("changed_by")
+        at = settings.get("changed_at")
+        when = (
+            time.strftime(" at %Y-%m-%d %H:%M", time.localtime(at / 1000))
+            if isinstance(at, int)
+            else ""
+        )
+        changed = f"changed by {names.get(by, by)}{when}" if by is not None else "never changed"
+        proactive = ", proactive" if settings["proactive"] else ""
+        state = "on" if settings["enabled"] else "off"
+        print(f"assistant {state}{proactive} in {cid} ({changed})")
+    return 0
+
+
 _HANDLERS: dict[str, Callable[[argparse.Namespace], Awaitable[int]]] = {
     "logout": _logout,
     "send": _send,
@@ -483,4 +647,8 @@ _HANDLERS: dict[str, Callable[[argparse.Namespace], Awaitable[int]]] = {
     "delete": _change,
     "react": _change,
     "search": _search,
+    "ask": _ask,
+    "catch-up": _catch_up,
+    "todo": _todo,
+    "ai": _ai,
 }

@@ -106,6 +106,18 @@ class ConnectionChanged:
 
 
 @attrs.frozen
+class AiSettingsChanged:
+    """A conversation's AI switch as the server announced it (`ai_settings`, sent to
+    every subscribed connection, the changer's own included), or as a `PUT` or `GET`
+    answered it: `Client.ai_settings_known` holds it from then on."""
+
+    conversation_id: str
+    enabled: bool
+    proactive: bool
+    changed_by: str | None
+
+
+@attrs.frozen
 class Overflowed:
     """This subscriber fell behind and `dropped` events were discarded: re-read the store."""
 
@@ -123,6 +135,7 @@ Event: TypeAlias = (
     | TypingChanged
     | ConversationsChanged
     | ConnectionChanged
+    | AiSettingsChanged
     | Overflowed
 )
 

@@ -6,6 +6,11 @@ group; it hands every frame without a pending `req` to the syncer's callback
 and wakes the task waiting on a request. When the connection ends, every
 pending and later request raises `Unreachable` (`read_forever` itself raises
 `AuthError` for a close 1008: the session was ended by the server).
+
+A request may take partial answers before its one final answer (PROTOCOL.md's
+`ai_ask`: `ai_delta` frames, then `ai_answer` or `error`): `send(..., partial=)`
+names their type and a callback, which the reader calls for each of them without
+waiting (it must not block: it runs in the reading task).
 """
 
 from __future__ import annotations
@@ -40,14 +45,19 @@ REQUEST_TIMEOUT_SECONDS = 30.0
 CLOSE_POLICY = 1008
 
 
+# A partial answer's callback (see the module docstring).
+Partial = tuple[str, Callable[[dict[str, Any]], None]]
+
+
 class Slot:
     """Where the answer to one request lands (`Link.send`, then `Link.answer`)."""
 
-    __slots__ = ("done", "frame")
+    __slots__ = ("done", "frame", "partial")
 
-    def __init__(self) -> None:
+    def __init__(self, partial: Partial | None = None) -> None:
         self.done = anyio.Event()
         self.frame: dict[str, Any] | None = None
+        self.partial = partial
 
 
 class Link:
@@ -57,12 +67,13 @@ class Link:
         self._pending: dict[int, Slot] = {}
         self._closed: str | None = None
 
-    async def send(self, type_: str, **fields: Any) -> Slot:
-        """Send a frame with a fresh `req`; the returned slot is filled by its answer."""
+    async def send(self, type_: str, *, partial: Partial | None = None, **fields: Any) -> Slot:
+        """Send a frame with a fresh `req`; the returned slot is filled by its answer.
+        Frames of type `partial[0]` with this `req` go to `partial[1]` meanwhile."""
         if self._closed is not None:
             raise Unreachable(self._closed)
         req = next(self._next_req)
-        slot = Slot()
+        slot = Slot(partial)
         self._pending[req] = slot
         try:
             await self._ws.send_text(orjson.dumps({"type": type_, "req": req, **fields}).decode())
@@ -71,10 +82,17 @@ class Link:
             raise Unreachable(f"connection lost while sending: {type(exc).__name__}") from exc
         return slot
 
-    async def answer(self, slot: Slot, expected: str) -> dict[str, Any]:
-        """Wait for a slot's answer; an `error` frame raises ServerError."""
-        with anyio.move_on_after(REQUEST_TIMEOUT_SECONDS):
+    async def answer(
+        self, slot: Slot, expected: str, *, seconds: float = REQUEST_TIMEOUT_SECONDS
+    ) -> dict[str, Any]:
+        """Wait for a slot's answer; an `error` frame raises ServerError. On timeout the
+        request is forgotten (a late answer is then read as an unmatched frame)."""
+        with anyio.move_on_after(seconds):
             await slot.done.wait()
+        if slot.frame is None:
+            for req, pending in list(self._pending.items()):
+                if pending is slot:
+                    del self._pending[req]
         frame = slot.frame
         if frame is None:
             raise Unreachable(self._closed or "the server did not answer in time")
@@ -112,12 +130,12 @@ class Link:
                     raise ProtocolViolation("the server sent a frame that is not JSON") from None
                 if not isinstance(frame, dict) or not isinstance(frame.get("type"), str):
                     raise ProtocolViolation("the server sent a frame without a type")
-                slot = (
-                    self._pending.pop(frame["req"], None)
-                    if isinstance(frame.get("req"), int)
-                    else None
-                )
-                if slot is not None:
+                req = frame.get("req")
+                slot = self._pending.get(req) if isinstance(req, int) else None
+                if slot is not None and slot.partial and slot.partial[0] == frame["type"]:
+                    slot.partial[1](frame)
+                elif slot is not None:
+                    del self._pending[frame["req"]]
                     slot.frame = frame
                     slot.done.set()
                 else:

@@ -5,7 +5,9 @@ and work with the server down. `send` writes the message as `sending` before
 any I/O and returns it; `edit`, `delete` and `react` (v1.1) are optimistic the
 same way and wait in the same outbox, in order (see `outbox`); `run()` (stay
 connected) or `sync()` (one pass) deliver them. Search, channels, topics and
-media are REST calls and need the server. Runs under Trio or asyncio (httpx,
+media are REST calls and need the server, as does the assistant (`ask`, `catch_up`,
+`action_items`, the switch and its log: PROTOCOL.md "AI over a conversation"), whose
+answers are private to the asker and never stored. Runs under Trio or asyncio (httpx,
 httpx-ws and anyio underneath).
 
     async with Client.open() as client:        # the store's current account
@@ -17,11 +19,13 @@ httpx-ws and anyio underneath).
 from __future__ import annotations
 
 import contextlib
+import logging
 import mimetypes
 import re
 import time
 import unicodedata
 import uuid
+from collections.abc import Callable
 from email.message import Message as MimeHeaders
 from pathlib import Path
 from types import TracebackType
@@ -31,7 +35,8 @@ import anyio
 import apsw
 
 from messageai.client import accounts, outbox, store
-from messageai.client.api import Api
+from messageai.client.accounts import ws_url
+from messageai.client.api import AI_TIMEOUT_SECONDS, Api, check_answer
 from messageai.client.errors import ClientError, Forbidden, NotSignedIn, ServerError, Unreachable
 from messageai.client.events import (
     DEFAULT_BUFFER,
@@ -44,6 +49,7 @@ from messageai.client.events import (
     MessageUpdated,
     ReadReceipt,
 )
+from messageai.client.link import Link, open_link
 from messageai.client.store import Account, LocalConversation, LocalMessage, MediaInfo
 from messageai.client.sync import Settings, Syncer, SyncReport
 from messageai.protocol import DEFAULT_MAX_BODY_CHARS
@@ -58,6 +64,13 @@ MAX_EMOJI_BYTES = 32
 MENTION = re.compile(r"(?<![\w@])@([a-z0-9_.-]{3,32})")
 # The most bytes `upload` reads into memory (a default server takes 25 MiB).
 MAX_UPLOAD_BYTES = 64 * 1024 * 1024
+# PROTOCOL.md: a question is 1-2000 code points after trimming.
+MAX_QUESTION_CHARS = 2000
+# The most answer text `ask` passes on from `ai_delta` frames: a server streaming
+# without end is cut off here (the final `ai_answer` is checked whole all the same).
+MAX_ANSWER_CHARS = 200_000
+
+log = logging.getLogger(__name__)
 
 
 def emoji_refusal(emoji: str) -> str | None:
@@ -97,6 +110,43 @@ def _media_info(media_id: str, headers: Any) -> MediaInfo:
         parsed["content-disposition"] = disposition
         name = parsed.get_filename()
     return MediaInfo(media_id, name, kind, size)
+
+
+def _unasked(frame: dict[str, Any]) -> None:
+    """A frame on `ask`'s own connection that answers nothing it asked (it subscribes
+    to nothing): logged by type only (frames may carry message bodies)."""
+    log.debug("ignored a %s frame on the connection opened for a question", frame.get("type"))
+
+
+async def _ask_on(
+    link: Link, conversation_id: str, question: str, on_delta: Callable[[str], None]
+) -> dict[str, Any]:
+    """`ai_ask` on `link`: each `ai_delta` to `on_delta`, then the `ai_answer`."""
+    passed = 0
+    failure: list[Exception] = []
+
+    def delta(frame: dict[str, Any]) -> None:
+        nonlocal passed
+        text = frame.get("text")
+        if not isinstance(text, str) or failure or passed + len(text) > MAX_ANSWER_CHARS:
+            return
+        passed += len(text)
+        try:
+            on_delta(text)
+        except Exception as exc:  # raised from ask(), not in the connection's reader
+            failure.append(exc)
+
+    slot = await link.send(
+        "ai_ask",
+        partial=("ai_delta", delta),
+        conversation_id=conversation_id,
+        question=question,
+    )
+    frame = await link.answer(slot, "ai_answer", seconds=AI_TIMEOUT_SECONDS)
+    if failure:
+        raise failure[0]
+    answer = check_answer(frame)
+    return {key: answer[key] for key in ("answer", "citations", "cached")}
 
 
 def _not_a_member() -> Forbidden:
@@ -646,6 +696,109 @@ class Client:
             with transaction(self._conn):
                 store.save_media(self._conn, _media_info(media_id, headers))
         return Path(target)
+
+    # ------------------------------------------------------------ AI over a conversation
+
+    def ai_settings_known(self, conversation_id: str) -> dict[str, Any] | None:
+        """The conversation's AI settings as last heard (a GET, a PUT, or the server's
+        `ai_settings` frame on this client's connection), or None: no I/O."""
+        return self.syncer.ai_settings.get(conversation_id)
+
+    async def ai_settings(self, conversation_id: str) -> dict[str, Any]:
+        """`{enabled, proactive, changed_by, changed_at}` from the server (works without
+        an endpoint configured)."""
+        settings = await self.api.ai_settings(conversation_id)
+        self.syncer.note_ai_settings(conversation_id, settings)
+        return settings
+
+    async def set_ai(
+        self, conversation_id: str, enabled: bool, proactive: bool | None = None
+    ) -> dict[str, Any]:
+        """Turn the conversation's assistant on or off (for every member; they hear of it
+        as `ai_settings`); the settings afterwards."""
+        settings = await self.api.set_ai_settings(conversation_id, enabled, proactive)
+        self.syncer.note_ai_settings(conversation_id, settings)
+        return settings
+
+    async def ask(
+        self,
+        conversation_id: str,
+        question: str,
+        *,
+        on_delta: Callable[[str], None] | None = None,
+    ) -> dict[str, Any]:
+        """Ask the assistant about one conversation: `{answer, citations, cached}`,
+        private to me (nothing is posted or stored).
+
+        Without `on_delta`, one REST call. With it, over the WebSocket (`ai_ask`):
+        `on_delta(text)` is called with each piece of the answer as it is generated
+        (from the connection's reading task: it must return at once), on the running
+        connection if there is one, else on one opened for this question. After an
+        error the pieces already passed on are void (PROTOCOL.md: the client drops
+        them). Raises ServerError `unavailable` (no endpoint, or it failed),
+        `forbidden` (the switch is off, or not a member), `rate_limited`."""
+        text = question.strip()
+        if not text:
+            raise ClientError("ask a question")
+        if len(text) > MAX_QUESTION_CHARS:
+            raise ClientError(f"a question is at most {MAX_QUESTION_CHARS} characters")
+        if on_delta is None:
+            return await self.api.ask(conversation_id, text)
+        link = self.syncer.link
+        if link is not None:
+            # Not retried on another connection if this one drops: the question may
+            # have gone out, and a second one would be answered (and logged) twice.
+            return await _ask_on(link, conversation_id, text, on_delta)
+        failure: ClientError | None = None
+        answer: dict[str, Any] = {}
+        async with (
+            open_link(
+                self.api.http,
+                ws_url(self.account.server_url),
+                self.account.token or "",
+                keepalive_seconds=None,
+            ) as own,
+            anyio.create_task_group() as tg,
+        ):
+
+            async def read() -> None:
+                # Its end wakes the pending question with Unreachable: raised there.
+                with contextlib.suppress(ClientError):
+                    await own.read_forever(_unasked)
+
+            tg.start_soon(read)
+            try:
+                answer = await _ask_on(own, conversation_id, text, on_delta)
+            except ClientError as exc:
+                # Raised here, out of the task groups, it stays itself (not wrapped in
+                # an ExceptionGroup).
+                failure = exc
+            finally:
+                tg.cancel_scope.cancel()
+        if failure is not None:
+            raise failure
+        return answer
+
+    async def catch_up(self, conversation_id: str) -> dict[str, Any]:
+        """A summary of exactly my unread range there (read cursor + 1 … last seq):
+        `{summary, citations, from_seq, to_seq}`, all but `citations` null with nothing
+        unread. It does not move my read cursor."""
+        return await self.api.catch_up(conversation_id)
+
+    async def action_items(self, conversation_id: str) -> list[dict[str, Any]]:
+        """`{id, text, owner_id, due, source_seqs, status}` each, found in the background."""
+        return await self.api.action_items(conversation_id)
+
+    async def set_action_item(
+        self, conversation_id: str, item_id: str, *, done: bool = True
+    ) -> dict[str, Any]:
+        """Mark an action item done (or open again); the item afterwards."""
+        return await self.api.set_action_item(conversation_id, item_id, "done" if done else "open")
+
+    async def ai_log(self, conversation_id: str) -> list[dict[str, Any]]:
+        """Every request that sent content of the conversation to the endpoint, newest
+        first: `{at, user_id (null: a background job), action, seqs}`."""
+        return await self.api.ai_log(conversation_id)
 
     def _save_conversation(self, conv: dict[str, Any]) -> None:
         with transaction(self._conn):

@@ -35,7 +35,7 @@ import httpx
 from messageai.backoff import Backoff
 from messageai.client import outbox, store
 from messageai.client.accounts import ws_url
-from messageai.client.api import Api, parse_conversation
+from messageai.client.api import Api, check_ai_settings, parse_conversation
 from messageai.client.errors import (
     AuthError,
     ClientError,
@@ -45,6 +45,7 @@ from messageai.client.errors import (
     Unreachable,
 )
 from messageai.client.events import (
+    AiSettingsChanged,
     ChangeRefused,
     ConnectionChanged,
     ConnectionState,
@@ -148,6 +149,9 @@ class Syncer:
         self._added_wake: anyio.Event | None = None
         # False once the server answered `get_changes` with `unknown_type` (a v1 server).
         self._has_changes = True
+        # Each conversation's AI settings as last told (`ai_settings` frames, and the
+        # SDK's GET/PUT answers): at most one entry per conversation of the store.
+        self.ai_settings: dict[str, dict[str, Any]] = {}
 
     # ------------------------------------------------------------ public
 
@@ -647,10 +651,38 @@ class Syncer:
                 self.lost_access(cid)
         elif kind == "conversation_added":
             self._on_conversation_added(frame.get("conversation"))
+        elif kind == "ai_settings":
+            self.note_ai_settings(frame.get("conversation_id"), frame)
         elif kind == "error":
             # We always send a req, so this answers a frame we cannot match: worth a log line only.
             log.warning("server error frame without a request: %s", frame)
         # Unknown types are protocol extensions this client does not know yet: ignored.
+
+    def note_ai_settings(self, conversation_id: Any, settings: dict[str, Any]) -> None:
+        """Remember a conversation's AI settings; announce them (`AiSettingsChanged`)
+        when they differ from what was known. A conversation the store does not hold
+        is ignored."""
+        if not isinstance(conversation_id, str) or not store.has_conversation(
+            self._conn, conversation_id
+        ):
+            return
+        check_ai_settings(settings)
+        fields = ("enabled", "proactive", "changed_by", "changed_at")
+        # A frame has no `changed_at` (the change is now): null, rather than the time
+        # of an earlier change.
+        kept = {k: settings.get(k) for k in fields}
+        before = self.ai_settings.get(conversation_id)
+        self.ai_settings[conversation_id] = kept
+        if before is not None and all(before[k] == kept[k] for k in fields[:3]):
+            return
+        self._events.emit(
+            AiSettingsChanged(
+                conversation_id,
+                bool(kept["enabled"]),
+                bool(kept["proactive"]),
+                kept["changed_by"],
+            )
+        )
 
     def _on_conversation_added(self, conversation: Any) -> None:
         """README "Protocol notes": we were made a member. Stored and announced now;

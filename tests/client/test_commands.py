@@ -28,13 +28,14 @@ TIMEOUT = 30
 
 
 @contextlib.contextmanager
-def server_process(tmp_path: Path, port: int = 0) -> Iterator[str]:
+def server_process(tmp_path: Path, port: int = 0, extra: str = "") -> Iterator[str]:
+    """`messageai serve` on 127.0.0.1; `extra` is TOML appended to its config."""
     config = tmp_path / "server.toml"
     config.write_text(
         f'[server]\nhost = "127.0.0.1"\nport = {port}\nshutdown_timeout_seconds = 2.0\n'
         f'[storage]\ndata_dir = "{tmp_path / "data"}"\n'
         "[auth]\nscrypt_n = 16\n"
-        '[logging]\nlevel = "warning"\n'
+        '[logging]\nlevel = "warning"\n' + extra
     )
     proc = subprocess.Popen(
         [*MESSAGEAI, "serve", "--config", str(config)], stdout=subprocess.PIPE, text=True
