@@ -291,7 +291,7 @@ class Assistant:
             limit = self._config.max_context_messages
 
             def read(conn: apsw.Connection, user: str) -> list[Message]:
-                return sql.unread(conn, conversation_id, user, limit)
+                return messages_sql.live_unread(conn, conversation_id, user, limit)
 
             unread = await self._registry.call(conversation_id, user_id, Ai(read))
             if not unread:
@@ -463,7 +463,7 @@ class _Run:
                 break
 
         def recent(conn: apsw.Connection, _user: str) -> list[Message]:
-            return sql.recent(conn, self._cid, RECENT_MESSAGES)
+            return messages_sql.live_recent(conn, self._cid, RECENT_MESSAGES)
 
         for message in await self._call(recent):
             found.setdefault(message.seq, message)
@@ -475,7 +475,7 @@ class _Run:
             return []
 
         def live(conn: apsw.Connection, _user: str) -> list[Message]:
-            return sql.live(conn, self._cid, named)
+            return messages_sql.live_by_seq(conn, self._cid, named)
 
         alive = {m.seq for m in await self._call(live)}
         return [seq for seq in named if seq in alive]
@@ -543,7 +543,7 @@ class _Run:
             low_, high_ = low, min(high, low + limit)
 
             def read(conn: apsw.Connection, _user: str) -> list[Message]:
-                return sql.live_range(conn, self._cid, low_, high_, limit)
+                return messages_sql.live_range(conn, self._cid, low_, high_, limit)
 
             return self._lines(await self._call(read))
         if call.name == "list_members":

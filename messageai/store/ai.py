@@ -1,5 +1,5 @@
-"""SQL for the assistant's part of one conversation's own file: its AI switch, its AI
-log, and the reads the assistant makes of its messages (live messages only).
+"""SQL for the assistant's part of one conversation's own file: its AI switch and its AI
+log (the reads it makes of the messages are `store.conversation`'s `live_*` functions).
 
 Called only inside the conversation's actor (through `conversations.commands.Ai`), so
 the switch and the log are ordered with the conversation's messages.
@@ -10,9 +10,6 @@ from __future__ import annotations
 import apsw
 import attrs
 import orjson
-
-from messageai.model import Message
-from messageai.store import conversation as sql
 
 # The log's page: newest first, at most this many entries per answer.
 MAX_LOG_PAGE = 500
@@ -90,46 +87,3 @@ def log(conn: apsw.Connection, limit: int) -> list[LogEntry]:
         "SELECT at, user_id, action, seqs FROM ai_log ORDER BY id DESC LIMIT ?", (limit,)
     )
     return [LogEntry(at, user_id, action, orjson.loads(seqs)) for at, user_id, action, seqs in rows]
-
-
-def read_cursor(conn: apsw.Connection, user_id: str) -> int:
-    value = conn.execute("SELECT seq FROM read_cursors WHERE user_id = ?", (user_id,)).get
-    return int(value) if isinstance(value, int) else 0
-
-
-def live(conn: apsw.Connection, conversation_id: str, seqs: list[int]) -> list[Message]:
-    """The messages of these seqs that exist and are not deleted, ascending."""
-    if not seqs:
-        return []
-    found = sql.messages_by_seq(conn, conversation_id, sorted(set(seqs)))
-    return [m for _, m in sorted(found.items()) if m.deleted_at is None]
-
-
-def live_range(
-    conn: apsw.Connection, conversation_id: str, low: int, high: int, limit: int
-) -> list[Message]:
-    """Live messages with low <= seq <= high, the first `limit` of them, ascending."""
-    messages, _ = sql.history(
-        conn, conversation_id, after_seq=low - 1, before_seq=high + 1, limit=limit * 2 + 10
-    )
-    return [m for m in messages if m.deleted_at is None][:limit]
-
-
-def recent(conn: apsw.Connection, conversation_id: str, limit: int) -> list[Message]:
-    """The newest `limit` live messages, ascending."""
-    messages, _ = sql.history(
-        conn, conversation_id, after_seq=None, before_seq=None, limit=limit * 2 + 10
-    )
-    return [m for m in messages if m.deleted_at is None][-limit:]
-
-
-def unread(conn: apsw.Connection, conversation_id: str, user_id: str, limit: int) -> list[Message]:
-    """What `unread_count` counts for `user_id` (messages of others above the caller's
-    read cursor, tombstones left out): the newest `limit` of them, ascending."""
-    cursor = read_cursor(conn, user_id)
-    rows = conn.execute(
-        f"SELECT {sql.COLUMNS} FROM messages WHERE seq > ? AND sender_id != ?"
-        " AND deleted_at IS NULL ORDER BY seq DESC LIMIT ?",
-        (cursor, user_id, limit),
-    ).fetchall()
-    return list(reversed(sql.rows_to_messages(conn, conversation_id, rows)))

@@ -435,3 +435,51 @@ def unread_count(conn: apsw.Connection, user_id: str, cursor: int, last_seq: int
         (cursor, user_id),
     ).get
     return max(0, last_seq - cursor - int(own) - int(deleted))
+
+
+# ---------------------------------------------------------------- the assistant's reads
+
+
+def read_cursor_of(conn: apsw.Connection, user_id: str) -> int:
+    value = conn.execute("SELECT seq FROM read_cursors WHERE user_id = ?", (user_id,)).get
+    return int(value) if isinstance(value, int) else 0
+
+
+def live_by_seq(conn: apsw.Connection, conversation_id: str, seqs: list[int]) -> list[Message]:
+    """The messages of these seqs that exist and are not deleted, ascending."""
+    if not seqs:
+        return []
+    found = messages_by_seq(conn, conversation_id, sorted(set(seqs)))
+    return [m for _, m in sorted(found.items()) if m.deleted_at is None]
+
+
+def live_range(
+    conn: apsw.Connection, conversation_id: str, low: int, high: int, limit: int
+) -> list[Message]:
+    """Live messages with low <= seq <= high, the first `limit` of them, ascending."""
+    messages, _ = history(
+        conn, conversation_id, after_seq=low - 1, before_seq=high + 1, limit=limit * 2 + 10
+    )
+    return [m for m in messages if m.deleted_at is None][:limit]
+
+
+def live_recent(conn: apsw.Connection, conversation_id: str, limit: int) -> list[Message]:
+    """The newest `limit` live messages, ascending."""
+    messages, _ = history(
+        conn, conversation_id, after_seq=None, before_seq=None, limit=limit * 2 + 10
+    )
+    return [m for m in messages if m.deleted_at is None][-limit:]
+
+
+def live_unread(
+    conn: apsw.Connection, conversation_id: str, user_id: str, limit: int
+) -> list[Message]:
+    """What `unread_count` counts for `user_id` (messages of others above the caller's
+    read cursor, tombstones left out): the newest `limit` of them, ascending."""
+    cursor = read_cursor_of(conn, user_id)
+    rows = conn.execute(
+        f"SELECT {COLUMNS} FROM messages WHERE seq > ? AND sender_id != ?"
+        " AND deleted_at IS NULL ORDER BY seq DESC LIMIT ?",
+        (cursor, user_id, limit),
+    ).fetchall()
+    return list(reversed(rows_to_messages(conn, conversation_id, rows)))
