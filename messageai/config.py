@@ -260,6 +260,15 @@ class SearchConfig:
 
 
 @attrs.frozen(field_transformer=_name_errors)
+class EmbeddingsConfig:
+    enabled: bool = True
+    threads: int = attrs.field(default=1, validator=[v.ge(1), v.le(64)])
+    intra_op_threads: int = attrs.field(default=1, validator=[v.ge(1), v.le(64)])
+    batch_rows: int = attrs.field(default=32, validator=[v.ge(1), v.le(1024)])
+    min_similarity: float = attrs.field(default=0.3, validator=[v.ge(-1.0), v.le(1.0)])
+
+
+@attrs.frozen(field_transformer=_name_errors)
 class LoggingConfig:
     level: Literal["debug", "info", "warning", "error"] = attrs.field(
         default="info", validator=v.in_(("debug", "info", "warning", "error"))
@@ -277,6 +286,7 @@ class Config:
     media: MediaConfig = MediaConfig()
     push: PushConfig = PushConfig()
     search: SearchConfig = SearchConfig()
+    embeddings: EmbeddingsConfig = EmbeddingsConfig()
     logging: LoggingConfig = LoggingConfig()
 
     def __attrs_post_init__(self) -> None:

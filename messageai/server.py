@@ -21,6 +21,7 @@ import trio
 import trio_websocket
 
 from messageai import passwords, rest
+from messageai.ai.embeddings import Embeddings
 from messageai.config import Config
 from messageai.conversations.commands import Summary
 from messageai.conversations.registry import Registry
@@ -71,6 +72,7 @@ class Server:
         self.media: Media | None = None
         self.push: Push | None = None
         self.search: Search | None = None
+        self.embeddings: Embeddings | None = None
         self.guard = Guard(config)
 
     def shutdown(self) -> None:
@@ -120,7 +122,11 @@ class Server:
         self.presence = presence
         authenticator = make_authenticator(config, directory)
         self.authenticator = authenticator
+        # embeddings: the model loads once, before the first actor can want it.
+        embeddings = Embeddings(config.embeddings)
+        self.embeddings = embeddings
         try:
+            await embeddings.start()
             async with trio.open_nursery() as actor_nursery:
                 media = Media(config, directory)
 
@@ -139,12 +145,14 @@ class Server:
                     presence.is_online,
                     media=media,
                     notify=push.notify if push.enabled else None,
+                    embeddings=embeddings,
                 )
                 # Background services run beside the actors and end with them at shutdown.
                 await actor_nursery.start(directory.run)
                 await actor_nursery.start(media.run)
                 if push.enabled:
                     await actor_nursery.start(push.run)
+                await actor_nursery.start(embeddings.run)
                 self.registry = registry
 
                 async def members_added(conversation_id: str, user_ids: tuple[str, ...]) -> None:
@@ -153,7 +161,9 @@ class Server:
                 directory.on_members_added = members_added
                 # search: its worker threads read the files; the registry wakes a
                 # lagging file's actor, which fills its index.
-                search = Search(config, directory, lambda cid: registry.actor(cid))
+                search = Search(
+                    config, directory, lambda cid: registry.actor(cid), embeddings.embedder
+                )
                 self.search = search
                 front = self._front_door(directory, registry, presence, media, push)
                 await self._serve(front, presence, task_status)
@@ -165,6 +175,7 @@ class Server:
                 self.registry.close()
             if self.search is not None:
                 self.search.close()
+            embeddings.close()
             directory.close()
 
     def _front_door(

@@ -34,6 +34,8 @@ def make_config(data_dir: Path, **sections: dict[str, Any]) -> Config:
         "storage": {"data_dir": str(data_dir)},
         # Cheap hashes keep registration fast in tests; production uses the default.
         "auth": {"scrypt_n": 16},
+        # The model costs CPU on every message: only the tests of embeddings turn it on.
+        "embeddings": {"enabled": False},
     }
     for name, values in sections.items():
         raw.setdefault(name, {}).update(values)

@@ -64,6 +64,7 @@ from messageai.services.directory import Directory
 from messageai.threads import WorkerPool
 
 if TYPE_CHECKING:
+    from messageai.ai.embeddings import Embeddings
     from messageai.model import Message
     from messageai.services.media import Media
 
@@ -85,8 +86,10 @@ class Registry:
         *,
         media: Media | None = None,
         notify: Callable[[Message], None] | None = None,
+        embeddings: Embeddings | None = None,
     ) -> None:
         self._config = config
+        self._embeddings = embeddings
         self._directory = directory
         self._nursery = nursery
         self._online = online
@@ -129,6 +132,7 @@ class Registry:
             media=self._media,
             notify=self._notify,
             creator_id=record.creator_id if record.kind == "group" else None,
+            embeddings=self._embeddings,
         )
         self._actors[conversation_id] = actor
         self._nursery.start_soon(self._supervise, actor, name=f"actor {conversation_id}")

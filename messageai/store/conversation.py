@@ -15,7 +15,7 @@ import orjson
 
 from messageai.model import Message
 from messageai.sqlite import Migration
-from messageai.store import search
+from messageai.store import search, vectors
 
 
 def _v1(conn: apsw.Connection) -> None:
@@ -91,6 +91,7 @@ MIGRATIONS: list[Migration] = [
     _v2_sender_seq_index,
     _v3_changes,
     search.MIGRATIONS_STEP,
+    vectors.MIGRATIONS_STEP,  # embeddings (engineer "embed"'s module)
 ]
 
 _COLUMNS = (
@@ -343,6 +344,7 @@ def edit(
         (new_body, edited_at, rev, seq),
     )
     search.index_replace(conn, seq, old_body, new_body)
+    vectors.invalidate(conn, seq)  # embeddings: the old body's vector goes
 
 
 def tombstone(conn: apsw.Connection, seq: int, old_body: str, deleted_at: int, rev: int) -> None:
@@ -358,6 +360,7 @@ def tombstone(conn: apsw.Connection, seq: int, old_body: str, deleted_at: int, r
     conn.execute("DELETE FROM reactions WHERE seq = ?", (seq,))
     conn.execute("DELETE FROM edits WHERE seq = ?", (seq,))
     search.index_replace(conn, seq, old_body, "")
+    vectors.forget(conn, seq)  # embeddings: the vector goes in the delete's transaction
 
 
 def add_reaction(conn: apsw.Connection, seq: int, emoji: str, user_id: str, rev: int) -> None:
