@@ -26,6 +26,7 @@ from typing import Any, TypedDict
 
 import orjson
 
+from bench import embed as embed_bench
 from bench import procs, seed
 from bench import search as search_bench
 from bench.procs import ROOT, Child, LoadGroup
@@ -42,6 +43,7 @@ SCENARIOS = [
     "react",
     "changes",
     "search",
+    "embed",
 ]
 
 
@@ -63,6 +65,8 @@ class Sizes(TypedDict):
     search_many_messages: int
     search_conversations: int
     search_queries: int
+    embed_messages: int
+    embed_scan_vectors: int
     warmup: float
     duration: float
     hold: float
@@ -85,6 +89,8 @@ FULL: Sizes = {
     "search_many_messages": 1_000_000,
     "search_conversations": 200,
     "search_queries": 500,
+    "embed_messages": 5000,
+    "embed_scan_vectors": 100_000,
     "warmup": 2.0,
     "duration": 10.0,
     "hold": 5.0,
@@ -98,6 +104,8 @@ QUICK: Sizes = {
     "search_single_messages": 100_000,
     "search_many_messages": 100_000,
     "search_queries": 200,
+    "embed_messages": 1000,
+    "embed_scan_vectors": 100_000,
     "warmup": 0.5,
     "duration": 2.0,
     "hold": 1.0,
@@ -111,6 +119,8 @@ SERVER_CONFIG: dict[str, dict[str, Any]] = {
     "server": {"host": "127.0.0.1", "port": 0, "idle_timeout_seconds": 3600.0},
     "auth": {"scrypt_n": 16},  # registering thousands of users is not what we measure
     "logging": {"level": "warning"},
+    # The scenarios measure messaging without the model's CPU; `embed` turns it on.
+    "embeddings": {"enabled": False},
     "conversations": {"idle_seconds": 3600.0},  # no actor retires during a long seeding
     # Abuse limits sized for a load generator that is one machine acting as thousands.
     "limits": {
@@ -525,6 +535,27 @@ class Bench:
         self.progress_done()
         self.results["search"] = figures
 
+    def s_embed(self) -> None:
+        """The background embedding indexer's messages/s and the vector scan (`bench.embed`)."""
+        data = self.data_dir("embed")
+        self.step = "embed"
+        settings = {**SERVER_CONFIG, "embeddings": {"enabled": True}}
+        config = self.out / "messageai-embed.toml"
+        config.write_text(config_toml(server_config("NORMAL", settings)))
+        try:
+            figures = embed_bench.run(
+                config,
+                data,
+                self.out / "server.log",
+                messages=self.size["embed_messages"],
+                scan_vectors=self.size["embed_scan_vectors"],
+                progress=self.progress,
+            )
+        finally:
+            shutil.rmtree(data, ignore_errors=True)
+        self.progress_done()
+        self.results["embed"] = figures
+
     def s_rr(self) -> None:
         n = self.size["rr_clients"]
         offered = f"{n} clients x 1 in flight"
@@ -907,6 +938,26 @@ class Bench:
                 f" filler rebuilt the big one's index in {fmt(se['fill_seconds'], 1)} s"
                 f" ({fmt(se['fill_rows_per_s'], 0)} messages/s)."
             )
+        em = self.results.get("embed")
+        if em:
+            lines += [
+                "",
+                "| embed | messages | seconds | messages/s | server CPU ms/message |",
+                "| --- | ---: | ---: | ---: | ---: |",
+                f"| background indexer, one conversation | {em['messages']:,}"
+                f" | {fmt(em['seconds'], 1)} | {fmt(em['messages_per_s'], 0)}"
+                f" | {fmt(em['cpu_ms_per_message'], 1)} |",
+            ]
+            sc = em.get("scan")
+            if sc:
+                lines.append(
+                    f"\nNearest 50 among {sc['vectors']:,} int8 vectors of one file (best / median"
+                    f" ms): NumPy scan of the BLOBs {fmt(sc['numpy']['best_ms'], 0)} /"
+                    f" {fmt(sc['numpy']['median_ms'], 0)}, sqlite-vec"
+                    f" {fmt(sc['sqlite_vec']['best_ms'], 0)} /"
+                    f" {fmt(sc['sqlite_vec']['median_ms'], 0)}"
+                    f" (same top 10: {sc['same_top10']})."
+                )
         targets = self.targets()
         if targets:
             lines += ["", "| target | measured | goal | met |", "| --- | ---: | ---: | --- |"]
@@ -1063,6 +1114,7 @@ def main(argv: list[str] | None = None) -> int:
                 "sizes": bench.size,
                 "rows": bench.rows,
                 "apsw": bench.results.get("apsw", []),
+                "embed": bench.results.get("embed"),
                 "targets": bench.targets(),
                 "failed": failed,
             },
