@@ -264,6 +264,7 @@ class EmbeddingsConfig:
     enabled: bool = True
     threads: int = attrs.field(default=1, validator=[v.ge(1), v.le(64)])
     intra_op_threads: int = attrs.field(default=1, validator=[v.ge(1), v.le(64)])
+    niceness: int = attrs.field(default=10, validator=[v.ge(0), v.le(19)])
     batch_rows: int = attrs.field(default=32, validator=[v.ge(1), v.le(1024)])
     min_similarity: float = attrs.field(default=0.3, validator=[v.ge(-1.0), v.le(1.0)])
 

@@ -4,12 +4,12 @@ background indexer, and the bounded queue of batches waiting for them.
 `Embeddings.start` loads the model once (in a thread; a missing package or a bad file
 logs why and leaves the service off, so search is keyword-only). `run` is a Trio
 service in the actors' nursery: `embeddings.threads` tasks take batches from the queue
-and run the model on the service's own `WorkerPool`, whose threads drop to the lowest
-CPU priority (a busy server's acks and deliveries come first). Conversation actors
-`offer` a batch with a callback and never wait for the model: `offer` answers at once
-(False when the queue is full: the actor offers again later), and the callback is
-called on the event loop with the vectors, or with the exception the model raised.
-Search embeds its queries with `embedder` directly in its own threads, so a query
+and run the model on the service's own `WorkerPool`, whose threads run at a lower CPU
+priority (`embeddings.niceness`: a busy server's acks and deliveries come first).
+Conversation actors `offer` a batch with a callback and never wait for the model:
+`offer` answers at once (False when the queue is full: the actor offers again later),
+and the callback is called on the event loop with the vectors, or with the exception
+the model raised. Search embeds its queries with `embedder` directly in its own threads, so a query
 never queues behind the indexer.
 """
 
@@ -33,9 +33,6 @@ log = logging.getLogger(__name__)
 # up at once; the others offer again after RETRY_SECONDS.
 QUEUE_BATCHES = 256
 RETRY_SECONDS = 1.0
-# The model's threads run at this niceness (Linux: per thread), below the event loop
-# and the commit threads.
-NICENESS = 19
 
 Delivery = Callable[[list[bytes] | BaseException], None]
 
@@ -109,7 +106,7 @@ class Embeddings:
         if not getattr(self._niced, "done", False):
             self._niced.done = True
             try:
-                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), NICENESS)
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self._config.niceness)
             except (OSError, AttributeError):
                 # Not Linux, or not allowed: the batches still run, at normal priority.
                 log.debug("could not lower the embedding thread's priority")
