@@ -586,17 +586,19 @@ class Bench:
         total = self.size["backlog_messages"]
         self.progress(f"seeding a backlog of {total:,} messages")
         search_bench.fill(data, backlog, [owner["id"], other["id"]], total, random.Random(12))
-        conns = [
-            {
-                "path": f"/v1/ws?access_token={u['token']}",
-                "subscribe": [convs[i // 2]],
-                "send_to": convs[i // 2],
-                "tag": f"c{i}",
-            }
-            for i, u in enumerate(users)
-        ]
         figures: dict[str, Any] = {"backlog_messages": total}
         for label, path in (("without", self.config("FULL")), ("with", config)):
+            # Tags name the client ids: the second run's must differ, or its sends are
+            # resends of the first's (acked as duplicates, never delivered).
+            conns = [
+                {
+                    "path": f"/v1/ws?access_token={u['token']}",
+                    "subscribe": [convs[i // 2]],
+                    "send_to": convs[i // 2],
+                    "tag": f"{label}{i}",
+                }
+                for i, u in enumerate(users)
+            ]
             server = procs.start_messageai(path, data, self.out / "server.log")
             try:
                 if label == "with":

@@ -291,3 +291,17 @@ async def test_existing_messages_are_embedded_while_sends_are_acked(
                 assert count == total + 1 + acked
             finally:
                 conn.close()
+
+
+async def test_messages_are_delivered_while_the_indexer_runs(eh: Harness) -> None:
+    a, b = await eh.account(), await eh.account()
+    cid = await eh.direct(a, b)
+    async with eh.ws(a) as wa, eh.ws(b) as wb:
+        for ws in (wa, wb):
+            assert (await ws.request("subscribe", conversation_id=cid))["type"] == "subscribed"
+        for i in range(20):
+            ack = await wa.send_message(cid, f"{UNRELATED[i % len(UNRELATED)]} {i}")
+            assert ack["type"] == "ack", ack
+            frame = await wb.next_event("new_message")
+            assert frame["message"]["seq"] == ack["message"]["seq"]
+            await trio.sleep(0.05)

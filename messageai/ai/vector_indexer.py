@@ -87,7 +87,8 @@ class VectorIndexer:
         self._batch = self._result = None
         if isinstance(result, BaseException):
             # Supervision: search keeps answering `indexing: true`; the next open retries.
-            log.error("conversation %s: embedding failed: %r", self._id, result)
+            # Only the error's type: a message's text must never reach the log.
+            log.error("conversation %s: embedding failed (%s)", self._id, type(result).__name__)
             self._stopped = True
             return
         done = (batch, result) if batch is not None and result is not None else None
