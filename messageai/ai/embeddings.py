@@ -106,7 +106,10 @@ class Embeddings:
         if not getattr(self._niced, "done", False):
             self._niced.done = True
             try:
-                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self._config.niceness)
+                # An increment on the process's own niceness (never above it).
+                base = os.getpriority(os.PRIO_PROCESS, 0)
+                niceness = min(19, base + self._config.niceness)
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), niceness)
             except (OSError, AttributeError):
                 # Not Linux, or not allowed: the batches still run, at normal priority.
                 log.debug("could not lower the embedding thread's priority")

@@ -3,7 +3,8 @@ background, while its actor keeps serving (PROTOCOL.md v1.1: semantic search fin
 message within 10 s on an idle server; nothing on the ack path waits for the model).
 
 Each actor owns one `VectorIndexer` (when the server has embeddings). Whenever no
-command is waiting and `runnable`, the actor awaits `step`: ONE short transaction on
+command is waiting and `runnable` (at most once a `PACE_SECONDS`, but at once while it
+catches up a backlog), the actor awaits `step`: ONE short transaction on
 its commit worker that writes the vectors of the last batch (if the model has
 delivered them) and reads the next batch above the file's stored high-water mark (or
 from its queue of edited messages; `store.vectors`). The batch's texts then go to the
@@ -32,31 +33,53 @@ from messageai.threads import WorkerPool
 
 log = logging.getLogger(__name__)
 
+# Steps of one conversation at most this often, except while it catches up a backlog
+# (full batches): a busy conversation's new messages are embedded in batches, and its
+# commands wait for fewer steps (each costs a transaction and a worker hop).
+PACE_SECONDS = 1.0
+
 
 class VectorIndexer:
-    def __init__(self, conversation_id: str, embeddings: Embeddings, rows: int) -> None:
+    def __init__(
+        self, conversation_id: str, embeddings: Embeddings, rows: int, synchronous: str
+    ) -> None:
         assert embeddings.model_id is not None, "only with a loaded model"
         self._id = conversation_id
         self._embeddings = embeddings
         self._model = embeddings.model_id
         self._rows = rows
+        self._synchronous = synchronous
         # The actor's last_rev when a step last found nothing to embed (-1: not yet
         # looked): any change since (a send, an edit) may have made work.
         self._seen_rev = -1
         self._batch: vectors.Batch | None = None  # at the model, or delivered
         self._result: list[bytes] | BaseException | None = None
         self._in_flight = False
-        self._retry_at = float("-inf")
+        # No step before this (trio time): the pace, or a retry after a full queue.
+        self._not_before = float("-inf")
         self._scope: trio.CancelScope | None = None
         self._stopped = False
 
+    def _has_work(self, last_rev: int) -> bool:
+        return (
+            not self._stopped
+            and not self._in_flight
+            and (self._result is not None or last_rev != self._seen_rev)
+        )
+
+    def _catching_up(self) -> bool:
+        # The model delivered a full batch: more is waiting, go on at once.
+        return (
+            self._result is not None
+            and self._batch is not None
+            and len(self._batch[0]) >= self._rows
+        )
+
     def runnable(self, last_rev: int) -> bool:
         """Whether a step has something to do now (vectors to write, or maybe work)."""
-        if self._stopped or self._in_flight:
+        if not self._has_work(last_rev):
             return False
-        if self._result is not None:
-            return True
-        return last_rev != self._seen_rev and trio.current_time() >= self._retry_at
+        return self._catching_up() or trio.current_time() >= self._not_before
 
     def pending(self, last_rev: int) -> bool:
         """Whether work is left (the actor then does not retire)."""
@@ -64,11 +87,11 @@ class VectorIndexer:
             self._in_flight or self._result is not None or last_rev != self._seen_rev
         )
 
-    def wake_at(self) -> float:
-        """When the actor's idle wait must end for a retry (inf: none is due)."""
-        if self._stopped or self._in_flight or self._retry_at <= trio.current_time():
+    def wake_at(self, last_rev: int) -> float:
+        """When the actor's idle wait must end for a step (inf: none is due)."""
+        if not self._has_work(last_rev) or self._not_before <= trio.current_time():
             return float("inf")
-        return self._retry_at
+        return self._not_before
 
     @contextlib.contextmanager
     def waiting(self, scope: trio.CancelScope) -> Iterator[None]:
@@ -85,6 +108,7 @@ class VectorIndexer:
         withdraws it; a started transaction commits or rolls back before this returns."""
         batch, result = self._batch, self._result
         self._batch = self._result = None
+        self._not_before = trio.current_time() + PACE_SECONDS
         if isinstance(result, BaseException):
             # Supervision: search keeps answering `indexing: true`; the next open retries.
             # Only the error's type: a message's text must never reach the log.
@@ -106,7 +130,7 @@ class VectorIndexer:
             self._in_flight = True
         else:
             # The model's queue is full (or it stopped): read the batch again later.
-            self._retry_at = trio.current_time() + RETRY_SECONDS
+            self._not_before = trio.current_time() + RETRY_SECONDS
 
     def _deliver(self, result: list[bytes] | BaseException) -> None:
         # On the event loop, from the embedding service; the actor may have retired.
@@ -118,8 +142,14 @@ class VectorIndexer:
     def _write_and_read(
         self, conn: apsw.Connection, done: tuple[vectors.Batch, list[bytes]] | None
     ) -> vectors.Batch | None:
-        with transaction(conn):
-            vectors.load_state(conn, self._model)
-            if done is not None:
-                vectors.write_batch(conn, self._model, *done)
-            return vectors.next_batch(conn, self._rows)
+        # Vectors can be computed again: their commit waits for no fsync (WAL, NORMAL:
+        # never corrupt, and the next acked commit's fsync makes them durable too).
+        conn.execute("PRAGMA synchronous = NORMAL")
+        try:
+            with transaction(conn):
+                vectors.load_state(conn, self._model)
+                if done is not None:
+                    vectors.write_batch(conn, self._model, *done)
+                return vectors.next_batch(conn, self._rows)
+        finally:
+            conn.execute(f"PRAGMA synchronous = {self._synchronous}")

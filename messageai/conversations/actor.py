@@ -185,7 +185,12 @@ class ConversationActor:
         self._filler = IndexFiller(conversation_id, config.search.fill_chunk_rows)
         # embeddings: vectors computed between commands (ai/vector_indexer.py); None: off.
         self._vectors = (
-            VectorIndexer(conversation_id, embeddings, config.embeddings.batch_rows)
+            VectorIndexer(
+                conversation_id,
+                embeddings,
+                config.embeddings.batch_rows,
+                config.storage.synchronous,
+            )
             if embeddings is not None and embeddings.model_id is not None
             else None
         )
@@ -230,7 +235,7 @@ class ConversationActor:
                 elif vectors is not None:
                     # embeddings: the model's delivery cancels this wait.
                     with (
-                        trio.move_on_at(min(wake, vectors.wake_at())) as scope,
+                        trio.move_on_at(min(wake, vectors.wake_at(self.last_rev))) as scope,
                         vectors.waiting(scope),
                     ):
                         first = await self._receive.receive()
