@@ -269,7 +269,11 @@ class ServerProcess:
 
     @staticmethod
     def write_config(path: Path, extra: str = "") -> Path:
-        path.write_text('[server]\nhost = "127.0.0.1"\nport = 0\n[auth]\nscrypt_n = 16\n' + extra)
+        # No model to load at each start (tests/test_embeddings.py runs it in-process).
+        path.write_text(
+            '[server]\nhost = "127.0.0.1"\nport = 0\n[auth]\nscrypt_n = 16\n'
+            "[embeddings]\nenabled = false\n" + extra
+        )
         return path
 
     async def start(self, nursery: trio.Nursery) -> int:
