@@ -122,6 +122,8 @@ class Server:
         self.presence = presence
         authenticator = make_authenticator(config, directory)
         self.authenticator = authenticator
+        # The port first: a port in use is the first thing said, before the model loads.
+        listeners = await _listen(config.server.host, config.server.port)
         # embeddings: the model loads once, before the first actor can want it.
         embeddings = Embeddings(config.embeddings)
         self.embeddings = embeddings
@@ -166,7 +168,7 @@ class Server:
                 )
                 self.search = search
                 front = self._front_door(directory, registry, presence, media, push)
-                await self._serve(front, presence, task_status)
+                await self._serve(front, presence, listeners, task_status)
                 registry.closing = True
                 actor_nursery.cancel_scope.cancel()
         finally:
@@ -175,6 +177,9 @@ class Server:
                 self.registry.close()
             if self.search is not None:
                 self.search.close()
+            for listener in listeners:
+                # Already closed after a normal shutdown; closing again does nothing.
+                await trio.aclose_forcefully(listener)
             embeddings.close()
             directory.close()
 
@@ -220,14 +225,17 @@ class Server:
         )
 
     async def _serve(
-        self, front: FrontDoor, presence: Presence, task_status: trio.TaskStatus[Server]
+        self,
+        front: FrontDoor,
+        presence: Presence,
+        listeners: list[trio.SocketListener],
+        task_status: trio.TaskStatus[Server],
     ) -> None:
         """Listen, report ready (`task_status` gets the bound port through `self`), and
         serve until `shutdown`; then stop accepting, close every WebSocket with 1001 and
         give the open connections `shutdown_timeout_seconds` to finish."""
         config = self.config
         async with trio.open_nursery() as connections:
-            listeners = await _listen(config.server.host, config.server.port)
             self.port = listeners[0].socket.getsockname()[1]
             accept_scope = trio.CancelScope()
 
