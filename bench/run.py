@@ -25,8 +25,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypedDict
 
+import httpx
 import orjson
 
+from bench import embed as embed_bench
 from bench import procs, seed
 from bench import search as search_bench
 from bench.procs import ROOT, Child, LoadGroup
@@ -43,6 +45,8 @@ SCENARIOS = [
     "react",
     "changes",
     "search",
+    "embed",
+    "backlog",
 ]
 
 
@@ -64,6 +68,9 @@ class Sizes(TypedDict):
     search_many_messages: int
     search_conversations: int
     search_queries: int
+    embed_messages: int
+    embed_scan_vectors: int
+    backlog_messages: int
     warmup: float
     duration: float
     hold: float
@@ -86,6 +93,9 @@ FULL: Sizes = {
     "search_many_messages": 1_000_000,
     "search_conversations": 200,
     "search_queries": 500,
+    "embed_messages": 5000,
+    "embed_scan_vectors": 100_000,
+    "backlog_messages": 100_000,
     "warmup": 2.0,
     "duration": 10.0,
     "hold": 5.0,
@@ -99,6 +109,8 @@ QUICK: Sizes = {
     "search_single_messages": 100_000,
     "search_many_messages": 100_000,
     "search_queries": 200,
+    "embed_messages": 1000,
+    "embed_scan_vectors": 100_000,
     "warmup": 0.5,
     "duration": 2.0,
     "hold": 1.0,
@@ -112,6 +124,8 @@ SERVER_CONFIG: dict[str, dict[str, Any]] = {
     "server": {"host": "127.0.0.1", "port": 0, "idle_timeout_seconds": 3600.0},
     "auth": {"scrypt_n": 16},  # registering thousands of users is not what we measure
     "logging": {"level": "warning"},
+    # The scenarios measure messaging without the model's CPU; `embed` turns it on.
+    "embeddings": {"enabled": False},
     "conversations": {"idle_seconds": 3600.0},  # no actor retires during a long seeding
     # Abuse limits sized for a load generator that is one machine acting as thousands.
     "limits": {
@@ -507,6 +521,95 @@ class Bench:
         self.progress_done()
         self.results["search"] = figures
 
+    def s_embed(self) -> None:
+        """The background embedding indexer's messages/s and the vector scan (`bench.embed`)."""
+        data = self.data_dir("embed")
+        self.step = "embed"
+        settings = {**SERVER_CONFIG, "embeddings": {"enabled": True}}
+        config = self.out / "messageai-embed.toml"
+        config.write_text(config_toml(server_config("NORMAL", settings)))
+        try:
+            figures = embed_bench.run(
+                config,
+                data,
+                self.out / "server.log",
+                messages=self.size["embed_messages"],
+                scan_vectors=self.size["embed_scan_vectors"],
+                progress=self.progress,
+            )
+        finally:
+            shutil.rmtree(data, ignore_errors=True)
+        self.progress_done()
+        self.results["embed"] = figures
+
+    def s_backlog(self) -> None:
+        """`direct`'s load (FULL) on a server whose indexer is catching up one
+        conversation's backlog of embeddings, right after the same load with embeddings
+        off: ack p99 with the backlog ÷ without."""
+        n = self.size["direct_conversations"]
+        window = 2
+        offered = f"{n} conv x 2 senders x {window} in flight"
+        data = self.data_dir("backlog")
+        settings = {**SERVER_CONFIG, "embeddings": {"enabled": True}}
+        config = self.out / "messageai-backlog.toml"
+        config.write_text(config_toml(server_config("FULL", settings)))
+        self.step = "backlog"
+        server = self.start_server("FULL", data)
+        try:
+            users, convs = self.direct_pairs(server, n, "b")
+            rest = seed.Rest(server.port)
+            try:
+                owner, other = rest.register(["backlog1", "backlog2"])
+                (backlog,) = rest.groups([(owner, [other])])
+            finally:
+                rest.close()
+        finally:
+            server.stop()
+        total = self.size["backlog_messages"]
+        self.progress(f"seeding a backlog of {total:,} messages")
+        search_bench.fill(data, backlog, [owner["id"], other["id"]], total, random.Random(12))
+        figures: dict[str, Any] = {"backlog_messages": total}
+        for label, path in (("without", self.config("FULL")), ("with", config)):
+            # Tags name the client ids: the second run's must differ, or its sends are
+            # resends of the first's (acked as duplicates, never delivered).
+            conns = [
+                {
+                    "path": f"/v1/ws?access_token={u['token']}",
+                    "subscribe": [convs[i // 2]],
+                    "send_to": convs[i // 2],
+                    "tag": f"{label}{i}",
+                }
+                for i, u in enumerate(users)
+            ]
+            server = procs.start_messageai(path, data, self.out / "server.log")
+            try:
+                if label == "with":
+                    # One semantic search wakes the backlog's conversation: its indexer starts.
+                    with httpx.Client(base_url=f"http://127.0.0.1:{server.port}") as http:
+                        r = http.get(
+                            "/v1/search",
+                            params={"q": "meeting", "mode": "semantic"},
+                            headers={"authorization": f"Bearer {owner['token']}"},
+                        )
+                        figures["indexing_before"] = r.json().get("indexing")
+                plan = {"kind": "stream", "url": ws_url(server), "conns": conns, "window": window}
+                metrics = self.run_load(server, plan, system="messageai", offered=offered)
+                figures[label] = self.add(f"direct, embeddings backlog: {label}", metrics)
+                if label == "with":
+                    with httpx.Client(base_url=f"http://127.0.0.1:{server.port}") as http:
+                        r = http.get(
+                            "/v1/search",
+                            params={"q": "meeting", "mode": "semantic"},
+                            headers={"authorization": f"Bearer {owner['token']}"},
+                        )
+                        figures["indexing_after"] = r.json().get("indexing")
+            finally:
+                server.stop()
+        shutil.rmtree(data, ignore_errors=True)
+        with_p99, without_p99 = figures["with"]["ack_p99_ms"], figures["without"]["ack_p99_ms"]
+        figures["ack_p99_ratio"] = with_p99 / without_p99 if with_p99 and without_p99 else None
+        self.results["backlog"] = figures
+
     def s_rr(self) -> None:
         n = self.size["rr_clients"]
         offered = f"{n} clients x 1 in flight"
@@ -814,6 +917,14 @@ class Bench:
                 f"≥ {self.size['idle_connections']:,}",
                 False,
             )
+        if "backlog" in r:
+            check(
+                "backlog: direct ack p99 with the embedding indexer catching up ÷ without",
+                r["backlog"]["ack_p99_ratio"],
+                1.2,
+                "≤ 1.2",
+                True,
+            )
         if "cold" in r:
             check("cold: first-message ack p99 (ms)", r["cold"]["ack_p99_ms"], 20, "≤ 20", True)
         if "history" in r:
@@ -912,6 +1023,26 @@ class Bench:
                 f" filler rebuilt the big one's index in {fmt(se['fill_seconds'], 1)} s"
                 f" ({fmt(se['fill_rows_per_s'], 0)} messages/s)."
             )
+        em = self.results.get("embed")
+        if em:
+            lines += [
+                "",
+                "| embed | messages | seconds | messages/s | server CPU ms/message |",
+                "| --- | ---: | ---: | ---: | ---: |",
+                f"| background indexer, one conversation | {em['messages']:,}"
+                f" | {fmt(em['seconds'], 1)} | {fmt(em['messages_per_s'], 0)}"
+                f" | {fmt(em['cpu_ms_per_message'], 1)} |",
+            ]
+            sc = em.get("scan")
+            if sc:
+                lines.append(
+                    f"\nNearest 50 among {sc['vectors']:,} int8 vectors of one file (best / median"
+                    f" ms): NumPy scan of the BLOBs {fmt(sc['numpy']['best_ms'], 0)} /"
+                    f" {fmt(sc['numpy']['median_ms'], 0)}, sqlite-vec"
+                    f" {fmt(sc['sqlite_vec']['best_ms'], 0)} /"
+                    f" {fmt(sc['sqlite_vec']['median_ms'], 0)}"
+                    f" (same top 10: {sc['same_top10']})."
+                )
         targets = self.targets()
         if targets:
             lines += ["", "| target | measured | goal | met |", "| --- | ---: | ---: | --- |"]
@@ -1068,6 +1199,8 @@ def main(argv: list[str] | None = None) -> int:
                 "sizes": bench.size,
                 "rows": bench.rows,
                 "apsw": bench.results.get("apsw", []),
+                "embed": bench.results.get("embed"),
+                "backlog": bench.results.get("backlog"),
                 "targets": bench.targets(),
                 "failed": failed,
             },

@@ -321,6 +321,16 @@ class JobsConfig:
 
 
 @attrs.frozen(field_transformer=_name_errors)
+class EmbeddingsConfig:
+    enabled: bool = True
+    threads: int = attrs.field(default=1, validator=[v.ge(1), v.le(64)])
+    intra_op_threads: int = attrs.field(default=1, validator=[v.ge(1), v.le(64)])
+    niceness: int = attrs.field(default=10, validator=[v.ge(0), v.le(19)])
+    batch_rows: int = attrs.field(default=32, validator=[v.ge(1), v.le(1024)])
+    min_similarity: float = attrs.field(default=0.3, validator=[v.ge(-1.0), v.le(1.0)])
+
+
+@attrs.frozen(field_transformer=_name_errors)
 class LoggingConfig:
     level: Literal["debug", "info", "warning", "error"] = attrs.field(
         default="info", validator=v.in_(("debug", "info", "warning", "error"))
@@ -340,6 +350,7 @@ class Config:
     search: SearchConfig = SearchConfig()
     jobs: JobsConfig = JobsConfig()
     ai: AiConfig = AiConfig()
+    embeddings: EmbeddingsConfig = EmbeddingsConfig()
     logging: LoggingConfig = LoggingConfig()
 
     def __attrs_post_init__(self) -> None:

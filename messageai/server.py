@@ -26,6 +26,7 @@ from messageai import passwords, rest
 from messageai.ai import action_item_board
 from messageai.ai.action_item_triggers import ActionItemTriggers
 from messageai.ai.assistant import Assistant
+from messageai.ai.embeddings import Embeddings
 from messageai.ai.endpoint import Endpoint, load_api_key
 from messageai.config import Config
 from messageai.conversations.commands import Summary
@@ -90,6 +91,7 @@ class Server:
         self.assistant: Assistant | None = None
         self.action_items: action_item_board.ActionItemBoard | None = None
         self.endpoint: Endpoint | None = None
+        self.embeddings: Embeddings | None = None
         self.guard = Guard(config)
 
     def shutdown(self) -> None:
@@ -139,7 +141,13 @@ class Server:
         self.presence = presence
         authenticator = make_authenticator(config, directory)
         self.authenticator = authenticator
+        # The port first: a port in use is the first thing said, before the model loads.
+        listeners = await _listen(config.server.host, config.server.port)
+        # embeddings: the model loads once, before the first actor can want it.
+        embeddings = Embeddings(config.embeddings)
+        self.embeddings = embeddings
         try:
+            await embeddings.start()
             async with trio.open_nursery() as actor_nursery:
                 media = Media(config, directory)
 
@@ -158,12 +166,14 @@ class Server:
                     presence.is_online,
                     media=media,
                     notify=push.notify if push.enabled else None,
+                    embeddings=embeddings,
                 )
                 # Background services run beside the actors and end with them at shutdown.
                 await actor_nursery.start(directory.run)
                 await actor_nursery.start(media.run)
                 if push.enabled:
                     await actor_nursery.start(push.run)
+                await actor_nursery.start(embeddings.run)
                 self.registry = registry
 
                 async def members_added(conversation_id: str, user_ids: tuple[str, ...]) -> None:
@@ -172,7 +182,9 @@ class Server:
                 directory.on_members_added = members_added
                 # search: its worker threads read the files; the registry wakes a
                 # lagging file's actor, which fills its index.
-                search = Search(config, directory, lambda cid: registry.actor(cid))
+                search = Search(
+                    config, directory, lambda cid: registry.actor(cid), embeddings.embedder
+                )
                 self.search = search
                 # ai: the assistant; without `ai.base_url` its routes answer `unavailable`.
                 endpoint = (
@@ -203,7 +215,7 @@ class Server:
                     self.assistant.message_changed, self.action_items.message_changed
                 )
                 front = self._front_door(directory, registry, presence, media, push)
-                await self._serve(front, presence, task_status)
+                await self._serve(front, presence, listeners, task_status)
                 registry.closing = True
                 actor_nursery.cancel_scope.cancel()
         finally:
@@ -215,6 +227,10 @@ class Server:
             if self.endpoint is not None:
                 with trio.CancelScope(shield=True):
                     await self.endpoint.aclose()
+            for listener in listeners:
+                # Already closed after a normal shutdown; closing again does nothing.
+                await trio.aclose_forcefully(listener)
+            embeddings.close()
             directory.close()
 
     def _front_door(
@@ -261,14 +277,17 @@ class Server:
         )
 
     async def _serve(
-        self, front: FrontDoor, presence: Presence, task_status: trio.TaskStatus[Server]
+        self,
+        front: FrontDoor,
+        presence: Presence,
+        listeners: list[trio.SocketListener],
+        task_status: trio.TaskStatus[Server],
     ) -> None:
         """Listen, report ready (`task_status` gets the bound port through `self`), and
         serve until `shutdown`; then stop accepting, close every WebSocket with 1001 and
         give the open connections `shutdown_timeout_seconds` to finish."""
         config = self.config
         async with trio.open_nursery() as connections:
-            listeners = await _listen(config.server.host, config.server.port)
             self.port = listeners[0].socket.getsockname()[1]
             accept_scope = trio.CancelScope()
 

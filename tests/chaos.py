@@ -75,7 +75,9 @@ class ServerChild:
         self.data_dir = workdir / "data"
         self.config = workdir / "messageai.toml"
         self.config.write_text(
-            f'[server]\nhost = "127.0.0.1"\nport = {port}\n[auth]\nscrypt_n = 16\n{extra_config}'
+            f'[server]\nhost = "127.0.0.1"\nport = {port}\n[auth]\nscrypt_n = 16\n'
+            # Messaging under kills is the subject: no model to load at each restart.
+            f"[embeddings]\nenabled = false\n{extra_config}"
         )
         self.log = workdir / "server.log"
         self.process: trio.Process | None = None

@@ -34,6 +34,8 @@ def make_config(data_dir: Path, **sections: dict[str, Any]) -> Config:
         "storage": {"data_dir": str(data_dir)},
         # Cheap hashes keep registration fast in tests; production uses the default.
         "auth": {"scrypt_n": 16},
+        # The model costs CPU on every message: only the tests of embeddings turn it on.
+        "embeddings": {"enabled": False},
     }
     for name, values in sections.items():
         raw.setdefault(name, {}).update(values)
@@ -269,7 +271,11 @@ class ServerProcess:
 
     @staticmethod
     def write_config(path: Path, extra: str = "") -> Path:
-        path.write_text('[server]\nhost = "127.0.0.1"\nport = 0\n[auth]\nscrypt_n = 16\n' + extra)
+        # No model to load at each start (tests/test_embeddings.py runs it in-process).
+        path.write_text(
+            '[server]\nhost = "127.0.0.1"\nport = 0\n[auth]\nscrypt_n = 16\n'
+            "[embeddings]\nenabled = false\n" + extra
+        )
         return path
 
     async def start(self, nursery: trio.Nursery) -> int:

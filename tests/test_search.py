@@ -259,8 +259,10 @@ def write_old_file(data_dir: Path, conversation_id: str, senders: list[str], tot
     path = conversation_path(data_dir, conversation_id)
     path.parent.mkdir(parents=True, exist_ok=True)
     conn = open_db(path, "NORMAL")
-    steps = conversation_sql.MIGRATIONS
-    old = steps[: steps.index(search_sql.MIGRATIONS_STEP)]
+    # The steps before the index's (later steps, e.g. embeddings', come after it).
+    old = conversation_sql.MIGRATIONS[
+        : conversation_sql.MIGRATIONS.index(search_sql.MIGRATIONS_STEP)
+    ]
     migrate(conn, old)
     now = now_ms()
     rows = [

@@ -42,6 +42,7 @@ import apsw
 import attrs
 import trio
 
+from messageai.ai.vector_indexer import VectorIndexer
 from messageai.config import Config
 from messageai.conversations.commands import (
     Ai,
@@ -111,6 +112,7 @@ from messageai.store.paths import conversation_path
 from messageai.threads import WorkerPool
 
 if TYPE_CHECKING:
+    from messageai.ai.embeddings import Embeddings
     from messageai.services.media import Media
 
 log = logging.getLogger(__name__)
@@ -149,6 +151,7 @@ class ConversationActor:
         notify: Callable[[Message], None] | None = None,
         changed: Callable[[Message], None] | None = None,
         creator_id: str | None = None,
+        embeddings: Embeddings | None = None,
     ) -> None:
         self.id = conversation_id
         # A group's creator, who may delete any of its messages (None: nobody but the
@@ -185,6 +188,17 @@ class ConversationActor:
         self._typists: dict[str, tuple[float, Peer | None]] = {}
         # search: fills an old file's index between commands (conversations/indexer.py).
         self._filler = IndexFiller(conversation_id, config.search.fill_chunk_rows)
+        # embeddings: vectors computed between commands (ai/vector_indexer.py); None: off.
+        self._vectors = (
+            VectorIndexer(
+                conversation_id,
+                embeddings,
+                config.embeddings.batch_rows,
+                config.storage.synchronous,
+            )
+            if embeddings is not None and embeddings.model_id is not None
+            else None
+        )
 
     # ------------------------------------------------------------ entry points
 
@@ -209,6 +223,7 @@ class ConversationActor:
             idle = self._config.conversations.idle_seconds
             limit = self._config.conversations.max_batch
             quiet_since = trio.current_time()
+            vectors = self._vectors
             while True:
                 wake = quiet_since + idle
                 if self._typists:
@@ -218,6 +233,17 @@ class ConversationActor:
                     first = await self._fill_unless_waiting()
                     if first is None:
                         continue
+                elif vectors is not None and vectors.runnable(self.last_rev):
+                    first = await self._embed_unless_waiting(vectors)
+                    if first is None:
+                        continue
+                elif vectors is not None:
+                    # embeddings: the model's delivery cancels this wait.
+                    with (
+                        trio.move_on_at(min(wake, vectors.wake_at(self.last_rev))) as scope,
+                        vectors.waiting(scope),
+                    ):
+                        first = await self._receive.receive()
                 else:
                     with trio.move_on_at(wake):
                         first = await self._receive.receive()
@@ -225,7 +251,11 @@ class ConversationActor:
                     now = trio.current_time()
                     if now < quiet_since + idle:
                         continue  # a typist's deadline woke us, not idleness
-                    if self.subscribers or self._receive.statistics().current_buffer_used:
+                    if (
+                        self.subscribers
+                        or self._receive.statistics().current_buffer_used
+                        or (vectors is not None and vectors.pending(self.last_rev))
+                    ):
                         quiet_since = now
                         continue
                     # Retire. No await from this check to the supervisor closing the
@@ -310,6 +340,20 @@ class ConversationActor:
         self.busy = True  # the LRU must not close the connection under the chunk
         try:
             await self._filler.step(conn, self._workers)
+        finally:
+            self.busy = False
+        return None
+
+    async def _embed_unless_waiting(self, vectors: VectorIndexer) -> Command | None:
+        # embeddings: a waiting command goes first; else one short write of vectors.
+        try:
+            return self._receive.receive_nowait()
+        except trio.WouldBlock:
+            pass
+        conn = await self._ensure_db()
+        self.busy = True  # the LRU must not close the connection under the write
+        try:
+            await vectors.step(conn, self._workers, self.last_rev)
         finally:
             self.busy = False
         return None

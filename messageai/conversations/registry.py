@@ -65,6 +65,7 @@ from messageai.services.directory import Directory
 from messageai.threads import WorkerPool
 
 if TYPE_CHECKING:
+    from messageai.ai.embeddings import Embeddings
     from messageai.model import Message
     from messageai.services.media import Media
 
@@ -88,10 +89,12 @@ class Registry:
         *,
         media: Media | None = None,
         notify: Callable[[Message], None] | None = None,
+        embeddings: Embeddings | None = None,
     ) -> None:
         self._config = config
         # The assistant's cache hears of every edit and delete (set by the server).
         self.changed: Callable[[Message], None] | None = None
+        self._embeddings = embeddings
         self._directory = directory
         self._nursery = nursery
         self._online = online
@@ -135,6 +138,7 @@ class Registry:
             notify=self._notify,
             changed=self.changed,
             creator_id=record.creator_id if record.kind == "group" else None,
+            embeddings=self._embeddings,
         )
         self._actors[conversation_id] = actor
         self._nursery.start_soon(self._supervise, actor, name=f"actor {conversation_id}")

@@ -20,9 +20,15 @@ mean length of the answer's candidates: shorter first, newest first among equals
 each conversation offering its best among its newest `store.search.RANK_WINDOW`
 matches.
 
-Modes: `keyword` only for now. The server computes no embeddings: `semantic` is
-`unavailable`, and `hybrid` (both, merged) answers its keyword half, with `"mode":
-"keyword"` saying what was done. Semantic search plugs in at `_SEARCHERS`.
+Modes: `keyword` as above. Where the server computes embeddings (`ai.embeddings`),
+`semantic` ranks by the cosine similarity of the query's vector (embedded here, in
+this service's threads) to each file's stored vectors (`store.vectors.nearest`), and
+`hybrid` merges the keyword and the semantic rankings of the same files by
+reciprocal rank fusion (`semantic_search`); the default mode is then `hybrid`.
+Without embeddings `semantic` is `unavailable` and the default is `keyword`. Each
+file's candidates and their messages are read in one read transaction, so a vector
+always belongs to the body it is returned with (an edit deletes the old body's
+vector in its own commit).
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import apsw
 import attrs
@@ -45,8 +52,12 @@ from messageai.services.directory import Directory
 from messageai.sqlite import apply_best_practice
 from messageai.store import conversation as messages_sql
 from messageai.store import search as sql
+from messageai.store import vectors as vectors_sql
 from messageai.store.paths import conversation_path
 from messageai.threads import WorkerPool, blocking
+
+if TYPE_CHECKING:
+    from messageai.ai.embedder import Embedder
 
 log = logging.getLogger(__name__)
 
@@ -66,9 +77,11 @@ class _FileRanking:
     ranked: list[tuple[int, int]]  # (seq, body length)
 
 
-def check_request(q: object, limit: object, mode: object) -> tuple[str, int, str]:
+def check_request(
+    q: object, limit: object, mode: object, default_mode: str = "keyword"
+) -> tuple[str, int, str]:
     """The request's field rules, before anything else is looked at: (q trimmed, limit
-    clamped, mode). BadRequest names the field."""
+    clamped, mode; `default_mode` when none). BadRequest names the field."""
     if not isinstance(q, str):
         raise BadRequest("q: required string")
     text = q.strip()
@@ -79,7 +92,7 @@ def check_request(q: object, limit: object, mode: object) -> tuple[str, int, str
     if type(limit) is not int or limit < 1:
         raise BadRequest("limit: must be an integer of at least 1")
     if mode is None:
-        mode = "keyword"
+        mode = default_mode
     if mode not in MODES:
         raise BadRequest('mode: must be "keyword", "semantic" or "hybrid"')
     assert isinstance(mode, str)
@@ -137,7 +150,13 @@ class _Readers:
 class Search:
     """Keyword search over the caller's conversation files."""
 
-    def __init__(self, config: Config, directory: Directory, wake: Callable[[str], object]) -> None:
+    def __init__(
+        self,
+        config: Config,
+        directory: Directory,
+        wake: Callable[[str], object],
+        embedder: Embedder | None = None,
+    ) -> None:
         self._config = config
         self._directory = directory
         # Starts the conversation's actor, which fills a lagging file's index.
@@ -154,6 +173,17 @@ class Search:
             "keyword": self._keyword,
             "hybrid": self._keyword,  # no embeddings here: its keyword half
         }
+        self._semantic: object | None = None
+        self.default_mode = "keyword"
+        if embedder is not None:
+            # Imported here: it builds on this module's readers, threads and ranking.
+            from messageai.services.semantic_search import SemanticSearch
+
+            semantic = SemanticSearch(self, embedder)
+            self._semantic = semantic
+            self._searchers["semantic"] = semantic.search
+            self._searchers["hybrid"] = semantic.search
+            self.default_mode = "hybrid"
 
     def close(self) -> None:
         """Stop the threads and close the readers (after every query has ended)."""
@@ -166,7 +196,7 @@ class Search:
     ) -> SearchResults:
         """Check the request in PROTOCOL.md's order (fields, conversation, mode) and
         answer it. Cancellation while waiting for a turn or a thread withdraws it."""
-        text, limit_, mode_ = check_request(q, limit, mode)
+        text, limit_, mode_ = check_request(q, limit, mode, self.default_mode)
         if conversation_id is not None:
             if not isinstance(conversation_id, str) or not conversation_id:
                 raise BadRequest("conversation_id: must be a conversation id")
@@ -276,9 +306,12 @@ class Search:
             return None  # no message was ever stored there
         apply_best_practice()
         try:
-            return _Reader(apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READONLY))
+            conn = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READONLY)
         except apsw.CantOpenError:
             return None
+        if self._semantic is not None:
+            vectors_sql.load_functions(conn)
+        return _Reader(conn)
 
     def _rank_files(self, ids: list[str], query: sql.Query, limit: int) -> list[_FileRanking]:
         out = []

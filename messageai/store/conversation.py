@@ -16,7 +16,7 @@ import orjson
 
 from messageai.model import Message
 from messageai.sqlite import Migration
-from messageai.store import action_items, ai, search
+from messageai.store import action_items, ai, search, vectors
 
 
 def _v1(conn: apsw.Connection) -> None:
@@ -96,6 +96,7 @@ MIGRATIONS: list[Migration] = [
     ai.migration,
     # `action_items.MIGRATIONS_STEP`: the action items (engineer "jobs"'s module).
     action_items.MIGRATIONS_STEP,
+    vectors.MIGRATIONS_STEP,  # embeddings (engineer "embed"'s module)
 ]
 
 _COLUMNS = (
@@ -356,6 +357,7 @@ def edit(
         (new_body, edited_at, rev, seq),
     )
     search.index_replace(conn, seq, old_body, new_body)
+    vectors.invalidate(conn, seq)  # embeddings: the old body's vector goes
 
 
 def tombstone(conn: apsw.Connection, seq: int, old_body: str, deleted_at: int, rev: int) -> None:
@@ -372,6 +374,7 @@ def tombstone(conn: apsw.Connection, seq: int, old_body: str, deleted_at: int, r
     conn.execute("DELETE FROM edits WHERE seq = ?", (seq,))
     search.index_replace(conn, seq, old_body, "")
     action_items.source_deleted(conn, seq)  # no item keeps a deleted source
+    vectors.forget(conn, seq)  # embeddings: the vector goes in the delete's transaction
 
 
 def add_reaction(conn: apsw.Connection, seq: int, emoji: str, user_id: str, rev: int) -> None:
