@@ -147,6 +147,19 @@ class Session:
     def push_frame(self, frame: ServerFrame) -> None:
         self.push(encode(frame))
 
+    def _refuse(self, exc: MessageAIError, req: Req) -> None:
+        """The `error` frame of `exc` for the frame `req`, with `retry_after_ms` where
+        the error carries one (the same fields as a REST error body)."""
+        fields = error_fields(exc)
+        self.push_frame(
+            Error(
+                code=exc.code,
+                message=exc.message,
+                retry_after_ms=fields.get("retry_after_ms"),
+                req=req,
+            )
+        )
+
     def subscription_started(self, conversation_id: str) -> bool:
         """Called by the actor once it has accepted a `subscribe` from this connection.
         False if the connection has ended meanwhile: the actor then does not keep it."""
@@ -295,15 +308,7 @@ class Session:
         if isinstance(frame, (SendMessage, EditMessage, DeleteMessage, React)):
             wait = self._guard.take(self.user_id)
             if wait:
-                limited = RateLimited("too many messages: retry later", wait)
-                self.push_frame(
-                    Error(
-                        code=limited.code,
-                        message=limited.message,
-                        retry_after_ms=limited.retry_after_ms,
-                        req=req,
-                    )
-                )
+                self._refuse(RateLimited("too many messages: retry later", wait), req)
                 return
         conversation_id = frame.conversation_id
         command = Command(op=frame, user_id=self.user_id, req=req, peer=self)
@@ -326,14 +331,7 @@ class Session:
                 f"at most {MAX_ASKS_PER_CONNECTION} questions at once per connection",
                 SEARCH_RETRY_AFTER_SECONDS,
             )
-            self.push_frame(
-                Error(
-                    code=limited.code,
-                    message=limited.message,
-                    retry_after_ms=limited.retry_after_ms,
-                    req=req,
-                )
-            )
+            self._refuse(limited, req)
             return
         self._asks += 1
         self._nursery.start_soon(self._run_ask, self._assistant, frame, req)
@@ -355,15 +353,7 @@ class Session:
                 )
             )
         except MessageAIError as exc:
-            fields = error_fields(exc)
-            self.push_frame(
-                Error(
-                    code=exc.code,
-                    message=exc.message,
-                    retry_after_ms=fields.get("retry_after_ms"),
-                    req=req,
-                )
-            )
+            self._refuse(exc, req)
         except Exception:
             # Supervision: one failed answer is `internal` and the connection lives.
             log.exception("ai_ask failed")
@@ -382,14 +372,7 @@ class Session:
                 f"at most {MAX_SEARCHES_PER_CONNECTION} searches at once per connection",
                 SEARCH_RETRY_AFTER_SECONDS,
             )
-            self.push_frame(
-                Error(
-                    code=limited.code,
-                    message=limited.message,
-                    retry_after_ms=limited.retry_after_ms,
-                    req=req,
-                )
-            )
+            self._refuse(limited, req)
             return
         self._searches += 1
         self._nursery.start_soon(self._run_search, self._search, frame, req)
