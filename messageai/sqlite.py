@@ -25,10 +25,24 @@ _best_practice_lock = threading.Lock()
 _best_practice_applied = False
 
 
+# How long a connection waits for another's lock before SQLITE_BUSY. apsw's best
+# practice sets 100 ms, which a commit's fsync on a loaded disk outlasts: a search
+# reader, a CLI beside the server or a second opener of the jobs file then failed
+# where it should have waited its turn. Set before the other hooks run (PRAGMA
+# optimize at open takes a lock too).
+BUSY_TIMEOUT_MS = 5000
+
+
+def connection_busy_timeout(connection: apsw.Connection) -> None:
+    # Named `connection_…`: apsw.bestpractice.apply runs such hooks on each connection.
+    connection.set_busy_timeout(BUSY_TIMEOUT_MS)
+
+
 def apply_best_practice() -> None:
     """Install `apsw.bestpractice.recommended` for the whole process: every connection
-    opened after it gets WAL, a busy timeout, foreign keys, no double-quoted string
-    literals, `PRAGMA optimize` and recursive triggers; SQLite's log goes to `logging`
+    opened after it gets WAL, a busy timeout (`BUSY_TIMEOUT_MS`), foreign keys, no
+    double-quoted string literals, `PRAGMA optimize` and recursive triggers; SQLite's
+    log goes to `logging`
     (the `messageai.sqlite` logger, through `_log_sqlite` instead of apsw's own
     `library_logging`, which would also forward the benign SQLITE_SCHEMA).
 
@@ -41,7 +55,9 @@ def apply_best_practice() -> None:
         if not _best_practice_applied:
             apsw.bestpractice.apply(
                 tuple(
-                    hook
+                    connection_busy_timeout
+                    if hook is apsw.bestpractice.connection_busy_timeout
+                    else hook
                     for hook in apsw.bestpractice.recommended
                     if hook is not apsw.bestpractice.library_logging
                 )
