@@ -19,7 +19,7 @@ import apsw
 
 from messageai.ai.action_item_job import action_items_kind
 from messageai.ai.action_item_triggers import ActionItemTriggers
-from messageai.ai.assistant import MAX_CONVERSATION_ID
+from messageai.ai.assistant import check_member
 from messageai.ai.endpoint import Endpoint
 from messageai.config import AiConfig
 from messageai.conversations.commands import Ai
@@ -95,15 +95,7 @@ class ActionItemBoard:
         return done
 
     def _check_member(self, conversation_id: str, user_id: str) -> None:
-        record = (
-            self._directory.conversation(conversation_id)
-            if len(conversation_id) <= MAX_CONVERSATION_ID
-            else None
-        )
-        if record is None:
-            raise NotFound("no such conversation")
-        if not self._directory.is_member(conversation_id, user_id):
-            raise Forbidden("you are not a member of this conversation")
+        check_member(self._directory, conversation_id, user_id)
 
     def _require_endpoint(self) -> None:
         if self._triggers is None:

@@ -179,15 +179,7 @@ class Assistant:
     # ------------------------------------------------------------ checks
 
     def _check_member(self, conversation_id: str, user_id: str) -> None:
-        record = (
-            self._directory.conversation(conversation_id)
-            if len(conversation_id) <= MAX_CONVERSATION_ID
-            else None
-        )
-        if record is None:
-            raise NotFound("no such conversation")
-        if not self._directory.is_member(conversation_id, user_id):
-            raise Forbidden("you are not a member of this conversation")
+        check_member(self._directory, conversation_id, user_id)
 
     def _require_endpoint(self) -> Endpoint:
         if self._endpoint is None:
@@ -572,3 +564,18 @@ class _Run:
 
 def _json(value: dict[str, Any]) -> str:
     return orjson.dumps(value).decode()
+
+
+def check_member(directory: Directory, conversation_id: str, user_id: str) -> None:
+    """The AI routes' membership check, in the contract's order: an unknown (or
+    over-long) id is `not_found`, a conversation the caller is not in `forbidden`.
+    Shared by the assistant and the action-item board."""
+    record = (
+        directory.conversation(conversation_id)
+        if len(conversation_id) <= MAX_CONVERSATION_ID
+        else None
+    )
+    if record is None:
+        raise NotFound("no such conversation")
+    if not directory.is_member(conversation_id, user_id):
+        raise Forbidden("you are not a member of this conversation")
