@@ -288,6 +288,15 @@ class AiConfig:
     cache_ttl_seconds: float = attrs.field(default=3600.0, validator=_positive)
     cache_entries: int = attrs.field(default=1000, validator=[v.ge(1), v.le(1_000_000)])
     daily_tokens_per_user: int = attrs.field(default=200_000, validator=[v.ge(1)])
+    # Proactive scheduling: how long after the first message that talks of a meeting
+    # time the assistant waits (for the others' proposals) before it reads the talk.
+    proactive_delay_seconds: float = attrs.field(default=60.0, validator=[_positive, v.le(3600)])
+    # The assistant's user (`bot: true`): its username, or the first free one of
+    # `<name>-bot`, `<name>-bot2`, … if a person has it already.
+    bot_username: str = attrs.field(
+        default="assistant", validator=v.matches_re(r"[a-z0-9_.-]{3,24}")
+    )
+    bot_display_name: str = attrs.field(default="Assistant", validator=v.min_len(1))
 
     def __attrs_post_init__(self) -> None:
         if self.base_url and not self.model.strip():
@@ -310,6 +319,10 @@ class JobsConfig:
     keep_finished_seconds: float = attrs.field(default=7 * 86400.0, validator=_positive)
     # PROTOCOL.md: action items follow edits within 60 s, so the slot stays well below.
     action_items_delay_seconds: float = attrs.field(default=20.0, validator=[_positive, v.le(50)])
+    # New messages (where the switch is on) have items extracted at most this often.
+    action_items_after_messages_seconds: float = attrs.field(
+        default=120.0, validator=[_positive, v.le(86400)]
+    )
 
     def __attrs_post_init__(self) -> None:
         if self.backoff_base_seconds > self.backoff_max_seconds:

@@ -253,6 +253,10 @@ class Directory:
         await self.joined_auto_channels(user.id)
         return user, token
 
+    async def bot_user(self, username: str, display_name: str) -> User:
+        """The assistant's user, made on first use (`store.directory.bot_user`)."""
+        return await self.write(sql.bot_user, username, display_name, now_ms())
+
     async def joined_auto_channels(self, user_id: str) -> None:
         """Tell the live actors of the `auto_join` channels (`general`) that the user is
         a member: made just now (`store.directory.insert_user` joined them in its

@@ -236,6 +236,24 @@ def insert_user(conn: apsw.Connection, user: User, password_hash: str | None) ->
     return True
 
 
+def bot_user(conn: apsw.Connection, username: str, display_name: str, now: int) -> User:
+    """The assistant's user (`bot: true`, no password, a member of nothing): the first
+    bot made, else a new one named `username`, or the first free `<username>-bot`,
+    `<username>-bot2`, … when a person has that name. In the caller's write transaction."""
+    row = conn.execute(
+        f"SELECT {_USER} FROM users WHERE bot = 1 AND deleted_at IS NULL"
+        " ORDER BY created_at, id LIMIT 1"
+    ).fetchone()
+    if row is not None:
+        return user_from_row(row)
+    for n in range(100):
+        name = username if n == 0 else f"{username}-bot{n if n > 1 else ''}"
+        user = User(new_id("u_"), name, display_name, now, bot=True)
+        if insert_user(conn, user, None):
+            return user
+    raise RuntimeError("no free username for the assistant")
+
+
 def join_auto_channels(conn: apsw.Connection, user_id: str, now: int) -> list[str]:
     """Make a new user a member of every `auto_join` conversation (`general`); the ids
     joined. Called in the transaction that creates the user (`insert_user`, Clerk's
