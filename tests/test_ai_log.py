@@ -16,11 +16,9 @@ def test_the_log_keeps_its_newest_entries_only(tmp_path: Path) -> None:
         with transaction(conn):
             for n in range(ai.MAX_LOG_ROWS + 25):
                 ai.add_log(conn, ai.LogEntry(n, None, "ask", [n]))
-        (count,) = conn.execute("SELECT count(*) FROM ai_log").fetchone()
-        assert count == ai.MAX_LOG_ROWS
+        assert conn.execute("SELECT count(*) FROM ai_log").get == ai.MAX_LOG_ROWS
         newest = ai.log(conn, 2)
         assert [e.at for e in newest] == [ai.MAX_LOG_ROWS + 24, ai.MAX_LOG_ROWS + 23]
-        (oldest,) = conn.execute("SELECT min(at) FROM ai_log").fetchone()
-        assert oldest == 25
+        assert conn.execute("SELECT min(at) FROM ai_log").get == 25
     finally:
         conn.close()
