@@ -584,6 +584,25 @@ async def test_daily_token_budget_is_rate_limited(tmp_path: Path) -> None:
         assert (await ask(h, b, cid, "third?")).status_code == 200
 
 
+async def test_the_spent_budget_outlives_a_restart(tmp_path: Path) -> None:
+    with trio.fail_after(60):
+        async with fake_llm() as llm:
+            ai = {"base_url": llm.url, "model": "fake-model", "daily_tokens_per_user": 50}
+            config = make_config(tmp_path / "data", ai=ai)
+            async with harness(config) as h:
+                a, b, cid = await setup(h)
+                await switch(h, a, cid, True)
+                llm.script(text("one", usage=30), text("two", usage=30))
+                assert (await ask(h, a, cid, "first?")).status_code == 200
+                assert (await ask(h, b, cid, "second?")).status_code == 200
+            async with harness(config) as h:
+                # a spent 30 of 50 before the restart: one more, then refused.
+                llm.script(text("three", usage=30))
+                assert (await ask(h, a, cid, "third?")).status_code == 200
+                error_of(await ask(h, a, cid, "fourth?"), 429, "rate_limited")
+                assert len(llm.requests) == 3
+
+
 # ------------------------------------------------------------ catch-up
 
 

@@ -189,12 +189,27 @@ def _people_v1_1(conn: apsw.Connection) -> None:
         raise RuntimeError(f"directory migration: foreign keys broken: {problems[:5]}")
 
 
+def _ai_budget(conn: apsw.Connection) -> None:
+    """The assistant's per-user daily token budget (`ai.daily_tokens_per_user`): what
+    each user spent on their last day of asking, so a restart gives nobody a new day."""
+    conn.execute(
+        """
+        CREATE TABLE ai_spent(
+            user_id TEXT PRIMARY KEY,
+            day INTEGER NOT NULL,
+            tokens INTEGER NOT NULL
+        ) WITHOUT ROWID
+        """
+    )
+
+
 MIGRATIONS: list[Migration] = [
     _v1,
     _clerk_identities,
     _media_and_push,
     _tokens_by_expiry,
     _people_v1_1,
+    _ai_budget,
 ]
 
 
@@ -585,3 +600,21 @@ def remove_member(conn: apsw.Connection, conversation_id: str, user_id: str) -> 
         (conversation_id, user_id),
     )
     return conn.changes() > 0
+
+
+# ---------------------------------------------------------------- the AI budget
+
+
+def ai_spent_on(conn: apsw.Connection, day: int) -> dict[str, int]:
+    """Tokens each user spent on `day` (days since the epoch, UTC)."""
+    return dict(conn.execute("SELECT user_id, tokens FROM ai_spent WHERE day = ?", (day,)))
+
+
+def add_ai_spent(conn: apsw.Connection, user_id: str, day: int, tokens: int) -> None:
+    """Count `tokens` on `user_id`'s `day`; a new day starts from zero."""
+    conn.execute(
+        "INSERT INTO ai_spent(user_id, day, tokens) VALUES (?, ?, ?) ON CONFLICT(user_id)"
+        " DO UPDATE SET tokens = CASE WHEN day = excluded.day THEN tokens + excluded.tokens"
+        " ELSE excluded.tokens END, day = excluded.day",
+        (user_id, day, tokens),
+    )
