@@ -1,4 +1,5 @@
-"""The `messageai` command: `serve`, `user add|list`, `config check`, and the client's
+"""The `messageai` command: `serve`, `user add|list`, `config check`, `backup`, `verify`,
+`restore` (in `cli.ops`), and the client's
 `login|send|sync|tail|conversations|new|chat` (arguments in `cli.client_args`, the work in
 `messageai.client.commands`).
 
@@ -23,6 +24,7 @@ import trio
 
 from messageai import passwords
 from messageai.cli.client_args import CLIENT_COMMANDS, add_client_commands
+from messageai.cli.ops import OPS_COMMANDS, add_ops_commands
 from messageai.config import Config, ConfigError, load_config, with_overrides
 from messageai.errors import MessageAIError, StartupError
 from messageai.services.directory import DIRECTORY_FILE, open_directory_db
@@ -87,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     config_sub = config.add_subparsers(dest="config_command", required=True)
     check = config_sub.add_parser("check", help="validate a config file and print the result")
     with_config(check)
+    add_ops_commands(sub, with_config)
     add_client_commands(sub)
     return parser
 
@@ -108,6 +111,10 @@ def main(argv: list[str] | None = None) -> int:
         from messageai.client.commands import run as run_client_command
 
         return run_client_command(args)
+    if args.command == "verify":  # a folder, no configuration
+        from messageai.cli import ops
+
+        return ops.run(load_config(None), args)
     try:
         config = _load(args)
     except ConfigError as exc:
@@ -117,6 +124,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "serve":
             return trio.run(_serve, config)
+        if args.command in OPS_COMMANDS:
+            from messageai.cli import ops
+
+            return ops.run(config, args)
         if args.command == "user":
             refusal = _no_server_data(config, args)
             if refusal is not None:
