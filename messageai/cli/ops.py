@@ -1,7 +1,8 @@
-"""The operator's commands on a data directory: `backup DEST`, `verify DIR` and
-`restore SRC` (the work is `messageai.ops.backup`). Added to the parser and run by
-`cli.main`; exit 0 on success, 1 when the backup, check or restore fails (the reason
-on stderr, each problem on its own line for `verify`)."""
+"""The operator's commands on a data directory: `backup DEST`, `verify DIR`, `restore
+SRC` (the work is `messageai.ops.backup`) and `conversation export ID FILE [--media]`,
+`conversation import FILE` (`messageai.ops.conversation_file`). Added to the parser
+and run by `cli.main`; exit 0 on success, 1 when the work fails (the reason on stderr,
+each problem on its own line for `verify`)."""
 
 from __future__ import annotations
 
@@ -11,9 +12,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from messageai.config import Config
-from messageai.ops import backup
+from messageai.ops import backup, conversation_file
 
-OPS_COMMANDS = ("backup", "verify", "restore")
+OPS_COMMANDS = ("backup", "verify", "restore", "conversation")
 
 
 def add_ops_commands(
@@ -41,6 +42,26 @@ def add_ops_commands(
     )
     with_config(put)
     put.add_argument("src", type=Path, help="a folder made by `messageai backup`")
+    conversation = sub.add_parser("conversation", help="one conversation as one file")
+    conversation_sub = conversation.add_subparsers(dest="conversation_command", required=True)
+    out = conversation_sub.add_parser(
+        "export",
+        help="write one conversation as one self-contained SQLite file",
+        description="Its messages, read cursors, edit history and the public profiles of"
+        " everyone in it (not the assistant's data); its uploads too with --media.",
+    )
+    with_config(out)
+    out.add_argument("conversation_id")
+    out.add_argument("file", type=Path, help="the file to write (must not exist)")
+    out.add_argument("--media", action="store_true", help="include the uploads it attaches")
+    into = conversation_sub.add_parser(
+        "import",
+        help="import a conversation file into this data directory",
+        description="People are matched by username, else made as placeholders without a"
+        " password; the conversation keeps its id unless it is taken here.",
+    )
+    with_config(into)
+    into.add_argument("file", type=Path, help="a file made by `conversation export`")
 
 
 def run(config: Config, args: argparse.Namespace) -> int:
@@ -57,8 +78,33 @@ def run(config: Config, args: argparse.Namespace) -> int:
                 return 1
             print(f"{args.folder}: {report.checked} files verified")
             return 0
-        backup.restore(args.src, config.data_dir)
-        return 0
-    except backup.BackupError as exc:
+        if args.command == "restore":
+            backup.restore(args.src, config.data_dir)
+            return 0
+        return _conversation(config, args)
+    except (backup.BackupError, conversation_file.TransferError) as exc:
         print(f"messageai: {exc}", file=sys.stderr)
         return 1
+
+
+def _conversation(config: Config, args: argparse.Namespace) -> int:
+    if args.conversation_command == "export":
+        summary = conversation_file.export(
+            config.data_dir, args.conversation_id, args.file, media=args.media
+        )
+        print(
+            f"exported {summary.conversation_id}: {summary.messages} messages,"
+            f" {summary.users} people, {summary.media} uploads into {args.file}"
+        )
+        return 0
+    summary = conversation_file.import_file(config.data_dir, args.file, config.storage.synchronous)
+    made = (
+        f"; new placeholder accounts: {', '.join(summary.created_users)}"
+        if summary.created_users
+        else ""
+    )
+    print(
+        f"imported {summary.conversation_id}: {summary.messages} messages,"
+        f" {summary.users} people, {summary.media} uploads{made}"
+    )
+    return 0
