@@ -7,8 +7,7 @@ server started on the restored directory serves the history."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
+import shutil
 import uuid
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import trio
 from messageai.ops import backup
 from messageai.services.directory import DIRECTORY_FILE
 from messageai.store.paths import conversation_path
-from tests.helpers import Account, Harness, harness, make_config
+from tests.helpers import Account, Harness, harness, make_config, run_messageai
 
 PNG = b"\x89PNG\r\n\x1a\n" + os.urandom(5000)
 
@@ -162,23 +161,36 @@ async def test_restore_refuses_a_data_directory_in_use_and_a_damaged_backup(
 async def test_the_commands_back_up_verify_and_restore(tmp_path: Path) -> None:
     data, _, cid = await _small_backup(tmp_path)
 
-    def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "messageai", *args],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-
-    made = cli("backup", str(tmp_path / "b2"), "--data-dir", str(data))
+    made = await run_messageai("backup", str(tmp_path / "b2"), "--data-dir", str(data))
     assert made.returncode == 0, made.stderr
     # The conversation, the jobs file and the directory; the upload.
     assert "backed up 3 databases and 1 media files" in made.stdout, made.stdout
-    checked = cli("verify", str(tmp_path / "b2"))
+    checked = await run_messageai("verify", str(tmp_path / "b2"))
     assert checked.returncode == 0 and "files verified" in checked.stdout, checked.stderr
     conversation_path(tmp_path / "b2", cid).write_bytes(b"x")
-    bad = cli("verify", str(tmp_path / "b2"))
+    bad = await run_messageai("verify", str(tmp_path / "b2"))
     assert bad.returncode == 1 and "the manifest says" in bad.stderr, bad.stderr
-    refused = cli("restore", str(tmp_path / "b2"), "--data-dir", str(tmp_path / "r"))
+    refused = await run_messageai(
+        "restore", str(tmp_path / "b2"), "--data-dir", str(tmp_path / "r")
+    )
     assert refused.returncode == 1 and "does not verify" in refused.stderr
     assert not (tmp_path / "r").exists()
+
+
+async def test_check_finds_damage_in_a_live_data_directory(tmp_path: Path) -> None:
+    data, _dest, cid = await _small_backup(tmp_path)
+    from messageai.ops.check import check
+
+    assert check(data).problems == []
+    done = await run_messageai("check", "--data-dir", str(data))
+    assert done.returncode == 0 and "files verified" in done.stdout, done.stderr
+    [blob] = [p for p in (data / "media").glob("??/*") if p.is_file()]
+    blob.write_bytes(b"not the upload")
+    stray = data / "conversations" / "zz" / "c_strayzz.sqlite3"
+    stray.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(conversation_path(data, cid), stray)
+    problems = check(data).problems
+    assert f"{blob.relative_to(data)}: its content is not its checksum" in problems
+    assert "conversations/zz/c_strayzz.sqlite3: no conversation of this id" in problems
+    done = await run_messageai("check", "--data-dir", str(data))
+    assert done.returncode == 1 and "2 problems" in done.stderr, done.stderr

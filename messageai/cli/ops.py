@@ -1,6 +1,7 @@
 """The operator's commands on a data directory: `backup DEST`, `verify DIR`, `restore
 SRC` (the work is `messageai.ops.backup`) and `conversation export ID FILE [--media]`,
-`conversation import FILE` (`messageai.ops.conversation_file`). Added to the parser
+`conversation import FILE` (`messageai.ops.conversation_file`) and `check`
+(`messageai.ops.check`). Added to the parser
 and run by `cli.main`; exit 0 on success, 1 when the work fails (the reason on stderr,
 each problem on its own line for `verify`)."""
 
@@ -12,9 +13,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from messageai.config import Config
-from messageai.ops import backup, conversation_file
+from messageai.ops import backup, check, conversation_file
 
-OPS_COMMANDS = ("backup", "verify", "restore", "conversation")
+OPS_COMMANDS = ("backup", "verify", "restore", "check", "conversation")
 
 
 def add_ops_commands(
@@ -42,6 +43,11 @@ def add_ops_commands(
     )
     with_config(put)
     put.add_argument("src", type=Path, help="a folder made by `messageai backup`")
+    whole = sub.add_parser(
+        "check",
+        help="check the data directory: every database's integrity, every upload's bytes",
+    )
+    with_config(whole)
     conversation = sub.add_parser("conversation", help="one conversation as one file")
     conversation_sub = conversation.add_subparsers(dest="conversation_command", required=True)
     out = conversation_sub.add_parser(
@@ -69,14 +75,15 @@ def run(config: Config, args: argparse.Namespace) -> int:
         if args.command == "backup":
             backup.backup(config.data_dir, args.dest)
             return 0
-        if args.command == "verify":
-            report = backup.verify(args.folder)
-            for problem in report.problems:
+        if args.command in ("verify", "check"):
+            folder = args.folder if args.command == "verify" else config.data_dir
+            found = backup.verify(folder) if args.command == "verify" else check.check(folder)
+            for problem in found.problems:
                 print(f"messageai: {problem}", file=sys.stderr)
-            if report.problems:
-                print(f"{args.folder}: {len(report.problems)} problems", file=sys.stderr)
+            if found.problems:
+                print(f"{folder}: {len(found.problems)} problems", file=sys.stderr)
                 return 1
-            print(f"{args.folder}: {report.checked} files verified")
+            print(f"{folder}: {found.checked} files verified")
             return 0
         if args.command == "restore":
             backup.restore(args.src, config.data_dir)

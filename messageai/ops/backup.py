@@ -65,7 +65,7 @@ class Report:
     problems: list[str]
 
 
-def _sha256(path: Path) -> str:
+def sha256_of(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as f:
         while chunk := f.read(_CHUNK):
@@ -81,7 +81,7 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def _databases(data_dir: Path) -> Iterator[Path]:
+def databases(data_dir: Path) -> Iterator[Path]:
     """The databases in backup order: conversations, jobs, the directory last."""
     yield from sorted((data_dir / "conversations").glob("*/*.sqlite3"))
     if (data_dir / JOBS_FILE).is_file():
@@ -130,13 +130,13 @@ def backup(data_dir: Path, dest: Path, progress: Callable[[str], None] = print) 
         raise BackupError("the backup must not be inside the data directory")
     dest.mkdir(parents=True, exist_ok=True)
     entries: list[Entry] = []
-    databases = list(_databases(data_dir))
-    for number, src in enumerate(databases, 1):
+    files = list(databases(data_dir))
+    for number, src in enumerate(files, 1):
         rel = src.relative_to(data_dir).as_posix()
         _copy_database(src, dest / rel)
-        entries.append(Entry(rel, (dest / rel).stat().st_size, _sha256(dest / rel), "database"))
+        entries.append(Entry(rel, (dest / rel).stat().st_size, sha256_of(dest / rel), "database"))
         if number % 500 == 0:
-            progress(f"{number} of {len(databases)} databases copied")
+            progress(f"{number} of {len(files)} databases copied")
     missing = 0
     for sha256 in _media_digests(dest / DIRECTORY_FILE):
         rel = _media_rel(sha256)
@@ -147,7 +147,7 @@ def backup(data_dir: Path, dest: Path, progress: Callable[[str], None] = print) 
         (dest / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src, dest / rel)
         _fsync(dest / rel)
-        digest = _sha256(dest / rel)
+        digest = sha256_of(dest / rel)
         if digest != sha256:
             raise BackupError(f"{rel}: its content does not match its name (damaged on disk)")
         entries.append(Entry(rel, (dest / rel).stat().st_size, digest, "media"))
@@ -155,7 +155,7 @@ def backup(data_dir: Path, dest: Path, progress: Callable[[str], None] = print) 
     media = sum(1 for e in entries if e.kind == "media")
     note = f" ({missing} uploads erased meanwhile)" if missing else ""
     progress(
-        f"backed up {len(databases)} databases and {media} media files"
+        f"backed up {len(files)} databases and {media} media files"
         f" ({sum(e.size for e in entries):,} bytes) into {dest}{note}"
     )
     return entries
@@ -196,7 +196,7 @@ def read_manifest(folder: Path) -> list[Entry]:
     return entries
 
 
-def _integrity(path: Path) -> str | None:
+def integrity(path: Path) -> str | None:
     """None when SQLite finds the file sound, else what it says."""
     try:
         conn = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READONLY)
@@ -223,11 +223,11 @@ def verify(folder: Path) -> Report:
                 f"{entry.path}: {path.stat().st_size} bytes, the manifest says {entry.size}"
             )
             continue
-        if _sha256(path) != entry.sha256:
+        if sha256_of(path) != entry.sha256:
             problems.append(f"{entry.path}: its checksum differs from the manifest's")
             continue
         if entry.kind == "database":
-            found = _integrity(path)
+            found = integrity(path)
             if found is not None:
                 problems.append(f"{entry.path}: integrity check failed: {found}")
         elif Path(entry.path).name != entry.sha256:
