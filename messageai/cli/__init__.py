@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable
@@ -95,7 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _load(args: argparse.Namespace) -> Config:
-    config = load_config(args.config)
+    # The file (or the embedded default), then MESSAGEAI_<SECTION>__<KEY> variables,
+    # then the flags.
+    config = load_config(args.config, os.environ)
     return with_overrides(
         config,
         host=getattr(args, "host", None),
