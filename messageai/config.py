@@ -57,6 +57,12 @@ def _positive(_inst: object, attr: attrs.Attribute[Any], value: float) -> None:
         raise ValueError(f"{attr.name} must be a positive finite number, not {value!r}")
 
 
+def _networks(_inst: object, attr: attrs.Attribute[Any], value: tuple[str, ...]) -> None:
+    from messageai.edge.client_address import parse_networks
+
+    parse_networks(value)
+
+
 def _origins(_inst: object, attr: attrs.Attribute[Any], value: tuple[str, ...]) -> None:
     for origin in value:
         if origin != "*" and not re.fullmatch(r"https?://[^/?#\s]+", origin):
@@ -74,6 +80,8 @@ class ServerConfig:
     min_body_bytes_per_second: int = attrs.field(default=8192, validator=_positive)
     keep_alive_timeout_seconds: float = attrs.field(default=30.0, validator=_positive)
     allowed_origins: tuple[str, ...] = attrs.field(default=(), validator=_origins)
+    # Reverse proxies whose X-Forwarded-For is believed (addresses or networks).
+    trusted_proxies: tuple[str, ...] = attrs.field(default=(), validator=_networks)
     idle_timeout_seconds: float = attrs.field(default=300.0, validator=_positive)
     ping_interval_seconds: float = attrs.field(default=30.0, validator=_positive)
     ping_timeout_seconds: float = attrs.field(default=20.0, validator=_positive)

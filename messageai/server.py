@@ -32,6 +32,7 @@ from messageai.config import Config
 from messageai.conversations.commands import Summary
 from messageai.conversations.registry import Registry
 from messageai.edge.asgi import App, Router, bearer_token, error_headers
+from messageai.edge.client_address import ClientAddress
 from messageai.edge.frontdoor import FrontDoor, ReplayStream
 from messageai.edge.wsframes import request_host, wrap_server_stream
 from messageai.errors import (
@@ -281,6 +282,7 @@ class Server:
             self.authenticator.authenticate,
             body_timeout_seconds=config.server.body_timeout_seconds,
             min_body_bytes_per_second=config.server.min_body_bytes_per_second,
+            client_address=ClientAddress(config.server.trusted_proxies),
         )
         return FrontDoor(
             app,
