@@ -420,6 +420,7 @@ class Server:
             self.guard,
             self.search,
             self.assistant,
+            still_valid=lambda: authenticator.session_valid(user.id, token_hash),
         )
         # Both checks are inline and `run` registers the session with presence before
         # its first await, so a deletion or logout either comes before the check or
