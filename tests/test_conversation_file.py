@@ -20,7 +20,7 @@ import trio
 
 from messageai.ops import conversation_file
 from messageai.services.directory import DIRECTORY_FILE
-from tests.helpers import Account, Harness, assert_error, harness, make_config
+from tests.helpers import Account, Harness, assert_error, harness, make_config, run_messageai
 
 PNG = b"\x89PNG\r\n\x1a\n" + os.urandom(4000)
 
@@ -203,3 +203,22 @@ async def test_a_member_downloads_the_conversation_as_that_file(tmp_path: Path) 
         file.write_bytes(r.content)
         summary = conversation_file.import_file(tmp_path / "b", file)
         assert (summary.messages, summary.created_users) == (1, ("ada", "bob"))
+
+
+async def test_conversation_list_and_show_describe_the_data_directory(tmp_path: Path) -> None:
+    with trio.fail_after(60):
+        async with harness(make_config(tmp_path / "a")) as a:
+            ada, bob = await a.account("ada"), await a.account("bob")
+            cid = await a.group(ada, bob, title="launch")
+            await a.post(ada, cid, "one")
+            await a.post(bob, cid, "two")
+            data = str(a.server.config.data_dir)
+            listed = await run_messageai("conversation", "list", "--data-dir", data)
+            assert listed.returncode == 0, listed.stderr
+            assert f"{cid}\tgroup\t2 members\t2 messages\tlaunch" in listed.stdout.splitlines()
+            shown = await run_messageai("conversation", "show", cid, "--data-dir", data)
+            assert shown.returncode == 0, shown.stderr
+            assert f"  {ada.id}\tada (creator)" in shown.stdout.splitlines()
+            assert "2 messages" in shown.stdout
+            missing = await run_messageai("conversation", "show", "c_nope", "--data-dir", data)
+            assert missing.returncode == 1 and "no conversation 'c_nope'" in missing.stderr

@@ -1,6 +1,7 @@
 """The operator's commands on a data directory: `backup DEST`, `verify DIR`, `restore
 SRC` (the work is `messageai.ops.backup`) and `conversation export ID FILE [--media]`,
-`conversation import FILE` (`messageai.ops.conversation_file`) and `check`
+`conversation import FILE` (`messageai.ops.conversation_file`), `conversation
+list|show` and `check`
 (`messageai.ops.check`). Added to the parser
 and run by `cli.main`; exit 0 on success, 1 when the work fails (the reason on stderr,
 each problem on its own line for `verify`)."""
@@ -12,8 +13,13 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import apsw
+
 from messageai.config import Config
 from messageai.ops import backup, check, conversation_file
+from messageai.services.directory import DIRECTORY_FILE
+from messageai.store import directory as directory_sql
+from messageai.store.paths import conversation_path
 
 OPS_COMMANDS = ("backup", "verify", "restore", "check", "conversation")
 
@@ -68,6 +74,13 @@ def add_ops_commands(
     )
     with_config(into)
     into.add_argument("file", type=Path, help="a file made by `conversation export`")
+    listing = conversation_sub.add_parser(
+        "list", help="every conversation: id, kind, members, messages, title"
+    )
+    with_config(listing)
+    show = conversation_sub.add_parser("show", help="one conversation: its record and members")
+    with_config(show)
+    show.add_argument("conversation_id")
 
 
 def run(config: Config, args: argparse.Namespace) -> int:
@@ -95,6 +108,8 @@ def run(config: Config, args: argparse.Namespace) -> int:
 
 
 def _conversation(config: Config, args: argparse.Namespace) -> int:
+    if args.conversation_command in ("list", "show"):
+        return _describe(config, args)
     if args.conversation_command == "export":
         summary = conversation_file.export(
             config.data_dir, args.conversation_id, args.file, media=args.media
@@ -115,3 +130,49 @@ def _conversation(config: Config, args: argparse.Namespace) -> int:
         f" {summary.users} people, {summary.media} uploads{made}"
     )
     return 0
+
+
+def _describe(config: Config, args: argparse.Namespace) -> int:
+    """`conversation list|show`: read-only, from the directory and each file's own count."""
+    if not (config.data_dir / DIRECTORY_FILE).is_file():
+        raise backup.BackupError(f"no directory database in {config.data_dir.resolve()}")
+    conn = apsw.Connection(str(config.data_dir / DIRECTORY_FILE), flags=apsw.SQLITE_OPEN_READONLY)
+    try:
+        if args.conversation_command == "list":
+            ids = [
+                row[0]
+                for row in conn.execute("SELECT id FROM conversations ORDER BY created_at, id")
+            ]
+        else:
+            ids = [args.conversation_id]
+        for cid in ids:
+            record = directory_sql.conversation(conn, cid)
+            if record is None:
+                raise backup.BackupError(f"no conversation {cid!r}")
+            members = directory_sql.member_ids(conn, cid)
+            count = _message_count(conversation_path(config.data_dir, cid))
+            title = record.title or "(direct)"
+            if args.conversation_command == "list":
+                print(f"{cid}\t{record.kind}\t{len(members)} members\t{count} messages\t{title}")
+                continue
+            print(f"{cid}: {record.kind} {title!r}, {count} messages, created {record.created_at}")
+            if record.topic:
+                print(f"topic: {record.topic}")
+            for user_id in members:
+                user = directory_sql.user_by_id(conn, user_id)
+                name = user.username if user is not None else "(deleted)"
+                creator = " (creator)" if user_id == record.creator_id else ""
+                print(f"  {user_id}\t{name}{creator}")
+    finally:
+        conn.close()
+    return 0
+
+
+def _message_count(path: Path) -> int:
+    if not path.is_file():
+        return 0  # nothing sent yet: the file is made by the first message
+    conn = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READONLY)
+    try:
+        return int(conn.execute("SELECT count(*) FROM messages").get or 0)
+    finally:
+        conn.close()
