@@ -116,5 +116,6 @@ async def test_engine_jest_suite_passes_against_the_real_server(tmp_path: Path) 
             await target.stop()
             nursery.cancel_scope.cancel()
     report = (result.stdout + result.stderr).decode(errors="replace")
+    print(report)  # jest's own summary, shown with -s or on failure
     assert result.returncode == 0, report[-20000:]
     assert "Tests:" in report and "failed" not in report.split("Tests:", 1)[1].split("\n", 1)[0]
