@@ -679,7 +679,10 @@ class LocalFirstEngine implements Engine {
       stored.conv.last_seq = Math.max(stored.conv.last_seq, message.seq);
       stored.conv.last_rev = Math.max(stored.conv.last_rev, message.rev);
       stored.conv.last_message = this.newerLast(stored.conv.last_message, message);
-      if (
+      if (how.catchUp) {
+        // The listed unread_count already counts what the catch-up brings: recount below.
+        recount.add(stored);
+      } else if (
         isNew &&
         !how.history &&
         message.sender_id !== me &&
@@ -725,7 +728,9 @@ class LocalFirstEngine implements Engine {
       stored.conv.unread_count = 0;
       return;
     }
+    // Only a count over everything above the cursor beats the server's.
     if (stored.oldest_seq === null || stored.oldest_seq > cursor + 1) return;
+    if (stored.max_seq < stored.conv.last_seq) return;
     const id = stored.conv.id;
     const rows = await this.backend.range('messages', seqKey(id, cursor + 1), `${id}${SEP}s${END}`);
     let count = 0;

@@ -225,3 +225,30 @@ test('a token from elsewhere signs in; a refused one is renewed through refreshT
   expect(signedOut).toEqual([]);
   expect(engine.me?.id).toBe(ada.id);
 });
+
+test('unread counts what came while away once, not once from the list and again from the catch-up', async () => {
+  const ada = await person();
+  const bob = await person();
+  const conv = await ada.engine.createDirect(bob.id);
+  await bob.engine.send(conv.id, 'seen');
+  const first = await until(async () => (await ada.engine.messages(conv.id))[0], 'the first');
+  await ada.engine.markRead(conv.id, first.seq!);
+  await until(() => ada.engine.outboxSize() === 0, 'read delivered');
+  await ada.engine.stop();
+  for (const body of ['a', 'b', 'c']) await bob.engine.send(conv.id, body);
+  await until(() => bob.engine.outboxSize() === 0, 'bob delivered');
+  // Every count the list shows on the way: never more than 3, and once the
+  // listing has said 3, never less (no count from a half-held conversation).
+  const counts: number[] = [];
+  ada.engine.on((event) => {
+    if (event.type === 'conversations') {
+      void ada.engine.conversation(conv.id).then((c) => c && counts.push(c.unread_count));
+    }
+  });
+  ada.engine.start();
+  await until(async () => (await ada.engine.messages(conv.id)).length === 4, 'caught up');
+  await until(() => ada.engine.connection().state === 'online', 'online');
+  expect((await ada.engine.conversation(conv.id))!.unread_count).toBe(3);
+  expect(Math.max(...counts)).toBe(3);
+  expect(counts.slice(counts.indexOf(3))).toEqual(counts.slice(counts.indexOf(3)).map(() => 3));
+});
