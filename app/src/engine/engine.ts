@@ -15,6 +15,7 @@ import { openBackend } from './backend';
 import { Connection } from './connection';
 import { EngineError } from './errors';
 import type {
+  AskOptions,
   ConnectionInfo,
   Engine,
   EngineEvent,
@@ -43,7 +44,8 @@ import {
   type StoredMessage,
 } from './localstore';
 import { LIMITS, type Conversation, type Media, type Message, type User } from './protocol';
-import { AI_TIMEOUT_MS, Rest } from './rest';
+import * as api from './api';
+import { Rest } from './rest';
 import type { Backend, WriteOp } from './store';
 import * as v from './validate';
 
@@ -164,6 +166,9 @@ class LocalFirstEngine implements Engine {
   private outbox: OutboxOp[] = [];
   private nextOrder = 1;
   private readonly presences = new Map<string, Presence>();
+  // Which presence_update last set each user's presence (see subscribe).
+  private presenceClock = 0;
+  private readonly presenceStamps = new Map<string, number>();
   private readonly typists = new Map<string, Map<string, number>>();
   private readonly typingSent = new Map<string, number>();
   private readonly typingTimers = new Map<string, ReturnType<typeof setTimeout>>();
@@ -468,6 +473,9 @@ class LocalFirstEngine implements Engine {
   }
 
   private async subscribe(conn: Connection, id: string): Promise<void> {
+    // presence_update frames are not ordered with the conversation's frames: one
+    // may overtake this answer, whose `online` list is then older than it.
+    const asked = this.presenceClock;
     let answer: Frame;
     try {
       answer = await conn.request({ type: 'subscribe', conversation_id: id });
@@ -497,6 +505,7 @@ class LocalFirstEngine implements Engine {
       // In the queue, like presence_update frames: a frame that came after this
       // answer must not be overwritten by the answer's older `online` list.
       for (const uid of stored.conv.member_ids) {
+        if ((this.presenceStamps.get(uid) ?? 0) > asked) continue;
         const status = online.includes(uid) ? 'online' : 'offline';
         const old = this.presences.get(uid);
         if (!old || old.status !== status) {
@@ -792,6 +801,7 @@ class LocalFirstEngine implements Engine {
         if (status !== 'online' && status !== 'offline') return;
         const presence: Presence = { status, last_seen_at: v.intOrNull(frame, 'last_seen_at', 'presence_update') };
         this.presences.set(user, presence);
+        this.presenceStamps.set(user, ++this.presenceClock);
         this.emit({ type: 'presence', userId: user, presence });
         return;
       }
@@ -1595,41 +1605,22 @@ class LocalFirstEngine implements Engine {
     return out.slice(0, LIMITS.maxMentions);
   }
 
-  // ---------------------------------------------------------------- media
+  // ---------------------------------------------------------------- media, search, AI, push (api.ts)
 
-  async upload(source: UploadSource): Promise<Media> {
+  upload(source: UploadSource): Promise<Media> {
     this.requireMe();
-    let body: Blob | Uint8Array;
-    let contentType: string;
-    if (source.kind === 'blob') {
-      body = source.blob;
-      contentType = source.blob.type || 'application/octet-stream';
-    } else if (source.kind === 'bytes') {
-      body = source.bytes;
-      contentType = source.contentType;
-    } else {
-      // React Native's fetch reads file:// and content:// uris into a Blob.
-      body = await (await fetch(source.uri)).blob();
-      contentType = source.contentType;
-    }
-    const filename = source.filename ?? (source.kind === 'blob' && 'name' in source.blob ? String((source.blob as File).name) : undefined);
-    if (filename !== undefined && (filename.length < 1 || filename.length > LIMITS.maxFilenameChars || /[/\\]/.test(filename))) {
-      throw new EngineError('invalid', 'a file name is 1 to 255 characters without / or \\');
-    }
-    return v.media(
-      await this.rest.request('/v1/media', { method: 'POST', body, contentType, query: { filename }, timeoutMs: 300_000 }),
-    );
+    return api.upload(this.rest, source);
   }
 
-  async mediaInfo(mediaId: string): Promise<Media> {
-    return v.media(await this.rest.request(`/v1/media/${encodeURIComponent(mediaId)}/info`));
+  mediaInfo(mediaId: string): Promise<Media> {
+    return api.mediaInfo(this.rest, mediaId);
   }
 
-  async download(mediaId: string): Promise<Blob> {
-    const response = await this.rest.fetchResponse(`/v1/media/${encodeURIComponent(mediaId)}`, { timeoutMs: 300_000 });
-    return response.blob();
+  download(mediaId: string): Promise<Blob> {
+    return api.download(this.rest, mediaId);
   }
 
+  /** Object URLs are cached here (bounded, the oldest revoked); phones get the uri and header. */
   async mediaSource(mediaId: string): Promise<{ uri: string; headers?: Record<string, string> }> {
     const url = this.rest.url(`/v1/media/${encodeURIComponent(mediaId)}`);
     const canObjectUrl = typeof document !== 'undefined' && typeof URL.createObjectURL === 'function';
@@ -1650,111 +1641,46 @@ class LocalFirstEngine implements Engine {
     return { uri: objectUrl };
   }
 
-  // ---------------------------------------------------------------- search
-
-  async search(
-    q: string,
-    options: { conversationId?: string; limit?: number; mode?: 'keyword' | 'semantic' | 'hybrid' } = {},
-  ) {
-    const length = trimmedLength(q);
-    if (length < 1 || length > LIMITS.maxSearchChars) {
-      throw new EngineError('invalid', `a search is 1 to ${LIMITS.maxSearchChars} characters`);
-    }
-    return v.searchAnswer(
-      await this.rest.request('/v1/search', {
-        query: { q: q.trim(), conversation_id: options.conversationId, limit: options.limit, mode: options.mode },
-      }),
-    );
+  search(q: string, options: api.SearchOptions = {}) {
+    return api.search(this.rest, q, options);
   }
 
-  // ---------------------------------------------------------------- AI
-
-  private aiPath(conversationId: string, rest = ''): string {
-    return `/v1/conversations/${encodeURIComponent(conversationId)}/ai${rest}`;
+  aiSettings(conversationId: string) {
+    return api.aiSettings(this.rest, conversationId);
   }
 
-  async aiSettings(conversationId: string) {
-    return v.aiSettings(await this.rest.request(this.aiPath(conversationId)));
+  setAiSettings(conversationId: string, settings: { enabled: boolean; proactive?: boolean }) {
+    return api.setAiSettings(this.rest, conversationId, settings);
   }
 
-  async setAiSettings(conversationId: string, settings: { enabled: boolean; proactive?: boolean }) {
-    return v.aiSettings(await this.rest.request(this.aiPath(conversationId), { method: 'PUT', json: settings }));
+  /** Streams over the WebSocket while live, else asks over REST. */
+  ask(conversationId: string, question: string, options: AskOptions = {}) {
+    const conn = this.conn?.isOpen && this.live ? this.conn : null;
+    return api.ask(this.rest, conn, conversationId, question, options);
   }
 
-  async ask(
-    conversationId: string,
-    question: string,
-    options: { onDelta?: (text: string) => void; signal?: AbortSignal } = {},
-  ) {
-    const length = trimmedLength(question);
-    if (length < 1 || length > LIMITS.maxQuestionChars) {
-      throw new EngineError('invalid', `a question is 1 to ${LIMITS.maxQuestionChars} characters`);
-    }
-    const conn = this.conn;
-    if (conn?.isOpen && this.live) {
-      let deltas = '';
-      const answer = await conn.request(
-        { type: 'ai_ask', conversation_id: conversationId, question },
-        {
-          timeoutMs: AI_TIMEOUT_MS,
-          onFrame: (frame) => {
-            if (frame.type === 'ai_delta') {
-              if (typeof frame.text === 'string' && deltas.length < 200_000 && !options.signal?.aborted) {
-                deltas += frame.text;
-                options.onDelta?.(frame.text);
-              }
-              return false;
-            }
-            return true;
-          },
-        },
-      );
-      return v.aiAnswer(answer);
-    }
-    return v.aiAnswer(
-      await this.rest.request(this.aiPath(conversationId, '/ask'), {
-        method: 'POST',
-        json: { question },
-        timeoutMs: AI_TIMEOUT_MS,
-      }),
-    );
+  catchUp(conversationId: string) {
+    return api.catchUp(this.rest, conversationId);
   }
 
-  async catchUp(conversationId: string) {
-    return v.catchUp(
-      await this.rest.request(this.aiPath(conversationId, '/catch-up'), { method: 'POST', timeoutMs: AI_TIMEOUT_MS }),
-    );
+  actionItems(conversationId: string) {
+    return api.actionItems(this.rest, conversationId);
   }
 
-  async actionItems(conversationId: string) {
-    const answer = v.obj(await this.rest.request(this.aiPath(conversationId, '/action-items')), 'action items');
-    return v.list(answer.items, 'action items', v.actionItem);
+  setActionItem(conversationId: string, itemId: string, status: 'open' | 'done') {
+    return api.setActionItem(this.rest, conversationId, itemId, status);
   }
 
-  async setActionItem(conversationId: string, itemId: string, status: 'open' | 'done') {
-    return v.actionItem(
-      await this.rest.request(this.aiPath(conversationId, `/action-items/${encodeURIComponent(itemId)}`), {
-        method: 'PATCH',
-        json: { status },
-      }),
-    );
+  aiLog(conversationId: string) {
+    return api.aiLog(this.rest, conversationId);
   }
 
-  async aiLog(conversationId: string) {
-    const answer = v.obj(await this.rest.request(this.aiPath(conversationId, '/log')), 'AI log');
-    return v.list(answer.entries, 'AI log', v.aiLogEntry);
+  registerPushToken(token: string, platform?: string): Promise<void> {
+    return api.registerPushToken(this.rest, token, platform);
   }
 
-  // ---------------------------------------------------------------- push
-
-  async registerPushToken(token: string, platform?: string): Promise<void> {
-    const json: Record<string, string> = { token };
-    if (platform) json.platform = platform;
-    await this.rest.request('/v1/push-tokens', { method: 'POST', json });
-  }
-
-  async unregisterPushToken(token: string): Promise<void> {
-    await this.rest.request(`/v1/push-tokens/${encodeURIComponent(token)}`, { method: 'DELETE' });
+  unregisterPushToken(token: string): Promise<void> {
+    return api.unregisterPushToken(this.rest, token);
   }
 }
 
