@@ -12,7 +12,7 @@ import { useConversations, useName, useTitle } from '../state/queries';
 import { useSession } from '../state/session';
 import { ConnectionBanner } from './ConnectionBanner';
 import { Avatar, Badge, Notice } from './controls';
-import { Bar } from './layout';
+import { Bar, useWide } from './layout';
 import { shortTime } from './text';
 import { font, space, useTheme } from './theme';
 
@@ -20,6 +20,7 @@ export function ConversationList() {
   const t = useTheme();
   const { data, isLoading, error } = useConversations();
   const me = useSession((s) => s.me);
+  const wide = useWide();
   return (
     <View style={[styles.pane, { backgroundColor: t.background }]}>
       <Bar
@@ -33,7 +34,7 @@ export function ConversationList() {
           </>
         }
       />
-      <ConnectionBanner />
+      {wide ? null : <ConnectionBanner />}
       {error ? <Notice kind="error" text={String(error)} /> : null}
       <FlatList
         data={data ?? []}

@@ -248,7 +248,7 @@ export default function ConversationScreen() {
           </>
         }
       />
-      <ConnectionBanner />
+      {wide ? null : <ConnectionBanner />}
       {removed ? <Notice kind="error" text={`You are no longer a member here (${removed}).`} style={{ paddingHorizontal: space.md }} /> : null}
       {error ? (
         <Pressable onPress={() => setError(null)} accessibilityRole="button" accessibilityLabel={`${error}. Dismiss`}>
