@@ -201,7 +201,8 @@ export const useSession = create<Session>()((set, get) => {
         }
       }
       queryClient.clear();
-      set({ phase: 'signin', me: null, typing: {}, presence: {}, removed: {}, outbox: 0 });
+      // The engine reports its own logout as `signed_out`: that is no news to the person.
+      set({ phase: 'signin', me: null, typing: {}, presence: {}, removed: {}, outbox: 0, notice: null });
     },
 
     setMe: (me) => set({ me }),
