@@ -355,6 +355,13 @@ export default function ConversationScreen() {
           setEditing(null);
           atBottom.current = true;
         }}
+        onEditLast={() => {
+          const last = [...messages].reverse().find((m) => m.sender_id === meId && m.seq !== null && m.deleted_at === null);
+          if (last) {
+            setReplyTo(null);
+            setEditing(last);
+          }
+        }}
         disabled={removed ? 'You can no longer send messages here.' : null}
       />
     </View>
