@@ -68,6 +68,8 @@ const HISTORY_PAGE = 50;
 const CHANGES_PAGE = 200;
 // Object URLs of downloaded media kept for views (web); the oldest is revoked.
 const MAX_MEDIA_URLS = 200;
+// PROTOCOL.md's default `limits.max_frame_bytes`: a larger frame closes the connection.
+const MAX_FRAME_BYTES = 65536;
 // Users fetched by id after a sync, at most this many per pass.
 const MAX_USER_FETCHES = 200;
 
@@ -164,6 +166,7 @@ class LocalFirstEngine implements Engine {
   private readonly presences = new Map<string, Presence>();
   private readonly typists = new Map<string, Map<string, number>>();
   private readonly typingSent = new Map<string, number>();
+  private readonly typingTimers = new Map<string, ReturnType<typeof setTimeout>>();
   private readonly listeners = new Set<(event: EngineEvent) => void>();
   private readonly openConversations = new Set<string>();
   private readonly subscribed = new Set<string>();
@@ -461,20 +464,24 @@ class LocalFirstEngine implements Engine {
       // The conversation object may be older than the subscription (listed or
       // created before messages came): catch-up must start from this last_seq.
       stored.conv.last_seq = Math.max(stored.conv.last_seq, lastSeq);
-      stored.read_cursors = { ...stored.read_cursors, ...cursors };
+      // Cursors only move forward: keep the higher of what is held and what came.
+      for (const [uid, seq] of Object.entries(cursors)) {
+        stored.read_cursors[uid] = Math.max(stored.read_cursors[uid] ?? 0, seq);
+      }
       await this.recountUnread(stored);
       await this.putConv(stored);
-    });
-    const members = this.convs.get(id)?.conv.member_ids ?? [];
-    for (const uid of members) {
-      const status = online.includes(uid) ? 'online' : 'offline';
-      const old = this.presences.get(uid);
-      if (!old || old.status !== status) {
-        const presence: Presence = { status, last_seen_at: old?.last_seen_at ?? null };
-        this.presences.set(uid, presence);
-        this.emit({ type: 'presence', userId: uid, presence });
+      // In the queue, like presence_update frames: a frame that came after this
+      // answer must not be overwritten by the answer's older `online` list.
+      for (const uid of stored.conv.member_ids) {
+        const status = online.includes(uid) ? 'online' : 'offline';
+        const old = this.presences.get(uid);
+        if (!old || old.status !== status) {
+          const presence: Presence = { status, last_seen_at: old?.last_seen_at ?? null };
+          this.presences.set(uid, presence);
+          this.emit({ type: 'presence', userId: uid, presence });
+        }
       }
-    }
+    });
     this.emit({ type: 'receipts', conversationId: id });
   }
 
@@ -593,11 +600,11 @@ class LocalFirstEngine implements Engine {
    */
   private async storeMessages(
     messages: Message[],
-    how: { catchUp?: boolean; history?: boolean; live?: boolean; lastRev?: number } = {},
+    how: { catchUp?: boolean; history?: boolean; live?: boolean; lastRev?: number; extraOps?: WriteOp[]; force?: boolean } = {},
   ): Promise<Set<string>> {
     const touched = new Set<string>();
     const recount = new Set<StoredConversation>();
-    const ops: WriteOp[] = [];
+    const ops: WriteOp[] = [...(how.extraOps ?? [])];
     const me = this.session?.user.id;
     for (const message of messages) {
       const stored = this.convs.get(message.conversation_id);
@@ -613,7 +620,7 @@ class LocalFirstEngine implements Engine {
       const key = seqKey(message.conversation_id, message.seq);
       const [existing] = (await this.backend.get('messages', [key])) as (StoredMessage | undefined)[];
       stored.max_rev = Math.max(stored.max_rev, message.rev);
-      if (existing && existing.rev !== null && existing.rev >= message.rev) continue;
+      if (existing && existing.rev !== null && existing.rev >= message.rev && !how.force) continue;
       const isNew = !existing;
       if (message.sender_id === me) {
         const sendOp = this.outbox.find(
@@ -760,6 +767,7 @@ class LocalFirstEngine implements Engine {
           if (!map) this.typists.set(id, (map = new Map()));
           map.set(user, Date.now() + TYPING_FORGET_MS);
           this.emit({ type: 'typing', conversationId: id, userIds: this.typing(id) });
+          this.forgetTypistLater(id, user);
         } else {
           this.dropTypist(id, user);
         }
@@ -801,12 +809,28 @@ class LocalFirstEngine implements Engine {
     }
   }
 
+  /** If the server's `typing: false` never comes (a lost connection), the typist fades anyway. */
+  private forgetTypistLater(id: string, user: string): void {
+    const key = `${id}\u0000${user}`;
+    clearTimeout(this.typingTimers.get(key));
+    this.typingTimers.set(
+      key,
+      setTimeout(() => {
+        this.typingTimers.delete(key);
+        const until = this.typists.get(id)?.get(user);
+        if (until !== undefined && until <= Date.now()) this.dropTypist(id, user);
+      }, TYPING_FORGET_MS + 50),
+    );
+  }
+
   private dropTypist(id: string, user: string): void {
     const map = this.typists.get(id);
     if (map?.delete(user)) this.emit({ type: 'typing', conversationId: id, userIds: this.typing(id) });
   }
 
   private clearTypists(): void {
+    for (const timer of this.typingTimers.values()) clearTimeout(timer);
+    this.typingTimers.clear();
     for (const id of [...this.typists.keys()]) {
       this.typists.delete(id);
       this.emit({ type: 'typing', conversationId: id, userIds: [] });
@@ -819,6 +843,7 @@ class LocalFirstEngine implements Engine {
   private async flush(): Promise<void> {
     if (this.flushing) return;
     this.flushing = true;
+    let retries = 0;
     try {
       while (this.live && this.conn?.isOpen) {
         const op = this.outbox[0];
@@ -831,16 +856,39 @@ class LocalFirstEngine implements Engine {
           const e = error instanceof EngineError ? error : new EngineError('internal', messageOf(error));
           if (e.code === 'offline') break;
           if (e.transient) {
-            await sleep(Math.min(this.backoffCap, e.retryAfterMs ?? this.backoffBase));
+            // The server is busy or rate-limiting: wait as it says, else back off.
+            const wait = e.retryAfterMs ?? backoffDelay(retries, this.backoffBase, this.backoffCap, this.random);
+            retries++;
+            await sleep(Math.min(this.backoffCap, wait));
             continue;
           }
           await this.serial(() => this.settleFailed(op, e));
           continue;
         }
-        await this.serial(() => this.settleDone(op, answer));
+        retries = 0;
+        try {
+          await this.serial(() => this.settleDone(op, answer));
+        } catch (error) {
+          // An answer that does not validate: settle the entry as failed rather
+          // than resending it forever; the next catch-up brings the server's state.
+          const e = error instanceof EngineError ? error : new EngineError('protocol', messageOf(error));
+          await this.serial(() => this.settleFailed(op, e));
+        }
       }
     } finally {
       this.flushing = false;
+    }
+  }
+
+  /**
+   * Refuses, before it is queued, a frame the server would close the connection
+   * over (over `limits.max_frame_bytes`, 65536 by default): resent after every
+   * reconnect it would block the outbox for good.
+   */
+  private checkFrameSize(op: OutboxOp): void {
+    const bytes = new TextEncoder().encode(JSON.stringify({ ...this.frameOf(op), req: 2 ** 31 })).length;
+    if (bytes > MAX_FRAME_BYTES) {
+      throw new EngineError('invalid', `this message is too long to send (${bytes} bytes encoded; at most ${MAX_FRAME_BYTES})`);
     }
   }
 
@@ -878,11 +926,10 @@ class LocalFirstEngine implements Engine {
     if (!this.outbox.includes(op)) return; // Settled meanwhile (a catch-up saw the message).
     if (op.kind === 'send') {
       const message = v.message(answer.message);
-      await this.backend.write([
-        ...this.removeOpWrites(op),
-        { table: 'messages', key: op.storeKey, value: undefined },
-      ]);
-      await this.storeMessages([message]);
+      // One transaction: the pending row becomes the acked one, never neither.
+      await this.storeMessages([message], {
+        extraOps: [...this.removeOpWrites(op), { table: 'messages', key: op.storeKey, value: undefined }],
+      });
       this.emit({ type: 'outbox', size: this.outbox.length });
       // Sending into a conversation reads it (PROTOCOL.md: clients usually do).
       // Already inside the serial queue: the locked variant (serial() here would deadlock).
@@ -892,17 +939,12 @@ class LocalFirstEngine implements Engine {
       }
       return;
     }
-    await this.backend.write(this.removeOpWrites(op));
-    if (op.kind !== 'read') {
-      const message = v.message(answer.message);
-      const key = seqKey(op.conversation_id, op.seq);
-      const [existing] = (await this.backend.get('messages', [key])) as (StoredMessage | undefined)[];
-      if (existing) {
-        // The answer is the truth even when a live frame of the same rev came first.
-        existing.rev = Math.min(existing.rev ?? 0, message.rev - 1);
-        await this.backend.write([{ table: 'messages', key, value: existing }]);
-      }
-      await this.storeMessages([message]);
+    if (op.kind === 'read') {
+      await this.backend.write(this.removeOpWrites(op));
+    } else {
+      // The answer is the truth even when a live frame of the same rev came first
+      // (`force`), and it lands with the entry's removal in one transaction.
+      await this.storeMessages([v.message(answer.message)], { force: true, extraOps: this.removeOpWrites(op) });
     }
     this.emit({ type: 'outbox', size: this.outbox.length });
   }
@@ -927,6 +969,7 @@ class LocalFirstEngine implements Engine {
   }
 
   private enqueueWrites(op: OutboxOp): WriteOp[] {
+    this.checkFrameSize(op);
     this.outbox.push(op);
     return [{ table: 'outbox', key: outboxKey(op.order), value: op }];
   }

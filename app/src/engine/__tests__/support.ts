@@ -88,8 +88,13 @@ export async function closeAll(): Promise<void> {
   }
 }
 
-/** Polls `check` every 20 ms until it is truthy; fails with `what` after `ms`. */
-export async function until<T>(check: () => T | Promise<T>, what: string, ms = 10_000): Promise<NonNullable<T>> {
+/** Polls `check` every `everyMs` until it is truthy; fails with `what` after `ms`. */
+export async function until<T>(
+  check: () => T | Promise<T>,
+  what: string,
+  ms = 10_000,
+  everyMs = 20,
+): Promise<NonNullable<T>> {
   const deadline = Date.now() + ms;
   let last: unknown;
   for (;;) {
@@ -100,7 +105,7 @@ export async function until<T>(check: () => T | Promise<T>, what: string, ms = 1
       last = error;
     }
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}${last ? `: ${String(last)}` : ''}`);
-    await new Promise((resolve) => setTimeout(resolve, 20));
+    await new Promise((resolve) => setTimeout(resolve, everyMs));
   }
 }
 
