@@ -61,6 +61,7 @@ export function useUserSearch(prefix: string) {
   return useQuery({
     queryKey: ['user-search', prefix],
     queryFn: () => engine.searchUsers(prefix),
+    enabled: prefix.length > 0,
     staleTime: 10_000,
   });
 }
