@@ -197,7 +197,10 @@ class LocalFirstEngine implements Engine {
     this.backoffBase = options.backoff?.baseMs ?? DEFAULT_BACKOFF_BASE_MS;
     this.backoffCap = options.backoff?.capMs ?? DEFAULT_BACKOFF_CAP_MS;
     this.outboxLimit = options.outboxLimit ?? DEFAULT_OUTBOX_LIMIT;
+    this.refreshToken = options.refreshToken ?? null;
   }
+
+  private readonly refreshToken: (() => Promise<string | null>) | null;
 
   get me(): User | null {
     return this.session?.user ?? null;
@@ -368,8 +371,10 @@ class LocalFirstEngine implements Engine {
           await this.rest.request('/v1/me');
         } catch (error) {
           if (error instanceof EngineError && error.code === 'unauthorized') {
-            await this.signedOut('the server no longer accepts this sign-in');
-            break;
+            if (!(await this.refreshSession())) {
+              await this.signedOut('the server no longer accepts this sign-in');
+              break;
+            }
           }
         }
       }
@@ -404,6 +409,25 @@ class LocalFirstEngine implements Engine {
         return; // The request closed the connection on timeout.
       }
     }
+  }
+
+  /** A fresh token from `refreshToken` (Clerk's short-lived JWTs), if one is given and works. */
+  private async refreshSession(): Promise<boolean> {
+    if (!this.refreshToken || !this.session) return false;
+    let token: string | null;
+    try {
+      token = await this.refreshToken();
+    } catch {
+      return false;
+    }
+    if (!token) return false;
+    this.rest.token = token;
+    await this.serial(async () => {
+      if (!this.session) return;
+      this.session = { ...this.session, token };
+      await this.backend.write([{ table: 'meta', key: 'session', value: this.session }]);
+    });
+    return true;
   }
 
   private async signedOut(reason: string): Promise<void> {
@@ -606,6 +630,12 @@ class LocalFirstEngine implements Engine {
     const recount = new Set<StoredConversation>();
     const ops: WriteOp[] = [...(how.extraOps ?? [])];
     const me = this.session?.user.id;
+    // One read for the page (catch-up pages are up to 200): what is held of each.
+    const keys = messages.map((m) => seqKey(m.conversation_id, m.seq));
+    const held = new Map<string, StoredMessage>();
+    (await this.backend.get('messages', keys)).forEach((row, i) => {
+      if (row) held.set(keys[i]!, row as StoredMessage);
+    });
     for (const message of messages) {
       const stored = this.convs.get(message.conversation_id);
       if (!stored) continue;
@@ -618,7 +648,7 @@ class LocalFirstEngine implements Engine {
         if (message.seq === 1) stored.has_beginning = true;
       }
       const key = seqKey(message.conversation_id, message.seq);
-      const [existing] = (await this.backend.get('messages', [key])) as (StoredMessage | undefined)[];
+      const existing = held.get(key);
       stored.max_rev = Math.max(stored.max_rev, message.rev);
       if (existing && existing.rev !== null && existing.rev >= message.rev && !how.force) continue;
       const isNew = !existing;
@@ -644,6 +674,7 @@ class LocalFirstEngine implements Engine {
         storeKey: key,
       };
       ops.push({ table: 'messages', key, value: local });
+      held.set(key, local);
       if (message.seq > stored.max_seq) stored.max_seq = message.seq;
       stored.conv.last_seq = Math.max(stored.conv.last_seq, message.seq);
       stored.conv.last_rev = Math.max(stored.conv.last_rev, message.rev);
@@ -995,6 +1026,11 @@ class LocalFirstEngine implements Engine {
     const answer = v.obj(await this.rest.request(path, { method: 'POST', json: body }), 'sign-in answer');
     const user = v.user(answer.user);
     const token = v.str(answer, 'token', 'sign-in answer');
+    await this.adoptSession(user, token);
+    return user;
+  }
+
+  private async adoptSession(user: User, token: string): Promise<void> {
     await this.stop();
     await this.serial(async () => {
       if (this.session?.user.id !== user.id) await this.eraseLocal();
@@ -1007,7 +1043,6 @@ class LocalFirstEngine implements Engine {
       ]);
     });
     this.emit({ type: 'conversations' });
-    return user;
   }
 
   private async eraseLocal(): Promise<void> {
@@ -1017,6 +1052,19 @@ class LocalFirstEngine implements Engine {
     this.outbox = [];
     this.presences.clear();
     this.typists.clear();
+  }
+
+  /**
+   * Sign in with a token from elsewhere (Clerk mode: a Clerk session JWT from
+   * Clerk's SDK). Checked with `GET /v1/me`; a token that expires is renewed
+   * through `EngineOptions.refreshToken`.
+   */
+  async signInWithToken(token: string): Promise<User> {
+    const probe = new Rest(this.serverUrl, this.rest.fetchImpl);
+    probe.token = token;
+    const user = v.user(await probe.request('/v1/me'));
+    await this.adoptSession(user, token);
+    return user;
   }
 
   register(username: string, password: string, displayName?: string): Promise<User> {

@@ -7,7 +7,7 @@
  */
 import WebSocket from 'ws';
 import type { Engine, WebSocketConstructor, WebSocketLike } from '../index';
-import { api, closeAll, control, Device, person, track, until } from './support';
+import { api, closeAll, control, Device, person, serverUrl, track, until } from './support';
 
 afterEach(closeAll);
 
@@ -185,4 +185,43 @@ test('presence and typing reach the other member', async () => {
   await bob.engine.stop();
   await until(() => ada.engine.presence(bob.id).status === 'offline', 'bob offline');
   expect(ada.engine.presence(bob.id).last_seen_at).not.toBeNull();
+});
+
+test('a token from elsewhere signs in; a refused one is renewed through refreshToken', async () => {
+  const ada = await person({ start: false });
+  const login = async () =>
+    (
+      await (
+        await fetch(`${serverUrl()}/v1/auth/login`, {
+          method: 'POST',
+          headers: { 'Content-Type': 'application/json' },
+          body: JSON.stringify({ username: ada.username, password: 'password1' }),
+        })
+      ).json()
+    ).token as string;
+  const first = await login();
+  let renewals = 0;
+  const device = new Device('token');
+  const engine = track(
+    await device.engine({
+      refreshToken: async () => {
+        renewals++;
+        return login();
+      },
+    }),
+  );
+  expect((await engine.signInWithToken(first)).id).toBe(ada.id);
+  await expect(engine.signInWithToken('not-a-token')).rejects.toMatchObject({ code: 'unauthorized' });
+  expect(engine.me?.id).toBe(ada.id);
+  engine.start();
+  await until(() => engine.connection().state === 'online', 'online');
+  const signedOut: string[] = [];
+  engine.on((event) => {
+    if (event.type === 'signed_out') signedOut.push(event.reason);
+  });
+  // The token is revoked (as a Clerk session expires): the engine asks for a new one.
+  expect((await api(first, '/v1/auth/logout', { method: 'POST' })).status).toBe(204);
+  await until(() => renewals === 1 && engine.connection().state === 'online', 'renewed and back online');
+  expect(signedOut).toEqual([]);
+  expect(engine.me?.id).toBe(ada.id);
 });
