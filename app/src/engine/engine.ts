@@ -99,7 +99,8 @@ export function normalizeServerUrl(input: string): string {
  */
 export async function probeServer(input: string, fetchImpl?: typeof fetch): Promise<ServerProbe> {
   const url = normalizeServerUrl(input);
-  const rest = new Rest(url, fetchImpl ?? fetch);
+  // Bound: a browser refuses `fetch` called as a method of another object.
+  const rest = new Rest(url, fetchImpl ?? ((i, o) => fetch(i, o)));
   try {
     const health = v.obj(await rest.request('/healthz'), 'health answer');
     if (health.status !== 'ok') return { url, ok: false, authMode: 'unknown', error: 'not a MessageAI server' };
