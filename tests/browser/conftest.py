@@ -1,0 +1,134 @@
+"""Fixtures of the browser tests: Debian's Chromium (one per test package), the real server
+started with `scripts/serve` on a free port with a fresh data directory (one per test),
+people each in a browser context of their own, and the screenshots folder, printed at the
+end of the run.
+
+Rules: every page is watched (harness.Watch) and a test fails on any console error, uncaught
+exception or CSP violation it did not declare; every Playwright action has a timeout
+(`ACTION_TIMEOUT_MS`); the server's log is printed when a test fails.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import attrs
+import pytest
+from playwright.sync_api import Browser, BrowserContext, Page, ViewportSize, sync_playwright
+
+from tests.browser.harness import CHROMIUM, CHROMIUM_ARGS, Served, Watch
+
+ACTION_TIMEOUT_MS = 15_000
+VIEWPORT: ViewportSize = {"width": 1280, "height": 800}
+SCREENSHOTS: list[Path] = []
+
+
+@pytest.fixture(scope="package")
+def browser() -> Iterator[Browser]:
+    if not CHROMIUM.exists():
+        reason = (
+            f"no {CHROMIUM}: ./scripts/test installs Debian's chromium (as root, with"
+            " apt-get); or set MESSAGEAI_CHROMIUM to a Chromium binary"
+        )
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(
+            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True
+        )
+        yield launched
+        launched.close()
+
+
+@pytest.fixture(scope="session")
+def screenshot_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    chosen = os.environ.get("MESSAGEAI_SCREENSHOTS")
+    folder = Path(chosen) if chosen else tmp_path_factory.mktemp("screenshots", numbered=False)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if SCREENSHOTS:
+        terminalreporter.write_line(
+            f"browser screenshots ({len(SCREENSHOTS)}, light and dark): {SCREENSHOTS[0].parent}"
+        )
+
+
+@pytest.fixture
+def served(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Served]:
+    server = Served(tmp_path / "data", tmp_path / "serve.log")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        report = getattr(request.node, "rep_call", None)
+        if report is not None and report.failed:
+            print(f"--- scripts/serve output ---\n{server.log_tail()}")
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> object:
+    report = yield
+    setattr(item, f"rep_{call.when}", report)
+    return report
+
+
+@attrs.define
+class Person:
+    """One person: a browser context of their own (own storage, own offline switch)."""
+
+    name: str
+    context: BrowserContext
+    page: Page
+    watch: Watch
+
+
+@attrs.define
+class Shots:
+    """Saves screenshots of a page in light and dark, named by test and screen."""
+
+    folder: Path
+    test: str
+
+    def take(self, page: Page, screen: str) -> None:
+        for scheme in ("light", "dark"):
+            page.emulate_media(color_scheme=scheme)
+            # The app follows the system scheme: give it a frame to restyle.
+            page.wait_for_timeout(150)
+            path = self.folder / f"{self.test}--{screen}--{scheme}.png"
+            page.screenshot(path=str(path))
+            SCREENSHOTS.append(path)
+        page.emulate_media(color_scheme="light")
+
+
+@pytest.fixture
+def shots(screenshot_dir: Path, request: pytest.FixtureRequest) -> Shots:
+    return Shots(screenshot_dir, request.node.name.removeprefix("test_"))
+
+
+@pytest.fixture
+def people(browser: Browser, served: Served) -> Iterator[Callable[[str], Person]]:
+    """`people("ada")` opens the app at the server's URL in a new context; at teardown
+    each page must have logged nothing unexpected."""
+    opened: list[Person] = []
+
+    def open_person(name: str) -> Person:
+        context = browser.new_context(viewport=VIEWPORT, color_scheme="light")
+        context.set_default_timeout(ACTION_TIMEOUT_MS)
+        page = context.new_page()
+        person = Person(name, context, page, Watch.on(page))
+        opened.append(person)
+        page.goto(served.url + "/")
+        return person
+
+    yield open_person
+    problems = {p.name: p.watch.unexpected() for p in opened}
+    for person in opened:
+        person.context.close()
+    problems = {name: found for name, found in problems.items() if found}
+    assert not problems, f"pages logged errors: {problems}"
