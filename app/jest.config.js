@@ -1,0 +1,9 @@
+// Engine unit tests: jest-expo's node preset (no DOM, no native modules); the
+// tests that touch the network need MESSAGEAI_TEST_URL, set by
+// tests/test_app_engine.py after it starts the real server.
+module.exports = {
+  preset: 'jest-expo/node',
+  roots: ['<rootDir>/src'],
+  testMatch: ['**/__tests__/**/*.test.ts'],
+  testTimeout: 30000,
+};
