@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import gzip
 import hashlib
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -34,14 +35,17 @@ INDEX = (
 )
 ENTRY = "_expo/static/js/web/entry-0123456789abcdef0123456789abcdef.js"
 FONT = "assets/node_modules/icons/Ionicons.b4eb097d35f44ed943676fd56f6bdc51.ttf"
+ICON = "assets/node_modules/expo-router/assets/close-icon.808e1b1b9b53114ec2838071a7e6daa7@2x.png"
 
 
 def write_export(root: Path, index: bytes = INDEX, stamp: str = "1") -> None:
     (root / ENTRY).parent.mkdir(parents=True, exist_ok=True)
     (root / FONT).parent.mkdir(parents=True, exist_ok=True)
+    (root / ICON).parent.mkdir(parents=True, exist_ok=True)
     (root / "index.html").write_bytes(index)
     (root / ENTRY).write_bytes(BUNDLE)
     (root / FONT).write_bytes(b"\0font" * 400)
+    (root / ICON).write_bytes(b"\x89PNG")
     (root / "favicon.ico").write_bytes(b"\0ico")
     (root / "metadata.json").write_bytes(b'{"version":0}')
     (root / webapp.HASH_FILE).write_text(f"source {stamp * 64}\nexport {stamp * 64}\n")
@@ -87,7 +91,9 @@ async def test_index_is_served_at_root_revalidated_under_a_strict_csp(site: Harn
     assert directives["default-src"] == "'self'"
     assert directives["script-src"] == "'self'"
     style_hash = base64_sha256(STYLE)
-    assert directives["style-src"] == f"'self' 'sha256-{style_hash}'"
+    # The empty <style> react-native-web fills through the CSSOM, and the page's own.
+    empty = base64_sha256(b"")
+    assert directives["style-src"] == f"'self' 'sha256-{empty}' 'sha256-{style_hash}'"
     assert "'unsafe-inline'" not in csp and "'unsafe-eval'" not in csp
     assert directives["object-src"] == "'none'"
     assert directives["frame-ancestors"] == "'none'"
@@ -106,6 +112,10 @@ async def test_hashed_assets_are_immutable_and_the_rest_revalidated(site: Harnes
     font = await site.http.get("/" + FONT)
     assert font.headers["content-type"] == "font/ttf"
     assert font.headers["cache-control"] == "public, max-age=31536000, immutable"
+    scaled = await site.http.get("/" + ICON)
+    assert scaled.content == b"\x89PNG"
+    assert scaled.headers["content-type"] == "image/png"
+    assert scaled.headers["cache-control"] == "public, max-age=31536000, immutable"
     icon = await site.http.get("/favicon.ico")
     assert icon.content == b"\0ico"
     assert icon.headers["content-type"] == "image/x-icon"
@@ -258,9 +268,24 @@ def test_csp_hashes_every_inline_script_and_style_once() -> None:
     csp = webapp.content_security_policy(html)
     style = base64_sha256(b"a{}")
     script = base64_sha256(b"var a=1")
-    assert f"style-src 'self' 'sha256-{style}';" in csp
+    assert f"style-src 'self' {webapp.EMPTY_STYLE} 'sha256-{style}';" in csp
     assert f"script-src 'self' 'sha256-{script}';" in csp
 
 
 def base64_sha256(data: bytes) -> str:
     return base64.b64encode(hashlib.sha256(data).digest()).decode()
+
+
+async def test_committed_export_is_served_with_its_bundle(h: Harness) -> None:
+    if not (webapp.WEBAPP_DIR / "index.html").is_file():
+        pytest.skip("no web export in messageai/webapp/ (scripts/build-app makes it)")
+    r = await h.http.get("/")
+    assert r.status_code == 200 and r.headers["content-type"] == "text/html; charset=utf-8"
+    scripts = re.findall(r'<script src="(/_expo/static/js/web/[^"]+\.js)"', r.text)
+    assert scripts, r.text
+    for src in scripts:
+        bundle = await h.http.get(src)
+        assert bundle.status_code == 200
+        assert bundle.headers["content-type"] == "text/javascript; charset=utf-8"
+        assert bundle.headers["cache-control"] == "public, max-age=31536000, immutable"
+        assert bundle.headers["content-encoding"] == "gzip"  # httpx asks for it

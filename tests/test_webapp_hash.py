@@ -7,6 +7,7 @@ When it fails: run `scripts/build-app` and commit `messageai/webapp/`.
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -104,3 +105,18 @@ def test_a_malformed_hash_file_is_an_error(tmp_path: Path) -> None:
     (tmp_path / "SOURCE-HASH").write_text("source " + "a" * 64 + "\n")
     with pytest.raises(ValueError, match="both source and export"):
         webapp_hash.read(tmp_path)
+
+
+def test_in_a_git_work_tree_what_git_ignores_is_not_hashed(tmp_path: Path) -> None:
+    app = tmp_path / "app"
+    make_app(app)
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    (app / ".gitignore").write_text("generated/\n*.cache\n")
+    before = webapp_hash.source_hash(app)
+    (app / "generated").mkdir()
+    (app / "generated" / "routes.d.ts").write_text("made by a tool")
+    (app / "src" / "x.cache").write_text("cache")
+    assert webapp_hash.source_hash(app) == before
+    # Not yet added to git, and not ignored: a new source counts.
+    (app / "src" / "new.ts").write_text("export {};\n")
+    assert webapp_hash.source_hash(app) != before

@@ -44,8 +44,8 @@ MAX_EXPORT_BYTES = 64 * 1024 * 1024
 
 # Metro names these by content hash: they never change under their name.
 IMMUTABLE_PREFIX = "_expo/static/"
-# Expo copies assets as `name.<md5>.ext`; such a name is immutable too.
-HASHED_NAME = re.compile(r"\.[0-9a-f]{16,64}\.[A-Za-z0-9]+$")
+# Expo copies assets as `name.<md5>.ext` (or `name.<md5>@2x.ext`); immutable too.
+HASHED_NAME = re.compile(r"\.[0-9a-f]{16,64}(?:@[0-9.]+x)?\.[A-Za-z0-9]+$")
 IMMUTABLE = b"public, max-age=31536000, immutable"
 # The HTML (and anything not named by its hash) is revalidated on every load, so a new
 # export is picked up at once; the ETag makes that a 304.
@@ -81,11 +81,14 @@ MIN_COMPRESS_BYTES = 1024
 
 # The policy the export runs under (checked in a real browser by tests/browser). Scripts
 # only from this origin, plus the sha256 of each inline script of index.html; styles the
-# same (react-native-web adds its rules through the CSSOM, which style-src does not
-# govern); connections only to this origin (its REST API and /v1/ws); images also from
-# `blob:` (media is fetched with the bearer token and shown from a blob) and `data:`.
+# same, plus the hash of the empty string: react-native-web appends an empty <style> and
+# adds its rules through the CSSOM (insertRule), which style-src does not govern, while
+# text put into any <style> is still refused. Connections only to this origin (its REST
+# API and /v1/ws); images also from `blob:` (media is fetched with the bearer token and
+# shown from a blob) and `data:`.
+EMPTY_STYLE = "'sha256-47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU='"
 CSP_TEMPLATE = (
-    "default-src 'self'; script-src 'self'{scripts}; style-src 'self'{styles};"
+    "default-src 'self'; script-src 'self'{scripts}; style-src 'self' " + EMPTY_STYLE + "{styles};"
     " img-src 'self' blob: data:; media-src 'self' blob:; font-src 'self' data:;"
     " connect-src 'self'; worker-src 'self' blob:; manifest-src 'self';"
     " object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"

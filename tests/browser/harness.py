@@ -131,7 +131,8 @@ class Watch:
     def console(self, message: ConsoleMessage) -> None:
         text = message.text
         if message.type == "error" or "Content Security Policy" in text:
-            self.errors.append(f"console.{message.type}: {text}")
+            where = message.location.get("url", "")
+            self.errors.append(f"console.{message.type}: {text}" + (f" ({where})" if where else ""))
 
     def expect(self, pattern: str) -> None:
         self.expected.append(re.compile(pattern))
