@@ -1,17 +1,14 @@
-import { StyleSheet, Text, View } from 'react-native';
+/** `/`: sends a person to the screen they need first (server, sign in, or the chats). */
+import { Redirect } from 'expo-router';
+import React from 'react';
+
+import { useSession } from '../src/state/session';
+import { Loading } from '../src/ui/layout';
 
 export default function Home() {
-  return (
-    <View style={styles.screen}>
-      <Text style={styles.title} accessibilityRole="header">
-        MessageAI
-      </Text>
-      <Text>The app is being built (issue 12).</Text>
-    </View>
-  );
+  const phase = useSession((s) => s.phase);
+  if (phase === 'booting') return <Loading />;
+  if (phase === 'server') return <Redirect href="/server" />;
+  if (phase === 'signin') return <Redirect href="/sign-in" />;
+  return <Redirect href="/chats" />;
 }
-
-const styles = StyleSheet.create({
-  screen: { flex: 1, alignItems: 'center', justifyContent: 'center', gap: 8 },
-  title: { fontSize: 24, fontWeight: '600' },
-});
