@@ -1,11 +1,16 @@
 /**
- * `openBackend`: the platform's local database for one server. Metro picks
- * `backend.web.ts` in the browser and `backend.native.ts` on phones; this file
- * is what TypeScript and jest see.
+ * `openBackend(name)`: the platform's local database for one server. Metro
+ * picks `backend.web.ts` in the browser and `backend.native.ts` on phones; this
+ * file is what TypeScript and jest resolve, and it uses IndexedDB where the
+ * environment has it.
  */
-import type { Backend } from './store';
+import { openIdbBackend } from './backend-idb';
 import { EngineError } from './errors';
+import type { Backend } from './store';
 
 export async function openBackend(name: string): Promise<Backend> {
-  throw new EngineError('internal', `no local database on this platform (${name})`);
+  if (typeof globalThis.indexedDB === 'undefined') {
+    throw new EngineError('internal', `no local database on this platform (${name})`);
+  }
+  return openIdbBackend(name);
 }
