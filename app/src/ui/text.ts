@@ -72,3 +72,19 @@ export function mentionParts(body: string): { text: string; mention: boolean }[]
   if (last < body.length) out.push({ text: body.slice(last), mention: false });
   return out;
 }
+
+/** Splits `snippet` at the `[start, end)` code-point ranges the server highlighted. */
+export function highlightParts(snippet: string, highlights: [number, number][]): { text: string; hit: boolean }[] {
+  const points = Array.from(snippet);
+  const out: { text: string; hit: boolean }[] = [];
+  let at = 0;
+  for (const [start, end] of [...highlights].sort((a, b) => a[0] - b[0])) {
+    const s = Math.max(at, Math.min(start, points.length));
+    const e = Math.max(s, Math.min(end, points.length));
+    if (s > at) out.push({ text: points.slice(at, s).join(''), hit: false });
+    if (e > s) out.push({ text: points.slice(s, e).join(''), hit: true });
+    at = e;
+  }
+  if (at < points.length) out.push({ text: points.slice(at).join(''), hit: false });
+  return out;
+}
