@@ -14,12 +14,12 @@ import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import attrs
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Page, ViewportSize, sync_playwright
+from playwright.sync_api import Browser, ViewportSize, sync_playwright
 
 from messageai.rest.webapp import WEBAPP_DIR
-from tests.browser.harness import CHROMIUM, CHROMIUM_ARGS, Served, Watch
+from tests.browser.app import Api
+from tests.browser.harness import CHROMIUM, CHROMIUM_ARGS, Person, Served, Shots, Watch
 
 ACTION_TIMEOUT_MS = 15_000
 VIEWPORT: ViewportSize = {"width": 1280, "height": 800}
@@ -79,37 +79,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     return report
 
 
-@attrs.define
-class Person:
-    """One person: a browser context of their own (own storage, own offline switch)."""
-
-    name: str
-    context: BrowserContext
-    page: Page
-    watch: Watch
-
-
-@attrs.define
-class Shots:
-    """Saves screenshots of a page in light and dark, named by test and screen."""
-
-    folder: Path
-    test: str
-
-    def take(self, page: Page, screen: str) -> None:
-        for scheme in ("light", "dark"):
-            page.emulate_media(color_scheme=scheme)
-            # The app follows the system scheme: give it a frame to restyle.
-            page.wait_for_timeout(150)
-            path = self.folder / f"{self.test}--{screen}--{scheme}.png"
-            page.screenshot(path=str(path))
-            SCREENSHOTS.append(path)
-        page.emulate_media(color_scheme="light")
-
-
 @pytest.fixture
 def shots(screenshot_dir: Path, request: pytest.FixtureRequest) -> Shots:
-    return Shots(screenshot_dir, request.node.name.removeprefix("test_"))
+    return Shots(screenshot_dir, request.node.name.removeprefix("test_"), SCREENSHOTS)
 
 
 @pytest.fixture
@@ -137,3 +109,10 @@ def people(browser: Browser, served: Served) -> Iterator[Callable[[str], Person]
         person.context.close()
     problems = {name: found for name, found in problems.items() if found}
     assert not problems, f"pages logged errors: {problems}"
+
+
+@pytest.fixture
+def api(served: Served) -> Iterator[Api]:
+    client = Api(served.url)
+    yield client
+    client.close()

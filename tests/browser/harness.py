@@ -17,10 +17,11 @@ import re
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import attrs
-from playwright.sync_api import ConsoleMessage, Error, Page
+from playwright.sync_api import BrowserContext, ConsoleMessage, Error, Page
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 CHROMIUM = Path(os.environ.get("MESSAGEAI_CHROMIUM", "/usr/bin/chromium"))
@@ -95,10 +96,48 @@ class Served:
             process.wait()
             raise AssertionError("the server did not stop on SIGTERM") from None
 
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """The server stopped (SIGSTOP) for the block, then continued: a slow server, for
+        what a client shows while it waits (its sockets stay open; the kernel buffers)."""
+        assert self._process is not None
+        self._process.send_signal(signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            self._process.send_signal(signal.SIGCONT)
+
     def log_tail(self, lines: int = 40) -> str:
         if not self.log_path.exists():
             return ""
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+# Installed with Playwright's init script (the page's CSP does not govern it). Every text
+# each status line showed, by its testID: `status-<client_id>` while the message is in the
+# outbox, `status-<seq>` once acknowledged (the row may be re-mounted then), over reloads.
+STATUS_RECORDER = """
+(() => {
+  // Kept in sessionStorage too, so a reload of the tab does not forget what it saw.
+  const saved = sessionStorage.getItem('__statuses');
+  window.__statuses = saved ? JSON.parse(saved) : {};
+  const scan = () => {
+    let changed = false;
+    for (const el of document.querySelectorAll('[data-testid^="status-"]')) {
+      const id = el.getAttribute('data-testid');
+      const texts = window.__statuses[id] || (window.__statuses[id] = []);
+      if (texts[texts.length - 1] !== el.textContent) {
+        texts.push(el.textContent);
+        changed = true;
+      }
+    }
+    if (changed) sessionStorage.setItem('__statuses', JSON.stringify(window.__statuses));
+  };
+  new MutationObserver(scan).observe(document, {
+    subtree: true, childList: true, characterData: true, attributes: true,
+  });
+})();
+"""
 
 
 # Reports CSP violations into the page's own list, read back by `Watch.check`. Added with
@@ -124,6 +163,7 @@ class Watch:
     def on(cls, page: Page) -> Watch:
         watch = cls(page)
         page.add_init_script(VIOLATION_LISTENER)
+        page.add_init_script(STATUS_RECORDER)
         page.on("console", lambda message: watch.console(message))
         page.on("pageerror", lambda exc: watch.errors.append(f"uncaught: {exc}"))
         return watch
@@ -143,3 +183,32 @@ class Watch:
         with contextlib.suppress(Error):
             found += [f"CSP violation: {v}" for v in self.page.evaluate("window.__cspViolations")]
         return [e for e in found if not any(p.search(e) for p in self.expected)]
+
+
+@attrs.define
+class Person:
+    """One person: a browser context of their own (own storage, own offline switch)."""
+
+    name: str
+    context: BrowserContext
+    page: Page
+    watch: Watch
+
+
+@attrs.define
+class Shots:
+    """Saves screenshots of a page in light and dark, named by test and screen."""
+
+    folder: Path
+    test: str
+    taken: list[Path]
+
+    def take(self, page: Page, screen: str) -> None:
+        for scheme in ("light", "dark"):
+            page.emulate_media(color_scheme=scheme)
+            # The app follows the system scheme: give it a frame to restyle.
+            page.wait_for_timeout(150)
+            path = self.folder / f"{self.test}--{screen}--{scheme}.png"
+            page.screenshot(path=str(path))
+            self.taken.append(path)
+        page.emulate_media(color_scheme="light")

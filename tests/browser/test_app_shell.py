@@ -7,8 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from tests.browser.conftest import Person, Shots
-from tests.browser.harness import Served
+from tests.browser.harness import Person, Served, Shots
 
 
 def wait_rendered(person: Person) -> None:
