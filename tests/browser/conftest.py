@@ -15,13 +15,15 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, ViewportSize, sync_playwright
+from playwright.sync_api import Browser, ViewportSize, expect, sync_playwright
 
 from messageai.rest.webapp import WEBAPP_DIR
 from tests.browser.app import Api
 from tests.browser.harness import CHROMIUM, CHROMIUM_ARGS, Person, Served, Shots, Watch
 
 ACTION_TIMEOUT_MS = 15_000
+# `expect(...)` retries its assertion for this long (Playwright's default is 5 s).
+expect.set_options(timeout=ACTION_TIMEOUT_MS)
 VIEWPORT: ViewportSize = {"width": 1280, "height": 800}
 SCREENSHOTS: list[Path] = []
 

@@ -106,3 +106,34 @@ def test_a_conversation_left_for_another_marks_nothing_read(
     bob.page.wait_for_timeout(1000)
     expect(status(bob.page, 1)).to_have_text("Sent")
     expect(conversation_row(ada.page, cid)).to_have_attribute("aria-label", re.compile("1 unread"))
+
+
+def test_a_group_of_three_sees_read_by_n_of_m(
+    people: Callable[[str], Person], api: Api, served: Served, shots: Shots
+) -> None:
+    ada, bob, cara = people("ada"), people("bob"), people("cara")
+    for person in (ada, bob, cara):
+        register(person, person.name)
+    others = [api.user_id(api.token(name)) for name in ("bob", "cara")]
+    cid = api.conversation(api.token("ada"), "group", others, title="Lunch crew")
+    open_conversation(ada, cid)
+    for person in (bob, cara):
+        expect(conversation_row(person.page, cid)).to_be_visible()
+
+    with served.paused():
+        send(ada, "Who is in for Friday?")
+        expect(pending_status(ada.page)).to_have_text("Sending…")
+    expect(status(ada.page, 1)).to_have_text("Sent")
+    open_conversation(bob, cid)
+    expect(message(bob.page, 1)).to_contain_text("Who is in for Friday?")
+    expect(status(ada.page, 1)).to_have_text("Read by 1 of 2")
+    open_conversation(cara, cid)
+    expect(message(cara.page, 1)).to_contain_text("Who is in for Friday?")
+    expect(status(ada.page, 1)).to_have_text("Read by 2 of 2")
+    shots.take(ada.page, "group")
+    stored = api.messages(api.token("ada"), cid)
+    assert in_order(
+        statuses_seen(ada.page, stored[0]), ["Sending…", "Sent", "Read by 1 of 2", "Read by 2 of 2"]
+    ), statuses_seen(ada.page, stored[0])
+    # Each of the others sees who sent it.
+    expect(message(cara.page, 1)).to_contain_text("ada")

@@ -1,0 +1,32 @@
+"""Signing in from the browser: a wrong password is refused with words a person
+understands, the right one then gets in, and the session survives a reload."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from playwright.sync_api import expect
+
+from tests.browser.app import register, sign_in
+from tests.browser.harness import Person, Shots
+
+
+def test_a_wrong_password_is_refused_then_the_right_one_signs_in(
+    people: Callable[[str], Person], shots: Shots
+) -> None:
+    ada = people("ada")
+    register(ada, "ada")
+    # Another browser: no session there yet.
+    other = people("ada-elsewhere")
+    # The server answers the wrong password 401, which the browser logs as a failed load.
+    other.watch.expect(r"status of 401 .*/v1/auth/login\)$")
+    expect(other.page.get_by_test_id("username")).to_be_visible()
+    sign_in(other, "ada", "not her password")
+    expect(other.page.get_by_text("Wrong username or password.")).to_be_visible()
+    shots.take(other.page, "wrong-password")
+    sign_in(other, "ada")
+    expect(other.page.get_by_text("Signed in as ada")).to_be_visible()
+    shots.take(other.page, "chats")
+    # A reload keeps the session (the token is in the browser's storage).
+    other.page.reload()
+    expect(other.page.get_by_text("Signed in as ada")).to_be_visible()

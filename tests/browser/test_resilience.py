@@ -1,0 +1,60 @@
+"""The app under trouble: the server stopped and started again under open pages (the
+messages written meanwhile wait in the outbox and are delivered once, in order)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from playwright.sync_api import expect
+
+from tests.browser.app import (
+    Api,
+    message,
+    open_conversation,
+    pending_status,
+    register,
+    send,
+    status,
+)
+from tests.browser.harness import Person, Served, Shots
+
+# The engine's reconnect backoff is capped; a restart is noticed within about this long.
+RECONNECT_TIMEOUT_MS = 60_000
+# What Chromium logs while the server is away (these are the point of the test).
+SERVER_AWAY = [
+    r"WebSocket connection to 'ws://127\.0\.0\.1:\d+/v1/ws.*' failed",
+    r"net::ERR_CONNECTION_REFUSED",
+]
+
+
+def test_the_server_stopped_and_restarted_under_open_pages(
+    people: Callable[[str], Person], api: Api, served: Served, shots: Shots
+) -> None:
+    ada, bob = people("ada"), people("bob")
+    register(ada, "ada")
+    register(bob, "bob")
+    cid = api.conversation(api.token("ada"), "direct", [api.user_id(api.token("bob"))])
+    open_conversation(ada, cid)
+    open_conversation(bob, cid)
+    send(ada, "Before the restart")
+    expect(message(bob.page, 1)).to_contain_text("Before the restart")
+
+    served.stop()
+    for person in (ada, bob):
+        for pattern in SERVER_AWAY:
+            person.watch.expect(pattern)
+    banner = ada.page.get_by_test_id("connection-banner").first
+    expect(banner).to_be_visible()
+    send(ada, "Written while the server was away")
+    send(ada, "And a second one")
+    expect(pending_status(ada.page).first).to_have_text("Queued (offline)")
+    expect(banner).to_contain_text("2 waiting to be sent")
+    shots.take(ada.page, "server-away")
+
+    served.start()  # the same port, the same data directory
+    expect(message(bob.page, 3)).to_contain_text("And a second one", timeout=RECONNECT_TIMEOUT_MS)
+    expect(message(bob.page, 2)).to_contain_text("Written while the server was away")
+    expect(status(ada.page, 3)).to_have_text("Read")
+    expect(ada.page.get_by_test_id("connection-banner")).to_have_count(0)
+    bodies = [m["body"] for m in api.messages(api.token("bob"), cid)]
+    assert bodies == ["Before the restart", "Written while the server was away", "And a second one"]
