@@ -12,6 +12,7 @@ server comes back on the same port with the same data, as after a real restart.
 from __future__ import annotations
 
 import os
+import shlex
 from pathlib import Path
 
 import attrs
@@ -101,13 +102,19 @@ async def test_engine_jest_suite_passes_against_the_real_server(tmp_path: Path) 
             await target.start()
             control_port = await nursery.start(serve_control, target)
             result = await trio.run_process(
-                [str(app_dir / "node_modules" / ".bin" / "jest"), "--ci", "--colors=false"],
+                [
+                    str(app_dir / "node_modules" / ".bin" / "jest"),
+                    "--ci",
+                    # e.g. MESSAGEAI_JEST_ARGS="-t reconnects" to run some tests only
+                    *shlex.split(os.environ.get("MESSAGEAI_JEST_ARGS", "")),
+                ],
                 cwd=app_dir,
                 env={
                     **os.environ,
                     "MESSAGEAI_TEST_URL": f"http://127.0.0.1:{target.port}",
                     "MESSAGEAI_TEST_CONTROL": f"http://127.0.0.1:{control_port}",
                     "CI": "1",
+                    "FORCE_COLOR": "0",
                 },
                 capture_stdout=True,
                 capture_stderr=True,
@@ -116,5 +123,6 @@ async def test_engine_jest_suite_passes_against_the_real_server(tmp_path: Path) 
             await target.stop()
             nursery.cancel_scope.cancel()
     report = (result.stdout + result.stderr).decode(errors="replace")
+    print(report)  # jest's own summary, shown with -s or on failure
     assert result.returncode == 0, report[-20000:]
     assert "Tests:" in report and "failed" not in report.split("Tests:", 1)[1].split("\n", 1)[0]

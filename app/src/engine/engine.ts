@@ -217,7 +217,9 @@ class LocalFirstEngine implements Engine {
     if (this.session) this.users.set(this.session.user.id, this.session.user);
     this.outbox = (await this.backend.range('outbox', '', END)).map((row) => row.value as OutboxOp);
     const last = this.outbox[this.outbox.length - 1];
-    this.nextOrder = (last?.order ?? 0) + 1;
+    // Orders start at the clock in microseconds: two tabs over one database
+    // then never pick the same key for their entries (each keeps its own counter).
+    this.nextOrder = Math.max((last?.order ?? 0) + 1, Date.now() * 1000);
     // Pending rows may outlive their op (a crash between writes cannot happen:
     // one transaction holds both); orders must stay above every pending key.
     for (const stored of this.convs.values()) {
@@ -272,11 +274,37 @@ class LocalFirstEngine implements Engine {
   start(): void {
     if (this.running || !this.session || this.closedStore) return;
     this.running = true;
+    this.watchNetwork(true);
     this.loop = this.runLoop();
+  }
+
+  /**
+   * Browsers say when the network goes and comes back: close at once on
+   * `offline` (a socket on a dead network can take minutes to notice) and try
+   * again at once on `online` instead of waiting out the backoff.
+   */
+  private readonly onOnline = () => this.reconnectNow();
+  private readonly onOffline = () => this.conn?.close(4000, 'the device went offline');
+
+  private watchNetwork(on: boolean): void {
+    const target = globalThis as unknown as {
+      addEventListener?: (type: string, listener: () => void) => void;
+      removeEventListener?: (type: string, listener: () => void) => void;
+      document?: unknown;
+    };
+    if (typeof target.addEventListener !== 'function' || target.document === undefined) return;
+    if (on) {
+      target.addEventListener('online', this.onOnline);
+      target.addEventListener('offline', this.onOffline);
+    } else {
+      target.removeEventListener?.('online', this.onOnline);
+      target.removeEventListener?.('offline', this.onOffline);
+    }
   }
 
   async stop(): Promise<void> {
     this.running = false;
+    this.watchNetwork(false);
     this.wake?.();
     this.conn?.close(1000, 'stopped');
     await this.loop;
@@ -377,6 +405,7 @@ class LocalFirstEngine implements Engine {
 
   private async signedOut(reason: string): Promise<void> {
     this.running = false;
+    this.watchNetwork(false);
     await this.serial(async () => {
       this.session = null;
       this.rest.token = null;
@@ -425,9 +454,13 @@ class LocalFirstEngine implements Engine {
     this.subscribed.add(id);
     const cursors = v.readCursors(answer.read_cursors);
     const online = v.strList(answer, 'online', 'subscribed');
+    const lastSeq = v.int(answer, 'last_seq', 'subscribed');
     await this.serial(async () => {
       const stored = this.convs.get(id);
       if (!stored) return;
+      // The conversation object may be older than the subscription (listed or
+      // created before messages came): catch-up must start from this last_seq.
+      stored.conv.last_seq = Math.max(stored.conv.last_seq, lastSeq);
       stored.read_cursors = { ...stored.read_cursors, ...cursors };
       await this.recountUnread(stored);
       await this.putConv(stored);
