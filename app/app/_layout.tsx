@@ -9,6 +9,7 @@ import { StatusBar } from 'expo-status-bar';
 import React, { useEffect } from 'react';
 import { SafeAreaProvider } from 'react-native-safe-area-context';
 
+import { registerOfflineShell } from '../src/state/offline';
 import { PushRegistration } from '../src/state/push';
 import { queryClient } from '../src/state/query';
 import { useSession } from '../src/state/session';
@@ -19,6 +20,7 @@ export default function RootLayout() {
   const boot = useSession((s) => s.boot);
   useEffect(() => {
     void boot();
+    registerOfflineShell();
   }, [boot]);
   return (
     <SafeAreaProvider>

@@ -8,6 +8,7 @@ import React from 'react';
 import { StyleSheet, View } from 'react-native';
 
 import { useSession } from '../../src/state/session';
+import { ConnectionBanner } from '../../src/ui/ConnectionBanner';
 import { ConversationList } from '../../src/ui/ConversationList';
 import { Loading, Screen, useWide } from '../../src/ui/layout';
 import { useTheme } from '../../src/ui/theme';
@@ -22,19 +23,22 @@ export default function MainLayout() {
   const stack = <Stack screenOptions={{ headerShown: false, contentStyle: { backgroundColor: t.background } }} />;
   if (!wide) return <Screen>{stack}</Screen>;
   return (
-    <Screen style={styles.row}>
-      <View style={[styles.side, { borderRightColor: t.border }]} role="navigation" aria-label="Conversations">
-        <ConversationList />
-      </View>
-      <View style={styles.main} role="main">
-        {stack}
+    <Screen>
+      <ConnectionBanner />
+      <View style={styles.row}>
+        <View style={[styles.side, { borderRightColor: t.border }]} role="navigation" aria-label="Conversations">
+          <ConversationList />
+        </View>
+        <View style={styles.main} role="main">
+          {stack}
+        </View>
       </View>
     </Screen>
   );
 }
 
 const styles = StyleSheet.create({
-  row: { flexDirection: 'row' },
+  row: { flex: 1, flexDirection: 'row' },
   side: { width: 340, borderRightWidth: StyleSheet.hairlineWidth },
   main: { flex: 1, minWidth: 0 },
 });

@@ -34,6 +34,8 @@ type Session = {
   engine: Engine | null;
   me: User | null;
   connection: ConnectionInfo;
+  /** The browser's own word (navigator.onLine); always true on phones. */
+  deviceOnline: boolean;
   outbox: number;
   typing: Record<string, string[]>;
   presence: Record<string, Presence>;
@@ -102,6 +104,18 @@ export const useSession = create<Session>()((set, get) => {
     return engine;
   }
 
+  // In the browser, follow the device's network: show "offline" at once, and reconnect
+  // as soon as it is back rather than waiting out the backoff.
+  function watchDevice(): void {
+    if (Platform.OS !== 'web' || typeof window === 'undefined' || typeof navigator === 'undefined') return;
+    set({ deviceOnline: navigator.onLine !== false });
+    window.addEventListener('offline', () => set({ deviceOnline: false }));
+    window.addEventListener('online', () => {
+      set({ deviceOnline: true });
+      get().engine?.reconnectNow();
+    });
+  }
+
   function enter(engine: Engine): void {
     engine.start();
     queryClient.clear();
@@ -115,6 +129,7 @@ export const useSession = create<Session>()((set, get) => {
     engine: null,
     me: null,
     connection: idle,
+    deviceOnline: true,
     outbox: 0,
     typing: {},
     presence: {},
@@ -122,6 +137,7 @@ export const useSession = create<Session>()((set, get) => {
     removed: {},
 
     boot: async () => {
+      watchDevice();
       const saved = kvStorage.getItem(SERVER_KEY);
       const url = (typeof saved === 'string' ? saved : null) ?? defaultServerUrl();
       if (url === null) {

@@ -36,7 +36,7 @@ export function Attachment({ mediaId, onDark }: { mediaId: string; onDark: boole
   }
 
   if (info.error) {
-    return <Text style={{ color, fontStyle: 'italic' }}>📎 attachment not available ({describe(info.error)})</Text>;
+    return <Text style={{ color, fontStyle: 'italic' }}>Attachment not available ({describe(info.error)})</Text>;
   }
   if (image && source.data) {
     return (
@@ -54,7 +54,7 @@ export function Attachment({ mediaId, onDark }: { mediaId: string; onDark: boole
   return (
     <View style={[styles.file, { borderColor: onDark ? 'rgba(255,255,255,0.4)' : t.border }]}>
       <Text style={{ color, flexShrink: 1 }} numberOfLines={1}>
-        📄 {name}
+        {name}
         {media ? ` · ${fileSize(media.size)}` : ''}
       </Text>
       <Pressable accessibilityRole="button" accessibilityLabel={`Download ${name}`} onPress={() => void save()} disabled={!media}>

@@ -257,7 +257,7 @@ export function Composer({ conversationId, members, meId, replyTo, replyName, ed
           {files.map((f) => (
             <View key={f.key} style={[styles.file, { borderColor: f.error ? t.danger : t.border }]}>
               <Text style={{ color: f.error ? t.danger : t.text, fontSize: font.small }}>
-                {f.error ? `${f.name}: ${f.error}` : f.media ? `📎 ${f.name} · ${fileSize(f.media.size)}` : `Uploading ${f.name}…`}
+                {f.error ? `${f.name}: ${f.error}` : f.media ? `${f.name} · ${fileSize(f.media.size)}` : `Uploading ${f.name}…`}
               </Text>
               <Pressable
                 accessibilityRole="button"
@@ -279,10 +279,10 @@ export function Composer({ conversationId, members, meId, replyTo, replyName, ed
         {!editing ? (
           <>
             <Pressable accessibilityRole="button" accessibilityLabel="Attach an image" onPress={() => void attach('image')} style={styles.tool} testID="attach-image">
-              <Text style={{ color: t.primary, fontSize: 18 }} accessible={false}>🖼</Text>
+              <Text style={{ color: t.primary, fontWeight: '600' }} accessible={false}>Image</Text>
             </Pressable>
             <Pressable accessibilityRole="button" accessibilityLabel="Attach a file" onPress={() => void attach('file')} style={styles.tool} testID="attach-file">
-              <Text style={{ color: t.primary, fontSize: 18 }} accessible={false}>📎</Text>
+              <Text style={{ color: t.primary, fontWeight: '600' }} accessible={false}>File</Text>
             </Pressable>
           </>
         ) : null}
@@ -319,7 +319,7 @@ const styles = StyleSheet.create({
   wrap: { borderTopWidth: StyleSheet.hairlineWidth, padding: space.sm },
   context: { flexDirection: 'row', alignItems: 'center', gap: space.sm, paddingHorizontal: space.xs, paddingBottom: space.xs },
   row: { flexDirection: 'row', alignItems: 'flex-end', gap: space.xs },
-  tool: { width: 36, height: 40, alignItems: 'center', justifyContent: 'center' },
+  tool: { paddingHorizontal: 6, height: 40, alignItems: 'center', justifyContent: 'center' },
   input: {
     flex: 1,
     minHeight: 40,

@@ -11,19 +11,21 @@ import { font, space, useTheme } from './theme';
 export function ConnectionBanner() {
   const t = useTheme();
   const info = useSession((s) => s.connection);
+  const deviceOnline = useSession((s) => s.deviceOnline);
   const outbox = useSession((s) => s.outbox);
   const engine = useSession((s) => s.engine);
   const [now, setNow] = useState(Date.now());
   useEffect(() => {
-    if (info.state === 'online') return;
+    if (info.state === 'online' && deviceOnline) return;
     const timer = setInterval(() => setNow(Date.now()), 1000);
     return () => clearInterval(timer);
-  }, [info.state]);
-  if (info.state === 'online') return null;
+  }, [info.state, deviceOnline]);
+  if (info.state === 'online' && deviceOnline) return null;
   const waiting = outbox > 0 ? ` · ${outbox} waiting to be sent` : '';
   const wait = info.retryAt !== null ? Math.max(0, Math.ceil((info.retryAt - now) / 1000)) : null;
-  const what =
-    info.state === 'connecting'
+  const what = !deviceOnline
+    ? 'This device is offline: messages are kept and sent when it is back'
+    : info.state === 'connecting'
       ? wait !== null && wait > 0
         ? `Offline · reconnecting in ${wait} s`
         : 'Connecting…'

@@ -12,7 +12,7 @@ import { useConversations, useName, useTitle } from '../state/queries';
 import { useSession } from '../state/session';
 import { ConnectionBanner } from './ConnectionBanner';
 import { Avatar, Badge, Notice } from './controls';
-import { Bar } from './layout';
+import { Bar, useWide } from './layout';
 import { shortTime } from './text';
 import { font, space, useTheme } from './theme';
 
@@ -20,6 +20,7 @@ export function ConversationList() {
   const t = useTheme();
   const { data, isLoading, error } = useConversations();
   const me = useSession((s) => s.me);
+  const wide = useWide();
   return (
     <View style={[styles.pane, { backgroundColor: t.background }]}>
       <Bar
@@ -28,12 +29,12 @@ export function ConversationList() {
         right={
           <>
             <IconButton label="Search messages" text="⌕" onPress={() => router.push('/search')} testID="open-search" />
-            <IconButton label="New conversation" text="＋" onPress={() => router.push('/new')} testID="new-conversation" />
+            <IconButton label="New conversation" text="+" onPress={() => router.push('/new')} testID="new-conversation" />
             <IconButton label="Settings" text="⚙" onPress={() => router.push('/settings')} testID="open-settings" />
           </>
         }
       />
-      <ConnectionBanner />
+      {wide ? null : <ConnectionBanner />}
       {error ? <Notice kind="error" text={String(error)} /> : null}
       <FlatList
         data={data ?? []}
@@ -45,7 +46,7 @@ export function ConversationList() {
           isLoading ? null : (
             <View style={styles.empty}>
               <Text style={{ color: t.muted, textAlign: 'center' }}>
-                No conversations yet. Start one with ＋ above.
+                No conversations yet. Start one with + above.
               </Text>
             </View>
           )
@@ -63,9 +64,13 @@ export function IconButton({ label, text, onPress, testID, active }: { label: st
       accessibilityLabel={label}
       onPress={onPress}
       testID={testID}
-      style={({ pressed }) => [styles.icon, { backgroundColor: active ? t.surfaceAlt : pressed ? t.surfaceAlt : 'transparent' }]}
+      style={({ pressed }) => [
+        styles.icon,
+        text.length > 2 && styles.wordIcon,
+        { backgroundColor: active ? t.surfaceAlt : pressed ? t.surfaceAlt : 'transparent' },
+      ]}
     >
-      <Text style={{ color: t.primary, fontSize: 20 }} accessible={false}>
+      <Text style={{ color: t.primary, fontSize: text.length > 2 ? font.body : 20, fontWeight: '600' }} accessible={false}>
         {text}
       </Text>
     </Pressable>
@@ -85,7 +90,7 @@ function Row({ conversation }: { conversation: LocalConversation }) {
   let preview = 'No messages yet';
   if (last) {
     const who = last.sender_id === me?.id ? 'You' : lastSender;
-    const what = last.deleted_at !== null ? 'message deleted' : last.body || (last.attachments.length ? '📎 attachment' : '');
+    const what = last.deleted_at !== null ? 'message deleted' : last.body || (last.attachments.length ? 'Attachment' : '');
     preview = conversation.kind === 'direct' && last.sender_id !== me?.id ? what : `${who}: ${what}`;
   }
   const unread = conversation.unread_count;
@@ -135,5 +140,6 @@ const styles = StyleSheet.create({
   rowTop: { flexDirection: 'row', alignItems: 'center', gap: space.sm },
   title: { flex: 1, fontSize: font.body },
   icon: { width: 36, height: 36, borderRadius: 18, alignItems: 'center', justifyContent: 'center' },
+  wordIcon: { width: 'auto', paddingHorizontal: space.sm },
   empty: { padding: space.xl },
 });

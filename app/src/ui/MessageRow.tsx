@@ -9,6 +9,7 @@ import { Pressable, StyleSheet, Text, View } from 'react-native';
 
 import type { LocalMessage, Receipt } from '../engine';
 import { Attachment } from './Attachment';
+import { statusText } from './status';
 import { mentionParts, shortTime } from './text';
 import { font, radius, space, useTheme } from './theme';
 
@@ -38,14 +39,6 @@ type Props = {
   canDelete: boolean;
   actions: MessageActions;
 };
-
-export function statusText(message: LocalMessage, receipt: Receipt | null, online: boolean): string {
-  if (message.status === 'failed') return `Not sent: ${message.error ?? 'refused by the server'}`;
-  if (message.status === 'sending') return online ? 'Sending…' : 'Queued (offline)';
-  if (receipt === null) return 'Sent';
-  if (receipt.of > 1) return receipt.readBy > 0 ? `Read by ${receipt.readBy} of ${receipt.of}` : 'Sent';
-  return receipt.readBy > 0 ? 'Read' : 'Sent';
-}
 
 export const MessageRow = React.memo(function MessageRow(props: Props) {
   const { message, meId, sender, showSender, quoted, receipt, online, selected, highlighted, canDelete, actions } = props;

@@ -12,7 +12,7 @@ export default function Chats() {
   if (!wide) return <ConversationList />;
   return (
     <Centered>
-      <Text style={{ color: t.muted }}>Choose a conversation, or start one with ＋.</Text>
+      <Text style={{ color: t.muted }}>Choose a conversation, or start one with +.</Text>
     </Centered>
   );
 }

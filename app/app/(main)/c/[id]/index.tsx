@@ -32,7 +32,7 @@ export default function ConversationScreen() {
   const engine = useEngine();
   const wide = useWide();
   const me = useSession((s) => s.me);
-  const connection = useSession((s) => s.connection.state);
+  const connection = useSession((s) => (s.deviceOnline ? s.connection.state : 'offline'));
   const typingIds = useSession((s) => s.typing[id]);
   const presence = useSession((s) => s.presence);
   const removed = useSession((s) => s.removed[id]);
@@ -165,6 +165,7 @@ export default function ConversationScreen() {
         if (m.seq !== null) void engine.remove(id, m.seq).catch((e: unknown) => setError(describe(e)));
       },
       react: (m, emoji, on) => {
+        setSelected(null);
         if (m.seq !== null) void engine.react(id, m.seq, emoji, on).catch((e: unknown) => setError(describe(e)));
       },
       discard: (m) => {
@@ -243,11 +244,11 @@ export default function ConversationScreen() {
           <>
             <IconButton label="Search this conversation" text="⌕" onPress={() => router.push({ pathname: '/search', params: { c: id } })} testID="search-here" />
             <IconButton label="Assistant" text="✦" onPress={() => router.push(`/c/${id}/ai`)} testID="open-ai" />
-            <IconButton label="Members and settings" text="ⓘ" onPress={() => router.push(`/c/${id}/members`)} testID="open-members" />
+            <IconButton label="Members and settings" text="Info" onPress={() => router.push(`/c/${id}/members`)} testID="open-members" />
           </>
         }
       />
-      <ConnectionBanner />
+      {wide ? null : <ConnectionBanner />}
       {removed ? <Notice kind="error" text={`You are no longer a member here (${removed}).`} style={{ paddingHorizontal: space.md }} /> : null}
       {error ? (
         <Pressable onPress={() => setError(null)} accessibilityRole="button" accessibilityLabel={`${error}. Dismiss`}>
