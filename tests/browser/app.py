@@ -53,6 +53,46 @@ def conversation_row(page: Page, conversation_id: str) -> Locator:
     return page.get_by_test_id(f"conversation-{conversation_id}")
 
 
+CONVERSATION_URL = re.compile(r"/c/(c_[A-Za-z0-9_-]+)$")
+
+
+def opened_conversation_id(page: Page) -> str:
+    """The id of the conversation the page shows (from its URL, `/c/<id>`)."""
+    expect(page).to_have_url(CONVERSATION_URL)
+    found = CONVERSATION_URL.search(page.url)
+    assert found is not None
+    return found.group(1)
+
+
+def pick_person(page: Page, username: str) -> None:
+    page.get_by_test_id("user-search").fill(username)
+    page.get_by_test_id(f"user-{username}").click()
+
+
+def start_direct(person: Person, username: str) -> str:
+    """Start a direct conversation with `username` from the "New conversation" screen; its id."""
+    page = person.page
+    page.get_by_test_id("new-conversation").click()
+    page.get_by_test_id("tab-direct").click()
+    pick_person(page, username)
+    conversation_id = opened_conversation_id(page)
+    expect(page.get_by_test_id("composer")).to_be_visible()
+    return conversation_id
+
+
+def start_group(person: Person, title: str, usernames: list[str]) -> str:
+    page = person.page
+    page.get_by_test_id("new-conversation").click()
+    page.get_by_test_id("tab-group").click()
+    page.get_by_test_id("group-title").fill(title)
+    for username in usernames:
+        pick_person(page, username)
+    page.get_by_test_id("create-group").click()
+    conversation_id = opened_conversation_id(page)
+    expect(page.get_by_test_id("composer")).to_be_visible()
+    return conversation_id
+
+
 def general_id(person: Person) -> str:
     """The id of the `#general` channel every user is in, from its row in the list."""
     row = person.page.locator('[data-testid^="conversation-"]', has_text="#general")
@@ -94,7 +134,7 @@ def bodies(page: Page) -> list[str]:
 
 
 class Api:
-    """The test's own REST client for what the screens cannot do yet (or set-up a test
+    """The test's own REST client, to check what the server stored (or for set-up a test
     is not about): real HTTP to the same server, signed in with the same password."""
 
     def __init__(self, url: str) -> None:

@@ -2,8 +2,8 @@
 conversation and chat, each seeing the statuses of their own messages go
 `sending → sent → read` ("read by N of M" in a group).
 
-The conversations are made with the REST API (tests/browser/app.py `Api`) until the app
-has its screen for starting one; everything else is done in the app.
+Everything is done in the app; the REST API (tests/browser/app.py `Api`) only checks
+what the server stored.
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ from tests.browser.app import (
     pending_status,
     register,
     send,
+    start_direct,
+    start_group,
     status,
     statuses_seen,
 )
@@ -42,10 +44,10 @@ def test_two_people_chat_and_each_sees_sending_sent_read(
     shots.take(ada.page, "sign-in")
     register(ada, "ada")
     register(bob, "bob")
-    bob_id = api.user_id(api.token("bob"))
-    cid = api.conversation(api.token("ada"), "direct", [bob_id])
-    # The new conversation shows up in Ada's list without a reload; Bob stays on his.
-    open_conversation(ada, cid)
+    shots.take(ada.page, "empty-list")
+    cid = start_direct(ada, "bob")
+    shots.take(ada.page, "new-conversation")
+    # It shows up in Bob's list without a reload; he stays on the list.
     expect(conversation_row(bob.page, cid)).to_be_visible()
 
     # While the server is slow to answer, the message is there at once, "Sending…".
@@ -114,9 +116,7 @@ def test_a_group_of_three_sees_read_by_n_of_m(
     ada, bob, cara = people("ada"), people("bob"), people("cara")
     for person in (ada, bob, cara):
         register(person, person.name)
-    others = [api.user_id(api.token(name)) for name in ("bob", "cara")]
-    cid = api.conversation(api.token("ada"), "group", others, title="Lunch crew")
-    open_conversation(ada, cid)
+    cid = start_group(ada, "Lunch crew", ["bob", "cara"])
     for person in (bob, cara):
         expect(conversation_row(person.page, cid)).to_be_visible()
 
