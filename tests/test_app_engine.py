@@ -6,6 +6,8 @@ jest's own report says which engine test failed. The engine's reconnect tests
 stop and restart that server under it through MESSAGEAI_TEST_CONTROL, a tiny
 loopback HTTP endpoint (`POST /stop`, `POST /start`) served by this test: the
 server comes back on the same port with the same data, as after a real restart.
+The server's assistant talks to tests/llm.py's stand-in chat-completions endpoint
+(real HTTP on loopback), which answers every request with its default text.
 `npm ci` runs first when `app/node_modules` is missing or stale (tests/app_env.py).
 """
 
@@ -21,6 +23,7 @@ import trio
 from messageai.server import Server
 from tests.app_env import ensure_node_modules
 from tests.helpers import make_config
+from tests.llm import fake_llm
 
 # The jest suite takes about a minute; a cold jest transform cache a bit more.
 JEST_TIMEOUT_SECONDS = 600
@@ -34,6 +37,7 @@ class RestartableServer:
 
     data_dir: Path
     nursery: trio.Nursery
+    llm_url: str
     port: int = 0
     server: Server | None = None
     done: trio.Event | None = None
@@ -41,7 +45,11 @@ class RestartableServer:
     async def start(self) -> None:
         if self.server is not None:
             return
-        config = make_config(self.data_dir, server={"port": self.port})
+        config = make_config(
+            self.data_dir,
+            server={"port": self.port},
+            ai={"base_url": self.llm_url, "model": "fake-model", "timeout_seconds": 5.0},
+        )
         server = Server(config)
         done = trio.Event()
 
@@ -97,8 +105,8 @@ async def serve_control(
 async def test_engine_jest_suite_passes_against_the_real_server(tmp_path: Path) -> None:
     app_dir = ensure_node_modules()
     with trio.fail_after(JEST_TIMEOUT_SECONDS):
-        async with trio.open_nursery() as nursery:
-            target = RestartableServer(tmp_path / "data", nursery)
+        async with fake_llm() as llm, trio.open_nursery() as nursery:
+            target = RestartableServer(tmp_path / "data", nursery, llm.url)
             await target.start()
             control_port = await nursery.start(serve_control, target)
             result = await trio.run_process(

@@ -1,8 +1,8 @@
 /**
  * The rest of the engine against the real server: optimistic edits, deletes
  * and reactions; history paging; conversations announced and ended live;
- * media upload and download; search; the AI routes on a server without an
- * endpoint; push tokens; the backoff's bounds; probing a server.
+ * media upload and download; search; the AI routes (the server's endpoint is
+ * tests/llm.py's stand-in); push tokens; the backoff's bounds; probing a server.
  */
 import { backoffDelay, probeServer } from '../engine';
 import { EngineError } from '../errors';
@@ -132,25 +132,40 @@ test('search finds a message by its words', async () => {
   expect(none.results).toEqual([]);
 });
 
-test('AI: the switch and the log work without an endpoint; asking answers unavailable', async () => {
+// tests/llm.py's stand-in endpoint answers every request with this text.
+const LLM_ANSWER = 'I found nothing more to say.';
+
+test('AI: the switch guards asking; answers stream over the WebSocket, come from REST offline, and are cached', async () => {
   const ada = await person();
   const bob = await person();
   const conv = await ada.engine.createDirect(bob.id);
+  await bob.engine.send(conv.id, 'shall we ship on friday?');
+  await until(async () => (await ada.engine.messages(conv.id)).length === 1, 'delivery');
   expect(await ada.engine.aiSettings(conv.id)).toEqual({ enabled: false, proactive: false, changed_by: null, changed_at: null });
+  await expect(ada.engine.ask(conv.id, 'when do we ship?')).rejects.toMatchObject({ code: 'forbidden' });
+
   const seen: boolean[] = [];
   bob.engine.on((event) => {
     if (event.type === 'ai_settings' && event.conversationId === conv.id) seen.push(event.settings.enabled);
   });
-  const on = await ada.engine.setAiSettings(conv.id, { enabled: true });
-  expect(on).toMatchObject({ enabled: true, changed_by: ada.id });
+  expect(await ada.engine.setAiSettings(conv.id, { enabled: true })).toMatchObject({ enabled: true, changed_by: ada.id });
   await until(() => seen.includes(true), 'ai_settings at bob');
-  expect(await ada.engine.aiLog(conv.id)).toEqual([]);
-  // Over the WebSocket (online) and over REST (offline) alike.
-  await expect(ada.engine.ask(conv.id, 'what did we decide?')).rejects.toMatchObject({ code: 'unavailable' });
-  await ada.engine.stop();
-  await expect(ada.engine.ask(conv.id, 'what did we decide?')).rejects.toMatchObject({ code: 'unavailable' });
-  await expect(ada.engine.catchUp(conv.id)).rejects.toMatchObject({ code: 'unavailable' });
-  await expect(ada.engine.actionItems(conv.id)).rejects.toMatchObject({ code: 'unavailable' });
+
+  const deltas: string[] = [];
+  const answer = await ada.engine.ask(conv.id, 'when do we ship?', { onDelta: (text) => deltas.push(text) });
+  expect(answer).toEqual({ answer: LLM_ANSWER, citations: [], cached: false });
+  expect(deltas.join('')).toBe(LLM_ANSWER);
+  // The same question over the same messages: the server's cache, no deltas.
+  const again = await ada.engine.ask(conv.id, '  When do we SHIP? ');
+  expect(again.cached).toBe(true);
+  await ada.engine.stop(); // offline from the WebSocket: REST asks
+  expect((await ada.engine.ask(conv.id, 'when do we ship?')).answer).toBe(LLM_ANSWER);
+  const summary = await ada.engine.catchUp(conv.id);
+  expect(summary.from_seq).toBe(1);
+  expect(summary.to_seq).toBe(1);
+  expect(Array.isArray(await ada.engine.actionItems(conv.id))).toBe(true);
+  const log = await ada.engine.aiLog(conv.id);
+  expect(log.map((entry) => entry.action)).toEqual(expect.arrayContaining(['ask', 'catch_up']));
   await expect(ada.engine.ask(conv.id, ' ')).rejects.toBeInstanceOf(EngineError);
 });
 
