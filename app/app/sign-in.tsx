@@ -27,7 +27,8 @@ export default function SignInScreen() {
   const [password, setPassword] = useState('');
   const [displayName, setDisplayName] = useState('');
   const [error, setError] = useState<string | null>(null);
-  const [clerk, setClerk] = useState(authMode === 'clerk');
+  const [clerkRefused, setClerk] = useState(false);
+  const clerk = clerkRefused || authMode === 'clerk';
   const [busy, setBusy] = useState(false);
   const passwordRef = useRef<TextInput>(null);
 
@@ -94,55 +95,59 @@ export default function SignInScreen() {
                 </Text>
               </View>
             ) : null}
-            <Field
-              label="Username"
-              value={username}
-              onChangeText={setUsername}
-              autoCapitalize="none"
-              autoCorrect={false}
-              autoComplete="username"
-              returnKeyType="next"
-              onSubmitEditing={() => passwordRef.current?.focus()}
-              testID="username"
-              autoFocus
-            />
-            {register ? (
-              <Field
-                label="Display name (optional)"
-                value={displayName}
-                onChangeText={setDisplayName}
-                autoComplete="name"
-                testID="display-name"
-              />
-            ) : null}
-            <Field
-              ref={passwordRef}
-              label="Password"
-              value={password}
-              onChangeText={setPassword}
-              secureTextEntry
-              autoComplete={register ? 'new-password' : 'current-password'}
-              returnKeyType="go"
-              onSubmitEditing={() => void submit()}
-              testID="password"
-            />
-            {error ? <Notice text={error} kind="error" /> : null}
-            <Button
-              title={register ? 'Create account' : 'Sign in'}
-              onPress={() => void submit()}
-              busy={busy}
-              testID="sign-in-submit"
-            />
-            <Button
-              kind="plain"
-              style={{ marginTop: space.md }}
-              title={register ? 'I have an account: sign in' : 'New here? Create an account'}
-              onPress={() => {
-                setMode(register ? 'login' : 'register');
-                setError(null);
-              }}
-              testID="sign-in-toggle"
-            />
+            {clerk ? null : (
+              <>
+                <Field
+                  label="Username"
+                  value={username}
+                  onChangeText={setUsername}
+                  autoCapitalize="none"
+                  autoCorrect={false}
+                  autoComplete="username"
+                  returnKeyType="next"
+                  onSubmitEditing={() => passwordRef.current?.focus()}
+                  testID="username"
+                  autoFocus
+                />
+                {register ? (
+                  <Field
+                    label="Display name (optional)"
+                    value={displayName}
+                    onChangeText={setDisplayName}
+                    autoComplete="name"
+                    testID="display-name"
+                  />
+                ) : null}
+                <Field
+                  ref={passwordRef}
+                  label="Password"
+                  value={password}
+                  onChangeText={setPassword}
+                  secureTextEntry
+                  autoComplete={register ? 'new-password' : 'current-password'}
+                  returnKeyType="go"
+                  onSubmitEditing={() => void submit()}
+                  testID="password"
+                />
+                {error ? <Notice text={error} kind="error" /> : null}
+                <Button
+                  title={register ? 'Create account' : 'Sign in'}
+                  onPress={() => void submit()}
+                  busy={busy}
+                  testID="sign-in-submit"
+                />
+                <Button
+                  kind="plain"
+                  style={{ marginTop: space.md }}
+                  title={register ? 'I have an account: sign in' : 'New here? Create an account'}
+                  onPress={() => {
+                    setMode(register ? 'login' : 'register');
+                    setError(null);
+                  }}
+                  testID="sign-in-toggle"
+                />
+              </>
+            )}
           </View>
         </ScrollView>
       </KeyboardAvoidingView>

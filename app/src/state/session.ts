@@ -147,7 +147,11 @@ export const useSession = create<Session>()((set, get) => {
       try {
         const engine = await attach(url);
         if (engine.me !== null) enter(engine);
-        else set({ phase: 'signin' });
+        else {
+          set({ phase: 'signin' });
+          // Which sign-in the server takes (local or Clerk), for the sign-in screen.
+          void probeServer(url).then((probe) => set({ authMode: probe.authMode }));
+        }
       } catch (error) {
         set({ phase: 'server', notice: describe(error) });
       }

@@ -3,7 +3,7 @@
  * bearer token by the engine: an object URL in the browser, a uri with headers on
  * phones), any other file as its name and size with a download button.
  */
-import React, { useState } from 'react';
+import React, { useEffect, useState } from 'react';
 import { Image, Pressable, StyleSheet, Text, View } from 'react-native';
 
 import { describe, useEngine } from '../state/session';
@@ -22,6 +22,26 @@ export function Attachment({ mediaId, onDark }: { mediaId: string; onDark: boole
   const image = media !== undefined && INLINE_IMAGE.test(media.content_type);
   const source = useMediaSource(mediaId, image);
   const [error, setError] = useState<string | null>(null);
+  const [size, setSize] = useState<{ width: number; height: number } | null>(null);
+  const uri = source.data?.uri;
+  const headers = source.data?.headers;
+
+  // Show the picture in its own proportions, at most 260 wide and 320 high.
+  useEffect(() => {
+    if (!uri) return;
+    let live = true;
+    const fit = (w: number, h: number) => {
+      if (!live || w <= 0 || h <= 0) return;
+      const scale = Math.min(1, 260 / w, 320 / h);
+      setSize({ width: Math.max(48, Math.round(w * scale)), height: Math.max(48, Math.round(h * scale)) });
+    };
+    const failed = () => undefined;
+    if (headers) Image.getSizeWithHeaders(uri, headers, fit, failed);
+    else Image.getSize(uri, fit, failed);
+    return () => {
+      live = false;
+    };
+  }, [uri, headers]);
   const name = media?.filename ?? 'attachment';
   const color = onDark ? '#ffffff' : t.text;
 
@@ -43,7 +63,7 @@ export function Attachment({ mediaId, onDark }: { mediaId: string; onDark: boole
       <Pressable accessibilityRole="imagebutton" accessibilityLabel={`Image ${name}; press to download`} onPress={() => void save()}>
         <Image
           source={{ uri: source.data.uri, headers: source.data.headers }}
-          style={[styles.image, { backgroundColor: t.surfaceAlt }]}
+          style={[styles.image, size, { backgroundColor: t.surfaceAlt }]}
           resizeMode="cover"
           accessibilityLabel={`Image ${name}`}
           testID={`image-${mediaId}`}

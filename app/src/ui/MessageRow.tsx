@@ -33,6 +33,7 @@ type Props = {
   showSender: boolean;
   quoted: { sender: string; text: string } | null;
   receipt: Receipt | null;
+  showStatus: boolean;
   online: boolean;
   selected: boolean;
   highlighted: boolean;
@@ -41,7 +42,7 @@ type Props = {
 };
 
 export const MessageRow = React.memo(function MessageRow(props: Props) {
-  const { message, meId, sender, showSender, quoted, receipt, online, selected, highlighted, canDelete, actions } = props;
+  const { message, meId, sender, showSender, quoted, receipt, showStatus, online, selected, highlighted, canDelete, actions } = props;
   const t = useTheme();
   const mine = message.sender_id === meId;
   const deleted = message.deleted_at !== null;
@@ -137,7 +138,7 @@ export const MessageRow = React.memo(function MessageRow(props: Props) {
           })}
         </View>
       ) : null}
-      {status ? (
+      {status && showStatus ? (
         <Text
           style={[styles.status, { color: message.status === 'failed' ? t.danger : t.muted }]}
           accessibilityLiveRegion="polite"

@@ -122,6 +122,8 @@ export default function AiPanel() {
               onValueChange={(v) => toggle.mutate({ enabled: v })}
               accessibilityLabel="Assistant in this conversation"
               accessibilityRole="switch"
+              trackColor={{ false: t.border, true: t.primary }}
+              thumbColor={t.surface}
               testID="ai-switch"
             />
           </View>
@@ -136,6 +138,8 @@ export default function AiPanel() {
               onValueChange={(v) => toggle.mutate({ enabled, proactive: v })}
               accessibilityLabel="Suggest meeting times"
               accessibilityRole="switch"
+              trackColor={{ false: t.border, true: t.primary }}
+              thumbColor={t.surface}
             />
           </View>
           {settings.data?.changed_at ? (

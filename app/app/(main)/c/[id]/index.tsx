@@ -51,6 +51,8 @@ export default function ConversationScreen() {
   const [loadingOlder, setLoadingOlder] = useState(false);
   const [target, setTarget] = useState<number | null>(params.seq ? Number(params.seq) : null);
   const [highlight, setHighlight] = useState<number | null>(null);
+  // Bumped when the jump target's row has been laid out, so the jump can happen.
+  const [targetLaidOut, setTargetLaidOut] = useState(0);
   const scroll = useRef<ScrollView>(null);
   const positions = useRef(new Map<number, number>());
   const atBottom = useRef(true);
@@ -143,7 +145,7 @@ export default function ConversationScreen() {
       setTarget(null);
     }
     return undefined;
-  }, [target, messages, canLoadOlder, loadingOlder, loadOlder]);
+  }, [target, messages, canLoadOlder, loadingOlder, loadOlder, targetLaidOut]);
 
   const jump = useCallback((seq: number) => setTarget(seq), []);
 
@@ -231,6 +233,10 @@ export default function ConversationScreen() {
   }
 
   const meId = me?.id ?? '';
+  // The status line goes under my latest message (and any still pending or refused),
+  // as chat apps do: one "Read by 2 of 3" says where the others are.
+  let latestMine: string | null = null;
+  for (const m of messages) if (m.sender_id === meId && m.status === 'sent') latestMine = m.key;
   const bySeq = new Map<number, LocalMessage>();
   for (const m of messages) if (m.seq !== null) bySeq.set(m.seq, m);
 
@@ -295,6 +301,7 @@ export default function ConversationScreen() {
               key={m.key}
               onLayout={(e: LayoutChangeEvent) => {
                 if (m.seq !== null) positions.current.set(m.seq, e.nativeEvent.layout.y);
+                if (m.seq !== null && m.seq === target) setTargetLaidOut((n) => n + 1);
               }}
             >
               <MessageRow
@@ -304,6 +311,7 @@ export default function ConversationScreen() {
                 showSender={conversation.kind !== 'direct' && prev?.sender_id !== m.sender_id}
                 quoted={quoted}
                 receipt={mine && m.status === 'sent' ? engine.receipt(conversation, m) : null}
+                showStatus={mine && (m.status !== 'sent' || m.key === latestMine || selected === m.key)}
                 online={connection === 'online'}
                 selected={selected === m.key}
                 highlighted={highlight !== null && m.seq === highlight}
