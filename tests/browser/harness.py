@@ -37,7 +37,8 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-START_TIMEOUT_SECONDS = 60.0
+# The first start on a fresh clone also installs .venv (scripts/serve does, once).
+START_TIMEOUT_SECONDS = 240.0
 URL_LINE = re.compile(r"MessageAI serving (http://127\.0\.0\.1:(\d+))")
 
 
