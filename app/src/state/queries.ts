@@ -25,7 +25,8 @@ export function useMessages(id: string, limit: number) {
   return useQuery({
     queryKey: [...keys.messages(id), limit],
     queryFn: () => engine.messages(id, { limit }),
-    placeholderData: (previous) => previous,
+    // While a longer page loads, keep showing the shorter one (never another conversation's).
+    placeholderData: (previous, previousQuery) => (previousQuery?.queryKey[1] === id ? previous : undefined),
   });
 }
 

@@ -54,6 +54,10 @@ type Session = {
 
 const idle: ConnectionInfo = { state: 'offline', retryAt: null, attempts: 0, lastError: null };
 
+// `probeServer` would call the global fetch as a method of its REST client, which
+// browsers refuse ("Illegal invocation"): hand it one bound to the global scope.
+const browserFetch: typeof fetch = (input, init) => fetch(input, init);
+
 // The engine's listener, kept so a new engine never leaves the old one's bound.
 let unlisten: (() => void) | null = null;
 
@@ -150,7 +154,7 @@ export const useSession = create<Session>()((set, get) => {
         else {
           set({ phase: 'signin' });
           // Which sign-in the server takes (local or Clerk), for the sign-in screen.
-          void probeServer(url).then((probe) => set({ authMode: probe.authMode }));
+          void probeServer(url, browserFetch).then((probe) => set({ authMode: probe.authMode }));
         }
       } catch (error) {
         set({ phase: 'server', notice: describe(error) });
@@ -158,7 +162,7 @@ export const useSession = create<Session>()((set, get) => {
     },
 
     chooseServer: async (input) => {
-      const probe = await probeServer(input);
+      const probe = await probeServer(input, browserFetch);
       if (!probe.ok) return probe;
       await kvStorage.setItem(SERVER_KEY, probe.url);
       const engine = await attach(probe.url);
@@ -197,7 +201,8 @@ export const useSession = create<Session>()((set, get) => {
         }
       }
       queryClient.clear();
-      set({ phase: 'signin', me: null, typing: {}, presence: {}, removed: {}, outbox: 0 });
+      // The engine reports its own logout as `signed_out`: that is no news to the person.
+      set({ phase: 'signin', me: null, typing: {}, presence: {}, removed: {}, outbox: 0, notice: null });
     },
 
     setMe: (me) => set({ me }),

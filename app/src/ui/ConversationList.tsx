@@ -4,8 +4,8 @@
  * the `/chats` screen on phones and beside the open conversation on wide screens.
  */
 import { router, usePathname } from 'expo-router';
-import React from 'react';
-import { FlatList, Pressable, StyleSheet, Text, View } from 'react-native';
+import React, { useEffect } from 'react';
+import { FlatList, Platform, Pressable, StyleSheet, Text, View } from 'react-native';
 
 import type { LocalConversation } from '../engine';
 import { useConversations, useName, useTitle } from '../state/queries';
@@ -21,6 +21,13 @@ export function ConversationList() {
   const { data, isLoading, error } = useConversations();
   const me = useSession((s) => s.me);
   const wide = useWide();
+  const unread = (data ?? []).reduce((sum, c) => sum + c.unread_count, 0);
+  // The browser tab says how much is unread, as mail and chat apps do.
+  useEffect(() => {
+    if (Platform.OS === 'web' && typeof document !== 'undefined') {
+      document.title = unread > 0 ? `(${unread}) MessageAI` : 'MessageAI';
+    }
+  }, [unread]);
   return (
     <View style={[styles.pane, { backgroundColor: t.background }]}>
       <Bar
@@ -85,6 +92,7 @@ function Row({ conversation }: { conversation: LocalConversation }) {
   const presence = useSession((s) => (other ? s.presence[other] : undefined));
   const lastSender = useName(conversation.last_message?.sender_id);
   const title = useTitle(conversation);
+  const wide = useWide();
   const last = conversation.last_message;
   const open = path === `/c/${conversation.id}` || path.startsWith(`/c/${conversation.id}/`);
   let preview = 'No messages yet';
@@ -100,7 +108,9 @@ function Row({ conversation }: { conversation: LocalConversation }) {
       accessibilityRole="link"
       accessibilityLabel={label}
       accessibilityState={{ selected: open }}
-      onPress={() => router.push(`/c/${conversation.id}`)}
+      // Beside the list (wide screens) the pane shows one conversation: replace it rather
+      // than pile screens up; on phones the conversation goes over the list.
+      onPress={() => (wide ? router.replace(`/c/${conversation.id}`) : router.push(`/c/${conversation.id}`))}
       testID={`conversation-${conversation.id}`}
       style={({ pressed }) => [styles.row, { backgroundColor: open || pressed ? t.surfaceAlt : 'transparent', borderBottomColor: t.border }]}
     >

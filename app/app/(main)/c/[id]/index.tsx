@@ -211,7 +211,11 @@ export default function ConversationScreen() {
   if (!conversation) {
     return (
       <Centered>
-        <Text style={{ color: t.muted }}>This conversation is not on this device.</Text>
+        <Text style={{ color: t.muted, textAlign: 'center' }}>
+          {removed
+            ? `You are no longer a member of this conversation (${removed}).`
+            : 'This conversation is not on this device, or you are not one of its members.'}
+        </Text>
         <Pressable accessibilityRole="link" onPress={() => router.replace('/chats')}>
           <Text style={{ color: t.primary, marginTop: space.md }}>Back to the chats</Text>
         </Pressable>

@@ -114,6 +114,7 @@ export default function Members() {
           <View style={styles.section}>
             <Heading level={2} text="Add people" />
             <UserPicker
+              key={conversation.member_ids.length}
               chosen={adding}
               exclude={conversation.member_ids}
               onPick={(u) => setAdding((a) => (a.some((x) => x.id === u.id) ? a.filter((x) => x.id !== u.id) : [...a, u]))}
