@@ -11,7 +11,6 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
-import pytest
 from playwright.sync_api import expect
 
 from tests.browser.app import (
@@ -85,11 +84,6 @@ def test_two_people_chat_and_each_sees_sending_sent_read(
     ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="app-screens: a conversation left for another one stays mounted under the stack"
-    " and goes on marking new messages read (c/[id]/index.tsx marks read while mounted)",
-)
 def test_a_conversation_left_for_another_marks_nothing_read(
     people: Callable[[str], Person], api: Api
 ) -> None:
