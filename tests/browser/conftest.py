@@ -11,7 +11,7 @@ exception or CSP violation it did not declare; every Playwright action has a tim
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,12 +19,14 @@ from playwright.sync_api import Browser, ViewportSize, expect, sync_playwright
 
 from messageai.rest.webapp import WEBAPP_DIR
 from tests.browser.app import Api
-from tests.browser.harness import CHROMIUM, CHROMIUM_ARGS, Person, Served, Shots, Watch
+from tests.browser.harness import CHROMIUM, CHROMIUM_ARGS, People, Person, Served, Shots, Watch
 
 ACTION_TIMEOUT_MS = 15_000
 # `expect(...)` retries its assertion for this long (Playwright's default is 5 s).
 expect.set_options(timeout=ACTION_TIMEOUT_MS)
 VIEWPORT: ViewportSize = {"width": 1280, "height": 800}
+# A phone's screen (the narrow layout: the list, then the conversation on its own).
+PHONE: ViewportSize = {"width": 390, "height": 844}
 SCREENSHOTS: list[Path] = []
 
 
@@ -87,13 +89,19 @@ def shots(screenshot_dir: Path, request: pytest.FixtureRequest) -> Shots:
 
 
 @pytest.fixture
-def people(browser: Browser, served: Served) -> Iterator[Callable[[str], Person]]:
-    """`people("ada")` opens the app at the server's URL in a new context; at teardown
-    each page must have logged nothing unexpected."""
+def people(browser: Browser, served: Served) -> Iterator[People]:
+    """`people("ada")` opens the app at the server's URL in a new context (`phone=True`:
+    on a phone-sized, touch screen); at teardown each page must have logged nothing
+    unexpected."""
     opened: list[Person] = []
 
-    def open_person(name: str) -> Person:
-        context = browser.new_context(viewport=VIEWPORT, color_scheme="light")
+    def open_person(name: str, *, phone: bool = False) -> Person:
+        context = browser.new_context(
+            viewport=PHONE if phone else VIEWPORT,
+            color_scheme="light",
+            has_touch=phone,
+            is_mobile=phone,
+        )
         context.set_default_timeout(ACTION_TIMEOUT_MS)
         page = context.new_page()
         person = Person(name, context, page, Watch.on(page))

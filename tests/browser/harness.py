@@ -19,6 +19,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Protocol
 
 import attrs
 from playwright.sync_api import BrowserContext, ConsoleMessage, Error, Page
@@ -194,6 +195,12 @@ class Person:
     context: BrowserContext
     page: Page
     watch: Watch
+
+
+class People(Protocol):
+    """The `people` fixture: opens the app for one more person."""
+
+    def __call__(self, name: str, *, phone: bool = False) -> Person: ...
 
 
 @attrs.define

@@ -1,6 +1,6 @@
 """A tour of the screens the chat scenarios do not stop at (a group's members, the
-assistant's panel, settings), each saved light and dark; and the app's own theme choice,
-which overrides the system's."""
+assistant's panel, settings), each saved light and dark; the app's own theme choice,
+which overrides the system's; and the narrow layout of a phone-sized screen."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from collections.abc import Callable
 
 from playwright.sync_api import Page, expect
 
-from tests.browser.app import register, send, start_group
-from tests.browser.harness import Person, Shots
+from tests.browser.app import register, send, start_direct, start_group
+from tests.browser.harness import People, Person, Shots
 
 
 def background_luminance(page: Page) -> float:
@@ -74,3 +74,23 @@ def settles_dark(page: Page) -> bool:
             return True
         page.wait_for_timeout(100)
     return False
+
+
+def test_on_a_phone_sized_screen_the_list_and_the_conversation_take_turns(
+    people: People, shots: Shots
+) -> None:
+    bob = people("bob")
+    register(bob, "bob")
+    ada = people("ada", phone=True)
+    register(ada, "ada")
+    shots.take(ada.page, "phone-list")
+    cid = start_direct(ada, "bob")
+    send(ada, "Sent from a phone-sized screen")
+    # The conversation fills the screen: the list (mounted under it) is not shown.
+    row = ada.page.locator(f'[data-testid="conversation-{cid}"]:visible')
+    expect(row).to_have_count(0)
+    shots.take(ada.page, "phone-conversation")
+    expect(bob.page.get_by_test_id(f"conversation-{cid}")).to_be_visible()
+    ada.page.locator('[data-testid="back"]:visible').tap()
+    expect(row).to_have_count(1)
+    expect(row).to_contain_text("Sent from a phone-sized screen")
