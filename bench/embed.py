@@ -138,7 +138,8 @@ def scan(count: int, rounds: int = 5) -> dict[str, Any]:
                 times.append((time.perf_counter() - start) * 1000)
             times.sort()
             out[name] = {"best_ms": times[0], "median_ms": times[len(times) // 2]}
-        out["same_top10"] = with_numpy()[:10] == with_sqlite_vec()[:10]
+        # NumPy scores the float query, sqlite-vec the int8 one: near ties may swap.
+        out["top10_overlap"] = len(set(with_numpy()[:10]) & set(with_sqlite_vec()[:10]))
         conn.close()
     return out
 

@@ -1041,7 +1041,7 @@ class Bench:
                     f" {fmt(sc['numpy']['median_ms'], 0)}, sqlite-vec"
                     f" {fmt(sc['sqlite_vec']['best_ms'], 0)} /"
                     f" {fmt(sc['sqlite_vec']['median_ms'], 0)}"
-                    f" (same top 10: {sc['same_top10']})."
+                    f" (top 10 in common: {sc['top10_overlap']} of 10)."
                 )
         targets = self.targets()
         if targets:

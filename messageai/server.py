@@ -23,7 +23,7 @@ import trio
 import trio_websocket
 
 from messageai import passwords, rest
-from messageai.ai import action_item_board
+from messageai.ai import action_item_board, proactive
 from messageai.ai.action_item_triggers import ActionItemTriggers
 from messageai.ai.assistant import Assistant
 from messageai.ai.embeddings import Embeddings
@@ -32,6 +32,7 @@ from messageai.config import Config
 from messageai.conversations.commands import Summary
 from messageai.conversations.registry import Registry
 from messageai.edge.asgi import App, Router, bearer_token, error_headers
+from messageai.edge.client_address import ClientAddress
 from messageai.edge.frontdoor import FrontDoor, ReplayStream
 from messageai.edge.wsframes import request_host, wrap_server_stream
 from messageai.errors import (
@@ -192,24 +193,37 @@ class Server:
                 )
                 self.endpoint = endpoint
                 self.assistant = Assistant(config.ai, directory, registry, search, endpoint)
-                # Durable jobs, and the action items extracted by them (with an endpoint).
+                # Durable jobs, and what they do with an endpoint: action items and
+                # proactive scheduling, whose posts are the bot user's.
                 kinds = list(self._job_kinds)
+                bot = None
                 if endpoint is not None:
+                    bot = await directory.bot_user(
+                        config.ai.bot_username, config.ai.bot_display_name
+                    )
+                    registry.bot_id = bot.id  # before any actor starts
                     kinds.append(
                         action_item_board.job_kind(endpoint, config.ai, directory, registry)
+                    )
+                    kinds.append(
+                        proactive.job_kind(endpoint, config.ai, directory, registry, bot.id)
                     )
                 jobs = Jobs(config, kinds)
                 await actor_nursery.start(jobs.run)
                 self.jobs = jobs
-                triggers = (
-                    ActionItemTriggers(
-                        jobs, debounce_seconds=config.jobs.action_items_delay_seconds
+                triggers = scheduler = None
+                if bot is not None:
+                    triggers = ActionItemTriggers(
+                        jobs,
+                        debounce_seconds=config.jobs.action_items_delay_seconds,
+                        message_debounce_seconds=config.jobs.action_items_after_messages_seconds,
                     )
-                    if endpoint is not None
-                    else None
-                )
-                if triggers is not None:
                     await actor_nursery.start(triggers.run)
+                    scheduler = proactive.ProactiveScheduler(
+                        jobs, bot.id, delay_seconds=config.ai.proactive_delay_seconds
+                    )
+                    await actor_nursery.start(scheduler.run)
+                    registry.sent = action_item_board.chain(triggers.sent, scheduler.heard)
                 self.action_items = action_item_board.ActionItemBoard(directory, registry, triggers)
                 registry.changed = action_item_board.chain(
                     self.assistant.message_changed, self.action_items.message_changed
@@ -268,6 +282,7 @@ class Server:
             self.authenticator.authenticate,
             body_timeout_seconds=config.server.body_timeout_seconds,
             min_body_bytes_per_second=config.server.min_body_bytes_per_second,
+            client_address=ClientAddress(config.server.trusted_proxies),
         )
         return FrontDoor(
             app,
@@ -405,6 +420,7 @@ class Server:
             self.guard,
             self.search,
             self.assistant,
+            still_valid=lambda: authenticator.session_valid(user.id, token_hash),
         )
         # Both checks are inline and `run` registers the session with presence before
         # its first await, so a deletion or logout either comes before the check or

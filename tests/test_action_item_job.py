@@ -44,23 +44,30 @@ class File:
     def __init__(self, path: Path) -> None:
         self.conn = open_db(path, "NORMAL")
         migrate(self.conn, conversation.MIGRATIONS)
-        with transaction(self.conn):
-            for seq, (sender, body) in enumerate(BODIES, start=1):
-                conversation.insert_message(
-                    self.conn,
-                    Message(
-                        id=f"m_{seq}",
-                        conversation_id=CID,
-                        seq=seq,
-                        sender_id=sender,
-                        client_id=f"k{seq}",
-                        body=body,
-                        attachments=[],
-                        created_at=seq * 1000,
-                    ),
-                )
+        for sender, body in BODIES:
+            self.add(sender, body)
         self.enabled = True
         self.log: list[list[int]] = []
+
+    def add(self, sender: str, body: str) -> int:
+        seq = conversation.last_seq(self.conn) + 1
+        rev = conversation.last_rev(self.conn) + 1
+        with transaction(self.conn):
+            conversation.insert_message(
+                self.conn,
+                Message(
+                    id=f"m_{seq}",
+                    conversation_id=CID,
+                    seq=seq,
+                    sender_id=sender,
+                    client_id=f"k{seq}",
+                    body=body,
+                    attachments=[],
+                    created_at=seq * 1000,
+                    rev=rev,
+                ),
+            )
+        return seq
 
     async def run(self, cid: str, work: Callable[[apsw.Connection], T], writes: bool) -> T:
         assert cid == CID
@@ -175,6 +182,7 @@ async def test_endpoint_failures_and_garbage_are_retried_and_change_nothing(tmp_
             assert (done.state, done.attempts) == ("done", 3)
             assert [i.text for i in items_sql.items(file.conn)] == ["Book the room"]
             # Dead after its attempts, with the reason (no content) kept.
+            file.add("u_bob", "and the projector")
             llm.script(*[text("no tool call")] * 3)
             other = await jobs.enqueue(KIND, {"conversation_id": CID}, dedup_key="k2")
             dead = await _finished(jobs, other.job_id)
@@ -183,6 +191,24 @@ async def test_endpoint_failures_and_garbage_are_retried_and_change_nothing(tmp_
                 and dead.last_error == "the model made 0 record_action_items calls, not one"
             )
             assert [i.text for i in items_sql.items(file.conn)] == ["Book the room"]
+
+
+async def test_a_conversation_with_nothing_new_since_its_last_extraction_is_not_sent(
+    tmp_path: Path,
+) -> None:
+    with trio.fail_after(30):
+        async with fake_llm() as llm, _running(tmp_path, llm) as (jobs, file):
+            llm.script(tools(("record_action_items", GOOD)), tools(("record_action_items", GOOD)))
+            first = await jobs.enqueue(KIND, {"conversation_id": CID}, dedup_key="k1")
+            assert (await _finished(jobs, first.job_id)).state == "done"
+            again = await jobs.enqueue(KIND, {"conversation_id": CID}, dedup_key="k2")
+            assert (await _finished(jobs, again.job_id)).state == "done"
+            assert len(llm.requests) == 1 and file.log == [[1, 2, 3]]
+            # A new message makes the next run read again, and only then.
+            seq = file.add("u_ada", "and the projector too")
+            third = await jobs.enqueue(KIND, {"conversation_id": CID}, dedup_key="k3")
+            assert (await _finished(jobs, third.job_id)).state == "done"
+            assert len(llm.requests) == 2 and file.log[-1] == [1, 2, 3, seq]
 
 
 async def test_a_payload_other_than_a_conversation_id_is_refused(tmp_path: Path) -> None:

@@ -5,12 +5,12 @@ the status, the checks in order, deletes, the switch."""
 from __future__ import annotations
 
 import contextlib
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 import trio
 
@@ -30,17 +30,6 @@ async def _server(tmp_path: Path, endpoint: bool = True) -> AsyncIterator[tuple[
             config = make_config(tmp_path / "data", ai=ai, jobs=FAST_JOBS)
             async with harness(config) as h:
                 yield h, llm
-
-
-async def _send(h: Harness, who: Account, cid: str, body: str) -> int:
-    r = await h.http.post(
-        f"/v1/conversations/{cid}/messages",
-        json={"client_id": uuid.uuid4().hex, "body": body},
-        headers=h.auth(who),
-    )
-    assert r.status_code == 201, r.text
-    seq: int = r.json()["seq"]
-    return seq
 
 
 def _items_url(cid: str) -> str:
@@ -65,8 +54,8 @@ async def test_items_are_extracted_listed_marked_done_and_follow_deletes(tmp_pat
     async with _server(tmp_path) as (h, llm):
         ada, bob = await h.account("ada"), await h.account("bob")
         cid = await h.group(ada, bob)
-        one = await _send(h, ada, cid, "bob can you send the slides by friday")
-        two = await _send(h, bob, cid, "yes, friday")
+        one = await h.post(ada, cid, "bob can you send the slides by friday")
+        two = await h.post(bob, cid, "yes, friday")
         assert_error(await _items(h, ada, cid), 403, "forbidden")  # the switch is off
         r = await h.http.put(
             f"/v1/conversations/{cid}/ai", json={"enabled": True}, headers=h.auth(ada)
@@ -132,6 +121,38 @@ async def test_items_are_extracted_listed_marked_done_and_follow_deletes(tmp_pat
             f"/v1/conversations/{cid}/ai", json={"enabled": False}, headers=h.auth(ada)
         )
         assert_error(await _items(h, ada, cid), 403, "forbidden")
+
+
+async def test_new_messages_where_the_switch_is_on_are_extracted_unasked(
+    tmp_path: Path,
+) -> None:
+    with trio.fail_after(60):
+        async with fake_llm() as llm:
+            jobs = {**FAST_JOBS, "action_items_after_messages_seconds": 0.3}
+            config = make_config(
+                tmp_path / "data", ai={"base_url": llm.url, "model": "m"}, jobs=jobs
+            )
+            async with harness(config) as h:
+                ada, bob = await h.account("ada"), await h.account("bob")
+                off = await h.group(ada, bob, title="off")
+                on = await h.group(ada, bob, title="on")
+                await h.post(ada, off, "bob please book the room")  # switch off: no job
+                r = await h.http.put(
+                    f"/v1/conversations/{on}/ai", json={"enabled": True}, headers=h.auth(ada)
+                )
+                assert r.status_code == 200, r.text
+                answer = {"items": [{"text": "Book the room", "owner": "bob", "sources": [1]}]}
+                llm.script(tools(("record_action_items", answer)))
+                await h.post(ada, on, "bob please book the room")
+                await llm.any_request.wait()  # no list was read: the message started it
+                (request,) = llm.texts()
+                assert "book the room" in request
+                [item] = await _until_items(h, ada, on, 1)
+                assert item["text"] == "Book the room" and item["owner_id"] == bob.id
+                assert h.server.jobs is not None
+                found = await h.server.jobs.inspect(jobs_sql.all_jobs)
+                # None for the conversation switched off (the list read may add one).
+                assert {orjson.loads(j.payload)["conversation_id"] for j in found} == {on}
 
 
 async def test_checks_come_in_the_contracts_order(tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ import pytest
 import trio
 import trio_websocket
 
+from bench import embed as embed_bench
 from bench import instructions, procs, run, seed
 from bench import search as search_bench
 from messageai.config import ConfigError, parse_config
@@ -244,3 +245,28 @@ def _single(tmp_path: Path) -> str:
         (tmp_path / "data" / "conversations").glob("*/*.sqlite3"), key=lambda p: p.stat().st_size
     )
     return files[-1].stem
+
+
+def test_embed_scenario_measures_the_indexer_and_the_scan_at_a_small_size(tmp_path: Path) -> None:
+    config = tmp_path / "messageai.toml"
+    settings = {**run.SERVER_CONFIG, "embeddings": {"enabled": True}}
+    config.write_text(run.config_toml(run.server_config("NORMAL", settings)))
+    figures = embed_bench.run(
+        config,
+        tmp_path / "data",
+        tmp_path / "server.log",
+        messages=300,
+        scan_vectors=3000,
+        progress=lambda _text: None,
+    )
+    assert figures["messages"] == 300 and figures["messages_per_s"] > 0
+    assert figures["cpu_ms_per_message"] > 0
+    scan = figures["scan"]
+    # Both ways of scoring find (nearly) the same nearest neighbours.
+    assert scan["top10_overlap"] >= 7, scan
+    # Every message of the conversation has its vector now.
+    conn = open_db(conversation_path(tmp_path / "data", _single(tmp_path)), "NORMAL")
+    try:
+        assert conn.execute("SELECT count(*) FROM vectors").get == 300
+    finally:
+        conn.close()

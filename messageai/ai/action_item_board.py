@@ -13,19 +13,20 @@ so items appear on a later read; an edit or delete touches them through
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TypeVar
+from typing import ParamSpec, TypeVar
 
 import apsw
 
 from messageai.ai.action_item_job import action_items_kind
 from messageai.ai.action_item_triggers import ActionItemTriggers
 from messageai.ai.assistant import check_member
+from messageai.ai.background import conversation_of, names_of
 from messageai.ai.endpoint import Endpoint
 from messageai.config import AiConfig
 from messageai.conversations.commands import Ai
 from messageai.conversations.registry import Registry
 from messageai.errors import BadRequest, Forbidden, NotFound, Unavailable
-from messageai.jobs import JobFailed, JobKind
+from messageai.jobs import JobKind
 from messageai.model import Message, now_ms
 from messageai.services.directory import Directory
 from messageai.store import action_items as sql
@@ -33,6 +34,7 @@ from messageai.store import ai as ai_sql
 from messageai.store import conversation as messages_sql
 
 T = TypeVar("T")
+P = ParamSpec("P")
 
 OFF = "the AI is off in this conversation: a member can turn it on"
 
@@ -102,15 +104,15 @@ class ActionItemBoard:
             raise Unavailable("this server has no AI endpoint configured")
 
 
-def chain(*hooks: Callable[[Message], None] | None) -> Callable[[Message], None]:
-    """One registry `changed` hook calling each of `hooks` in turn."""
+def chain(*hooks: Callable[P, None] | None) -> Callable[P, None]:
+    """One registry hook (`changed`, `sent`) calling each of `hooks` in turn."""
     present = [hook for hook in hooks if hook is not None]
 
-    def changed(message: Message) -> None:
+    def chained(*args: P.args, **kwargs: P.kwargs) -> None:
         for hook in present:
-            hook(message)
+            hook(*args, **kwargs)
 
-    return changed
+    return chained
 
 
 def job_kind(
@@ -120,32 +122,18 @@ def job_kind(
     call names a current member, as every actor call does; the work uses no user), its
     switch and log (`user_id` null: a background job), the directory's names."""
 
-    async def conversation(
-        conversation_id: str, work: Callable[[apsw.Connection], T], writes: bool, /
-    ) -> T:
-        members = directory.member_ids(conversation_id)
-        if not members:
-            raise JobFailed("the conversation has no members")
-        op = Ai(lambda conn, _user: work(conn), writes=writes)
-        return await registry.call(conversation_id, members[0], op)
-
     def switch(conn: apsw.Connection) -> bool:
         return ai_sql.settings(conn).enabled
 
     def log(conn: apsw.Connection, seqs: Sequence[int], now: int) -> None:
         ai_sql.add_log(conn, ai_sql.LogEntry(now, None, "action_items", list(seqs)))
 
-    async def names(conversation_id: str, senders: Sequence[str]) -> list[tuple[str, str]]:
-        people = dict.fromkeys([*directory.member_ids(conversation_id), *senders])
-        found = [(directory.user(user_id), user_id) for user_id in people]
-        return [(user.display_name, user_id) for user, user_id in found if user is not None]
-
     return action_items_kind(
         endpoint,
-        conversation,
+        conversation_of(directory, registry),
         switch,
         log,
-        names,
+        names_of(directory),
         max_messages=config.max_context_messages,
         max_chars=config.max_context_chars,
     )

@@ -25,12 +25,13 @@ logged again): what is once is the effect, not the call.
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Protocol, TypeVar, cast
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar, cast
 
 import apsw
 
 from messageai.ai.action_items import TOOL, Source, parse, request_messages
+from messageai.ai.background import Conversation, Names
 from messageai.ai.endpoint import Endpoint, EndpointError
 from messageai.jobs.kind import JobContext, JobFailed, JobKind
 from messageai.model import now_ms
@@ -41,12 +42,6 @@ KIND = "ai.action_items"
 _CONVERSATION_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 T = TypeVar("T")
-
-
-class Conversation(Protocol):
-    def __call__(
-        self, conversation_id: str, work: Callable[[apsw.Connection], T], writes: bool, /
-    ) -> Awaitable[T]: ...
 
 
 def check_payload(payload: dict[str, Any]) -> None:
@@ -92,7 +87,7 @@ def action_items_kind(
     conversation: Conversation,
     switch: Callable[[apsw.Connection], bool],
     log: Callable[[apsw.Connection, Sequence[int], int], None],
-    names: Callable[[str, Sequence[str]], Awaitable[list[tuple[str, str]]]],
+    names: Names,
     *,
     max_messages: int,
     max_chars: int,
@@ -102,17 +97,18 @@ def action_items_kind(
     async def handle(ctx: JobContext) -> None:
         cid: str = ctx.payload["conversation_id"]
 
-        def read_and_log(conn: apsw.Connection) -> list[tuple[int, str, int, str]] | None:
-            if not switch(conn):
-                return None
+        def read_and_log(conn: apsw.Connection) -> tuple[list[tuple[int, str, int, str]], int]:
+            rev = conversation_sql.last_rev(conn)
+            if not switch(conn) or sql.extracted_rev(conn) >= rev:
+                return [], rev  # off, or nothing new since the last extraction
             rows = _window(conn, max_messages, max_chars)
             if rows:
                 log(conn, [row[0] for row in rows], now_ms())
-            return rows
+            return rows, rev
 
-        rows = await conversation(cid, read_and_log, True)
+        rows, rev = await conversation(cid, read_and_log, True)
         if not rows:
-            return  # the switch is off, or nothing to read: nothing is sent
+            return  # the switch is off, nothing new, or nothing to read: nothing is sent
         people = await names(cid, sorted({row[1] for row in rows}))
         name_of = {user_id: name for name, user_id in people}
         window = [Source(seq, name_of.get(s, "someone"), at, body) for seq, s, at, body in rows]
@@ -129,7 +125,7 @@ def action_items_kind(
         def apply(conn: apsw.Connection) -> bool:
             if not switch(conn):
                 return False  # turned off while the model worked: the result is dropped
-            rev = conversation_sql.last_rev(conn)
+            # The rev it read at: what came since is extracted by the next run.
             return sql.apply_extraction(conn, ctx.key, shown, found, rev, now_ms())
 
         await conversation(cid, apply, True)

@@ -39,6 +39,7 @@ from messageai.services.directory import Directory
 from messageai.services.search import Search
 from messageai.store import ai as sql
 from messageai.store import conversation as messages_sql
+from messageai.store import directory as directory_sql
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +167,9 @@ class Assistant:
         self._search = search
         self._endpoint = endpoint
         self._cache = AnswerCache(config.cache_entries, config.cache_ttl_seconds)
-        self._budget = Budget(config.daily_tokens_per_user)
+        self._budget = Budget(
+            config.daily_tokens_per_user, lambda day: directory.read(directory_sql.ai_spent_on, day)
+        )
         self._flights: dict[str, set[_Flight]] = {}
         # Edits and deletes committed anywhere so far: an answer made while one
         # happened is not cached (it may hold a body that is gone now).
@@ -428,7 +431,9 @@ class _Run:
         await self._call(write, writes=True)
         completion = await self._endpoint.complete(messages, tools, on_delta)
         if user is not None:
-            self._a._budget.spend(user, completion.tokens)
+            day = self._a._budget.spend(user, completion.tokens)
+            spent = max(0, completion.tokens)
+            await self._a._directory.write(directory_sql.add_ai_spent, user, day, spent)
         return completion
 
     def _asker(self) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 
 import attrs
 import trio
@@ -74,17 +75,22 @@ class AnswerCache:
 
 
 class Budget:
-    """Tokens each user spent today (UTC); at most one entry per user who asked today."""
+    """Tokens each user spent today (UTC); at most one entry per user who asked today.
+    `load(day)` reads what was spent on `day` (the directory's `ai_spent`, which the
+    assistant writes after each request), on first use and at each new day, so that
+    a restart gives nobody a fresh budget."""
 
-    def __init__(self, per_day: int) -> None:
+    def __init__(self, per_day: int, load: Callable[[int], dict[str, int]] | None = None) -> None:
         self._per_day = per_day
+        self._load = load
         self._day = -1
         self._spent: dict[str, int] = {}
 
     def _today(self) -> int:
         day = int(time.time()) // DAY_SECONDS
         if day != self._day:
-            self._day, self._spent = day, {}
+            self._day = day
+            self._spent = self._load(day) if self._load is not None else {}
         return day
 
     def seconds_left(self, user_id: str) -> float:
@@ -94,6 +100,8 @@ class Budget:
             return 0.0
         return max(1.0, (day + 1) * DAY_SECONDS - time.time())
 
-    def spend(self, user_id: str, tokens: int) -> None:
-        self._today()
+    def spend(self, user_id: str, tokens: int) -> int:
+        """Count `tokens` for `user_id` today; returns the day (for the caller's write)."""
+        day = self._today()
         self._spent[user_id] = self._spent.get(user_id, 0) + max(0, tokens)
+        return day

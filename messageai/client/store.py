@@ -366,11 +366,19 @@ def display_names(conn: apsw.Connection) -> dict[str, tuple[str, str]]:
     }
 
 
+# Senders of this many newest messages are looked up too (members are always): people
+# who left, and the assistant (`bot: true`, a member of nothing).
+RECENT_SENDERS = 1000
+
+
 def unknown_user_ids(conn: apsw.Connection) -> list[str]:
     return [
         row[0]
         for row in conn.execute(
-            "SELECT DISTINCT user_id FROM members WHERE user_id NOT IN (SELECT id FROM users)"
+            "SELECT user_id FROM members WHERE user_id NOT IN (SELECT id FROM users)"
+            " UNION SELECT sender_id FROM (SELECT sender_id FROM messages"
+            " ORDER BY rowid DESC LIMIT ?) WHERE sender_id NOT IN (SELECT id FROM users)",
+            (RECENT_SENDERS,),
         )
     ]
 

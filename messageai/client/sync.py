@@ -101,6 +101,19 @@ class SyncReport:
     refused: list[ChangeRefused] = attrs.Factory(list)
 
 
+def _raise_cancellation(exc: BaseException) -> None:
+    """Re-raise only the cancellation of a group that holds one and, beside it, only
+    connection errors: the connection closed because the caller is cancelling (the
+    link's reader ends and a send in flight finds it closed), which is no failure of
+    its own. Anything else beside it stays in the group (`_leaf`)."""
+    if isinstance(exc, BaseExceptionGroup):
+        cancelled_type = anyio.get_cancelled_exc_class()
+        cancelled, _ = exc.split(cancelled_type)
+        _, others = exc.split((cancelled_type, ClientError))
+        if cancelled is not None and others is None:
+            raise cancelled from None
+
+
 def _leaf(exc: BaseException) -> BaseException:
     """The ClientError inside task-group wrapping, else the exception itself.
 
@@ -147,6 +160,11 @@ class Syncer:
         self._added: dict[str, None] = {}
         self._added_overflow = False
         self._added_wake: anyio.Event | None = None
+        # Users whose names the store has (refreshed by `_learn_users`): a live message
+        # from anyone else (the assistant, someone who left) has the adopting task look
+        # the sender up.
+        self._known_users: set[str] = set()
+        self._senders_wanted = False
         # False once the server answered `get_changes` with `unknown_type` (a v1 server).
         self._has_changes = True
         # Each conversation's AI settings as last told (`ai_settings` frames, and the
@@ -207,6 +225,7 @@ class Syncer:
             try:
                 await self._connection(live=True, on_live=backoff.reset)
             except BaseException as exc:
+                _raise_cancellation(exc)
                 leaf = _leaf(exc)
                 if isinstance(leaf, AuthError):
                     self._set_state("signed_out", leaf.message)
@@ -248,6 +267,7 @@ class Syncer:
             self._link = link
             self._subscribed = set()
             self._added_wake = anyio.Event()
+            self._known_users = set(store.display_names(self._conn))
             try:
                 tg.start_soon(link.read_forever, self._on_frame)
                 await self._catch_up(link, store.conversation_ids(self._conn))
@@ -282,13 +302,19 @@ class Syncer:
     async def _learn_users(self) -> None:
         """Fetch the names of members not in the store yet (for display only)."""
         unknown = store.unknown_user_ids(self._conn)[:MAX_USER_LOOKUPS]
+        learned = False
         for user_id in unknown:
+            # Asked once per connection: a deleted account stays shown by its id.
+            self._known_users.add(user_id)
             try:
                 user = await self._api.user(user_id)
             except ServerError:
-                continue  # a deleted account: shown by id
+                continue
             with transaction(self._conn):
                 store.save_users(self._conn, [user])
+            learned = True
+        if learned:
+            self._events.emit(ConversationsChanged(()))  # new names to show: redraw
 
     async def _refresh_forever(self, link: Link) -> None:
         while True:
@@ -311,8 +337,10 @@ class Syncer:
             self._added_overflow = False
             await self._refresh_conversations()
             ids = store.conversation_ids(self._conn)  # subscribed ones are skipped
-        if ids:
+        if ids or self._senders_wanted:
+            self._senders_wanted = False
             await self._learn_users()
+        if ids:
             await self._catch_up(link, ids)
 
     async def subscribe_new(self, link: Link, conversation_ids: list[str]) -> None:
@@ -615,7 +643,13 @@ class Syncer:
         """A live frame (no pending `req`): merge it into the store, then tell the UIs."""
         kind = frame["type"]
         if kind in ("new_message", "message_updated"):
-            self._merge([frame.get("message")])
+            message = frame.get("message")
+            self._merge([message])
+            sender = message.get("sender_id") if isinstance(message, dict) else None
+            if sender not in self._known_users and not self._senders_wanted:
+                self._senders_wanted = True
+                if self._added_wake is not None:
+                    self._added_wake.set()
         elif kind == "conversation_updated":
             conv = parse_conversation(frame.get("conversation"))
             with transaction(self._conn):

@@ -79,6 +79,7 @@ from messageai.errors import (
 from messageai.model import Message, new_id, now_ms
 from messageai.protocol import (
     Ack,
+    AiSettingsChanged,
     Changes,
     DeleteMessage,
     EditMessage,
@@ -107,6 +108,7 @@ from messageai.protocol import (
     history_limit,
 )
 from messageai.sqlite import migrate, open_db, transaction
+from messageai.store import ai as ai_sql
 from messageai.store import conversation as sql
 from messageai.store.paths import conversation_path
 from messageai.threads import WorkerPool
@@ -150,7 +152,9 @@ class ConversationActor:
         media: Media | None = None,
         notify: Callable[[Message], None] | None = None,
         changed: Callable[[Message], None] | None = None,
+        sent: Callable[[Message, bool], None] | None = None,
         creator_id: str | None = None,
+        bot_id: str | None = None,
         embeddings: Embeddings | None = None,
     ) -> None:
         self.id = conversation_id
@@ -163,6 +167,15 @@ class ConversationActor:
         self._notify = notify
         # Told of each committed edit or delete (the assistant's answer cache), never waits.
         self._changed = changed
+        # Told of each new message while the conversation's AI switch is on, with its
+        # `proactive` setting (action items, proactive scheduling); never waits. The
+        # switch is kept here (read with the file, then from each `ai_settings` change),
+        # so a conversation with the switch off costs one attribute test per message.
+        self._sent = sent
+        self.ai_enabled = False
+        self.ai_proactive = False
+        # The assistant's bot user: not a member, but any member may delete its posts.
+        self._bot_id = bot_id
         self.members: set[str] = set(member_ids)
         self.subscribers: set[Peer] = set()
         self._config = config
@@ -324,6 +337,8 @@ class ConversationActor:
                 self.last_rev = sql.last_rev(self._conn)
                 self.last_message = sql.latest_message(self._conn, self.id)
                 self.cursors = sql.read_cursors(self._conn)
+                switch = ai_sql.settings(self._conn)
+                self.ai_enabled, self.ai_proactive = switch.enabled, switch.proactive
                 self._filler.load(self._conn)  # search
                 self._loaded = True
         else:
@@ -395,7 +410,11 @@ class ConversationActor:
                 members = (members | set(op.added)) - set(op.removed)
                 accepted.append(command)
                 continue
-            if command.user_id not in members and not (isinstance(op, Ai) and op.internal):
+            if (
+                command.user_id not in members
+                and not command.internal
+                and not (isinstance(op, Ai) and op.internal)
+            ):
                 _reply_error(command, Forbidden("you are not a member of this conversation"))
                 continue
             if isinstance(op, SendMessage):
@@ -508,6 +527,8 @@ class ConversationActor:
                 error = command.refusal
                 if error is None and op.reply_to is not None and not sql.is_live(conn, op.reply_to):
                     error = BadRequest("reply_to: no message with this seq, or it was deleted")
+                if error is None and command.guard is not None:
+                    error = command.guard(conn)
                 if error is not None:
                     # Idempotency first: a resend of a stored message gets its original
                     # ack even if what it replied to or mentioned has gone since.
@@ -599,7 +620,11 @@ class ConversationActor:
             sql.edit(conn, op.seq, message.body, body, now, rev)
             return Changed(attrs.evolve(message, body=body, edited_at=now, rev=rev))
         if isinstance(op, DeleteMessage):
-            if message.sender_id != user_id and user_id != self._creator_id:
+            if (
+                message.sender_id != user_id
+                and user_id != self._creator_id
+                and message.sender_id != self._bot_id  # any member may delete the bot's
+            ):
                 return Refused(
                     Forbidden("only its sender, or the group's creator, may delete a message")
                 )
@@ -707,6 +732,8 @@ class ConversationActor:
             _reply(command, ack, result)
             if self._notify is not None:
                 self._notify(message)
+            if self.ai_enabled and self._sent is not None:
+                self._sent(message, self.ai_proactive)
         elif isinstance(result, Duplicate):
             ack = Ack(
                 client_id=op.client_id, message=result.message, duplicate=True, req=command.req
@@ -760,6 +787,9 @@ class ConversationActor:
             raise _mismatch(command, result)
         if op.announce is not None:
             frame = op.announce(result.value)
+            if isinstance(frame, AiSettingsChanged):
+                # The switch as committed: what `_sent` is told from now on.
+                self.ai_enabled, self.ai_proactive = frame.enabled, frame.proactive
             if frame is not None:
                 # To every subscriber, the changer's own connection included.
                 self._fan_out(encode(frame))

@@ -282,3 +282,9 @@ class Command:
     # A send that phase 0 found bad (a mention of a non-member): refused in phase 1
     # unless it is a resend of a stored message, which gets its original ack.
     refusal: MessageAIError | None = None
+    # The server's own (the assistant's bot posting): the caller checked consent, so
+    # the actor skips the member check.
+    internal: bool = False
+    # A send's precondition, read in the batch's transaction just before the insert
+    # (the assistant's switch, for a bot post): an error refuses it, as `refusal` does.
+    guard: Callable[[apsw.Connection], MessageAIError | None] | None = None

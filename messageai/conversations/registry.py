@@ -26,6 +26,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
+import apsw
 import trio
 
 from messageai.config import Config
@@ -46,7 +47,7 @@ from messageai.conversations.commands import (
     Summary,
     Waiter,
 )
-from messageai.errors import NotFound, Unavailable
+from messageai.errors import MessageAIError, NotFound, Unavailable
 from messageai.protocol import (
     DeleteMessage,
     EditMessage,
@@ -94,6 +95,11 @@ class Registry:
         self._config = config
         # The assistant's cache hears of every edit and delete (set by the server).
         self.changed: Callable[[Message], None] | None = None
+        # Told of each new message of a conversation whose AI switch is on, with its
+        # `proactive` setting (action items, the scheduler; set by the server).
+        self.sent: Callable[[Message, bool], None] | None = None
+        # The assistant's bot user (set by the server when an endpoint is configured).
+        self.bot_id: str | None = None
         self._embeddings = embeddings
         self._directory = directory
         self._nursery = nursery
@@ -137,6 +143,8 @@ class Registry:
             media=self._media,
             notify=self._notify,
             changed=self.changed,
+            sent=self.sent,
+            bot_id=self.bot_id,
             creator_id=record.creator_id if record.kind == "group" else None,
             embeddings=self._embeddings,
         )
@@ -224,6 +232,24 @@ class Registry:
         with trio.move_on_after(self._config.conversations.call_timeout_seconds):
             await self.submit(conversation_id, command)
             return await waiter.wait()
+        raise Unavailable("the conversation did not answer in time; please retry")
+
+    async def post(
+        self,
+        conversation_id: str,
+        user_id: str,
+        op: SendMessage,
+        guard: Callable[[apsw.Connection], MessageAIError | None],
+    ) -> Sent:
+        """A send by the server itself (the assistant's bot), not checked for membership,
+        stored only if `guard(conn)` finds nothing wrong in the send's own transaction;
+        otherwise its error is raised (a resend of a stored post gets its original)."""
+        waiter: Waiter[Any] = Waiter()
+        command = Command(op=op, user_id=user_id, waiter=waiter, internal=True, guard=guard)
+        with trio.move_on_after(self._config.conversations.call_timeout_seconds):
+            await self.submit(conversation_id, command)
+            result: Sent = await waiter.wait()
+            return result
         raise Unavailable("the conversation did not answer in time; please retry")
 
     async def members_changed(

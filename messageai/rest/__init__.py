@@ -1,6 +1,7 @@
 """REST handlers of PROTOCOL.md, one module per resource: `accounts` (register, login,
 logout, me, password, users), `conversations` (conversations, members, messages),
 `channels` (v1.1: browse, join, title and topic), `media`, `push_tokens`, `search`,
+`export` (a conversation as one file),
 `health` and, in Clerk mode, `clerk_webhooks`; `params` parses their input; `announce`
 builds the conversation objects and frames members' connections are told; `webapp`
 serves the web app at `/` (mounted last: every REST route wins over it).
@@ -26,6 +27,7 @@ from messageai.rest.ai import AiRoutes
 from messageai.rest.channels import Channels
 from messageai.rest.clerk_webhooks import ClerkWebhooks
 from messageai.rest.conversations import Conversations
+from messageai.rest.export import ConversationExport
 from messageai.rest.health import healthz
 from messageai.rest.media import MediaFiles
 from messageai.rest.push_tokens import PushTokens
@@ -65,6 +67,7 @@ def mount(
     MediaFiles(media).routes(router)
     PushTokens(push).routes(router)
     SearchRoutes(search).routes(router)
+    ConversationExport(config.data_dir, directory).routes(router)
     if assistant is not None:
         AiRoutes(assistant).routes(router)
     if action_items is not None:

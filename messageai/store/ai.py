@@ -13,6 +13,9 @@ import orjson
 
 # The log's page: newest first, at most this many entries per answer.
 MAX_LOG_PAGE = 500
+# Entries a conversation's log keeps: each new one past it drops the oldest (one
+# indexed delete). At one request a minute, about a week; the page shows 500 at most.
+MAX_LOG_ROWS = 10_000
 
 
 def migration(conn: apsw.Connection) -> None:
@@ -80,6 +83,7 @@ def add_log(conn: apsw.Connection, entry: LogEntry) -> None:
         "INSERT INTO ai_log(at, user_id, action, seqs) VALUES (?, ?, ?, ?)",
         (entry.at, entry.user_id, entry.action, orjson.dumps(entry.seqs).decode()),
     )
+    conn.execute("DELETE FROM ai_log WHERE id <= ?", (conn.last_insert_rowid() - MAX_LOG_ROWS,))
 
 
 def log(conn: apsw.Connection, limit: int) -> list[LogEntry]:

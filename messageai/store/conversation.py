@@ -16,7 +16,7 @@ import orjson
 
 from messageai.model import Message
 from messageai.sqlite import Migration
-from messageai.store import action_items, ai, search, vectors
+from messageai.store import action_items, ai, proactive, search, vectors
 
 
 def _v1(conn: apsw.Connection) -> None:
@@ -97,6 +97,7 @@ MIGRATIONS: list[Migration] = [
     # `action_items.MIGRATIONS_STEP`: the action items (engineer "jobs"'s module).
     action_items.MIGRATIONS_STEP,
     vectors.MIGRATIONS_STEP,  # embeddings (engineer "embed"'s module)
+    proactive.migration,  # proactive scheduling's state (store/proactive.py)
 ]
 
 _COLUMNS = (

@@ -189,12 +189,34 @@ def _people_v1_1(conn: apsw.Connection) -> None:
         raise RuntimeError(f"directory migration: foreign keys broken: {problems[:5]}")
 
 
+def _ai_budget(conn: apsw.Connection) -> None:
+    """The assistant's per-user daily token budget (`ai.daily_tokens_per_user`): what
+    each user spent on their last day of asking, so a restart gives nobody a new day."""
+    conn.execute(
+        """
+        CREATE TABLE ai_spent(
+            user_id TEXT PRIMARY KEY,
+            day INTEGER NOT NULL,
+            tokens INTEGER NOT NULL
+        ) WITHOUT ROWID
+        """
+    )
+
+
+def _disabled_users(conn: apsw.Connection) -> None:
+    """`messageai user disable`: a disabled account's tokens are refused and it cannot
+    sign in until `messageai user enable`; its messages and memberships stay."""
+    conn.execute("ALTER TABLE users ADD COLUMN disabled_at INTEGER")
+
+
 MIGRATIONS: list[Migration] = [
     _v1,
     _clerk_identities,
     _media_and_push,
     _tokens_by_expiry,
     _people_v1_1,
+    _ai_budget,
+    _disabled_users,
 ]
 
 
@@ -234,6 +256,24 @@ def insert_user(conn: apsw.Connection, user: User, password_hash: str | None) ->
     if not user.bot:
         join_auto_channels(conn, user.id, user.created_at)
     return True
+
+
+def bot_user(conn: apsw.Connection, username: str, display_name: str, now: int) -> User:
+    """The assistant's user (`bot: true`, no password, a member of nothing): the first
+    bot made, else a new one named `username`, or the first free `<username>-bot`,
+    `<username>-bot2`, … when a person has that name. In the caller's write transaction."""
+    row = conn.execute(
+        f"SELECT {_USER} FROM users WHERE bot = 1 AND deleted_at IS NULL"
+        " ORDER BY created_at, id LIMIT 1"
+    ).fetchone()
+    if row is not None:
+        return user_from_row(row)
+    for n in range(100):
+        name = username if n == 0 else f"{username}-bot{n if n > 1 else ''}"
+        user = User(new_id("u_"), name, display_name, now, bot=True)
+        if insert_user(conn, user, None):
+            return user
+    raise RuntimeError("no free username for the assistant")
 
 
 def join_auto_channels(conn: apsw.Connection, user_id: str, now: int) -> list[str]:
@@ -379,7 +419,8 @@ def user_by_token(conn: apsw.Connection, token_hash: bytes, now: int) -> User | 
     return _user(
         conn.execute(
             f"SELECT {', '.join('u.' + c for c in _USER.split(', '))} FROM tokens t"
-            " JOIN users u ON u.id = t.user_id WHERE t.hash = ? AND t.expires_at > ?",
+            " JOIN users u ON u.id = t.user_id WHERE t.hash = ? AND t.expires_at > ?"
+            " AND u.disabled_at IS NULL",
             (token_hash, now),
         ).fetchone()
     )
@@ -387,6 +428,26 @@ def user_by_token(conn: apsw.Connection, token_hash: bytes, now: int) -> User | 
 
 def delete_token(conn: apsw.Connection, token_hash: bytes) -> None:
     conn.execute("DELETE FROM tokens WHERE hash = ?", (token_hash,))
+
+
+def delete_tokens_of(conn: apsw.Connection, user_id: str) -> int:
+    """Sign `user_id` out everywhere: every session token goes; how many."""
+    conn.execute("DELETE FROM tokens WHERE user_id = ?", (user_id,))
+    return conn.changes()
+
+
+def set_disabled(conn: apsw.Connection, user_id: str, at: int | None) -> None:
+    """Disable `user_id` (at `at`, ms) or enable it again (None)."""
+    conn.execute("UPDATE users SET disabled_at = ? WHERE id = ?", (at, user_id))
+
+
+def is_disabled(conn: apsw.Connection, user_id: str) -> bool:
+    return (
+        conn.execute(
+            "SELECT 1 FROM users WHERE id = ? AND disabled_at IS NOT NULL", (user_id,)
+        ).fetchone()
+        is not None
+    )
 
 
 def delete_expired_tokens(conn: apsw.Connection, now: int, limit: int) -> int:
@@ -567,3 +628,21 @@ def remove_member(conn: apsw.Connection, conversation_id: str, user_id: str) -> 
         (conversation_id, user_id),
     )
     return conn.changes() > 0
+
+
+# ---------------------------------------------------------------- the AI budget
+
+
+def ai_spent_on(conn: apsw.Connection, day: int) -> dict[str, int]:
+    """Tokens each user spent on `day` (days since the epoch, UTC)."""
+    return dict(conn.execute("SELECT user_id, tokens FROM ai_spent WHERE day = ?", (day,)))
+
+
+def add_ai_spent(conn: apsw.Connection, user_id: str, day: int, tokens: int) -> None:
+    """Count `tokens` on `user_id`'s `day`; a new day starts from zero."""
+    conn.execute(
+        "INSERT INTO ai_spent(user_id, day, tokens) VALUES (?, ?, ?) ON CONFLICT(user_id)"
+        " DO UPDATE SET tokens = CASE WHEN day = excluded.day THEN tokens + excluded.tokens"
+        " ELSE excluded.tokens END, day = excluded.day",
+        (user_id, day, tokens),
+    )

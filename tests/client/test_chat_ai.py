@@ -428,3 +428,48 @@ async def test_todo_lists_the_items_found_and_marks_one_done(tmp_path: Path) -> 
                     assert core.rejected and "no action item '2'" in core.notice
                     await core.submit("/go #1")
                     assert not core.rejected and "▶#1 " in screen(core)
+
+
+async def test_proactive_scheduling_posts_a_vote_into_the_chat(tmp_path: Path) -> None:
+    """`/ai proactive on`, members talk of times, the assistant's post shows in the pane
+    under its name (a member of nothing, learned from its message), and `/react` votes."""
+    from tests.llm import tools
+
+    with trio.fail_after(TEST_TIMEOUT_SECONDS):
+        async with fake_llm() as llm:
+            ai = {"base_url": llm.url, "model": "fake", "proactive_delay_seconds": 0.2}
+            jobs = {"poll_seconds": 0.05, "action_items_after_messages_seconds": 3600}
+            config = make_config(tmp_path / "data", ai=ai, jobs=jobs)
+            async with harness(config) as h:
+                ada, bob = await h.account("ada"), await h.account("bob")
+                cid = await h.direct(ada, bob)
+                client = await sign_in(h.url, "ada", tmp_path / "ada")
+                async with client, live(client):
+                    core = ChatCore(client)
+                    await core.open(cid)
+                    await core.submit("/ai on")
+                    await core.submit("/ai proactive on")
+                    assert not core.rejected, core.notice
+                    times = {
+                        "times": [
+                            {"text": "Friday 3pm", "sources": [1]},
+                            {"text": "Saturday 10am", "sources": [2]},
+                        ]
+                    }
+                    llm.script(tools(("record_meeting_times", times)))
+                    async with h.ws(bob) as b:
+                        await b.send_message(cid, "can we meet friday at 3pm?")
+                        await b.send_message(cid, "or saturday 10am")
+                    await settle(core, lambda: "Assistant" in screen(core))
+                    shown = screen(core)
+                    assert "Times proposed. Vote with a reaction:" in shown, shown
+                    assert "1\ufe0f\u20e3 Friday 3pm" in shown and "Saturday 10am" in shown
+                    await core.submit("/react 3 1\ufe0f\u20e3")
+                    assert not core.rejected, core.notice
+                    await until(
+                        client,
+                        lambda: (
+                            (m := client.message_by_seq(cid, 3)) is not None
+                            and m.reactions == {"1\ufe0f\u20e3": [ada.id]}
+                        ),
+                    )
