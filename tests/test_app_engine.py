@@ -1,7 +1,8 @@
 """The app's engine (`app/src/engine`) tested with jest-expo against the real server.
 
-One pytest test starts the server on 127.0.0.1:0 with a fresh data directory
-and runs the whole jest suite once with the server's URL in MESSAGEAI_TEST_URL;
+Each pytest test starts the server on 127.0.0.1:0 with a fresh data directory
+and runs the whole jest suite once with the server's URL in MESSAGEAI_TEST_URL,
+once with the browser's local database and once with the phones';
 jest's own report says which engine test failed. The engine's reconnect tests
 stop and restart that server under it through MESSAGEAI_TEST_CONTROL, a tiny
 loopback HTTP endpoint (`POST /stop`, `POST /start`) served by this test: the
@@ -18,6 +19,7 @@ import shlex
 from pathlib import Path
 
 import attrs
+import pytest
 import trio
 
 from messageai.server import Server
@@ -102,7 +104,12 @@ async def serve_control(
     await trio.serve_listeners(handle, listeners)
 
 
-async def test_engine_jest_suite_passes_against_the_real_server(tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", ["indexeddb", "sqlite"])
+async def test_engine_jest_suite_passes_against_the_real_server(
+    tmp_path: Path, backend: str
+) -> None:
+    """The whole jest suite, its devices over the browser's local database
+    (IndexedDB) or the phones' (SQLite, as sql.js: the same engine over both)."""
     app_dir = ensure_node_modules()
     with trio.fail_after(JEST_TIMEOUT_SECONDS):
         async with fake_llm() as llm, trio.open_nursery() as nursery:
@@ -121,6 +128,7 @@ async def test_engine_jest_suite_passes_against_the_real_server(tmp_path: Path) 
                     **os.environ,
                     "MESSAGEAI_TEST_URL": f"http://127.0.0.1:{target.port}",
                     "MESSAGEAI_TEST_CONTROL": f"http://127.0.0.1:{control_port}",
+                    "MESSAGEAI_TEST_BACKEND": backend,
                     "CI": "1",
                     "FORCE_COLOR": "0",
                 },

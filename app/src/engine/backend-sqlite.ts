@@ -4,11 +4,22 @@
  * `write` in one exclusive transaction, so a batch (a message and its outbox
  * entry) is never half-applied. Opened by `backend.native.ts`.
  */
-import type { SQLiteDatabase } from 'expo-sqlite';
 import type { Backend, TableName, WriteOp } from './store';
 import { TABLES } from './store';
 
-export function sqliteBackend(db: SQLiteDatabase): Backend {
+type Param = string | number;
+
+/** The part of expo-sqlite's `SQLiteDatabase` this backend uses (its Transaction too). */
+export interface SqliteLike {
+  getFirstAsync<T>(source: string, ...params: Param[]): Promise<T | null>;
+  getAllAsync<T>(source: string, ...params: Param[]): Promise<T[]>;
+  runAsync(source: string, ...params: Param[]): Promise<unknown>;
+  execAsync(source: string): Promise<void>;
+  withExclusiveTransactionAsync(task: (txn: SqliteLike) => Promise<void>): Promise<void>;
+  closeAsync(): Promise<void>;
+}
+
+export function sqliteBackend(db: SqliteLike): Backend {
   return {
     async get(table: TableName, keys: string[]) {
       const out: (unknown | undefined)[] = [];

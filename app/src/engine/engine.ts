@@ -15,6 +15,7 @@ import { openBackend } from './backend';
 import { Connection } from './connection';
 import { EngineError } from './errors';
 import type {
+  AskOptions,
   ConnectionInfo,
   Engine,
   EngineEvent,
@@ -43,7 +44,8 @@ import {
   type StoredMessage,
 } from './localstore';
 import { LIMITS, type Conversation, type Media, type Message, type User } from './protocol';
-import { AI_TIMEOUT_MS, Rest } from './rest';
+import * as api from './api';
+import { Rest } from './rest';
 import type { Backend, WriteOp } from './store';
 import * as v from './validate';
 
@@ -68,6 +70,8 @@ const HISTORY_PAGE = 50;
 const CHANGES_PAGE = 200;
 // Object URLs of downloaded media kept for views (web); the oldest is revoked.
 const MAX_MEDIA_URLS = 200;
+// PROTOCOL.md's default `limits.max_frame_bytes`: a larger frame closes the connection.
+const MAX_FRAME_BYTES = 65536;
 // Users fetched by id after a sync, at most this many per pass.
 const MAX_USER_FETCHES = 200;
 
@@ -162,8 +166,12 @@ class LocalFirstEngine implements Engine {
   private outbox: OutboxOp[] = [];
   private nextOrder = 1;
   private readonly presences = new Map<string, Presence>();
+  // Which presence_update last set each user's presence (see subscribe).
+  private presenceClock = 0;
+  private readonly presenceStamps = new Map<string, number>();
   private readonly typists = new Map<string, Map<string, number>>();
   private readonly typingSent = new Map<string, number>();
+  private readonly typingTimers = new Map<string, ReturnType<typeof setTimeout>>();
   private readonly listeners = new Set<(event: EngineEvent) => void>();
   private readonly openConversations = new Set<string>();
   private readonly subscribed = new Set<string>();
@@ -194,7 +202,10 @@ class LocalFirstEngine implements Engine {
     this.backoffBase = options.backoff?.baseMs ?? DEFAULT_BACKOFF_BASE_MS;
     this.backoffCap = options.backoff?.capMs ?? DEFAULT_BACKOFF_CAP_MS;
     this.outboxLimit = options.outboxLimit ?? DEFAULT_OUTBOX_LIMIT;
+    this.refreshToken = options.refreshToken ?? null;
   }
+
+  private readonly refreshToken: (() => Promise<string | null>) | null;
 
   get me(): User | null {
     return this.session?.user ?? null;
@@ -365,8 +376,10 @@ class LocalFirstEngine implements Engine {
           await this.rest.request('/v1/me');
         } catch (error) {
           if (error instanceof EngineError && error.code === 'unauthorized') {
-            await this.signedOut('the server no longer accepts this sign-in');
-            break;
+            if (!(await this.refreshSession())) {
+              await this.signedOut('the server no longer accepts this sign-in');
+              break;
+            }
           }
         }
       }
@@ -401,6 +414,25 @@ class LocalFirstEngine implements Engine {
         return; // The request closed the connection on timeout.
       }
     }
+  }
+
+  /** A fresh token from `refreshToken` (Clerk's short-lived JWTs), if one is given and works. */
+  private async refreshSession(): Promise<boolean> {
+    if (!this.refreshToken || !this.session) return false;
+    let token: string | null;
+    try {
+      token = await this.refreshToken();
+    } catch {
+      return false;
+    }
+    if (!token) return false;
+    this.rest.token = token;
+    await this.serial(async () => {
+      if (!this.session) return;
+      this.session = { ...this.session, token };
+      await this.backend.write([{ table: 'meta', key: 'session', value: this.session }]);
+    });
+    return true;
   }
 
   private async signedOut(reason: string): Promise<void> {
@@ -441,6 +473,9 @@ class LocalFirstEngine implements Engine {
   }
 
   private async subscribe(conn: Connection, id: string): Promise<void> {
+    // presence_update frames are not ordered with the conversation's frames: one
+    // may overtake this answer, whose `online` list is then older than it.
+    const asked = this.presenceClock;
     let answer: Frame;
     try {
       answer = await conn.request({ type: 'subscribe', conversation_id: id });
@@ -461,20 +496,25 @@ class LocalFirstEngine implements Engine {
       // The conversation object may be older than the subscription (listed or
       // created before messages came): catch-up must start from this last_seq.
       stored.conv.last_seq = Math.max(stored.conv.last_seq, lastSeq);
-      stored.read_cursors = { ...stored.read_cursors, ...cursors };
+      // Cursors only move forward: keep the higher of what is held and what came.
+      for (const [uid, seq] of Object.entries(cursors)) {
+        stored.read_cursors[uid] = Math.max(stored.read_cursors[uid] ?? 0, seq);
+      }
       await this.recountUnread(stored);
       await this.putConv(stored);
-    });
-    const members = this.convs.get(id)?.conv.member_ids ?? [];
-    for (const uid of members) {
-      const status = online.includes(uid) ? 'online' : 'offline';
-      const old = this.presences.get(uid);
-      if (!old || old.status !== status) {
-        const presence: Presence = { status, last_seen_at: old?.last_seen_at ?? null };
-        this.presences.set(uid, presence);
-        this.emit({ type: 'presence', userId: uid, presence });
+      // In the queue, like presence_update frames: a frame that came after this
+      // answer must not be overwritten by the answer's older `online` list.
+      for (const uid of stored.conv.member_ids) {
+        if ((this.presenceStamps.get(uid) ?? 0) > asked) continue;
+        const status = online.includes(uid) ? 'online' : 'offline';
+        const old = this.presences.get(uid);
+        if (!old || old.status !== status) {
+          const presence: Presence = { status, last_seen_at: old?.last_seen_at ?? null };
+          this.presences.set(uid, presence);
+          this.emit({ type: 'presence', userId: uid, presence });
+        }
       }
-    }
+    });
     this.emit({ type: 'receipts', conversationId: id });
   }
 
@@ -593,12 +633,18 @@ class LocalFirstEngine implements Engine {
    */
   private async storeMessages(
     messages: Message[],
-    how: { catchUp?: boolean; history?: boolean; live?: boolean; lastRev?: number } = {},
+    how: { catchUp?: boolean; history?: boolean; live?: boolean; lastRev?: number; extraOps?: WriteOp[]; force?: boolean } = {},
   ): Promise<Set<string>> {
     const touched = new Set<string>();
     const recount = new Set<StoredConversation>();
-    const ops: WriteOp[] = [];
+    const ops: WriteOp[] = [...(how.extraOps ?? [])];
     const me = this.session?.user.id;
+    // One read for the page (catch-up pages are up to 200): what is held of each.
+    const keys = messages.map((m) => seqKey(m.conversation_id, m.seq));
+    const held = new Map<string, StoredMessage>();
+    (await this.backend.get('messages', keys)).forEach((row, i) => {
+      if (row) held.set(keys[i]!, row as StoredMessage);
+    });
     for (const message of messages) {
       const stored = this.convs.get(message.conversation_id);
       if (!stored) continue;
@@ -611,9 +657,9 @@ class LocalFirstEngine implements Engine {
         if (message.seq === 1) stored.has_beginning = true;
       }
       const key = seqKey(message.conversation_id, message.seq);
-      const [existing] = (await this.backend.get('messages', [key])) as (StoredMessage | undefined)[];
+      const existing = held.get(key);
       stored.max_rev = Math.max(stored.max_rev, message.rev);
-      if (existing && existing.rev !== null && existing.rev >= message.rev) continue;
+      if (existing && existing.rev !== null && existing.rev >= message.rev && !how.force) continue;
       const isNew = !existing;
       if (message.sender_id === me) {
         const sendOp = this.outbox.find(
@@ -637,11 +683,15 @@ class LocalFirstEngine implements Engine {
         storeKey: key,
       };
       ops.push({ table: 'messages', key, value: local });
+      held.set(key, local);
       if (message.seq > stored.max_seq) stored.max_seq = message.seq;
       stored.conv.last_seq = Math.max(stored.conv.last_seq, message.seq);
       stored.conv.last_rev = Math.max(stored.conv.last_rev, message.rev);
       stored.conv.last_message = this.newerLast(stored.conv.last_message, message);
-      if (
+      if (how.catchUp) {
+        // The listed unread_count already counts what the catch-up brings: recount below.
+        recount.add(stored);
+      } else if (
         isNew &&
         !how.history &&
         message.sender_id !== me &&
@@ -687,7 +737,9 @@ class LocalFirstEngine implements Engine {
       stored.conv.unread_count = 0;
       return;
     }
+    // Only a count over everything above the cursor beats the server's.
     if (stored.oldest_seq === null || stored.oldest_seq > cursor + 1) return;
+    if (stored.max_seq < stored.conv.last_seq) return;
     const id = stored.conv.id;
     const rows = await this.backend.range('messages', seqKey(id, cursor + 1), `${id}${SEP}s${END}`);
     let count = 0;
@@ -749,6 +801,7 @@ class LocalFirstEngine implements Engine {
         if (status !== 'online' && status !== 'offline') return;
         const presence: Presence = { status, last_seen_at: v.intOrNull(frame, 'last_seen_at', 'presence_update') };
         this.presences.set(user, presence);
+        this.presenceStamps.set(user, ++this.presenceClock);
         this.emit({ type: 'presence', userId: user, presence });
         return;
       }
@@ -760,6 +813,7 @@ class LocalFirstEngine implements Engine {
           if (!map) this.typists.set(id, (map = new Map()));
           map.set(user, Date.now() + TYPING_FORGET_MS);
           this.emit({ type: 'typing', conversationId: id, userIds: this.typing(id) });
+          this.forgetTypistLater(id, user);
         } else {
           this.dropTypist(id, user);
         }
@@ -801,12 +855,28 @@ class LocalFirstEngine implements Engine {
     }
   }
 
+  /** If the server's `typing: false` never comes (a lost connection), the typist fades anyway. */
+  private forgetTypistLater(id: string, user: string): void {
+    const key = `${id}\u0000${user}`;
+    clearTimeout(this.typingTimers.get(key));
+    this.typingTimers.set(
+      key,
+      setTimeout(() => {
+        this.typingTimers.delete(key);
+        const until = this.typists.get(id)?.get(user);
+        if (until !== undefined && until <= Date.now()) this.dropTypist(id, user);
+      }, TYPING_FORGET_MS + 50),
+    );
+  }
+
   private dropTypist(id: string, user: string): void {
     const map = this.typists.get(id);
     if (map?.delete(user)) this.emit({ type: 'typing', conversationId: id, userIds: this.typing(id) });
   }
 
   private clearTypists(): void {
+    for (const timer of this.typingTimers.values()) clearTimeout(timer);
+    this.typingTimers.clear();
     for (const id of [...this.typists.keys()]) {
       this.typists.delete(id);
       this.emit({ type: 'typing', conversationId: id, userIds: [] });
@@ -819,6 +889,7 @@ class LocalFirstEngine implements Engine {
   private async flush(): Promise<void> {
     if (this.flushing) return;
     this.flushing = true;
+    let retries = 0;
     try {
       while (this.live && this.conn?.isOpen) {
         const op = this.outbox[0];
@@ -831,16 +902,39 @@ class LocalFirstEngine implements Engine {
           const e = error instanceof EngineError ? error : new EngineError('internal', messageOf(error));
           if (e.code === 'offline') break;
           if (e.transient) {
-            await sleep(Math.min(this.backoffCap, e.retryAfterMs ?? this.backoffBase));
+            // The server is busy or rate-limiting: wait as it says, else back off.
+            const wait = e.retryAfterMs ?? backoffDelay(retries, this.backoffBase, this.backoffCap, this.random);
+            retries++;
+            await sleep(Math.min(this.backoffCap, wait));
             continue;
           }
           await this.serial(() => this.settleFailed(op, e));
           continue;
         }
-        await this.serial(() => this.settleDone(op, answer));
+        retries = 0;
+        try {
+          await this.serial(() => this.settleDone(op, answer));
+        } catch (error) {
+          // An answer that does not validate: settle the entry as failed rather
+          // than resending it forever; the next catch-up brings the server's state.
+          const e = error instanceof EngineError ? error : new EngineError('protocol', messageOf(error));
+          await this.serial(() => this.settleFailed(op, e));
+        }
       }
     } finally {
       this.flushing = false;
+    }
+  }
+
+  /**
+   * Refuses, before it is queued, a frame the server would close the connection
+   * over (over `limits.max_frame_bytes`, 65536 by default): resent after every
+   * reconnect it would block the outbox for good.
+   */
+  private checkFrameSize(op: OutboxOp): void {
+    const bytes = new TextEncoder().encode(JSON.stringify({ ...this.frameOf(op), req: 2 ** 31 })).length;
+    if (bytes > MAX_FRAME_BYTES) {
+      throw new EngineError('invalid', `this message is too long to send (${bytes} bytes encoded; at most ${MAX_FRAME_BYTES})`);
     }
   }
 
@@ -878,11 +972,10 @@ class LocalFirstEngine implements Engine {
     if (!this.outbox.includes(op)) return; // Settled meanwhile (a catch-up saw the message).
     if (op.kind === 'send') {
       const message = v.message(answer.message);
-      await this.backend.write([
-        ...this.removeOpWrites(op),
-        { table: 'messages', key: op.storeKey, value: undefined },
-      ]);
-      await this.storeMessages([message]);
+      // One transaction: the pending row becomes the acked one, never neither.
+      await this.storeMessages([message], {
+        extraOps: [...this.removeOpWrites(op), { table: 'messages', key: op.storeKey, value: undefined }],
+      });
       this.emit({ type: 'outbox', size: this.outbox.length });
       // Sending into a conversation reads it (PROTOCOL.md: clients usually do).
       // Already inside the serial queue: the locked variant (serial() here would deadlock).
@@ -892,17 +985,12 @@ class LocalFirstEngine implements Engine {
       }
       return;
     }
-    await this.backend.write(this.removeOpWrites(op));
-    if (op.kind !== 'read') {
-      const message = v.message(answer.message);
-      const key = seqKey(op.conversation_id, op.seq);
-      const [existing] = (await this.backend.get('messages', [key])) as (StoredMessage | undefined)[];
-      if (existing) {
-        // The answer is the truth even when a live frame of the same rev came first.
-        existing.rev = Math.min(existing.rev ?? 0, message.rev - 1);
-        await this.backend.write([{ table: 'messages', key, value: existing }]);
-      }
-      await this.storeMessages([message]);
+    if (op.kind === 'read') {
+      await this.backend.write(this.removeOpWrites(op));
+    } else {
+      // The answer is the truth even when a live frame of the same rev came first
+      // (`force`), and it lands with the entry's removal in one transaction.
+      await this.storeMessages([v.message(answer.message)], { force: true, extraOps: this.removeOpWrites(op) });
     }
     this.emit({ type: 'outbox', size: this.outbox.length });
   }
@@ -927,6 +1015,7 @@ class LocalFirstEngine implements Engine {
   }
 
   private enqueueWrites(op: OutboxOp): WriteOp[] {
+    this.checkFrameSize(op);
     this.outbox.push(op);
     return [{ table: 'outbox', key: outboxKey(op.order), value: op }];
   }
@@ -952,6 +1041,11 @@ class LocalFirstEngine implements Engine {
     const answer = v.obj(await this.rest.request(path, { method: 'POST', json: body }), 'sign-in answer');
     const user = v.user(answer.user);
     const token = v.str(answer, 'token', 'sign-in answer');
+    await this.adoptSession(user, token);
+    return user;
+  }
+
+  private async adoptSession(user: User, token: string): Promise<void> {
     await this.stop();
     await this.serial(async () => {
       if (this.session?.user.id !== user.id) await this.eraseLocal();
@@ -964,7 +1058,6 @@ class LocalFirstEngine implements Engine {
       ]);
     });
     this.emit({ type: 'conversations' });
-    return user;
   }
 
   private async eraseLocal(): Promise<void> {
@@ -974,6 +1067,19 @@ class LocalFirstEngine implements Engine {
     this.outbox = [];
     this.presences.clear();
     this.typists.clear();
+  }
+
+  /**
+   * Sign in with a token from elsewhere (Clerk mode: a Clerk session JWT from
+   * Clerk's SDK). Checked with `GET /v1/me`; a token that expires is renewed
+   * through `EngineOptions.refreshToken`.
+   */
+  async signInWithToken(token: string): Promise<User> {
+    const probe = new Rest(this.serverUrl, this.rest.fetchImpl);
+    probe.token = token;
+    const user = v.user(await probe.request('/v1/me'));
+    await this.adoptSession(user, token);
+    return user;
   }
 
   register(username: string, password: string, displayName?: string): Promise<User> {
@@ -1499,41 +1605,22 @@ class LocalFirstEngine implements Engine {
     return out.slice(0, LIMITS.maxMentions);
   }
 
-  // ---------------------------------------------------------------- media
+  // ---------------------------------------------------------------- media, search, AI, push (api.ts)
 
-  async upload(source: UploadSource): Promise<Media> {
+  upload(source: UploadSource): Promise<Media> {
     this.requireMe();
-    let body: Blob | Uint8Array;
-    let contentType: string;
-    if (source.kind === 'blob') {
-      body = source.blob;
-      contentType = source.blob.type || 'application/octet-stream';
-    } else if (source.kind === 'bytes') {
-      body = source.bytes;
-      contentType = source.contentType;
-    } else {
-      // React Native's fetch reads file:// and content:// uris into a Blob.
-      body = await (await fetch(source.uri)).blob();
-      contentType = source.contentType;
-    }
-    const filename = source.filename ?? (source.kind === 'blob' && 'name' in source.blob ? String((source.blob as File).name) : undefined);
-    if (filename !== undefined && (filename.length < 1 || filename.length > LIMITS.maxFilenameChars || /[/\\]/.test(filename))) {
-      throw new EngineError('invalid', 'a file name is 1 to 255 characters without / or \\');
-    }
-    return v.media(
-      await this.rest.request('/v1/media', { method: 'POST', body, contentType, query: { filename }, timeoutMs: 300_000 }),
-    );
+    return api.upload(this.rest, source);
   }
 
-  async mediaInfo(mediaId: string): Promise<Media> {
-    return v.media(await this.rest.request(`/v1/media/${encodeURIComponent(mediaId)}/info`));
+  mediaInfo(mediaId: string): Promise<Media> {
+    return api.mediaInfo(this.rest, mediaId);
   }
 
-  async download(mediaId: string): Promise<Blob> {
-    const response = await this.rest.fetchResponse(`/v1/media/${encodeURIComponent(mediaId)}`, { timeoutMs: 300_000 });
-    return response.blob();
+  download(mediaId: string): Promise<Blob> {
+    return api.download(this.rest, mediaId);
   }
 
+  /** Object URLs are cached here (bounded, the oldest revoked); phones get the uri and header. */
   async mediaSource(mediaId: string): Promise<{ uri: string; headers?: Record<string, string> }> {
     const url = this.rest.url(`/v1/media/${encodeURIComponent(mediaId)}`);
     const canObjectUrl = typeof document !== 'undefined' && typeof URL.createObjectURL === 'function';
@@ -1554,111 +1641,46 @@ class LocalFirstEngine implements Engine {
     return { uri: objectUrl };
   }
 
-  // ---------------------------------------------------------------- search
-
-  async search(
-    q: string,
-    options: { conversationId?: string; limit?: number; mode?: 'keyword' | 'semantic' | 'hybrid' } = {},
-  ) {
-    const length = trimmedLength(q);
-    if (length < 1 || length > LIMITS.maxSearchChars) {
-      throw new EngineError('invalid', `a search is 1 to ${LIMITS.maxSearchChars} characters`);
-    }
-    return v.searchAnswer(
-      await this.rest.request('/v1/search', {
-        query: { q: q.trim(), conversation_id: options.conversationId, limit: options.limit, mode: options.mode },
-      }),
-    );
+  search(q: string, options: api.SearchOptions = {}) {
+    return api.search(this.rest, q, options);
   }
 
-  // ---------------------------------------------------------------- AI
-
-  private aiPath(conversationId: string, rest = ''): string {
-    return `/v1/conversations/${encodeURIComponent(conversationId)}/ai${rest}`;
+  aiSettings(conversationId: string) {
+    return api.aiSettings(this.rest, conversationId);
   }
 
-  async aiSettings(conversationId: string) {
-    return v.aiSettings(await this.rest.request(this.aiPath(conversationId)));
+  setAiSettings(conversationId: string, settings: { enabled: boolean; proactive?: boolean }) {
+    return api.setAiSettings(this.rest, conversationId, settings);
   }
 
-  async setAiSettings(conversationId: string, settings: { enabled: boolean; proactive?: boolean }) {
-    return v.aiSettings(await this.rest.request(this.aiPath(conversationId), { method: 'PUT', json: settings }));
+  /** Streams over the WebSocket while live, else asks over REST. */
+  ask(conversationId: string, question: string, options: AskOptions = {}) {
+    const conn = this.conn?.isOpen && this.live ? this.conn : null;
+    return api.ask(this.rest, conn, conversationId, question, options);
   }
 
-  async ask(
-    conversationId: string,
-    question: string,
-    options: { onDelta?: (text: string) => void; signal?: AbortSignal } = {},
-  ) {
-    const length = trimmedLength(question);
-    if (length < 1 || length > LIMITS.maxQuestionChars) {
-      throw new EngineError('invalid', `a question is 1 to ${LIMITS.maxQuestionChars} characters`);
-    }
-    const conn = this.conn;
-    if (conn?.isOpen && this.live) {
-      let deltas = '';
-      const answer = await conn.request(
-        { type: 'ai_ask', conversation_id: conversationId, question },
-        {
-          timeoutMs: AI_TIMEOUT_MS,
-          onFrame: (frame) => {
-            if (frame.type === 'ai_delta') {
-              if (typeof frame.text === 'string' && deltas.length < 200_000 && !options.signal?.aborted) {
-                deltas += frame.text;
-                options.onDelta?.(frame.text);
-              }
-              return false;
-            }
-            return true;
-          },
-        },
-      );
-      return v.aiAnswer(answer);
-    }
-    return v.aiAnswer(
-      await this.rest.request(this.aiPath(conversationId, '/ask'), {
-        method: 'POST',
-        json: { question },
-        timeoutMs: AI_TIMEOUT_MS,
-      }),
-    );
+  catchUp(conversationId: string) {
+    return api.catchUp(this.rest, conversationId);
   }
 
-  async catchUp(conversationId: string) {
-    return v.catchUp(
-      await this.rest.request(this.aiPath(conversationId, '/catch-up'), { method: 'POST', timeoutMs: AI_TIMEOUT_MS }),
-    );
+  actionItems(conversationId: string) {
+    return api.actionItems(this.rest, conversationId);
   }
 
-  async actionItems(conversationId: string) {
-    const answer = v.obj(await this.rest.request(this.aiPath(conversationId, '/action-items')), 'action items');
-    return v.list(answer.items, 'action items', v.actionItem);
+  setActionItem(conversationId: string, itemId: string, status: 'open' | 'done') {
+    return api.setActionItem(this.rest, conversationId, itemId, status);
   }
 
-  async setActionItem(conversationId: string, itemId: string, status: 'open' | 'done') {
-    return v.actionItem(
-      await this.rest.request(this.aiPath(conversationId, `/action-items/${encodeURIComponent(itemId)}`), {
-        method: 'PATCH',
-        json: { status },
-      }),
-    );
+  aiLog(conversationId: string) {
+    return api.aiLog(this.rest, conversationId);
   }
 
-  async aiLog(conversationId: string) {
-    const answer = v.obj(await this.rest.request(this.aiPath(conversationId, '/log')), 'AI log');
-    return v.list(answer.entries, 'AI log', v.aiLogEntry);
+  registerPushToken(token: string, platform?: string): Promise<void> {
+    return api.registerPushToken(this.rest, token, platform);
   }
 
-  // ---------------------------------------------------------------- push
-
-  async registerPushToken(token: string, platform?: string): Promise<void> {
-    const json: Record<string, string> = { token };
-    if (platform) json.platform = platform;
-    await this.rest.request('/v1/push-tokens', { method: 'POST', json });
-  }
-
-  async unregisterPushToken(token: string): Promise<void> {
-    await this.rest.request(`/v1/push-tokens/${encodeURIComponent(token)}`, { method: 'DELETE' });
+  unregisterPushToken(token: string): Promise<void> {
+    return api.unregisterPushToken(this.rest, token);
   }
 }
 

@@ -189,6 +189,8 @@ export interface Engine {
 
   // ---- accounts (REST) ---------------------------------------------------------
   register(username: string, password: string, displayName?: string): Promise<User>;
+  /** Sign in with a token obtained elsewhere (Clerk mode: Clerk's session JWT). */
+  signInWithToken(token: string): Promise<User>;
   login(username: string, password: string): Promise<User>;
   /** Revokes the token and erases this account's local data (outbox included). */
   logout(): Promise<void>;
@@ -303,6 +305,11 @@ export interface EngineOptions {
   backoff?: { baseMs?: number; capMs?: number };
   /** The most operations the outbox holds (default 1000); beyond, `send` refuses. */
   outboxLimit?: number;
+  /**
+   * Called when the server refuses the token (401): a new one (Clerk's SDK
+   * `getToken()`), or null to sign out. Without it a refused token signs out.
+   */
+  refreshToken?: () => Promise<string | null>;
   /** Default: `Math.random` (tests pass a fixed one). */
   random?: () => number;
 }

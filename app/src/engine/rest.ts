@@ -39,7 +39,7 @@ export class Rest {
 
   constructor(
     readonly baseUrl: string,
-    private readonly fetchImpl: typeof fetch,
+    readonly fetchImpl: typeof fetch,
   ) {}
 
   url(path: string, query?: RestOptions['query']): string {

@@ -25,10 +25,16 @@ test('a message is stored as sending before any I/O, then sent with its seq, the
   expect(ada.engine.receipt(c, local[0]!).status).toBe('sending');
 
   ada.engine.start();
+  // Read without pause while the ack lands: the pending row becomes the acked
+  // one in one transaction, so no read ever sees neither (or both).
+  const lengths = new Set<number>();
   const acked = await until(async () => {
-    const [m] = await ada.engine.messages(conv.id);
+    const all = await ada.engine.messages(conv.id);
+    lengths.add(all.length);
+    const [m] = all;
     return m && m.status === 'sent' && m.seq !== null ? m : null;
-  }, 'the ack');
+  }, 'the ack', 10_000, 0);
+  expect([...lengths]).toEqual([1]);
   expect(acked.key).toBe(sent.key);
   expect(acked.seq).toBe(1);
   // Then the mark_read that sending implies leaves the outbox too.
@@ -104,4 +110,19 @@ test('a send the server refuses for good becomes failed, says why, and leaves th
   await until(async () => (await bob.engine.messages(conv.id)).some((m) => m.body === 'never mind'), 'the next one');
   await ada.engine.discard(conv.id, failed.key);
   expect((await ada.engine.messages(conv.id)).map((m) => m.body)).toEqual(['never mind']);
+});
+
+test('a message of the most characters goes through; one whose frame would be over 64 KiB is refused before it is queued', async () => {
+  const ada = await person();
+  const bob = await person();
+  const conv = await ada.engine.createDirect(bob.id);
+  // 16000 control characters encode as 96000 bytes of JSON: the server would close
+  // the connection over that frame, after every reconnect, so it is never queued.
+  await expect(ada.engine.send(conv.id, 'a' + '\u0007'.repeat(15999))).rejects.toThrow(/too long to send/);
+  expect(ada.engine.outboxSize()).toBe(0);
+  expect(await ada.engine.messages(conv.id)).toEqual([]);
+  await ada.engine.send(conv.id, 'x'.repeat(16000));
+  const got = await until(async () => (await bob.engine.messages(conv.id))[0], 'the longest message');
+  expect(got.body.length).toBe(16000);
+  expect(ada.engine.connection().state).toBe('online');
 });

@@ -5,9 +5,13 @@
  * algorithms: a reload is a new engine over the same factory), and waits
  * that poll the engine's state until a bound.
  */
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
 import { IDBFactory, IDBKeyRange } from 'fake-indexeddb';
 import WebSocket from 'ws';
 import { openIdbBackend } from '../backend-idb';
+import { SCHEMA, sqliteBackend } from '../backend-sqlite';
 import { createEngine } from '../engine';
 import type { Engine, EngineOptions, WebSocketConstructor } from '../index';
 import type { Backend } from '../store';
@@ -25,12 +29,37 @@ export async function control(action: 'stop' | 'start'): Promise<void> {
   if (!response.ok) throw new Error(`control ${action}: HTTP ${response.status}`);
 }
 
-/** One "browser profile": the IndexedDB that survives its engines. */
+import { openSqlJsFile } from './sqljs';
+
+export type BackendKind = 'indexeddb' | 'sqlite';
+
+/**
+ * One device: a browser profile's IndexedDB, or a phone's SQLite file (over
+ * sql.js, see sqljs.ts), that survives its engines: a reload or a restart is
+ * a new engine over the same device.
+ */
 export class Device {
   readonly factory = new IDBFactory();
   private count = 0;
-  constructor(readonly name = 'device') {}
-  backend(): Promise<Backend> {
+  private readonly file: string;
+  constructor(
+    readonly name = 'device',
+    readonly kind: BackendKind = (process.env.MESSAGEAI_TEST_BACKEND as BackendKind | undefined) ?? 'indexeddb',
+  ) {
+    this.file = path.join(os.tmpdir(), `messageai-jest-${process.pid}-${name}.db`);
+    fs.rmSync(this.file, { force: true });
+    devices.push(this);
+  }
+  /** Deletes the device's SQLite file (closeAll calls it after each test). */
+  forget(): void {
+    fs.rmSync(this.file, { force: true });
+  }
+  async backend(): Promise<Backend> {
+    if (this.kind === 'sqlite') {
+      const db = await openSqlJsFile(this.file);
+      await db.execAsync(SCHEMA);
+      return sqliteBackend(db);
+    }
     return openIdbBackend(`messageai-test-${this.name}`, { indexedDB: this.factory, IDBKeyRange });
   }
   async engine(options: Partial<EngineOptions> = {}): Promise<Engine> {
@@ -52,6 +81,7 @@ export function uniqueName(prefix = 'u'): string {
 }
 
 const engines: Engine[] = [];
+const devices: Device[] = [];
 
 /** A signed-up user on a fresh device, started and live. */
 export async function person(options: { start?: boolean; device?: Device } = {}): Promise<{
@@ -86,10 +116,16 @@ export async function closeAll(): Promise<void> {
       // Already closed by the test.
     }
   }
+  while (devices.length) devices.pop()!.forget();
 }
 
-/** Polls `check` every 20 ms until it is truthy; fails with `what` after `ms`. */
-export async function until<T>(check: () => T | Promise<T>, what: string, ms = 10_000): Promise<NonNullable<T>> {
+/** Polls `check` every `everyMs` until it is truthy; fails with `what` after `ms`. */
+export async function until<T>(
+  check: () => T | Promise<T>,
+  what: string,
+  ms = 10_000,
+  everyMs = 20,
+): Promise<NonNullable<T>> {
   const deadline = Date.now() + ms;
   let last: unknown;
   for (;;) {
@@ -100,7 +136,7 @@ export async function until<T>(check: () => T | Promise<T>, what: string, ms = 1
       last = error;
     }
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}${last ? `: ${String(last)}` : ''}`);
-    await new Promise((resolve) => setTimeout(resolve, 20));
+    await new Promise((resolve) => setTimeout(resolve, everyMs));
   }
 }
 

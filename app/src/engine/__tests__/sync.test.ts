@@ -7,7 +7,7 @@
  */
 import WebSocket from 'ws';
 import type { Engine, WebSocketConstructor, WebSocketLike } from '../index';
-import { api, closeAll, control, Device, person, track, until } from './support';
+import { api, closeAll, control, Device, person, serverUrl, track, until } from './support';
 
 afterEach(closeAll);
 
@@ -185,4 +185,70 @@ test('presence and typing reach the other member', async () => {
   await bob.engine.stop();
   await until(() => ada.engine.presence(bob.id).status === 'offline', 'bob offline');
   expect(ada.engine.presence(bob.id).last_seen_at).not.toBeNull();
+});
+
+test('a token from elsewhere signs in; a refused one is renewed through refreshToken', async () => {
+  const ada = await person({ start: false });
+  const login = async () =>
+    (
+      await (
+        await fetch(`${serverUrl()}/v1/auth/login`, {
+          method: 'POST',
+          headers: { 'Content-Type': 'application/json' },
+          body: JSON.stringify({ username: ada.username, password: 'password1' }),
+        })
+      ).json()
+    ).token as string;
+  const first = await login();
+  let renewals = 0;
+  const device = new Device('token');
+  const engine = track(
+    await device.engine({
+      refreshToken: async () => {
+        renewals++;
+        return login();
+      },
+    }),
+  );
+  expect((await engine.signInWithToken(first)).id).toBe(ada.id);
+  await expect(engine.signInWithToken('not-a-token')).rejects.toMatchObject({ code: 'unauthorized' });
+  expect(engine.me?.id).toBe(ada.id);
+  engine.start();
+  await until(() => engine.connection().state === 'online', 'online');
+  const signedOut: string[] = [];
+  engine.on((event) => {
+    if (event.type === 'signed_out') signedOut.push(event.reason);
+  });
+  // The token is revoked (as a Clerk session expires): the engine asks for a new one.
+  expect((await api(first, '/v1/auth/logout', { method: 'POST' })).status).toBe(204);
+  await until(() => renewals === 1 && engine.connection().state === 'online', 'renewed and back online');
+  expect(signedOut).toEqual([]);
+  expect(engine.me?.id).toBe(ada.id);
+});
+
+test('unread counts what came while away once, not once from the list and again from the catch-up', async () => {
+  const ada = await person();
+  const bob = await person();
+  const conv = await ada.engine.createDirect(bob.id);
+  await bob.engine.send(conv.id, 'seen');
+  const first = await until(async () => (await ada.engine.messages(conv.id))[0], 'the first');
+  await ada.engine.markRead(conv.id, first.seq!);
+  await until(() => ada.engine.outboxSize() === 0, 'read delivered');
+  await ada.engine.stop();
+  for (const body of ['a', 'b', 'c']) await bob.engine.send(conv.id, body);
+  await until(() => bob.engine.outboxSize() === 0, 'bob delivered');
+  // Every count the list shows on the way: never more than 3, and once the
+  // listing has said 3, never less (no count from a half-held conversation).
+  const counts: number[] = [];
+  ada.engine.on((event) => {
+    if (event.type === 'conversations') {
+      void ada.engine.conversation(conv.id).then((c) => c && counts.push(c.unread_count));
+    }
+  });
+  ada.engine.start();
+  await until(async () => (await ada.engine.messages(conv.id)).length === 4, 'caught up');
+  await until(() => ada.engine.connection().state === 'online', 'online');
+  expect((await ada.engine.conversation(conv.id))!.unread_count).toBe(3);
+  expect(Math.max(...counts)).toBe(3);
+  expect(counts.slice(counts.indexOf(3))).toEqual(counts.slice(counts.indexOf(3)).map(() => 3));
 });
