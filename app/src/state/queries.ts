@@ -42,9 +42,9 @@ export function useUser(id: string | null | undefined) {
 }
 
 /** Members of a conversation as users (those known so far; the rest are fetched). */
-export function useMembers(conversation: LocalConversation | null | undefined) {
+export function useMembers(conversation: LocalConversation | null | undefined, max = 500) {
   const engine = useEngine();
-  const ids = conversation?.member_ids ?? [];
+  const ids = (conversation?.member_ids ?? []).slice(0, max);
   return useQuery({
     queryKey: [...keys.users, 'members', ...ids],
     queryFn: async () => {
@@ -61,6 +61,7 @@ export function useUserSearch(prefix: string) {
   return useQuery({
     queryKey: ['user-search', prefix],
     queryFn: () => engine.searchUsers(prefix),
+    enabled: prefix.length > 0,
     staleTime: 10_000,
   });
 }
@@ -126,14 +127,18 @@ export function titleOf(conversation: LocalConversation, meId: string | undefine
   if (conversation.title) return conversation.title;
   const others = conversation.member_ids.filter((id) => id !== meId);
   if (others.length === 0) return 'Just you';
-  return others.map(name).join(', ');
+  const shown = others.slice(0, 3).map(name).join(', ');
+  return others.length > 3 ? `${shown} and ${others.length - 3} more` : shown;
 }
 
 /** The title of a conversation, with the names the engine knows (re-rendered as users load). */
 export function useTitle(conversation: LocalConversation | null | undefined): string {
   const engine = useEngine();
   const me = useSession((s) => s.me);
-  useMembers(conversation);
+  // Only an untitled direct or group conversation is named after its members (the
+  // first few suffice); a channel of thousands must not fetch them all for a title.
+  const named = conversation && conversation.kind !== 'channel' && !conversation.title;
+  useMembers(named ? conversation : null, 6);
   if (!conversation) return '';
   return titleOf(conversation, me?.id, (id) => {
     const user = engine.knownUser(id);

@@ -34,12 +34,14 @@ type Props = {
   replyName: string;
   editing: LocalMessage | null;
   onDone: () => void;
+  /** ArrowUp in an empty box edits my latest message, as in Slack and Zulip. */
+  onEditLast?: () => void;
   disabled?: string | null;
 };
 
 type Pending = { key: string; name: string; media: Media | null; error: string | null };
 
-export function Composer({ conversationId, members, meId, replyTo, replyName, editing, onDone, disabled }: Props) {
+export function Composer({ conversationId, members, meId, replyTo, replyName, editing, onDone, onEditLast, disabled }: Props) {
   const t = useTheme();
   const engine = useEngine();
   const input = useRef<TextInput>(null);
@@ -194,6 +196,11 @@ export function Composer({ conversationId, members, meId, replyTo, replyName, ed
         return;
       }
     }
+    if (native.key === 'ArrowUp' && !text && !editing && onEditLast) {
+      e.preventDefault();
+      onEditLast();
+      return;
+    }
     if (native.key === 'Escape' && (editing || replyTo)) {
       e.preventDefault();
       setText('');
@@ -296,7 +303,7 @@ export function Composer({ conversationId, members, meId, replyTo, replyName, ed
           placeholder={editing ? 'Edit your message' : 'Message'}
           placeholderTextColor={t.muted}
           accessibilityLabel={editing ? 'Edit your message' : 'Message'}
-          accessibilityHint="Enter sends, Shift+Enter starts a new line; @ mentions a member"
+          accessibilityHint="Enter sends, Shift+Enter starts a new line, @ mentions a member, Up arrow edits your last message"
           multiline
           style={[styles.input, { color: t.text, backgroundColor: t.background, borderColor: t.border }]}
           testID="composer"

@@ -60,6 +60,9 @@ export default function ConversationScreen() {
   const keepFromBottom = useRef<number | null>(null);
   const viewport = useRef(0);
   const scrollY = useRef(0);
+  // Newer messages arrived while the person was reading further up.
+  const [newBelow, setNewBelow] = useState(false);
+  const lastSeen = useRef(0);
 
   useEffect(() => {
     engine.openConversation(id);
@@ -79,6 +82,8 @@ export default function ConversationScreen() {
     setHistory(null);
     positions.current.clear();
     atBottom.current = true;
+    lastSeen.current = 0;
+    setNewBelow(false);
   }, [id]);
 
   const names = useMemo(() => {
@@ -105,6 +110,11 @@ export default function ConversationScreen() {
     document.addEventListener('visibilitychange', onVisible);
     return () => document.removeEventListener('visibilitychange', onVisible);
   }, [engine, id, lastSeq, myCursor]);
+
+  useEffect(() => {
+    if (lastSeq > lastSeen.current && lastSeen.current > 0 && !atBottom.current) setNewBelow(true);
+    lastSeen.current = lastSeq;
+  }, [lastSeq]);
 
   const hasBeginning = conversation?.has_beginning ?? false;
   const moreLocal = messages.length >= limit;
@@ -193,6 +203,7 @@ export default function ConversationScreen() {
     scrollY.current = contentOffset.y;
     viewport.current = layoutMeasurement.height;
     atBottom.current = contentSize.height - contentOffset.y - layoutMeasurement.height < STICKY_PX;
+    if (atBottom.current) setNewBelow(false);
     if (contentOffset.y < 40 && canLoadOlder && !loadingOlder && target === null && messages.length >= PAGE) void loadOlder();
   }
 
@@ -326,6 +337,21 @@ export default function ConversationScreen() {
           );
         })}
       </ScrollView>
+      {newBelow ? (
+        <Pressable
+          accessibilityRole="button"
+          accessibilityLabel="New messages below; show them"
+          onPress={() => {
+            atBottom.current = true;
+            setNewBelow(false);
+            scroll.current?.scrollToEnd({ animated: true });
+          }}
+          style={[styles.newBelow, { backgroundColor: t.primary }]}
+          testID="new-below"
+        >
+          <Text style={{ color: t.onPrimary, fontWeight: '600', fontSize: font.small }}>New messages ↓</Text>
+        </Pressable>
+      ) : null}
       {history ? (
         <View style={[styles.history, { borderTopColor: t.border, backgroundColor: t.surface }]} accessibilityRole="summary">
           <View style={styles.historyHead}>
@@ -355,6 +381,13 @@ export default function ConversationScreen() {
           setEditing(null);
           atBottom.current = true;
         }}
+        onEditLast={() => {
+          const last = [...messages].reverse().find((m) => m.sender_id === meId && m.seq !== null && m.deleted_at === null);
+          if (last) {
+            setReplyTo(null);
+            setEditing(last);
+          }
+        }}
         disabled={removed ? 'You can no longer send messages here.' : null}
       />
     </View>
@@ -366,6 +399,7 @@ const styles = StyleSheet.create({
   list: { flex: 1 },
   listContent: { paddingVertical: space.md },
   older: { alignSelf: 'center', padding: space.sm },
+  newBelow: { alignSelf: 'center', borderRadius: 999, paddingHorizontal: space.md, paddingVertical: space.xs, marginVertical: space.xs },
   beginning: { alignSelf: 'center', fontSize: font.small, padding: space.sm },
   history: { borderTopWidth: StyleSheet.hairlineWidth, padding: space.md, gap: space.xs, maxHeight: 200 },
   historyHead: { flexDirection: 'row', alignItems: 'center' },
