@@ -7,6 +7,6 @@ module.exports = {
   preset: 'jest-expo/node',
   roots: ['<rootDir>/src'],
   testMatch: ['**/__tests__/**/*.test.ts'],
-  testTimeout: 30000,
+  testTimeout: 90000,
   maxWorkers: 1,
 };

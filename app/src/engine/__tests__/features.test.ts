@@ -60,7 +60,7 @@ test('history is paged in on demand, older first, until its beginning', async ()
   const bob = await person({ start: false });
   const conv = await ada.engine.createDirect(bob.id);
   for (let i = 1; i <= 60; i++) await ada.engine.send(conv.id, `m${i}`);
-  await until(() => ada.engine.outboxSize() === 0, 'sixty delivered', 20_000);
+  await until(() => ada.engine.outboxSize() === 0, 'sixty delivered', 30_000);
   bob.engine.start(); // a new device: it gets the latest page only
   await until(async () => (await bob.engine.messages(conv.id)).length === 50, 'the latest page');
   let held = await bob.engine.messages(conv.id);

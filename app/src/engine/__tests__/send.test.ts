@@ -33,7 +33,7 @@ test('a message is stored as sending before any I/O, then sent with its seq, the
     lengths.add(all.length);
     const [m] = all;
     return m && m.status === 'sent' && m.seq !== null ? m : null;
-  }, 'the ack', 10_000, 0);
+  }, 'the ack', 20_000, 0);
   expect([...lengths]).toEqual([1]);
   expect(acked.key).toBe(sent.key);
   expect(acked.seq).toBe(1);

@@ -119,11 +119,14 @@ export async function closeAll(): Promise<void> {
   while (devices.length) devices.pop()!.forget();
 }
 
-/** Polls `check` every `everyMs` until it is truthy; fails with `what` after `ms`. */
+/**
+ * Polls `check` every `everyMs` until it is truthy; fails with `what` after
+ * `ms`, a bound for a loaded 2-core machine (CI), not a measure of speed.
+ */
 export async function until<T>(
   check: () => T | Promise<T>,
   what: string,
-  ms = 10_000,
+  ms = 20_000,
   everyMs = 20,
 ): Promise<NonNullable<T>> {
   const deadline = Date.now() + ms;

@@ -22,6 +22,7 @@ test('three messages sent offline survive a reload and arrive once, in order', a
   const conv = await ada.engine.createDirect(bob.id);
   await ada.engine.send(conv.id, 'before');
   await until(async () => (await bob.engine.messages(conv.id)).length === 1, 'the first message');
+  await until(async () => (await ada.engine.messages(conv.id))[0]?.status === 'sent', 'its ack');
   await ada.engine.stop(); // offline
   // (A mark_read that the first ack implies may still be queued.)
   const queued = ada.engine.outboxSize();
@@ -150,9 +151,9 @@ test('the engine reconnects after the server is stopped and restarted, and deliv
   } finally {
     await control('start');
   }
-  await until(() => ada.engine.connection().state === 'online', 'back online', 20_000);
-  await until(() => bob.engine.connection().state === 'online', 'bob back online', 20_000);
-  await until(async () => (await bodies(bob.engine, conv.id)).includes('while the server was down'), 'delivery', 20_000);
+  await until(() => ada.engine.connection().state === 'online', 'back online', 30_000);
+  await until(() => bob.engine.connection().state === 'online', 'bob back online', 30_000);
+  await until(async () => (await bodies(bob.engine, conv.id)).includes('while the server was down'), 'delivery', 30_000);
   expect(ada.engine.connection().attempts).toBe(0);
 });
 
