@@ -3,7 +3,8 @@ logout, me, password, users), `conversations` (conversations, members, messages)
 `channels` (v1.1: browse, join, title and topic), `media`, `push_tokens`, `search`,
 `export` (a conversation as one file),
 `health` and, in Clerk mode, `clerk_webhooks`; `params` parses their input; `announce`
-builds the conversation objects and frames members' connections are told.
+builds the conversation objects and frames members' connections are told; `webapp`
+serves the web app at `/` (mounted last: every REST route wins over it).
 
 `mount` puts every resource on the router; called once by `server.Server.run`.
 """
@@ -31,6 +32,7 @@ from messageai.rest.health import healthz
 from messageai.rest.media import MediaFiles
 from messageai.rest.push_tokens import PushTokens
 from messageai.rest.search import SearchRoutes
+from messageai.rest.webapp import WebApp
 from messageai.services.directory import Directory
 from messageai.services.media import Media
 from messageai.services.push import Push
@@ -72,6 +74,7 @@ def mount(
         ActionItemRoutes(action_items).routes(router)
     if config.auth.mode == "clerk" and config.clerk.webhook_secret:
         ClerkWebhooks(config.clerk, directory, close_user_sessions).routes(router)
+    WebApp().routes(router)  # last: every other path wins over the web app's
 
 
 async def websocket_needed(request: Request) -> Response:
