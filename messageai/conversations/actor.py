@@ -36,6 +36,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from time import perf_counter
 from typing import TYPE_CHECKING, Any, assert_never
 
 import apsw
@@ -67,6 +68,7 @@ from messageai.conversations.commands import (
     Unread,
 )
 from messageai.conversations.indexer import IndexFiller
+from messageai.counters import COUNTS
 from messageai.errors import (
     BadRequest,
     Conflict,
@@ -458,7 +460,11 @@ class ConversationActor:
         if needs_db:
             conn = await self._ensure_db()
             if writes:
+                started = perf_counter()
                 results = await self._workers.run(self._store_committed, conn, accepted)
+                # Per commit, not per message: two bucket bumps (`counters`).
+                COUNTS.commit_seconds.observe(perf_counter() - started)
+                COUNTS.commit_batch.observe(len(accepted))
             else:
                 results = self._store(conn, accepted)
         else:
@@ -730,6 +736,9 @@ class ConversationActor:
             self._fan_out(encode(NewMessage(message)), skip=command.peer)
             ack = Ack(client_id=op.client_id, message=message, duplicate=False, req=command.req)
             _reply(command, ack, result)
+            counts = COUNTS
+            counts.messages_committed += 1
+            counts.ack_seconds.observe(perf_counter() - command.received)
             if self._notify is not None:
                 self._notify(message)
             if self.ai_enabled and self._sent is not None:
@@ -746,6 +755,7 @@ class ConversationActor:
 
     def _on_change(self, command: Command, result: StorageResult) -> None:
         if isinstance(result, Changed):
+            COUNTS.changes_committed += 1
             message = result.message
             self.last_rev = message.rev
             if message.seq == self.last_seq:
@@ -920,4 +930,6 @@ def _reply_error(command: Command, error: MessageAIError) -> None:
     if command.waiter is not None:
         command.waiter.fail(error)
     elif command.peer is not None:
+        # A waiter's error is counted where it is told (REST's error response).
+        COUNTS.errors[error.code] += 1
         command.peer.push_frame(Error(code=error.code, message=error.message, req=command.req))

@@ -21,6 +21,8 @@ import attrs
 import orjson
 import trio
 
+from messageai import logs
+from messageai.counters import COUNTS
 from messageai.errors import (
     BadRequest,
     Internal,
@@ -222,6 +224,7 @@ class App:
             # Upgrades on a reused HTTP connection are not served; clients open a new one.
             await send({"type": "websocket.close", "code": 1008})
             return
+        logs.REQUEST.set(logs.new_request_id())
         # Wrapped before anything reads it: REST bodies and streamed uploads alike.
         receive = BodyDeadline(receive, self._body_timeout, self._min_body_rate)
         try:
@@ -287,7 +290,9 @@ def error_headers(exc: MessageAIError) -> list[tuple[bytes, bytes]]:
 
 
 def error_response(exc: MessageAIError) -> Response:
-    """The JSON response for an error: its status, `errors.error_body`, `error_headers`."""
+    """The JSON response for an error: its status, `errors.error_body`, `error_headers`.
+    Counted by code for `/metrics`."""
+    COUNTS.errors[exc.code] += 1
     return Response(exc.status, error_body(exc), error_headers(exc))
 
 
@@ -297,7 +302,10 @@ async def _send(send: Send, response: Response) -> None:
         return
     headers = list(response.headers)
     body = b""
-    if response.body is not None:
+    if isinstance(response.body, bytes):
+        # Not JSON (`/metrics`): sent as it is, under the handler's own content type.
+        body = response.body
+    elif response.body is not None:
         body = dumps(response.body)
         headers.append((b"content-type", b"application/json"))
     headers.append((b"content-length", str(len(body)).encode()))

@@ -24,6 +24,7 @@ import trio_websocket
 from messageai.config import Config
 from messageai.conversations.commands import Command
 from messageai.conversations.registry import Registry
+from messageai.counters import COUNTS
 from messageai.edge.wsframes import send_frames, text_frame
 from messageai.errors import (
     CLOSE_GOING_AWAY,
@@ -138,6 +139,8 @@ class Session:
             len(self._queue) >= limits.outbound_queue_frames
             or self._queued_bytes + len(frame) > limits.outbound_queue_bytes
         ):
+            if self._close_code is None:
+                COUNTS.slow_closes += 1
             self.close(CLOSE_TRY_AGAIN_LATER, "too slow: resync with get_history")
             return
         self._queue.append(frame)
@@ -151,6 +154,7 @@ class Session:
         """The `error` frame of `exc` for the frame `req`, with `retry_after_ms` where
         the error carries one (the same fields as a REST error body)."""
         fields = error_fields(exc)
+        COUNTS.errors[exc.code] += 1
         self.push_frame(
             Error(
                 code=exc.code,
@@ -159,6 +163,11 @@ class Session:
                 req=req,
             )
         )
+
+    def _error(self, code: str, message: str, req: Req) -> None:
+        """An `error` frame for the frame `req`, counted by code for `/metrics`."""
+        COUNTS.errors[code] += 1
+        self.push_frame(Error(code=code, message=message, req=req))
 
     def subscription_started(self, conversation_id: str) -> bool:
         """Called by the actor once it has accepted a `subscribe` from this connection.
@@ -285,14 +294,14 @@ class Session:
         try:
             req, frame = parse_client_frame(data)
         except MessageAIError as exc:
-            self.push_frame(Error(code=exc.code, message=exc.message, req=exc.req))
+            self._error(exc.code, exc.message, exc.req)
             return
         if isinstance(frame, EditMessage):
             # A field rule, checked before the conversation (PROTOCOL.md v1.1).
             try:
                 check_edit_body(frame.body, self._config.limits.max_body_chars)
             except MessageAIError as exc:
-                self.push_frame(Error(code=exc.code, message=exc.message, req=req))
+                self._error(exc.code, exc.message, req)
                 return
         if isinstance(frame, Ping):
             if req is not None:  # without `req`, only errors are answered
@@ -315,16 +324,16 @@ class Session:
         try:
             await self._registry.submit(conversation_id, command)
         except MessageAIError as exc:
-            self.push_frame(Error(code=exc.code, message=exc.message, req=req))
+            self._error(exc.code, exc.message, req)
 
     # ------------------------------------------------------------ ai
 
     def _start_ask(self, frame: AiAsk, req: Req) -> None:
         if self._assistant is None or self._nursery is None:
-            self.push_frame(Error(code="unavailable", message="no assistant here", req=req))
+            self._error("unavailable", "no assistant here", req)
             return
         if req is None:
-            self.push_frame(Error(code="bad_request", message="ai_ask needs a req", req=req))
+            self._error("bad_request", "ai_ask needs a req", req)
             return
         if self._asks >= MAX_ASKS_PER_CONNECTION:
             limited = RateLimited(
@@ -357,7 +366,7 @@ class Session:
         except Exception:
             # Supervision: one failed answer is `internal` and the connection lives.
             log.exception("ai_ask failed")
-            self.push_frame(Error(code="internal", message="the answer failed", req=req))
+            self._error("internal", "the answer failed", req)
         finally:
             self._asks -= 1
 
@@ -365,7 +374,7 @@ class Session:
 
     def _start_search(self, frame: Search, req: Req) -> None:
         if self._search is None or self._nursery is None:
-            self.push_frame(Error(code="unavailable", message="search is not available", req=req))
+            self._error("unavailable", "search is not available", req)
             return
         if self._searches >= MAX_SEARCHES_PER_CONNECTION:
             limited = RateLimited(
@@ -386,10 +395,10 @@ class Session:
             if req is not None:  # without `req`, only errors are answered
                 self.push_frame(attrs.evolve(answer, req=req))
         except MessageAIError as exc:
-            self.push_frame(Error(code=exc.code, message=exc.message, req=req))
+            self._error(exc.code, exc.message, req)
         except Exception:
             # Supervision: one failed search answers `internal` and the connection lives.
             log.exception("search failed")
-            self.push_frame(Error(code="internal", message="search failed", req=req))
+            self._error("internal", "search failed", req)
         finally:
             self._searches -= 1
