@@ -125,6 +125,9 @@ class Route:
     # True: the body is not read into memory first; the handler reads it from
     # `request.receive` (uploads).
     stream: bool = False
+    # As added (`/v1/push-tokens/{token}`): what logs name, never the path itself,
+    # which may hold a push token or a user's search.
+    pattern: str = ""
 
 
 class Router:
@@ -135,7 +138,7 @@ class Router:
         """Route `method pattern` to `handler`; `{name}` in the pattern matches one path
         segment, given to the handler in `request.params`. With `stream`, see `Route`."""
         regex = re.compile("^" + re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", pattern) + "$")
-        route = Route(handler, stream)
+        route = Route(handler, stream, pattern)
         for existing, methods in self._routes:
             if existing.pattern == regex.pattern:
                 methods[method] = route
@@ -227,6 +230,7 @@ class App:
         logs.REQUEST.set(logs.new_request_id())
         # Wrapped before anything reads it: REST bodies and streamed uploads alike.
         receive = BodyDeadline(receive, self._body_timeout, self._min_body_rate)
+        route: Route | None = None
         try:
             route, params = self._router.match(scope["method"], scope["path"])
             if route.stream:
@@ -241,8 +245,9 @@ class App:
         except MessageAIError as exc:
             response = error_response(exc)
         except Exception:
-            log.exception("%s %s failed", scope.get("method"), scope.get("path"))
+            log.exception("%s %s failed", scope["method"], _pattern(route))
             response = error_response(Internal("internal error"))
+        log.debug("%s %s %d", scope["method"], _pattern(route), response.status)
         await _send(send, response)
 
     async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
@@ -263,6 +268,10 @@ class App:
             if not event.get("more_body", False):
                 break
         return b"".join(chunks)
+
+
+def _pattern(route: Route | None) -> str:
+    return route.pattern if route is not None else "(no route)"
 
 
 def error_headers(exc: MessageAIError) -> list[tuple[bytes, bytes]]:

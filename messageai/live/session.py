@@ -218,6 +218,7 @@ class Session:
     async def run(self) -> None:
         """Serve the connection until it closes; cleans up subscriptions and presence."""
         self._presence.connected(self)
+        log.debug("WebSocket open for %s", self.user_id)
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -232,6 +233,7 @@ class Session:
             self._ended = True
             self._registry.unsubscribe_everywhere(self, self.subscriptions)
             self._presence.disconnected(self)
+            log.debug("WebSocket closed (%s %s)", self._close_code, self._close_reason)
 
     async def _closer(self, writer_done: trio.Event, scope: trio.CancelScope) -> None:
         # Waits for a close request, lets the writer finish the frame it is writing,
