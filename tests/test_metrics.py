@@ -18,8 +18,11 @@ import trio_websocket
 from prometheus_client.parser import text_string_to_metric_families
 
 from messageai.config import ConfigError
+from messageai.server import Server
 from tests.expo import fake_expo
 from tests.helpers import harness, make_config, raw_websocket_handshake
+from tests.jobkinds import kinds_for
+from tests.llm import Reply, fake_llm, text
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -258,3 +261,67 @@ async def test_readyz_is_503_when_the_directory_database_does_not_answer(
             r = await h.http.get("/readyz")
             assert r.status_code == 503
             assert "directory database does not answer" in r.json()["reason"]
+
+
+async def test_ai_requests_are_timed_and_failures_counted(tmp_path: Path) -> None:
+    with trio.fail_after(30):
+        async with fake_llm() as llm:
+            ai = {"base_url": llm.url, "model": "fake-model", "timeout_seconds": 5.0}
+            async with harness(make_config(tmp_path / "data", ai=ai)) as h:
+                ada, bob = await h.account("ada"), await h.account("bob")
+                cid = await h.direct(ada, bob)
+                r = await h.http.put(
+                    f"/v1/conversations/{cid}/ai", json={"enabled": True}, headers=h.auth(ada)
+                )
+                assert r.status_code == 200, r.text
+                before = await scrape(h.http)
+                llm.script(text("fine"), Reply(status=503, body=b"{}"))
+                for question, status in (("first?", 200), ("second?", 503)):
+                    r = await h.http.post(
+                        f"/v1/conversations/{cid}/ai/ask",
+                        json={"question": question},
+                        headers=h.auth(ada),
+                    )
+                    assert r.status_code == status, r.text
+                after = await scrape(h.http)
+                assert moved(before, after, "messageai_ai_request_seconds_count") == 2
+                assert moved(before, after, "messageai_ai_request_seconds_sum") > 0
+                assert moved(before, after, "messageai_ai_request_failures_total") == 1
+
+
+async def test_jobs_are_counted_by_kind_and_outcome(tmp_path: Path) -> None:
+    jobs_config = {
+        "poll_seconds": 0.05,
+        "backoff_base_seconds": 0.02,
+        "backoff_max_seconds": 0.05,
+        "max_attempts": 2,
+    }
+    config = make_config(tmp_path / "data", jobs=jobs_config)
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            server: Server = await nursery.start(
+                Server(config, job_kinds=kinds_for(config.data_dir)).run
+            )
+            try:
+                assert server.jobs is not None
+                async with httpx.AsyncClient(base_url=server.url) as http:
+                    before = await scrape(http)
+                    assert value(before, "messageai_jobs_running") == 0
+                    payload = {"value": "v", "hold": "none", "hold_attempts": 0}
+                    await server.jobs.enqueue("test.effect", payload, dedup_key="ok")
+                    failing = {"mode": "job_failed", "text": "no"}
+                    await server.jobs.enqueue("test.fail", failing, dedup_key="bad")
+                    finished = "messageai_jobs_finished_total"
+                    while True:
+                        after = await scrape(http)
+                        dead = moved(before, after, finished, kind="test.fail", outcome="dead")
+                        if dead and moved(
+                            before, after, finished, kind="test.effect", outcome="done"
+                        ):
+                            break
+                        await trio.sleep(0.05)
+                    assert moved(before, after, finished, kind="test.effect", outcome="done") == 1
+                    assert moved(before, after, finished, kind="test.fail", outcome="retry") == 1
+                    assert moved(before, after, finished, kind="test.fail", outcome="dead") == 1
+            finally:
+                server.shutdown()
