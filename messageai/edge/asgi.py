@@ -127,7 +127,7 @@ class Route:
     stream: bool = False
     # As added (`/v1/push-tokens/{token}`): what logs name, never the path itself,
     # which may hold a push token or a user's search.
-    pattern: str = ""
+    pattern: str = attrs.field(default="", eq=False)
 
 
 class Router:
