@@ -190,6 +190,8 @@ class ConversationActor:
         )
         # The batch being processed; `fail_pending` answers what of it is unanswered.
         self._batch: Sequence[Command] = _NO_BATCH
+        # `perf_counter()` as phase 2 of the current batch began (`counters.ack_seconds`).
+        self._answered_at = 0.0
         self._conn: apsw.Connection | None = None
         self.busy = False
         self.last_seq = 0
@@ -472,6 +474,8 @@ class ConversationActor:
         if self._media is not None:
             await self._update_references(results, attaching)
         # Phase 2, on the loop, after the commit: state, acks and fan-out in order.
+        # One clock read for the batch: its acks all leave now (ack latency).
+        self._answered_at = perf_counter()
         for command, result in zip(accepted, results, strict=True):
             self._apply(command, result)
 
@@ -738,7 +742,7 @@ class ConversationActor:
             _reply(command, ack, result)
             counts = COUNTS
             counts.messages_committed += 1
-            counts.ack_seconds.observe(perf_counter() - command.received)
+            counts.ack_seconds.observe(self._answered_at - command.received)
             if self._notify is not None:
                 self._notify(message)
             if self.ai_enabled and self._sent is not None:
