@@ -10,6 +10,7 @@ import base64
 import math
 import re
 import tomllib
+from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -56,6 +57,12 @@ def _positive(_inst: object, attr: attrs.Attribute[Any], value: float) -> None:
         raise ValueError(f"{attr.name} must be a positive finite number, not {value!r}")
 
 
+def _networks(_inst: object, attr: attrs.Attribute[Any], value: tuple[str, ...]) -> None:
+    from messageai.edge.client_address import parse_networks
+
+    parse_networks(value)
+
+
 def _origins(_inst: object, attr: attrs.Attribute[Any], value: tuple[str, ...]) -> None:
     for origin in value:
         if origin != "*" and not re.fullmatch(r"https?://[^/?#\s]+", origin):
@@ -73,6 +80,8 @@ class ServerConfig:
     min_body_bytes_per_second: int = attrs.field(default=8192, validator=_positive)
     keep_alive_timeout_seconds: float = attrs.field(default=30.0, validator=_positive)
     allowed_origins: tuple[str, ...] = attrs.field(default=(), validator=_origins)
+    # Reverse proxies whose X-Forwarded-For is believed (addresses or networks).
+    trusted_proxies: tuple[str, ...] = attrs.field(default=(), validator=_networks)
     idle_timeout_seconds: float = attrs.field(default=300.0, validator=_positive)
     ping_interval_seconds: float = attrs.field(default=30.0, validator=_positive)
     ping_timeout_seconds: float = attrs.field(default=20.0, validator=_positive)
@@ -444,8 +453,36 @@ def parse_config(data: dict[str, Any], source: str = "config") -> Config:
         raise ConfigError(f"{source}: invalid configuration:\n  {lines}") from exc
 
 
-def load_config(path: Path | None = None) -> Config:
-    """Load `path`, or the embedded default when None."""
+ENV_PREFIX = "MESSAGEAI_"
+
+
+def environment_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, Any]]:
+    """`MESSAGEAI_<SECTION>__<KEY>=value` variables as `{section: {key: value}}`: e.g.
+    `MESSAGEAI_SERVER__PORT=9000`, `MESSAGEAI_AI__BASE_URL=http://…`. The value is read
+    as a TOML value where it is one (`9000`, `true`, `["a", "b"]`), else taken as a
+    string (`FULL`, a URL). Other `MESSAGEAI_…` variables (no `__`) are not config.
+    Raises ConfigError naming the variable for an unknown section or key."""
+    defaults = Config()
+    sections = {f.name: type(getattr(defaults, f.name)) for f in attrs.fields(Config)}
+    found: dict[str, dict[str, Any]] = {}
+    for name, raw in sorted(environ.items()):
+        if not name.startswith(ENV_PREFIX) or "__" not in name:
+            continue
+        section, _, key = name[len(ENV_PREFIX) :].lower().partition("__")
+        kind = sections.get(section)
+        if kind is None or key not in {f.name for f in attrs.fields(kind)}:
+            raise ConfigError(f"{name}: no config key {section}.{key} (see messageai/default.toml)")
+        try:
+            value = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw
+        found.setdefault(section, {})[key] = value
+    return found
+
+
+def load_config(path: Path | None = None, environ: Mapping[str, str] | None = None) -> Config:
+    """Load `path`, or the embedded default when None; then `environ`'s
+    `MESSAGEAI_<SECTION>__<KEY>` overrides (`environment_overrides`), when given."""
     if path is None:
         text = resources.files("messageai").joinpath("default.toml").read_text("utf-8")
         source = "embedded default config"
@@ -459,6 +496,12 @@ def load_config(path: Path | None = None) -> Config:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{source}: not valid TOML: {exc}") from exc
+    if environ is not None:
+        overrides = environment_overrides(environ)
+        for section, values in overrides.items():
+            data.setdefault(section, {}).update(values)
+        if overrides:
+            source += " and MESSAGEAI_… environment variables"
     return parse_config(data, source)
 
 

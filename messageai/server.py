@@ -33,6 +33,7 @@ from messageai.conversations.commands import Summary
 from messageai.conversations.registry import Registry
 from messageai.counters import COUNTS
 from messageai.edge.asgi import App, Router, bearer_token, error_headers
+from messageai.edge.client_address import ClientAddress
 from messageai.edge.frontdoor import FrontDoor, ReplayStream
 from messageai.edge.wsframes import request_host, wrap_server_stream
 from messageai.errors import (
@@ -283,6 +284,7 @@ class Server:
             self.authenticator.authenticate,
             body_timeout_seconds=config.server.body_timeout_seconds,
             min_body_bytes_per_second=config.server.min_body_bytes_per_second,
+            client_address=ClientAddress(config.server.trusted_proxies),
         )
         return FrontDoor(
             app,
@@ -420,6 +422,7 @@ class Server:
             self.guard,
             self.search,
             self.assistant,
+            still_valid=lambda: authenticator.session_valid(user.id, token_hash),
         )
         # Both checks are inline and `run` registers the session with presence before
         # its first await, so a deletion or logout either comes before the check or

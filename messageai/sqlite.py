@@ -17,7 +17,14 @@ import apsw
 import apsw.bestpractice
 import apsw.ext
 
+from messageai.errors import StartupError
+
 Migration = Callable[[apsw.Connection], None]
+
+
+class SchemaTooNew(StartupError):
+    """A database written by a newer MessageAI: never migrated, never written."""
+
 
 _sqlite_log = logging.getLogger("messageai.sqlite")
 
@@ -104,9 +111,10 @@ def migrate(conn: apsw.Connection, migrations: Sequence[Migration]) -> None:
     version = conn.execute("PRAGMA user_version").get
     assert isinstance(version, int)
     if version > len(migrations):
-        raise RuntimeError(
-            f"database schema version {version} is newer than this MessageAI knows "
-            f"({len(migrations)})"
+        raise SchemaTooNew(
+            f"{conn.filename}: schema version {version} is newer than this MessageAI"
+            f" knows ({len(migrations)}), so it was left untouched: run the MessageAI that"
+            " wrote it (or a newer one), or restore a backup made by this one"
         )
     for number in range(version, len(migrations)):
         with conn:

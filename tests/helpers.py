@@ -13,6 +13,7 @@ import itertools
 import re
 import signal
 import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -143,6 +144,17 @@ class Harness:
 
     def auth(self, account: Account) -> dict[str, str]:
         return {"Authorization": f"Bearer {account.token}"}
+
+    async def post(self, who: Account, conversation_id: str, body: str) -> int:
+        """Send `body` over REST (`POST …/messages`, a fresh client_id); its seq."""
+        r = await self.http.post(
+            f"/v1/conversations/{conversation_id}/messages",
+            json={"client_id": uuid.uuid4().hex, "body": body},
+            headers=self.auth(who),
+        )
+        assert r.status_code == 201, r.text
+        seq: int = r.json()["seq"]
+        return seq
 
     async def direct(self, a: Account, b: Account) -> str:
         r = await self.http.post(
@@ -321,3 +333,17 @@ class ServerProcess:
     async def wait(self) -> int:
         assert self.process is not None
         return await self.process.wait()
+
+
+async def run_messageai(*args: str) -> subprocess.CompletedProcess[str]:
+    """`messageai ARGS` in a child process (this interpreter), its output as text."""
+    with trio.fail_after(60):
+        done = await trio.run_process(
+            [sys.executable, "-m", "messageai", *args],
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+        )
+    return subprocess.CompletedProcess(
+        done.args, done.returncode, done.stdout.decode(), done.stderr.decode()
+    )

@@ -44,21 +44,8 @@ class File:
     def __init__(self, path: Path) -> None:
         self.conn = open_db(path, "NORMAL")
         migrate(self.conn, conversation.MIGRATIONS)
-        with transaction(self.conn):
-            for seq, (sender, body) in enumerate(BODIES, start=1):
-                conversation.insert_message(
-                    self.conn,
-                    Message(
-                        id=f"m_{seq}",
-                        conversation_id=CID,
-                        seq=seq,
-                        sender_id=sender,
-                        client_id=f"k{seq}",
-                        body=body,
-                        attachments=[],
-                        created_at=seq * 1000,
-                    ),
-                )
+        for sender, body in BODIES:
+            self.add(sender, body)
         self.enabled = True
         self.log: list[list[int]] = []
 

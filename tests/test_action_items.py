@@ -5,7 +5,6 @@ the status, the checks in order, deletes, the switch."""
 from __future__ import annotations
 
 import contextlib
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -33,17 +32,6 @@ async def _server(tmp_path: Path, endpoint: bool = True) -> AsyncIterator[tuple[
                 yield h, llm
 
 
-async def _send(h: Harness, who: Account, cid: str, body: str) -> int:
-    r = await h.http.post(
-        f"/v1/conversations/{cid}/messages",
-        json={"client_id": uuid.uuid4().hex, "body": body},
-        headers=h.auth(who),
-    )
-    assert r.status_code == 201, r.text
-    seq: int = r.json()["seq"]
-    return seq
-
-
 def _items_url(cid: str) -> str:
     return f"/v1/conversations/{cid}/ai/action-items"
 
@@ -66,8 +54,8 @@ async def test_items_are_extracted_listed_marked_done_and_follow_deletes(tmp_pat
     async with _server(tmp_path) as (h, llm):
         ada, bob = await h.account("ada"), await h.account("bob")
         cid = await h.group(ada, bob)
-        one = await _send(h, ada, cid, "bob can you send the slides by friday")
-        two = await _send(h, bob, cid, "yes, friday")
+        one = await h.post(ada, cid, "bob can you send the slides by friday")
+        two = await h.post(bob, cid, "yes, friday")
         assert_error(await _items(h, ada, cid), 403, "forbidden")  # the switch is off
         r = await h.http.put(
             f"/v1/conversations/{cid}/ai", json={"enabled": True}, headers=h.auth(ada)
@@ -148,14 +136,14 @@ async def test_new_messages_where_the_switch_is_on_are_extracted_unasked(
                 ada, bob = await h.account("ada"), await h.account("bob")
                 off = await h.group(ada, bob, title="off")
                 on = await h.group(ada, bob, title="on")
-                await _send(h, ada, off, "bob please book the room")  # switch off: no job
+                await h.post(ada, off, "bob please book the room")  # switch off: no job
                 r = await h.http.put(
                     f"/v1/conversations/{on}/ai", json={"enabled": True}, headers=h.auth(ada)
                 )
                 assert r.status_code == 200, r.text
                 answer = {"items": [{"text": "Book the room", "owner": "bob", "sources": [1]}]}
                 llm.script(tools(("record_action_items", answer)))
-                await _send(h, ada, on, "bob please book the room")
+                await h.post(ada, on, "bob please book the room")
                 await llm.any_request.wait()  # no list was read: the message started it
                 (request,) = llm.texts()
                 assert "book the room" in request

@@ -6,6 +6,7 @@ interpreter, in .venv/bin) as a subprocess.
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -23,7 +24,9 @@ SHIPPED = ROOT / "messageai.toml"
 MESSAGEAI = Path(sys.executable).parent / "messageai"
 
 
-def run_cli(*args: str | Path, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str | Path, cwd: Path = ROOT, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [str(MESSAGEAI), *map(str, args)],
         cwd=cwd,
@@ -31,6 +34,7 @@ def run_cli(*args: str | Path, cwd: Path = ROOT) -> subprocess.CompletedProcess[
         text=True,
         timeout=30,
         check=False,
+        env={**os.environ, **(env or {})},
     )
 
 
@@ -241,3 +245,44 @@ def test_cli_flags_override_the_file(tmp_path: Path) -> None:
     assert str(tmp_path / "from-flag") in result.stdout and "from-file" not in result.stdout
     result = run_cli("config", "check", "--config", config)
     assert result.returncode == 0 and "from-file" in result.stdout, result
+
+
+# ---------------------------------------------------------------- the environment
+
+
+def test_environment_variables_override_the_file_each_as_its_type(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text("[server]\nport = 8081\n[storage]\nsynchronous = 'NORMAL'\n", "utf-8")
+    env = {
+        "MESSAGEAI_SERVER__PORT": "9000",  # a TOML integer
+        "MESSAGEAI_STORAGE__SYNCHRONOUS": "FULL",  # not TOML: a string
+        "MESSAGEAI_SERVER__ALLOWED_ORIGINS": '["https://chat.example.com"]',
+        "MESSAGEAI_AI__BASE_URL": "http://127.0.0.1:11434/v1",
+        "MESSAGEAI_AI__MODEL": "llama3.2",
+        "MESSAGEAI_TEST_SOMETHING": "not config: no double underscore",
+    }
+    loaded = load_config(config, env)
+    assert loaded.server.port == 9000 and loaded.storage.synchronous == "FULL"
+    assert loaded.server.allowed_origins == ("https://chat.example.com",)
+    assert loaded.ai.base_url == "http://127.0.0.1:11434/v1" and loaded.ai.model == "llama3.2"
+    assert load_config(config, {}).server.port == 8081
+    # The CLI reads them; its flags still win over them.
+    data = tmp_path / "from-flag"
+    env = {"MESSAGEAI_SERVER__PORT": "9000", "MESSAGEAI_STORAGE__DATA_DIR": "from-env"}
+    result = run_cli("config", "check", "--config", config, "--data-dir", data, env=env)
+    assert result.returncode == 0 and ":9000" in result.stdout, result
+    assert str(data) in result.stdout and "from-env" not in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "said"),
+    [
+        ("MESSAGEAI_SERVER__PROT", "9000", "MESSAGEAI_SERVER__PROT: no config key server.prot"),
+        ("MESSAGEAI_SERVERS__PORT", "9000", "no config key servers.port"),
+        ("MESSAGEAI_SERVER__PORT", "ninety", "server.port"),
+        ("MESSAGEAI_STORAGE__SYNCHRONOUS", "SOMETIMES", "storage.synchronous"),
+    ],
+)
+def test_a_bad_environment_variable_exits_2_naming_it(name: str, value: str, said: str) -> None:
+    result = run_cli("config", "check", env={name: value})
+    assert result.returncode == 2 and said in result.stderr, result

@@ -7,7 +7,6 @@ and a re-run after a crash between the post and its bookkeeping posting nothing 
 from __future__ import annotations
 
 import contextlib
-import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -40,17 +39,6 @@ async def _server(tmp_path: Path, delay: float = 0.3) -> AsyncIterator[tuple[Har
             config = make_config(tmp_path / "data", ai=ai, jobs=QUIET_ITEMS)
             async with harness(config) as h:
                 yield h, llm
-
-
-async def _send(h: Harness, who: Account, cid: str, body: str) -> int:
-    r = await h.http.post(
-        f"/v1/conversations/{cid}/messages",
-        json={"client_id": uuid.uuid4().hex, "body": body},
-        headers=h.auth(who),
-    )
-    assert r.status_code == 201, r.text
-    seq: int = r.json()["seq"]
-    return seq
 
 
 async def _switch(h: Harness, who: Account, cid: str, enabled: bool, proactive: bool) -> None:
@@ -113,9 +101,9 @@ async def test_scheduling_talk_gets_one_bot_post_to_vote_on(tmp_path: Path) -> N
         cid = await h.group(ada, bob, cy)
         await _switch(h, bob, cid, True, True)
         llm.script(tools(("record_meeting_times", TIMES)))
-        first = await _send(h, ada, cid, "can we meet this week?")
-        await _send(h, bob, cid, "friday 3pm works for me")
-        await _send(h, cy, cid, "I could do saturday 10am")
+        first = await h.post(ada, cid, "can we meet this week?")
+        await h.post(bob, cid, "friday 3pm works for me")
+        await h.post(cy, cid, "I could do saturday 10am")
         post = await _until_post(h, ada, cid)
         assert post["body"] == (
             f"Times proposed. Vote with a reaction:\n{ONE} Friday 3pm\n{TWO} Saturday 10am"
@@ -154,13 +142,13 @@ async def test_one_discussion_is_read_once_and_one_post_an_hour(tmp_path: Path) 
         cid = await h.group(ada, bob)
         await _switch(h, ada, cid, True, True)
         llm.script(tools(("record_meeting_times", TIMES)))
-        await _send(h, ada, cid, "lunch tomorrow?")
-        await _send(h, bob, cid, "friday 3pm works for me")
-        await _send(h, ada, cid, "or saturday 10am?")
+        await h.post(ada, cid, "lunch tomorrow?")
+        await h.post(bob, cid, "friday 3pm works for me")
+        await h.post(ada, cid, "or saturday 10am?")
         await _until_post(h, ada, cid)
         await _until_jobs_done(h, 1)
         # More talk of times: a new job, which sends nothing within the hour.
-        await _send(h, bob, cid, "actually, what about monday at noon?")
+        await h.post(bob, cid, "actually, what about monday at noon?")
         await _until_jobs_done(h, 2)
         assert len(llm.requests) == 1
         assert len([m for m in await _history(h, ada, cid) if m["sender_id"] == _bot_id(h)]) == 1
@@ -177,13 +165,13 @@ async def test_talk_that_names_no_time_or_a_switch_off_never_reaches_the_model(
         await _switch(h, ada, quiet, True, False)
         await _switch(h, ada, plain, True, True)
         await _switch(h, ada, later, True, True)
-        await _send(h, ada, quiet, "can we meet friday at 3pm?")
-        await _send(h, ada, plain, "the build is green again, thanks")
-        await _send(h, bob, plain, "great, shipping it")
+        await h.post(ada, quiet, "can we meet friday at 3pm?")
+        await h.post(ada, plain, "the build is green again, thanks")
+        await h.post(bob, plain, "great, shipping it")
         # The scheduler reads heard messages in order: once the sentinel's job exists,
         # the messages above were judged, and none made a job.
         llm.script(tools(("record_meeting_times", {"times": []})))
-        await _send(h, ada, later, "are you free tomorrow morning?")
+        await h.post(ada, later, "are you free tomorrow morning?")
         await _until_jobs_done(h, 1)
         [job] = await _jobs(h)
         assert orjson.loads(job.payload) == {"conversation_id": later, "seq": 1}
@@ -199,9 +187,9 @@ async def test_switched_off_while_the_model_works_posts_nothing(tmp_path: Path) 
         cid = await h.group(ada, bob)
         await _switch(h, ada, cid, True, True)
         llm.script(tools(("record_meeting_times", TIMES), delay=0.5))
-        await _send(h, ada, cid, "can we meet this week?")
-        await _send(h, bob, cid, "friday 3pm works for me")
-        await _send(h, ada, cid, "or saturday 10am")
+        await h.post(ada, cid, "can we meet this week?")
+        await h.post(bob, cid, "friday 3pm works for me")
+        await h.post(ada, cid, "or saturday 10am")
         await llm.any_request.wait()
         await _switch(h, bob, cid, True, False)  # proactive off, the assistant still on
         await _until_jobs_done(h, 1)
@@ -218,9 +206,9 @@ async def test_a_rerun_after_a_crash_between_post_and_bookkeeping_posts_once(
         ada, bob = await h.account("ada"), await h.account("bob")
         cid = await h.group(ada, bob)
         await _switch(h, ada, cid, True, True)
-        await _send(h, ada, cid, "can we meet this week?")
-        await _send(h, bob, cid, "friday 3pm works for me")
-        await _send(h, ada, cid, "or saturday 10am")
+        await h.post(ada, cid, "can we meet this week?")
+        await h.post(bob, cid, "friday 3pm works for me")
+        await h.post(ada, cid, "or saturday 10am")
         server = h.server
         assert server.registry is not None and server.directory is not None
         assert server.endpoint is not None
@@ -275,9 +263,9 @@ async def test_bad_model_output_is_retried_and_changes_nothing(tmp_path: Path) -
             tools(("record_meeting_times", {"times": [{"text": "Fri", "sources": ["1"]}]})),
             tools(("record_meeting_times", TIMES)),
         )
-        await _send(h, ada, cid, "can we meet this week?")
-        await _send(h, bob, cid, "friday 3pm works for me")
-        await _send(h, ada, cid, "or saturday 10am")
+        await h.post(ada, cid, "can we meet this week?")
+        await h.post(bob, cid, "friday 3pm works for me")
+        await h.post(ada, cid, "or saturday 10am")
         post = await _until_post(h, ada, cid)
         assert post["body"].count("\n") == 2 and len(llm.requests) == 4
 

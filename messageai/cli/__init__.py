@@ -1,4 +1,6 @@
-"""The `messageai` command: `serve`, `user add|list`, `config check`, and the client's
+"""The `messageai` command: `serve`, `user add|list`, `config check`, `backup`, `verify`,
+`restore` (in `cli.ops`), `user disable|enable|reset-password` and `token revoke` (in
+`cli.admin`), and the client's
 `login|send|sync|tail|conversations|new|chat` (arguments in `cli.client_args`, the work in
 `messageai.client.commands`).
 
@@ -12,6 +14,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable
@@ -22,7 +25,9 @@ from typing import TYPE_CHECKING
 import trio
 
 from messageai import logs, passwords
+from messageai.cli.admin import ADMIN_USER_COMMANDS, run_token, run_user
 from messageai.cli.client_args import CLIENT_COMMANDS, add_client_commands
+from messageai.cli.ops import OPS_COMMANDS, add_ops_commands
 from messageai.config import Config, ConfigError, load_config, with_overrides
 from messageai.errors import MessageAIError, StartupError
 from messageai.services.directory import DIRECTORY_FILE, open_directory_db
@@ -82,17 +87,37 @@ def build_parser() -> argparse.ArgumentParser:
     )
     lst = user_sub.add_parser("list", help="list accounts")
     with_config(lst)
+    for name, text in (
+        ("disable", "refuse the account's sessions and sign-ins (its messages stay)"),
+        ("enable", "let a disabled account sign in again"),
+        ("reset-password", "set a new password and sign the account out everywhere"),
+    ):
+        each = user_sub.add_parser(name, help=text)
+        with_config(each)
+        each.add_argument("name", help="the username")
+        if name == "reset-password":
+            each.add_argument(
+                "--password-file", type=Path, help="read the new password from its first line"
+            )
+    token = sub.add_parser("token", help="session tokens")
+    token_sub = token.add_subparsers(dest="token_command", required=True)
+    revoke = token_sub.add_parser("revoke", help="end every session of a user")
+    with_config(revoke)
+    revoke.add_argument("name", help="the username")
 
     config = sub.add_parser("config", help="configuration tools")
     config_sub = config.add_subparsers(dest="config_command", required=True)
     check = config_sub.add_parser("check", help="validate a config file and print the result")
     with_config(check)
+    add_ops_commands(sub, with_config)
     add_client_commands(sub)
     return parser
 
 
 def _load(args: argparse.Namespace) -> Config:
-    config = load_config(args.config)
+    # The file (or the embedded default), then MESSAGEAI_<SECTION>__<KEY> variables,
+    # then the flags.
+    config = load_config(args.config, os.environ)
     return with_overrides(
         config,
         host=getattr(args, "host", None),
@@ -108,6 +133,10 @@ def main(argv: list[str] | None = None) -> int:
         from messageai.client.commands import run as run_client_command
 
         return run_client_command(args)
+    if args.command == "verify":  # a folder, no configuration
+        from messageai.cli import ops
+
+        return ops.run(load_config(None), args)
     try:
         config = _load(args)
     except ConfigError as exc:
@@ -117,7 +146,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "serve":
             return trio.run(_serve, config)
-        if args.command == "user":
+        if args.command in OPS_COMMANDS:
+            from messageai.cli import ops
+
+            return ops.run(config, args)
+        if args.command in ("user", "token"):
             refusal = _no_server_data(config, args)
             if refusal is not None:
                 print(f"messageai: {refusal}", file=sys.stderr)
@@ -126,6 +159,10 @@ def main(argv: list[str] | None = None) -> int:
             return _user_add(config, args)
         if args.command == "user" and args.user_command == "list":
             return _user_list(config)
+        if args.command == "user" and args.user_command in ADMIN_USER_COMMANDS:
+            return run_user(config, args, lambda: _read_password(args))
+        if args.command == "token":
+            return run_token(config, args)
         if args.command == "config":
             print(
                 f"configuration OK: data in {config.storage.data_dir}, "

@@ -23,6 +23,7 @@ import trio
 
 from messageai import logs
 from messageai.counters import COUNTS
+from messageai.edge.client_address import ClientAddress
 from messageai.errors import (
     BadRequest,
     Internal,
@@ -61,7 +62,8 @@ class Request:
         query = parse_qs(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
         self.query = {k: v[-1] for k, v in query.items()}
         self.body = body
-        # The peer's IP address (hypercorn reads it from the socket), when known.
+        # The peer's IP address (hypercorn reads it from the socket), when known; the
+        # App then puts the client's there (`edge.client_address`: behind a trusted proxy).
         client = scope.get("client")
         self.client: str | None = client[0] if client else None
         self.user: User | None = None
@@ -213,7 +215,9 @@ class App:
         *,
         body_timeout_seconds: float = 10.0,
         min_body_bytes_per_second: float = 8192,
+        client_address: ClientAddress | None = None,
     ) -> None:
+        self._client_address = client_address or ClientAddress(())
         self._router = router
         self._max_body = max_body_bytes
         self._authenticate = authenticate
@@ -238,6 +242,9 @@ class App:
                 request.receive = receive
             else:
                 request = Request(scope, await self._read_body(scope, receive), params)
+            request.client = self._client_address.resolve(
+                request.client, request.headers.get("x-forwarded-for")
+            )
             token = request.bearer_token()
             if token is not None and self._authenticate is not None:
                 request.user = await self._authenticate(token)

@@ -35,6 +35,12 @@ class Authenticator(Protocol):
         before the session is registered, to catch a logout that raced the handshake."""
         ...
 
+    def session_valid(self, user_id: str, token_hash: bytes) -> bool:
+        """Whether an open WebSocket may go on: asked at each keepalive, so an operator's
+        `messageai user disable` or `token revoke`, made in another process, ends the
+        user's connections within a ping interval. Inline read, no waiting."""
+        ...
+
 
 class LocalAuthenticator:
     """Opaque session tokens issued by this server (`auth.mode = "local"`)."""
@@ -50,6 +56,9 @@ class LocalAuthenticator:
 
     def is_revoked(self, token: str) -> bool:
         return self._directory.user_for_token(token) is None
+
+    def session_valid(self, user_id: str, token_hash: bytes) -> bool:
+        return self._directory.token_valid(token_hash)
 
 
 def make_authenticator(config: Config, directory: Directory) -> Authenticator:

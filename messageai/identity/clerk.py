@@ -179,6 +179,10 @@ class ClerkAuthenticator:
         found = self._directory.clerk_user(user_id)
         return found is not None and not found[1]
 
+    def session_valid(self, user_id: str, token_hash: bytes) -> bool:
+        # Disabled or deleted here; the JWT's own expiry is Clerk's to enforce.
+        return self.is_active(user_id)
+
     def is_revoked(self, token: str) -> bool:
         # Clerk's session JWTs are not revoked through this server (Clerk ends a session
         # by no longer renewing its short-lived JWT; a deleted user is `is_active`'s).

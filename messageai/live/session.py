@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import attrs
@@ -29,6 +30,7 @@ from messageai.edge.wsframes import send_frames, text_frame
 from messageai.errors import (
     CLOSE_GOING_AWAY,
     CLOSE_NORMAL,
+    CLOSE_POLICY,
     CLOSE_TRY_AGAIN_LATER,
     CLOSE_UNSUPPORTED_DATA,
     MessageAIError,
@@ -91,8 +93,12 @@ class Session:
         guard: Guard,
         search: SearchService | None = None,
         assistant: Assistant | None = None,
+        still_valid: Callable[[], bool] | None = None,
     ) -> None:
         self.user_id = user_id
+        # Asked at each keepalive ping: False (the token revoked, the user disabled, by
+        # the operator in another process) closes the connection with 1008.
+        self._still_valid = still_valid
         # ai: `ai_ask` answers run as tasks of this connection's nursery, like searches.
         self._assistant = assistant
         self._asks = 0
@@ -266,6 +272,9 @@ class Session:
                 self.close(CLOSE_NORMAL, "idle timeout")
                 return
             if now >= next_ping:
+                if self._still_valid is not None and not self._still_valid():
+                    self.close(CLOSE_POLICY, "session ended")
+                    return
                 with trio.move_on_after(server.ping_timeout_seconds) as waited:
                     try:
                         await self._ws.ping()

@@ -1,9 +1,9 @@
 """REST handlers of PROTOCOL.md, one module per resource: `accounts` (register, login,
 logout, me, password, users), `conversations` (conversations, members, messages),
 `channels` (v1.1: browse, join, title and topic), `media`, `push_tokens`, `search`,
-`health` (`/healthz`, `/readyz`), `metrics` (`/metrics`) and, in Clerk mode,
-`clerk_webhooks`; `params` parses their input; `announce` builds the conversation
-objects and frames members' connections are told.
+`export` (a conversation as one file), `health` (`/healthz`, `/readyz`), `metrics`
+(`/metrics`) and, in Clerk mode, `clerk_webhooks`; `params` parses their input;
+`announce` builds the conversation objects and frames members' connections are told.
 
 `mount` puts every resource on the router; called once by `server.Server.run`.
 """
@@ -27,6 +27,7 @@ from messageai.rest.ai import AiRoutes
 from messageai.rest.channels import Channels
 from messageai.rest.clerk_webhooks import ClerkWebhooks
 from messageai.rest.conversations import Conversations
+from messageai.rest.export import ConversationExport
 from messageai.rest.health import Readiness, healthz
 from messageai.rest.media import MediaFiles
 from messageai.rest.metrics import MetricsRoute, ServerCollector, load_token
@@ -71,6 +72,7 @@ def mount(
     MediaFiles(media).routes(router)
     PushTokens(push).routes(router)
     SearchRoutes(search).routes(router)
+    ConversationExport(config.data_dir, directory).routes(router)
     if assistant is not None:
         AiRoutes(assistant).routes(router)
     if action_items is not None:

@@ -307,6 +307,8 @@ class Directory:
             self._throttle.failed(username, address)
             raise failure
         self._throttle.succeeded(username)
+        if sql.is_disabled(self._reader, user.id):
+            raise Forbidden("this account is disabled: ask the server's operator")
         token = passwords.new_token()
         await self.write(self._insert_token, token, user.id)
         # A user made by `messageai user add` beside the running server joined
@@ -328,6 +330,11 @@ class Directory:
     def _check_local_accounts(self) -> None:
         if self._config.auth.mode != "local":
             raise Forbidden("local accounts are off on this server: sign in with Clerk")
+
+    def token_valid(self, token_hash: bytes) -> bool:
+        """Whether a session token (by its hash) is still good: not revoked, expired,
+        or its user disabled. Inline read: each WebSocket asks at its keepalive."""
+        return sql.user_by_token(self._reader, token_hash, now_ms()) is not None
 
     def user_for_token(self, token: str) -> User | None:
         """The token's user, or None when it is unknown, revoked or expired. Inline read."""

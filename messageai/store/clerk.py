@@ -18,8 +18,11 @@ _USER = USER_COLUMNS
 
 
 def user_state(conn: apsw.Connection, user_id: str) -> tuple[User, bool] | None:
-    """(user, deleted) for `user_id`, or None when there is no such row."""
-    row = conn.execute(f"SELECT {_USER}, deleted_at FROM users WHERE id = ?", (user_id,)).fetchone()
+    """(user, gone) for `user_id`, or None when there is no such row; gone: deleted,
+    or disabled by `messageai user disable`."""
+    row = conn.execute(
+        f"SELECT {_USER}, coalesce(deleted_at, disabled_at) FROM users WHERE id = ?", (user_id,)
+    ).fetchone()
     if row is None:
         return None
     return user_from_row(row), row[-1] is not None

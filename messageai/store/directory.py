@@ -203,6 +203,12 @@ def _ai_budget(conn: apsw.Connection) -> None:
     )
 
 
+def _disabled_users(conn: apsw.Connection) -> None:
+    """`messageai user disable`: a disabled account's tokens are refused and it cannot
+    sign in until `messageai user enable`; its messages and memberships stay."""
+    conn.execute("ALTER TABLE users ADD COLUMN disabled_at INTEGER")
+
+
 MIGRATIONS: list[Migration] = [
     _v1,
     _clerk_identities,
@@ -210,6 +216,7 @@ MIGRATIONS: list[Migration] = [
     _tokens_by_expiry,
     _people_v1_1,
     _ai_budget,
+    _disabled_users,
 ]
 
 
@@ -412,7 +419,8 @@ def user_by_token(conn: apsw.Connection, token_hash: bytes, now: int) -> User | 
     return _user(
         conn.execute(
             f"SELECT {', '.join('u.' + c for c in _USER.split(', '))} FROM tokens t"
-            " JOIN users u ON u.id = t.user_id WHERE t.hash = ? AND t.expires_at > ?",
+            " JOIN users u ON u.id = t.user_id WHERE t.hash = ? AND t.expires_at > ?"
+            " AND u.disabled_at IS NULL",
             (token_hash, now),
         ).fetchone()
     )
@@ -420,6 +428,26 @@ def user_by_token(conn: apsw.Connection, token_hash: bytes, now: int) -> User | 
 
 def delete_token(conn: apsw.Connection, token_hash: bytes) -> None:
     conn.execute("DELETE FROM tokens WHERE hash = ?", (token_hash,))
+
+
+def delete_tokens_of(conn: apsw.Connection, user_id: str) -> int:
+    """Sign `user_id` out everywhere: every session token goes; how many."""
+    conn.execute("DELETE FROM tokens WHERE user_id = ?", (user_id,))
+    return conn.changes()
+
+
+def set_disabled(conn: apsw.Connection, user_id: str, at: int | None) -> None:
+    """Disable `user_id` (at `at`, ms) or enable it again (None)."""
+    conn.execute("UPDATE users SET disabled_at = ? WHERE id = ?", (at, user_id))
+
+
+def is_disabled(conn: apsw.Connection, user_id: str) -> bool:
+    return (
+        conn.execute(
+            "SELECT 1 FROM users WHERE id = ? AND disabled_at IS NOT NULL", (user_id,)
+        ).fetchone()
+        is not None
+    )
 
 
 def delete_expired_tokens(conn: apsw.Connection, now: int, limit: int) -> int:

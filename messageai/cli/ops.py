@@ -1,0 +1,178 @@
+"""The operator's commands on a data directory: `backup DEST`, `verify DIR`, `restore
+SRC` (the work is `messageai.ops.backup`) and `conversation export ID FILE [--media]`,
+`conversation import FILE` (`messageai.ops.conversation_file`), `conversation
+list|show` and `check`
+(`messageai.ops.check`). Added to the parser
+and run by `cli.main`; exit 0 on success, 1 when the work fails (the reason on stderr,
+each problem on its own line for `verify`)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import apsw
+
+from messageai.config import Config
+from messageai.ops import backup, check, conversation_file
+from messageai.services.directory import DIRECTORY_FILE
+from messageai.store import directory as directory_sql
+from messageai.store.paths import conversation_path
+
+OPS_COMMANDS = ("backup", "verify", "restore", "check", "conversation")
+
+
+def add_ops_commands(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser],
+    with_config: Callable[[argparse.ArgumentParser], None],
+) -> None:
+    make = sub.add_parser(
+        "backup",
+        help="back the data directory up while the server runs",
+        description="Every database through SQLite's online backup API, the media files,"
+        " and a manifest with checksums, into DEST (absent or empty).",
+    )
+    with_config(make)
+    make.add_argument("dest", type=Path, help="the backup folder to create")
+    check = sub.add_parser(
+        "verify",
+        help="check a backup: checksums and SQLite's integrity check of every file",
+    )
+    check.add_argument("folder", type=Path, help="a folder made by `messageai backup`")
+    put = sub.add_parser(
+        "restore",
+        help="restore a backup into an empty data directory",
+        description="Verifies the backup, then copies it into the data directory named by"
+        " --data-dir or --config, which must be absent or empty.",
+    )
+    with_config(put)
+    put.add_argument("src", type=Path, help="a folder made by `messageai backup`")
+    whole = sub.add_parser(
+        "check",
+        help="check the data directory: every database's integrity, every upload's bytes",
+    )
+    with_config(whole)
+    conversation = sub.add_parser("conversation", help="one conversation as one file")
+    conversation_sub = conversation.add_subparsers(dest="conversation_command", required=True)
+    out = conversation_sub.add_parser(
+        "export",
+        help="write one conversation as one self-contained SQLite file",
+        description="Its messages, read cursors, edit history and the public profiles of"
+        " everyone in it (not the assistant's data); its uploads too with --media.",
+    )
+    with_config(out)
+    out.add_argument("conversation_id")
+    out.add_argument("file", type=Path, help="the file to write (must not exist)")
+    out.add_argument("--media", action="store_true", help="include the uploads it attaches")
+    into = conversation_sub.add_parser(
+        "import",
+        help="import a conversation file into this data directory",
+        description="People are matched by username, else made as placeholders without a"
+        " password; the conversation keeps its id unless it is taken here.",
+    )
+    with_config(into)
+    into.add_argument("file", type=Path, help="a file made by `conversation export`")
+    listing = conversation_sub.add_parser(
+        "list", help="every conversation: id, kind, members, messages, title"
+    )
+    with_config(listing)
+    show = conversation_sub.add_parser("show", help="one conversation: its record and members")
+    with_config(show)
+    show.add_argument("conversation_id")
+
+
+def run(config: Config, args: argparse.Namespace) -> int:
+    try:
+        if args.command == "backup":
+            backup.backup(config.data_dir, args.dest)
+            return 0
+        if args.command in ("verify", "check"):
+            folder = args.folder if args.command == "verify" else config.data_dir
+            found = backup.verify(folder) if args.command == "verify" else check.check(folder)
+            for problem in found.problems:
+                print(f"messageai: {problem}", file=sys.stderr)
+            if found.problems:
+                print(f"{folder}: {len(found.problems)} problems", file=sys.stderr)
+                return 1
+            print(f"{folder}: {found.checked} files verified")
+            return 0
+        if args.command == "restore":
+            backup.restore(args.src, config.data_dir)
+            return 0
+        return _conversation(config, args)
+    except (backup.BackupError, conversation_file.TransferError) as exc:
+        print(f"messageai: {exc}", file=sys.stderr)
+        return 1
+
+
+def _conversation(config: Config, args: argparse.Namespace) -> int:
+    if args.conversation_command in ("list", "show"):
+        return _describe(config, args)
+    if args.conversation_command == "export":
+        summary = conversation_file.export(
+            config.data_dir, args.conversation_id, args.file, media=args.media
+        )
+        print(
+            f"exported {summary.conversation_id}: {summary.messages} messages,"
+            f" {summary.users} people, {summary.media} uploads into {args.file}"
+        )
+        return 0
+    summary = conversation_file.import_file(config.data_dir, args.file, config.storage.synchronous)
+    made = (
+        f"; new placeholder accounts: {', '.join(summary.created_users)}"
+        if summary.created_users
+        else ""
+    )
+    print(
+        f"imported {summary.conversation_id}: {summary.messages} messages,"
+        f" {summary.users} people, {summary.media} uploads{made}"
+    )
+    return 0
+
+
+def _describe(config: Config, args: argparse.Namespace) -> int:
+    """`conversation list|show`: read-only, from the directory and each file's own count."""
+    if not (config.data_dir / DIRECTORY_FILE).is_file():
+        raise backup.BackupError(f"no directory database in {config.data_dir.resolve()}")
+    conn = apsw.Connection(str(config.data_dir / DIRECTORY_FILE), flags=apsw.SQLITE_OPEN_READONLY)
+    try:
+        if args.conversation_command == "list":
+            ids = [
+                row[0]
+                for row in conn.execute("SELECT id FROM conversations ORDER BY created_at, id")
+            ]
+        else:
+            ids = [args.conversation_id]
+        for cid in ids:
+            record = directory_sql.conversation(conn, cid)
+            if record is None:
+                raise backup.BackupError(f"no conversation {cid!r}")
+            members = directory_sql.member_ids(conn, cid)
+            count = _message_count(conversation_path(config.data_dir, cid))
+            title = record.title or "(direct)"
+            if args.conversation_command == "list":
+                print(f"{cid}\t{record.kind}\t{len(members)} members\t{count} messages\t{title}")
+                continue
+            print(f"{cid}: {record.kind} {title!r}, {count} messages, created {record.created_at}")
+            if record.topic:
+                print(f"topic: {record.topic}")
+            for user_id in members:
+                user = directory_sql.user_by_id(conn, user_id)
+                name = user.username if user is not None else "(deleted)"
+                creator = " (creator)" if user_id == record.creator_id else ""
+                print(f"  {user_id}\t{name}{creator}")
+    finally:
+        conn.close()
+    return 0
+
+
+def _message_count(path: Path) -> int:
+    if not path.is_file():
+        return 0  # nothing sent yet: the file is made by the first message
+    conn = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READONLY)
+    try:
+        return int(conn.execute("SELECT count(*) FROM messages").get or 0)
+    finally:
+        conn.close()

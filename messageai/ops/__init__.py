@@ -1,0 +1,1 @@
+"""Operating a server's data: backups (`ops.backup`)."""
