@@ -2,9 +2,9 @@
 
 The hot path (the actor's commit, the session's send) bumps these attributes on the
 event loop's thread: no lock (nothing else writes them), no allocation (an int
-attribute incremented in place, a bucket found by `bisect` in a tuple). The
-`observe` package reads them when `/metrics` is scraped; gauges (connections,
-actors, open files, queue depths) are not kept here but read from their owners then.
+attribute incremented in place, a bucket found by `bisect` in a tuple).
+`rest.metrics` reads them when `/metrics` is scraped; gauges (connections, actors,
+open files, queue depths) are not kept here but read from their owners then.
 One server per process (the CLI's `serve`), so one `COUNTS`; tests that run several
 servers in one process compare figures before and after, never absolute values.
 """
