@@ -1,8 +1,9 @@
 """Process-wide tallies for `/metrics`: plain ints and fixed-bucket histograms.
 
 The hot path (the actor's commit, the session's send) bumps these attributes on the
-event loop's thread: no lock (nothing else writes them), no allocation (an int
-attribute incremented in place, a bucket found by `bisect` in a tuple).
+event loop's thread: no lock (nothing else writes them), and nothing allocated but
+the interpreter's own int and float results (a counter attribute incremented, a
+bucket found by `bisect` in a tuple; no list, dict or metric object per message).
 `rest.metrics` reads them when `/metrics` is scraped; gauges (connections, actors,
 open files, queue depths) are not kept here but read from their owners then.
 One server per process (the CLI's `serve`), so one `COUNTS`; tests that run several
