@@ -353,6 +353,17 @@ class EmbeddingsConfig:
 
 
 @attrs.frozen(field_transformer=_name_errors)
+class RetentionConfig:
+    """How long messages are kept (`services.retention`)."""
+
+    # 0: forever. Else messages older than this many days become tombstones.
+    days: float = attrs.field(default=0.0, validator=[v.ge(0), v.le(100_000)])
+    sweep_interval_seconds: float = attrs.field(default=3600.0, validator=[_positive, v.le(86400)])
+    # Conversations the sweep opens per second at most (a large server's sweep spreads).
+    conversations_per_second: float = attrs.field(default=20.0, validator=_positive)
+
+
+@attrs.frozen(field_transformer=_name_errors)
 class LoggingConfig:
     level: Literal["debug", "info", "warning", "error"] = attrs.field(
         default="info", validator=v.in_(("debug", "info", "warning", "error"))
@@ -391,6 +402,7 @@ class Config:
     jobs: JobsConfig = JobsConfig()
     ai: AiConfig = AiConfig()
     embeddings: EmbeddingsConfig = EmbeddingsConfig()
+    retention: RetentionConfig = RetentionConfig()
     logging: LoggingConfig = LoggingConfig()
     metrics: MetricsConfig = MetricsConfig()
 

@@ -56,6 +56,7 @@ from messageai.model import User
 from messageai.services.directory import Directory
 from messageai.services.media import Media
 from messageai.services.push import Push
+from messageai.services.retention import Retention
 from messageai.services.search import Search
 from messageai.sqlite import apply_best_practice
 
@@ -92,6 +93,7 @@ class Server:
         self._job_kinds = tuple(job_kinds)
         self.assistant: Assistant | None = None
         self.action_items: action_item_board.ActionItemBoard | None = None
+        self.retention: Retention | None = None
         self.endpoint: Endpoint | None = None
         self.embeddings: Embeddings | None = None
         self.guard = Guard(config)
@@ -229,6 +231,9 @@ class Server:
                 registry.changed = action_item_board.chain(
                     self.assistant.message_changed, self.action_items.message_changed
                 )
+                if config.retention.days > 0:
+                    self.retention = Retention(config.retention, directory, registry)
+                    await actor_nursery.start(self.retention.run)
                 front = self._front_door(directory, registry, presence, media, push)
                 await self._serve(front, presence, listeners, task_status)
                 registry.closing = True

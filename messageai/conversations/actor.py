@@ -567,7 +567,7 @@ class ConversationActor:
                 else:
                     results.append(Duplicate(original))
             elif isinstance(op, (EditMessage, DeleteMessage, React)):
-                result = self._change(conn, command.user_id, op, next_rev, now)
+                result = self._change(conn, command.user_id, op, next_rev, now, command.internal)
                 if isinstance(result, Changed):
                     next_rev += 1
                 results.append(result)
@@ -612,6 +612,7 @@ class ConversationActor:
         op: EditMessage | DeleteMessage | React,
         rev: int,
         now: int,
+        internal: bool = False,
     ) -> Changed | Unchanged | Refused:
         """One edit, delete or reaction, in the batch's transaction: the checks in
         PROTOCOL.md's order after membership (the message, who may, its state), then
@@ -631,7 +632,8 @@ class ConversationActor:
             return Changed(attrs.evolve(message, body=body, edited_at=now, rev=rev))
         if isinstance(op, DeleteMessage):
             if (
-                message.sender_id != user_id
+                not internal  # the server's own: the retention sweep
+                and message.sender_id != user_id
                 and user_id != self._creator_id
                 and message.sender_id != self._bot_id  # any member may delete the bot's
             ):

@@ -255,12 +255,22 @@ class Registry:
         """A send by the server itself (the assistant's bot), not checked for membership,
         stored only if `guard(conn)` finds nothing wrong in the send's own transaction;
         otherwise its error is raised (a resend of a stored post gets its original)."""
-        waiter: Waiter[Any] = Waiter()
-        command = Command(op=op, user_id=user_id, waiter=waiter, internal=True, guard=guard)
+        result: Sent = await self._internal(conversation_id, Command(op, user_id, guard=guard))
+        return result
+
+    async def expire(self, conversation_id: str, seq: int) -> Change:
+        """Delete message `seq` as the server (the retention sweep): the delete's whole
+        path (a tombstone, `message_updated`, media, vectors, items), no member check."""
+        op = DeleteMessage(conversation_id=conversation_id, seq=seq)
+        result: Change = await self._internal(conversation_id, Command(op, ""))
+        return result
+
+    async def _internal(self, conversation_id: str, command: Command) -> Any:
+        command.internal = True
+        command.waiter = Waiter()
         with trio.move_on_after(self._config.conversations.call_timeout_seconds):
             await self.submit(conversation_id, command)
-            result: Sent = await waiter.wait()
-            return result
+            return await command.waiter.wait()
         raise Unavailable("the conversation did not answer in time; please retry")
 
     async def members_changed(

@@ -73,7 +73,8 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _fsync(path: Path) -> None:
+def fsync_path(path: Path) -> None:
+    """Make a file's (or a folder's) content durable before going on."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -104,7 +105,7 @@ def _copy_database(src: Path, dst: Path) -> None:
             target.close()
     finally:
         source.close()
-    _fsync(dst)
+    fsync_path(dst)
 
 
 def _media_digests(directory_copy: Path) -> list[str]:
@@ -146,7 +147,7 @@ def backup(data_dir: Path, dest: Path, progress: Callable[[str], None] = print) 
             continue
         (dest / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src, dest / rel)
-        _fsync(dest / rel)
+        fsync_path(dest / rel)
         digest = sha256_of(dest / rel)
         if digest != sha256:
             raise BackupError(f"{rel}: its content does not match its name (damaged on disk)")
@@ -168,9 +169,9 @@ def _write_manifest(dest: Path, entries: list[Entry]) -> None:
     }
     tmp = dest / (MANIFEST + ".tmp")
     tmp.write_text(json.dumps(body, indent=1) + "\n", "utf-8")
-    _fsync(tmp)
+    fsync_path(tmp)
     tmp.replace(dest / MANIFEST)
-    _fsync(dest)
+    fsync_path(dest)
 
 
 def read_manifest(folder: Path) -> list[Entry]:
@@ -259,7 +260,7 @@ def restore(src: Path, data_dir: Path, progress: Callable[[str], None] = print) 
         target = staging / entry.path
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src / entry.path, target)
-        _fsync(target)
+        fsync_path(target)
     # The whole restore appears at once: a half-restored directory never serves.
     if data_dir.exists():
         data_dir.rmdir()

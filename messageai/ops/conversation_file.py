@@ -29,7 +29,6 @@ crash leaves at most a file the server ignores.
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
 from collections.abc import Iterable
 from importlib import metadata
@@ -41,6 +40,7 @@ import attrs
 import orjson
 
 from messageai.model import ConversationRecord, MediaRecord, User, new_id, now_ms
+from messageai.ops.backup import fsync_path
 from messageai.services.directory import DIRECTORY_FILE, open_directory_db
 from messageai.services.media import blob_path
 from messageai.sqlite import migrate, open_db, transaction
@@ -84,14 +84,6 @@ def _version() -> str:
         return "unknown"
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _tables(conn: apsw.Connection) -> set[str]:
     return {row[0] for row in conn.execute("SELECT name FROM sqlite_schema WHERE type = 'table'")}
 
@@ -127,7 +119,7 @@ def export(data_dir: Path, conversation_id: str, dest: Path, *, media: bool = Fa
             out.close()
     finally:
         directory.close()
-    _fsync(partial)
+    fsync_path(partial)
     partial.replace(dest)
     return summary
 
@@ -385,7 +377,7 @@ def _stage_file(file: Path, data_dir: Path, plan: _Plan) -> Path:
         conn.execute("VACUUM")
     finally:
         conn.close()
-    _fsync(partial)
+    fsync_path(partial)
     partial.replace(target)
     return target
 
@@ -473,7 +465,7 @@ def write_media_blobs(data_dir: Path, file: Path) -> int:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(path.name + ".tmp")
             tmp.write_bytes(data)
-            _fsync(tmp)
+            fsync_path(tmp)
             tmp.replace(path)
             written += 1
     finally:

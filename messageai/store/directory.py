@@ -286,6 +286,11 @@ def join_auto_channels(conn: apsw.Connection, user_id: str, now: int) -> list[st
     return joined
 
 
+def conversation_ids(conn: apsw.Connection) -> list[str]:
+    """Every conversation's id, oldest first (the retention sweep's order)."""
+    return [row[0] for row in conn.execute("SELECT id FROM conversations ORDER BY created_at, id")]
+
+
 def auto_join_ids(conn: apsw.Connection) -> list[str]:
     """The conversations every new user joins (`general`)."""
     return [
