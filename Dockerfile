@@ -21,6 +21,6 @@ ENV MESSAGEAI_STORAGE__DATA_DIR=/data \
     PYTHONUNBUFFERED=1
 EXPOSE 8080
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s \
-    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=4)"]
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/readyz', timeout=4)"]
 STOPSIGNAL SIGTERM
 CMD ["messageai", "serve"]

@@ -368,6 +368,24 @@ class LoggingConfig:
     level: Literal["debug", "info", "warning", "error"] = attrs.field(
         default="info", validator=v.in_(("debug", "info", "warning", "error"))
     )
+    # "json": one object a line (time, level, logger, message, connection, request).
+    format: Literal["text", "json"] = attrs.field(default="text", validator=v.in_(("text", "json")))
+
+
+@attrs.frozen(field_transformer=_name_errors)
+class MetricsConfig:
+    """`GET /metrics` (Prometheus text format): off answers 404; with a token, a scrape
+    without `Authorization: Bearer <token>` answers 401."""
+
+    enabled: bool = True
+    # The bearer token, read from this file (its first line) or this environment
+    # variable, never from the config itself; neither: no token asked.
+    token_file: str = ""
+    token_env: str = ""
+
+    def __attrs_post_init__(self) -> None:
+        if self.token_file and self.token_env:
+            raise ValueError("metrics: set at most one of token_file and token_env")
 
 
 @attrs.frozen
@@ -386,6 +404,7 @@ class Config:
     embeddings: EmbeddingsConfig = EmbeddingsConfig()
     retention: RetentionConfig = RetentionConfig()
     logging: LoggingConfig = LoggingConfig()
+    metrics: MetricsConfig = MetricsConfig()
 
     def __attrs_post_init__(self) -> None:
         if self.auth.mode == "clerk":

@@ -31,6 +31,7 @@ from messageai.ai.endpoint import Endpoint, load_api_key
 from messageai.config import Config
 from messageai.conversations.commands import Summary
 from messageai.conversations.registry import Registry
+from messageai.counters import COUNTS
 from messageai.edge.asgi import App, Router, bearer_token, error_headers
 from messageai.edge.client_address import ClientAddress
 from messageai.edge.frontdoor import FrontDoor, ReplayStream
@@ -280,6 +281,7 @@ class Server:
             search,
             self.assistant,
             self.action_items,
+            jobs=self.jobs,
         )
         app = App(
             router,
@@ -452,6 +454,7 @@ async def _listen(host: str, port: int) -> list[trio.SocketListener]:
 
 async def _reject(request: trio_websocket.WebSocketRequest, exc: MessageAIError) -> None:
     """Refuse the handshake with `exc`'s status, headers and body, as REST would."""
+    COUNTS.errors[exc.code] += 1
     headers = [(b"content-type", b"application/json"), *error_headers(exc)]
     await request.reject(exc.status, extra_headers=headers, body=orjson.dumps(error_body(exc)))
 

@@ -31,6 +31,7 @@ import orjson
 import trio
 
 from messageai.config import AiConfig, ConfigError
+from messageai.counters import COUNTS
 from messageai.errors import Unavailable
 
 log = logging.getLogger(__name__)
@@ -158,11 +159,19 @@ class Endpoint:
             body["tools"] = tools
         async with self._limiter:
             content = orjson.dumps(body)
+            started = time.perf_counter()
             try:
                 completion = await self._stream(content, on_delta)
             except httpx.HTTPError as exc:
+                COUNTS.ai_requests_failed += 1
                 # The class only: an httpx message can hold the URL, never needed here.
                 raise EndpointError(f"the AI endpoint failed ({type(exc).__name__})") from None
+            except EndpointError:
+                COUNTS.ai_requests_failed += 1
+                raise
+            finally:
+                # Every request, answered, failed or cancelled: the endpoint's latency.
+                COUNTS.ai_request_seconds.observe(time.perf_counter() - started)
         if completion.tokens <= 0:
             # An endpoint that reports no usage: about four characters a token, both ways.
             tokens = max(1, (len(content) + len(completion.content)) // 4)

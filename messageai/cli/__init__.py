@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from messageai import passwords
+from messageai import logs, passwords
 from messageai.cli.admin import ADMIN_USER_COMMANDS, run_token, run_user
 from messageai.cli.client_args import CLIENT_COMMANDS, add_client_commands
 from messageai.cli.ops import OPS_COMMANDS, add_ops_commands
@@ -186,9 +186,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def configure_logging(config: Config) -> None:
-    logging.basicConfig(
-        level=config.logging.level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logs.configure(config.logging.level, config.logging.format)
 
 
 def _sole_startup_error(exc: BaseException) -> StartupError | OSError | None:

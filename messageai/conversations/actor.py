@@ -36,6 +36,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from time import perf_counter
 from typing import TYPE_CHECKING, Any, assert_never
 
 import apsw
@@ -67,6 +68,7 @@ from messageai.conversations.commands import (
     Unread,
 )
 from messageai.conversations.indexer import IndexFiller
+from messageai.counters import COUNTS
 from messageai.errors import (
     BadRequest,
     Conflict,
@@ -188,6 +190,8 @@ class ConversationActor:
         )
         # The batch being processed; `fail_pending` answers what of it is unanswered.
         self._batch: Sequence[Command] = _NO_BATCH
+        # `perf_counter()` as phase 2 of the current batch began (`counters.ack_seconds`).
+        self._answered_at = 0.0
         self._conn: apsw.Connection | None = None
         self.busy = False
         self.last_seq = 0
@@ -458,7 +462,11 @@ class ConversationActor:
         if needs_db:
             conn = await self._ensure_db()
             if writes:
+                started = perf_counter()
                 results = await self._workers.run(self._store_committed, conn, accepted)
+                # Per commit, not per message: two bucket bumps (`counters`).
+                COUNTS.commit_seconds.observe(perf_counter() - started)
+                COUNTS.commit_batch.observe(len(accepted))
             else:
                 results = self._store(conn, accepted)
         else:
@@ -466,6 +474,8 @@ class ConversationActor:
         if self._media is not None:
             await self._update_references(results, attaching)
         # Phase 2, on the loop, after the commit: state, acks and fan-out in order.
+        # One clock read for the batch: its acks all leave now (ack latency).
+        self._answered_at = perf_counter()
         for command, result in zip(accepted, results, strict=True):
             self._apply(command, result)
 
@@ -732,6 +742,9 @@ class ConversationActor:
             self._fan_out(encode(NewMessage(message)), skip=command.peer)
             ack = Ack(client_id=op.client_id, message=message, duplicate=False, req=command.req)
             _reply(command, ack, result)
+            counts = COUNTS
+            counts.messages_committed += 1
+            counts.ack_seconds.observe(self._answered_at - command.received)
             if self._notify is not None:
                 self._notify(message)
             if self.ai_enabled and self._sent is not None:
@@ -748,6 +761,7 @@ class ConversationActor:
 
     def _on_change(self, command: Command, result: StorageResult) -> None:
         if isinstance(result, Changed):
+            COUNTS.changes_committed += 1
             message = result.message
             self.last_rev = message.rev
             if message.seq == self.last_seq:
@@ -922,4 +936,6 @@ def _reply_error(command: Command, error: MessageAIError) -> None:
     if command.waiter is not None:
         command.waiter.fail(error)
     elif command.peer is not None:
+        # A waiter's error is counted where it is told (REST's error response).
+        COUNTS.errors[error.code] += 1
         command.peer.push_frame(Error(code=error.code, message=error.message, req=command.req))

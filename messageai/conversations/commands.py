@@ -288,3 +288,5 @@ class Command:
     # A send's precondition, read in the batch's transaction just before the insert
     # (the assistant's switch, for a bot post): an error refuses it, as `refusal` does.
     guard: Callable[[apsw.Connection], MessageAIError | None] | None = None
+    # `time.perf_counter()` when the registry took it: the start of its ack latency.
+    received: float = 0.0

@@ -24,11 +24,13 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 from collections.abc import Callable
+from time import perf_counter
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 import apsw
 import trio
 
+from messageai import logs
 from messageai.config import Config
 from messageai.conversations.actor import ConversationActor
 from messageai.conversations.commands import (
@@ -115,6 +117,14 @@ class Registry:
         """Whether the conversation has a live actor now (it retires when idle)."""
         return conversation_id in self._actors
 
+    def actor_count(self) -> int:
+        """Live actors now (for `/metrics`)."""
+        return len(self._actors)
+
+    def open_database_count(self) -> int:
+        """Conversation files open now (for `/metrics`)."""
+        return len(self._open)
+
     def open_databases(self) -> list[str]:
         """Ids of the conversations whose database is open, least recently used first."""
         return list(self._open)
@@ -158,6 +168,7 @@ class Registry:
         Its answer comes later, through `command.peer` or `command.waiter`. Cancelled
         while waiting for room, the command is not queued; once this returns, the
         command runs whatever happens to the caller."""
+        command.received = perf_counter()
         while True:
             actor = self.actor(conversation_id)
             try:
@@ -304,6 +315,10 @@ class Registry:
         # The owner of the actor's channel: `run` never closes it (closing the
         # receive end drops what is queued); `fail_pending` does, once `run` has
         # ended, after taking out what is left to answer it.
+        # Spawned from whichever connection woke it, it serves them all: its log
+        # lines name none.
+        logs.CONNECTION.set(None)
+        logs.REQUEST.set(None)
         try:
             await actor.run()
         except Exception:

@@ -21,6 +21,8 @@ import attrs
 import orjson
 import trio
 
+from messageai import logs
+from messageai.counters import COUNTS
 from messageai.edge.client_address import ClientAddress
 from messageai.errors import (
     BadRequest,
@@ -125,6 +127,9 @@ class Route:
     # True: the body is not read into memory first; the handler reads it from
     # `request.receive` (uploads).
     stream: bool = False
+    # As added (`/v1/push-tokens/{token}`): what logs name, never the path itself,
+    # which may hold a push token or a user's search.
+    pattern: str = attrs.field(default="", eq=False)
 
 
 class Router:
@@ -135,7 +140,7 @@ class Router:
         """Route `method pattern` to `handler`; `{name}` in the pattern matches one path
         segment, given to the handler in `request.params`. With `stream`, see `Route`."""
         regex = re.compile("^" + re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", pattern) + "$")
-        route = Route(handler, stream)
+        route = Route(handler, stream, pattern)
         for existing, methods in self._routes:
             if existing.pattern == regex.pattern:
                 methods[method] = route
@@ -226,8 +231,10 @@ class App:
             # Upgrades on a reused HTTP connection are not served; clients open a new one.
             await send({"type": "websocket.close", "code": 1008})
             return
+        logs.REQUEST.set(logs.new_request_id())
         # Wrapped before anything reads it: REST bodies and streamed uploads alike.
         receive = BodyDeadline(receive, self._body_timeout, self._min_body_rate)
+        route: Route | None = None
         try:
             route, params = self._router.match(scope["method"], scope["path"])
             if route.stream:
@@ -245,8 +252,9 @@ class App:
         except MessageAIError as exc:
             response = error_response(exc)
         except Exception:
-            log.exception("%s %s failed", scope.get("method"), scope.get("path"))
+            log.exception("%s %s failed", scope["method"], _pattern(route))
             response = error_response(Internal("internal error"))
+        log.debug("%s %s %d", scope["method"], _pattern(route), response.status)
         await _send(send, response)
 
     async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
@@ -267,6 +275,10 @@ class App:
             if not event.get("more_body", False):
                 break
         return b"".join(chunks)
+
+
+def _pattern(route: Route | None) -> str:
+    return route.pattern if route is not None else "(no route)"
 
 
 def error_headers(exc: MessageAIError) -> list[tuple[bytes, bytes]]:
@@ -294,7 +306,9 @@ def error_headers(exc: MessageAIError) -> list[tuple[bytes, bytes]]:
 
 
 def error_response(exc: MessageAIError) -> Response:
-    """The JSON response for an error: its status, `errors.error_body`, `error_headers`."""
+    """The JSON response for an error: its status, `errors.error_body`, `error_headers`.
+    Counted by code for `/metrics`."""
+    COUNTS.errors[exc.code] += 1
     return Response(exc.status, error_body(exc), error_headers(exc))
 
 
@@ -304,7 +318,10 @@ async def _send(send: Send, response: Response) -> None:
         return
     headers = list(response.headers)
     body = b""
-    if response.body is not None:
+    if isinstance(response.body, bytes):
+        # Not JSON (`/metrics`): sent as it is, under the handler's own content type.
+        body = response.body
+    elif response.body is not None:
         body = dumps(response.body)
         headers.append((b"content-type", b"application/json"))
     headers.append((b"content-length", str(len(body)).encode()))

@@ -36,6 +36,8 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.trio.worker_context import WorkerContext
 
+from messageai import logs
+from messageai.counters import COUNTS
 from messageai.errors import HeadersTooLarge, MessageAIError, TooLarge, UriTooLong, error_body
 
 log = logging.getLogger(__name__)
@@ -143,6 +145,7 @@ def is_websocket_upgrade(head: bytes) -> bool:
 def error_answer(exc: MessageAIError) -> bytes:
     """A complete HTTP/1.1 response for `exc` with the protocol's error body, telling
     the client the connection closes (hypercorn never sees this connection)."""
+    COUNTS.errors[exc.code] += 1
     body = orjson.dumps(error_body(exc))
     reason = REASONS.get(exc.status, b"Error")
     return (
@@ -186,6 +189,8 @@ class FrontDoor:
     async def handle(self, stream: trio.SocketStream) -> None:
         """Serve one accepted connection to its end. A bug met while serving it is
         logged and ends that connection only, never the server."""
+        # This task's own context: every line logged while serving it names it.
+        logs.CONNECTION.set(logs.new_connection_id())
         try:
             await self._serve(stream)
         except Exception:

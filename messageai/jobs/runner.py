@@ -36,6 +36,7 @@ import trio
 
 from messageai.backoff import Backoff
 from messageai.config import Config
+from messageai.counters import COUNTS
 from messageai.jobs.kind import (
     BadJob,
     JobContext,
@@ -228,6 +229,7 @@ class Jobs:
                         config.max_attempts,
                     )
                     for job in dead:
+                        COUNTS.jobs_finished[job.kind, "dead"] += 1
                         log.warning("job %s (%s) is dead: %s", job.id, job.kind, job.last_error)
                     for job in claimed:
                         self._start(nursery, job)
@@ -261,6 +263,7 @@ class Jobs:
             now = now_ms()
             if error is None:
                 await self._write(sql.complete, job.id, self.owner, job.attempts, now)
+                COUNTS.jobs_finished[job.kind, "done"] += 1
             else:
                 retry_at = None
                 if job.attempts < self._config.max_attempts:
@@ -282,6 +285,7 @@ class Jobs:
                     "" if retry_at is not None else "; dead",
                 )
                 await self._write(sql.fail, job.id, self.owner, job.attempts, now, error, retry_at)
+                COUNTS.jobs_finished[job.kind, "retry" if retry_at is not None else "dead"] += 1
             settled = True
         except apsw.Error as exc:
             # Not settled here: the lease expires and the job runs again (its handler

@@ -14,6 +14,7 @@ from collections.abc import Iterable
 import trio
 
 from messageai.config import Config
+from messageai.counters import COUNTS
 
 
 class _User:
@@ -53,6 +54,7 @@ class Guard:
             user.tokens = tokens - 1.0
             return 0.0
         user.tokens = tokens
+        COUNTS.rate_limited["messages"] += 1
         return (1.0 - tokens) / self._rate
 
     # ------------------------------------------------------------ connections
@@ -65,6 +67,7 @@ class Guard:
                 self._prune()
             user = self._users[user_id] = _User(self._burst, trio.current_time())
         if user.connections >= self._max_connections:
+            COUNTS.rate_limited["connections"] += 1
             return False
         user.connections += 1
         return True

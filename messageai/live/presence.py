@@ -67,6 +67,14 @@ class Presence:
                 self._went_offline(peer.user_id, conversation_ids)
             self._announce(peer.user_id, "offline", conversation_ids)
 
+    def users_online(self) -> int:
+        """Users with at least one open connection (for `/metrics`)."""
+        return len(self._peers)
+
+    def connections_open(self) -> int:
+        """Open WebSocket connections, all users (for `/metrics`)."""
+        return sum(len(peers) for peers in self._peers.values())
+
     def connection_count(self, user_id: str) -> int:
         return len(self._peers.get(user_id, ()))
 

@@ -25,6 +25,7 @@ import trio_websocket
 from messageai.config import Config
 from messageai.conversations.commands import Command
 from messageai.conversations.registry import Registry
+from messageai.counters import COUNTS
 from messageai.edge.wsframes import send_frames, text_frame
 from messageai.errors import (
     CLOSE_GOING_AWAY,
@@ -144,6 +145,8 @@ class Session:
             len(self._queue) >= limits.outbound_queue_frames
             or self._queued_bytes + len(frame) > limits.outbound_queue_bytes
         ):
+            if self._close_code is None:
+                COUNTS.slow_closes += 1
             self.close(CLOSE_TRY_AGAIN_LATER, "too slow: resync with get_history")
             return
         self._queue.append(frame)
@@ -157,6 +160,7 @@ class Session:
         """The `error` frame of `exc` for the frame `req`, with `retry_after_ms` where
         the error carries one (the same fields as a REST error body)."""
         fields = error_fields(exc)
+        COUNTS.errors[exc.code] += 1
         self.push_frame(
             Error(
                 code=exc.code,
@@ -165,6 +169,11 @@ class Session:
                 req=req,
             )
         )
+
+    def _error(self, code: str, message: str, req: Req) -> None:
+        """An `error` frame for the frame `req`, counted by code for `/metrics`."""
+        COUNTS.errors[code] += 1
+        self.push_frame(Error(code=code, message=message, req=req))
 
     def subscription_started(self, conversation_id: str) -> bool:
         """Called by the actor once it has accepted a `subscribe` from this connection.
@@ -215,6 +224,7 @@ class Session:
     async def run(self) -> None:
         """Serve the connection until it closes; cleans up subscriptions and presence."""
         self._presence.connected(self)
+        log.debug("WebSocket open for %s", self.user_id)
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -229,6 +239,7 @@ class Session:
             self._ended = True
             self._registry.unsubscribe_everywhere(self, self.subscriptions)
             self._presence.disconnected(self)
+            log.debug("WebSocket closed (%s %s)", self._close_code, self._close_reason)
 
     async def _closer(self, writer_done: trio.Event, scope: trio.CancelScope) -> None:
         # Waits for a close request, lets the writer finish the frame it is writing,
@@ -294,14 +305,14 @@ class Session:
         try:
             req, frame = parse_client_frame(data)
         except MessageAIError as exc:
-            self.push_frame(Error(code=exc.code, message=exc.message, req=exc.req))
+            self._error(exc.code, exc.message, exc.req)
             return
         if isinstance(frame, EditMessage):
             # A field rule, checked before the conversation (PROTOCOL.md v1.1).
             try:
                 check_edit_body(frame.body, self._config.limits.max_body_chars)
             except MessageAIError as exc:
-                self.push_frame(Error(code=exc.code, message=exc.message, req=req))
+                self._error(exc.code, exc.message, req)
                 return
         if isinstance(frame, Ping):
             if req is not None:  # without `req`, only errors are answered
@@ -324,16 +335,16 @@ class Session:
         try:
             await self._registry.submit(conversation_id, command)
         except MessageAIError as exc:
-            self.push_frame(Error(code=exc.code, message=exc.message, req=req))
+            self._error(exc.code, exc.message, req)
 
     # ------------------------------------------------------------ ai
 
     def _start_ask(self, frame: AiAsk, req: Req) -> None:
         if self._assistant is None or self._nursery is None:
-            self.push_frame(Error(code="unavailable", message="no assistant here", req=req))
+            self._error("unavailable", "no assistant here", req)
             return
         if req is None:
-            self.push_frame(Error(code="bad_request", message="ai_ask needs a req", req=req))
+            self._error("bad_request", "ai_ask needs a req", req)
             return
         if self._asks >= MAX_ASKS_PER_CONNECTION:
             limited = RateLimited(
@@ -366,7 +377,7 @@ class Session:
         except Exception:
             # Supervision: one failed answer is `internal` and the connection lives.
             log.exception("ai_ask failed")
-            self.push_frame(Error(code="internal", message="the answer failed", req=req))
+            self._error("internal", "the answer failed", req)
         finally:
             self._asks -= 1
 
@@ -374,7 +385,7 @@ class Session:
 
     def _start_search(self, frame: Search, req: Req) -> None:
         if self._search is None or self._nursery is None:
-            self.push_frame(Error(code="unavailable", message="search is not available", req=req))
+            self._error("unavailable", "search is not available", req)
             return
         if self._searches >= MAX_SEARCHES_PER_CONNECTION:
             limited = RateLimited(
@@ -395,10 +406,10 @@ class Session:
             if req is not None:  # without `req`, only errors are answered
                 self.push_frame(attrs.evolve(answer, req=req))
         except MessageAIError as exc:
-            self.push_frame(Error(code=exc.code, message=exc.message, req=req))
+            self._error(exc.code, exc.message, req)
         except Exception:
             # Supervision: one failed search answers `internal` and the connection lives.
             log.exception("search failed")
-            self.push_frame(Error(code="internal", message="search failed", req=req))
+            self._error("internal", "search failed", req)
         finally:
             self._searches -= 1

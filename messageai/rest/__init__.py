@@ -1,10 +1,10 @@
 """REST handlers of PROTOCOL.md, one module per resource: `accounts` (register, login,
 logout, me, password, users), `conversations` (conversations, members, messages),
 `channels` (v1.1: browse, join, title and topic), `media`, `push_tokens`, `search`,
-`export` (a conversation as one file),
-`health` and, in Clerk mode, `clerk_webhooks`; `params` parses their input; `announce`
-builds the conversation objects and frames members' connections are told; `webapp`
-serves the web app at `/` (mounted last: every REST route wins over it).
+`export` (a conversation as one file), `health` (`/healthz`, `/readyz`), `metrics`
+(`/metrics`) and, in Clerk mode, `clerk_webhooks`; `params` parses their input;
+`announce` builds the conversation objects and frames members' connections are told;
+`webapp` serves the web app at `/` (mounted last: every REST route wins over it).
 
 `mount` puts every resource on the router; called once by `server.Server.run`.
 """
@@ -19,6 +19,7 @@ from messageai.config import Config
 from messageai.conversations.registry import Registry
 from messageai.edge.asgi import Request, Response, Router
 from messageai.errors import UpgradeRequired
+from messageai.jobs import Jobs
 from messageai.live.guard import Guard
 from messageai.live.presence import Presence
 from messageai.rest.accounts import Accounts
@@ -28,8 +29,9 @@ from messageai.rest.channels import Channels
 from messageai.rest.clerk_webhooks import ClerkWebhooks
 from messageai.rest.conversations import Conversations
 from messageai.rest.export import ConversationExport
-from messageai.rest.health import healthz
+from messageai.rest.health import Readiness, healthz
 from messageai.rest.media import MediaFiles
+from messageai.rest.metrics import MetricsRoute, ServerCollector, load_token
 from messageai.rest.push_tokens import PushTokens
 from messageai.rest.search import SearchRoutes
 from messageai.rest.webapp import WebApp
@@ -53,11 +55,16 @@ def mount(
     search: Search,
     assistant: Assistant | None = None,
     action_items: ActionItemBoard | None = None,
+    jobs: Jobs | None = None,
 ) -> None:
     """Route every REST resource; the Clerk webhook only in Clerk mode with a secret.
     `close_user_sessions` and `close_token_sessions` are the server's: they close a
     deleted user's WebSockets, and those of a revoked token."""
     router.add("GET", "/healthz", healthz)
+    router.add("GET", "/readyz", Readiness(config.data_dir, directory).readyz)
+    if config.metrics.enabled:
+        collector = ServerCollector(presence, registry, push, jobs)
+        MetricsRoute(collector, load_token(config.metrics)).routes(router)
     router.add("GET", "/v1/ws", websocket_needed)
     Accounts(directory, close_token_sessions).routes(router)
     Conversations(

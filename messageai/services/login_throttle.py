@@ -22,6 +22,7 @@ from collections import OrderedDict
 import attrs
 import trio
 
+from messageai.counters import COUNTS
 from messageai.errors import RateLimited
 
 
@@ -106,6 +107,7 @@ class LoginThrottle:
         if address is not None:
             wait = max(wait, self.addresses.wait(address_key(address), now))
         if wait > 0:
+            COUNTS.rate_limited["logins"] += 1
             raise RateLimited("too many failed logins: retry later", retry_after_seconds=wait)
 
     def failed(self, username: str, address: str | None) -> None:

@@ -25,6 +25,7 @@ import attrs
 import trio
 
 from messageai.config import Config
+from messageai.counters import COUNTS
 from messageai.errors import (
     BadRequest,
     NotFound,
@@ -282,6 +283,7 @@ class Media:
                 filename=filename,
             )
             await self._commit_upload(tmp, record, quota)
+            COUNTS.media_bytes_uploaded += size
             return record
         finally:
             # Shielded: even a cancelled upload (shutdown) removes its temporary file.
@@ -397,6 +399,7 @@ class Media:
         start, length = (
             (0, record.size) if byte_range is None else (byte_range.start, byte_range.length)
         )
+        COUNTS.media_bytes_served += length
         return Download(record, byte_range, _read(record, file, start, length))
 
     # ------------------------------------------------------------ cleanup

@@ -157,6 +157,10 @@ class Push:
             # Full, or the push task has stopped (shutdown): best effort, counted.
             self.counters.dropped += 1
 
+    def queue_depth(self) -> int:
+        """Messages waiting to be turned into notifications (for `/metrics`)."""
+        return self._send.statistics().current_buffer_used
+
     # ------------------------------------------------------------ the push task
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
