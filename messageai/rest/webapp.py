@@ -35,10 +35,12 @@ log = logging.getLogger(__name__)
 WEBAPP_DIR = Path(__file__).resolve().parent.parent / "webapp"
 INDEX = "index.html"
 HASH_FILE = "SOURCE-HASH"
-# Every path but /v1 and what is under it (the REST API and the WebSocket), and /healthz.
+# Every path but /v1 and what is under it (the REST API and the WebSocket) and the
+# server's own top-level routes (the probes, /metrics): those stay the server's even
+# where one is switched off (`metrics.enabled = false` answers 404, not the app).
 # `Router` compiles route patterns as regular expressions; the REST routes are added
 # before this one, so they win wherever both match.
-PATTERN = r"/(?P<path>(?!v1(?:/|$))(?!healthz$).*)"
+PATTERN = r"/(?P<path>(?!v1(?:/|$))(?!(?:healthz|readyz|metrics)$).*)"
 # The export is held in memory: refuse one that would not reasonably fit.
 MAX_EXPORT_BYTES = 64 * 1024 * 1024
 
