@@ -8,7 +8,7 @@ import apsw
 import pytest
 
 from messageai.model import Message
-from messageai.sqlite import Migration, apply_best_practice, migrate, open_db
+from messageai.sqlite import Migration, SchemaTooNew, apply_best_practice, migrate, open_db
 from messageai.store import conversation as sql
 
 
@@ -75,9 +75,11 @@ def test_version_1_database_gains_the_sender_index_and_keeps_its_messages(tmp_pa
 
 def test_a_database_newer_than_this_server_is_refused(tmp_path: Path) -> None:
     conn = _db(tmp_path)
-    conn.execute(f"PRAGMA user_version = {len(sql.MIGRATIONS) + 1}")
-    with pytest.raises(RuntimeError, match="newer"):
+    newer = len(sql.MIGRATIONS) + 1
+    conn.execute(f"PRAGMA user_version = {newer}")
+    with pytest.raises(SchemaTooNew, match=f"c.sqlite3: schema version {newer} is newer"):
         migrate(conn, sql.MIGRATIONS)
+    assert conn.execute("PRAGMA user_version").get == newer  # left untouched
 
 
 def test_open_db_gives_wal_foreign_keys_and_a_busy_timeout(tmp_path: Path) -> None:
