@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import math
+import os
 import re
 import tomllib
 from collections.abc import Mapping
@@ -533,3 +534,26 @@ def with_overrides(
     if data_dir is not None:
         storage = attrs.evolve(storage, data_dir=data_dir)
     return attrs.evolve(config, server=server, storage=storage)
+
+
+def read_secret(section: str, file_key: str, path: str, env_key: str, variable: str) -> str | None:
+    """A secret a config names without holding it (the AI key, the metrics token): the
+    first line of the file at `path`, or the environment variable `variable`; None when
+    neither is set. ConfigError names the key and the source, never the content."""
+    if path:
+        try:
+            text = Path(path).read_text("utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(
+                f"{section}.{file_key}: cannot read {path!r} ({type(exc).__name__})"
+            ) from None
+        secret = text.strip().splitlines()[0].strip() if text.strip() else ""
+        if not secret:
+            raise ConfigError(f"{section}.{file_key}: {path!r} is empty")
+        return secret
+    if variable:
+        secret = os.environ.get(variable, "").strip()
+        if not secret:
+            raise ConfigError(f"{section}.{env_key}: the variable {variable} is not set")
+        return secret
+    return None

@@ -18,11 +18,9 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from collections.abc import Callable
 from email.utils import parsedate_to_datetime
-from pathlib import Path
 from typing import Any
 
 import attrs
@@ -30,7 +28,7 @@ import httpx
 import orjson
 import trio
 
-from messageai.config import AiConfig, ConfigError
+from messageai.config import AiConfig, read_secret
 from messageai.counters import COUNTS
 from messageai.errors import Unavailable
 
@@ -64,25 +62,8 @@ class Completion:
 
 def load_api_key(config: AiConfig) -> str | None:
     """The API key from `ai.api_key_file` (its first line) or `ai.api_key_env`; None when
-    neither is set. ConfigError names the key's source, never its content. Called once
-    at start-up by the server."""
-    if config.api_key_file:
-        try:
-            text = Path(config.api_key_file).read_text("utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(
-                f"ai.api_key_file: cannot read {config.api_key_file!r} ({type(exc).__name__})"
-            ) from None
-        key = text.strip().splitlines()[0].strip() if text.strip() else ""
-        if not key:
-            raise ConfigError(f"ai.api_key_file: {config.api_key_file!r} is empty")
-        return key
-    if config.api_key_env:
-        key = os.environ.get(config.api_key_env, "").strip()
-        if not key:
-            raise ConfigError(f"ai.api_key_env: the variable {config.api_key_env} is not set")
-        return key
-    return None
+    neither is set. Called once at start-up by the server."""
+    return read_secret("ai", "api_key_file", config.api_key_file, "api_key_env", config.api_key_env)
 
 
 def _retry_after(value: str | None) -> float | None:

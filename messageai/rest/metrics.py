@@ -11,9 +11,7 @@ collectors add CPU, memory and file descriptors. Mounted by `rest.mount` when
 from __future__ import annotations
 
 import hmac
-import os
 from collections.abc import Iterator
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from prometheus_client import (
@@ -29,7 +27,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from messageai.config import ConfigError, MetricsConfig
+from messageai.config import MetricsConfig, read_secret
 from messageai.counters import COUNTS, Buckets
 from messageai.edge.asgi import Request, Response, Router
 from messageai.errors import Unauthorized
@@ -47,25 +45,8 @@ if TYPE_CHECKING:
 
 def load_token(config: MetricsConfig) -> str | None:
     """The scrape token from `metrics.token_file` (its first line) or `metrics.token_env`;
-    None when neither is set. ConfigError names the source, never the content. Called
-    once at start-up, by `rest.mount`."""
-    if config.token_file:
-        try:
-            text = Path(config.token_file).read_text("utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(
-                f"metrics.token_file: cannot read {config.token_file!r} ({type(exc).__name__})"
-            ) from None
-        token = text.strip().splitlines()[0].strip() if text.strip() else ""
-        if not token:
-            raise ConfigError(f"metrics.token_file: {config.token_file!r} is empty")
-        return token
-    if config.token_env:
-        token = os.environ.get(config.token_env, "").strip()
-        if not token:
-            raise ConfigError(f"metrics.token_env: the variable {config.token_env} is not set")
-        return token
-    return None
+    None when neither is set. Called once at start-up, by `rest.mount`."""
+    return read_secret("metrics", "token_file", config.token_file, "token_env", config.token_env)
 
 
 def histogram(name: str, documentation: str, buckets: Buckets) -> HistogramMetricFamily:
