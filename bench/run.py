@@ -582,27 +582,26 @@ class Bench:
                 for i, u in enumerate(users)
             ]
             server = procs.start_messageai(path, data, self.out / "server.log")
+
+            def indexing(port: int) -> object:
+                # A semantic search: it wakes the backlog's conversation (its indexer
+                # starts) and says whether embeddings still lag.
+                with httpx.Client(base_url=f"http://127.0.0.1:{port}") as http:
+                    r = http.get(
+                        "/v1/search",
+                        params={"q": "meeting", "mode": "semantic"},
+                        headers={"authorization": f"Bearer {owner['token']}"},
+                    )
+                    return r.json().get("indexing")
+
             try:
                 if label == "with":
-                    # One semantic search wakes the backlog's conversation: its indexer starts.
-                    with httpx.Client(base_url=f"http://127.0.0.1:{server.port}") as http:
-                        r = http.get(
-                            "/v1/search",
-                            params={"q": "meeting", "mode": "semantic"},
-                            headers={"authorization": f"Bearer {owner['token']}"},
-                        )
-                        figures["indexing_before"] = r.json().get("indexing")
+                    figures["indexing_before"] = indexing(server.port)
                 plan = {"kind": "stream", "url": ws_url(server), "conns": conns, "window": window}
                 metrics = self.run_load(server, plan, system="messageai", offered=offered)
                 figures[label] = self.add(f"direct, embeddings backlog: {label}", metrics)
                 if label == "with":
-                    with httpx.Client(base_url=f"http://127.0.0.1:{server.port}") as http:
-                        r = http.get(
-                            "/v1/search",
-                            params={"q": "meeting", "mode": "semantic"},
-                            headers={"authorization": f"Bearer {owner['token']}"},
-                        )
-                        figures["indexing_after"] = r.json().get("indexing")
+                    figures["indexing_after"] = indexing(server.port)
             finally:
                 server.stop()
         shutil.rmtree(data, ignore_errors=True)
