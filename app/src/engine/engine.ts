@@ -608,7 +608,7 @@ class LocalFirstEngine implements Engine {
     await this.backend.write(await this.dropConversationOps(id));
     this.emit({ type: 'conversations' });
     this.emit({ type: 'messages', conversationId: id });
-    this.emit({ type: 'outbox', size: this.outbox.length });
+    this.emitOutbox();
   }
 
   private async putConv(stored: StoredConversation): Promise<void> {
@@ -722,7 +722,7 @@ class LocalFirstEngine implements Engine {
     await this.backend.write(ops);
     for (const id of touched) this.emit({ type: 'messages', conversationId: id });
     if (touched.size) this.emit({ type: 'conversations' });
-    if (ops.some((op) => op.table === 'outbox')) this.emit({ type: 'outbox', size: this.outbox.length });
+    if (ops.some((op) => op.table === 'outbox')) this.emitOutbox();
     return touched;
   }
 
@@ -977,7 +977,7 @@ class LocalFirstEngine implements Engine {
       await this.storeMessages([message], {
         extraOps: [...this.removeOpWrites(op), { table: 'messages', key: op.storeKey, value: undefined }],
       });
-      this.emit({ type: 'outbox', size: this.outbox.length });
+      this.emitOutbox();
       // Sending into a conversation reads it (PROTOCOL.md: clients usually do).
       // Already inside the serial queue: the locked variant (serial() here would deadlock).
       if (await this.moveReadCursor(op.conversation_id, message.seq)) {
@@ -993,7 +993,7 @@ class LocalFirstEngine implements Engine {
       // (`force`), and it lands with the entry's removal in one transaction.
       await this.storeMessages([v.message(answer.message)], { force: true, extraOps: this.removeOpWrites(op) });
     }
-    this.emit({ type: 'outbox', size: this.outbox.length });
+    this.emitOutbox();
   }
 
   private async settleFailed(op: OutboxOp, error: EngineError): Promise<void> {
@@ -1012,7 +1012,7 @@ class LocalFirstEngine implements Engine {
     }
     await this.backend.write(ops);
     this.emit({ type: 'messages', conversationId: op.conversation_id });
-    this.emit({ type: 'outbox', size: this.outbox.length });
+    this.emitOutbox();
   }
 
   private enqueueWrites(op: OutboxOp): WriteOp[] {
@@ -1029,6 +1029,15 @@ class LocalFirstEngine implements Engine {
 
   outboxSize(): number {
     return this.outbox.length;
+  }
+
+  outboxWaiting(): number {
+    // Read receipts are bookkeeping, not something the person wrote: not counted.
+    return this.outbox.reduce((n, op) => (op.kind === 'read' ? n : n + 1), 0);
+  }
+
+  private emitOutbox(): void {
+    this.emit({ type: 'outbox', size: this.outbox.length, waiting: this.outboxWaiting() });
   }
 
   // ---------------------------------------------------------------- accounts
@@ -1424,7 +1433,7 @@ class LocalFirstEngine implements Engine {
     });
     this.emit({ type: 'messages', conversationId });
     this.emit({ type: 'conversations' });
-    this.emit({ type: 'outbox', size: this.outbox.length });
+    this.emitOutbox();
     void this.flush();
     return strip(local);
   }
@@ -1451,7 +1460,7 @@ class LocalFirstEngine implements Engine {
       ]);
     });
     this.emit({ type: 'messages', conversationId });
-    this.emit({ type: 'outbox', size: this.outbox.length });
+    this.emitOutbox();
     void this.flush();
   }
 
@@ -1520,7 +1529,7 @@ class LocalFirstEngine implements Engine {
       await this.backend.write(ops);
     });
     this.emit({ type: 'messages', conversationId });
-    this.emit({ type: 'outbox', size: this.outbox.length });
+    this.emitOutbox();
   }
 
   async markRead(conversationId: string, seq: number): Promise<void> {

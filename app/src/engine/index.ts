@@ -124,7 +124,8 @@ export type EngineEvent =
   | { type: 'typing'; conversationId: string; userIds: string[] }
   | { type: 'presence'; userId: string; presence: Presence }
   | { type: 'connection'; info: ConnectionInfo }
-  | { type: 'outbox'; size: number }
+  /** `size` counts every queued change; `waiting` only what the person wrote (not read receipts). */
+  | { type: 'outbox'; size: number; waiting: number }
   | { type: 'ai_settings'; conversationId: string; settings: AiSettings }
   | { type: 'unsubscribed'; conversationId: string; reason: string }
   /** The token stopped working (revoked, expired): the app shows sign-in. */
@@ -213,7 +214,10 @@ export interface Engine {
   receipt(conversation: LocalConversation, message: LocalMessage): Receipt;
   presence(userId: string): Presence;
   typing(conversationId: string): string[];
+  /** Every queued change, read receipts included. */
   outboxSize(): number;
+  /** The queued changes the person made: sends, edits, deletes, reactions. */
+  outboxWaiting(): number;
 
   // ---- conversations ------------------------------------------------------------
   /** Subscribe (when online) and keep it caught up while it is open on screen. */

@@ -36,6 +36,7 @@ type Session = {
   connection: ConnectionInfo;
   /** The browser's own word (navigator.onLine); always true on phones. */
   deviceOnline: boolean;
+  /** The person's own changes still waiting to be sent (read receipts not counted). */
   outbox: number;
   typing: Record<string, string[]>;
   presence: Record<string, Presence>;
@@ -76,7 +77,7 @@ export const useSession = create<Session>()((set, get) => {
         set({ connection: event.info });
         break;
       case 'outbox':
-        set({ outbox: event.size });
+        set({ outbox: event.waiting });
         break;
       case 'typing':
         set((s) => ({ typing: { ...s.typing, [event.conversationId]: event.userIds } }));
@@ -104,7 +105,7 @@ export const useSession = create<Session>()((set, get) => {
     if (old !== null && old.serverUrl !== url) await old.close();
     const engine = old !== null && old.serverUrl === url ? old : await createEngine({ serverUrl: url });
     unlisten = engine.on(onEvent);
-    set({ engine, serverUrl: url, connection: engine.connection(), outbox: engine.outboxSize() });
+    set({ engine, serverUrl: url, connection: engine.connection(), outbox: engine.outboxWaiting() });
     return engine;
   }
 

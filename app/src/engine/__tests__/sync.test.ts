@@ -28,11 +28,14 @@ test('three messages sent offline survive a reload and arrive once, in order', a
   const queued = ada.engine.outboxSize();
   for (const body of ['one', 'two', 'three']) await ada.engine.send(conv.id, body);
   expect(ada.engine.outboxSize()).toBe(queued + 3);
+  // What the banner shows: the three written, never the read receipt beside them.
+  expect(ada.engine.outboxWaiting()).toBe(3);
   await ada.engine.close(); // the page reloads while offline
 
   const reloaded = track(await device.engine());
   expect(reloaded.me?.id).toBe(ada.id);
   expect(reloaded.outboxSize()).toBe(queued + 3);
+  expect(reloaded.outboxWaiting()).toBe(3);
   const held = await reloaded.messages(conv.id);
   expect(held.map((m) => [m.body, m.status])).toEqual([
     ['before', 'sent'],
@@ -48,6 +51,24 @@ test('three messages sent offline survive a reload and arrive once, in order', a
   expect(seqs).toEqual([1, 2, 3, 4]);
   await until(async () => (await reloaded.messages(conv.id)).every((m) => m.status === 'sent'), 'all acked');
   expect((await reloaded.messages(conv.id)).map((m) => m.seq)).toEqual([1, 2, 3, 4]);
+});
+
+test('a read receipt queued offline is sent but not counted as waiting', async () => {
+  const ada = await person();
+  const bob = await person();
+  const conv = await ada.engine.createDirect(bob.id);
+  await bob.engine.send(conv.id, 'hello');
+  const first = await until(async () => (await ada.engine.messages(conv.id))[0], 'the first');
+  await ada.engine.stop();
+  await ada.engine.markRead(conv.id, first.seq!);
+  await ada.engine.send(conv.id, 'one');
+  await ada.engine.send(conv.id, 'two');
+  expect(ada.engine.outboxSize()).toBe(3);
+  expect(ada.engine.outboxWaiting()).toBe(2);
+  ada.engine.start();
+  await until(() => ada.engine.outboxSize() === 0, 'all delivered');
+  expect(ada.engine.outboxWaiting()).toBe(0);
+  await until(async () => (await bob.engine.messages(conv.id)).length === 3, 'both at bob');
 });
 
 /** A `ws` WebSocket that loses the first `ack` it receives and drops the connection, as a network would. */
