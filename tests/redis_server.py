@@ -69,10 +69,15 @@ async def _answers_ping(server: RedisServer) -> bool:
 
 @contextlib.asynccontextmanager
 async def redis_server(
-    workdir: Path, *, host: str = "127.0.0.1", netns: str | None = None
+    workdir: Path,
+    *,
+    host: str = "127.0.0.1",
+    netns: str | None = None,
+    also_on: tuple[str, ...] = (),
 ) -> AsyncIterator[RedisServer]:
-    """Run `redis-server` on `host` (inside network namespace `netns` if given) until the
-    block ends; ready (answering PING) when it yields."""
+    """Run `redis-server` on `host` and the addresses `also_on` (inside network namespace
+    `netns` if given) until the block ends; ready (answering PING on `host`) when it
+    yields."""
     binary = redis_binary()
     port = free_port(host) if netns is None else 6379  # a fresh namespace has every port free
     await trio.Path(workdir).mkdir(parents=True, exist_ok=True)
@@ -80,11 +85,16 @@ async def redis_server(
         binary,
         "--bind",
         host,
+        *also_on,
         "--port",
         str(port),
         "--save",
         "",
         "--appendonly",
+        "no",
+        # No password on the test's own addresses; protected mode would refuse all but
+        # loopback clients (the namespaced hosts of tests/netns.py).
+        "--protected-mode",
         "no",
         "--dir",
         str(workdir),
