@@ -2,8 +2,8 @@
 the actor's commits checked against it, with leases from a real Redis.
 
 Real conversation files under `tmp_path`, real actors with the real commit pool
-(`tests/cluster_node.py`), a `redis-server` per test on 127.0.0.1 (skipped, saying
-so, without the binary). The two "nodes" of a test are two actors of this process on
+(`tests/cluster_node.py`), a `redis-server` per test on 127.0.0.1 (the `redis`
+fixture; skipped, saying so, without the binary). The two "nodes" of a test are two actors of this process on
 the same file: the shared-file case of docs/SCALE.md §7, where the file's epoch is
 the fence. Every test has an absolute `trio.fail_after`.
 """
@@ -12,11 +12,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import coredis
 import pytest
 import trio
 
 from messageai.cluster.fence import Fence, Fenced, claim_file, file_epoch
 from messageai.cluster.lease import Lease, Leases
+from messageai.config import Config
 from messageai.errors import Unavailable
 from messageai.model import Message
 from messageai.sqlite import open_db, transaction
@@ -25,11 +27,15 @@ from messageai.store import fence as fence_sql
 from messageai.store.paths import conversation_path
 from tests.cluster_node import MEMBERS, owned_actor, take_over
 from tests.helpers import make_config
-from tests.redis_server import redis_server
 
 DEADLINE = 20
 CID = "c_fenced"
 ADA = MEMBERS[0]
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Config:
+    return make_config(tmp_path / "data")
 
 
 def _stored(path: Path) -> tuple[fence_sql.FenceRow | None, dict[str, int]]:
@@ -45,32 +51,31 @@ def _stored(path: Path) -> tuple[fence_sql.FenceRow | None, dict[str, int]]:
         conn.close()
 
 
-async def test_a_stale_owner_commits_nothing_after_the_takeover(tmp_path: Path) -> None:
-    config = make_config(tmp_path / "data")
-    path = conversation_path(config.data_dir, CID)
+async def test_a_stale_owner_commits_nothing_after_the_takeover(
+    config: Config, redis: coredis.Redis[str]
+) -> None:
     with trio.fail_after(DEADLINE):
-        async with redis_server(tmp_path / "redis") as server, server.client() as redis:
-            a = Leases(redis, "node-a", ttl_seconds=30)
+        a = Leases(redis, "node-a", ttl_seconds=30)
+        old = await take_over(a, config, CID, wait_seconds=2)
+        async with owned_actor(config, CID, Fence(old.epoch, old.held)) as owner_a:
+            for n in range(3):
+                assert isinstance(await owner_a.send(ADA, f"a-{n}", "from a"), Message)
+            # Redis loses the lease (a failover to a replica that never had it) while
+            # node a, paused, still believes it holds it: only the file can stop it.
+            await redis.delete([f"messageai:{{{CID}}}:lease"])
+            assert old.held()
             b = Leases(redis, "node-b", ttl_seconds=30)
-            old = await take_over(a, config, CID, wait_seconds=2)
-            async with owned_actor(config, CID, Fence(old.epoch, old.held)) as owner_a:
-                for n in range(3):
-                    assert isinstance(await owner_a.send(ADA, f"a-{n}", "from a"), Message)
-                # Redis loses the lease (a failover to a replica that never had it) while
-                # node a, paused, still believes it holds it: only the file can stop it.
-                await redis.delete([f"messageai:{{{CID}}}:lease"])
-                assert old.held()
-                new = await take_over(b, config, CID, wait_seconds=2)
-                assert new.epoch == old.epoch + 1
-                async with owned_actor(config, CID, Fence(new.epoch, new.held)) as owner_b:
-                    refused = await owner_a.send(ADA, "a-late", "from a, too late")
-                    assert isinstance(refused, Unavailable)
-                    for n in range(2):
-                        assert isinstance(await owner_b.send(ADA, f"b-{n}", "from b"), Message)
-                    # A resend of the refused message goes to the new owner: stored once.
-                    late = await owner_b.send(ADA, "a-late", "from a, too late")
-                    assert isinstance(late, Message) and late.seq == 6
-    fence, revs = _stored(path)
+            new = await take_over(b, config, CID, wait_seconds=2)
+            assert new.epoch == old.epoch + 1
+            async with owned_actor(config, CID, Fence(new.epoch, new.held)) as owner_b:
+                refused = await owner_a.send(ADA, "a-late", "from a, too late")
+                assert isinstance(refused, Unavailable)
+                for n in range(2):
+                    assert isinstance(await owner_b.send(ADA, f"b-{n}", "from b"), Message)
+                # A resend of the refused message goes to the new owner: stored once.
+                late = await owner_b.send(ADA, "a-late", "from a, too late")
+                assert isinstance(late, Message) and late.seq == 6
+    fence, revs = _stored(conversation_path(config.data_dir, CID))
     assert fence is not None and (fence.epoch, fence.node) == (new.epoch, "node-b")
     assert fence.since_rev == 3
     before = sorted(c for c, rev in revs.items() if rev <= fence.since_rev)
@@ -79,37 +84,37 @@ async def test_a_stale_owner_commits_nothing_after_the_takeover(tmp_path: Path) 
     assert after == ["a-late", "b-0", "b-1"]  # a-late: the resend, through node b
 
 
-async def test_an_owner_whose_lease_ran_out_commits_nothing(tmp_path: Path) -> None:
-    config = make_config(tmp_path / "data")
+async def test_an_owner_whose_lease_ran_out_commits_nothing(
+    config: Config, redis: coredis.Redis[str]
+) -> None:
     path = conversation_path(config.data_dir, CID)
     with trio.fail_after(DEADLINE):
-        async with redis_server(tmp_path / "redis") as server, server.client() as redis:
-            a = Leases(redis, "node-a", ttl_seconds=0.4, margin_seconds=0.1)
-            lease = await take_over(a, config, CID, wait_seconds=2)
-            async with owned_actor(config, CID, Fence(lease.epoch, lease.held)) as owner:
-                assert isinstance(await owner.send(ADA, "first", "kept"), Message)
-                while lease.held():  # never renewed: the lease runs out
-                    await trio.sleep(0.01)
-                # Nobody else claimed the file: the lease's own view stops the commit.
-                assert isinstance(await owner.send(ADA, "second", "refused"), Unavailable)
+        a = Leases(redis, "node-a", ttl_seconds=0.4, margin_seconds=0.1)
+        lease = await take_over(a, config, CID, wait_seconds=2)
+        async with owned_actor(config, CID, Fence(lease.epoch, lease.held)) as owner:
+            assert isinstance(await owner.send(ADA, "first", "kept"), Message)
+            while lease.held():  # never renewed: the lease runs out
+                await trio.sleep(0.01)
+            # Nobody else claimed the file: the lease's own view stops the commit.
+            assert isinstance(await owner.send(ADA, "second", "refused"), Unavailable)
     fence, revs = _stored(path)
     assert fence is not None and fence.epoch == lease.epoch
     assert sorted(revs) == ["first"]
 
 
-async def test_the_epoch_floor_comes_from_the_file_when_redis_forgot(tmp_path: Path) -> None:
-    config = make_config(tmp_path / "data")
+async def test_the_epoch_floor_comes_from_the_file_when_redis_forgot(
+    config: Config, redis: coredis.Redis[str]
+) -> None:
     path = conversation_path(config.data_dir, CID)
     with trio.fail_after(DEADLINE):
-        async with redis_server(tmp_path / "redis") as server, server.client() as redis:
-            a = Leases(redis, "node-a", ttl_seconds=5)
-            for _ in range(3):
-                lease = await take_over(a, config, CID, wait_seconds=2)
-                assert await a.release(lease)
-            assert file_epoch(path) == 3
-            await redis.flushall()  # Redis restarted empty
-            again = await take_over(a, config, CID, wait_seconds=2)
-            assert again.epoch == 4 and file_epoch(path) == 4
+        a = Leases(redis, "node-a", ttl_seconds=5)
+        for _ in range(3):
+            lease = await take_over(a, config, CID, wait_seconds=2)
+            assert await a.release(lease)
+        assert file_epoch(path) == 3
+        await redis.flushall()  # Redis restarted empty
+        again = await take_over(a, config, CID, wait_seconds=2)
+        assert again.epoch == 4 and file_epoch(path) == 4
 
 
 def test_a_claim_with_a_stale_epoch_is_refused_and_changes_nothing(tmp_path: Path) -> None:
@@ -150,8 +155,7 @@ def test_a_file_never_claimed_refuses_a_fenced_commit(tmp_path: Path) -> None:
         conn.close()
 
 
-async def test_single_node_actor_has_no_fence_and_no_fence_table(tmp_path: Path) -> None:
-    config = make_config(tmp_path / "data")
+async def test_single_node_actor_has_no_fence_and_no_fence_table(config: Config) -> None:
     with trio.fail_after(DEADLINE):
         async with owned_actor(config, CID, None) as owner:
             assert isinstance(await owner.send(ADA, "solo", "one node"), Message)
