@@ -112,6 +112,7 @@ async def test_a_partitioned_owner_stops_acking_before_the_new_owner_acks(
     assert any(e["event"] == "lost" for e in events)
     # Node a was alive and still sending after the cut, and was refused, not acked.
     assert refused_after_cut, events[-5:]
+    assert {e["code"] for e in events if e["event"] == "refused"} == {"unavailable"}
     # Every ack of the old owner came before the new owner claimed the file, so before
     # its first ack.
     assert max(e["t"] for e in a_acks) < claimed_at < b_acks[0][0]
