@@ -34,6 +34,7 @@ from messageai.protocol import SendMessage
 from messageai.store.paths import conversation_path
 from messageai.threads import WorkerPool
 from tests.helpers import make_config
+from tests.redis_server import RedisServer
 
 MEMBERS = ["u_ada", "u_bob"]
 
@@ -116,8 +117,6 @@ def _emit(event: str, **fields: object) -> None:
 
 
 async def _main(args: argparse.Namespace) -> None:
-    from tests.redis_server import RedisServer
-
     config = make_config(Path(args.data_dir))
     host, _, port = args.redis.rpartition(":")
     async with RedisServer(host, int(port)).client() as redis:
@@ -144,13 +143,6 @@ async def _main(args: argparse.Namespace) -> None:
                     await trio.sleep(args.interval)
 
 
-def _install_signal_exit() -> None:
-    import signal
-
-    # SIGTERM from the test ends the process at once, like a node being stopped.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m tests.cluster_node")
     parser.add_argument("--redis", required=True, help="HOST:PORT")
@@ -161,7 +153,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--margin", type=float, default=0.2)
     parser.add_argument("--interval", type=float, default=0.02)
     args = parser.parse_args(argv)
-    _install_signal_exit()
     trio.run(_main, args)
 
 
