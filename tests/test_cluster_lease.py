@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import itertools
+import random
+import time
 import warnings
 from pathlib import Path
 
@@ -170,3 +173,44 @@ async def test_keep_gives_up_once_redis_is_gone_and_the_lease_ran_out(tmp_path: 
             with pytest.raises(REDIS_DOWN):
                 await a.acquire(CONVERSATION)
         gc.collect()  # what is left of the failed connections, inside the filter
+
+
+async def test_under_churn_holders_never_overlap_and_epochs_only_rise(
+    redis: coredis.Redis[str],
+) -> None:
+    """Three nodes take the lease over and over for 1.5 s, each holding it for a while
+    and then releasing it or letting it lapse. What each believed (from the moment its
+    acquire returned to its release, or to the end of its local validity) never
+    overlaps another's, and the epochs rise in the order the holds began."""
+    holds: list[tuple[float, float, int, str]] = []  # start, end, epoch, node
+
+    async def churn(leases: Leases, seed: int) -> None:
+        rng = random.Random(seed)
+        stop = trio.current_time() + 1.5
+        while trio.current_time() < stop:
+            got = await leases.acquire(CONVERSATION)
+            if not isinstance(got, Lease):
+                await trio.sleep(rng.uniform(0, 0.01))
+                continue
+            start = time.monotonic()
+            await trio.sleep(rng.uniform(0, 0.08))
+            if rng.random() < 0.5 and got.held():
+                end = time.monotonic()
+                await leases.release(got)
+            else:
+                while got.held():  # lapses: nobody renews it
+                    await trio.sleep(0.005)
+                end = got.valid_until
+            holds.append((start, end, got.epoch, leases.node))
+
+    with trio.fail_after(DEADLINE):
+        async with trio.open_nursery() as nursery:
+            for seed, node in enumerate(("node-a", "node-b", "node-c")):
+                leases = Leases(redis, node, ttl_seconds=0.15, margin_seconds=0.03)
+                nursery.start_soon(churn, leases, seed)
+    holds.sort()
+    assert len(holds) >= 6, holds
+    assert len({node for *_, node in holds}) >= 2
+    for (_, end, epoch, _), (start, _, next_epoch, _) in itertools.pairwise(holds):
+        assert end < start
+        assert next_epoch > epoch
