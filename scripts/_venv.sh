@@ -18,19 +18,31 @@ ensure_venv() {
     fi
 }
 
-# `ensure_chromium`: Debian's Chromium for the browser tests (tests/browser drive it with
-# Playwright; Playwright never downloads a browser here). Installed with apt-get when
-# missing and this is root; otherwise the tests say how to get it.
-ensure_chromium() {
-    local browser="${MESSAGEAI_CHROMIUM:-/usr/bin/chromium}"
-    if [ -x "$browser" ]; then
+# `ensure_debian BINARY PACKAGE WHAT`: Debian's PACKAGE, which provides BINARY (a name
+# on PATH or a path), installed with apt-get when missing and this is root; otherwise
+# the tests of WHAT skip and say how to get it.
+ensure_debian() {
+    local binary="$1" package="$2" what="$3"
+    if command -v "$binary" >/dev/null; then
         return
     fi
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-        echo "installing Debian's chromium for the browser tests ..." >&2
-        if apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >&2; then
+        echo "installing Debian's $package for $what ..." >&2
+        if apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$package" >&2; then
             return
         fi
     fi
-    echo "no $browser: the browser tests cannot run (apt-get install chromium)" >&2
+    echo "no $binary: $what cannot run (apt-get install $package)" >&2
+}
+
+# Debian's Chromium for the browser tests (tests/browser drive it with Playwright;
+# Playwright never downloads a browser here).
+ensure_chromium() {
+    ensure_debian "${MESSAGEAI_CHROMIUM:-/usr/bin/chromium}" chromium "the browser tests"
+}
+
+# Debian's redis-server for the cluster tests (tests/test_cluster_*.py start their own,
+# on a free port of 127.0.0.1 or on a network namespace of their own).
+ensure_redis() {
+    ensure_debian redis-server redis-server "the cluster tests"
 }

@@ -117,6 +117,7 @@ from messageai.threads import WorkerPool
 
 if TYPE_CHECKING:
     from messageai.ai.embeddings import Embeddings
+    from messageai.cluster.fence import Fence
     from messageai.services.media import Media
 
 log = logging.getLogger(__name__)
@@ -158,8 +159,12 @@ class ConversationActor:
         creator_id: str | None = None,
         bot_id: str | None = None,
         embeddings: Embeddings | None = None,
+        fence: Fence | None = None,
     ) -> None:
         self.id = conversation_id
+        # cluster: this node's lease and epoch, checked by every commit (None: single
+        # node, nothing checked; docs/SCALE.md §4).
+        self._fence = fence
         # A group's creator, who may delete any of its messages (None: nobody but the
         # sender may, as in a direct conversation).
         self._creator_id = creator_id
@@ -515,6 +520,9 @@ class ConversationActor:
         and the old frames that still held it are gone with the truncation."""
         with transaction(conn):
             results = self._store(conn, batch)
+            if self._fence is not None:
+                # cluster: a stale owner's batch rolls back here, so nothing of it is acked.
+                self._fence.check(conn)
         if any(
             isinstance(result, Changed) and isinstance(command.op, DeleteMessage)
             for command, result in zip(batch, results, strict=True)
