@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import itertools
+import os
 import re
 import signal
 import subprocess
@@ -27,6 +28,7 @@ import trio_websocket
 
 from messageai.config import Config, parse_config
 from messageai.server import Server
+from tests.secret_logs import child_log
 
 
 def make_config(data_dir: Path, **sections: dict[str, Any]) -> Config:
@@ -291,24 +293,31 @@ class ServerProcess:
         return path
 
     async def start(self, nursery: trio.Nursery) -> int:
-        import sys
-
-        self.process = await nursery.start(
-            functools.partial(
-                trio.run_process,
-                [
-                    sys.executable,
-                    "-m",
-                    *([self.module, "serve"] if self.module == "messageai" else [self.module]),
-                    "--config",
-                    str(self.config_file),
-                    "--data-dir",
-                    str(self.data_dir),
-                ],
-                stdout=subprocess.PIPE,
-                check=False,
+        env, log = child_log("server")
+        # The secrets grep reads it (tests/secret_logs.py); else inherited.
+        stderr = log.open("ab") if log else None
+        try:
+            self.process = await nursery.start(
+                functools.partial(
+                    trio.run_process,
+                    [
+                        sys.executable,
+                        "-m",
+                        *([self.module, "serve"] if self.module == "messageai" else [self.module]),
+                        "--config",
+                        str(self.config_file),
+                        "--data-dir",
+                        str(self.data_dir),
+                    ],
+                    stdout=subprocess.PIPE,
+                    stderr=stderr,
+                    env={**os.environ, **env},
+                    check=False,
+                )
             )
-        )
+        finally:
+            if stderr is not None:
+                stderr.close()
         assert self.process is not None and self.process.stdout is not None
         line = b""
         with trio.fail_after(20):

@@ -1,0 +1,191 @@
+"""The secrets grep of a whole suite run (a pytest plugin, loaded by tests/conftest.py).
+
+No token, password or message text may reach a log line at any level. For the whole
+session this plugin:
+
+- logs every `messageai.*` logger of this process (the in-process servers of the
+  `h` fixture and `harness`, the SDK) at DEBUG into `<basetemp>/logs/inprocess.log`,
+  each test's lines after a line naming it;
+- has the server children of `ServerProcess` and `ServerChild` log at DEBUG (through
+  `child_log`: `MESSAGEAI_LOGGING__LEVEL=debug`, their stderr in a file of that folder
+  named after the test);
+- keeps each test's captured stderr (other children, inheriting it) in
+  `captured-stderr.log` there;
+- harvests the secrets the tests use, from the traffic of this process: passwords,
+  message bodies, questions and push tokens in JSON request bodies (httpx and
+  trio-websocket sends), bearer tokens in `Authorization` headers and `access_token`
+  query parameters, tokens in JSON responses;
+
+and at the end greps every file of the folder for every secret of `MIN_LENGTH`
+characters or more (shorter ones, "hi", would match by chance), failing the run with
+the file, line and secret of each hit. `find_leaks` is that grep: one pass over the
+text, whatever the number of secrets (a chaos run sends thousands of bodies).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+import trio_websocket
+
+from messageai.logs import TEXT_FORMAT
+
+LOG_DIR_VARIABLE = "MESSAGEAI_TEST_LOG_DIR"
+MIN_LENGTH = 8
+# JSON fields whose values are secrets, in requests and in responses.
+SECRET_FIELDS = frozenset(
+    {"password", "old_password", "new_password", "body", "question", "token", "access_token"}
+)
+_KEY = MIN_LENGTH  # secrets are found by their last `_KEY` characters
+
+_secrets: set[str] = set()
+_log_dir: Path | None = None
+_handler: logging.Handler | None = None
+
+
+def harvest_json(value: Any) -> None:
+    """Every string under a secret field of a decoded JSON document."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if key in SECRET_FIELDS and isinstance(item, str):
+                _secrets.add(item)
+            else:
+                harvest_json(item)
+    elif isinstance(value, list):
+        for item in value:
+            harvest_json(item)
+
+
+def _harvest_bytes(content: bytes | str) -> None:
+    if content[:1] in (b"{", "{", b"[", "["):
+        with contextlib.suppress(orjson.JSONDecodeError):
+            harvest_json(orjson.loads(content))
+
+
+def _harvest_request(request: httpx.Request) -> None:
+    authorization = request.headers.get("authorization", "")
+    if authorization.lower().startswith("bearer "):
+        _secrets.add(authorization[7:])
+    for key, value in request.url.params.multi_items():
+        if key in SECRET_FIELDS:
+            _secrets.add(value)
+    if "json" in request.headers.get("content-type", ""):
+        _harvest_bytes(request.content)
+
+
+def _harvest_response(response: httpx.Response) -> None:
+    if "json" in response.headers.get("content-type", "") and "token" in response.text:
+        _harvest_bytes(response.content)
+
+
+def find_leaks(texts: Iterable[tuple[str, str]], secrets: Iterable[str]) -> Iterator[str]:
+    """`where: secret in line` for each (where, line) holding one of `secrets`."""
+    by_key: dict[str, list[str]] = {}
+    for secret in secrets:
+        if len(secret) >= MIN_LENGTH:
+            by_key.setdefault(secret[-_KEY:], []).append(secret)
+    for where, line in texts:
+        for end in range(_KEY, len(line) + 1):
+            for secret in by_key.get(line[end - _KEY : end], ()):
+                if line.startswith(secret, end - len(secret)):
+                    yield f"{where}: {secret!r} in {line.strip()[:300]!r}"
+
+
+def _lines(folder: Path) -> Iterator[tuple[str, str]]:
+    for path in sorted(folder.iterdir()):
+        test = path.name
+        with path.open(encoding="utf-8", errors="replace") as file:
+            for number, line in enumerate(file, 1):
+                if line.startswith("=== "):
+                    test = line[4:].strip()
+                    continue
+                yield f"{path.name}:{number} ({test})", line
+
+
+def child_log(name: str) -> tuple[dict[str, str], Path | None]:
+    """For a server child a test starts: the environment that makes it log at DEBUG,
+    and the file for its stderr; ({}, None) outside a pytest session (scripts/chaos)."""
+    folder = os.environ.get(LOG_DIR_VARIABLE)
+    if not folder:
+        return {}, None
+    test = os.environ.get("PYTEST_CURRENT_TEST", "no-test").split(" ")[0]
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{test}-{name}")[-150:]
+    path = Path(folder) / f"{stem}-{os.getpid()}-{len(os.listdir(folder))}.log"
+    return {"MESSAGEAI_LOGGING__LEVEL": "debug"}, path
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    global _log_dir, _handler
+    factory = session.config._tmp_path_factory  # type: ignore[attr-defined]
+    _log_dir = Path(factory.getbasetemp()) / "logs"
+    _log_dir.mkdir(exist_ok=True)
+    os.environ[LOG_DIR_VARIABLE] = str(_log_dir)
+    _handler = logging.FileHandler(_log_dir / "inprocess.log", encoding="utf-8")
+    _handler.setFormatter(logging.Formatter(TEXT_FORMAT))
+    _handler.setLevel(logging.DEBUG)
+    logger = logging.getLogger("messageai")
+    logger.setLevel(logging.DEBUG)
+    logger.addHandler(_handler)
+
+    async_send = httpx.AsyncClient.send
+    sync_send = httpx.Client.send
+    ws_send = trio_websocket.WebSocketConnection.send_message
+
+    async def send_async(self: httpx.AsyncClient, request: httpx.Request, **kw: Any) -> Any:
+        _harvest_request(request)
+        response = await async_send(self, request, **kw)
+        if not kw.get("stream"):
+            _harvest_response(response)
+        return response
+
+    def send_sync(self: httpx.Client, request: httpx.Request, **kw: Any) -> Any:
+        _harvest_request(request)
+        response = sync_send(self, request, **kw)
+        if not kw.get("stream"):
+            _harvest_response(response)
+        return response
+
+    async def send_ws(self: trio_websocket.WebSocketConnection, message: str | bytes) -> None:
+        _harvest_bytes(message)
+        await ws_send(self, message)
+
+    httpx.AsyncClient.send = send_async  # type: ignore[method-assign]
+    httpx.Client.send = send_sync  # type: ignore[method-assign]
+    trio_websocket.WebSocketConnection.send_message = send_ws  # type: ignore[method-assign]
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if _handler is not None:
+        _handler.stream.write(f"=== {item.nodeid}\n")
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if _log_dir is not None and report.capstderr:
+        with (_log_dir / "captured-stderr.log").open("a", encoding="utf-8") as file:
+            file.write(f"=== {report.nodeid} ({report.when})\n{report.capstderr}\n")
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    if _log_dir is None or _handler is None:
+        return
+    _handler.flush()
+    leaks = list(find_leaks(_lines(_log_dir), _secrets))
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line(
+            f"secrets grep: {len(_secrets)} secrets used, {len(leaks)} found in the logs"
+            f" of {_log_dir}"
+        )
+        for leak in leaks[:20]:
+            reporter.write_line(f"  LEAK {leak}", red=True)
+    if leaks:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
