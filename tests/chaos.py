@@ -59,8 +59,7 @@ import trio
 import trio_websocket
 
 from tests import powercut
-from tests.helpers import connect_ws
-from tests.secret_logs import child_log
+from tests.helpers import child_log, connect_ws
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -28,7 +28,21 @@ import trio_websocket
 
 from messageai.config import Config, parse_config
 from messageai.server import Server
-from tests.secret_logs import child_log
+
+# The folder of the secrets grep (tests/secret_logs.py), set for a pytest session.
+LOG_DIR_VARIABLE = "MESSAGEAI_TEST_LOG_DIR"
+
+
+def child_log(name: str) -> tuple[dict[str, str], Path | None]:
+    """For a server child a test starts: the environment that makes it log at DEBUG,
+    and the file for its stderr; ({}, None) outside a pytest session (scripts/chaos)."""
+    folder = os.environ.get(LOG_DIR_VARIABLE)
+    if not folder:
+        return {}, None
+    test = os.environ.get("PYTEST_CURRENT_TEST", "no-test").split(" ")[0]
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{test}-{name}")[-150:]
+    path = Path(folder) / f"{stem}-{os.getpid()}-{len(os.listdir(folder))}.log"
+    return {"MESSAGEAI_LOGGING__LEVEL": "debug"}, path
 
 
 def make_config(data_dir: Path, **sections: dict[str, Any]) -> Config:

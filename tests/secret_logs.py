@@ -38,8 +38,8 @@ import pytest
 import trio_websocket
 
 from messageai.logs import TEXT_FORMAT
+from tests.helpers import LOG_DIR_VARIABLE
 
-LOG_DIR_VARIABLE = "MESSAGEAI_TEST_LOG_DIR"
 MIN_LENGTH = 8
 # JSON fields whose values are secrets, in requests and in responses.
 SECRET_FIELDS = frozenset(
@@ -49,7 +49,7 @@ _KEY = MIN_LENGTH  # secrets are found by their last `_KEY` characters
 
 _secrets: set[str] = set()
 _log_dir: Path | None = None
-_handler: logging.Handler | None = None
+_handler: logging.FileHandler | None = None
 
 
 def harvest_json(value: Any) -> None:
@@ -100,7 +100,14 @@ def find_leaks(texts: Iterable[tuple[str, str]], secrets: Iterable[str]) -> Iter
                     yield f"{where}: {secret!r} in {line.strip()[:300]!r}"
 
 
+# A line's time stamp (text or JSON format): lines that differ only by it are one.
+_STAMP = re.compile(r'^\d{4}-\d\d-\d\d[ T][\d:.,]+Z? |"time":"[^"]*",')
+
+
 def _lines(folder: Path) -> Iterator[tuple[str, str]]:
+    """Each distinct line of the folder's files once (most are the same request lines
+    at other times), with where it was first seen."""
+    seen: set[str] = set()
     for path in sorted(folder.iterdir()):
         test = path.name
         with path.open(encoding="utf-8", errors="replace") as file:
@@ -108,19 +115,10 @@ def _lines(folder: Path) -> Iterator[tuple[str, str]]:
                 if line.startswith("=== "):
                     test = line[4:].strip()
                     continue
-                yield f"{path.name}:{number} ({test})", line
-
-
-def child_log(name: str) -> tuple[dict[str, str], Path | None]:
-    """For a server child a test starts: the environment that makes it log at DEBUG,
-    and the file for its stderr; ({}, None) outside a pytest session (scripts/chaos)."""
-    folder = os.environ.get(LOG_DIR_VARIABLE)
-    if not folder:
-        return {}, None
-    test = os.environ.get("PYTEST_CURRENT_TEST", "no-test").split(" ")[0]
-    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{test}-{name}")[-150:]
-    path = Path(folder) / f"{stem}-{os.getpid()}-{len(os.listdir(folder))}.log"
-    return {"MESSAGEAI_LOGGING__LEVEL": "debug"}, path
+                line = _STAMP.sub("", line, count=1)
+                if line not in seen:
+                    seen.add(line)
+                    yield f"{path.name}:{number} ({test})", line
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
@@ -165,7 +163,9 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
     if _handler is not None:
-        _handler.stream.write(f"=== {item.nodeid}\n")
+        with _handler.lock or contextlib.nullcontext():
+            if _handler.stream is not None:
+                _handler.stream.write(f"=== {item.nodeid}\n")
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
