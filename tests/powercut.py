@@ -45,8 +45,8 @@ import orjson
 
 BASE_VFS = "unix"
 SECTOR = 512
-# What an fsync costs on a modest SSD: the window a cut can land in.
-SYNC_SECONDS = 0.002
+# What an fsync costs on a slow disk: the window, in each commit, a cut can land in.
+SYNC_SECONDS = 0.01
 # An undo record: kind (W write, T truncate, S size hint), offset, the file's size
 # before, the length written (a truncate: cut off), then the pre-image's length and bytes
 # (shorter than the write where it ran past the end of the file).

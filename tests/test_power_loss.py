@@ -74,8 +74,8 @@ async def test_power_cuts_under_load_lose_no_acked_message_at_full(tmp_path: Pat
     with trio.fail_after(90):
         report = await run_chaos(
             tmp_path,
-            seconds=7.0,
-            kill_every=1.5,
+            seconds=10.0,
+            kill_every=1.0,
             clients=8,
             settle_seconds=20.0,
             power_loss=True,
