@@ -28,6 +28,7 @@ import contextlib
 import logging
 import os
 import re
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -178,12 +179,14 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     if _log_dir is None or _handler is None:
         return
     _handler.flush()
+    started = time.monotonic()
     leaks = list(find_leaks(_lines(_log_dir), _secrets))
+    seconds = time.monotonic() - started
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     if reporter is not None:
         reporter.write_line(
             f"secrets grep: {len(_secrets)} secrets used, {len(leaks)} found in the logs"
-            f" of {_log_dir}"
+            f" of {_log_dir} ({seconds:.1f} s)"
         )
         for leak in leaks[:20]:
             reporter.write_line(f"  LEAK {leak}", red=True)
