@@ -21,9 +21,9 @@ Finally the server is killed once more and `PRAGMA integrity_check` runs on ever
 database file. Every loop is bounded by the run's deadline.
 
 `power_loss=True` (`scripts/chaos --power-loss`): the server runs under the power-cut
-VFS of tests/powercut.py, and each kill, at a random moment, is a power cut: once the
-process is dead, its files are rebuilt as a cut leaves them (unsynced writes lost,
-or torn), then it restarts. The users and conversations are made durable first by a
+VFS of tests/powercut.py, and each kill, at a random moment when some write is not
+yet synced, is a power cut: once the process is dead, its files are rebuilt as a cut
+leaves them (unsynced writes lost, or torn), then it restarts. The users and conversations are made durable first by a
 clean restart, so that what a run measures is messages. After the settle, power is
 cut once more before the histories are read: an ack whose message a cut took back
 counts as lost.
@@ -433,6 +433,15 @@ def check(
         report.reconnects += max(0, client.connections - 1)
 
 
+async def _while_all_synced(journal: Path) -> None:
+    """Wait (2 s at most) for a moment when some write is not yet synced: a cut then can
+    lose something. Idle moments, where it cannot, are what a random moment mostly is
+    on a loaded machine."""
+    with trio.move_on_after(2.0):
+        while not any((journal / "undo").iterdir()):
+            await trio.sleep(0.001)
+
+
 def integrity(data_dir: Path, report: Report) -> None:
     for path in sorted(data_dir.rglob("*.sqlite3")):
         report.databases += 1
@@ -490,6 +499,8 @@ async def run_chaos(
             while trio.current_time() + kill_every < produce_until:
                 # kill -9 on a beat; power cuts at a random moment, around the same pace
                 await trio.sleep(kill_every * (rng.uniform(0.25, 1.75) if power_loss else 1))
+                if journal is not None:
+                    await _while_all_synced(journal)
                 await kill()
                 await server.start(nursery)
                 if progress:

@@ -81,8 +81,9 @@ async def test_power_cuts_under_load_lose_no_acked_message_at_full(tmp_path: Pat
             power_loss=True,
             seed=11,
         )
-    # The cuts under load, the one before reading back, the last one.
-    assert report.kills >= 4, report.summary()
+    # One or more cuts under load (two on a quiet machine), the one before reading
+    # back, the last one.
+    assert report.kills >= 3, report.summary()
     assert report.bytes_cut > 0, "no cut found an unsynced write: it proves nothing"
     assert report.acked > 200 and report.stored == report.acked, report.summary()
     assert report.passed, report.summary()
