@@ -80,7 +80,8 @@ class _UndoLog:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
-            os.unlink(self.log_path)
+        # Also a log a clean stop left behind (no cut emptied the journal since).
+        self.log_path.unlink(missing_ok=True)
 
     def moved(self, to: Path) -> None:
         """The file was deleted into the journal: its log goes with it."""
