@@ -57,6 +57,9 @@ _DIRSYNC_TYPES = (
 
 
 def _undo_name(path: str) -> str:
+    # The path, flattened: `cut` reads it back from the name.
+    if "%" in path or not path.startswith("/"):
+        raise ValueError(f"{path}: the power-cut shim needs absolute paths without '%'")
     return path.strip("/").replace("/", "%") + ".undo"
 
 
