@@ -10,11 +10,11 @@ import trio
 
 from tests.helpers import Harness, harness, make_config
 
-# The secrets grep over the whole run's logs.
-pytest_plugins = ("tests.secret_logs",)
-
 # Every end-to-end test gets this absolute deadline.
 TEST_TIMEOUT_SECONDS = 60
+
+# The secrets grep over the whole run's logs.
+pytest_plugins = ("tests.secret_logs",)
 
 
 @pytest.fixture
