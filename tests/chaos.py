@@ -20,6 +20,14 @@ every client has all its messages acked; then the checker reads every history:
 Finally the server is killed once more and `PRAGMA integrity_check` runs on every
 database file. Every loop is bounded by the run's deadline.
 
+`power_loss=True` (`scripts/chaos --power-loss`): the server runs under the power-cut
+VFS of tests/powercut.py, and each kill, at a random moment when some write is not
+yet synced, is a power cut: once the process is dead, its files are rebuilt as a cut
+leaves them (unsynced writes lost, or torn), then it restarts. The users and conversations are made durable first by a
+clean restart, so that what a run measures is messages. After the settle, power is
+cut once more before the histories are read: an ack whose message a cut took back
+counts as lost.
+
 `run_slow_consumer` (`scripts/chaos --slow-consumer`): 5,000 large messages into a
 group while one subscriber reads nothing: the server's RSS stays bounded, the
 reader is dropped and then catches up from its last seq with nothing lost.
@@ -31,6 +39,7 @@ import argparse
 import functools
 import itertools
 import os
+import random
 import re
 import signal
 import socket
@@ -49,7 +58,10 @@ import orjson
 import trio
 import trio_websocket
 
-from tests.helpers import connect_ws
+from tests import powercut
+from tests.helpers import child_log, connect_ws
+
+ROOT = Path(__file__).resolve().parent.parent
 
 # What a dead or restarting server looks like to a client.
 DISCONNECTED = (
@@ -68,9 +80,12 @@ def free_port() -> int:
 
 
 class ServerChild:
-    """`python -m messageai serve` on a fixed port; killed and restarted at will."""
+    """`python -m messageai serve` on a fixed port; killed and restarted at will. With
+    `journal`, it runs under the power-cut VFS (`python -m tests.powercut JOURNAL ...`)."""
 
-    def __init__(self, workdir: Path, port: int, extra_config: str = "") -> None:
+    def __init__(
+        self, workdir: Path, port: int, extra_config: str = "", journal: Path | None = None
+    ) -> None:
         self.port = port
         self.data_dir = workdir / "data"
         self.config = workdir / "messageai.toml"
@@ -79,24 +94,30 @@ class ServerChild:
             # Messaging under kills is the subject: no model to load at each restart.
             f"[embeddings]\nenabled = false\n{extra_config}"
         )
-        self.log = workdir / "server.log"
+        # In a test, at DEBUG into the secrets grep's folder (tests/secret_logs.py).
+        self.env, log = child_log("chaos")
+        self.log = log or workdir / "server.log"
         self.process: trio.Process | None = None
         self.starts = 0
+        self.journal = journal
 
     async def start(self, nursery: trio.Nursery) -> None:
         """Start the server and return once it prints that it is serving."""
+        program = ("tests.powercut", str(self.journal)) if self.journal else ("messageai",)
         with self.log.open("ab") as log:
             process: trio.Process = await nursery.start(
                 functools.partial(
                     trio.run_process,
                     [
-                        *(sys.executable, "-m", "messageai", "serve"),
+                        *(sys.executable, "-m", *program, "serve"),
                         *("--config", str(self.config), "--port", str(self.port)),
                         *("--data-dir", str(self.data_dir)),
                     ],
                     stdout=subprocess.PIPE,
                     stderr=log,
                     check=False,
+                    cwd=ROOT,
+                    env={**os.environ, **self.env},
                 )
             )
         self.process = process
@@ -119,6 +140,13 @@ class ServerChild:
         assert self.process is not None
         self.process.send_signal(signal.SIGKILL)
         await self.process.wait()
+
+    async def stop(self) -> None:
+        """SIGTERM: a clean shutdown, every database closed (and so synced)."""
+        assert self.process is not None
+        self.process.terminate()
+        if await self.process.wait() != 0:
+            raise RuntimeError(f"the server did not stop cleanly; see {self.log}")
 
     def rss_bytes(self) -> int:
         """Resident memory of the server process (Linux /proc)."""
@@ -172,6 +200,10 @@ class Client:
 class Report:
     seconds: float
     kills: int
+    power_loss: bool = False
+    synchronous: str = "FULL"
+    torn_cuts: int = 0
+    bytes_cut: int = 0  # unsynced bytes the cuts threw away
     acked: int = 0
     stored: int = 0
     lost: int = 0
@@ -196,8 +228,14 @@ class Report:
 
     def summary(self) -> str:
         verdict = "PASS" if self.passed else "FAIL"
+        kills = (
+            f"{self.kills} power cuts at synchronous = {self.synchronous} ({self.torn_cuts} torn, "
+            f"{self.bytes_cut} unsynced bytes thrown away)"
+            if self.power_loss
+            else f"{self.kills} kill -9"
+        )
         return (
-            f"{verdict}: {self.seconds:.0f} s, {self.kills} kill -9, {self.reconnects} reconnects; "
+            f"{verdict}: {self.seconds:.0f} s, {kills}, {self.reconnects} reconnects; "
             f"acked {self.acked}, stored {self.stored}, lost {self.lost}, "
             f"duplicated {self.duplicated}, phantom {self.phantom}, "
             f"order violations {self.order_violations}, unresolved {self.unresolved}; "
@@ -395,6 +433,15 @@ def check(
         report.reconnects += max(0, client.connections - 1)
 
 
+async def _while_all_synced(journal: Path) -> None:
+    """Wait (2 s at most) for a moment when some write is not yet synced: a cut then can
+    lose something. Idle moments, where it cannot, are what a random moment mostly is
+    on a loaded machine."""
+    with trio.move_on_after(2.0):
+        while not any((journal / "undo").iterdir()):
+            await trio.sleep(0.001)
+
+
 def integrity(data_dir: Path, report: Report) -> None:
     for path in sorted(data_dir.rglob("*.sqlite3")):
         report.databases += 1
@@ -418,28 +465,50 @@ async def run_chaos(
     pace: float = 0.02,
     settle_seconds: float = 60.0,
     progress: Callable[[str], None] | None = None,
+    power_loss: bool = False,
+    synchronous: str = "FULL",
+    seed: int | None = None,
 ) -> Report:
-    """Run the kill -9 chaos for `seconds`, then settle and check. Returns the report."""
-    server = ServerChild(workdir, free_port())
-    report = Report(seconds=seconds, kills=0)
+    """Run the kill -9 (or power cut) chaos for `seconds`, then settle and check.
+    Returns the report."""
+    rng = random.Random(seed)
+    journal = workdir / "powercut" if power_loss else None
+    config = f'[storage]\nsynchronous = "{synchronous}"\n'
+    server = ServerChild(workdir, free_port(), config, journal=journal)
+    report = Report(seconds=seconds, kills=0, power_loss=power_loss, synchronous=synchronous)
+
+    async def kill() -> None:
+        await server.kill()
+        report.kills += 1
+        if journal is not None:
+            torn = rng.random() < 0.5
+            report.torn_cuts += torn
+            report.bytes_cut += powercut.cut(journal, rng, torn=torn).bytes_lost
+
     async with trio.open_nursery() as nursery:
         await server.start(nursery)
         everyone = await _setup(server.port, clients, per_conversation)
+        if power_loss:
+            await server.stop()
+            await server.start(nursery)
         start = trio.current_time()
         produce_until = start + seconds
         end = produce_until + settle_seconds
 
         async def killer() -> None:
             while trio.current_time() + kill_every < produce_until:
-                await trio.sleep(kill_every)
-                await server.kill()
-                report.kills += 1
+                # kill -9 on a beat; power cuts at a random moment, around the same pace
+                await trio.sleep(kill_every * (rng.uniform(0.25, 1.75) if power_loss else 1))
+                if journal is not None:
+                    await _while_all_synced(journal)
+                await kill()
                 await server.start(nursery)
                 if progress:
                     acked = sum(len(c.acked) for c in everyone)
                     pending = sum(len(c.pending) for c in everyone)
+                    what = "power cut" if power_loss else "kill -9"
                     progress(
-                        f"{trio.current_time() - start:5.1f} s: kill -9 #{report.kills}, "
+                        f"{trio.current_time() - start:5.1f} s: {what} #{report.kills}, "
                         f"acked {acked}, unacked {pending}"
                     )
 
@@ -457,13 +526,15 @@ async def run_chaos(
                         end=end,
                     )
                 )
+        if power_loss:  # what the acks were worth: read back after one more cut
+            await kill()
+            await server.start(nursery)
         histories = {}
         for client in everyone:
             if client.conversation_id not in histories:
                 histories[client.conversation_id] = await _read_history(server.port, client)
         check(everyone, histories, report)
-        await server.kill()
-        report.kills += 1
+        await kill()
     integrity(server.data_dir, report)
     return report
 
@@ -646,6 +717,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--per-conversation", type=int, default=4)
     parser.add_argument("--keep", action="store_true", help="keep the data directory and log")
     parser.add_argument(
+        "--power-loss",
+        action="store_true",
+        help="each kill is a power cut: unsynced writes lost or torn (tests/powercut.py)",
+    )
+    parser.add_argument(
+        "--synchronous", choices=("FULL", "NORMAL"), default="FULL", help="storage.synchronous"
+    )
+    parser.add_argument("--seed", type=int, help="of the cuts' moments and tears")
+    parser.add_argument(
         "--slow-consumer",
         action="store_true",
         help="instead: 5,000 large messages while one subscriber stops reading",
@@ -669,9 +749,11 @@ def main(argv: list[str] | None = None) -> int:
     def progress(line: str) -> None:
         print(line, flush=True)
 
+    what = "a power cut about" if args.power_loss else "kill -9"
     print(
         f"chaos: {args.clients} clients in {args.clients // args.per_conversation} "
-        f"conversations, kill -9 every {args.kill_every} s for {args.seconds} s; in {workdir}",
+        f"conversations, synchronous = {args.synchronous}, {what} every {args.kill_every} s "
+        f"for {args.seconds} s; in {workdir}",
         flush=True,
     )
     report = trio.run(
@@ -683,6 +765,9 @@ def main(argv: list[str] | None = None) -> int:
             clients=args.clients,
             per_conversation=args.per_conversation,
             progress=progress,
+            power_loss=args.power_loss,
+            synchronous=args.synchronous,
+            seed=args.seed,
         )
     )
     print(report.summary())

@@ -18,6 +18,9 @@ if TYPE_CHECKING:
 # Every end-to-end test gets this absolute deadline.
 TEST_TIMEOUT_SECONDS = 60
 
+# The secrets grep over the whole run's logs.
+pytest_plugins = ("tests.secret_logs",)
+
 
 @pytest.fixture
 async def h(tmp_path: Path) -> AsyncIterator[Harness]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import itertools
+import os
 import re
 import signal
 import subprocess
@@ -27,6 +28,21 @@ import trio_websocket
 
 from messageai.config import Config, parse_config
 from messageai.server import Server
+
+# The folder of the secrets grep (tests/secret_logs.py), set for a pytest session.
+LOG_DIR_VARIABLE = "MESSAGEAI_TEST_LOG_DIR"
+
+
+def child_log(name: str) -> tuple[dict[str, str], Path | None]:
+    """For a server child a test starts: the environment that makes it log at DEBUG,
+    and the file for its stderr; ({}, None) outside a pytest session (scripts/chaos)."""
+    folder = os.environ.get(LOG_DIR_VARIABLE)
+    if not folder:
+        return {}, None
+    test = os.environ.get("PYTEST_CURRENT_TEST", "no-test").split(" ")[0]
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{test}-{name}")[-150:]
+    path = Path(folder) / f"{stem}-{os.getpid()}-{len(os.listdir(folder))}.log"
+    return {"MESSAGEAI_LOGGING__LEVEL": "debug"}, path
 
 
 def make_config(data_dir: Path, **sections: dict[str, Any]) -> Config:
@@ -291,24 +307,31 @@ class ServerProcess:
         return path
 
     async def start(self, nursery: trio.Nursery) -> int:
-        import sys
-
-        self.process = await nursery.start(
-            functools.partial(
-                trio.run_process,
-                [
-                    sys.executable,
-                    "-m",
-                    *([self.module, "serve"] if self.module == "messageai" else [self.module]),
-                    "--config",
-                    str(self.config_file),
-                    "--data-dir",
-                    str(self.data_dir),
-                ],
-                stdout=subprocess.PIPE,
-                check=False,
+        env, log = child_log("server")
+        # The secrets grep reads it (tests/secret_logs.py); else inherited.
+        stderr = log.open("ab") if log else None
+        try:
+            self.process = await nursery.start(
+                functools.partial(
+                    trio.run_process,
+                    [
+                        sys.executable,
+                        "-m",
+                        *([self.module, "serve"] if self.module == "messageai" else [self.module]),
+                        "--config",
+                        str(self.config_file),
+                        "--data-dir",
+                        str(self.data_dir),
+                    ],
+                    stdout=subprocess.PIPE,
+                    stderr=stderr,
+                    env={**os.environ, **env},
+                    check=False,
+                )
             )
-        )
+        finally:
+            if stderr is not None:
+                stderr.close()
         assert self.process is not None and self.process.stdout is not None
         line = b""
         with trio.fail_after(20):

@@ -25,6 +25,7 @@ import trio
 from tests.expo import fake_expo
 from tests.helpers import WS, connect_ws
 from tests.llm import fake_llm, text
+from tests.secret_logs import find_leaks
 
 # Distinctive enough that a hit is never chance.
 PASSWORD_ADA = "pw-ada-Quokka-7731"
@@ -214,3 +215,16 @@ async def test_no_secret_in_any_log_line_of_a_whole_session_at_debug(tmp_path: P
     assert not leaks, leaks[:5]
     # A search term is user text too, but "Quartz" is also in the bodies: checked apart.
     assert not any(f"q={SEARCH}" in line for line in lines)
+
+
+def test_the_suite_grep_finds_each_secret_wherever_it_is_in_a_line() -> None:
+    token = "vBOncAcz7nOMrWiZ2zyl38z-nBoZBASnTh8S-9LG7iw"
+    lines = [
+        ("a:1", "DEBUG messageai.x: nothing here\n"),
+        ("a:2", f"DEBUG messageai.x: issued {token}\n"),
+        ("b:7", 'INFO {"message":"got body-Zebra-Quartz-0001!"}\n'),
+        ("b:8", "INFO hi hi hi\n"),  # "hi" is too short to be looked for
+    ]
+    leaks = list(find_leaks(lines, [token, "body-Zebra-Quartz-0001", "hi", "absent-secret-1"]))
+    assert [leak.split(":")[0] + ":" + leak.split(":")[1] for leak in leaks] == ["a:2", "b:7"]
+    assert token in leaks[0] and "body-Zebra-Quartz-0001" in leaks[1]

@@ -182,6 +182,23 @@ async def test_push_queue_and_outcomes_and_media_bytes(tmp_path: Path) -> None:
                 media = await scrape(h.http)
                 assert moved(after, media, "messageai_media_uploaded_bytes_total") == len(data)
                 assert moved(after, media, "messageai_media_served_bytes_total") == len(data)
+                # The gauge is the folder's, read at the scrape: the same bytes again
+                # are stored once; a second upload adds its own.
+                assert moved(after, media, "messageai_media_disk_bytes") == len(data)
+                other = b"other plain text: 29 bytes.\n"
+                for body in (data, other):
+                    r = await h.http.post(
+                        "/v1/media",
+                        content=body,
+                        headers={**h.auth(ada), "Content-Type": "text/plain"},
+                    )
+                    assert r.status_code == 201, r.text
+                again = await scrape(h.http)
+                assert moved(media, again, "messageai_media_disk_bytes") == len(other)
+                files = [p for p in (tmp_path / "data" / "media").rglob("*") if p.is_file()]
+                assert value(again, "messageai_media_disk_bytes") == sum(
+                    p.stat().st_size for p in files
+                )
 
 
 async def test_metrics_off_is_404_and_the_rest_still_serves(tmp_path: Path) -> None:

@@ -63,7 +63,7 @@ def mount(
     router.add("GET", "/healthz", healthz)
     router.add("GET", "/readyz", Readiness(config.data_dir, directory).readyz)
     if config.metrics.enabled:
-        collector = ServerCollector(presence, registry, push, jobs)
+        collector = ServerCollector(presence, registry, push, jobs, media.root)
         MetricsRoute(collector, load_token(config.metrics)).routes(router)
     router.add("GET", "/v1/ws", websocket_needed)
     Accounts(directory, close_token_sessions).routes(router)

@@ -3,15 +3,18 @@
 Nothing here runs per message. At each scrape, `ServerCollector` reads the gauges
 from their owners (presence, the registry, push, jobs) and the tallies the hot path
 keeps in `messageai.counters`, and turns them into metric families; the process
-collectors add CPU, memory and file descriptors. Mounted by `rest.mount` when
-`metrics.enabled` (otherwise the path is 404); with `metrics.token_file` or
-`token_env`, a scrape without that bearer token is 401.
+collectors add CPU, memory and file descriptors. The media folder's size is summed
+at each scrape too, in a worker thread (`ServerCollector.refresh`). Mounted by
+`rest.mount` when `metrics.enabled` (otherwise the path is 404); with
+`metrics.token_file` or `token_env`, a scrape without that bearer token is 401.
 """
 
 from __future__ import annotations
 
 import hmac
+import os
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from prometheus_client import (
@@ -31,6 +34,7 @@ from messageai.config import MetricsConfig, read_secret
 from messageai.counters import COUNTS, Buckets
 from messageai.edge.asgi import Request, Response, Router
 from messageai.errors import Unauthorized
+from messageai.threads import blocking
 
 # The classic text format, which every Prometheus reads (our names need none of 1.0.0's
 # escaping); prometheus_client's CONTENT_TYPE_LATEST moved on to 1.0.0.
@@ -66,12 +70,23 @@ class ServerCollector(Collector):
     (`counters.COUNTS`); the gauges are this server's components'."""
 
     def __init__(
-        self, presence: Presence, registry: Registry, push: Push, jobs: Jobs | None
+        self,
+        presence: Presence,
+        registry: Registry,
+        push: Push,
+        jobs: Jobs | None,
+        media_root: Path,
     ) -> None:
         self._presence = presence
         self._registry = registry
         self._push = push
         self._jobs = jobs
+        self._media_root = media_root
+        self._media_disk_bytes = 0
+
+    async def refresh(self) -> None:
+        """Before a scrape: the figures that cost file-system calls, off the event loop."""
+        self._media_disk_bytes = await blocking(disk_bytes, self._media_root)
 
     def collect(self) -> Iterator[Metric]:
         counts = COUNTS
@@ -140,6 +155,11 @@ class ServerCollector(Collector):
             "Bytes of media downloads answered.",
             counts.media_bytes_served,
         )
+        yield GaugeMetricFamily(
+            "messageai_media_disk_bytes",
+            "Bytes of the media folder's files (uploads, and parts being received).",
+            self._media_disk_bytes,
+        )
         yield histogram(
             "messageai_ai_request_seconds",
             "Time of one request to the AI endpoint (answered, failed or cancelled).",
@@ -189,6 +209,25 @@ class ServerCollector(Collector):
         )
 
 
+def disk_bytes(root: Path) -> int:
+    """The sizes of the files under `root` (0 before the first upload made it)."""
+    total = 0
+    try:
+        entries = list(os.scandir(root))
+    except FileNotFoundError:
+        return 0
+    while entries:
+        entry = entries.pop()
+        try:
+            if entry.is_dir(follow_symlinks=False):
+                entries.extend(os.scandir(entry.path))
+            else:
+                total += entry.stat(follow_symlinks=False).st_size
+        except FileNotFoundError:  # swept or placed meanwhile
+            continue
+    return total
+
+
 def _labelled(
     name: str, documentation: str, label: str, values: dict[str, int]
 ) -> CounterMetricFamily:
@@ -202,7 +241,8 @@ class MetricsRoute:
     """`GET /metrics`, on a registry of its own (not prometheus_client's global one:
     tests run several servers in one process)."""
 
-    def __init__(self, collector: Collector, token: str | None) -> None:
+    def __init__(self, collector: ServerCollector, token: str | None) -> None:
+        self._collector = collector
         self._token = token
         self._registry = CollectorRegistry(auto_describe=False)
         self._registry.register(collector)
@@ -218,6 +258,7 @@ class MetricsRoute:
             given = request.bearer_token() or ""
             if not hmac.compare_digest(given.encode(), self._token.encode()):
                 raise Unauthorized("/metrics needs its bearer token (metrics.token_file)")
+        await self._collector.refresh()
         # A few hundred lines from counters already in memory: inline, no thread.
         body = generate_latest(self._registry)
         return Response(200, body, [(b"content-type", CONTENT_TYPE)])
