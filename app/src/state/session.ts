@@ -2,7 +2,9 @@
  * The session (Zustand): which server, the engine for it, who is signed in, and the
  * live app state the engine reports (connection, outbox size, typing, presence).
  * `boot` runs once from the root layout; the first-start screens call `chooseServer`
- * and `signIn`; settings calls `signOut`. Screens read it with `useSession`.
+ * and `signIn` (Clerk mode: `signInWithToken`); settings calls `signOut`. Screens read
+ * it with `useSession`. In Clerk mode `state/clerk` registers Clerk's `getToken` and
+ * `signOut` here (`setClerkHooks`): the engine renews its token through them.
  */
 import { Platform } from 'react-native';
 import { create } from 'zustand';
@@ -21,6 +23,7 @@ import {
 } from '../engine';
 import { kvStorage } from './kv';
 import { invalidateFor, queryClient } from './query';
+import { keepSettings, settingsKey } from './server-settings';
 
 const SERVER_KEY = 'messageai.server';
 
@@ -29,8 +32,6 @@ export type Phase = 'booting' | 'server' | 'signin' | 'ready';
 type Session = {
   phase: Phase;
   serverUrl: string | null;
-  /** Local sign-in refused: the server is in Clerk mode. */
-  authMode: ServerProbe['authMode'];
   engine: Engine | null;
   me: User | null;
   connection: ConnectionInfo;
@@ -49,6 +50,8 @@ type Session = {
   chooseServer: (input: string) => Promise<ServerProbe>;
   changeServer: () => Promise<void>;
   signIn: (how: 'login' | 'register', username: string, password: string, displayName?: string) => Promise<void>;
+  /** Clerk mode: sign in with the session JWT Clerk's SDK just gave. */
+  signInWithToken: (token: string) => Promise<void>;
   signOut: () => Promise<void>;
   setMe: (me: User) => void;
 };
@@ -61,6 +64,23 @@ const browserFetch: typeof fetch = (input, init) => fetch(input, init);
 
 // The engine's listener, kept so a new engine never leaves the old one's bound.
 let unlisten: (() => void) | null = null;
+
+/** What Clerk's SDK lends the session in Clerk mode (state/clerk registers them). */
+export type ClerkHooks = { getToken: () => Promise<string | null>; signOut: () => Promise<void> };
+let clerkHooks: ClerkHooks | null = null;
+
+export function setClerkHooks(hooks: ClerkHooks | null): void {
+  clerkHooks = hooks;
+}
+
+/**
+ * Every engine's token provider: Clerk's `getToken()` while Clerk is mounted (a fresh
+ * session JWT, or null when Clerk's session is over), else null (a local token that the
+ * server refuses is not renewed: the person signs in again).
+ */
+export async function renewToken(): Promise<string | null> {
+  return clerkHooks === null ? null : clerkHooks.getToken();
+}
 
 /** In the browser the app is served by the server itself: its origin is the default. */
 export function defaultServerUrl(): string | null {
@@ -103,7 +123,7 @@ export const useSession = create<Session>()((set, get) => {
     unlisten?.();
     unlisten = null;
     if (old !== null && old.serverUrl !== url) await old.close();
-    const engine = old !== null && old.serverUrl === url ? old : await createEngine({ serverUrl: url });
+    const engine = old !== null && old.serverUrl === url ? old : await createEngine({ serverUrl: url, refreshToken: renewToken });
     unlisten = engine.on(onEvent);
     set({ engine, serverUrl: url, connection: engine.connection(), outbox: engine.outboxWaiting() });
     return engine;
@@ -130,7 +150,6 @@ export const useSession = create<Session>()((set, get) => {
   return {
     phase: 'booting',
     serverUrl: null,
-    authMode: 'unknown',
     engine: null,
     me: null,
     connection: idle,
@@ -152,11 +171,7 @@ export const useSession = create<Session>()((set, get) => {
       try {
         const engine = await attach(url);
         if (engine.me !== null) enter(engine);
-        else {
-          set({ phase: 'signin' });
-          // Which sign-in the server takes (local or Clerk), for the sign-in screen.
-          void probeServer(url, browserFetch).then((probe) => set({ authMode: probe.authMode }));
-        }
+        else set({ phase: 'signin' });
       } catch (error) {
         set({ phase: 'server', notice: describe(error) });
       }
@@ -166,8 +181,13 @@ export const useSession = create<Session>()((set, get) => {
       const probe = await probeServer(input, browserFetch);
       if (!probe.ok) return probe;
       await kvStorage.setItem(SERVER_KEY, probe.url);
+      if (probe.settings !== null) {
+        // Sign-in (and the Clerk provider) read them at once, without a second fetch.
+        keepSettings(probe.url, probe.settings);
+        queryClient.setQueryData(settingsKey(probe.url), probe.settings);
+      }
       const engine = await attach(probe.url);
-      set({ authMode: probe.authMode, notice: null });
+      set({ notice: null });
       if (engine.me !== null) enter(engine);
       else set({ phase: 'signin' });
       return probe;
@@ -191,6 +211,13 @@ export const useSession = create<Session>()((set, get) => {
       enter(engine);
     },
 
+    signInWithToken: async (token) => {
+      const engine = get().engine;
+      if (engine === null) throw new EngineError('invalid', 'choose a server first');
+      await engine.signInWithToken(token);
+      enter(engine);
+    },
+
     signOut: async () => {
       const engine = get().engine;
       if (engine !== null) {
@@ -199,6 +226,14 @@ export const useSession = create<Session>()((set, get) => {
         } catch {
           // Offline or already revoked: the engine still erased the local data, and the
           // token dies with the server's next revocation or expiry.
+        }
+      }
+      if (clerkHooks !== null) {
+        try {
+          await clerkHooks.signOut();
+        } catch {
+          // Offline: Clerk's session outlives this device's sign-out until it expires;
+          // the local data is gone all the same.
         }
       }
       queryClient.clear();

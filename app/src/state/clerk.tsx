@@ -1,0 +1,114 @@
+/**
+ * Clerk mode in the app (Clerk's Expo SDK, `@clerk/expo`): `ClerkRoot`, in the root
+ * layout, mounts `ClerkProvider` with the publishable key the chosen server publishes in
+ * `GET /v1/settings` (at run time: one web export serves every server), and `ClerkBridge`
+ * inside it hands the session Clerk's `getToken()` (the engine's token provider: Clerk's
+ * session JWTs live a minute) and `signOut()`. The sign-in screen's Clerk form
+ * (`useClerkPasswordSignIn`) renders only where `useClerkMounted()` says so.
+ */
+import { ClerkProvider, useAuth, useClerk, useSignIn } from '@clerk/expo';
+import { tokenCache } from '@clerk/expo/token-cache';
+import React, { createContext, useContext, useEffect, type ReactNode } from 'react';
+import { Platform } from 'react-native';
+
+import type { ServerSettings } from '../engine';
+import { useServerSettings } from './server-settings';
+import { setClerkHooks, useSession } from './session';
+
+type ClerkSettings = NonNullable<ServerSettings['auth']['clerk']>;
+
+const Mounted = createContext(false);
+
+/** Whether a `ClerkProvider` is above (the server is in Clerk mode and published its key). */
+export function useClerkMounted(): boolean {
+  return useContext(Mounted);
+}
+
+/** The `ClerkProvider` props for a server's Clerk settings (exported for the tests). */
+export function clerkProviderProps(clerk: ClerkSettings, os: string = Platform.OS) {
+  return {
+    publishableKey: clerk.publishable_key,
+    // Phones keep Clerk's client token in the secure store; a browser keeps its own.
+    tokenCache: os === 'web' ? undefined : tokenCache,
+  };
+}
+
+/** Children under `ClerkProvider` when the current server is in Clerk mode, else as they are. */
+export function ClerkRoot({ children }: { children: ReactNode }) {
+  const serverUrl = useSession((s) => s.serverUrl);
+  const clerk = useServerSettings(serverUrl).data?.auth.clerk ?? null;
+  if (clerk === null) return <>{children}</>;
+  return (
+    <ClerkProvider {...clerkProviderProps(clerk)}>
+      <Mounted.Provider value>
+        <ClerkBridge />
+        {children}
+      </Mounted.Provider>
+    </ClerkProvider>
+  );
+}
+
+/**
+ * Registers Clerk's `getToken` and `signOut` with the session while mounted, and ends
+ * the app's sign-in when Clerk's session is gone (signed out in another tab, ended by
+ * an administrator) once Clerk has loaded.
+ */
+function ClerkBridge() {
+  const clerk = useClerk();
+  const { isLoaded, isSignedIn } = useAuth();
+  const phase = useSession((s) => s.phase);
+  const signOut = useSession((s) => s.signOut);
+
+  useEffect(() => {
+    setClerkHooks({
+      getToken: async () => (clerk.loaded && clerk.session ? await clerk.session.getToken() : null),
+      signOut: () => clerk.signOut(),
+    });
+    return () => setClerkHooks(null);
+  }, [clerk]);
+
+  useEffect(() => {
+    if (isLoaded && !isSignedIn && phase === 'ready') void signOut();
+  }, [isLoaded, isSignedIn, phase, signOut]);
+  return null;
+}
+
+export type ClerkSignInResult = { ok: true } | { ok: false; message: string };
+
+/**
+ * Password sign-in with Clerk (`useSignIn`): identifier (email or username) and
+ * password, then the new Clerk session's JWT signs the engine in. Only under `ClerkRoot`.
+ */
+export function useClerkPasswordSignIn() {
+  const { signIn, fetchStatus } = useSignIn();
+  const clerk = useClerk();
+  const signInWithToken = useSession((s) => s.signInWithToken);
+
+  async function submit(identifier: string, password: string): Promise<ClerkSignInResult> {
+    const { error } = await signIn.password({ identifier, password });
+    if (error) return { ok: false, message: clerkMessage(error) };
+    if (signIn.status !== 'complete') {
+      return {
+        ok: false,
+        message:
+          `This account needs another step to sign in (${signIn.status.replace(/_/g, ' ')}),` +
+          " which this app does not offer yet: sign in once with Clerk's own page, or ask the administrator.",
+      };
+    }
+    const finished = await signIn.finalize();
+    if (finished.error) return { ok: false, message: clerkMessage(finished.error) };
+    const token = clerk.session ? await clerk.session.getToken() : null;
+    if (!token) return { ok: false, message: 'Clerk signed you in but gave no session token; try again.' };
+    await signInWithToken(token);
+    return { ok: true };
+  }
+
+  return { submit, busy: fetchStatus === 'fetching' };
+}
+
+function clerkMessage(error: unknown): string {
+  const e = error as { longMessage?: unknown; message?: unknown; errors?: { longMessage?: string; message?: string }[] };
+  const first = Array.isArray(e.errors) ? e.errors[0] : undefined;
+  const text = first?.longMessage ?? first?.message ?? e.longMessage ?? e.message;
+  return typeof text === 'string' && text ? text : 'Clerk refused the sign-in.';
+}
