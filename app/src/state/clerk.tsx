@@ -13,7 +13,8 @@ import { Platform } from 'react-native';
 
 import type { ServerSettings } from '../engine';
 import { useServerSettings } from './server-settings';
-import { setClerkHooks, useSession } from './session';
+import { setClerkHooks } from './clerk-hooks';
+import { useSession } from './session';
 
 type ClerkSettings = NonNullable<ServerSettings['auth']['clerk']>;
 

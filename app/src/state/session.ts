@@ -4,7 +4,7 @@
  * `boot` runs once from the root layout; the first-start screens call `chooseServer`
  * and `signIn` (Clerk mode: `signInWithToken`); settings calls `signOut`. Screens read
  * it with `useSession`. In Clerk mode `state/clerk` registers Clerk's `getToken` and
- * `signOut` here (`setClerkHooks`): the engine renews its token through them.
+ * `signOut` in `state/clerk-hooks`: the engine renews its token through them.
  */
 import { Platform } from 'react-native';
 import { create } from 'zustand';
@@ -21,6 +21,7 @@ import {
   type ServerProbe,
   type User,
 } from '../engine';
+import { clerkHooks, renewToken } from './clerk-hooks';
 import { kvStorage } from './kv';
 import { invalidateFor, queryClient } from './query';
 import { keepSettings, settingsKey } from './server-settings';
@@ -64,23 +65,6 @@ const browserFetch: typeof fetch = (input, init) => fetch(input, init);
 
 // The engine's listener, kept so a new engine never leaves the old one's bound.
 let unlisten: (() => void) | null = null;
-
-/** What Clerk's SDK lends the session in Clerk mode (state/clerk registers them). */
-export type ClerkHooks = { getToken: () => Promise<string | null>; signOut: () => Promise<void> };
-let clerkHooks: ClerkHooks | null = null;
-
-export function setClerkHooks(hooks: ClerkHooks | null): void {
-  clerkHooks = hooks;
-}
-
-/**
- * Every engine's token provider: Clerk's `getToken()` while Clerk is mounted (a fresh
- * session JWT, or null when Clerk's session is over), else null (a local token that the
- * server refuses is not renewed: the person signs in again).
- */
-export async function renewToken(): Promise<string | null> {
-  return clerkHooks === null ? null : clerkHooks.getToken();
-}
 
 /** In the browser the app is served by the server itself: its origin is the default. */
 export function defaultServerUrl(): string | null {
@@ -228,9 +212,10 @@ export const useSession = create<Session>()((set, get) => {
           // token dies with the server's next revocation or expiry.
         }
       }
-      if (clerkHooks !== null) {
+      const clerk = clerkHooks();
+      if (clerk !== null) {
         try {
-          await clerkHooks.signOut();
+          await clerk.signOut();
         } catch {
           // Offline: Clerk's session outlives this device's sign-out until it expires;
           // the local data is gone all the same.
