@@ -121,9 +121,7 @@ async def test_settings_need_no_token_and_ignore_a_bad_one(
         async with harness(make_config(tmp_path / "data", **sections)) as h:
             plain = await h.http.get("/v1/settings")
             bad = await h.http.get("/v1/settings", headers={"Authorization": "Bearer nope"})
-            good = await h.http.get(
-                "/v1/settings", headers={"Authorization": f"Bearer {token()}"}
-            )
+            good = await h.http.get("/v1/settings", headers={"Authorization": f"Bearer {token()}"})
     assert plain.status_code == bad.status_code == good.status_code == 200
     assert plain.json() == bad.json() == good.json()
 

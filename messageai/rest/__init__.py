@@ -2,9 +2,10 @@
 logout, me, password, users), `conversations` (conversations, members, messages),
 `channels` (v1.1: browse, join, title and topic), `media`, `push_tokens`, `search`,
 `export` (a conversation as one file), `health` (`/healthz`, `/readyz`), `metrics`
-(`/metrics`), `settings` (the public `/v1/settings`) and, in Clerk mode, `clerk_webhooks`; `params` parses their input;
-`announce` builds the conversation objects and frames members' connections are told;
-`webapp` serves the web app at `/` (mounted last: every REST route wins over it).
+(`/metrics`), `settings` (the public `/v1/settings`) and, in Clerk mode,
+`clerk_webhooks`; `params` parses their input; `announce` builds the conversation
+objects and frames members' connections are told; `webapp` serves the web app at `/`
+(mounted last: every REST route wins over it).
 
 `mount` puts every resource on the router; called once by `server.Server.run`.
 """

@@ -93,7 +93,8 @@ MIN_COMPRESS_BYTES = 1024
 # components, which want 'unsafe-inline' styles and img.clerk.com, are not used).
 EMPTY_STYLE = "'sha256-47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU='"
 CSP_TEMPLATE = (
-    "default-src 'self'; script-src 'self'{clerk}{scripts}; style-src 'self' " + EMPTY_STYLE
+    "default-src 'self'; script-src 'self'{clerk}{scripts}; style-src 'self' "
+    + EMPTY_STYLE
     + "{styles}; img-src 'self' blob: data:; media-src 'self' blob:; font-src 'self' data:;"
     " connect-src 'self'{clerk}; worker-src 'self' blob:;"
     " manifest-src 'self';"
@@ -262,9 +263,7 @@ class WebApp:
         async with self._loading:
             current = self._export
             if current is None or current.stamp != _stamp(self._root):
-                current = await trio.to_thread.run_sync(
-                    load_export, self._root, self._clerk_origin
-                )
+                current = await trio.to_thread.run_sync(load_export, self._root, self._clerk_origin)
                 log.info("web app loaded: %d files from %s", len(current.assets), self._root)
                 self._export = current
         return current
