@@ -1,42 +1,24 @@
 """The sign-in screen follows the server's public settings (`GET /v1/settings`): with
-registration closed there is no "create an account", and in Clerk mode the page mounts
+registration closed there is no "create an account"; in Clerk mode the page mounts
 Clerk's provider with the publishable key the server publishes (at run time: the same
-export as every other server) and shows Clerk's sign-in form, under a CSP that lets
-clerk-js come from that instance's Frontend API and nowhere else.
+export as every other server), signs in with Clerk's SDK (clerk-js, loaded from the
+instance's Frontend API, which the CSP allows and nothing else), hands the session JWT
+to the engine, and signs out of both.
 
 Each test starts its own server (`scripts/serve` with the config set from the
-environment, as an operator can). The Frontend API host is a name that never resolves
-(`.test`): the browser's requests to it are answered by Playwright's router, which
-refuses them, so what is checked is the page's own wiring and policy.
+environment, as an operator can). Clerk's Frontend API is tests/browser/clerk_fapi.py's
+stand-in on loopback.
 """
 
 from __future__ import annotations
 
-import base64
 import re
 from pathlib import Path
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-from playwright.sync_api import Route, expect
+from playwright.sync_api import expect
 
-from tests.browser.harness import People, Served
-
-FRONTEND_API = "clerk.chat.example.test"
-PUBLISHABLE_KEY = "pk_test_" + base64.b64encode(f"{FRONTEND_API}$".encode()).decode()
-
-
-def clerk_env() -> dict[str, str]:
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    return {
-        "MESSAGEAI_AUTH__MODE": "clerk",
-        "MESSAGEAI_CLERK__ISSUER": f"https://{FRONTEND_API}",
-        "MESSAGEAI_CLERK__JWT_PUBLIC_KEY": pem.decode(),
-        "MESSAGEAI_CLERK__PUBLISHABLE_KEY": PUBLISHABLE_KEY,
-    }
+from tests.browser.clerk_fapi import HOST, PASSWORD, FrontendApi
+from tests.browser.harness import People, Served, Shots
 
 
 def test_closed_registration_offers_sign_in_only(people: People, tmp_path: Path) -> None:
@@ -58,37 +40,57 @@ def test_closed_registration_offers_sign_in_only(people: People, tmp_path: Path)
         closed.stop()
 
 
-def test_clerk_mode_shows_clerks_sign_in_and_the_csp_allows_only_its_frontend_api(
-    people: People, tmp_path: Path
+def test_clerk_sign_in_with_clerks_sdk_signs_in_reloads_and_signs_out(
+    people: People, tmp_path: Path, shots: Shots
 ) -> None:
-    clerk = Served(tmp_path / "clerk", tmp_path / "clerk.log", clerk_env())
+    fapi = FrontendApi()
+    fapi.start()
+    clerk = Served(tmp_path / "clerk", tmp_path / "clerk.log", fapi.server_env())
     clerk.start()
     try:
+        fapi.app_origin = clerk.url
         ada = people("ada", at=clerk)
         page = ada.page
-        asked: list[str] = []
-
-        def refuse(route: Route) -> None:
-            asked.append(route.request.url)
-            route.abort("connectionrefused")
-
-        page.context.route(re.compile(rf"https://{re.escape(FRONTEND_API)}/.*"), refuse)
-        # Routed after the first load: load the page again, now with the Frontend API
-        # refusing (as it does offline), which the page logs as failed loads.
-        ada.watch.expect(
-            rf"net::ERR_[A-Z_]+ \(https://{re.escape(FRONTEND_API)}/|Failed to load Clerk JS"
-        )
+        fapi.route(page.context)
+        # The first load went to the never-resolving host before the route was set.
+        ada.watch.expect(rf"net::ERR_[A-Z_]+ \(https://{re.escape(HOST)}/")
+        ada.watch.expect(r"Failed to load Clerk JS")
+        # Clerk's own words for development instances, and its wrong-password answer.
+        ada.watch.expect(r"Clerk has been loaded with development keys")
+        ada.watch.expect(r"status of 422 .*/v1/client/sign_ins")
         page.reload()
         expect(page.get_by_test_id("clerk-identifier")).to_be_visible()
-        expect(page.get_by_test_id("clerk-password")).to_be_visible()
         expect(page.get_by_test_id("username")).to_have_count(0)
         expect(page.get_by_test_id("sign-in-toggle")).to_have_count(0)
-        # clerk-js was asked for from the Frontend API the key names, and the policy let
-        # the request go (a blocked one never reaches the router).
-        assert any(
-            url.startswith(f"https://{FRONTEND_API}/npm/@clerk/clerk-js@") for url in asked
-        ), asked
-        violations = page.evaluate("window.__cspViolations")
-        assert violations == [], violations
+
+        page.get_by_test_id("clerk-identifier").fill("ada")
+        page.get_by_test_id("clerk-password").fill("not her password")
+        page.get_by_test_id("clerk-submit").click()
+        expect(page.get_by_text("Password is incorrect.")).to_be_visible()
+        shots.take(page, "clerk-sign-in")
+        page.get_by_test_id("clerk-password").fill(PASSWORD)
+        page.get_by_test_id("clerk-submit").click()
+        # The server took Clerk's session JWT: the user made from its claims is signed in.
+        expect(page.get_by_text("Signed in as Ada Lovelace")).to_be_visible()
+        assert "POST /v1/client/sign_ins" in fapi.requests
+        assert any(r.startswith("GET /npm/@clerk/clerk-js@6/") for r in fapi.requests)
+
+        page.reload()  # Clerk's client and the engine's token both survive it
+        expect(page.get_by_text("Signed in as Ada Lovelace")).to_be_visible()
+
+        page.goto(clerk.url + "/settings")
+        page.get_by_test_id("sign-out").click()
+        expect(page.get_by_test_id("clerk-identifier")).to_be_visible()
+        for _ in range(50):  # Clerk's session ends too, right after the app's
+            if not fapi.signed_in:
+                break
+            page.wait_for_timeout(100)
+        assert not fapi.signed_in, fapi.requests
+        # The policy let clerk-js and its calls through to the Frontend API only.
+        assert page.evaluate("window.__cspViolations") == []
     finally:
+        # clerk-js keeps polling its client: those requests must not outlive the stand-in.
+        if "ada" in locals():
+            ada.page.context.unroute_all(behavior="ignoreErrors")
         clerk.stop()
+        fapi.stop()

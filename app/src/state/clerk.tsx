@@ -8,6 +8,7 @@
  */
 import { ClerkProvider, useAuth, useClerk, useSignIn } from '@clerk/expo';
 import { tokenCache } from '@clerk/expo/token-cache';
+import { router } from 'expo-router';
 import React, { createContext, useContext, useEffect, type ReactNode } from 'react';
 import { Platform } from 'react-native';
 
@@ -29,9 +30,24 @@ export function useClerkMounted(): boolean {
 export function clerkProviderProps(clerk: ClerkSettings, os: string = Platform.OS) {
   return {
     publishableKey: clerk.publishable_key,
+    // The app signs in with its own form: Clerk's prebuilt components (@clerk/ui, a
+    // second script from the Frontend API, styled with inline CSS the CSP refuses) are
+    // never loaded.
+    prefetchUI: false,
+    // Where Clerk navigates (after sign-out, `afterSignOutUrl`), the app's router goes,
+    // inside the page: never a full reload in the browser.
+    routerPush: (to: string) => router.push(appPath(to)),
+    routerReplace: (to: string) => router.replace(appPath(to)),
     // Phones keep Clerk's client token in the secure store; a browser keeps its own.
     tokenCache: os === 'web' ? undefined : tokenCache,
   };
+}
+
+/** The path of a URL Clerk navigates to (absolute or not), for expo-router. */
+function appPath(to: string): '/' {
+  const path = to.replace(/^[a-z][a-z0-9+.-]*:\/\/[^/]+/i, '') || '/';
+  // Clerk names only the app's own pages here (the home page, after sign-out).
+  return path as '/';
 }
 
 /** Children under `ClerkProvider` when the current server is in Clerk mode, else as they are. */
