@@ -9,6 +9,7 @@ checked is the header a browser gets for `/`. Clerk mode verifies with a PEM key
 from __future__ import annotations
 
 import base64
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,6 @@ import orjson
 import pytest
 import trio
 
-from messageai import __version__
 from messageai.config import ConfigError, frontend_api_host, parse_config
 from messageai.rest import webapp
 from tests.helpers import harness, make_config
@@ -66,7 +66,7 @@ async def test_local_mode_publishes_open_registration_limits_and_no_clerk(
     assert limits["max_upload_bytes"] == 1234 and limits["max_body_chars"] == 99
     assert "image/png" in limits["upload_types"]
     assert settings["ai"] == {"available": False}
-    assert settings["version"] == __version__
+    assert settings["version"] == metadata.version("messageai")
     # No Clerk host anywhere in the policy.
     assert csp["script-src"] == "'self'" and csp["connect-src"] == "'self'"
     assert "clerk" not in " ".join(csp.values())

@@ -7,11 +7,20 @@ secrets, key files and addresses of the server's own services never appear. Moun
 
 from __future__ import annotations
 
+from importlib import metadata
 from typing import Any
 
-from messageai import __version__
 from messageai.config import Config
 from messageai.edge.asgi import Request, Response, Router
+
+
+def _version() -> str:
+    # Not `messageai.__version__`: a `messageai/` config folder in the current directory
+    # shadows the package's `__init__` under `python -m` (see `cli._version`).
+    try:
+        return metadata.version("messageai")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
 
 
 def public_settings(config: Config) -> dict[str, Any]:
@@ -42,7 +51,7 @@ def public_settings(config: Config) -> dict[str, Any]:
             "max_request_body_bytes": config.server.max_request_body_bytes,
         },
         "ai": {"available": bool(config.ai.base_url)},
-        "version": __version__,
+        "version": _version(),
     }
 
 

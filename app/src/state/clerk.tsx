@@ -40,6 +40,9 @@ export function clerkProviderProps(clerk: ClerkSettings, os: string = Platform.O
     routerReplace: (to: string) => router.replace(appPath(to)),
     // Phones keep Clerk's client token in the secure store; a browser keeps its own.
     tokenCache: os === 'web' ? undefined : tokenCache,
+    // No Clerk native component is rendered (the form is the app's own), so the native
+    // client needs no syncing: and Expo Go, which lacks Clerk's native module, works.
+    __experimental_disableNativeClientSync: true,
   };
 }
 
