@@ -105,17 +105,12 @@ export default function SignInScreen() {
             ) : null}
             {clerk ? null : (
               <>
-                <Field
+                <NameField
                   label="Username"
                   value={username}
                   onChangeText={setUsername}
-                  autoCapitalize="none"
-                  autoCorrect={false}
-                  autoComplete="username"
-                  returnKeyType="next"
-                  onSubmitEditing={() => passwordRef.current?.focus()}
+                  onNext={() => passwordRef.current?.focus()}
                   testID="username"
-                  autoFocus
                 />
                 {register ? (
                   <Field
@@ -126,15 +121,12 @@ export default function SignInScreen() {
                     testID="display-name"
                   />
                 ) : null}
-                <Field
+                <PasswordField
                   ref={passwordRef}
-                  label="Password"
                   value={password}
                   onChangeText={setPassword}
-                  secureTextEntry
                   autoComplete={register ? 'new-password' : 'current-password'}
-                  returnKeyType="go"
-                  onSubmitEditing={() => void submit()}
+                  onGo={() => void submit()}
                   testID="password"
                 />
                 {error ? <Notice text={error} kind="error" /> : null}
@@ -169,6 +161,35 @@ export default function SignInScreen() {
   );
 }
 
+type FieldProps = { value: string; onChangeText: (text: string) => void; testID: string };
+
+/** The first field of both forms: a name to sign in with, then on to the password. */
+function NameField({ label, onNext, ...rest }: FieldProps & { label: string; onNext: () => void }) {
+  return (
+    <Field
+      {...rest}
+      label={label}
+      autoCapitalize="none"
+      autoCorrect={false}
+      autoComplete="username"
+      returnKeyType="next"
+      onSubmitEditing={onNext}
+      autoFocus
+    />
+  );
+}
+
+function PasswordField({
+  onGo,
+  ...rest
+}: FieldProps & {
+  ref: React.Ref<TextInput>;
+  autoComplete: 'new-password' | 'current-password';
+  onGo: () => void;
+}) {
+  return <Field {...rest} label="Password" secureTextEntry returnKeyType="go" onSubmitEditing={onGo} />;
+}
+
 /** Clerk mode: an email address or username and a password, checked by Clerk. */
 function ClerkSignIn() {
   const { submit, busy } = useClerkPasswordSignIn();
@@ -194,27 +215,19 @@ function ClerkSignIn() {
 
   return (
     <>
-      <Field
+      <NameField
         label="Email or username"
         value={identifier}
         onChangeText={setIdentifier}
-        autoCapitalize="none"
-        autoCorrect={false}
-        autoComplete="username"
-        returnKeyType="next"
-        onSubmitEditing={() => passwordRef.current?.focus()}
+        onNext={() => passwordRef.current?.focus()}
         testID="clerk-identifier"
-        autoFocus
       />
-      <Field
+      <PasswordField
         ref={passwordRef}
-        label="Password"
         value={password}
         onChangeText={setPassword}
-        secureTextEntry
         autoComplete="current-password"
-        returnKeyType="go"
-        onSubmitEditing={() => void go()}
+        onGo={() => void go()}
         testID="clerk-password"
       />
       {error ? <Notice text={error} kind="error" /> : null}
