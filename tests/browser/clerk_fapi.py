@@ -36,6 +36,7 @@ CLERK_JS = ROOT / "app" / "node_modules" / "@clerk" / "clerk-js" / "dist"
 USER_ID = "user_ada"
 SESSION_ID = "sess_ada"
 PASSWORD = "clerk-password-1"
+# Clerk's session tokens live a minute; the tests make them shorter to see them renewed.
 TOKEN_SECONDS = 60
 # A request body is a small form; anything larger is not clerk-js.
 MAX_BODY_BYTES = 65536
@@ -44,7 +45,8 @@ MAX_BODY_BYTES = 65536
 class FrontendApi:
     """The stand-in; `start()` binds it, `stop()` ends it (see the module docstring)."""
 
-    def __init__(self) -> None:
+    def __init__(self, token_seconds: int = TOKEN_SECONDS) -> None:
+        self.token_seconds = token_seconds
         self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         self.publishable_key = "pk_test_" + base64.b64encode(f"{HOST}$".encode()).decode()
         self.origin = f"https://{HOST}"
@@ -64,9 +66,11 @@ class FrontendApi:
         )
 
     def server_env(self) -> dict[str, str]:
-        """The MessageAI config, from the environment, for Clerk mode with this instance."""
+        """The MessageAI config, from the environment, for Clerk mode with this instance
+        (no clock leeway: a token is refused the second it expires)."""
         return {
             "MESSAGEAI_AUTH__MODE": "clerk",
+            "MESSAGEAI_CLERK__LEEWAY_SECONDS": "0",
             "MESSAGEAI_CLERK__ISSUER": self.origin,
             "MESSAGEAI_CLERK__JWT_PUBLIC_KEY": self.public_pem,
             "MESSAGEAI_CLERK__PUBLISHABLE_KEY": self.publishable_key,
@@ -197,7 +201,7 @@ class FrontendApi:
             "azp": self.app_origin,
             "iat": now,
             "nbf": now - 5,
-            "exp": now + TOKEN_SECONDS,
+            "exp": now + self.token_seconds,
             # A session-token template's claims: the server's first profile of the user.
             "username": "ada",
             "name": "Ada Lovelace",

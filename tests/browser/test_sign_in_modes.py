@@ -20,6 +20,9 @@ from playwright.sync_api import expect
 from tests.browser.clerk_fapi import HOST, PASSWORD, FrontendApi
 from tests.browser.harness import People, Served, Shots
 
+# Short-lived session tokens, so that the one the app holds has expired by the reload.
+TOKEN_SECONDS = 3
+
 
 def test_closed_registration_offers_sign_in_only(people: People, tmp_path: Path) -> None:
     closed = Served(
@@ -43,7 +46,7 @@ def test_closed_registration_offers_sign_in_only(people: People, tmp_path: Path)
 def test_clerk_sign_in_with_clerks_sdk_signs_in_reloads_and_signs_out(
     people: People, tmp_path: Path, shots: Shots
 ) -> None:
-    fapi = FrontendApi()
+    fapi = FrontendApi(token_seconds=TOKEN_SECONDS)
     fapi.start()
     clerk = Served(tmp_path / "clerk", tmp_path / "clerk.log", fapi.server_env())
     clerk.start()
@@ -75,8 +78,17 @@ def test_clerk_sign_in_with_clerks_sdk_signs_in_reloads_and_signs_out(
         assert "POST /v1/client/sign_ins" in fapi.requests
         assert any(r.startswith("GET /npm/@clerk/clerk-js@6/") for r in fapi.requests)
 
-        page.reload()  # Clerk's client and the engine's token both survive it
+        # A reload once the app's token has expired: the server refuses it (the WebSocket
+        # handshake and /v1/me, both logged), the engine asks Clerk for a new one, which
+        # waits for clerk-js to load, and the app stays signed in.
+        ada.watch.expect(r"WebSocket connection to .*/v1/ws\?access_token=.* failed")
+        ada.watch.expect(r"status of 401 .*/v1/me\)$")
+        page.wait_for_timeout(TOKEN_SECONDS * 1000 + 500)
+        renewed = fapi.requests.count("POST /v1/client/sessions/sess_ada/tokens")
+        page.reload()
         expect(page.get_by_text("Signed in as Ada Lovelace")).to_be_visible()
+        expect(page.get_by_test_id("connection-banner")).to_have_count(0)
+        assert fapi.requests.count("POST /v1/client/sessions/sess_ada/tokens") > renewed
 
         page.goto(clerk.url + "/settings")
         page.get_by_test_id("sign-out").click()

@@ -9,7 +9,7 @@
 import { ClerkProvider, useAuth, useClerk, useSignIn } from '@clerk/expo';
 import { tokenCache } from '@clerk/expo/token-cache';
 import { router } from 'expo-router';
-import React, { createContext, useContext, useEffect, type ReactNode } from 'react';
+import React, { createContext, useContext, useEffect, useRef, type ReactNode } from 'react';
 import { Platform } from 'react-native';
 
 import type { ServerSettings } from '../engine';
@@ -20,6 +20,18 @@ import { useSession } from './session';
 type ClerkSettings = NonNullable<ServerSettings['auth']['clerk']>;
 
 const Mounted = createContext(false);
+// The longest a token request waits for clerk-js to load (it comes from the Frontend API).
+const LOAD_WAIT_MS = 15_000;
+
+function waitAtMost(promise: Promise<void>, ms: number): Promise<void> {
+  return new Promise((resolve) => {
+    const timer = setTimeout(resolve, ms);
+    void promise.then(() => {
+      clearTimeout(timer);
+      resolve();
+    });
+  });
+}
 
 /** Whether a `ClerkProvider` is above (the server is in Clerk mode and published its key). */
 export function useClerkMounted(): boolean {
@@ -78,10 +90,23 @@ function ClerkBridge() {
   const { isLoaded, isSignedIn } = useAuth();
   const phase = useSession((s) => s.phase);
   const signOut = useSession((s) => s.signOut);
+  // Resolved once clerk-js has loaded: after a reload the engine may ask for a token
+  // (the stored one has expired) before the script has even arrived.
+  const loaded = useRef<{ promise: Promise<void>; resolve: () => void } | null>(null);
+  if (loaded.current === null) {
+    let resolve = () => {};
+    const promise = new Promise<void>((done) => (resolve = done));
+    loaded.current = { promise, resolve };
+  }
+  if (isLoaded) loaded.current.resolve();
 
   useEffect(() => {
+    const ready = loaded.current!.promise;
     setClerkHooks({
-      getToken: async () => (clerk.loaded && clerk.session ? await clerk.session.getToken() : null),
+      getToken: async () => {
+        await waitAtMost(ready, LOAD_WAIT_MS);
+        return clerk.loaded && clerk.session ? await clerk.session.getToken() : null;
+      },
       signOut: () => clerk.signOut(),
     });
     return () => setClerkHooks(null);
