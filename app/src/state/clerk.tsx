@@ -38,8 +38,8 @@ export function useClerkMounted(): boolean {
   return useContext(Mounted);
 }
 
-/** The `ClerkProvider` props for a server's Clerk settings (exported for the tests). */
-export function clerkProviderProps(clerk: ClerkSettings, os: string = Platform.OS) {
+/** The `ClerkProvider` props for a server's Clerk settings. */
+function clerkProviderProps(clerk: ClerkSettings) {
   return {
     publishableKey: clerk.publishable_key,
     // The app signs in with its own form: Clerk's prebuilt components (@clerk/ui, a
@@ -51,9 +51,9 @@ export function clerkProviderProps(clerk: ClerkSettings, os: string = Platform.O
     routerPush: (to: string) => router.push(appPath(to)),
     routerReplace: (to: string) => router.replace(appPath(to)),
     // Phones keep Clerk's client token in the secure store; a browser keeps its own.
-    tokenCache: os === 'web' ? undefined : tokenCache,
-    // No Clerk native component is rendered (the form is the app's own), so the native
-    // client needs no syncing: and Expo Go, which lacks Clerk's native module, works.
+    tokenCache: Platform.OS === 'web' ? undefined : tokenCache,
+    // No Clerk native component is rendered (the form is the app's own): the native
+    // client Clerk's native module keeps needs no syncing with clerk-js.
     __experimental_disableNativeClientSync: true,
   };
 }
