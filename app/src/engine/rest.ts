@@ -74,7 +74,9 @@ export class Rest {
     const response = await this.send(path, options, sent);
     if (response.ok) return response;
     if (response.status === 401 && sent && this.renew) {
-      const fresh = await this.renew();
+      // Another request may have renewed it meanwhile; requests refused together share
+      // one renewal (Clerk's getToken, once).
+      const fresh = this.token !== sent ? this.token : await this.renewOnce(this.renew);
       if (fresh && fresh !== sent) {
         const again = await this.send(path, options, fresh);
         if (again.ok) return again;
@@ -82,6 +84,15 @@ export class Rest {
       }
     }
     throw await errorOf(response);
+  }
+
+  private renewing: Promise<string | null> | null = null;
+
+  private renewOnce(renew: () => Promise<string | null>): Promise<string | null> {
+    this.renewing ??= renew().finally(() => {
+      this.renewing = null;
+    });
+    return this.renewing;
   }
 
   private async send(path: string, options: RestOptions, token: string | null): Promise<Response> {
