@@ -181,9 +181,42 @@ def _webhook_secret(_inst: object, attr: attrs.Attribute[Any], value: str) -> No
         raise ValueError("must be the whsec_... signing secret that Clerk shows for the endpoint")
 
 
+# Clerk's publishable key: `pk_test_` or `pk_live_`, then the base64 of the instance's
+# Frontend API host followed by `$` (what Clerk's SDKs decode to find that host).
+_PUBLISHABLE_KEY = re.compile(r"pk_(test|live)_([A-Za-z0-9+/]+={0,2})")
+_FRONTEND_API_HOST = re.compile(r"[a-z0-9]([a-z0-9.-]*[a-z0-9])?(:\d{1,5})?")
+
+
+def frontend_api_host(publishable_key: str) -> str:
+    """The Frontend API host (`clerk.example.com`) a publishable key names; ValueError
+    when it is not a Clerk publishable key."""
+    found = _PUBLISHABLE_KEY.fullmatch(publishable_key)
+    decoded = ""
+    if found:
+        encoded = found.group(2)
+        try:
+            decoded = base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True).decode()
+        except (ValueError, UnicodeDecodeError):
+            decoded = ""
+    host = decoded.removesuffix("$")
+    if not decoded.endswith("$") or not _FRONTEND_API_HOST.fullmatch(host):
+        raise ValueError(
+            "must be the publishable key Clerk shows for the instance (pk_test_... or"
+            " pk_live_...: the base64 of its Frontend API host and a $)"
+        )
+    return host
+
+
+def _publishable_key(_inst: object, attr: attrs.Attribute[Any], value: str) -> None:
+    if value:
+        frontend_api_host(value)
+
+
 @attrs.frozen(field_transformer=_name_errors)
 class ClerkConfig:
     issuer: str = ""
+    # Published at GET /v1/settings for the app's Clerk sign-in; never a secret key.
+    publishable_key: str = attrs.field(default="", validator=_publishable_key)
     jwt_public_key: str = attrs.field(default="", validator=_pem_public_key)
     jwks_url: str = attrs.field(default="", validator=_jwks_url)
     authorized_parties: tuple[str, ...] = ()
@@ -201,6 +234,20 @@ class ClerkConfig:
             raise ValueError(
                 'auth.mode = "clerk" needs exactly one of clerk.jwt_public_key and clerk.jwks_url'
             )
+        # Clerk signs its session tokens with `iss` = the Frontend API URL: a key of
+        # another instance would sign people in where this server refuses every token.
+        if self.publishable_key and self.issuer != self.frontend_api:
+            raise ValueError(
+                f"clerk.publishable_key names the Frontend API {self.frontend_api},"
+                f" but clerk.issuer is {self.issuer!r}: both must be the same Clerk instance's"
+            )
+
+    @property
+    def frontend_api(self) -> str:
+        """`https://` and the publishable key's Frontend API host; "" without a key."""
+        if not self.publishable_key:
+            return ""
+        return f"https://{frontend_api_host(self.publishable_key)}"
 
 
 DEFAULT_MEDIA_TYPES = (

@@ -1,12 +1,17 @@
 /**
- * Sign in or create an account (local accounts). A server in Clerk mode refuses local
- * sign-in with 403 "sign in with Clerk": the screen says so and explains what it needs.
+ * Sign in or create an account. Which form comes from the server's public settings
+ * (`GET /v1/settings`): local accounts (without "create an account" when registration
+ * is closed), or in Clerk mode Clerk's password sign-in (`state/clerk`). A Clerk server
+ * that publishes no key, or an older server without settings that refuses local sign-in
+ * with 403, gets a sentence saying what is missing.
  */
 import { Redirect, router } from 'expo-router';
 import React, { useRef, useState } from 'react';
 import { KeyboardAvoidingView, Platform, Pressable, ScrollView, StyleSheet, Text, View, type TextInput } from 'react-native';
 
 import { EngineError } from '../src/engine';
+import { useClerkMounted, useClerkPasswordSignIn } from '../src/state/clerk';
+import { useServerSettings } from '../src/state/server-settings';
 import { describe, useSession } from '../src/state/session';
 import { Button, Field, Heading, Notice } from '../src/ui/controls';
 import { Screen } from '../src/ui/layout';
@@ -19,7 +24,8 @@ export default function SignInScreen() {
   const phase = useSession((s) => s.phase);
   const serverUrl = useSession((s) => s.serverUrl);
   const notice = useSession((s) => s.notice);
-  const authMode = useSession((s) => s.authMode);
+  const settings = useServerSettings(serverUrl).data;
+  const clerkMounted = useClerkMounted();
   const signIn = useSession((s) => s.signIn);
   const changeServer = useSession((s) => s.changeServer);
   const [mode, setMode] = useState<'login' | 'register'>('login');
@@ -28,7 +34,9 @@ export default function SignInScreen() {
   const [displayName, setDisplayName] = useState('');
   const [error, setError] = useState<string | null>(null);
   const [clerkRefused, setClerk] = useState(false);
-  const clerk = clerkRefused || authMode === 'clerk';
+  const clerk = clerkRefused || settings?.auth.mode === 'clerk';
+  // Unknown (an older server, or not fetched yet): offer it, the server decides.
+  const registrationOpen = settings?.auth.registration_open ?? true;
   const [busy, setBusy] = useState(false);
   const passwordRef = useRef<TextInput>(null);
 
@@ -62,7 +70,7 @@ export default function SignInScreen() {
     }
   }
 
-  const register = mode === 'register';
+  const register = mode === 'register' && registrationOpen;
   return (
     <Screen>
       <KeyboardAvoidingView behavior={Platform.OS === 'ios' ? 'padding' : undefined} style={{ flex: 1 }}>
@@ -84,30 +92,25 @@ export default function SignInScreen() {
               </Pressable>
             </View>
             {notice ? <Notice text={notice} kind="error" /> : null}
-            {clerk ? (
+            {clerk && clerkMounted ? <ClerkSignIn /> : null}
+            {clerk && !clerkMounted ? (
               <View accessibilityRole="alert" style={[styles.clerk, { borderColor: t.border }]}>
                 <Text style={{ color: t.text, fontWeight: '600' }}>This server signs people in with Clerk</Text>
                 <Text style={{ color: t.muted }}>
-                  Its accounts live at Clerk, not on the server, so a username and password made here would not
-                  work. This version of the app does not include Clerk's sign-in yet; use the app of the
-                  organisation that runs this server, or ask its administrator for local accounts
-                  (auth.mode = &quot;local&quot;).
+                  Its accounts live at Clerk, not on the server, but the server does not publish its Clerk
+                  publishable key, so the app cannot offer Clerk&apos;s sign-in. Ask its administrator to set
+                  clerk.publishable_key.
                 </Text>
               </View>
             ) : null}
             {clerk ? null : (
               <>
-                <Field
+                <NameField
                   label="Username"
                   value={username}
                   onChangeText={setUsername}
-                  autoCapitalize="none"
-                  autoCorrect={false}
-                  autoComplete="username"
-                  returnKeyType="next"
-                  onSubmitEditing={() => passwordRef.current?.focus()}
+                  onNext={() => passwordRef.current?.focus()}
                   testID="username"
-                  autoFocus
                 />
                 {register ? (
                   <Field
@@ -118,15 +121,12 @@ export default function SignInScreen() {
                     testID="display-name"
                   />
                 ) : null}
-                <Field
+                <PasswordField
                   ref={passwordRef}
-                  label="Password"
                   value={password}
                   onChangeText={setPassword}
-                  secureTextEntry
                   autoComplete={register ? 'new-password' : 'current-password'}
-                  returnKeyType="go"
-                  onSubmitEditing={() => void submit()}
+                  onGo={() => void submit()}
                   testID="password"
                 />
                 {error ? <Notice text={error} kind="error" /> : null}
@@ -136,22 +136,103 @@ export default function SignInScreen() {
                   busy={busy}
                   testID="sign-in-submit"
                 />
-                <Button
-                  kind="plain"
-                  style={{ marginTop: space.md }}
-                  title={register ? 'I have an account: sign in' : 'New here? Create an account'}
-                  onPress={() => {
-                    setMode(register ? 'login' : 'register');
-                    setError(null);
-                  }}
-                  testID="sign-in-toggle"
-                />
+                {registrationOpen ? (
+                  <Button
+                    kind="plain"
+                    style={{ marginTop: space.md }}
+                    title={register ? 'I have an account: sign in' : 'New here? Create an account'}
+                    onPress={() => {
+                      setMode(register ? 'login' : 'register');
+                      setError(null);
+                    }}
+                    testID="sign-in-toggle"
+                  />
+                ) : (
+                  <Text style={{ color: t.muted, marginTop: space.md }} testID="registration-closed">
+                    This server does not take new accounts: ask whoever runs it to make one for you.
+                  </Text>
+                )}
               </>
             )}
           </View>
         </ScrollView>
       </KeyboardAvoidingView>
     </Screen>
+  );
+}
+
+type FieldProps = { value: string; onChangeText: (text: string) => void; testID: string };
+
+/** The first field of both forms: a name to sign in with, then on to the password. */
+function NameField({ label, onNext, ...rest }: FieldProps & { label: string; onNext: () => void }) {
+  return (
+    <Field
+      {...rest}
+      label={label}
+      autoCapitalize="none"
+      autoCorrect={false}
+      autoComplete="username"
+      returnKeyType="next"
+      onSubmitEditing={onNext}
+      autoFocus
+    />
+  );
+}
+
+function PasswordField({
+  onGo,
+  ...rest
+}: FieldProps & {
+  ref: React.Ref<TextInput>;
+  autoComplete: 'new-password' | 'current-password';
+  onGo: () => void;
+}) {
+  return <Field {...rest} label="Password" secureTextEntry returnKeyType="go" onSubmitEditing={onGo} />;
+}
+
+/** Clerk mode: an email address or username and a password, checked by Clerk. */
+function ClerkSignIn() {
+  const { submit, busy } = useClerkPasswordSignIn();
+  const [identifier, setIdentifier] = useState('');
+  const [password, setPassword] = useState('');
+  const [error, setError] = useState<string | null>(null);
+  const passwordRef = useRef<TextInput>(null);
+
+  async function go() {
+    if (!identifier.trim() || !password) {
+      setError('Enter your email address or username, and your password.');
+      return;
+    }
+    setError(null);
+    try {
+      const result = await submit(identifier.trim(), password);
+      if (result.ok) router.replace('/chats');
+      else setError(result.message);
+    } catch (e) {
+      setError(describe(e));
+    }
+  }
+
+  return (
+    <>
+      <NameField
+        label="Email or username"
+        value={identifier}
+        onChangeText={setIdentifier}
+        onNext={() => passwordRef.current?.focus()}
+        testID="clerk-identifier"
+      />
+      <PasswordField
+        ref={passwordRef}
+        value={password}
+        onChangeText={setPassword}
+        autoComplete="current-password"
+        onGo={() => void go()}
+        testID="clerk-password"
+      />
+      {error ? <Notice text={error} kind="error" /> : null}
+      <Button title="Sign in with Clerk" onPress={() => void go()} busy={busy} testID="clerk-submit" />
+    </>
   );
 }
 

@@ -2,9 +2,10 @@
 logout, me, password, users), `conversations` (conversations, members, messages),
 `channels` (v1.1: browse, join, title and topic), `media`, `push_tokens`, `search`,
 `export` (a conversation as one file), `health` (`/healthz`, `/readyz`), `metrics`
-(`/metrics`) and, in Clerk mode, `clerk_webhooks`; `params` parses their input;
-`announce` builds the conversation objects and frames members' connections are told;
-`webapp` serves the web app at `/` (mounted last: every REST route wins over it).
+(`/metrics`), `settings` (the public `/v1/settings`) and, in Clerk mode,
+`clerk_webhooks`; `params` parses their input; `announce` builds the conversation
+objects and frames members' connections are told; `webapp` serves the web app at `/`
+(mounted last: every REST route wins over it).
 
 `mount` puts every resource on the router; called once by `server.Server.run`.
 """
@@ -34,6 +35,7 @@ from messageai.rest.media import MediaFiles
 from messageai.rest.metrics import MetricsRoute, ServerCollector, load_token
 from messageai.rest.push_tokens import PushTokens
 from messageai.rest.search import SearchRoutes
+from messageai.rest.settings import Settings
 from messageai.rest.webapp import WebApp
 from messageai.services.directory import Directory
 from messageai.services.media import Media
@@ -66,6 +68,7 @@ def mount(
         collector = ServerCollector(presence, registry, push, jobs, media.root)
         MetricsRoute(collector, load_token(config.metrics)).routes(router)
     router.add("GET", "/v1/ws", websocket_needed)
+    Settings(config).routes(router)
     Accounts(directory, close_token_sessions).routes(router)
     Conversations(
         directory, registry, presence, guard, max_body_chars=config.limits.max_body_chars
@@ -81,7 +84,9 @@ def mount(
         ActionItemRoutes(action_items).routes(router)
     if config.auth.mode == "clerk" and config.clerk.webhook_secret:
         ClerkWebhooks(config.clerk, directory, close_user_sessions).routes(router)
-    WebApp().routes(router)  # last: every other path wins over the web app's
+    # In Clerk mode the app loads clerk-js from, and talks to, the Frontend API.
+    clerk_origin = config.clerk.frontend_api if config.auth.mode == "clerk" else ""
+    WebApp(clerk_origin=clerk_origin).routes(router)  # last: every other path wins
 
 
 async def websocket_needed(request: Request) -> Response:

@@ -87,21 +87,27 @@ MIN_COMPRESS_BYTES = 1024
 # adds its rules through the CSSOM (insertRule), which style-src does not govern, while
 # text put into any <style> is still refused. Connections only to this origin (its REST
 # API and /v1/ws); images also from `blob:` (media is fetched with the bearer token and
-# shown from a blob) and `data:`.
+# shown from a blob) and `data:`. In Clerk mode, `{clerk}` adds the instance's Frontend
+# API origin where clerk-js needs it: its script is loaded from there and it calls the
+# Frontend API; no other Clerk host (the app signs in with its own form: Clerk's prebuilt
+# components, which want 'unsafe-inline' styles and img.clerk.com, are not used).
 EMPTY_STYLE = "'sha256-47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU='"
 CSP_TEMPLATE = (
-    "default-src 'self'; script-src 'self'{scripts}; style-src 'self' " + EMPTY_STYLE + "{styles};"
-    " img-src 'self' blob: data:; media-src 'self' blob:; font-src 'self' data:;"
-    " connect-src 'self'; worker-src 'self' blob:; manifest-src 'self';"
+    "default-src 'self'; script-src 'self'{clerk}{scripts}; style-src 'self' "
+    + EMPTY_STYLE
+    + "{styles}; img-src 'self' blob: data:; media-src 'self' blob:; font-src 'self' data:;"
+    " connect-src 'self'{clerk}; worker-src 'self' blob:;"
+    " manifest-src 'self';"
     " object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
 )
 INLINE_SCRIPT = re.compile(rb"<script(?![^>]*\bsrc=)[^>]*>(.*?)</script>", re.S | re.I)
 INLINE_STYLE = re.compile(rb"<style[^>]*>(.*?)</style>", re.S | re.I)
 
 
-def content_security_policy(html: bytes) -> str:
+def content_security_policy(html: bytes, clerk_origin: str = "") -> str:
     """The CSP for an export whose `index.html` is `html`: `CSP_TEMPLATE` with a
-    `'sha256-...'` source for each inline script and style the page holds."""
+    `'sha256-...'` source for each inline script and style the page holds, and
+    `clerk_origin` (Clerk mode's Frontend API, `https://host`) where clerk-js needs it."""
 
     def sources(pattern: re.Pattern[bytes]) -> str:
         digests = []
@@ -111,7 +117,11 @@ def content_security_policy(html: bytes) -> str:
                 digests.append(f" 'sha256-{digest}'")
         return "".join(dict.fromkeys(digests))
 
-    return CSP_TEMPLATE.format(scripts=sources(INLINE_SCRIPT), styles=sources(INLINE_STYLE))
+    return CSP_TEMPLATE.format(
+        scripts=sources(INLINE_SCRIPT),
+        styles=sources(INLINE_STYLE),
+        clerk=f" {clerk_origin}" if clerk_origin else "",
+    )
 
 
 @attrs.frozen
@@ -144,7 +154,7 @@ def _stamp(root: Path) -> tuple[int, int] | None:
     return st.st_mtime_ns, st.st_size
 
 
-def load_export(root: Path) -> Export:
+def load_export(root: Path, clerk_origin: str = "") -> Export:
     """Read every file of the export under `root` (SOURCE-HASH and Python files aside).
     Internal when the export is larger than `MAX_EXPORT_BYTES`; an export without
     `index.html` loads empty (the server then says to build it)."""
@@ -161,7 +171,7 @@ def load_export(root: Path) -> Export:
             if total > MAX_EXPORT_BYTES:
                 raise Internal(f"the web export in {root} is over {MAX_EXPORT_BYTES} bytes")
             assets[rel] = _asset(rel, body)
-    csp = content_security_policy(assets[INDEX].body) if INDEX in assets else ""
+    csp = content_security_policy(assets[INDEX].body, clerk_origin) if INDEX in assets else ""
     return Export(assets, csp, stamp)
 
 
@@ -231,10 +241,12 @@ async def _once(body: bytes) -> AsyncIterator[bytes]:
 
 class WebApp:
     """The handler of `PATTERN`: the export under `root`, by default `WEBAPP_DIR` as it is
-    when the server starts (the package's; tests point it at an export of their own)."""
+    when the server starts (the package's; tests point it at an export of their own).
+    `clerk_origin`: Clerk mode's Frontend API origin, which the CSP then allows."""
 
-    def __init__(self, root: Path | None = None) -> None:
+    def __init__(self, root: Path | None = None, *, clerk_origin: str = "") -> None:
         self._root = WEBAPP_DIR if root is None else root
+        self._clerk_origin = clerk_origin
         self._export: Export | None = None
         self._loading = trio.Lock()
 
@@ -251,7 +263,7 @@ class WebApp:
         async with self._loading:
             current = self._export
             if current is None or current.stamp != _stamp(self._root):
-                current = await trio.to_thread.run_sync(load_export, self._root)
+                current = await trio.to_thread.run_sync(load_export, self._root, self._clerk_origin)
                 log.info("web app loaded: %d files from %s", len(current.assets), self._root)
                 self._export = current
         return current

@@ -45,11 +45,13 @@ URL_LINE = re.compile(r"MessageAI serving (http://127\.0\.0\.1:(\d+))")
 
 class Served:
     """The server started by `scripts/serve` (the shipped messageai.toml) on `port` (0: a
-    free one, then the same one again after `stop`), with its data in `data_dir`."""
+    free one, then the same one again after `stop`), with its data in `data_dir`; `env`
+    sets config keys the way an operator can (`MESSAGEAI_AUTH__MODE=clerk`)."""
 
-    def __init__(self, data_dir: Path, log_path: Path) -> None:
+    def __init__(self, data_dir: Path, log_path: Path, env: dict[str, str] | None = None) -> None:
         self.data_dir = data_dir
         self.log_path = log_path
+        self.env = env or {}
         self.port = 0
         self.url = ""
         self._process: subprocess.Popen[bytes] | None = None
@@ -68,6 +70,7 @@ class Served:
                     str(self.data_dir),
                 ],
                 cwd=ROOT,
+                env={**os.environ, **self.env},
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -200,7 +203,7 @@ class Person:
 class People(Protocol):
     """The `people` fixture: opens the app for one more person."""
 
-    def __call__(self, name: str, *, phone: bool = False) -> Person: ...
+    def __call__(self, name: str, *, phone: bool = False, at: Served | None = None) -> Person: ...
 
 
 @attrs.define

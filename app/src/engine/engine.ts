@@ -27,6 +27,7 @@ import type {
   Receipt,
   SendOptions,
   ServerProbe,
+  ServerSettings,
   UploadSource,
   WebSocketConstructor,
 } from './index';
@@ -93,30 +94,34 @@ export function normalizeServerUrl(input: string): string {
   return `${url.protocol}//${url.host}${path}`;
 }
 
+/** The server's public settings (`GET /v1/settings`), validated. */
+export async function fetchServerSettings(url: string, fetchImpl?: typeof fetch): Promise<ServerSettings> {
+  // Bound: a browser refuses `fetch` called as a method of another object.
+  const rest = new Rest(normalizeServerUrl(url), fetchImpl ?? ((i, o) => fetch(i, o)));
+  return v.serverSettings(await rest.request('/v1/settings'));
+}
+
 /**
- * Is a MessageAI server there, and how does it sign people in? The server has
- * no public settings route: Clerk mode is recognised by login answering 403.
+ * Is a MessageAI server there (`/healthz`), and how does it sign people in (its
+ * public settings)? A server too old to have `/v1/settings` is `unknown`: the app
+ * then offers local sign-in, and a Clerk server's 403 says the rest.
  */
 export async function probeServer(input: string, fetchImpl?: typeof fetch): Promise<ServerProbe> {
   const url = normalizeServerUrl(input);
-  // Bound: a browser refuses `fetch` called as a method of another object.
   const rest = new Rest(url, fetchImpl ?? ((i, o) => fetch(i, o)));
   try {
     const health = v.obj(await rest.request('/healthz'), 'health answer');
-    if (health.status !== 'ok') return { url, ok: false, authMode: 'unknown', error: 'not a MessageAI server' };
+    if (health.status !== 'ok') {
+      return { url, ok: false, authMode: 'unknown', settings: null, error: 'not a MessageAI server' };
+    }
   } catch (error) {
-    return { url, ok: false, authMode: 'unknown', error: messageOf(error) };
+    return { url, ok: false, authMode: 'unknown', settings: null, error: messageOf(error) };
   }
   try {
-    await rest.request('/v1/auth/login', { method: 'POST', json: {} });
-    return { url, ok: true, authMode: 'unknown', error: null };
+    const settings = await fetchServerSettings(url, fetchImpl);
+    return { url, ok: true, authMode: settings.auth.mode, settings, error: null };
   } catch (error) {
-    const code = error instanceof EngineError ? error.code : null;
-    if (code === 'forbidden') return { url, ok: true, authMode: 'clerk', error: null };
-    if (code === 'bad_request' || code === 'unauthorized' || code === 'rate_limited') {
-      return { url, ok: true, authMode: 'local', error: null };
-    }
-    return { url, ok: true, authMode: 'unknown', error: messageOf(error) };
+    return { url, ok: true, authMode: 'unknown', settings: null, error: messageOf(error) };
   }
 }
 
@@ -204,6 +209,7 @@ class LocalFirstEngine implements Engine {
     this.backoffCap = options.backoff?.capMs ?? DEFAULT_BACKOFF_CAP_MS;
     this.outboxLimit = options.outboxLimit ?? DEFAULT_OUTBOX_LIMIT;
     this.refreshToken = options.refreshToken ?? null;
+    if (this.refreshToken) this.rest.renew = () => this.refreshSession();
   }
 
   private readonly refreshToken: (() => Promise<string | null>) | null;
@@ -371,16 +377,16 @@ class LocalFirstEngine implements Engine {
       this.clearTypists();
       if (!this.running) break;
       // A refused handshake and a revoked token look alike from here (browsers
-      // hide the HTTP status): ask the REST API whether the token still works.
+      // hide the HTTP status): ask the REST API whether the token still works. A
+      // refused one is renewed there (`refreshToken`), and the next connection uses
+      // the new one; still refused, the sign-in is over.
       if (!conn.opened || closeCode === 1008) {
         try {
           await this.rest.request('/v1/me');
         } catch (error) {
           if (error instanceof EngineError && error.code === 'unauthorized') {
-            if (!(await this.refreshSession())) {
-              await this.signedOut('the server no longer accepts this sign-in');
-              break;
-            }
+            await this.signedOut('the server no longer accepts this sign-in');
+            break;
           }
         }
       }
@@ -417,23 +423,28 @@ class LocalFirstEngine implements Engine {
     }
   }
 
-  /** A fresh token from `refreshToken` (Clerk's short-lived JWTs), if one is given and works. */
-  private async refreshSession(): Promise<boolean> {
-    if (!this.refreshToken || !this.session) return false;
+  /**
+   * A fresh token from `refreshToken` (Clerk's short-lived JWTs), if one is given:
+   * the REST client and the next WebSocket use it at once. Also the REST client's
+   * `renew`, which may run inside a `serial` section: the store write is queued
+   * behind it, never awaited here.
+   */
+  private async refreshSession(): Promise<string | null> {
+    if (!this.refreshToken || !this.session) return null;
     let token: string | null;
     try {
       token = await this.refreshToken();
     } catch {
-      return false;
+      return null;
     }
-    if (!token) return false;
+    if (!token || !this.session) return null;
     this.rest.token = token;
-    await this.serial(async () => {
-      if (!this.session) return;
-      this.session = { ...this.session, token };
-      await this.backend.write([{ table: 'meta', key: 'session', value: this.session }]);
+    this.session = { ...this.session, token };
+    const renewed = this.session;
+    void this.serial(async () => {
+      if (this.session === renewed) await this.backend.write([{ table: 'meta', key: 'session', value: renewed }]);
     });
-    return true;
+    return token;
   }
 
   private async signedOut(reason: string): Promise<void> {

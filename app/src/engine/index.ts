@@ -25,12 +25,13 @@ import type {
   Millis,
   SearchAnswer,
   SearchMode,
+  ServerSettings,
   User,
 } from './protocol';
 import type { Backend } from './store';
 
 export * from './protocol';
-export { createEngine, probeServer, normalizeServerUrl } from './engine';
+export { createEngine, fetchServerSettings, probeServer, normalizeServerUrl } from './engine';
 export { EngineError } from './errors';
 export type { EngineErrorCode } from './errors';
 export type { Backend } from './store';
@@ -164,8 +165,10 @@ export interface ServerProbe {
   /** The normalised base URL (`http(s)://host[:port]`, no trailing slash). */
   url: string;
   ok: boolean;
-  /** `clerk` when the server refuses local sign-in (Clerk mode). */
+  /** From the server's `GET /v1/settings`; `unknown` for a server without it. */
   authMode: 'local' | 'clerk' | 'unknown';
+  /** The server's public settings; null when it has none (an older server) or is not there. */
+  settings: ServerSettings | null;
   error: string | null;
 }
 
@@ -312,6 +315,8 @@ export interface EngineOptions {
   /**
    * Called when the server refuses the token (401): a new one (Clerk's SDK
    * `getToken()`), or null to sign out. Without it a refused token signs out.
+   * A REST request refused 401 is sent once more with the new token; a refused
+   * WebSocket reconnects with it.
    */
   refreshToken?: () => Promise<string | null>;
   /** Default: `Math.random` (tests pass a fixed one). */

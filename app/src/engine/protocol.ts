@@ -84,6 +84,26 @@ export interface SearchAnswer {
   truncated?: boolean;
 }
 
+/** `GET /v1/settings` (docs/protocol.md): what a server publishes before anyone signs in. */
+export interface ServerSettings {
+  auth: {
+    mode: 'local' | 'clerk';
+    /** Whether `POST /v1/auth/register` takes new accounts (never in Clerk mode). */
+    registration_open: boolean;
+    /** Clerk mode with a publishable key: what Clerk's SDK is configured with. */
+    clerk: { publishable_key: string; frontend_api: string } | null;
+  };
+  limits: {
+    max_body_chars: number;
+    max_attachments: number;
+    max_upload_bytes: number;
+    upload_types: string[];
+    max_group_members: number;
+  };
+  ai: { available: boolean };
+  version: string;
+}
+
 export interface AiSettings {
   enabled: boolean;
   proactive: boolean;

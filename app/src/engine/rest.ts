@@ -36,6 +36,11 @@ export interface RestOptions {
 
 export class Rest {
   token: string | null = null;
+  /**
+   * Asked for a new token when the server refuses this one (401): the request is
+   * sent once more with it. Null (or an answer of null): the 401 stands.
+   */
+  renew: (() => Promise<string | null>) | null = null;
 
   constructor(
     readonly baseUrl: string,
@@ -65,8 +70,34 @@ export class Rest {
   }
 
   async fetchResponse(path: string, options: RestOptions = {}): Promise<Response> {
+    const sent = this.token;
+    const response = await this.send(path, options, sent);
+    if (response.ok) return response;
+    if (response.status === 401 && sent && this.renew) {
+      // Another request may have renewed it meanwhile; requests refused together share
+      // one renewal (Clerk's getToken, once).
+      const fresh = this.token !== sent ? this.token : await this.renewOnce(this.renew);
+      if (fresh && fresh !== sent) {
+        const again = await this.send(path, options, fresh);
+        if (again.ok) return again;
+        throw await errorOf(again);
+      }
+    }
+    throw await errorOf(response);
+  }
+
+  private renewing: Promise<string | null> | null = null;
+
+  private renewOnce(renew: () => Promise<string | null>): Promise<string | null> {
+    this.renewing ??= renew().finally(() => {
+      this.renewing = null;
+    });
+    return this.renewing;
+  }
+
+  private async send(path: string, options: RestOptions, token: string | null): Promise<Response> {
     const headers: Record<string, string> = {};
-    if (this.token) headers.Authorization = `Bearer ${this.token}`;
+    if (token) headers.Authorization = `Bearer ${token}`;
     let body: BodyInit | undefined;
     if (options.json !== undefined) {
       headers['Content-Type'] = 'application/json';
@@ -90,8 +121,7 @@ export class Rest {
     } finally {
       clearTimeout(timer);
     }
-    if (response.ok) return response;
-    throw await errorOf(response);
+    return response;
   }
 }
 

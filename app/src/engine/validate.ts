@@ -19,6 +19,7 @@ import type {
   SearchAnswer,
   SearchMode,
   SearchResult,
+  ServerSettings,
   User,
 } from './protocol';
 
@@ -222,6 +223,34 @@ export function aiSettings(value: unknown): AiSettings {
     proactive: bool(o, 'proactive', 'AI settings', false),
     changed_by: strOrNull(o, 'changed_by', 'AI settings'),
     changed_at: intOrNull(o, 'changed_at', 'AI settings'),
+  };
+}
+
+export function serverSettings(value: unknown): ServerSettings {
+  const where = 'settings';
+  const o = obj(value, where);
+  const auth = obj(o.auth, 'settings auth');
+  const mode = str(auth, 'mode', 'settings auth');
+  if (mode !== 'local' && mode !== 'clerk') fail(where, `auth.mode ${mode} is neither local nor clerk`);
+  let clerk: ServerSettings['auth']['clerk'] = null;
+  if (auth.clerk !== null && auth.clerk !== undefined) {
+    const c = obj(auth.clerk, 'settings auth.clerk');
+    const key = str(c, 'publishable_key', 'settings auth.clerk');
+    if (!/^pk_(test|live)_[A-Za-z0-9+/=]+$/.test(key)) fail(where, 'auth.clerk.publishable_key is not a Clerk key');
+    clerk = { publishable_key: key, frontend_api: str(c, 'frontend_api', 'settings auth.clerk') };
+  }
+  const limits = obj(o.limits, 'settings limits');
+  return {
+    auth: { mode, registration_open: bool(auth, 'registration_open', 'settings auth'), clerk },
+    limits: {
+      max_body_chars: int(limits, 'max_body_chars', 'settings limits'),
+      max_attachments: int(limits, 'max_attachments', 'settings limits'),
+      max_upload_bytes: int(limits, 'max_upload_bytes', 'settings limits'),
+      upload_types: strList(limits, 'upload_types', 'settings limits', true),
+      max_group_members: int(limits, 'max_group_members', 'settings limits'),
+    },
+    ai: { available: bool(obj(o.ai, 'settings ai'), 'available', 'settings ai') },
+    version: str(o, 'version', where),
   };
 }
 

@@ -2,7 +2,9 @@
  * The session (Zustand): which server, the engine for it, who is signed in, and the
  * live app state the engine reports (connection, outbox size, typing, presence).
  * `boot` runs once from the root layout; the first-start screens call `chooseServer`
- * and `signIn`; settings calls `signOut`. Screens read it with `useSession`.
+ * and `signIn` (Clerk mode: `signInWithToken`); settings calls `signOut`. Screens read
+ * it with `useSession`. In Clerk mode `state/clerk` registers Clerk's `getToken` and
+ * `signOut` in `state/clerk-hooks`: the engine renews its token through them.
  */
 import { Platform } from 'react-native';
 import { create } from 'zustand';
@@ -19,8 +21,10 @@ import {
   type ServerProbe,
   type User,
 } from '../engine';
+import { clerkHooks, renewToken } from './clerk-hooks';
 import { kvStorage } from './kv';
 import { invalidateFor, queryClient } from './query';
+import { keepSettings, settingsKey } from './server-settings';
 
 const SERVER_KEY = 'messageai.server';
 
@@ -29,8 +33,6 @@ export type Phase = 'booting' | 'server' | 'signin' | 'ready';
 type Session = {
   phase: Phase;
   serverUrl: string | null;
-  /** Local sign-in refused: the server is in Clerk mode. */
-  authMode: ServerProbe['authMode'];
   engine: Engine | null;
   me: User | null;
   connection: ConnectionInfo;
@@ -49,6 +51,8 @@ type Session = {
   chooseServer: (input: string) => Promise<ServerProbe>;
   changeServer: () => Promise<void>;
   signIn: (how: 'login' | 'register', username: string, password: string, displayName?: string) => Promise<void>;
+  /** Clerk mode: sign in with the session JWT Clerk's SDK just gave. */
+  signInWithToken: (token: string) => Promise<void>;
   signOut: () => Promise<void>;
   setMe: (me: User) => void;
 };
@@ -103,7 +107,7 @@ export const useSession = create<Session>()((set, get) => {
     unlisten?.();
     unlisten = null;
     if (old !== null && old.serverUrl !== url) await old.close();
-    const engine = old !== null && old.serverUrl === url ? old : await createEngine({ serverUrl: url });
+    const engine = old !== null && old.serverUrl === url ? old : await createEngine({ serverUrl: url, refreshToken: renewToken });
     unlisten = engine.on(onEvent);
     set({ engine, serverUrl: url, connection: engine.connection(), outbox: engine.outboxWaiting() });
     return engine;
@@ -130,7 +134,6 @@ export const useSession = create<Session>()((set, get) => {
   return {
     phase: 'booting',
     serverUrl: null,
-    authMode: 'unknown',
     engine: null,
     me: null,
     connection: idle,
@@ -152,11 +155,7 @@ export const useSession = create<Session>()((set, get) => {
       try {
         const engine = await attach(url);
         if (engine.me !== null) enter(engine);
-        else {
-          set({ phase: 'signin' });
-          // Which sign-in the server takes (local or Clerk), for the sign-in screen.
-          void probeServer(url, browserFetch).then((probe) => set({ authMode: probe.authMode }));
-        }
+        else set({ phase: 'signin' });
       } catch (error) {
         set({ phase: 'server', notice: describe(error) });
       }
@@ -166,8 +165,13 @@ export const useSession = create<Session>()((set, get) => {
       const probe = await probeServer(input, browserFetch);
       if (!probe.ok) return probe;
       await kvStorage.setItem(SERVER_KEY, probe.url);
+      if (probe.settings !== null) {
+        // Sign-in (and the Clerk provider) read them at once, without a second fetch.
+        keepSettings(probe.url, probe.settings);
+        queryClient.setQueryData(settingsKey(probe.url), probe.settings);
+      }
       const engine = await attach(probe.url);
-      set({ authMode: probe.authMode, notice: null });
+      set({ notice: null });
       if (engine.me !== null) enter(engine);
       else set({ phase: 'signin' });
       return probe;
@@ -191,6 +195,13 @@ export const useSession = create<Session>()((set, get) => {
       enter(engine);
     },
 
+    signInWithToken: async (token) => {
+      const engine = get().engine;
+      if (engine === null) throw new EngineError('invalid', 'choose a server first');
+      await engine.signInWithToken(token);
+      enter(engine);
+    },
+
     signOut: async () => {
       const engine = get().engine;
       if (engine !== null) {
@@ -199,6 +210,15 @@ export const useSession = create<Session>()((set, get) => {
         } catch {
           // Offline or already revoked: the engine still erased the local data, and the
           // token dies with the server's next revocation or expiry.
+        }
+      }
+      const clerk = clerkHooks();
+      if (clerk !== null) {
+        try {
+          await clerk.signOut();
+        } catch {
+          // Offline: Clerk's session outlives this device's sign-out until it expires;
+          // the local data is gone all the same.
         }
       }
       queryClient.clear();
