@@ -1,7 +1,8 @@
 """The operator's commands on a data directory: `backup DEST`, `verify DIR`, `restore
 SRC` (the work is `messageai.ops.backup`) and `conversation export ID FILE [--media]`,
 `conversation import FILE` (`messageai.ops.conversation_file`), `conversation
-list|show` and `check`
+list|show|retention`, `conversation delete|restore` (through `cli.live`: by the
+running server, or on the files when none runs) and `check`
 (`messageai.ops.check`). Added to the parser
 and run by `cli.main`; exit 0 on success, 1 when the work fails (the reason on stderr,
 each problem on its own line for `verify`)."""
@@ -15,9 +16,11 @@ from pathlib import Path
 
 import apsw
 
+from messageai.cli import live
 from messageai.config import Config
-from messageai.ops import backup, check, conversation_file
-from messageai.services.directory import DIRECTORY_FILE
+from messageai.ops import backup, check, conversation_file, removal, restore_one
+from messageai.services.directory import DIRECTORY_FILE, open_directory_db
+from messageai.sqlite import transaction
 from messageai.store import directory as directory_sql
 from messageai.store.paths import conversation_path
 
@@ -81,6 +84,34 @@ def add_ops_commands(
     show = conversation_sub.add_parser("show", help="one conversation: its record and members")
     with_config(show)
     show.add_argument("conversation_id")
+    gone = conversation_sub.add_parser(
+        "delete",
+        help="delete a conversation: its file, memberships, uploads only it used, AI data",
+        description="Beside a running server (it does the work, and members' clients hear"
+        " `unsubscribed`) or without one. Backups keep their copy: they are the operator's.",
+    )
+    with_config(gone)
+    gone.add_argument("conversation_id")
+    back = conversation_sub.add_parser(
+        "restore",
+        help="put one conversation back to its state in a backup, while the server runs",
+        description="Checks the backup's copy (manifest checksum, integrity), then replaces"
+        " the conversation's file with it; seqs and revs never go back (docs/protocol.md).",
+    )
+    with_config(back)
+    back.add_argument("conversation_id")
+    back.add_argument(
+        "--from", dest="backup", type=Path, required=True, help="a folder made by `backup`"
+    )
+    keep = conversation_sub.add_parser(
+        "retention",
+        help="how many days this conversation keeps its messages (overrides retention.days)",
+    )
+    with_config(keep)
+    keep.add_argument("conversation_id")
+    keep.add_argument(
+        "days", nargs="?", help="days (0: keep everything), or `default`; none: show it"
+    )
 
 
 def run(config: Config, args: argparse.Namespace) -> int:
@@ -110,6 +141,24 @@ def run(config: Config, args: argparse.Namespace) -> int:
 def _conversation(config: Config, args: argparse.Namespace) -> int:
     if args.conversation_command in ("list", "show"):
         return _describe(config, args)
+    if args.conversation_command == "delete":
+        cid = args.conversation_id
+        return live.run(
+            config,
+            {"command": "conversation_delete", "conversation_id": cid},
+            lambda: removal.offline_delete_conversation(
+                config.data_dir, config.storage.synchronous, cid
+            ),
+        )
+    if args.conversation_command == "restore":
+        cid, src = args.conversation_id, args.backup.resolve()
+        return live.run(
+            config,
+            {"command": "conversation_restore", "conversation_id": cid, "backup": str(src)},
+            lambda: restore_one.offline_restore(config.data_dir, config.storage.synchronous, cid, src),
+        )
+    if args.conversation_command == "retention":
+        return _retention(config, args.conversation_id, args.days)
     if args.conversation_command == "export":
         summary = conversation_file.export(
             config.data_dir, args.conversation_id, args.file, media=args.media
@@ -129,6 +178,41 @@ def _conversation(config: Config, args: argparse.Namespace) -> int:
         f"imported {summary.conversation_id}: {summary.messages} messages,"
         f" {summary.users} people, {summary.media} uploads{made}"
     )
+    return 0
+
+
+def _retention(config: Config, conversation_id: str, days: str | None) -> int:
+    """A directory write, safe beside the running server: its sweep reads the setting
+    at each pass."""
+    value: float | None = None
+    if days not in (None, "default"):
+        try:
+            value = float(days)
+        except ValueError:
+            value = -1.0
+        if not value >= 0 or value == float("inf"):
+            raise backup.BackupError(f"days: a number of days >= 0, or `default`, not {days!r}")
+    conn = open_directory_db(config.data_dir, config.storage.synchronous)
+    try:
+        if directory_sql.conversation(conn, conversation_id) is None:
+            raise backup.BackupError(f"no conversation {conversation_id!r}")
+        if days is not None:
+            with transaction(conn):
+                directory_sql.set_retention_days(conn, conversation_id, value)
+        own = directory_sql.retention_days_of(conn, conversation_id)
+    finally:
+        conn.close()
+    server = config.retention.days
+    shown = (
+        f"{own:g} days (its own)"
+        if own is not None and own > 0
+        else "kept forever (its own)"
+        if own is not None
+        else f"{server:g} days (the server's)"
+        if server > 0
+        else "kept forever (the server's)"
+    )
+    print(f"{conversation_id}: retention {shown}")
     return 0
 
 

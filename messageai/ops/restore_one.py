@@ -39,8 +39,8 @@ import orjson
 
 from messageai.model import now_ms
 from messageai.ops.backup import BackupError, fsync_path, integrity, read_manifest, sha256_of
-from messageai.services.directory import DIRECTORY_FILE
-from messageai.sqlite import transaction
+from messageai.services.directory import DIRECTORY_FILE, open_directory_db
+from messageai.sqlite import open_db, transaction
 from messageai.store import conversation as conversation_sql
 from messageai.store import search as search_sql
 from messageai.store.paths import conversation_path
@@ -87,8 +87,10 @@ def _live_state(path: Path) -> tuple[dict[int, tuple[object, ...]], dict[str, in
     its cursors and last_rev; empty without a file."""
     if not path.is_file():
         return {}, {}, 0
-    conn = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READONLY)
+    # Whatever a WAL still holds goes into the file first (after a kill -9 of a server).
+    conn = open_db(path, "FULL", create=False)
     try:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         rows = {
             row[0]: row[1:]
             for row in conn.execute(
@@ -310,3 +312,28 @@ def said(conversation_id: str, staged: Staged, recreated: bool) -> str:
         f" {staged.restamped} messages changed back, {staged.kept_as_tombstones} newer"
         " messages kept as tombstones"
     )
+
+
+def offline_restore(data_dir: Path, synchronous: str, conversation_id: str, backup: Path) -> str:
+    """`conversation restore ID --from BACKUP` with no server running."""
+    staged = stage(backup, data_dir, conversation_id, synchronous)
+    conn = open_directory_db(data_dir, synchronous)
+    try:
+        try:
+            media = attached_media(staged.path)
+            rows = read_backup_rows(backup, conversation_id, media)
+            known = conn.execute(
+                "SELECT 1 FROM conversations WHERE id = ?", (conversation_id,)
+            ).get
+            if rows.conversation is None and known is None:
+                raise BackupError(f"no conversation {conversation_id!r} here or in the backup")
+        except BaseException:
+            discard(staged)
+            raise
+        copy_blobs(backup, data_dir, [str(r[2]) for r in rows.media])
+        install(staged, data_dir, conversation_id)
+        with transaction(conn):
+            recreated, _ = put_back_rows(conn, rows, conversation_id, media)
+    finally:
+        conn.close()
+    return said(conversation_id, staged, recreated)
