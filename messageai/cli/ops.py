@@ -16,9 +16,8 @@ from pathlib import Path
 
 import apsw
 
-from messageai.cli import live
 from messageai.config import Config
-from messageai.ops import backup, check, conversation_file, removal, restore_one
+from messageai.ops import backup, check, conversation_file
 from messageai.services.directory import DIRECTORY_FILE, open_directory_db
 from messageai.sqlite import transaction
 from messageai.store import directory as directory_sql
@@ -141,22 +140,8 @@ def run(config: Config, args: argparse.Namespace) -> int:
 def _conversation(config: Config, args: argparse.Namespace) -> int:
     if args.conversation_command in ("list", "show"):
         return _describe(config, args)
-    if args.conversation_command == "delete":
-        cid = args.conversation_id
-        return live.run(
-            config,
-            {"command": "conversation_delete", "conversation_id": cid},
-            lambda: removal.offline_delete_conversation(
-                config.data_dir, config.storage.synchronous, cid
-            ),
-        )
-    if args.conversation_command == "restore":
-        cid, src = args.conversation_id, args.backup.resolve()
-        return live.run(
-            config,
-            {"command": "conversation_restore", "conversation_id": cid, "backup": str(src)},
-            lambda: restore_one.offline_restore(config.data_dir, config.storage.synchronous, cid, src),
-        )
+    if args.conversation_command in ("delete", "restore"):
+        return _by_the_server(config, args)
     if args.conversation_command == "retention":
         return _retention(config, args.conversation_id, args.days)
     if args.conversation_command == "export":
@@ -179,6 +164,29 @@ def _conversation(config: Config, args: argparse.Namespace) -> int:
         f" {summary.users} people, {summary.media} uploads{made}"
     )
     return 0
+
+
+def _by_the_server(config: Config, args: argparse.Namespace) -> int:
+    """`conversation delete|restore`: by the running server, else on the files."""
+    # Imported here: the server-side modules they need cost every other command time.
+    from messageai.cli import live
+    from messageai.ops import removal, restore_one
+
+    cid = args.conversation_id
+    if args.conversation_command == "delete":
+        return live.run(
+            config,
+            {"command": "conversation_delete", "conversation_id": cid},
+            lambda: removal.offline_delete_conversation(
+                config.data_dir, config.storage.synchronous, cid
+            ),
+        )
+    src = args.backup.resolve()
+    return live.run(
+        config,
+        {"command": "conversation_restore", "conversation_id": cid, "backup": str(src)},
+        lambda: restore_one.offline_restore(config.data_dir, config.storage.synchronous, cid, src),
+    )
 
 
 def _retention(config: Config, conversation_id: str, days: str | None) -> int:
