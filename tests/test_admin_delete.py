@@ -4,7 +4,7 @@ connected hear `unsubscribed` `deleted`, and what was deleted is gone everywhere
 kept (the file, the directory, uploads, search); a deleted user is signed out at once,
 anonymised, out of their groups, their name free, and with `--erase-messages` their
 messages are tombstones and their uploads gone. The data directory's lock keeps a
-second server off it."""
+second server off it. (Without a server: `tests/test_conversation_restore.py`.)"""
 
 from __future__ import annotations
 
@@ -28,10 +28,10 @@ PNG = b"\x89PNG\r\n\x1a\n" + os.urandom(800)
 
 
 async def _attach(h: Harness, who: Account, cid: str, body: str) -> dict[str, Any]:
-    r = await h.http.post(
+    up = await h.http.post(
         "/v1/media", content=PNG, headers={**h.auth(who), "Content-Type": "image/png"}
     )
-    media: dict[str, Any] = r.json()
+    media: dict[str, Any] = up.json()
     r = await h.http.post(
         f"/v1/conversations/{cid}/messages",
         json={"client_id": uuid.uuid4().hex, "body": body, "attachments": [media["id"]]},
@@ -56,30 +56,37 @@ async def test_delete_a_conversation_while_its_members_are_connected(tmp_path: P
             mode = (data / channel.SOCKET).stat().st_mode & 0o777
             assert mode == 0o600
             async with h.ws(bob) as subscribed, h.ws(ada) as idle:
-                r = await subscribed.request("subscribe", conversation_id=cid)
-                assert r["type"] == "subscribed"
+                frame = await subscribed.request("subscribe", conversation_id=cid)
+                assert frame["type"] == "subscribed"
                 done = await run_messageai("conversation", "delete", cid, "--data-dir", str(data))
                 assert done.returncode == 0, done.stderr
                 assert "1 uploads only it used erased" in done.stdout
                 gone = await subscribed.next_event("unsubscribed")
                 assert gone == {"type": "unsubscribed", "conversation_id": cid, "reason": "deleted"}
                 assert (await idle.next_event("unsubscribed"))["reason"] == "deleted"
-                r = await subscribed.request("subscribe", conversation_id=cid)
-                assert r["type"] == "error" and r["code"] == "not_found"
+                frame = await subscribed.request("subscribe", conversation_id=cid)
+                assert frame["type"] == "error" and frame["code"] == "not_found"
                 # The other conversation goes on, on the same connection.
-                r = await subscribed.send_message(kept, "still here")
-                assert r["type"] == "ack"
+                frame = await subscribed.send_message(kept, "still here")
+                assert frame["type"] == "ack"
             r = await h.http.get(f"/v1/conversations/{cid}", headers=h.auth(ada))
             assert r.status_code == 404
-            assert (await h.http.get(f"/v1/media/{media['id']}", headers=h.auth(ada))).status_code == 404
+            assert (
+                await h.http.get(f"/v1/media/{media['id']}", headers=h.auth(ada))
+            ).status_code == 404
             r = await h.http.get("/v1/search", params={"q": "walrus"}, headers=h.auth(bob))
             assert [x["conversation_id"] for x in r.json()["results"]] == [kept]
             r = await h.http.get("/v1/conversations", headers=h.auth(bob))
             assert cid not in [c["id"] for c in r.json()["conversations"]]
-            done = await run_messageai("conversation", "delete", cid, "--data-dir", str(data))
-            assert done.returncode == 1 and "no conversation" in done.stderr
+            # Again, over the channel itself: refused, naming it.
+            with pytest.raises(channel.ChannelError, match="no conversation"):
+                await trio.to_thread.run_sync(
+                    channel.request,
+                    data,
+                    {"command": "conversation_delete", "conversation_id": cid},
+                )
             # A second server on the same data directory refuses to start.
-            with pytest.raises(StartupError, match="server.lock"):
+            with pytest.raises(StartupError, match=r"server\.lock"):
                 await Server(make_config(data)).run()
     path = conversation_path(data, cid)
     assert not [p for p in path.parent.iterdir() if p.name.startswith(cid)]
@@ -140,7 +147,9 @@ async def test_delete_a_user_signs_them_out_and_erases_what_they_sent(tmp_path: 
             assert [m["body"] for m in r.json()["messages"]] == [""]  # the direct one stays
             r = await h.http.get("/v1/search", params={"q": "narwhal"}, headers=h.auth(bob))
             assert [x["message"]["body"] for x in r.json()["results"]] == ["narwhal reply"]
-            assert (await h.http.get(f"/v1/media/{media['id']}", headers=h.auth(bob))).status_code == 404
+            assert (
+                await h.http.get(f"/v1/media/{media['id']}", headers=h.auth(bob))
+            ).status_code == 404
             assert not blob_path(data / "media", media["sha256"]).exists()
             # The name is free again: a new account, a new id.
             again = await h.account("ada")
@@ -156,28 +165,3 @@ async def test_delete_a_user_signs_them_out_and_erases_what_they_sent(tmp_path: 
         assert conn.execute("SELECT count(*) FROM tokens WHERE user_id = ?", (ada.id,)).get == 0
     finally:
         conn.close()
-
-
-async def test_delete_a_user_offline_keeps_their_messages(tmp_path: Path) -> None:
-    """No server: the files are changed directly; the messages stay, by "Deleted user"."""
-    data = tmp_path / "data"
-    with trio.fail_after(40):
-        async with harness(make_config(data)) as h:
-            ada, bob = await h.account("ada"), await h.account("bob")
-            group = await h.group(bob, ada)
-            await h.post(ada, group, "kept words")
-        done = await run_messageai("user", "delete", "ada", "--data-dir", str(data))
-        assert done.returncode == 0, done.stderr
-        assert "left 2 groups and channels; messages kept" in done.stdout
-        async with harness(make_config(data)) as h:
-            login = await h.http.post(
-                "/v1/auth/login", json={"username": "bob", "password": "password1"}
-            )
-            auth = {"Authorization": f"Bearer {login.json()['token']}"}
-            r = await h.http.get(f"/v1/conversations/{group}/messages", headers=auth)
-            [message] = r.json()["messages"]
-            assert message["body"] == "kept words" and message["sender_id"] == ada.id
-            r = await h.http.get(f"/v1/users/{ada.id}", headers=auth)
-            assert r.json()["display_name"] == "Deleted user"
-            r = await h.http.get(f"/v1/conversations/{group}", headers=auth)
-            assert r.json()["member_ids"] == [bob.id]

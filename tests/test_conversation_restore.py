@@ -12,9 +12,10 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
 
-from messageai.ops import backup
+from messageai.ops import backup, channel
 from messageai.store.paths import conversation_path
 from tests.helpers import Harness, harness, make_config, run_messageai
 
@@ -46,7 +47,9 @@ async def test_restore_while_another_conversation_keeps_chatting(tmp_path: Path)
                 f"/v1/conversations/{cid}/messages/1", json={"body": "one, edited"}, headers=auth
             )
             assert r.status_code == 200
-            assert (await h.http.delete(f"/v1/conversations/{cid}/messages/2", headers=auth)).status_code == 200
+            assert (
+                await h.http.delete(f"/v1/conversations/{cid}/messages/2", headers=auth)
+            ).status_code == 200
             await h.post(ada, cid, "four")
             await h.post(ada, cid, "five")
             before = (await h.http.get(f"/v1/conversations/{cid}", headers=h.auth(bob))).json()
@@ -67,7 +70,9 @@ async def test_restore_while_another_conversation_keeps_chatting(tmp_path: Path)
                         await trio.sleep(0.01)
 
             async with h.ws(bob) as watch, trio.open_nursery() as nursery:
-                assert (await watch.request("subscribe", conversation_id=cid))["type"] == "subscribed"
+                assert (await watch.request("subscribe", conversation_id=cid))[
+                    "type"
+                ] == "subscribed"
                 nursery.start_soon(chat)
                 await trio.sleep(0.2)
                 during = len(acked)
@@ -107,16 +112,20 @@ async def test_restore_while_another_conversation_keeps_chatting(tmp_path: Path)
             raw = bytearray(copy.read_bytes())
             raw[-100] ^= 0xFF
             copy.write_bytes(bytes(raw))
-            done = await run_messageai(
-                "conversation", "restore", cid, "--from", str(dest), "--data-dir", str(data)
-            )
-            assert done.returncode == 1 and "checksum differs" in done.stderr
+            request = {
+                "command": "conversation_restore",
+                "conversation_id": cid,
+                "backup": str(dest),
+            }
+            with pytest.raises(channel.ChannelError, match="checksum differs"):
+                await trio.to_thread.run_sync(channel.request, data, request)
             assert await h.post(ada, cid, "seven") == 7
 
 
-async def test_restore_brings_a_deleted_conversation_back_offline(tmp_path: Path) -> None:
+async def test_without_a_server_delete_restore_and_user_delete(tmp_path: Path) -> None:
     """No server: `conversation delete`, then `restore` puts the row, the members, the
-    file and the upload back; a server started after serves all of it."""
+    file and the upload back; `user delete` (messages kept) anonymises the sender; a
+    server started after serves all of it."""
     data, dest = tmp_path / "data", tmp_path / "backup"
     png = b"\x89PNG\r\n\x1a\n" + os.urandom(500)
     with trio.fail_after(60):
@@ -143,12 +152,20 @@ async def test_restore_brings_a_deleted_conversation_back_offline(tmp_path: Path
         )
         assert done.returncode == 0, done.stderr
         assert "directory row and members put back" in done.stdout
+        done = await run_messageai("user", "delete", "ada", "--data-dir", str(data))
+        assert done.returncode == 0, done.stderr
+        assert "left 2 groups and channels; messages kept" in done.stdout
         async with harness(make_config(data)) as h:
             login = await h.http.post(
                 "/v1/auth/login", json={"username": "bob", "password": "password1"}
             )
             auth = {"Authorization": f"Bearer {login.json()['token']}"}
             r = await h.http.get(f"/v1/conversations/{cid}/messages", headers=auth)
-            assert [m["body"] for m in r.json()["messages"]] == ["a picture"]
+            [message] = r.json()["messages"]
+            assert message["body"] == "a picture" and message["sender_id"] == ada.id
             r = await h.http.get(f"/v1/media/{media}", headers=auth)
-            assert r.status_code == 200 and r.content == png
+            assert r.status_code == 200 and r.content == png  # an upload of a kept message
+            r = await h.http.get(f"/v1/users/{ada.id}", headers=auth)
+            assert r.json()["display_name"] == "Deleted user"
+            r = await h.http.get(f"/v1/conversations/{cid}", headers=auth)
+            assert r.json()["member_ids"] == [bob.id]

@@ -25,9 +25,9 @@ from pathlib import Path
 
 import apsw
 
+from messageai.errors import NotFound
 from messageai.model import User, now_ms
 from messageai.ops.backup import fsync_path
-from messageai.errors import NotFound
 from messageai.services.directory import open_directory_db
 from messageai.services.media import blob_path
 from messageai.sqlite import transaction
@@ -60,7 +60,9 @@ def anonymise_user(conn: apsw.Connection, user_id: str) -> list[str]:
     now = now_ms()
     clerk_sql.mark_deleted(conn, user_id, now)
     # Disabled too: no token can be good for it (`user_by_token`), whatever raced.
-    conn.execute("UPDATE users SET disabled_at = coalesce(disabled_at, ?) WHERE id = ?", (now, user_id))
+    conn.execute(
+        "UPDATE users SET disabled_at = coalesce(disabled_at, ?) WHERE id = ?", (now, user_id)
+    )
     conn.execute("DELETE FROM push_tokens WHERE user_id = ?", (user_id,))
     conn.execute("DELETE FROM ai_spent WHERE user_id = ?", (user_id,))
     for conversation_id in left:
@@ -172,7 +174,7 @@ def offline_delete_user(data_dir: Path, synchronous: str, name: str, *, erase: b
         user = user_named(conn, name)
         erased = 0
         if erase:
-            for (conversation_id,) in conn.execute("SELECT id FROM conversations").fetchall():
+            for conversation_id in sql.conversation_ids(conn):
                 seqs = live_messages_of(data_dir, conversation_id, user.id)
                 if seqs:
                     path = conversation_path(data_dir, conversation_id)

@@ -94,8 +94,7 @@ def _live_state(path: Path) -> tuple[dict[int, tuple[object, ...]], dict[str, in
         rows = {
             row[0]: row[1:]
             for row in conn.execute(
-                "SELECT seq, coalesce(rev, seq), id, sender_id, client_id, created_at"
-                " FROM messages"
+                "SELECT seq, coalesce(rev, seq), id, sender_id, client_id, created_at FROM messages"
             )
         }
         cursors = conversation_sql.read_cursors(conn)
@@ -104,9 +103,7 @@ def _live_state(path: Path) -> tuple[dict[int, tuple[object, ...]], dict[str, in
         conn.close()
 
 
-def stage(
-    backup_dir: Path, data_dir: Path, conversation_id: str, synchronous: str
-) -> Staged:
+def stage(backup_dir: Path, data_dir: Path, conversation_id: str, synchronous: str) -> Staged:
     """Check and copy the backup's file beside the live one and adjust it (see the
     module). Nothing may write the live file meanwhile (its actor stopped, or no
     server). Raises BackupError, leaving the live file as it was."""
@@ -201,7 +198,9 @@ class BackupRows:
     conversation: tuple[object, ...] | None  # id, kind, title, topic, creator_id, created_at
     memberships: list[tuple[object, ...]]  # user_id, joined_at
     direct_pair: tuple[object, ...] | None  # user_a, user_b
-    media: list[tuple[object, ...]]  # id, owner_id, sha256, content_type, size, created_at, filename
+    media: list[
+        tuple[object, ...]
+    ]  # id, owner_id, sha256, content_type, size, created_at, filename
 
 
 def read_backup_rows(backup_dir: Path, conversation_id: str, media: list[str]) -> BackupRows:
@@ -322,9 +321,7 @@ def offline_restore(data_dir: Path, synchronous: str, conversation_id: str, back
         try:
             media = attached_media(staged.path)
             rows = read_backup_rows(backup, conversation_id, media)
-            known = conn.execute(
-                "SELECT 1 FROM conversations WHERE id = ?", (conversation_id,)
-            ).get
+            known = conn.execute("SELECT 1 FROM conversations WHERE id = ?", (conversation_id,)).get
             if rows.conversation is None and known is None:
                 raise BackupError(f"no conversation {conversation_id!r} here or in the backup")
         except BaseException:

@@ -107,7 +107,9 @@ class Admin:
             return removal.deleted_user_said(user, len(left), None)
         erased = 0
         for conversation_id in self._directory.read(directory_sql.conversation_ids):
-            seqs = await blocking(removal.live_messages_of, self._data_dir, conversation_id, user.id)
+            seqs = await blocking(
+                removal.live_messages_of, self._data_dir, conversation_id, user.id
+            )
             for start in range(0, len(seqs), ERASE_BATCH):
                 async with trio.open_nursery() as nursery:
                     for seq in seqs[start : start + ERASE_BATCH]:
@@ -158,7 +160,10 @@ class Admin:
             try:
                 media = await blocking(restore_one.attached_media, staged.path)
                 rows = await blocking(restore_one.read_backup_rows, backup, conversation_id, media)
-                if rows.conversation is None and self._directory.conversation(conversation_id) is None:
+                if (
+                    rows.conversation is None
+                    and self._directory.conversation(conversation_id) is None
+                ):
                     raise NotFound(f"no conversation {conversation_id!r} here or in the backup")
             except BaseException:
                 await blocking(restore_one.discard, staged)

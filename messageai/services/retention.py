@@ -90,8 +90,8 @@ class Retention:
         done = 0
         while True:
 
-            def read(conn: apsw.Connection, _user: str) -> tuple[list[int], int]:
-                return _expired(conn, mark, cutoff, BATCH)
+            def read(conn: apsw.Connection, _user: str, after: int = mark) -> tuple[list[int], int]:
+                return _expired(conn, after, cutoff, BATCH)
 
             seqs, upto = await self._registry.call(conversation_id, members[0], Ai(read))
             if upto == mark:
