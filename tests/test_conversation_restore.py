@@ -14,8 +14,10 @@ from typing import Any
 
 import pytest
 import trio
+import trio_websocket
 
 from messageai.ops import backup, channel
+from messageai.services import admin
 from messageai.store.paths import conversation_path
 from tests.helpers import Harness, harness, make_config, run_messageai
 
@@ -31,7 +33,9 @@ async def _changes(h: Harness, who: Any, cid: str, after_rev: int) -> list[dict[
     return messages
 
 
-async def test_restore_while_another_conversation_keeps_chatting(tmp_path: Path) -> None:
+async def test_restore_while_another_conversation_keeps_chatting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     data, dest = tmp_path / "data", tmp_path / "backup"
     with trio.fail_after(60):
         async with harness(make_config(data)) as h:
@@ -107,6 +111,22 @@ async def test_restore_while_another_conversation_keeps_chatting(tmp_path: Path)
             r = await h.http.get("/v1/search", params={"q": "two"}, headers=h.auth(bob))
             assert [x["message"]["seq"] for x in r.json()["results"]] == [2]
 
+            # Past the push limit, the subscribers are closed (1012) to catch up themselves.
+            monkeypatch.setattr(admin, "RESTORE_PUSH_LIMIT", 2)
+            request = {
+                "command": "conversation_restore",
+                "conversation_id": cid,
+                "backup": str(dest),
+            }
+            async with h.ws(bob) as watch:
+                await watch.request("subscribe", conversation_id=cid)
+                said = await trio.to_thread.run_sync(channel.request, data, request)
+                assert "3 newer messages kept as tombstones" in said
+                with pytest.raises(trio_websocket.ConnectionClosed) as closed:
+                    await watch.next_event("message_updated")
+                assert closed.value.reason.code == 1012
+            assert [m["seq"] for m in await _changes(h, bob, cid, 12)] == [1, 2, 4, 5, 6]
+
             # A damaged backup: refused before anything stops, and nothing changes.
             copy = dest / conversation_path(Path(), cid)
             raw = bytearray(copy.read_bytes())
@@ -119,7 +139,7 @@ async def test_restore_while_another_conversation_keeps_chatting(tmp_path: Path)
             }
             with pytest.raises(channel.ChannelError, match="checksum differs"):
                 await trio.to_thread.run_sync(channel.request, data, request)
-            assert await h.post(ada, cid, "seven") == 7
+            assert await h.post(ada, cid, "seven") == 7  # seqs never went back
 
 
 async def test_without_a_server_delete_restore_and_user_delete(tmp_path: Path) -> None:

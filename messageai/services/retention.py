@@ -101,7 +101,9 @@ class Retention:
             async with trio.open_nursery() as nursery:
                 for seq in seqs:
                     nursery.start_soon(self._registry.expire, conversation_id, seq)
-            await self._directory.write(directory_sql.set_retention_mark, conversation_id, upto)
+            await self._directory.write(
+                directory_sql.set_retention_mark, conversation_id, mark, upto
+            )
             mark = upto
             self.scanned += 1
             done += len(seqs)

@@ -311,10 +311,12 @@ def retention_plan(conn: apsw.Connection, server_days: float) -> list[tuple[str,
     return [(str(r[0]), float(r[1]), int(r[2])) for r in rows]
 
 
-def set_retention_mark(conn: apsw.Connection, conversation_id: str, seq: int) -> None:
+def set_retention_mark(conn: apsw.Connection, conversation_id: str, old: int, seq: int) -> None:
+    """Move the mark from `old` to `seq`; nothing if it is not `old` any more (a restore
+    reset it while the sweep read the file it replaced)."""
     conn.execute(
-        "UPDATE conversations SET retention_upto = max(retention_upto, ?) WHERE id = ?",
-        (seq, conversation_id),
+        "UPDATE conversations SET retention_upto = ? WHERE id = ? AND retention_upto = ?",
+        (seq, conversation_id, old),
     )
 
 
