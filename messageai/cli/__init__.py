@@ -1,6 +1,6 @@
 """The `messageai` command: `serve`, `user add|list`, `config check`, `backup`, `verify`,
-`restore` (in `cli.ops`), `user disable|enable|reset-password` and `token revoke` (in
-`cli.admin`), and the client's
+`restore` (in `cli.ops`), `user disable|enable|reset-password|delete` and `token revoke`
+(in `cli.admin`), and the client's
 `login|send|sync|tail|conversations|new|chat` (arguments in `cli.client_args`, the work in
 `messageai.client.commands`).
 
