@@ -198,7 +198,7 @@ def _retention(config: Config, conversation_id: str, days: str | None) -> int:
             value = float(days)
         except ValueError:
             value = -1.0
-        if not value >= 0 or value == float("inf"):
+        if not 0 <= value <= 100_000:  # the bounds of `retention.days`
             raise backup.BackupError(f"days: a number of days >= 0, or `default`, not {days!r}")
     conn = open_directory_db(config.data_dir, config.storage.synchronous)
     try:

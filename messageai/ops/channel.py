@@ -97,8 +97,9 @@ def request(data_dir: Path, body: dict[str, Any], timeout: float = 600.0) -> str
             sock.connect(str(path))
         except (FileNotFoundError, ConnectionRefusedError) as exc:
             raise ChannelError(
-                f"a server holds {data_dir / LOCK} but does not answer on {path}"
-                f" ({exc.strerror}); is it still starting?"
+                f"another process holds {data_dir / LOCK} and nothing answers on {path}"
+                f" ({exc.strerror}): a server still starting, or another operator's"
+                " command at work; try again"
             ) from None
         sock.sendall(json.dumps(body).encode() + b"\n")
         answer = b""
