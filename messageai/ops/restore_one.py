@@ -42,7 +42,6 @@ from messageai.ops.backup import BackupError, fsync_path, integrity, read_manife
 from messageai.services.directory import DIRECTORY_FILE, open_directory_db
 from messageai.sqlite import open_db, transaction
 from messageai.store import conversation as conversation_sql
-from messageai.store import search as search_sql
 from messageai.store.paths import conversation_path
 
 STAGED = ".restoring"
@@ -82,43 +81,64 @@ def check_backup(backup_dir: Path, conversation_id: str) -> Path:
     return _checked(backup_dir, rel)
 
 
-def _live_state(path: Path) -> tuple[dict[int, tuple[object, ...]], dict[str, int], int]:
-    """The live file's messages as (seq -> (rev, id, sender, client_id, created_at)),
-    its cursors and last_rev; empty without a file."""
-    if not path.is_file():
-        return {}, {}, 0
-    # Whatever a WAL still holds goes into the file first (after a kill -9 of a server).
+def _same_bytes(backup_dir: Path, conversation_id: str, copy: Path) -> None:
+    """The staged copy is the file the manifest names (its checksum): what was checked
+    before is what gets installed."""
+    rel = conversation_path(Path(), conversation_id).as_posix()
+    entry = {e.path: e for e in read_manifest(backup_dir)}.get(rel)
+    if entry is None or sha256_of(copy) != entry.sha256:
+        raise BackupError(f"{rel} changed in the backup while it was restored; nothing restored")
+
+
+def _checkpoint(path: Path) -> None:
+    """Whatever the live file's WAL still holds goes into it (after a kill -9)."""
     conn = open_db(path, "FULL", create=False)
     try:
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        rows = {
-            row[0]: row[1:]
-            for row in conn.execute(
-                "SELECT seq, coalesce(rev, seq), id, sender_id, client_id, created_at FROM messages"
-            )
-        }
-        cursors = conversation_sql.read_cursors(conn)
-        return rows, cursors, conversation_sql.last_rev(conn)
     finally:
         conn.close()
 
 
-def stage(backup_dir: Path, data_dir: Path, conversation_id: str, synchronous: str) -> Staged:
+def stage(
+    backup_dir: Path,
+    data_dir: Path,
+    conversation_id: str,
+    synchronous: str,
+    *,
+    checked: bool = False,
+) -> Staged:
     """Check and copy the backup's file beside the live one and adjust it (see the
     module). Nothing may write the live file meanwhile (its actor stopped, or no
-    server). Raises BackupError, leaving the live file as it was."""
+    server). `checked`: `check_backup` passed just before (the server runs it before
+    stopping the conversation), so only the copy's checksum is compared here, which
+    keeps SQLite's integrity check of the whole file out of the time the conversation
+    is stopped. Raises BackupError, leaving the live file as it was."""
     from messageai.conversations.actor import _open
 
-    source = check_backup(backup_dir, conversation_id)
+    if checked:
+        source = backup_dir / conversation_path(Path(), conversation_id)
+    else:
+        source = check_backup(backup_dir, conversation_id)
     live = conversation_path(data_dir, conversation_id)
     staged = live.with_name(live.name + STAGED)
     live.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(source, staged)
-    rows, cursors, before_rev = _live_state(live)
+    if checked:
+        try:
+            _same_bytes(backup_dir, conversation_id, staged)
+        except BackupError:
+            staged.unlink()
+            raise
+    has_live = live.is_file()
     conn = _open(staged, synchronous)  # migrated to this version's schema, WAL
     try:
+        if has_live:
+            _checkpoint(live)
+            conn.execute("ATTACH DATABASE ? AS live", (str(live),))
         with transaction(conn):
-            restamped, kept = _continue(conn, rows, cursors, before_rev)
+            before_rev, restamped, kept = _continue(conn) if has_live else (0, 0, 0)
+        if has_live:
+            conn.execute("DETACH DATABASE live")
         last_seq, last_rev = conversation_sql.last_seq(conn), conversation_sql.last_rev(conn)
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     finally:
@@ -127,40 +147,47 @@ def stage(backup_dir: Path, data_dir: Path, conversation_id: str, synchronous: s
     return Staged(staged, backup_dir, last_seq, last_rev, restamped, kept, before_rev)
 
 
-def _continue(
-    conn: apsw.Connection,
-    live: dict[int, tuple[object, ...]],
-    cursors: dict[str, int],
-    before_rev: int,
-) -> tuple[int, int]:
-    rev = max(before_rev, conversation_sql.last_rev(conn))
+def _continue(conn: apsw.Connection) -> tuple[int, int, int]:
+    """The staged file (main) made a continuation of the live one (attached as `live`),
+    in SQL, so a large file costs its index scans rather than Python loops; returns the
+    live last_rev, the messages restamped and the newer ones kept as tombstones."""
+    live_rev = int(
+        conn.execute("SELECT coalesce(max(coalesce(rev, seq)), 0) FROM live.messages").get or 0
+    )
+    rev = max(live_rev, conversation_sql.last_rev(conn))
     backup_last = conversation_sql.last_seq(conn)
     differing = [
-        seq
-        for seq, state in conn.execute("SELECT seq, coalesce(rev, seq) FROM messages ORDER BY seq")
-        if seq not in live or live[seq][0] != state
+        row[0]
+        for row in conn.execute(
+            "SELECT m.seq FROM main.messages m LEFT JOIN live.messages l ON l.seq = m.seq"
+            " WHERE l.seq IS NULL OR coalesce(l.rev, l.seq) != coalesce(m.rev, m.seq)"
+            " ORDER BY m.seq"
+        )
     ]
-    for seq in differing:
-        rev += 1
-        conn.execute("UPDATE messages SET rev = ? WHERE seq = ?", (rev, seq))
-    newer = sorted(seq for seq in live if seq > backup_last)
-    now = now_ms()
-    for seq in newer:
-        _, id_, sender, client_id, created_at = live[seq]
-        rev += 1
-        conn.execute(
-            "INSERT INTO messages(seq, id, sender_id, client_id, body, attachments, created_at,"
-            " deleted_at, rev) VALUES (?, ?, ?, ?, '', '[]', ?, ?, ?)",
-            (seq, id_, sender, client_id, created_at, now, rev),
-        )
-        search_sql.index_new(conn, seq, "")  # the index follows its external content
-    for user_id, seq in cursors.items():
-        conn.execute(
-            "INSERT INTO read_cursors(user_id, seq) VALUES (?, ?) ON CONFLICT(user_id)"
-            " DO UPDATE SET seq = max(seq, excluded.seq)",
-            (user_id, seq),
-        )
-    return len(differing), len(newer)
+    conn.executemany(
+        "UPDATE main.messages SET rev = ? WHERE seq = ?",
+        [(rev + i, seq) for i, seq in enumerate(differing, 1)],
+    )
+    rev += len(differing)
+    conn.execute(
+        "INSERT INTO main.messages(seq, id, sender_id, client_id, body, attachments,"
+        " created_at, deleted_at, rev)"
+        " SELECT seq, id, sender_id, client_id, '', '[]', created_at, ?,"
+        " ? + row_number() OVER (ORDER BY seq) FROM live.messages WHERE seq > ? ORDER BY seq",
+        (now_ms(), rev, backup_last),
+    )
+    kept = conn.changes()
+    # The index follows its external content (`store.search.index_new`'s rule).
+    conn.execute(
+        "INSERT INTO main.messages_fts(rowid, body) SELECT seq, '' FROM main.messages"
+        " WHERE seq > ?",
+        (backup_last,),
+    )
+    conn.execute(
+        "INSERT INTO main.read_cursors(user_id, seq) SELECT user_id, seq FROM live.read_cursors"
+        " WHERE true ON CONFLICT(user_id) DO UPDATE SET seq = max(seq, excluded.seq)"
+    )
+    return live_rev, len(differing), kept
 
 
 def install(staged: Staged, data_dir: Path, conversation_id: str) -> None:

@@ -150,12 +150,11 @@ class Admin:
         await blocking(restore_one.check_backup, backup, conversation_id)
         async with self._registry.stopped(conversation_id) as subscribers:
             self._search.forget(conversation_id)
+            sync = self._config.storage.synchronous
             staged = await blocking(
-                restore_one.stage,
-                backup,
-                self._data_dir,
-                conversation_id,
-                self._config.storage.synchronous,
+                lambda: restore_one.stage(
+                    backup, self._data_dir, conversation_id, sync, checked=True
+                )
             )
             try:
                 media = await blocking(restore_one.attached_media, staged.path)
