@@ -6,13 +6,14 @@ again."""
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import apsw
 import pytest
 import trio
 
-from messageai.cli.ops import _retention
+from messageai.cli.ops import _describe, _retention
 from messageai.ops.backup import BackupError
 from tests.helpers import harness, make_config, run_messageai
 
@@ -30,7 +31,9 @@ def _mark(data: Path, cid: str) -> int:
         conn.close()
 
 
-async def test_one_conversation_keeps_less_than_the_server(tmp_path: Path) -> None:
+async def test_one_conversation_keeps_less_than_the_server(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     data = tmp_path / "data"
     with trio.fail_after(40):
         async with harness(make_config(data, retention=RETENTION)) as h:
@@ -51,6 +54,10 @@ async def test_one_conversation_keeps_less_than_the_server(tmp_path: Path) -> No
             assert sorted(g["message"]["seq"] for g in gone) == [1, 2]
             with pytest.raises(BackupError, match="days: a number of days"):
                 _retention(h.server.config, short, "-1")
+            capsys.readouterr()
+            show = argparse.Namespace(conversation_command="show", conversation_id=kept)
+            _describe(h.server.config, show)
+            assert "retention: kept forever (the server's)" in capsys.readouterr().out
             fresh = await h.post(ada, short, "new")  # young for the rest of the test
             retention = h.server.retention
             assert retention is not None

@@ -207,21 +207,21 @@ def _retention(config: Config, conversation_id: str, days: str | None) -> int:
         if days is not None:
             with transaction(conn):
                 directory_sql.set_retention_days(conn, conversation_id, value)
-        own = directory_sql.retention_days_of(conn, conversation_id)
+        shown = _retention_shown(conn, conversation_id, config.retention.days)
     finally:
         conn.close()
-    server = config.retention.days
-    shown = (
-        f"{own:g} days (its own)"
-        if own is not None and own > 0
-        else "kept forever (its own)"
-        if own is not None
-        else f"{server:g} days (the server's)"
-        if server > 0
-        else "kept forever (the server's)"
-    )
     print(f"{conversation_id}: retention {shown}")
     return 0
+
+
+def _retention_shown(conn: apsw.Connection, conversation_id: str, server: float) -> str:
+    try:
+        own = directory_sql.retention_days_of(conn, conversation_id)
+    except apsw.SQLError:
+        own = None  # a directory of a version before per-conversation retention
+    if own is not None:
+        return f"{own:g} days (its own)" if own > 0 else "kept forever (its own)"
+    return f"{server:g} days (the server's)" if server > 0 else "kept forever (the server's)"
 
 
 def _describe(config: Config, args: argparse.Namespace) -> int:
@@ -250,6 +250,7 @@ def _describe(config: Config, args: argparse.Namespace) -> int:
             print(f"{cid}: {record.kind} {title!r}, {count} messages, created {record.created_at}")
             if record.topic:
                 print(f"topic: {record.topic}")
+            print(f"retention: {_retention_shown(conn, cid, config.retention.days)}")
             for user_id in members:
                 user = directory_sql.user_by_id(conn, user_id)
                 name = user.username if user is not None else "(deleted)"
