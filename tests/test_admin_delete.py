@@ -9,7 +9,6 @@ second server off it. (Without a server: `tests/test_conversation_restore.py`.)"
 from __future__ import annotations
 
 import os
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -28,17 +27,7 @@ PNG = b"\x89PNG\r\n\x1a\n" + os.urandom(800)
 
 
 async def _attach(h: Harness, who: Account, cid: str, body: str) -> dict[str, Any]:
-    up = await h.http.post(
-        "/v1/media", content=PNG, headers={**h.auth(who), "Content-Type": "image/png"}
-    )
-    media: dict[str, Any] = up.json()
-    r = await h.http.post(
-        f"/v1/conversations/{cid}/messages",
-        json={"client_id": uuid.uuid4().hex, "body": body, "attachments": [media["id"]]},
-        headers=h.auth(who),
-    )
-    assert r.status_code == 201, r.text
-    return media
+    return await h.post_upload(who, cid, body, PNG, "image/png")
 
 
 async def test_delete_a_conversation_while_its_members_are_connected(tmp_path: Path) -> None:

@@ -8,7 +8,6 @@ damaged backup is refused and changes nothing."""
 from __future__ import annotations
 
 import os
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -152,16 +151,7 @@ async def test_without_a_server_delete_restore_and_user_delete(tmp_path: Path) -
         async with harness(make_config(data)) as h:
             ada, bob = await h.account("ada"), await h.account("bob")
             cid = await h.group(ada, bob)
-            r = await h.http.post(
-                "/v1/media", content=png, headers={**h.auth(ada), "Content-Type": "image/png"}
-            )
-            media = r.json()["id"]
-            r = await h.http.post(
-                f"/v1/conversations/{cid}/messages",
-                json={"client_id": uuid.uuid4().hex, "body": "a picture", "attachments": [media]},
-                headers=h.auth(ada),
-            )
-            assert r.status_code == 201
+            media = (await h.post_upload(ada, cid, "a picture", png, "image/png"))["id"]
         await trio.to_thread.run_sync(backup.backup, data, dest, lambda _t: None)
         done = await run_messageai("conversation", "delete", cid, "--data-dir", str(data))
         assert done.returncode == 0, done.stderr
