@@ -16,6 +16,7 @@ from __future__ import annotations
 import errno
 import logging
 from collections.abc import Sequence
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import orjson
@@ -44,6 +45,7 @@ from messageai.errors import (
     RateLimited,
     StartupError,
     Unauthorized,
+    Unavailable,
     error_body,
 )
 from messageai.identity.authenticator import Authenticator, make_authenticator
@@ -53,7 +55,9 @@ from messageai.live.guard import Guard
 from messageai.live.presence import Presence
 from messageai.live.session import Session
 from messageai.model import User
-from messageai.services.directory import Directory
+from messageai.ops.channel import Channel
+from messageai.services.admin import Admin
+from messageai.services.directory import Directory, make_data_dir
 from messageai.services.media import Media
 from messageai.services.push import Push
 from messageai.services.retention import Retention
@@ -96,6 +100,7 @@ class Server:
         self.retention: Retention | None = None
         self.endpoint: Endpoint | None = None
         self.embeddings: Embeddings | None = None
+        self.admin: Admin | None = None
         self.guard = Guard(config)
 
     def shutdown(self) -> None:
@@ -131,6 +136,22 @@ class Server:
         return f"http://{shown}:{self.port}"
 
     async def run(self, *, task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED) -> None:
+        # The data directory's lock first: a second server, or an operator's offline
+        # command at work on the files, stops start-up before anything is opened.
+        make_data_dir(self.config.data_dir)
+        channel = Channel(self.config.data_dir, self._admin_request)
+        channel.lock()
+        try:
+            await self._run(channel, task_status)
+        finally:
+            channel.close()
+
+    async def _admin_request(self, body: dict[str, Any]) -> str:
+        if self.admin is None:
+            raise Unavailable("the server is still starting")
+        return await self.admin.handle(body)
+
+    async def _run(self, channel: Channel, task_status: trio.TaskStatus[Server]) -> None:
         apply_best_practice()  # before the first database is opened
         config = self.config
         directory = Directory(config)
@@ -231,9 +252,21 @@ class Server:
                 registry.changed = action_item_board.chain(
                     self.assistant.message_changed, self.action_items.message_changed
                 )
-                if config.retention.days > 0:
-                    self.retention = Retention(config.retention, directory, registry)
-                    await actor_nursery.start(self.retention.run)
+                # Always: a conversation's own retention applies with the server's at 0.
+                self.retention = Retention(config.retention, directory, registry)
+                await actor_nursery.start(self.retention.run)
+                # The operator's channel, once everything it reaches exists.
+                self.admin = Admin(
+                    config,
+                    directory,
+                    registry,
+                    presence,
+                    media,
+                    search,
+                    self.assistant,
+                    self.close_user_sessions,
+                )
+                await actor_nursery.start(channel.run)
                 front = self._front_door(directory, registry, presence, media, push)
                 await self._serve(front, presence, listeners, task_status)
                 registry.closing = True

@@ -172,6 +172,23 @@ class Harness:
         seq: int = r.json()["seq"]
         return seq
 
+    async def post_upload(
+        self, who: Account, conversation_id: str, body: str, content: bytes, content_type: str
+    ) -> dict[str, Any]:
+        """Upload `content`, then send `body` attaching it over REST; the upload's record."""
+        r = await self.http.post(
+            "/v1/media", content=content, headers={**self.auth(who), "Content-Type": content_type}
+        )
+        assert r.status_code == 201, r.text
+        media: dict[str, Any] = r.json()
+        r = await self.http.post(
+            f"/v1/conversations/{conversation_id}/messages",
+            json={"client_id": uuid.uuid4().hex, "body": body, "attachments": [media["id"]]},
+            headers=self.auth(who),
+        )
+        assert r.status_code == 201, r.text
+        return media
+
     async def direct(self, a: Account, b: Account) -> str:
         r = await self.http.post(
             "/v1/conversations", json={"kind": "direct", "member_ids": [b.id]}, headers=self.auth(a)

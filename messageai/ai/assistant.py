@@ -244,6 +244,10 @@ class Assistant:
 
         return await self._registry.call(conversation_id, user_id, Ai(read))
 
+    def conversation_gone(self, conversation_id: str) -> None:
+        """The operator deleted the conversation: no cached answer of it is kept."""
+        self._cache.forget_conversation(conversation_id)
+
     def message_changed(self, message: Message) -> None:
         """An edit or delete committed (the actor calls this): answers that used it go."""
         self._changes += 1

@@ -70,6 +70,11 @@ class AnswerCache:
         ]:
             del self._answers[key]
 
+    def forget_conversation(self, conversation_id: str) -> None:
+        """The conversation was deleted (`messageai conversation delete`): its answers go."""
+        for key in [k for k in self._answers if k[0] == conversation_id]:
+            del self._answers[key]
+
     def __len__(self) -> int:
         return len(self._answers)
 

@@ -1,6 +1,6 @@
 """The `messageai` command: `serve`, `user add|list`, `config check`, `backup`, `verify`,
-`restore` (in `cli.ops`), `user disable|enable|reset-password` and `token revoke` (in
-`cli.admin`), and the client's
+`restore` (in `cli.ops`), `user disable|enable|reset-password|delete` and `token revoke`
+(in `cli.admin`), and the client's
 `login|send|sync|tail|conversations|new|chat` (arguments in `cli.client_args`, the work in
 `messageai.client.commands`).
 
@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from messageai import logs, passwords
-from messageai.cli.admin import ADMIN_USER_COMMANDS, run_token, run_user
+from messageai.cli.admin import ADMIN_USER_COMMANDS, run_delete, run_token, run_user
 from messageai.cli.client_args import CLIENT_COMMANDS, add_client_commands
 from messageai.cli.ops import OPS_COMMANDS, add_ops_commands
 from messageai.config import Config, ConfigError, load_config, with_overrides
@@ -99,6 +99,21 @@ def build_parser() -> argparse.ArgumentParser:
             each.add_argument(
                 "--password-file", type=Path, help="read the new password from its first line"
             )
+    delete = user_sub.add_parser(
+        "delete",
+        help="delete an account: anonymised, signed out, out of its groups",
+        description="The account becomes 'Deleted user' (its username freed, no password,"
+        " no tokens or push tokens, out of its groups and channels); its messages stay"
+        " unless --erase-messages. Beside a running server (it does the work and closes"
+        " the user's connections) or without one.",
+    )
+    with_config(delete)
+    delete.add_argument("name", help="the username")
+    delete.add_argument(
+        "--erase-messages",
+        action="store_true",
+        help="also turn every message they sent into a tombstone and delete their uploads",
+    )
     token = sub.add_parser("token", help="session tokens")
     token_sub = token.add_subparsers(dest="token_command", required=True)
     revoke = token_sub.add_parser("revoke", help="end every session of a user")
@@ -161,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
             return _user_list(config)
         if args.command == "user" and args.user_command in ADMIN_USER_COMMANDS:
             return run_user(config, args, lambda: _read_password(args))
+        if args.command == "user" and args.user_command == "delete":
+            return run_delete(config, args)
         if args.command == "token":
             return run_token(config, args)
         if args.command == "config":

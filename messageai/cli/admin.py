@@ -1,5 +1,6 @@
 """The operator's account commands, beside a running server or without one:
-`user disable|enable NAME`, `user reset-password NAME`, `token revoke NAME`. Parsed in
+`user disable|enable NAME`, `user reset-password NAME`, `token revoke NAME`, and
+`user delete NAME` (through `cli.live`). Parsed in
 `cli.__init__` (with `user add|list`), run by `cli.main`. They write the directory
 database; the running server sees it at once for REST (every request reads the
 token), and each open WebSocket of the user closes (1008) at its next keepalive
@@ -70,6 +71,20 @@ def run_user(config: Config, args: argparse.Namespace, password: Callable[[], st
         return f"{user.username} enabled"
 
     return _in_directory(config, switch)
+
+
+def run_delete(config: Config, args: argparse.Namespace) -> int:
+    """`user delete NAME [--erase-messages]` (see `ops.removal`), through `cli.live`."""
+    from messageai.cli import live
+    from messageai.ops import removal
+
+    return live.run(
+        config,
+        {"command": "user_delete", "name": args.name, "erase": args.erase_messages},
+        lambda: removal.offline_delete_user(
+            config.data_dir, config.storage.synchronous, args.name, erase=args.erase_messages
+        ),
+    )
 
 
 def run_token(config: Config, args: argparse.Namespace) -> int:

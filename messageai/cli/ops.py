@@ -1,7 +1,8 @@
 """The operator's commands on a data directory: `backup DEST`, `verify DIR`, `restore
 SRC` (the work is `messageai.ops.backup`) and `conversation export ID FILE [--media]`,
 `conversation import FILE` (`messageai.ops.conversation_file`), `conversation
-list|show` and `check`
+list|show|retention`, `conversation delete|restore` (through `cli.live`: by the
+running server, or on the files when none runs) and `check`
 (`messageai.ops.check`). Added to the parser
 and run by `cli.main`; exit 0 on success, 1 when the work fails (the reason on stderr,
 each problem on its own line for `verify`)."""
@@ -17,7 +18,8 @@ import apsw
 
 from messageai.config import Config
 from messageai.ops import backup, check, conversation_file
-from messageai.services.directory import DIRECTORY_FILE
+from messageai.services.directory import DIRECTORY_FILE, open_directory_db
+from messageai.sqlite import transaction
 from messageai.store import directory as directory_sql
 from messageai.store.paths import conversation_path
 
@@ -81,6 +83,34 @@ def add_ops_commands(
     show = conversation_sub.add_parser("show", help="one conversation: its record and members")
     with_config(show)
     show.add_argument("conversation_id")
+    gone = conversation_sub.add_parser(
+        "delete",
+        help="delete a conversation: its file, memberships, uploads only it used, AI data",
+        description="Beside a running server (it does the work, and members' clients hear"
+        " `unsubscribed`) or without one. Backups keep their copy: they are the operator's.",
+    )
+    with_config(gone)
+    gone.add_argument("conversation_id")
+    back = conversation_sub.add_parser(
+        "restore",
+        help="put one conversation back to its state in a backup, while the server runs",
+        description="Checks the backup's copy (manifest checksum, integrity), then replaces"
+        " the conversation's file with it; seqs and revs never go back (docs/protocol.md).",
+    )
+    with_config(back)
+    back.add_argument("conversation_id")
+    back.add_argument(
+        "--from", dest="backup", type=Path, required=True, help="a folder made by `backup`"
+    )
+    keep = conversation_sub.add_parser(
+        "retention",
+        help="how many days this conversation keeps its messages (overrides retention.days)",
+    )
+    with_config(keep)
+    keep.add_argument("conversation_id")
+    keep.add_argument(
+        "days", nargs="?", help="days (0: keep everything), or `default`; none: show it"
+    )
 
 
 def run(config: Config, args: argparse.Namespace) -> int:
@@ -110,6 +140,10 @@ def run(config: Config, args: argparse.Namespace) -> int:
 def _conversation(config: Config, args: argparse.Namespace) -> int:
     if args.conversation_command in ("list", "show"):
         return _describe(config, args)
+    if args.conversation_command in ("delete", "restore"):
+        return _by_the_server(config, args)
+    if args.conversation_command == "retention":
+        return _retention(config, args.conversation_id, args.days)
     if args.conversation_command == "export":
         summary = conversation_file.export(
             config.data_dir, args.conversation_id, args.file, media=args.media
@@ -130,6 +164,64 @@ def _conversation(config: Config, args: argparse.Namespace) -> int:
         f" {summary.users} people, {summary.media} uploads{made}"
     )
     return 0
+
+
+def _by_the_server(config: Config, args: argparse.Namespace) -> int:
+    """`conversation delete|restore`: by the running server, else on the files."""
+    # Imported here: the server-side modules they need cost every other command time.
+    from messageai.cli import live
+    from messageai.ops import removal, restore_one
+
+    cid = args.conversation_id
+    if args.conversation_command == "delete":
+        return live.run(
+            config,
+            {"command": "conversation_delete", "conversation_id": cid},
+            lambda: removal.offline_delete_conversation(
+                config.data_dir, config.storage.synchronous, cid
+            ),
+        )
+    src = args.backup.resolve()
+    return live.run(
+        config,
+        {"command": "conversation_restore", "conversation_id": cid, "backup": str(src)},
+        lambda: restore_one.offline_restore(config.data_dir, config.storage.synchronous, cid, src),
+    )
+
+
+def _retention(config: Config, conversation_id: str, days: str | None) -> int:
+    """A directory write, safe beside the running server: its sweep reads the setting
+    at each pass."""
+    value: float | None = None
+    if days not in (None, "default"):
+        try:
+            value = float(days)
+        except ValueError:
+            value = -1.0
+        if not 0 <= value <= 100_000:  # the bounds of `retention.days`
+            raise backup.BackupError(f"days: a number of days >= 0, or `default`, not {days!r}")
+    conn = open_directory_db(config.data_dir, config.storage.synchronous)
+    try:
+        if directory_sql.conversation(conn, conversation_id) is None:
+            raise backup.BackupError(f"no conversation {conversation_id!r}")
+        if days is not None:
+            with transaction(conn):
+                directory_sql.set_retention_days(conn, conversation_id, value)
+        shown = _retention_shown(conn, conversation_id, config.retention.days)
+    finally:
+        conn.close()
+    print(f"{conversation_id}: retention {shown}")
+    return 0
+
+
+def _retention_shown(conn: apsw.Connection, conversation_id: str, server: float) -> str:
+    try:
+        own = directory_sql.retention_days_of(conn, conversation_id)
+    except apsw.SQLError:
+        own = None  # a directory of a version before per-conversation retention
+    if own is not None:
+        return f"{own:g} days (its own)" if own > 0 else "kept forever (its own)"
+    return f"{server:g} days (the server's)" if server > 0 else "kept forever (the server's)"
 
 
 def _describe(config: Config, args: argparse.Namespace) -> int:
@@ -158,6 +250,7 @@ def _describe(config: Config, args: argparse.Namespace) -> int:
             print(f"{cid}: {record.kind} {title!r}, {count} messages, created {record.created_at}")
             if record.topic:
                 print(f"topic: {record.topic}")
+            print(f"retention: {_retention_shown(conn, cid, config.retention.days)}")
             for user_id in members:
                 user = directory_sql.user_by_id(conn, user_id)
                 name = user.username if user is not None else "(deleted)"

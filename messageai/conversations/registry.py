@@ -17,13 +17,19 @@ before closing it (trio drops a closed channel's buffer), answers that and the
 rest of the batch in flight `unavailable`, and ends the actor's subscriptions;
 the next command starts a fresh actor. REST and internal callers wait at most
 `conversations.call_timeout_seconds` for an answer (`call`).
+
+The operator's live commands (`services.admin`) take a conversation out of service
+with `stopped(id)`: its actor is cancelled and waited for, and until the block ends
+no new one starts (callers get `unavailable` and retry), so its file can be
+replaced or removed with nothing holding it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from time import perf_counter
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
@@ -112,6 +118,10 @@ class Registry:
         self._open: OrderedDict[str, ConversationActor] = OrderedDict()
         self._workers = WorkerPool(config.storage.commit_threads, name="messageai commit")
         self.closing = False
+        # `stopped`: conversations out of service, and each running actor's supervisor
+        # scope with the event its end sets.
+        self._held: set[str] = set()
+        self._running: dict[str, tuple[trio.CancelScope, trio.Event]] = {}
 
     def is_running(self, conversation_id: str) -> bool:
         """Whether the conversation has a live actor now (it retires when idle)."""
@@ -136,6 +146,8 @@ class Registry:
             return actor
         if self.closing:
             raise Unavailable("the server is shutting down")
+        if conversation_id in self._held:
+            raise Unavailable("the operator is restoring or deleting this conversation; retry")
         record = (
             self._directory.conversation(conversation_id)
             if len(conversation_id) <= MAX_CONVERSATION_ID
@@ -319,13 +331,51 @@ class Registry:
         # lines name none.
         logs.CONNECTION.set(None)
         logs.REQUEST.set(None)
+        scope, ended = trio.CancelScope(), trio.Event()
+        self._running[actor.id] = (scope, ended)
         try:
-            await actor.run()
+            with scope:
+                await actor.run()
         except Exception:
             log.exception("conversation %s: actor crashed; it restarts on next use", actor.id)
         finally:
             self._forget(actor)
             actor.fail_pending()
+            if self._running.get(actor.id, (None,))[0] is scope:
+                del self._running[actor.id]
+            ended.set()
+
+    @contextlib.asynccontextmanager
+    async def stopped(self, conversation_id: str) -> AsyncIterator[set[Peer]]:
+        """Take the conversation out of service for the block: its actor (if any) is
+        cancelled (a commit already in its thread finishes) and waited for, and no new
+        one starts until the block ends. Yields the connections that were subscribed;
+        they are no longer the actor's, and the caller decides what they are told
+        (`resubscribe` puts them back on the next actor)."""
+        if conversation_id in self._held:
+            raise Unavailable("another operator command is at work on this conversation")
+        self._held.add(conversation_id)
+        try:
+            actor = self._actors.get(conversation_id)
+            subscribers: set[Peer] = set()
+            if actor is not None:
+                # Taken before the cancel, so `fail_pending` does not end them.
+                subscribers, actor.subscribers = actor.subscribers, set()
+            running = self._running.get(conversation_id)
+            if running is not None:
+                running[0].cancel()
+                await running[1].wait()
+            yield subscribers
+        finally:
+            self._held.discard(conversation_id)
+
+    def resubscribe(self, conversation_id: str, peers: set[Peer]) -> set[Peer]:
+        """Give the conversation's (new) actor back the connections `stopped` took,
+        those still open; returns them."""
+        actor = self.actor(conversation_id)
+        kept = {peer for peer in peers if peer.subscription_started(conversation_id)}
+        actor.subscribers |= kept
+        return kept
 
     def _forget(self, actor: ConversationActor) -> None:
         if self._actors.get(actor.id) is actor:

@@ -104,12 +104,13 @@ class _Reader:
     file's index was seen filled: it stays so (the watermark only goes down), and the
     check is skipped from then on."""
 
-    __slots__ = ("complete", "conn", "tokenizer")
+    __slots__ = ("complete", "conn", "epoch", "tokenizer")
 
-    def __init__(self, conn: apsw.Connection) -> None:
+    def __init__(self, conn: apsw.Connection, epoch: int = 0) -> None:
         self.conn = conn
         self.tokenizer = sql.conversation_tokenizer(conn)
         self.complete = False
+        self.epoch = epoch  # `_Readers.epoch` of its file when it was opened
 
 
 class _Readers:
@@ -120,6 +121,19 @@ class _Readers:
         self._size = size
         self._idle: OrderedDict[str, _Reader] = OrderedDict()
         self._lock = threading.Lock()
+        # Files replaced or removed by the operator (`forget`): how many times each. A
+        # reader opened before is closed when given back, never used again.
+        self._forgotten: dict[str, int] = {}
+
+    def epoch(self, conversation_id: str) -> int:
+        return self._forgotten.get(conversation_id, 0)
+
+    def forget(self, conversation_id: str) -> None:
+        with self._lock:
+            self._forgotten[conversation_id] = self.epoch(conversation_id) + 1
+            old = self._idle.pop(conversation_id, None)
+        if old is not None:
+            old.conn.close()
 
     def is_open(self, conversation_id: str) -> bool:
         return conversation_id in self._idle
@@ -131,7 +145,7 @@ class _Readers:
     def give_back(self, conversation_id: str, reader: _Reader) -> None:
         evicted = []
         with self._lock:
-            if conversation_id in self._idle:
+            if conversation_id in self._idle or reader.epoch != self.epoch(conversation_id):
                 evicted.append(reader)
             else:
                 self._idle[conversation_id] = reader
@@ -184,6 +198,11 @@ class Search:
             self._searchers["semantic"] = semantic.search
             self._searchers["hybrid"] = semantic.search
             self.default_mode = "hybrid"
+
+    def forget(self, conversation_id: str) -> None:
+        """The operator replaces or removes this conversation's file (`services.admin`):
+        its idle reader is closed now, one in use when it is given back."""
+        self._readers.forget(conversation_id)
 
     def close(self) -> None:
         """Stop the threads and close the readers (after every query has ended)."""
@@ -301,6 +320,7 @@ class Search:
         reader = self._readers.take(conversation_id)
         if reader is not None:
             return reader
+        epoch = self._readers.epoch(conversation_id)  # before the open: see `forget`
         path = conversation_path(self._config.data_dir, conversation_id)
         if not path.exists():
             return None  # no message was ever stored there
@@ -311,7 +331,7 @@ class Search:
             return None
         if self._semantic is not None:
             vectors_sql.load_functions(conn)
-        return _Reader(conn)
+        return _Reader(conn, epoch)
 
     def _rank_files(self, ids: list[str], query: sql.Query, limit: int) -> list[_FileRanking]:
         out = []

@@ -209,6 +209,19 @@ def _disabled_users(conn: apsw.Connection) -> None:
     conn.execute("ALTER TABLE users ADD COLUMN disabled_at INTEGER")
 
 
+def _conversation_retention(conn: apsw.Connection) -> None:
+    """Per-conversation retention (`messageai conversation retention ID DAYS`):
+    `retention_days` NULL follows the server's `retention.days`, 0 keeps everything;
+    `retention_upto` is the sweep's high-water mark, the highest seq at or below which
+    every message is already a tombstone (so a sweep never re-reads them)."""
+    conn.execute(
+        """
+        ALTER TABLE conversations ADD COLUMN retention_days REAL;
+        ALTER TABLE conversations ADD COLUMN retention_upto INTEGER NOT NULL DEFAULT 0;
+        """
+    )
+
+
 MIGRATIONS: list[Migration] = [
     _v1,
     _clerk_identities,
@@ -217,6 +230,7 @@ MIGRATIONS: list[Migration] = [
     _people_v1_1,
     _ai_budget,
     _disabled_users,
+    _conversation_retention,
 ]
 
 
@@ -284,6 +298,41 @@ def join_auto_channels(conn: apsw.Connection, user_id: str, now: int) -> list[st
     for conversation_id in joined:
         add_members(conn, conversation_id, [user_id], now)
     return joined
+
+
+def retention_plan(conn: apsw.Connection, server_days: float) -> list[tuple[str, float, int]]:
+    """(id, days, mark) of every conversation whose retention is on: its own setting,
+    else the server's `retention.days`."""
+    rows = conn.execute(
+        "SELECT id, coalesce(retention_days, ?), retention_upto FROM conversations"
+        " WHERE coalesce(retention_days, ?) > 0 ORDER BY id",
+        (server_days, server_days),
+    )
+    return [(str(r[0]), float(r[1]), int(r[2])) for r in rows]
+
+
+def set_retention_mark(conn: apsw.Connection, conversation_id: str, old: int, seq: int) -> None:
+    """Move the mark from `old` to `seq`; nothing if it is not `old` any more (a restore
+    reset it while the sweep read the file it replaced)."""
+    conn.execute(
+        "UPDATE conversations SET retention_upto = ? WHERE id = ? AND retention_upto = ?",
+        (seq, conversation_id, old),
+    )
+
+
+def set_retention_days(conn: apsw.Connection, conversation_id: str, days: float | None) -> bool:
+    """Set (None: back to the server's) one conversation's retention; False if unknown."""
+    conn.execute(
+        "UPDATE conversations SET retention_days = ? WHERE id = ?", (days, conversation_id)
+    )
+    return conn.changes() > 0
+
+
+def retention_days_of(conn: apsw.Connection, conversation_id: str) -> float | None:
+    value = conn.execute(
+        "SELECT retention_days FROM conversations WHERE id = ?", (conversation_id,)
+    ).get
+    return float(value) if isinstance(value, (int, float)) else None
 
 
 def conversation_ids(conn: apsw.Connection) -> list[str]:
