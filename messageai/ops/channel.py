@@ -78,13 +78,22 @@ def offline_lock(data_dir: Path) -> Iterator[bool]:
 
 
 def socket_path(data_dir: Path) -> Path:
-    path = data_dir.resolve() / SOCKET
-    if len(os.fsencode(path)) > MAX_SOCKET_PATH:
-        raise StartupError(
-            f"storage.data_dir: {data_dir.resolve()} is too long a path for the admin"
-            f" socket ({MAX_SOCKET_PATH} bytes at most for {SOCKET} in it)"
-        )
-    return path
+    return data_dir.resolve() / SOCKET
+
+
+@contextlib.contextmanager
+def _address(path: Path) -> Iterator[str]:
+    """The address to bind or connect `path` by: itself, or where it is longer than
+    AF_UNIX allows, the same file reached through an fd of its folder
+    (`/proc/self/fd/N/admin.sock`), so that any data directory can hold the socket."""
+    if len(os.fsencode(path)) <= MAX_SOCKET_PATH:
+        yield str(path)
+        return
+    fd = os.open(path.parent, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        yield f"/proc/self/fd/{fd}/{path.name}"
+    finally:
+        os.close(fd)
 
 
 def request(data_dir: Path, body: dict[str, Any], timeout: float = 600.0) -> str:
@@ -94,7 +103,8 @@ def request(data_dir: Path, body: dict[str, Any], timeout: float = 600.0) -> str
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout)
         try:
-            sock.connect(str(path))
+            with _address(path) as address:
+                sock.connect(address)
         except (FileNotFoundError, ConnectionRefusedError) as exc:
             raise ChannelError(
                 f"another process holds {data_dir / LOCK} and nothing answers on {path}"
@@ -128,7 +138,7 @@ class Channel:
 
     def lock(self) -> None:
         """Take the data directory's lock (StartupError if another process has it)."""
-        path = socket_path(self._data_dir)  # a path too long fails before anything else
+        path = socket_path(self._data_dir)
         self._lock = _lock_fd(self._data_dir)
         if self._lock is None:
             raise StartupError(
@@ -151,7 +161,8 @@ class Channel:
         # Made 0600 from the start (umask at bind), never briefly open to others.
         old = os.umask(0o177)
         try:
-            await sock.bind(str(path))
+            with _address(path) as address:
+                await sock.bind(address)
         finally:
             os.umask(old)
         sock.listen(MAX_CONCURRENT)
