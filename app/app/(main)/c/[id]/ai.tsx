@@ -201,7 +201,7 @@ export default function AiPanel() {
             <View key={item.id} style={[styles.item, { borderBottomColor: t.border }]}>
               <Pressable
                 accessibilityRole="checkbox"
-                accessibilityState={{ checked: item.status === 'done' }}
+                aria-checked={item.status === 'done'}
                 accessibilityLabel={item.text}
                 onPress={() => setItem.mutate({ itemId: item.id, status: item.status === 'done' ? 'open' : 'done' })}
                 style={[styles.check, { borderColor: t.primary, backgroundColor: item.status === 'done' ? t.primary : 'transparent' }]}
