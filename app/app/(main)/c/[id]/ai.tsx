@@ -116,12 +116,12 @@ export default function AiPanel() {
                 While it is off, nothing from here is sent to the AI model. It is on or off for every member.
               </Text>
             </View>
+            {/* A Switch is a switch already: a role here would make a second one on the web. */}
             <Switch
               value={enabled}
               disabled={settings.isLoading || toggle.isPending}
               onValueChange={(v) => toggle.mutate({ enabled: v })}
               accessibilityLabel="Assistant in this conversation"
-              accessibilityRole="switch"
               trackColor={{ false: t.border, true: t.primary }}
               thumbColor={t.surface}
               testID="ai-switch"
@@ -137,7 +137,6 @@ export default function AiPanel() {
               disabled={!enabled || toggle.isPending}
               onValueChange={(v) => toggle.mutate({ enabled, proactive: v })}
               accessibilityLabel="Suggest meeting times"
-              accessibilityRole="switch"
               trackColor={{ false: t.border, true: t.primary }}
               thumbColor={t.surface}
             />
