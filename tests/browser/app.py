@@ -152,9 +152,7 @@ class Api:
 
     def register(self, username: str, password: str = PASSWORD) -> str:
         """A new account (for people the test needs only on the server); its token."""
-        r = self._http.post(
-            "/v1/auth/register", json={"username": username, "password": password}
-        )
+        r = self._http.post("/v1/auth/register", json={"username": username, "password": password})
         assert r.status_code == 201, r.text
         token: str = r.json()["token"]
         return token

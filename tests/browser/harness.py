@@ -54,7 +54,9 @@ def config_with(changes: dict[str, dict[str, str]]) -> str:
         stop = end.start() if end else len(text)
         body = text[head.end() : stop]
         for key, value in values.items():
-            body, count = re.subn(rf"^{re.escape(key)} = .*$", f"{key} = {value}", body, 1, re.M)
+            body, count = re.subn(
+                rf"^{re.escape(key)} = .*$", f"{key} = {value}", body, count=1, flags=re.M
+            )
             assert count == 1, f"no {section}.{key} in messageai.toml"
         text = text[: head.end()] + body + text[stop:]
     return text

@@ -71,5 +71,8 @@ def test_two_tabs_share_one_connection_and_hand_it_over_when_the_first_closes(
     assert len(second_sockets) >= 1
 
     stored = api.messages(api.token("bob"), cid)
-    assert [m["body"] for m in stored] == ["Written in the second tab", "After the first tab closed"]
+    assert [m["body"] for m in stored] == [
+        "Written in the second tab",
+        "After the first tab closed",
+    ]
     assert second_watch.unexpected() == []
