@@ -24,19 +24,7 @@
 import { EngineError, type EngineErrorCode } from './errors';
 import type { LocalFirstEngine } from './engine';
 import { newClientId } from './engine';
-import type {
-  AskOptions,
-  ConnectionInfo,
-  Engine,
-  EngineEvent,
-  HistoryPage,
-  LocalConversation,
-  LocalMessage,
-  Presence,
-  Receipt,
-  SendOptions,
-  UploadSource,
-} from './index';
+import type * as E from './index';
 import type { Conversation, Media, User } from './protocol';
 
 /** What tabs say to each other; `to`/`from` are tab ids. */
@@ -46,15 +34,15 @@ export type TabMessage =
   | {
       t: 'snapshot';
       to: string;
-      info: ConnectionInfo;
-      presences: [string, Presence][];
+      info: E.ConnectionInfo;
+      presences: [string, E.Presence][];
       typing: [string, string[]][];
     }
   | { t: 'call'; id: number; from: string; method: CallName; args: unknown[] }
   | { t: 'accepted'; id: number; to: string }
   | { t: 'reply'; id: number; to: string; ok: true; value: unknown }
   | { t: 'reply'; id: number; to: string; ok: false; code: EngineErrorCode; message: string }
-  | { t: 'event'; event: EngineEvent };
+  | { t: 'event'; event: E.EngineEvent };
 
 /** The two browser facilities a `TabEngine` needs, behind an interface tests can provide. */
 export interface TabLink {
@@ -181,19 +169,19 @@ function errorParts(error: unknown): { code: EngineErrorCode; message: string } 
 }
 
 /** An `Engine` that coordinates with the other tabs over its `TabLink` (see the module docstring). */
-export class TabEngine implements Engine {
+export class TabEngine implements E.Engine {
   private leader = false;
   private wants = false;
   // Followers that asked for the connection (their `start` without a `stop`).
   private readonly wanting = new Set<string>();
-  private readonly listeners = new Set<(event: EngineEvent) => void>();
+  private readonly listeners = new Set<(event: E.EngineEvent) => void>();
   private readonly pending = new Map<number, Pending>();
   private nextCall = 1;
   // Followers apply relayed events in order, re-reading the store once per burst.
   private relay: Promise<void> = Promise.resolve();
   private stale = false;
-  private info: ConnectionInfo;
-  private readonly presences = new Map<string, Presence>();
+  private info: E.ConnectionInfo;
+  private readonly presences = new Map<string, E.Presence>();
   private readonly typists = new Map<string, string[]>();
   private closed = false;
 
@@ -223,7 +211,7 @@ export class TabEngine implements Engine {
 
   // ---------------------------------------------------------------- the link
 
-  private emit(event: EngineEvent): void {
+  private emit(event: E.EngineEvent): void {
     for (const listener of [...this.listeners]) {
       try {
         listener(event);
@@ -233,7 +221,7 @@ export class TabEngine implements Engine {
     }
   }
 
-  private fromInner(event: EngineEvent): void {
+  private fromInner(event: E.EngineEvent): void {
     // A follower's own engine is idle: its connection state is the leader's.
     if (!this.leader && event.type === 'connection') return;
     if (this.leader) this.link.post({ t: 'event', event });
@@ -337,7 +325,7 @@ export class TabEngine implements Engine {
     }
   }
 
-  private follow(event: EngineEvent): void {
+  private follow(event: E.EngineEvent): void {
     switch (event.type) {
       case 'connection':
         this.info = event.info;
@@ -427,11 +415,11 @@ export class TabEngine implements Engine {
     this.tell('reconnectNow');
   }
 
-  connection(): ConnectionInfo {
+  connection(): E.ConnectionInfo {
     return this.leader ? this.inner.connection() : { ...this.info };
   }
 
-  on(listener: (event: EngineEvent) => void): () => void {
+  on(listener: (event: E.EngineEvent) => void): () => void {
     this.listeners.add(listener);
     return () => this.listeners.delete(listener);
   }
@@ -464,19 +452,19 @@ export class TabEngine implements Engine {
 
   // ---------------------------------------------------------------- reads: the store, here
 
-  conversations(): Promise<LocalConversation[]> {
+  conversations(): Promise<E.LocalConversation[]> {
     return this.inner.conversations();
   }
 
-  conversation(conversationId: string): Promise<LocalConversation | null> {
+  conversation(conversationId: string): Promise<E.LocalConversation | null> {
     return this.inner.conversation(conversationId);
   }
 
-  messages(conversationId: string, options?: { beforeSeq?: number; limit?: number }): Promise<LocalMessage[]> {
+  messages(conversationId: string, options?: { beforeSeq?: number; limit?: number }): Promise<E.LocalMessage[]> {
     return this.inner.messages(conversationId, options);
   }
 
-  message(conversationId: string, seq: number): Promise<LocalMessage | null> {
+  message(conversationId: string, seq: number): Promise<E.LocalMessage | null> {
     return this.inner.message(conversationId, seq);
   }
 
@@ -488,11 +476,11 @@ export class TabEngine implements Engine {
     return this.inner.knownUser(userId);
   }
 
-  receipt(conversation: LocalConversation, message: LocalMessage): Receipt {
+  receipt(conversation: E.LocalConversation, message: E.LocalMessage): E.Receipt {
     return this.inner.receipt(conversation, message);
   }
 
-  presence(userId: string): Presence {
+  presence(userId: string): E.Presence {
     if (this.leader) return this.inner.presence(userId);
     return this.presences.get(userId) ?? { status: 'offline', last_seen_at: null };
   }
@@ -519,19 +507,19 @@ export class TabEngine implements Engine {
     this.tell('closeConversation', conversationId);
   }
 
-  loadOlder(conversationId: string, limit?: number): Promise<HistoryPage> {
+  loadOlder(conversationId: string, limit?: number): Promise<E.HistoryPage> {
     return this.call('loadOlder', conversationId, limit);
   }
 
-  createDirect(userId: string): Promise<LocalConversation> {
+  createDirect(userId: string): Promise<E.LocalConversation> {
     return this.call('createDirect', userId);
   }
 
-  createGroup(title: string, memberIds: string[]): Promise<LocalConversation> {
+  createGroup(title: string, memberIds: string[]): Promise<E.LocalConversation> {
     return this.call('createGroup', title, memberIds);
   }
 
-  createChannel(title: string, topic?: string): Promise<LocalConversation> {
+  createChannel(title: string, topic?: string): Promise<E.LocalConversation> {
     return this.call('createChannel', title, topic);
   }
 
@@ -539,11 +527,11 @@ export class TabEngine implements Engine {
     return this.inner.listChannels(q);
   }
 
-  joinChannel(conversationId: string): Promise<LocalConversation> {
+  joinChannel(conversationId: string): Promise<E.LocalConversation> {
     return this.call('joinChannel', conversationId);
   }
 
-  addMembers(conversationId: string, userIds: string[]): Promise<LocalConversation> {
+  addMembers(conversationId: string, userIds: string[]): Promise<E.LocalConversation> {
     return this.call('addMembers', conversationId, userIds);
   }
 
@@ -551,7 +539,7 @@ export class TabEngine implements Engine {
     return this.call('removeMember', conversationId, userId);
   }
 
-  updateConversation(conversationId: string, changes: { title?: string; topic?: string }): Promise<LocalConversation> {
+  updateConversation(conversationId: string, changes: { title?: string; topic?: string }): Promise<E.LocalConversation> {
     return this.call('updateConversation', conversationId, changes);
   }
 
@@ -561,7 +549,7 @@ export class TabEngine implements Engine {
 
   // ---------------------------------------------------------------- messages: the leader's outbox
 
-  send(conversationId: string, body: string, options: SendOptions = {}): Promise<LocalMessage> {
+  send(conversationId: string, body: string, options: E.SendOptions = {}): Promise<E.LocalMessage> {
     // Chosen here, so a resend to a new leader finds the message the old one stored.
     const clientId = options.clientId ?? newClientId(Math.random);
     return this.call('send', conversationId, body, { ...options, clientId });
@@ -595,13 +583,13 @@ export class TabEngine implements Engine {
     return this.inner.edits(conversationId, seq);
   }
 
-  mentionsIn(conversation: LocalConversation, body: string): string[] {
+  mentionsIn(conversation: E.LocalConversation, body: string): string[] {
     return this.inner.mentionsIn(conversation, body);
   }
 
   // ---------------------------------------------------------------- REST only: any tab
 
-  upload(source: UploadSource): Promise<Media> {
+  upload(source: E.UploadSource): Promise<Media> {
     return this.inner.upload(source);
   }
 
@@ -617,36 +605,36 @@ export class TabEngine implements Engine {
     return this.inner.download(mediaId);
   }
 
-  search(...args: Parameters<Engine['search']>): ReturnType<Engine['search']> {
+  search(...args: Parameters<E.Engine['search']>): ReturnType<E.Engine['search']> {
     return this.inner.search(...args);
   }
 
-  aiSettings(conversationId: string): ReturnType<Engine['aiSettings']> {
+  aiSettings(conversationId: string): ReturnType<E.Engine['aiSettings']> {
     return this.inner.aiSettings(conversationId);
   }
 
-  setAiSettings(...args: Parameters<Engine['setAiSettings']>): ReturnType<Engine['setAiSettings']> {
+  setAiSettings(...args: Parameters<E.Engine['setAiSettings']>): ReturnType<E.Engine['setAiSettings']> {
     return this.inner.setAiSettings(...args);
   }
 
   /** A follower asks over REST (its engine has no connection to stream on). */
-  ask(conversationId: string, question: string, options?: AskOptions): ReturnType<Engine['ask']> {
+  ask(conversationId: string, question: string, options?: E.AskOptions): ReturnType<E.Engine['ask']> {
     return this.inner.ask(conversationId, question, options);
   }
 
-  catchUp(conversationId: string): ReturnType<Engine['catchUp']> {
+  catchUp(conversationId: string): ReturnType<E.Engine['catchUp']> {
     return this.inner.catchUp(conversationId);
   }
 
-  actionItems(conversationId: string): ReturnType<Engine['actionItems']> {
+  actionItems(conversationId: string): ReturnType<E.Engine['actionItems']> {
     return this.inner.actionItems(conversationId);
   }
 
-  setActionItem(conversationId: string, itemId: string, status: 'open' | 'done'): ReturnType<Engine['setActionItem']> {
+  setActionItem(conversationId: string, itemId: string, status: 'open' | 'done'): ReturnType<E.Engine['setActionItem']> {
     return this.inner.setActionItem(conversationId, itemId, status);
   }
 
-  aiLog(conversationId: string): ReturnType<Engine['aiLog']> {
+  aiLog(conversationId: string): ReturnType<E.Engine['aiLog']> {
     return this.inner.aiLog(conversationId);
   }
 
