@@ -3,7 +3,7 @@
  * server: one connection between them, a follower's send delivered once with
  * the same statuses in both tabs, and leadership moving when the leader
  * closes, with a send the dead leader accepted but never answered stored and
- * delivered once. Node has BroadcastChannel but no Web Locks: `TabLocks` plays
+ * delivered once, and a group it made unanswered refused rather than made twice. Node has BroadcastChannel but no Web Locks: `TabLocks` plays
  * `navigator.locks` (one holder per name, the next waiter granted on release);
  * tests/browser/test_tabs.py runs the browser's own.
  */
@@ -111,7 +111,12 @@ browserOnly('when the leader closes, the next tab takes over and sends what the 
   // The old leader stored it (it is in the shared outbox) without answering.
   await until(async () => (await b.engine.messages(conv.id)).length === 1, 'stored by the old leader');
   expect(answered).toBe(false);
+  // A call that is not safe to repeat, run by the old leader, unanswered: refused, not run again.
+  const grouping = b.engine.createGroup('Plans', [bob.id]);
+  const refused = expect(grouping).rejects.toMatchObject({ code: 'unavailable' });
+  await until(async () => (await b.engine.conversations()).some((c) => c.title === 'Plans'), 'the group made');
   await a.engine.close();
+  await refused;
   b.engine.start();
 
   const m = await sending;
@@ -132,4 +137,5 @@ browserOnly('when the leader closes, the next tab takes over and sends what the 
     'accepted, never answered',
     'after the handover',
   ]);
+  expect((await bob.engine.conversations()).filter((c) => c.title === 'Plans')).toHaveLength(1);
 });
