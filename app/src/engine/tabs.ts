@@ -550,6 +550,7 @@ export class TabEngine implements E.Engine {
   // ---------------------------------------------------------------- messages: the leader's outbox
 
   send(conversationId: string, body: string, options: E.SendOptions = {}): Promise<E.LocalMessage> {
+    if (this.leader) return this.inner.send(conversationId, body, options);
     // Chosen here, so a resend to a new leader finds the message the old one stored.
     const clientId = options.clientId ?? newClientId(Math.random);
     return this.call('send', conversationId, body, { ...options, clientId });
