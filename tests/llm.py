@@ -4,14 +4,18 @@
 the replies (`llm.script(reply, ...)`: streamed text, tool calls whose arguments are
 split across chunks, HTTP errors, 429 with Retry-After, delays, cut streams,
 garbage), and every request is recorded (`llm.requests`: headers and parsed JSON
-body) for the privacy assertions. With nothing scripted, a request gets `DEFAULT`.
+body) for the privacy assertions. With nothing scripted, `llm.chooser` (when set)
+picks the reply from the request, else a request gets `DEFAULT`. `llm_in_thread()`
+runs it in a thread of its own, for synchronous tests (the browser's).
 """
 
 from __future__ import annotations
 
 import contextlib
+import queue
+import threading
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import attrs
@@ -104,6 +108,9 @@ class FakeLLM:
         self.url = ""
         self.started = 0
         self.any_request = trio.Event()
+        # Chooses the reply from the request's JSON body when nothing is scripted
+        # (None: DEFAULT): for callers that cannot know the order of requests.
+        self.chooser: Callable[[Any], Reply | None] | None = None
 
     def script(self, *replies: Reply) -> None:
         self._script.extend(replies)
@@ -141,7 +148,10 @@ class FakeLLM:
             return
         self.requests.append({"headers": headers, "json": parsed})
         self.any_request.set()
-        reply = self._script.popleft() if self._script else DEFAULT
+        if self._script:
+            reply = self._script.popleft()
+        else:
+            reply = (self.chooser(parsed) if self.chooser else None) or DEFAULT
         if reply.delay:
             await trio.sleep(reply.delay)
         if reply.status != 200 or reply.body is not None:
@@ -205,3 +215,24 @@ async def fake_llm() -> AsyncIterator[FakeLLM]:
             yield llm
         finally:
             shutdown.set()
+
+
+@contextlib.contextmanager
+def llm_in_thread() -> Iterator[FakeLLM]:
+    """`fake_llm()` on its own Trio loop in a thread; stopped when the block ends."""
+    ready: queue.Queue[tuple[FakeLLM, trio.lowlevel.TrioToken, trio.Event]] = queue.Queue()
+
+    async def main() -> None:
+        async with fake_llm() as llm:
+            stop = trio.Event()
+            ready.put((llm, trio.lowlevel.current_trio_token(), stop))
+            await stop.wait()
+
+    thread = threading.Thread(target=trio.run, args=(main,), name="fake-llm", daemon=True)
+    thread.start()
+    llm, token, stop = ready.get(timeout=30)
+    try:
+        yield llm
+    finally:
+        trio.from_thread.run_sync(stop.set, trio_token=token)
+        thread.join(timeout=10)

@@ -289,3 +289,8 @@ async def test_committed_export_is_served_with_its_bundle(h: Harness) -> None:
         assert bundle.headers["content-type"] == "text/javascript; charset=utf-8"
         assert bundle.headers["cache-control"] == "public, max-age=31536000, immutable"
         assert bundle.headers["content-encoding"] == "gzip"  # httpx asks for it
+    # The app's icon (app.json `web.favicon`): a real ICO, revalidated (its name has no hash).
+    icon = await h.http.get("/favicon.ico")
+    assert icon.status_code == 200 and icon.headers["content-type"] == "image/x-icon"
+    assert icon.content[:4] == b"\0\0\1\0", icon.content[:16]
+    assert icon.headers["cache-control"] == "no-cache" and icon.headers["etag"]

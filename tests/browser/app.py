@@ -9,6 +9,7 @@ a message of mine ever showed, so a test sees "Sending…" even when the ack cam
 from __future__ import annotations
 
 import re
+import uuid
 from typing import Any
 
 import httpx
@@ -148,6 +149,32 @@ class Api:
         assert r.status_code == 200, r.text
         token: str = r.json()["token"]
         return token
+
+    def register(self, username: str, password: str = PASSWORD) -> str:
+        """A new account (for people the test needs only on the server); its token."""
+        r = self._http.post("/v1/auth/register", json={"username": username, "password": password})
+        assert r.status_code == 201, r.text
+        token: str = r.json()["token"]
+        return token
+
+    def post(self, token: str, conversation_id: str, body: str) -> int:
+        """Send `body` over REST (as bots and scripts do); its seq."""
+        r = self._http.post(
+            f"/v1/conversations/{conversation_id}/messages",
+            json={"client_id": uuid.uuid4().hex, "body": body},
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        assert r.status_code == 201, r.text
+        seq: int = r.json()["seq"]
+        return seq
+
+    def members(self, token: str, conversation_id: str) -> list[str]:
+        r = self._http.get(
+            f"/v1/conversations/{conversation_id}", headers={"Authorization": f"Bearer {token}"}
+        )
+        assert r.status_code == 200, r.text
+        member_ids: list[str] = r.json()["member_ids"]
+        return member_ids
 
     def user_id(self, token: str) -> str:
         r = self._http.get("/v1/me", headers={"Authorization": f"Bearer {token}"})

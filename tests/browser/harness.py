@@ -43,14 +43,41 @@ START_TIMEOUT_SECONDS = 240.0
 URL_LINE = re.compile(r"MessageAI serving (http://127\.0\.0\.1:(\d+))")
 
 
-class Served:
-    """The server started by `scripts/serve` (the shipped messageai.toml) on `port` (0: a
-    free one, then the same one again after `stop`), with its data in `data_dir`; `env`
-    sets config keys the way an operator can (`MESSAGEAI_AUTH__MODE=clerk`)."""
+def config_with(changes: dict[str, dict[str, str]]) -> str:
+    """The shipped messageai.toml with `changes` (section -> key -> a TOML value, as
+    text) made in place: every key is in the shipped file, so each one is replaced."""
+    text = (ROOT / "messageai.toml").read_text()
+    for section, values in changes.items():
+        head = re.search(rf"^\[{re.escape(section)}\]$", text, re.M)
+        assert head is not None, f"no [{section}] in messageai.toml"
+        end = re.compile(r"^\[", re.M).search(text, head.end())
+        stop = end.start() if end else len(text)
+        body = text[head.end() : stop]
+        for key, value in values.items():
+            body, count = re.subn(
+                rf"^{re.escape(key)} = .*$", f"{key} = {value}", body, count=1, flags=re.M
+            )
+            assert count == 1, f"no {section}.{key} in messageai.toml"
+        text = text[: head.end()] + body + text[stop:]
+    return text
 
-    def __init__(self, data_dir: Path, log_path: Path, env: dict[str, str] | None = None) -> None:
+
+class Served:
+    """The server started by `scripts/serve` (the shipped messageai.toml, or `config`) on
+    `port` (0: a free one, then the same one again after `stop`), with its data in
+    `data_dir`; `env` sets config keys the way an operator can
+    (`MESSAGEAI_AUTH__MODE=clerk`)."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        log_path: Path,
+        config: Path | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.data_dir = data_dir
         self.log_path = log_path
+        self.config = config
         self.env = env or {}
         self.port = 0
         self.url = ""
@@ -68,6 +95,7 @@ class Served:
                     str(self.port),
                     "--data-dir",
                     str(self.data_dir),
+                    *(["--config", str(self.config)] if self.config else []),
                 ],
                 cwd=ROOT,
                 env={**os.environ, **self.env},

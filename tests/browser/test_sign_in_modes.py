@@ -28,7 +28,7 @@ def test_closed_registration_offers_sign_in_only(people: People, tmp_path: Path)
     closed = Served(
         tmp_path / "closed",
         tmp_path / "closed.log",
-        {"MESSAGEAI_AUTH__ALLOW_REGISTRATION": "false"},
+        env={"MESSAGEAI_AUTH__ALLOW_REGISTRATION": "false"},
     )
     closed.start()
     try:
@@ -48,7 +48,7 @@ def test_clerk_sign_in_with_clerks_sdk_signs_in_reloads_and_signs_out(
 ) -> None:
     fapi = FrontendApi(token_seconds=TOKEN_SECONDS)
     fapi.start()
-    clerk = Served(tmp_path / "clerk", tmp_path / "clerk.log", fapi.server_env())
+    clerk = Served(tmp_path / "clerk", tmp_path / "clerk.log", env=fapi.server_env())
     clerk.start()
     try:
         fapi.app_origin = clerk.url

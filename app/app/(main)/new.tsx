@@ -31,7 +31,7 @@ export default function NewConversation() {
           <Pressable
             key={k}
             accessibilityRole="tab"
-            accessibilityState={{ selected: tab === k }}
+            aria-selected={tab === k}
             onPress={() => setTab(k)}
             style={[styles.tab, { borderColor: t.border, backgroundColor: tab === k ? t.primary : 'transparent' }]}
             testID={`tab-${k}`}

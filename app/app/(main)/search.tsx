@@ -63,7 +63,7 @@ export default function SearchScreen() {
             <Pressable
               key={m.mode}
               accessibilityRole="radio"
-              accessibilityState={{ checked: mode === m.mode }}
+              aria-checked={mode === m.mode}
               accessibilityLabel={`Search by ${m.label.toLowerCase()}`}
               onPress={() => setMode(m.mode)}
               style={[styles.mode, { borderColor: t.border, backgroundColor: mode === m.mode ? t.primary : 'transparent' }]}

@@ -60,7 +60,7 @@ export default function Settings() {
               <Pressable
                 key={c.value}
                 accessibilityRole="radio"
-                accessibilityState={{ checked: theme === c.value }}
+                aria-checked={theme === c.value}
                 onPress={() => setTheme(c.value)}
                 style={[styles.choice, { borderColor: t.border, backgroundColor: theme === c.value ? t.primary : 'transparent' }]}
                 testID={`theme-${c.value}`}

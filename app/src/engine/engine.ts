@@ -47,6 +47,7 @@ import {
 import { LIMITS, type Conversation, type Media, type Message, type User } from './protocol';
 import * as api from './api';
 import { Rest } from './rest';
+import { browserTabLink, TabEngine } from './tabs';
 import type { Backend, WriteOp } from './store';
 import * as v from './validate';
 
@@ -129,7 +130,7 @@ function messageOf(error: unknown): string {
   return error instanceof Error ? error.message : String(error);
 }
 
-function newClientId(random: () => number): string {
+export function newClientId(random: () => number): string {
   const c = globalThis.crypto as Crypto | undefined;
   if (c && typeof c.randomUUID === 'function') return c.randomUUID();
   let out = '';
@@ -155,10 +156,11 @@ export async function createEngine(options: EngineOptions): Promise<Engine> {
   const backend = options.backend ?? (await openBackend(`messageai:${serverUrl}`));
   const engine = new LocalFirstEngine(serverUrl, backend, options);
   await engine.load();
-  return engine;
+  const link = options.tabs === undefined ? browserTabLink(`messageai:${serverUrl}`) : options.tabs;
+  return link === null ? engine : new TabEngine(engine, link);
 }
 
-class LocalFirstEngine implements Engine {
+export class LocalFirstEngine implements Engine {
   private readonly rest: Rest;
   private readonly WebSocketCtor: WebSocketConstructor;
   private readonly random: () => number;
@@ -222,18 +224,24 @@ class LocalFirstEngine implements Engine {
 
   async load(): Promise<void> {
     const [session] = await this.backend.get('meta', ['session']);
+    const convRows = await this.backend.range('conversations', '', END);
+    const userRows = await this.backend.range('users', '', END);
+    const outboxRows = await this.backend.range('outbox', '', END);
+    // Swapped in without an await between, so no read sees a half-loaded state (reload).
     this.session = (session as Session | undefined) ?? null;
     this.rest.token = this.session?.token ?? null;
-    for (const row of await this.backend.range('conversations', '', END)) {
+    this.convs.clear();
+    for (const row of convRows) {
       const stored = row.value as StoredConversation;
       this.convs.set(stored.conv.id, stored);
     }
-    for (const row of await this.backend.range('users', '', END)) {
+    this.users.clear();
+    for (const row of userRows) {
       const user = row.value as User;
       this.users.set(user.id, user);
     }
     if (this.session) this.users.set(this.session.user.id, this.session.user);
-    this.outbox = (await this.backend.range('outbox', '', END)).map((row) => row.value as OutboxOp);
+    this.outbox = outboxRows.map((row) => row.value as OutboxOp);
     const last = this.outbox[this.outbox.length - 1];
     // Orders start at the clock in microseconds: two tabs over one database
     // then never pick the same key for their entries (each keeps its own counter).
@@ -253,6 +261,21 @@ class LocalFirstEngine implements Engine {
         if (order >= this.nextOrder) this.nextOrder = order + 1;
       }
     }
+  }
+
+  /**
+   * Reads everything again from the store, after the leader tab wrote it
+   * (a follower, see tabs.ts) or before this tab takes the connection over.
+   */
+  reload(): Promise<void> {
+    return this.serial(() => this.load());
+  }
+
+  /** What only the connection knows (presence, typing), for a tab that just opened (tabs.ts). */
+  liveState(): { presences: [string, Presence][]; typing: [string, string[]][] } {
+    const typing: [string, string[]][] = [];
+    for (const id of this.typists.keys()) typing.push([id, this.typing(id)]);
+    return { presences: [...this.presences.entries()], typing };
   }
 
   /** Runs `task` after every earlier state change; the queue survives a failed task. */
@@ -1402,9 +1425,13 @@ class LocalFirstEngine implements Engine {
     const local = await this.serial(async () => {
       const stored = this.convs.get(conversationId);
       if (!stored) throw new EngineError('not_found', 'no such conversation here');
+      if (options.clientId !== undefined) {
+        const earlier = await this.sentBefore(conversationId, options.clientId);
+        if (earlier) return earlier;
+      }
       this.checkRoom();
       const order = this.nextOrder++;
-      const clientId = newClientId(this.random);
+      const clientId = options.clientId ?? newClientId(this.random);
       const storeKey = pendingKey(conversationId, order);
       const message: StoredMessage = {
         key: messageKey(me.id, clientId),
@@ -1447,6 +1474,27 @@ class LocalFirstEngine implements Engine {
     this.emitOutbox();
     void this.flush();
     return strip(local);
+  }
+
+  /**
+   * The message already stored with `clientId` (still queued, or acknowledged
+   * among the latest page), so a send repeated by a tab that never heard its
+   * answer (tabs.ts) stores nothing twice. The caller holds the serial queue.
+   */
+  private async sentBefore(conversationId: string, clientId: string): Promise<StoredMessage | null> {
+    const queued = this.outbox.find((op) => op.kind === 'send' && op.client_id === clientId);
+    if (queued && queued.kind === 'send') {
+      const [row] = (await this.backend.get('messages', [queued.storeKey])) as (StoredMessage | undefined)[];
+      if (row) return row;
+    }
+    const prefix = `${conversationId}${SEP}s`;
+    const rows = await this.backend.range('messages', prefix, `${prefix}${END}`, { reverse: true, limit: HISTORY_PAGE * 4 });
+    const me = this.me?.id;
+    for (const row of rows) {
+      const m = row.value as StoredMessage;
+      if (m.client_id === clientId && m.sender_id === me) return m;
+    }
+    return null;
   }
 
   /** Applies a change to a held message optimistically and queues it. */

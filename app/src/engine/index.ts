@@ -29,6 +29,7 @@ import type {
   User,
 } from './protocol';
 import type { Backend } from './store';
+import type { TabLink } from './tabs';
 
 export * from './protocol';
 export { createEngine, fetchServerSettings, probeServer, normalizeServerUrl } from './engine';
@@ -36,6 +37,7 @@ export { EngineError } from './errors';
 export type { EngineErrorCode } from './errors';
 export type { Backend } from './store';
 export { openBackend } from './backend';
+export type { TabLink } from './tabs';
 
 
 /** The delivery state of a message, as the nine-step optimistic send defines it. */
@@ -140,6 +142,11 @@ export interface SendOptions {
   mentions?: string[];
   /** media ids from `upload`. */
   attachments?: string[];
+  /**
+   * The `client_id` to send it with (default: a new one). A send repeated with
+   * the same one returns the message stored the first time and queues nothing.
+   */
+  clientId?: string;
 }
 
 export interface HistoryPage {
@@ -321,6 +328,12 @@ export interface EngineOptions {
   refreshToken?: () => Promise<string | null>;
   /** Default: `Math.random` (tests pass a fixed one). */
   random?: () => number;
+  /**
+   * How this engine shares its database with other tabs (tabs.ts): default
+   * Web Locks and BroadcastChannel where the platform has both (browsers),
+   * none elsewhere; null for none.
+   */
+  tabs?: TabLink | null;
 }
 
 /** The subset of the WHATWG WebSocket the engine uses (browsers, React Native, `ws`). */

@@ -87,6 +87,9 @@ export function useAiSettings(id: string) {
   return useQuery({ queryKey: keys.ai(id), queryFn: () => engine.aiSettings(id), staleTime: 0 });
 }
 
+// How often an open assistant panel asks for the action items again.
+const ACTION_ITEMS_POLL_MS = 5000;
+
 export function useActionItems(id: string, enabled: boolean) {
   const engine = useEngine();
   return useQuery({
@@ -94,6 +97,8 @@ export function useActionItems(id: string, enabled: boolean) {
     queryFn: () => engine.actionItems(id),
     enabled,
     staleTime: 0,
+    // Extracted in the background, and no frame announces new ones: ask again while shown.
+    refetchInterval: enabled ? ACTION_ITEMS_POLL_MS : false,
   });
 }
 

@@ -247,7 +247,7 @@ export function Composer({ conversationId, members, meId, replyTo, replyName, ed
               key={u.id}
               accessibilityRole="menuitem"
               accessibilityLabel={`Mention ${u.display_name} (@${u.username})`}
-              accessibilityState={{ selected: i === pick }}
+              aria-selected={i === pick}
               onPress={() => complete(u)}
               style={[styles.suggestion, i === pick && { backgroundColor: t.surfaceAlt }]}
               testID={`mention-${u.username}`}

@@ -107,7 +107,7 @@ function Row({ conversation }: { conversation: LocalConversation }) {
     <Pressable
       accessibilityRole="link"
       accessibilityLabel={label}
-      accessibilityState={{ selected: open }}
+      aria-selected={open}
       // Beside the list (wide screens) the pane shows one conversation: replace it rather
       // than pile screens up; on phones the conversation goes over the list.
       onPress={() => (wide ? router.replace(`/c/${conversation.id}`) : router.push(`/c/${conversation.id}`))}

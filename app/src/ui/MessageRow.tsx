@@ -65,7 +65,7 @@ export const MessageRow = React.memo(function MessageRow(props: Props) {
         accessibilityRole="button"
         accessibilityLabel={label}
         accessibilityHint="Shows the actions for this message"
-        accessibilityState={{ expanded: selected }}
+        aria-expanded={selected}
         onPress={() => actions.select(selected ? null : message.key)}
         onLongPress={() => actions.select(message.key)}
         style={(state) => [
@@ -125,7 +125,7 @@ export const MessageRow = React.memo(function MessageRow(props: Props) {
                 key={emoji}
                 accessibilityRole="button"
                 accessibilityLabel={`${emoji} ${users.length}${reacted ? ', you reacted; press to remove' : '; press to add yours'}`}
-                accessibilityState={{ selected: reacted }}
+                aria-selected={reacted}
                 onPress={() => actions.react(message, emoji, !reacted)}
                 style={[styles.chip, { borderColor: reacted ? t.primary : t.border, backgroundColor: t.surface }]}
                 testID={`reaction-${message.seq ?? 'pending'}-${emoji}`}

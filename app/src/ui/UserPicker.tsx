@@ -47,7 +47,7 @@ export function UserPicker({
               key={u.id}
               accessibilityRole="checkbox"
               accessibilityLabel={`${u.display_name} (@${u.username})`}
-              accessibilityState={{ checked: picked }}
+              aria-checked={picked}
               onPress={() => onPick(u)}
               style={[styles.row, { backgroundColor: picked ? t.surfaceAlt : 'transparent', borderBottomColor: t.border }]}
               testID={`user-${u.username}`}

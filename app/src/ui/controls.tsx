@@ -39,7 +39,8 @@ export function Button({ title, label, kind = 'primary', busy, small, style, dis
     <Pressable
       accessibilityRole="button"
       accessibilityLabel={label ?? title}
-      accessibilityState={{ disabled: !!off, busy: !!busy }}
+      aria-disabled={!!off}
+      aria-busy={!!busy}
       disabled={off}
       style={({ pressed, focused }: { pressed: boolean; focused?: boolean }) => [
         styles.button,

@@ -116,12 +116,12 @@ export default function AiPanel() {
                 While it is off, nothing from here is sent to the AI model. It is on or off for every member.
               </Text>
             </View>
+            {/* A Switch is a switch already: a role here would make a second one on the web. */}
             <Switch
               value={enabled}
               disabled={settings.isLoading || toggle.isPending}
               onValueChange={(v) => toggle.mutate({ enabled: v })}
               accessibilityLabel="Assistant in this conversation"
-              accessibilityRole="switch"
               trackColor={{ false: t.border, true: t.primary }}
               thumbColor={t.surface}
               testID="ai-switch"
@@ -137,7 +137,6 @@ export default function AiPanel() {
               disabled={!enabled || toggle.isPending}
               onValueChange={(v) => toggle.mutate({ enabled, proactive: v })}
               accessibilityLabel="Suggest meeting times"
-              accessibilityRole="switch"
               trackColor={{ false: t.border, true: t.primary }}
               thumbColor={t.surface}
             />
@@ -201,7 +200,7 @@ export default function AiPanel() {
             <View key={item.id} style={[styles.item, { borderBottomColor: t.border }]}>
               <Pressable
                 accessibilityRole="checkbox"
-                accessibilityState={{ checked: item.status === 'done' }}
+                aria-checked={item.status === 'done'}
                 accessibilityLabel={item.text}
                 onPress={() => setItem.mutate({ itemId: item.id, status: item.status === 'done' ? 'open' : 'done' })}
                 style={[styles.check, { borderColor: t.primary, backgroundColor: item.status === 'done' ? t.primary : 'transparent' }]}

@@ -3,9 +3,9 @@
  * older history into it on demand), newest at the bottom; my sends show at once as
  * "Sending…" and move to "Sent" and "Read" / "Read by 2 of 4" as the server answers.
  * `?seq=N` (from search, citations, a tapped reply) scrolls to that message and marks it.
- * The conversation is marked read while it is on screen.
+ * The conversation is marked read while it is on screen (focused, the app in front).
  */
-import { router, useLocalSearchParams } from 'expo-router';
+import { router, useIsFocused, useLocalSearchParams } from 'expo-router';
 import React, { useCallback, useEffect, useMemo, useRef, useState } from 'react';
 import { AppState, Platform, Pressable, ScrollView, StyleSheet, Text, View, type LayoutChangeEvent, type NativeScrollEvent, type NativeSyntheticEvent } from 'react-native';
 
@@ -63,6 +63,9 @@ export default function ConversationScreen() {
   // Newer messages arrived while the person was reading further up.
   const [newBelow, setNewBelow] = useState(false);
   const lastSeen = useRef(0);
+  // False while another screen (the assistant, the members) is pushed over this one,
+  // which stays mounted beneath: what arrives then is not seen, so not marked read.
+  const focused = useIsFocused();
 
   useEffect(() => {
     engine.openConversation(id);
@@ -98,18 +101,18 @@ export default function ConversationScreen() {
   const lastSeq = messages.reduce((max, m) => (m.seq !== null && m.seq > max ? m.seq : max), 0);
   const myCursor = me && conversation ? (conversation.read_cursors[me.id] ?? 0) : 0;
   useEffect(() => {
-    if (!conversation || lastSeq <= myCursor || removed) return;
+    if (!conversation || lastSeq <= myCursor || removed || !focused) return;
     const visible = Platform.OS === 'web' ? globalThis.document?.visibilityState !== 'hidden' : AppState.currentState === 'active';
     if (visible) void engine.markRead(id, lastSeq).catch(() => undefined);
-  }, [engine, id, lastSeq, myCursor, conversation, removed]);
+  }, [engine, id, lastSeq, myCursor, conversation, removed, focused]);
   useEffect(() => {
-    if (Platform.OS !== 'web' || !globalThis.document) return;
+    if (Platform.OS !== 'web' || !globalThis.document || !focused) return;
     const onVisible = () => {
       if (document.visibilityState === 'visible' && lastSeq > myCursor) void engine.markRead(id, lastSeq).catch(() => undefined);
     };
     document.addEventListener('visibilitychange', onVisible);
     return () => document.removeEventListener('visibilitychange', onVisible);
-  }, [engine, id, lastSeq, myCursor]);
+  }, [engine, id, lastSeq, myCursor, focused]);
 
   useEffect(() => {
     if (lastSeq > lastSeen.current && lastSeen.current > 0 && !atBottom.current) setNewBelow(true);
@@ -117,7 +120,10 @@ export default function ConversationScreen() {
   }, [lastSeq]);
 
   const hasBeginning = conversation?.has_beginning ?? false;
-  const moreLocal = messages.length >= limit;
+  // While the longer page is read from the store the shorter one is still shown: its
+  // length says nothing yet about what the store holds beyond it.
+  const paging = messagesQuery.isPlaceholderData;
+  const moreLocal = paging || messages.length >= limit;
   const canLoadOlder = moreLocal || !hasBeginning;
 
   const loadOlder = useCallback(async () => {
@@ -141,13 +147,18 @@ export default function ConversationScreen() {
     if (target === null) return;
     const y = positions.current.get(target);
     if (messages.some((m) => m.seq === target) && y !== undefined) {
-      scroll.current?.scrollTo({ y: Math.max(0, y - 80), animated: true });
+      // The page just loaded must not pull the view back to where the reading was; and
+      // not animated: the first scroll event of an animation, still at the bottom, would
+      // count as "at the bottom", and the next content change would scroll back there.
+      keepFromBottom.current = null;
+      scroll.current?.scrollTo({ y: Math.max(0, y - 80), animated: false });
       atBottom.current = false;
       setHighlight(target);
       setTarget(null);
       const timer = setTimeout(() => setHighlight((h) => (h === target ? null : h)), 4000);
       return () => clearTimeout(timer);
     }
+    if (paging) return undefined;
     const oldest = messages.find((m) => m.seq !== null)?.seq ?? null;
     if (oldest !== null && oldest > target && canLoadOlder && !loadingOlder) void loadOlder();
     else if (oldest !== null && oldest > target && !canLoadOlder) {
@@ -155,7 +166,7 @@ export default function ConversationScreen() {
       setTarget(null);
     }
     return undefined;
-  }, [target, messages, canLoadOlder, loadingOlder, loadOlder, targetLaidOut]);
+  }, [target, messages, paging, canLoadOlder, loadingOlder, loadOlder, targetLaidOut]);
 
   const jump = useCallback((seq: number) => setTarget(seq), []);
 
