@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import subprocess
 from pathlib import Path
 
 import attrs
@@ -111,34 +112,43 @@ async def test_engine_jest_suite_passes_against_the_real_server(
     """The whole jest suite, its devices over the browser's local database
     (IndexedDB) or the phones' (SQLite, as sql.js: the same engine over both)."""
     app_dir = ensure_node_modules()
-    with trio.fail_after(JEST_TIMEOUT_SECONDS):
-        async with fake_llm() as llm, trio.open_nursery() as nursery:
-            target = RestartableServer(tmp_path / "data", nursery, llm.url)
-            await target.start()
-            control_port = await nursery.start(serve_control, target)
-            result = await trio.run_process(
-                [
-                    str(app_dir / "node_modules" / ".bin" / "jest"),
-                    "--ci",
-                    # e.g. MESSAGEAI_JEST_ARGS="-t reconnects" to run some tests only
-                    *shlex.split(os.environ.get("MESSAGEAI_JEST_ARGS", "")),
-                ],
-                cwd=app_dir,
-                env={
-                    **os.environ,
-                    "MESSAGEAI_TEST_URL": f"http://127.0.0.1:{target.port}",
-                    "MESSAGEAI_TEST_CONTROL": f"http://127.0.0.1:{control_port}",
-                    "MESSAGEAI_TEST_BACKEND": backend,
-                    "CI": "1",
-                    "FORCE_COLOR": "0",
-                },
-                capture_stdout=True,
-                capture_stderr=True,
-                check=False,
-            )
-            await target.stop()
-            nursery.cancel_scope.cancel()
-    report = (result.stdout + result.stderr).decode(errors="replace")
+    # jest writes into a file, not a pipe, so that a run cut off by the timeout still
+    # says which test it was in.
+    out_path = tmp_path / "jest.out"
+    returncode: int | None = None
+    with out_path.open("wb") as out:
+        with trio.move_on_after(JEST_TIMEOUT_SECONDS):
+            async with fake_llm() as llm, trio.open_nursery() as nursery:
+                target = RestartableServer(tmp_path / "data", nursery, llm.url)
+                await target.start()
+                control_port = await nursery.start(serve_control, target)
+                result = await trio.run_process(
+                    [
+                        str(app_dir / "node_modules" / ".bin" / "jest"),
+                        "--ci",
+                        # e.g. MESSAGEAI_JEST_ARGS="-t reconnects" to run some tests only
+                        *shlex.split(os.environ.get("MESSAGEAI_JEST_ARGS", "")),
+                    ],
+                    cwd=app_dir,
+                    env={
+                        **os.environ,
+                        "MESSAGEAI_TEST_URL": f"http://127.0.0.1:{target.port}",
+                        "MESSAGEAI_TEST_CONTROL": f"http://127.0.0.1:{control_port}",
+                        "MESSAGEAI_TEST_BACKEND": backend,
+                        "CI": "1",
+                        "FORCE_COLOR": "0",
+                    },
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    check=False,
+                )
+                returncode = result.returncode
+                await target.stop()
+                nursery.cancel_scope.cancel()
+    report = out_path.read_text(errors="replace")
     print(report)  # jest's own summary, shown with -s or on failure
-    assert result.returncode == 0, report[-20000:]
+    assert returncode is not None, (
+        f"jest did not finish within {JEST_TIMEOUT_SECONDS} s; what it said:\n{report[-20000:]}"
+    )
+    assert returncode == 0, report[-20000:]
     assert "Tests:" in report and "failed" not in report.split("Tests:", 1)[1].split("\n", 1)[0]
