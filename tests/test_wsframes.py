@@ -149,6 +149,15 @@ async def test_the_private_trio_websocket_api_wsframes_uses_is_still_there(
             inspect.iscoroutinefunction(getattr(cls, name, None)),
             f"WebSocketConnection.{name} is no longer a coroutine method (wsframes' reader)",
         )
+    proto = ws._wsproto.connection._proto if ws._wsproto.connection else None
+    _private(
+        proto is not None
+        and hasattr(proto._frame_decoder, "header")
+        and hasattr(proto._frame_decoder, "buffer")
+        and hasattr(proto._message_decoder, "opcode"),
+        "wsproto's FrameProtocol no longer has _frame_decoder.header/.buffer and "
+        "_message_decoder.opcode (wsframes' own parse checks them)",
+    )
     for attribute in (
         "_recv_channel",
         "_send_channel",
@@ -222,6 +231,59 @@ async def test_messages_go_to_the_handler_and_a_frame_begun_by_send_now_is_finis
             assert not unsent(ws)
             nursery.cancel_scope.cancel()
     await client_stream.aclose()
+    await server_stream.aclose()
+    for listener in listeners:
+        await listener.aclose()
+
+
+async def test_frames_parsed_by_hand_and_by_wsproto_arrive_in_order_from_one_read() -> None:
+    # One TCP write holding a simple text frame (wsframes' own parse), a ping, a
+    # fragmented message (wsproto's), a simple frame, and an unmasked one (refused).
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    received: list[str | bytes] = []
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            client = await trio.open_tcp_stream("127.0.0.1", port)
+            server_stream = await listeners[0].accept()
+            await client.send_all(
+                b"GET /v1/ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+                b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                b"Sec-WebSocket-Version: 13\r\n\r\n"
+            )
+            request = await wrap_server_stream(
+                nursery, server_stream, message_queue_size=4, max_message_bytes=65536
+            )
+            ws = await request.accept()
+
+            async def handle(message: str | bytes) -> None:
+                received.append(message)
+
+            nursery.start_soon(receive_messages, ws, handle)
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += await client.receive_some(4096)
+            await trio.testing.wait_all_tasks_blocked()
+            long_text = "é" * 200  # 400 bytes: a 16-bit length
+            await client.send_all(
+                _masked(0x81, b"one")
+                + _masked(0x89, b"ping")
+                + _masked(0x01, b"tw")
+                + _masked(0x80, b"o")
+                + _masked(0x81, long_text.encode(), bytes((0xFE,)) + (400).to_bytes(2, "big"))
+                + bytes((0x81, 3))
+                + b"bad"
+            )
+            answer = b""
+            with trio.move_on_after(5):
+                while (chunk := await client.receive_some(4096)) and b"\x88" not in answer:
+                    answer += chunk
+            assert received == ["one", "two", long_text]
+            assert answer.startswith(b"\x8a\x04ping")  # the pong, then the close frame
+            assert answer[6] == 0x88
+            assert struct.unpack("!H", answer[8:10])[0] == 1002
+            nursery.cancel_scope.cancel()
+    await client.aclose()
     await server_stream.aclose()
     for listener in listeners:
         await listener.aclose()
