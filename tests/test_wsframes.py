@@ -178,6 +178,23 @@ async def test_the_private_trio_websocket_api_wsframes_uses_is_still_there(
 # ------------------------------------------------------------------ the session's path
 
 
+async def _session_side(
+    nursery: trio.Nursery, stream: trio.SocketStream, received: list[str | bytes]
+) -> trio_websocket.WebSocketConnection:
+    """Our server wrap on `stream`, accepted, its messages appended to `received` as a
+    session takes them (`receive_messages`)."""
+    request = await wrap_server_stream(
+        nursery, stream, message_queue_size=4, max_message_bytes=65536
+    )
+    ws = await request.accept()
+
+    async def handle(message: str | bytes) -> None:
+        received.append(message)
+
+    nursery.start_soon(receive_messages, ws, handle)
+    return ws
+
+
 async def test_messages_go_to_the_handler_and_a_frame_begun_by_send_now_is_finished_first() -> None:
     # The client does not read until the server has queued a ping and a frame behind a
     # frame larger than the socket buffers: both must arrive after all of it, intact.
@@ -203,15 +220,7 @@ async def test_messages_go_to_the_handler_and_a_frame_begun_by_send_now_is_finis
                 )
 
             nursery.start_soon(connect)
-            request = await wrap_server_stream(
-                nursery, server_stream, message_queue_size=4, max_message_bytes=65536
-            )
-            ws = await request.accept()
-
-            async def handle(message: str | bytes) -> None:
-                received.append(message)
-
-            nursery.start_soon(receive_messages, ws, handle)
+            ws = await _session_side(nursery, server_stream, received)
             while not clients:
                 await trio.sleep(0.01)
             client = clients[0]
@@ -251,15 +260,7 @@ async def test_frames_parsed_by_hand_and_by_wsproto_arrive_in_order_from_one_rea
                 b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
                 b"Sec-WebSocket-Version: 13\r\n\r\n"
             )
-            request = await wrap_server_stream(
-                nursery, server_stream, message_queue_size=4, max_message_bytes=65536
-            )
-            ws = await request.accept()
-
-            async def handle(message: str | bytes) -> None:
-                received.append(message)
-
-            nursery.start_soon(receive_messages, ws, handle)
+            await _session_side(nursery, server_stream, received)
             head = b""
             while b"\r\n\r\n" not in head:
                 head += await client.receive_some(4096)

@@ -120,13 +120,19 @@ async def send_frames(ws: trio_websocket.WebSocketConnection, data: bytes) -> No
         if isinstance(ws, _ServerConnection) and ws.unsent:
             # The rest of a frame `send_now` began goes before anything else.
             data, ws.unsent = ws.unsent + data, b""
-        try:
-            await ws._stream.send_all(data)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            await ws._abort_web_socket()
-            raise trio_websocket.ConnectionClosed(
-                ws.closed or trio_websocket.CloseReason(1006, "connection lost")
-            ) from None
+        await _send_locked(ws, data)
+
+
+async def _send_locked(ws: trio_websocket.WebSocketConnection, data: bytes) -> None:
+    # The write itself, under the stream lock the caller holds: a broken stream is
+    # trio-websocket's abort, and ConnectionClosed.
+    try:
+        await ws._stream.send_all(data)
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        await ws._abort_web_socket()
+        raise trio_websocket.ConnectionClosed(
+            ws.closed or trio_websocket.CloseReason(1006, "connection lost")
+        ) from None
 
 
 def send_now(ws: trio_websocket.WebSocketConnection, data: bytes) -> bool:
@@ -427,13 +433,7 @@ class _ServerConnection(trio_websocket.WebSocketConnection):
             async with self._stream_lock:
                 rest, self.unsent = self.unsent, b""
                 if rest:
-                    try:
-                        await self._stream.send_all(rest)
-                    except (trio.BrokenResourceError, trio.ClosedResourceError):
-                        await self._abort_web_socket()
-                        raise trio_websocket.ConnectionClosed(
-                            self._close_reason or trio_websocket.CloseReason(1006, "lost")
-                        ) from None
+                    await _send_locked(self, rest)
         await super()._send(event)
 
     async def _handle_close_connection_event(self, event: CloseConnection) -> None:
