@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import os
+import socket
 import struct
 from collections.abc import AsyncIterator
 from importlib.metadata import version
@@ -149,6 +150,10 @@ async def test_the_private_trio_websocket_api_wsframes_uses_is_still_there(
             inspect.iscoroutinefunction(getattr(cls, name, None)),
             f"WebSocketConnection.{name} is no longer a coroutine method (wsframes' reader)",
         )
+    _private(
+        isinstance(getattr(stream.socket, "_sock", None), socket.socket),  # type: ignore[attr-defined]
+        "trio's SocketType no longer keeps its stdlib socket in _sock (wsframes' reader)",
+    )
     proto = ws._wsproto.connection._proto if ws._wsproto.connection else None
     _private(
         proto is not None

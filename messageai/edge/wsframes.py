@@ -15,7 +15,8 @@ Why not the public API:
   `_message_parts`, `_recv_channel`): once the session is running, each message is
   handed to it in the reader task itself (no channel, no second task per message),
   and the reader waits for the socket, then reads it without trio's extra
-  reschedule; an actor's answers are written to the socket at the end of its batch
+  reschedule (trio's `SocketType._sock`); an actor's answers are written to the
+  socket at the end of its batch
   when nothing else is writing (no writer task woken). Measured in the README
   ("Performance", issue 13).
 * `_ServerConnection._deliver_simple` (wsproto's `connection._proto._frame_decoder`
@@ -43,7 +44,6 @@ Why not the public API:
 from __future__ import annotations
 
 import dataclasses
-import os
 import socket
 from collections.abc import Awaitable, Callable
 from typing import cast
@@ -247,9 +247,11 @@ class _ServerConnection(trio_websocket.WebSocketConnection):
         )
         # Set by `receive_messages`: each message goes to it, in the reader task.
         self.deliver: Callable[[str | bytes], Awaitable[None]] | None = None
-        # A second descriptor of the TCP socket (os.dup), read and written without
-        # trio's wrapper; None until `use_plain_socket`, and again once the reader ends
-        # (closed then, before trio closes the stream's own).
+        # The stdlib socket inside trio's (`_sock`), read and written without trio's
+        # wrapper (no reschedule per call); None until `use_plain_socket` and once the
+        # reader ends. Trio still owns and closes it. (Not a second descriptor from
+        # os.dup: that doubles the file descriptors per connection, and 10,000 held
+        # connections need 20,000 then, the hard limit on the development machine.)
         self.raw: socket.socket | None = None
         self._socket: trio.socket.SocketType | None = None
         # What `send_now` wrote part of: the rest goes first (`send_frames`, `_send`).
@@ -264,15 +266,13 @@ class _ServerConnection(trio_websocket.WebSocketConnection):
         if isinstance(stream, ReplayStream):
             stream = stream.plain()
         if isinstance(stream, trio.SocketStream) and self._reader_running:
-            fd = stream.socket.fileno()
-            if fd >= 0:
-                raw = socket.socket(fileno=os.dup(fd))
-                raw.setblocking(False)
+            raw = getattr(stream.socket, "_sock", None)
+            if isinstance(raw, socket.socket) and raw.fileno() >= 0:
                 self._socket, self.raw = stream.socket, raw
 
     def plain_socket_open(self) -> bool:
-        """Whether the plain socket may be used: trio's own is not closed yet (once it
-        is, our descriptor would keep the connection open behind its back)."""
+        """Whether the plain socket may be used: trio has not closed it (its number
+        may belong to another connection then)."""
         return self._socket is not None and self._socket.fileno() >= 0
 
     async def _reader_task(self) -> None:
@@ -322,9 +322,7 @@ class _ServerConnection(trio_websocket.WebSocketConnection):
                                 await self._send(err.event_hint)
                             await self._close_stream()
         finally:
-            raw, self.raw = self.raw, None
-            if raw is not None:
-                raw.close()
+            self.raw = None
             self.reader_done.set()
 
     async def _receive(self) -> bytes:
