@@ -66,7 +66,8 @@ from messageai.sqlite import apply_best_practice
 
 log = logging.getLogger(__name__)
 
-# Client frames buffered by trio-websocket before its reader stops reading the socket.
+# Client frames trio-websocket buffers before the session takes them (the handshake's
+# window); from then on each goes to the session in the reader task (wsframes).
 WS_INBOUND_QUEUE = 4
 
 

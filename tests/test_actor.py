@@ -54,6 +54,9 @@ class Inbox:
     def subscription_ended(self, conversation_id: str) -> None:
         self.subscriptions.discard(conversation_id)
 
+    def flush(self) -> None:
+        pass  # `push` keeps frames at once: nothing is ever waiting to be written
+
 
 class BrokenSubscriber(Inbox):
     """A subscriber with a bug: taking a live frame raises."""

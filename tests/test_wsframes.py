@@ -10,18 +10,29 @@ from __future__ import annotations
 import contextlib
 import inspect
 import os
+import socket
 import struct
 from collections.abc import AsyncIterator
 from importlib.metadata import version
 
 import pytest
 import trio
+import trio.testing
 import trio_websocket
 import wsproto
 from wsproto.connection import Connection, ConnectionType
 from wsproto.events import BytesMessage, TextMessage
 
-from messageai.edge.wsframes import binary_frame, request_host, text_frame, wrap_server_stream
+from messageai.edge.wsframes import (
+    binary_frame,
+    receive_messages,
+    request_host,
+    send_frames,
+    send_now,
+    text_frame,
+    unsent,
+    wrap_server_stream,
+)
 from tests.helpers import Harness
 
 BOUNDARY_LENGTHS = [0, 1, 125, 126, 127, 65535, 65536, 70000]
@@ -125,12 +136,163 @@ async def test_the_private_trio_websocket_api_wsframes_uses_is_still_there(
         "WebSocketConnection._reader_task no longer dispatches close events to "
         "self._handle_close_connection_event, which wsframes._ServerConnection overrides",
     )
+    for name in (
+        "_handle_message_event",
+        "_handle_ping_event",
+        "_handle_pong_event",
+        "_handle_accept_connection_event",
+        "_handle_reject_connection_event",
+        "_handle_reject_data_event",
+        "_handle_request_event",
+        "_close_stream",
+    ):
+        _private(
+            inspect.iscoroutinefunction(getattr(cls, name, None)),
+            f"WebSocketConnection.{name} is no longer a coroutine method (wsframes' reader)",
+        )
+    _private(
+        isinstance(getattr(stream.socket, "_sock", None), socket.socket),  # type: ignore[attr-defined]
+        "trio's SocketType no longer keeps its stdlib socket in _sock (wsframes' reader)",
+    )
+    proto = ws._wsproto.connection._proto if ws._wsproto.connection else None
+    _private(
+        proto is not None
+        and hasattr(proto._frame_decoder, "header")
+        and hasattr(proto._frame_decoder, "buffer")
+        and hasattr(proto._message_decoder, "opcode"),
+        "wsproto's FrameProtocol no longer has _frame_decoder.header/.buffer and "
+        "_message_decoder.opcode (wsframes' own parse checks them)",
+    )
+    for attribute in (
+        "_recv_channel",
+        "_send_channel",
+        "_message_parts",
+        "_message_size",
+        "_max_message_size",
+        "_reader_running",
+    ):
+        _private(hasattr(ws, attribute), f"WebSocketConnection.{attribute} is gone")
     event = getattr(request, "_event", None)
     _private(
         isinstance(event, wsproto.events.Request) and isinstance(event.host, str),
         "WebSocketRequest._event is no longer a wsproto Request with a str host",
     )
     assert request_host(request) == "127.0.0.1"
+
+
+# ------------------------------------------------------------------ the session's path
+
+
+async def _session_side(
+    nursery: trio.Nursery, stream: trio.SocketStream, received: list[str | bytes]
+) -> trio_websocket.WebSocketConnection:
+    """Our server wrap on `stream`, accepted, its messages appended to `received` as a
+    session takes them (`receive_messages`)."""
+    request = await wrap_server_stream(
+        nursery, stream, message_queue_size=4, max_message_bytes=65536
+    )
+    ws = await request.accept()
+
+    async def handle(message: str | bytes) -> None:
+        received.append(message)
+
+    nursery.start_soon(receive_messages, ws, handle)
+    return ws
+
+
+async def test_messages_go_to_the_handler_and_a_frame_begun_by_send_now_is_finished_first() -> None:
+    # The client does not read until the server has queued a ping and a frame behind a
+    # frame larger than the socket buffers: both must arrive after all of it, intact.
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    received: list[str | bytes] = []
+    big = "a" * 8_000_000
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            client_stream = await trio.open_tcp_stream("127.0.0.1", port)
+            server_stream = await listeners[0].accept()
+            clients: list[trio_websocket.WebSocketConnection] = []
+
+            async def connect() -> None:
+                clients.append(
+                    await trio_websocket.wrap_client_stream(
+                        nursery,
+                        client_stream,
+                        "127.0.0.1",
+                        "/v1/ws",
+                        max_message_size=16_000_000,
+                    )
+                )
+
+            nursery.start_soon(connect)
+            ws = await _session_side(nursery, server_stream, received)
+            while not clients:
+                await trio.sleep(0.01)
+            client = clients[0]
+            await client.send_message("hello")
+            await client.send_message(b"\x00\x01")
+            while len(received) < 2:
+                await trio.sleep(0.01)
+            assert received == ["hello", b"\x00\x01"]
+            assert type(received[1]) is bytes
+            assert send_now(ws, text_frame(big))
+            assert unsent(ws), "the socket took all of 8 MB at once: nothing was tested"
+            nursery.start_soon(ws.ping, b"p1")
+            nursery.start_soon(send_frames, ws, text_frame("after"))
+            await trio.testing.wait_all_tasks_blocked()
+            assert await client.get_message() == big
+            assert await client.get_message() == "after"
+            assert not unsent(ws)
+            nursery.cancel_scope.cancel()
+    await client_stream.aclose()
+    await server_stream.aclose()
+    for listener in listeners:
+        await listener.aclose()
+
+
+async def test_frames_parsed_by_hand_and_by_wsproto_arrive_in_order_from_one_read() -> None:
+    # One TCP write holding a simple text frame (wsframes' own parse), a ping, a
+    # fragmented message (wsproto's), a simple frame, and an unmasked one (refused).
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    received: list[str | bytes] = []
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            client = await trio.open_tcp_stream("127.0.0.1", port)
+            server_stream = await listeners[0].accept()
+            await client.send_all(
+                b"GET /v1/ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+                b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                b"Sec-WebSocket-Version: 13\r\n\r\n"
+            )
+            await _session_side(nursery, server_stream, received)
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += await client.receive_some(4096)
+            await trio.testing.wait_all_tasks_blocked()
+            long_text = "é" * 200  # 400 bytes: a 16-bit length
+            await client.send_all(
+                _masked(0x81, b"one")
+                + _masked(0x89, b"ping")
+                + _masked(0x01, b"tw")
+                + _masked(0x80, b"o")
+                + _masked(0x81, long_text.encode(), bytes((0xFE,)) + (400).to_bytes(2, "big"))
+                + bytes((0x81, 3))
+                + b"bad"
+            )
+            answer = b""
+            with trio.move_on_after(5):
+                while (chunk := await client.receive_some(4096)) and b"\x88" not in answer:
+                    answer += chunk
+            assert received == ["one", "two", long_text]
+            assert answer.startswith(b"\x8a\x04ping")  # the pong, then the close frame
+            assert answer[6] == 0x88
+            assert struct.unpack("!H", answer[8:10])[0] == 1002
+            nursery.cancel_scope.cancel()
+    await client.aclose()
+    await server_stream.aclose()
+    for listener in listeners:
+        await listener.aclose()
 
 
 # ------------------------------------------------------------------ refused frames

@@ -28,7 +28,8 @@ Typing state never keeps an actor from retiring: with no subscribers nobody hear
 Channels: commands arrive on a bounded memory channel (`conversations.queue_size`;
 senders wait when it is full); the registry's supervisor owns it and closes it
 last. Answers leave through each peer's non-blocking `push`, never waiting on a
-slow reader, or through a caller's `Waiter`.
+slow reader, or through a caller's `Waiter`; a batch's pushes are written when all
+of them are made (`commands.answering`), one write per connection.
 """
 
 from __future__ import annotations
@@ -66,6 +67,8 @@ from messageai.conversations.commands import (
     Summary,
     Unchanged,
     Unread,
+    answered,
+    answering,
 )
 from messageai.conversations.indexer import IndexFiller
 from messageai.counters import COUNTS
@@ -229,6 +232,15 @@ class ConversationActor:
         or trio.ClosedResourceError once the actor has ended (the registry then starts
         a new one). Cancelled while waiting, the command is not queued."""
         await self._send.send(command)
+
+    def offer(self, command: Command) -> bool:
+        """Queue a command if there is room now, without waiting; False if the queue is
+        full. Raises like `submit` once the actor has ended."""
+        try:
+            self._send.send_nowait(command)
+        except trio.WouldBlock:
+            return False
+        return True
 
     def close_db(self) -> None:
         """Close the database between batches (LRU eviction, retire, shutdown)."""
@@ -480,9 +492,15 @@ class ConversationActor:
             await self._update_references(results, attaching)
         # Phase 2, on the loop, after the commit: state, acks and fan-out in order.
         # One clock read for the batch: its acks all leave now (ack latency).
+        # Each connection pushed to writes once, after all of the batch's frames for it
+        # are queued (`answering`): straight to its socket when it is free.
         self._answered_at = perf_counter()
-        for command, result in zip(accepted, results, strict=True):
-            self._apply(command, result)
+        pushed = answering()
+        try:
+            for command, result in zip(accepted, results, strict=True):
+                self._apply(command, result)
+        finally:
+            answered(pushed)
 
     async def _update_references(self, results: list[StorageResult], attaching: bool) -> None:
         """Phase 1b, after the commit and before any answer: the directory's media

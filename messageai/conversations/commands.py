@@ -57,6 +57,43 @@ class Peer(Protocol):
 
     def subscription_ended(self, conversation_id: str) -> None: ...
 
+    def flush(self) -> None: ...
+
+
+# The peers pushed to while an actor answers a batch (`answering`), or None.
+_pushed: list[Peer] | None = None
+
+
+def defer_flush(peer: Peer) -> bool:
+    """Called by a peer's `push` for the first frame it queues: True if an actor is
+    answering a batch now and will call `peer.flush()` when it has answered all of
+    it (so the peer writes once, after every frame of the batch is queued)."""
+    if _pushed is None:
+        return False
+    _pushed.append(peer)
+    return True
+
+
+def answering() -> list[Peer] | None:
+    """Start collecting the peers pushed to (an actor's phase 2, which never awaits);
+    returns what `answered` needs (None if an outer caller collects already)."""
+    global _pushed
+    if _pushed is not None:
+        return None
+    _pushed = []
+    return _pushed
+
+
+def answered(pushed: list[Peer] | None) -> None:
+    """End `answering`: every peer pushed to writes what it queued. Always called,
+    in a `finally`, so that no frame stays queued unwritten."""
+    global _pushed
+    if pushed is None:
+        return
+    _pushed = None
+    for peer in pushed:
+        peer.flush()
+
 
 @attrs.frozen
 class Summary:

@@ -184,7 +184,9 @@ class Registry:
         while True:
             actor = self.actor(conversation_id)
             try:
-                await actor.submit(command)
+                # Room in the queue (the usual case): no checkpoint, the caller goes on.
+                if not actor.offer(command):
+                    await actor.submit(command)
                 return
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 # The actor ended between lookup and send; a new one takes over.

@@ -78,6 +78,11 @@ class ReplayStream(trio.abc.Stream):
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         await self.transport.send_all(data)
 
+    def plain(self) -> trio.SocketStream | None:
+        """The socket stream itself once everything read ahead has been replayed (from
+        then on reading it directly loses nothing), else None."""
+        return None if self._prefix else self.transport
+
     async def wait_send_all_might_not_block(self) -> None:
         await self.transport.wait_send_all_might_not_block()
 

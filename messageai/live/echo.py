@@ -14,5 +14,7 @@ from messageai.live.session import Session
 
 class EchoSession(Session):
     async def _received(self, data: str | bytes) -> None:
+        if self._close_code is not None:
+            return
         self._frames_in += 1
         self._enqueue(text_frame(data) if isinstance(data, str) else binary_frame(data))

@@ -1,13 +1,17 @@
 """The WebSocket session: one per connection, between the socket and the actors.
 
-`run` starts a writer task and reads frames until the connection ends. Each
-client frame is validated (`protocol.parse_client_frame`) before it is routed to
-its conversation's actor; bad input gets an `error` frame and nothing else
-happens. Everything the server sends goes through `push`, which never waits: it
-appends the framed text to a bounded outbound queue (frames and bytes), and a
-connection whose queue would overflow is closed with 1013 so it costs only itself.
-The writer drains the queue to the socket; if the peer does not take even the close
-frame within a grace period, the TCP stream is cut. Framing and the batched write
+`run` starts a writer task and takes frames until the connection ends: each one
+is handed to `_received` in the connection's reader task (`wsframes.receive_messages`),
+validated (`protocol.parse_client_frame`) and routed to its conversation's actor
+(`Registry.submit`, which queues without a checkpoint when there is room); bad input
+gets an `error` frame and nothing else happens. Everything the server sends goes
+through `push`, which never waits: it appends the framed text to a bounded outbound
+queue (frames and bytes), and a connection whose queue would overflow is closed with
+1013 so it costs only itself. The writer drains the queue to the socket, except
+during an actor's answers to a batch: those are written by `flush` at the batch's
+end, straight to the socket when nothing else is writing to it (no task woken), and
+by the writer otherwise. If the peer does not take even the close frame within a
+grace period, the TCP stream is cut. Framing and the batched write
 are `edge.wsframes`' (the one home of trio-websocket's private API).
 """
 
@@ -23,10 +27,10 @@ import trio
 import trio_websocket
 
 from messageai.config import Config
-from messageai.conversations.commands import Command
+from messageai.conversations.commands import Command, defer_flush
 from messageai.conversations.registry import Registry
 from messageai.counters import COUNTS
-from messageai.edge.wsframes import send_frames, text_frame
+from messageai.edge.wsframes import receive_messages, send_frames, send_now, text_frame, unsent
 from messageai.errors import (
     CLOSE_GOING_AWAY,
     CLOSE_NORMAL,
@@ -121,6 +125,8 @@ class Session:
         # Framed, ready to write; `_queued_bytes` is their length on the wire.
         self._queue: deque[bytes] = deque()
         self._queued_bytes = 0
+        # True while an actor's batch will call `flush` at its end (`defer_flush`).
+        self._flush_due = False
         self._wake = trio.Event()
         self._closing = trio.Event()
         self._close_code: int | None = None
@@ -151,6 +157,26 @@ class Session:
             return
         self._queue.append(frame)
         self._queued_bytes += len(frame)
+        if not self._flush_due:
+            if defer_flush(self):
+                self._flush_due = True
+            else:
+                self._wake.set()
+
+    def flush(self) -> None:
+        """Write what was pushed during an actor's batch: straight to the socket when
+        nothing else is writing to it and it takes it all now (no writer task woken),
+        else by the writer. Called by the actor once its batch is answered."""
+        self._flush_due = False
+        queue = self._queue
+        if not queue or self._close_code is not None:
+            return
+        data = queue[0] if len(queue) == 1 else b"".join(queue)
+        if len(data) <= WRITE_CHUNK_BYTES and send_now(self._ws, data):
+            queue.clear()
+            self._queued_bytes = 0
+            if not unsent(self._ws):
+                return
         self._wake.set()
 
     def push_frame(self, frame: ServerFrame) -> None:
@@ -205,7 +231,8 @@ class Session:
             while self._close_code is None:
                 await self._wake.wait()
                 self._wake = trio.Event()
-                while self._queue and self._close_code is None:
+                # `unsent`: the rest of what `flush` wrote part of, which goes first.
+                while (self._queue or unsent(self._ws)) and self._close_code is None:
                     frames = []
                     size = 0
                     while self._queue and size < WRITE_CHUNK_BYTES:
@@ -286,18 +313,16 @@ class Session:
                 next_ping = trio.current_time() + interval
 
     async def _reader(self) -> None:
-        # A message over `limits.max_frame_bytes` never arrives here: wsframes refuses
-        # it with 1009 at its frame header.
-        while self._close_code is None:
-            try:
-                data = await self._ws.get_message()
-            except trio_websocket.ConnectionClosed:
-                return
-            await self._received(data)
+        # Each message is handed to `_received` in the connection's reader task, until
+        # the connection ends. A message over `limits.max_frame_bytes` never arrives
+        # here: wsframes refuses it with 1009 at its frame header.
+        await receive_messages(self._ws, self._received)
 
     async def _received(self, data: str | bytes) -> None:
         """One received message: validated, then answered or routed to its actor.
         (One method, not two: it runs for every frame. `live.echo` overrides it.)"""
+        if self._close_code is not None:
+            return  # closing: what the peer still sends is not read
         if isinstance(data, bytes):
             self.close(CLOSE_UNSUPPORTED_DATA, "binary frames are not supported")
             return
