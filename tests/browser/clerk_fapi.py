@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from playwright.sync_api import BrowserContext, Route
 
+from tests.app_env import ensure_node_modules
 from tests.browser.harness import ROOT
 
 HOST = "clerk.chat.example.test"
@@ -77,6 +78,9 @@ class FrontendApi:
         }
 
     def start(self) -> None:
+        # clerk-js is served from app/node_modules: on a fresh clone the browser tests
+        # run before any other test has installed it.
+        ensure_node_modules()
         stand_in = self
 
         class Handler(BaseHTTPRequestHandler):
