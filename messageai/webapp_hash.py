@@ -53,7 +53,9 @@ def _listed(app_dir: Path) -> list[Path] | None:
         )
     except (OSError, subprocess.CalledProcessError):
         return None
-    return [app_dir / os.fsdecode(name) for name in result.stdout.split(b"\0") if name]
+    # Mid-merge, git lists a conflicted file once per stage: each file counts once.
+    names = dict.fromkeys(name for name in result.stdout.split(b"\0") if name)
+    return [app_dir / os.fsdecode(name) for name in names]
 
 
 def _app_files(app_dir: Path) -> Iterator[tuple[str, Path]]:
