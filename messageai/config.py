@@ -493,9 +493,7 @@ class ClusterConfig:
             if not getattr(self, key):
                 raise _FieldError(key, "must be set when cluster.enabled is true")
         if self.lease_ttl_seconds * (1 - self.lease_drift) - self.lease_margin_seconds <= 0:
-            raise _FieldError(
-                "lease_margin_seconds", "leaves no lease validity after lease_drift"
-            )
+            raise _FieldError("lease_margin_seconds", "leaves no lease validity after lease_drift")
 
 
 @attrs.frozen

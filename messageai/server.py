@@ -16,7 +16,7 @@ from __future__ import annotations
 import errno
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
 import orjson
@@ -64,6 +64,9 @@ from messageai.services.retention import Retention
 from messageai.services.search import Search
 from messageai.sqlite import apply_best_practice
 
+if TYPE_CHECKING:
+    from messageai.cluster.node import Node
+
 log = logging.getLogger(__name__)
 
 # Client frames trio-websocket buffers before the session takes them (the handshake's
@@ -90,6 +93,8 @@ class Server:
         self.directory: Directory | None = None
         self.presence: Presence | None = None
         self.registry: Registry | None = None
+        # cluster mode's node (None on a single node; `messageai.cluster.node`).
+        self.node: Node | None = None
         self.authenticator: Authenticator | None = None
         self.media: Media | None = None
         self.push: Push | None = None
@@ -140,7 +145,9 @@ class Server:
         # The data directory's lock first: a second server, or an operator's offline
         # command at work on the files, stops start-up before anything is opened.
         make_data_dir(self.config.data_dir)
-        channel = Channel(self.config.data_dir, self._admin_request)
+        channel = Channel(
+            self.config.data_dir, self._admin_request, shared=self.config.cluster.enabled
+        )
         channel.lock()
         try:
             await self._run(channel, task_status)
@@ -200,6 +207,11 @@ class Server:
                 if push.enabled:
                     await actor_nursery.start(push.run)
                 await actor_nursery.start(embeddings.run)
+                if config.cluster.enabled:
+                    # Imported only here: a single-node server never loads coredis.
+                    from messageai.cluster.startup import start_node
+
+                    self.node = await start_node(config, registry, actor_nursery)
                 self.registry = registry
 
                 async def members_added(conversation_id: str, user_ids: tuple[str, ...]) -> None:
@@ -208,9 +220,7 @@ class Server:
                 directory.on_members_added = members_added
                 # search: its worker threads read the files; the registry wakes a
                 # lagging file's actor, which fills its index.
-                search = Search(
-                    config, directory, lambda cid: registry.actor(cid), embeddings.embedder
-                )
+                search = Search(config, directory, registry.wake, embeddings.embedder)
                 self.search = search
                 # ai: the assistant; without `ai.base_url` its routes answer `unavailable`.
                 endpoint = (

@@ -53,12 +53,12 @@ class ChannelError(Exception):
     """The running server refused or failed the request; the message says why."""
 
 
-def _lock_fd(data_dir: Path) -> int | None:
-    """An fd holding the exclusive lock on `data_dir`'s `server.lock`, or None when
-    another process holds it."""
+def _lock_fd(data_dir: Path, shared: bool = False) -> int | None:
+    """An fd holding the exclusive (`shared`: the shared) lock on `data_dir`'s
+    `server.lock`, or None when another process holds it in a conflicting way."""
     fd = os.open(data_dir / LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
         return None
@@ -128,9 +128,15 @@ def request(data_dir: Path, body: dict[str, Any], timeout: float = 600.0) -> str
 
 
 class Channel:
-    """The server's end: the lock, then the socket; `run` serves until cancelled."""
+    """The server's end: the lock, then the socket; `run` serves until cancelled.
 
-    def __init__(self, data_dir: Path, handle: Handler) -> None:
+    `shared`: a cluster node, one of several processes on one data directory
+    (docs/SCALE.md §7a). They share the lock, so neither a single-node server nor an
+    offline command starts under them, and none listens on `admin.sock` (the live
+    operator commands are not built for a cluster yet)."""
+
+    def __init__(self, data_dir: Path, handle: Handler, *, shared: bool = False) -> None:
+        self._shared = shared
         self._data_dir = data_dir
         self._handle = handle
         self._lock: int | None = None
@@ -139,23 +145,28 @@ class Channel:
     def lock(self) -> None:
         """Take the data directory's lock (StartupError if another process has it)."""
         path = socket_path(self._data_dir)
-        self._lock = _lock_fd(self._data_dir)
+        self._lock = _lock_fd(self._data_dir, self._shared)
         if self._lock is None:
             raise StartupError(
                 f"another MessageAI server (or an operator's command) is using"
                 f" {self._data_dir.resolve()} ({LOCK} is locked)"
             )
-        # Left by a server that died: nobody can be listening on it (we hold the lock).
-        path.unlink(missing_ok=True)
+        if not self._shared:
+            # Left by a server that died: nobody can be listening on it (we hold the lock).
+            path.unlink(missing_ok=True)
 
     def close(self) -> None:
-        with contextlib.suppress(OSError):
-            socket_path(self._data_dir).unlink(missing_ok=True)
+        if not self._shared:
+            with contextlib.suppress(OSError):
+                socket_path(self._data_dir).unlink(missing_ok=True)
         if self._lock is not None:
             os.close(self._lock)
             self._lock = None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        if self._shared:
+            task_status.started()
+            return
         path = socket_path(self._data_dir)
         sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         # Made 0600 from the start (umask at bind), never briefly open to others.
