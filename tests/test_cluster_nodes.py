@@ -11,6 +11,7 @@ Real `redis-server`, real `messageai serve` processes sharing one data directory
 from __future__ import annotations
 
 import contextlib
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -142,9 +143,7 @@ async def test_a_killed_owner_s_conversation_moves_and_keeps_every_ack(tmp_path:
             new_owner = await cluster.owner(cid)
             assert new_owner not in (None, owner_id)
             assert _file_epoch(cluster, cid) > epoch_before
-            r = await client.http.get(
-                f"/v1/conversations/{cid}/messages", headers=client.auth(bob)
-            )
+            r = await client.http.get(f"/v1/conversations/{cid}/messages", headers=client.auth(bob))
             assert r.status_code == 200, r.text
             stored = {m["client_id"]: m["seq"] for m in r.json()["messages"]}
             assert len(r.json()["messages"]) == len(stored) == 20
@@ -176,3 +175,13 @@ def _file_epoch(cluster: Cluster, cid: str) -> int:
         conn.close()
     assert row is not None
     return row.epoch
+
+
+async def test_a_single_node_server_loads_nothing_of_the_cluster() -> None:
+    code = (
+        "import sys, messageai.server, messageai.cli\n"
+        "loaded = sorted(m for m in sys.modules if m.startswith(('coredis', 'messageai.cluster')))\n"
+        "print(loaded)\n"
+    )
+    done = await trio.run_process([sys.executable, "-c", code], capture_stdout=True)
+    assert done.stdout.decode().strip() == "[]"
