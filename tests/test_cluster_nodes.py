@@ -64,6 +64,11 @@ async def test_a_direct_conversation_across_two_nodes(tmp_path: Path) -> None:
                 assert ok["type"] == "ok", ok
                 read = await on_a.next_event("message_read")
                 assert (read["user_id"], read["seq"]) == (bob.id, 5)
+                # An unknown conversation gets not_found, and neither a lease nor a file.
+                unknown = await on_b.request("subscribe", conversation_id="c_unknown")
+                assert unknown["code"] == "not_found", unknown
+                assert await cluster.owner("c_unknown") is None
+                assert not conversation_path(cluster.data_dir, "c_unknown").exists()
                 # History over REST on both nodes, whichever owns it: one copy each.
                 for harness, who in ((a, bob), (b, ada)):
                     r = await harness.http.get(

@@ -138,4 +138,6 @@ def dump_error(error: MessageAIError) -> list[str]:
 
 def load_error(data: list[str]) -> MessageAIError:
     code, message = data
+    if code == "not_owner":  # still moving after the one retry: the client retries
+        return Unavailable(message)
     return _ERRORS.get(code, Internal)(message)

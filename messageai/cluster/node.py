@@ -31,7 +31,7 @@ from messageai.cluster import placement
 from messageai.cluster.fence import Fence, claim_file, file_epoch
 from messageai.cluster.lease import REDIS_DOWN, Holder, Lease, Leases
 from messageai.config import Config, split_address
-from messageai.errors import Unavailable
+from messageai.errors import NotFound, Unavailable
 from messageai.store.fence import Fenced
 from messageai.store.paths import conversation_path
 
@@ -44,6 +44,8 @@ PREFIX = "messageai:"
 # How long one Redis round trip of the routing path may take before the command gets
 # `unavailable` (a lease acquired is only good for its TTL anyway).
 REDIS_TIMEOUT_SECONDS = 2.0
+# Owners of conversations held elsewhere that a node remembers at most.
+MAX_CACHED_OWNERS = 100_000
 # How long a forgotten lease of this node's previous life (same id, before a restart)
 # may take to give back.
 RELEASE_TIMEOUT_SECONDS = 1.0
@@ -74,6 +76,11 @@ class Node:
         self._busy: dict[str, trio.Event] = {}
         # The owner last seen for a conversation held elsewhere (dropped on not_owner).
         self._owners: dict[str, str] = {}
+        # The renewal task of each held lease whose actor runs (`keep`).
+        self._keepers: dict[str, trio.CancelScope] = {}
+        # Whether a conversation exists (the directory; set by `cluster.startup`): an
+        # unknown id never gets a lease or a file.
+        self.exists: Callable[[str], bool] = lambda _conversation_id: True
         self._nursery: trio.Nursery | None = None
         self.links: Links | None = None
         # Told once a conversation's lease is given back (the drain waits on it).
@@ -267,19 +274,28 @@ class Node:
             return self.node_id  # `owner` asks again
         if forwarded:
             raise NotOwner(f"conversation {conversation_id} is owned by node {holder.node}")
-        self._owners[conversation_id] = holder.node
+        self._remember(conversation_id, holder.node)
         return holder.node
+
+    def _remember(self, conversation_id: str, node_id: str) -> None:
+        if len(self._owners) >= MAX_CACHED_OWNERS:
+            # A cache: the oldest half goes (those still in use are asked for again).
+            for old in list(self._owners)[: MAX_CACHED_OWNERS // 2]:
+                del self._owners[old]
+        self._owners[conversation_id] = node_id
 
     async def _take(self, conversation_id: str) -> str | None:
         # Acquire with the file's epoch as the floor, then claim the file for it, all
         # before any actor exists (docs/SCALE.md §3-4).
         assert self.leases is not None
+        if not self.exists(conversation_id):
+            raise NotFound("no such conversation")
         config = self._config
         path = conversation_path(config.data_dir, conversation_id)
         floor = await trio.to_thread.run_sync(file_epoch, path)
         got = await self.leases.acquire(conversation_id, floor=floor)
         if isinstance(got, Holder):
-            self._owners[conversation_id] = got.node
+            self._remember(conversation_id, got.node)
             return got.node
         try:
             await trio.to_thread.run_sync(
@@ -297,33 +313,38 @@ class Node:
         log.info("conversation %s: owned here at epoch %d", conversation_id, got.epoch)
         return None
 
-    async def owning(self, conversation_id: str, run: Callable[[], Awaitable[None]]) -> None:
-        """Run the conversation's actor (`run`) while its lease is renewed; the lease's
-        loss cancels it (before its next commit, which the fence would refuse anyway)."""
-        assert self.leases is not None
+    def keep(self, conversation_id: str, actor_scope: trio.CancelScope) -> None:
+        """Renew the conversation's lease while its actor runs (the registry's
+        supervisor, as it starts it); the lease's loss cancels `actor_scope`, before
+        the actor's next commit (which the fence would refuse anyway). `retired`
+        stops the renewals. A task of the node's own: the actor's retire stays
+        await-free up to its supervisor closing its channel."""
         lease = self._held.get(conversation_id)
-        if lease is None:
+        if lease is None or self.leases is None or self._nursery is None:
+            actor_scope.cancel()
             return
         leases = self.leases
-        async with trio.open_nursery() as nursery:
+        keeper = self._keepers[conversation_id] = trio.CancelScope()
 
-            async def keep() -> None:
+        async def keep() -> None:
+            with keeper:
                 await leases.keep(lease)
                 log.warning(
                     "conversation %s: lease lost at epoch %d; its actor stops",
                     conversation_id,
                     lease.epoch,
                 )
-                nursery.cancel_scope.cancel()
+                actor_scope.cancel()
 
-            nursery.start_soon(keep)
-            await run()
-            nursery.cancel_scope.cancel()
+        self._nursery.start_soon(keep, name=f"lease {conversation_id}")
 
     def retired(self, conversation_id: str) -> None:
         """The conversation's actor ended (idle, lost lease, shutdown): give its lease
         back now, so the next owner need not wait for the TTL. Commands meanwhile wait
         in `owner` until the release is done."""
+        keeper = self._keepers.pop(conversation_id, None)
+        if keeper is not None:
+            keeper.cancel()
         lease = self._held.pop(conversation_id, None)
         if lease is None or self.leases is None or self._nursery is None:
             return

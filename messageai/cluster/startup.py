@@ -19,6 +19,7 @@ async def start_node(config: Config, registry: Registry, nursery: trio.Nursery) 
     """Start this node (Redis, its registration, the link listener) and its links, and
     hand both to the registry; returns once the node is registered."""
     node = Node(config)
+    node.exists = registry.exists
     links = Links(config, node, registry)
     await nursery.start(links.run)
     await nursery.start(node.run, links.serve)

@@ -184,6 +184,13 @@ class Registry:
         self._nursery.start_soon(self._supervise, actor, name=f"actor {conversation_id}")
         return actor
 
+    def exists(self, conversation_id: str) -> bool:
+        """Whether the directory has the conversation (cluster: before its lease is taken)."""
+        return (
+            len(conversation_id) <= MAX_CONVERSATION_ID
+            and self._directory.conversation(conversation_id) is not None
+        )
+
     def wake(self, conversation_id: str) -> None:
         """Start the conversation's actor if it is not running (search: the actor fills
         a lagging file's index). In cluster mode only where this node owns it."""
@@ -371,10 +378,9 @@ class Registry:
         node = self.node
         try:
             with scope:
-                if node is None:
-                    await actor.run()
-                else:
-                    await node.owning(actor.id, actor.run)
+                if node is not None:
+                    node.keep(actor.id, scope)
+                await actor.run()
         except Exception:
             log.exception("conversation %s: actor crashed; it restarts on next use", actor.id)
         finally:
