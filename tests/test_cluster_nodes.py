@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
 import trio_websocket
 
@@ -132,13 +133,23 @@ async def test_a_killed_owner_s_conversation_moves_and_keeps_every_ack(tmp_path:
             assert owner_id is not None
             client = next(n for n in cluster.nodes if n.node_id != owner_id).harness
             ws = [await stack.enter_async_context(client.ws(ada))]
+            # Bob listens on the same node, subscribed through its link to the owner.
+            bob_ws = await stack.enter_async_context(client.ws(bob))
+            assert (await bob_ws.request("subscribe", conversation_id=cid))["type"] == "subscribed"
             acked: dict[str, int] = {}
             for n in range(10):
                 ack = await _send_until_acked(client, ada, cid, f"m{n}", ws, stack)
                 acked[f"m{n}"] = ack["message"]["seq"]
             epoch_before = _file_epoch(cluster, cid)
+            heard = [(await bob_ws.next_event("new_message"))["message"]["seq"] for _ in range(10)]
+            assert heard == list(range(1, 11))
             cluster.node(owner_id).process.kill()
             await cluster.node(owner_id).process.wait()
+            # The link that carried bob's subscription broke: his connection is closed
+            # with 1013, so that his client reconnects, resubscribes and catches up.
+            with pytest.raises(trio_websocket.ConnectionClosed) as closed:
+                await bob_ws.next_event("new_message")
+            assert closed.value.reason.code == 1013, closed.value.reason
             for n in range(10, 20):
                 ack = await _send_until_acked(client, ada, cid, f"m{n}", ws, stack)
                 acked[f"m{n}"] = ack["message"]["seq"]
@@ -154,6 +165,14 @@ async def test_a_killed_owner_s_conversation_moves_and_keeps_every_ack(tmp_path:
             assert len(r.json()["messages"]) == len(stored) == 20
             assert stored == acked
             assert sorted(stored.values()) == list(range(1, 21))
+            # Bob catches up from the seq he had, on the new owner, through his node.
+            async with client.ws(bob) as again_ws:
+                subscribed = await again_ws.request("subscribe", conversation_id=cid)
+                assert subscribed["last_seq"] == 20, subscribed
+                page = await again_ws.request("get_history", conversation_id=cid, after_seq=10)
+                assert [m["client_id"] for m in page["messages"]] == [
+                    f"m{n}" for n in range(10, 20)
+                ]
 
 
 async def _send_until_acked(

@@ -255,7 +255,13 @@ class Links:
         return await self._forward(owner, conversation_id, command, retried=False)
 
     async def _forward(
-        self, owner: str, conversation_id: str, command: Command, *, retried: bool
+        self,
+        owner: str,
+        conversation_id: str,
+        command: Command,
+        *,
+        retried: bool,
+        take_over: bool = True,
     ) -> bool:
         if command.guard is not None:
             raise Unavailable("a guarded post runs only on the conversation's owner node")
@@ -267,7 +273,7 @@ class Links:
             # lease here if nobody holds it (SCALE.md §3), else the command waits for
             # the lease to expire, as the client's retry.
             self._node.forget_owner(conversation_id, owner)
-            if await self._node.take(conversation_id) is None:
+            if take_over and await self._node.take(conversation_id) is None:
                 return False
             raise Unavailable(f"node {owner} does not answer; please retry") from None
         obj: dict[str, Any] = {"c": conversation_id, "u": command.user_id, "o": op}
@@ -490,8 +496,9 @@ class Links:
         waiter: Waiter[None] = Waiter()
         command = Command(op=MembersChanged(added, removed), user_id="", waiter=waiter)
         with trio.move_on_after(self._config.conversations.call_timeout_seconds):
-            if await self._forward(owner, conversation_id, command, retried=False):
-                await waiter.wait()
+            # Never taking the lease: the change is for a live actor only.
+            await self._forward(owner, conversation_id, command, retried=False, take_over=False)
+            await waiter.wait()
             return
         raise Unavailable("the conversation's node did not answer in time; please retry")
 

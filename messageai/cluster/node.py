@@ -211,8 +211,15 @@ class Node:
         is never sent on again by preference; a lease held elsewhere raises NotOwner.
         Raises Unavailable when Redis cannot be reached."""
         while True:
-            if conversation_id in self._held:
-                return None
+            lease = self._held.get(conversation_id)
+            if lease is not None:
+                if lease.held():
+                    return None
+                if conversation_id in self._keepers:
+                    # Its actor is being stopped (`keep` saw the loss); then `retired`.
+                    raise Unavailable("this node is giving the conversation up; please retry")
+                # Taken, but no actor ever started with it: it ran out unused.
+                del self._held[conversation_id]
             busy = self._busy.get(conversation_id)
             if busy is not None:
                 await busy.wait()
