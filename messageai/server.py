@@ -145,8 +145,11 @@ class Server:
         # The data directory's lock first: a second server, or an operator's offline
         # command at work on the files, stops start-up before anything is opened.
         make_data_dir(self.config.data_dir)
+        cluster = self.config.cluster
         channel = Channel(
-            self.config.data_dir, self._admin_request, shared=self.config.cluster.enabled
+            self.config.data_dir,
+            self._admin_request,
+            node_id=cluster.node_id if cluster.enabled else None,
         )
         channel.lock()
         try:
@@ -157,6 +160,13 @@ class Server:
     async def _admin_request(self, body: dict[str, Any]) -> str:
         if self.admin is None:
             raise Unavailable("the server is still starting")
+        if self.node is not None:
+            # A cluster node's channel serves `node drain` only (docs/SCALE.md §9).
+            from messageai.cluster.drain import drain
+
+            if body.get("command") != "node_drain" or self.registry is None:
+                raise Unavailable("a cluster node takes only `node drain` on its channel")
+            return await drain(self.node, self.registry)
         return await self.admin.handle(body)
 
     async def _run(self, channel: Channel, task_status: trio.TaskStatus[Server]) -> None:

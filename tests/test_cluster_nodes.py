@@ -23,7 +23,7 @@ from messageai.sqlite import open_db
 from messageai.store import fence as fence_sql
 from messageai.store.paths import conversation_path
 from tests.cluster_nodes import Cluster, cluster_of
-from tests.helpers import WS, Account, Harness
+from tests.helpers import WS, Account, Harness, run_messageai
 
 DEADLINE = 60
 
@@ -149,7 +149,8 @@ async def test_a_killed_owner_s_conversation_moves_and_keeps_every_ack(tmp_path:
             # with 1013, so that his client reconnects, resubscribes and catches up.
             with pytest.raises(trio_websocket.ConnectionClosed) as closed:
                 await bob_ws.next_event("new_message")
-            assert closed.value.reason.code == 1013, closed.value.reason
+            reason = closed.value.reason
+            assert reason is not None and reason.code == 1013, reason
             for n in range(10, 20):
                 ack = await _send_until_acked(client, ada, cid, f"m{n}", ws, stack)
                 acked[f"m{n}"] = ack["message"]["seq"]
@@ -173,6 +174,51 @@ async def test_a_killed_owner_s_conversation_moves_and_keeps_every_ack(tmp_path:
                 assert [m["client_id"] for m in page["messages"]] == [
                     f"m{n}" for n in range(10, 20)
                 ]
+
+
+async def test_node_drain_hands_the_conversations_over(tmp_path: Path) -> None:
+    with trio.fail_after(DEADLINE):
+        async with cluster_of(tmp_path, 2) as cluster, contextlib.AsyncExitStack() as stack:
+            first = cluster.nodes[0].harness
+            ada, bob = await first.account("ada"), await first.account("bob")
+            cid = await first.direct(ada, bob)
+            async with first.ws(ada) as probe:
+                await probe.request("subscribe", conversation_id=cid)
+            owner_id = await cluster.owner(cid)
+            assert owner_id is not None
+            owner = cluster.node(owner_id)
+            other = next(n for n in cluster.nodes if n.node_id != owner_id)
+            epoch_before = _file_epoch(cluster, cid)
+            local = await stack.enter_async_context(owner.harness.ws(bob))
+            remote = await stack.enter_async_context(other.harness.ws(ada))
+            for ws in (local, remote):
+                assert (await ws.request("subscribe", conversation_id=cid))["type"] == "subscribed"
+            assert (await remote.send_message(cid, "before", client_id="m0"))["type"] == "ack"
+            assert (await local.next_event("new_message"))["message"]["client_id"] == "m0"
+            drained = await run_messageai(
+                "node",
+                "drain",
+                "--config",
+                str(owner.process.config_file),
+                "--data-dir",
+                str(cluster.data_dir),
+            )
+            assert drained.returncode == 0, drained.stderr
+            assert "1 conversations handed over" in drained.stdout
+            # Released at once (no TTL to wait for); the next command places it.
+            assert await cluster.owner(cid) is None
+            # Both subscribed connections were closed with 1013, to catch up elsewhere.
+            for ws in (local, remote):
+                with pytest.raises(trio_websocket.ConnectionClosed) as closed:
+                    await ws.next_event("new_message")
+                reason = closed.value.reason
+                assert reason is not None and reason.code == 1013, reason
+            # The drained node still serves its clients, through the new owner.
+            ws = [await stack.enter_async_context(owner.harness.ws(bob))]
+            ack = await _send_until_acked(owner.harness, bob, cid, "m1", ws, stack)
+            assert ack["message"]["seq"] == 2 and not ack["duplicate"]
+            assert await cluster.owner(cid) == other.node_id
+            assert _file_epoch(cluster, cid) > epoch_before
 
 
 async def _send_until_acked(

@@ -210,6 +210,12 @@ class RemotePeer:
     def flush(self) -> None:
         """The link's writer sends what was queued; nothing to do per batch."""
 
+    def lost(self) -> None:
+        """The conversation this session was subscribed to left this node (`node
+        drain`): its node closes it with 1013, and the client catches up elsewhere."""
+        self._send({"k": "lost", "s": self.session_id})
+        self.ended = True
+
 
 class _Outbound:
     """The forwarding side of the link to one owner node."""
@@ -404,6 +410,11 @@ class Links:
                 waiter.fail(load_error(obj["v"]))
         elif kind == "moved":
             self._moved(owner, out, obj)
+        elif kind == "lost":
+            session = out.sessions.get(obj["s"])
+            self._send_gone(out, obj["s"])
+            if session is not None:
+                session.close(CLOSE_TRY_AGAIN_LATER, "conversation moved: reconnect")
 
     def _moved(self, owner: str, out: _Outbound, obj: dict[str, Any]) -> None:
         # The owner's lease moved under a session's command: route it again, once.

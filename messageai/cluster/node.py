@@ -83,8 +83,8 @@ class Node:
         self.exists: Callable[[str], bool] = lambda _conversation_id: True
         self._nursery: trio.Nursery | None = None
         self.links: Links | None = None
-        # Told once a conversation's lease is given back (the drain waits on it).
-        self.on_released: Callable[[str], None] | None = None
+        # `node drain` (cluster.drain): no new lease, out of the live set.
+        self.draining = False
 
     # ------------------------------------------------------------ lifecycle
 
@@ -151,7 +151,11 @@ class Node:
     async def _heartbeat(self) -> None:
         assert self.redis is not None
         ttl_ms = max(1, round(self._config.cluster.node_ttl_seconds * 1000))
-        await self.redis.set(f"{PREFIX}node:{self.node_id}", self.address, px=ttl_ms)
+        own = f"{PREFIX}node:{self.node_id}"
+        if self.draining:
+            await self.redis.delete([own])
+        else:
+            await self.redis.set(own, self.address, px=ttl_ms)
         keys = [key async for key in self.redis.scan_iter(match=f"{PREFIX}node:*")]
         addresses = await self.redis.mget(keys) if keys else []
         self.nodes = {
@@ -159,7 +163,10 @@ class Node:
             for key, address in zip(keys, addresses, strict=True)
             if address is not None
         }
-        self.nodes[self.node_id] = self.address
+        if not self.draining:
+            self.nodes[self.node_id] = self.address
+        else:
+            self.nodes.pop(self.node_id, None)
 
     async def _heartbeats(self) -> None:
         interval = self._config.cluster.node_ttl_seconds / 3
@@ -242,18 +249,43 @@ class Node:
             with trio.fail_after(REDIS_TIMEOUT_SECONDS):
                 holder = await self.leases.holder(conversation_id)
                 if holder is None and not forwarded:
-                    choice = placement.preferred(conversation_id, self.nodes or [self.node_id])
+                    choice = placement.preferred(conversation_id, self._candidates())
                     if choice != self.node_id:
                         return choice
                 if holder is None:
+                    if self.draining:
+                        raise NotOwner(f"node {self.node_id} is draining")
                     return await self._take(conversation_id)
         except (*REDIS_DOWN, trio.TooSlowError) as exc:
             raise Unavailable("the cluster's Redis is unreachable; please retry") from exc
         return await self._held_elsewhere(conversation_id, holder, forwarded)
 
+    def _candidates(self) -> list[str]:
+        """The live nodes placement may choose (a draining node is not one)."""
+        if not self.draining:
+            return list(self.nodes) or [self.node_id]
+        others = [node_id for node_id in self.nodes if node_id != self.node_id]
+        if not others:
+            raise Unavailable("this node is draining and no other node is up; please retry")
+        return others
+
+    async def withdraw(self) -> None:
+        """Stop taking leases and leave the live set (`node drain`, first step)."""
+        self.draining = True
+        with trio.move_on_after(REDIS_TIMEOUT_SECONDS), contextlib.suppress(*REDIS_DOWN):
+            await self._heartbeat()
+
+    async def released(self, conversation_id: str) -> None:
+        """Wait until a retired conversation's lease has been given back."""
+        busy = self._busy.get(conversation_id)
+        if busy is not None:
+            await busy.wait()
+
     async def take(self, conversation_id: str) -> str | None:
         """Take the lease whatever placement prefers (the preferred node did not
         answer): None when taken, else the holder's id."""
+        if self.draining:
+            raise Unavailable("the conversation's node does not answer; please retry")
         busy = self._busy.get(conversation_id)
         if busy is not None:
             await busy.wait()
@@ -369,7 +401,5 @@ class Node:
                 if self._busy.get(conversation_id) is busy:
                     del self._busy[conversation_id]
                 busy.set()
-                if self.on_released is not None:
-                    self.on_released(conversation_id)
 
         self._nursery.start_soon(release, name=f"release {conversation_id}")
