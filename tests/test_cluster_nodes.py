@@ -191,8 +191,9 @@ async def test_node_drain_hands_the_conversations_over(tmp_path: Path) -> None:
             epoch_before = _file_epoch(cluster, cid)
             local = await stack.enter_async_context(owner.harness.ws(bob))
             remote = await stack.enter_async_context(other.harness.ws(ada))
-            for ws in (local, remote):
-                assert (await ws.request("subscribe", conversation_id=cid))["type"] == "subscribed"
+            for listener in (local, remote):
+                subscribed = await listener.request("subscribe", conversation_id=cid)
+                assert subscribed["type"] == "subscribed"
             assert (await remote.send_message(cid, "before", client_id="m0"))["type"] == "ack"
             assert (await local.next_event("new_message"))["message"]["client_id"] == "m0"
             drained = await run_messageai(
@@ -208,9 +209,9 @@ async def test_node_drain_hands_the_conversations_over(tmp_path: Path) -> None:
             # Released at once (no TTL to wait for); the next command places it.
             assert await cluster.owner(cid) is None
             # Both subscribed connections were closed with 1013, to catch up elsewhere.
-            for ws in (local, remote):
+            for listener in (local, remote):
                 with pytest.raises(trio_websocket.ConnectionClosed) as closed:
-                    await ws.next_event("new_message")
+                    await listener.next_event("new_message")
                 reason = closed.value.reason
                 assert reason is not None and reason.code == 1013, reason
             # The drained node still serves its clients, through the new owner.
