@@ -18,7 +18,7 @@ import attrs
 import httpx
 import trio
 
-from tests.helpers import Harness, ServerProcess
+from tests.helpers import Account, Harness, ServerProcess
 from tests.redis_server import RedisServer, redis_server
 
 LEASE_TTL_SECONDS = 1.5
@@ -51,6 +51,23 @@ class Cluster:
 
     def node(self, node_id: str) -> ClusterNode:
         return next(node for node in self.nodes if node.node_id == node_id)
+
+    async def placed(self, conversation_id: str, who: Account) -> str:
+        """Have the conversation placed (`who` subscribes through the first node, then
+        leaves); the node that took its lease."""
+        async with self.nodes[0].harness.ws(who) as probe:
+            subscribed = await probe.request("subscribe", conversation_id=conversation_id)
+            assert subscribed["type"] == "subscribed", subscribed
+        owner = await self.owner(conversation_id)
+        assert owner is not None
+        return owner
+
+    async def direct(self) -> tuple[Account, Account, str, str]:
+        """Ada and bob (made on the first node), their direct conversation, its owner."""
+        first = self.nodes[0].harness
+        ada, bob = await first.account("ada"), await first.account("bob")
+        cid = await first.direct(ada, bob)
+        return ada, bob, cid, await self.placed(cid, ada)
 
     async def owner(self, conversation_id: str) -> str | None:
         """The node holding the conversation's lease now, as Redis says."""

@@ -87,10 +87,7 @@ async def test_a_membership_change_on_another_node_reaches_the_owner(tmp_path: P
             ada, bob, cat = [await first.account(name) for name in ("ada", "bob", "cat")]
             cid = await first.group(ada, bob)
             # The owner is whichever node takes the lease; ada and bob are on it.
-            async with first.ws(ada) as probe:
-                await probe.request("subscribe", conversation_id=cid)
-            owner_id = await cluster.owner(cid)
-            assert owner_id is not None
+            owner_id = await cluster.placed(cid, ada)
             owner = cluster.node(owner_id).harness
             other = next(n.harness for n in cluster.nodes if n.node_id != owner_id)
             async with owner.ws(ada) as ada_ws, owner.ws(bob) as bob_ws, other.ws(cat) as cat_ws:
@@ -124,13 +121,7 @@ async def test_a_membership_change_on_another_node_reaches_the_owner(tmp_path: P
 async def test_a_killed_owner_s_conversation_moves_and_keeps_every_ack(tmp_path: Path) -> None:
     with trio.fail_after(DEADLINE):
         async with cluster_of(tmp_path, 3) as cluster, contextlib.AsyncExitStack() as stack:
-            first = cluster.nodes[0].harness
-            ada, bob = await first.account("ada"), await first.account("bob")
-            cid = await first.direct(ada, bob)
-            async with first.ws(ada) as probe:
-                await probe.request("subscribe", conversation_id=cid)
-            owner_id = await cluster.owner(cid)
-            assert owner_id is not None
+            ada, bob, cid, owner_id = await cluster.direct()
             client = next(n for n in cluster.nodes if n.node_id != owner_id).harness
             ws = [await stack.enter_async_context(client.ws(ada))]
             # Bob listens on the same node, subscribed through its link to the owner.
@@ -179,13 +170,7 @@ async def test_a_killed_owner_s_conversation_moves_and_keeps_every_ack(tmp_path:
 async def test_node_drain_hands_the_conversations_over(tmp_path: Path) -> None:
     with trio.fail_after(DEADLINE):
         async with cluster_of(tmp_path, 2) as cluster, contextlib.AsyncExitStack() as stack:
-            first = cluster.nodes[0].harness
-            ada, bob = await first.account("ada"), await first.account("bob")
-            cid = await first.direct(ada, bob)
-            async with first.ws(ada) as probe:
-                await probe.request("subscribe", conversation_id=cid)
-            owner_id = await cluster.owner(cid)
-            assert owner_id is not None
+            ada, bob, cid, owner_id = await cluster.direct()
             owner = cluster.node(owner_id)
             other = next(n for n in cluster.nodes if n.node_id != owner_id)
             epoch_before = _file_epoch(cluster, cid)

@@ -39,7 +39,14 @@ import trio
 
 from messageai.cluster.codec import dump_error, dump_op, dump_value, load_error, load_op, load_value
 from messageai.cluster.node import NotOwner
-from messageai.conversations.commands import Command, MembersChanged, Waiter, answered, answering
+from messageai.conversations.commands import (
+    Command,
+    MembersChanged,
+    Peer,
+    Waiter,
+    answered,
+    answering,
+)
 from messageai.errors import CLOSE_TRY_AGAIN_LATER, MessageAIError, Unavailable
 from messageai.protocol import Error, Req, ServerFrame, encode
 
@@ -59,20 +66,8 @@ RECEIVE_BYTES = 256 * 1024
 MAX_CALLS_PER_LINK = 256
 
 
-class LocalSession(Protocol):
+class LocalSession(Peer, Protocol):
     """What the forwarding node needs of its own session: a `Peer` it can close."""
-
-    user_id: str
-
-    def push(self, text: str) -> None: ...
-
-    def push_frame(self, frame: ServerFrame) -> None: ...
-
-    def subscription_started(self, conversation_id: str) -> bool: ...
-
-    def subscription_ended(self, conversation_id: str) -> None: ...
-
-    def flush(self) -> None: ...
 
     def close(self, code: int, reason: str) -> None: ...
 
