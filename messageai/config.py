@@ -485,13 +485,23 @@ class ClusterConfig:
     # Frames each side of a node link may have queued; one more ends the link.
     link_queue_frames: int = attrs.field(default=8192, validator=[v.ge(16), v.le(1_000_000)])
     link_connect_timeout_seconds: float = attrs.field(default=2.0, validator=_positive)
+    # The secret every node presents when it opens a link (the first line of this file,
+    # or this environment variable; the same on every node).
+    link_secret_file: str = ""
+    link_secret_env: str = ""
 
     def __attrs_post_init__(self) -> None:
+        if self.link_secret_file and self.link_secret_env:
+            raise _FieldError("link_secret_env", "set at most one of link_secret_file and this")
         if not self.enabled:
             return
         for key in ("node_id", "redis_url", "link_listen", "link_advertise"):
             if not getattr(self, key):
                 raise _FieldError(key, "must be set when cluster.enabled is true")
+        if not (self.link_secret_file or self.link_secret_env):
+            raise _FieldError(
+                "link_secret_file", "(or link_secret_env) must be set when cluster.enabled is true"
+            )
         if self.lease_ttl_seconds * (1 - self.lease_drift) - self.lease_margin_seconds <= 0:
             raise _FieldError("lease_margin_seconds", "leaves no lease validity after lease_drift")
 

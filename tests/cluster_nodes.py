@@ -11,6 +11,7 @@ other: the first makes the data directory and the directory database.
 from __future__ import annotations
 
 import contextlib
+import secrets
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -76,14 +77,15 @@ class Cluster:
         return value.rpartition(":")[0] if value else None
 
 
-def cluster_config(path: Path, node_id: str, redis: RedisServer) -> Path:
+def cluster_config(path: Path, node_id: str, redis: RedisServer, secret: Path) -> Path:
     return ServerProcess.write_config(
         path,
         f"[cluster]\nenabled = true\nnode_id = {node_id!r}\n"
         f'redis_url = "redis://{redis.host}:{redis.port}/0"\n'
         'link_listen = "127.0.0.1:0"\nlink_advertise = "127.0.0.1:0"\n'
         f"lease_ttl_seconds = {LEASE_TTL_SECONDS}\nlease_margin_seconds = {LEASE_MARGIN_SECONDS}\n"
-        f"node_ttl_seconds = {LEASE_TTL_SECONDS}\n",
+        f"node_ttl_seconds = {LEASE_TTL_SECONDS}\n"
+        f"link_secret_file = {str(secret)!r}\n",
     )
 
 
@@ -93,11 +95,14 @@ async def cluster_of(tmp_path: Path, count: int) -> AsyncIterator[Cluster]:
     data_dir = tmp_path / "data"
     async with redis_server(tmp_path / "redis") as redis, trio.open_nursery() as nursery:
         nodes: list[ClusterNode] = []
+        secret = tmp_path / "link-secret"
+        secret.write_text(secrets.token_hex(16) + "\n")
         try:
             async with contextlib.AsyncExitStack() as stack:
                 for index in range(count):
                     node_id = "abcdefgh"[index]
-                    config = cluster_config(tmp_path / f"node-{node_id}.toml", node_id, redis)
+                    path = tmp_path / f"node-{node_id}.toml"
+                    config = cluster_config(path, node_id, redis, secret)
                     process = ServerProcess(data_dir, config)
                     port = await process.start(nursery)
                     address = _Address(port)

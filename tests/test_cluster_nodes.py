@@ -15,10 +15,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 import trio
 import trio_websocket
 
+from messageai.cluster.codec import dump_op
+from messageai.protocol import SendMessage
 from messageai.sqlite import open_db
 from messageai.store import fence as fence_sql
 from messageai.store.paths import conversation_path
@@ -38,7 +41,8 @@ async def test_a_direct_conversation_across_two_nodes(tmp_path: Path) -> None:
                 for ws in (on_a, on_b):
                     subscribed = await ws.request("subscribe", conversation_id=cid)
                     assert subscribed["type"] == "subscribed", subscribed
-                assert await cluster.owner(cid) in ("a", "b")
+                owner = await cluster.owner(cid)
+                assert owner in ("a", "b")
                 # Live delivery both ways, one order.
                 seqs = []
                 for n in range(3):
@@ -70,6 +74,9 @@ async def test_a_direct_conversation_across_two_nodes(tmp_path: Path) -> None:
                 assert unknown["code"] == "not_found", unknown
                 assert await cluster.owner("c_unknown") is None
                 assert not conversation_path(cluster.data_dir, "c_unknown").exists()
+                # A link that does not show the cluster's secret is closed unheard: a
+                # forged command (bob's id, in ada's conversation) stores nothing.
+                await _forge(cluster, owner or "a", bob.id, cid)
                 # History over REST on both nodes, whichever owns it: one copy each.
                 for harness, who in ((a, bob), (b, ada)):
                     r = await harness.http.get(
@@ -221,6 +228,28 @@ async def _send_until_acked(
             return answer
         assert answer["code"] == "unavailable", answer
         await trio.sleep(0.1)
+
+
+async def _forge(cluster: Cluster, node_id: str, user_id: str, cid: str) -> None:
+    async with cluster.redis.client() as redis:
+        address = await redis.get(f"messageai:node:{node_id}")
+    assert address is not None
+    host, _, port = address.rpartition(":")
+    hello = {"k": "hello", "n": "intruder", "a": "not the secret"}
+    forged = {
+        "k": "cmd",
+        "s": 1,
+        "u": user_id,
+        "c": cid,
+        "o": dump_op(SendMessage(cid, "forged", "forged")),
+    }
+    stream = await trio.open_tcp_stream(host, int(port))
+    async with stream:
+        for obj in (hello, forged):
+            body = orjson.dumps(obj)
+            await stream.send_all(len(body).to_bytes(4, "big") + body)
+        with trio.fail_after(5):
+            assert await stream.receive_some(100) == b""  # closed, nothing answered
 
 
 def _file_epoch(cluster: Cluster, cid: str) -> int:

@@ -294,7 +294,7 @@ def test_cluster_mode_needs_its_node_redis_and_link_addresses(tmp_path: Path) ->
         load_text(tmp_path, "[cluster]\nenabled = true\n")
     good = (
         '[cluster]\nenabled = true\nnode_id = "a"\nredis_url = "redis://127.0.0.1:6379/0"\n'
-        'link_listen = "127.0.0.1:0"\nlink_advertise = "10.0.0.5:0"\n'
+        'link_listen = "127.0.0.1:0"\nlink_advertise = "10.0.0.5:0"\nlink_secret_env = "S"\n'
     )
     assert load_text(tmp_path, good).cluster.node_id == "a"
     for bad, key in (
@@ -302,6 +302,7 @@ def test_cluster_mode_needs_its_node_redis_and_link_addresses(tmp_path: Path) ->
         ('redis_url = "redis://127.0.0.1:6379/0"', 'redis_url = "http://x"'),
         ('link_advertise = "10.0.0.5:0"', 'link_advertise = "10.0.0.5"'),
         ('link_listen = "127.0.0.1:0"', 'link_listen = "127.0.0.1:70000"'),
+        ('link_secret_env = "S"', 'link_secret_file = ""'),
     ):
         name = key.partition(" ")[0]
         with pytest.raises(ConfigError, match=rf"cluster\.{name}:"):

@@ -28,6 +28,7 @@ is routed again, once.
 from __future__ import annotations
 
 import contextlib
+import hmac
 import logging
 import struct
 from collections import Counter, deque
@@ -228,8 +229,10 @@ class _Outbound:
 class Links:
     """This node's links, both ways; see the module."""
 
-    def __init__(self, config: Config, node: Node, registry: Registry) -> None:
+    def __init__(self, config: Config, node: Node, registry: Registry, secret: str) -> None:
         self._config = config
+        # Presented by this node in its `hello`, and asked of every inbound link.
+        self._secret = secret.encode()
         self._node = node
         self._registry = registry
         self._out: dict[str, _Outbound] = {}
@@ -330,7 +333,7 @@ class Links:
         name = f"{self._node.node_id}->{owner}"
         link = Link(stream, self._config.cluster.link_queue_frames, name)
         out = self._out[owner] = _Outbound(link)
-        link.send({"k": "hello", "n": self._node.node_id})
+        link.send({"k": "hello", "n": self._node.node_id, "a": self._secret.decode()})
         assert self._nursery is not None
         self._nursery.start_soon(self._run_outbound, owner, out, name=f"link to {owner}")
         return out
@@ -513,9 +516,16 @@ class Links:
     async def serve(self, stream: trio.SocketStream) -> None:
         """One inbound link (the node's listener): commands and calls for the
         conversations this node owns."""
+        try:
+            host, port = stream.socket.getpeername()[:2]
+            peer_name = f"{host}:{port}"
+        except OSError:
+            peer_name = "?"
         link = Link(stream, self._config.cluster.link_queue_frames, "inbound")
         peers: dict[int, RemotePeer] = {}
         calls = 0
+        # Nothing is taken from a link before its `hello` showed the cluster's secret.
+        trusted = False
         async with trio.open_nursery() as nursery:
 
             async def run_call(obj: dict[str, Any]) -> None:
@@ -526,10 +536,18 @@ class Links:
                     calls -= 1
 
             async def handle(objects: list[dict[str, Any]]) -> None:
-                nonlocal calls
+                nonlocal calls, trusted
                 for obj in objects:
                     kind = obj["k"]
-                    if kind == "cmd":
+                    if not trusted:
+                        secret = str(obj.get("a", "")).encode() if kind == "hello" else b""
+                        if not hmac.compare_digest(secret, self._secret):
+                            log.warning("node link from %s: no valid hello; closed", peer_name)
+                            link.close()
+                            return
+                        trusted = True
+                        link.name = f"{obj.get('n')}->{self._node.node_id}"
+                    elif kind == "cmd":
                         await self._command(link, peers, obj)
                     elif kind == "call":
                         if calls >= MAX_CALLS_PER_LINK:
@@ -542,8 +560,6 @@ class Links:
                         peer = peers.pop(obj["s"], None)
                         if peer is not None:
                             self._drop(peer)
-                    elif kind == "hello":
-                        link.name = f"{obj['n']}->{self._node.node_id}"
 
             try:
                 await link.run(handle)

@@ -11,16 +11,25 @@ import trio
 
 from messageai.cluster.link import Links
 from messageai.cluster.node import Node
-from messageai.config import Config
+from messageai.config import Config, read_secret
 from messageai.conversations.registry import Registry
 
 
 async def start_node(config: Config, registry: Registry, nursery: trio.Nursery) -> Node:
     """Start this node (Redis, its registration, the link listener) and its links, and
     hand both to the registry; returns once the node is registered."""
+    cluster = config.cluster
+    secret = read_secret(
+        "cluster",
+        "link_secret_file",
+        cluster.link_secret_file,
+        "link_secret_env",
+        cluster.link_secret_env,
+    )
+    assert secret is not None  # required in cluster mode (ClusterConfig)
     node = Node(config)
     node.exists = registry.exists
-    links = Links(config, node, registry)
+    links = Links(config, node, registry, secret)
     await nursery.start(links.run)
     await nursery.start(node.run, links.serve)
     registry.node, registry.links = node, links
