@@ -253,6 +253,8 @@ class Links:
     async def route(self, conversation_id: str, command: Command, *, forwarded: bool) -> bool:
         """Forward the command if another node owns the conversation (True); False when
         this node owns it now and the registry runs it here."""
+        if self._registry.closing:
+            raise Unavailable("the server is shutting down")
         owner = await self._node.owner(conversation_id, forwarded=forwarded)
         if owner is None:
             return False
@@ -335,7 +337,12 @@ class Links:
         out = self._out[owner] = _Outbound(link)
         link.send({"k": "hello", "n": self._node.node_id, "a": self._secret.decode()})
         assert self._nursery is not None
-        self._nursery.start_soon(self._run_outbound, owner, out, name=f"link to {owner}")
+        try:
+            self._nursery.start_soon(self._run_outbound, owner, out, name=f"link to {owner}")
+        except RuntimeError:  # the node is stopping
+            del self._out[owner]
+            await trio.aclose_forcefully(stream)
+            raise OSError("this node is stopping") from None
         return out
 
     async def _address(self, owner: str) -> str:

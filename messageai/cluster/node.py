@@ -76,6 +76,8 @@ class Node:
         self._busy: dict[str, trio.Event] = {}
         # The owner last seen for a conversation held elsewhere (dropped on not_owner).
         self._owners: dict[str, str] = {}
+        # Leases given up while the node stops, for `_leave` to release.
+        self._stopping: list[Lease] = []
         # The renewal task of each held lease whose actor runs (`keep`).
         self._keepers: dict[str, trio.CancelScope] = {}
         # Whether a conversation exists (the directory; set by `cluster.startup`): an
@@ -139,7 +141,7 @@ class Node:
 
     async def _leave(self) -> None:
         assert self.leases is not None and self.redis is not None
-        for lease in list(self._held.values()):
+        for lease in [*self._held.values(), *self._stopping]:
             try:
                 await self.leases.release(lease)
             except REDIS_DOWN:
@@ -402,4 +404,12 @@ class Node:
                     del self._busy[conversation_id]
                 busy.set()
 
-        self._nursery.start_soon(release, name=f"release {conversation_id}")
+        try:
+            self._nursery.start_soon(release, name=f"release {conversation_id}")
+        except RuntimeError:
+            # The node is stopping (its nursery closed): `_leave` releases it, if it has
+            # not run yet; else the lease runs out on its own.
+            self._stopping.append(lease)
+            if self._busy.get(conversation_id) is busy:
+                del self._busy[conversation_id]
+            busy.set()
