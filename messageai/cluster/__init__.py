@@ -1,4 +1,8 @@
-"""Cluster mode (docs/SCALE.md): conversation leases in Redis and the epoch fence.
+"""Cluster mode (docs/SCALE.md): several processes, one server.
 
-Optional: needs the `cluster` extra (`coredis`) for `lease`; `fence` needs nothing.
+`lease` (conversation leases in Redis) and `fence` (the epoch in a conversation's
+file) are the ownership; `node` (this process in the cluster), `placement`, `link`
+and `codec` (node-to-node forwarding), `drain` and `startup` (wired in by the server
+when `cluster.enabled`) are the runtime. Optional: everything but `fence` needs the
+`cluster` extra (`coredis`), and a single-node server imports none of it.
 """

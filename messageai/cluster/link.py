@@ -468,7 +468,10 @@ class Links:
             out.link.send({"k": "gone", "s": session_id})
 
     def _broken(self, owner: str, out: _Outbound) -> None:
-        log.warning("node link to %s ended", owner)
+        if self._registry.closing:
+            log.info("node link to %s closed (shutdown)", owner)
+        else:
+            log.warning("node link to %s ended", owner)
         for session_id, session in out.sessions.items():
             if out.subscribed.get(session_id):
                 # Its live frames stopped: the client reconnects, resubscribes and
