@@ -253,7 +253,9 @@ class ClusterPresence:
             try:
                 await self.sweep_once()
             except REDIS_DOWN as exc:
-                log.warning("presence: sweep skipped, Redis unreachable (%s)", exc)
+                # The text, not the exception: a kept log record would keep the failed
+                # connection (and its traceback) alive with it.
+                log.warning("presence: sweep skipped, Redis unreachable (%s)", str(exc))
 
     async def sweep_once(self) -> int:
         """Remove the counts of every node whose `node:<id>` key is gone; returns how
