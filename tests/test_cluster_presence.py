@@ -236,6 +236,19 @@ async def test_a_user_on_two_nodes_is_announced_online_once_and_offline_once(
             server.client() as rb,
             trio.open_nursery() as nursery,
         ):
+            # What the transition channel carries, as any node hears it.
+            heard: list[str] = []
+            listening = trio.Event()
+
+            async def listen() -> None:
+                async with ra.pubsub(channels=["messageai:presence"]) as subscription:
+                    listening.set()
+                    async for message in subscription:
+                        if message["type"] == "message":
+                            heard.append(str(message["data"]))
+
+            nursery.start_soon(listen)
+            await listening.wait()
             a = await start_node(nursery, ra, "a", w.directory)
             b = await start_node(nursery, rb, "b", w.directory)
             # Bob watches the direct conversation from both nodes.
@@ -262,6 +275,13 @@ async def test_a_user_on_two_nodes_is_announced_online_once_and_offline_once(
             assert bob_a.statuses(w.ada) == bob_b.statuses(w.ada) == ["online", "offline"]
             assert not a.presence.is_online(w.ada) and not b.presence.is_online(w.ada)
             assert await ra.exists([f"messageai:presence:{w.ada}"]) == 0
+            # One node published each of the two transitions, once; the other changes
+            # (b's connection, a's leaving) published nothing.
+            assert [m for m in heard if m[1:] == w.ada] == [f"+{w.ada}", f"-{w.ada}"]
+            # A transition heard again (a recount after a Redis restart repeats them)
+            # changes nothing and announces nothing.
+            a.cluster.received(f"-{w.ada}")
+            assert bob_a.statuses(w.ada) == ["online", "offline"]
             nursery.cancel_scope.cancel()
 
 
