@@ -27,11 +27,14 @@ import trio
 
 from messageai.cluster.lease import REDIS_DOWN
 from messageai.cluster.presence import ClusterPresence, run_cluster_presence
-from messageai.conversations.commands import Peer
+from messageai.conversations.commands import Peer, Stored, Summary
 from messageai.conversations.registry import Registry
 from messageai.live.presence import Presence
+from messageai.protocol import SendMessage
 from messageai.rest.announce import Announcer
 from messageai.services.directory import Directory
+from messageai.services.push import Push
+from tests.expo import fake_expo
 from tests.helpers import make_config
 from tests.redis_server import RedisServer, free_port, redis_server
 
@@ -39,6 +42,8 @@ DEADLINE = 20
 NODE_TTL = 0.4
 SWEEP = 0.1
 SETTLE = 0.5
+BOB_TOKEN = "ExponentPushToken[bbbbbbbbbbbbbbbbbbbbbb]"
+CAROL_TOKEN = "ExponentPushToken[cccccccccccccccccccccc]"
 
 
 @pytest.fixture(autouse=True)
@@ -410,6 +415,52 @@ async def until_async(read: Callable[[], object], want: object) -> None:
             if got == want:
                 return
         await trio.sleep(0.02)
+
+
+# ------------------------------------------------------------------ push
+
+
+async def test_a_message_is_pushed_to_a_member_offline_everywhere_not_one_online_elsewhere(
+    tmp_path: Path,
+) -> None:
+    with trio.fail_after(DEADLINE):
+        async with (
+            fake_expo() as expo,
+            world(tmp_path) as w,
+            redis_server(tmp_path / "redis") as server,
+            server.client() as ra,
+            server.client() as rb,
+            trio.open_nursery() as nursery,
+        ):
+            a = await start_node(nursery, ra, "a", w.directory)
+            b = await start_node(nursery, rb, "b", w.directory)
+            # The conversation's owner is a: its actor commits, so only a's push runs.
+            config = make_config(
+                tmp_path / "data", push={"endpoint": expo.endpoint, "retry_base_seconds": 0.01}
+            )
+
+            async def unread(conversation_id: str, user_id: str) -> int:
+                summary = await registry.call(conversation_id, user_id, Summary())
+                return summary.unread_count
+
+            push = Push(config, w.directory, a.presence.is_online, unread)
+            registry = Registry(
+                config, w.directory, nursery, a.presence.is_online, notify=push.notify
+            )
+            await nursery.start(push.run)
+            record = await w.directory.create_group(w.ada, "trip", [w.bob, w.carol])
+            await push.register(w.bob, BOB_TOKEN, "ios")
+            await push.register(w.carol, CAROL_TOKEN, "ios")
+            b.presence.connected(Socket(w.bob))  # bob is online, on b only
+            await settled([a, b])
+
+            sent = await registry.call(record.id, w.ada, SendMessage(record.id, "k1", "hello"))
+            assert isinstance(sent, Stored)
+            await expo.wait_for(lambda: len(expo.notifications()) >= 1)
+            await push.wait_progress()
+            assert [n["to"] for n in expo.notifications()] == [CAROL_TOKEN]
+            registry.close()
+            nursery.cancel_scope.cancel()
 
 
 # ------------------------------------------------------------------ the user bus
