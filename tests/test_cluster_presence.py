@@ -417,6 +417,24 @@ async def until_async(read: Callable[[], object], want: object) -> None:
         await trio.sleep(0.02)
 
 
+async def test_presence_refuses_to_start_without_its_node_key_or_with_a_bad_node_id(
+    tmp_path: Path,
+) -> None:
+    with trio.fail_after(DEADLINE):
+        async with (
+            world(tmp_path) as w,
+            redis_server(tmp_path / "redis") as server,
+            server.client() as redis,
+        ):
+            presence = Presence(w.directory, lambda _ids: set())
+            with pytest.raises(RuntimeError, match="no messageai:node:lost in Redis"):
+                await run_cluster_presence(redis, "lost", presence)
+            with pytest.raises(ValueError, match="no ':'"):
+                await run_cluster_presence(redis, "a:b", presence)
+            assert presence.cluster is None
+            assert await redis.exists(["messageai:presence-nodes"]) == 0
+
+
 # ------------------------------------------------------------------ push
 
 

@@ -324,8 +324,11 @@ async def run_cluster_presence(
     `decode_responses=True` whose lifetime the caller owns; `node_key_prefix + node_id`
     is the key the node runtime keeps alive while this node lives.
 
-    Redis unreachable: counts and frames wait or drop as their owners say, the
-    subscription reconnects by itself, and the resync above follows. Cancellation
+    At start, raises one of `REDIS_DOWN` if Redis cannot be reached, and
+    `RuntimeError` if this node's key is missing: the survivors' sweep would take the
+    node for dead and remove its counts every few seconds. Later, Redis unreachable:
+    counts and frames wait or drop as their owners say, the subscription reconnects by
+    itself, and the resync above follows. Cancellation
     removes this node's counts (shielded, at most a second) and unsets
     `presence.cluster`."""
     bus = UserBus(redis, node_id, presence, channel=f"{prefix}user")
@@ -339,6 +342,11 @@ async def run_cluster_presence(
         sweep_seconds=sweep_seconds,
     )
     pubsub = redis.pubsub(channels=[cluster.channel, bus.channel], retry_policy=_retry_forever())
+    if not await redis.exists([node_key_prefix + node_id]):
+        raise RuntimeError(
+            f"no {node_key_prefix + node_id} in Redis: the node runtime keeps it, and"
+            " starts before presence"
+        )
     async with pubsub, trio.open_nursery() as nursery:
         await cluster.resync(full=True)
         presence.cluster = cluster

@@ -93,6 +93,8 @@ class UserBus:
             return
         if ours:
             return  # delivered here before it was published
+        if not self._presence.connection_count(message["user"]):
+            return  # nobody of theirs here: most messages, for most nodes
         try:
             self._in_send.send_nowait(message)
         except trio.WouldBlock:
