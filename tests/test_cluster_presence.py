@@ -101,16 +101,20 @@ class Node:
     # conversation id -> the sockets here subscribed to it (the registry's part).
     subscribed: dict[str, set[Peer]]
     stop: trio.CancelScope
+    # True: the node's key is not refreshed (its runtime stalled), all else runs.
+    stalled: bool = False
 
     def subscribe(self, socket: Socket, conversation_id: str) -> None:
         self.subscribed.setdefault(conversation_id, set()).add(socket)
 
 
-async def _keep_alive(redis: coredis.Redis[str], node_id: str) -> None:
-    # What the node runtime does: its `node:<id>` key, refreshed every third of its TTL.
+async def _keep_alive(redis: coredis.Redis[str], node: Node) -> None:
+    # What the node runtime does: its `node:<id>` key, refreshed every third of its TTL
+    # (unless the test has the node stall).
     while True:
-        with contextlib.suppress(*REDIS_DOWN):
-            await redis.set(f"messageai:node:{node_id}", "up", px=round(NODE_TTL * 1000))
+        if not node.stalled:
+            with contextlib.suppress(*REDIS_DOWN):
+                await redis.set(f"messageai:node:{node.id}", "up", px=round(NODE_TTL * 1000))
         await trio.sleep(NODE_TTL / 3)
 
 
@@ -118,6 +122,7 @@ async def _run_node(
     redis: coredis.Redis[str],
     node_id: str,
     directory: Directory,
+    sweep_seconds: float,
     *,
     task_status: trio.TaskStatus[Node],
 ) -> None:
@@ -130,24 +135,29 @@ async def _run_node(
     with trio.CancelScope() as stop:
         async with trio.open_nursery() as nursery:
             await redis.set(f"messageai:node:{node_id}", "up", px=round(NODE_TTL * 1000))
-            nursery.start_soon(_keep_alive, redis, node_id)
             cluster = await nursery.start(
                 functools.partial(
                     run_cluster_presence,
                     redis,
                     node_id,
                     presence,
-                    sweep_seconds=SWEEP,
+                    sweep_seconds=sweep_seconds,
                     settle_seconds=SETTLE,
                 )
             )
-            task_status.started(Node(node_id, presence, cluster, subscribed, stop))
+            node = Node(node_id, presence, cluster, subscribed, stop)
+            nursery.start_soon(_keep_alive, redis, node)
+            task_status.started(node)
 
 
 async def start_node(
-    nursery: trio.Nursery, redis: coredis.Redis[str], node_id: str, directory: Directory
+    nursery: trio.Nursery,
+    redis: coredis.Redis[str],
+    node_id: str,
+    directory: Directory,
+    sweep_seconds: float = SWEEP,
 ) -> Node:
-    node: Node = await nursery.start(_run_node, redis, node_id, directory)
+    node: Node = await nursery.start(_run_node, redis, node_id, directory, sweep_seconds)
     return node
 
 
@@ -364,6 +374,38 @@ async def test_a_dead_nodes_counts_are_removed_by_a_survivor_and_announced(
                 nursery.cancel_scope.cancel()
 
 
+async def test_a_node_taken_for_dead_writes_its_counts_again_once_its_key_is_back(
+    tmp_path: Path,
+) -> None:
+    with trio.fail_after(DEADLINE):
+        async with (
+            world(tmp_path) as w,
+            redis_server(tmp_path / "redis") as server,
+            server.client() as ra,
+            server.client() as rb,
+            trio.open_nursery() as nursery,
+        ):
+            a = await start_node(nursery, ra, "a", w.directory)
+            b = await start_node(nursery, rb, "b", w.directory)
+            bob_b = Socket(w.bob)
+            b.subscribe(bob_b, w.direct)
+            b.presence.connected(bob_b)
+            a.presence.connected(Socket(w.ada))
+            await until(lambda: bob_b.statuses(w.ada) == ["online"])
+
+            a.stalled = True  # a's key expires; b takes a for dead
+            await until(lambda: bob_b.statuses(w.ada) == ["online", "offline"])
+            # While its key is missing, a does not fight b over its counts.
+            await trio.sleep(SWEEP * 5)
+            assert await ra.exists([f"messageai:presence:{w.ada}"]) == 0
+            assert bob_b.statuses(w.ada) == ["online", "offline"]
+            a.stalled = False  # back: a writes its counts again
+            await until(lambda: bob_b.statuses(w.ada) == ["online", "offline", "online"])
+            assert await ra.hgetall(f"messageai:presence:{w.ada}") == {"a": "1"}
+            assert b.presence.is_online(w.ada)
+            nursery.cancel_scope.cancel()
+
+
 async def test_after_a_redis_restart_each_node_writes_its_counts_again(tmp_path: Path) -> None:
     port = free_port("127.0.0.1")
     target = RedisServer("127.0.0.1", port)
@@ -381,8 +423,9 @@ async def test_after_a_redis_restart_each_node_writes_its_counts_again(tmp_path:
             first, first_ended = trio.Event(), trio.Event()
             await outer.start(serve, first, first_ended)
             async with target.client() as ra, target.client() as rb, trio.open_nursery() as nursery:
-                a = await start_node(nursery, ra, "a", w.directory)
-                b = await start_node(nursery, rb, "b", w.directory)
+                # No sweep within the test: the resubscription alone must recount.
+                a = await start_node(nursery, ra, "a", w.directory, sweep_seconds=60)
+                b = await start_node(nursery, rb, "b", w.directory, sweep_seconds=60)
                 bob_b = Socket(w.bob)
                 b.subscribe(bob_b, w.direct)
                 b.presence.connected(bob_b)

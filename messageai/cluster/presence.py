@@ -17,7 +17,9 @@ lookup that never waits on Redis; each transition becomes `Presence.went`, the
 Writes are absolute ("node N has 3 of U's connections"), coalesced per user and
 retried while Redis is unreachable, so a lost reply or a retry is harmless. A dead
 node's counts (its `node:<id>` key, kept by the node runtime, gone) are removed by the
-first survivor whose sweep notices, in one script that publishes the transitions.
+first survivor whose sweep notices, in one script that publishes the transitions;
+a node taken for dead that was not (a stall, a partition) writes its counts again
+once its key is back.
 When the subscription comes back (a network blip, a Redis restart that lost
 everything) this node re-writes its counts, adds who is online now, and after
 `settle_seconds` (time for the other nodes to re-write theirs) takes the full set,
@@ -92,8 +94,9 @@ return totals
 """
 # KEYS: the node's `node:<id>` key, its users, the nodes set, the online set.
 # ARGV: node, channel, hash key prefix, "1" to do nothing while the node is alive.
-# Removes all the node's counts, publishing who went offline; returns how many did
-# (-1: the node is alive).
+# Removes all the node's counts, publishing who went offline (and, for a node taken
+# for dead, `!<node>`: should it be alive after all, it hears it and recounts);
+# returns how many went offline (-1: the node is alive).
 _REMOVE_NODE = """
 if ARGV[4] == '1' and redis.call('EXISTS', KEYS[1]) == 1 then return -1 end
 local gone = 0
@@ -107,6 +110,7 @@ for _, user in ipairs(redis.call('SMEMBERS', KEYS[2])) do
 end
 redis.call('DEL', KEYS[2])
 redis.call('SREM', KEYS[3], ARGV[1])
+if ARGV[4] == '1' then redis.call('PUBLISH', ARGV[2], '!' .. ARGV[1]) end
 return gone
 """
 
@@ -148,6 +152,9 @@ class ClusterPresence:
         # writer reads the count when it writes, so this is at most one per user).
         self._dirty: set[str] = set()
         self._wake = trio.Event()
+        # A survivor removed this node's counts (`!<node>` heard): recount once our
+        # key is back.
+        self._removed = False
 
     # ------------------------------------------------------------ for Presence
 
@@ -171,16 +178,19 @@ class ClusterPresence:
     # ------------------------------------------------------------ transitions
 
     def received(self, data: str) -> None:
-        """One transition from the channel (`+user` or `-user`), in Redis's order."""
-        user_id = data[1:]
+        """One message of the channel, in Redis's order: a transition (`+user`,
+        `-user`) or a node's counts removed by a survivor (`!node`)."""
+        name = data[1:]
         if data.startswith("+"):
-            self._went(user_id, online=True)
+            self._went(name, online=True)
         elif data.startswith("-"):
-            self._went(user_id, online=False)
-            if self._presence.connection_count(user_id):
-                # Our count of a user connected here was removed (this node was taken
-                # for dead, or Redis lost it): write it again, which announces them.
-                self.count_changed(user_id)
+            self._went(name, online=False)
+        elif data.startswith("!"):
+            if name == self.node:
+                # Taken for dead (our key expired: a stall, a partition from Redis).
+                # The sweep writes our counts again once our key is back, not before:
+                # the survivors would remove them again.
+                self._removed = True
         else:
             log.warning("presence: a message that is not a transition, ignored")
 
@@ -260,11 +270,12 @@ class ClusterPresence:
     async def sweep_once(self) -> int:
         """Remove the counts of every node whose `node:<id>` key is gone; returns how
         many users went offline by it. And if this node's own counts were removed (it
-        was taken for dead), write them again."""
-        nodes = set(await self._redis.smembers(self._nodes_key))
-        if self.node not in nodes and self._presence.user_ids():
+        was taken for dead) and its key is back, write them again."""
+        if self._removed and await self._redis.exists([self._node_key_prefix + self.node]):
+            self._removed = False
             log.warning("presence: this node's counts were removed; writing them again")
             await self.recount()
+        nodes = set(await self._redis.smembers(self._nodes_key))
         gone = 0
         for node in sorted(nodes - {self.node}):
             if await self._redis.exists([self._node_key_prefix + node]):
