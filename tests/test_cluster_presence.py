@@ -150,6 +150,26 @@ async def _run_node(
             task_status.started(node)
 
 
+@contextlib.asynccontextmanager
+async def two_nodes(
+    tmp_path: Path,
+) -> AsyncIterator[tuple[World, coredis.Redis[str], trio.Nursery, Node, Node]]:
+    """The world, a Redis, and nodes a and b, each with its own client; and a nursery
+    for what else the test runs, cancelled when the block ends. Within the deadline."""
+    with trio.fail_after(DEADLINE):
+        async with (
+            world(tmp_path) as w,
+            redis_server(tmp_path / "redis") as server,
+            server.client() as ra,
+            server.client() as rb,
+            trio.open_nursery() as nursery,
+        ):
+            a = await start_node(nursery, ra, "a", w.directory)
+            b = await start_node(nursery, rb, "b", w.directory)
+            yield w, ra, nursery, a, b
+            nursery.cancel_scope.cancel()
+
+
 async def start_node(
     nursery: trio.Nursery,
     redis: coredis.Redis[str],
@@ -243,61 +263,51 @@ class Cut:
 async def test_a_user_on_two_nodes_is_announced_online_once_and_offline_once(
     tmp_path: Path,
 ) -> None:
-    with trio.fail_after(DEADLINE):
-        async with (
-            world(tmp_path) as w,
-            redis_server(tmp_path / "redis") as server,
-            server.client() as ra,
-            server.client() as rb,
-            trio.open_nursery() as nursery,
-        ):
-            # What the transition channel carries, as any node hears it.
-            heard: list[str] = []
-            listening = trio.Event()
+    async with two_nodes(tmp_path) as (w, ra, nursery, a, b):
+        # What the transition channel carries, as any node hears it.
+        heard: list[str] = []
+        listening = trio.Event()
 
-            async def listen() -> None:
-                async with ra.pubsub(channels=["messageai:presence"]) as subscription:
-                    listening.set()
-                    async for message in subscription:
-                        if message["type"] == "message":
-                            heard.append(str(message["data"]))
+        async def listen() -> None:
+            async with ra.pubsub(channels=["messageai:presence"]) as subscription:
+                listening.set()
+                async for message in subscription:
+                    if message["type"] == "message":
+                        heard.append(str(message["data"]))
 
-            nursery.start_soon(listen)
-            await listening.wait()
-            a = await start_node(nursery, ra, "a", w.directory)
-            b = await start_node(nursery, rb, "b", w.directory)
-            # Bob watches the direct conversation from both nodes.
-            bob_a, bob_b = Socket(w.bob), Socket(w.bob)
-            for node, socket in ((a, bob_a), (b, bob_b)):
-                node.subscribe(socket, w.direct)
-                node.presence.connected(socket)
-            ada_a, ada_b = Socket(w.ada), Socket(w.ada)
+        nursery.start_soon(listen)
+        await listening.wait()
+        # Bob watches the direct conversation from both nodes.
+        bob_a, bob_b = Socket(w.bob), Socket(w.bob)
+        for node, socket in ((a, bob_a), (b, bob_b)):
+            node.subscribe(socket, w.direct)
+            node.presence.connected(socket)
+        ada_a, ada_b = Socket(w.ada), Socket(w.ada)
 
-            a.presence.connected(ada_a)
-            await until(lambda: bob_b.statuses(w.ada) == ["online"])
-            b.presence.connected(ada_b)
-            await settled([a, b])
-            a.presence.disconnected(ada_a)
-            await settled([a, b])
-            assert bob_a.statuses(w.ada) == bob_b.statuses(w.ada) == ["online"]
-            assert a.presence.is_online(w.ada) and b.presence.is_online(w.ada)
-            assert a.presence.connection_count(w.ada) == 0  # online by b's count alone
-            assert await ra.hgetall(f"messageai:presence:{w.ada}") == {"b": "1"}
+        a.presence.connected(ada_a)
+        await until(lambda: bob_b.statuses(w.ada) == ["online"])
+        b.presence.connected(ada_b)
+        await settled([a, b])
+        a.presence.disconnected(ada_a)
+        await settled([a, b])
+        assert bob_a.statuses(w.ada) == bob_b.statuses(w.ada) == ["online"]
+        assert a.presence.is_online(w.ada) and b.presence.is_online(w.ada)
+        assert a.presence.connection_count(w.ada) == 0  # online by b's count alone
+        assert await ra.hgetall(f"messageai:presence:{w.ada}") == {"b": "1"}
 
-            b.presence.disconnected(ada_b)
-            await until(lambda: bob_a.statuses(w.ada) == ["online", "offline"])
-            await settled([a, b])
-            assert bob_a.statuses(w.ada) == bob_b.statuses(w.ada) == ["online", "offline"]
-            assert not a.presence.is_online(w.ada) and not b.presence.is_online(w.ada)
-            assert await ra.exists([f"messageai:presence:{w.ada}"]) == 0
-            # One node published each of the two transitions, once; the other changes
-            # (b's connection, a's leaving) published nothing.
-            assert [m for m in heard if m[1:] == w.ada] == [f"+{w.ada}", f"-{w.ada}"]
-            # A transition heard again (a recount after a Redis restart repeats them)
-            # changes nothing and announces nothing.
-            a.cluster.received(f"-{w.ada}")
-            assert bob_a.statuses(w.ada) == ["online", "offline"]
-            nursery.cancel_scope.cancel()
+        b.presence.disconnected(ada_b)
+        await until(lambda: bob_a.statuses(w.ada) == ["online", "offline"])
+        await settled([a, b])
+        assert bob_a.statuses(w.ada) == bob_b.statuses(w.ada) == ["online", "offline"]
+        assert not a.presence.is_online(w.ada) and not b.presence.is_online(w.ada)
+        assert await ra.exists([f"messageai:presence:{w.ada}"]) == 0
+        # One node published each of the two transitions, once; the other changes
+        # (b's connection, a's leaving) published nothing.
+        assert [m for m in heard if m[1:] == w.ada] == [f"+{w.ada}", f"-{w.ada}"]
+        # A transition heard again (a recount after a Redis restart repeats them)
+        # changes nothing and announces nothing.
+        a.cluster.received(f"-{w.ada}")
+        assert bob_a.statuses(w.ada) == ["online", "offline"]
 
 
 async def test_a_node_joining_later_knows_who_is_online_and_a_leaving_node_takes_its_users(
@@ -377,33 +387,23 @@ async def test_a_dead_nodes_counts_are_removed_by_a_survivor_and_announced(
 async def test_a_node_taken_for_dead_writes_its_counts_again_once_its_key_is_back(
     tmp_path: Path,
 ) -> None:
-    with trio.fail_after(DEADLINE):
-        async with (
-            world(tmp_path) as w,
-            redis_server(tmp_path / "redis") as server,
-            server.client() as ra,
-            server.client() as rb,
-            trio.open_nursery() as nursery,
-        ):
-            a = await start_node(nursery, ra, "a", w.directory)
-            b = await start_node(nursery, rb, "b", w.directory)
-            bob_b = Socket(w.bob)
-            b.subscribe(bob_b, w.direct)
-            b.presence.connected(bob_b)
-            a.presence.connected(Socket(w.ada))
-            await until(lambda: bob_b.statuses(w.ada) == ["online"])
+    async with two_nodes(tmp_path) as (w, ra, _nursery, a, b):
+        bob_b = Socket(w.bob)
+        b.subscribe(bob_b, w.direct)
+        b.presence.connected(bob_b)
+        a.presence.connected(Socket(w.ada))
+        await until(lambda: bob_b.statuses(w.ada) == ["online"])
 
-            a.stalled = True  # a's key expires; b takes a for dead
-            await until(lambda: bob_b.statuses(w.ada) == ["online", "offline"])
-            # While its key is missing, a does not fight b over its counts.
-            await trio.sleep(SWEEP * 5)
-            assert await ra.exists([f"messageai:presence:{w.ada}"]) == 0
-            assert bob_b.statuses(w.ada) == ["online", "offline"]
-            a.stalled = False  # back: a writes its counts again
-            await until(lambda: bob_b.statuses(w.ada) == ["online", "offline", "online"])
-            assert await ra.hgetall(f"messageai:presence:{w.ada}") == {"a": "1"}
-            assert b.presence.is_online(w.ada)
-            nursery.cancel_scope.cancel()
+        a.stalled = True  # a's key expires; b takes a for dead
+        await until(lambda: bob_b.statuses(w.ada) == ["online", "offline"])
+        # While its key is missing, a does not fight b over its counts.
+        await trio.sleep(SWEEP * 5)
+        assert await ra.exists([f"messageai:presence:{w.ada}"]) == 0
+        assert bob_b.statuses(w.ada) == ["online", "offline"]
+        a.stalled = False  # back: a writes its counts again
+        await until(lambda: bob_b.statuses(w.ada) == ["online", "offline", "online"])
+        assert await ra.hgetall(f"messageai:presence:{w.ada}") == {"a": "1"}
+        assert b.presence.is_online(w.ada)
 
 
 async def test_after_a_redis_restart_each_node_writes_its_counts_again(tmp_path: Path) -> None:
@@ -485,16 +485,7 @@ async def test_a_message_is_pushed_to_a_member_offline_everywhere_not_one_online
     tmp_path: Path,
 ) -> None:
     with trio.fail_after(DEADLINE):
-        async with (
-            fake_expo() as expo,
-            world(tmp_path) as w,
-            redis_server(tmp_path / "redis") as server,
-            server.client() as ra,
-            server.client() as rb,
-            trio.open_nursery() as nursery,
-        ):
-            a = await start_node(nursery, ra, "a", w.directory)
-            b = await start_node(nursery, rb, "b", w.directory)
+        async with fake_expo() as expo, two_nodes(tmp_path) as (w, _ra, nursery, a, b):
             # The conversation's owner is a: its actor commits, so only a's push runs.
             config = make_config(
                 tmp_path / "data", push={"endpoint": expo.endpoint, "retry_base_seconds": 0.01}
@@ -521,7 +512,6 @@ async def test_a_message_is_pushed_to_a_member_offline_everywhere_not_one_online
             await push.wait_progress()
             assert [n["to"] for n in expo.notifications()] == [CAROL_TOKEN]
             registry.close()
-            nursery.cancel_scope.cancel()
 
 
 # ------------------------------------------------------------------ the user bus
@@ -530,69 +520,49 @@ async def test_a_message_is_pushed_to_a_member_offline_everywhere_not_one_online
 async def test_conversation_added_on_one_node_reaches_the_user_on_another_and_nobody_else(
     tmp_path: Path,
 ) -> None:
-    with trio.fail_after(DEADLINE):
-        async with (
-            world(tmp_path) as w,
-            redis_server(tmp_path / "redis") as server,
-            server.client() as ra,
-            server.client() as rb,
-            trio.open_nursery() as nursery,
-        ):
-            a = await start_node(nursery, ra, "a", w.directory)
-            b = await start_node(nursery, rb, "b", w.directory)
-            config = make_config(tmp_path / "data")
-            registry = Registry(config, w.directory, nursery, a.presence.is_online)
-            announce = Announcer(w.directory, registry, a.presence)
-            # Carol only on b; bob on both; ada on b (not told: not a member).
-            carol_b, ada_b = Socket(w.carol), Socket(w.ada)
-            bob_a, bob_b = Socket(w.bob), Socket(w.bob)
-            for socket in (carol_b, ada_b, bob_b):
-                b.presence.connected(socket)
-            a.presence.connected(bob_a)
-            await settled([a, b])
+    async with two_nodes(tmp_path) as (w, _ra, nursery, a, b):
+        config = make_config(tmp_path / "data")
+        registry = Registry(config, w.directory, nursery, a.presence.is_online)
+        announce = Announcer(w.directory, registry, a.presence)
+        # Carol only on b; bob on both; ada on b (not told: not a member).
+        carol_b, ada_b = Socket(w.carol), Socket(w.ada)
+        bob_a, bob_b = Socket(w.bob), Socket(w.bob)
+        for socket in (carol_b, ada_b, bob_b):
+            b.presence.connected(socket)
+        a.presence.connected(bob_a)
+        await settled([a, b])
 
-            record = await w.directory.create_group(w.bob, "plans", [w.carol])
-            await announce.added(record, [w.carol, w.bob])
-            await until(lambda: len(carol_b.of("conversation_added")) == 1)
-            await until(lambda: len(bob_b.of("conversation_added")) == 1)
-            await settled([a, b])  # anything more would have come by now
-            for socket in (carol_b, bob_a, bob_b):
-                (added,) = socket.of("conversation_added")
-                conversation = added["conversation"]
-                assert isinstance(conversation, dict)
-                assert conversation["id"] == record.id and conversation["title"] == "plans"
-            assert ada_b.frames == []
-            registry.close()
-            nursery.cancel_scope.cancel()
+        record = await w.directory.create_group(w.bob, "plans", [w.carol])
+        await announce.added(record, [w.carol, w.bob])
+        await until(lambda: len(carol_b.of("conversation_added")) == 1)
+        await until(lambda: len(bob_b.of("conversation_added")) == 1)
+        await settled([a, b])  # anything more would have come by now
+        for socket in (carol_b, bob_a, bob_b):
+            (added,) = socket.of("conversation_added")
+            conversation = added["conversation"]
+            assert isinstance(conversation, dict)
+            assert conversation["id"] == record.id and conversation["title"] == "plans"
+        assert ada_b.frames == []
+        registry.close()
 
 
 async def test_a_revoked_tokens_close_reaches_its_connections_on_every_node(
     tmp_path: Path,
 ) -> None:
-    with trio.fail_after(DEADLINE):
-        async with (
-            world(tmp_path) as w,
-            redis_server(tmp_path / "redis") as server,
-            server.client() as ra,
-            server.client() as rb,
-            trio.open_nursery() as nursery,
-        ):
-            a = await start_node(nursery, ra, "a", w.directory)
-            b = await start_node(nursery, rb, "b", w.directory)
-            phone_a, phone_b = Socket(w.ada, b"phone"), Socket(w.ada, b"phone")
-            laptop_b, bob_b = Socket(w.ada, b"laptop"), Socket(w.bob, b"phone")
-            a.presence.connected(phone_a)
-            for socket in (phone_b, laptop_b, bob_b):
-                b.presence.connected(socket)
-            await settled([a, b])
+    async with two_nodes(tmp_path) as (w, _ra, _nursery, a, b):
+        phone_a, phone_b = Socket(w.ada, b"phone"), Socket(w.ada, b"phone")
+        laptop_b, bob_b = Socket(w.ada, b"laptop"), Socket(w.bob, b"phone")
+        a.presence.connected(phone_a)
+        for socket in (phone_b, laptop_b, bob_b):
+            b.presence.connected(socket)
+        await settled([a, b])
 
-            assert a.presence.close_sessions(w.ada, 1008, "token revoked", b"phone") == 1
-            await until(lambda: phone_b.closed is not None)
-            assert phone_a.closed == phone_b.closed == (1008, "token revoked")
-            await settled([a, b])
-            assert laptop_b.closed is None and bob_b.closed is None
-            # A deleted account: every connection of the user, wherever.
-            assert a.presence.close_sessions(w.ada, 1008, "account deleted") == 1
-            await until(lambda: laptop_b.closed == (1008, "account deleted"))
-            assert bob_b.closed is None
-            nursery.cancel_scope.cancel()
+        assert a.presence.close_sessions(w.ada, 1008, "token revoked", b"phone") == 1
+        await until(lambda: phone_b.closed is not None)
+        assert phone_a.closed == phone_b.closed == (1008, "token revoked")
+        await settled([a, b])
+        assert laptop_b.closed is None and bob_b.closed is None
+        # A deleted account: every connection of the user, wherever.
+        assert a.presence.close_sessions(w.ada, 1008, "account deleted") == 1
+        await until(lambda: laptop_b.closed == (1008, "account deleted"))
+        assert bob_b.closed is None
