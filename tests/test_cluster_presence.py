@@ -151,11 +151,11 @@ async def _run_node(
 
 
 @contextlib.asynccontextmanager
-async def two_nodes(
+async def two_clients(
     tmp_path: Path,
-) -> AsyncIterator[tuple[World, coredis.Redis[str], trio.Nursery, Node, Node]]:
-    """The world, a Redis, and nodes a and b, each with its own client; and a nursery
-    for what else the test runs, cancelled when the block ends. Within the deadline."""
+) -> AsyncIterator[tuple[World, RedisServer, coredis.Redis[str], coredis.Redis[str], trio.Nursery]]:
+    """The world, a Redis and two clients of it; and a nursery for what the test runs,
+    cancelled when the block ends. Within the deadline."""
     with trio.fail_after(DEADLINE):
         async with (
             world(tmp_path) as w,
@@ -164,10 +164,19 @@ async def two_nodes(
             server.client() as rb,
             trio.open_nursery() as nursery,
         ):
-            a = await start_node(nursery, ra, "a", w.directory)
-            b = await start_node(nursery, rb, "b", w.directory)
-            yield w, ra, nursery, a, b
+            yield w, server, ra, rb, nursery
             nursery.cancel_scope.cancel()
+
+
+@contextlib.asynccontextmanager
+async def two_nodes(
+    tmp_path: Path,
+) -> AsyncIterator[tuple[World, coredis.Redis[str], trio.Nursery, Node, Node]]:
+    """`two_clients`, and nodes a and b on them."""
+    async with two_clients(tmp_path) as (w, _server, ra, rb, nursery):
+        a = await start_node(nursery, ra, "a", w.directory)
+        b = await start_node(nursery, rb, "b", w.directory)
+        yield w, ra, nursery, a, b
 
 
 async def start_node(
@@ -313,75 +322,61 @@ async def test_a_user_on_two_nodes_is_announced_online_once_and_offline_once(
 async def test_a_node_joining_later_knows_who_is_online_and_a_leaving_node_takes_its_users(
     tmp_path: Path,
 ) -> None:
-    with trio.fail_after(DEADLINE):
-        async with (
-            world(tmp_path) as w,
-            redis_server(tmp_path / "redis") as server,
-            server.client() as ra,
-            server.client() as rb,
-            trio.open_nursery() as nursery,
-        ):
-            a = await start_node(nursery, ra, "a", w.directory)
-            a.presence.connected(Socket(w.ada))
-            await until(lambda: a.cluster.is_online(w.ada))
-            b = await start_node(nursery, rb, "b", w.directory)
-            # Filled at start from Redis: no transition needed.
-            assert b.presence.is_online(w.ada) and not b.presence.is_online(w.bob)
-            bob_b = Socket(w.bob)
-            b.subscribe(bob_b, w.direct)
-            b.presence.connected(bob_b)
-            a.stop.cancel()  # a stops: its counts go with it, announced
-            await until(lambda: bob_b.statuses(w.ada) == ["offline"])
-            assert not b.presence.is_online(w.ada)
-            # By a itself on its way out, not by a survivor once its key expired.
-            assert await rb.exists(["messageai:node:a"]) == 1
-            nursery.cancel_scope.cancel()
+    async with two_clients(tmp_path) as (w, _server, ra, rb, nursery):
+        a = await start_node(nursery, ra, "a", w.directory)
+        a.presence.connected(Socket(w.ada))
+        await until(lambda: a.cluster.is_online(w.ada))
+        b = await start_node(nursery, rb, "b", w.directory)
+        # Filled at start from Redis: no transition needed.
+        assert b.presence.is_online(w.ada) and not b.presence.is_online(w.bob)
+        bob_b = Socket(w.bob)
+        b.subscribe(bob_b, w.direct)
+        b.presence.connected(bob_b)
+        a.stop.cancel()  # a stops: its counts go with it, announced
+        await until(lambda: bob_b.statuses(w.ada) == ["offline"])
+        assert not b.presence.is_online(w.ada)
+        # By a itself on its way out, not by a survivor once its key expired.
+        assert await rb.exists(["messageai:node:a"]) == 1
+        nursery.cancel_scope.cancel()
 
 
 async def test_a_dead_nodes_counts_are_removed_by_a_survivor_and_announced(
     tmp_path: Path,
 ) -> None:
-    with trio.fail_after(DEADLINE):
-        async with (
-            world(tmp_path) as w,
-            redis_server(tmp_path / "redis") as server,
-            server.client() as ra,
-            server.client() as rb,
-            trio.open_nursery() as nursery,
-        ):
-            cut = Cut(server)
-            await nursery.start(cut.run)
-            async with coredis.Redis(
-                host=server.host,
-                port=cut.port,
-                decode_responses=True,
-                connect_timeout=0.2,
-                stream_timeout=0.2,
-            ) as rc:
-                a = await start_node(nursery, ra, "a", w.directory)
-                b = await start_node(nursery, rb, "b", w.directory)
-                c = await start_node(nursery, rc, "c", w.directory)
-                bob_a = Socket(w.bob)
-                a.subscribe(bob_a, w.direct)
-                a.presence.connected(bob_a)
-                # Ada only on c; carol on c and on b.
-                c.presence.connected(Socket(w.ada))
-                c.presence.connected(Socket(w.carol))
-                b.presence.connected(Socket(w.carol))
-                await settled([a, b, c])
-                assert bob_a.statuses(w.ada) == ["online"]
+    async with two_clients(tmp_path) as (w, server, ra, rb, nursery):
+        cut = Cut(server)
+        await nursery.start(cut.run)
+        async with coredis.Redis(
+            host=server.host,
+            port=cut.port,
+            decode_responses=True,
+            connect_timeout=0.2,
+            stream_timeout=0.2,
+        ) as rc:
+            a = await start_node(nursery, ra, "a", w.directory)
+            b = await start_node(nursery, rb, "b", w.directory)
+            c = await start_node(nursery, rc, "c", w.directory)
+            bob_a = Socket(w.bob)
+            a.subscribe(bob_a, w.direct)
+            a.presence.connected(bob_a)
+            # Ada only on c; carol on c and on b.
+            c.presence.connected(Socket(w.ada))
+            c.presence.connected(Socket(w.carol))
+            b.presence.connected(Socket(w.carol))
+            await settled([a, b, c])
+            assert bob_a.statuses(w.ada) == ["online"]
 
-                cut.cut()  # c's network is gone, then c itself: it cannot clean up
-                c.stop.cancel()
-                await until(lambda: bob_a.statuses(w.ada) == ["online", "offline"])
-                await settled([a, b])
-                assert bob_a.statuses(w.ada) == ["online", "offline"]
-                assert not a.presence.is_online(w.ada) and not b.presence.is_online(w.ada)
-                # Carol is still on b: one node's counts went, not her.
-                assert a.presence.is_online(w.carol) and b.presence.is_online(w.carol)
-                assert await ra.hgetall(f"messageai:presence:{w.carol}") == {"b": "1"}
-                assert await ra.smembers("messageai:presence-nodes") == {"a", "b"}
-                nursery.cancel_scope.cancel()
+            cut.cut()  # c's network is gone, then c itself: it cannot clean up
+            c.stop.cancel()
+            await until(lambda: bob_a.statuses(w.ada) == ["online", "offline"])
+            await settled([a, b])
+            assert bob_a.statuses(w.ada) == ["online", "offline"]
+            assert not a.presence.is_online(w.ada) and not b.presence.is_online(w.ada)
+            # Carol is still on b: one node's counts went, not her.
+            assert a.presence.is_online(w.carol) and b.presence.is_online(w.carol)
+            assert await ra.hgetall(f"messageai:presence:{w.carol}") == {"b": "1"}
+            assert await ra.smembers("messageai:presence-nodes") == {"a", "b"}
+            nursery.cancel_scope.cancel()
 
 
 async def test_a_node_taken_for_dead_writes_its_counts_again_once_its_key_is_back(
