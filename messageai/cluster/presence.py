@@ -34,6 +34,7 @@ of the single-node server imports this.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import math
 from typing import Any
@@ -237,7 +238,7 @@ class ClusterPresence:
             await self._wake.wait()
             self._wake = trio.Event()
             while self._dirty:
-                users = sorted(self._dirty)[:WRITE_BATCH]
+                users = list(itertools.islice(self._dirty, WRITE_BATCH))
                 self._dirty.difference_update(users)
                 try:
                     await self._write(users)
