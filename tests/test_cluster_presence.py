@@ -36,7 +36,7 @@ from messageai.services.directory import Directory
 from messageai.services.push import Push
 from tests.expo import fake_expo
 from tests.helpers import make_config
-from tests.redis_server import RedisServer, free_port, redis_server
+from tests.redis_server import RedisServer, free_port, redis_binary, redis_server
 
 DEADLINE = 20
 NODE_TTL = 0.4
@@ -44,6 +44,13 @@ SWEEP = 0.1
 SETTLE = 0.5
 BOB_TOKEN = "ExponentPushToken[bbbbbbbbbbbbbbbbbbbbbb]"
 CAROL_TOKEN = "ExponentPushToken[cccccccccccccccccccccc]"
+
+
+@pytest.fixture(autouse=True)
+def needs_redis() -> None:
+    """Skipped, saying why, before any nursery is open (a skip from inside one would
+    reach pytest wrapped, its reason lost)."""
+    redis_binary()
 
 
 @pytest.fixture(autouse=True)
