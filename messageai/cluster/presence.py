@@ -139,7 +139,8 @@ class ClusterPresence:
         self.transitions = 0
         self._redis = redis
         self._presence = presence
-        self._bus = bus
+        # The user bus on the same subscription (its drop counters are for /metrics).
+        self.bus = bus
         self._hash_prefix = f"{prefix}presence:"
         self._online_key = f"{prefix}presence-online"
         self._nodes_key = f"{prefix}presence-nodes"
@@ -167,10 +168,10 @@ class ClusterPresence:
         self._wake.set()
 
     def tell(self, user_id: str, text: str) -> None:
-        self._bus.tell(user_id, text)
+        self.bus.tell(user_id, text)
 
     def close(self, user_id: str, reason: str, token_hash: bytes | None) -> None:
-        self._bus.close(user_id, reason, token_hash)
+        self.bus.close(user_id, reason, token_hash)
 
     def users_online(self) -> int:
         """Users online on any node, as this node knows."""
