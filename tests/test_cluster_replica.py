@@ -1,0 +1,349 @@
+"""The conversation WAL replica (`messageai/cluster/replica.py`, `cluster/s3.py`): every
+acked batch is in S3 before its ack, a second writer is refused, a restore rebuilds
+exactly the replicated file.
+
+Real conversation files under `tmp_path`, real actors with the real commit pool
+(`tests/cluster_node.py`), a real S3 server on loopback (moto's, `tests/s3_server.py`,
+one per module, a bucket per test), real HTTP; the kill -9 test runs the owner as a
+process of its own (`tests/replica_node.py`) behind a proxy that stalls the store at
+the chosen moment. Every test has an absolute `trio.fail_after`.
+"""
+
+from __future__ import annotations
+
+import datetime
+import http.server
+import os
+import signal
+import subprocess
+import sys
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import botocore.auth
+import botocore.awsrequest
+import botocore.credentials
+import httpx
+import orjson
+import pytest
+import trio
+
+from messageai.cluster.replica import (
+    ReplicaSettings,
+    RestoreError,
+    StoreUnfit,
+    check_store,
+    restore,
+    segment_key,
+    snapshot_key,
+)
+from messageai.cluster.s3 import S3, sign
+from messageai.config import Config
+from messageai.errors import Unavailable
+from messageai.model import Message
+from messageai.sqlite import open_db
+from messageai.store.paths import conversation_path
+from tests.cluster_node import MEMBERS, owned_actor
+from tests.helpers import make_config
+from tests.replica_node import fence_of, settings_for, take_over
+from tests.s3_server import Stall, moto_server
+
+DEADLINE = 30
+CID = "c_replicated"
+ADA, BOB = MEMBERS
+
+
+@pytest.fixture(scope="module")
+def endpoint() -> Iterator[str]:
+    with moto_server() as url:
+        yield url
+
+
+@pytest.fixture
+def settings(endpoint: str) -> ReplicaSettings:
+    return settings_for(endpoint, f"replica-{uuid.uuid4().hex[:12]}")
+
+
+@pytest.fixture
+def store(settings: ReplicaSettings) -> Iterator[S3]:
+    client = settings.store()
+    client.create_bucket()
+    check_store(client, settings)
+    yield client
+    client.close()
+
+
+def _config(tmp_path: Path, name: str) -> Config:
+    return make_config(tmp_path / name)
+
+
+def _rows(path: Path) -> dict[str, list[tuple[object, ...]]]:
+    """Every row of the conversation's tables that the protocol shows, in key order."""
+    conn = open_db(path, "FULL", create=False)
+    try:
+        return {
+            "messages": conn.execute(
+                "SELECT seq, id, sender_id, client_id, body FROM messages ORDER BY seq"
+            ).fetchall(),
+            "read_cursors": conn.execute("SELECT * FROM read_cursors ORDER BY 1").fetchall(),
+            "fence": conn.execute("SELECT epoch, node FROM fence").fetchall(),
+        }
+    finally:
+        conn.close()
+
+
+def _restored(store: S3, settings: ReplicaSettings, tmp_path: Path) -> Path:
+    path = tmp_path / f"restored-{uuid.uuid4().hex[:8]}" / "c.sqlite3"
+    restore(store, settings, CID, path)
+    return path
+
+
+def test_sigv4_is_botocores() -> None:
+    # The signature every request carries, against the reference implementation.
+    url = (
+        "http://127.0.0.1:9000/bucket-x/messageai/c_1/wal/00000000000000000007?x=a%20b&list-type=2"
+    )
+    body = b"frames"
+    headers = {"x-amz-meta-epoch": "3", "if-none-match": "*"}
+    reference = botocore.awsrequest.AWSRequest("PUT", url, data=body, headers=dict(headers))
+    botocore.auth.S3SigV4Auth(
+        botocore.credentials.Credentials("AKID", "SECRET"), "s3", "eu-west-3"
+    ).add_auth(reference)
+    when = datetime.datetime.strptime(reference.headers["X-Amz-Date"], "%Y%m%dT%H%M%SZ")
+    ours = sign(
+        "PUT",
+        httpx.URL(url),
+        headers,
+        reference.headers["X-Amz-Content-SHA256"],
+        access_key="AKID",
+        secret_key="SECRET",
+        region="eu-west-3",
+        now=when.replace(tzinfo=datetime.UTC),
+    )
+    assert ours["authorization"] == reference.headers["Authorization"]
+
+
+class _Overwriting(http.server.BaseHTTPRequestHandler):
+    """A store that ignores If-None-Match (as older S3-compatible stores do)."""
+
+    def do_PUT(self) -> None:
+        self.rfile.read(int(self.headers.get("content-length", "0")))
+        self.send_response(200)
+        self.send_header("content-length", "0")
+        self.end_headers()
+
+    do_DELETE = do_PUT
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def test_a_store_that_overwrites_is_refused_at_start_up(store: S3) -> None:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Overwriting)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        unfit = settings_for(f"http://127.0.0.1:{server.server_address[1]}", "bucket-x")
+        client = unfit.store()
+        with pytest.raises(StoreUnfit, match="overwrote"):
+            check_store(client, unfit)
+        client.close()
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+async def test_every_acked_batch_is_in_the_replica(
+    tmp_path: Path, store: S3, settings: ReplicaSettings
+) -> None:
+    config = _config(tmp_path, "node-a")
+    with trio.fail_after(DEADLINE):
+        replica = await trio.to_thread.run_sync(take_over, store, settings, config, CID, 1, "a")
+        async with owned_actor(config, CID, fence_of(replica), replica) as owner:
+            acked: list[Message] = []
+
+            async def send(n: int) -> None:
+                result = await owner.send(ADA if n % 2 else BOB, f"m-{n}", f"hello {n} " * 30)
+                assert isinstance(result, Message)
+                acked.append(result)
+
+            # Bursts, so that batches of several commands make one segment each.
+            for burst in range(6):
+                async with trio.open_nursery() as nursery:
+                    for n in range(burst * 5, burst * 5 + 5):
+                        nursery.start_soon(send, n)
+    segments = len(store.list(segment_key(settings, CID, 0)[:-20]))
+    # The claim, then one segment per commit: more than 9, so numeric and listing
+    # order must agree.
+    assert segments >= 7 and replica.next_segment == segments + 1
+    local = _rows(conversation_path(config.data_dir, CID))
+    assert len(local["messages"]) == len(acked) == 30
+    assert _rows(_restored(store, settings, tmp_path)) == local
+
+
+async def test_a_second_writer_is_refused_and_nothing_of_its_batch_is_acked(
+    tmp_path: Path, store: S3, settings: ReplicaSettings
+) -> None:
+    config_a, config_b = _config(tmp_path, "node-a"), _config(tmp_path, "node-b")
+    lost: list[int] = []
+    with trio.fail_after(DEADLINE):
+        old = await trio.to_thread.run_sync(
+            lambda: take_over(store, settings, config_a, CID, 1, "a", lambda: lost.append(1))
+        )
+        async with owned_actor(config_a, CID, fence_of(old), old) as owner_a:
+            for n in range(3):
+                assert isinstance(await owner_a.send(ADA, f"a-{n}", "from a"), Message)
+            # Node b takes over (node a's lease ran out while it was paused): it
+            # restores what a acked and claims segment n + 1 at epoch 2.
+            new = await trio.to_thread.run_sync(take_over, store, settings, config_b, CID, 2, "b")
+            assert new.next_segment == old.next_segment + 1
+            refused = await owner_a.send(ADA, "a-late", "from a, too late")
+            assert isinstance(refused, Unavailable)
+            assert not old.healthy and lost == [1]
+            # The batch is in a's file (committed, never acked, never replicated): a's
+            # file is ahead of the replica, so a must not serve it again, and no later
+            # batch commits there (the fence includes the replica's health).
+            assert "a-late" in {
+                r[3] for r in _rows(conversation_path(config_a.data_dir, CID))["messages"]
+            }
+            assert isinstance(await owner_a.send(ADA, "a-later", "again"), Unavailable)
+            assert "a-later" not in {
+                r[3] for r in _rows(conversation_path(config_a.data_dir, CID))["messages"]
+            }
+            async with owned_actor(config_b, CID, fence_of(new), new) as owner_b:
+                assert isinstance(await owner_b.send(BOB, "b-0", "from b"), Message)
+                # The refused message, resent to the new owner: stored once, after b's.
+                late = await owner_b.send(ADA, "a-late", "from a, too late")
+                assert isinstance(late, Message) and late.seq == 5
+    restored = _rows(_restored(store, settings, tmp_path))
+    assert [r[3] for r in restored["messages"]] == ["a-0", "a-1", "a-2", "b-0", "a-late"]
+    assert restored == _rows(conversation_path(config_b.data_dir, CID))
+    assert restored["fence"] == [(2, "b")]
+
+
+async def test_restore_stops_at_a_gap_and_at_an_epoch_going_down(
+    tmp_path: Path, store: S3, settings: ReplicaSettings
+) -> None:
+    config = _config(tmp_path, "node-a")
+    with trio.fail_after(DEADLINE):
+        replica = await trio.to_thread.run_sync(take_over, store, settings, config, CID, 5, "a")
+        async with owned_actor(config, CID, fence_of(replica), replica) as owner:
+            for n in range(4):
+                assert isinstance(await owner.send(ADA, f"a-{n}", "from a"), Message)
+    last = replica.next_segment - 1
+    # A segment after the last one, written at a lower epoch: a bug, and no restore.
+    older = store.get(segment_key(settings, CID, last))
+    store.put(
+        segment_key(settings, CID, last + 1), older.body, metadata={**older.metadata, "epoch": "4"}
+    )
+    with pytest.raises(RestoreError, match="epoch 4 after epoch 5"):
+        _restored(store, settings, tmp_path)
+    store.delete(segment_key(settings, CID, last + 1))
+    assert len(_rows(_restored(store, settings, tmp_path))["messages"]) == 4
+    # A segment missing in the middle: the restore stops rather than skip a commit.
+    store.delete(segment_key(settings, CID, last - 1))
+    with pytest.raises(RestoreError, match=f"segment {last - 1} is missing"):
+        _restored(store, settings, tmp_path)
+
+
+async def test_snapshots_then_later_segments(tmp_path: Path, endpoint: str) -> None:
+    # Small snapshots, so that several are taken; a delete makes one too (the actor's
+    # checkpoint after a delete restarts the WAL behind the replica).
+    settings = settings_for(
+        endpoint, f"replica-{uuid.uuid4().hex[:12]}", snapshot_after_bytes=40_000
+    )
+    store = settings.store()
+    store.create_bucket()
+    config = _config(tmp_path, "node-a")
+    with trio.fail_after(DEADLINE):
+        replica = await trio.to_thread.run_sync(take_over, store, settings, config, CID, 1, "a")
+        async with owned_actor(config, CID, fence_of(replica), replica) as owner:
+            for n in range(40):
+                assert isinstance(await owner.send(ADA, f"a-{n}", f"text {n} " * 40), Message)
+        pointers = store.list(snapshot_key(settings, CID, 0)[:-20])
+        assert len(pointers) >= 3
+        deleted = await trio.to_thread.run_sync(replica.prune)
+        assert deleted > 0
+        # What a prune leaves starts at the second-latest snapshot.
+        remaining = store.list(segment_key(settings, CID, 0)[:-20])
+        assert remaining[0] == segment_key(settings, CID, int(pointers[-2][-20:]))
+        path = tmp_path / "restored" / "c.sqlite3"
+        restored = restore(store, settings, CID, path)
+        assert restored.next_segment == replica.next_segment
+        # From the latest snapshot: fewer segments read than were written.
+        assert restored.segments < replica.next_segment - int(pointers[-2][-20:])
+        assert _rows(path) == _rows(conversation_path(config.data_dir, CID))
+    store.close()
+
+
+@pytest.mark.parametrize("hold", ["requests", "responses"])
+async def test_kill_9_between_the_commit_and_the_ack(
+    tmp_path: Path, store: S3, settings: ReplicaSettings, endpoint: str, hold: str
+) -> None:
+    """The owner is a process of its own, its store behind a proxy. After a few acks
+    the proxy stalls: its requests ("the commit happened, the PUT never reached the
+    store") or its responses ("the PUT landed, the ack never left"); the owner is
+    kill -9ed. The replica has every acked message; the stalled batch too exactly when
+    its PUT landed; a new owner takes over and the resend is stored once."""
+    target = httpx.URL(endpoint)
+    stall = Stall((str(target.host), int(target.port or 80)))
+    data_dir = tmp_path / "node-a"
+    with trio.fail_after(DEADLINE):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(stall.serve)
+            process = await trio.lowlevel.open_process(
+                [
+                    sys.executable,
+                    "-m",
+                    "tests.replica_node",
+                    "--endpoint",
+                    stall.endpoint,
+                    "--bucket",
+                    settings.bucket,
+                    "--data-dir",
+                    str(data_dir),
+                    "--conversation",
+                    CID,
+                    "--node",
+                    "a",
+                    "--epoch",
+                    "1",
+                ],
+                stdout=subprocess.PIPE,
+                env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)},
+            )
+            assert process.stdout is not None
+            lines = b""
+            while lines.count(b'"ack"') < 5:
+                chunk = await process.stdout.receive_some(65536)
+                assert chunk, "the owner ended early"
+                lines += chunk
+            stall.hold = hold
+            await stall.held.wait()
+            process.send_signal(signal.SIGKILL)
+            await process.wait()
+            while chunk := await process.stdout.receive_some(65536):
+                lines += chunk
+            nursery.cancel_scope.cancel()
+    events = [orjson.loads(line) for line in lines.splitlines()]
+    acked = [e["client_id"] for e in events if e["event"] == "ack"]
+    assert acked == [f"a-{n}" for n in range(1, len(acked) + 1)]
+    stalled = f"a-{len(acked) + 1}"
+    # The dead owner's file has the stalled batch: it committed before its PUT.
+    local = [r[3] for r in _rows(conversation_path(data_dir, CID))["messages"]]
+    assert local == [*acked, stalled]
+    replicated = [r[3] for r in _rows(_restored(store, settings, tmp_path))["messages"]]
+    assert replicated == (acked if hold == "requests" else [*acked, stalled])
+    # A new owner: the client's resend of the unacked message is stored exactly once.
+    config = _config(tmp_path, "node-b")
+    with trio.fail_after(DEADLINE):
+        new = await trio.to_thread.run_sync(take_over, store, settings, config, CID, 2, "b")
+        async with owned_actor(config, CID, fence_of(new), new) as owner:
+            resent = await owner.send(ADA, stalled, f"message {len(acked) + 1}")
+            assert isinstance(resent, Message) and resent.seq == len(acked) + 1
+    assert [r[3] for r in _rows(_restored(store, settings, tmp_path))["messages"]] == [
+        *acked,
+        stalled,
+    ]
