@@ -29,9 +29,13 @@ from tests.cluster_node import MEMBERS, owned_actor
 from tests.helpers import make_config
 
 
-def settings_for(endpoint: str, bucket: str, **overrides: int) -> ReplicaSettings:
+def settings_for(
+    endpoint: str, bucket: str, snapshot_after_bytes: int = 16 * 1024 * 1024
+) -> ReplicaSettings:
     # moto takes any credentials; real ones would come from the node's config.
-    return ReplicaSettings(endpoint, bucket, "test-key", "test-secret", **overrides)
+    return ReplicaSettings(
+        endpoint, bucket, "test-key", "test-secret", snapshot_after_bytes=snapshot_after_bytes
+    )
 
 
 def take_over(

@@ -81,10 +81,13 @@ class Stall:
         await trio.serve_listeners(self._connection, listeners)
 
     async def _connection(self, client: trio.SocketStream) -> None:
-        async with client, await trio.open_tcp_stream(*self.target) as server:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._pipe, client, server, "requests", nursery.cancel_scope)
-                nursery.start_soon(self._pipe, server, client, "responses", nursery.cancel_scope)
+        async with (
+            client,
+            await trio.open_tcp_stream(*self.target) as server,
+            trio.open_nursery() as nursery,
+        ):
+            nursery.start_soon(self._pipe, client, server, "requests", nursery.cancel_scope)
+            nursery.start_soon(self._pipe, server, client, "responses", nursery.cancel_scope)
 
     async def _pipe(
         self, source: trio.SocketStream, sink: trio.SocketStream, what: str, scope: trio.CancelScope

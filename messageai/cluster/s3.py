@@ -12,6 +12,7 @@ refused, never stored.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import hashlib
 import hmac
@@ -172,10 +173,8 @@ class S3:
         if response.status_code >= 300:
             code = ""
             if response.content.startswith(b"<"):
-                try:
+                with contextlib.suppress(ET.ParseError):
                     code = ET.fromstring(response.content).findtext("Code") or ""
-                except ET.ParseError:
-                    pass
             error = {412: PreconditionFailed, 404: NoSuchKey}.get(response.status_code, S3Error)
             raise error(
                 f"{method} {request.url.path}: {response.status_code} {code}".rstrip(),
@@ -200,9 +199,8 @@ class S3:
         headers = {f"{_META}{name}": value for name, value in (metadata or {}).items()}
         if if_none_match:
             headers["if-none-match"] = "*"
-        return self._request("PUT", self._url(key), body=body, headers=headers).headers.get(
-            "etag", ""
-        )
+        response = self._request("PUT", self._url(key), body=body, headers=headers)
+        return str(response.headers.get("etag", ""))
 
     def get(self, key: str) -> S3Object:
         response = self._request("GET", self._url(key))
