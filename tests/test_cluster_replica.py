@@ -41,9 +41,11 @@ from messageai.cluster.replica import (
 )
 from messageai.cluster.s3 import S3, sign
 from messageai.config import Config
+from messageai.conversations.commands import Changed, Command, Waiter
 from messageai.errors import Unavailable
 from messageai.model import Message
-from messageai.sqlite import open_db
+from messageai.protocol import DeleteMessage
+from messageai.sqlite import open_db, transaction
 from messageai.store.paths import conversation_path
 from tests.cluster_node import MEMBERS, owned_actor
 from tests.helpers import make_config
@@ -262,8 +264,15 @@ async def test_snapshots_then_later_segments(tmp_path: Path, endpoint: str) -> N
         async with owned_actor(config, CID, fence_of(replica), replica) as owner:
             for n in range(40):
                 assert isinstance(await owner.send(ADA, f"a-{n}", f"text {n} " * 40), Message)
+                if n == 20:
+                    waiter: Waiter[Changed] = Waiter()
+                    delete = DeleteMessage(CID, 3)
+                    await owner.actor.submit(Command(op=delete, user_id=ADA, waiter=waiter))
+                    await waiter.wait()
+                    after_delete = replica.next_segment
         pointers = store.list(snapshot_key(settings, CID, 0)[:-20])
         assert len(pointers) >= 3
+        assert snapshot_key(settings, CID, after_delete) in pointers
         deleted = await trio.to_thread.run_sync(replica.prune)
         assert deleted > 0
         # What a prune leaves starts at the second-latest snapshot.
@@ -276,6 +285,37 @@ async def test_snapshots_then_later_segments(tmp_path: Path, endpoint: str) -> N
         assert restored.segments < replica.next_segment - int(pointers[-2][-20:])
         assert _rows(path) == _rows(conversation_path(config.data_dir, CID))
     store.close()
+
+
+def test_a_wal_restarted_behind_the_replica_is_snapshotted(
+    tmp_path: Path, store: S3, settings: ReplicaSettings
+) -> None:
+    """Commits the replica did not ship, then a checkpoint that is not the replica's
+    (a connection it had not configured): the WAL restarts and those frames are only
+    in the file. The next segment must be the whole file."""
+    config = _config(tmp_path, "node-a")
+    replica = take_over(store, settings, config, CID, 1, "a")
+    path = conversation_path(config.data_dir, CID)
+    conn = open_db(path, "FULL")
+    try:
+        for client_id in ("unshipped", "after the checkpoint"):
+            with transaction(conn):
+                conn.execute(
+                    "INSERT INTO messages(id, sender_id, client_id, body, attachments, created_at)"
+                    " VALUES (?, ?, ?, 'x', '[]', 0)",
+                    (client_id, ADA, client_id),
+                )
+            if client_id == "unshipped":
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        replica.ship(conn)
+    finally:
+        conn.close()
+    assert (
+        store.get(segment_key(settings, CID, replica.next_segment - 1)).metadata["kind"]
+        == "snapshot"
+    )
+    restored = _rows(_restored(store, settings, tmp_path))
+    assert [r[3] for r in restored["messages"]] == ["unshipped", "after the checkpoint"]
 
 
 @pytest.mark.parametrize("hold", ["requests", "responses"])

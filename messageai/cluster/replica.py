@@ -236,6 +236,10 @@ class Replica:
                     self.conversation_id,
                 )
                 self._snapshot_due = True
+            elif wal is None and self._salt is not None:
+                # The WAL this replica was following is gone: checkpointed into the file
+                # by someone else, maybe with frames it had not shipped.
+                self._snapshot_due = True
             if self._snapshot_due:
                 self._snapshot(conn)
                 return
