@@ -298,13 +298,17 @@ def test_a_wal_restarted_behind_the_replica_is_snapshotted(
     path = conversation_path(config.data_dir, CID)
     conn = open_db(path, "FULL")
     try:
-        for client_id in ("unshipped", "after the checkpoint"):
+        # (This connection reopened the WAL, so the first segment is a snapshot; the
+        # second is frames.)
+        for client_id in ("shipped", "shipped too", "unshipped", "after the checkpoint"):
             with transaction(conn):
                 conn.execute(
                     "INSERT INTO messages(id, sender_id, client_id, body, attachments, created_at)"
                     " VALUES (?, ?, ?, 'x', '[]', 0)",
                     (client_id, ADA, client_id),
                 )
+            if client_id.startswith("shipped"):
+                replica.ship(conn)
             if client_id == "unshipped":
                 conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         replica.ship(conn)
@@ -315,7 +319,12 @@ def test_a_wal_restarted_behind_the_replica_is_snapshotted(
         == "snapshot"
     )
     restored = _rows(_restored(store, settings, tmp_path))
-    assert [r[3] for r in restored["messages"]] == ["unshipped", "after the checkpoint"]
+    assert [r[3] for r in restored["messages"]] == [
+        "shipped",
+        "shipped too",
+        "unshipped",
+        "after the checkpoint",
+    ]
 
 
 @pytest.mark.parametrize("hold", ["requests", "responses"])
