@@ -32,7 +32,7 @@ from tests.helpers import make_config
 def settings_for(
     endpoint: str, bucket: str, snapshot_after_bytes: int = 16 * 1024 * 1024
 ) -> ReplicaSettings:
-    # moto takes any credentials; real ones would come from the node's config.
+    # The stand-in's credentials (tests/s3_server.py); a node's come from its config.
     return ReplicaSettings(
         endpoint, bucket, "test-key", "test-secret", snapshot_after_bytes=snapshot_after_bytes
     )

@@ -1,11 +1,20 @@
-"""A real S3 server on loopback for the replica tests, and a TCP proxy that can stall it.
+"""A small real S3 server on loopback for the replica tests, and a TCP proxy that stalls it.
 
-`moto_server()` runs moto's S3 server (`python -m moto.server`, a real HTTP server in a
-process of its own) on 127.0.0.1 and a free port. moto answers a PUT with
-`If-None-Match: *` of an existing key with 412, as S3 does (checked by
-`check_store` in every test that uses it); it checks no signature (the signing is
-compared with botocore's instead) and its conditional check is not atomic against a
-concurrent PUT of the same key, so the tests race two owners one after the other.
+`s3_server()` runs `S3StandIn` (the standard library's threading HTTP server, HTTP/1.1
+with keep-alive) on 127.0.0.1 and a free port, in a thread: path-style buckets,
+PutObject (with `If-None-Match: *`, refused with 412 atomically when the key exists,
+as S3 does, and user metadata), GetObject, ListObjectsV2 (prefix, pages of `max-keys`
+with a continuation token), DeleteObject. Every request's SigV4 signature is checked
+(recomputed with `messageai.cluster.s3.sign`, which `test_sigv4_is_botocores` compares
+with botocore's), and so is its body's SHA-256: a wrong one is 403, as S3 answers. It
+plays S3 the way `tests/llm.py` plays an LLM. `overwrite=True` makes it ignore
+`If-None-Match`, as stores without conditional writes do (the start-up check refuses
+them).
+
+Why not moto's S3 server: moto 5.2 does answer `If-None-Match: *` with 412, but its check
+is a read then a write with no lock between (two owners racing could both win), it
+checks no signatures, and under `bench/replica_cost.py` it stopped answering a GET
+(docs/SCALE.md §7).
 
 `Stall` sits between a node and the store: it forwards bytes both ways until told to
 hold one direction; then it drops what arrives that way and says so (`held`). Holding
@@ -17,50 +26,179 @@ the commit and the replica, or between the replica and the ack.
 from __future__ import annotations
 
 import contextlib
-import subprocess
-import sys
-import time
+import datetime
+import hashlib
+import http.server
+import re
+import threading
+import urllib.parse
 from collections.abc import Iterator
+from xml.sax.saxutils import escape
 
 import attrs
 import httpx
 import trio
 
-from tests.redis_server import free_port
+from messageai.cluster.s3 import sign
 
-START_TIMEOUT_SECONDS = 30.0
+ACCESS_KEY, SECRET_KEY = "test-key", "test-secret"
+_AUTH = re.compile(
+    r"AWS4-HMAC-SHA256 Credential=(?P<key>[^/]+)/\d{8}/(?P<region>[^/]+)/s3/aws4_request,"
+    r" SignedHeaders=(?P<signed>[^,]+), Signature=[0-9a-f]{64}$"
+)
+_NS = "http://s3.amazonaws.com/doc/2006-03-01/"
+
+
+@attrs.frozen
+class _Object:
+    body: bytes
+    metadata: tuple[tuple[str, str], ...]
+    etag: str
+
+
+class S3StandIn(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, *, overwrite: bool = False) -> None:
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.overwrite = overwrite
+        self.buckets: dict[str, dict[str, _Object]] = {}
+        self.lock = threading.Lock()
+        # Requests answered, by method (the bench and tests count round trips with it).
+        self.requests: dict[str, int] = {}
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: S3StandIn
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+    def _answer(
+        self, status: int, body: bytes = b"", headers: dict[str, str] | None = None
+    ) -> None:
+        self.send_response(status)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _error(self, status: int, code: str) -> None:
+        self._answer(status, f"<Error><Code>{code}</Code></Error>".encode())
+
+    def _handle(self) -> None:
+        body = self.rfile.read(int(self.headers.get("content-length", "0")))
+        with self.server.lock:
+            self.server.requests[self.command] = self.server.requests.get(self.command, 0) + 1
+        if not self._signed(body):
+            return
+        url = urllib.parse.urlsplit(self.path)
+        bucket, _, key = urllib.parse.unquote(url.path).lstrip("/").partition("/")
+        query = dict(urllib.parse.parse_qsl(url.query, keep_blank_values=True))
+        with self.server.lock:
+            if self.command == "PUT" and not key:
+                self.server.buckets.setdefault(bucket, {})
+                self._answer(200)
+                return
+            objects = self.server.buckets.get(bucket)
+            if objects is None:
+                self._error(404, "NoSuchBucket")
+            elif self.command == "PUT":
+                if (
+                    self.headers.get("if-none-match") == "*"
+                    and key in objects
+                    and not self.server.overwrite
+                ):
+                    self._error(412, "PreconditionFailed")
+                    return
+                etag = f'"{hashlib.md5(body).hexdigest()}"'
+                metadata = tuple(
+                    (name.lower(), value)
+                    for name, value in self.headers.items()
+                    if name.lower().startswith("x-amz-meta-")
+                )
+                objects[key] = _Object(body, metadata, etag)
+                self._answer(200, headers={"etag": etag})
+            elif self.command == "GET" and not key:
+                self._list(objects, query)
+            elif self.command == "GET":
+                found = objects.get(key)
+                if found is None:
+                    self._error(404, "NoSuchKey")
+                else:
+                    self._answer(200, found.body, {"etag": found.etag, **dict(found.metadata)})
+            elif self.command == "DELETE":
+                objects.pop(key, None)
+                self._answer(204)
+            else:
+                self._error(405, "MethodNotAllowed")
+
+    do_PUT = do_GET = do_DELETE = _handle
+
+    def _signed(self, body: bytes) -> bool:
+        match = _AUTH.match(self.headers.get("authorization", ""))
+        payload = self.headers.get("x-amz-content-sha256", "")
+        if match is None or match["key"] != ACCESS_KEY:
+            self._error(403, "InvalidAccessKeyId")
+            return False
+        if payload != hashlib.sha256(body).hexdigest():
+            self._error(400, "XAmzContentSHA256Mismatch")
+            return False
+        names = match["signed"].split(";")
+        headers = {
+            name: self.headers.get(name, "")
+            for name in names
+            if name not in ("host", "x-amz-date", "x-amz-content-sha256")
+        }
+        when = datetime.datetime.strptime(self.headers.get("x-amz-date", ""), "%Y%m%dT%H%M%SZ")
+        expected = sign(
+            self.command,
+            httpx.URL(f"http://{self.headers.get('host', '')}{self.path}"),
+            headers,
+            payload,
+            access_key=ACCESS_KEY,
+            secret_key=SECRET_KEY,
+            region=match["region"],
+            now=when.replace(tzinfo=datetime.UTC),
+        )
+        if expected["authorization"] != self.headers.get("authorization"):
+            self._error(403, "SignatureDoesNotMatch")
+            return False
+        return True
+
+    def _list(self, objects: dict[str, _Object], query: dict[str, str]) -> None:
+        prefix = query.get("prefix", "")
+        after = query.get("continuation-token", "")
+        page = int(query.get("max-keys", "1000"))
+        keys = sorted(k for k in objects if k.startswith(prefix) and k > after)
+        shown, more = keys[:page], len(keys) > page
+        parts = [f'<ListBucketResult xmlns="{_NS}"><IsTruncated>{str(more).lower()}</IsTruncated>']
+        parts += [f"<Contents><Key>{escape(key)}</Key></Contents>" for key in shown]
+        if more:
+            parts.append(f"<NextContinuationToken>{escape(shown[-1])}</NextContinuationToken>")
+        parts.append("</ListBucketResult>")
+        self._answer(200, "".join(parts).encode(), {"content-type": "application/xml"})
 
 
 @contextlib.contextmanager
-def moto_server() -> Iterator[str]:
-    """moto's S3 server until the block ends; yields its endpoint (`http://host:port`)."""
-    port = free_port("127.0.0.1")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    endpoint = f"http://127.0.0.1:{port}"
+def s3_server(*, overwrite: bool = False) -> Iterator[S3StandIn]:
+    """An `S3StandIn` serving until the block ends."""
+    server = S3StandIn(overwrite=overwrite)
+    thread = threading.Thread(target=server.serve_forever, name="s3 stand-in", daemon=True)
+    thread.start()
     try:
-        deadline = time.monotonic() + START_TIMEOUT_SECONDS
-        while True:
-            if process.poll() is not None:
-                assert process.stderr is not None
-                raise RuntimeError(f"moto.server exited: {process.stderr.read()[-2000:]!r}")
-            try:
-                httpx.get(f"{endpoint}/moto-api/", timeout=1.0)
-                break
-            except httpx.TransportError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-        yield endpoint
+        yield server
     finally:
-        process.kill()
-        process.wait()
-        if process.stderr is not None:
-            process.stderr.close()
+        server.shutdown()
+        server.server_close()
+        thread.join()
 
 
 @attrs.define(eq=False)

@@ -3,8 +3,8 @@ acked batch is in S3 before its ack, a second writer is refused, a restore rebui
 exactly the replicated file.
 
 Real conversation files under `tmp_path`, real actors with the real commit pool
-(`tests/cluster_node.py`), a real S3 server on loopback (moto's, `tests/s3_server.py`,
-one per module, a bucket per test), real HTTP; the kill -9 test runs the owner as a
+(`tests/cluster_node.py`), a real S3 server on loopback (`tests/s3_server.py`, one per
+module, a bucket per test), real HTTP; the kill -9 test runs the owner as a
 process of its own (`tests/replica_node.py`) behind a proxy that stalls the store at
 the chosen moment. Every test has an absolute `trio.fail_after`.
 """
@@ -12,16 +12,15 @@ the chosen moment. Every test has an absolute `trio.fail_after`.
 from __future__ import annotations
 
 import datetime
-import http.server
 import os
 import signal
 import subprocess
 import sys
-import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import attrs
 import botocore.auth
 import botocore.awsrequest
 import botocore.credentials
@@ -39,7 +38,7 @@ from messageai.cluster.replica import (
     segment_key,
     snapshot_key,
 )
-from messageai.cluster.s3 import S3, sign
+from messageai.cluster.s3 import S3, S3Error, sign
 from messageai.config import Config
 from messageai.conversations.commands import Changed, Command, Waiter
 from messageai.errors import Unavailable
@@ -50,7 +49,7 @@ from messageai.store.paths import conversation_path
 from tests.cluster_node import MEMBERS, owned_actor
 from tests.helpers import make_config
 from tests.replica_node import fence_of, settings_for, take_over
-from tests.s3_server import Stall, moto_server
+from tests.s3_server import Stall, s3_server
 
 DEADLINE = 30
 CID = "c_replicated"
@@ -59,8 +58,8 @@ ADA, BOB = MEMBERS
 
 @pytest.fixture(scope="module")
 def endpoint() -> Iterator[str]:
-    with moto_server() as url:
-        yield url
+    with s3_server() as server:
+        yield server.endpoint
 
 
 @pytest.fixture
@@ -127,34 +126,22 @@ def test_sigv4_is_botocores() -> None:
     assert ours["authorization"] == reference.headers["Authorization"]
 
 
-class _Overwriting(http.server.BaseHTTPRequestHandler):
-    """A store that ignores If-None-Match (as older S3-compatible stores do)."""
-
-    def do_PUT(self) -> None:
-        self.rfile.read(int(self.headers.get("content-length", "0")))
-        self.send_response(200)
-        self.send_header("content-length", "0")
-        self.end_headers()
-
-    do_DELETE = do_PUT
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-
 def test_a_store_that_overwrites_is_refused_at_start_up(store: S3) -> None:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Overwriting)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        unfit = settings_for(f"http://127.0.0.1:{server.server_address[1]}", "bucket-x")
+    with s3_server(overwrite=True) as server:
+        unfit = settings_for(server.endpoint, "bucket-x")
         client = unfit.store()
+        client.create_bucket()
         with pytest.raises(StoreUnfit, match="overwrote"):
             check_store(client, unfit)
         client.close()
-    finally:
-        server.shutdown()
-        server.server_close()
+
+
+def test_a_wrong_signature_is_refused(settings: ReplicaSettings, store: S3) -> None:
+    # The stand-in checks what S3 checks: a client with the wrong secret gets 403.
+    wrong = attrs.evolve(settings, secret_key="not-the-secret").store()
+    with pytest.raises(S3Error, match="403 SignatureDoesNotMatch"):
+        wrong.put("k", b"x")
+    wrong.close()
 
 
 async def test_every_acked_batch_is_in_the_replica(

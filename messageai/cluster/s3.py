@@ -4,7 +4,7 @@
 one `httpx.Client`, whose connection pool is thread-safe): PUT (optionally with
 `If-None-Match: *`, the conditional write that fences two owners, docs/SCALE.md §7),
 GET, LIST (ListObjectsV2, every page) and DELETE of one bucket, path-style addressing
-(`<endpoint>/<bucket>/<key>`), which AWS S3, MinIO, R2 and moto all take. Every
+(`<endpoint>/<bucket>/<key>`), which AWS S3, MinIO and R2 all take. Every
 request is signed with AWS Signature Version 4 and carries the SHA-256 of its body
 (`x-amz-content-sha256`), which the store checks: a segment damaged in transit is
 refused, never stored.
