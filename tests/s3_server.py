@@ -74,6 +74,10 @@ class S3StandIn(http.server.ThreadingHTTPServer):
 
 class _Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # One write per answer (the handler flushes after each request), and no Nagle: a
+    # head and a body written apart wait out the client's delayed ACK (40 ms a GET).
+    wbufsize = 1 << 16
+    disable_nagle_algorithm = True
     server: S3StandIn
 
     def log_message(self, format: str, *args: object) -> None:
@@ -239,3 +243,15 @@ class Stall:
         except trio.BrokenResourceError:
             pass
         scope.cancel()
+
+
+def main() -> None:
+    """`python -m tests.s3_server`: serve until killed, printing the endpoint first (the
+    bench runs the store in a process of its own, so that its CPU is not the node's)."""
+    with s3_server() as server:
+        print(server.endpoint, flush=True)
+        threading.Event().wait()
+
+
+if __name__ == "__main__":
+    main()

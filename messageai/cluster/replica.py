@@ -45,6 +45,7 @@ import os
 import struct
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import apsw
@@ -68,10 +69,10 @@ _DIGITS = 20
 
 @attrs.frozen
 class ReplicaSettings:
-    """Where the replicas live. `prefix` namespaces the keys in the bucket; a segment
-    above `snapshot_after_bytes` of frames since the last snapshot makes the next
-    segment a snapshot (bounding what a restore replays, and how long a deleted
-    message's old pages stay in the store)."""
+    """Where the replicas live. `prefix` namespaces the keys in the bucket; once
+    `snapshot_after_bytes` of frames or `snapshot_after_segments` segments were shipped
+    since the last snapshot, the next segment is a snapshot (bounding what a restore
+    replays, and how long a deleted message's old pages stay in the store)."""
 
     endpoint: str
     bucket: str
@@ -81,6 +82,10 @@ class ReplicaSettings:
     prefix: str = "messageai/"
     timeout_seconds: float = 5.0
     snapshot_after_bytes: int = 16 * 1024 * 1024
+    # A restore reads the segments after the snapshot (`restore_fetches` at a time): a
+    # count bounds how many round trips that is (bench/replica_cost.py: ~7-10 ms each).
+    snapshot_after_segments: int = 200
+    restore_fetches: int = 8
 
     def store(self) -> S3:
         """A client for the bucket; the caller closes it."""
@@ -198,6 +203,7 @@ class Replica:
         # generation that follows it without a gap.
         self._expect_salt1: int | None = None
         self._since_snapshot = 0
+        self._segments_since_snapshot = 0
         self._snapshot_due = next_segment == 1
         # The connection whose checkpoints this replica turned off.
         self._configured: apsw.Connection | None = None
@@ -249,7 +255,11 @@ class Replica:
             self._salt, self._shipped = wal.salt, wal.committed
             self._expect_salt1 = None
             self._since_snapshot += len(wal.body)
-            if self._since_snapshot >= self._settings.snapshot_after_bytes:
+            self._segments_since_snapshot += 1
+            if (
+                self._since_snapshot >= self._settings.snapshot_after_bytes
+                or self._segments_since_snapshot >= self._settings.snapshot_after_segments
+            ):
                 self._snapshot_due = True
         except ReplicaLost:
             self._lose()
@@ -300,7 +310,7 @@ class Replica:
             # Only a hint for the restore, which finds the segment without it.
             log.warning("conversation %s: snapshot pointer %d: %s", self.conversation_id, n, exc)
         self._snapshot_due = False
-        self._since_snapshot = 0
+        self._since_snapshot = self._segments_since_snapshot = 0
         wal_path = Path(conn.filename + "-wal")
         before = _read_wal(wal_path, 0, None)
         busy, _log, _done = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()[0]
@@ -427,13 +437,16 @@ def restore(store: S3, settings: ReplicaSettings, conversation_id: str, path: Pa
     _remove_db(building)
     building.write_bytes(base.body)
     epoch = _epoch(base, start, 0)
-    for n in tail:
-        segment = store.get(segment_key(settings, conversation_id, n))
-        epoch = _epoch(segment, n, epoch)
-        if segment.metadata.get("kind") == "snapshot":
-            building.write_bytes(segment.body)
-        else:
-            _apply_frames(building, segment, n)
+    # Fetched several at a time, applied in order; the tail is bounded by the snapshot
+    # thresholds, and so is what this holds in memory.
+    with ThreadPoolExecutor(settings.restore_fetches, "replica restore") as pool:
+        segments = pool.map(store.get, [segment_key(settings, conversation_id, n) for n in tail])
+        for n, segment in zip(tail, segments, strict=True):
+            epoch = _epoch(segment, n, epoch)
+            if segment.metadata.get("kind") == "snapshot":
+                building.write_bytes(segment.body)
+            else:
+                _apply_frames(building, segment, n)
     _verify(building)
     _remove_db(path)
     os.replace(building, path)
