@@ -172,6 +172,30 @@ async def test_every_acked_batch_is_in_the_replica(
     assert _rows(_restored(store, settings, tmp_path)) == local
 
 
+async def test_a_single_node_file_becomes_the_first_snapshot(
+    tmp_path: Path, store: S3, settings: ReplicaSettings
+) -> None:
+    # A conversation written by a single-node server, then owned in replica mode.
+    config = _config(tmp_path, "node-a")
+    with trio.fail_after(DEADLINE):
+        async with owned_actor(config, CID, None) as owner:
+            for n in range(3):
+                assert isinstance(await owner.send(ADA, f"single-{n}", "before"), Message)
+        replica = await trio.to_thread.run_sync(take_over, store, settings, config, CID, 1, "a")
+        async with owned_actor(config, CID, fence_of(replica), replica) as owner:
+            assert isinstance(await owner.send(ADA, "replicated", "after"), Message)
+    first = store.get(segment_key(settings, CID, 1))
+    assert first.metadata["kind"] == "snapshot"
+    restored = _rows(_restored(store, settings, tmp_path))
+    assert [r[3] for r in restored["messages"]] == [
+        "single-0",
+        "single-1",
+        "single-2",
+        "replicated",
+    ]
+    assert restored == _rows(conversation_path(config.data_dir, CID))
+
+
 async def test_a_second_writer_is_refused_and_nothing_of_its_batch_is_acked(
     tmp_path: Path, store: S3, settings: ReplicaSettings
 ) -> None:

@@ -51,6 +51,7 @@ from pathlib import Path
 import apsw
 import attrs
 
+from messageai.cluster.fence import file_epoch
 from messageai.cluster.s3 import S3, NoSuchKey, PreconditionFailed, S3Error, S3Object
 from messageai.errors import Unavailable
 from messageai.model import now_ms
@@ -375,7 +376,7 @@ def _copy(conn: apsw.Connection) -> tuple[bytes, int]:
 class Restored:
     """What `restore` rebuilt: the next owner's first segment number, the highest
     epoch written so far (the floor for the next lease), and how many segments it
-    read (0: no replica, the conversation is new and no file was made)."""
+    read (0: no replica yet; the local file, if any, was left as it is)."""
 
     next_segment: int
     epoch: int
@@ -408,13 +409,15 @@ def _remove_db(path: Path) -> None:
 
 def restore(store: S3, settings: ReplicaSettings, conversation_id: str, path: Path) -> Restored:
     """Rebuild the conversation's file at `path` from its replica (any local file, WAL
-    and index there are replaced; no connection may have it open). Raises
-    `RestoreError`, or `S3Error` if the store cannot be read (retry)."""
+    and index there are replaced; no connection may have it open). With no replica at
+    all, a local file is left as it is. Raises `RestoreError`, or `S3Error` if the store
+    cannot be read (retry)."""
     wal_prefix = segment_key(settings, conversation_id, 0)[:-_DIGITS]
     numbers = _numbers(store, wal_prefix)
     if not numbers:
-        _remove_db(path)
-        return Restored(1, 0, 0)
+        # Never replicated: a new conversation, or one from a single-node server. A local
+        # file is kept (the owner's first segment is a snapshot of it), never erased.
+        return Restored(1, file_epoch(path), 0)
     pointers = set(_numbers(store, snapshot_key(settings, conversation_id, 0)[:-_DIGITS]))
     # The latest snapshot segment: a pointer's, else the first segment listed (the
     # conversation's first, or the one a prune kept).
