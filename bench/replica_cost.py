@@ -42,6 +42,15 @@ def _endpoint(given: str | None) -> Iterator[str]:
         process.wait()
 
 
+@contextlib.contextmanager
+def _per_call(label: str, calls: int) -> Iterator[None]:
+    """Print the block's CPU and wall time per call."""
+    cpu, wall = time.process_time(), time.perf_counter()
+    yield
+    cpu_per, wall_per = (time.process_time() - cpu) / calls, (time.perf_counter() - wall) / calls
+    print(f"{label}: {cpu_per * 1e6:.0f} µs CPU, {wall_per * 1e3:.2f} ms wall")
+
+
 def _commit(conn: object, seq: int) -> None:
     assert hasattr(conn, "execute")
     with transaction(conn):  # type: ignore[arg-type]
@@ -76,30 +85,18 @@ def main() -> None:
             replica.configure(conn)
             seq = 0
             for label, ship in (("without the replica", False), ("with the replica", True)):
-                cpu, wall = time.process_time(), time.perf_counter()
-                for _ in range(args.commits):
-                    seq += 1
-                    _commit(conn, seq)
-                    if ship:
-                        replica.ship(conn)
-                cpu_per = (time.process_time() - cpu) / args.commits
-                wall_per = (time.perf_counter() - wall) / args.commits
-                print(
-                    f"commit {label} ({args.synchronous}): {cpu_per * 1e6:.0f} µs CPU,"
-                    f" {wall_per * 1e3:.2f} ms wall"
-                )
+                with _per_call(f"commit {label} ({args.synchronous})", args.commits):
+                    for _ in range(args.commits):
+                        seq += 1
+                        _commit(conn, seq)
+                        if ship:
+                            replica.ship(conn)
                 if not ship:
                     # What those commits wrote, shipped as one segment (not measured).
                     replica.ship(conn)
-            cpu, wall = time.process_time(), time.perf_counter()
-            for n in range(args.commits):
-                store.put(f"bench/{n}", b"x" * 4200, if_none_match=True)
-            cpu_per = (time.process_time() - cpu) / args.commits
-            wall_per = (time.perf_counter() - wall) / args.commits
-            print(
-                f"bare conditional PUT of 4 KiB: {cpu_per * 1e6:.0f} µs CPU,"
-                f" {wall_per * 1e3:.2f} ms wall"
-            )
+            with _per_call("bare conditional PUT of 4 KiB", args.commits):
+                for n in range(args.commits):
+                    store.put(f"bench/{n}", b"x" * 4200, if_none_match=True)
         finally:
             conn.close()
         store.close()

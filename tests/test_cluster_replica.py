@@ -11,13 +11,14 @@ the chosen moment. Every test has an absolute `trio.fail_after`.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import signal
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import attrs
@@ -30,6 +31,7 @@ import pytest
 import trio
 
 from messageai.cluster.replica import (
+    Replica,
     ReplicaSettings,
     RestoreError,
     StoreUnfit,
@@ -46,7 +48,7 @@ from messageai.model import Message
 from messageai.protocol import DeleteMessage
 from messageai.sqlite import open_db, transaction
 from messageai.store.paths import conversation_path
-from tests.cluster_node import MEMBERS, owned_actor
+from tests.cluster_node import MEMBERS, Owner, owned_actor
 from tests.helpers import make_config
 from tests.replica_node import fence_of, settings_for, take_over
 from tests.s3_server import Stall, s3_server
@@ -101,6 +103,16 @@ def _restored(store: S3, settings: ReplicaSettings, tmp_path: Path) -> Path:
     return path
 
 
+@contextlib.asynccontextmanager
+async def _owner(
+    config: Config, store: S3, settings: ReplicaSettings, epoch: int, node: str = "a"
+) -> AsyncIterator[tuple[Owner, Replica]]:
+    """The conversation taken over at `epoch` (restored, claimed) and its actor running."""
+    replica = await trio.to_thread.run_sync(take_over, store, settings, config, CID, epoch, node)
+    async with owned_actor(config, CID, fence_of(replica), replica) as owner:
+        yield owner, replica
+
+
 def test_sigv4_is_botocores() -> None:
     # The signature every request carries, against the reference implementation.
     url = (
@@ -149,8 +161,7 @@ async def test_every_acked_batch_is_in_the_replica(
 ) -> None:
     config = _config(tmp_path, "node-a")
     with trio.fail_after(DEADLINE):
-        replica = await trio.to_thread.run_sync(take_over, store, settings, config, CID, 1, "a")
-        async with owned_actor(config, CID, fence_of(replica), replica) as owner:
+        async with _owner(config, store, settings, 1) as (owner, replica):
             acked: list[Message] = []
 
             async def send(n: int) -> None:
@@ -181,8 +192,7 @@ async def test_a_single_node_file_becomes_the_first_snapshot(
         async with owned_actor(config, CID, None) as owner:
             for n in range(3):
                 assert isinstance(await owner.send(ADA, f"single-{n}", "before"), Message)
-        replica = await trio.to_thread.run_sync(take_over, store, settings, config, CID, 1, "a")
-        async with owned_actor(config, CID, fence_of(replica), replica) as owner:
+        async with _owner(config, store, settings, 1) as (owner, _replica):
             assert isinstance(await owner.send(ADA, "replicated", "after"), Message)
     first = store.get(segment_key(settings, CID, 1))
     assert first.metadata["kind"] == "snapshot"
@@ -241,8 +251,7 @@ async def test_restore_stops_at_a_gap_and_at_an_epoch_going_down(
 ) -> None:
     config = _config(tmp_path, "node-a")
     with trio.fail_after(DEADLINE):
-        replica = await trio.to_thread.run_sync(take_over, store, settings, config, CID, 5, "a")
-        async with owned_actor(config, CID, fence_of(replica), replica) as owner:
+        async with _owner(config, store, settings, 5) as (owner, replica):
             for n in range(4):
                 assert isinstance(await owner.send(ADA, f"a-{n}", "from a"), Message)
     last = replica.next_segment - 1
@@ -271,8 +280,7 @@ async def test_snapshots_then_later_segments(tmp_path: Path, endpoint: str) -> N
     store.create_bucket()
     config = _config(tmp_path, "node-a")
     with trio.fail_after(DEADLINE):
-        replica = await trio.to_thread.run_sync(take_over, store, settings, config, CID, 1, "a")
-        async with owned_actor(config, CID, fence_of(replica), replica) as owner:
+        async with _owner(config, store, settings, 1) as (owner, replica):
             for n in range(40):
                 assert isinstance(await owner.send(ADA, f"a-{n}", f"text {n} " * 40), Message)
                 if n == 20:
@@ -399,8 +407,7 @@ async def test_kill_9_between_the_commit_and_the_ack(
     # A new owner: the client's resend of the unacked message is stored exactly once.
     config = _config(tmp_path, "node-b")
     with trio.fail_after(DEADLINE):
-        new = await trio.to_thread.run_sync(take_over, store, settings, config, CID, 2, "b")
-        async with owned_actor(config, CID, fence_of(new), new) as owner:
+        async with _owner(config, store, settings, 2, "b") as (owner, _new):
             resent = await owner.send(ADA, stalled, f"message {len(acked) + 1}")
             assert isinstance(resent, Message) and resent.seq == len(acked) + 1
     assert [r[3] for r in _rows(_restored(store, settings, tmp_path))["messages"]] == [
