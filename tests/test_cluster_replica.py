@@ -141,19 +141,19 @@ def test_sigv4_is_botocores() -> None:
 def test_a_store_that_overwrites_is_refused_at_start_up(store: S3) -> None:
     with s3_server(overwrite=True) as server:
         unfit = settings_for(server.endpoint, "bucket-x")
-        client = unfit.store()
-        client.create_bucket()
-        with pytest.raises(StoreUnfit, match="overwrote"):
-            check_store(client, unfit)
-        client.close()
+        with contextlib.closing(unfit.store()) as client:
+            client.create_bucket()
+            with pytest.raises(StoreUnfit, match="overwrote"):
+                check_store(client, unfit)
 
 
 def test_a_wrong_signature_is_refused(settings: ReplicaSettings, store: S3) -> None:
     # The stand-in checks what S3 checks: a client with the wrong secret gets 403.
-    wrong = attrs.evolve(settings, secret_key="not-the-secret").store()
-    with pytest.raises(S3Error, match="403 SignatureDoesNotMatch"):
+    with (
+        contextlib.closing(attrs.evolve(settings, secret_key="not-the-secret").store()) as wrong,
+        pytest.raises(S3Error, match="403 SignatureDoesNotMatch"),
+    ):
         wrong.put("k", b"x")
-    wrong.close()
 
 
 async def test_every_acked_batch_is_in_the_replica(
