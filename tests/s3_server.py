@@ -9,7 +9,7 @@ with a continuation token), DeleteObject. Every request's SigV4 signature is che
 with botocore's), and so is its body's SHA-256: a wrong one is 403, as S3 answers. It
 plays S3 the way `tests/llm.py` plays an LLM. `overwrite=True` makes it ignore
 `If-None-Match`, as stores without conditional writes do (the start-up check refuses
-them).
+them); `unanswered_puts` stores the next PUTs and closes their connections unanswered.
 
 Why not moto's S3 server: moto 5.2 does answer `If-None-Match: *` with 412, but its check
 is a read then a write with no lock between (two owners racing could both win), it
@@ -62,6 +62,9 @@ class S3StandIn(http.server.ThreadingHTTPServer):
     def __init__(self, *, overwrite: bool = False) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
         self.overwrite = overwrite
+        # PUTs still to be stored and then left unanswered (the connection closed): an
+        # answer lost in transit.
+        self.unanswered_puts = 0
         self.buckets: dict[str, dict[str, _Object]] = {}
         self.lock = threading.Lock()
         # Requests answered, by method (the bench and tests count round trips with it).
@@ -129,6 +132,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                     if name.lower().startswith("x-amz-meta-")
                 )
                 objects[key] = _Object(body, metadata, etag)
+                if self.server.unanswered_puts > 0:
+                    self.server.unanswered_puts -= 1
+                    self.close_connection = True
+                    return
                 self._answer(200, headers={"etag": etag})
             elif self.command == "GET" and not key:
                 self._list(objects, query)

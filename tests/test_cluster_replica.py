@@ -51,7 +51,7 @@ from messageai.store.paths import conversation_path
 from tests.cluster_node import MEMBERS, Owner, owned_actor
 from tests.helpers import make_config
 from tests.replica_node import fence_of, settings_for, take_over
-from tests.s3_server import Stall, s3_server
+from tests.s3_server import S3StandIn, Stall, s3_server
 
 DEADLINE = 30
 CID = "c_replicated"
@@ -59,9 +59,14 @@ ADA, BOB = MEMBERS
 
 
 @pytest.fixture(scope="module")
-def endpoint() -> Iterator[str]:
-    with s3_server() as server:
-        yield server.endpoint
+def server() -> Iterator[S3StandIn]:
+    with s3_server() as running:
+        yield running
+
+
+@pytest.fixture
+def endpoint(server: S3StandIn) -> str:
+    return server.endpoint
 
 
 @pytest.fixture
@@ -244,6 +249,23 @@ async def test_a_second_writer_is_refused_and_nothing_of_its_batch_is_acked(
     assert [r[3] for r in restored["messages"]] == ["a-0", "a-1", "a-2", "b-0", "a-late"]
     assert restored == _rows(conversation_path(config_b.data_dir, CID))
     assert restored["fence"] == [(2, "b")]
+
+
+async def test_a_put_whose_answer_was_lost_is_tried_again(
+    tmp_path: Path, store: S3, settings: ReplicaSettings, server: S3StandIn
+) -> None:
+    # The store wrote the segment and the answer never came: the retry's 412 finds the
+    # replica's own body there, so the batch is acked, once, and the replica goes on.
+    config = _config(tmp_path, "node-a")
+    with trio.fail_after(DEADLINE):
+        async with _owner(config, store, settings, 1) as (owner, replica):
+            assert isinstance(await owner.send(ADA, "before", "x"), Message)
+            server.unanswered_puts = 1
+            assert isinstance(await owner.send(ADA, "answer lost", "x"), Message)
+            assert server.unanswered_puts == 0 and replica.healthy
+            assert isinstance(await owner.send(ADA, "after", "x"), Message)
+    restored = _rows(_restored(store, settings, tmp_path))
+    assert [r[3] for r in restored["messages"]] == ["before", "answer lost", "after"]
 
 
 async def test_restore_stops_at_a_gap_and_at_an_epoch_going_down(

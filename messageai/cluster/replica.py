@@ -285,20 +285,35 @@ class Replica:
                 self._on_lost()
 
     def _put(self, body: bytes, kind: str, page_size: int) -> None:
+        """PUT segment `next_segment` if nobody has it. A PUT that failed in transit (or
+        with a 5xx) is tried once more: it may have landed with only its answer lost,
+        and then the retry's 412 is answered by comparing what is stored with `body`."""
         n = self.next_segment
-        try:
-            self._store.put(
-                segment_key(self._settings, self.conversation_id, n),
-                body,
-                metadata={"epoch": str(self.epoch), "kind": kind, "page-size": str(page_size)},
-                if_none_match=True,
-            )
-        except PreconditionFailed as exc:
-            raise ReplicaLost(
-                f"conversation {self.conversation_id}: segment {n} was written by another"
-                f" owner (epoch {self.epoch} is not the conversation's owner any more)"
-            ) from exc
+        key = segment_key(self._settings, self.conversation_id, n)
+        metadata = {"epoch": str(self.epoch), "kind": kind, "page-size": str(page_size)}
+        retried = False
+        while True:
+            try:
+                self._store.put(key, body, metadata=metadata, if_none_match=True)
+                break
+            except PreconditionFailed as exc:
+                if retried and self._landed(key, body):
+                    break
+                raise ReplicaLost(
+                    f"conversation {self.conversation_id}: segment {n} was written by another"
+                    f" owner (epoch {self.epoch} is not the conversation's owner any more)"
+                ) from exc
+            except S3Error as exc:
+                if retried or 0 < exc.status < 500:
+                    raise
+                log.info("conversation %s: segment %d, once more: %s", self.conversation_id, n, exc)
+                retried = True
         self.next_segment = n + 1
+
+    def _landed(self, key: str, body: bytes) -> bool:
+        """Whether `key` holds this replica's own `body` (its first PUT had landed)."""
+        stored = self._store.get(key)
+        return stored.body == body and stored.metadata.get("epoch") == str(self.epoch)
 
     def _snapshot(self, conn: apsw.Connection) -> None:
         """The whole database as the next segment, then the WAL checkpointed away."""
