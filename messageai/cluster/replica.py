@@ -6,7 +6,9 @@ commit's worker thread and before any ack, the actor calls `Replica.ship(conn)`:
 WAL frames appended since the last shipped one are PUT as ONE object,
 `<prefix><C>/wal/<n>`, with `If-None-Match: *` and the writer's epoch in its metadata.
 The conditional PUT is the fence between owners: an old owner and a new one race for
-the same `n`, and exactly one wins. A refused (412) or failed PUT raises `ReplicaLost`
+the same `n`, and exactly one wins. A PUT that failed in transit is tried once more (a
+412 then is answered by reading the object back: its own body means its first attempt
+had landed). A refused PUT, or one failed twice, raises `ReplicaLost`
 (an `Unavailable`): nothing of the batch is acked. The batch is then in the local file
 but maybe not in the replica, so the replica is **lost for good**: `healthy` turns
 false (the cluster layer's `Fence` includes it, so no later batch commits), `on_lost`
@@ -18,15 +20,18 @@ resend of it is then a duplicate, answered with the stored message).
 
 A segment is either the raw WAL frames of one or more commits (`kind=frames`) or the
 whole database (`kind=snapshot`). A snapshot is shipped instead of frames for the
-conversation's first segment, once `snapshot_after_bytes` of frames were shipped since
-the last one, and whenever the WAL's continuity cannot be proved (its salt changed
-without this replica's own checkpoint: the actor's checkpoint after a delete, a
-connection that checkpointed before this replica configured it); after a snapshot the
-WAL is checkpointed and truncated. `<prefix><C>/snap/<n>` is an empty pointer to each
+conversation's first segment, once `snapshot_after_bytes` of frames or
+`snapshot_after_segments` segments were shipped since the last one, and whenever the
+WAL's continuity cannot be proved (its salt changed without this replica's own
+checkpoint: the actor's checkpoint after a delete, a connection that checkpointed
+before this replica configured it); after a snapshot the WAL is checkpointed and
+truncated. `<prefix><C>/snap/<n>` is an empty pointer to each
 snapshot segment, so a restore need not read every segment; `prune` deletes what the
 second-latest snapshot superseded.
 
-`restore` rebuilds the file: the latest snapshot, then every later segment in order
+`restore` rebuilds the file (with no replica at all it leaves a local file as it is:
+a conversation from a single-node server becomes the first snapshot): the latest
+snapshot, then every later segment in order
 (a gap, or an epoch lower than one before it, stops the restore: a bug), each frame's
 page written at its place and the file cut at each commit's size (what a checkpoint
 does), then `PRAGMA integrity_check`. The new owner continues at `Restored.next_segment`.
