@@ -245,6 +245,13 @@ async def test_a_second_writer_is_refused_and_nothing_of_its_batch_is_acked(
                 # The refused message, resent to the new owner: stored once, after b's.
                 late = await owner_b.send(ADA, "a-late", "from a, too late")
                 assert isinstance(late, Message) and late.seq == 5
+    # b's claim, then its commits: frames, following the claim's WAL across the claim's
+    # connection and the actor's (no snapshot after a restore).
+    kinds = [
+        store.get(segment_key(settings, CID, n)).metadata["kind"]
+        for n in range(old.next_segment, new.next_segment)
+    ]
+    assert kinds == ["frames"] * 3
     restored = _rows(_restored(store, settings, tmp_path))
     assert [r[3] for r in restored["messages"]] == ["a-0", "a-1", "a-2", "b-0", "a-late"]
     assert restored == _rows(conversation_path(config_b.data_dir, CID))
