@@ -202,7 +202,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 def s3_server(*, overwrite: bool = False) -> Iterator[S3StandIn]:
     """An `S3StandIn` serving until the block ends."""
     server = S3StandIn(overwrite=overwrite)
-    thread = threading.Thread(target=server.serve_forever, name="s3 stand-in", daemon=True)
+    # A short poll: shutdown() waits for it.
+    thread = threading.Thread(
+        target=server.serve_forever, args=(0.05,), name="s3 stand-in", daemon=True
+    )
     thread.start()
     try:
         yield server

@@ -54,6 +54,9 @@ from tests.replica_node import fence_of, settings_for, take_over
 from tests.s3_server import S3StandIn, Stall, s3_server
 
 DEADLINE = 30
+# The kill -9 test starts a Python process of its own (its imports take seconds on a
+# loaded machine).
+PROCESS_DEADLINE = 60
 CID = "c_replicated"
 ADA, BOB = MEMBERS
 
@@ -387,7 +390,7 @@ async def test_kill_9_between_the_commit_and_the_ack(
     target = httpx.URL(endpoint)
     stall = Stall((str(target.host), int(target.port or 80)))
     data_dir = tmp_path / "node-a"
-    with trio.fail_after(DEADLINE):
+    with trio.fail_after(PROCESS_DEADLINE):
         async with trio.open_nursery() as nursery:
             await nursery.start(stall.serve)
             process = await trio.lowlevel.open_process(
