@@ -32,6 +32,7 @@ import trio
 
 from messageai.cluster.replica import (
     Replica,
+    ReplicaLost,
     ReplicaSettings,
     RestoreError,
     StoreUnfit,
@@ -276,6 +277,30 @@ async def test_a_put_whose_answer_was_lost_is_tried_again(
             assert isinstance(await owner.send(ADA, "after", "x"), Message)
     restored = _rows(_restored(store, settings, tmp_path))
     assert [r[3] for r in restored["messages"]] == ["before", "answer lost", "after"]
+
+
+async def test_two_owners_racing_for_a_segment_one_wins(
+    tmp_path: Path, store: S3, settings: ReplicaSettings
+) -> None:
+    # Both restored the same replica and claim the same next number at once (in two
+    # threads): the store lets exactly one claim through.
+    configs = [_config(tmp_path, f"node-{n}") for n in range(2)]
+    take_over(store, settings, configs[0], CID, 1, "first")
+    outcomes: list[str] = []
+
+    def contend(config: Config, epoch: int) -> None:
+        try:
+            take_over(store, settings, config, CID, epoch, f"node-{epoch}")
+            outcomes.append("claimed")
+        except ReplicaLost:
+            outcomes.append("refused")
+
+    with trio.fail_after(DEADLINE):
+        async with trio.open_nursery() as nursery:
+            for n, config in enumerate(configs):
+                nursery.start_soon(trio.to_thread.run_sync, contend, config, 2 + n)
+    assert sorted(outcomes) == ["claimed", "refused"]
+    assert len(store.list(segment_key(settings, CID, 0)[:-20])) == 2
 
 
 async def test_restore_stops_at_a_gap_and_at_an_epoch_going_down(
