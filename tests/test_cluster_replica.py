@@ -91,6 +91,12 @@ def _config(tmp_path: Path, name: str) -> Config:
     return make_config(tmp_path / name)
 
 
+@pytest.fixture
+def config(tmp_path: Path) -> Config:
+    """The first node's configuration (its own data directory)."""
+    return _config(tmp_path, "node-a")
+
+
 def _rows(path: Path) -> dict[str, list[tuple[object, ...]]]:
     """Every row of the conversation's tables that the protocol shows, in key order."""
     conn = open_db(path, "FULL", create=False)
@@ -166,9 +172,8 @@ def test_a_wrong_signature_is_refused(settings: ReplicaSettings, store: S3) -> N
 
 
 async def test_every_acked_batch_is_in_the_replica(
-    tmp_path: Path, store: S3, settings: ReplicaSettings
+    tmp_path: Path, store: S3, settings: ReplicaSettings, config: Config
 ) -> None:
-    config = _config(tmp_path, "node-a")
     with trio.fail_after(DEADLINE):
         async with _owner(config, store, settings, 1) as (owner, replica):
             acked: list[Message] = []
@@ -193,10 +198,9 @@ async def test_every_acked_batch_is_in_the_replica(
 
 
 async def test_a_single_node_file_becomes_the_first_snapshot(
-    tmp_path: Path, store: S3, settings: ReplicaSettings
+    tmp_path: Path, store: S3, settings: ReplicaSettings, config: Config
 ) -> None:
     # A conversation written by a single-node server, then owned in replica mode.
-    config = _config(tmp_path, "node-a")
     with trio.fail_after(DEADLINE):
         async with owned_actor(config, CID, None) as owner:
             for n in range(3):
@@ -263,11 +267,10 @@ async def test_a_second_writer_is_refused_and_nothing_of_its_batch_is_acked(
 
 
 async def test_a_put_whose_answer_was_lost_is_tried_again(
-    tmp_path: Path, store: S3, settings: ReplicaSettings, server: S3StandIn
+    tmp_path: Path, store: S3, settings: ReplicaSettings, server: S3StandIn, config: Config
 ) -> None:
     # The store wrote the segment and the answer never came: the retry's 412 finds the
     # replica's own body there, so the batch is acked, once, and the replica goes on.
-    config = _config(tmp_path, "node-a")
     with trio.fail_after(DEADLINE):
         async with _owner(config, store, settings, 1) as (owner, replica):
             assert isinstance(await owner.send(ADA, "before", "x"), Message)
@@ -304,9 +307,8 @@ async def test_two_owners_racing_for_a_segment_one_wins(
 
 
 async def test_restore_stops_at_a_gap_and_at_an_epoch_going_down(
-    tmp_path: Path, store: S3, settings: ReplicaSettings
+    tmp_path: Path, store: S3, settings: ReplicaSettings, config: Config
 ) -> None:
-    config = _config(tmp_path, "node-a")
     with trio.fail_after(DEADLINE):
         async with _owner(config, store, settings, 5) as (owner, replica):
             for n in range(4):
@@ -327,7 +329,7 @@ async def test_restore_stops_at_a_gap_and_at_an_epoch_going_down(
         _restored(store, settings, tmp_path)
 
 
-async def test_snapshots_then_later_segments(tmp_path: Path, endpoint: str) -> None:
+async def test_snapshots_then_later_segments(tmp_path: Path, endpoint: str, config: Config) -> None:
     # Small snapshots, so that several are taken; a delete makes one too (the actor's
     # checkpoint after a delete restarts the WAL behind the replica).
     settings = settings_for(
@@ -335,7 +337,6 @@ async def test_snapshots_then_later_segments(tmp_path: Path, endpoint: str) -> N
     )
     store = settings.store()
     store.create_bucket()
-    config = _config(tmp_path, "node-a")
     with trio.fail_after(DEADLINE):
         async with _owner(config, store, settings, 1) as (owner, replica):
             for n in range(40):
@@ -364,12 +365,11 @@ async def test_snapshots_then_later_segments(tmp_path: Path, endpoint: str) -> N
 
 
 def test_a_wal_restarted_behind_the_replica_is_snapshotted(
-    tmp_path: Path, store: S3, settings: ReplicaSettings
+    tmp_path: Path, store: S3, settings: ReplicaSettings, config: Config
 ) -> None:
     """Commits the replica did not ship, then a checkpoint that is not the replica's
     (a connection it had not configured): the WAL restarts and those frames are only
     in the file. The next segment must be the whole file."""
-    config = _config(tmp_path, "node-a")
     replica = take_over(store, settings, config, CID, 1, "a")
     path = conversation_path(config.data_dir, CID)
     conn = open_db(path, "FULL")
