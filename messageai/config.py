@@ -436,6 +436,76 @@ class MetricsConfig:
             raise ValueError("metrics: set at most one of token_file and token_env")
 
 
+def _node_id(_inst: object, attr: attrs.Attribute[Any], value: str) -> None:
+    if value and not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", value):
+        raise ValueError(f"{value!r} is not 1-64 of A-Z a-z 0-9 _ . -")
+
+
+def _redis_url(_inst: object, attr: attrs.Attribute[Any], value: str) -> None:
+    if value and not re.fullmatch(r"rediss?://[^/?#\s]+(/\d+)?", value):
+        raise ValueError(f'{value!r} is not a URL like "redis://127.0.0.1:6379/0"')
+
+
+def split_address(value: str) -> tuple[str, int]:
+    """`host:port` (or `[v6]:port`) as (host, port); ValueError if it is not one."""
+    match = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d{1,5})|([^\s:\[\]/]+):(\d{1,5})", value)
+    if match is None:
+        raise ValueError(f'{value!r} is not an address like "10.0.0.5:7400"')
+    host = match.group(1) or match.group(3)
+    port = int(match.group(2) or match.group(4))
+    if port > 65535:
+        raise ValueError(f"{value!r}: port {port} is above 65535")
+    return host, port
+
+
+def _address(_inst: object, attr: attrs.Attribute[Any], value: str) -> None:
+    if value:
+        split_address(value)
+
+
+@attrs.frozen(field_transformer=_name_errors)
+class ClusterConfig:
+    """Cluster mode (docs/SCALE.md): several processes, one server. Off: nothing of it
+    is imported or paid for."""
+
+    enabled: bool = False
+    # This node's name, unique in the cluster (it is in leases and in Redis's keys).
+    node_id: str = attrs.field(default="", validator=_node_id)
+    redis_url: str = attrs.field(default="", validator=_redis_url)
+    # The node link (node-to-node TCP): where this node listens, and the address the
+    # other nodes are told to reach it at (port 0 is only for `listen`: any free one,
+    # then advertised with the port it got when `advertise` ends in ":0").
+    link_listen: str = attrs.field(default="", validator=_address)
+    link_advertise: str = attrs.field(default="", validator=_address)
+    lease_ttl_seconds: float = attrs.field(default=10.0, validator=[_positive, v.le(3600)])
+    lease_drift: float = attrs.field(default=0.01, validator=[v.ge(0), v.lt(0.5)])
+    lease_margin_seconds: float = attrs.field(default=0.5, validator=[v.ge(0), v.le(60)])
+    # A node's `node:<id>` key lives this long unless refreshed (every third of it).
+    node_ttl_seconds: float = attrs.field(default=10.0, validator=[_positive, v.le(3600)])
+    # Frames each side of a node link may have queued; one more ends the link.
+    link_queue_frames: int = attrs.field(default=8192, validator=[v.ge(16), v.le(1_000_000)])
+    link_connect_timeout_seconds: float = attrs.field(default=2.0, validator=_positive)
+    # The secret every node presents when it opens a link (the first line of this file,
+    # or this environment variable; the same on every node).
+    link_secret_file: str = ""
+    link_secret_env: str = ""
+
+    def __attrs_post_init__(self) -> None:
+        if self.link_secret_file and self.link_secret_env:
+            raise _FieldError("link_secret_env", "set at most one of link_secret_file and this")
+        if not self.enabled:
+            return
+        for key in ("node_id", "redis_url", "link_listen", "link_advertise"):
+            if not getattr(self, key):
+                raise _FieldError(key, "must be set when cluster.enabled is true")
+        if not (self.link_secret_file or self.link_secret_env):
+            raise _FieldError(
+                "link_secret_file", "(or link_secret_env) must be set when cluster.enabled is true"
+            )
+        if self.lease_ttl_seconds * (1 - self.lease_drift) - self.lease_margin_seconds <= 0:
+            raise _FieldError("lease_margin_seconds", "leaves no lease validity after lease_drift")
+
+
 @attrs.frozen
 class Config:
     server: ServerConfig = ServerConfig()
@@ -453,6 +523,7 @@ class Config:
     retention: RetentionConfig = RetentionConfig()
     logging: LoggingConfig = LoggingConfig()
     metrics: MetricsConfig = MetricsConfig()
+    cluster: ClusterConfig = ClusterConfig()
 
     def __attrs_post_init__(self) -> None:
         if self.auth.mode == "clerk":

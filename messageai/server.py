@@ -16,7 +16,7 @@ from __future__ import annotations
 import errno
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
 import orjson
@@ -64,6 +64,9 @@ from messageai.services.retention import Retention
 from messageai.services.search import Search
 from messageai.sqlite import apply_best_practice
 
+if TYPE_CHECKING:
+    from messageai.cluster.node import Node
+
 log = logging.getLogger(__name__)
 
 # Client frames trio-websocket buffers before the session takes them (the handshake's
@@ -90,6 +93,8 @@ class Server:
         self.directory: Directory | None = None
         self.presence: Presence | None = None
         self.registry: Registry | None = None
+        # cluster mode's node (None on a single node; `messageai.cluster.node`).
+        self.node: Node | None = None
         self.authenticator: Authenticator | None = None
         self.media: Media | None = None
         self.push: Push | None = None
@@ -135,7 +140,12 @@ class Server:
         # The data directory's lock first: a second server, or an operator's offline
         # command at work on the files, stops start-up before anything is opened.
         make_data_dir(self.config.data_dir)
-        channel = Channel(self.config.data_dir, self._admin_request)
+        cluster = self.config.cluster
+        channel = Channel(
+            self.config.data_dir,
+            self._admin_request,
+            node_id=cluster.node_id if cluster.enabled else None,
+        )
         channel.lock()
         try:
             await self._run(channel, task_status)
@@ -145,6 +155,13 @@ class Server:
     async def _admin_request(self, body: dict[str, Any]) -> str:
         if self.admin is None:
             raise Unavailable("the server is still starting")
+        if self.node is not None:
+            # A cluster node's channel serves `node drain` only (docs/SCALE.md §9).
+            from messageai.cluster.drain import drain
+
+            if body.get("command") != "node_drain" or self.registry is None:
+                raise Unavailable("a cluster node takes only `node drain` on its channel")
+            return await drain(self.node, self.registry)
         return await self.admin.handle(body)
 
     async def _run(self, channel: Channel, task_status: trio.TaskStatus[Server]) -> None:
@@ -195,6 +212,11 @@ class Server:
                 if push.enabled:
                     await actor_nursery.start(push.run)
                 await actor_nursery.start(embeddings.run)
+                if config.cluster.enabled:
+                    # Imported only here: a single-node server never loads coredis.
+                    from messageai.cluster.startup import start_node
+
+                    self.node = await start_node(config, registry, actor_nursery)
                 self.registry = registry
 
                 async def members_added(conversation_id: str, user_ids: tuple[str, ...]) -> None:
@@ -203,9 +225,7 @@ class Server:
                 directory.on_members_added = members_added
                 # search: its worker threads read the files; the registry wakes a
                 # lagging file's actor, which fills its index.
-                search = Search(
-                    config, directory, lambda cid: registry.actor(cid), embeddings.embedder
-                )
+                search = Search(config, directory, registry.wake, embeddings.embedder)
                 self.search = search
                 # ai: the assistant; without `ai.base_url` its routes answer `unavailable`.
                 endpoint = (

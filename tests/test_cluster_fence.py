@@ -21,12 +21,13 @@ from messageai.cluster.lease import Lease, Leases
 from messageai.config import Config
 from messageai.errors import Unavailable
 from messageai.model import Message
+from messageai.ops import conversation_file
 from messageai.sqlite import open_db, transaction
 from messageai.store import conversation as conversation_sql
 from messageai.store import fence as fence_sql
 from messageai.store.paths import conversation_path
 from tests.cluster_node import MEMBERS, owned_actor, take_over
-from tests.helpers import make_config
+from tests.helpers import harness, make_config
 
 DEADLINE = 20
 CID = "c_fenced"
@@ -52,7 +53,7 @@ def _stored(path: Path) -> tuple[fence_sql.FenceRow | None, dict[str, int]]:
 
 
 async def test_a_stale_owner_commits_nothing_after_the_takeover(
-    config: Config, redis: coredis.Redis[str]
+    config: Config, redis: coredis.Redis[str], caplog: pytest.LogCaptureFixture
 ) -> None:
     with trio.fail_after(DEADLINE):
         a = Leases(redis, "node-a", ttl_seconds=30)
@@ -75,6 +76,9 @@ async def test_a_stale_owner_commits_nothing_after_the_takeover(
                 # A resend of the refused message goes to the new owner: stored once.
                 late = await owner_b.send(ADA, "a-late", "from a, too late")
                 assert isinstance(late, Message) and late.seq == 6
+    # The refused batch is one warning, without a traceback: an expected refusal.
+    fenced = [r for r in caplog.records if "refused by the fence" in r.getMessage()]
+    assert [(r.levelname, r.exc_info) for r in fenced] == [("WARNING", None)]
     fence, revs = _stored(conversation_path(config.data_dir, CID))
     assert fence is not None and (fence.epoch, fence.node) == (new.epoch, "node-b")
     assert fence.since_rev == 3
@@ -165,5 +169,25 @@ async def test_single_node_actor_has_no_fence_and_no_fence_table(config: Config)
         assert conversation_sql.last_seq(conn) == 1
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_schema")}
         assert "fence" not in tables
+    finally:
+        conn.close()
+
+
+async def test_an_exported_file_leaves_the_fence_out(tmp_path: Path) -> None:
+    with trio.fail_after(DEADLINE):
+        async with harness(make_config(tmp_path / "data")) as h:
+            ada, bob = await h.account("ada"), await h.account("bob")
+            cid = await h.direct(ada, bob)
+            await h.post(ada, cid, "claimed by a cluster once")
+            path = conversation_path(h.server.config.data_dir, cid)
+            await trio.to_thread.run_sync(claim_file, path, "FULL", 7, "node-a")
+            assert file_epoch(path) == 7
+            out = tmp_path / "export.sqlite3"
+            data_dir = h.server.config.data_dir
+            await trio.to_thread.run_sync(lambda: conversation_file.export(data_dir, cid, out))
+    conn = open_db(out, "FULL", create=False)
+    try:
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_schema")}
+        assert "fence" not in tables and "messages" in tables
     finally:
         conn.close()

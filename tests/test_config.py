@@ -286,3 +286,24 @@ def test_environment_variables_override_the_file_each_as_its_type(tmp_path: Path
 def test_a_bad_environment_variable_exits_2_naming_it(name: str, value: str, said: str) -> None:
     result = run_cli("config", "check", env={name: value})
     assert result.returncode == 2 and said in result.stderr, result
+
+
+def test_cluster_mode_needs_its_node_redis_and_link_addresses(tmp_path: Path) -> None:
+    assert Config().cluster.enabled is False
+    with pytest.raises(ConfigError, match=r"cluster\.node_id: must be set"):
+        load_text(tmp_path, "[cluster]\nenabled = true\n")
+    good = (
+        '[cluster]\nenabled = true\nnode_id = "a"\nredis_url = "redis://127.0.0.1:6379/0"\n'
+        'link_listen = "127.0.0.1:0"\nlink_advertise = "10.0.0.5:0"\nlink_secret_env = "S"\n'
+    )
+    assert load_text(tmp_path, good).cluster.node_id == "a"
+    for bad, key in (
+        ('node_id = "a"', 'node_id = "a:b"'),
+        ('redis_url = "redis://127.0.0.1:6379/0"', 'redis_url = "http://x"'),
+        ('link_advertise = "10.0.0.5:0"', 'link_advertise = "10.0.0.5"'),
+        ('link_listen = "127.0.0.1:0"', 'link_listen = "127.0.0.1:70000"'),
+        ('link_secret_env = "S"', 'link_secret_file = ""'),
+    ):
+        name = key.partition(" ")[0]
+        with pytest.raises(ConfigError, match=rf"cluster\.{name}:"):
+            load_text(tmp_path, good.replace(bad, key))

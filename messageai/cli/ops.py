@@ -17,13 +17,13 @@ from pathlib import Path
 import apsw
 
 from messageai.config import Config
-from messageai.ops import backup, check, conversation_file
+from messageai.ops import backup, channel, check, conversation_file
 from messageai.services.directory import DIRECTORY_FILE, open_directory_db
 from messageai.sqlite import transaction
 from messageai.store import directory as directory_sql
 from messageai.store.paths import conversation_path
 
-OPS_COMMANDS = ("backup", "verify", "restore", "check", "conversation")
+OPS_COMMANDS = ("backup", "verify", "restore", "check", "conversation", "node")
 
 
 def add_ops_commands(
@@ -56,6 +56,15 @@ def add_ops_commands(
         help="check the data directory: every database's integrity, every upload's bytes",
     )
     with_config(whole)
+    node = sub.add_parser("node", help="this cluster node (docs/SCALE.md)")
+    node_sub = node.add_subparsers(dest="node_command", required=True)
+    drain = node_sub.add_parser(
+        "drain",
+        help="hand the node's conversations to the other nodes",
+        description="Asks the running node named by --config ([cluster] node_id) to stop"
+        " taking conversations and to hand over each one it owns; it keeps running.",
+    )
+    with_config(drain)
     conversation = sub.add_parser("conversation", help="one conversation as one file")
     conversation_sub = conversation.add_subparsers(dest="conversation_command", required=True)
     out = conversation_sub.add_parser(
@@ -131,10 +140,30 @@ def run(config: Config, args: argparse.Namespace) -> int:
         if args.command == "restore":
             backup.restore(args.src, config.data_dir)
             return 0
+        if args.command == "node":
+            return _node_drain(config)
         return _conversation(config, args)
     except (backup.BackupError, conversation_file.TransferError) as exc:
         print(f"messageai: {exc}", file=sys.stderr)
         return 1
+
+
+def _node_drain(config: Config) -> int:
+    """`node drain`: by the running node's own admin channel."""
+    if not config.cluster.enabled:
+        print("messageai: node drain: cluster.enabled is false in this config", file=sys.stderr)
+        return 2
+    try:
+        said = channel.request(
+            config.data_dir,
+            {"command": "node_drain"},
+            name=channel.node_files(config.cluster.node_id)[1],
+        )
+    except channel.ChannelError as exc:
+        print(f"messageai: {exc}", file=sys.stderr)
+        return 1
+    print(said)
+    return 0
 
 
 def _conversation(config: Config, args: argparse.Namespace) -> int:

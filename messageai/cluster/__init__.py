@@ -1,7 +1,11 @@
-"""Cluster mode (docs/SCALE.md): conversation leases in Redis, the epoch fence, the
-conversation WAL replica in S3-compatible storage, and presence and a user's own
-frames across nodes.
+"""Cluster mode (docs/SCALE.md): several processes, one server.
 
-Optional: needs the `cluster` extra (`coredis`) for `lease`, `presence` and `userbus`;
-`fence`, `replica` and `s3` need nothing more than the server's own dependencies.
+`lease` (conversation leases in Redis) and `fence` (the epoch in a conversation's
+file) are the ownership; `node` (this process in the cluster), `placement`, `link`
+and `codec` (node-to-node forwarding), `drain` and `startup` (wired in by the server
+when `cluster.enabled`) are the runtime; `replica` and `s3` (the conversation WAL
+replica in S3-compatible storage) and `presence` and `userbus` (presence and a
+user's own frames across nodes) are built beside it, not wired into the node yet.
+Optional: `lease`, `node`, `link`, `drain`, `startup`, `presence` and `userbus` need
+the `cluster` extra (`coredis`); a single-node server imports none of it.
 """

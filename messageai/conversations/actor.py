@@ -115,6 +115,7 @@ from messageai.protocol import (
 from messageai.sqlite import migrate, open_db, transaction
 from messageai.store import ai as ai_sql
 from messageai.store import conversation as sql
+from messageai.store.fence import Fenced
 from messageai.store.paths import conversation_path
 from messageai.threads import WorkerPool
 
@@ -404,10 +405,21 @@ class ConversationActor:
         self._batch = batch
         try:
             await self._process(batch)
-        except Exception:
-            log.exception(
-                "conversation %s: batch of %d failed; restarting actor state", self.id, len(batch)
-            )
+        except Exception as exc:
+            if isinstance(exc, Fenced):
+                # cluster: an expected refusal (the lease moved), not a bug: one line.
+                log.warning(
+                    "conversation %s: batch of %d refused by the fence: %s",
+                    self.id,
+                    len(batch),
+                    exc,
+                )
+            else:
+                log.exception(
+                    "conversation %s: batch of %d failed; restarting actor state",
+                    self.id,
+                    len(batch),
+                )
             # Only what was not answered yet: a batch that failed after its commit
             # has acked some commands already, and each command gets one answer.
             for command in batch:

@@ -75,6 +75,8 @@ from messageai.threads import WorkerPool
 
 if TYPE_CHECKING:
     from messageai.ai.embeddings import Embeddings
+    from messageai.cluster.link import Links
+    from messageai.cluster.node import Node
     from messageai.model import Message
     from messageai.services.media import Media
 
@@ -122,6 +124,11 @@ class Registry:
         # scope with the event its end sets.
         self._held: set[str] = set()
         self._running: dict[str, tuple[trio.CancelScope, trio.Event]] = {}
+        # cluster (docs/SCALE.md §3-5; set by the server, None on a single node): the
+        # node's leases, asked before an actor starts, and its links to the other
+        # nodes, which carry the commands of conversations owned elsewhere.
+        self.node: Node | None = None
+        self.links: Links | None = None
 
     def is_running(self, conversation_id: str) -> bool:
         """Whether the conversation has a live actor now (it retires when idle)."""
@@ -155,6 +162,8 @@ class Registry:
         )
         if record is None:
             raise NotFound("no such conversation")
+        # cluster: only with the lease taken before this check (`Links.route`).
+        fence = self.node.fence(conversation_id) if self.node is not None else None
         actor = ConversationActor(
             conversation_id,
             self._directory.member_ids(conversation_id),
@@ -169,19 +178,45 @@ class Registry:
             bot_id=self.bot_id,
             creator_id=record.creator_id if record.kind == "group" else None,
             embeddings=self._embeddings,
+            fence=fence,
         )
         self._actors[conversation_id] = actor
         self._nursery.start_soon(self._supervise, actor, name=f"actor {conversation_id}")
         return actor
 
-    async def submit(self, conversation_id: str, command: Command) -> None:
+    def exists(self, conversation_id: str) -> bool:
+        """Whether the directory has the conversation (cluster: before its lease is taken)."""
+        return (
+            len(conversation_id) <= MAX_CONVERSATION_ID
+            and self._directory.conversation(conversation_id) is not None
+        )
+
+    def wake(self, conversation_id: str) -> None:
+        """Start the conversation's actor if it is not running (search: the actor fills
+        a lagging file's index). In cluster mode only where this node owns it."""
+        if self.node is None or self.node.holds(conversation_id):
+            self.actor(conversation_id)
+
+    async def submit(
+        self, conversation_id: str, command: Command, *, forwarded: bool = False
+    ) -> None:
         """Route a command to its conversation's actor, waiting while its queue is full.
 
         Its answer comes later, through `command.peer` or `command.waiter`. Cancelled
         while waiting for room, the command is not queued; once this returns, the
-        command runs whatever happens to the caller."""
+        command runs whatever happens to the caller. In cluster mode a conversation
+        without a local actor is first routed (`Links.route`): to its owner node, or
+        here once this node holds its lease; `forwarded`: the command came from
+        another node and is never sent on (NotOwner if the lease is elsewhere)."""
         command.received = perf_counter()
+        links = self.links
         while True:
+            if (
+                links is not None
+                and conversation_id not in self._actors
+                and await links.route(conversation_id, command, forwarded=forwarded)
+            ):
+                return
             actor = self.actor(conversation_id)
             try:
                 # Room in the queue (the usual case): no checkpoint, the caller goes on.
@@ -290,9 +325,12 @@ class Registry:
     async def members_changed(
         self, conversation_id: str, added: tuple[str, ...] = (), removed: tuple[str, ...] = ()
     ) -> None:
-        """Tell a live actor about a membership change; returns once it took effect."""
+        """Tell a live actor about a membership change; returns once it took effect.
+        In cluster mode the live actor may be another node's."""
         if conversation_id in self._actors:
             await self.call(conversation_id, "", MembersChanged(added=added, removed=removed))
+        elif self.links is not None:
+            await self.links.members_changed(conversation_id, added, removed)
 
     def unsubscribe_everywhere(self, peer: Peer, conversation_ids: set[str]) -> None:
         """Drop a closed connection from its conversations' actors (the session's cleanup)."""
@@ -300,6 +338,8 @@ class Registry:
             actor = self._actors.get(conversation_id)
             if actor is not None:
                 actor.subscribers.discard(peer)
+        if self.links is not None:
+            self.links.session_gone(peer)
 
     def typist_gone(self, user_id: str, conversation_ids: list[str]) -> None:
         """The user's last connection closed (presence): end their typing in these
@@ -335,8 +375,11 @@ class Registry:
         logs.REQUEST.set(None)
         scope, ended = trio.CancelScope(), trio.Event()
         self._running[actor.id] = (scope, ended)
+        node = self.node
         try:
             with scope:
+                if node is not None:
+                    node.keep(actor.id, scope)
                 await actor.run()
         except Exception:
             log.exception("conversation %s: actor crashed; it restarts on next use", actor.id)
@@ -345,6 +388,8 @@ class Registry:
             actor.fail_pending()
             if self._running.get(actor.id, (None,))[0] is scope:
                 del self._running[actor.id]
+            if node is not None:
+                node.retired(actor.id)
             ended.set()
 
     @contextlib.asynccontextmanager

@@ -53,12 +53,12 @@ class ChannelError(Exception):
     """The running server refused or failed the request; the message says why."""
 
 
-def _lock_fd(data_dir: Path) -> int | None:
-    """An fd holding the exclusive lock on `data_dir`'s `server.lock`, or None when
-    another process holds it."""
-    fd = os.open(data_dir / LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+def _lock_fd(data_dir: Path, shared: bool = False, name: str = LOCK) -> int | None:
+    """An fd holding the exclusive (`shared`: the shared) lock on `data_dir`'s
+    `name` (`server.lock`), or None when another process holds it in a conflicting way."""
+    fd = os.open(data_dir / name, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
         return None
@@ -77,8 +77,13 @@ def offline_lock(data_dir: Path) -> Iterator[bool]:
             os.close(fd)
 
 
-def socket_path(data_dir: Path) -> Path:
-    return data_dir.resolve() / SOCKET
+def socket_path(data_dir: Path, name: str = SOCKET) -> Path:
+    return data_dir.resolve() / name
+
+
+def node_files(node_id: str) -> tuple[str, str]:
+    """A cluster node's own lock and socket in a shared data directory."""
+    return f"node-{node_id}.lock", f"admin-{node_id}.sock"
 
 
 @contextlib.contextmanager
@@ -96,10 +101,13 @@ def _address(path: Path) -> Iterator[str]:
         os.close(fd)
 
 
-def request(data_dir: Path, body: dict[str, Any], timeout: float = 600.0) -> str:
-    """Send `body` to the server running on `data_dir`; what it said. Raises
-    ChannelError with the server's refusal, or when it cannot be reached."""
-    path = socket_path(data_dir)
+def request(
+    data_dir: Path, body: dict[str, Any], timeout: float = 600.0, *, name: str = SOCKET
+) -> str:
+    """Send `body` to the server running on `data_dir` (`name`: a cluster node's own
+    socket there); what it said. Raises ChannelError with the server's refusal, or
+    when it cannot be reached."""
+    path = socket_path(data_dir, name)
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout)
         try:
@@ -128,9 +136,18 @@ def request(data_dir: Path, body: dict[str, Any], timeout: float = 600.0) -> str
 
 
 class Channel:
-    """The server's end: the lock, then the socket; `run` serves until cancelled."""
+    """The server's end: the lock, then the socket; `run` serves until cancelled.
 
-    def __init__(self, data_dir: Path, handle: Handler) -> None:
+    `node_id`: a cluster node, one of several processes on one data directory
+    (docs/SCALE.md §7a). They share the lock, so neither a single-node server nor an
+    offline command starts under them; each holds its own `node-<id>.lock` and
+    listens on its own `admin-<id>.sock` (`node drain`), not on `admin.sock` (the
+    live operator commands are not built for a cluster yet)."""
+
+    def __init__(self, data_dir: Path, handle: Handler, *, node_id: str | None = None) -> None:
+        self._shared = node_id is not None
+        self._node_lock, self._socket = node_files(node_id) if node_id else ("", SOCKET)
+        self._node_fd: int | None = None
         self._data_dir = data_dir
         self._handle = handle
         self._lock: int | None = None
@@ -138,25 +155,35 @@ class Channel:
 
     def lock(self) -> None:
         """Take the data directory's lock (StartupError if another process has it)."""
-        path = socket_path(self._data_dir)
-        self._lock = _lock_fd(self._data_dir)
+        path = socket_path(self._data_dir, self._socket)
+        self._lock = _lock_fd(self._data_dir, self._shared)
         if self._lock is None:
             raise StartupError(
                 f"another MessageAI server (or an operator's command) is using"
                 f" {self._data_dir.resolve()} ({LOCK} is locked)"
             )
+        if self._shared:
+            self._node_fd = _lock_fd(self._data_dir, name=self._node_lock)
+            if self._node_fd is None:
+                raise StartupError(
+                    f"another cluster node with this node_id uses {self._data_dir.resolve()}"
+                    f" ({self._node_lock} is locked)"
+                )
         # Left by a server that died: nobody can be listening on it (we hold the lock).
         path.unlink(missing_ok=True)
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
-            socket_path(self._data_dir).unlink(missing_ok=True)
+            socket_path(self._data_dir, self._socket).unlink(missing_ok=True)
+        if self._node_fd is not None:
+            os.close(self._node_fd)
+            self._node_fd = None
         if self._lock is not None:
             os.close(self._lock)
             self._lock = None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        path = socket_path(self._data_dir)
+        path = socket_path(self._data_dir, self._socket)
         sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         # Made 0600 from the start (umask at bind), never briefly open to others.
         old = os.umask(0o177)

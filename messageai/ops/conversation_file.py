@@ -8,7 +8,9 @@ The file is the conversation's own SQLite file (`VACUUM INTO`: one consistent
 snapshot, compact, no free pages holding old content) in its schema, with the
 assistant's data taken out (vectors, the AI log, action items, the switch: a model
 may see a conversation only where it was allowed, so the switch starts off again
-wherever the file goes), plus three tables that make it self-contained:
+wherever the file goes) and a cluster's `fence` (docs/SCALE.md §4: an imported file
+starts unclaimed, whatever epoch its cluster had reached), plus three tables that
+make it self-contained:
 
     export_info(key, value)       format, the conversation (id, kind, title, topic,
                                   creator, created_at), exported_at, the version
@@ -138,6 +140,8 @@ def _fill_export(
                 out.execute(f"DELETE FROM {table}")
         if "vector_meta" in present:
             out.execute("UPDATE vector_meta SET model = NULL, embedded_upto = 0")
+        if "fence" in present:
+            out.execute("DROP TABLE fence")
         out.execute(
             """
             CREATE TABLE export_info(key TEXT PRIMARY KEY, value) WITHOUT ROWID;

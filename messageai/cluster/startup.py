@@ -1,0 +1,36 @@
+"""Joining the cluster at start-up: the node and its links, wired into the registry.
+
+Called by `Server._run` when `cluster.enabled`, in the actor nursery (so the node
+outlives every connection and ends with the actors); the only place the server
+imports `messageai.cluster` from, so a single-node server never loads coredis.
+"""
+
+from __future__ import annotations
+
+import trio
+
+from messageai.cluster.link import Links
+from messageai.cluster.node import Node
+from messageai.config import Config, read_secret
+from messageai.conversations.registry import Registry
+
+
+async def start_node(config: Config, registry: Registry, nursery: trio.Nursery) -> Node:
+    """Start this node (Redis, its registration, the link listener) and its links, and
+    hand both to the registry; returns once the node is registered."""
+    cluster = config.cluster
+    secret = read_secret(
+        "cluster",
+        "link_secret_file",
+        cluster.link_secret_file,
+        "link_secret_env",
+        cluster.link_secret_env,
+    )
+    assert secret is not None  # required in cluster mode (ClusterConfig)
+    node = Node(config)
+    node.exists = registry.exists
+    links = Links(config, node, registry, secret)
+    await nursery.start(links.run)
+    await nursery.start(node.run, links.serve)
+    registry.node, registry.links = node, links
+    return node
