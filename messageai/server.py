@@ -66,6 +66,7 @@ from messageai.sqlite import apply_best_practice
 
 if TYPE_CHECKING:
     from messageai.cluster.node import Node
+    from messageai.cluster.presence import ClusterPresence
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +96,7 @@ class Server:
         self.registry: Registry | None = None
         # cluster mode's node (None on a single node; `messageai.cluster.node`).
         self.node: Node | None = None
+        self.cluster_presence: ClusterPresence | None = None
         self.authenticator: Authenticator | None = None
         self.media: Media | None = None
         self.push: Push | None = None
@@ -216,7 +218,9 @@ class Server:
                     # Imported only here: a single-node server never loads coredis.
                     from messageai.cluster.startup import start_node
 
-                    self.node = await start_node(config, registry, actor_nursery)
+                    self.node, self.cluster_presence = await start_node(
+                        config, registry, presence, actor_nursery
+                    )
                 self.registry = registry
 
                 async def members_added(conversation_id: str, user_ids: tuple[str, ...]) -> None:

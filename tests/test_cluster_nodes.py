@@ -37,55 +37,66 @@ async def test_a_direct_conversation_across_two_nodes(tmp_path: Path) -> None:
         async with cluster_of(tmp_path, 2) as cluster:
             a, b = cluster.nodes[0].harness, cluster.nodes[1].harness
             ada, bob = await a.account("ada"), await b.account("bob")
-            cid = await a.direct(ada, bob)
-            async with a.ws(ada) as on_a, b.ws(bob) as on_b, b.ws(ada) as ada_on_b:
-                for ws in (on_a, on_b):
-                    subscribed = await ws.request("subscribe", conversation_id=cid)
-                    assert subscribed["type"] == "subscribed", subscribed
-                owner = await cluster.owner(cid)
-                assert owner in ("a", "b")
-                # Live delivery both ways, one order.
-                seqs = []
-                for n in range(3):
-                    ack = await on_a.send_message(cid, f"a{n}", client_id=f"a{n}")
-                    assert ack["type"] == "ack" and not ack["duplicate"], ack
-                    seqs.append(ack["message"]["seq"])
-                    ack = await on_b.send_message(cid, f"b{n}", client_id=f"b{n}")
-                    assert ack["type"] == "ack", ack
-                    seqs.append(ack["message"]["seq"])
-                assert seqs == list(range(1, 7))
-                heard_b = [(await on_b.next_event("new_message"))["message"] for _ in range(3)]
-                heard_a = [(await on_a.next_event("new_message"))["message"] for _ in range(3)]
-                assert [m["body"] for m in heard_b] == ["a0", "a1", "a2"]
-                assert [m["body"] for m in heard_a] == ["b0", "b1", "b2"]
-                assert [m["seq"] for m in heard_a] == [2, 4, 6]
-                # The sender's own connection gets no new_message for its own send.
-                await on_a.assert_quiet(0.3)
-                # Idempotency across nodes: ada resends a0 through node b: the original.
-                again = await ada_on_b.send_message(cid, "a0", client_id="a0")
-                assert again["type"] == "ack" and again["duplicate"], again
-                assert again["message"]["seq"] == 1
-                # Receipts: bob reads on b, ada hears it on a.
-                ok = await on_b.request("mark_read", conversation_id=cid, seq=5)
-                assert ok["type"] == "ok", ok
-                read = await on_a.next_event("message_read")
-                assert (read["user_id"], read["seq"]) == (bob.id, 5)
-                # An unknown conversation gets not_found, and neither a lease nor a file.
-                unknown = await on_b.request("subscribe", conversation_id="c_unknown")
-                assert unknown["code"] == "not_found", unknown
-                assert await cluster.owner("c_unknown") is None
-                assert not conversation_path(cluster.data_dir, "c_unknown").exists()
-                # A link that does not show the cluster's secret is closed unheard: a
-                # forged command (bob's id, in ada's conversation) stores nothing.
-                await _forge(cluster, owner or "a", bob.id, cid)
-                # History over REST on both nodes, whichever owns it: one copy each.
-                for harness, who in ((a, bob), (b, ada)):
-                    r = await harness.http.get(
-                        f"/v1/conversations/{cid}/messages", headers=harness.auth(who)
-                    )
-                    assert r.status_code == 200, r.text
-                    bodies = [m["body"] for m in r.json()["messages"]]
-                    assert bodies == ["a0", "b0", "a1", "b1", "a2", "b2"]
+            async with b.ws(bob) as on_b:
+                # A user's own frames reach their connections on every node (the user
+                # bus): ada makes the conversation on a, bob on b hears of it, once
+                # a knows bob is online (a moment after he connected: until then a
+                # tells nobody, and his client's list on connect has it anyway).
+                await _users_online(a, 1)
+                cid = await a.direct(ada, bob)
+                added = await on_b.next_event("conversation_added")
+                assert added["conversation"]["id"] == cid, added
+                async with a.ws(ada) as on_a, b.ws(ada) as ada_on_b:
+                    # Presence across nodes: each sees the other online, wherever they are.
+                    for ws, other in ((on_a, bob), (on_b, ada)):
+                        subscribed = await ws.request("subscribe", conversation_id=cid)
+                        assert subscribed["type"] == "subscribed", subscribed
+                        assert other.id in subscribed["online"], subscribed
+                    await _users_online(a, 2)
+                    owner = await cluster.owner(cid)
+                    assert owner in ("a", "b")
+                    # Live delivery both ways, one order.
+                    seqs = []
+                    for n in range(3):
+                        ack = await on_a.send_message(cid, f"a{n}", client_id=f"a{n}")
+                        assert ack["type"] == "ack" and not ack["duplicate"], ack
+                        seqs.append(ack["message"]["seq"])
+                        ack = await on_b.send_message(cid, f"b{n}", client_id=f"b{n}")
+                        assert ack["type"] == "ack", ack
+                        seqs.append(ack["message"]["seq"])
+                    assert seqs == list(range(1, 7))
+                    heard_b = [(await on_b.next_event("new_message"))["message"] for _ in range(3)]
+                    heard_a = [(await on_a.next_event("new_message"))["message"] for _ in range(3)]
+                    assert [m["body"] for m in heard_b] == ["a0", "a1", "a2"]
+                    assert [m["body"] for m in heard_a] == ["b0", "b1", "b2"]
+                    assert [m["seq"] for m in heard_a] == [2, 4, 6]
+                    # The sender's own connection gets no new_message for its own send.
+                    await on_a.assert_quiet(0.3)
+                    # Idempotency across nodes: ada resends a0 through node b: the original.
+                    again = await ada_on_b.send_message(cid, "a0", client_id="a0")
+                    assert again["type"] == "ack" and again["duplicate"], again
+                    assert again["message"]["seq"] == 1
+                    # Receipts: bob reads on b, ada hears it on a.
+                    ok = await on_b.request("mark_read", conversation_id=cid, seq=5)
+                    assert ok["type"] == "ok", ok
+                    read = await on_a.next_event("message_read")
+                    assert (read["user_id"], read["seq"]) == (bob.id, 5)
+                    # An unknown conversation gets not_found, and neither a lease nor a file.
+                    unknown = await on_b.request("subscribe", conversation_id="c_unknown")
+                    assert unknown["code"] == "not_found", unknown
+                    assert await cluster.owner("c_unknown") is None
+                    assert not conversation_path(cluster.data_dir, "c_unknown").exists()
+                    # A link that does not show the cluster's secret is closed unheard: a
+                    # forged command (bob's id, in ada's conversation) stores nothing.
+                    await _forge(cluster, owner or "a", bob.id, cid)
+                    # History over REST on both nodes, whichever owns it: one copy each.
+                    for harness, who in ((a, bob), (b, ada)):
+                        r = await harness.http.get(
+                            f"/v1/conversations/{cid}/messages", headers=harness.auth(who)
+                        )
+                        assert r.status_code == 200, r.text
+                        bodies = [m["body"] for m in r.json()["messages"]]
+                        assert bodies == ["a0", "b0", "a1", "b1", "a2", "b2"]
 
 
 @pytest.mark.slow
@@ -216,6 +227,15 @@ async def test_node_drain_hands_the_conversations_over(tmp_path: Path) -> None:
             assert ack["message"]["seq"] == 2 and not ack["duplicate"]
             assert await cluster.owner(cid) == other.node_id
             assert _file_epoch(cluster, cid) > epoch_before
+
+
+async def _users_online(harness: Harness, count: int) -> None:
+    """Until the node's /metrics counts `count` users online anywhere."""
+    while True:
+        scrape = await harness.http.get("/metrics")
+        if f"messageai_cluster_users_online {count:.1f}" in scrape.text:
+            return
+        await trio.sleep(0.05)
 
 
 async def _send_until_acked(

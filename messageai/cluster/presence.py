@@ -177,6 +177,9 @@ class ClusterPresence:
         """Users online on any node, as this node knows."""
         return len(self._online)
 
+    def frames_dropped(self) -> tuple[int, int]:
+        return self.bus.dropped_out, self.bus.dropped_in
+
     # ------------------------------------------------------------ transitions
 
     def received(self, data: str) -> None:

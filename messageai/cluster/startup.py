@@ -1,4 +1,5 @@
-"""Joining the cluster at start-up: the node and its links, wired into the registry.
+"""Joining the cluster at start-up: the node and its links, wired into the registry,
+and presence and the user bus (`cluster.presence`) wired into `Presence`.
 
 Called by `Server._run` when `cluster.enabled`, in the actor nursery (so the node
 outlives every connection and ends with the actors); the only place the server
@@ -7,17 +8,25 @@ imports `messageai.cluster` from, so a single-node server never loads coredis.
 
 from __future__ import annotations
 
+import functools
+
 import trio
 
 from messageai.cluster.link import Links
-from messageai.cluster.node import Node
+from messageai.cluster.node import PREFIX, Node
+from messageai.cluster.presence import ClusterPresence, run_cluster_presence
 from messageai.config import Config, read_secret
 from messageai.conversations.registry import Registry
+from messageai.live.presence import Presence
 
 
-async def start_node(config: Config, registry: Registry, nursery: trio.Nursery) -> Node:
+async def start_node(
+    config: Config, registry: Registry, presence: Presence, nursery: trio.Nursery
+) -> tuple[Node, ClusterPresence]:
     """Start this node (Redis, its registration, the link listener) and its links, and
-    hand both to the registry; returns once the node is registered."""
+    hand both to the registry; then presence across nodes (its counts need the node's
+    key in Redis, so it starts after the registration). Returns once both run, before
+    the server accepts a connection."""
     cluster = config.cluster
     secret = read_secret(
         "cluster",
@@ -33,4 +42,15 @@ async def start_node(config: Config, registry: Registry, nursery: trio.Nursery) 
     await nursery.start(links.run)
     await nursery.start(node.run, links.serve)
     registry.node, registry.links = node, links
-    return node
+    assert node.redis is not None  # set by `node.run` before it reports started
+    across: ClusterPresence = await nursery.start(
+        functools.partial(
+            run_cluster_presence,
+            node.redis,
+            config.cluster.node_id,
+            presence,
+            prefix=PREFIX,
+            node_key_prefix=f"{PREFIX}node:",
+        )
+    )
+    return node, across

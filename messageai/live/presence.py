@@ -58,6 +58,14 @@ class Cluster(Protocol):
         whose hash is `token_hash`, if given), as `close_sessions` does here."""
         ...
 
+    def users_online(self) -> int:
+        """Users online on any node, as this node knows (for /metrics)."""
+        ...
+
+    def frames_dropped(self) -> tuple[int, int]:
+        """A user's frames dropped by this node's bus: (not published, not delivered)."""
+        ...
+
 
 class Presence:
     def __init__(

@@ -43,7 +43,7 @@ CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
 if TYPE_CHECKING:
     from messageai.conversations.registry import Registry
     from messageai.jobs import Jobs
-    from messageai.live.presence import Presence
+    from messageai.live.presence import Cluster, Presence
     from messageai.services.push import Push
 
 
@@ -63,6 +63,24 @@ def histogram(name: str, documentation: str, buckets: Buckets) -> HistogramMetri
         running += count
         cumulative.append(("+Inf" if bound == float("inf") else repr(float(bound)), running))
     return HistogramMetricFamily(name, documentation, buckets=cumulative, sum_value=buckets.total)
+
+
+def _cluster_metrics(cluster: Cluster) -> Iterator[Metric]:
+    yield GaugeMetricFamily(
+        "messageai_cluster_users_online",
+        "Users with an open connection on any node, as this node knows.",
+        cluster.users_online(),
+    )
+    dropped = CounterMetricFamily(
+        "messageai_cluster_user_frames_dropped",
+        "A user's own frames (conversation_added...) this node's bus dropped, its queue"
+        " full: not published, or not delivered here.",
+        labels=["direction"],
+    )
+    published, delivered = cluster.frames_dropped()
+    dropped.add_metric(["published"], published)
+    dropped.add_metric(["delivered"], delivered)
+    yield dropped
 
 
 class ServerCollector(Collector):
@@ -97,6 +115,8 @@ class ServerCollector(Collector):
         yield GaugeMetricFamily(
             "messageai_users_online", "Users with an open connection.", presence.users_online()
         )
+        if presence.cluster is not None:
+            yield from _cluster_metrics(presence.cluster)
         yield GaugeMetricFamily(
             "messageai_actors", "Conversation actors running.", registry.actor_count()
         )
