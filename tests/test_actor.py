@@ -182,6 +182,36 @@ async def test_storage_failure_in_one_conversation_fails_its_batch_only(tmp_path
             assert (sent.message.seq, sent.duplicate) == (2, False)
 
 
+async def test_a_commit_that_finds_the_file_locked_waits_in_a_thread_not_on_the_loop(
+    tmp_path: Path,
+) -> None:
+    # A conversation alone commits small batches on the loop (actor `_commit`); the
+    # loop must never wait for another connection's write lock: the send waits in a
+    # commit thread, the loop goes on, and the send is stored once the lock is gone.
+    config = make_config(tmp_path / "data")
+    with trio.fail_after(DEADLINE):
+        async with registry_of(config) as (_directory, registry, ada, cid):
+            await registry.call(cid, ada, SendMessage(cid, "k1", "one"))  # on the loop
+            holder = open_db(conversation_path(config.data_dir, cid), "FULL")
+            try:
+                holder.execute("BEGIN IMMEDIATE")
+                waiter: Waiter[object] = Waiter()
+                await registry.submit(
+                    cid, Command(op=SendMessage(cid, "k2", "two"), user_id=ada, waiter=waiter)
+                )
+                before = trio.current_time()
+                await trio.sleep(0.3)
+                assert trio.current_time() - before < 1.5, "the loop waited for the lock"
+                assert not waiter._done.is_set(), "stored while another writer held the file"
+                holder.execute("ROLLBACK")
+                sent = await waiter.wait()
+            finally:
+                holder.close()
+            assert isinstance(sent, Stored) and sent.message.seq == 2
+            page = await registry.call(cid, ada, GetHistory(cid))
+            assert [m.client_id for m in page.messages] == ["k1", "k2"]
+
+
 @pytest.mark.parametrize("max_batch", [1, 512])
 async def test_crash_of_the_loop_answers_every_queued_command_unavailable(
     tmp_path: Path, max_batch: int
