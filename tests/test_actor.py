@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import apsw
 import pytest
 import trio
 import trio_websocket
@@ -153,6 +154,23 @@ async def test_subscribe_handled_after_its_connection_ended_is_not_kept(tmp_path
 # ------------------------------------------------------------------ failures
 
 
+@asynccontextmanager
+async def _send_while_locked(
+    config: Config, registry: Registry, cid: str, user_id: str
+) -> AsyncIterator[tuple[apsw.Connection, Waiter[object]]]:
+    """Another connection takes the conversation file's write lock (BEGIN IMMEDIATE),
+    then a send "k2" is submitted: yields that connection and the send's waiter."""
+    holder = open_db(conversation_path(config.data_dir, cid), "FULL")
+    try:
+        holder.execute("BEGIN IMMEDIATE")
+        waiter: Waiter[object] = Waiter()
+        command = Command(op=SendMessage(cid, "k2", "two"), user_id=user_id, waiter=waiter)
+        await registry.submit(cid, command)
+        yield holder, waiter
+    finally:
+        holder.close()
+
+
 async def test_storage_failure_in_one_conversation_fails_its_batch_only(tmp_path: Path) -> None:
     config = make_config(tmp_path / "data")
     with trio.fail_after(DEADLINE):
@@ -162,24 +180,38 @@ async def test_storage_failure_in_one_conversation_fails_its_batch_only(tmp_path
             await registry.call(cid, ada, SendMessage(cid, "k1", "one"))
             # A real SQLite failure: another connection holds the write lock, so the
             # actor's commit gives up after its busy timeout (SQLITE_BUSY).
-            holder = open_db(conversation_path(config.data_dir, cid), "FULL")
-            try:
-                holder.execute("BEGIN IMMEDIATE")
-                waiter: Waiter[object] = Waiter()
-                await registry.submit(
-                    cid, Command(op=SendMessage(cid, "k2", "two"), user_id=ada, waiter=waiter)
-                )
+            async with _send_while_locked(config, registry, cid, ada) as (holder, waiter):
                 with pytest.raises(Unavailable):
                     await waiter.wait()
                 # Other conversations never noticed.
                 sent = await registry.call(other.id, ada, SendMessage(other.id, "o1", "fine"))
                 assert sent.message.seq == 1
                 holder.execute("ROLLBACK")
-            finally:
-                holder.close()
             # The actor reloaded its state from disk: the resend now succeeds, no gap.
             sent = await registry.call(cid, ada, SendMessage(cid, "k2", "two"))
             assert (sent.message.seq, sent.duplicate) == (2, False)
+
+
+async def test_a_commit_that_finds_the_file_locked_waits_in_a_thread_not_on_the_loop(
+    tmp_path: Path,
+) -> None:
+    # A conversation alone commits small batches on the loop (actor `_commit`); the
+    # loop must never wait for another connection's write lock: the send waits in a
+    # commit thread, the loop goes on, and the send is stored once the lock is gone.
+    config = make_config(tmp_path / "data")
+    with trio.fail_after(DEADLINE):
+        async with registry_of(config) as (_directory, registry, ada, cid):
+            await registry.call(cid, ada, SendMessage(cid, "k1", "one"))  # on the loop
+            async with _send_while_locked(config, registry, cid, ada) as (holder, waiter):
+                before = trio.current_time()
+                await trio.sleep(0.3)
+                assert trio.current_time() - before < 1.5, "the loop waited for the lock"
+                assert not waiter._done.is_set(), "stored while another writer held the file"
+                holder.execute("ROLLBACK")
+                sent = await waiter.wait()
+            assert isinstance(sent, Stored) and sent.message.seq == 2
+            page = await registry.call(cid, ada, GetHistory(cid))
+            assert [m.client_id for m in page.messages] == ["k1", "k2"]
 
 
 @pytest.mark.parametrize("max_batch", [1, 512])

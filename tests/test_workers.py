@@ -10,7 +10,7 @@ import threading
 import pytest
 import trio
 
-from messageai.threads import WorkerPool
+from messageai.threads import SOLO_SECONDS, WorkerPool
 
 
 def _pool_threads() -> list[threading.Thread]:
@@ -156,3 +156,31 @@ async def test_close_stops_every_thread_and_refuses_new_jobs() -> None:
     assert _pool_threads() == []
     with pytest.raises(RuntimeError, match="closed"):
         await pool.run(lambda: None)
+
+
+async def test_solo_while_nothing_runs_and_no_other_owner_asked_lately() -> None:
+    # The actor commits on the loop only while `solo` says it is alone (threads.py).
+    started, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        started.set()
+        release.wait(5)
+
+    pool = WorkerPool(1, name="test pool")
+    ada, bob = object(), object()
+    try:
+        assert pool.solo(ada) and pool.solo(ada), "one owner, nothing running: alone"
+        assert not pool.solo(bob), "ada asked just now"
+        assert not pool.solo(ada), "bob asked just now: they take turns, both use threads"
+        assert pool.solo(ada), "ada again, bob not since"
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(pool.run, hold)
+            await trio.to_thread.run_sync(started.wait, 5)
+            assert not pool.solo(ada), "a job is running"
+            release.set()
+        assert pool.solo(ada), "the job is done"
+        await trio.sleep(SOLO_SECONDS * 2)
+        assert pool.solo(bob), "ada has been quiet long enough"
+    finally:
+        release.set()
+        pool.close()

@@ -5,7 +5,8 @@ supervisor in the registry's own nursery. The actor opens (or creates) its
 database in a worker thread (the registry's `WorkerPool`), then loops: it waits
 for a command, takes every command already waiting (up to `max_batch`), checks
 authorization against its in-memory member set, commits all writes of the batch
-in ONE transaction in a worker thread (group commit), and only then acks and
+in ONE transaction in a worker thread (group commit; a small batch of a
+conversation alone commits on the loop, `_commit`), and only then acks and
 fans out, in order. Edits, deletes and reactions (PROTOCOL.md v1.1) are writes of the
 same batch: phase 1 gives each committed change the next `rev` inside the
 transaction, so revs are gapless and the answers and `message_updated` frames leave
@@ -112,7 +113,7 @@ from messageai.protocol import (
     encode,
     history_limit,
 )
-from messageai.sqlite import migrate, open_db, transaction
+from messageai.sqlite import BUSY_TIMEOUT_MS, migrate, open_db, transaction
 from messageai.store import ai as ai_sql
 from messageai.store import conversation as sql
 from messageai.store.fence import Fenced
@@ -133,6 +134,11 @@ _NO_BATCH: Sequence[Command] = ()
 # stopped. A protocol constant, not a config key: clients renew against it, and a
 # server that expired sooner would make every conforming client's indicator flicker.
 TYPING_TIMEOUT_SECONDS = 6.0
+
+# Largest batch a conversation alone commits on the loop (`_commits_inline`): the two
+# senders of a direct conversation. Larger batches are a busy group, where the commit
+# thread lets the loop fan out the previous batch during the fsync.
+SOLO_BATCH = 2
 
 
 def _open(path: Path, synchronous: str) -> apsw.Connection:
@@ -497,7 +503,7 @@ class ConversationActor:
             conn = await self._ensure_db()
             if writes:
                 started = perf_counter()
-                results = await self._workers.run(self._store_committed, conn, accepted)
+                results = await self._commit(conn, accepted)
                 # Per commit, not per message: two bucket bumps (`counters`).
                 COUNTS.commit_seconds.observe(perf_counter() - started)
                 COUNTS.commit_batch.observe(len(accepted))
@@ -518,6 +524,33 @@ class ConversationActor:
                 self._apply(command, result)
         finally:
             answered(pushed)
+
+    async def _commit(self, conn: apsw.Connection, accepted: list[Command]) -> list[StorageResult]:
+        """`_store_committed` in a commit thread, or on the loop without the thread's
+        hand-off when this conversation is alone in using the commit threads lately
+        (threads.py) and the batch is at most SOLO_BATCH sends or read marks (no delete:
+        its WAL checkpoint is long) with no per-commit hook that may wait (the cluster
+        fence). Another connection holding the file's write lock sends it to a thread
+        too: the loop must not wait for that lock."""
+        if (
+            self._fence is None
+            and len(accepted) <= SOLO_BATCH
+            and all(isinstance(command.op, (SendMessage, MarkRead)) for command in accepted)
+        ):
+            # What else is ready runs first (a reader queues the next send): the loop
+            # is about to block in the fsync.
+            await trio.lowlevel.checkpoint()
+            if self._workers.solo(self):
+                conn.set_busy_timeout(0)
+                try:
+                    return self._store_committed(conn, accepted)
+                except apsw.BusyError:
+                    pass  # rolled back by `transaction`: a thread waits for the lock
+                finally:
+                    conn.set_busy_timeout(BUSY_TIMEOUT_MS)
+        else:
+            self._workers.solo(self)  # a use all the same: the others are not alone
+        return await self._workers.run(self._store_committed, conn, accepted)
 
     async def _update_references(self, results: list[StorageResult], attaching: bool) -> None:
         """Phase 1b, after the commit and before any answer: the directory's media
@@ -549,7 +582,8 @@ class ConversationActor:
     # ------------------------------------------------------------ phase 1: storage
 
     def _store_committed(self, conn: apsw.Connection, batch: list[Command]) -> list[StorageResult]:
-        """`_store` in one transaction; runs in a worker thread. After a batch that
+        """`_store` in one transaction; runs in a commit thread (or on the loop:
+        `_commit`). After a batch that
         deleted a message, the WAL is checkpointed into the file and truncated before
         anything is answered: secure_delete has zeroed the content in the new pages,
         and the old frames that still held it are gone with the truncation."""
