@@ -530,10 +530,11 @@ class ConversationActor:
         hand-off when this conversation is alone in using the commit threads lately
         (threads.py) and the batch is at most SOLO_BATCH sends or read marks (no delete:
         its WAL checkpoint is long) with no per-commit hook that may wait (the cluster
-        fence). Another connection holding the file's write lock sends it to a thread
-        too: the loop must not wait for that lock."""
+        fence, the replica's PUT). Another connection holding the file's write lock sends
+        it to a thread too: the loop must not wait for that lock."""
         if (
             self._fence is None
+            and self._replica is None
             and len(accepted) <= SOLO_BATCH
             and all(isinstance(command.op, (SendMessage, MarkRead)) for command in accepted)
         ):
