@@ -155,14 +155,14 @@ class PgConnection:
 
     def execute(self, statements: str, bindings: Any = None, /) -> PgRows:
         query, order = placeholders(statements)
-        cursor = self.raw.execute(query, _bindings(bindings, order))  # type: ignore[call-overload]
+        cursor = self.raw.execute(query, _bindings(bindings, order))
         self._changes = max(cursor.rowcount, 0)
         return PgRows(cursor)
 
     def executemany(self, statements: str, sequenceofbindings: Iterable[Any], /) -> PgRows:
         query, order = placeholders(statements)
         cursor = self.raw.cursor()
-        cursor.executemany(query, [_bindings(b, order) for b in sequenceofbindings])  # type: ignore[arg-type]
+        cursor.executemany(query, [_bindings(b, order) for b in sequenceofbindings])
         self._changes = max(cursor.rowcount, 0)
         return PgRows(cursor)
 
@@ -193,7 +193,10 @@ def transaction(conn: PgConnection) -> Iterator[PgConnection]:
 
 
 def run_transaction(
-    conn: PgConnection, fn: Callable[Concatenate[PgConnection, P], T], *args: P.args, **kwargs: P.kwargs
+    conn: PgConnection,
+    fn: Callable[Concatenate[PgConnection, P], T],
+    *args: P.args,
+    **kwargs: P.kwargs,
 ) -> T:
     """`fn(conn, ...)` in one SERIALIZABLE transaction, run again (at most WRITE_ATTEMPTS
     times in all) after a serialization failure or a deadlock: `fn` must have no effect
@@ -215,7 +218,12 @@ def run_transaction(
     raise AssertionError("unreachable")
 
 
-def read(conn: PgConnection, fn: Callable[Concatenate[PgConnection, P], T], *args: P.args, **kwargs: P.kwargs) -> T:
+def read(
+    conn: PgConnection,
+    fn: Callable[Concatenate[PgConnection, P], T],
+    *args: P.args,
+    **kwargs: P.kwargs,
+) -> T:
     """`fn(conn, ...)` outside a transaction (each statement its own snapshot, as the
     SQLite reads); Unavailable when the database cannot be reached."""
     try:

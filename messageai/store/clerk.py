@@ -98,9 +98,7 @@ def mark_deleted(conn: Db, user_id: str, now: int) -> None:
     conn.execute("DELETE FROM tokens WHERE user_id = ?", (user_id,))
 
 
-def claim_webhook_message(
-    conn: Db, message_id: str, now: int, keep_ms: int, max_rows: int
-) -> bool:
+def claim_webhook_message(conn: Db, message_id: str, now: int, keep_ms: int, max_rows: int) -> bool:
     """Record a webhook message id; False when it was already recorded.
 
     Ids older than `keep_ms` are forgotten first, and the table never holds

@@ -11,10 +11,16 @@ nothing of psycopg.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Iterator
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import apsw
+
+from messageai import sqlite
+
+if TYPE_CHECKING:
+    from messageai.postgres import PgConnection
 
 # No upper bound for `LIMIT ? OFFSET ?` in both dialects (SQLite's `LIMIT -1` and
 # PostgreSQL's `LIMIT ALL` are each the other's syntax error).
@@ -43,6 +49,8 @@ class Db(Protocol):
 
     def changes(self) -> int: ...
 
+    def close(self) -> None: ...
+
 
 def postgres(conn: Db) -> bool:
     """Whether `conn` speaks PostgreSQL's dialect (anything but an APSW connection)."""
@@ -61,3 +69,18 @@ def fold(text: str) -> str:
     """ASCII letters lowered, nothing else: NOCASE's folding, done in Python so both
     dialects compare against the same value."""
     return "".join(c.lower() if "A" <= c <= "Z" else c for c in text)
+
+
+@contextlib.contextmanager
+def transaction(conn: Db) -> Iterator[None]:
+    """One write transaction on either connection: SQLite's `BEGIN IMMEDIATE`, or a
+    PostgreSQL transaction at the connection's isolation level (no retries: for the
+    CLI and tests; the server's writes go through `Directory.write`)."""
+    if isinstance(conn, apsw.Connection):
+        with sqlite.transaction(conn):
+            yield
+        return
+    from messageai import postgres as pg
+
+    with pg.transaction(cast("PgConnection", conn)):
+        yield

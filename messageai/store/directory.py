@@ -440,9 +440,7 @@ def password_hash_of(conn: Db, user_id: str) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def set_password(
-    conn: Db, user_id: str, password_hash: str, keep_token_hash: bytes
-) -> list[bytes]:
+def set_password(conn: Db, user_id: str, password_hash: str, keep_token_hash: bytes) -> list[bytes]:
     """Store a new password hash and revoke every other token of the user; the hashes
     of the tokens revoked (their sockets are closed after the commit)."""
     conn.execute("UPDATE users SET password_hash = ? WHERE id = ?", (password_hash, user_id))
@@ -461,9 +459,7 @@ def all_users(conn: Db) -> list[User]:
     return [user_from_row(row) for row in rows]
 
 
-def insert_token(
-    conn: Db, token_hash: bytes, user_id: str, now: int, expires_at: int
-) -> None:
+def insert_token(conn: Db, token_hash: bytes, user_id: str, now: int, expires_at: int) -> None:
     conn.execute(
         "INSERT INTO tokens(hash, user_id, created_at, expires_at) VALUES (?, ?, ?, ?)",
         (token_hash, user_id, now, expires_at),
@@ -541,9 +537,7 @@ def channel_title_taken(conn: Db, title: str, except_id: str | None = None) -> b
     )
 
 
-def channels(
-    conn: Db, prefix: str, limit: int
-) -> list[tuple[ConversationRecord, int]]:
+def channels(conn: Db, prefix: str, limit: int) -> list[tuple[ConversationRecord, int]]:
     """Channels whose title starts with `prefix` (ASCII case ignored; "" for all), most
     members first (then by title), at most `limit`, with their member counts. The
     prefix is a range of the unique title index; without one, the size index is
@@ -598,9 +592,7 @@ def direct_conversation_id(conn: Db, user_a: str, user_b: str) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def insert_direct_pair(
-    conn: Db, user_a: str, user_b: str, conversation_id: str
-) -> None:
+def insert_direct_pair(conn: Db, user_a: str, user_b: str, conversation_id: str) -> None:
     a, b = sorted((user_a, user_b))
     conn.execute(
         "INSERT INTO direct_pairs(user_a, user_b, conversation_id) VALUES (?, ?, ?)",

@@ -45,7 +45,9 @@ def get(conn: Db, media_id: str) -> MediaRecord | None:
 
 def used_bytes(conn: Db, owner_id: str) -> int:
     """Bytes counted against the owner's quota: every upload, even of bytes stored before."""
-    value = conn.execute("SELECT coalesce(sum(size), 0) FROM media WHERE owner_id = ?", (owner_id,)).get
+    value = conn.execute(
+        "SELECT coalesce(sum(size), 0) FROM media WHERE owner_id = ?", (owner_id,)
+    ).get
     return int(value)
 
 
@@ -80,16 +82,14 @@ def remove_refs(conn: Db, conversation_id: str, media_ids: list[str]) -> None:
     )
 
 
-def unreferenced_before(
-    conn: Db, created_before: int, limit: int
-) -> list[MediaRecord]:
+def unreferenced_before(conn: Db, created_before: int, limit: int) -> list[MediaRecord]:
     rows = conn.execute(
         f"SELECT {_COLUMNS} FROM media WHERE created_at < ? AND NOT EXISTS"
         " (SELECT 1 FROM media_refs r WHERE r.media_id = media.id)"
         " ORDER BY created_at LIMIT ?",
         (created_before, limit),
     ).fetchall()
-    return [MediaRecord(*row) for row in rows]  # type: ignore[arg-type]
+    return [MediaRecord(*row) for row in rows]
 
 
 def delete_unreferenced(conn: Db, created_before: int, limit: int) -> list[str]:

@@ -8,9 +8,7 @@ from __future__ import annotations
 from messageai.store.db import Db
 
 
-def upsert_token(
-    conn: Db, token: str, user_id: str, platform: str | None, now: int
-) -> None:
+def upsert_token(conn: Db, token: str, user_id: str, platform: str | None, now: int) -> None:
     """Register a device token; a device that signs into another account moves to it."""
     conn.execute(
         "INSERT INTO push_tokens(token, user_id, platform, created_at) VALUES (?, ?, ?, ?)"
@@ -56,8 +54,7 @@ def member_tokens(conn: Db, conversation_id: str) -> list[tuple[str, str]]:
 def insert_tickets(conn: Db, tickets: list[tuple[str, str]], now: int) -> None:
     """Record (ticket id, token) pairs whose receipts are fetched later."""
     conn.executemany(
-        "INSERT INTO push_tickets(id, token, created_at) VALUES (?, ?, ?)"
-        " ON CONFLICT DO NOTHING",
+        "INSERT INTO push_tickets(id, token, created_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
         [(ticket, token, now) for ticket, token in tickets],
     )
 
@@ -80,18 +77,14 @@ def delete_tickets_before(conn: Db, created_before: int) -> None:
     conn.execute("DELETE FROM push_tickets WHERE created_at < ?", (created_before,))
 
 
-def record_tickets(
-    conn: Db, tickets: list[tuple[str, str]], dead: list[str], now: int
-) -> None:
+def record_tickets(conn: Db, tickets: list[tuple[str, str]], dead: list[str], now: int) -> None:
     """After a send: remember the tickets, forget the tokens Expo called dead."""
     insert_tickets(conn, tickets, now)
     for token in dead:
         delete_token(conn, token)
 
 
-def settle_tickets(
-    conn: Db, done: list[str], dead: list[str], forget_before: int
-) -> None:
+def settle_tickets(conn: Db, done: list[str], dead: list[str], forget_before: int) -> None:
     """After reading receipts: forget the settled tickets and those too old to get
     one, and the tokens the receipts called dead."""
     delete_tickets(conn, done)
