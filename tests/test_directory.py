@@ -79,7 +79,8 @@ def test_search_users_stops_at_the_limit_in_username_order(directory_db: Db) -> 
 
 
 def test_search_users_reads_index_ranges_never_the_whole_table(tmp_path: Path) -> None:
-    conn = _directory(open_directory_db(tmp_path, "NORMAL"))
+    conn = open_directory_db(tmp_path, "NORMAL")
+    _directory(conn)
     executed: list[tuple[str, apsw.Bindings | None]] = []
 
     def trace(_cursor: apsw.Cursor, statement: str, bindings: apsw.Bindings | None) -> bool:
