@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 import trio
 
 from messageai.config import DirectoryConfig
@@ -188,18 +187,18 @@ async def test_two_nodes_racing_take_a_username_once_and_a_direct_once(
     a, b = (_node(tmp_path, n, postgres_directory) for n in ("a", "b"))
     try:
         with trio.fail_after(30):
+
+            async def register(node: Directory, name: str, results: list[object]) -> None:
+                try:
+                    results.append((await node.register(name, "password1", None))[0])
+                except Exception as exc:
+                    results.append(exc)
+
             for round_ in range(5):
                 results: list[object] = []
-
-                async def register(node: Directory, name: str) -> None:
-                    try:
-                        results.append((await node.register(name, "password1", None))[0])
-                    except Exception as exc:
-                        results.append(exc)
-
                 async with trio.open_nursery() as nursery:
                     for node in (a, b, a, b):
-                        nursery.start_soon(register, node, f"same{round_}")
+                        nursery.start_soon(register, node, f"same{round_}", results)
                 users = [r for r in results if isinstance(r, User)]
                 assert len(users) == 1, results
             x, _ = await a.register("xavier", "password1", None)
