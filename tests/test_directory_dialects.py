@@ -10,6 +10,9 @@ PostgreSQL that keeps everything across a restart.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import trio
@@ -24,6 +27,8 @@ from messageai.store import media as media_sql
 from messageai.store import push as push_sql
 from messageai.store.db import Db, transaction
 from tests.helpers import harness, make_config
+
+MESSAGEAI = Path(sys.executable).parent / "messageai"
 
 
 def _users(conn: Db, *names: str) -> list[User]:
@@ -311,3 +316,57 @@ async def test_a_server_on_postgresql_keeps_everything_across_a_restart(
             assert (seq, "hello from PostgreSQL") in bodies
             assert (await h.http.get("/v1/me", headers=h.auth(bob))).status_code == 200
     assert not (data / "directory.sqlite3").exists()
+
+
+async def test_the_cli_works_on_the_postgresql_directory_or_says_what_to_use(
+    tmp_path: Path, postgres_directory: DirectoryConfig
+) -> None:
+    """`user add|disable` run on PostgreSQL (named by environment
+    variables, as a deployment would); `backup` and, without a running server,
+    `user delete` refuse, saying what to use; a server on it signs the user in."""
+    data = tmp_path / "data"
+    env = {
+        **os.environ,
+        "MESSAGEAI_DIRECTORY__URL": postgres_directory.url,
+        "MESSAGEAI_DIRECTORY__PASSWORD_FILE": postgres_directory.password_file,
+    }
+    secret = tmp_path / "pw.txt"
+    secret.write_text("correct horse\n")
+
+    async def cli(*args: str | Path) -> subprocess.CompletedProcess[bytes]:
+        with trio.fail_after(30):
+            return await trio.run_process(
+                [str(MESSAGEAI), *map(str, args), "--data-dir", str(data)],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                capture_stdout=True,
+                capture_stderr=True,
+                check=False,
+            )
+
+    added = await cli("user", "add", "ada", "--password-file", secret)
+    assert added.returncode == 0, added.stderr
+    assert b"in the PostgreSQL directory postgresql://" in added.stdout
+    assert (await cli("user", "add", "bob", "--password-file", secret)).returncode == 0
+    disabled = await cli("user", "disable", "bob")
+    assert disabled.returncode == 0 and b"bob disabled" in disabled.stdout, disabled.stderr
+    backup = await cli("backup", tmp_path / "backup")
+    assert backup.returncode == 1 and b"pg_dump" in backup.stderr, backup.stderr
+    assert not (tmp_path / "backup").exists()
+    delete = await cli("user", "delete", "ada")
+    assert delete.returncode == 1 and b"start the server" in delete.stderr, delete.stderr
+    assert not (data / "directory.sqlite3").exists()
+    config = make_config(
+        data,
+        directory={
+            "url": postgres_directory.url,
+            "password_file": postgres_directory.password_file,
+        },
+    )
+    with trio.fail_after(30):
+        async with harness(config) as h:
+            for name, status in (("ada", 200), ("bob", 403)):
+                r = await h.http.post(
+                    "/v1/auth/login", json={"username": name, "password": "correct horse"}
+                )
+                assert r.status_code == status, r.text
