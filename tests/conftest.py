@@ -51,9 +51,12 @@ async def redis(tmp_path: Path) -> AsyncIterator[coredis.Redis[str]]:
 def postgres_server() -> Iterator[PostgresServer]:
     """One real PostgreSQL for the session (skipped, saying why, when it cannot start);
     started by the first test that asks for it."""
+    from tests import secret_logs
     from tests.postgres_server import postgres_server as run
 
     with run() as server:
+        # The directory's password must never reach a log line (the suite's grep).
+        secret_logs.harvest_json({"password": server.password})
         yield server
 
 

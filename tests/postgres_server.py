@@ -43,7 +43,7 @@ def postgres_bindir() -> Path | None:
     return Path(initdb).parent if initdb else None
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port: int = probe.getsockname()[1]
@@ -126,7 +126,7 @@ def postgres_server() -> Iterator[PostgresServer]:
         )  # fmt: skip
         if initdb.returncode != 0:
             pytest.skip(f"initdb failed: {initdb.stderr.decode(errors='replace')[-500:]}")
-        port = _free_port()
+        port = free_port()
         with log.open("wb") as out:
             process = subprocess.Popen(
                 [

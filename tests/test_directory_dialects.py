@@ -15,10 +15,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import attrs
+import pytest
 import trio
 
 from messageai.config import DirectoryConfig
-from messageai.errors import BadRequest
+from messageai.errors import BadRequest, Conflict, StartupError
 from messageai.model import ClerkProfile, ConversationRecord, MediaRecord, User
 from messageai.services.directory import Directory
 from messageai.store import clerk as clerk_sql
@@ -27,6 +29,7 @@ from messageai.store import media as media_sql
 from messageai.store import push as push_sql
 from messageai.store.db import Db, transaction
 from tests.helpers import harness, make_config
+from tests.postgres_server import free_port
 
 MESSAGEAI = Path(sys.executable).parent / "messageai"
 
@@ -85,6 +88,11 @@ def test_direct_pairs_ai_budget_retention_and_tokens(directory_db: Db) -> None:
         sql.insert_direct_pair(conn, bob.id, ada.id, record.id)
     assert sql.direct_conversation_id(conn, ada.id, bob.id) == record.id
     assert sql.conversation(conn, record.id) == record
+    (general,) = sql.auto_join_ids(conn)
+    assert [r.id for r in sql.conversations_of(conn, ada.id)] == sorted([general, record.id])
+    assert sql.conversation_for_member(conn, record.id, ada.id) == (record, True)
+    assert sql.conversation_for_member(conn, record.id, "u_nobody") == (record, False)
+    assert sql.conversation_for_member(conn, "c_nope", ada.id) == (None, False)
     with transaction(conn):
         sql.add_ai_spent(conn, ada.id, 10, 5)
         sql.add_ai_spent(conn, ada.id, 10, 7)
@@ -206,6 +214,7 @@ async def test_two_nodes_racing_take_a_username_once_and_a_direct_once(
                         nursery.start_soon(register, node, f"same{round_}", results)
                 users = [r for r in results if isinstance(r, User)]
                 assert len(users) == 1, results
+                assert all(isinstance(r, Conflict) for r in results if r not in users), results
             x, _ = await a.register("xavier", "password1", None)
             y, _ = await b.register("yolanda", "password1", None)
             made: list[tuple[ConversationRecord, bool]] = []
@@ -370,3 +379,21 @@ async def test_the_cli_works_on_the_postgresql_directory_or_says_what_to_use(
                     "/v1/auth/login", json={"username": name, "password": "correct horse"}
                 )
                 assert r.status_code == status, r.text
+
+
+def test_an_unreachable_postgresql_stops_start_up_naming_the_key(
+    tmp_path: Path, postgres_directory: DirectoryConfig
+) -> None:
+    """A wrong port: StartupError naming `directory.url`; a password file that is not
+    there: naming `directory.password_file`. Neither message holds the password."""
+    port = postgres_directory.url.split("@127.0.0.1:")[1].split("/")[0]
+    closed = postgres_directory.url.replace(f":{port}/", f":{free_port()}/", 1)
+    with pytest.raises(StartupError) as info:
+        _node(tmp_path, "a", attrs.evolve(postgres_directory, url=closed))
+    assert "directory.url" in str(info.value) and "unreachable" in str(info.value)
+    missing = attrs.evolve(postgres_directory, password_file=str(tmp_path / "nope"))
+    with pytest.raises(StartupError) as info:
+        _node(tmp_path, "b", missing)
+    assert "directory.password_file" in str(info.value)
+    secret = Path(postgres_directory.password_file).read_text().strip()
+    assert secret not in str(info.value)

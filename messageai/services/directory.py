@@ -438,6 +438,11 @@ class Directory:
         or its user disabled. Inline read: each WebSocket asks at its keepalive."""
         return self.read(sql.user_by_token, token_hash, now_ms()) is not None
 
+    async def lookup_token(self, token: str) -> User | None:
+        """`user_for_token` for callers that can await: off the loop in PostgreSQL mode
+        (the authenticator: every REST request and WebSocket handshake)."""
+        return await self.fetch(sql.user_by_token, passwords.token_hash(token), now_ms())
+
     def user_for_token(self, token: str) -> User | None:
         """The token's user, or None when it is unknown, revoked or expired. Inline read."""
         return self.read(sql.user_by_token, passwords.token_hash(token), now_ms())
@@ -502,6 +507,10 @@ class Directory:
         """(user, deleted) for a Clerk user id, or None when unknown. Inline read."""
         return self.read(clerk_sql.user_state, user_id)
 
+    async def lookup_clerk_user(self, user_id: str) -> tuple[User, bool] | None:
+        """`clerk_user`, off the loop in PostgreSQL mode (every Clerk-authenticated request)."""
+        return await self.fetch(clerk_sql.user_state, user_id)
+
     async def adopt_clerk_user(self, profile: ClerkProfile) -> tuple[User, bool]:
         """Create the user on their first valid token; (user, deleted) as stored."""
 
@@ -547,6 +556,20 @@ class Directory:
 
     def conversation(self, conversation_id: str) -> ConversationRecord | None:
         return self.read(sql.conversation, conversation_id)
+
+    async def conversations_of(self, user_id: str) -> list[ConversationRecord]:
+        """The records of the user's conversations, by id, in one read off the loop."""
+        return await self.fetch(sql.conversations_of, user_id)
+
+    async def conversation_for_member(
+        self, conversation_id: str, user_id: str
+    ) -> tuple[ConversationRecord | None, bool]:
+        """(record or None, whether `user_id` is a member), in one read off the loop."""
+        return await self.fetch(sql.conversation_for_member, conversation_id, user_id)
+
+    async def members(self, conversation_id: str) -> list[str]:
+        """`member_ids`, off the loop in PostgreSQL mode."""
+        return await self.fetch(sql.member_ids, conversation_id)
 
     def member_ids(self, conversation_id: str) -> list[str]:
         return self.read(sql.member_ids, conversation_id)

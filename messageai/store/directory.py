@@ -655,12 +655,40 @@ def is_member(conn: Db, conversation_id: str, user_id: str) -> bool:
 
 
 def conversation_ids_of(conn: Db, user_id: str) -> list[str]:
+    # Ordered (the index's order, which SQLite gave anyway): PostgreSQL promises none.
     return [
         row[0]
         for row in conn.execute(
-            "SELECT conversation_id FROM memberships WHERE user_id = ?", (user_id,)
+            "SELECT conversation_id FROM memberships WHERE user_id = ? ORDER BY conversation_id",
+            (user_id,),
         )
     ]
+
+
+def conversations_of(conn: Db, user_id: str) -> list[ConversationRecord]:
+    """The records of every conversation of `user_id`, by id: one statement (in
+    PostgreSQL one round trip) instead of one per conversation."""
+    columns = ", ".join("c." + c for c in _CONVERSATION.split(", "))
+    rows = conn.execute(
+        f"SELECT {columns} FROM memberships m JOIN conversations c ON c.id = m.conversation_id"
+        " WHERE m.user_id = ? ORDER BY m.conversation_id",
+        (user_id,),
+    )
+    return [_record(row) for row in rows]
+
+
+def conversation_for_member(
+    conn: Db, conversation_id: str, user_id: str
+) -> tuple[ConversationRecord | None, bool]:
+    """The conversation's record (None: no such conversation) and whether `user_id`
+    is a member: the check of every REST request on a conversation, in one statement."""
+    columns = ", ".join("c." + c for c in _CONVERSATION.split(", "))
+    row = conn.execute(
+        f"SELECT {columns}, m.user_id IS NOT NULL FROM conversations c LEFT JOIN memberships m"
+        " ON m.conversation_id = c.id AND m.user_id = ? WHERE c.id = ?",
+        (user_id, conversation_id),
+    ).fetchone()
+    return (None, False) if row is None else (_record(row), bool(row[-1]))
 
 
 def add_members(conn: Db, conversation_id: str, user_ids: list[str], now: int) -> None:
