@@ -30,7 +30,8 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 import psycopg
 from psycopg import errors as pg_errors
 
-from messageai.errors import StartupError, Unavailable
+from messageai.errors import Unavailable
+from messageai.sqlite import check_not_newer
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -46,10 +47,6 @@ CONNECT_TIMEOUT_SECONDS = 5
 MIGRATION_LOCK = 0x6D73676169
 
 PgMigration = Callable[["PgConnection"], None]
-
-
-class SchemaTooNew(StartupError):
-    """The PostgreSQL directory was written by a newer MessageAI: left untouched."""
 
 
 @functools.lru_cache(maxsize=1024)
@@ -244,12 +241,7 @@ def migrate(conn: PgConnection, migrations: Sequence[PgMigration]) -> None:
         )
         row = conn.raw.execute("SELECT version FROM messageai_schema").fetchone()
         version = int(row[0]) if row is not None else 0
-        if version > len(migrations):
-            raise SchemaTooNew(
-                f"the PostgreSQL directory's schema version {version} is newer than this"
-                f" MessageAI knows ({len(migrations)}), so it was left untouched: run the"
-                " MessageAI that wrote it (or a newer one)"
-            )
+        check_not_newer("the PostgreSQL directory", version, len(migrations))
         for number in range(version, len(migrations)):
             migrations[number](conn)
         conn.raw.execute(

@@ -19,7 +19,6 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -29,6 +28,8 @@ from typing import Any
 
 import attrs
 import pytest
+
+from tests.redis_server import free_port
 
 START_TIMEOUT_SECONDS = 30.0
 SUPERUSER = "messageai"
@@ -41,13 +42,6 @@ def postgres_bindir() -> Path | None:
         return Path(found[-1]).parent
     initdb = shutil.which("initdb")
     return Path(initdb).parent if initdb else None
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 @attrs.frozen
@@ -126,7 +120,7 @@ def postgres_server() -> Iterator[PostgresServer]:
         )  # fmt: skip
         if initdb.returncode != 0:
             pytest.skip(f"initdb failed: {initdb.stderr.decode(errors='replace')[-500:]}")
-        port = free_port()
+        port = free_port("127.0.0.1")
         with log.open("wb") as out:
             process = subprocess.Popen(
                 [

@@ -19,17 +19,18 @@ import attrs
 import pytest
 import trio
 
-from messageai.config import DirectoryConfig
+from messageai.config import Config, DirectoryConfig
 from messageai.errors import BadRequest, Conflict, StartupError
 from messageai.model import ClerkProfile, ConversationRecord, MediaRecord, User
-from messageai.services.directory import Directory
+from messageai.services.directory import Directory, open_postgres_directory
+from messageai.sqlite import SchemaTooNew
 from messageai.store import clerk as clerk_sql
 from messageai.store import directory as sql
 from messageai.store import media as media_sql
 from messageai.store import push as push_sql
 from messageai.store.db import Db, transaction
 from tests.helpers import harness, make_config
-from tests.postgres_server import free_port
+from tests.redis_server import free_port
 
 MESSAGEAI = Path(sys.executable).parent / "messageai"
 
@@ -182,13 +183,16 @@ def test_media_quota_and_refs_and_push_tokens(directory_db: Db) -> None:
 # ---------------------------------------------------------------- two nodes at once
 
 
-def _node(tmp_path: Path, name: str, directory: DirectoryConfig, **sections: object) -> Directory:
-    config = make_config(
-        tmp_path / name,
+def _server_config(data: Path, directory: DirectoryConfig, **sections: object) -> Config:
+    return make_config(
+        data,
         directory={"url": directory.url, "password_file": directory.password_file},
         **sections,  # type: ignore[arg-type]
     )
-    return Directory(config)
+
+
+def _node(tmp_path: Path, name: str, directory: DirectoryConfig, **sections: object) -> Directory:
+    return Directory(_server_config(tmp_path / name, directory, **sections))
 
 
 async def test_two_nodes_racing_take_a_username_once_and_a_direct_once(
@@ -292,13 +296,7 @@ async def test_a_server_on_postgresql_keeps_everything_across_a_restart(
     PostgreSQL (and data directory, for the conversation files): all still there, and
     no directory.sqlite3 was made."""
     data = tmp_path / "data"
-    config = make_config(
-        data,
-        directory={
-            "url": postgres_directory.url,
-            "password_file": postgres_directory.password_file,
-        },
-    )
+    config = _server_config(data, postgres_directory)
     with trio.fail_after(60):
         async with harness(config) as h:
             ada = await h.account("ada")
@@ -365,13 +363,7 @@ async def test_the_cli_works_on_the_postgresql_directory_or_says_what_to_use(
     delete = await cli("user", "delete", "ada")
     assert delete.returncode == 1 and b"start the server" in delete.stderr, delete.stderr
     assert not (data / "directory.sqlite3").exists()
-    config = make_config(
-        data,
-        directory={
-            "url": postgres_directory.url,
-            "password_file": postgres_directory.password_file,
-        },
-    )
+    config = _server_config(data, postgres_directory)
     with trio.fail_after(30):
         async with harness(config) as h:
             for name, status in (("ada", 200), ("bob", 403)):
@@ -387,7 +379,7 @@ def test_an_unreachable_postgresql_stops_start_up_naming_the_key(
     """A wrong port: StartupError naming `directory.url`; a password file that is not
     there: naming `directory.password_file`. Neither message holds the password."""
     port = postgres_directory.url.split("@127.0.0.1:")[1].split("/")[0]
-    closed = postgres_directory.url.replace(f":{port}/", f":{free_port()}/", 1)
+    closed = postgres_directory.url.replace(f":{port}/", f":{free_port('127.0.0.1')}/", 1)
     with pytest.raises(StartupError) as info:
         _node(tmp_path, "a", attrs.evolve(postgres_directory, url=closed))
     assert "directory.url" in str(info.value) and "unreachable" in str(info.value)
@@ -397,3 +389,19 @@ def test_an_unreachable_postgresql_stops_start_up_naming_the_key(
     assert "directory.password_file" in str(info.value)
     secret = Path(postgres_directory.password_file).read_text().strip()
     assert secret not in str(info.value)
+
+
+def test_a_postgresql_directory_of_a_newer_schema_is_refused_untouched(
+    postgres_directory: DirectoryConfig,
+) -> None:
+    conn = open_postgres_directory(postgres_directory, serializable=False)
+    try:
+        # Opened again: migrated already, nothing to do.
+        open_postgres_directory(postgres_directory, serializable=False).close()
+        conn.execute("UPDATE messageai_schema SET version = 99")
+        with pytest.raises(SchemaTooNew, match="PostgreSQL directory: schema version 99"):
+            open_postgres_directory(postgres_directory, serializable=False)
+        assert conn.execute("SELECT version FROM messageai_schema").get == 99
+        assert conn.execute("SELECT count(*) FROM conversations").get == 1  # only general
+    finally:
+        conn.close()

@@ -118,7 +118,11 @@ def open_postgres_directory(config: DirectoryConfig, *, serializable: bool) -> P
         )
     except Unavailable as exc:
         raise StartupError(f"directory.url: {exc.message}") from None
-    postgres.migrate(conn, directory_pg.MIGRATIONS)
+    try:
+        postgres.migrate(conn, directory_pg.MIGRATIONS)
+    except BaseException:
+        conn.close()
+        raise
     return conn
 
 
@@ -204,7 +208,11 @@ class Directory:
         if self._pg:
             make_data_dir(config.data_dir)  # the conversations' files stay on disk
             self._writer = open_postgres_directory(config.directory, serializable=True)
-            self._reader = self._connect()
+            try:
+                self._reader = self._connect()
+            except BaseException:
+                self._writer.close()
+                raise
             self._reads = WorkerPool(config.directory.read_threads, name="messageai directory read")
         else:
             self._writer = open_directory_db(config.data_dir, config.storage.synchronous)
