@@ -458,12 +458,16 @@ class Directory:
     def user(self, user_id: str) -> User | None:
         return self.read(sql.user_by_id, user_id)
 
-    def search_users(self, prefix: str) -> list[User]:
-        return self.read(sql.search_users, prefix, USER_SEARCH_LIMIT)
+    async def lookup_user(self, user_id: str) -> User | None:
+        """`user`, off the loop in PostgreSQL mode."""
+        return await self.fetch(sql.user_by_id, user_id)
 
-    def users_after(self, after: str) -> list[User]:
+    async def search_users(self, prefix: str) -> list[User]:
+        return await self.fetch(sql.search_users, prefix, USER_SEARCH_LIMIT)
+
+    async def users_after(self, after: str) -> list[User]:
         """A page of USER_PAGE_LIMIT users by username, after `after` ("" first)."""
-        return self.read(sql.users_after, after, USER_PAGE_LIMIT)
+        return await self.fetch(sql.users_after, after, USER_PAGE_LIMIT)
 
     async def set_display_name(self, user_id: str, display_name: object) -> User:
         """`PATCH /v1/me`: the registration rules for display names (1 to 64 characters
@@ -664,9 +668,21 @@ class Directory:
         await self.write(create)
         return record
 
-    def channels(self, prefix: str) -> list[tuple[ConversationRecord, int]]:
+    async def channels(self, prefix: str) -> list[tuple[ConversationRecord, int]]:
         """Channels by title prefix, most members first, at most CHANNEL_LIST_LIMIT."""
-        return self.read(sql.channels, prefix, CHANNEL_LIST_LIMIT)
+        return await self.fetch(sql.channels, prefix, CHANNEL_LIST_LIMIT)
+
+    async def lookup_conversation(self, conversation_id: str) -> ConversationRecord | None:
+        """`conversation`, off the loop in PostgreSQL mode."""
+        return await self.fetch(sql.conversation, conversation_id)
+
+    async def lookup_member(self, conversation_id: str, user_id: str) -> bool:
+        """`is_member`, off the loop in PostgreSQL mode."""
+        return await self.fetch(sql.is_member, conversation_id, user_id)
+
+    async def conversation_ids(self, user_id: str) -> list[str]:
+        """`conversation_ids_of`, off the loop in PostgreSQL mode."""
+        return await self.fetch(sql.conversation_ids_of, user_id)
 
     def member_count(self, conversation_id: str) -> int:
         return self.read(sql.member_count, conversation_id)

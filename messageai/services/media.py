@@ -266,7 +266,7 @@ class Media:
         if length is not None and length > limit:
             raise TooLarge(f"uploads are at most {limit} bytes")
         quota = self._config.media.quota_bytes
-        room = quota - self._directory.read(sql.used_bytes, user_id)
+        room = quota - await self._directory.fetch(sql.used_bytes, user_id)
         if room <= 0 or (length is not None and length > room):
             raise TooLarge(f"this upload would pass your media quota of {quota} bytes")
 
@@ -301,7 +301,7 @@ class Media:
         async with self.lock:
             # Uploads take turns here, so this read is current; it spares placing a
             # file only to take it back. The transaction below checks once more.
-            if self._directory.read(sql.used_bytes, record.owner_id) + record.size > quota:
+            if await self._directory.fetch(sql.used_bytes, record.owner_id) + record.size > quota:
                 raise refused
             placed = await blocking(_place, tmp, final, sync)
             try:
@@ -310,7 +310,7 @@ class Media:
             except BaseException:
                 if placed:
                     with trio.CancelScope(shield=True):
-                        if not self._directory.read(sql.sha256_in_use, record.sha256):
+                        if not await self._directory.fetch(sql.sha256_in_use, record.sha256):
                             await blocking(_unlink, final)
                 raise
 
@@ -435,7 +435,7 @@ class Media:
                 unused = [
                     blob_path(self.root, sha256)
                     for sha256 in dict.fromkeys(deleted)
-                    if not self._directory.read(sql.sha256_in_use, sha256)
+                    if not await self._directory.fetch(sql.sha256_in_use, sha256)
                 ]
                 if unused:
                     await blocking(_unlink_all, unused)
