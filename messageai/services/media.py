@@ -372,18 +372,18 @@ class Media:
 
     # ------------------------------------------------------------ download
 
-    def readable(self, user_id: str, media_id: str) -> MediaRecord | None:
+    async def readable(self, user_id: str, media_id: str) -> MediaRecord | None:
         """The upload if `user_id` may read it, else None (the caller answers 404 for
         both "no such id" and "not yours": nothing tells them apart)."""
         if len(media_id) > MAX_MEDIA_ID_CHARS:
             return None
-        return self._directory.read(sql.readable, media_id, user_id)
+        return await self._directory.fetch(sql.readable, media_id, user_id)
 
     async def download(self, user_id: str, media_id: str, range_header: str | None) -> Download:
         """`GET /v1/media/{id}`: the record, the range to send (audio and video only;
         None for the whole file) and its bytes, from a file opened here. NotFound
         unless `user_id` may read it; RangeNotSatisfiable for a range past the end."""
-        record = self.readable(user_id, media_id)
+        record = await self.readable(user_id, media_id)
         if record is None:
             raise NotFound("no such media")
         wanted = parse_range(range_header, record.size) if playable(record.content_type) else None
