@@ -7,7 +7,8 @@ free port, no Unix socket, password authentication (scram) for a superuser
 `messageai` whose password is in a file, as a deployment would give it
 (`[directory] password_file`). PostgreSQL refuses to run as root, so when the tests are
 root it runs as the `postgres` OS user (the package makes it). `fsync = off`: the data
-dies with the session anyway. A test that needs it skips, saying why, when it cannot
+dies with the session anyway. The database's locale is C.UTF-8, whose `lower()`
+folds more than ASCII, so the schema's `COLLATE "C"` is what the tests check. A test that needs it skips, saying why, when it cannot
 start.
 """
 
@@ -111,7 +112,9 @@ def postgres_server() -> Iterator[PostgresServer]:
                 "--pwfile", str(password_file),
                 "--auth", "scram-sha-256",
                 "--encoding", "UTF8",
-                "--locale", "C",
+                # Not "C": its lower() would fold ASCII only whatever the schema says,
+                # and the schema's own COLLATE "C" would go untested.
+                "--locale", "C.UTF-8",
                 "--no-sync",
             ],
             capture_output=True,
