@@ -4,8 +4,9 @@ order), member counts kept by triggers, Clerk's username fallback, the bounded w
 ids, the media quota and references, push tokens and tickets, the AI budget upsert,
 the retention plan. Then, on PostgreSQL only, what SQLite's single writer gave for
 free and two nodes writing at once must not break: a username taken once, a direct
-conversation made once, the member cap, a token rotation; and a whole server on
-PostgreSQL that keeps everything across a restart.
+conversation made once, the member cap, serialization failures retried; a whole
+server on PostgreSQL that keeps everything across a restart; the CLI on it; start-up
+refusing an unreachable database or a newer schema.
 """
 
 from __future__ import annotations
