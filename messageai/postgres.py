@@ -222,12 +222,19 @@ def read(
     **kwargs: P.kwargs,
 ) -> T:
     """`fn(conn, ...)` outside a transaction (each statement its own snapshot, as the
-    SQLite reads); Unavailable when the database cannot be reached."""
-    try:
-        conn.reconnect_if_broken()
-        return fn(conn, *args, **kwargs)
-    except psycopg.OperationalError as exc:
-        raise Unavailable(f"the directory database is unreachable: {_first_line(exc)}") from exc
+    SQLite reads). A connection found dropped (PostgreSQL restarted, an idle connection
+    cut) is replaced and the read run once more: reads change nothing, so that is safe,
+    where a write that failed in its commit may have committed and is not retried.
+    Unavailable when the database cannot be reached."""
+    for attempt in range(2):
+        try:
+            conn.reconnect_if_broken()
+            return fn(conn, *args, **kwargs)
+        except psycopg.OperationalError as exc:
+            if attempt == 0 and conn.raw.closed:
+                continue
+            raise Unavailable(f"the directory database is unreachable: {_first_line(exc)}") from exc
+    raise AssertionError("unreachable")
 
 
 def migrate(conn: PgConnection, migrations: Sequence[PgMigration]) -> None:

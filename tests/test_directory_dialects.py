@@ -21,7 +21,7 @@ import pytest
 import trio
 
 from messageai.config import Config, DirectoryConfig
-from messageai.errors import BadRequest, Conflict, StartupError
+from messageai.errors import BadRequest, Conflict, StartupError, Unavailable
 from messageai.model import ClerkProfile, ConversationRecord, MediaRecord, User
 from messageai.services.directory import Directory, open_postgres_directory
 from messageai.sqlite import SchemaTooNew
@@ -31,6 +31,7 @@ from messageai.store import media as media_sql
 from messageai.store import push as push_sql
 from messageai.store.db import Db, transaction
 from tests.helpers import harness, make_config
+from tests.postgres_server import PostgresServer
 from tests.redis_server import free_port
 
 MESSAGEAI = Path(sys.executable).parent / "messageai"
@@ -406,3 +407,34 @@ def test_a_postgresql_directory_of_a_newer_schema_is_refused_untouched(
         assert conn.execute("SELECT count(*) FROM conversations").get == 1  # only general
     finally:
         conn.close()
+
+
+async def test_connections_postgresql_dropped_are_replaced(
+    tmp_path: Path, postgres_server: PostgresServer, postgres_directory: DirectoryConfig
+) -> None:
+    """Every connection of a node cut by the server (as a PostgreSQL restart does): a
+    read is run again on a new connection and succeeds; a write answers `unavailable`
+    once (it may have failed in its commit, so it is not run again blindly), and the
+    next write works."""
+    node = _node(tmp_path, "a", postgres_directory)
+    try:
+        with trio.fail_after(30):
+            ada, _ = await node.register("ada", "password1", None)
+            database = postgres_directory.url.rsplit("/", 1)[1]
+
+            def cut() -> None:
+                with postgres_server.admin() as admin:
+                    admin.execute(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                        " WHERE datname = %s AND pid <> pg_backend_pid()",
+                        (database,),
+                    )
+
+            cut()
+            assert node.user(ada.id) == ada  # on the loop's connection
+            assert await node.lookup_user(ada.id) == ada  # on a read thread's
+            with pytest.raises(Unavailable):
+                await node.set_display_name(ada.id, "Ada")
+            assert (await node.set_display_name(ada.id, "Ada")).display_name == "Ada"
+    finally:
+        node.close()
