@@ -11,6 +11,7 @@ import math
 import os
 import re
 import tomllib
+import urllib.parse
 from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
@@ -96,6 +97,49 @@ class StorageConfig:
     )
     max_open_databases: int = attrs.field(default=1000, validator=[v.ge(2), v.le(100_000)])
     commit_threads: int = attrs.field(default=8, validator=[v.ge(1), v.le(256)])
+
+
+def _directory_url(_inst: object, attr: attrs.Attribute[Any], value: str) -> None:
+    if not value:
+        return
+    try:
+        parsed = urllib.parse.urlsplit(value)
+        has_password = parsed.password is not None
+    except ValueError:
+        raise ValueError("is not a URL like postgresql://user@host:5432/messageai") from None
+    if parsed.scheme not in ("postgresql", "postgres"):
+        # The value is not repeated: a mistyped URL may carry a password.
+        raise ValueError(
+            '"" (directory.sqlite3 in storage.data_dir) or a postgresql:// URL,'
+            f" not a {parsed.scheme or 'schemeless'} one"
+        )
+    if has_password:
+        raise ValueError("must not hold the password: name it with password_file or password_env")
+
+
+@attrs.frozen(field_transformer=_name_errors)
+class DirectoryConfig:
+    """Where the directory (users, tokens, conversations, memberships, media records,
+    push tokens) lives: "" is `directory.sqlite3` in `storage.data_dir` (single-node
+    mode); a `postgresql://` URL is PostgreSQL (docs/SCALE.md, section 8)."""
+
+    url: str = attrs.field(default="", validator=_directory_url)
+    # The password, read from this file (its first line) or this environment variable,
+    # never from the config or the URL; neither: libpq's own (PGPASSWORD, ~/.pgpass).
+    password_file: str = ""
+    password_env: str = ""
+    # Connections (one per thread) that run directory reads off the event loop.
+    read_threads: int = attrs.field(default=4, validator=[v.ge(1), v.le(64)])
+
+    def __attrs_post_init__(self) -> None:
+        if self.password_file and self.password_env:
+            raise ValueError("directory: set at most one of password_file and password_env")
+        if (self.password_file or self.password_env) and not self.url:
+            raise ValueError("directory: a password is for a postgresql:// url, and url is empty")
+
+    @property
+    def postgres(self) -> bool:
+        return bool(self.url)
 
 
 @attrs.frozen(field_transformer=_name_errors)
@@ -510,6 +554,7 @@ class ClusterConfig:
 class Config:
     server: ServerConfig = ServerConfig()
     storage: StorageConfig = StorageConfig()
+    directory: DirectoryConfig = DirectoryConfig()
     conversations: ConversationsConfig = ConversationsConfig()
     limits: LimitsConfig = LimitsConfig()
     auth: AuthConfig = AuthConfig()

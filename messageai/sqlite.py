@@ -106,16 +106,22 @@ def open_db(path: Path, synchronous: str, *, create: bool = True) -> apsw.Connec
     return conn
 
 
+def check_not_newer(where: str, version: int, known: int) -> None:
+    """SchemaTooNew when a database (`where`: a file, or the PostgreSQL directory) is at
+    a schema version past the `known` migrations; never migrated then, never written."""
+    if version > known:
+        raise SchemaTooNew(
+            f"{where}: schema version {version} is newer than this MessageAI"
+            f" knows ({known}), so it was left untouched: run the MessageAI that"
+            " wrote it (or a newer one), or restore a backup made by this one"
+        )
+
+
 def migrate(conn: apsw.Connection, migrations: Sequence[Migration]) -> None:
     """Bring the schema to len(migrations) via `PRAGMA user_version`, one transaction each."""
     version = conn.execute("PRAGMA user_version").get
     assert isinstance(version, int)
-    if version > len(migrations):
-        raise SchemaTooNew(
-            f"{conn.filename}: schema version {version} is newer than this MessageAI"
-            f" knows ({len(migrations)}), so it was left untouched: run the MessageAI that"
-            " wrote it (or a newer one), or restore a backup made by this one"
-        )
+    check_not_newer(conn.filename, version, len(migrations))
     for number in range(version, len(migrations)):
         with conn:
             migrations[number](conn)

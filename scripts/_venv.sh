@@ -46,3 +46,16 @@ ensure_chromium() {
 ensure_redis() {
     ensure_debian redis-server redis-server "the cluster tests"
 }
+
+# Debian's PostgreSQL for the directory tests (tests/postgres_server.py runs initdb into
+# a temporary directory and its own postgres on a free port of 127.0.0.1). Debian keeps
+# initdb off PATH, under /usr/lib/postgresql/VERSION/bin.
+ensure_postgres() {
+    local initdb
+    for initdb in /usr/lib/postgresql/*/bin/initdb; do
+        if [ -x "$initdb" ]; then
+            return
+        fi
+    done
+    ensure_debian /usr/lib/postgresql/15/bin/initdb postgresql "the PostgreSQL directory tests"
+}

@@ -154,12 +154,52 @@ def test_wrong_type_raises_config_error_naming_the_key(tmp_path: Path, toml: str
         ("[auth]\nmode = 'clerk'\n", "auth.mode"),
         ("[auth]\nscrypt_n = 1000\n", "auth.scrypt_n"),
         ("[logging]\nlevel = 'verbose'\n", "logging.level"),
+        ("[directory]\nurl = 'mysql://u@db/messageai'\n", "directory.url"),
+        ("[directory]\nurl = 'db.example.com'\n", "directory.url"),
+        ("[directory]\nread_threads = 0\n", "directory.read_threads"),
+        ("[directory]\npassword_file = 'pw'\n", "directory"),
+        (
+            "[directory]\nurl = 'postgresql://u@db/m'\npassword_file = 'pw'\npassword_env = 'PW'\n",
+            "directory",
+        ),
     ],
 )
 def test_bad_value_raises_config_error_naming_the_key(tmp_path: Path, toml: str, key: str) -> None:
     with pytest.raises(ConfigError) as info:
         load_text(tmp_path, toml)
     assert key in str(info.value)
+
+
+def test_a_directory_url_holding_a_password_is_refused_without_repeating_it(
+    tmp_path: Path,
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_text(tmp_path, "[directory]\nurl = 'postgresql://ada:hunter2@db:5432/m'\n")
+    assert "directory.url" in str(info.value) and "password_file" in str(info.value)
+    assert "hunter2" not in str(info.value)
+    config = load_text(tmp_path, "[directory]\nurl = 'postgresql://ada@db:5432/m'\n")
+    assert config.directory.postgres and not Config().directory.postgres
+
+
+def test_single_node_mode_never_imports_psycopg(tmp_path: Path) -> None:
+    """The directory on SQLite, the server built and the CLI parsed: no psycopg loaded
+    (it is the optional extra `cluster`)."""
+    script = (
+        "import sys\n"
+        "from messageai.cli import build_parser\n"
+        "from messageai.server import Server\n"
+        "from messageai.services.directory import Directory\n"
+        "from tests.helpers import make_config\n"
+        f"Directory(make_config(__import__('pathlib').Path({str(tmp_path)!r}))).close()\n"
+        "build_parser()\n"
+        "loaded = sorted(m for m in sys.modules if m.split('.')[0] == 'psycopg')\n"
+        "assert not loaded, loaded\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, check=False
+    )
+    assert done.returncode == 0, done.stderr.decode()
+    assert (tmp_path / "directory.sqlite3").is_file()
 
 
 def test_every_bad_key_is_reported_at_once(tmp_path: Path) -> None:

@@ -1,11 +1,14 @@
-"""The directory's SQL and housekeeping on real SQLite files: user search by prefix
-(and that it is index range scans, read from SQLite's own EXPLAIN QUERY PLAN), and
-the purge of expired tokens, bounded per transaction, and scheduled by the server.
+"""The directory's SQL and housekeeping on real SQLite files and a real PostgreSQL
+(`directory_db`: each test runs in both dialects): user search by prefix (and that
+it is index range scans, read from each engine's own EXPLAIN), and the purge of
+expired tokens, bounded per transaction, and scheduled by the server.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import apsw
 import pytest
@@ -15,6 +18,7 @@ from messageai.model import User
 from messageai.services.directory import DIRECTORY_FILE, TOKEN_PURGE_BATCH, open_directory_db
 from messageai.sqlite import open_db
 from messageai.store import directory as sql
+from messageai.store.db import Db, Rows, postgres, transaction
 from tests.helpers import harness, make_config
 
 NAMES = [
@@ -30,9 +34,8 @@ NAMES = [
 ]
 
 
-def _directory(tmp_path: Path) -> apsw.Connection:
-    conn = open_directory_db(tmp_path, "NORMAL")
-    with conn:
+def _directory(conn: Db) -> Db:
+    with transaction(conn):
         for i, (username, display) in enumerate(NAMES):
             sql.insert_user(conn, User(f"u_{i}", username, display, i), None)
     return conn
@@ -63,20 +66,21 @@ def _names(users: list[User]) -> list[str]:
     ],
 )
 def test_search_users_matches_a_prefix_of_username_or_display_name(
-    tmp_path: Path, prefix: str, expected: list[str]
+    directory_db: Db, prefix: str, expected: list[str]
 ) -> None:
-    conn = _directory(tmp_path)
+    conn = _directory(directory_db)
     assert _names(sql.search_users(conn, prefix, 20)) == expected
 
 
-def test_search_users_stops_at_the_limit_in_username_order(tmp_path: Path) -> None:
-    conn = _directory(tmp_path)
+def test_search_users_stops_at_the_limit_in_username_order(directory_db: Db) -> None:
+    conn = _directory(directory_db)
     assert _names(sql.search_users(conn, "", 3)) == ["ada", "adam", "bob"]
     assert _names(sql.search_users(conn, "ad", 2)) == ["ada", "adam"]
 
 
 def test_search_users_reads_index_ranges_never_the_whole_table(tmp_path: Path) -> None:
-    conn = _directory(tmp_path)
+    conn = open_directory_db(tmp_path, "NORMAL")
+    _directory(conn)
     executed: list[tuple[str, apsw.Bindings | None]] = []
 
     def trace(_cursor: apsw.Cursor, statement: str, bindings: apsw.Bindings | None) -> bool:
@@ -94,26 +98,64 @@ def test_search_users_reads_index_ranges_never_the_whole_table(tmp_path: Path) -
     assert any("users_display_name (display_name>? AND display_name<?)" in s for s in searches)
 
 
-def _add_tokens(conn: apsw.Connection, count: int, expires_at: int, tag: bytes) -> None:
-    with conn:
+def test_search_users_in_postgres_can_use_both_indexes(directory_db: Db) -> None:
+    """The `lower(display_name)` index and the username's serve the UNION's two range
+    scans (read from EXPLAIN, sequential scans off: the table is too small for the
+    planner to choose an index otherwise). SQLite's plan is checked above."""
+    if not postgres(directory_db):
+        pytest.skip("PostgreSQL's plan; SQLite's is the test above")
+    conn = _directory(directory_db)
+    recorded = _Recording(conn)
+    sql.search_users(recorded, "ad", 20)
+    ((statement, bindings),) = recorded.statements
+    with transaction(conn):
+        conn.execute("SET LOCAL enable_seqscan = off")
+        plan = "\n".join(row[0] for row in conn.execute("EXPLAIN " + statement, bindings))
+    assert "Seq Scan" not in plan, plan
+    assert "users_username_key" in plan and "users_display_name" in plan, plan
+
+
+class _Recording:
+    """A PostgreSQL connection that remembers the statements run through it."""
+
+    def __init__(self, conn: Db) -> None:
+        self._conn = conn
+        self.statements: list[tuple[str, Any]] = []
+
+    def execute(self, statements: str, bindings: Any = None, /) -> Rows:
+        self.statements.append((statements, bindings))
+        return self._conn.execute(statements, bindings)
+
+    def executemany(self, statements: str, sequenceofbindings: Iterable[Any], /) -> Rows:
+        return self._conn.executemany(statements, sequenceofbindings)
+
+    def changes(self) -> int:
+        return self._conn.changes()
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+def _add_tokens(conn: Db, count: int, expires_at: int, tag: bytes) -> None:
+    with transaction(conn):
         for i in range(count):
             sql.insert_token(conn, tag + i.to_bytes(4, "big"), "u_0", 0, expires_at)
 
 
-def _token_count(conn: apsw.Connection) -> int:
+def _token_count(conn: Db) -> int:
     return int(conn.execute("SELECT count(*) FROM tokens").get)
 
 
 def test_delete_expired_tokens_takes_at_most_a_batch_and_only_expired_ones(
-    tmp_path: Path,
+    directory_db: Db,
 ) -> None:
-    conn = _directory(tmp_path)
+    conn = _directory(directory_db)
     _add_tokens(conn, 25, expires_at=1_000, tag=b"old")
     _add_tokens(conn, 5, expires_at=2_000, tag=b"new")
-    with conn:
+    with transaction(conn):
         assert sql.delete_expired_tokens(conn, 1_000, 10) == 10
     assert _token_count(conn) == 20
-    with conn:
+    with transaction(conn):
         assert sql.delete_expired_tokens(conn, 1_000, 100) == 15
         assert sql.delete_expired_tokens(conn, 1_000, 100) == 0
     assert _token_count(conn) == 5
@@ -143,7 +185,7 @@ async def test_the_server_purges_expired_tokens_on_its_own(tmp_path: Path) -> No
             assert (await h.http.get("/v1/me", headers=h.auth(ada))).status_code == 401
 
 
-def _fill(conn: apsw.Connection, user_id: str, count: int) -> None:
+def _fill(conn: Db, user_id: str, count: int) -> None:
     for i in range(count):
         sql.insert_token(conn, b"expired" + i.to_bytes(4, "big"), user_id, 0, 1)
     sql.insert_token(conn, b"live", user_id, 0, 2**62)

@@ -38,7 +38,7 @@ def conversation_of(directory: Directory, registry: Registry) -> Conversation:
     async def conversation(
         conversation_id: str, work: Callable[[apsw.Connection], T], writes: bool, /
     ) -> T:
-        members = directory.member_ids(conversation_id)
+        members = await directory.members(conversation_id)
         if not members:
             raise JobFailed("the conversation has no members")
         op = Ai(lambda conn, _user: work(conn), writes=writes)
@@ -52,8 +52,8 @@ def names_of(directory: Directory) -> Names:
     have left, or be the assistant)."""
 
     async def names(conversation_id: str, senders: Sequence[str]) -> list[tuple[str, str]]:
-        people = dict.fromkeys([*directory.member_ids(conversation_id), *senders])
-        found = [(directory.user(user_id), user_id) for user_id in people]
+        people = dict.fromkeys([*await directory.members(conversation_id), *senders])
+        found = [(await directory.lookup_user(user_id), user_id) for user_id in people]
         return [(user.display_name, user_id) for user, user_id in found if user is not None]
 
     return names

@@ -27,12 +27,14 @@ import trio
 from messageai import logs, passwords
 from messageai.cli.admin import ADMIN_USER_COMMANDS, run_delete, run_token, run_user
 from messageai.cli.client_args import CLIENT_COMMANDS, add_client_commands
+from messageai.cli.directory_db import open_directory, where
 from messageai.cli.ops import OPS_COMMANDS, add_ops_commands
 from messageai.config import Config, ConfigError, load_config, with_overrides
 from messageai.errors import MessageAIError, StartupError
-from messageai.services.directory import DIRECTORY_FILE, open_directory_db
-from messageai.sqlite import apply_best_practice, transaction
+from messageai.services.directory import DIRECTORY_FILE
+from messageai.sqlite import apply_best_practice
 from messageai.store import directory as sql
+from messageai.store.db import transaction
 
 if TYPE_CHECKING:
     from messageai.server import Server
@@ -253,7 +255,7 @@ def _no_server_data(config: Config, args: argparse.Namespace) -> str | None:
     a directory database; otherwise a fresh database there would take the account
     silently and the server would never see it. Naming the data directory (either
     flag) may create it, to provision accounts before the first `serve`."""
-    if args.data_dir is not None or args.config is not None:
+    if args.data_dir is not None or args.config is not None or config.directory.postgres:
         return None
     if (config.data_dir / DIRECTORY_FILE).is_file():
         return None
@@ -294,17 +296,13 @@ def _user_add(config: Config, args: argparse.Namespace) -> int:
     passwords.check_display_name(args.display_name, name)
     password = passwords.check_password(_read_password(args))
     password_hash = passwords.hash_password(password, config.auth.scrypt_n)
-    fresh = not (config.data_dir / DIRECTORY_FILE).is_file()
-    conn = open_directory_db(config.data_dir, config.storage.synchronous)
-    try:
-        with transaction(conn):
-            user = sql.create_local_user(conn, name, args.display_name, password_hash)
-    finally:
-        conn.close()
+    fresh = not config.directory.postgres and not (config.data_dir / DIRECTORY_FILE).is_file()
+    with open_directory(config, create=True) as conn, transaction(conn):
+        user = sql.create_local_user(conn, name, args.display_name, password_hash)
     if user is None:
         print(f"messageai: username {name!r} is taken", file=sys.stderr)
         return 1
-    print(f"created {user.username} ({user.id}) in {config.data_dir.resolve()}")
+    print(f"created {user.username} ({user.id}) in {where(config)}")
     if fresh:
         # Named explicitly, so made; but a relative path or a typo lands elsewhere
         # than the server's data: say so rather than let it pass unnoticed.
@@ -318,14 +316,9 @@ def _user_add(config: Config, args: argparse.Namespace) -> int:
 
 
 def _user_list(config: Config) -> int:
-    if not (config.data_dir / DIRECTORY_FILE).is_file():
-        # Listing creates nothing: a mistyped path is reported, not made.
-        raise MessageAIError(f"no directory database in {config.data_dir.resolve()}")
-    conn = open_directory_db(config.data_dir, config.storage.synchronous)
-    try:
+    # Listing creates nothing: a mistyped path is reported, not made.
+    with open_directory(config, create=False) as conn:
         users = sql.all_users(conn)
-    finally:
-        conn.close()
     for user in users:
         print(f"{user.id}\t{user.username}\t{user.display_name}")
     return 0

@@ -12,33 +12,25 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
-import apsw
-
 from messageai import passwords
+from messageai.cli.directory_db import open_directory
 from messageai.config import Config
 from messageai.errors import MessageAIError
 from messageai.model import User, now_ms
-from messageai.services.directory import DIRECTORY_FILE, open_directory_db
-from messageai.sqlite import transaction
 from messageai.store import directory as sql
+from messageai.store.db import Db, transaction
 
 ADMIN_USER_COMMANDS = ("disable", "enable", "reset-password")
 
 
-def _in_directory(config: Config, work: Callable[[apsw.Connection], str]) -> int:
-    if not (config.data_dir / DIRECTORY_FILE).is_file():
-        raise MessageAIError(f"no directory database in {config.data_dir.resolve()}")
-    conn = open_directory_db(config.data_dir, config.storage.synchronous)
-    try:
-        with transaction(conn):
-            said = work(conn)
-    finally:
-        conn.close()
+def _in_directory(config: Config, work: Callable[[Db], str]) -> int:
+    with open_directory(config, create=False) as conn, transaction(conn):
+        said = work(conn)
     print(said)
     return 0
 
 
-def _user(conn: apsw.Connection, name: str) -> User:
+def _user(conn: Db, name: str) -> User:
     found = sql.user_and_hash_by_name(conn, name)
     if found is None:
         raise MessageAIError(f"no user named {name!r}")
@@ -54,14 +46,14 @@ def run_user(config: Config, args: argparse.Namespace, password: Callable[[], st
         new = passwords.check_password(password())
         hashed = passwords.hash_password(new, config.auth.scrypt_n)
 
-        def reset(conn: apsw.Connection) -> str:
+        def reset(conn: Db) -> str:
             user = _user(conn, args.name)
             ended = sql.set_password(conn, user.id, hashed, b"")  # keeps no token
             return f"password of {user.username} reset; {len(ended)} sessions signed out"
 
         return _in_directory(config, reset)
 
-    def switch(conn: apsw.Connection) -> str:
+    def switch(conn: Db) -> str:
         user = _user(conn, args.name)
         if command == "disable":
             sql.set_disabled(conn, user.id, now_ms())
@@ -90,7 +82,7 @@ def run_delete(config: Config, args: argparse.Namespace) -> int:
 def run_token(config: Config, args: argparse.Namespace) -> int:
     """`token revoke NAME`: every session of the user ends."""
 
-    def revoke(conn: apsw.Connection) -> str:
+    def revoke(conn: Db) -> str:
         user = _user(conn, args.name)
         return f"{sql.delete_tokens_of(conn, user.id)} sessions of {user.username} revoked"
 

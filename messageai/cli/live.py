@@ -12,20 +12,28 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from messageai.cli.directory_db import has_directory, refuse_in_postgres
 from messageai.config import Config
 from messageai.errors import MessageAIError
 from messageai.ops import channel
 from messageai.ops.backup import BackupError
-from messageai.services.directory import DIRECTORY_FILE
 
 
 def run(config: Config, request: dict[str, Any], offline: Callable[[], str]) -> int:
+    """The work by the server when one runs on the data directory, else `offline()`
+    (which works on `directory.sqlite3`: refused when the directory is in PostgreSQL,
+    where only the running server does it)."""
     data_dir = config.data_dir
-    if not (data_dir / DIRECTORY_FILE).is_file():
+    if not has_directory(config):
         print(f"messageai: no directory database in {data_dir.resolve()}", file=sys.stderr)
         return 1
+    command = str(request["command"]).replace("_", " ")
     try:
+        if config.directory.postgres and not data_dir.is_dir():
+            refuse_in_postgres(config, command)  # no server runs on a data directory not made
         with channel.offline_lock(data_dir) as alone:
+            if alone:
+                refuse_in_postgres(config, command)
             said = offline() if alone else channel.request(data_dir, request)
     except (MessageAIError, BackupError, channel.ChannelError) as exc:
         print(f"messageai: {exc}", file=sys.stderr)

@@ -16,11 +16,12 @@ from pathlib import Path
 
 import apsw
 
+from messageai.cli.directory_db import open_directory, refuse_in_postgres
 from messageai.config import Config
+from messageai.errors import MessageAIError
 from messageai.ops import backup, channel, check, conversation_file
-from messageai.services.directory import DIRECTORY_FILE, open_directory_db
-from messageai.sqlite import transaction
 from messageai.store import directory as directory_sql
+from messageai.store.db import Db, transaction
 from messageai.store.paths import conversation_path
 
 OPS_COMMANDS = ("backup", "verify", "restore", "check", "conversation", "node")
@@ -124,6 +125,10 @@ def add_ops_commands(
 
 def run(config: Config, args: argparse.Namespace) -> int:
     try:
+        if args.command in ("backup", "restore", "check"):
+            refuse_in_postgres(config, args.command)
+        elif args.command == "conversation" and args.conversation_command in ("export", "import"):
+            refuse_in_postgres(config, f"conversation {args.conversation_command}")
         if args.command == "backup":
             backup.backup(config.data_dir, args.dest)
             return 0
@@ -143,7 +148,7 @@ def run(config: Config, args: argparse.Namespace) -> int:
         if args.command == "node":
             return _node_drain(config)
         return _conversation(config, args)
-    except (backup.BackupError, conversation_file.TransferError) as exc:
+    except (backup.BackupError, conversation_file.TransferError, MessageAIError) as exc:
         print(f"messageai: {exc}", file=sys.stderr)
         return 1
 
@@ -229,21 +234,18 @@ def _retention(config: Config, conversation_id: str, days: str | None) -> int:
             value = -1.0
         if not 0 <= value <= 100_000:  # the bounds of `retention.days`
             raise backup.BackupError(f"days: a number of days >= 0, or `default`, not {days!r}")
-    conn = open_directory_db(config.data_dir, config.storage.synchronous)
-    try:
+    with open_directory(config, create=False) as conn:
         if directory_sql.conversation(conn, conversation_id) is None:
             raise backup.BackupError(f"no conversation {conversation_id!r}")
         if days is not None:
             with transaction(conn):
                 directory_sql.set_retention_days(conn, conversation_id, value)
         shown = _retention_shown(conn, conversation_id, config.retention.days)
-    finally:
-        conn.close()
     print(f"{conversation_id}: retention {shown}")
     return 0
 
 
-def _retention_shown(conn: apsw.Connection, conversation_id: str, server: float) -> str:
+def _retention_shown(conn: Db, conversation_id: str, server: float) -> str:
     try:
         own = directory_sql.retention_days_of(conn, conversation_id)
     except apsw.SQLError:
@@ -255,10 +257,7 @@ def _retention_shown(conn: apsw.Connection, conversation_id: str, server: float)
 
 def _describe(config: Config, args: argparse.Namespace) -> int:
     """`conversation list|show`: read-only, from the directory and each file's own count."""
-    if not (config.data_dir / DIRECTORY_FILE).is_file():
-        raise backup.BackupError(f"no directory database in {config.data_dir.resolve()}")
-    conn = apsw.Connection(str(config.data_dir / DIRECTORY_FILE), flags=apsw.SQLITE_OPEN_READONLY)
-    try:
+    with open_directory(config, create=False) as conn:
         if args.conversation_command == "list":
             ids = [
                 row[0]
@@ -285,8 +284,6 @@ def _describe(config: Config, args: argparse.Namespace) -> int:
                 name = user.username if user is not None else "(deleted)"
                 creator = " (creator)" if user_id == record.creator_id else ""
                 print(f"  {user_id}\t{name}{creator}")
-    finally:
-        conn.close()
     return 0
 
 

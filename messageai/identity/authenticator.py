@@ -49,7 +49,7 @@ class LocalAuthenticator:
         self._directory = directory
 
     async def authenticate(self, token: str) -> User | None:
-        return self._directory.user_for_token(token)
+        return await self._directory.lookup_token(token)
 
     def is_active(self, user_id: str) -> bool:
         return True

@@ -169,7 +169,7 @@ class ClerkAuthenticator:
         if claims is None:
             return None
         user_id: str = claims["sub"]
-        found = self._directory.clerk_user(user_id)
+        found = await self._directory.lookup_clerk_user(user_id)
         if found is None:
             found = await self._directory.adopt_clerk_user(_first_profile(user_id, claims))
         user, deleted = found

@@ -34,19 +34,20 @@ from messageai.sqlite import transaction
 from messageai.store import clerk as clerk_sql
 from messageai.store import conversation as conversation_sql
 from messageai.store import directory as sql
+from messageai.store.db import Db
 from messageai.store.paths import conversation_path
 
 SIDE_FILES = ("-wal", "-shm", "-journal")
 
 
-def user_named(conn: apsw.Connection, name: str) -> User:
+def user_named(conn: Db, name: str) -> User:
     found = sql.user_and_hash_by_name(conn, name)
     if found is None:
         raise NotFound(f"no user named {name!r}")
     return found[0]
 
 
-def anonymise_user(conn: apsw.Connection, user_id: str) -> list[str]:
+def anonymise_user(conn: Db, user_id: str) -> list[str]:
     """In one directory transaction: the account anonymised (see the module), tokens
     and push tokens gone; the groups and channels it leaves (their ids)."""
     left = [
@@ -70,7 +71,7 @@ def anonymise_user(conn: apsw.Connection, user_id: str) -> list[str]:
     return left
 
 
-def delete_uploads_of(conn: apsw.Connection, user_id: str) -> list[str]:
+def delete_uploads_of(conn: Db, user_id: str) -> list[str]:
     """Every upload of `user_id` deleted (their references with them); the sha256s no
     upload names any more, whose files the caller unlinks after the commit."""
     digests = [
@@ -80,7 +81,7 @@ def delete_uploads_of(conn: apsw.Connection, user_id: str) -> list[str]:
     return _unused(conn, digests)
 
 
-def delete_conversation_rows(conn: apsw.Connection, conversation_id: str) -> list[str]:
+def delete_conversation_rows(conn: Db, conversation_id: str) -> list[str]:
     """The conversation's row gone (memberships, direct pair, references by cascade),
     and the uploads nothing else references now; the sha256s no upload names any more."""
     ids = [
@@ -103,7 +104,7 @@ def delete_conversation_rows(conn: apsw.Connection, conversation_id: str) -> lis
     return _unused(conn, digests)
 
 
-def _unused(conn: apsw.Connection, digests: list[str]) -> list[str]:
+def _unused(conn: Db, digests: list[str]) -> list[str]:
     return [
         d
         for d in dict.fromkeys(digests)

@@ -42,6 +42,7 @@ from messageai.ops.backup import BackupError, fsync_path, integrity, read_manife
 from messageai.services.directory import DIRECTORY_FILE, open_directory_db
 from messageai.sqlite import open_db, transaction
 from messageai.store import conversation as conversation_sql
+from messageai.store.db import Db
 from messageai.store.paths import conversation_path
 
 STAGED = ".restoring"
@@ -261,7 +262,7 @@ def read_backup_rows(backup_dir: Path, conversation_id: str, media: list[str]) -
 
 
 def put_back_rows(
-    conn: apsw.Connection, rows: BackupRows, conversation_id: str, media: list[str]
+    conn: Db, rows: BackupRows, conversation_id: str, media: list[str]
 ) -> tuple[bool, list[str]]:
     """In the live directory's write transaction: the conversation's row and members
     from the backup if it is gone here (members whose accounts still exist), the
@@ -289,15 +290,15 @@ def put_back_rows(
             )
         if rows.direct_pair is not None:
             conn.execute(
-                "INSERT OR IGNORE INTO direct_pairs(user_a, user_b, conversation_id)"
-                " VALUES (?, ?, ?)",
+                "INSERT INTO direct_pairs(user_a, user_b, conversation_id)"
+                " VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
                 (*rows.direct_pair, conversation_id),
             )
     for row in rows.media:
         conn.execute(
-            "INSERT OR IGNORE INTO media"
+            "INSERT INTO media"
             "(id, owner_id, sha256, content_type, size, created_at, filename)"
-            " SELECT ?, ?, ?, ?, ?, ?, ? FROM users WHERE id = ?",
+            " SELECT ?, ?, ?, ?, ?, ?, ? FROM users WHERE id = ? ON CONFLICT DO NOTHING",
             (*row, row[1]),
         )
     wanted: list[str] = []
@@ -307,7 +308,8 @@ def put_back_rows(
             continue  # its owner's account is gone: the attachment stays unreadable
         wanted.append(str(sha256))
         conn.execute(
-            "INSERT OR IGNORE INTO media_refs(media_id, conversation_id) VALUES (?, ?)",
+            "INSERT INTO media_refs(media_id, conversation_id) VALUES (?, ?)"
+            " ON CONFLICT DO NOTHING",
             (media_id, conversation_id),
         )
     conn.execute("UPDATE conversations SET retention_upto = 0 WHERE id = ?", (conversation_id,))

@@ -68,7 +68,7 @@ class Accounts:
 
     async def get_user(self, request: Request) -> Response:
         require_user(request)
-        found = self._directory.user(request.params["user_id"])
+        found = await self._directory.lookup_user(request.params["user_id"])
         if found is None:
             raise NotFound("no such user")
         return Response(200, found)
@@ -108,7 +108,7 @@ class Accounts:
         if prefix:
             if after is not None:
                 raise BadRequest("after: pages the list without q; a search has one page")
-            return Response(200, {"users": self._directory.search_users(prefix)})
+            return Response(200, {"users": await self._directory.search_users(prefix)})
         if after is not None and len(after) > MAX_AFTER_CHARS:
             raise BadRequest(f"after: at most {MAX_AFTER_CHARS} characters")
-        return Response(200, {"users": self._directory.users_after(after or "")})
+        return Response(200, {"users": await self._directory.users_after(after or "")})

@@ -35,8 +35,8 @@ class Channels:
         add("POST", "/v1/conversations/{conversation_id}/join", self.join)
         add("PATCH", "/v1/conversations/{conversation_id}", self.update)
 
-    def _record(self, conversation_id: str) -> ConversationRecord:
-        record = self._directory.conversation(conversation_id)
+    async def _record(self, conversation_id: str) -> ConversationRecord:
+        record = await self._directory.lookup_conversation(conversation_id)
         if record is None:
             raise NotFound("no such conversation")
         return record
@@ -49,7 +49,7 @@ class Channels:
         prefix = request.query.get("q", "")
         if len(prefix) > MAX_CHANNEL_QUERY_CHARS:
             raise BadRequest(f"q: at most {MAX_CHANNEL_QUERY_CHARS} characters")
-        found = self._directory.channels(prefix)
+        found = await self._directory.channels(prefix)
         entries: dict[int, ChannelEntry] = {}
         errors: list[MessageAIError] = []
         limiter = trio.CapacityLimiter(ANNOUNCE_CONCURRENCY)
@@ -57,7 +57,7 @@ class Channels:
         async def summarise(index: int, record: ConversationRecord, count: int) -> None:
             # The caller's own channels need their actor (last message, unread count),
             # a few at a time, as the conversation list does; the others do not.
-            if not self._directory.is_member(record.id, user.id):
+            if not await self._directory.lookup_member(record.id, user.id):
                 entries[index] = ChannelEntry(self._announce.directory_view(record), count)
                 return
             async with limiter:
@@ -78,10 +78,10 @@ class Channels:
         """200 the channel as the caller now sees it; joining twice changes nothing
         (and announces nothing). Not a channel: 403, as PROTOCOL.md says."""
         user = require_user(request)
-        record = self._record(request.params["conversation_id"])
+        record = await self._record(request.params["conversation_id"])
         if record.kind != "channel":
             raise Forbidden("only channels can be joined; ask a member to add you")
-        before = self._directory.member_ids(record.id)
+        before = await self._directory.members(record.id)
         if await self._directory.join(record.id, user.id):
             await self._registry.members_changed(record.id, added=(user.id,))
             await self._announce.added(record, [user.id])
@@ -96,17 +96,19 @@ class Channels:
         user = require_user(request)
         # PROTOCOL.md's order: the fields first, then the conversation, then what it is.
         changes = check_conversation_changes(request.json())
-        record = self._member_record(request.params["conversation_id"], user)
+        record = await self._member_record(request.params["conversation_id"], user)
         if record.kind == "direct":
             raise BadRequest("a direct conversation has no title or topic")
         updated, changed = await self._directory.update_conversation(record, changes)
         if changed:
-            await self._announce.updated(updated, self._directory.member_ids(record.id))
+            await self._announce.updated(updated, await self._directory.members(record.id))
         return Response(200, await self._announce.view(updated, user))
 
-    def _member_record(self, conversation_id: str, user: User) -> ConversationRecord:
-        record = self._record(conversation_id)
-        if not self._directory.is_member(conversation_id, user.id):
+    async def _member_record(self, conversation_id: str, user: User) -> ConversationRecord:
+        record, member = await self._directory.conversation_for_member(conversation_id, user.id)
+        if record is None:
+            raise NotFound("no such conversation")
+        if not member:
             raise Forbidden("you are not a member of this conversation")
         return record
 

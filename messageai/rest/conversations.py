@@ -82,11 +82,11 @@ class Conversations:
 
     # ------------------------------------------------------------ helpers
 
-    def _member_record(self, conversation_id: str, user: User) -> ConversationRecord:
-        record = self._directory.conversation(conversation_id)
+    async def _member_record(self, conversation_id: str, user: User) -> ConversationRecord:
+        record, member = await self._directory.conversation_for_member(conversation_id, user.id)
         if record is None:
             raise NotFound("no such conversation")
-        if not self._directory.is_member(conversation_id, user.id):
+        if not member:
             raise Forbidden("you are not a member of this conversation")
         return record
 
@@ -127,7 +127,7 @@ class Conversations:
                 if member_ids:
                     raise BadRequest("member_ids: a channel starts with its creator only")
                 record = await self._directory.create_channel(user.id, title, topic)
-            await self._announce.added(record, self._directory.member_ids(record.id))
+            await self._announce.added(record, await self._directory.members(record.id))
             return Response(201, await self._conversation(record, user))
         raise BadRequest('kind: must be "direct", "group" or "channel"')
 
@@ -137,11 +137,7 @@ class Conversations:
         are asked SUMMARY_CONCURRENCY at a time rather than one after another. If one
         fails, the others still finish and the first error is the answer."""
         user = require_user(request)
-        records = [
-            record
-            for conversation_id in self._directory.conversation_ids_of(user.id)
-            if (record := self._directory.conversation(conversation_id)) is not None
-        ]
+        records = await self._directory.conversations_of(user.id)
         # By position, so that ties in activity keep the directory's order, as before.
         found: dict[int, Conversation] = {}
         errors: list[MessageAIError] = []
@@ -165,18 +161,18 @@ class Conversations:
 
     async def get_conversation(self, request: Request) -> Response:
         user = require_user(request)
-        record = self._member_record(request.params["conversation_id"], user)
+        record = await self._member_record(request.params["conversation_id"], user)
         return Response(200, await self._conversation(record, user))
 
     async def add_members(self, request: Request) -> Response:
         user = require_user(request)
-        record = self._member_record(request.params["conversation_id"], user)
+        record = await self._member_record(request.params["conversation_id"], user)
         user_ids = string_list(request.json().get("user_ids"), "user_ids")
         if not user_ids:
             raise BadRequest("user_ids: name at least one user")
         if record.kind not in ("group", "channel"):
             raise BadRequest("members can be added to groups and channels only")
-        before = self._directory.member_ids(record.id)
+        before = await self._directory.members(record.id)
         await self._directory.add_members(record.id, user_ids, channel=record.kind == "channel")
         await self._registry.members_changed(record.id, added=tuple(user_ids))
         new = [user_id for user_id in user_ids if user_id not in set(before)]
@@ -188,7 +184,7 @@ class Conversations:
 
     async def remove_member(self, request: Request) -> Response:
         user = require_user(request)
-        record = self._member_record(request.params["conversation_id"], user)
+        record = await self._member_record(request.params["conversation_id"], user)
         target = request.params["user_id"]
         if record.kind not in ("group", "channel"):
             raise BadRequest("members can be removed from groups and channels only")
@@ -197,12 +193,12 @@ class Conversations:
         await self._directory.remove_member(record.id, target)
         await self._registry.members_changed(record.id, removed=(target,))
         # Extension: the members who stay learn the new member list.
-        await self._announce.updated(record, self._directory.member_ids(record.id))
+        await self._announce.updated(record, await self._directory.members(record.id))
         return Response(204)
 
     async def get_messages(self, request: Request) -> Response:
         user = require_user(request)
-        record = self._member_record(request.params["conversation_id"], user)
+        record = await self._member_record(request.params["conversation_id"], user)
         query = request.query
         op = GetHistory(
             conversation_id=record.id,
@@ -217,7 +213,7 @@ class Conversations:
         user = require_user(request)
         conversation_id = request.params["conversation_id"]
         # Who may post is decided before what is posted: 404/403 come before 400.
-        self._member_record(conversation_id, user)
+        await self._member_record(conversation_id, user)
         body = request.json()
         body.pop("type", None)
         body.pop("req", None)
@@ -237,7 +233,7 @@ class Conversations:
         if not isinstance(body, str):
             raise BadRequest("body: must be a string")
         check_edit_body(body, self._limits_body_chars)
-        self._member_record(conversation_id, user)
+        await self._member_record(conversation_id, user)
         self._spend(user)
         op = EditMessage(conversation_id=conversation_id, seq=seq, body=body)
         change = await self._registry.call(conversation_id, user.id, op)
@@ -246,7 +242,7 @@ class Conversations:
     async def delete_message(self, request: Request) -> Response:
         user = require_user(request)
         conversation_id, seq = request.params["conversation_id"], _seq(request)
-        self._member_record(conversation_id, user)
+        await self._member_record(conversation_id, user)
         self._spend(user)
         op = DeleteMessage(conversation_id=conversation_id, seq=seq)
         change = await self._registry.call(conversation_id, user.id, op)
@@ -263,7 +259,7 @@ class Conversations:
         conversation_id, seq = request.params["conversation_id"], _seq(request)
         emoji = _emoji(request)
         check_emoji(emoji)
-        self._member_record(conversation_id, user)
+        await self._member_record(conversation_id, user)
         self._spend(user)
         op = React(conversation_id=conversation_id, seq=seq, emoji=emoji, on=on)
         change = await self._registry.call(conversation_id, user.id, op)
@@ -272,7 +268,7 @@ class Conversations:
     async def get_edits(self, request: Request) -> Response:
         user = require_user(request)
         conversation_id, seq = request.params["conversation_id"], _seq(request)
-        self._member_record(conversation_id, user)
+        await self._member_record(conversation_id, user)
         history = await self._registry.call(conversation_id, user.id, Edits(seq))
         return Response(
             200, {"edits": [{"body": body, "edited_at": at} for body, at in history.edits]}
@@ -289,7 +285,7 @@ class Conversations:
             after_rev=int_param(query, "after_rev", 0),
             limit=int_param(query, "limit", CHANGES_DEFAULT_LIMIT, minimum=1),
         )
-        self._member_record(conversation_id, user)
+        await self._member_record(conversation_id, user)
         page = await self._registry.call(conversation_id, user.id, op)
         return Response(
             200,

@@ -45,9 +45,14 @@ class ConversationExport:
         if media not in ("true", "false"):
             raise BadRequest('media: "true" or "false"')
         cid = request.params["conversation_id"]
-        if len(cid) > MAX_CONVERSATION_ID or self._directory.conversation(cid) is None:
+        record, member = (
+            await self._directory.conversation_for_member(cid, user.id)
+            if len(cid) <= MAX_CONVERSATION_ID
+            else (None, False)
+        )
+        if record is None:
             raise NotFound("no such conversation")
-        if not self._directory.is_member(cid, user.id):
+        if not member:
             raise Forbidden("you are not a member of this conversation")
         if self._running >= MAX_RUNNING:
             raise RateLimited("exports are being made; try again shortly", retry_after_seconds=5)

@@ -12,8 +12,10 @@ import apsw
 import trio
 
 from messageai.edge.asgi import Request, Response
+from messageai.errors import Unavailable
 from messageai.model import new_id
 from messageai.services.directory import Directory
+from messageai.store.db import Db
 from messageai.threads import blocking
 
 # Longest a readiness check may take before it counts as failed: a disk that hangs
@@ -37,8 +39,8 @@ def _touch(data_dir: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def _select_one(conn: apsw.Connection) -> None:
-    conn.execute("SELECT count(*) FROM sqlite_master").fetchall()
+def _select_one(conn: Db) -> None:
+    conn.execute("SELECT 1 FROM conversations LIMIT 1").fetchall()
 
 
 class Readiness:
@@ -61,10 +63,10 @@ class Readiness:
             except OSError as exc:
                 return f"the data directory is not writable ({exc.strerror or type(exc).__name__})"
             try:
-                self._directory.read(_select_one)
+                await self._directory.fetch(_select_one)
                 # Through its write thread too: a writer stuck on the disk is unready.
                 await self._directory.write(_select_one)
-            except apsw.Error as exc:
+            except (apsw.Error, Unavailable) as exc:
                 return f"the directory database does not answer ({type(exc).__name__})"
             return None
         return f"a check took longer than {READY_TIMEOUT_SECONDS:g} s"

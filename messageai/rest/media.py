@@ -45,7 +45,7 @@ class MediaFiles:
         """The media object (name, type, size) for whoever may download it, so a client
         can show an attachment before fetching its bytes; the same 404 otherwise."""
         user = require_user(request)
-        record = self._media.readable(user.id, request.params["media_id"])
+        record = await self._media.readable(user.id, request.params["media_id"])
         if record is None:
             raise NotFound("no such media")
         return Response(200, media_object(record))

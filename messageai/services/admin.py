@@ -94,19 +94,19 @@ class Admin:
     # ------------------------------------------------------------ users
 
     async def delete_user(self, name: str, erase: bool) -> str:
-        user = self._directory.read(removal.user_named, name)
+        user = await self._directory.fetch(removal.user_named, name)
         # Signed out first, so nothing new of theirs arrives while the rest goes.
         left = await self._directory.write(removal.anonymise_user, user.id)
         self._close_user_sessions(user.id, "account deleted")
         for conversation_id in left:
             await self._registry.members_changed(conversation_id, removed=(user.id,))
-            record = self._directory.conversation(conversation_id)
+            record = await self._directory.lookup_conversation(conversation_id)
             if record is not None:
-                await self._announce.updated(record, self._directory.member_ids(conversation_id))
+                await self._announce.updated(record, await self._directory.members(conversation_id))
         if not erase:
             return removal.deleted_user_said(user, len(left), None)
         erased = 0
-        for conversation_id in self._directory.read(directory_sql.conversation_ids):
+        for conversation_id in await self._directory.fetch(directory_sql.conversation_ids):
             seqs = await blocking(
                 removal.live_messages_of, self._data_dir, conversation_id, user.id
             )
@@ -123,9 +123,9 @@ class Admin:
     # ------------------------------------------------------------ conversations
 
     async def delete_conversation(self, conversation_id: str) -> str:
-        if self._directory.conversation(conversation_id) is None:
+        if await self._directory.lookup_conversation(conversation_id) is None:
             raise NotFound(f"no conversation {conversation_id!r}")
-        members = self._directory.member_ids(conversation_id)
+        members = await self._directory.members(conversation_id)
         async with self._registry.stopped(conversation_id) as subscribers:
             async with self._media.lock:
                 digests = await self._directory.write(
@@ -161,7 +161,7 @@ class Admin:
                 rows = await blocking(restore_one.read_backup_rows, backup, conversation_id, media)
                 if (
                     rows.conversation is None
-                    and self._directory.conversation(conversation_id) is None
+                    and await self._directory.lookup_conversation(conversation_id) is None
                 ):
                     raise NotFound(f"no conversation {conversation_id!r} here or in the backup")
             except BaseException:
@@ -177,14 +177,14 @@ class Admin:
                 )
             self._search.forget(conversation_id)
         await self._catch_up(conversation_id, subscribers, staged.before_rev)
-        record = self._directory.conversation(conversation_id)
+        record = await self._directory.lookup_conversation(conversation_id)
         if recreated and record is not None:
-            await self._announce.added(record, self._directory.member_ids(conversation_id))
+            await self._announce.added(record, await self._directory.members(conversation_id))
         return restore_one.said(conversation_id, staged, recreated)
 
     async def _catch_up(self, conversation_id: str, peers: set[Peer], after_rev: int) -> None:
         """The restored conversation's subscribers get what changed (see the module)."""
-        members = self._directory.member_ids(conversation_id)
+        members = await self._directory.members(conversation_id)
         if not peers or not members:
             return
         kept = self._registry.resubscribe(conversation_id, peers)

@@ -1,9 +1,16 @@
-"""The directory service: the one owner of the central database (`directory.sqlite3`).
+"""The directory service: the one owner of the central database (`directory.sqlite3`,
+or PostgreSQL when `[directory] url` names one: docs/SCALE.md, section 8).
 
 Reads run inline on the event loop on a read connection (WAL lets them proceed
 while a write commits); writes run one at a time on the directory's own
 one-thread `WorkerPool` on a write connection, so an fsync never stalls the loop
-(`messageai.threads` states the policy). Called by REST handlers, the WebSocket
+(`messageai.threads` states the policy). In PostgreSQL mode a read is a network
+round trip: `fetch` runs it on a pool of `directory.read_threads` threads (one
+connection each) and the directory's own async methods read that way; the sync
+reads (`read`, `user`, `conversation`, `member_ids`, ...) still run on the loop, on
+a connection of their own, for the callers that cannot await yet (the README's
+"Scaling out" lists them). Writes are SERIALIZABLE transactions, retried on a
+serialization failure (`messageai.postgres.run_transaction`). Called by REST handlers, the WebSocket
 handshake, the registry (conversation records and members), the media and push
 services (their SQL is in `store/media.py`, `store/push.py`) and the CLI.
 `Directory.run` is the housekeeping task (expired tokens), started by the server
@@ -13,16 +20,17 @@ in its actor nursery.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Concatenate, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Concatenate, ParamSpec, TypeVar, cast
 
 import apsw
 import attrs
 import trio
 
 from messageai import passwords
-from messageai.config import Config
+from messageai.config import Config, ConfigError, DirectoryConfig, read_secret
 from messageai.errors import (
     BadRequest,
     Conflict,
@@ -37,7 +45,11 @@ from messageai.services.login_throttle import LoginThrottle
 from messageai.sqlite import migrate, open_db, transaction
 from messageai.store import clerk as clerk_sql
 from messageai.store import directory as sql
+from messageai.store.db import Db
 from messageai.threads import WorkerPool, hashing, hashing_admitted
+
+if TYPE_CHECKING:
+    from messageai.postgres import PgConnection
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +92,37 @@ def open_directory_db(data_dir: Path, synchronous: str) -> apsw.Connection:
         migrate(conn, sql.MIGRATIONS)
     finally:
         conn.execute("PRAGMA foreign_keys = ON")
+    return conn
+
+
+def directory_password(config: DirectoryConfig) -> str | None:
+    """The PostgreSQL password from `password_file` or `password_env` (None: neither,
+    libpq finds its own). StartupError names the key, never the secret."""
+    try:
+        return read_secret(
+            "directory", "password_file", config.password_file, "password_env", config.password_env
+        )
+    except ConfigError as exc:
+        raise StartupError(str(exc)) from None
+
+
+def open_postgres_directory(config: DirectoryConfig, *, serializable: bool) -> PgConnection:
+    """A connection to the PostgreSQL directory (blocking), its schema made or migrated
+    first. StartupError when it cannot be reached."""
+    from messageai import postgres
+    from messageai.store import directory_pg
+
+    try:
+        conn = postgres.PgConnection(
+            config.url, directory_password(config), serializable=serializable
+        )
+    except Unavailable as exc:
+        raise StartupError(f"directory.url: {exc.message}") from None
+    try:
+        postgres.migrate(conn, directory_pg.MIGRATIONS)
+    except BaseException:
+        conn.close()
+        raise
     return conn
 
 
@@ -154,8 +197,26 @@ class Directory:
 
     def __init__(self, config: Config) -> None:
         self._config = config
-        self._writer = open_directory_db(config.data_dir, config.storage.synchronous)
-        self._reader = open_db(config.data_dir / DIRECTORY_FILE, config.storage.synchronous)
+        self._pg = config.directory.postgres
+        # PostgreSQL mode: the read pool's connections, one per thread, made on first use.
+        self._thread_conn = threading.local()
+        self._thread_conns: list[PgConnection] = []
+        self._thread_conns_lock = threading.Lock()
+        self._reads: WorkerPool | None = None
+        self._writer: Db
+        self._reader: Db
+        if self._pg:
+            make_data_dir(config.data_dir)  # the conversations' files stay on disk
+            self._writer = open_postgres_directory(config.directory, serializable=True)
+            try:
+                self._reader = self._connect()
+            except BaseException:
+                self._writer.close()
+                raise
+            self._reads = WorkerPool(config.directory.read_threads, name="messageai directory read")
+        else:
+            self._writer = open_directory_db(config.data_dir, config.storage.synchronous)
+            self._reader = open_db(config.data_dir / DIRECTORY_FILE, config.storage.synchronous)
         auth = config.auth
         self._throttle = LoginThrottle(
             per_account=auth.login_failures_per_account,
@@ -170,28 +231,77 @@ class Directory:
         # of members the directory added on its own (a new user joining `general`).
         self.on_members_added: Callable[[str, tuple[str, ...]], Awaitable[None]] | None = None
 
+    def _connect(self) -> PgConnection:
+        from messageai import postgres
+
+        password = directory_password(self._config.directory)
+        return postgres.PgConnection(self._config.directory.url, password, serializable=False)
+
     def close(self) -> None:
-        """Close the connections and stop the write thread. Call when no write can be
+        """Close the connections and stop the threads. Call when no read or write can be
         running or waiting (the server: after its actors' nursery has exited)."""
         self._commits.close()
+        if self._reads is not None:
+            self._reads.close()
+        for conn in self._thread_conns:
+            conn.close()
+        self._thread_conns.clear()
         self._reader.close()
         self._writer.close()
 
-    def read(
-        self, fn: Callable[Concatenate[apsw.Connection, P], T], *args: P.args, **kwargs: P.kwargs
-    ) -> T:
+    def read(self, fn: Callable[Concatenate[Db, P], T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run `fn(conn, *args)` inline on the read connection: short indexed reads only.
-        For the media and push services, whose SQL lives in their own store modules."""
+        For the media and push services, whose SQL lives in their own store modules.
+        In PostgreSQL mode this blocks the loop for a round trip: use `fetch` where the
+        caller can await."""
+        if self._pg:
+            from messageai import postgres
+
+            return postgres.read(cast("PgConnection", self._reader), fn, *args, **kwargs)
         return fn(self._reader, *args, **kwargs)
 
+    async def fetch(
+        self, fn: Callable[Concatenate[Db, P], T], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        """`read`, off the loop where a read is a round trip: inline in SQLite (measured
+        faster than a thread hop: `messageai.threads`), on the read pool in PostgreSQL
+        mode. Cancellation while queued withdraws the read; a started one is waited for."""
+        if self._reads is None:
+            return fn(self._reader, *args, **kwargs)
+
+        def run() -> T:
+            from messageai import postgres
+
+            return postgres.read(self._pool_conn(), fn, *args, **kwargs)
+
+        return await self._reads.run(run)
+
+    def _pool_conn(self) -> PgConnection:
+        """The calling read thread's own connection, made on its first read."""
+        conn: PgConnection | None = getattr(self._thread_conn, "conn", None)
+        if conn is None:
+            conn = self._connect()
+            self._thread_conn.conn = conn
+            with self._thread_conns_lock:
+                self._thread_conns.append(conn)
+        return conn
+
     async def write(
-        self, fn: Callable[Concatenate[apsw.Connection, P], T], *args: P.args, **kwargs: P.kwargs
+        self, fn: Callable[Concatenate[Db, P], T], *args: P.args, **kwargs: P.kwargs
     ) -> T:
         """Run `fn(conn, *args)` in one write transaction on the write thread, one write
         at a time. Cancellation while queued withdraws the write; a write that has
-        started is waited for, and its result or error returned (never abandoned)."""
+        started is waited for, and its result or error returned (never abandoned). In
+        PostgreSQL mode `fn` may run more than once (a serialization failure is retried),
+        so it must have no effect outside the transaction."""
 
         def run() -> T:
+            if self._pg:
+                from messageai import postgres
+
+                writer = cast("PgConnection", self._writer)
+                return postgres.run_transaction(writer, fn, *args, **kwargs)
+            assert isinstance(self._writer, apsw.Connection)
             with transaction(self._writer):
                 return fn(self._writer, *args, **kwargs)
 
@@ -236,12 +346,12 @@ class Directory:
         name = passwords.check_username(username)
         secret = passwords.check_password(password)
         passwords.check_display_name(display_name, name)
-        if sql.user_and_hash_by_name(self._reader, name) is not None:
+        if await self.fetch(sql.user_and_hash_by_name, name) is not None:
             raise Conflict(f"username {name!r} is taken")
         password_hash = await hashing(passwords.hash_password, secret, self._config.auth.scrypt_n)
         token = passwords.new_token()
 
-        def insert(conn: apsw.Connection) -> User | None:
+        def insert(conn: Db) -> User | None:
             user = sql.create_local_user(conn, name, display_name, password_hash)
             if user is not None:
                 self._insert_token(conn, token, user.id)
@@ -266,15 +376,15 @@ class Directory:
         still applies it when it gets to it, so the timeout is logged, not raised."""
         if self.on_members_added is None:
             return
-        for conversation_id in sql.auto_join_ids(self._reader):
-            if not sql.is_member(self._reader, conversation_id, user_id):
+        for conversation_id in await self.fetch(sql.auto_join_ids):
+            if not await self.fetch(sql.is_member, conversation_id, user_id):
                 continue
             try:
                 await self.on_members_added(conversation_id, (user_id,))
             except Unavailable:
                 log.warning("conversation %s: slow to learn of a new member", conversation_id)
 
-    def _insert_token(self, conn: apsw.Connection, token: str, user_id: str) -> None:
+    def _insert_token(self, conn: Db, token: str, user_id: str) -> None:
         now = now_ms()
         ttl_ms = self._config.auth.token_ttl_seconds * 1000
         sql.insert_token(conn, passwords.token_hash(token), user_id, now, now + ttl_ms)
@@ -296,7 +406,7 @@ class Directory:
         if len(username) > MAX_LOGIN_NAME_CHARS or len(password) > passwords.MAX_PASSWORD_CHARS:
             raise failure
         self._throttle.check(username, address)
-        found = sql.user_and_hash_by_name(self._reader, username)
+        found = await self.fetch(sql.user_and_hash_by_name, username)
         user, stored = found if found is not None else (None, None)
         # Checked again once a hashing turn is free: attempts that queued behind the
         # failures that caused a lockout must not slip past it.
@@ -307,7 +417,7 @@ class Directory:
             self._throttle.failed(username, address)
             raise failure
         self._throttle.succeeded(username)
-        if sql.is_disabled(self._reader, user.id):
+        if await self.fetch(sql.is_disabled, user.id):
             raise Forbidden("this account is disabled: ask the server's operator")
         token = passwords.new_token()
         await self.write(self._insert_token, token, user.id)
@@ -334,21 +444,30 @@ class Directory:
     def token_valid(self, token_hash: bytes) -> bool:
         """Whether a session token (by its hash) is still good: not revoked, expired,
         or its user disabled. Inline read: each WebSocket asks at its keepalive."""
-        return sql.user_by_token(self._reader, token_hash, now_ms()) is not None
+        return self.read(sql.user_by_token, token_hash, now_ms()) is not None
+
+    async def lookup_token(self, token: str) -> User | None:
+        """`user_for_token` for callers that can await: off the loop in PostgreSQL mode
+        (the authenticator: every REST request and WebSocket handshake)."""
+        return await self.fetch(sql.user_by_token, passwords.token_hash(token), now_ms())
 
     def user_for_token(self, token: str) -> User | None:
         """The token's user, or None when it is unknown, revoked or expired. Inline read."""
-        return sql.user_by_token(self._reader, passwords.token_hash(token), now_ms())
+        return self.read(sql.user_by_token, passwords.token_hash(token), now_ms())
 
     def user(self, user_id: str) -> User | None:
-        return sql.user_by_id(self._reader, user_id)
+        return self.read(sql.user_by_id, user_id)
 
-    def search_users(self, prefix: str) -> list[User]:
-        return sql.search_users(self._reader, prefix, USER_SEARCH_LIMIT)
+    async def lookup_user(self, user_id: str) -> User | None:
+        """`user`, off the loop in PostgreSQL mode."""
+        return await self.fetch(sql.user_by_id, user_id)
 
-    def users_after(self, after: str) -> list[User]:
+    async def search_users(self, prefix: str) -> list[User]:
+        return await self.fetch(sql.search_users, prefix, USER_SEARCH_LIMIT)
+
+    async def users_after(self, after: str) -> list[User]:
         """A page of USER_PAGE_LIMIT users by username, after `after` ("" first)."""
-        return sql.users_after(self._reader, after, USER_PAGE_LIMIT)
+        return await self.fetch(sql.users_after, after, USER_PAGE_LIMIT)
 
     async def set_display_name(self, user_id: str, display_name: object) -> User:
         """`PATCH /v1/me`: the registration rules for display names (1 to 64 characters
@@ -378,11 +497,11 @@ class Directory:
             secret = passwords.check_password(new)
         except BadRequest as exc:
             raise BadRequest(f"new_{exc.message}") from None
-        user = self.user(user_id)
+        user = await self.fetch(sql.user_by_id, user_id)
         if user is None:
             raise NotFound("no such user")
         self._throttle.check(user.username, None)
-        stored = sql.password_hash_of(self._reader, user_id)
+        stored = await self.fetch(sql.password_hash_of, user_id)
         ok = len(old) <= passwords.MAX_PASSWORD_CHARS and await hashing_admitted(
             lambda: self._throttle.check(user.username, None), self._verify, old, stored
         )
@@ -398,12 +517,16 @@ class Directory:
 
     def clerk_user(self, user_id: str) -> tuple[User, bool] | None:
         """(user, deleted) for a Clerk user id, or None when unknown. Inline read."""
-        return clerk_sql.user_state(self._reader, user_id)
+        return self.read(clerk_sql.user_state, user_id)
+
+    async def lookup_clerk_user(self, user_id: str) -> tuple[User, bool] | None:
+        """`clerk_user`, off the loop in PostgreSQL mode (every Clerk-authenticated request)."""
+        return await self.fetch(clerk_sql.user_state, user_id)
 
     async def adopt_clerk_user(self, profile: ClerkProfile) -> tuple[User, bool]:
         """Create the user on their first valid token; (user, deleted) as stored."""
 
-        def adopt(conn: apsw.Connection) -> tuple[tuple[User, bool], bool]:
+        def adopt(conn: Db) -> tuple[tuple[User, bool], bool]:
             created = clerk_sql.user_state(conn, profile.id) is None
             return clerk_sql.insert_if_absent(conn, profile), created
 
@@ -422,7 +545,8 @@ class Directory:
 
         created: list[str] = []
 
-        def apply(conn: apsw.Connection) -> bool:
+        def apply(conn: Db) -> bool:
+            created.clear()  # PostgreSQL may run it again (a serialization failure)
             if not clerk_sql.claim_webhook_message(
                 conn, message_id, now, WEBHOOK_IDS_KEEP_MS, WEBHOOK_IDS_MAX
             ):
@@ -443,23 +567,37 @@ class Directory:
     # ------------------------------------------------------------ conversations
 
     def conversation(self, conversation_id: str) -> ConversationRecord | None:
-        return sql.conversation(self._reader, conversation_id)
+        return self.read(sql.conversation, conversation_id)
+
+    async def conversations_of(self, user_id: str) -> list[ConversationRecord]:
+        """The records of the user's conversations, by id, in one read off the loop."""
+        return await self.fetch(sql.conversations_of, user_id)
+
+    async def conversation_for_member(
+        self, conversation_id: str, user_id: str
+    ) -> tuple[ConversationRecord | None, bool]:
+        """(record or None, whether `user_id` is a member), in one read off the loop."""
+        return await self.fetch(sql.conversation_for_member, conversation_id, user_id)
+
+    async def members(self, conversation_id: str) -> list[str]:
+        """`member_ids`, off the loop in PostgreSQL mode."""
+        return await self.fetch(sql.member_ids, conversation_id)
 
     def member_ids(self, conversation_id: str) -> list[str]:
-        return sql.member_ids(self._reader, conversation_id)
+        return self.read(sql.member_ids, conversation_id)
 
     def members_joined_at(self, conversation_id: str) -> dict[str, int]:
-        return sql.members_joined_at(self._reader, conversation_id)
+        return self.read(sql.members_joined_at, conversation_id)
 
     def is_member(self, conversation_id: str, user_id: str) -> bool:
         """One primary-key lookup, whatever the group's size."""
-        return sql.is_member(self._reader, conversation_id, user_id)
+        return self.read(sql.is_member, conversation_id, user_id)
 
     def conversation_ids_of(self, user_id: str) -> list[str]:
-        return sql.conversation_ids_of(self._reader, user_id)
+        return self.read(sql.conversation_ids_of, user_id)
 
-    def _check_users_exist(self, user_ids: list[str]) -> None:
-        missing = set(user_ids) - sql.existing_user_ids(self._reader, user_ids)
+    async def _check_users_exist(self, user_ids: list[str]) -> None:
+        missing = set(user_ids) - await self.fetch(sql.existing_user_ids, user_ids)
         if missing:
             raise BadRequest(f"unknown user: {sorted(missing)[0]}")
 
@@ -468,7 +606,7 @@ class Directory:
         if other == caller:
             # Said for people (the CLI's `messageai new` shows it as is), not for the body.
             raise BadRequest("you cannot open a direct conversation with yourself")
-        self._check_users_exist([other])
+        await self._check_users_exist([other])
         record = ConversationRecord(
             id=new_id("c_"),
             kind="direct",
@@ -477,7 +615,7 @@ class Directory:
             created_at=now_ms(),
         )
 
-        def create(conn: apsw.Connection) -> tuple[ConversationRecord, bool]:
+        def create(conn: Db) -> tuple[ConversationRecord, bool]:
             # Check and insert in one transaction: two racing requests get one conversation.
             existing = sql.direct_conversation_id(conn, caller, other)
             if existing is not None:
@@ -496,7 +634,7 @@ class Directory:
         members = list(dict.fromkeys([caller, *member_ids]))
         if len(members) > self._config.limits.max_group_members:
             raise BadRequest(f"member_ids: at most {self._config.limits.max_group_members} members")
-        self._check_users_exist(members)
+        await self._check_users_exist(members)
         record = ConversationRecord(
             id=new_id("c_"),
             kind="group",
@@ -522,7 +660,7 @@ class Directory:
             topic=topic,
         )
 
-        def create(conn: apsw.Connection) -> None:
+        def create(conn: Db) -> None:
             if sql.channel_title_taken(conn, title):
                 raise Conflict(f"title: there is a channel {title!r} already")
             sql.insert_conversation(conn, record, [caller], record.created_at)
@@ -530,18 +668,30 @@ class Directory:
         await self.write(create)
         return record
 
-    def channels(self, prefix: str) -> list[tuple[ConversationRecord, int]]:
+    async def channels(self, prefix: str) -> list[tuple[ConversationRecord, int]]:
         """Channels by title prefix, most members first, at most CHANNEL_LIST_LIMIT."""
-        return sql.channels(self._reader, prefix, CHANNEL_LIST_LIMIT)
+        return await self.fetch(sql.channels, prefix, CHANNEL_LIST_LIMIT)
+
+    async def lookup_conversation(self, conversation_id: str) -> ConversationRecord | None:
+        """`conversation`, off the loop in PostgreSQL mode."""
+        return await self.fetch(sql.conversation, conversation_id)
+
+    async def lookup_member(self, conversation_id: str, user_id: str) -> bool:
+        """`is_member`, off the loop in PostgreSQL mode."""
+        return await self.fetch(sql.is_member, conversation_id, user_id)
+
+    async def conversation_ids(self, user_id: str) -> list[str]:
+        """`conversation_ids_of`, off the loop in PostgreSQL mode."""
+        return await self.fetch(sql.conversation_ids_of, user_id)
 
     def member_count(self, conversation_id: str) -> int:
-        return sql.member_count(self._reader, conversation_id)
+        return self.read(sql.member_count, conversation_id)
 
     async def join(self, conversation_id: str, user_id: str) -> bool:
         """Make `user_id` a member of a channel; False when they were one already.
         Channels have no member cap (`general` holds every user)."""
 
-        def join(conn: apsw.Connection) -> bool:
+        def join(conn: Db) -> bool:
             if sql.is_member(conn, conversation_id, user_id):
                 return False
             sql.add_members(conn, conversation_id, [user_id], now_ms())
@@ -558,7 +708,7 @@ class Directory:
         set_title, set_topic = changes.set_title, changes.set_topic
         title, topic = changes.title, changes.topic
 
-        def update(conn: apsw.Connection) -> tuple[ConversationRecord, bool]:
+        def update(conn: Db) -> tuple[ConversationRecord, bool]:
             before = sql.conversation(conn, conversation_id)
             if before is None:
                 raise NotFound("no such conversation")
@@ -591,10 +741,10 @@ class Directory:
     ) -> None:
         """Add members; a group holds at most `limits.max_group_members`, a channel any
         number (it is open to everyone anyway)."""
-        self._check_users_exist(user_ids)
+        await self._check_users_exist(user_ids)
         limit = self._config.limits.max_group_members
 
-        def add(conn: apsw.Connection) -> None:
+        def add(conn: Db) -> None:
             if not channel:
                 current = set(sql.member_ids(conn, conversation_id))
                 if len(current | set(user_ids)) > limit:

@@ -266,7 +266,7 @@ class Media:
         if length is not None and length > limit:
             raise TooLarge(f"uploads are at most {limit} bytes")
         quota = self._config.media.quota_bytes
-        room = quota - self._directory.read(sql.used_bytes, user_id)
+        room = quota - await self._directory.fetch(sql.used_bytes, user_id)
         if room <= 0 or (length is not None and length > room):
             raise TooLarge(f"this upload would pass your media quota of {quota} bytes")
 
@@ -301,7 +301,7 @@ class Media:
         async with self.lock:
             # Uploads take turns here, so this read is current; it spares placing a
             # file only to take it back. The transaction below checks once more.
-            if self._directory.read(sql.used_bytes, record.owner_id) + record.size > quota:
+            if await self._directory.fetch(sql.used_bytes, record.owner_id) + record.size > quota:
                 raise refused
             placed = await blocking(_place, tmp, final, sync)
             try:
@@ -310,7 +310,7 @@ class Media:
             except BaseException:
                 if placed:
                     with trio.CancelScope(shield=True):
-                        if not self._directory.read(sql.sha256_in_use, record.sha256):
+                        if not await self._directory.fetch(sql.sha256_in_use, record.sha256):
                             await blocking(_unlink, final)
                 raise
 
@@ -372,18 +372,18 @@ class Media:
 
     # ------------------------------------------------------------ download
 
-    def readable(self, user_id: str, media_id: str) -> MediaRecord | None:
+    async def readable(self, user_id: str, media_id: str) -> MediaRecord | None:
         """The upload if `user_id` may read it, else None (the caller answers 404 for
         both "no such id" and "not yours": nothing tells them apart)."""
         if len(media_id) > MAX_MEDIA_ID_CHARS:
             return None
-        return self._directory.read(sql.readable, media_id, user_id)
+        return await self._directory.fetch(sql.readable, media_id, user_id)
 
     async def download(self, user_id: str, media_id: str, range_header: str | None) -> Download:
         """`GET /v1/media/{id}`: the record, the range to send (audio and video only;
         None for the whole file) and its bytes, from a file opened here. NotFound
         unless `user_id` may read it; RangeNotSatisfiable for a range past the end."""
-        record = self.readable(user_id, media_id)
+        record = await self.readable(user_id, media_id)
         if record is None:
             raise NotFound("no such media")
         wanted = parse_range(range_header, record.size) if playable(record.content_type) else None
@@ -435,7 +435,7 @@ class Media:
                 unused = [
                     blob_path(self.root, sha256)
                     for sha256 in dict.fromkeys(deleted)
-                    if not self._directory.read(sql.sha256_in_use, sha256)
+                    if not await self._directory.fetch(sql.sha256_in_use, sha256)
                 ]
                 if unused:
                     await blocking(_unlink_all, unused)

@@ -223,10 +223,10 @@ class Push:
         include = self._config.push.include_content
         for message in messages:
             await trio.lowlevel.checkpoint()
-            record = self._directory.conversation(message.conversation_id)
+            record = await self._directory.lookup_conversation(message.conversation_id)
             if record is None:
                 continue
-            sender = self._directory.user(message.sender_id)
+            sender = await self._directory.lookup_user(message.sender_id)
             sender_name = sender.display_name if sender is not None else "Someone"
             if not include:
                 title = "New message"
@@ -235,7 +235,7 @@ class Push:
             else:
                 title = sender_name
             devices: dict[str, list[str]] = {}
-            for member, token in self._directory.read(sql.member_tokens, record.id):
+            for member, token in await self._directory.fetch(sql.member_tokens, record.id):
                 if member != message.sender_id:
                     devices.setdefault(member, []).append(token)
             for member, tokens in devices.items():
@@ -263,7 +263,7 @@ class Push:
         conversations: each conversation's actor answers, with the one formula the
         conversation list uses. A conversation that cannot answer counts nothing."""
         total = 0
-        for conversation_id in self._directory.conversation_ids_of(user_id)[
+        for conversation_id in (await self._directory.conversation_ids(user_id))[
             :BADGE_MAX_CONVERSATIONS
         ]:
             try:
@@ -367,7 +367,7 @@ class Push:
         cutoff = now - int(self._config.push.receipt_delay_seconds * 1000)
         url = receipts_url(self._config.push.endpoint)
         while True:
-            due = self._directory.read(sql.due_tickets, cutoff, RECEIPT_BATCH)
+            due = await self._directory.fetch(sql.due_tickets, cutoff, RECEIPT_BATCH)
             if not due:
                 return
             body = await _gzip(orjson.dumps({"ids": [ticket for ticket, _ in due]}))

@@ -74,7 +74,7 @@ class Retention:
         """One pass over every conversation whose retention is on; how many messages
         it expired."""
         pause = 1.0 / self._config.conversations_per_second
-        plan = self._directory.read(directory_sql.retention_plan, self._config.days)
+        plan = await self._directory.fetch(directory_sql.retention_plan, self._config.days)
         done = 0
         for conversation_id, days, mark in plan:
             done += await self._expire(conversation_id, now_ms() - int(days * DAY_MS), mark)
@@ -84,7 +84,7 @@ class Retention:
         return done
 
     async def _expire(self, conversation_id: str, cutoff: int, mark: int) -> int:
-        members = self._directory.member_ids(conversation_id)
+        members = await self._directory.members(conversation_id)
         if not members:
             return 0  # nobody can read it; nothing to ask its actor for
         done = 0

@@ -219,18 +219,18 @@ class Search:
         if conversation_id is not None:
             if not isinstance(conversation_id, str) or not conversation_id:
                 raise BadRequest("conversation_id: must be a conversation id")
-            record = (
-                self._directory.conversation(conversation_id)
+            record, member = (
+                await self._directory.conversation_for_member(conversation_id, user_id)
                 if len(conversation_id) <= MAX_CONVERSATION_ID
-                else None
+                else (None, False)
             )
             if record is None:
                 raise NotFound("no such conversation")
-            if not self._directory.is_member(conversation_id, user_id):
+            if not member:
                 raise Forbidden("you are not a member of this conversation")
             ids = [conversation_id]
         else:
-            ids = self._directory.conversation_ids_of(user_id)
+            ids = await self._directory.conversation_ids(user_id)
         searcher = self._searchers.get(mode_)
         if searcher is None:
             raise Unavailable(

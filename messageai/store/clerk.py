@@ -6,9 +6,8 @@ or on its read connection. The tables come from the `_clerk_identities` migratio
 
 from __future__ import annotations
 
-import apsw
-
 from messageai.model import ClerkProfile, User
+from messageai.store.db import NO_LIMIT, Db
 from messageai.store.directory import USER_COLUMNS, join_auto_channels, user_from_row
 
 DELETED_DISPLAY_NAME = "Deleted user"
@@ -17,7 +16,7 @@ DELETED_DISPLAY_NAME = "Deleted user"
 _USER = USER_COLUMNS
 
 
-def user_state(conn: apsw.Connection, user_id: str) -> tuple[User, bool] | None:
+def user_state(conn: Db, user_id: str) -> tuple[User, bool] | None:
     """(user, gone) for `user_id`, or None when there is no such row; gone: deleted,
     or disabled by `messageai user disable`."""
     row = conn.execute(
@@ -28,18 +27,23 @@ def user_state(conn: apsw.Connection, user_id: str) -> tuple[User, bool] | None:
     return user_from_row(row), row[-1] is not None
 
 
-def _set_username(conn: apsw.Connection, user_id: str, wanted: str | None) -> None:
-    # Clerk's username when it is free here, else the (unique) Clerk id. OR IGNORE:
-    # a taken name is expected, not a failed statement for SQLite's error log.
+def _set_username(conn: Db, user_id: str, wanted: str | None) -> None:
+    # Clerk's username when it is free here, else the (unique) Clerk id. Checked in the
+    # statement: a taken name is expected, not a failed statement for SQLite's error
+    # log, nor an aborted PostgreSQL transaction.
     for name in (wanted, user_id):
         if name is None:
             continue
-        conn.execute("UPDATE OR IGNORE users SET username = ? WHERE id = ?", (name, user_id))
+        conn.execute(
+            "UPDATE users SET username = ?1 WHERE id = ?2"
+            " AND NOT EXISTS (SELECT 1 FROM users WHERE username = ?1 AND id != ?2)",
+            (name, user_id),
+        )
         if conn.changes():
             return
 
 
-def insert_if_absent(conn: apsw.Connection, profile: ClerkProfile) -> tuple[User, bool]:
+def insert_if_absent(conn: Db, profile: ClerkProfile) -> tuple[User, bool]:
     """Create the user on first sight; return (user, deleted) as stored afterwards."""
     found = user_state(conn, profile.id)
     if found is not None:
@@ -56,7 +60,7 @@ def insert_if_absent(conn: apsw.Connection, profile: ClerkProfile) -> tuple[User
     return found
 
 
-def upsert(conn: apsw.Connection, profile: ClerkProfile) -> bool:
+def upsert(conn: Db, profile: ClerkProfile) -> bool:
     """Create or update a user from `user.created` / `user.updated`.
 
     A deleted user stays deleted (Clerk never reuses an id; an update that
@@ -76,7 +80,7 @@ def upsert(conn: apsw.Connection, profile: ClerkProfile) -> bool:
     return True
 
 
-def mark_deleted(conn: apsw.Connection, user_id: str, now: int) -> None:
+def mark_deleted(conn: Db, user_id: str, now: int) -> None:
     """Keep a tombstone (so the id can never sign in again) with the profile erased."""
     if user_state(conn, user_id) is None:
         conn.execute(
@@ -94,9 +98,7 @@ def mark_deleted(conn: apsw.Connection, user_id: str, now: int) -> None:
     conn.execute("DELETE FROM tokens WHERE user_id = ?", (user_id,))
 
 
-def claim_webhook_message(
-    conn: apsw.Connection, message_id: str, now: int, keep_ms: int, max_rows: int
-) -> bool:
+def claim_webhook_message(conn: Db, message_id: str, now: int, keep_ms: int, max_rows: int) -> bool:
     """Record a webhook message id; False when it was already recorded.
 
     Ids older than `keep_ms` are forgotten first, and the table never holds
@@ -104,13 +106,14 @@ def claim_webhook_message(
     """
     conn.execute("DELETE FROM webhook_messages WHERE received_at < ?", (now - keep_ms,))
     conn.execute(
-        "INSERT OR IGNORE INTO webhook_messages(id, received_at) VALUES (?, ?)", (message_id, now)
+        "INSERT INTO webhook_messages(id, received_at) VALUES (?, ?) ON CONFLICT DO NOTHING",
+        (message_id, now),
     )
     if conn.changes() == 0:
         return False
     conn.execute(
         "DELETE FROM webhook_messages WHERE id IN (SELECT id FROM webhook_messages"
-        " ORDER BY received_at DESC, id LIMIT -1 OFFSET ?)",
-        (max_rows,),
+        " ORDER BY received_at DESC, id LIMIT ? OFFSET ?)",
+        (NO_LIMIT, max_rows),
     )
     return True

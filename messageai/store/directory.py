@@ -16,6 +16,7 @@ import apsw
 from messageai import passwords
 from messageai.model import ConversationRecord, User, new_id, now_ms
 from messageai.sqlite import Migration
+from messageai.store.db import Db, fold, nocase
 
 
 def _v1(conn: apsw.Connection) -> None:
@@ -255,7 +256,7 @@ def _user(row: tuple[object, ...] | None) -> User | None:
 # ---------------------------------------------------------------- users and tokens
 
 
-def insert_user(conn: apsw.Connection, user: User, password_hash: str | None) -> bool:
+def insert_user(conn: Db, user: User, password_hash: str | None) -> bool:
     """Insert a user; False if the username is taken.
 
     A taken name is expected (registration, `messageai user add`), so it is not a
@@ -263,7 +264,7 @@ def insert_user(conn: apsw.Connection, user: User, password_hash: str | None) ->
     conn.execute(
         "INSERT INTO users(id, username, display_name, password_hash, created_at, bot)"
         " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(username) DO NOTHING",
-        (user.id, user.username, user.display_name, password_hash, user.created_at, user.bot),
+        (user.id, user.username, user.display_name, password_hash, user.created_at, int(user.bot)),
     )
     if conn.changes() != 1:
         return False
@@ -272,7 +273,7 @@ def insert_user(conn: apsw.Connection, user: User, password_hash: str | None) ->
     return True
 
 
-def bot_user(conn: apsw.Connection, username: str, display_name: str, now: int) -> User:
+def bot_user(conn: Db, username: str, display_name: str, now: int) -> User:
     """The assistant's user (`bot: true`, no password, a member of nothing): the first
     bot made, else a new one named `username`, or the first free `<username>-bot`,
     `<username>-bot2`, … when a person has that name. In the caller's write transaction."""
@@ -290,7 +291,7 @@ def bot_user(conn: apsw.Connection, username: str, display_name: str, now: int) 
     raise RuntimeError("no free username for the assistant")
 
 
-def join_auto_channels(conn: apsw.Connection, user_id: str, now: int) -> list[str]:
+def join_auto_channels(conn: Db, user_id: str, now: int) -> list[str]:
     """Make a new user a member of every `auto_join` conversation (`general`); the ids
     joined. Called in the transaction that creates the user (`insert_user`, Clerk's
     `insert_if_absent`), so no user ever exists outside `general`."""
@@ -300,7 +301,7 @@ def join_auto_channels(conn: apsw.Connection, user_id: str, now: int) -> list[st
     return joined
 
 
-def retention_plan(conn: apsw.Connection, server_days: float) -> list[tuple[str, float, int]]:
+def retention_plan(conn: Db, server_days: float) -> list[tuple[str, float, int]]:
     """(id, days, mark) of every conversation whose retention is on: its own setting,
     else the server's `retention.days`."""
     rows = conn.execute(
@@ -311,7 +312,7 @@ def retention_plan(conn: apsw.Connection, server_days: float) -> list[tuple[str,
     return [(str(r[0]), float(r[1]), int(r[2])) for r in rows]
 
 
-def set_retention_mark(conn: apsw.Connection, conversation_id: str, old: int, seq: int) -> None:
+def set_retention_mark(conn: Db, conversation_id: str, old: int, seq: int) -> None:
     """Move the mark from `old` to `seq`; nothing if it is not `old` any more (a restore
     reset it while the sweep read the file it replaced)."""
     conn.execute(
@@ -320,7 +321,7 @@ def set_retention_mark(conn: apsw.Connection, conversation_id: str, old: int, se
     )
 
 
-def set_retention_days(conn: apsw.Connection, conversation_id: str, days: float | None) -> bool:
+def set_retention_days(conn: Db, conversation_id: str, days: float | None) -> bool:
     """Set (None: back to the server's) one conversation's retention; False if unknown."""
     conn.execute(
         "UPDATE conversations SET retention_days = ? WHERE id = ?", (days, conversation_id)
@@ -328,19 +329,19 @@ def set_retention_days(conn: apsw.Connection, conversation_id: str, days: float 
     return conn.changes() > 0
 
 
-def retention_days_of(conn: apsw.Connection, conversation_id: str) -> float | None:
+def retention_days_of(conn: Db, conversation_id: str) -> float | None:
     value = conn.execute(
         "SELECT retention_days FROM conversations WHERE id = ?", (conversation_id,)
     ).get
     return float(value) if isinstance(value, (int, float)) else None
 
 
-def conversation_ids(conn: apsw.Connection) -> list[str]:
+def conversation_ids(conn: Db) -> list[str]:
     """Every conversation's id, oldest first (the retention sweep's order)."""
     return [row[0] for row in conn.execute("SELECT id FROM conversations ORDER BY created_at, id")]
 
 
-def auto_join_ids(conn: apsw.Connection) -> list[str]:
+def auto_join_ids(conn: Db) -> list[str]:
     """The conversations every new user joins (`general`)."""
     return [
         row[0]
@@ -349,7 +350,7 @@ def auto_join_ids(conn: apsw.Connection) -> list[str]:
 
 
 def create_local_user(
-    conn: apsw.Connection, username: object, display_name: object, password_hash: str
+    conn: Db, username: object, display_name: object, password_hash: str
 ) -> User | None:
     """Create a local (password) account: check the username and display name (the
     display name defaults to the username), give the user a fresh id and the current
@@ -362,11 +363,11 @@ def create_local_user(
     return user if insert_user(conn, user, password_hash) else None
 
 
-def user_by_id(conn: apsw.Connection, user_id: str) -> User | None:
+def user_by_id(conn: Db, user_id: str) -> User | None:
     return _user(conn.execute(f"SELECT {_USER} FROM users WHERE id = ?", (user_id,)).fetchone())
 
 
-def user_and_hash_by_name(conn: apsw.Connection, username: str) -> tuple[User, str | None] | None:
+def user_and_hash_by_name(conn: Db, username: str) -> tuple[User, str | None] | None:
     row = conn.execute(
         f"SELECT {_USER}, password_hash FROM users WHERE username = ?", (username,)
     ).fetchone()
@@ -375,7 +376,7 @@ def user_and_hash_by_name(conn: apsw.Connection, username: str) -> tuple[User, s
     return user_from_row(row), row[-1]
 
 
-def existing_user_ids(conn: apsw.Connection, user_ids: list[str]) -> set[str]:
+def existing_user_ids(conn: Db, user_ids: list[str]) -> set[str]:
     found: set[str] = set()
     for user_id in user_ids:
         if conn.execute("SELECT 1 FROM users WHERE id = ?", (user_id,)).fetchone():
@@ -397,7 +398,7 @@ def _after_prefix(prefix: str) -> str:
     return head + chr(following)
 
 
-def search_users(conn: apsw.Connection, prefix: str, limit: int) -> list[User]:
+def search_users(conn: Db, prefix: str, limit: int) -> list[User]:
     """Users whose username or display name starts with `prefix`, ASCII case ignored
     (usernames are lower case; display names are compared NOCASE, like LIKE did).
     Two index range scans (the username's, and `users_display_name`), no table scan."""
@@ -405,20 +406,20 @@ def search_users(conn: apsw.Connection, prefix: str, limit: int) -> list[User]:
         rows = conn.execute(f"SELECT {_USER} FROM users ORDER BY username LIMIT ?", (limit,))
         return [user_from_row(row) for row in rows]
     # Folded once for both: a username has no capitals, so NOCASE's bounds serve it too.
-    folded = "".join(c.lower() if "A" <= c <= "Z" else c for c in prefix)
+    folded = fold(prefix)
     # A UNION, not an OR: with ORDER BY ... LIMIT the planner would scan the whole
     # username index for the OR (EXPLAIN QUERY PLAN; tests/test_directory.py checks).
+    shown = nocase(conn, "display_name")
     rows = conn.execute(
         f"SELECT {_USER} FROM users WHERE username >= ?1 AND username < ?2"
-        f" UNION SELECT {_USER} FROM users"
-        " WHERE display_name COLLATE NOCASE >= ?1 AND display_name COLLATE NOCASE < ?2"
+        f" UNION SELECT {_USER} FROM users WHERE {shown} >= ?1 AND {shown} < ?2"
         " ORDER BY username LIMIT ?3",
         (folded, _after_prefix(folded), limit),
     )
     return [user_from_row(row) for row in rows]
 
 
-def users_after(conn: apsw.Connection, after: str, limit: int) -> list[User]:
+def users_after(conn: Db, after: str, limit: int) -> list[User]:
     """A page of every user by username: the first `limit` whose username sorts after
     `after` ("" for the first page). One range scan of the username index."""
     rows = conn.execute(
@@ -427,21 +428,19 @@ def users_after(conn: apsw.Connection, after: str, limit: int) -> list[User]:
     return [user_from_row(row) for row in rows]
 
 
-def set_display_name(conn: apsw.Connection, user_id: str, display_name: str) -> User | None:
+def set_display_name(conn: Db, user_id: str, display_name: str) -> User | None:
     """Set a user's display name; the user as stored now (None: no such user)."""
     conn.execute("UPDATE users SET display_name = ? WHERE id = ?", (display_name, user_id))
     return user_by_id(conn, user_id)
 
 
-def password_hash_of(conn: apsw.Connection, user_id: str) -> str | None:
+def password_hash_of(conn: Db, user_id: str) -> str | None:
     """The user's stored password hash (None: no such user, or no password: Clerk)."""
     value = conn.execute("SELECT password_hash FROM users WHERE id = ?", (user_id,)).get
     return value if isinstance(value, str) else None
 
 
-def set_password(
-    conn: apsw.Connection, user_id: str, password_hash: str, keep_token_hash: bytes
-) -> list[bytes]:
+def set_password(conn: Db, user_id: str, password_hash: str, keep_token_hash: bytes) -> list[bytes]:
     """Store a new password hash and revoke every other token of the user; the hashes
     of the tokens revoked (their sockets are closed after the commit)."""
     conn.execute("UPDATE users SET password_hash = ? WHERE id = ?", (password_hash, user_id))
@@ -455,21 +454,19 @@ def set_password(
     return revoked
 
 
-def all_users(conn: apsw.Connection) -> list[User]:
+def all_users(conn: Db) -> list[User]:
     rows = conn.execute(f"SELECT {_USER} FROM users ORDER BY username")
     return [user_from_row(row) for row in rows]
 
 
-def insert_token(
-    conn: apsw.Connection, token_hash: bytes, user_id: str, now: int, expires_at: int
-) -> None:
+def insert_token(conn: Db, token_hash: bytes, user_id: str, now: int, expires_at: int) -> None:
     conn.execute(
         "INSERT INTO tokens(hash, user_id, created_at, expires_at) VALUES (?, ?, ?, ?)",
         (token_hash, user_id, now, expires_at),
     )
 
 
-def user_by_token(conn: apsw.Connection, token_hash: bytes, now: int) -> User | None:
+def user_by_token(conn: Db, token_hash: bytes, now: int) -> User | None:
     return _user(
         conn.execute(
             f"SELECT {', '.join('u.' + c for c in _USER.split(', '))} FROM tokens t"
@@ -480,22 +477,22 @@ def user_by_token(conn: apsw.Connection, token_hash: bytes, now: int) -> User | 
     )
 
 
-def delete_token(conn: apsw.Connection, token_hash: bytes) -> None:
+def delete_token(conn: Db, token_hash: bytes) -> None:
     conn.execute("DELETE FROM tokens WHERE hash = ?", (token_hash,))
 
 
-def delete_tokens_of(conn: apsw.Connection, user_id: str) -> int:
+def delete_tokens_of(conn: Db, user_id: str) -> int:
     """Sign `user_id` out everywhere: every session token goes; how many."""
     conn.execute("DELETE FROM tokens WHERE user_id = ?", (user_id,))
     return conn.changes()
 
 
-def set_disabled(conn: apsw.Connection, user_id: str, at: int | None) -> None:
+def set_disabled(conn: Db, user_id: str, at: int | None) -> None:
     """Disable `user_id` (at `at`, ms) or enable it again (None)."""
     conn.execute("UPDATE users SET disabled_at = ? WHERE id = ?", (at, user_id))
 
 
-def is_disabled(conn: apsw.Connection, user_id: str) -> bool:
+def is_disabled(conn: Db, user_id: str) -> bool:
     return (
         conn.execute(
             "SELECT 1 FROM users WHERE id = ? AND disabled_at IS NOT NULL", (user_id,)
@@ -504,7 +501,7 @@ def is_disabled(conn: apsw.Connection, user_id: str) -> bool:
     )
 
 
-def delete_expired_tokens(conn: apsw.Connection, now: int, limit: int) -> int:
+def delete_expired_tokens(conn: Db, now: int, limit: int) -> int:
     """Delete up to `limit` tokens expired at `now` (by the expiry index); how many."""
     conn.execute(
         "DELETE FROM tokens WHERE hash IN"
@@ -518,7 +515,7 @@ def delete_expired_tokens(conn: apsw.Connection, now: int, limit: int) -> int:
 
 
 def insert_conversation(
-    conn: apsw.Connection, record: ConversationRecord, member_ids: list[str], now: int
+    conn: Db, record: ConversationRecord, member_ids: list[str], now: int
 ) -> None:
     conn.execute(
         "INSERT INTO conversations(id, kind, title, topic, creator_id, created_at)"
@@ -528,44 +525,43 @@ def insert_conversation(
     add_members(conn, record.id, member_ids, now)
 
 
-def channel_title_taken(conn: apsw.Connection, title: str, except_id: str | None = None) -> bool:
+def channel_title_taken(conn: Db, title: str, except_id: str | None = None) -> bool:
     """Whether a channel other than `except_id` has this title (ASCII case ignored)."""
     return (
         conn.execute(
-            "SELECT 1 FROM conversations WHERE kind = 'channel'"
-            " AND title = ? COLLATE NOCASE AND id IS NOT ?",
-            (title, except_id),
+            f"SELECT 1 FROM conversations WHERE kind = 'channel'"
+            f" AND {nocase(conn, 'title')} = ? AND id IS DISTINCT FROM ?",
+            (fold(title), except_id),
         ).fetchone()
         is not None
     )
 
 
-def channels(
-    conn: apsw.Connection, prefix: str, limit: int
-) -> list[tuple[ConversationRecord, int]]:
+def channels(conn: Db, prefix: str, limit: int) -> list[tuple[ConversationRecord, int]]:
     """Channels whose title starts with `prefix` (ASCII case ignored; "" for all), most
     members first (then by title), at most `limit`, with their member counts. The
     prefix is a range of the unique title index; without one, the size index is
     walked in order, so `limit` rows are read."""
+    title = nocase(conn, "title")
     if prefix:
-        folded = "".join(c.lower() if "A" <= c <= "Z" else c for c in prefix)
+        folded = fold(prefix)
         rows = conn.execute(
             f"SELECT {_CONVERSATION}, member_count FROM conversations"
-            " WHERE kind = 'channel' AND title COLLATE NOCASE >= ?1 AND title COLLATE NOCASE < ?2"
-            " ORDER BY member_count DESC, title COLLATE NOCASE, id LIMIT ?3",
+            f" WHERE kind = 'channel' AND {title} >= ?1 AND {title} < ?2"
+            f" ORDER BY member_count DESC, {title}, id LIMIT ?3",
             (folded, _after_prefix(folded), limit),
         )
     else:
         rows = conn.execute(
             f"SELECT {_CONVERSATION}, member_count FROM conversations WHERE kind = 'channel'"
-            " ORDER BY member_count DESC, title COLLATE NOCASE, id LIMIT ?",
+            f" ORDER BY member_count DESC, {title}, id LIMIT ?",
             (limit,),
         )
     return [(_record(row), cast(int, row[-1])) for row in rows]
 
 
 def update_conversation(
-    conn: apsw.Connection,
+    conn: Db,
     conversation_id: str,
     title: str | None,
     topic: str | None,
@@ -581,14 +577,14 @@ def update_conversation(
     return conversation(conn, conversation_id)
 
 
-def member_count(conn: apsw.Connection, conversation_id: str) -> int:
+def member_count(conn: Db, conversation_id: str) -> int:
     value = conn.execute(
         "SELECT member_count FROM conversations WHERE id = ?", (conversation_id,)
     ).get
     return value if isinstance(value, int) else 0
 
 
-def direct_conversation_id(conn: apsw.Connection, user_a: str, user_b: str) -> str | None:
+def direct_conversation_id(conn: Db, user_a: str, user_b: str) -> str | None:
     a, b = sorted((user_a, user_b))
     value = conn.execute(
         "SELECT conversation_id FROM direct_pairs WHERE user_a = ? AND user_b = ?", (a, b)
@@ -596,9 +592,7 @@ def direct_conversation_id(conn: apsw.Connection, user_a: str, user_b: str) -> s
     return value if isinstance(value, str) else None
 
 
-def insert_direct_pair(
-    conn: apsw.Connection, user_a: str, user_b: str, conversation_id: str
-) -> None:
+def insert_direct_pair(conn: Db, user_a: str, user_b: str, conversation_id: str) -> None:
     a, b = sorted((user_a, user_b))
     conn.execute(
         "INSERT INTO direct_pairs(user_a, user_b, conversation_id) VALUES (?, ?, ?)",
@@ -621,14 +615,14 @@ def _record(row: tuple[object, ...]) -> ConversationRecord:
     )
 
 
-def conversation(conn: apsw.Connection, conversation_id: str) -> ConversationRecord | None:
+def conversation(conn: Db, conversation_id: str) -> ConversationRecord | None:
     row = conn.execute(
         f"SELECT {_CONVERSATION} FROM conversations WHERE id = ?", (conversation_id,)
     ).fetchone()
     return _record(row) if row is not None else None
 
 
-def member_ids(conn: apsw.Connection, conversation_id: str) -> list[str]:
+def member_ids(conn: Db, conversation_id: str) -> list[str]:
     return [
         row[0]
         for row in conn.execute(
@@ -638,7 +632,7 @@ def member_ids(conn: apsw.Connection, conversation_id: str) -> list[str]:
     ]
 
 
-def members_joined_at(conn: apsw.Connection, conversation_id: str) -> dict[str, int]:
+def members_joined_at(conn: Db, conversation_id: str) -> dict[str, int]:
     """Each member's id and when they joined (ms), in joining order (as `member_ids`)."""
     return {
         row[0]: row[1]
@@ -650,7 +644,7 @@ def members_joined_at(conn: apsw.Connection, conversation_id: str) -> dict[str, 
     }
 
 
-def is_member(conn: apsw.Connection, conversation_id: str, user_id: str) -> bool:
+def is_member(conn: Db, conversation_id: str, user_id: str) -> bool:
     return (
         conn.execute(
             "SELECT 1 FROM memberships WHERE conversation_id = ? AND user_id = ?",
@@ -660,23 +654,52 @@ def is_member(conn: apsw.Connection, conversation_id: str, user_id: str) -> bool
     )
 
 
-def conversation_ids_of(conn: apsw.Connection, user_id: str) -> list[str]:
+def conversation_ids_of(conn: Db, user_id: str) -> list[str]:
+    # Ordered (the index's order, which SQLite gave anyway): PostgreSQL promises none.
     return [
         row[0]
         for row in conn.execute(
-            "SELECT conversation_id FROM memberships WHERE user_id = ?", (user_id,)
+            "SELECT conversation_id FROM memberships WHERE user_id = ? ORDER BY conversation_id",
+            (user_id,),
         )
     ]
 
 
-def add_members(conn: apsw.Connection, conversation_id: str, user_ids: list[str], now: int) -> None:
+def conversations_of(conn: Db, user_id: str) -> list[ConversationRecord]:
+    """The records of every conversation of `user_id`, by id: one statement (in
+    PostgreSQL one round trip) instead of one per conversation."""
+    columns = ", ".join("c." + c for c in _CONVERSATION.split(", "))
+    rows = conn.execute(
+        f"SELECT {columns} FROM memberships m JOIN conversations c ON c.id = m.conversation_id"
+        " WHERE m.user_id = ? ORDER BY m.conversation_id",
+        (user_id,),
+    )
+    return [_record(row) for row in rows]
+
+
+def conversation_for_member(
+    conn: Db, conversation_id: str, user_id: str
+) -> tuple[ConversationRecord | None, bool]:
+    """The conversation's record (None: no such conversation) and whether `user_id`
+    is a member: the check of every REST request on a conversation, in one statement."""
+    columns = ", ".join("c." + c for c in _CONVERSATION.split(", "))
+    row = conn.execute(
+        f"SELECT {columns}, m.user_id IS NOT NULL FROM conversations c LEFT JOIN memberships m"
+        " ON m.conversation_id = c.id AND m.user_id = ? WHERE c.id = ?",
+        (user_id, conversation_id),
+    ).fetchone()
+    return (None, False) if row is None else (_record(row), bool(row[-1]))
+
+
+def add_members(conn: Db, conversation_id: str, user_ids: list[str], now: int) -> None:
     conn.executemany(
-        "INSERT OR IGNORE INTO memberships(conversation_id, user_id, joined_at) VALUES (?, ?, ?)",
+        "INSERT INTO memberships(conversation_id, user_id, joined_at) VALUES (?, ?, ?)"
+        " ON CONFLICT DO NOTHING",
         [(conversation_id, user_id, now) for user_id in user_ids],
     )
 
 
-def remove_member(conn: apsw.Connection, conversation_id: str, user_id: str) -> bool:
+def remove_member(conn: Db, conversation_id: str, user_id: str) -> bool:
     conn.execute(
         "DELETE FROM memberships WHERE conversation_id = ? AND user_id = ?",
         (conversation_id, user_id),
@@ -687,16 +710,16 @@ def remove_member(conn: apsw.Connection, conversation_id: str, user_id: str) -> 
 # ---------------------------------------------------------------- the AI budget
 
 
-def ai_spent_on(conn: apsw.Connection, day: int) -> dict[str, int]:
+def ai_spent_on(conn: Db, day: int) -> dict[str, int]:
     """Tokens each user spent on `day` (days since the epoch, UTC)."""
     return dict(conn.execute("SELECT user_id, tokens FROM ai_spent WHERE day = ?", (day,)))
 
 
-def add_ai_spent(conn: apsw.Connection, user_id: str, day: int, tokens: int) -> None:
+def add_ai_spent(conn: Db, user_id: str, day: int, tokens: int) -> None:
     """Count `tokens` on `user_id`'s `day`; a new day starts from zero."""
     conn.execute(
         "INSERT INTO ai_spent(user_id, day, tokens) VALUES (?, ?, ?) ON CONFLICT(user_id)"
-        " DO UPDATE SET tokens = CASE WHEN day = excluded.day THEN tokens + excluded.tokens"
-        " ELSE excluded.tokens END, day = excluded.day",
+        " DO UPDATE SET tokens = CASE WHEN ai_spent.day = excluded.day"
+        " THEN ai_spent.tokens + excluded.tokens ELSE excluded.tokens END, day = excluded.day",
         (user_id, day, tokens),
     )

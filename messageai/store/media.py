@@ -7,15 +7,14 @@ The tables are created by the directory's migrations (`store/directory.py`).
 
 from __future__ import annotations
 
-import apsw
-
 from messageai.model import MediaRecord
+from messageai.store.db import Db
 
 # In MediaRecord's field order (`filename`, v1.1, last).
 _COLUMNS = "id, owner_id, sha256, content_type, size, created_at, filename"
 
 
-def insert(conn: apsw.Connection, record: MediaRecord) -> None:
+def insert(conn: Db, record: MediaRecord) -> None:
     conn.execute(
         f"INSERT INTO media({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
         (
@@ -30,7 +29,7 @@ def insert(conn: apsw.Connection, record: MediaRecord) -> None:
     )
 
 
-def insert_within_quota(conn: apsw.Connection, record: MediaRecord, quota: int) -> bool:
+def insert_within_quota(conn: Db, record: MediaRecord, quota: int) -> bool:
     """Record an upload unless it would take its owner past `quota` bytes; False then.
     In one write transaction, so concurrent uploads cannot both slip under it."""
     if used_bytes(conn, record.owner_id) + record.size > quota:
@@ -39,18 +38,20 @@ def insert_within_quota(conn: apsw.Connection, record: MediaRecord, quota: int) 
     return True
 
 
-def get(conn: apsw.Connection, media_id: str) -> MediaRecord | None:
+def get(conn: Db, media_id: str) -> MediaRecord | None:
     row = conn.execute(f"SELECT {_COLUMNS} FROM media WHERE id = ?", (media_id,)).fetchone()
     return MediaRecord(*row) if row is not None else None
 
 
-def used_bytes(conn: apsw.Connection, owner_id: str) -> int:
+def used_bytes(conn: Db, owner_id: str) -> int:
     """Bytes counted against the owner's quota: every upload, even of bytes stored before."""
-    value = conn.execute("SELECT total(size) FROM media WHERE owner_id = ?", (owner_id,)).get
+    value = conn.execute(
+        "SELECT coalesce(sum(size), 0) FROM media WHERE owner_id = ?", (owner_id,)
+    ).get
     return int(value)
 
 
-def readable(conn: apsw.Connection, media_id: str, user_id: str) -> MediaRecord | None:
+def readable(conn: Db, media_id: str, user_id: str) -> MediaRecord | None:
     """The record if `user_id` uploaded it or is a member of a conversation referencing it."""
     record = get(conn, media_id)
     if record is None or record.owner_id == user_id:
@@ -64,36 +65,34 @@ def readable(conn: apsw.Connection, media_id: str, user_id: str) -> MediaRecord 
     return record if shared is not None else None
 
 
-def add_refs(conn: apsw.Connection, conversation_id: str, media_ids: list[str]) -> None:
+def add_refs(conn: Db, conversation_id: str, media_ids: list[str]) -> None:
     """Record that a message of the conversation references each id; idempotent.
     An id whose record is gone (deleted as unreferenced) is skipped."""
     conn.executemany(
-        "INSERT OR IGNORE INTO media_refs(media_id, conversation_id)"
-        " SELECT id, ? FROM media WHERE id = ?",
+        "INSERT INTO media_refs(media_id, conversation_id)"
+        " SELECT id, ? FROM media WHERE id = ? ON CONFLICT DO NOTHING",
         [(conversation_id, media_id) for media_id in media_ids],
     )
 
 
-def remove_refs(conn: apsw.Connection, conversation_id: str, media_ids: list[str]) -> None:
+def remove_refs(conn: Db, conversation_id: str, media_ids: list[str]) -> None:
     conn.executemany(
         "DELETE FROM media_refs WHERE media_id = ? AND conversation_id = ?",
         [(media_id, conversation_id) for media_id in media_ids],
     )
 
 
-def unreferenced_before(
-    conn: apsw.Connection, created_before: int, limit: int
-) -> list[MediaRecord]:
+def unreferenced_before(conn: Db, created_before: int, limit: int) -> list[MediaRecord]:
     rows = conn.execute(
         f"SELECT {_COLUMNS} FROM media WHERE created_at < ? AND NOT EXISTS"
         " (SELECT 1 FROM media_refs r WHERE r.media_id = media.id)"
         " ORDER BY created_at LIMIT ?",
         (created_before, limit),
     ).fetchall()
-    return [MediaRecord(*row) for row in rows]  # type: ignore[arg-type]
+    return [MediaRecord(*row) for row in rows]
 
 
-def delete_unreferenced(conn: apsw.Connection, created_before: int, limit: int) -> list[str]:
+def delete_unreferenced(conn: Db, created_before: int, limit: int) -> list[str]:
     """Delete up to `limit` unreferenced records made before `created_before`; the
     sha256s they named (some may still be named by other records)."""
     records = unreferenced_before(conn, created_before, limit)
@@ -102,11 +101,11 @@ def delete_unreferenced(conn: apsw.Connection, created_before: int, limit: int) 
     return [record.sha256 for record in records]
 
 
-def delete(conn: apsw.Connection, media_id: str) -> None:
+def delete(conn: Db, media_id: str) -> None:
     conn.execute("DELETE FROM media WHERE id = ?", (media_id,))
 
 
-def sha256_in_use(conn: apsw.Connection, sha256: str) -> bool:
+def sha256_in_use(conn: Db, sha256: str) -> bool:
     return (
         conn.execute("SELECT 1 FROM media WHERE sha256 = ? LIMIT 1", (sha256,)).fetchone()
         is not None

@@ -5,12 +5,10 @@ connections (`Directory.read` inline, `Directory.write` on its write thread).
 
 from __future__ import annotations
 
-import apsw
+from messageai.store.db import Db
 
 
-def upsert_token(
-    conn: apsw.Connection, token: str, user_id: str, platform: str | None, now: int
-) -> None:
+def upsert_token(conn: Db, token: str, user_id: str, platform: str | None, now: int) -> None:
     """Register a device token; a device that signs into another account moves to it."""
     conn.execute(
         "INSERT INTO push_tokens(token, user_id, platform, created_at) VALUES (?, ?, ?, ?)"
@@ -20,7 +18,7 @@ def upsert_token(
     )
 
 
-def delete_token(conn: apsw.Connection, token: str, user_id: str | None = None) -> bool:
+def delete_token(conn: Db, token: str, user_id: str | None = None) -> bool:
     """Remove a token (only the given user's when `user_id`); True if one was removed."""
     if user_id is None:
         conn.execute("DELETE FROM push_tokens WHERE token = ?", (token,))
@@ -29,7 +27,7 @@ def delete_token(conn: apsw.Connection, token: str, user_id: str | None = None) 
     return conn.changes() > 0
 
 
-def tokens_of(conn: apsw.Connection, user_id: str) -> list[str]:
+def tokens_of(conn: Db, user_id: str) -> list[str]:
     return [
         row[0]
         for row in conn.execute(
@@ -38,7 +36,7 @@ def tokens_of(conn: apsw.Connection, user_id: str) -> list[str]:
     ]
 
 
-def member_tokens(conn: apsw.Connection, conversation_id: str) -> list[tuple[str, str]]:
+def member_tokens(conn: Db, conversation_id: str) -> list[tuple[str, str]]:
     """(user id, token) for every device of every member of the conversation: one
     query (the membership key, then each member's tokens by `push_tokens_user`)
     instead of one per member."""
@@ -53,15 +51,15 @@ def member_tokens(conn: apsw.Connection, conversation_id: str) -> list[tuple[str
     ]
 
 
-def insert_tickets(conn: apsw.Connection, tickets: list[tuple[str, str]], now: int) -> None:
+def insert_tickets(conn: Db, tickets: list[tuple[str, str]], now: int) -> None:
     """Record (ticket id, token) pairs whose receipts are fetched later."""
     conn.executemany(
-        "INSERT OR IGNORE INTO push_tickets(id, token, created_at) VALUES (?, ?, ?)",
+        "INSERT INTO push_tickets(id, token, created_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
         [(ticket, token, now) for ticket, token in tickets],
     )
 
 
-def due_tickets(conn: apsw.Connection, created_before: int, limit: int) -> list[tuple[str, str]]:
+def due_tickets(conn: Db, created_before: int, limit: int) -> list[tuple[str, str]]:
     return [
         (row[0], row[1])
         for row in conn.execute(
@@ -71,26 +69,22 @@ def due_tickets(conn: apsw.Connection, created_before: int, limit: int) -> list[
     ]
 
 
-def delete_tickets(conn: apsw.Connection, ticket_ids: list[str]) -> None:
+def delete_tickets(conn: Db, ticket_ids: list[str]) -> None:
     conn.executemany("DELETE FROM push_tickets WHERE id = ?", [(t,) for t in ticket_ids])
 
 
-def delete_tickets_before(conn: apsw.Connection, created_before: int) -> None:
+def delete_tickets_before(conn: Db, created_before: int) -> None:
     conn.execute("DELETE FROM push_tickets WHERE created_at < ?", (created_before,))
 
 
-def record_tickets(
-    conn: apsw.Connection, tickets: list[tuple[str, str]], dead: list[str], now: int
-) -> None:
+def record_tickets(conn: Db, tickets: list[tuple[str, str]], dead: list[str], now: int) -> None:
     """After a send: remember the tickets, forget the tokens Expo called dead."""
     insert_tickets(conn, tickets, now)
     for token in dead:
         delete_token(conn, token)
 
 
-def settle_tickets(
-    conn: apsw.Connection, done: list[str], dead: list[str], forget_before: int
-) -> None:
+def settle_tickets(conn: Db, done: list[str], dead: list[str], forget_before: int) -> None:
     """After reading receipts: forget the settled tickets and those too old to get
     one, and the tokens the receipts called dead."""
     delete_tickets(conn, done)
