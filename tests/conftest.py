@@ -1,5 +1,14 @@
 """Shared fixtures: a real server per test on 127.0.0.1:0 with its data under tmp_path,
-and a real Redis for the cluster tests."""
+and a real Redis for the cluster tests; and the order and grouping of the run.
+
+`./scripts/test` runs the suite in pytest-xdist workers (`--dist loadgroup`). Every test
+must be able to run beside any other: ports from the kernel (port 0), files under its
+`tmp_path`, no process-wide state it does not restore. What cannot (one machine-wide
+resource, or a heavy browser) shares an xdist group, whose tests one worker runs one
+after the other: `XDIST_GROUPS` gives whole folders one, a test can name its own with
+`@pytest.mark.xdist_group("name")`. The groups, then the modules holding a `slow` test,
+run first, so that the longest work is not left for the end of a parallel run.
+"""
 
 from __future__ import annotations
 
@@ -20,6 +29,29 @@ TEST_TIMEOUT_SECONDS = 60
 
 # The secrets grep over the whole run's logs.
 pytest_plugins = ("tests.secret_logs",)
+
+# Folders (under tests/) whose tests form one xdist group. The browser tests: one
+# Chromium and one `scripts/serve` at a time, so that two of them on 2 cores do not
+# race Playwright's action timeouts.
+XDIST_GROUPS = {"browser": "browser"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups of the items
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    tests_dir = Path(__file__).parent
+    for item in items:
+        folder = item.path.parent.relative_to(tests_dir).parts[:1]
+        if folder and folder[0] in XDIST_GROUPS:
+            item.add_marker(pytest.mark.xdist_group(XDIST_GROUPS[folder[0]]))
+    slow_modules = {item.path for item in items if item.get_closest_marker("slow")}
+
+    def rank(item: pytest.Item) -> int:
+        if item.get_closest_marker("xdist_group"):
+            return 0
+        return 1 if item.path in slow_modules else 2
+
+    # Stable: each module's tests stay together, in their order (module fixtures once).
+    items.sort(key=rank)
 
 
 @pytest.fixture
