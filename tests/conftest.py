@@ -14,11 +14,12 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import trio
 
+from tests.browser import SCREENSHOTS_KEY, screenshots_line
 from tests.helpers import Harness, harness, make_config
 
 if TYPE_CHECKING:
@@ -52,6 +53,21 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
     # Stable: each module's tests stay together, in their order (module fixtures once).
     items.sort(key=rank)
+
+
+# The screenshots the browser tests took in xdist workers, as the controller heard.
+_worker_screenshots: list[str] = []
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: object) -> None:
+    _worker_screenshots.extend(getattr(node, "workeroutput", {}).get(SCREENSHOTS_KEY, ()))
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if _worker_screenshots:
+        folder = Path(_worker_screenshots[0]).parent
+        terminalreporter.write_line(screenshots_line(len(_worker_screenshots), folder))
 
 
 @pytest.fixture
