@@ -13,7 +13,7 @@ run first, so that the longest work is not left for the end of a parallel run.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -25,34 +25,94 @@ from tests.helpers import Harness, harness, make_config
 if TYPE_CHECKING:
     import coredis
 
+TESTS_DIR = Path(__file__).parent
 # Every end-to-end test gets this absolute deadline.
 TEST_TIMEOUT_SECONDS = 60
 
 # The secrets grep over the whole run's logs.
 pytest_plugins = ("tests.secret_logs",)
 
-# Folders (under tests/) whose tests form one xdist group. The browser tests: one
-# Chromium and one `scripts/serve` at a time, so that two of them on 2 cores do not
-# race Playwright's action timeouts.
-XDIST_GROUPS = {"browser": "browser"}
+# The xdist groups, by the path of a test's file under tests/ (a folder, or a file name
+# pattern); a test's own `@pytest.mark.xdist_group` mark comes first.
+XDIST_GROUPS = {
+    # The tests that load the machine hardest or measure how much work gets done in a
+    # fixed time (kill -9 and power-cut chaos, the bench, Autobahn, the Node builds and
+    # jest, the README's processes): one at a time, so that none is starved by another.
+    "heavy": (
+        "test_chaos.py",
+        "test_power_loss.py",
+        "test_durability.py",
+        "test_changes_durability.py",
+        "test_jobs_durability.py",
+        "test_bench_smoke.py",
+        "test_autobahn.py",
+        "test_webapp_native.py",
+        "test_app_engine.py",
+        "test_readme.py",
+    ),
+    # One Chromium and one `scripts/serve` at a time: two of them on 2 cores race
+    # Playwright's action timeouts.
+    "browser": ("browser/*",),
+    # Tests that start Redis or PostgreSQL (and so real leases with short TTLs): one
+    # server of theirs at a time.
+    "cluster": ("test_cluster_*", "test_replica*", "test_pg*", "*postgres*"),
+}
+# The fixtures that start Redis or PostgreSQL put a test in the cluster group too.
+CLUSTER_FIXTURES = frozenset({"redis", "postgres", "pg"})
+
+
+def xdist_group(item: pytest.Item) -> str | None:
+    """The xdist group of `item`, or None: it may run beside anything."""
+    marked = item.get_closest_marker("xdist_group")
+    if marked is not None:
+        return str(marked.args[0] if marked.args else marked.kwargs.get("name", "default"))
+    if not item.path.is_relative_to(TESTS_DIR):
+        return None
+    relative = PurePosixPath(item.path.relative_to(TESTS_DIR).as_posix())
+    for group, patterns in XDIST_GROUPS.items():
+        if any(relative.match(pattern) for pattern in patterns):
+            return group
+    if CLUSTER_FIXTURES & set(getattr(item, "fixturenames", ())):
+        return "cluster"
+    return None
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the groups of the items
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    tests_dir = Path(__file__).parent
-    for item in items:
-        folder = item.path.parent.relative_to(tests_dir).parts[:1]
-        if folder and folder[0] in XDIST_GROUPS:
-            item.add_marker(pytest.mark.xdist_group(XDIST_GROUPS[folder[0]]))
+    groups = {item: xdist_group(item) for item in items}
+    for item, group in groups.items():
+        if group is not None and item.get_closest_marker("xdist_group") is None:
+            item.add_marker(pytest.mark.xdist_group(group))
+    # The groups first, longest first (each runs one test at a time), then the modules
+    # holding a slow test; stable, so each module's tests stay together, in their order.
+    order = [group for group in XDIST_GROUPS if group in groups.values()]
+    order += sorted({g for g in groups.values() if g is not None} - set(order))
     slow_modules = {item.path for item in items if item.get_closest_marker("slow")}
 
-    def rank(item: pytest.Item) -> int:
-        if item.get_closest_marker("xdist_group"):
-            return 0
-        return 1 if item.path in slow_modules else 2
+    def rank(item: pytest.Item) -> tuple[int, int]:
+        group = groups[item]
+        if group is not None:
+            return 0, order.index(group)
+        return (1 if item.path in slow_modules else 2), 0
 
-    # Stable: each module's tests stay together, in their order (module fixtures once).
     items.sort(key=rank)
+
+
+@pytest.hookimpl(trylast=True)  # after xdist has written the groups into the node ids
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Fail an xdist run whose groups were lost (see pytest's pin in pyproject.toml)."""
+    if not session.config.getoption("loadgroup", False):
+        return
+    lost = [
+        i.nodeid
+        for i in session.items
+        if i.get_closest_marker("xdist_group") and "@" not in i.nodeid
+    ]
+    if lost:
+        raise pytest.UsageError(
+            f"--dist loadgroup lost the xdist_group of {len(lost)} tests ({lost[0]}):"
+            " this pytest and pytest-xdist do not work together (pyproject.toml)"
+        )
 
 
 # The screenshots the browser tests took in xdist workers, as the controller heard.
