@@ -35,9 +35,9 @@ pytest_plugins = ("tests.secret_logs",)
 # The xdist groups, by the path of a test's file under tests/ (a folder, or a file name
 # pattern); a test's own `@pytest.mark.xdist_group` mark comes first.
 XDIST_GROUPS = {
-    # The tests that load the machine hardest or measure how much work gets done in a
-    # fixed time (kill -9 and power-cut chaos, the bench, Autobahn, the Node builds and
-    # jest, the README's processes): one at a time, so that none is starved by another.
+    # The tests that load the machine hardest or count the work done in a time (kill -9
+    # and power-cut chaos, the bench, the README's processes), one at a time; and the
+    # other heavy loads (the Node builds, jest, Autobahn), one at a time beside them.
     "heavy": (
         "test_chaos.py",
         "test_power_loss.py",
@@ -45,11 +45,9 @@ XDIST_GROUPS = {
         "test_changes_durability.py",
         "test_jobs_durability.py",
         "test_bench_smoke.py",
-        "test_autobahn.py",
-        "test_webapp_native.py",
-        "test_app_engine.py",
         "test_readme.py",
     ),
+    "node": ("test_app_engine.py", "test_webapp_native.py", "test_autobahn.py"),
     # One Chromium and one `scripts/serve` at a time: two of them on 2 cores race
     # Playwright's action timeouts.
     "browser": ("browser/*",),
