@@ -4,10 +4,10 @@ and a real Redis for the cluster tests; and the order and grouping of the run.
 `./scripts/test` runs the suite in pytest-xdist workers (`--dist loadgroup`). Every test
 must be able to run beside any other: ports from the kernel (port 0), files under its
 `tmp_path`, no process-wide state it does not restore. What cannot (one machine-wide
-resource, or a heavy browser) shares an xdist group, whose tests one worker runs one
-after the other: `XDIST_GROUPS` gives whole folders one, a test can name its own with
-`@pytest.mark.xdist_group("name")`. The groups, then the modules holding a `slow` test,
-run first, so that the longest work is not left for the end of a parallel run.
+resource, a heavy load, a browser) shares an xdist group, whose tests one worker runs
+one after the other: `XDIST_GROUPS` gives them by file or folder, a test can name its
+own with `@pytest.mark.xdist_group("name")`. The groups, then the modules holding a
+`slow` test, run first, so that the longest work is not left for the end of a run.
 """
 
 from __future__ import annotations
@@ -81,8 +81,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item, group in groups.items():
         if group is not None and item.get_closest_marker("xdist_group") is None:
             item.add_marker(pytest.mark.xdist_group(group))
-    # The groups first, longest first (each runs one test at a time), then the modules
-    # holding a slow test; stable, so each module's tests stay together, in their order.
+    # The groups first (each runs one test at a time), in XDIST_GROUPS' order, then the
+    # modules holding a slow test; stable: each module's tests stay together, in order.
     order = [group for group in XDIST_GROUPS if group in groups.values()]
     order += sorted({g for g in groups.values() if g is not None} - set(order))
     slow_modules = {item.path for item in items if item.get_closest_marker("slow")}
