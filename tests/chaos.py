@@ -279,11 +279,38 @@ async def _setup(port: int, clients: int, per_conversation: int) -> list[Client]
     return out
 
 
-async def _session(
-    client: Client, port: int, *, window: int, pace: float, produce_until: float
-) -> None:
+@attrs.define
+class Load:
+    """When the clients stop sending: `seconds` after `start`, or, with `min_acked`, once
+    that many messages are acked too (a loaded machine acks fewer a second), and at the
+    latest `seconds` later again. Once over, it stays over."""
+
+    start: float
+    seconds: float
+    min_acked: int
+    everyone: list[Client]
+    stopped_at: float | None = None
+
+    @property
+    def latest_seconds(self) -> float:
+        return self.seconds * 2 if self.min_acked else self.seconds
+
+    def producing(self) -> bool:
+        if self.stopped_at is not None:
+            return False
+        now = trio.current_time()
+        if now < self.start + self.seconds:
+            return True
+        acked = sum(len(client.acked) for client in self.everyone)
+        if acked < self.min_acked and now < self.start + self.latest_seconds:
+            return True
+        self.stopped_at = now
+        return False
+
+
+async def _session(client: Client, port: int, *, window: int, pace: float, load: Load) -> None:
     """One connection's life: subscribe, catch up, resend, then send and read until it
-    drops (raises one of DISCONNECTED) or, after `produce_until`, until nothing is pending."""
+    drops (raises one of DISCONNECTED) or, once the load is over, until nothing is pending."""
     async with connect_ws(port, token=client.token) as ws:
         client.connections += 1
         cid = client.conversation_id
@@ -323,7 +350,7 @@ async def _session(
             await caught_up.wait()
             for client_id in list(client.pending):  # resend everything unacked, in order
                 await send(client_id)
-            while trio.current_time() < produce_until:
+            while load.producing():
                 client_id = client.new_client_id()
                 client.pending[client_id] = f"message {client_id}"
                 await send(client_id)
@@ -362,29 +389,25 @@ async def _session(
                     client.hold(message)
                 elif kind == "error":
                     raise RuntimeError(f"client {client.index}: unexpected error frame {frame}")
-                if (
-                    caught_up.is_set()
-                    and trio.current_time() >= produce_until
-                    and not client.pending
-                ):
+                if caught_up.is_set() and not load.producing() and not client.pending:
                     nursery.cancel_scope.cancel()
                     return
 
 
 async def _client_loop(
-    client: Client, port: int, *, window: int, pace: float, produce_until: float, end: float
+    client: Client, port: int, *, window: int, pace: float, load: Load, end: float
 ) -> None:
     """Reconnect until everything this client sent is acked, or `end`."""
     with trio.move_on_after(max(0.0, end - trio.current_time())):
         while True:
             dropped = False
             try:
-                await _session(client, port, window=window, pace=pace, produce_until=produce_until)
+                await _session(client, port, window=window, pace=pace, load=load)
             except* DISCONNECTED:
                 dropped = True
             if dropped:
                 await trio.sleep(0.05)  # the server is restarting
-            elif trio.current_time() >= produce_until and not client.pending:
+            elif not load.producing() and not client.pending:
                 return
 
 
@@ -468,8 +491,10 @@ async def run_chaos(
     power_loss: bool = False,
     synchronous: str = "FULL",
     seed: int | None = None,
+    min_acked: int = 0,
 ) -> Report:
-    """Run the kill -9 (or power cut) chaos for `seconds`, then settle and check.
+    """Run the kill -9 (or power cut) chaos for `seconds` (and on until `min_acked`
+    messages are acked, for at most `seconds` more: see `Load`), then settle and check.
     Returns the report."""
     rng = random.Random(seed)
     journal = workdir / "powercut" if power_loss else None
@@ -492,13 +517,15 @@ async def run_chaos(
             await server.stop()
             await server.start(nursery)
         start = trio.current_time()
-        produce_until = start + seconds
-        end = produce_until + settle_seconds
+        production = Load(start, seconds, min_acked, everyone)
+        end = start + production.latest_seconds + settle_seconds
 
         async def killer() -> None:
-            while trio.current_time() + kill_every < produce_until:
+            while production.producing():
                 # kill -9 on a beat; power cuts at a random moment, around the same pace
                 await trio.sleep(kill_every * (rng.uniform(0.25, 1.75) if power_loss else 1))
+                if not production.producing():
+                    break
                 if journal is not None:
                     await _while_all_synced(journal)
                 await kill()
@@ -522,10 +549,11 @@ async def run_chaos(
                         server.port,
                         window=window,
                         pace=pace,
-                        produce_until=produce_until,
+                        load=production,
                         end=end,
                     )
                 )
+        report.seconds = (production.stopped_at or trio.current_time()) - start
         if power_loss:  # what the acks were worth: read back after one more cut
             await kill()
             await server.start(nursery)
