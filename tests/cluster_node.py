@@ -25,6 +25,7 @@ import trio
 
 from messageai.cluster.fence import Fence, claim_file, file_epoch
 from messageai.cluster.lease import REDIS_DOWN, Lease, Leases
+from messageai.cluster.replica import Replica
 from messageai.config import Config
 from messageai.conversations.actor import ConversationActor
 from messageai.conversations.commands import Command, Stored, Waiter
@@ -59,9 +60,10 @@ class Owner:
 
 @contextlib.asynccontextmanager
 async def owned_actor(
-    config: Config, conversation_id: str, fence: Fence | None
+    config: Config, conversation_id: str, fence: Fence | None, replica: Replica | None = None
 ) -> AsyncIterator[Owner]:
-    """Run the conversation's actor (with `fence`; None: single-node) until the block ends."""
+    """Run the conversation's actor (with `fence` and `replica`; None: single-node) until
+    the block ends."""
     workers = WorkerPool(2, name="cluster test commit")
     actor = ConversationActor(
         conversation_id,
@@ -71,6 +73,7 @@ async def owned_actor(
         workers=workers,
         on_db_open=lambda _actor: None,
         fence=fence,
+        replica=replica,
     )
     try:
         async with trio.open_nursery() as nursery:

@@ -122,6 +122,7 @@ from messageai.threads import WorkerPool
 if TYPE_CHECKING:
     from messageai.ai.embeddings import Embeddings
     from messageai.cluster.fence import Fence
+    from messageai.cluster.replica import Replica
     from messageai.services.media import Media
 
 log = logging.getLogger(__name__)
@@ -164,11 +165,15 @@ class ConversationActor:
         bot_id: str | None = None,
         embeddings: Embeddings | None = None,
         fence: Fence | None = None,
+        replica: Replica | None = None,
     ) -> None:
         self.id = conversation_id
         # cluster: this node's lease and epoch, checked by every commit (None: single
         # node, nothing checked; docs/SCALE.md §4).
         self._fence = fence
+        # cluster: where every commit's WAL frames go before any ack (None: single node,
+        # nothing shipped; docs/SCALE.md §7).
+        self._replica = replica
         # A group's creator, who may delete any of its messages (None: nobody but the
         # sender may, as in a direct conversation).
         self._creator_id = creator_id
@@ -553,6 +558,10 @@ class ConversationActor:
             if self._fence is not None:
                 # cluster: a stale owner's batch rolls back here, so nothing of it is acked.
                 self._fence.check(conn)
+        if self._replica is not None:
+            # cluster: in the replica before any ack; a failure answers the whole batch
+            # `unavailable` (ReplicaLost), and this file is never served again.
+            self._replica.ship(conn)
         if any(
             isinstance(result, Changed) and isinstance(command.op, DeleteMessage)
             for command, result in zip(batch, results, strict=True)
