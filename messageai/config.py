@@ -446,6 +446,31 @@ def _redis_url(_inst: object, attr: attrs.Attribute[Any], value: str) -> None:
         raise ValueError(f'{value!r} is not a URL like "redis://127.0.0.1:6379/0"')
 
 
+def _s3_endpoint(_inst: object, attr: attrs.Attribute[Any], value: str) -> None:
+    if value and not re.fullmatch(r"https?://[^/?#\s@]+", value):
+        raise ValueError(f'{value!r} is not a URL like "https://s3.example.com" (no path)')
+
+
+def _s3_bucket(_inst: object, attr: attrs.Attribute[Any], value: str) -> None:
+    if value and not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", value):
+        raise ValueError(f"{value!r} is not a bucket name (3-63 of a-z 0-9 . -)")
+
+
+def _s3_region(_inst: object, attr: attrs.Attribute[Any], value: str) -> None:
+    if not re.fullmatch(r"[a-z0-9-]{1,64}", value):
+        raise ValueError(f'{value!r} is not a region like "us-east-1"')
+
+
+def _s3_prefix(_inst: object, attr: attrs.Attribute[Any], value: str) -> None:
+    if value and not re.fullmatch(r"[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*/", value):
+        raise ValueError(f'{value!r} is not a key prefix like "messageai/" (ends with /)')
+
+
+def _s3_access_key_id(_inst: object, attr: attrs.Attribute[Any], value: str) -> None:
+    if value and not re.fullmatch(r"[A-Za-z0-9_.+=-]{1,128}", value):
+        raise ValueError("is not an access key id (1-128 of A-Z a-z 0-9 _ . + = -)")
+
+
 def split_address(value: str) -> tuple[str, int]:
     """`host:port` (or `[v6]:port`) as (host, port); ValueError if it is not one."""
     match = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d{1,5})|([^\s:\[\]/]+):(\d{1,5})", value)
@@ -489,10 +514,34 @@ class ClusterConfig:
     # or this environment variable; the same on every node).
     link_secret_file: str = ""
     link_secret_env: str = ""
+    # Where the conversations' files come from on a take-over (docs/SCALE.md §7): empty,
+    # the one data directory every node shares on one host (§7a); an S3-compatible store
+    # (`http(s)://host[:port]`, path-style), each node's own data directory and every
+    # commit replicated there before its ack (§7b).
+    s3_endpoint: str = attrs.field(default="", validator=_s3_endpoint)
+    s3_bucket: str = attrs.field(default="", validator=_s3_bucket)
+    s3_region: str = attrs.field(default="us-east-1", validator=_s3_region)
+    # Namespaces the keys in the bucket (several clusters may share one).
+    s3_prefix: str = attrs.field(default="messageai/", validator=_s3_prefix)
+    s3_access_key_id: str = attrs.field(default="", validator=_s3_access_key_id)
+    # The secret access key: the first line of this file, or this environment variable.
+    s3_secret_key_file: str = ""
+    s3_secret_key_env: str = ""
+    s3_timeout_seconds: float = attrs.field(default=5.0, validator=[_positive, v.le(120)])
 
     def __attrs_post_init__(self) -> None:
         if self.link_secret_file and self.link_secret_env:
             raise _FieldError("link_secret_env", "set at most one of link_secret_file and this")
+        if self.s3_secret_key_file and self.s3_secret_key_env:
+            raise _FieldError("s3_secret_key_env", "set at most one of s3_secret_key_file and this")
+        if self.s3_endpoint:
+            for key in ("s3_bucket", "s3_access_key_id"):
+                if not getattr(self, key):
+                    raise _FieldError(key, "must be set when s3_endpoint is")
+            if not (self.s3_secret_key_file or self.s3_secret_key_env):
+                raise _FieldError(
+                    "s3_secret_key_file", "(or s3_secret_key_env) must be set when s3_endpoint is"
+                )
         if not self.enabled:
             return
         for key in ("node_id", "redis_url", "link_listen", "link_advertise"):

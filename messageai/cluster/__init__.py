@@ -3,7 +3,9 @@
 `lease` (conversation leases in Redis) and `fence` (the epoch in a conversation's
 file) are the ownership; `node` (this process in the cluster), `placement`, `link`
 and `codec` (node-to-node forwarding), `drain` and `startup` (wired in by the server
-when `cluster.enabled`) are the runtime; `replica` and `s3` keep each conversation's WAL in
-S3-compatible storage before the ack (§7b). Optional: everything but `fence`, `replica` and `s3` needs the
-`cluster` extra (`coredis`), and a single-node server imports none of it.
+when `cluster.enabled`) are the runtime; `storage` says where a taken conversation's
+file comes from: the shared data directory, or `replica` and `s3`, which keep each
+conversation's WAL in S3-compatible storage before the ack (§7b). Optional:
+everything but `fence`, `replica` and `s3` needs the `cluster` extra (`coredis`), and
+a single-node server imports none of it.
 """

@@ -7,17 +7,21 @@ imports `messageai.cluster` from, so a single-node server never loads coredis.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import trio
 
 from messageai.cluster.link import Links
 from messageai.cluster.node import Node
+from messageai.cluster.storage import open_storage
 from messageai.config import Config, read_secret
 from messageai.conversations.registry import Registry
 
 
 async def start_node(config: Config, registry: Registry, nursery: trio.Nursery) -> Node:
-    """Start this node (Redis, its registration, the link listener) and its links, and
-    hand both to the registry; returns once the node is registered."""
+    """Start this node (its storage checked, Redis, its registration, the link
+    listener) and its links, and hand both to the registry; returns once the node is
+    registered."""
     cluster = config.cluster
     secret = read_secret(
         "cluster",
@@ -27,10 +31,21 @@ async def start_node(config: Config, registry: Registry, nursery: trio.Nursery) 
         cluster.link_secret_env,
     )
     assert secret is not None  # required in cluster mode (ClusterConfig)
+    storage = await open_storage(config)
+    nursery.start_soon(_close_at_exit, storage.close)
     node = Node(config)
+    node.storage = storage
     node.exists = registry.exists
     links = Links(config, node, registry, secret)
     await nursery.start(links.run)
     await nursery.start(node.run, links.serve)
     registry.node, registry.links = node, links
     return node
+
+
+async def _close_at_exit(close: Callable[[], None]) -> None:
+    # The store's client lives as long as the actors (the nursery's last task).
+    try:
+        await trio.sleep_forever()
+    finally:
+        close()
