@@ -22,12 +22,14 @@ import pytest
 import trio
 import trio_websocket
 
+from messageai.cluster.s3 import S3
 from messageai.sqlite import open_db
 from messageai.store import fence as fence_sql
 from messageai.store.paths import conversation_path
-from tests.cluster_nodes import Cluster, cluster_of
-from tests.helpers import Account, Harness
-from tests.s3_server import S3StandIn, s3_server
+from tests.cluster_nodes import Cluster, cluster_config, cluster_of, replica_config
+from tests.helpers import Account, Harness, run_messageai
+from tests.redis_server import RedisServer
+from tests.s3_server import ACCESS_KEY, SECRET_KEY, S3StandIn, s3_server
 
 DEADLINE = 60
 SENDERS = 3
@@ -95,6 +97,59 @@ async def test_a_killed_owner_s_conversation_is_restored_on_another_host(
                 seqs = [stored[client_id] for client_id in ids]
                 assert seqs == sorted(seqs), (ids, seqs)
             await _segments_written(cluster, s3, cid)
+
+
+async def test_node_drain_hands_a_replicated_conversation_over(
+    tmp_path: Path, s3: S3StandIn
+) -> None:
+    with trio.fail_after(DEADLINE):
+        async with cluster_of(tmp_path, 2, s3=s3) as cluster:
+            ada, bob, cid, owner_id = await cluster.direct()
+            owner = cluster.node(owner_id)
+            other = next(n for n in cluster.nodes if n.node_id != owner_id)
+            acked: dict[str, int] = {}
+            await _send_all(owner.harness, ada, cid, ["m0", "m1"], acked)
+            drained = await run_messageai(
+                "node",
+                "drain",
+                "--config",
+                str(owner.process.config_file),
+                "--data-dir",
+                str(owner.data_dir),
+            )
+            assert drained.returncode == 0, drained.stderr
+            assert "1 conversations handed over" in drained.stdout
+            assert await cluster.owner(cid) is None  # released once its segments were in
+            assert not conversation_path(other.data_dir, cid).exists()
+            # Through the drained node, to the new owner, which restores the file.
+            await _send_all(owner.harness, bob, cid, ["m2"], acked)
+            assert acked == {"m0": 1, "m1": 2, "m2": 3}
+            assert await cluster.owner(cid) == other.node_id
+            r = await other.harness.http.get(
+                f"/v1/conversations/{cid}/messages", headers=other.harness.auth(ada)
+            )
+            assert r.status_code == 200, r.text
+            assert [m["client_id"] for m in r.json()["messages"]] == ["m0", "m1", "m2"]
+
+
+async def test_a_node_refuses_to_start_on_a_store_that_cannot_fence(tmp_path: Path) -> None:
+    # A store that ignores If-None-Match would let two owners both write a segment.
+    secret = tmp_path / "secret"
+    secret.write_text(SECRET_KEY + "\n")
+    with s3_server(overwrite=True) as unfit:
+        store = S3(unfit.endpoint, "unfit", access_key=ACCESS_KEY, secret_key=SECRET_KEY)
+        with contextlib.closing(store):
+            store.create_bucket()
+        # Checked before Redis is reached: nothing listens at this Redis port.
+        nowhere = RedisServer("127.0.0.1", 1)
+        config = cluster_config(
+            tmp_path / "node.toml", "a", nowhere, secret, replica_config(unfit, "unfit", secret)
+        )
+        done = await run_messageai(
+            "serve", "--config", str(config), "--data-dir", str(tmp_path / "data")
+        )
+    assert done.returncode == 2, done
+    assert "cannot fence two owners" in done.stderr, done.stderr
 
 
 async def _send_all(
