@@ -94,10 +94,10 @@ class Cluster:
         return value.rpartition(":")[0] if value else None
 
 
-def replica_config(s3: S3StandIn, bucket: str, secret_key: Path) -> str:
+def replica_config(endpoint: str, bucket: str, secret_key: Path) -> str:
     """The `[cluster]` lines of the replica mode (the stand-in's credentials)."""
     return (
-        f"s3_endpoint = {s3.endpoint!r}\ns3_bucket = {bucket!r}\n"
+        f"s3_endpoint = {endpoint!r}\ns3_bucket = {bucket!r}\n"
         f"s3_access_key_id = {ACCESS_KEY!r}\ns3_secret_key_file = {str(secret_key)!r}\n"
     )
 
@@ -118,10 +118,11 @@ def cluster_config(
 
 @contextlib.asynccontextmanager
 async def cluster_of(
-    tmp_path: Path, count: int, *, s3: S3StandIn | None = None
+    tmp_path: Path, count: int, *, s3: S3StandIn | None = None, via: str = ""
 ) -> AsyncIterator[Cluster]:
     """Redis and `count` nodes on one data directory (or, with `s3`, each on its own,
-    replicating to a new bucket), until the block ends."""
+    replicating to a new bucket; `via`: the nodes reach the store there, a `Stall`,
+    with a 1 s timeout), until the block ends."""
     data_dir = tmp_path / "data"
     extra = bucket = ""
     if s3 is not None:
@@ -131,7 +132,9 @@ async def cluster_of(
             store.create_bucket()
         secret_key = tmp_path / "s3-secret"
         secret_key.write_text(SECRET_KEY + "\n")
-        extra = replica_config(s3, bucket, secret_key)
+        extra = replica_config(via or s3.endpoint, bucket, secret_key)
+        if via:
+            extra += "s3_timeout_seconds = 1.0\n"
     async with redis_server(tmp_path / "redis") as redis, trio.open_nursery() as nursery:
         nodes: list[ClusterNode] = []
         secret = tmp_path / "link-secret"

@@ -29,7 +29,7 @@ from messageai.store.paths import conversation_path
 from tests.cluster_nodes import Cluster, cluster_config, cluster_of, replica_config
 from tests.helpers import Account, Harness, run_messageai
 from tests.redis_server import RedisServer
-from tests.s3_server import ACCESS_KEY, SECRET_KEY, S3StandIn, s3_server
+from tests.s3_server import ACCESS_KEY, SECRET_KEY, S3StandIn, Stall, s3_server
 
 DEADLINE = 60
 SENDERS = 3
@@ -132,6 +132,38 @@ async def test_node_drain_hands_a_replicated_conversation_over(
             assert [m["client_id"] for m in r.json()["messages"]] == ["m0", "m1", "m2"]
 
 
+async def test_a_lost_replica_stops_the_owner_and_the_resend_is_stored_once(
+    tmp_path: Path, s3: S3StandIn
+) -> None:
+    stall = Stall(("127.0.0.1", s3.server_address[1]))
+    with trio.fail_after(DEADLINE):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(stall.serve)
+            async with cluster_of(tmp_path, 2, s3=s3, via=stall.endpoint) as cluster:
+                ada, bob, cid, owner_id = await cluster.direct()
+                owner = cluster.node(owner_id)
+                acked: dict[str, int] = {}
+                await _send_all(owner.harness, ada, cid, ["m0"], acked)
+                epoch_before = _file_epoch(conversation_path(owner.data_dir, cid))
+                # The store stops answering: the batch is committed in the owner's file,
+                # its PUT times out twice, and the replica is lost: no ack.
+                stall.hold = "requests"
+                async with owner.harness.ws(ada) as ws:
+                    lost = await ws.send_message(cid, "m1", client_id="m1")
+                    assert lost["code"] == "unavailable", lost
+                    # The actor stopped and gave the lease back: it is nobody's now.
+                    while await cluster.owner(cid) is not None:
+                        await trio.sleep(0.05)
+                    stall.hold = None
+                # The resend is taken over from the replica, which never got m1: stored
+                # once, after m0, by a new epoch (the file that was ahead is not served).
+                await _send_all(owner.harness, bob, cid, ["m1", "m2"], acked)
+                assert acked == {"m0": 1, "m1": 2, "m2": 3}
+                new_owner = cluster.node(await cluster.owner(cid) or "")
+                assert _file_epoch(conversation_path(new_owner.data_dir, cid)) > epoch_before
+            nursery.cancel_scope.cancel()
+
+
 async def test_a_node_refuses_to_start_on_a_store_that_cannot_fence(tmp_path: Path) -> None:
     # A store that ignores If-None-Match would let two owners both write a segment.
     secret = tmp_path / "secret"
@@ -143,7 +175,11 @@ async def test_a_node_refuses_to_start_on_a_store_that_cannot_fence(tmp_path: Pa
         # Checked before Redis is reached: nothing listens at this Redis port.
         nowhere = RedisServer("127.0.0.1", 1)
         config = cluster_config(
-            tmp_path / "node.toml", "a", nowhere, secret, replica_config(unfit, "unfit", secret)
+            tmp_path / "node.toml",
+            "a",
+            nowhere,
+            secret,
+            replica_config(unfit.endpoint, "unfit", secret),
         )
         done = await run_messageai(
             "serve", "--config", str(config), "--data-dir", str(tmp_path / "data")
