@@ -353,10 +353,10 @@ class Node:
         if isinstance(got, Holder):
             self._remember(conversation_id, got.node)
             return got.node
-        token = trio.lowlevel.current_trio_token()
+        token, epoch = trio.lowlevel.current_trio_token(), got.epoch
 
         def lost() -> None:  # from the commit's thread
-            token.run_sync_soon(self._replica_lost, conversation_id)
+            token.run_sync_soon(self._replica_lost, conversation_id, epoch)
 
         try:
             replica = await self.storage.claim(
@@ -403,11 +403,13 @@ class Node:
 
         self._nursery.start_soon(keep, name=f"lease {conversation_id}")
 
-    def _replica_lost(self, conversation_id: str) -> None:
+    def _replica_lost(self, conversation_id: str, epoch: int) -> None:
         # The replica's `on_lost`, on the loop: its actor stops (then `retired` gives
         # the lease back); the local file is never served again (docs/SCALE.md §7).
+        # Only that epoch's actor: a later owner here is not stopped by a late call.
+        lease = self._held.get(conversation_id)
         stop = self._stops.get(conversation_id)
-        if stop is not None:
+        if lease is not None and lease.epoch == epoch and stop is not None:
             log.warning("conversation %s: replica lost; its actor stops", conversation_id)
             stop()
 
