@@ -11,7 +11,7 @@ import math
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -446,29 +446,23 @@ def _redis_url(_inst: object, attr: attrs.Attribute[Any], value: str) -> None:
         raise ValueError(f'{value!r} is not a URL like "redis://127.0.0.1:6379/0"')
 
 
-def _s3_endpoint(_inst: object, attr: attrs.Attribute[Any], value: str) -> None:
-    if value and not re.fullmatch(r"https?://[^/?#\s@]+", value):
-        raise ValueError(f'{value!r} is not a URL like "https://s3.example.com" (no path)')
+def _matching(pattern: str, what: str) -> Callable[[object, attrs.Attribute[Any], str], None]:
+    """A validator: an empty value, or one that matches `pattern` (`what` it must be)."""
+
+    def check(_inst: object, attr: attrs.Attribute[Any], value: str) -> None:
+        if value and not re.fullmatch(pattern, value):
+            raise ValueError(f"{value!r} is not {what}")
+
+    return check
 
 
-def _s3_bucket(_inst: object, attr: attrs.Attribute[Any], value: str) -> None:
-    if value and not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", value):
-        raise ValueError(f"{value!r} is not a bucket name (3-63 of a-z 0-9 . -)")
-
-
-def _s3_region(_inst: object, attr: attrs.Attribute[Any], value: str) -> None:
-    if not re.fullmatch(r"[a-z0-9-]{1,64}", value):
-        raise ValueError(f'{value!r} is not a region like "us-east-1"')
-
-
-def _s3_prefix(_inst: object, attr: attrs.Attribute[Any], value: str) -> None:
-    if value and not re.fullmatch(r"[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*/", value):
-        raise ValueError(f'{value!r} is not a key prefix like "messageai/" (ends with /)')
-
-
-def _s3_access_key_id(_inst: object, attr: attrs.Attribute[Any], value: str) -> None:
-    if value and not re.fullmatch(r"[A-Za-z0-9_.+=-]{1,128}", value):
-        raise ValueError("is not an access key id (1-128 of A-Z a-z 0-9 _ . + = -)")
+_s3_endpoint = _matching(r"https?://[^/?#\s@]+", 'a URL like "https://s3.example.com" (no path)')
+_s3_bucket = _matching(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", "a bucket name (3-63 of a-z 0-9 . -)")
+_s3_region = _matching(r"[a-z0-9-]{1,64}", 'a region like "us-east-1"')
+_s3_prefix = _matching(
+    r"[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*/", 'a key prefix like "messageai/" (ends with /)'
+)
+_s3_access_key_id = _matching(r"[A-Za-z0-9_.+=-]{1,128}", "an access key id")
 
 
 def split_address(value: str) -> tuple[str, int]:
@@ -520,7 +514,7 @@ class ClusterConfig:
     # commit replicated there before its ack (§7b).
     s3_endpoint: str = attrs.field(default="", validator=_s3_endpoint)
     s3_bucket: str = attrs.field(default="", validator=_s3_bucket)
-    s3_region: str = attrs.field(default="us-east-1", validator=_s3_region)
+    s3_region: str = attrs.field(default="us-east-1", validator=[v.min_len(1), _s3_region])
     # Namespaces the keys in the bucket (several clusters may share one).
     s3_prefix: str = attrs.field(default="messageai/", validator=_s3_prefix)
     s3_access_key_id: str = attrs.field(default="", validator=_s3_access_key_id)

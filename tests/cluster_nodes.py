@@ -28,7 +28,7 @@ import trio
 
 from messageai.cluster.s3 import S3
 from messageai.services.directory import DIRECTORY_FILE
-from tests.helpers import Account, Harness, ServerProcess
+from tests.helpers import Account, Harness, ServerProcess, run_messageai
 from tests.redis_server import RedisServer, redis_server
 from tests.s3_server import ACCESS_KEY, SECRET_KEY, S3StandIn
 
@@ -57,6 +57,19 @@ class ClusterNode:
     def data_dir(self) -> Path:
         return self.process.data_dir
 
+    async def drain(self) -> None:
+        """`messageai node drain` of this node; it handed one conversation over."""
+        drained = await run_messageai(
+            "node",
+            "drain",
+            "--config",
+            str(self.process.config_file),
+            "--data-dir",
+            str(self.data_dir),
+        )
+        assert drained.returncode == 0, drained.stderr
+        assert "1 conversations handed over" in drained.stdout
+
 
 @attrs.define
 class Cluster:
@@ -69,6 +82,10 @@ class Cluster:
 
     def node(self, node_id: str) -> ClusterNode:
         return next(node for node in self.nodes if node.node_id == node_id)
+
+    def other(self, node_id: str) -> ClusterNode:
+        """The first node that is not `node_id`."""
+        return next(node for node in self.nodes if node.node_id != node_id)
 
     async def placed(self, conversation_id: str, who: Account) -> str:
         """Have the conversation placed (`who` subscribes through the first node, then

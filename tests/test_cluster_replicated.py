@@ -22,11 +22,10 @@ import pytest
 import trio
 import trio_websocket
 
+from messageai.cluster.fence import file_epoch
 from messageai.cluster.s3 import S3
-from messageai.sqlite import open_db
-from messageai.store import fence as fence_sql
 from messageai.store.paths import conversation_path
-from tests.cluster_nodes import Cluster, cluster_config, cluster_of, replica_config
+from tests.cluster_nodes import Cluster, ClusterNode, cluster_config, cluster_of, replica_config
 from tests.helpers import Account, Harness, run_messageai
 from tests.redis_server import RedisServer
 from tests.s3_server import ACCESS_KEY, SECRET_KEY, S3StandIn, Stall, s3_server
@@ -49,9 +48,7 @@ async def test_a_killed_owner_s_conversation_is_restored_on_another_host(
 ) -> None:
     with trio.fail_after(DEADLINE):
         async with cluster_of(tmp_path, 2, s3=s3) as cluster:
-            ada, bob, cid, owner_id = await cluster.direct()
-            owner = cluster.node(owner_id)
-            survivor = next(n for n in cluster.nodes if n.node_id != owner_id)
+            ada, bob, cid, owner, survivor = await _direct(cluster)
             assert owner.data_dir != survivor.data_dir
             survivor_file = conversation_path(survivor.data_dir, cid)
             # Whatever the survivor serves after the failover can only come from the store.
@@ -65,7 +62,7 @@ async def test_a_killed_owner_s_conversation_is_restored_on_another_host(
                 nonlocal epoch_before
                 while len(acked) < KILL_AFTER:
                     await trio.sleep(0.005)
-                epoch_before = _file_epoch(conversation_path(owner.data_dir, cid))
+                epoch_before = file_epoch(conversation_path(owner.data_dir, cid))
                 owner.process.kill()
                 killed.set()
 
@@ -80,7 +77,7 @@ async def test_a_killed_owner_s_conversation_is_restored_on_another_host(
             assert await owner.process.wait() != 0
             assert await cluster.owner(cid) == survivor.node_id
             assert survivor_file.exists()
-            assert _file_epoch(survivor_file) > epoch_before > 0
+            assert file_epoch(survivor_file) > epoch_before > 0
             # Every acked message once, at the seq its ack gave, the seqs without gaps,
             # and each sender's messages in the order it sent them.
             r = await survivor.harness.http.get(
@@ -104,21 +101,10 @@ async def test_node_drain_hands_a_replicated_conversation_over(
 ) -> None:
     with trio.fail_after(DEADLINE):
         async with cluster_of(tmp_path, 2, s3=s3) as cluster:
-            ada, bob, cid, owner_id = await cluster.direct()
-            owner = cluster.node(owner_id)
-            other = next(n for n in cluster.nodes if n.node_id != owner_id)
+            ada, bob, cid, owner, other = await _direct(cluster)
             acked: dict[str, int] = {}
             await _send_all(owner.harness, ada, cid, ["m0", "m1"], acked)
-            drained = await run_messageai(
-                "node",
-                "drain",
-                "--config",
-                str(owner.process.config_file),
-                "--data-dir",
-                str(owner.data_dir),
-            )
-            assert drained.returncode == 0, drained.stderr
-            assert "1 conversations handed over" in drained.stdout
+            await owner.drain()
             assert await cluster.owner(cid) is None  # released once its segments were in
             assert not conversation_path(other.data_dir, cid).exists()
             # Through the drained node, to the new owner, which restores the file.
@@ -140,11 +126,10 @@ async def test_a_lost_replica_stops_the_owner_and_the_resend_is_stored_once(
         async with trio.open_nursery() as nursery:
             await nursery.start(stall.serve)
             async with cluster_of(tmp_path, 2, s3=s3, via=stall.endpoint) as cluster:
-                ada, bob, cid, owner_id = await cluster.direct()
-                owner = cluster.node(owner_id)
+                ada, bob, cid, owner, _ = await _direct(cluster)
                 acked: dict[str, int] = {}
                 await _send_all(owner.harness, ada, cid, ["m0"], acked)
-                epoch_before = _file_epoch(conversation_path(owner.data_dir, cid))
+                epoch_before = file_epoch(conversation_path(owner.data_dir, cid))
                 # The store stops answering: the batch is committed in the owner's file,
                 # its PUT times out twice, and the replica is lost: no ack.
                 stall.hold = "requests"
@@ -160,7 +145,7 @@ async def test_a_lost_replica_stops_the_owner_and_the_resend_is_stored_once(
                 await _send_all(owner.harness, bob, cid, ["m1", "m2"], acked)
                 assert acked == {"m0": 1, "m1": 2, "m2": 3}
                 new_owner = cluster.node(await cluster.owner(cid) or "")
-                assert _file_epoch(conversation_path(new_owner.data_dir, cid)) > epoch_before
+                assert file_epoch(conversation_path(new_owner.data_dir, cid)) > epoch_before
             nursery.cancel_scope.cancel()
 
 
@@ -186,6 +171,12 @@ async def test_a_node_refuses_to_start_on_a_store_that_cannot_fence(tmp_path: Pa
         )
     assert done.returncode == 2, done
     assert "cannot fence two owners" in done.stderr, done.stderr
+
+
+async def _direct(cluster: Cluster) -> tuple[Account, Account, str, ClusterNode, ClusterNode]:
+    """Ada and bob, their direct conversation, the node that owns it and another."""
+    ada, bob, cid, owner_id = await cluster.direct()
+    return ada, bob, cid, cluster.node(owner_id), cluster.other(owner_id)
 
 
 async def _send_all(
@@ -221,13 +212,3 @@ async def _segments_written(cluster: Cluster, s3: S3StandIn, cid: str) -> None:
             dict(s3.buckets[cluster.bucket][key].metadata)["x-amz-meta-epoch"] for key in keys
         }
     assert len(epochs) >= 2, epochs
-
-
-def _file_epoch(path: Path) -> int:
-    conn = open_db(path, "FULL", create=False)
-    try:
-        row = fence_sql.current(conn)
-    finally:
-        conn.close()
-    assert row is not None
-    return row.epoch
