@@ -244,6 +244,7 @@ class Node:
                     raise Unavailable("this node is giving the conversation up; please retry")
                 # Taken, but no actor ever started with it: it ran out unused.
                 del self._held[conversation_id]
+                self._replicas.pop(conversation_id, None)
             busy = self._busy.get(conversation_id)
             if busy is not None:
                 await busy.wait()
