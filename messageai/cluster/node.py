@@ -7,7 +7,8 @@ Made by the server when `cluster.enabled` (`Server._run`), run in the actor nurs
 if nobody held it and placement prefers this node), or the id of the node that owns
 it, whose link (`cluster.link`) then carries the command. The registry's
 check-then-act stays await-free: the lease is acquired here, before the registry's
-check, and `fence(id)` hands the held lease to the actor it then creates. The actor
+check, and `fence(id)` hands the held lease to the actor it then creates (with
+`replica(id)`, where `storage` restored the file from S3: `cluster.storage`). The actor
 runs under `owning` (its lease renewed; losing it cancels the actor) and `retired`
 gives the lease back when it ends.
 
