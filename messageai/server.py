@@ -126,14 +126,9 @@ class Server:
         return self._close_sessions(user_id, "token revoked", token_hash)
 
     def _close_sessions(self, user_id: str, reason: str, token_hash: bytes | None = None) -> int:
-        closing = [
-            session
-            for session in (self.presence.peers_of(user_id) if self.presence is not None else [])
-            if token_hash is None or session.token_hash == token_hash
-        ]
-        for session in closing:
-            session.close(CLOSE_POLICY, reason)
-        return len(closing)
+        if self.presence is None:
+            return 0
+        return self.presence.close_sessions(user_id, CLOSE_POLICY, reason, token_hash)
 
     @property
     def url(self) -> str:

@@ -74,12 +74,14 @@ async def redis_server(
     host: str = "127.0.0.1",
     netns: str | None = None,
     also_on: tuple[str, ...] = (),
+    port: int | None = None,
 ) -> AsyncIterator[RedisServer]:
     """Run `redis-server` on `host` and the addresses `also_on` (inside network namespace
     `netns` if given) until the block ends; ready (answering PING on `host`) when it
-    yields."""
+    yields. `port`: the one of a server started again (a restart, its data gone)."""
     binary = redis_binary()
-    port = free_port(host) if netns is None else 6379  # a fresh namespace has every port free
+    if port is None:
+        port = free_port(host) if netns is None else 6379  # a fresh namespace: all free
     await trio.Path(workdir).mkdir(parents=True, exist_ok=True)
     command = [
         binary,

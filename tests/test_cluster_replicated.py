@@ -43,6 +43,7 @@ def s3() -> Iterator[S3StandIn]:
         yield running
 
 
+@pytest.mark.slow
 async def test_a_killed_owner_s_conversation_is_restored_on_another_host(
     tmp_path: Path, s3: S3StandIn
 ) -> None:
@@ -96,6 +97,7 @@ async def test_a_killed_owner_s_conversation_is_restored_on_another_host(
             await _segments_written(cluster, s3, cid)
 
 
+@pytest.mark.slow
 async def test_node_drain_hands_a_replicated_conversation_over(
     tmp_path: Path, s3: S3StandIn
 ) -> None:
@@ -118,6 +120,7 @@ async def test_node_drain_hands_a_replicated_conversation_over(
             assert [m["client_id"] for m in r.json()["messages"]] == ["m0", "m1", "m2"]
 
 
+@pytest.mark.slow
 async def test_a_lost_replica_stops_the_owner_and_the_resend_is_stored_once(
     tmp_path: Path, s3: S3StandIn
 ) -> None:

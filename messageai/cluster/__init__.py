@@ -5,7 +5,9 @@ file) are the ownership; `node` (this process in the cluster), `placement`, `lin
 and `codec` (node-to-node forwarding), `drain` and `startup` (wired in by the server
 when `cluster.enabled`) are the runtime; `storage` says where a taken conversation's
 file comes from: the shared data directory, or `replica` and `s3`, which keep each
-conversation's WAL in S3-compatible storage before the ack (§7b). Optional:
-everything but `fence`, `replica` and `s3` needs the `cluster` extra (`coredis`), and
-a single-node server imports none of it.
+conversation's WAL in S3-compatible storage before the ack (§7b). `presence` and
+`userbus` (presence and a user's own frames across nodes) are built beside it, not
+wired into the node yet. Optional: `lease`, `node`, `link`, `drain`, `startup`,
+`storage`, `presence` and `userbus` need the `cluster` extra (`coredis`); a
+single-node server imports none of it.
 """

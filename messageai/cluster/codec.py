@@ -10,7 +10,7 @@ refused with `NotForwardable` and must run on the owner. Called by `cluster.link
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, get_args
 
 import cattrs
 
@@ -20,12 +20,9 @@ from messageai.conversations.commands import (
     ConversationSummary,
     Duplicate,
     EditHistory,
-    Edits,
-    MembersChanged,
     Operation,
     Page,
     Stored,
-    Summary,
     Unchanged,
 )
 from messageai.errors import (
@@ -38,40 +35,13 @@ from messageai.errors import (
     TooLarge,
     Unavailable,
 )
-from messageai.protocol import (
-    DeleteMessage,
-    EditMessage,
-    GetChanges,
-    GetHistory,
-    MarkRead,
-    React,
-    SendMessage,
-    Subscribe,
-    Subscribed,
-    Typing,
-    Unsubscribe,
-)
+from messageai.protocol import Subscribed
 
 _converter = cattrs.Converter()
 
-OPS: dict[str, type] = {
-    cls.__name__: cls
-    for cls in (
-        Subscribe,
-        Unsubscribe,
-        SendMessage,
-        GetHistory,
-        MarkRead,
-        Typing,
-        Summary,
-        MembersChanged,
-        EditMessage,
-        DeleteMessage,
-        React,
-        GetChanges,
-        Edits,
-    )
-}
+# Every operation but the assistant's `Ai` (a generic alias in the union, not a class):
+# the protocol's client frames and the registry's own (`Summary`, `MembersChanged`...).
+OPS: dict[str, type] = {cls.__name__: cls for cls in get_args(Operation) if isinstance(cls, type)}
 _VALUES: dict[str, type] = {
     cls.__name__: cls
     for cls in (

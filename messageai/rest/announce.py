@@ -5,7 +5,8 @@ live connections about a conversation: `conversation_added` (they are in it now)
 Both go to every open connection of the user, subscribed or not (the rule of
 `conversation_added`, which PROTOCOL.md's "More details" gives
 `conversation_updated` too). Called by `rest/conversations.py` and `rest/channels.py`
-after the directory has committed the change.
+after the directory has committed the change. In cluster mode `Presence.tell` also
+publishes them for the user's connections on the other nodes (docs/SCALE.md §6).
 """
 
 from __future__ import annotations
@@ -87,8 +88,9 @@ class Announcer:
         limiter = trio.CapacityLimiter(ANNOUNCE_CONCURRENCY)
 
         async def tell(user_id: str) -> None:
-            peers = self._presence.peers_of(user_id)
-            user = self._directory.user(user_id) if peers else None
+            # `is_online`: a connection here, or (cluster mode) on another node.
+            online = self._presence.is_online(user_id)
+            user = self._directory.user(user_id) if online else None
             if user is None:
                 return
             async with limiter:
@@ -98,13 +100,11 @@ class Announcer:
                     # The change is committed and answered; a member whose actor call
                     # failed (removed meanwhile, a timeout) catches up from the list.
                     return
-            text = text_of(conversation)
-            for peer in self._presence.peers_of(user_id):
-                peer.push(text)
+            self._presence.tell(user_id, text_of(conversation))
 
         async with trio.open_nursery() as nursery:
             for user_id in dict.fromkeys(user_ids):
-                if self._presence.peers_of(user_id):
+                if self._presence.is_online(user_id):
                     nursery.start_soon(tell, user_id)
 
 
