@@ -105,19 +105,33 @@ async def test_node_drain_hands_a_replicated_conversation_over(
         async with cluster_of(tmp_path, 2, s3=s3) as cluster:
             ada, bob, cid, owner, other = await _direct(cluster)
             acked: dict[str, int] = {}
-            await _send_all(owner.harness, ada, cid, ["m0", "m1"], acked)
+            # A delete checkpoints the WAL away, so the commit after it ships a snapshot:
+            # two of them after the first segment's, and a prune has something to do.
+            async with owner.harness.ws(ada) as ws:
+                for n, seq in ((0, 2), (1, 4), (2, 0)):
+                    await _send_all(owner.harness, ada, cid, [f"m{n}", f"m{n}b"], acked)
+                    if n < 2:
+                        deleted = await ws.request("delete_message", conversation_id=cid, seq=seq)
+                        assert deleted["type"] == "updated", deleted
+            first = f"messageai/{cid}/wal/{1:020d}"
+            assert _kinds(s3, cluster, cid)[first] == "snapshot"
+            assert list(_kinds(s3, cluster, cid).values()).count("snapshot") >= 3
             await owner.drain()
             assert await cluster.owner(cid) is None  # released once its segments were in
             assert not conversation_path(other.data_dir, cid).exists()
+            # Then the retired owner pruned what the second-latest snapshot superseded.
+            while first in _kinds(s3, cluster, cid):
+                await trio.sleep(0.05)
             # Through the drained node, to the new owner, which restores the file.
-            await _send_all(owner.harness, bob, cid, ["m2"], acked)
-            assert acked == {"m0": 1, "m1": 2, "m2": 3}
+            await _send_all(owner.harness, bob, cid, ["m3"], acked)
+            assert acked == {"m0": 1, "m0b": 2, "m1": 3, "m1b": 4, "m2": 5, "m2b": 6, "m3": 7}
             assert await cluster.owner(cid) == other.node_id
             r = await other.harness.http.get(
                 f"/v1/conversations/{cid}/messages", headers=other.harness.auth(ada)
             )
             assert r.status_code == 200, r.text
-            assert [m["client_id"] for m in r.json()["messages"]] == ["m0", "m1", "m2"]
+            kept = [m["client_id"] for m in r.json()["messages"] if m["deleted_at"] is None]
+            assert kept == ["m0", "m1", "m2", "m2b", "m3"]
 
 
 @pytest.mark.slow
@@ -203,6 +217,17 @@ async def _send_all(
                 # conversation is being taken over.
                 assert answer["code"] == "unavailable", answer
                 await trio.sleep(0.05)
+
+
+def _kinds(s3: S3StandIn, cluster: Cluster, cid: str) -> dict[str, str]:
+    """The conversation's segments in the bucket: key -> kind (frames or snapshot)."""
+    with s3.lock:
+        objects = s3.buckets[cluster.bucket]
+        return {
+            key: dict(found.metadata)["x-amz-meta-kind"]
+            for key, found in objects.items()
+            if key.startswith(f"messageai/{cid}/wal/")
+        }
 
 
 async def _segments_written(cluster: Cluster, s3: S3StandIn, cid: str) -> None:

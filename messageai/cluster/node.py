@@ -423,7 +423,7 @@ class Node:
         if keeper is not None:
             keeper.cancel()
         self._stops.pop(conversation_id, None)
-        self._replicas.pop(conversation_id, None)
+        replica = self._replicas.pop(conversation_id, None)
         lease = self._held.pop(conversation_id, None)
         if lease is None or self.leases is None or self._nursery is None:
             return
@@ -441,6 +441,8 @@ class Node:
                 if self._busy.get(conversation_id) is busy:
                     del self._busy[conversation_id]
                 busy.set()
+            if replica is not None:
+                await self.storage.prune(replica)
 
         try:
             self._nursery.start_soon(release, name=f"release {conversation_id}")

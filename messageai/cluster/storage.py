@@ -11,11 +11,13 @@ the `Replica` and ships every commit before its ack.
 `open_storage` makes it at start-up (`cluster.startup`: the secret read, the store
 checked by `replica.check_store` in a thread; `StoreUnfit` or an unreachable store is
 a start-up error); `Node._take` calls `prepare` before it acquires the lease and
-`claim` once it holds it. Both run their blocking parts in worker threads.
+`claim` once it holds it, and `Node.retired` calls `prune` once it gave the lease
+back. All run their blocking parts in worker threads.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
@@ -36,6 +38,8 @@ from messageai.cluster.s3 import S3, S3Error
 from messageai.config import ClusterConfig, Config, ConfigError, read_secret
 from messageai.errors import Unavailable
 from messageai.store.paths import conversation_path
+
+log = logging.getLogger(__name__)
 
 
 @attrs.frozen
@@ -143,6 +147,18 @@ class Storage:
         )
         await trio.to_thread.run_sync(claim, replica, prepared.path, synchronous, node_id)
         return replica
+
+    async def prune(self, replica: Replica) -> None:
+        """Delete the segments the replica's second-latest snapshot superseded (once its
+        owner gave the lease back: off every commit path). A failure is only logged:
+        the next retire tries again. Abandoned at shutdown (deletes are idempotent)."""
+        try:
+            deleted = await trio.to_thread.run_sync(replica.prune, abandon_on_cancel=True)
+        except S3Error as exc:
+            log.warning("conversation %s: prune: %s", replica.conversation_id, exc)
+            return
+        if deleted:
+            log.info("conversation %s: %d old objects pruned", replica.conversation_id, deleted)
 
 
 async def open_storage(config: Config) -> Storage:
