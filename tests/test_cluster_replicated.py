@@ -2,7 +2,10 @@
 replica (docs/SCALE.md §7b): the owner of a busy conversation is killed with -9 mid-burst,
 the clients resend what was not acked through the other node, which restores the file
 from the S3-compatible store; every acked message is there once, in order, with no gap
-in the seqs, and the file is claimed at a higher epoch.
+in the seqs, and the file is claimed at a higher epoch. Also: `node drain` hands a
+replicated conversation over (and the retired replica is pruned); a lost replica (the
+store stops answering) stops its owner, whose lease is given back, and the resend is
+stored once; a node refuses to start on a store that cannot fence.
 
 Real `redis-server`, real `messageai serve` processes, each its own data directory
 (`tests/cluster_nodes.py`, `s3=`: only the directory database is shared, through a
