@@ -12,7 +12,7 @@ import os
 import re
 import tomllib
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -490,6 +490,25 @@ def _redis_url(_inst: object, attr: attrs.Attribute[Any], value: str) -> None:
         raise ValueError(f'{value!r} is not a URL like "redis://127.0.0.1:6379/0"')
 
 
+def _matching(pattern: str, what: str) -> Callable[[object, attrs.Attribute[Any], str], None]:
+    """A validator: an empty value, or one that matches `pattern` (`what` it must be)."""
+
+    def check(_inst: object, attr: attrs.Attribute[Any], value: str) -> None:
+        if value and not re.fullmatch(pattern, value):
+            raise ValueError(f"{value!r} is not {what}")
+
+    return check
+
+
+_s3_endpoint = _matching(r"https?://[^/?#\s@]+", 'a URL like "https://s3.example.com" (no path)')
+_s3_bucket = _matching(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", "a bucket name (3-63 of a-z 0-9 . -)")
+_s3_region = _matching(r"[a-z0-9-]{1,64}", 'a region like "us-east-1"')
+_s3_prefix = _matching(
+    r"[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*/", 'a key prefix like "messageai/" (ends with /)'
+)
+_s3_access_key_id = _matching(r"[A-Za-z0-9_.+=-]{1,128}", "an access key id")
+
+
 def split_address(value: str) -> tuple[str, int]:
     """`host:port` (or `[v6]:port`) as (host, port); ValueError if it is not one."""
     match = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d{1,5})|([^\s:\[\]/]+):(\d{1,5})", value)
@@ -533,10 +552,34 @@ class ClusterConfig:
     # or this environment variable; the same on every node).
     link_secret_file: str = ""
     link_secret_env: str = ""
+    # Where the conversations' files come from on a take-over (docs/SCALE.md §7): empty,
+    # the one data directory every node shares on one host (§7a); an S3-compatible store
+    # (`http(s)://host[:port]`, path-style), each node's own data directory and every
+    # commit replicated there before its ack (§7b).
+    s3_endpoint: str = attrs.field(default="", validator=_s3_endpoint)
+    s3_bucket: str = attrs.field(default="", validator=_s3_bucket)
+    s3_region: str = attrs.field(default="us-east-1", validator=[v.min_len(1), _s3_region])
+    # Namespaces the keys in the bucket (several clusters may share one).
+    s3_prefix: str = attrs.field(default="messageai/", validator=_s3_prefix)
+    s3_access_key_id: str = attrs.field(default="", validator=_s3_access_key_id)
+    # The secret access key: the first line of this file, or this environment variable.
+    s3_secret_key_file: str = ""
+    s3_secret_key_env: str = ""
+    s3_timeout_seconds: float = attrs.field(default=5.0, validator=[_positive, v.le(120)])
 
     def __attrs_post_init__(self) -> None:
         if self.link_secret_file and self.link_secret_env:
             raise _FieldError("link_secret_env", "set at most one of link_secret_file and this")
+        if self.s3_secret_key_file and self.s3_secret_key_env:
+            raise _FieldError("s3_secret_key_env", "set at most one of s3_secret_key_file and this")
+        if self.s3_endpoint:
+            for key in ("s3_bucket", "s3_access_key_id"):
+                if not getattr(self, key):
+                    raise _FieldError(key, "must be set when s3_endpoint is")
+            if not (self.s3_secret_key_file or self.s3_secret_key_env):
+                raise _FieldError(
+                    "s3_secret_key_file", "(or s3_secret_key_env) must be set when s3_endpoint is"
+                )
         if not self.enabled:
             return
         for key in ("node_id", "redis_url", "link_listen", "link_advertise"):

@@ -6,6 +6,13 @@ each with `[cluster]` on, its own node id (`a`, `b`, `c`...) and a short lease T
 a killed owner's conversations move within about two seconds. Each node comes with a
 `Harness` (REST and WebSocket helpers) on its own port. Nodes start one after the
 other: the first makes the data directory and the directory database.
+
+`s3=` (an `S3StandIn`, `tests/s3_server.py`) is the replica mode instead (§7b): each
+node its own data directory (`data-a`, `data-b`...), the conversations' files
+replicated to a bucket of the stand-in. The directory database is still one file
+(PostgreSQL is §8, not built): the first node's, reached from the other data
+directories through a symlink `directory.sqlite3` (SQLite resolves it, so its WAL and
+index are the one file's too). On one host, so a test only.
 """
 
 from __future__ import annotations
@@ -19,8 +26,11 @@ import attrs
 import httpx
 import trio
 
-from tests.helpers import Account, Harness, ServerProcess
+from messageai.cluster.s3 import S3
+from messageai.services.directory import DIRECTORY_FILE
+from tests.helpers import Account, Harness, ServerProcess, run_messageai
 from tests.redis_server import RedisServer, redis_server
+from tests.s3_server import ACCESS_KEY, SECRET_KEY, S3StandIn
 
 LEASE_TTL_SECONDS = 1.5
 LEASE_MARGIN_SECONDS = 0.3
@@ -43,15 +53,39 @@ class ClusterNode:
     process: ServerProcess
     harness: Harness
 
+    @property
+    def data_dir(self) -> Path:
+        return self.process.data_dir
+
+    async def drain(self) -> None:
+        """`messageai node drain` of this node; it handed one conversation over."""
+        drained = await run_messageai(
+            "node",
+            "drain",
+            "--config",
+            str(self.process.config_file),
+            "--data-dir",
+            str(self.data_dir),
+        )
+        assert drained.returncode == 0, drained.stderr
+        assert "1 conversations handed over" in drained.stdout
+
 
 @attrs.define
 class Cluster:
     redis: RedisServer
+    # The first node's (the only one, but for the replica mode).
     data_dir: Path
     nodes: list[ClusterNode]
+    # The replica mode's bucket (S3-compatible), or "" (a shared data directory).
+    bucket: str = ""
 
     def node(self, node_id: str) -> ClusterNode:
         return next(node for node in self.nodes if node.node_id == node_id)
+
+    def other(self, node_id: str) -> ClusterNode:
+        """The first node that is not `node_id`."""
+        return next(node for node in self.nodes if node.node_id != node_id)
 
     async def placed(self, conversation_id: str, who: Account) -> str:
         """Have the conversation placed (`who` subscribes through the first node, then
@@ -77,7 +111,17 @@ class Cluster:
         return value.rpartition(":")[0] if value else None
 
 
-def cluster_config(path: Path, node_id: str, redis: RedisServer, secret: Path) -> Path:
+def replica_config(endpoint: str, bucket: str, secret_key: Path) -> str:
+    """The `[cluster]` lines of the replica mode (the stand-in's credentials)."""
+    return (
+        f"s3_endpoint = {endpoint!r}\ns3_bucket = {bucket!r}\n"
+        f"s3_access_key_id = {ACCESS_KEY!r}\ns3_secret_key_file = {str(secret_key)!r}\n"
+    )
+
+
+def cluster_config(
+    path: Path, node_id: str, redis: RedisServer, secret: Path, extra: str = ""
+) -> Path:
     return ServerProcess.write_config(
         path,
         f"[cluster]\nenabled = true\nnode_id = {node_id!r}\n"
@@ -85,14 +129,29 @@ def cluster_config(path: Path, node_id: str, redis: RedisServer, secret: Path) -
         'link_listen = "127.0.0.1:0"\nlink_advertise = "127.0.0.1:0"\n'
         f"lease_ttl_seconds = {LEASE_TTL_SECONDS}\nlease_margin_seconds = {LEASE_MARGIN_SECONDS}\n"
         f"node_ttl_seconds = {LEASE_TTL_SECONDS}\n"
-        f"link_secret_file = {str(secret)!r}\n",
+        f"link_secret_file = {str(secret)!r}\n" + extra,
     )
 
 
 @contextlib.asynccontextmanager
-async def cluster_of(tmp_path: Path, count: int) -> AsyncIterator[Cluster]:
-    """Redis and `count` nodes on one data directory, until the block ends."""
+async def cluster_of(
+    tmp_path: Path, count: int, *, s3: S3StandIn | None = None, via: str = ""
+) -> AsyncIterator[Cluster]:
+    """Redis and `count` nodes on one data directory (or, with `s3`, each on its own,
+    replicating to a new bucket; `via`: the nodes reach the store there, a `Stall`,
+    with a 1 s timeout), until the block ends."""
     data_dir = tmp_path / "data"
+    extra = bucket = ""
+    if s3 is not None:
+        bucket = f"cluster-{secrets.token_hex(6)}"
+        store = S3(s3.endpoint, bucket, access_key=ACCESS_KEY, secret_key=SECRET_KEY)
+        with contextlib.closing(store):
+            store.create_bucket()
+        secret_key = tmp_path / "s3-secret"
+        secret_key.write_text(SECRET_KEY + "\n")
+        extra = replica_config(via or s3.endpoint, bucket, secret_key)
+        if via:
+            extra += "s3_timeout_seconds = 1.0\n"
     async with redis_server(tmp_path / "redis") as redis, trio.open_nursery() as nursery:
         nodes: list[ClusterNode] = []
         secret = tmp_path / "link-secret"
@@ -102,15 +161,23 @@ async def cluster_of(tmp_path: Path, count: int) -> AsyncIterator[Cluster]:
                 for index in range(count):
                     node_id = "abcdefgh"[index]
                     path = tmp_path / f"node-{node_id}.toml"
-                    config = cluster_config(path, node_id, redis, secret)
-                    process = ServerProcess(data_dir, config)
+                    config = cluster_config(path, node_id, redis, secret, extra)
+                    own_dir = data_dir
+                    if s3 is not None:
+                        own_dir = tmp_path / f"data-{node_id}"
+                        if index == 0:
+                            data_dir = own_dir
+                        else:
+                            own_dir.mkdir()
+                            (own_dir / DIRECTORY_FILE).symlink_to(data_dir / DIRECTORY_FILE)
+                    process = ServerProcess(own_dir, config)
                     port = await process.start(nursery)
                     address = _Address(port)
                     http = await stack.enter_async_context(
                         httpx.AsyncClient(base_url=address.url, timeout=10)
                     )
                     nodes.append(ClusterNode(node_id, process, Harness(address, http)))  # type: ignore[arg-type]
-                yield Cluster(redis, data_dir, nodes)
+                yield Cluster(redis, data_dir, nodes, bucket)
         finally:
             for node in nodes:
                 if node.process.process is not None and node.process.process.returncode is None:

@@ -26,7 +26,7 @@ from messageai.sqlite import open_db
 from messageai.store import fence as fence_sql
 from messageai.store.paths import conversation_path
 from tests.cluster_nodes import Cluster, cluster_of
-from tests.helpers import WS, Account, Harness, run_messageai
+from tests.helpers import WS, Account, Harness
 
 DEADLINE = 60
 
@@ -203,16 +203,7 @@ async def test_node_drain_hands_the_conversations_over(tmp_path: Path) -> None:
                 assert subscribed["type"] == "subscribed"
             assert (await remote.send_message(cid, "before", client_id="m0"))["type"] == "ack"
             assert (await local.next_event("new_message"))["message"]["client_id"] == "m0"
-            drained = await run_messageai(
-                "node",
-                "drain",
-                "--config",
-                str(owner.process.config_file),
-                "--data-dir",
-                str(cluster.data_dir),
-            )
-            assert drained.returncode == 0, drained.stderr
-            assert "1 conversations handed over" in drained.stdout
+            await owner.drain()
             # Released at once (no TTL to wait for); the next command places it.
             assert await cluster.owner(cid) is None
             # Both subscribed connections were closed with 1013, to catch up elsewhere.

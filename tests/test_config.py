@@ -347,3 +347,38 @@ def test_cluster_mode_needs_its_node_redis_and_link_addresses(tmp_path: Path) ->
         name = key.partition(" ")[0]
         with pytest.raises(ConfigError, match=rf"cluster\.{name}:"):
             load_text(tmp_path, good.replace(bad, key))
+
+
+def test_the_cluster_s_s3_replica_is_validated_and_its_secret_never_in_the_config(
+    tmp_path: Path,
+) -> None:
+    base = (
+        '[cluster]\nenabled = true\nnode_id = "a"\nredis_url = "redis://127.0.0.1:6379/0"\n'
+        'link_listen = "127.0.0.1:0"\nlink_advertise = "10.0.0.5:0"\nlink_secret_env = "S"\n'
+    )
+    assert load_text(tmp_path, base).cluster.s3_endpoint == ""  # the shared directory
+    good = base + (
+        's3_endpoint = "https://s3.example.com:9000"\ns3_bucket = "chat-replica"\n'
+        's3_access_key_id = "AKIAEXAMPLE"\ns3_secret_key_env = "S3_SECRET"\n'
+    )
+    assert load_text(tmp_path, good).cluster.s3_bucket == "chat-replica"
+    for bad, key in (
+        ('s3_endpoint = "https://s3.example.com:9000"', 's3_endpoint = "s3.example.com"'),
+        ('s3_endpoint = "https://s3.example.com:9000"', 's3_endpoint = "https://h/bucket"'),
+        ('s3_bucket = "chat-replica"', 's3_bucket = "Chat_Replica"'),
+        ('s3_bucket = "chat-replica"', 's3_bucket = ""'),
+        ('s3_access_key_id = "AKIAEXAMPLE"', 's3_access_key_id = ""'),
+        ('s3_secret_key_env = "S3_SECRET"', 's3_secret_key_file = ""'),
+        (
+            's3_secret_key_env = "S3_SECRET"',
+            's3_secret_key_file = "k"\ns3_secret_key_env = "S3_SECRET"',
+        ),
+        ('s3_bucket = "chat-replica"', 's3_bucket = "chat-replica"\ns3_prefix = "/x"'),
+        ('s3_bucket = "chat-replica"', 's3_bucket = "chat-replica"\ns3_timeout_seconds = 0'),
+    ):
+        name = key.rpartition("\n")[2].partition(" ")[0]
+        with pytest.raises(ConfigError, match=rf"cluster\.{name}:"):
+            load_text(tmp_path, good.replace(bad, key))
+    # The secret key itself is no setting at all.
+    with pytest.raises(ConfigError, match="s3_secret_key"):
+        load_text(tmp_path, good + 's3_secret_key = "hunter2"\n')

@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(config)
     try:
         if args.command == "serve":
-            return trio.run(_serve, config)
+            return _serve_or_refuse(config)
         if args.command in OPS_COMMANDS:
             from messageai.cli import ops
 
@@ -223,6 +223,22 @@ def _raise_open_files_limit() -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def _serve_or_refuse(config: Config) -> int:
+    """`serve`; a configuration found unusable at start-up (a secret that cannot be
+    read, cluster mode's store that cannot fence) exits 2 with its one line."""
+    try:
+        return trio.run(_serve, config)
+    except BaseExceptionGroup as group:
+        refused, other = group.split(ConfigError)
+        if refused is None or other is not None:
+            raise
+        first: BaseException = refused
+        while isinstance(first, BaseExceptionGroup):
+            first = first.exceptions[0]
+        print(f"messageai: {first}", file=sys.stderr)
+        return 2
 
 
 async def _serve(config: Config, make_server: Callable[[Config], Server] | None = None) -> int:

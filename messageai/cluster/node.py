@@ -7,7 +7,8 @@ Made by the server when `cluster.enabled` (`Server._run`), run in the actor nurs
 if nobody held it and placement prefers this node), or the id of the node that owns
 it, whose link (`cluster.link`) then carries the command. The registry's
 check-then-act stays await-free: the lease is acquired here, before the registry's
-check, and `fence(id)` hands the held lease to the actor it then creates. The actor
+check, and `fence(id)` hands the held lease to the actor it then creates (with
+`replica(id)`, where `storage` restored the file from S3: `cluster.storage`). The actor
 runs under `owning` (its lease renewed; losing it cancels the actor) and `retired`
 gives the lease back when it ends.
 
@@ -28,12 +29,13 @@ import coredis
 import trio
 
 from messageai.cluster import placement
-from messageai.cluster.fence import Fence, claim_file, file_epoch
+from messageai.cluster.fence import Fence
 from messageai.cluster.lease import REDIS_DOWN, Holder, Lease, Leases
+from messageai.cluster.replica import Replica, ReplicaLost
+from messageai.cluster.storage import Storage
 from messageai.config import Config, split_address
 from messageai.errors import NotFound, Unavailable
 from messageai.store.fence import Fenced
-from messageai.store.paths import conversation_path
 
 if TYPE_CHECKING:
     from messageai.cluster.link import Links
@@ -87,6 +89,12 @@ class Node:
         self.links: Links | None = None
         # `node drain` (cluster.drain): no new lease, out of the live set.
         self.draining = False
+        # Where a taken conversation's file comes from (cluster.storage; set by
+        # `cluster.startup`), and the replica of each held one (replica mode).
+        self.storage = Storage(config)
+        self._replicas: dict[str, Replica] = {}
+        # What stops each running actor (`keep`): a lost replica stops it too.
+        self._stops: dict[str, Callable[[], None]] = {}
 
     # ------------------------------------------------------------ lifecycle
 
@@ -194,7 +202,15 @@ class Node:
         lease = self._held.get(conversation_id)
         if lease is None or not lease.held():
             raise Unavailable("this node does not own the conversation now; please retry")
-        return Fence(lease.epoch, lease.held)
+        replica = self._replicas.get(conversation_id)
+        if replica is None:
+            return Fence(lease.epoch, lease.held)
+        return Fence(lease.epoch, lambda: lease.held() and replica.healthy)
+
+    def replica(self, conversation_id: str) -> Replica | None:
+        """The replica the actor of a held conversation ships its commits to (None in
+        the shared-directory mode)."""
+        return self._replicas.get(conversation_id)
 
     async def current_owner(self, conversation_id: str) -> str | None:
         """Who holds the conversation's lease now (this node's id included), or None;
@@ -229,6 +245,7 @@ class Node:
                     raise Unavailable("this node is giving the conversation up; please retry")
                 # Taken, but no actor ever started with it: it ran out unused.
                 del self._held[conversation_id]
+                self._replicas.pop(conversation_id, None)
             busy = self._busy.get(conversation_id)
             if busy is not None:
                 await busy.wait()
@@ -254,10 +271,10 @@ class Node:
                     choice = placement.preferred(conversation_id, self._candidates())
                     if choice != self.node_id:
                         return choice
-                if holder is None:
-                    if self.draining:
-                        raise NotOwner(f"node {self.node_id} is draining")
-                    return await self._take(conversation_id)
+                if holder is None and self.draining:
+                    raise NotOwner(f"node {self.node_id} is draining")
+            if holder is None:
+                return await self._take(conversation_id)
         except (*REDIS_DOWN, trio.TooSlowError) as exc:
             raise Unavailable("the cluster's Redis is unreachable; please retry") from exc
         return await self._held_elsewhere(conversation_id, holder, forwarded)
@@ -296,8 +313,7 @@ class Node:
             return None
         busy = self._busy[conversation_id] = trio.Event()
         try:
-            with trio.fail_after(REDIS_TIMEOUT_SECONDS):
-                return await self._take(conversation_id)
+            return await self._take(conversation_id)
         except (*REDIS_DOWN, trio.TooSlowError) as exc:
             raise Unavailable("the cluster's Redis is unreachable; please retry") from exc
         finally:
@@ -327,23 +343,30 @@ class Node:
 
     async def _take(self, conversation_id: str) -> str | None:
         # Acquire with the file's epoch as the floor, then claim the file for it, all
-        # before any actor exists (docs/SCALE.md §3-4).
+        # before any actor exists (docs/SCALE.md §3-4); the file comes from `storage`
+        # (the shared directory, or restored from the replica: §7), outside the Redis
+        # deadline. Callers map REDIS_DOWN and TooSlowError to Unavailable.
         assert self.leases is not None
         if not self.exists(conversation_id):
             raise NotFound("no such conversation")
-        config = self._config
-        path = conversation_path(config.data_dir, conversation_id)
-        floor = await trio.to_thread.run_sync(file_epoch, path)
-        got = await self.leases.acquire(conversation_id, floor=floor)
+        prepared = await self.storage.prepare(conversation_id)
+        with trio.fail_after(REDIS_TIMEOUT_SECONDS):
+            got = await self.leases.acquire(conversation_id, floor=prepared.floor)
         if isinstance(got, Holder):
             self._remember(conversation_id, got.node)
             return got.node
+        token, epoch = trio.lowlevel.current_trio_token(), got.epoch
+
+        def lost() -> None:  # from the commit's thread
+            token.run_sync_soon(self._replica_lost, conversation_id, epoch)
+
         try:
-            await trio.to_thread.run_sync(
-                claim_file, path, config.storage.synchronous, got.epoch, self.node_id
+            replica = await self.storage.claim(
+                conversation_id, prepared, got.epoch, self.node_id, lost
             )
-        except Fenced as exc:
-            await self.leases.release(got)
+        except (Fenced, ReplicaLost) as exc:
+            with trio.move_on_after(RELEASE_TIMEOUT_SECONDS):
+                await self.leases.release(got)
             raise Unavailable(f"conversation {conversation_id}: {exc}; please retry") from exc
         except BaseException:
             with trio.CancelScope(shield=True), trio.move_on_after(RELEASE_TIMEOUT_SECONDS):
@@ -351,6 +374,8 @@ class Node:
             raise
         self._owners.pop(conversation_id, None)
         self._held[conversation_id] = got
+        if replica is not None:
+            self._replicas[conversation_id] = replica
         log.info("conversation %s: owned here at epoch %d", conversation_id, got.epoch)
         return None
 
@@ -366,6 +391,7 @@ class Node:
             return
         leases = self.leases
         keeper = self._keepers[conversation_id] = trio.CancelScope()
+        self._stops[conversation_id] = actor_scope.cancel
 
         async def keep() -> None:
             with keeper:
@@ -379,6 +405,16 @@ class Node:
 
         self._nursery.start_soon(keep, name=f"lease {conversation_id}")
 
+    def _replica_lost(self, conversation_id: str, epoch: int) -> None:
+        # The replica's `on_lost`, on the loop: its actor stops (then `retired` gives
+        # the lease back); the local file is never served again (docs/SCALE.md §7).
+        # Only that epoch's actor: a later owner here is not stopped by a late call.
+        lease = self._held.get(conversation_id)
+        stop = self._stops.get(conversation_id)
+        if lease is not None and lease.epoch == epoch and stop is not None:
+            log.warning("conversation %s: replica lost; its actor stops", conversation_id)
+            stop()
+
     def retired(self, conversation_id: str) -> None:
         """The conversation's actor ended (idle, lost lease, shutdown): give its lease
         back now, so the next owner need not wait for the TTL. Commands meanwhile wait
@@ -386,6 +422,8 @@ class Node:
         keeper = self._keepers.pop(conversation_id, None)
         if keeper is not None:
             keeper.cancel()
+        self._stops.pop(conversation_id, None)
+        replica = self._replicas.pop(conversation_id, None)
         lease = self._held.pop(conversation_id, None)
         if lease is None or self.leases is None or self._nursery is None:
             return
@@ -403,6 +441,8 @@ class Node:
                 if self._busy.get(conversation_id) is busy:
                     del self._busy[conversation_id]
                 busy.set()
+            if replica is not None:
+                await self.storage.prune(replica)
 
         try:
             self._nursery.start_soon(release, name=f"release {conversation_id}")

@@ -364,6 +364,9 @@ class ConversationActor:
             self._conn = await self._workers.run(
                 _open, self._path, self._config.storage.synchronous
             )
+            if self._replica is not None:
+                # cluster: no checkpoint of this connection's own may hide a frame.
+                self._replica.configure(self._conn)
             self._on_db_open(self)
             if not self._loaded:
                 self.last_seq = sql.last_seq(self._conn)
@@ -441,6 +444,10 @@ class ConversationActor:
         self._batch = _NO_BATCH
 
     async def _process(self, batch: list[Command]) -> None:
+        if self._replica is not None and not self._replica.healthy:
+            # cluster: the file is ahead of a lost replica; not even a read is served
+            # from it (the actor's cancel may still be on its way: docs/SCALE.md §7).
+            raise Fenced(f"conversation {self.id}: its replica was lost")
         # Phase 0, on the loop: authorization in order (a removal earlier in the
         # batch applies to what follows) and content checks, before any I/O.
         # The live member set, copied only if the batch itself changes membership.

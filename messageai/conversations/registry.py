@@ -164,6 +164,7 @@ class Registry:
             raise NotFound("no such conversation")
         # cluster: only with the lease taken before this check (`Links.route`).
         fence = self.node.fence(conversation_id) if self.node is not None else None
+        replica = self.node.replica(conversation_id) if self.node is not None else None
         actor = ConversationActor(
             conversation_id,
             self._directory.member_ids(conversation_id),
@@ -179,6 +180,7 @@ class Registry:
             creator_id=record.creator_id if record.kind == "group" else None,
             embeddings=self._embeddings,
             fence=fence,
+            replica=replica,
         )
         self._actors[conversation_id] = actor
         self._nursery.start_soon(self._supervise, actor, name=f"actor {conversation_id}")
