@@ -5,7 +5,10 @@ real server processes on 127.0.0.1:0 sharing one data directory (docs/SCALE.md Â
 each with `[cluster]` on, its own node id (`a`, `b`, `c`...) and a short lease TTL, so
 a killed owner's conversations move within about two seconds. Each node comes with a
 `Harness` (REST and WebSocket helpers) on its own port. Nodes start one after the
-other: the first makes the data directory and the directory database.
+other: the first makes the data directory and the directory database. `restart(node)`
+starts a killed node again (on a new port: its `harness` keeps the old one; use
+`process.port`). `scripts/chaos --cluster` (tests/cluster_chaos.py) and
+`./scripts/bench --cluster` (bench/cluster.py) run on the same machinery.
 """
 
 from __future__ import annotations
@@ -49,6 +52,11 @@ class Cluster:
     redis: RedisServer
     data_dir: Path
     nodes: list[ClusterNode]
+    nursery: trio.Nursery
+
+    async def restart(self, node: ClusterNode) -> int:
+        """Start `node` again (after a kill, once its process is gone); its new port."""
+        return await node.process.start(self.nursery)
 
     def node(self, node_id: str) -> ClusterNode:
         return next(node for node in self.nodes if node.node_id == node_id)
@@ -77,21 +85,34 @@ class Cluster:
         return value.rpartition(":")[0] if value else None
 
 
-def cluster_config(path: Path, node_id: str, redis: RedisServer, secret: Path) -> Path:
+def cluster_config(
+    path: Path,
+    node_id: str,
+    redis: RedisServer,
+    secret: Path,
+    lease_ttl: float = LEASE_TTL_SECONDS,
+    extra: str = "",
+) -> Path:
+    """A node's config file: `[cluster]` on, a lease of `lease_ttl` seconds (its margin
+    a fifth of it), then `extra`."""
+    margin = LEASE_MARGIN_SECONDS * lease_ttl / LEASE_TTL_SECONDS
     return ServerProcess.write_config(
         path,
         f"[cluster]\nenabled = true\nnode_id = {node_id!r}\n"
         f'redis_url = "redis://{redis.host}:{redis.port}/0"\n'
         'link_listen = "127.0.0.1:0"\nlink_advertise = "127.0.0.1:0"\n'
-        f"lease_ttl_seconds = {LEASE_TTL_SECONDS}\nlease_margin_seconds = {LEASE_MARGIN_SECONDS}\n"
-        f"node_ttl_seconds = {LEASE_TTL_SECONDS}\n"
-        f"link_secret_file = {str(secret)!r}\n",
+        f"lease_ttl_seconds = {lease_ttl}\nlease_margin_seconds = {margin:.3f}\n"
+        f"node_ttl_seconds = {lease_ttl}\n"
+        f"link_secret_file = {str(secret)!r}\n" + extra,
     )
 
 
 @contextlib.asynccontextmanager
-async def cluster_of(tmp_path: Path, count: int) -> AsyncIterator[Cluster]:
-    """Redis and `count` nodes on one data directory, until the block ends."""
+async def cluster_of(
+    tmp_path: Path, count: int, *, lease_ttl: float = LEASE_TTL_SECONDS, extra: str = ""
+) -> AsyncIterator[Cluster]:
+    """Redis and `count` nodes on one data directory, until the block ends; `extra` is
+    added to each node's config."""
     data_dir = tmp_path / "data"
     async with redis_server(tmp_path / "redis") as redis, trio.open_nursery() as nursery:
         nodes: list[ClusterNode] = []
@@ -102,7 +123,7 @@ async def cluster_of(tmp_path: Path, count: int) -> AsyncIterator[Cluster]:
                 for index in range(count):
                     node_id = "abcdefgh"[index]
                     path = tmp_path / f"node-{node_id}.toml"
-                    config = cluster_config(path, node_id, redis, secret)
+                    config = cluster_config(path, node_id, redis, secret, lease_ttl, extra)
                     process = ServerProcess(data_dir, config)
                     port = await process.start(nursery)
                     address = _Address(port)
@@ -110,7 +131,7 @@ async def cluster_of(tmp_path: Path, count: int) -> AsyncIterator[Cluster]:
                         httpx.AsyncClient(base_url=address.url, timeout=10)
                     )
                     nodes.append(ClusterNode(node_id, process, Harness(address, http)))  # type: ignore[arg-type]
-                yield Cluster(redis, data_dir, nodes)
+                yield Cluster(redis, data_dir, nodes, nursery)
         finally:
             for node in nodes:
                 if node.process.process is not None and node.process.process.returncode is None:
