@@ -65,9 +65,11 @@ class Phase:
     errors: int = 0
     latency_us: dict[str, list[int]] = attrs.Factory(dict)  # tag -> ack latencies
     cpu_seconds: dict[str, float] = attrs.Factory(dict)  # node -> CPU in the window
+    idle_cpu: dict[str, float] = attrs.Factory(dict)  # node -> CPU seconds a second, no load
 
     def figures(self) -> dict[str, Any]:
         total_cpu = sum(self.cpu_seconds.values())
+        idle = sum(self.idle_cpu.values()) * self.seconds
         return {
             "phase": self.name,
             "seconds": round(self.seconds, 2),
@@ -76,6 +78,10 @@ class Phase:
             "deliveries": self.deliveries,
             "errors": self.errors,
             "cpu_us_per_msg": round(total_cpu * 1e6 / self.acks) if self.acks else None,
+            # Less what the three nodes burn with no load (lease renewals, presence...).
+            "cpu_us_per_msg_net": (
+                round((total_cpu - idle) * 1e6 / self.acks) if self.acks else None
+            ),
             "cpu_us_per_msg_by_node": {
                 node: round(cpu * 1e6 / self.acks) if self.acks else None
                 for node, cpu in sorted(self.cpu_seconds.items())
@@ -218,6 +224,13 @@ async def measure(workdir: Path, args: argparse.Namespace) -> dict[str, Any]:
     async with cluster_of(workdir / "load", NODES, lease_ttl=args.lease_ttl) as cluster:
         first = cluster.nodes[0].harness
         people = await _accounts(cluster, 2 * args.direct, "d")
+        # What the nodes cost with nothing to do, measured before any load.
+        await trio.sleep(1)
+        cpu0, t0 = _cpu(cluster), time.monotonic()
+        await trio.sleep(args.seconds / 2)
+        cpu1, idle_for = _cpu(cluster), time.monotonic() - t0
+        idle = {node: (cpu1[node] - cpu0[node]) / idle_for for node in cpu0}
+        results["idle_cpu_pct"] = {node: round(100 * v, 1) for node, v in idle.items()}
         pairs = []
         for i in range(args.direct):
             a, b = people[2 * i], people[2 * i + 1]
@@ -232,13 +245,14 @@ async def measure(workdir: Path, args: argparse.Namespace) -> dict[str, Any]:
             for a, b, cid, owner in pairs:
                 node = node_ids[(node_ids.index(owner) + step) % NODES]
                 conns += [Conn(who, node, cid, cid, tag) for who in (a, b)]
-            results["phases"].append(await _phase(cluster, name, conns, args, window=2))
+            results["phases"].append(await _phase(cluster, name, conns, args, idle, window=2))
         conns = []
         for i, (a, b, cid, owner) in enumerate(pairs):
             for j, who in enumerate((a, b)):
                 node = node_ids[(2 * i + j) % NODES]
                 conns.append(Conn(who, node, cid, cid, "local" if node == owner else "forwarded"))
-        results["phases"].append(await _phase(cluster, "direct spread", conns, args, window=2))
+        spread = await _phase(cluster, "direct spread", conns, args, idle, window=2)
+        results["phases"].append(spread)
 
         members = await _accounts(cluster, args.group_members, "g")
         gid = await first.group(members[0], *members[1:])
@@ -249,7 +263,7 @@ async def measure(workdir: Path, args: argparse.Namespace) -> dict[str, Any]:
             node = node_ids[j % NODES]
             tag = "local" if node == group_owner else "forwarded"
             conns.append(Conn(who, node, gid, gid if j < args.group_senders else None, tag))
-        results["phases"].append(await _phase(cluster, "group", conns, args, window=4))
+        results["phases"].append(await _phase(cluster, "group", conns, args, idle, window=4))
 
     chaos = await run_cluster_chaos(
         workdir / "failover",
@@ -271,7 +285,13 @@ async def measure(workdir: Path, args: argparse.Namespace) -> dict[str, Any]:
 
 
 async def _phase(
-    cluster: Cluster, name: str, conns: list[Conn], args: argparse.Namespace, *, window: int
+    cluster: Cluster,
+    name: str,
+    conns: list[Conn],
+    args: argparse.Namespace,
+    idle: dict[str, float],
+    *,
+    window: int,
 ) -> dict[str, Any]:
     print(f"  {name}: {len(conns)} clients ...", file=sys.stderr, flush=True)
     phase = await _run_phase(
@@ -283,6 +303,7 @@ async def _phase(
         seconds=args.seconds,
         rate=args.rate,
     )
+    phase.idle_cpu = idle
     return phase.figures()
 
 
@@ -292,9 +313,11 @@ def report(results: dict[str, Any]) -> str:
         f"lease ttl {results['failover']['lease_ttl']} s, {NODES} nodes on one host, "
         f"offered {results['rate'] or 'as fast as acks come'} msg/s",
         "",
-        "| phase | acks/s | CPU µs/msg (all nodes) | by node a/b/c | ack p50/p99 ms, "
-        "local | ack p50/p99 ms, forwarded | errors |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        f"idle CPU of the nodes with no load, %: {results['idle_cpu_pct']}",
+        "",
+        "| phase | acks/s | CPU µs/msg (all nodes) | less idle | by node a/b/c | ack p50/p99 "
+        "ms, local | ack p50/p99 ms, forwarded | errors |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for p in results["phases"]:
         by_node = "/".join(str(v) for v in p["cpu_us_per_msg_by_node"].values())
@@ -304,7 +327,8 @@ def report(results: dict[str, Any]) -> str:
             for tag in ("local", "forwarded")
         }
         lines.append(
-            f"| {p['phase']} | {p['acks_per_s']} | {p['cpu_us_per_msg']} | {by_node} | "
+            f"| {p['phase']} | {p['acks_per_s']} | {p['cpu_us_per_msg']} | "
+            f"{p['cpu_us_per_msg_net']} | {by_node} | "
             f"{lat['local']} | {lat['forwarded']} | {p['errors']} |"
         )
     f = results["failover"]
