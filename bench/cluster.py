@@ -12,7 +12,8 @@ this process. Phases, each over a measured window after a warm-up:
 - `group`: one group, its members and senders spread over the nodes; acks of the
   senders on the owner and elsewhere counted apart.
 
-Per-node CPU is each process's own (/proc/PID/stat, all threads). Then failover: the
+First the baseline: `direct local`'s load on one server in single-node mode. Per-node
+CPU is each process's own (/proc/PID/stat, all threads). Then failover: the
 cluster chaos of tests/cluster_chaos.py at the lease TTL given (the default's 10 s),
 which kills the busiest owner a few times and gives kill -> first ack on the new
 owner, with the checker's counts. Prints markdown; writes JSON under
@@ -33,13 +34,14 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+import httpx
 import orjson
 import trio
 
 from bench.procs import ROOT, proc_cpu_seconds
 from tests.cluster_chaos import run_cluster_chaos
 from tests.cluster_nodes import Cluster, cluster_of
-from tests.helpers import Account, connect_ws
+from tests.helpers import Account, Harness, ServerProcess, connect_ws
 
 NODES = 3
 DEFAULT_LEASE_TTL = 10.0  # messageai/default.toml's
@@ -100,16 +102,20 @@ def _pct(values: list[int], p: float) -> float | None:
     return round(ordered[min(len(ordered) - 1, int(len(ordered) * p))] / 1000, 2)
 
 
-def _cpu(cluster: Cluster) -> dict[str, float]:
+def _servers(cluster: Cluster) -> dict[str, ServerProcess]:
+    return {node.node_id: node.process for node in cluster.nodes}
+
+
+def _cpu(servers: dict[str, ServerProcess]) -> dict[str, float]:
     out = {}
-    for node in cluster.nodes:
-        assert node.process.process is not None
-        out[node.node_id] = proc_cpu_seconds(node.process.process.pid)
+    for name, server in servers.items():
+        assert server.process is not None
+        out[name] = proc_cpu_seconds(server.process.pid)
     return out
 
 
 async def _run_phase(
-    cluster: Cluster,
+    servers: dict[str, ServerProcess],
     name: str,
     conns: list[Conn],
     *,
@@ -124,7 +130,7 @@ async def _run_phase(
     phase = Phase(name)
     senders = sum(1 for conn in conns if conn.send_to is not None)
     pause = senders / rate if rate else 0.0
-    ports = {n.node_id: n.process.port for n in cluster.nodes}
+    ports = {name: server.port for name, server in servers.items()}
     counting = False
     sending = True
     ready = 0
@@ -198,7 +204,7 @@ async def _run_phase(
             nursery.start_soon(one, conn)
         await all_ready.wait()
         await trio.sleep(warmup)
-        cpu0, t0 = _cpu(cluster), time.monotonic()
+        cpu0, t0 = _cpu(servers), time.monotonic()
         counting = True
         await trio.sleep(seconds)
         sending = False
@@ -207,7 +213,7 @@ async def _run_phase(
                 break
             await trio.sleep(0.01)
         phase.seconds = time.monotonic() - t0
-        cpu1 = _cpu(cluster)
+        cpu1 = _cpu(servers)
         phase.cpu_seconds = {node: cpu1[node] - cpu0[node] for node in cpu0}
         drained.set()
     return phase
@@ -218,17 +224,40 @@ async def _accounts(cluster: Cluster, count: int, prefix: str) -> list[Account]:
     return [await first.account(f"{prefix}{i:04d}") for i in range(count)]
 
 
+async def _single_node(workdir: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """The baseline: `direct` on one server in single-node mode, the same load."""
+    config = ServerProcess.write_config(workdir / "single.toml")
+    server = ServerProcess(workdir / "single-data", config)
+    async with trio.open_nursery() as nursery, httpx.AsyncClient(timeout=30) as http:
+        port = await server.start(nursery)
+        http.base_url = httpx.URL(f"http://127.0.0.1:{port}")
+        harness = Harness(server, http)  # type: ignore[arg-type]
+        people = [await harness.account(f"s{i:04d}") for i in range(2 * args.direct)]
+        conns = []
+        for i in range(args.direct):
+            a, b = people[2 * i], people[2 * i + 1]
+            cid = await harness.direct(a, b)
+            conns += [Conn(who, "1", cid, cid, "local") for who in (a, b)]
+        cpu0, t0 = _cpu({"1": server}), time.monotonic()
+        await trio.sleep(args.seconds / 2)
+        idle = {"1": (_cpu({"1": server})["1"] - cpu0["1"]) / (time.monotonic() - t0)}
+        figures = await _phase({"1": server}, "direct, single node", conns, args, idle, window=2)
+        server.terminate()
+        await server.wait()
+    return figures
+
+
 async def measure(workdir: Path, args: argparse.Namespace) -> dict[str, Any]:
-    results: dict[str, Any] = {"phases": []}
+    results: dict[str, Any] = {"phases": [await _single_node(workdir, args)]}
     node_ids = [chr(ord("a") + i) for i in range(NODES)]
     async with cluster_of(workdir / "load", NODES, lease_ttl=args.lease_ttl) as cluster:
         first = cluster.nodes[0].harness
         people = await _accounts(cluster, 2 * args.direct, "d")
         # What the nodes cost with nothing to do, measured before any load.
         await trio.sleep(1)
-        cpu0, t0 = _cpu(cluster), time.monotonic()
+        cpu0, t0 = _cpu(_servers(cluster)), time.monotonic()
         await trio.sleep(args.seconds / 2)
-        cpu1, idle_for = _cpu(cluster), time.monotonic() - t0
+        cpu1, idle_for = _cpu(_servers(cluster)), time.monotonic() - t0
         idle = {node: (cpu1[node] - cpu0[node]) / idle_for for node in cpu0}
         results["idle_cpu_pct"] = {node: round(100 * v, 1) for node, v in idle.items()}
         pairs = []
@@ -245,13 +274,14 @@ async def measure(workdir: Path, args: argparse.Namespace) -> dict[str, Any]:
             for a, b, cid, owner in pairs:
                 node = node_ids[(node_ids.index(owner) + step) % NODES]
                 conns += [Conn(who, node, cid, cid, tag) for who in (a, b)]
-            results["phases"].append(await _phase(cluster, name, conns, args, idle, window=2))
+            phase = await _phase(_servers(cluster), name, conns, args, idle, window=2)
+            results["phases"].append(phase)
         conns = []
         for i, (a, b, cid, owner) in enumerate(pairs):
             for j, who in enumerate((a, b)):
                 node = node_ids[(2 * i + j) % NODES]
                 conns.append(Conn(who, node, cid, cid, "local" if node == owner else "forwarded"))
-        spread = await _phase(cluster, "direct spread", conns, args, idle, window=2)
+        spread = await _phase(_servers(cluster), "direct spread", conns, args, idle, window=2)
         results["phases"].append(spread)
 
         members = await _accounts(cluster, args.group_members, "g")
@@ -263,7 +293,8 @@ async def measure(workdir: Path, args: argparse.Namespace) -> dict[str, Any]:
             node = node_ids[j % NODES]
             tag = "local" if node == group_owner else "forwarded"
             conns.append(Conn(who, node, gid, gid if j < args.group_senders else None, tag))
-        results["phases"].append(await _phase(cluster, "group", conns, args, idle, window=4))
+        group = await _phase(_servers(cluster), "group", conns, args, idle, window=4)
+        results["phases"].append(group)
 
     chaos = await run_cluster_chaos(
         workdir / "failover",
@@ -285,7 +316,7 @@ async def measure(workdir: Path, args: argparse.Namespace) -> dict[str, Any]:
 
 
 async def _phase(
-    cluster: Cluster,
+    servers: dict[str, ServerProcess],
     name: str,
     conns: list[Conn],
     args: argparse.Namespace,
@@ -295,7 +326,7 @@ async def _phase(
 ) -> dict[str, Any]:
     print(f"  {name}: {len(conns)} clients ...", file=sys.stderr, flush=True)
     phase = await _run_phase(
-        cluster,
+        servers,
         name,
         conns,
         window=window,
@@ -315,7 +346,7 @@ def report(results: dict[str, Any]) -> str:
         "",
         f"idle CPU of the nodes with no load, %: {results['idle_cpu_pct']}",
         "",
-        "| phase | acks/s | CPU µs/msg (all nodes) | less idle | by node a/b/c | ack p50/p99 "
+        "| phase | acks/s | CPU µs/msg (all nodes) | less idle | by node (a/b/c) | ack p50/p99 "
         "ms, local | ack p50/p99 ms, forwarded | errors |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
