@@ -5,12 +5,13 @@ A real `redis-server` and three real `messageai serve` nodes on one data directo
 (`tests/cluster_nodes.py`). The clients of `tests/chaos.py` are spread over the nodes
 (client i on node i mod 3); each keeps messages in flight, and after a disconnect or
 an `unavailable` answer it reconnects to the next live node and resends every unacked
-`client_id` there. Every `kill_every` seconds the node that owns the busiest
-conversation (the most acks since the last kill, its owner as the lease in Redis
+`client_id` there. `kill_every` seconds after the start and after each restart, the
+node that owns the busiest conversation (the most acks since the last kill, its owner as the lease in Redis
 says) is `kill -9`ed; it is started again `restart_after` seconds later, so that two
 nodes at least are always up. A kill's failover time is from the kill to the first
-ack of that conversation afterwards, which only the new owner can give; a takeover is
-counted when Redis then names another node as its owner.
+ack of that conversation read once the dead node's lease is gone from Redis (an ack
+read earlier may be the dead node's last, still on its way), which only the new owner
+can give; a takeover is counted when Redis then names another node as its owner.
 
 At the end the histories are read through a live node and the checker of
 tests/chaos.py counts lost acked messages, duplicates, phantoms and order
@@ -101,7 +102,16 @@ async def run_cluster_chaos(
         end = produce_until + settle_seconds
 
         async def measure(cid: str, killed: str, moment: float) -> None:
-            while (first := _first_ack_after(everyone, cid, moment)) is None:
+            # An ack the dead node sent just before its kill may still be on its way
+            # (through a link and a client's socket): only an ack read once its lease
+            # is gone from Redis is the new owner's (the lease goes at most a ttl
+            # after the kill; the 10 ms of this loop are the measure's resolution).
+            while await cluster.owner(cid) == killed:
+                if trio.current_time() > end:
+                    return
+                await trio.sleep(0.01)
+            gone = trio.current_time()
+            while (first := _first_ack_after(everyone, cid, gone)) is None:
                 if trio.current_time() > end:
                     return
                 await trio.sleep(0.01)
