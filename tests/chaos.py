@@ -408,6 +408,30 @@ async def client_loop(
                 return
 
 
+def start_clients(
+    nursery: trio.Nursery,
+    clients: list[Client],
+    port_of: PortOf,
+    window: int,
+    pace: float,
+    produce_until: float,
+    end: float,
+) -> None:
+    """One `client_loop` for each client, in `nursery`."""
+    for client in clients:
+        nursery.start_soon(
+            functools.partial(
+                client_loop,
+                client,
+                port_of,
+                window=window,
+                pace=pace,
+                produce_until=produce_until,
+                end=end,
+            )
+        )
+
+
 async def read_history(port: int, client: Client) -> list[dict[str, Any]]:
     messages: list[dict[str, Any]] = []
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
@@ -534,18 +558,9 @@ async def run_chaos(
 
         async with trio.open_nursery() as load:
             load.start_soon(killer)
-            for client in everyone:
-                load.start_soon(
-                    functools.partial(
-                        client_loop,
-                        client,
-                        lambda _client: server.port,
-                        window=window,
-                        pace=pace,
-                        produce_until=produce_until,
-                        end=end,
-                    )
-                )
+            start_clients(
+                load, everyone, lambda _client: server.port, window, pace, produce_until, end
+            )
         if power_loss:  # what the acks were worth: read back after one more cut
             await kill()
             await server.start(nursery)
@@ -808,12 +823,17 @@ def main(argv: list[str] | None = None) -> int:
             seed=args.seed,
         )
     )
-    print(report.summary())
-    if not args.keep and report.passed:
+    return finish(report.summary(), report.passed, workdir, keep=args.keep)
+
+
+def finish(summary: str, passed: bool, workdir: Path, *, keep: bool) -> int:
+    """Print the verdict; remove the run's directory unless kept or failed; the exit code."""
+    print(summary)
+    if not keep and passed:
         import shutil
 
         shutil.rmtree(workdir, ignore_errors=True)
-    return 0 if report.passed else 1
+    return 0 if passed else 1
 
 
 def _main_cluster(args: argparse.Namespace, workdir: Path) -> int:
@@ -840,12 +860,7 @@ def _main_cluster(args: argparse.Namespace, workdir: Path) -> int:
             progress=lambda line: print(line, flush=True),
         )
     )
-    print(report.summary())
-    if not args.keep and report.passed:
-        import shutil
-
-        shutil.rmtree(workdir, ignore_errors=True)
-    return 0 if report.passed else 1
+    return finish(report.summary(), report.passed, workdir, keep=args.keep)
 
 
 if __name__ == "__main__":

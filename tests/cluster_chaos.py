@@ -20,14 +20,13 @@ violations; then the nodes stop and `PRAGMA integrity_check` runs on every file.
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 from typing import Any
 
 import attrs
 import trio
 
-from tests.chaos import Client, Report, check, client_loop, integrity, read_history, setup
+from tests.chaos import Client, Report, check, integrity, read_history, setup, start_clients
 from tests.cluster_nodes import ClusterNode, cluster_of
 
 NODES = 3
@@ -152,18 +151,7 @@ async def run_cluster_chaos(
 
         async with trio.open_nursery() as load:
             load.start_soon(killer, load)
-            for client in everyone:
-                load.start_soon(
-                    functools.partial(
-                        client_loop,
-                        client,
-                        port_of,
-                        window=window,
-                        pace=pace,
-                        produce_until=produce_until,
-                        end=end,
-                    )
-                )
+            start_clients(load, everyone, port_of, window, pace, produce_until, end)
         histories = {}
         for client in everyone:
             if client.conversation_id not in histories:
