@@ -1,5 +1,7 @@
 # MessageAI in one image: a non-root user, one volume (/data), a health check.
 #   docker build -t messageai .
+# A cluster node's image (Redis, PostgreSQL: deploy/cluster/compose.yaml):
+#   docker build --build-arg EXTRAS=cluster -t messageai-node .
 #   docker run -p 8080:8080 -v messageai-data:/data messageai
 # Configure with MESSAGEAI_<SECTION>__<KEY> variables (README, "Configuration") or
 # mount a file and pass `serve --config /etc/messageai/messageai.toml`.
@@ -11,7 +13,9 @@ RUN useradd --system --uid 10001 --create-home --home-dir /home/messageai messag
 WORKDIR /opt/messageai
 COPY pyproject.toml README.md ./
 COPY messageai ./messageai
-RUN pip install --no-cache-dir . && rm -rf /root/.cache
+# Optional extras, e.g. "cluster" (empty: the single-node server, nothing more).
+ARG EXTRAS=""
+RUN pip install --no-cache-dir ".${EXTRAS:+[$EXTRAS]}" && rm -rf /root/.cache
 
 USER messageai
 VOLUME ["/data"]

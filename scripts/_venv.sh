@@ -11,6 +11,16 @@ ensure_venv() {
         "$python" -m venv .venv
     fi
     local stamp=".venv/.installed${extras:+-$extras}"
+    # An install with extras (scripts/test's) holds the plain one scripts/serve needs:
+    # the browser tests' first serve must not install it again.
+    if [ -z "$extras" ]; then
+        local other
+        for other in .venv/.installed-*; do
+            if [ -f "$other" ] && [ ! pyproject.toml -nt "$other" ]; then
+                return
+            fi
+        done
+    fi
     if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
         echo "installing MessageAI into .venv ..." >&2
         .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".${extras:+[$extras]}" >&2

@@ -291,11 +291,38 @@ async def setup(port: int, clients: int, per_conversation: int) -> list[Client]:
     return out
 
 
-async def _session(
-    client: Client, port: int, *, window: int, pace: float, produce_until: float
-) -> None:
+@attrs.define
+class Load:
+    """When the clients stop sending: `seconds` after `start`, or, with `min_acked`, once
+    that many messages are acked too (a loaded machine acks fewer a second), and at the
+    latest `seconds` later again. Once over, it stays over."""
+
+    start: float
+    seconds: float
+    min_acked: int
+    everyone: list[Client]
+    stopped_at: float | None = None
+
+    @property
+    def latest_seconds(self) -> float:
+        return self.seconds * 2 if self.min_acked else self.seconds
+
+    def producing(self) -> bool:
+        if self.stopped_at is not None:
+            return False
+        now = trio.current_time()
+        if now < self.start + self.seconds:
+            return True
+        acked = sum(len(client.acked) for client in self.everyone)
+        if acked < self.min_acked and now < self.start + self.latest_seconds:
+            return True
+        self.stopped_at = now
+        return False
+
+
+async def _session(client: Client, port: int, *, window: int, pace: float, load: Load) -> None:
     """One connection's life: subscribe, catch up, resend, then send and read until it
-    drops (raises one of DISCONNECTED, or Unavailable) or, after `produce_until`, until
+    drops (raises one of DISCONNECTED, or Unavailable) or, once the load is over, until
     nothing is pending."""
     async with connect_ws(port, token=client.token) as ws:
         client.connections += 1
@@ -336,7 +363,7 @@ async def _session(
             await caught_up.wait()
             for client_id in list(client.pending):  # resend everything unacked, in order
                 await send(client_id)
-            while trio.current_time() < produce_until:
+            while load.producing():
                 client_id = client.new_client_id()
                 client.pending[client_id] = f"message {client_id}"
                 await send(client_id)
@@ -378,17 +405,13 @@ async def _session(
                     raise Unavailable(frame.get("message"))
                 elif kind == "error":
                     raise RuntimeError(f"client {client.index}: unexpected error frame {frame}")
-                if (
-                    caught_up.is_set()
-                    and trio.current_time() >= produce_until
-                    and not client.pending
-                ):
+                if caught_up.is_set() and not load.producing() and not client.pending:
                     nursery.cancel_scope.cancel()
                     return
 
 
 async def client_loop(
-    client: Client, port_of: PortOf, *, window: int, pace: float, produce_until: float, end: float
+    client: Client, port_of: PortOf, *, window: int, pace: float, load: Load, end: float
 ) -> None:
     """Reconnect (to `port_of(client)`) until everything this client sent is acked, or
     `end`."""
@@ -396,15 +419,13 @@ async def client_loop(
         while True:
             dropped = False
             try:
-                await _session(
-                    client, port_of(client), window=window, pace=pace, produce_until=produce_until
-                )
+                await _session(client, port_of(client), window=window, pace=pace, load=load)
             except* (*DISCONNECTED, Unavailable):
                 dropped = True
             if dropped:
                 client.failures += 1
                 await trio.sleep(0.05)  # the server is restarting
-            elif trio.current_time() >= produce_until and not client.pending:
+            elif not load.producing() and not client.pending:
                 return
 
 
@@ -414,7 +435,7 @@ def start_clients(
     port_of: PortOf,
     window: int,
     pace: float,
-    produce_until: float,
+    load: Load,
     end: float,
 ) -> None:
     """One `client_loop` for each client, in `nursery`."""
@@ -426,7 +447,7 @@ def start_clients(
                 port_of,
                 window=window,
                 pace=pace,
-                produce_until=produce_until,
+                load=load,
                 end=end,
             )
         )
@@ -512,8 +533,10 @@ async def run_chaos(
     power_loss: bool = False,
     synchronous: str = "FULL",
     seed: int | None = None,
+    min_acked: int = 0,
 ) -> Report:
-    """Run the kill -9 (or power cut) chaos for `seconds`, then settle and check.
+    """Run the kill -9 (or power cut) chaos for `seconds` (and on until `min_acked`
+    messages are acked, for at most `seconds` more: see `Load`), then settle and check.
     Returns the report."""
     rng = random.Random(seed)
     journal = workdir / "powercut" if power_loss else None
@@ -536,13 +559,15 @@ async def run_chaos(
             await server.stop()
             await server.start(nursery)
         start = trio.current_time()
-        produce_until = start + seconds
-        end = produce_until + settle_seconds
+        production = Load(start, seconds, min_acked, everyone)
+        end = start + production.latest_seconds + settle_seconds
 
         async def killer() -> None:
-            while trio.current_time() + kill_every < produce_until:
+            while production.producing():
                 # kill -9 on a beat; power cuts at a random moment, around the same pace
                 await trio.sleep(kill_every * (rng.uniform(0.25, 1.75) if power_loss else 1))
+                if not production.producing():
+                    break
                 if journal is not None:
                     await _while_all_synced(journal)
                 await kill()
@@ -559,8 +584,9 @@ async def run_chaos(
         async with trio.open_nursery() as load:
             load.start_soon(killer)
             start_clients(
-                load, everyone, lambda _client: server.port, window, pace, produce_until, end
+                load, everyone, lambda _client: server.port, window, pace, production, end
             )
+        report.seconds = (production.stopped_at or trio.current_time()) - start
         if power_loss:  # what the acks were worth: read back after one more cut
             await kill()
             await server.start(nursery)

@@ -26,7 +26,16 @@ from typing import Any
 import attrs
 import trio
 
-from tests.chaos import Client, Report, check, integrity, read_history, setup, start_clients
+from tests.chaos import (
+    Client,
+    Load,
+    Report,
+    check,
+    integrity,
+    read_history,
+    setup,
+    start_clients,
+)
 from tests.cluster_nodes import ClusterNode, cluster_of
 
 NODES = 3
@@ -97,8 +106,8 @@ async def run_cluster_chaos(
             return live[(client.index + client.failures) % len(live)]
 
         start = trio.current_time()
-        produce_until = start + seconds
-        end = produce_until + settle_seconds
+        production = Load(start, seconds, 0, everyone)
+        end = start + seconds + settle_seconds
 
         async def measure(cid: str, killed: str, moment: float) -> None:
             # An ack the dead node sent just before its kill may still be on its way
@@ -136,7 +145,7 @@ async def run_cluster_chaos(
 
         async def killer(nursery: trio.Nursery) -> None:
             since = start
-            while trio.current_time() + kill_every < produce_until:
+            while trio.current_time() + kill_every < start + seconds:
                 await trio.sleep(kill_every)
                 cid = _busiest(everyone, since)
                 since = trio.current_time()
@@ -151,7 +160,7 @@ async def run_cluster_chaos(
 
         async with trio.open_nursery() as load:
             load.start_soon(killer, load)
-            start_clients(load, everyone, port_of, window, pace, produce_until, end)
+            start_clients(load, everyone, port_of, window, pace, production, end)
         histories = {}
         for client in everyone:
             if client.conversation_id not in histories:

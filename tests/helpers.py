@@ -31,6 +31,10 @@ from messageai.server import Server
 
 # The folder of the secrets grep (tests/secret_logs.py), set for a pytest session.
 LOG_DIR_VARIABLE = "MESSAGEAI_TEST_LOG_DIR"
+# The TLS settings of the tests' own HTTP clients, made once: httpx reads certifi's whole
+# CA bundle into a new context for every client made without one (~0.1 s on a loaded
+# 2-core machine; `harness` makes a client per test). No test server speaks TLS.
+CLIENT_TLS = httpx.create_ssl_context()
 
 
 def child_log(name: str) -> tuple[dict[str, str], Path | None]:
@@ -243,7 +247,10 @@ async def connect_ws(
 
 @contextlib.asynccontextmanager
 async def harness(config: Config) -> AsyncIterator[Harness]:
-    async with running_server(config) as server, httpx.AsyncClient(base_url=server.url) as http:
+    async with (
+        running_server(config) as server,
+        httpx.AsyncClient(base_url=server.url, verify=CLIENT_TLS) as http,
+    ):
         yield Harness(server, http)
 
 

@@ -20,6 +20,11 @@ and at the end greps every file of the folder for every secret of `MIN_LENGTH`
 characters or more (shorter ones, "hi", would match by chance), failing the run with
 the file, line and secret of each hit. `find_leaks` is that grep: one pass over the
 text, whatever the number of secrets (a chaos run sends thousands of bodies).
+
+Under pytest-xdist each worker logs into its own basetemp (`<basetemp>/popen-gwN/logs`) and
+hands its secrets and folder to the controller (`workeroutput`), which greps every
+worker's folder for every worker's secrets once the workers are done: a secret used by
+one worker and logged by another is found too, and a leak fails the run.
 """
 
 from __future__ import annotations
@@ -51,6 +56,11 @@ _KEY = MIN_LENGTH  # secrets are found by their last `_KEY` characters
 _secrets: set[str] = set()
 _log_dir: Path | None = None
 _handler: logging.FileHandler | None = None
+# The folders the controller of an xdist run greps besides its own: each worker's.
+_worker_log_dirs: list[Path] = []
+# The keys of a worker's `workeroutput` that carry its part of the grep.
+_SECRETS_KEY = "messageai_secrets"
+_LOG_DIR_KEY = "messageai_log_dir"
 
 
 def harvest_json(value: Any) -> None:
@@ -105,11 +115,11 @@ def find_leaks(texts: Iterable[tuple[str, str]], secrets: Iterable[str]) -> Iter
 _STAMP = re.compile(r'^\d{4}-\d\d-\d\d[ T][\d:.,]+Z? |"time":"[^"]*",')
 
 
-def _lines(folder: Path) -> Iterator[tuple[str, str]]:
-    """Each distinct line of the folder's files once (most are the same request lines
+def _lines(folders: Iterable[Path]) -> Iterator[tuple[str, str]]:
+    """Each distinct line of the folders' files once (most are the same request lines
     at other times), with where it was first seen."""
     seen: set[str] = set()
-    for path in sorted(folder.iterdir()):
+    for path in sorted(path for folder in folders for path in folder.iterdir()):
         test = ""  # a server child's file is named after its test
         with path.open(encoding="utf-8", errors="replace") as file:
             for number, line in enumerate(file, 1):
@@ -119,7 +129,10 @@ def _lines(folder: Path) -> Iterator[tuple[str, str]]:
                 line = _STAMP.sub("", line, count=1)
                 if line not in seen:
                     seen.add(line)
-                    yield f"{path.name}:{number}" + (f" ({test})" if test else ""), line
+                    where = (
+                        f"{path.parent.parent.name}/{path.name}" if _worker_log_dirs else path.name
+                    )
+                    yield f"{where}:{number}" + (f" ({test})" if test else ""), line
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
@@ -175,18 +188,36 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
             file.write(f"=== {report.nodeid} ({report.when})\n{report.capstderr}\n")
 
 
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: object) -> None:
+    """xdist's controller: a worker is done; its secrets and folder join the grep."""
+    output = getattr(node, "workeroutput", {})
+    if _LOG_DIR_KEY in output:
+        _secrets.update(output[_SECRETS_KEY])
+        _worker_log_dirs.append(Path(output[_LOG_DIR_KEY]))
+
+
 def pytest_sessionfinish(session: pytest.Session) -> None:
     if _log_dir is None or _handler is None:
         return
     _handler.flush()
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:  # an xdist worker: the controller greps
+        workeroutput[_SECRETS_KEY] = sorted(_secrets)
+        workeroutput[_LOG_DIR_KEY] = str(_log_dir)
+        return
     started = time.monotonic()
-    leaks = list(find_leaks(_lines(_log_dir), _secrets))
+    leaks = list(find_leaks(_lines([_log_dir, *_worker_log_dirs]), _secrets))
     seconds = time.monotonic() - started
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     if reporter is not None:
+        where = str(_log_dir)
+        if _worker_log_dirs:
+            workers = ", ".join(sorted(folder.parent.name for folder in _worker_log_dirs))
+            where += f" and of its workers ({workers})"
         reporter.write_line(
             f"secrets grep: {len(_secrets)} secrets used, {len(leaks)} found in the logs"
-            f" of {_log_dir} ({seconds:.1f} s)"
+            f" of {where} ({seconds:.1f} s)"
         )
         for leak in leaks[:20]:
             reporter.write_line(f"  LEAK {leak}", red=True)

@@ -105,6 +105,7 @@ async def serve_control(
     await trio.serve_listeners(handle, listeners)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["indexeddb", "sqlite"])
 async def test_engine_jest_suite_passes_against_the_real_server(
     tmp_path: Path, backend: str

@@ -13,6 +13,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+import yaml
 
 from messageai.config import environment_overrides, parse_config
 
@@ -74,3 +75,52 @@ def test_the_image_builds_and_answers_its_health_check() -> None:
         assert done.returncode == 0 and "0.0.0.0:8080" in done.stdout, done.stderr
     finally:
         subprocess.run([docker, "rmi", "-f", tag], capture_output=True, check=False)
+
+
+CLUSTER = ROOT / "deploy" / "cluster"
+
+
+def test_the_cluster_node_unit_verifies_cleanly(tmp_path: Path) -> None:
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze is not installed: the unit is not checked here")
+    messageai = Path(sys.executable).parent / "messageai"
+    text = (CLUSTER / "messageai-node@.service").read_text()
+    # An instance of the template, as `systemctl enable messageai-node@a` makes it.
+    unit = tmp_path / "messageai-node@a.service"
+    unit.write_text(text.replace("/opt/messageai/.venv/bin/messageai", str(messageai)))
+    done = subprocess.run(
+        [analyze, "verify", str(unit)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0 and done.stderr.strip() == "", done.stderr
+    # Its secrets are credentials, never the config's text or plain variables.
+    for key in ("LINK_SECRET_FILE", "PASSWORD_FILE", "S3_SECRET_KEY_FILE"):
+        assert re.search(rf"^Environment=MESSAGEAI_\w+__{key}=%d/", text, re.M), key
+
+
+def test_the_compose_file_makes_three_nodes_of_one_cluster() -> None:
+    """Without a Docker daemon the compose file is not run here; what can be checked is
+    that each node's variables are a valid configuration of one cluster."""
+    compose = yaml.safe_load((CLUSTER / "compose.yaml").read_text())
+    services = compose["services"]
+    nodes = {name: s for name, s in services.items() if name.startswith("node-")}
+    assert len(nodes) == 3
+    configs = {
+        name: parse_config(environment_overrides(s["environment"])) for name, s in nodes.items()
+    }
+    shared = set()
+    for name, config in configs.items():
+        cluster = config.cluster
+        assert cluster.enabled and cluster.node_id == name.removeprefix("node-")
+        assert cluster.link_advertise.split(":")[0] == name  # its address on the network
+        assert config.directory.url.startswith("postgresql://") and cluster.s3_endpoint
+        shared.add(
+            (cluster.redis_url, config.directory.url, cluster.s3_endpoint, cluster.s3_bucket)
+        )
+        assert nodes[name]["build"]["args"]["EXTRAS"] == "cluster"
+        # Each node its own disk; every secret it names is declared.
+        assert nodes[name]["volumes"] == [f"{name}:/data"]
+        assert set(nodes[name]["secrets"]) <= set(compose["secrets"])
+    assert len(shared) == 1, shared  # one Redis, one directory, one bucket
+    assert "ARG EXTRAS" in DOCKERFILE.read_text()
+    assert {"redis", "postgres", "minio"} <= set(services)

@@ -61,9 +61,10 @@ async def test_kill_9_mid_job_runs_it_again_after_restart_and_its_effect_happens
             # effect committed, the job not yet marked done).
             _enqueue(data, "j_before", {"value": "B", "hold": "before", "hold_attempts": 1})
             _enqueue(data, "j_after", {"value": "A", "hold": "after", "hold_attempts": 1})
-            while {(j, e) for j, _, e in events(data)} < {
-                ("j_before", "start"),
-                ("j_after", "applied"),
+            # Until both are there (a proper-subset test ended the wait as soon as any
+            # other event, j_after's start, was: the kill then came before its effect).
+            while not {("j_before", "start"), ("j_after", "applied")} <= {
+                (j, e) for j, _, e in events(data)
             }:
                 await trio.sleep(0.02)
             assert _job(data, "j_before").state == "running"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import random
 import threading
 import tracemalloc
 import uuid
@@ -23,9 +24,12 @@ from messageai.services.media import ByteRange, blob_path, parse_range
 from messageai.threads import BLOCKING_THREADS, blocking
 from tests.helpers import Account, Harness, assert_error, harness, make_config
 
-PNG = b"\x89PNG\r\n\x1a\n" + os.urandom(3000)
-MP4 = b"\x00\x00\x00\x18ftypisom\x00\x00\x02\x00isomiso2" + os.urandom(300_000)
-PDF = b"%PDF-1.7\n" + os.urandom(2000)
+# Random-looking bytes, the same in every process: some are test parameters, and
+# pytest-xdist's workers must collect the same tests.
+_BYTES = random.Random(26)
+PNG = b"\x89PNG\r\n\x1a\n" + _BYTES.randbytes(3000)
+MP4 = b"\x00\x00\x00\x18ftypisom\x00\x00\x02\x00isomiso2" + _BYTES.randbytes(300_000)
+PDF = b"%PDF-1.7\n" + _BYTES.randbytes(2000)
 HTML = b"<!DOCTYPE html><html><body><script>alert(document.cookie)</script></body></html>"
 
 

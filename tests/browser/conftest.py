@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, ViewportSize, expect, sync_playwright
 
+from tests.browser import SCREENSHOTS_KEY, screenshots_line
 from tests.browser.app import Api
 from tests.browser.harness import (
     CHROMIUM,
@@ -66,9 +67,15 @@ def screenshot_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     if SCREENSHOTS:
-        terminalreporter.write_line(
-            f"browser screenshots ({len(SCREENSHOTS)}, light and dark): {SCREENSHOTS[0].parent}"
-        )
+        terminalreporter.write_line(screenshots_line(len(SCREENSHOTS), SCREENSHOTS[0].parent))
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """An xdist worker hands its screenshots to the controller, which prints the line
+    (tests/conftest.py: a worker's own terminal shows nothing)."""
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None and SCREENSHOTS:
+        workeroutput[SCREENSHOTS_KEY] = [str(path) for path in SCREENSHOTS]
 
 
 @pytest.fixture

@@ -619,7 +619,15 @@ async def test_a_pasted_multi_line_message_shows_every_line(h: Harness, tmp_path
                 await _until_text(app.input.buffer, pasted)
                 input_lines = app.input.window.preferred_height(80, 24).preferred
                 pipe.send_text("\r")  # Enter sends it
-                await _until_async(client, lambda: bodies(client, cid) == [pasted])
+                # Until acked: the screen is read as it shows a sent message (`#1`, not
+                # the wider `#q1` of one still queued).
+                await _until_async(
+                    client,
+                    lambda: (
+                        [(m.body, m.seq is not None) for m in client.messages(cid)]
+                        == [(pasted, True)]
+                    ),
+                )
                 pipe.send_text("typed\x1b\ron two lines")  # Alt-Enter starts a new line
                 await _until_text(app.input.buffer, "typed\non two lines")
                 app.input.buffer.text = "/quit"

@@ -167,7 +167,12 @@ test('the engine reconnects after the server is stopped and restarted, and deliv
   try {
     await until(() => ada.engine.connection().state === 'connecting', 'the drop noticed');
     await ada.engine.send(conv.id, 'while the server was down');
-    await until(() => ada.engine.connection().attempts >= 2, 'retries with backoff');
+    // Until the next retry is scheduled too: between two, an attempt is in flight (and
+    // `retryAt` null) for as long as a loaded machine takes to fail it.
+    await until(
+      () => ada.engine.connection().attempts >= 2 && ada.engine.connection().retryAt !== null,
+      'retries with backoff',
+    );
     expect(ada.engine.connection().retryAt).not.toBeNull();
   } finally {
     await control('start');
