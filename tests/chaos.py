@@ -869,7 +869,7 @@ def _main_cluster(args: argparse.Namespace, workdir: Path) -> int:
     kill_every = args.kill_every or 5.0
     print(
         f"chaos --cluster: {clients} clients in {clients // per} conversations over 3 nodes, "
-        f"kill -9 of the busiest owner every {kill_every} s for {args.seconds} s, "
+        f"kill -9 of the busiest owner {kill_every} s after each restart, for {args.seconds} s, "
         f"lease ttl {args.lease_ttl} s; in {workdir}",
         flush=True,
     )
