@@ -73,6 +73,16 @@ DISCONNECTED = (
 )
 
 
+class Unavailable(Exception):
+    """The server answered `unavailable` (in a cluster: the owner is gone and its lease
+    not yet taken over): nothing was stored, the client reconnects and resends."""
+
+
+# Where a client connects next: (the client) -> a port. One server: always its port; a
+# cluster (tests/cluster_chaos.py): a live node, another one after each failure.
+PortOf = Callable[["Client"], int]
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -177,6 +187,8 @@ class Client:
     disagreements: int = 0  # a seq seen with two different message ids
     out_of_order: int = 0  # live frames not in ascending seq on one connection
     connections: int = 0
+    failures: int = 0  # sessions ended by a disconnect or `unavailable`
+    ack_times: list[float] = attrs.Factory(list)  # trio.current_time() of each ack
     _counter: itertools.count[int] = attrs.Factory(itertools.count)
 
     @property
@@ -249,7 +261,7 @@ class Report:
         )
 
 
-async def _setup(port: int, clients: int, per_conversation: int) -> list[Client]:
+async def setup(port: int, clients: int, per_conversation: int) -> list[Client]:
     """Register one user per client and one group per `per_conversation` of them."""
     out: list[Client] = []
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
@@ -310,7 +322,8 @@ class Load:
 
 async def _session(client: Client, port: int, *, window: int, pace: float, load: Load) -> None:
     """One connection's life: subscribe, catch up, resend, then send and read until it
-    drops (raises one of DISCONNECTED) or, once the load is over, until nothing is pending."""
+    drops (raises one of DISCONNECTED, or Unavailable) or, once the load is over, until
+    nothing is pending."""
     async with connect_ws(port, token=client.token) as ws:
         client.connections += 1
         cid = client.conversation_id
@@ -378,6 +391,7 @@ async def _session(client: Client, port: int, *, window: int, pace: float, load:
                     message = frame["message"]
                     client.pending.pop(frame["client_id"], None)
                     client.acked[frame["client_id"]] = message
+                    client.ack_times.append(trio.current_time())
                     client.hold(message)
                     in_flight.release()
                 elif kind == "new_message":
@@ -387,6 +401,8 @@ async def _session(client: Client, port: int, *, window: int, pace: float, load:
                     last_live = message["seq"]
                     client.delivered[message["id"]] = message
                     client.hold(message)
+                elif kind == "error" and frame.get("code") == "unavailable":
+                    raise Unavailable(frame.get("message"))
                 elif kind == "error":
                     raise RuntimeError(f"client {client.index}: unexpected error frame {frame}")
                 if caught_up.is_set() and not load.producing() and not client.pending:
@@ -394,24 +410,50 @@ async def _session(client: Client, port: int, *, window: int, pace: float, load:
                     return
 
 
-async def _client_loop(
-    client: Client, port: int, *, window: int, pace: float, load: Load, end: float
+async def client_loop(
+    client: Client, port_of: PortOf, *, window: int, pace: float, load: Load, end: float
 ) -> None:
-    """Reconnect until everything this client sent is acked, or `end`."""
+    """Reconnect (to `port_of(client)`) until everything this client sent is acked, or
+    `end`."""
     with trio.move_on_after(max(0.0, end - trio.current_time())):
         while True:
             dropped = False
             try:
-                await _session(client, port, window=window, pace=pace, load=load)
-            except* DISCONNECTED:
+                await _session(client, port_of(client), window=window, pace=pace, load=load)
+            except* (*DISCONNECTED, Unavailable):
                 dropped = True
             if dropped:
+                client.failures += 1
                 await trio.sleep(0.05)  # the server is restarting
             elif not load.producing() and not client.pending:
                 return
 
 
-async def _read_history(port: int, client: Client) -> list[dict[str, Any]]:
+def start_clients(
+    nursery: trio.Nursery,
+    clients: list[Client],
+    port_of: PortOf,
+    window: int,
+    pace: float,
+    load: Load,
+    end: float,
+) -> None:
+    """One `client_loop` for each client, in `nursery`."""
+    for client in clients:
+        nursery.start_soon(
+            functools.partial(
+                client_loop,
+                client,
+                port_of,
+                window=window,
+                pace=pace,
+                load=load,
+                end=end,
+            )
+        )
+
+
+async def read_history(port: int, client: Client) -> list[dict[str, Any]]:
     messages: list[dict[str, Any]] = []
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
         after = 0
@@ -512,7 +554,7 @@ async def run_chaos(
 
     async with trio.open_nursery() as nursery:
         await server.start(nursery)
-        everyone = await _setup(server.port, clients, per_conversation)
+        everyone = await setup(server.port, clients, per_conversation)
         if power_loss:
             await server.stop()
             await server.start(nursery)
@@ -541,18 +583,9 @@ async def run_chaos(
 
         async with trio.open_nursery() as load:
             load.start_soon(killer)
-            for client in everyone:
-                load.start_soon(
-                    functools.partial(
-                        _client_loop,
-                        client,
-                        server.port,
-                        window=window,
-                        pace=pace,
-                        load=production,
-                        end=end,
-                    )
-                )
+            start_clients(
+                load, everyone, lambda _client: server.port, window, pace, production, end
+            )
         report.seconds = (production.stopped_at or trio.current_time()) - start
         if power_loss:  # what the acks were worth: read back after one more cut
             await kill()
@@ -560,7 +593,7 @@ async def run_chaos(
         histories = {}
         for client in everyone:
             if client.conversation_id not in histories:
-                histories[client.conversation_id] = await _read_history(server.port, client)
+                histories[client.conversation_id] = await read_history(server.port, client)
         check(everyone, histories, report)
         await kill()
     integrity(server.data_dir, report)
@@ -636,7 +669,7 @@ async def run_slow_consumer(
     report = SlowReport(messages, with_slow=with_slow)
     async with trio.open_nursery() as nursery:
         await server.start(nursery)
-        alice, bob, fast, slow = await _setup(server.port, 4, 4)
+        alice, bob, fast, slow = await setup(server.port, 4, 4)
         cid = alice.conversation_id
         body = "z" * SLOW_BODY_CHARS
         report.rss_before = report.rss_peak = server.rss_bytes()
@@ -726,7 +759,7 @@ async def run_slow_consumer(
             # The slow reader returns and catches up from its last seq.
             prefix_ok = slow_seqs == list(range(1, len(slow_seqs) + 1))
             slow.held = dict.fromkeys(slow_seqs, "")
-            history = await _read_history(server.port, slow)
+            history = await read_history(server.port, slow)
             caught_up = [m["seq"] for m in history if m["seq"] > len(slow_seqs)]
             report.slow_caught_up = prefix_ok and caught_up == list(
                 range(len(slow_seqs) + 1, messages + 1)
@@ -740,9 +773,22 @@ def main(argv: list[str] | None = None) -> int:
         prog="scripts/chaos", description="kill -9 the MessageAI server under load; check"
     )
     parser.add_argument("--seconds", type=float, default=60.0, help="how long to make chaos")
-    parser.add_argument("--kill-every", type=float, default=2.0, help="seconds between kills")
-    parser.add_argument("--clients", type=int, default=20)
-    parser.add_argument("--per-conversation", type=int, default=4)
+    parser.add_argument(
+        "--kill-every", type=float, help="seconds between kills (default 2, --cluster 5)"
+    )
+    parser.add_argument("--clients", type=int, help="default 20, --cluster 12")
+    parser.add_argument("--per-conversation", type=int, help="default 4, --cluster 3")
+    parser.add_argument(
+        "--cluster",
+        action="store_true",
+        help="Redis and three nodes; kill -9 the busiest conversation's owner (tests/cluster_chaos.py)",
+    )
+    parser.add_argument(
+        "--lease-ttl", type=float, default=1.5, help="--cluster: the nodes' lease_ttl_seconds"
+    )
+    parser.add_argument(
+        "--restart-after", type=float, help="--cluster: seconds a killed node stays down"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the data directory and log")
     parser.add_argument(
         "--power-loss",
@@ -760,6 +806,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     workdir = Path(tempfile.mkdtemp(prefix="messageai-chaos-"))
+    if args.cluster:
+        return _main_cluster(args, workdir)
+    args.kill_every = args.kill_every or 2.0
+    args.clients = args.clients or 20
+    args.per_conversation = args.per_conversation or 4
     if args.slow_consumer:
         (workdir / "base").mkdir()
         (workdir / "slow").mkdir()
@@ -798,12 +849,44 @@ def main(argv: list[str] | None = None) -> int:
             seed=args.seed,
         )
     )
-    print(report.summary())
-    if not args.keep and report.passed:
+    return finish(report.summary(), report.passed, workdir, keep=args.keep)
+
+
+def finish(summary: str, passed: bool, workdir: Path, *, keep: bool) -> int:
+    """Print the verdict; remove the run's directory unless kept or failed; the exit code."""
+    print(summary)
+    if not keep and passed:
         import shutil
 
         shutil.rmtree(workdir, ignore_errors=True)
-    return 0 if report.passed else 1
+    return 0 if passed else 1
+
+
+def _main_cluster(args: argparse.Namespace, workdir: Path) -> int:
+    from tests.cluster_chaos import run_cluster_chaos
+
+    clients, per = args.clients or 12, args.per_conversation or 3
+    kill_every = args.kill_every or 5.0
+    print(
+        f"chaos --cluster: {clients} clients in {clients // per} conversations over 3 nodes, "
+        f"kill -9 of the busiest owner {kill_every} s after each restart, for {args.seconds} s, "
+        f"lease ttl {args.lease_ttl} s; in {workdir}",
+        flush=True,
+    )
+    report = trio.run(
+        functools.partial(
+            run_cluster_chaos,
+            workdir,
+            seconds=args.seconds,
+            kill_every=kill_every,
+            restart_after=args.restart_after,
+            lease_ttl=args.lease_ttl,
+            clients=clients,
+            per_conversation=per,
+            progress=lambda line: print(line, flush=True),
+        )
+    )
+    return finish(report.summary(), report.passed, workdir, keep=args.keep)
 
 
 if __name__ == "__main__":

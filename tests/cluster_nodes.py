@@ -5,14 +5,17 @@ real server processes on 127.0.0.1:0 sharing one data directory (docs/SCALE.md �
 each with `[cluster]` on, its own node id (`a`, `b`, `c`...) and a short lease TTL, so
 a killed owner's conversations move within about two seconds. Each node comes with a
 `Harness` (REST and WebSocket helpers) on its own port. Nodes start one after the
-other: the first makes the data directory and the directory database.
+other: the first makes the data directory and the directory database. `restart(node)`
+starts a killed node again (on a new port: its `harness` keeps the old one; use
+`process.port`). `scripts/chaos --cluster` (tests/cluster_chaos.py) and
+`./scripts/bench --cluster` (bench/cluster.py) run on the same machinery.
 
 `s3=` (an `S3StandIn`, `tests/s3_server.py`) is the replica mode instead (§7b): each
 node its own data directory (`data-a`, `data-b`...), the conversations' files
 replicated to a bucket of the stand-in. The directory database is still one file
-(PostgreSQL is §8, not built): the first node's, reached from the other data
-directories through a symlink `directory.sqlite3` (SQLite resolves it, so its WAL and
-index are the one file's too). On one host, so a test only.
+here: the first node's, reached from the other data directories through a symlink
+`directory.sqlite3` (SQLite resolves it, so its WAL and index are the one file's too).
+On one host, so a test only.
 """
 
 from __future__ import annotations
@@ -77,8 +80,13 @@ class Cluster:
     # The first node's (the only one, but for the replica mode).
     data_dir: Path
     nodes: list[ClusterNode]
+    nursery: trio.Nursery
     # The replica mode's bucket (S3-compatible), or "" (a shared data directory).
     bucket: str = ""
+
+    async def restart(self, node: ClusterNode) -> int:
+        """Start `node` again (after a kill, once its process is gone); its new port."""
+        return await node.process.start(self.nursery)
 
     def node(self, node_id: str) -> ClusterNode:
         return next(node for node in self.nodes if node.node_id == node_id)
@@ -120,28 +128,42 @@ def replica_config(endpoint: str, bucket: str, secret_key: Path) -> str:
 
 
 def cluster_config(
-    path: Path, node_id: str, redis: RedisServer, secret: Path, extra: str = ""
+    path: Path,
+    node_id: str,
+    redis: RedisServer,
+    secret: Path,
+    lease_ttl: float = LEASE_TTL_SECONDS,
+    extra: str = "",
 ) -> Path:
+    """A node's config file: `[cluster]` on, a lease of `lease_ttl` seconds (its margin
+    a fifth of it), then `extra`."""
+    margin = LEASE_MARGIN_SECONDS * lease_ttl / LEASE_TTL_SECONDS
     return ServerProcess.write_config(
         path,
         f"[cluster]\nenabled = true\nnode_id = {node_id!r}\n"
         f'redis_url = "redis://{redis.host}:{redis.port}/0"\n'
         'link_listen = "127.0.0.1:0"\nlink_advertise = "127.0.0.1:0"\n'
-        f"lease_ttl_seconds = {LEASE_TTL_SECONDS}\nlease_margin_seconds = {LEASE_MARGIN_SECONDS}\n"
-        f"node_ttl_seconds = {LEASE_TTL_SECONDS}\n"
+        f"lease_ttl_seconds = {lease_ttl}\nlease_margin_seconds = {margin:.3f}\n"
+        f"node_ttl_seconds = {lease_ttl}\n"
         f"link_secret_file = {str(secret)!r}\n" + extra,
     )
 
 
 @contextlib.asynccontextmanager
 async def cluster_of(
-    tmp_path: Path, count: int, *, s3: S3StandIn | None = None, via: str = ""
+    tmp_path: Path,
+    count: int,
+    *,
+    lease_ttl: float = LEASE_TTL_SECONDS,
+    extra: str = "",
+    s3: S3StandIn | None = None,
+    via: str = "",
 ) -> AsyncIterator[Cluster]:
     """Redis and `count` nodes on one data directory (or, with `s3`, each on its own,
     replicating to a new bucket; `via`: the nodes reach the store there, a `Stall`,
-    with a 1 s timeout), until the block ends."""
+    with a 1 s timeout), until the block ends; `extra` is added to each node's config."""
     data_dir = tmp_path / "data"
-    extra = bucket = ""
+    bucket = ""
     if s3 is not None:
         bucket = f"cluster-{secrets.token_hex(6)}"
         store = S3(s3.endpoint, bucket, access_key=ACCESS_KEY, secret_key=SECRET_KEY)
@@ -149,7 +171,7 @@ async def cluster_of(
             store.create_bucket()
         secret_key = tmp_path / "s3-secret"
         secret_key.write_text(SECRET_KEY + "\n")
-        extra = replica_config(via or s3.endpoint, bucket, secret_key)
+        extra += replica_config(via or s3.endpoint, bucket, secret_key)
         if via:
             extra += "s3_timeout_seconds = 1.0\n"
     async with redis_server(tmp_path / "redis") as redis, trio.open_nursery() as nursery:
@@ -161,7 +183,7 @@ async def cluster_of(
                 for index in range(count):
                     node_id = "abcdefgh"[index]
                     path = tmp_path / f"node-{node_id}.toml"
-                    config = cluster_config(path, node_id, redis, secret, extra)
+                    config = cluster_config(path, node_id, redis, secret, lease_ttl, extra)
                     own_dir = data_dir
                     if s3 is not None:
                         own_dir = tmp_path / f"data-{node_id}"
@@ -177,7 +199,7 @@ async def cluster_of(
                         httpx.AsyncClient(base_url=address.url, timeout=10)
                     )
                     nodes.append(ClusterNode(node_id, process, Harness(address, http)))  # type: ignore[arg-type]
-                yield Cluster(redis, data_dir, nodes, bucket)
+                yield Cluster(redis, data_dir, nodes, nursery, bucket)
         finally:
             for node in nodes:
                 if node.process.process is not None and node.process.process.returncode is None:

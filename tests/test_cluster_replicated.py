@@ -184,7 +184,7 @@ async def test_a_node_refuses_to_start_on_a_store_that_cannot_fence(tmp_path: Pa
             "a",
             nowhere,
             secret,
-            replica_config(unfit.endpoint, "unfit", secret),
+            extra=replica_config(unfit.endpoint, "unfit", secret),
         )
         done = await run_messageai(
             "serve", "--config", str(config), "--data-dir", str(tmp_path / "data")
