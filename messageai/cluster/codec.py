@@ -103,7 +103,8 @@ def load_value(data: list[Any]) -> object:
 
 
 def dump_error(error: MessageAIError) -> list[str]:
-    return [error.code, error.message]
+    # NotOwner's `link_code`: a client sees `unavailable`, the other node a moved lease.
+    return [getattr(error, "link_code", error.code), error.message]
 
 
 def load_error(data: list[str]) -> MessageAIError:

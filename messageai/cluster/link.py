@@ -408,7 +408,7 @@ class Links:
             assert waiter is not None
             if kind == "ret":
                 waiter.set(load_value(obj["v"]))
-            elif obj["v"][0] == NotOwner.code and not retried:
+            elif obj["v"][0] == NotOwner.link_code and not retried:
                 self._node.forget_owner(conversation_id, owner)
                 self._spawn_retry(conversation_id, command)
             else:

@@ -55,9 +55,10 @@ RELEASE_TIMEOUT_SECONDS = 1.0
 
 class NotOwner(Unavailable):
     """This node does not own the conversation (its lease is another node's): the
-    caller drops its cached owner and asks again."""
+    caller drops its cached owner and asks again. Clients see `unavailable` (its
+    code); only the node links tell it apart, by `link_code`."""
 
-    code = "not_owner"
+    link_code = "not_owner"
 
 
 class Node:
